@@ -1,0 +1,284 @@
+//! Command-line interface: argument parsing (clap), the default `build`
+//! subcommand, the state directory, and turning results into exit codes.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+mod build;
+mod check;
+mod images;
+mod registry;
+
+/// rbuild: build OCI images from Dockerfiles, without a daemon.
+#[derive(Debug, Parser)]
+#[command(name = "rbuild", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Where rbuild keeps its state (an OCI image layout plus its own bookkeeping).
+    /// Default: /var/lib/rbuild for root, $XDG_DATA_HOME/rbuild (or
+    /// ~/.local/share/rbuild) otherwise.
+    #[arg(long, global = true, env = "RBUILD_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build an image from a Dockerfile (the default subcommand).
+    Build(BuildArgs),
+    /// Parse and lint a Dockerfile without building; report every problem.
+    Check(CheckArgs),
+    /// Show the history (layers) of an image.
+    History(ImageArg),
+    /// List the images in the local store.
+    Images,
+    /// Show an image's manifest and config as JSON.
+    Inspect(ImageArg),
+    /// Give an image another name.
+    Tag { source: String, target: String },
+    /// Remove images from the local store.
+    Rmi {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Drop unreferenced blobs, layers and cache entries.
+    Prune {
+        /// Drop the build cache too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Write an image as a docker-archive tar.
+    Save {
+        image: String,
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Pull an image from a registry into the local store.
+    Pull { reference: String },
+    /// Push an image from the local store to a registry.
+    Push {
+        image: String,
+        destination: Option<String>,
+    },
+    /// Store credentials for a registry.
+    Login { server: String },
+    /// Remove stored credentials for a registry.
+    Logout { server: String },
+}
+
+#[derive(Debug, Args)]
+pub struct ImageArg {
+    pub image: String,
+}
+
+/// How progress is shown while building.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    Auto,
+    Tty,
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Name and optionally a tag (NAME:TAG); repeatable.
+    #[arg(short = 't', long = "tag", value_name = "NAME:TAG")]
+    pub tags: Vec<String>,
+    /// Name of the Dockerfile (default: CONTEXT/Dockerfile).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Set a build-time variable (KEY=VALUE, or KEY to take it from the environment).
+    #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
+    pub build_args: Vec<String>,
+    /// Build only up to this stage.
+    #[arg(long, value_name = "STAGE")]
+    pub target: Option<String>,
+    /// Do not use the build cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Progress output.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+    /// Push the image to its registry after building.
+    #[arg(long)]
+    pub push: bool,
+    /// Output destination (type=oci|docker,dest=PATH).
+    #[arg(short = 'o', long = "output", value_name = "SPEC")]
+    pub output: Vec<String>,
+    /// Write the image ID (config digest) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
+    /// The build context directory.
+    #[arg(value_name = "CONTEXT")]
+    pub context: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Name of the Dockerfile (default: CONTEXT/Dockerfile).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Set a build-time variable, as for build (affects UndefinedVar checks).
+    #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
+    pub build_args: Vec<String>,
+    /// Check only the stages this target needs.
+    #[arg(long, value_name = "STAGE")]
+    pub target: Option<String>,
+    /// The build context directory.
+    #[arg(value_name = "CONTEXT", default_value = ".")]
+    pub context: PathBuf,
+}
+
+const SUBCOMMANDS: &[&str] = &[
+    "build", "check", "history", "images", "inspect", "tag", "rmi", "prune", "save", "pull",
+    "push", "login", "logout", "help",
+];
+
+/// Insert `build` when no subcommand is named, so `rbuild -t app:v1 .` means
+/// `rbuild -t app:v1 build .`-style `rbuild build -t app:v1 .`.
+///
+/// Global `--root DIR` / `--root=DIR` may come first; `-h`, `--help` and
+/// `-V`, `--version` alone keep their top-level meaning.
+pub fn with_default_subcommand(args: Vec<OsString>) -> Vec<OsString> {
+    let mut i = 1;
+    while i < args.len() {
+        let Some(arg) = args[i].to_str() else { break };
+        if arg == "--root" {
+            i += 2;
+            continue;
+        }
+        if arg.starts_with("--root=") {
+            i += 1;
+            continue;
+        }
+        if SUBCOMMANDS.contains(&arg) || matches!(arg, "-h" | "--help" | "-V" | "--version") {
+            return args;
+        }
+        break;
+    }
+    if i >= args.len() && args.len() > 1 {
+        // Only global flags: let clap say a subcommand is missing.
+        return args;
+    }
+    if args.len() <= 1 {
+        return args;
+    }
+    let mut out = args;
+    let at = i.min(out.len());
+    out.insert(at, OsString::from("build"));
+    out
+}
+
+/// The state directory: `--root`/`RBUILD_ROOT`, else the per-user default.
+pub fn default_root() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/rbuild");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("rbuild");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| OsString::from("/"));
+    PathBuf::from(home).join(".local/share/rbuild")
+}
+
+impl Cli {
+    /// The state directory this invocation uses.
+    pub fn root_dir(&self) -> PathBuf {
+        self.root.clone().unwrap_or_else(default_root)
+    }
+}
+
+/// Parse the process arguments and run the command; returns the exit code.
+pub fn main() -> i32 {
+    let args = with_default_subcommand(std::env::args_os().collect());
+    let cli = Cli::parse_from(args);
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            1
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    let root = cli.root_dir();
+    match cli.command {
+        Command::Build(args) => build::run(&root, args),
+        Command::Check(args) => check::run(args),
+        Command::History(args) => images::history(&root, args),
+        Command::Images => images::images(&root),
+        Command::Inspect(args) => images::inspect(&root, args),
+        Command::Tag { source, target } => images::tag(&root, &source, &target),
+        Command::Rmi { images } => images::rmi(&root, &images),
+        Command::Prune { all } => images::prune(&root, all),
+        Command::Save { image, output } => images::save(&root, &image, &output),
+        Command::Pull { reference } => registry::pull(&root, &reference),
+        Command::Push { image, destination } => {
+            registry::push(&root, &image, destination.as_deref())
+        }
+        Command::Login { server } => registry::login(&server),
+        Command::Logout { server } => registry::logout(&server),
+    }
+}
+
+/// The error for a command a later change will implement.
+pub(crate) fn not_implemented(what: &str) -> anyhow::Result<i32> {
+    anyhow::bail!("`rbuild {what}` is not implemented yet")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn build_is_the_default_subcommand() {
+        assert_eq!(
+            with_default_subcommand(os(&["rbuild", "-t", "app:v1", "."])),
+            os(&["rbuild", "build", "-t", "app:v1", "."])
+        );
+        assert_eq!(
+            with_default_subcommand(os(&["rbuild", "--root", "/x", "-t", "a", "."])),
+            os(&["rbuild", "--root", "/x", "build", "-t", "a", "."])
+        );
+        assert_eq!(
+            with_default_subcommand(os(&["rbuild", "check", "."])),
+            os(&["rbuild", "check", "."])
+        );
+        assert_eq!(
+            with_default_subcommand(os(&["rbuild", "--help"])),
+            os(&["rbuild", "--help"])
+        );
+    }
+
+    #[test]
+    fn default_build_parses_like_explicit_build() {
+        let cli = Cli::try_parse_from(with_default_subcommand(os(&[
+            "rbuild",
+            "-t",
+            "app:v1",
+            "-t",
+            "app:latest",
+            "--build-arg",
+            "A=1",
+            ".",
+        ])))
+        .expect("parses");
+        match cli.command {
+            Command::Build(b) => {
+                assert_eq!(b.tags, vec!["app:v1", "app:latest"]);
+                assert_eq!(b.build_args, vec!["A=1"]);
+                assert_eq!(b.context, PathBuf::from("."));
+            }
+            other => panic!("expected build, got {other:?}"),
+        }
+    }
+}

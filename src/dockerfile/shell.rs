@@ -1,0 +1,1 @@
+//! Word expansion with BuildKit's rules: `$V`, `${V:-w}`, quotes, escapes.

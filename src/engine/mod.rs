@@ -1,0 +1,2 @@
+//! The build engine: schedules the plan's steps, looks up the cache, and
+//! wires context, layers, sandbox, store and image together.

@@ -1,0 +1,2 @@
+//! OCI image config, manifest and index; history; docker-archive and OCI
+//! layout export.

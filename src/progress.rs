@@ -1,0 +1,1 @@
+//! Progress output: a live TTY view, BuildKit-style plain lines, JSON events.

@@ -1,0 +1,1 @@
+//! OCI distribution client: references, auth, pull and push.

@@ -1,0 +1,1 @@
+//! The RUN sandbox: Linux namespaces over an overlay of the parent layers.
