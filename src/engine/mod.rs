@@ -1,2 +1,6 @@
 //! The build engine: schedules the plan's steps, looks up the cache, and
 //! wires context, layers, sandbox, store and image together.
+
+pub mod cachekey;
+pub mod copydest;
+pub mod users;

@@ -1,0 +1,228 @@
+//! Resolving `USER` and `--chown` specs against an image's `/etc/passwd` and
+//! `/etc/group`, as docker does.
+//!
+//! Names must exist in the image; numeric ids need not. For `--chown`, a user
+//! without a group uses the user's numeric id as the group id (the Dockerfile
+//! reference's rule); for `USER`, a user without a group gets the primary group
+//! from passwd (0 when the uid is not listed) plus every group that lists the
+//! user by name, and `HOME` from passwd (`/` when unknown).
+
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum UserError {
+    #[error("unable to find user {0}: no matching entries in passwd file")]
+    UnknownUser(String),
+    #[error("unable to find group {0}: no matching entries in group file")]
+    UnknownGroup(String),
+    #[error("invalid user spec {0:?}: empty user")]
+    Empty(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswdEntry {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupEntry {
+    pub name: String,
+    pub gid: u32,
+    pub members: Vec<String>,
+}
+
+/// An image's user database (either file may be missing: empty lists).
+#[derive(Debug, Clone, Default)]
+pub struct UserDb {
+    pub users: Vec<PasswdEntry>,
+    pub groups: Vec<GroupEntry>,
+}
+
+/// The ids a process runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub home: String,
+}
+
+impl UserDb {
+    /// Parse the text of `/etc/passwd` and `/etc/group`; malformed lines are
+    /// skipped, as libc does.
+    pub fn parse(passwd: &str, group: &str) -> Self {
+        let users = passwd
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                if f.len() < 7 {
+                    return None;
+                }
+                Some(PasswdEntry {
+                    name: f[0].to_string(),
+                    uid: f[2].parse().ok()?,
+                    gid: f[3].parse().ok()?,
+                    home: f[5].to_string(),
+                })
+            })
+            .collect();
+        let groups = group
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                if f.len() < 4 {
+                    return None;
+                }
+                Some(GroupEntry {
+                    name: f[0].to_string(),
+                    gid: f[2].parse().ok()?,
+                    members: f[3]
+                        .split(',')
+                        .filter(|m| !m.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                })
+            })
+            .collect();
+        UserDb { users, groups }
+    }
+
+    fn user(&self, spec: &str) -> Result<Option<&PasswdEntry>, UserError> {
+        if let Ok(uid) = spec.parse::<u32>() {
+            return Ok(self.users.iter().find(|u| u.uid == uid));
+        }
+        self.users
+            .iter()
+            .find(|u| u.name == spec)
+            .map(Some)
+            .ok_or_else(|| UserError::UnknownUser(spec.to_string()))
+    }
+
+    fn group(&self, spec: &str) -> Result<u32, UserError> {
+        if let Ok(gid) = spec.parse::<u32>() {
+            return Ok(gid);
+        }
+        self.groups
+            .iter()
+            .find(|g| g.name == spec)
+            .map(|g| g.gid)
+            .ok_or_else(|| UserError::UnknownGroup(spec.to_string()))
+    }
+
+    /// `--chown=user[:group]` → (uid, gid).
+    pub fn resolve_chown(&self, spec: &str) -> Result<(u32, u32), UserError> {
+        let (user, group) = split_spec(spec)?;
+        let uid = match self.user(user)? {
+            Some(u) => u.uid,
+            None => user
+                .parse()
+                .map_err(|_| UserError::UnknownUser(user.into()))?,
+        };
+        let gid = match group {
+            Some(g) => self.group(g)?,
+            None => uid,
+        };
+        Ok((uid, gid))
+    }
+
+    /// `USER user[:group]` → the ids, supplementary groups and HOME.
+    pub fn resolve_user(&self, spec: &str) -> Result<ResolvedUser, UserError> {
+        let (user, group) = split_spec(spec)?;
+        let entry = self.user(user)?;
+        let uid = match entry {
+            Some(u) => u.uid,
+            None => user
+                .parse()
+                .map_err(|_| UserError::UnknownUser(user.into()))?,
+        };
+        let gid = match group {
+            Some(g) => self.group(g)?,
+            None => entry.map_or(0, |u| u.gid),
+        };
+        // Supplementary groups only when no group was named, as docker does.
+        let additional_gids = match (group, entry) {
+            (None, Some(u)) => self
+                .groups
+                .iter()
+                .filter(|g| g.members.iter().any(|m| m == &u.name) && g.gid != gid)
+                .map(|g| g.gid)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let home = entry.map_or_else(|| "/".to_string(), |u| u.home.clone());
+        Ok(ResolvedUser {
+            uid,
+            gid,
+            additional_gids,
+            home,
+        })
+    }
+}
+
+fn split_spec(spec: &str) -> Result<(&str, Option<&str>), UserError> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g).filter(|g| !g.is_empty())),
+        None => (spec, None),
+    };
+    if user.is_empty() {
+        return Err(UserError::Empty(spec.to_string()));
+    }
+    Ok((user, group))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> UserDb {
+        UserDb::parse(
+            "root:x:0:0:root:/root:/bin/sh\n\
+             app:x:1000:1001:App:/home/app:/bin/sh\n\
+             broken line\n",
+            "root:x:0:\napp:x:1001:\nwheel:x:10:app,other\naudio:x:29:app\n",
+        )
+    }
+
+    #[test]
+    fn chown_names_and_numbers() {
+        let db = db();
+        assert_eq!(db.resolve_chown("app"), Ok((1000, 1000)));
+        assert_eq!(db.resolve_chown("app:wheel"), Ok((1000, 10)));
+        assert_eq!(db.resolve_chown("55"), Ok((55, 55)));
+        assert_eq!(db.resolve_chown("55:66"), Ok((55, 66)));
+        assert_eq!(db.resolve_chown("0:app"), Ok((0, 1001)));
+        assert_eq!(
+            db.resolve_chown("nobody"),
+            Err(UserError::UnknownUser("nobody".into()))
+        );
+        assert_eq!(
+            db.resolve_chown("app:nogroup"),
+            Err(UserError::UnknownGroup("nogroup".into()))
+        );
+        assert!(db.resolve_chown(":1").is_err());
+    }
+
+    #[test]
+    fn user_gets_primary_and_supplementary_groups_and_home() {
+        let db = db();
+        let u = db.resolve_user("app").unwrap();
+        assert_eq!((u.uid, u.gid), (1000, 1001));
+        assert_eq!(u.additional_gids, vec![10, 29]);
+        assert_eq!(u.home, "/home/app");
+        let u = db.resolve_user("1000:10").unwrap();
+        assert_eq!((u.uid, u.gid), (1000, 10));
+        assert!(u.additional_gids.is_empty());
+        let u = db.resolve_user("4242").unwrap();
+        assert_eq!((u.uid, u.gid, u.home.as_str()), (4242, 0, "/"));
+    }
+
+    #[test]
+    fn missing_files_still_allow_numeric_ids() {
+        let db = UserDb::default();
+        assert_eq!(db.resolve_chown("7:8"), Ok((7, 8)));
+        assert!(db.resolve_user("app").is_err());
+    }
+}
