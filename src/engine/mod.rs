@@ -3,4 +3,5 @@
 
 pub mod cachekey;
 pub mod copydest;
+pub mod options;
 pub mod users;

@@ -1,0 +1,149 @@
+//! What a build is asked to do, parsed from docker-build-style flags.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+
+/// Where `--output` sends the result besides the local store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputSpec {
+    /// An OCI image layout: a directory, or a tar of one when `dest` ends in `.tar`.
+    Oci { dest: PathBuf },
+    /// A docker-archive tar, as `docker save` writes and `docker load` reads.
+    Docker { dest: PathBuf },
+}
+
+/// Parse `type=oci,dest=DIR|FILE.tar` or `type=docker,dest=FILE.tar`.
+pub fn parse_output(spec: &str) -> anyhow::Result<OutputSpec> {
+    let mut kind = None;
+    let mut dest = None;
+    for field in spec.split(',').filter(|f| !f.is_empty()) {
+        let (k, v) = field.split_once('=').with_context(|| {
+            format!("invalid --output {spec:?}: field {field:?} is not KEY=VALUE")
+        })?;
+        match k.trim() {
+            "type" => kind = Some(v.trim().to_string()),
+            "dest" => dest = Some(PathBuf::from(v.trim())),
+            "name" | "push" | "compression" | "compression-level" | "oci-mediatypes" => {
+                bail!("invalid --output {spec:?}: {k} is not supported; use the build flags for it")
+            }
+            other => bail!("invalid --output {spec:?}: unknown key {other:?}"),
+        }
+    }
+    let dest = dest.with_context(|| format!("invalid --output {spec:?}: dest=PATH is required"))?;
+    match kind.as_deref() {
+        Some("oci") => Ok(OutputSpec::Oci { dest }),
+        Some("docker") => Ok(OutputSpec::Docker { dest }),
+        Some(other) => {
+            bail!("invalid --output {spec:?}: type {other:?} is not supported (oci, docker)")
+        }
+        None => bail!("invalid --output {spec:?}: type=oci|docker is required"),
+    }
+}
+
+/// `--build-arg K=V` sets K; `--build-arg K` takes K from the environment and
+/// is dropped when the environment lacks it (docker's rule). Later flags win.
+pub fn parse_build_args(
+    args: &[String],
+    env: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for arg in args {
+        match arg.split_once('=') {
+            Some((k, _)) if k.is_empty() => bail!("invalid --build-arg {arg:?}: empty name"),
+            Some((k, v)) => {
+                out.insert(k.to_string(), v.to_string());
+            }
+            None if arg.is_empty() => bail!("invalid --build-arg: empty name"),
+            None => {
+                if let Some(v) = env(arg) {
+                    out.insert(arg.clone(), v);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `SOURCE_DATE_EPOCH` from the build args, else the environment: seconds
+/// since the epoch. An empty value means unset.
+pub fn source_date_epoch(
+    build_args: &BTreeMap<String, String>,
+    env: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<Option<i64>> {
+    let raw = build_args
+        .get("SOURCE_DATE_EPOCH")
+        .cloned()
+        .or_else(|| env("SOURCE_DATE_EPOCH"));
+    match raw.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => v
+            .parse::<i64>()
+            .map(Some)
+            .with_context(|| format!("invalid SOURCE_DATE_EPOCH {v:?}: expected whole seconds")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn outputs() {
+        assert_eq!(
+            parse_output("type=oci,dest=out").unwrap(),
+            OutputSpec::Oci { dest: "out".into() }
+        );
+        assert_eq!(
+            parse_output("type=docker,dest=/tmp/i.tar").unwrap(),
+            OutputSpec::Docker {
+                dest: "/tmp/i.tar".into()
+            }
+        );
+        for bad in [
+            "type=oci",
+            "dest=x",
+            "type=local,dest=x",
+            "type=oci,dest=x,foo=1",
+            "oops",
+        ] {
+            let err = parse_output(bad).unwrap_err().to_string();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn build_args_from_flags_and_env() {
+        let env = |k: &str| (k == "FROM_ENV").then(|| "e".to_string());
+        let args: Vec<String> = ["A=1", "B=", "FROM_ENV", "MISSING", "A=2", "C=x=y"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let got = parse_build_args(&args, env).unwrap();
+        let want: BTreeMap<String, String> =
+            [("A", "2"), ("B", ""), ("FROM_ENV", "e"), ("C", "x=y")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        assert_eq!(got, want);
+        assert!(parse_build_args(&["=1".to_string()], no_env).is_err());
+    }
+
+    #[test]
+    fn epoch_from_build_arg_then_env() {
+        let args: BTreeMap<String, String> =
+            [("SOURCE_DATE_EPOCH".to_string(), "100".to_string())].into();
+        assert_eq!(source_date_epoch(&args, no_env).unwrap(), Some(100));
+        let env = |_: &str| Some("200".to_string());
+        assert_eq!(source_date_epoch(&BTreeMap::new(), env).unwrap(), Some(200));
+        assert_eq!(source_date_epoch(&BTreeMap::new(), no_env).unwrap(), None);
+        let bad: BTreeMap<String, String> =
+            [("SOURCE_DATE_EPOCH".to_string(), "soon".to_string())].into();
+        assert!(source_date_epoch(&bad, no_env).is_err());
+    }
+}
