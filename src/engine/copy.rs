@@ -1,0 +1,348 @@
+//! COPY and ADD: turning selected sources into the entries of one layer.
+//!
+//! The caller selects sources (from the context index, another stage's
+//! root, an unpacked archive or a downloaded file) as [`SourceTree`]s and
+//! says what already exists at the destination's parents in the image; this
+//! module applies docker's placement rules (see `copydest`), `--chown`,
+//! `--chmod`, keeps hard links within the copied set, and adds the parent
+//! directories the layer must carry.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use crate::layer::{EntryKind, FileSource, LayerEntry, Timespec};
+
+use super::copydest::{clean, dest_is_dir, parents, target_for};
+
+/// One object under a copied source, with its metadata as read.
+#[derive(Debug, Clone)]
+pub struct SourceItem {
+    /// Path relative to the source root, `/`-separated; `""` is the root itself.
+    pub rel: String,
+    pub kind: SourceKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: Timespec,
+    pub xattrs: Vec<(String, Vec<u8>)>,
+    /// (dev, inode) for regular files, to keep hard links linked.
+    pub link_id: Option<(u64, u64)>,
+}
+
+#[derive(Debug, Clone)]
+pub enum SourceKind {
+    File(FileSource),
+    Dir,
+    Symlink(String),
+}
+
+/// One matched source: a file, a symlink, or a directory with everything below it.
+#[derive(Debug, Clone)]
+pub struct SourceTree {
+    /// The matched name (its last component names the target of a file copied into a directory).
+    pub name: String,
+    pub items: Vec<SourceItem>,
+}
+
+impl SourceTree {
+    fn is_dir(&self) -> bool {
+        self.items
+            .iter()
+            .any(|i| i.rel.is_empty() && matches!(i.kind, SourceKind::Dir))
+    }
+}
+
+/// What the image already has at a path (for parents of the destination).
+#[derive(Debug, Clone)]
+pub struct ExistingDir {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: Timespec,
+}
+
+/// Flags of one COPY/ADD after expansion and resolution.
+#[derive(Debug, Clone, Default)]
+pub struct CopyOptions {
+    /// `--chown`, resolved to ids.
+    pub chown: Option<(u32, u32)>,
+    /// `--chmod`, octal.
+    pub chmod: Option<u32>,
+    /// Time for directories the copy creates.
+    pub created: Timespec,
+}
+
+/// Entries of the layer that copies `sources` to `dest_abs` (absolute,
+/// trailing `/` kept). `existing(path)` describes directories that already
+/// exist in the image (already resolved through symlinks by the caller), and
+/// `dest_exists_as_dir` says whether the destination itself is one.
+pub fn copy_entries(
+    sources: &[SourceTree],
+    dest_abs: &str,
+    dest_exists_as_dir: bool,
+    opts: &CopyOptions,
+    existing: &dyn Fn(&str) -> Option<ExistingDir>,
+) -> Vec<LayerEntry> {
+    let into_dir = dest_is_dir(dest_abs, sources.len(), dest_exists_as_dir);
+    let mut out: BTreeMap<String, LayerEntry> = BTreeMap::new();
+    let mut first_link: HashMap<(u64, u64), String> = HashMap::new();
+    for tree in sources {
+        let target = target_for(dest_abs, into_dir, &tree.name, tree.is_dir());
+        let dir_root = tree.is_dir() || into_dir;
+        let container = if tree.is_dir() {
+            target.clone()
+        } else {
+            parent_of(&target)
+        };
+        add_parents(&mut out, &container, dir_root, opts, existing);
+        for item in &tree.items {
+            let path = if item.rel.is_empty() {
+                target.clone()
+            } else {
+                clean(&format!("{target}/{}", item.rel))
+            };
+            if path == "/" {
+                continue;
+            }
+            let entry = item_entry(item, &path, opts, &mut first_link);
+            out.insert(entry.path.clone(), entry);
+        }
+    }
+    out.into_values().collect()
+}
+
+fn parent_of(path: &str) -> String {
+    match path.rsplit_once('/') {
+        Some(("", _)) | None => "/".to_string(),
+        Some((p, _)) => p.to_string(),
+    }
+}
+
+/// Every directory from `/` down to `dir` (inclusive when `include_self`)
+/// that the layer must carry: existing ones with their metadata, new ones
+/// as docker creates them (0755, owned by the `--chown` user).
+fn add_parents(
+    out: &mut BTreeMap<String, LayerEntry>,
+    dir: &str,
+    include_self: bool,
+    opts: &CopyOptions,
+    existing: &dyn Fn(&str) -> Option<ExistingDir>,
+) {
+    let mut dirs = parents(&format!("{dir}/x"));
+    if !include_self {
+        dirs.retain(|d| d != dir);
+    }
+    for d in dirs {
+        let rel = d.trim_start_matches('/').to_string();
+        if out.contains_key(&rel) {
+            continue;
+        }
+        let (uid, gid) = opts.chown.unwrap_or((0, 0));
+        let entry = match existing(&d) {
+            Some(e) => dir_entry(&rel, e.mode, e.uid, e.gid, e.mtime),
+            None => dir_entry(&rel, 0o755, uid, gid, opts.created),
+        };
+        out.insert(rel, entry);
+    }
+}
+
+fn dir_entry(rel: &str, mode: u32, uid: u32, gid: u32, mtime: Timespec) -> LayerEntry {
+    LayerEntry {
+        path: rel.to_string(),
+        kind: EntryKind::Dir,
+        mode,
+        uid,
+        gid,
+        mtime,
+        xattrs: Vec::new(),
+    }
+}
+
+fn item_entry(
+    item: &SourceItem,
+    path: &str,
+    opts: &CopyOptions,
+    first_link: &mut HashMap<(u64, u64), String>,
+) -> LayerEntry {
+    let rel = path.trim_start_matches('/').to_string();
+    let (uid, gid) = opts.chown.unwrap_or((item.uid, item.gid));
+    let kind = match &item.kind {
+        SourceKind::Dir => EntryKind::Dir,
+        SourceKind::Symlink(t) => EntryKind::Symlink { target: t.clone() },
+        SourceKind::File(src) => match item.link_id.and_then(|id| first_link.get(&id)) {
+            Some(first) => EntryKind::Hardlink {
+                target: first.clone(),
+            },
+            None => {
+                if let Some(id) = item.link_id {
+                    first_link.insert(id, rel.clone());
+                }
+                EntryKind::File(src.clone())
+            }
+        },
+    };
+    // --chmod applies to files and directories, never to symlinks.
+    let mode = match (&item.kind, opts.chmod) {
+        (SourceKind::Symlink(_), _) => 0o777,
+        (_, Some(m)) => m,
+        (_, None) => item.mode,
+    };
+    LayerEntry {
+        path: rel,
+        kind,
+        mode,
+        uid,
+        gid,
+        mtime: item.mtime,
+        xattrs: item.xattrs.clone(),
+    }
+}
+
+/// A heredoc source (`COPY <<EOF /dest`): a file of `data`, mode 0644.
+pub fn heredoc_tree(name: &str, data: &[u8], mtime: Timespec) -> SourceTree {
+    SourceTree {
+        name: name.to_string(),
+        items: vec![SourceItem {
+            rel: String::new(),
+            kind: SourceKind::File(FileSource::Bytes(data.to_vec())),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime,
+            xattrs: Vec::new(),
+            link_id: None,
+        }],
+    }
+}
+
+/// Path of a regular file's bytes for a source read from disk.
+pub fn disk_file(path: PathBuf) -> SourceKind {
+    SourceKind::File(FileSource::Path(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(rel: &str, link: Option<(u64, u64)>) -> SourceItem {
+        SourceItem {
+            rel: rel.into(),
+            kind: disk_file(PathBuf::from(format!("/ctx/{rel}"))),
+            mode: 0o640,
+            uid: 1000,
+            gid: 1000,
+            mtime: Timespec::new(5, 0),
+            xattrs: Vec::new(),
+            link_id: link,
+        }
+    }
+
+    fn dir(rel: &str) -> SourceItem {
+        SourceItem {
+            kind: SourceKind::Dir,
+            mode: 0o750,
+            ..file(rel, None)
+        }
+    }
+
+    fn paths(entries: &[LayerEntry]) -> Vec<String> {
+        entries.iter().map(|e| e.path.clone()).collect()
+    }
+
+    fn none(_: &str) -> Option<ExistingDir> {
+        None
+    }
+
+    #[test]
+    fn a_file_into_a_new_directory() {
+        let src = SourceTree {
+            name: "hello.txt".into(),
+            items: vec![file("", None)],
+        };
+        let got = copy_entries(&[src], "/app/", false, &CopyOptions::default(), &none);
+        assert_eq!(paths(&got), vec!["app", "app/hello.txt"]);
+        assert_eq!(got[0].mode, 0o755);
+        assert_eq!((got[1].uid, got[1].mode), (1000, 0o640));
+    }
+
+    #[test]
+    fn a_file_renamed() {
+        let src = SourceTree {
+            name: "a/hello.txt".into(),
+            items: vec![file("", None)],
+        };
+        let got = copy_entries(&[src], "/etc/motd", false, &CopyOptions::default(), &none);
+        assert_eq!(paths(&got), vec!["etc", "etc/motd"]);
+    }
+
+    #[test]
+    fn directory_contents_not_the_directory() {
+        let src = SourceTree {
+            name: "src".into(),
+            items: vec![dir(""), dir("sub"), file("sub/x", None), file("y", None)],
+        };
+        let got = copy_entries(&[src], "/app", false, &CopyOptions::default(), &none);
+        assert_eq!(paths(&got), vec!["app", "app/sub", "app/sub/x", "app/y"]);
+        // The destination takes the source directory's metadata.
+        assert_eq!(got[0].mode, 0o750);
+    }
+
+    #[test]
+    fn chown_and_chmod_apply_to_copied_and_created_entries() {
+        let src = SourceTree {
+            name: "f".into(),
+            items: vec![file("", None)],
+        };
+        let opts = CopyOptions {
+            chown: Some((7, 8)),
+            chmod: Some(0o600),
+            created: Timespec::new(1, 0),
+        };
+        let got = copy_entries(&[src], "/new/dir/", false, &opts, &none);
+        assert_eq!(paths(&got), vec!["new", "new/dir", "new/dir/f"]);
+        assert!(got.iter().all(|e| (e.uid, e.gid) == (7, 8)));
+        assert_eq!(got[2].mode, 0o600);
+        assert_eq!(got[0].mode, 0o755);
+    }
+
+    #[test]
+    fn existing_parents_keep_their_metadata() {
+        let src = SourceTree {
+            name: "f".into(),
+            items: vec![file("", None)],
+        };
+        let existing = |p: &str| {
+            (p == "/usr").then(|| ExistingDir {
+                mode: 0o700,
+                uid: 3,
+                gid: 4,
+                mtime: Timespec::new(9, 0),
+            })
+        };
+        let got = copy_entries(&[src], "/usr/bin/", false, &CopyOptions::default(), &existing);
+        assert_eq!(paths(&got), vec!["usr", "usr/bin", "usr/bin/f"]);
+        assert_eq!((got[0].mode, got[0].uid), (0o700, 3));
+        assert_eq!((got[1].mode, got[1].uid), (0o755, 0));
+    }
+
+    #[test]
+    fn several_sources_go_into_the_directory_and_hardlinks_stay_linked() {
+        let a = SourceTree {
+            name: "a".into(),
+            items: vec![file("", Some((1, 42)))],
+        };
+        let b = SourceTree {
+            name: "b".into(),
+            items: vec![file("", Some((1, 42)))],
+        };
+        let got = copy_entries(&[a, b], "/d", false, &CopyOptions::default(), &none);
+        assert_eq!(paths(&got), vec!["d", "d/a", "d/b"]);
+        assert!(matches!(got[1].kind, EntryKind::File(_)));
+        assert_eq!(
+            got[2].kind,
+            EntryKind::Hardlink {
+                target: "d/a".into()
+            }
+        );
+    }
+}
