@@ -54,6 +54,18 @@ impl Pattern {
         self.exclusion
     }
 
+    /// How upstream would match this pattern: `"exact"`, `"prefix"`,
+    /// `"suffix"` or `"regexp"` (`"invalid"` if it cannot compile).
+    pub fn match_kind(&self) -> &'static str {
+        match &self.compiled {
+            Ok(Compiled::Exact) => "exact",
+            Ok(Compiled::Prefix) => "prefix",
+            Ok(Compiled::Suffix) => "suffix",
+            Ok(Compiled::Program(_)) => "regexp",
+            Err(()) => "invalid",
+        }
+    }
+
     fn matches(&self, path: &str) -> Result<bool, ContextError> {
         let bad = || ContextError::BadPattern {
             pattern: self.display(),
