@@ -1,0 +1,409 @@
+//! `.dockerignore` / `--exclude` matching with moby `patternmatcher`
+//! semantics: last match wins, a matching parent directory covers its
+//! children, `**` rules, regex metacharacters literal, and the same split
+//! between errors at construction time and errors at match time.
+//!
+//! Upstream turns each pattern into a Go regexp; we compile to a small token
+//! program instead (Rust's `regex` reads `[[]` and `&&` differently from Go)
+//! and reproduce the regexp's meaning, including its exact/prefix/suffix
+//! shortcuts, which change results for `**`-leading patterns.
+
+use super::gopath::{self, Class};
+use super::ContextError;
+
+/// One compiled pattern.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    cleaned: String,
+    exclusion: bool,
+    compiled: Result<Compiled, ()>,
+}
+
+#[derive(Debug, Clone)]
+enum Compiled {
+    Exact,
+    Prefix,
+    Suffix,
+    Program(Vec<Tok>),
+}
+
+#[derive(Debug, Clone)]
+enum Tok {
+    Lit(char),
+    /// `*`: any run of non-separators.
+    Star,
+    /// `?`: one non-separator.
+    One,
+    Class(Class),
+    /// A `**/` inside a pattern: zero or more whole directories.
+    AnyDirs,
+    /// A trailing `**` after other wildcards: anything.
+    AnyAll,
+    /// A raw `^`, which upstream leaves as a regexp anchor.
+    Start,
+}
+
+impl Pattern {
+    /// The cleaned pattern text, without the leading `!`.
+    pub fn as_str(&self) -> &str {
+        &self.cleaned
+    }
+
+    /// Whether this is a `!` exception (re-inclusion).
+    pub fn is_exclusion(&self) -> bool {
+        self.exclusion
+    }
+
+    /// How upstream would match this pattern: `"exact"`, `"prefix"`,
+    /// `"suffix"` or `"regexp"` (`"invalid"` if it cannot compile).
+    pub fn match_kind(&self) -> &'static str {
+        match &self.compiled {
+            Ok(Compiled::Exact) => "exact",
+            Ok(Compiled::Prefix) => "prefix",
+            Ok(Compiled::Suffix) => "suffix",
+            Ok(Compiled::Program(_)) => "regexp",
+            Err(()) => "invalid",
+        }
+    }
+
+    fn matches(&self, path: &str) -> Result<bool, ContextError> {
+        let bad = || ContextError::BadPattern {
+            pattern: self.display(),
+        };
+        let p = &self.cleaned;
+        match self.compiled.as_ref().map_err(|_| bad())? {
+            Compiled::Exact => Ok(path == p),
+            Compiled::Prefix => Ok(path.starts_with(&p[..p.len() - 2])),
+            Compiled::Suffix => {
+                let suffix = &p[2..];
+                Ok(path.ends_with(suffix) || (suffix.starts_with('/') && path == &suffix[1..]))
+            }
+            Compiled::Program(toks) => Ok(run_program(toks, path)),
+        }
+    }
+
+    fn display(&self) -> String {
+        if self.exclusion {
+            format!("!{}", self.cleaned)
+        } else {
+            self.cleaned.clone()
+        }
+    }
+}
+
+/// Per-pattern results for a directory, handed to its children so they need
+/// not re-test patterns the directory already matched.
+#[derive(Debug, Clone, Default)]
+pub struct MatchInfo {
+    parent_matched: Vec<bool>,
+}
+
+/// An ordered list of patterns; see the module doc.
+#[derive(Debug, Clone, Default)]
+pub struct PatternMatcher {
+    patterns: Vec<Pattern>,
+    exclusions: bool,
+}
+
+impl PatternMatcher {
+    /// Builds a matcher. Patterns are trimmed, empty ones dropped, each is
+    /// `filepath.Clean`ed; a lone `!` and Go-malformed globs are errors.
+    pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<Self, ContextError> {
+        let mut pm = PatternMatcher::default();
+        for raw in patterns {
+            let p = raw.as_ref().trim();
+            if p.is_empty() {
+                continue;
+            }
+            let mut p = gopath::clean(p);
+            let exclusion = p.starts_with('!');
+            if exclusion {
+                if p.len() == 1 {
+                    return Err(ContextError::LoneExclusion);
+                }
+                p.remove(0);
+                pm.exclusions = true;
+            }
+            if !gopath::validate_glob(&p) {
+                return Err(ContextError::BadPattern {
+                    pattern: raw.as_ref().trim().to_string(),
+                });
+            }
+            let compiled = compile(&p);
+            pm.patterns.push(Pattern {
+                cleaned: p,
+                exclusion,
+                compiled,
+            });
+        }
+        Ok(pm)
+    }
+
+    /// The patterns, in order.
+    pub fn patterns(&self) -> &[Pattern] {
+        &self.patterns
+    }
+
+    /// Whether any pattern is a `!` exception.
+    pub fn has_exclusions(&self) -> bool {
+        self.exclusions
+    }
+
+    /// Whether there are no patterns at all.
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    /// Whether `path` (clean, `/`-separated, relative) is excluded, checking
+    /// the path and each of its parents (moby `MatchesOrParentMatches`).
+    pub fn matches(&self, path: &str) -> Result<bool, ContextError> {
+        let parents = parent_prefixes(path);
+        let mut matched = false;
+        for pat in &self.patterns {
+            if pat.exclusion != matched {
+                continue;
+            }
+            let mut hit = pat.matches(path)?;
+            if !hit {
+                // Upstream ignores errors on the parent checks.
+                hit = parents.iter().any(|d| pat.matches(d).unwrap_or(false));
+            }
+            if hit {
+                matched = !pat.exclusion;
+            }
+        }
+        Ok(matched)
+    }
+
+    /// Incremental form for tree walks (moby `MatchesUsingParentResults`):
+    /// pass the parent directory's [`MatchInfo`] (or the default one when
+    /// unknown) and get this path's verdict and info for its children.
+    pub fn matches_with_parent(
+        &self,
+        path: &str,
+        parent: &MatchInfo,
+    ) -> Result<(bool, MatchInfo), ContextError> {
+        let known = !parent.parent_matched.is_empty();
+        if known && parent.parent_matched.len() != self.patterns.len() {
+            return Err(ContextError::Internal(
+                "parent match info does not fit this matcher".into(),
+            ));
+        }
+        let mut info = MatchInfo {
+            parent_matched: vec![false; self.patterns.len()],
+        };
+        let mut matched = false;
+        for (i, pat) in self.patterns.iter().enumerate() {
+            let mut hit = known && parent.parent_matched[i];
+            if !hit {
+                if pat.exclusion != matched {
+                    continue;
+                }
+                hit = pat.matches(path)?;
+                if !hit && !known {
+                    hit = parent_prefixes(path)
+                        .iter()
+                        .any(|d| pat.matches(d).unwrap_or(false));
+                }
+            }
+            info.parent_matched[i] = hit;
+            if hit {
+                matched = !pat.exclusion;
+            }
+        }
+        Ok((matched, info))
+    }
+
+    /// For an excluded directory: whether some exception could re-include
+    /// something below it, so the walk must descend. This is moby's literal
+    /// prefix test (`<exception>/` starts with `<dir>/`), so an exception
+    /// with a wildcard in an earlier element (`!*/sub1*`, `!**/x`) does not
+    /// reach into an excluded directory, exactly as in Docker.
+    pub fn may_reinclude_below(&self, dir: &str) -> bool {
+        if !self.exclusions {
+            return false;
+        }
+        let dir_slash = format!("{dir}/");
+        self.patterns
+            .iter()
+            .filter(|p| p.exclusion)
+            .any(|p| format!("{}/", p.cleaned).starts_with(&dir_slash))
+    }
+}
+
+/// Convenience form of [`PatternMatcher::matches`] that builds the matcher,
+/// cleans `path`, and never excludes the root `.`.
+pub fn matches_or_parent_matches<S: AsRef<str>>(
+    path: &str,
+    patterns: &[S],
+) -> Result<bool, ContextError> {
+    let pm = PatternMatcher::new(patterns)?;
+    let path = gopath::clean(path);
+    if path == "." {
+        return Ok(false);
+    }
+    pm.matches(&path)
+}
+
+/// `a/b/c` → `["a", "a/b"]`.
+fn parent_prefixes(path: &str) -> Vec<&str> {
+    path.match_indices('/').map(|(i, _)| &path[..i]).collect()
+}
+
+/// Mirrors upstream's pattern → regexp translation, including how it picks
+/// exact / prefix / suffix matching.
+fn compile(pattern: &str) -> Result<Compiled, ()> {
+    #[derive(PartialEq)]
+    enum Kind {
+        Exact,
+        Prefix,
+        Suffix,
+        Program,
+    }
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut toks = Vec::new();
+    let mut kind = Kind::Exact;
+    let mut i = 0;
+    let mut step = 0;
+    while i < chars.len() {
+        let ch = chars[i];
+        i += 1;
+        match ch {
+            '*' if chars.get(i) == Some(&'*') => {
+                i += 1;
+                if chars.get(i) == Some(&'/') {
+                    i += 1;
+                }
+                if i >= chars.len() {
+                    if kind == Kind::Exact {
+                        kind = Kind::Prefix;
+                    } else {
+                        toks.push(Tok::AnyAll);
+                        kind = Kind::Program;
+                    }
+                } else {
+                    toks.push(Tok::AnyDirs);
+                    kind = Kind::Program;
+                }
+                if step == 0 {
+                    kind = Kind::Suffix;
+                }
+            }
+            '*' => {
+                toks.push(Tok::Star);
+                kind = Kind::Program;
+            }
+            '?' => {
+                toks.push(Tok::One);
+                kind = Kind::Program;
+            }
+            '\\' => match chars.get(i) {
+                Some(&next) => {
+                    toks.push(Tok::Lit(next));
+                    i += 1;
+                    kind = Kind::Program;
+                }
+                None => toks.push(Tok::Lit('\\')),
+            },
+            '[' => {
+                let (class, used) = parse_regexp_class(&chars[i..])?;
+                toks.push(Tok::Class(class));
+                i += used;
+                kind = Kind::Program;
+            }
+            ']' => {
+                toks.push(Tok::Lit(']'));
+                kind = Kind::Program;
+            }
+            '^' => toks.push(Tok::Start),
+            c => toks.push(Tok::Lit(c)),
+        }
+        step += 1;
+    }
+    Ok(match kind {
+        Kind::Exact => Compiled::Exact,
+        Kind::Prefix => Compiled::Prefix,
+        Kind::Suffix => Compiled::Suffix,
+        Kind::Program => Compiled::Program(toks),
+    })
+}
+
+/// A class as Go's regexp parser reads it (after `[`): `]` first is
+/// literal, `\x` escapes, `a-z` ranges must ascend (upstream's
+/// `[Local-Only]` fails here, at match time). `*`/`?` inside a class are
+/// taken literally (upstream would splice regexp text into the class).
+fn parse_regexp_class(chars: &[char]) -> Result<(Class, usize), ()> {
+    let mut i = 0;
+    let negated = chars.first() == Some(&'^');
+    if negated {
+        i += 1;
+    }
+    let mut ranges = Vec::new();
+    let mut first = true;
+    loop {
+        let c = *chars.get(i).ok_or(())?;
+        if c == ']' && !first {
+            return Ok((Class { negated, ranges }, i + 1));
+        }
+        first = false;
+        let lo = read_class_char(chars, &mut i)?;
+        if chars.get(i) == Some(&'-') && chars.get(i + 1).is_some_and(|c| *c != ']') {
+            i += 1;
+            let hi = read_class_char(chars, &mut i)?;
+            if hi < lo {
+                return Err(());
+            }
+            ranges.push((lo, hi));
+        } else {
+            ranges.push((lo, lo));
+        }
+    }
+}
+
+fn read_class_char(chars: &[char], i: &mut usize) -> Result<char, ()> {
+    let c = *chars.get(*i).ok_or(())?;
+    *i += 1;
+    if c == '\\' {
+        let e = *chars.get(*i).ok_or(())?;
+        *i += 1;
+        return Ok(e);
+    }
+    Ok(c)
+}
+
+/// Anchored match of a token program, memoised over (token, position).
+fn run_program(toks: &[Tok], path: &str) -> bool {
+    let s: Vec<char> = path.chars().collect();
+    let mut memo = vec![None; (toks.len() + 1) * (s.len() + 1)];
+    step(toks, &s, 0, 0, &mut memo)
+}
+
+fn step(toks: &[Tok], s: &[char], t: usize, c: usize, memo: &mut [Option<bool>]) -> bool {
+    let key = t * (s.len() + 1) + c;
+    if let Some(v) = memo[key] {
+        return v;
+    }
+    let here = s.get(c).copied();
+    let v = match toks.get(t) {
+        None => c == s.len(),
+        Some(Tok::Lit(l)) => here == Some(*l) && step(toks, s, t + 1, c + 1, memo),
+        Some(Tok::One) => here.is_some_and(|h| h != '/') && step(toks, s, t + 1, c + 1, memo),
+        Some(Tok::Class(cl)) => {
+            here.is_some_and(|h| cl.contains(h)) && step(toks, s, t + 1, c + 1, memo)
+        }
+        Some(Tok::Star) => {
+            step(toks, s, t + 1, c, memo)
+                || (here.is_some_and(|h| h != '/') && step(toks, s, t, c + 1, memo))
+        }
+        Some(Tok::AnyAll) => {
+            step(toks, s, t + 1, c, memo) || (here.is_some() && step(toks, s, t, c + 1, memo))
+        }
+        Some(Tok::AnyDirs) => {
+            step(toks, s, t + 1, c, memo)
+                || (c..s.len()).any(|j| s[j] == '/' && step(toks, s, t + 1, j + 1, memo))
+        }
+        Some(Tok::Start) => c == 0 && step(toks, s, t + 1, c, memo),
+    };
+    memo[key] = Some(v);
+    v
+}

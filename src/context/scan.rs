@@ -1,0 +1,354 @@
+//! Walking the context once per build: ignore rules applied with moby's
+//! pruning, every entry's metadata recorded, and regular files hashed in
+//! parallel unless the stat cache vouches for an earlier digest.
+
+use std::collections::BTreeMap;
+use std::fs::Metadata;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use super::ignorefile::IgnoreRules;
+use super::pattern::{MatchInfo, PatternMatcher};
+use super::statcache::StatCache;
+use super::ContextError;
+
+/// What kind of file an entry is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+    /// A symlink and its target, as stored (never followed by the scan).
+    Symlink {
+        target: String,
+    },
+    Fifo,
+    Socket,
+    CharDevice {
+        rdev: u64,
+    },
+    BlockDevice {
+        rdev: u64,
+    },
+}
+
+/// One file in the context, as `lstat` saw it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// `/`-separated path relative to the context root; `""` is the root.
+    pub rel: String,
+    pub kind: EntryKind,
+    /// Permission bits including setuid/setgid/sticky (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub dev: u64,
+    pub ino: u64,
+    pub nlink: u64,
+    /// `sha256:<hex>` of the contents, for regular files.
+    pub digest: Option<String>,
+    /// Extended attributes, sorted by name. Not collected yet (see report).
+    pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+impl Entry {
+    pub fn is_dir(&self) -> bool {
+        self.kind == EntryKind::Dir
+    }
+
+    fn from_metadata(rel: String, meta: &Metadata, abs: &Path) -> Result<Entry, ContextError> {
+        let ft = meta.file_type();
+        let kind = if ft.is_dir() {
+            EntryKind::Dir
+        } else if ft.is_symlink() {
+            let target =
+                std::fs::read_link(abs).map_err(|e| ContextError::io("read symlink", abs, e))?;
+            EntryKind::Symlink {
+                target: target.to_string_lossy().into_owned(),
+            }
+        } else if ft.is_fifo() {
+            EntryKind::Fifo
+        } else if ft.is_socket() {
+            EntryKind::Socket
+        } else if ft.is_char_device() {
+            EntryKind::CharDevice { rdev: meta.rdev() }
+        } else if ft.is_block_device() {
+            EntryKind::BlockDevice { rdev: meta.rdev() }
+        } else {
+            EntryKind::File
+        };
+        Ok(Entry {
+            rel,
+            kind,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            nlink: meta.nlink(),
+            digest: None,
+            xattrs: Vec::new(),
+        })
+    }
+}
+
+/// Counters of one scan; `files_hashed == 0` proves a rebuild read no file.
+#[derive(Debug, Clone, Default)]
+pub struct ScanStats {
+    pub entries: usize,
+    pub files: usize,
+    pub files_hashed: usize,
+    pub bytes_hashed: u64,
+    pub cache_hits: usize,
+    /// Ignored entries not descended into.
+    pub pruned: usize,
+    /// Why the stat cache could not be saved, if it could not (not fatal).
+    pub cache_error: Option<String>,
+}
+
+/// The scanned context: every entry that survived `.dockerignore`.
+#[derive(Debug)]
+pub struct ContextIndex {
+    pub(crate) root: PathBuf,
+    pub(crate) root_entry: Entry,
+    pub(crate) entries: BTreeMap<String, Entry>,
+    control: Vec<Entry>,
+    ignore: PatternMatcher,
+    pub stats: ScanStats,
+}
+
+impl ContextIndex {
+    /// The context directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// All entries (the root excluded), sorted by path.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values()
+    }
+
+    /// The entry at `rel` (`""` is the root), without following symlinks.
+    pub fn get(&self, rel: &str) -> Option<&Entry> {
+        if rel.is_empty() {
+            Some(&self.root_entry)
+        } else {
+            self.entries.get(rel)
+        }
+    }
+
+    /// The Dockerfile and ignore file, hashed, even when the ignore rules
+    /// exclude them: the builder always reads them (BuildKit rule), though
+    /// COPY does not see them when excluded.
+    pub fn control_files(&self) -> &[Entry] {
+        &self.control
+    }
+
+    /// Whether the ignore rules exclude `rel` (for the CopyIgnoredFile lint).
+    pub fn is_ignored(&self, rel: &str) -> Result<bool, ContextError> {
+        let rel = super::gopath::clean_in_root(rel);
+        if rel.is_empty() {
+            return Ok(false);
+        }
+        self.ignore.matches(&rel)
+    }
+}
+
+/// Scans `root`. `dockerfile_rel` names the Dockerfile (kept as a control
+/// file); `stat_cache` is where digests persist between builds. Fails on
+/// unreadable entries, non-UTF-8 names, or a pattern that fails at match
+/// time (e.g. `[Local-Only]`).
+pub fn scan(
+    root: &Path,
+    dockerfile_rel: &str,
+    ignore: &IgnoreRules,
+    stat_cache: Option<&Path>,
+) -> Result<ContextIndex, ContextError> {
+    let started = std::time::SystemTime::now();
+    let root_meta =
+        std::fs::metadata(root).map_err(|e| ContextError::io("stat context", root, e))?;
+    if !root_meta.is_dir() {
+        return Err(ContextError::NotADirectory {
+            path: root.display().to_string(),
+        });
+    }
+    let mut root_entry = Entry::from_metadata(String::new(), &root_meta, root)?;
+    root_entry.kind = EntryKind::Dir;
+
+    let mut stats = ScanStats::default();
+    let mut list = Vec::new();
+    walk_dir(
+        root,
+        "",
+        &ignore.matcher,
+        &MatchInfo::default(),
+        &mut list,
+        &mut stats,
+    )?;
+
+    let mut control = Vec::new();
+    let mut names = vec![super::gopath::clean_in_root(dockerfile_rel)];
+    if let Some(src) = ignore
+        .source
+        .as_ref()
+        .and_then(|p| p.strip_prefix(root).ok())
+    {
+        names.push(src.to_string_lossy().into_owned());
+    }
+    for rel in names.into_iter().filter(|r| !r.is_empty()) {
+        let abs = root.join(&rel);
+        if let Ok(meta) = std::fs::symlink_metadata(&abs) {
+            control.push(Entry::from_metadata(rel, &meta, &abs)?);
+        }
+    }
+
+    let cache = stat_cache
+        .map(|p| StatCache::load(p, root))
+        .unwrap_or_default();
+    hash_files(root, &mut list, &cache, &mut stats)?;
+    hash_files(root, &mut control, &cache, &mut stats)?;
+
+    if let Some(path) = stat_cache {
+        let fresh = StatCache::from_entries(root, list.iter().chain(&control), started);
+        if let Err(e) = fresh.save(path) {
+            stats.cache_error = Some(e.to_string());
+        }
+    }
+    stats.entries = list.len();
+    let entries = list.into_iter().map(|e| (e.rel.clone(), e)).collect();
+    Ok(ContextIndex {
+        root: root.to_path_buf(),
+        root_entry,
+        entries,
+        control,
+        ignore: ignore.matcher.clone(),
+        stats,
+    })
+}
+
+/// Depth-first walk in name order. An ignored directory is entered only if
+/// an exception may re-include something below it, and is then recorded
+/// only if something below it was (an allow-listed path that does not exist
+/// does not bring its parent back).
+fn walk_dir(
+    root: &Path,
+    dir_rel: &str,
+    matcher: &PatternMatcher,
+    info: &MatchInfo,
+    out: &mut Vec<Entry>,
+    stats: &mut ScanStats,
+) -> Result<(), ContextError> {
+    let dir_abs = root.join(dir_rel);
+    let rd =
+        std::fs::read_dir(&dir_abs).map_err(|e| ContextError::io("read directory", &dir_abs, e))?;
+    let mut names = Vec::new();
+    for item in rd {
+        let item = item.map_err(|e| ContextError::io("read directory", &dir_abs, e))?;
+        let name = item.file_name().into_string().map_err(|n| {
+            ContextError::io(
+                "read (non-UTF-8 name)",
+                &dir_abs.join(n),
+                std::io::Error::from(std::io::ErrorKind::InvalidData),
+            )
+        })?;
+        names.push(name);
+    }
+    names.sort();
+    for name in names {
+        let rel = if dir_rel.is_empty() {
+            name
+        } else {
+            format!("{dir_rel}/{name}")
+        };
+        let abs = root.join(&rel);
+        let meta =
+            std::fs::symlink_metadata(&abs).map_err(|e| ContextError::io("stat", &abs, e))?;
+        let (excluded, child_info) = matcher.matches_with_parent(&rel, info)?;
+        if excluded {
+            if meta.is_dir() && matcher.may_reinclude_below(&rel) {
+                let mut below = Vec::new();
+                walk_dir(root, &rel, matcher, &child_info, &mut below, stats)?;
+                if !below.is_empty() {
+                    out.push(Entry::from_metadata(rel, &meta, &abs)?);
+                    out.append(&mut below);
+                }
+            } else {
+                stats.pruned += 1;
+            }
+            continue;
+        }
+        let is_dir = meta.is_dir();
+        out.push(Entry::from_metadata(rel.clone(), &meta, &abs)?);
+        if is_dir {
+            walk_dir(root, &rel, matcher, &child_info, out, stats)?;
+        }
+    }
+    Ok(())
+}
+
+/// Fills `digest` for regular files: from the stat cache when it vouches
+/// for the file, otherwise by reading it (in parallel).
+fn hash_files(
+    root: &Path,
+    list: &mut [Entry],
+    cache: &StatCache,
+    stats: &mut ScanStats,
+) -> Result<(), ContextError> {
+    let mut todo = Vec::new();
+    for e in list.iter_mut().filter(|e| e.kind == EntryKind::File) {
+        stats.files += 1;
+        match cache.lookup(e) {
+            Some(d) => {
+                e.digest = Some(d.to_string());
+                stats.cache_hits += 1;
+            }
+            None => todo.push(e),
+        }
+    }
+    let bytes = AtomicU64::new(0);
+    todo.par_iter_mut()
+        .map(|e| {
+            let (digest, n) = hash_file(&root.join(&e.rel))?;
+            bytes.fetch_add(n, Ordering::Relaxed);
+            e.digest = Some(digest);
+            Ok(())
+        })
+        .collect::<Result<(), ContextError>>()?;
+    stats.files_hashed += todo.len();
+    stats.bytes_hashed += bytes.into_inner();
+    Ok(())
+}
+
+/// `sha256:<hex>` of a file, refusing to follow a symlink swapped in since
+/// the walk.
+pub(crate) fn hash_file(path: &Path) -> Result<(String, u64), ContextError> {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| ContextError::io("open for hashing", path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| ContextError::io("read for hashing", path, e))?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((format!("sha256:{}", hex::encode(h.finalize())), total))
+}

@@ -1,0 +1,285 @@
+//! COPY/ADD source selection over a scanned context, following BuildKit:
+//! a path names a file or a directory (whose contents are copied); a source
+//! with an unescaped `*`, `?` or `[` is split at its first wildcard element
+//! and the rest is matched with Go's `filepath.Match` against paths below
+//! the literal prefix (so `**` is just `*`: one element, no recursion); a
+//! matched directory is not searched further. `..` and absolute sources are
+//! cleaned so they stay inside the context.
+//!
+//! Symlinks: a symlink named by the source (directly or as a wildcard
+//! match) is followed, inside the context, as BuildKit's COPY does
+//! (`FollowSymlinks`); symlinks found while copying a directory are kept as
+//! symlinks. `--exclude` patterns use the `.dockerignore` matcher on paths
+//! relative to each source (a file source: its base name).
+
+use std::collections::HashMap;
+
+use super::gopath::{self, glob_match, has_wildcards, unescape};
+use super::pattern::PatternMatcher;
+use super::scan::{ContextIndex, Entry, EntryKind};
+use super::ContextError;
+
+/// Symlink hops allowed while resolving one source (Linux uses 40).
+const MAX_HOPS: usize = 40;
+
+/// Options of one COPY/ADD source.
+#[derive(Debug, Clone, Default)]
+pub struct SelectOptions {
+    /// `--exclude` patterns, in order.
+    pub excludes: Vec<String>,
+}
+
+/// One entry to copy and where it goes, relative to the destination.
+/// `dest_rel` is the base name for a file source, and for a directory
+/// source `""` (the directory itself, whose metadata the engine may apply
+/// to the destination) followed by its contents.
+#[derive(Debug, Clone)]
+pub struct Selected<'a> {
+    pub entry: &'a Entry,
+    pub dest_rel: String,
+}
+
+impl ContextIndex {
+    /// Resolves one COPY source; see the module doc.
+    pub fn select(&self, src: &str) -> Result<Vec<Selected<'_>>, ContextError> {
+        self.select_with(src, &SelectOptions::default())
+    }
+
+    /// [`ContextIndex::select`] with `--exclude` patterns.
+    pub fn select_with(
+        &self,
+        src: &str,
+        opts: &SelectOptions,
+    ) -> Result<Vec<Selected<'_>>, ContextError> {
+        let cleaned = gopath::clean_in_root(src);
+        let sources = if has_wildcards(&cleaned) {
+            self.expand_wildcard(src, &cleaned)?
+        } else {
+            vec![self.resolve_literal(src, &cleaned)?]
+        };
+        let excludes = PatternMatcher::new(&opts.excludes)?;
+        let mut out = Vec::new();
+        for (name, entry) in sources {
+            let mut items = self.expand_source(&name, entry);
+            if !excludes.is_empty() {
+                items = apply_excludes(items, &excludes)?;
+            }
+            out.extend(items);
+        }
+        Ok(out)
+    }
+
+    fn resolve_literal<'a>(
+        &'a self,
+        src: &str,
+        cleaned: &str,
+    ) -> Result<(String, &'a Entry), ContextError> {
+        if let Some(e) = self.resolve(cleaned, src)? {
+            return Ok((cleaned.to_string(), e));
+        }
+        // `n\?pe` has no live wildcard but its escapes still mean `n?pe`.
+        if cleaned.contains('\\') {
+            let plain = unescape(cleaned);
+            if let Some(e) = self.resolve(&plain, src)? {
+                return Ok((plain, e));
+            }
+        }
+        Err(ContextError::NotFound {
+            src: src.to_string(),
+        })
+    }
+
+    /// Splits at the first wildcard element and matches the rest below the
+    /// literal prefix.
+    fn expand_wildcard<'a>(
+        &'a self,
+        src: &str,
+        cleaned: &str,
+    ) -> Result<Vec<(String, &'a Entry)>, ContextError> {
+        let parts: Vec<&str> = cleaned.split('/').collect();
+        let split = parts.iter().position(|p| has_wildcards(p)).unwrap_or(0);
+        let base = unescape(&parts[..split].join("/"));
+        let rest = parts[split..].join("/");
+        if glob_match(&rest, "").is_none() {
+            return Err(ContextError::BadPattern {
+                pattern: src.to_string(),
+            });
+        }
+        let no_match = || ContextError::NoMatch {
+            src: src.to_string(),
+        };
+        let Some(base_entry) = self.resolve(&base, src)? else {
+            return Err(no_match());
+        };
+        if !base_entry.is_dir() {
+            return Err(no_match());
+        }
+        let base_rel = base_entry.rel.clone();
+        let mut matched_dirs: Vec<String> = Vec::new();
+        let mut found = Vec::new();
+        for e in self.subtree(&base_rel) {
+            let rel = strip_base(&e.rel, &base_rel);
+            if matched_dirs
+                .iter()
+                .any(|d| rel.starts_with(&format!("{d}/")))
+            {
+                continue;
+            }
+            if glob_match(&rest, rel) != Some(true) {
+                continue;
+            }
+            if e.is_dir() {
+                matched_dirs.push(rel.to_string());
+            }
+            let entry = match e.kind {
+                EntryKind::Symlink { .. } => match self.resolve(&e.rel, src)? {
+                    Some(t) => t,
+                    None => continue,
+                },
+                _ => e,
+            };
+            found.push((e.rel.clone(), entry));
+        }
+        if found.is_empty() {
+            return Err(no_match());
+        }
+        Ok(found)
+    }
+
+    /// A resolved source: a directory yields itself (`""`) and its
+    /// contents; anything else yields itself under its source base name.
+    fn expand_source<'a>(&'a self, name: &str, entry: &'a Entry) -> Vec<Selected<'a>> {
+        if !entry.is_dir() {
+            let base = name.rsplit('/').next().unwrap_or(name).to_string();
+            return vec![Selected {
+                entry,
+                dest_rel: base,
+            }];
+        }
+        let mut out = vec![Selected {
+            entry,
+            dest_rel: String::new(),
+        }];
+        out.extend(self.subtree(&entry.rel).map(|e| Selected {
+            entry: e,
+            dest_rel: strip_base(&e.rel, &entry.rel).to_string(),
+        }));
+        out
+    }
+
+    /// Entries strictly below `dir` (`""` = everything), parents first.
+    fn subtree<'a>(&'a self, dir: &str) -> Box<dyn Iterator<Item = &'a Entry> + 'a> {
+        if dir.is_empty() {
+            return Box::new(self.entries.values());
+        }
+        // '0' follows '/' in byte order, so this range is exactly `dir/…`.
+        let lo = format!("{dir}/");
+        let hi = format!("{dir}0");
+        Box::new(self.entries.range(lo..hi).map(|(_, e)| e))
+    }
+
+    /// Follows symlinks in every element of `rel`, resolving absolute
+    /// targets and `..` against the context root so nothing escapes it.
+    /// `None` when some element is missing or ignored.
+    fn resolve(&self, rel: &str, src: &str) -> Result<Option<&Entry>, ContextError> {
+        let mut pending: Vec<String> = rel
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .rev()
+            .map(String::from)
+            .collect();
+        let mut cur: Vec<String> = Vec::new();
+        let mut hops = 0;
+        while let Some(part) = pending.pop() {
+            match part.as_str() {
+                "." => continue,
+                ".." => {
+                    cur.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            cur.push(part);
+            let Some(e) = self.entries.get(&cur.join("/")) else {
+                return Ok(None);
+            };
+            if let EntryKind::Symlink { target } = &e.kind {
+                hops += 1;
+                if hops > MAX_HOPS {
+                    return Err(ContextError::SymlinkLoop {
+                        src: src.to_string(),
+                    });
+                }
+                cur.pop();
+                if target.starts_with('/') {
+                    cur.clear();
+                }
+                pending.extend(
+                    target
+                        .split('/')
+                        .filter(|p| !p.is_empty())
+                        .rev()
+                        .map(String::from),
+                );
+            }
+        }
+        Ok(self.get(&cur.join("/")))
+    }
+}
+
+fn strip_base<'a>(rel: &'a str, base: &str) -> &'a str {
+    if base.is_empty() {
+        rel
+    } else {
+        rel.strip_prefix(base)
+            .and_then(|r| r.strip_prefix('/'))
+            .unwrap_or(rel)
+    }
+}
+
+/// Applies `--exclude` with the same pruning as the context walk: an
+/// excluded directory hides its subtree unless an exception may reach into
+/// it, and such a directory stays only if something below it stays.
+fn apply_excludes<'a>(
+    items: Vec<Selected<'a>>,
+    m: &PatternMatcher,
+) -> Result<Vec<Selected<'a>>, ContextError> {
+    let mut verdict: HashMap<String, bool> = HashMap::new();
+    for it in &items {
+        if !it.dest_rel.is_empty() {
+            verdict.insert(it.dest_rel.clone(), m.matches(&it.dest_rel)?);
+        }
+    }
+    let pruned = |path: &str| {
+        path.match_indices('/').any(|(i, _)| {
+            let dir = &path[..i];
+            verdict.get(dir) == Some(&true) && !m.may_reinclude_below(dir)
+        })
+    };
+    let mut kept = Vec::new();
+    let mut pending_dirs = Vec::new();
+    for it in items {
+        if it.dest_rel.is_empty() {
+            kept.push(it);
+            continue;
+        }
+        if pruned(&it.dest_rel) {
+            continue;
+        }
+        if verdict.get(&it.dest_rel) == Some(&true) {
+            if it.entry.is_dir() && m.may_reinclude_below(&it.dest_rel) {
+                pending_dirs.push(it);
+            }
+            continue;
+        }
+        kept.push(it);
+    }
+    for d in pending_dirs {
+        let prefix = format!("{}/", d.dest_rel);
+        if kept.iter().any(|k| k.dest_rel.starts_with(&prefix)) {
+            kept.push(d);
+        }
+    }
+    kept.sort_by(|a, b| a.dest_rel.cmp(&b.dest_rel));
+    Ok(kept)
+}
