@@ -1,3 +1,35 @@
 //! Layers: deterministic tar writing, compression (parallel gzip, zstd),
 //! unpacking with path-escape protection, and overlay upper dirs → OCI
 //! changesets.
+//!
+//! A layer is described as a list of [`LayerEntry`] values (paths relative to
+//! the image root). [`write_layer`] sorts them, writes one PAX/ustar tar
+//! stream and hashes, compresses and hashes again in one pass.
+//! [`unpack_layer`] applies a (possibly compressed) layer to a directory,
+//! honouring whiteouts and never writing outside that directory.
+
+mod changeset;
+mod compress;
+mod entry;
+mod pgzip;
+mod resolve;
+mod sys;
+mod tarwrite;
+mod unpack;
+mod walk;
+mod xattr;
+
+pub use changeset::{changeset_from_overlay_upper, diff_trees};
+pub use compress::{write_layer, Compression, LayerInfo, WriteOptions};
+pub use entry::{EntryKind, FileSource, LayerEntry, Timespec, OPAQUE_MARKER, WHITEOUT_PREFIX};
+pub use pgzip::ParallelGzipWriter;
+pub use resolve::resolve_in_root;
+pub use unpack::{open_archive, unpack_layer, UnpackOptions, UnpackStats};
+pub use walk::{entries_from_dir, DirOptions};
+
+/// Media type of an uncompressed OCI layer.
+pub const MEDIA_TYPE_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+/// Media type of a gzip-compressed OCI layer.
+pub const MEDIA_TYPE_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// Media type of a zstd-compressed OCI layer.
+pub const MEDIA_TYPE_TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";

@@ -1,0 +1,155 @@
+//! The layer pipeline: entries → tar → sha256 (diff_id) → compressor →
+//! sha256 (digest) → sink, in one pass with bounded memory.
+
+use std::io::{self, BufWriter, Write};
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+
+use super::entry::{normalize, LayerEntry, Timespec};
+use super::pgzip::ParallelGzipWriter;
+use super::tarwrite::write_entries;
+use super::{MEDIA_TYPE_TAR, MEDIA_TYPE_TAR_GZIP, MEDIA_TYPE_TAR_ZSTD};
+
+/// How a layer blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    /// Parallel gzip, level 0–9 (6 is gzip's default).
+    Gzip {
+        level: u32,
+    },
+    /// Multithreaded zstd, level 1–22 (3 is zstd's default).
+    Zstd {
+        level: i32,
+    },
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression::Gzip { level: 6 }
+    }
+}
+
+/// Options for [`write_layer`].
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    pub compression: Compression,
+    /// Clamp mtimes later than this (seconds since the epoch) to it.
+    pub source_date_epoch: Option<i64>,
+    /// Compression threads; 0 = one per core. Never changes the output bytes.
+    pub threads: usize,
+}
+
+/// What was written: the identities the image config and manifest need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerInfo {
+    /// `sha256:` of the uncompressed tar (the config's `rootfs.diff_ids`).
+    pub diff_id: String,
+    /// `sha256:` of the blob as written (the manifest's layer digest).
+    pub digest: String,
+    /// Blob size in bytes (compressed).
+    pub size: u64,
+    pub uncompressed_size: u64,
+    pub media_type: &'static str,
+}
+
+/// A pass-through writer that hashes and counts what goes through it.
+struct HashWriter<W: Write> {
+    inner: W,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<W: Write> HashWriter<W> {
+    fn new(inner: W) -> Self {
+        HashWriter {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
+    }
+
+    fn finish(self) -> (W, String, u64) {
+        let digest = format!("sha256:{}", hex::encode(self.hasher.finalize()));
+        (self.inner, digest, self.count)
+    }
+}
+
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes `entries` as one layer blob into `out` and returns its identities.
+pub fn write_layer(
+    entries: Vec<LayerEntry>,
+    out: &mut dyn Write,
+    opts: &WriteOptions,
+) -> Result<LayerInfo> {
+    let mut entries = normalize(entries).context("preparing layer entries")?;
+    if let Some(epoch) = opts.source_date_epoch {
+        let limit = Timespec::new(epoch, 0);
+        for e in &mut entries {
+            e.mtime = e.mtime.min(limit);
+        }
+    }
+    let sink = HashWriter::new(BufWriter::with_capacity(256 * 1024, out));
+    let (sink, diff_id, uncompressed_size, media_type) = match opts.compression {
+        Compression::None => {
+            let mut tar = HashWriter::new(sink);
+            write_entries(&entries, &mut tar)?;
+            let (sink, diff_id, n) = tar.finish();
+            (sink, diff_id, n, MEDIA_TYPE_TAR)
+        }
+        Compression::Gzip { level } => {
+            let gz = ParallelGzipWriter::new(sink, level, opts.threads)
+                .context("starting gzip threads")?;
+            let mut tar = HashWriter::new(gz);
+            write_entries(&entries, &mut tar)?;
+            let (gz, diff_id, n) = tar.finish();
+            let sink = gz.finish().context("finishing the gzip stream")?;
+            (sink, diff_id, n, MEDIA_TYPE_TAR_GZIP)
+        }
+        Compression::Zstd { level } => {
+            let mut z = zstd::stream::write::Encoder::new(sink, level).context("starting zstd")?;
+            z.multithread(zstd_threads(opts.threads))
+                .context("enabling zstd threads")?;
+            z.include_checksum(true)
+                .context("enabling the zstd checksum")?;
+            let mut tar = HashWriter::new(z);
+            write_entries(&entries, &mut tar)?;
+            let (z, diff_id, n) = tar.finish();
+            let sink = z.finish().context("finishing the zstd stream")?;
+            (sink, diff_id, n, MEDIA_TYPE_TAR_ZSTD)
+        }
+    };
+    let (mut buffered, digest, size) = sink.finish();
+    buffered.flush().context("flushing the layer blob")?;
+    Ok(LayerInfo {
+        diff_id,
+        digest,
+        size,
+        uncompressed_size,
+        media_type,
+    })
+}
+
+fn zstd_threads(threads: usize) -> u32 {
+    let n = if threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        threads
+    };
+    n as u32
+}
