@@ -1,33 +1,348 @@
 //! Commands over the local store: history, images, inspect, tag, rmi, prune, save.
+//!
+//! Tables follow docker's output (Go tabwriter: min width 10, padding 3),
+//! sizes use docker's 3-significant-digit decimal units. Rendering takes
+//! `now` as an argument so tests can pin "N years ago".
 
 use std::path::Path;
 
-use super::{not_implemented, ImageArg};
+use serde_json::json;
 
-pub fn history(_root: &Path, _args: ImageArg) -> anyhow::Result<i32> {
-    not_implemented("history")
+use super::ImageArg;
+use crate::image::time::{format_rfc3339, human_duration, now_epoch, parse_rfc3339};
+use crate::image::{export_docker_archive, find_image, short_digest, Image};
+use crate::store::Store;
+
+pub fn history(root: &Path, args: ImageArg) -> anyhow::Result<i32> {
+    let store = Store::open(root)?;
+    let image = find_image(&store, &args.image)?;
+    let rows = history_rows(&image);
+    let opts = RenderOpts {
+        now: now_epoch(),
+        trunc: !args.no_trunc,
+        human: args.human,
+    };
+    let out = match args.format.as_deref() {
+        None | Some("table") => render_history_table(&rows, &opts),
+        Some("json") => render_history_json(&rows, &opts),
+        Some(other) => anyhow::bail!("unknown --format {other:?} (want table or json)"),
+    };
+    print!("{out}");
+    Ok(0)
 }
 
-pub fn images(_root: &Path) -> anyhow::Result<i32> {
-    not_implemented("images")
+/// One `history` row, before formatting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRow {
+    /// Layer digest, or None for a step without a layer (`<missing>`).
+    pub layer: Option<String>,
+    pub created: Option<String>,
+    pub created_by: String,
+    /// Compressed layer size (what the manifest records).
+    pub size: u64,
+    pub comment: String,
 }
 
-pub fn inspect(_root: &Path, _args: ImageArg) -> anyhow::Result<i32> {
-    not_implemented("inspect")
+/// Options for rendering rows.
+pub struct RenderOpts {
+    pub now: i64,
+    pub trunc: bool,
+    pub human: bool,
 }
 
-pub fn tag(_root: &Path, _source: &str, _target: &str) -> anyhow::Result<i32> {
-    not_implemented("tag")
+/// The image's history, newest first.
+pub fn history_rows(image: &Image) -> Vec<HistoryRow> {
+    let layers = image.manifest.layers();
+    let mut rows: Vec<HistoryRow> = image
+        .config
+        .history_with_layers()
+        .into_iter()
+        .map(|(h, idx)| {
+            let layer = idx.and_then(|i| layers.get(i));
+            HistoryRow {
+                layer: layer.map(|l| l.digest().to_string()),
+                created: h.created,
+                created_by: h.created_by.unwrap_or_default(),
+                size: layer.map_or(0, |l| l.size()),
+                comment: h.comment.unwrap_or_default(),
+            }
+        })
+        .collect();
+    rows.reverse();
+    rows
 }
 
-pub fn rmi(_root: &Path, _images: &[String]) -> anyhow::Result<i32> {
-    not_implemented("rmi")
+struct Cells {
+    id: String,
+    created: String,
+    created_at: String,
+    created_by: String,
+    size: String,
+    comment: String,
 }
 
-pub fn prune(_root: &Path, _all: bool) -> anyhow::Result<i32> {
-    not_implemented("prune")
+fn cells(row: &HistoryRow, o: &RenderOpts) -> Cells {
+    let created_secs = row.created.as_deref().and_then(parse_rfc3339);
+    let created_at = created_secs.map(format_rfc3339).unwrap_or_default();
+    let created = match created_secs {
+        Some(t) if o.human => format!("{} ago", human_duration(o.now - t)),
+        Some(_) => created_at.clone(),
+        None => "N/A".to_string(),
+    };
+    let by = row.created_by.replace('\t', " ");
+    Cells {
+        id: row
+            .layer
+            .as_deref()
+            .map_or("<missing>".into(), short_digest),
+        created,
+        created_at,
+        created_by: if o.trunc { ellipsis(&by, 45) } else { by },
+        size: if o.human {
+            human_size(row.size)
+        } else {
+            row.size.to_string()
+        },
+        comment: row.comment.clone(),
+    }
 }
 
-pub fn save(_root: &Path, _image: &str, _output: &Path) -> anyhow::Result<i32> {
-    not_implemented("save")
+/// docker's table: IMAGE, CREATED, CREATED BY, SIZE, COMMENT.
+pub fn render_history_table(rows: &[HistoryRow], o: &RenderOpts) -> String {
+    let mut table = vec![vec![
+        "IMAGE".to_string(),
+        "CREATED".into(),
+        "CREATED BY".into(),
+        "SIZE".into(),
+        "COMMENT".into(),
+    ]];
+    for row in rows {
+        let c = cells(row, o);
+        table.push(vec![c.id, c.created, c.created_by, c.size, c.comment]);
+    }
+    tabwrite(&table)
+}
+
+/// docker's `--format json`: one object per line, keys sorted.
+pub fn render_history_json(rows: &[HistoryRow], o: &RenderOpts) -> String {
+    let mut out = String::new();
+    for row in rows {
+        let c = cells(row, o);
+        let v = json!({
+            "Comment": c.comment,
+            "CreatedAt": c.created_at,
+            "CreatedBy": c.created_by,
+            "CreatedSince": c.created,
+            "ID": c.id,
+            "Size": c.size,
+        });
+        out.push_str(&v.to_string());
+        out.push('\n');
+    }
+    out
+}
+
+/// Go tabwriter(minwidth 10, padding 3): every cell but the last of a line
+/// is padded to its column's width.
+pub fn tabwrite(rows: &[Vec<String>]) -> String {
+    let ncols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..ncols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| (s.chars().count() + 3).max(10))
+                .max()
+                .unwrap_or(10)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            out.push_str(cell);
+            if i + 1 < row.len() {
+                let pad = widths[i] - cell.chars().count();
+                out.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Cut to `max` characters, the last being `…` (docker's `Ellipsis`).
+pub fn ellipsis(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// docker's `HumanSizeWithPrecision(size, 3)`: decimal units, `%.3g`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 9] = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1000.0 && unit + 1 < UNITS.len() {
+        v /= 1000.0;
+        unit += 1;
+    }
+    format!("{}{}", format_g3(v), UNITS[unit])
+}
+
+/// Go's `%.3g` for 0 <= v < 1000.
+fn format_g3(v: f64) -> String {
+    if v == 0.0 {
+        return "0".into();
+    }
+    let exp = v.log10().floor() as i32;
+    let decimals = (2 - exp).max(0) as usize;
+    let s = format!("{v:.decimals$}");
+    if s.split('.').next().is_some_and(|int| int.len() > 3) {
+        // 999.5 rounds to 1000: Go switches to exponent form.
+        return "1e+03".into();
+    }
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+pub fn images(root: &Path) -> anyhow::Result<i32> {
+    let store = Store::open(root)?;
+    print!("{}", render_images(&store, now_epoch())?);
+    Ok(0)
+}
+
+/// REPOSITORY, TAG, IMAGE ID, CREATED, SIZE for every tag.
+pub fn render_images(store: &Store, now: i64) -> anyhow::Result<String> {
+    let mut table = vec![vec![
+        "REPOSITORY".to_string(),
+        "TAG".into(),
+        "IMAGE ID".into(),
+        "CREATED".into(),
+        "SIZE".into(),
+    ]];
+    for (name, desc) in store.tags()? {
+        let (repo, tag) = split_name(&name);
+        let row = match crate::image::load_image(store, &desc) {
+            Ok(image) => {
+                let created = image
+                    .config
+                    .created
+                    .as_deref()
+                    .and_then(parse_rfc3339)
+                    .map_or("N/A".into(), |t| format!("{} ago", human_duration(now - t)));
+                let size: u64 = image.manifest.layers().iter().map(|l| l.size()).sum();
+                vec![repo, tag, image.short_id(), created, human_size(size)]
+            }
+            // A tag whose blobs are missing still lists, so it can be removed.
+            Err(_) => vec![repo, tag, "<missing>".into(), "N/A".into(), "N/A".into()],
+        };
+        table.push(row);
+    }
+    Ok(tabwrite(&table))
+}
+
+fn split_name(name: &str) -> (String, String) {
+    if let Some((repo, digest)) = name.split_once('@') {
+        return (repo.to_string(), format!("@{digest}"));
+    }
+    match name.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo.to_string(), tag.to_string()),
+        _ => (name.to_string(), "latest".to_string()),
+    }
+}
+
+pub fn inspect(root: &Path, args: ImageArg) -> anyhow::Result<i32> {
+    let store = Store::open(root)?;
+    let image = find_image(&store, &args.image)?;
+    let digest = image.manifest_desc.digest().to_string();
+    let tags: Vec<String> = store
+        .tags()?
+        .into_iter()
+        .filter(|(_, d)| d.digest().to_string() == digest)
+        .map(|(n, _)| n)
+        .collect();
+    let out = json!({
+        "Id": image.config_digest,
+        "Digest": digest,
+        "RepoTags": tags,
+        "Manifest": image.manifest,
+        "Config": image.config,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(0)
+}
+
+pub fn tag(root: &Path, source: &str, target: &str) -> anyhow::Result<i32> {
+    let store = Store::open(root)?;
+    let desc = match store.resolve(source)? {
+        Some(d) => d,
+        None => find_image(&store, source)?.manifest_desc,
+    };
+    store.tag(target, &desc)?;
+    Ok(0)
+}
+
+pub fn rmi(root: &Path, images: &[String]) -> anyhow::Result<i32> {
+    let store = Store::open(root)?;
+    let mut unknown = Vec::new();
+    for name in images {
+        if store.untag(name)? {
+            println!("Untagged: {}", crate::store::normalize_tag(name)?);
+        } else {
+            unknown.push(name.as_str());
+        }
+    }
+    if !unknown.is_empty() {
+        anyhow::bail!("no such image: {}", unknown.join(", "));
+    }
+    Ok(0)
+}
+
+pub fn prune(root: &Path, all: bool) -> anyhow::Result<i32> {
+    let store = Store::open(root)?;
+    let r = store.prune(all)?;
+    println!(
+        "Deleted {} blobs ({}), {} layer dirs, {} cache records, {} temp files",
+        r.blobs,
+        human_size(r.bytes),
+        r.layer_dirs,
+        r.cache_records,
+        r.temps
+    );
+    Ok(0)
+}
+
+pub fn save(root: &Path, image: &str, output: &Path) -> anyhow::Result<i32> {
+    let store = Store::open(root)?;
+    export_docker_archive(&store, &[image.to_string()], output)?;
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_match_docker_units() {
+        assert_eq!(human_size(0), "0B");
+        assert_eq!(human_size(512), "512B");
+        assert_eq!(human_size(4096), "4.1kB");
+        assert_eq!(human_size(1_234_567), "1.23MB");
+        assert_eq!(human_size(77_800_000), "77.8MB");
+        assert_eq!(human_size(123_456_789), "123MB");
+    }
+
+    #[test]
+    fn ellipsis_keeps_45_chars() {
+        let long = "a".repeat(60);
+        let cut = ellipsis(&long, 45);
+        assert_eq!(cut.chars().count(), 45);
+        assert!(cut.ends_with('…'));
+        assert_eq!(ellipsis("short", 45), "short");
+    }
 }

@@ -72,6 +72,16 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ImageArg {
     pub image: String,
+    /// history: don't truncate CREATED BY.
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// history: print sizes and dates in human-readable form (`-H=false` for raw).
+    #[arg(short = 'H', long, default_value_t = true, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub human: bool,
+    /// history: output format, `table` (default) or `json` (one object per line).
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
 }
 
 /// How progress is shown while building.

@@ -1,2 +1,21 @@
 //! OCI image config, manifest and index; history; docker-archive and OCI
 //! layout export.
+//!
+//! The engine builds an [`ImageConfig`] step by step ([`ImageConfig::add_layer`]
+//! keeps `rootfs.diff_ids` and `history` in step), then [`commit_image`]
+//! writes config and manifest blobs and returns the descriptor to tag.
+
+mod canonical;
+mod config;
+mod export;
+mod manifest;
+pub mod time;
+
+pub use canonical::to_canonical_json;
+pub use config::{host_arch, Empty, HealthConfig, HistoryEntry, ImageConfig, RootFs, RunConfig};
+pub use export::{export_docker_archive, export_oci_layout};
+pub use manifest::{
+    commit_image, descriptor, find_image, load_image, short_digest, Compression, Image,
+    ImageFormat, DOCKER_CONFIG, DOCKER_LAYER, DOCKER_LAYER_GZIP, DOCKER_LIST, DOCKER_MANIFEST,
+    OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_MANIFEST,
+};

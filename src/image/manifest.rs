@@ -1,0 +1,226 @@
+//! Manifests: OCI or docker schema2 media types, writing an image (config +
+//! manifest blobs) into the store, and reading one back by name or ID.
+
+use anyhow::Context;
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, ImageManifestBuilder, MediaType};
+
+use super::canonical::to_canonical_json;
+use super::config::{host_arch, ImageConfig};
+use crate::store::{BlobInfo, Store};
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
+pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// Which family of media types an image is written with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ImageFormat {
+    #[default]
+    Oci,
+    Docker,
+}
+
+/// How a layer blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// Guess from a layer media type (either family).
+    pub fn from_media_type(media_type: &str) -> Compression {
+        if media_type.ends_with("gzip") {
+            Compression::Gzip
+        } else if media_type.ends_with("zstd") {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+}
+
+impl ImageFormat {
+    pub fn manifest_media_type(self) -> &'static str {
+        match self {
+            ImageFormat::Oci => OCI_MANIFEST,
+            ImageFormat::Docker => DOCKER_MANIFEST,
+        }
+    }
+
+    pub fn config_media_type(self) -> &'static str {
+        match self {
+            ImageFormat::Oci => OCI_CONFIG,
+            ImageFormat::Docker => DOCKER_CONFIG,
+        }
+    }
+
+    /// The layer media type; docker schema2 has no zstd type.
+    pub fn layer_media_type(self, compression: Compression) -> anyhow::Result<&'static str> {
+        Ok(match (self, compression) {
+            (ImageFormat::Oci, Compression::None) => OCI_LAYER,
+            (ImageFormat::Oci, Compression::Gzip) => OCI_LAYER_GZIP,
+            (ImageFormat::Oci, Compression::Zstd) => OCI_LAYER_ZSTD,
+            (ImageFormat::Docker, Compression::None) => DOCKER_LAYER,
+            (ImageFormat::Docker, Compression::Gzip) => DOCKER_LAYER_GZIP,
+            (ImageFormat::Docker, Compression::Zstd) => {
+                anyhow::bail!("docker image format has no zstd layers; use the OCI format")
+            }
+        })
+    }
+}
+
+/// A descriptor for a blob in the store.
+pub fn descriptor(media_type: &str, blob: &BlobInfo) -> anyhow::Result<Descriptor> {
+    let digest: oci_spec::image::Digest = blob
+        .digest
+        .parse()
+        .with_context(|| format!("parsing digest {}", blob.digest))?;
+    Ok(Descriptor::new(
+        MediaType::from(media_type),
+        blob.size,
+        digest,
+    ))
+}
+
+/// Write `config` and a manifest over `layers` (their media types are
+/// rewritten for `format`) into the store; returns the manifest descriptor,
+/// ready for [`Store::tag`].
+pub fn commit_image(
+    store: &Store,
+    format: ImageFormat,
+    config: &ImageConfig,
+    layers: &[Descriptor],
+) -> anyhow::Result<Descriptor> {
+    anyhow::ensure!(
+        config.rootfs.diff_ids.len() == layers.len(),
+        "image has {} diff_ids but {} layers",
+        config.rootfs.diff_ids.len(),
+        layers.len()
+    );
+    anyhow::ensure!(
+        config.is_consistent(),
+        "image history does not match its layers"
+    );
+    let config_blob = store
+        .put_blob(&config.to_json()?)
+        .context("writing image config")?;
+    let mut layer_descs = Vec::with_capacity(layers.len());
+    for layer in layers {
+        let comp = Compression::from_media_type(layer.media_type().as_ref());
+        let mut d = layer.clone();
+        d.set_media_type(MediaType::from(format.layer_media_type(comp)?));
+        layer_descs.push(d);
+    }
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::from(format.manifest_media_type()))
+        .config(descriptor(format.config_media_type(), &config_blob)?)
+        .layers(layer_descs)
+        .build()
+        .context("building the image manifest")?;
+    let manifest_blob = store
+        .put_blob(&to_canonical_json(&manifest)?)
+        .context("writing image manifest")?;
+    descriptor(format.manifest_media_type(), &manifest_blob)
+}
+
+/// An image read back from the store.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// The manifest's descriptor (digest = what a registry calls the image).
+    pub manifest_desc: Descriptor,
+    pub manifest: ImageManifest,
+    pub config: ImageConfig,
+    /// `sha256:…` of the config: docker's image ID.
+    pub config_digest: String,
+}
+
+impl Image {
+    /// docker's short image ID: 12 hex chars of the config digest.
+    pub fn short_id(&self) -> String {
+        short_digest(&self.config_digest)
+    }
+}
+
+/// The first 12 hex chars of a digest.
+pub fn short_digest(digest: &str) -> String {
+    let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
+    hex.chars().take(12).collect()
+}
+
+fn is_index(media_type: &str, json: &serde_json::Value) -> bool {
+    media_type == OCI_INDEX || media_type == DOCKER_LIST || json.get("manifests").is_some()
+}
+
+/// Load the image a manifest (or index: the host platform's entry) names.
+pub fn load_image(store: &Store, desc: &Descriptor) -> anyhow::Result<Image> {
+    let digest = desc.digest().to_string();
+    let bytes = store.read_blob(&digest)?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&bytes).with_context(|| format!("parsing manifest {digest}"))?;
+    if is_index(desc.media_type().as_ref(), &json) {
+        let index: ImageIndex =
+            serde_json::from_value(json).with_context(|| format!("parsing index {digest}"))?;
+        let chosen = pick_platform(&index)
+            .with_context(|| format!("index {digest} has no linux/{} image", host_arch()))?;
+        return load_image(store, &chosen);
+    }
+    let manifest: ImageManifest =
+        serde_json::from_value(json).with_context(|| format!("parsing manifest {digest}"))?;
+    let config_digest = manifest.config().digest().to_string();
+    let config = ImageConfig::from_json(&store.read_blob(&config_digest)?)
+        .with_context(|| format!("parsing image config {config_digest}"))?;
+    Ok(Image {
+        manifest_desc: desc.clone(),
+        manifest,
+        config,
+        config_digest,
+    })
+}
+
+fn pick_platform(index: &ImageIndex) -> Option<Descriptor> {
+    index
+        .manifests()
+        .iter()
+        .find(|d| {
+            d.platform().as_ref().is_some_and(|p| {
+                p.os().to_string() == "linux" && p.architecture().to_string() == host_arch()
+            })
+        })
+        .cloned()
+}
+
+/// Find an image by tag (`app` means `app:latest`), else by image-ID prefix
+/// (`sha256:…` or at least 4 hex chars of the config digest).
+pub fn find_image(store: &Store, name: &str) -> anyhow::Result<Image> {
+    if let Ok(Some(desc)) = store.resolve(name) {
+        return load_image(store, &desc);
+    }
+    let prefix = name.strip_prefix("sha256:").unwrap_or(name);
+    let hexlike = prefix.len() >= 4 && prefix.bytes().all(|b| b.is_ascii_hexdigit());
+    if hexlike {
+        for (_, desc) in store.tags()? {
+            let Ok(image) = load_image(store, &desc) else {
+                continue;
+            };
+            if image
+                .config_digest
+                .trim_start_matches("sha256:")
+                .starts_with(prefix)
+            {
+                return Ok(image);
+            }
+        }
+    }
+    anyhow::bail!("no such image: {name}")
+}

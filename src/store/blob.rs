@@ -1,0 +1,156 @@
+//! Content-addressed blobs: `blobs/sha256/<hex>`, written through a
+//! [`BlobWriter`] that hashes while writing and names the blob only once
+//! its digest is known (and, if asked, verified).
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use sha2::{Digest as _, Sha256};
+
+use super::fsutil::{self, TempFile};
+
+/// A named blob: `sha256:<hex>` and its size in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub digest: String,
+    pub size: u64,
+}
+
+/// Errors a caller may want to tell apart.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("digest mismatch: expected {expected}, found {found}")]
+    DigestMismatch { expected: String, found: String },
+    #[error("size mismatch for {digest}: expected {expected} bytes, found {found}")]
+    SizeMismatch {
+        digest: String,
+        expected: u64,
+        found: u64,
+    },
+    #[error("invalid digest {0:?} (want sha256:<64 lowercase hex>)")]
+    InvalidDigest(String),
+}
+
+/// The hex part of a `sha256:<hex>` digest, validated so it is safe as a
+/// file name (no `/`, no `..`).
+pub fn digest_hex(digest: &str) -> Result<&str, BlobError> {
+    let hex = digest
+        .strip_prefix("sha256:")
+        .ok_or_else(|| BlobError::InvalidDigest(digest.to_string()))?;
+    let ok = hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if ok {
+        Ok(hex)
+    } else {
+        Err(BlobError::InvalidDigest(digest.to_string()))
+    }
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Writes one blob: hashes every byte, then `commit` names it.
+/// Dropped without commit, it removes its temp file.
+pub struct BlobWriter {
+    tmp: io::BufWriter<TempFile>,
+    hasher: Sha256,
+    size: u64,
+    blobs_dir: PathBuf,
+}
+
+impl Write for TempFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl BlobWriter {
+    pub(crate) fn new(tmp_dir: &Path, blobs_dir: &Path) -> anyhow::Result<Self> {
+        let tmp = fsutil::temp_file(tmp_dir, "blob-")?;
+        Ok(BlobWriter {
+            tmp: io::BufWriter::with_capacity(256 * 1024, tmp),
+            hasher: Sha256::new(),
+            size: 0,
+            blobs_dir: blobs_dir.to_path_buf(),
+        })
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Name the blob by its digest.
+    pub fn commit(self) -> anyhow::Result<BlobInfo> {
+        self.finish(None, None)
+    }
+
+    /// Name the blob only if it has this digest (and size, when given).
+    pub fn commit_verified(self, digest: &str, size: Option<u64>) -> anyhow::Result<BlobInfo> {
+        self.finish(Some(digest), size)
+    }
+
+    fn finish(self, want: Option<&str>, want_size: Option<u64>) -> anyhow::Result<BlobInfo> {
+        let found = format!("sha256:{}", hex::encode(self.hasher.finalize()));
+        if let Some(expected) = want {
+            if expected != found {
+                return Err(BlobError::DigestMismatch {
+                    expected: expected.to_string(),
+                    found,
+                }
+                .into());
+            }
+        }
+        if let Some(expected) = want_size {
+            if expected != self.size {
+                return Err(BlobError::SizeMismatch {
+                    digest: found,
+                    expected,
+                    found: self.size,
+                }
+                .into());
+            }
+        }
+        let tmp = self
+            .tmp
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .context("flushing a blob")?;
+        let dest = self.blobs_dir.join(digest_hex(&found)?);
+        // Blobs are immutable: if it is already there, keep the existing file.
+        if !dest.exists() {
+            tmp.persist(&dest)?;
+        }
+        Ok(BlobInfo {
+            digest: found,
+            size: self.size,
+        })
+    }
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.tmp.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.tmp.flush()
+    }
+}
+
+/// Remove a blob file; missing is fine.
+pub(crate) fn remove_blob(path: &Path) -> anyhow::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing blob {}", path.display())),
+    }
+}

@@ -1,0 +1,163 @@
+//! The build cache index: one JSON file per cache key under `rbuild/cache/`,
+//! named by the sha256 of the key (any key string is a safe file name), each
+//! written atomically. A record keeps the key's inputs so the engine can say
+//! why a step missed, by diffing against [`Store::cache_closest`].
+
+use std::fs;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::Store;
+
+/// Bump when the record's meaning changes; older records read as misses.
+pub const CACHE_SCHEMA: u32 = 1;
+
+/// A layer a cached step produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedLayer {
+    /// Compressed blob digest (`sha256:…`).
+    pub digest: String,
+    /// Uncompressed tar digest.
+    pub diff_id: String,
+    pub size: u64,
+    pub media_type: String,
+}
+
+/// The result of one build step, found again by its cache key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheRecord {
+    pub schema: u32,
+    pub key: String,
+    /// The previous step's key (None for a stage's first step).
+    pub parent: Option<String>,
+    /// Stage and instruction position, e.g. `build/3`.
+    pub step_id: String,
+    /// The key's inputs: `{"parent", "instruction", "build_args", "files"}`.
+    pub inputs: serde_json::Value,
+    /// The layer, or None for a metadata-only step.
+    pub layer: Option<CachedLayer>,
+    /// The config changes the step made, as JSON.
+    pub config_changes: serde_json::Value,
+    /// Other blobs the record keeps alive (e.g. a base image's manifest).
+    #[serde(default)]
+    pub blobs: Vec<String>,
+    /// Unix seconds when written; the newest wins in `cache_closest`.
+    pub created: u64,
+}
+
+impl CacheRecord {
+    /// A record for `key` with no layer and no config changes yet.
+    pub fn new(
+        key: &str,
+        parent: Option<&str>,
+        step_id: &str,
+        inputs: serde_json::Value,
+    ) -> CacheRecord {
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        CacheRecord {
+            schema: CACHE_SCHEMA,
+            key: key.to_string(),
+            parent: parent.map(str::to_string),
+            step_id: step_id.to_string(),
+            inputs,
+            layer: None,
+            config_changes: serde_json::Value::Null,
+            blobs: Vec::new(),
+            created,
+        }
+    }
+
+    /// Every blob digest this record keeps alive.
+    pub fn referenced_blobs(&self) -> impl Iterator<Item = &str> {
+        self.layer
+            .iter()
+            .map(|l| l.digest.as_str())
+            .chain(self.blobs.iter().map(String::as_str))
+    }
+}
+
+impl Store {
+    fn cache_path(&self, key: &str) -> PathBuf {
+        let name = hex::encode(Sha256::digest(key.as_bytes()));
+        self.private("cache").join(format!("{name}.json"))
+    }
+
+    /// The record for `key`: None if absent, of an older schema, or if a
+    /// blob it needs has been pruned.
+    pub fn cache_get(&self, key: &str) -> anyhow::Result<Option<CacheRecord>> {
+        let path = self.cache_path(key);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let Ok(record) = serde_json::from_slice::<CacheRecord>(&bytes) else {
+            return Ok(None);
+        };
+        let usable = record.schema == CACHE_SCHEMA
+            && record.key == key
+            && record.referenced_blobs().all(|d| self.has_blob(d));
+        Ok(usable.then_some(record))
+    }
+
+    /// Store `record` under its key (atomically replacing an older one).
+    pub fn cache_put(&self, record: &CacheRecord) -> anyhow::Result<()> {
+        let bytes = serde_json::to_vec(record).context("encoding a cache record")?;
+        self.atomic_write(&self.cache_path(&record.key), &bytes)
+            .with_context(|| format!("writing cache record for {}", record.key))
+    }
+
+    /// The most recent record for the same parent key, else for the same
+    /// step position: what the engine diffs against to explain a miss.
+    pub fn cache_closest(
+        &self,
+        parent_key: Option<&str>,
+        step_id: &str,
+    ) -> anyhow::Result<Option<CacheRecord>> {
+        let mut best: Option<(u8, u64, CacheRecord)> = None;
+        for record in self.cache_records()? {
+            let rank = if parent_key.is_some() && record.parent.as_deref() == parent_key {
+                2
+            } else if record.step_id == step_id {
+                1
+            } else {
+                continue;
+            };
+            let better = match &best {
+                None => true,
+                Some((r, c, _)) => (rank, record.created) > (*r, *c),
+            };
+            if better {
+                best = Some((rank, record.created, record));
+            }
+        }
+        Ok(best.map(|(_, _, r)| r))
+    }
+
+    /// Every readable record of the current schema.
+    pub fn cache_records(&self) -> anyhow::Result<Vec<CacheRecord>> {
+        Ok(self
+            .cache_files()?
+            .into_iter()
+            .filter_map(|p| fs::read(&p).ok())
+            .filter_map(|b| serde_json::from_slice::<CacheRecord>(&b).ok())
+            .filter(|r| r.schema == CACHE_SCHEMA)
+            .collect())
+    }
+
+    pub(crate) fn cache_files(&self) -> anyhow::Result<Vec<PathBuf>> {
+        let dir = self.private("cache");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+            let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+            out.push(entry.path());
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,145 @@
+//! Atomic file writes and the temp area.
+//!
+//! Every temp file or dir lives in `rbuild/tmp/` (same filesystem as the
+//! store, so `rename` is atomic) and holds a `flock` for as long as its
+//! writer is alive. The cleaner deletes only temps it can lock, i.e. those
+//! whose writer died; `rbuild/tmp.lock` closes the gap between creating a
+//! temp and locking it (creators hold it shared, the cleaner exclusive).
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use tempfile::{NamedTempFile, TempDir};
+
+use super::lock::{lock_exclusive, lock_shared, try_flock};
+
+/// A temp file in the store's temp area, locked while alive, removed on drop.
+pub struct TempFile {
+    pub(crate) file: NamedTempFile,
+    _lock: Flock<File>,
+}
+
+/// A temp dir in the store's temp area, locked while alive, removed on drop.
+pub struct LockedTempDir {
+    pub(crate) dir: TempDir,
+    _lock: Flock<File>,
+}
+
+fn tmp_lock(tmp_dir: &Path) -> PathBuf {
+    tmp_dir.with_extension("lock")
+}
+
+/// Create a locked temp file in `tmp_dir`.
+pub fn temp_file(tmp_dir: &Path, prefix: &str) -> anyhow::Result<TempFile> {
+    let _gate = lock_shared(&tmp_lock(tmp_dir))?;
+    let file = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempfile_in(tmp_dir)
+        .with_context(|| format!("creating a temp file in {}", tmp_dir.display()))?;
+    let dup = file
+        .as_file()
+        .try_clone()
+        .context("duplicating a temp file handle")?;
+    let lock = try_flock(dup, FlockArg::LockExclusiveNonblock)
+        .map_err(|e| anyhow::anyhow!("locking temp file {}: {e}", file.path().display()))?;
+    Ok(TempFile { file, _lock: lock })
+}
+
+/// Create a locked temp dir in `tmp_dir`.
+pub fn temp_dir(tmp_dir: &Path, prefix: &str) -> anyhow::Result<LockedTempDir> {
+    let _gate = lock_shared(&tmp_lock(tmp_dir))?;
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(tmp_dir)
+        .with_context(|| format!("creating a temp dir in {}", tmp_dir.display()))?;
+    let handle = File::open(dir.path())
+        .with_context(|| format!("opening temp dir {}", dir.path().display()))?;
+    let lock = try_flock(handle, FlockArg::LockExclusiveNonblock)
+        .map_err(|e| anyhow::anyhow!("locking temp dir {}: {e}", dir.path().display()))?;
+    Ok(LockedTempDir { dir, _lock: lock })
+}
+
+impl TempFile {
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    /// fsync the data, then rename over `dest` and fsync its directory.
+    pub fn persist(self, dest: &Path) -> anyhow::Result<()> {
+        self.file
+            .as_file()
+            .sync_all()
+            .with_context(|| format!("syncing {}", self.file.path().display()))?;
+        self.file
+            .persist(dest)
+            .map_err(|e| e.error)
+            .with_context(|| format!("renaming a temp file to {}", dest.display()))?;
+        sync_parent(dest)
+    }
+}
+
+/// fsync the directory holding `path` so a rename into it survives a crash.
+pub fn sync_parent(path: &Path) -> anyhow::Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let dir = File::open(parent).with_context(|| format!("opening {}", parent.display()))?;
+    dir.sync_all()
+        .with_context(|| format!("syncing directory {}", parent.display()))
+}
+
+/// Write `bytes` to `dest` atomically (temp file in `tmp_dir`, fsync, rename).
+pub fn atomic_write(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut tmp = temp_file(tmp_dir, "write-")?;
+    tmp.file
+        .write_all(bytes)
+        .with_context(|| format!("writing {}", tmp.path().display()))?;
+    tmp.persist(dest)
+}
+
+/// Remove temps whose writers died; returns how many were removed.
+pub fn clean_temps(tmp_dir: &Path) -> anyhow::Result<usize> {
+    let _gate = lock_exclusive(&tmp_lock(tmp_dir))?;
+    let entries = match fs::read_dir(tmp_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", tmp_dir.display())),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", tmp_dir.display()))?;
+        if remove_if_abandoned(&entry.path())? {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+fn remove_if_abandoned(path: &Path) -> anyhow::Result<bool> {
+    let Ok(handle) = File::open(path) else {
+        // Vanished meanwhile, or unreadable: nothing we can judge.
+        return Ok(false);
+    };
+    let is_dir = handle
+        .metadata()
+        .with_context(|| format!("stat {}", path.display()))?
+        .is_dir();
+    match try_flock(handle, FlockArg::LockExclusiveNonblock) {
+        Ok(_lock) => {
+            let res = if is_dir {
+                fs::remove_dir_all(path)
+            } else {
+                fs::remove_file(path)
+            };
+            match res {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+            }
+        }
+        Err(Errno::EWOULDBLOCK) => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
+}

@@ -1,0 +1,61 @@
+//! Unpacked layer dirs, `rbuild/layers/<diff_id hex>/`, each filled in a temp
+//! dir and renamed into place, so a dir that exists is complete. The store
+//! does not know tar: the caller's closure fills the dir.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use super::{digest_hex, fsutil, Store};
+
+impl Store {
+    fn layer_path(&self, diff_id: &str) -> anyhow::Result<PathBuf> {
+        Ok(self.private("layers").join(digest_hex(diff_id)?))
+    }
+
+    /// The unpacked dir of this layer, if it has been installed.
+    pub fn layer_dir(&self, diff_id: &str) -> Option<PathBuf> {
+        self.layer_path(diff_id).ok().filter(|p| p.is_dir())
+    }
+
+    /// Install the unpacked dir for `diff_id`: `fill` populates an empty temp
+    /// dir, which is then renamed into place. If another process installed
+    /// it first, theirs is kept. Returns the final path.
+    pub fn install_layer_dir(
+        &self,
+        diff_id: &str,
+        fill: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<PathBuf> {
+        let dest = self.layer_path(diff_id)?;
+        if dest.is_dir() {
+            return Ok(dest);
+        }
+        let tmp = fsutil::temp_dir(&self.tmp_dir(), "layer-")?;
+        fill(tmp.dir.path()).with_context(|| format!("unpacking layer {diff_id}"))?;
+        match fs::rename(tmp.dir.path(), &dest) {
+            Ok(()) => {
+                // Renamed away: nothing left for TempDir's drop to remove.
+                let _ = tmp.dir.keep();
+                fsutil::sync_parent(&dest)?;
+                Ok(dest)
+            }
+            // Lost a race with another installer; ours is dropped.
+            Err(_) if dest.is_dir() => Ok(dest),
+            Err(e) => Err(e).with_context(|| format!("installing layer dir {}", dest.display())),
+        }
+    }
+
+    /// The diff_ids of every installed layer dir.
+    pub(crate) fn layer_dir_ids(&self) -> anyhow::Result<Vec<String>> {
+        let dir = self.private("layers");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+            let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+            if let Some(name) = entry.file_name().to_str() {
+                out.push(format!("sha256:{name}"));
+            }
+        }
+        Ok(out)
+    }
+}
