@@ -88,13 +88,12 @@ pub fn copy_entries(
     let mut first_link: HashMap<(u64, u64), String> = HashMap::new();
     for tree in sources {
         let target = target_for(dest_abs, into_dir, &tree.name, tree.is_dir());
-        let dir_root = tree.is_dir() || into_dir;
         let container = if tree.is_dir() {
             target.clone()
         } else {
             parent_of(&target)
         };
-        add_parents(&mut out, &container, dir_root, opts, existing);
+        add_parents(&mut out, &container, opts, existing);
         for item in &tree.items {
             let path = if item.rel.is_empty() {
                 target.clone()
@@ -118,21 +117,16 @@ fn parent_of(path: &str) -> String {
     }
 }
 
-/// Every directory from `/` down to `dir` (inclusive when `include_self`)
-/// that the layer must carry: existing ones with their metadata, new ones
+/// Every directory from `/` down to `dir` (inclusive) that the layer must
+/// carry: existing ones with their metadata, new ones
 /// as docker creates them (0755, owned by the `--chown` user).
 fn add_parents(
     out: &mut BTreeMap<String, LayerEntry>,
     dir: &str,
-    include_self: bool,
     opts: &CopyOptions,
     existing: &dyn Fn(&str) -> Option<ExistingDir>,
 ) {
-    let mut dirs = parents(&format!("{dir}/x"));
-    if !include_self {
-        dirs.retain(|d| d != dir);
-    }
-    for d in dirs {
+    for d in parents(&format!("{dir}/x")) {
         let rel = d.trim_start_matches('/').to_string();
         if out.contains_key(&rel) {
             continue;
@@ -319,7 +313,13 @@ mod tests {
                 mtime: Timespec::new(9, 0),
             })
         };
-        let got = copy_entries(&[src], "/usr/bin/", false, &CopyOptions::default(), &existing);
+        let got = copy_entries(
+            &[src],
+            "/usr/bin/",
+            false,
+            &CopyOptions::default(),
+            &existing,
+        );
         assert_eq!(paths(&got), vec!["usr", "usr/bin", "usr/bin/f"]);
         assert_eq!((got[0].mode, got[0].uid), (0o700, 3));
         assert_eq!((got[1].mode, got[1].uid), (0o755, 0));

@@ -2,6 +2,8 @@
 //! wires context, layers, sandbox, store and image together.
 
 pub mod cachekey;
+pub mod copy;
 pub mod copydest;
 pub mod options;
+pub mod rootfs;
 pub mod users;

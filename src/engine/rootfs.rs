@@ -1,0 +1,106 @@
+//! A stage's filesystem as a directory, for the steps that must look at it
+//! (COPY destinations through image symlinks, `--chown` names, `COPY
+//! --from`, WORKDIR): its layers unpacked in order into a private temp dir,
+//! lazily, and only the layers added since the last look.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::layer::{resolve_in_root, unpack_layer, UnpackOptions};
+use crate::store::Store;
+
+use super::copy::ExistingDir;
+use crate::layer::Timespec;
+
+/// A layer of a stage: compressed digest (to read the blob) and diff_id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerRef {
+    pub digest: String,
+    pub diff_id: String,
+    pub size: u64,
+    pub media_type: String,
+}
+
+/// The materialized view; dropped with its temp dir.
+pub struct Rootfs {
+    dir: tempfile::TempDir,
+    applied: Vec<String>,
+}
+
+impl Rootfs {
+    /// An empty view under the store's temp dir (same filesystem: cheap
+    /// cleanup, and nothing lands outside the store).
+    pub fn new(store: &Store) -> anyhow::Result<Rootfs> {
+        let dir = tempfile::Builder::new()
+            .prefix("rootfs-")
+            .tempdir_in(store.tmp_dir())
+            .context("creating a rootfs view in the store's temp dir")?;
+        Ok(Rootfs {
+            dir,
+            applied: Vec::new(),
+        })
+    }
+
+    /// The view with exactly `layers` applied. Layers must extend what was
+    /// applied before; otherwise the view is rebuilt from scratch.
+    pub fn sync(&mut self, store: &Store, layers: &[LayerRef]) -> anyhow::Result<&Path> {
+        let is_prefix = self.applied.len() <= layers.len()
+            && self.applied.iter().zip(layers).all(|(a, l)| *a == l.digest);
+        if !is_prefix {
+            *self = Rootfs::new(store)?;
+        }
+        for layer in &layers[self.applied.len()..] {
+            let blob = store
+                .open_blob(&layer.digest)
+                .with_context(|| format!("opening layer {}", layer.digest))?;
+            let opts = UnpackOptions {
+                no_chown: !nix::unistd::geteuid().is_root(),
+                ..UnpackOptions::default()
+            };
+            unpack_layer(std::io::BufReader::new(blob), self.dir.path(), &opts)
+                .with_context(|| format!("unpacking layer {}", layer.digest))?;
+            self.applied.push(layer.digest.clone());
+        }
+        Ok(self.dir.path())
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Where `path` (absolute, in image terms) is in `root`, symlinks resolved inside it.
+pub fn host_path(root: &Path, path: &str) -> anyhow::Result<PathBuf> {
+    resolve_in_root(root, path).with_context(|| format!("resolving {path} in the image"))
+}
+
+/// `path` in image terms after resolving symlinks inside `root`.
+pub fn image_path(root: &Path, path: &str) -> anyhow::Result<String> {
+    let host = host_path(root, path)?;
+    let rel = host
+        .strip_prefix(root)
+        .with_context(|| format!("{path} resolved outside the image root"))?;
+    Ok(format!("/{}", rel.to_string_lossy()))
+}
+
+/// The directory at `path` in `root`, if there is one (not following a final symlink).
+pub fn existing_dir(root: &Path, path: &str) -> Option<ExistingDir> {
+    use std::os::unix::fs::MetadataExt;
+    let rel = path.trim_start_matches('/');
+    let meta = std::fs::symlink_metadata(root.join(rel)).ok()?;
+    meta.is_dir().then(|| ExistingDir {
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mtime: Timespec::new(meta.mtime(), meta.mtime_nsec() as u32),
+    })
+}
+
+/// Read a small text file of the image (e.g. `/etc/passwd`), empty when absent.
+pub fn read_text(root: &Path, path: &str) -> String {
+    host_path(root, path)
+        .ok()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default()
+}
