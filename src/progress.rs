@@ -111,6 +111,7 @@ pub fn reporter(mode: Mode) -> Arc<dyn Reporter> {
     match resolve(mode, std::io::stderr().is_terminal()) {
         Mode::Tty => Arc::new(TtyReporter::new(
             ProgressDrawTarget::stderr(),
+            Box::new(std::io::stderr()),
             Box::new(SystemClock::default()),
         )),
         Mode::Json => Arc::new(JsonReporter::new(
@@ -725,6 +726,9 @@ fn style(template: &str) -> ProgressStyle {
 pub struct TtyReporter {
     multi: MultiProgress,
     state: Mutex<TtyState>,
+    /// Where the closing summary goes once the bars stop redrawing, so it
+    /// ends up below them rather than above.
+    summary: Mutex<Box<dyn Write + Send>>,
     clock: Box<dyn Clock>,
 }
 
@@ -733,14 +737,23 @@ struct TtyState {
     steps: Steps,
     bars: HashMap<StepId, ProgressBar>,
     warnings: Vec<String>,
+    /// `writing image …` / `naming to …`, printed by `finish` below the bars.
+    result: Vec<String>,
     finished: bool,
 }
 
 impl TtyReporter {
-    pub fn new(target: ProgressDrawTarget, clock: Box<dyn Clock>) -> Self {
+    /// Bars draw to `target` (normally `ProgressDrawTarget::stderr()`); the
+    /// final summary is written to `summary` (normally stderr).
+    pub fn new(
+        target: ProgressDrawTarget,
+        summary: Box<dyn Write + Send>,
+        clock: Box<dyn Clock>,
+    ) -> Self {
         Self {
             multi: MultiProgress::with_draw_target(target),
             state: Mutex::new(TtyState::default()),
+            summary: Mutex::new(summary),
             clock,
         }
     }
@@ -837,10 +850,10 @@ impl TtyReporter {
                 state.warnings.push(message);
             }
             Event::BuildDone { digest, tags } => {
-                self.println(&format!("writing image {digest} done"));
-                for tag in tags {
-                    self.println(&format!("naming to {tag} done"));
-                }
+                state.result.push(format!("writing image {digest} done"));
+                state
+                    .result
+                    .extend(tags.iter().map(|t| format!("naming to {t} done")));
             }
         }
     }
@@ -867,14 +880,22 @@ impl Reporter for TtyReporter {
         for id in ids {
             state.steps.get(id, now).flush_partial(now);
         }
-        for line in state
-            .steps
-            .failure_summary()
-            .iter()
-            .chain(&warnings_summary(&state.warnings))
-        {
-            self.println(line);
+        // The bars are drawn in their final state; stop redrawing so the
+        // summary can be written below them.
+        self.multi.set_draw_target(ProgressDrawTarget::hidden());
+        let blocks = [
+            state.result.clone(),
+            state.steps.failure_summary(),
+            warnings_summary(&state.warnings),
+        ];
+        let mut out = lock(&self.summary);
+        for block in blocks.iter().filter(|b| !b.is_empty()) {
+            let _ = writeln!(out);
+            for line in block {
+                let _ = writeln!(out, "{line}");
+            }
         }
+        let _ = out.flush();
     }
 }
 
@@ -1185,7 +1206,12 @@ mod tests {
     #[test]
     fn tty_marks_steps_cached_done_and_failed() {
         let clock = ManualClock::default();
-        let r = TtyReporter::new(ProgressDrawTarget::hidden(), Box::new(clock.clone()));
+        let sink = Sink::default();
+        let r = TtyReporter::new(
+            ProgressDrawTarget::hidden(),
+            Box::new(sink.clone()),
+            Box::new(clock.clone()),
+        );
         r.event(started(1, "[1/3] FROM alpine"));
         r.event(Event::StepCached {
             id: 1,
@@ -1217,9 +1243,32 @@ mod tests {
         assert_eq!(bar(2).length(), Some(3_000_000));
         assert_eq!(bar(3).message(), "ERROR: exit code: 2");
         assert!(bar(3).is_finished());
-        assert_eq!(state.steps.failure_summary()[2], "0.000 building");
         drop(state);
+        r.event(Event::BuildDone {
+            digest: "sha256:d".to_string(),
+            tags: vec![],
+        });
         r.finish();
+        assert_eq!(
+            sink.text(),
+            "\nwriting image sha256:d done\n\n------\n > [3/3] RUN make:\n0.000 building\n------\n\
+             ERROR: [3/3] RUN make failed: exit code: 2\n"
+        );
+    }
+
+    #[test]
+    fn tty_templates_parse() {
+        for t in [
+            RUNNING_TEMPLATE,
+            BYTES_TEMPLATE,
+            BYTES_NO_TOTAL_TEMPLATE,
+            FILES_TEMPLATE,
+            FILES_NO_TOTAL_TEMPLATE,
+            DONE_TEMPLATE,
+            FAILED_TEMPLATE,
+        ] {
+            assert!(ProgressStyle::with_template(t).is_ok(), "{t}");
+        }
     }
 
     #[test]
