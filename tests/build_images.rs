@@ -1,0 +1,357 @@
+//! End-to-end builds of images that need no RUN, checked with independent
+//! tools: skopeo and umoci read the store, runc runs the result.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{run_ok, stderr, stdout, tool, Env};
+use serde_json::Value;
+
+fn skopeo_config(env: &Env, tag: &str) -> Option<Value> {
+    let skopeo = tool("skopeo", "skopeo")?;
+    let out = run_ok(
+        Command::new(skopeo)
+            .arg("inspect")
+            .arg("--config")
+            .arg(format!("oci:{}:{tag}", env.root().display())),
+    );
+    Some(serde_json::from_str(&out).expect("skopeo prints JSON"))
+}
+
+fn umoci_unpack(env: &Env, tag: &str, bundle: &Path) -> Option<()> {
+    let umoci = tool("umoci", "umoci")?;
+    let mut cmd = Command::new(umoci);
+    cmd.arg("unpack");
+    if !nix::unistd::geteuid().is_root() {
+        cmd.arg("--rootless");
+    }
+    run_ok(
+        cmd.arg("--image")
+            .arg(format!("{}:{tag}", env.root().display()))
+            .arg(bundle),
+    );
+    Some(())
+}
+
+#[test]
+fn scratch_image_is_read_by_skopeo_and_unpacked_by_umoci() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM scratch\nWORKDIR /app\nCOPY hello.txt sub/ ./\nENV GREETING=\"hi there\" A=1\n\
+                 LABEL org.example=yes\nEXPOSE 8080/tcp\nUSER 1000:1000\nCMD [\"/app/hello.txt\"]\n",
+            ),
+            ("hello.txt", "hello\n"),
+            ("sub/nested.txt", "nested\n"),
+        ],
+    );
+    let out = env.rbuild_ok(&["build", "--progress", "plain", "-t", "app:v1", ctx.to_str().unwrap()]);
+    assert!(stdout(&out).contains("app:v1") || stderr(&out).contains("app:v1"));
+
+    let Some(cfg) = skopeo_config(&env, "app:v1") else {
+        return;
+    };
+    let c = &cfg["config"];
+    assert_eq!(c["Cmd"], serde_json::json!(["/app/hello.txt"]));
+    assert_eq!(c["WorkingDir"], "/app");
+    assert_eq!(c["User"], "1000:1000");
+    assert_eq!(c["Labels"]["org.example"], "yes");
+    assert!(c["ExposedPorts"].get("8080/tcp").is_some());
+    let env_list: Vec<&str> = c["Env"]
+        .as_array()
+        .expect("Env")
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(env_list.contains(&"GREETING=hi there"), "{env_list:?}");
+    assert!(env_list.contains(&"A=1"), "{env_list:?}");
+    // Two filesystem steps (WORKDIR creating /app, COPY): two layers.
+    let history = cfg["history"].as_array().expect("history");
+    let created_by: Vec<&str> = history
+        .iter()
+        .map(|h| h["created_by"].as_str().unwrap_or(""))
+        .collect();
+    assert!(created_by.contains(&"WORKDIR /app"), "{created_by:?}");
+    assert!(
+        created_by.contains(&"COPY hello.txt sub/ ./ # buildkit"),
+        "{created_by:?}"
+    );
+    assert!(created_by.contains(&"ENV GREETING=hi there A=1"), "{created_by:?}");
+    let layers = history.iter().filter(|h| h["empty_layer"] != true).count();
+    assert_eq!(layers, cfg["rootfs"]["diff_ids"].as_array().unwrap().len());
+
+    let bundle = env.path("bundle");
+    if umoci_unpack(&env, "app:v1", &bundle).is_none() {
+        return;
+    }
+    let rootfs = bundle.join("rootfs");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("app/hello.txt")).unwrap(),
+        "hello\n"
+    );
+    // A directory source contributes its contents.
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("app/nested.txt")).unwrap(),
+        "nested\n"
+    );
+}
+
+#[test]
+fn busybox_image_runs_under_runc() {
+    let Some(busybox) = tool("busybox", "busybox-static") else {
+        return;
+    };
+    let Some(runc) = tool("runc", "runc") else {
+        return;
+    };
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: runc needs root here");
+        return;
+    }
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM scratch\nCOPY busybox /bin/busybox\nCMD [\"/bin/busybox\", \"echo\", \"hello from rbuild\"]\n",
+        )],
+    );
+    std::fs::copy(&busybox, ctx.join("busybox")).unwrap();
+    env.rbuild_ok(&["build", "-t", "bb:1", "--progress", "plain", ctx.to_str().unwrap()]);
+    let bundle = env.path("bundle");
+    if umoci_unpack(&env, "bb:1", &bundle).is_none() {
+        return;
+    }
+    // These machines reject runc's default rlimits and have no terminal.
+    let cfg_path = bundle.join("config.json");
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["process"]["terminal"] = Value::Bool(false);
+    if let Some(p) = cfg["process"].as_object_mut() {
+        p.remove("rlimits");
+    }
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let id = format!("rbuild-test-{}", std::process::id());
+    let out = run_ok(Command::new(runc).args(["run", "-b"]).arg(&bundle).arg(&id));
+    assert_eq!(out.trim(), "hello from rbuild");
+}
+
+fn manifest_digest(env: &Env, tag: &str) -> String {
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(env.root().join("index.json")).unwrap()).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some(tag)
+            || m["annotations"]["io.containerd.image.name"].as_str().is_some_and(|n| n.ends_with(tag)))
+        .unwrap_or_else(|| panic!("tag {tag} in index.json: {index}"))["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn same_inputs_give_the_same_digest_under_source_date_epoch() {
+    let files: &[(&str, &str)] = &[
+        ("Dockerfile", "FROM scratch\nCOPY . /src\nENV X=1\n"),
+        ("a.txt", "a\n"),
+        ("dir/b.txt", "b\n"),
+    ];
+    let mut digests = Vec::new();
+    for (i, mtime) in [(0, 1_000_000_000i64), (1, 1_600_000_000)] {
+        let env = Env::new();
+        let ctx = env.context("ctx", files);
+        for entry in walkdir::WalkDir::new(&ctx) {
+            let entry = entry.unwrap();
+            let t = filetime_from(mtime);
+            nix::sys::stat::utimensat(
+                nix::fcntl::AT_FDCWD,
+                entry.path(),
+                &t,
+                &t,
+                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+            )
+            .unwrap();
+        }
+        env.rbuild_ok(&[
+            "build",
+            "--build-arg",
+            "SOURCE_DATE_EPOCH=1700000000",
+            "-t",
+            &format!("r:{i}"),
+            ctx.to_str().unwrap(),
+        ]);
+        digests.push(manifest_digest(&env, &format!("r:{i}")));
+    }
+    assert_eq!(digests[0], digests[1]);
+}
+
+fn filetime_from(secs: i64) -> nix::sys::time::TimeSpec {
+    nix::sys::time::TimeSpec::new(secs, 0)
+}
+
+#[test]
+fn rebuild_reuses_every_step_and_one_changed_file_rebuilds_only_its_copy() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM scratch\nCOPY a.txt /a/\nCOPY b.txt /b/\nENV Z=1\n",
+            ),
+            ("a.txt", "a\n"),
+            ("b.txt", "b\n"),
+        ],
+    );
+    let c = ctx.to_str().unwrap();
+    let first = env.rbuild_ok(&["build", "--progress", "plain", "-t", "c:1", c]);
+    assert!(!stderr(&first).contains("CACHED"), "{}", stderr(&first));
+
+    let second = env.rbuild_ok(&["build", "--progress", "plain", "-t", "c:2", c]);
+    let log = stderr(&second);
+    assert_eq!(log.matches("CACHED").count(), 2, "{log}");
+    assert_eq!(manifest_digest(&env, "c:1"), manifest_digest(&env, "c:2"));
+
+    std::fs::write(ctx.join("b.txt"), "changed\n").unwrap();
+    let third = env.rbuild_ok(&["build", "--progress", "plain", "-t", "c:3", c]);
+    let log = stderr(&third);
+    assert_eq!(log.matches("CACHED").count(), 1, "{log}");
+    assert!(log.contains("file b.txt changed"), "miss reason names the file: {log}");
+
+    let fourth = env.rbuild_ok(&["build", "--progress", "plain", "--no-cache", "-t", "c:4", c]);
+    assert!(!stderr(&fourth).contains("CACHED"), "{}", stderr(&fourth));
+}
+
+#[test]
+fn outputs_and_iidfile() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[("Dockerfile", "FROM scratch\nCOPY f /f\n"), ("f", "x")],
+    );
+    let oci_dir = env.path("out-oci");
+    let docker_tar = env.path("out.tar");
+    let iid = env.path("iid");
+    env.rbuild_ok(&[
+        "build",
+        "-t",
+        "o:1",
+        "--output",
+        &format!("type=oci,dest={}", oci_dir.display()),
+        "--output",
+        &format!("type=docker,dest={}", docker_tar.display()),
+        "--iidfile",
+        iid.to_str().unwrap(),
+        ctx.to_str().unwrap(),
+    ]);
+    let id = std::fs::read_to_string(&iid).unwrap();
+    assert!(id.starts_with("sha256:") && id.len() == 71, "{id:?}");
+    let Some(skopeo) = tool("skopeo", "skopeo") else {
+        return;
+    };
+    let out = run_ok(
+        Command::new(&skopeo)
+            .args(["inspect", "--config"])
+            .arg(format!("docker-archive:{}", docker_tar.display())),
+    );
+    assert!(out.contains("COPY f /f"), "{out}");
+    let out = run_ok(
+        Command::new(&skopeo)
+            .args(["inspect"])
+            .arg(format!("oci:{}:o:1", oci_dir.display())),
+    );
+    assert!(out.contains("\"Layers\""), "{out}");
+}
+
+#[test]
+fn history_lists_layers_newest_first() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[("Dockerfile", "FROM scratch\nCOPY f /f\nCMD [\"/f\"]\n"), ("f", "x")],
+    );
+    env.rbuild_ok(&["build", "-t", "h:1", ctx.to_str().unwrap()]);
+    let out = stdout(&env.rbuild_ok(&["history", "h:1"]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("IMAGE"), "{out}");
+    assert!(lines[1].contains("CMD"), "{out}");
+    assert!(lines[2].contains("COPY f /f"), "{out}");
+}
+
+#[test]
+fn copy_from_stage_with_chown_and_chmod() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM scratch AS base\nCOPY passwd group /etc/\nCOPY tool.sh /opt/tool.sh\n\
+                 FROM base\nCOPY --from=base --chown=app:staff --chmod=750 /opt/tool.sh /usr/local/bin/\n\
+                 COPY --from=0 --chown=7 /etc/passwd /copy/\n",
+            ),
+            ("passwd", "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n"),
+            ("group", "root:x:0:\nstaff:x:50:app\n"),
+            ("tool.sh", "#!/bin/sh\n"),
+        ],
+    );
+    env.rbuild_ok(&["build", "-t", "m:1", ctx.to_str().unwrap()]);
+    let bundle = env.path("bundle");
+    if umoci_unpack(&env, "m:1", &bundle).is_none() {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(bundle.join("rootfs/usr/local/bin/tool.sh")).unwrap();
+    if nix::unistd::geteuid().is_root() {
+        assert_eq!((meta.uid(), meta.gid()), (1000, 50));
+        let m2 = std::fs::metadata(bundle.join("rootfs/copy/passwd")).unwrap();
+        assert_eq!((m2.uid(), m2.gid()), (7, 7));
+    }
+    assert_eq!(meta.mode() & 0o7777, 0o750);
+}
+
+#[test]
+fn add_extracts_local_archives() {
+    let env = Env::new();
+    let ctx = env.context("ctx", &[("Dockerfile", "FROM scratch\nADD files.tar.gz /x/\nADD plain.txt /y\n"), ("plain.txt", "p")]);
+    // Build a small tar.gz with the tar tool.
+    let src = env.context("src", &[("inner/one.txt", "1\n")]);
+    run_ok(
+        Command::new("tar")
+            .arg("-czf")
+            .arg(ctx.join("files.tar.gz"))
+            .arg("-C")
+            .arg(&src)
+            .arg("inner"),
+    );
+    env.rbuild_ok(&["build", "-t", "add:1", ctx.to_str().unwrap()]);
+    let bundle = env.path("bundle");
+    if umoci_unpack(&env, "add:1", &bundle).is_none() {
+        return;
+    }
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("rootfs/x/inner/one.txt")).unwrap(),
+        "1\n"
+    );
+    assert_eq!(std::fs::read_to_string(bundle.join("rootfs/y")).unwrap(), "p");
+}
+
+#[test]
+fn bad_dockerfile_fails_with_location() {
+    let env = Env::new();
+    let ctx = env.context("ctx", &[("Dockerfile", "FROM scratch\nCOPY missing.txt /x\n")]);
+    let out = env.rbuild(&["build", "-t", "bad:1", ctx.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("missing.txt"), "{err}");
+    assert!(err.contains("Dockerfile:2"), "{err}");
+    // Nothing was tagged.
+    let index = std::fs::read_to_string(env.root().join("index.json")).unwrap_or_default();
+    assert!(!index.contains("bad:1"), "{index}");
+}

@@ -1,0 +1,107 @@
+//! Shared helpers for integration tests: run the rbuild binary against a
+//! temporary store, write build contexts, and find the independent tools
+//! (skopeo, umoci, runc) the tests check results with.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The rbuild binary under test.
+pub fn rbuild_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_rbuild")
+}
+
+/// A tool from Debian's packages. Under `CI=true` a missing tool fails the
+/// test; elsewhere the test is skipped with a message naming the package.
+pub fn tool(name: &str, package: &str) -> Option<PathBuf> {
+    for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return Some(p);
+        }
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{name} is required under CI: apt-get install {package}");
+    }
+    eprintln!("skipping: {name} not found (apt-get install {package})");
+    None
+}
+
+/// A temp dir holding a store (`root/`) and any number of contexts.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Write `files` (relative path, contents) under `rel`; returns its path.
+    pub fn context(&self, rel: &str, files: &[(&str, &str)]) -> PathBuf {
+        let ctx = self.path(rel);
+        for (name, body) in files {
+            let p = ctx.join(name);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&p, body).expect("write context file");
+        }
+        std::fs::create_dir_all(&ctx).expect("mkdir context");
+        ctx
+    }
+
+    /// `rbuild --root ROOT ARGS…`
+    pub fn rbuild(&self, args: &[&str]) -> Output {
+        Command::new(rbuild_bin())
+            .arg("--root")
+            .arg(self.root())
+            .args(args)
+            .env_remove("SOURCE_DATE_EPOCH")
+            .output()
+            .expect("running rbuild")
+    }
+
+    /// Like [`Env::rbuild`], but the command must succeed.
+    pub fn rbuild_ok(&self, args: &[&str]) -> Output {
+        let out = self.rbuild(args);
+        assert!(
+            out.status.success(),
+            "rbuild {args:?} failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+}
+
+/// Run a command that must succeed; returns stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
