@@ -1,7 +1,46 @@
-//! `rbuild check`.
+//! `rbuild check`: read the Dockerfile, run the checker, print every
+//! diagnostic (stderr) or the plan summary (stdout), and pick the exit code.
 
-use super::{not_implemented, CheckArgs};
+use std::path::PathBuf;
 
-pub fn run(_args: CheckArgs) -> anyhow::Result<i32> {
-    not_implemented("check")
+use anyhow::Context;
+
+use super::CheckArgs;
+use crate::check;
+use crate::plan::{parse_build_args, PlanOptions};
+
+pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
+    let (path, shown) = dockerfile_path(&args);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading Dockerfile {}", path.display()))?;
+    let opts = PlanOptions {
+        build_args: parse_build_args(&args.build_args, |k| std::env::var(k).ok()),
+        target: args.target.clone(),
+        ..PlanOptions::default()
+    };
+    let report = check::check(&text, &opts);
+    eprint!("{}", check::render_report(&shown, &report));
+    if report.errors.is_empty() {
+        if let Some(plan) = &report.plan {
+            print!("{}", check::summary(plan));
+        }
+    }
+    Ok(report.exit_code())
+}
+
+/// The Dockerfile to read and the name to show for it: `-f` as given, else
+/// `CONTEXT/Dockerfile`.
+fn dockerfile_path(args: &CheckArgs) -> (PathBuf, String) {
+    match &args.file {
+        Some(f) => (f.clone(), f.display().to_string()),
+        None => {
+            let p = args.context.join("Dockerfile");
+            let shown = if args.context == std::path::Path::new(".") {
+                "Dockerfile".to_string()
+            } else {
+                p.display().to_string()
+            };
+            (p, shown)
+        }
+    }
 }

@@ -1,0 +1,349 @@
+//! From Dockerfile instructions to a build plan, as BuildKit's
+//! `dockerfile2llb` decides it before executing anything: stages and their
+//! bases, global and per-stage ARG scoping, build args, predefined platform
+//! and proxy ARGs, `--target` pruning to the stages the target needs, ONBUILD
+//! triggers, and every step with its words already expanded, the build args
+//! it used, its progress name and its image-history `created_by` text.
+//!
+//! Planning also yields the lint findings BuildKit reports while converting
+//! (UndefinedVar, UndefinedArgInFrom, LegacyKeyValueFormat,
+//! JSONArgsRecommended, MultipleInstructionsDisallowed); `check` adds the
+//! purely syntactic ones.
+
+pub mod expand;
+pub mod history;
+pub mod ir;
+pub mod reader;
+mod stage;
+
+use std::collections::BTreeMap;
+
+pub use ir::{Flag, Form, Heredoc, Instruction, Kind, Span};
+pub use reader::{read, Directives, Parsed};
+
+/// An error at a position in the Dockerfile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub span: Span,
+    pub message: String,
+}
+
+/// A lint warning (BuildKit rule name and message) at a position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub rule: &'static str,
+    pub span: Span,
+    pub message: String,
+}
+
+/// An OS/architecture pair (`linux/amd64`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub arch: String,
+    pub variant: String,
+}
+
+impl Platform {
+    /// The platform rbuild runs on, in OCI/Go names.
+    pub fn host() -> Self {
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "powerpc64" => "ppc64le",
+            "s390x" => "s390x",
+            "riscv64" => "riscv64",
+            "arm" => "arm",
+            other => other,
+        };
+        let variant = if arch == "arm" { "v7" } else { "" };
+        Platform {
+            os: "linux".into(),
+            arch: arch.into(),
+            variant: variant.into(),
+        }
+    }
+
+    /// Parse `os/arch[/variant]` (also a bare `arch`, as containerd does for
+    /// `amd64`/`arm64`).
+    pub fn parse(s: &str) -> Option<Self> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let ok = |p: &&str| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        };
+        if !parts.iter().all(ok) {
+            return None;
+        }
+        let lower = |p: &str| p.to_ascii_lowercase();
+        match parts.as_slice() {
+            [os, arch] => Some(Platform {
+                os: lower(os),
+                arch: lower(arch),
+                variant: String::new(),
+            }),
+            [os, arch, variant] => Some(Platform {
+                os: lower(os),
+                arch: lower(arch),
+                variant: lower(variant),
+            }),
+            [one] if *one != "linux" && *one != "windows" => Some(Platform {
+                os: "linux".into(),
+                arch: lower(one),
+                variant: String::new(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.arch)?;
+        if !self.variant.is_empty() {
+            write!(f, "/{}", self.variant)?;
+        }
+        Ok(())
+    }
+}
+
+/// What the engine knows about an external base image's config; lets the
+/// planner expand with its ENV, use its SHELL/WORKDIR and run its ONBUILD
+/// triggers. Without it, only `PATH` is assumed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BaseConfig {
+    pub env: Vec<(String, String)>,
+    pub shell: Vec<String>,
+    pub workdir: String,
+    pub onbuild: Vec<String>,
+}
+
+/// Inputs to planning besides the Dockerfile.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    /// `--build-arg` values (see [`parse_build_args`]).
+    pub build_args: BTreeMap<String, String>,
+    /// `--target`; default: the last stage.
+    pub target: Option<String>,
+    /// Build and target platform.
+    pub platform: Platform,
+    /// Plan every stage, not only the ones the target needs (lint mode).
+    pub all_stages: bool,
+    /// Configs of external base images, keyed by normalized reference
+    /// (`docker.io/library/alpine:3.19`).
+    pub base_configs: BTreeMap<String, BaseConfig>,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions {
+            build_args: BTreeMap::new(),
+            target: None,
+            platform: Platform::host(),
+            all_stages: false,
+            base_configs: BTreeMap::new(),
+        }
+    }
+}
+
+/// What a stage (or a `COPY --from`/`RUN --mount from=`) starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Base {
+    Scratch,
+    /// Index into [`Plan::stages`].
+    Stage(usize),
+    /// A normalized image reference.
+    Image(String),
+}
+
+/// One step of a stage, ready for the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// The instruction with every word BuildKit expands already expanded
+    /// (RUN/CMD/ENTRYPOINT command text is left to the shell).
+    pub instruction: Instruction,
+    /// The build args (ARGs in scope) this step depends on: all of them for
+    /// RUN (they are in its environment), else the ones its words used.
+    pub build_args: BTreeMap<String, String>,
+    /// For RUN: the environment ARG values add (in declaration order).
+    pub arg_env: Vec<(String, String)>,
+    /// For RUN: proxy build args (`HTTP_PROXY`…), never in history or cache keys.
+    pub proxy_env: BTreeMap<String, String>,
+    /// The source of `COPY --from` / `RUN --mount from=`.
+    pub sources: Vec<Base>,
+    /// BuildKit's progress name (`[stage-0 2/4] COPY . /app`), for steps
+    /// that have one (ADD, COPY, RUN, WORKDIR).
+    pub display_name: Option<String>,
+    /// The image-history `created_by`; `None` for ONBUILD.
+    pub created_by: Option<String>,
+    /// Whether the history entry is `empty_layer`.
+    pub empty_layer: bool,
+    /// This step is a trigger inherited through ONBUILD.
+    pub from_onbuild: bool,
+}
+
+/// One stage of the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedStage {
+    /// Position of the stage in the Dockerfile (0-based).
+    pub index: usize,
+    /// The `AS` name, lower-cased.
+    pub name: Option<String>,
+    /// The name in progress output: the `AS` name, `stage-N`, or empty when
+    /// the Dockerfile has one stage.
+    pub progress_name: String,
+    pub base: Base,
+    /// The FROM image name after ARG expansion, as written (`golang:1.22`).
+    pub base_name: String,
+    /// `FROM --platform=…` after expansion.
+    pub platform: Option<Platform>,
+    pub span: Span,
+    /// Progress name of pulling the base (`[stage-0 1/3] FROM docker.io/…`).
+    pub from_display: Option<String>,
+    pub steps: Vec<Step>,
+    /// ONBUILD expressions this stage records in its image config.
+    pub onbuild: Vec<String>,
+}
+
+/// The build plan: the stages the target needs, in Dockerfile order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub stages: Vec<PlannedStage>,
+    /// Index into `stages` of the stage whose image is the result.
+    pub target: usize,
+    /// Lint findings seen while planning.
+    pub findings: Vec<Finding>,
+    /// External images the plan needs (bases and `--from` sources).
+    pub images: Vec<String>,
+}
+
+/// Planning failed; every error found is listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanError {
+    pub problems: Vec<Problem>,
+    pub findings: Vec<Finding>,
+}
+
+impl std::fmt::Display for PlanError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let msgs: Vec<String> = self
+            .problems
+            .iter()
+            .map(|p| format!("line {}: {}", p.span.line, p.message))
+            .collect();
+        f.write_str(&msgs.join("; "))
+    }
+}
+
+impl std::error::Error for PlanError {}
+
+/// `--build-arg` values: `K=V`, or `K` alone to take `K` from `env` (skipped
+/// when unset there).
+pub fn parse_build_args(
+    args: &[String],
+    env: impl Fn(&str) -> Option<String>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for a in args {
+        match a.split_once('=') {
+            Some((k, v)) => {
+                out.insert(k.to_string(), v.to_string());
+            }
+            None => {
+                if let Some(v) = env(a) {
+                    out.insert(a.clone(), v);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Plan a parsed Dockerfile.
+pub fn plan(parsed: &Parsed, opts: &PlanOptions) -> Result<Plan, PlanError> {
+    stage::plan(&parsed.instructions, parsed.directives.escape, opts)
+}
+
+/// Read and plan Dockerfile text; syntax errors come back as a `PlanError`.
+pub fn plan_text(text: &str, opts: &PlanOptions) -> Result<Plan, PlanError> {
+    let parsed = read(text);
+    if !parsed.errors.is_empty() {
+        return Err(PlanError {
+            problems: parsed.errors,
+            findings: parsed.warnings,
+        });
+    }
+    plan(&parsed, opts)
+}
+
+/// Normalize an image reference like Docker does (`alpine` →
+/// `docker.io/library/alpine:latest`); `None` when it is not a valid
+/// reference.
+pub fn normalize_reference(name: &str) -> Option<String> {
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return None;
+    }
+    let (name_part, digest) = match name.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (name, None),
+    };
+    let last_slash = name_part.rfind('/').map_or(0, |i| i + 1);
+    let (repo, tag) = match name_part[last_slash..].rfind(':') {
+        Some(i) => (
+            &name_part[..last_slash + i],
+            Some(&name_part[last_slash + i + 1..]),
+        ),
+        None => (name_part, None),
+    };
+    let mut comps: Vec<&str> = repo.split('/').collect();
+    let domain = if comps.len() > 1
+        && (comps[0].contains('.')
+            || comps[0].contains(':')
+            || comps[0] == "localhost"
+            || comps[0].chars().any(|c| c.is_ascii_uppercase()))
+    {
+        comps.remove(0).to_string()
+    } else {
+        "docker.io".to_string()
+    };
+    if domain == "docker.io" && comps.len() == 1 {
+        comps.insert(0, "library");
+    }
+    let path_ok = comps.iter().all(|c| {
+        !c.is_empty()
+            && c.chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch))
+            && c.starts_with(|ch: char| ch.is_ascii_alphanumeric())
+    });
+    if !path_ok {
+        return None;
+    }
+    if let Some(t) = tag {
+        let ok = !t.is_empty()
+            && t.len() <= 128
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            && !t.starts_with(['.', '-']);
+        if !ok {
+            return None;
+        }
+    }
+    let mut out = format!("{domain}/{}", comps.join("/"));
+    match (tag, digest) {
+        (Some(t), _) => out.push_str(&format!(":{t}")),
+        (None, None) => out.push_str(":latest"),
+        (None, Some(_)) => {}
+    }
+    if let Some(d) = digest {
+        if !d.contains(':') {
+            return None;
+        }
+        out.push_str(&format!("@{d}"));
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests;
