@@ -102,7 +102,7 @@ impl Registry {
         creds: Option<Credentials>,
     ) -> Result<Self> {
         let insecure = settings.is_insecure(host);
-        let http = build_http(host, insecure)?;
+        let http = build_http(host, insecure, &settings.ca_files)?;
         Ok(Registry {
             host: host.to_string(),
             http,
@@ -341,13 +341,13 @@ fn registry_name_for(host: &str) -> String {
 
 /// A reqwest client trusting system roots, `SSL_CERT_FILE`, and
 /// `/etc/{containers,docker}/certs.d/HOST/*.crt`.
-fn build_http(host: &str, insecure: bool) -> Result<Client> {
+fn build_http(host: &str, insecure: bool, ca_files: &[std::path::PathBuf]) -> Result<Client> {
     let mut b = Client::builder()
         .user_agent(concat!("rbuild/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(30))
         .timeout(None::<Duration>)
         .danger_accept_invalid_certs(insecure);
-    let mut files = Vec::new();
+    let mut files = ca_files.to_vec();
     if let Some(f) = std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty()) {
         files.push(std::path::PathBuf::from(f));
     }

@@ -275,7 +275,10 @@ mod tests {
             full(&format!("app:tag@{D}")),
             format!("docker.io/library/app:tag@{D}")
         );
-        assert_eq!(full("docker.io/a_b.c__d-e--f/g"), "docker.io/a_b.c__d-e--f/g:latest");
+        assert_eq!(
+            full("docker.io/a_b.c__d-e--f/g"),
+            "docker.io/a_b.c__d-e--f/g:latest"
+        );
     }
 
     #[test]

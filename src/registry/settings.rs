@@ -26,6 +26,8 @@ pub struct Settings {
     pub parallelism: usize,
     /// Where credentials are read from and written to.
     pub auth: super::auth::AuthFiles,
+    /// Extra CA certificate files (PEM) trusted for every registry.
+    pub ca_files: Vec<PathBuf>,
 }
 
 impl Default for Settings {
@@ -37,6 +39,7 @@ impl Default for Settings {
             backoff_ms: 200,
             parallelism: 4,
             auth: super::auth::AuthFiles::from_env(),
+            ca_files: Vec::new(),
         }
     }
 }
