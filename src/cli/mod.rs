@@ -57,14 +57,36 @@ pub enum Command {
         output: PathBuf,
     },
     /// Pull an image from a registry into the local store.
-    Pull { reference: String },
+    Pull {
+        reference: String,
+        /// Platform to pull from a multi-platform image (os/arch[/variant]).
+        #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+        platform: Option<String>,
+        #[command(flatten)]
+        registry: RegistryFlags,
+    },
     /// Push an image from the local store to a registry.
     Push {
         image: String,
         destination: Option<String>,
+        /// Write the pushed manifest digest to this file.
+        #[arg(long, value_name = "FILE")]
+        digestfile: Option<PathBuf>,
+        #[command(flatten)]
+        registry: RegistryFlags,
     },
     /// Store credentials for a registry.
-    Login { server: String },
+    Login {
+        server: String,
+        /// Username.
+        #[arg(short = 'u', long)]
+        username: Option<String>,
+        /// Read the password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        registry: RegistryFlags,
+    },
     /// Remove stored credentials for a registry.
     Logout { server: String },
 }
@@ -82,6 +104,17 @@ pub struct ImageArg {
     /// history: output format, `table` (default) or `json` (one object per line).
     #[arg(long, value_name = "FORMAT")]
     pub format: Option<String>,
+}
+
+/// Flags shared by the commands that talk to registries.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RegistryFlags {
+    /// Allow plain HTTP or unverified TLS for this registry (HOST[:PORT]); repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
+    /// Try this mirror before Docker Hub when pulling; repeatable.
+    #[arg(long = "registry-mirror", value_name = "HOST[:PORT]")]
+    pub registry_mirrors: Vec<String>,
 }
 
 /// How progress is shown while building.
@@ -227,11 +260,29 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Rmi { images } => images::rmi(&root, &images),
         Command::Prune { all } => images::prune(&root, all),
         Command::Save { image, output } => images::save(&root, &image, &output),
-        Command::Pull { reference } => registry::pull(&root, &reference),
-        Command::Push { image, destination } => {
-            registry::push(&root, &image, destination.as_deref())
-        }
-        Command::Login { server } => registry::login(&server),
+        Command::Pull {
+            reference,
+            platform,
+            registry: flags,
+        } => registry::pull_with(&root, &reference, platform.as_deref(), &flags),
+        Command::Push {
+            image,
+            destination,
+            digestfile,
+            registry: flags,
+        } => registry::push_with(
+            &root,
+            &image,
+            destination.as_deref(),
+            digestfile.as_deref(),
+            &flags,
+        ),
+        Command::Login {
+            server,
+            username,
+            password_stdin,
+            registry: flags,
+        } => registry::login_with(&server, username.as_deref(), password_stdin, &flags),
         Command::Logout { server } => registry::logout(&server),
     }
 }

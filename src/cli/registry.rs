@@ -1,21 +1,179 @@
 //! Commands that talk to registries: pull, push, login, logout.
+//!
+//! Pull and push work on an OCI image layout at the state directory through
+//! `registry::BlobStore`; the lead swaps `OciLayout` for the real store.
 
+use std::io::{BufRead, Write};
 use std::path::Path;
+use std::sync::Arc;
 
-use super::not_implemented;
+use anyhow::{bail, Context, Result};
 
-pub fn pull(_root: &Path, _reference: &str) -> anyhow::Result<i32> {
-    not_implemented("pull")
+use super::RegistryFlags;
+use crate::registry::{
+    self, BlobLocations, BlobProgress, OciLayout, Platform, PullOptions, PushOptions, Reference,
+    Settings,
+};
+
+// Kept for callers that only have the positional arguments.
+#[allow(dead_code)]
+pub fn pull(root: &Path, reference: &str) -> Result<i32> {
+    pull_with(root, reference, None, &RegistryFlags::default())
 }
 
-pub fn push(_root: &Path, _image: &str, _destination: Option<&str>) -> anyhow::Result<i32> {
-    not_implemented("push")
+// Kept for callers that only have the positional arguments.
+#[allow(dead_code)]
+pub fn push(root: &Path, image: &str, destination: Option<&str>) -> Result<i32> {
+    push_with(root, image, destination, None, &RegistryFlags::default())
 }
 
-pub fn login(_server: &str) -> anyhow::Result<i32> {
-    not_implemented("login")
+// Kept for callers that only have the positional arguments.
+#[allow(dead_code)]
+pub fn login(server: &str) -> Result<i32> {
+    login_with(server, None, false, &RegistryFlags::default())
 }
 
-pub fn logout(_server: &str) -> anyhow::Result<i32> {
-    not_implemented("logout")
+pub fn logout(server: &str) -> Result<i32> {
+    let settings = Settings::load()?;
+    let name = registry::registry_name(server);
+    if registry::logout(&name, &settings)? {
+        eprintln!("Removed login credentials for {name}");
+    } else {
+        eprintln!("Not logged in to {name}");
+    }
+    Ok(0)
+}
+
+fn settings_with(flags: &RegistryFlags) -> Result<Settings> {
+    let mut s = Settings::load()?;
+    s.insecure_registries
+        .extend(flags.insecure_registries.iter().cloned());
+    s.registry_mirrors
+        .extend(flags.registry_mirrors.iter().cloned());
+    Ok(s)
+}
+
+fn locations(root: &Path) -> Result<BlobLocations> {
+    BlobLocations::load(&root.join("registry/blob-locations.json"))
+}
+
+/// Progress lines on stderr, one per finished blob (sizes only, never URLs).
+fn progress_printer(verb: &'static str) -> registry::ProgressFn {
+    Arc::new(move |p: &BlobProgress| {
+        if p.done == p.total {
+            let short = p.digest.get(..19).unwrap_or(p.digest);
+            eprintln!("{verb} {short} {} bytes", p.total);
+        }
+    })
+}
+
+pub fn pull_with(
+    root: &Path,
+    reference: &str,
+    platform: Option<&str>,
+    flags: &RegistryFlags,
+) -> Result<i32> {
+    let settings = settings_with(flags)?;
+    let r = Reference::parse(reference)?;
+    let platform = platform.map(Platform::parse).transpose()?;
+    let store = OciLayout::create(root)?;
+    let loc = locations(root)?;
+    let opts = PullOptions {
+        platform,
+        progress: Some(progress_printer("pulled")),
+        locations: Some(&loc),
+    };
+    let img = registry::pull(&r, &store, &settings, &opts)?;
+    store.set_ref(
+        &r.to_string(),
+        &img.manifest_media_type,
+        &img.manifest_digest,
+        img.manifest.len() as u64,
+    )?;
+    loc.save()?;
+    println!("{}", img.manifest_digest);
+    Ok(0)
+}
+
+pub fn push_with(
+    root: &Path,
+    image: &str,
+    destination: Option<&str>,
+    digestfile: Option<&Path>,
+    flags: &RegistryFlags,
+) -> Result<i32> {
+    let settings = settings_with(flags)?;
+    let store = OciLayout::create(root)?;
+    let source = Reference::parse(image)?;
+    let digest = store
+        .resolve_ref(&source.to_string())?
+        .or(store.resolve_ref(image)?)
+        .with_context(|| format!("no image named {image} in {}", root.display()))?;
+    let dest = Reference::parse(destination.unwrap_or(image))?;
+    let loc = locations(root)?;
+    let opts = PushOptions {
+        mount_from: Vec::new(),
+        locations: Some(&loc),
+        progress: Some(progress_printer("pushed")),
+    };
+    let report = registry::push(&store, &digest, &dest, &settings, &opts)?;
+    loc.save()?;
+    if let Some(f) = digestfile {
+        std::fs::write(f, &report.manifest_digest)
+            .with_context(|| format!("writing digest file {}", f.display()))?;
+    }
+    println!("{}", report.manifest_digest);
+    Ok(0)
+}
+
+pub fn login_with(
+    server: &str,
+    username: Option<&str>,
+    password_stdin: bool,
+    flags: &RegistryFlags,
+) -> Result<i32> {
+    let settings = settings_with(flags)?;
+    let name = registry::registry_name(server);
+    let Some(user) = username else {
+        bail!("login to {name}: give a username with -u/--username");
+    };
+    let password = if password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+        line.trim_end_matches(['\n', '\r']).to_string()
+    } else {
+        prompt_password()?
+    };
+    if password.is_empty() {
+        bail!("login to {name}: the password is empty");
+    }
+    registry::login(&name, user, &password, &settings)
+        .with_context(|| format!("logging in to {name} as {user}"))?;
+    eprintln!("Login Succeeded");
+    Ok(0)
+}
+
+/// Read a password from the terminal with echo off.
+fn prompt_password() -> Result<String> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .context("no terminal to ask for a password: use --password-stdin")?;
+    let old = tcgetattr(&tty).context("reading terminal settings")?;
+    let mut quiet = old.clone();
+    quiet.local_flags.remove(LocalFlags::ECHO);
+    tcsetattr(&tty, SetArg::TCSANOW, &quiet).context("turning off terminal echo")?;
+    let mut out = &tty;
+    let _ = out.write_all(b"Password: ");
+    let mut line = String::new();
+    let read = std::io::BufReader::new(&tty).read_line(&mut line);
+    let _ = tcsetattr(&tty, SetArg::TCSANOW, &old);
+    let _ = out.write_all(b"\n");
+    read.context("reading the password from the terminal")?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }

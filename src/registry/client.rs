@@ -1,0 +1,579 @@
+//! One registry host over HTTP: scheme choice (HTTPS, plain HTTP for
+//! loopback or listed hosts), TLS roots (system, `SSL_CERT_FILE`,
+//! certs.d), the auth handshake (Basic, Bearer tokens cached per scope and
+//! refreshed on 401), retries with backoff, and the spec's error bodies.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use reqwest::header::{HeaderMap, AUTHORIZATION, WWW_AUTHENTICATE};
+use reqwest::StatusCode;
+use serde::Deserialize;
+
+use super::auth::Credentials;
+use super::settings::{is_loopback, Settings};
+
+/// A registry error answer, in plain words, naming what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {explanation} (HTTP {status}{code_part})")]
+pub struct ApiError {
+    pub what: String,
+    pub status: u16,
+    /// The spec's error code (`DENIED`, `MANIFEST_UNKNOWN`, …), if given.
+    pub code: Option<String>,
+    pub explanation: String,
+    code_part: String,
+}
+
+/// A bearer token; Debug never shows it.
+#[derive(Clone)]
+struct Token {
+    value: String,
+    expires: Instant,
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Challenge {
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+}
+
+#[derive(Debug, Default)]
+struct AuthState {
+    challenge: Option<Challenge>,
+    tokens: HashMap<String, Token>,
+}
+
+/// A client for one registry host.
+pub struct Registry {
+    host: String,
+    http: Client,
+    plain_http_allowed: bool,
+    base: Mutex<Option<String>>,
+    creds: Option<Credentials>,
+    auth: Mutex<AuthState>,
+    retries: u32,
+    backoff: Duration,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("host", &self.host)
+            .field("has_credentials", &self.creds.is_some())
+            .finish()
+    }
+}
+
+/// Scope strings for a repository (`repository:NAME:pull,push`).
+pub fn scope(repo: &str, actions: &str) -> String {
+    format!("repository:{repo}:{actions}")
+}
+
+impl Registry {
+    /// A client for `host` (API host, `name[:port]`), with credentials
+    /// looked up in the configured auth files.
+    pub fn new(host: &str, settings: &Settings) -> Result<Self> {
+        let creds = settings
+            .auth
+            .lookup(&registry_name_for(host))
+            .with_context(|| format!("looking up credentials for {host}"))?;
+        Self::with_credentials(host, settings, creds)
+    }
+
+    /// A client with explicit credentials (login uses this to test them).
+    pub fn with_credentials(
+        host: &str,
+        settings: &Settings,
+        creds: Option<Credentials>,
+    ) -> Result<Self> {
+        let insecure = settings.is_insecure(host);
+        let http = build_http(host, insecure, &settings.ca_files)?;
+        Ok(Registry {
+            host: host.to_string(),
+            http,
+            plain_http_allowed: insecure || is_loopback(host),
+            base: Mutex::new(None),
+            creds,
+            auth: Mutex::new(AuthState::default()),
+            retries: settings.retries,
+            backoff: Duration::from_millis(settings.backoff_ms),
+        })
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// `https://host` or `http://host`, found by probing `/v2/` once.
+    pub fn base_url(&self) -> Result<String> {
+        let mut base = self
+            .base
+            .lock()
+            .map_err(|_| anyhow!("registry state poisoned"))?;
+        if let Some(b) = base.as_ref() {
+            return Ok(b.clone());
+        }
+        let found = self.probe()?;
+        *base = Some(found.clone());
+        Ok(found)
+    }
+
+    fn probe(&self) -> Result<String> {
+        let https = format!("https://{}", self.host);
+        let err = match self.http.get(format!("{https}/v2/")).send() {
+            Ok(resp) => {
+                self.note_challenge(resp.headers());
+                return Ok(https);
+            }
+            Err(e) => e,
+        };
+        let text = error_chain(&err);
+        if is_cert_error(&text) || !self.plain_http_allowed {
+            return Err(describe_transport(&self.host, &https, &text));
+        }
+        let http = format!("http://{}", self.host);
+        match self.http.get(format!("{http}/v2/")).send() {
+            Ok(resp) => {
+                self.note_challenge(resp.headers());
+                Ok(http)
+            }
+            Err(e2) => Err(describe_transport(&self.host, &http, &error_chain(&e2))),
+        }
+    }
+
+    /// Check that the registry accepts our credentials (or needs none).
+    pub fn ping(&self) -> Result<()> {
+        let resp = self.send(&[], "checking credentials", false, &|c, base| {
+            c.get(format!("{base}/v2/"))
+        })?;
+        check(resp, &format!("logging in to {}", self.host)).map(|_| ())
+    }
+
+    /// Send a request built by `build` (called again for each attempt, so
+    /// file bodies are reopened), answering auth challenges for `scopes`.
+    /// `retry` enables backoff retries on 5xx and connection errors.
+    pub fn send(
+        &self,
+        scopes: &[String],
+        what: &str,
+        retry: bool,
+        build: &dyn Fn(&Client, &str) -> RequestBuilder,
+    ) -> Result<Response> {
+        let base = self.base_url()?;
+        let mut attempt = 0;
+        let mut reauthed = false;
+        loop {
+            let req = self.authorize(build(&self.http, &base), scopes)?;
+            let can_retry = retry && attempt < self.retries;
+            match req.send() {
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !reauthed => {
+                    reauthed = true;
+                    let had = self.note_challenge(resp.headers());
+                    self.forget_token(scopes);
+                    if !had || (self.creds.is_none() && !self.is_bearer()) {
+                        return Ok(resp);
+                    }
+                }
+                Ok(resp) if resp.status().is_server_error() && can_retry => {
+                    attempt += 1;
+                    self.sleep(attempt);
+                }
+                Ok(resp) => return Ok(resp),
+                Err(e) if can_retry && !is_cert_error(&error_chain(&e)) => {
+                    attempt += 1;
+                    self.sleep(attempt);
+                }
+                Err(e) => {
+                    let text = error_chain(&e);
+                    return Err(anyhow!("{what}: request to {} failed: {text}", self.host));
+                }
+            }
+        }
+    }
+
+    fn sleep(&self, attempt: u32) {
+        std::thread::sleep(self.backoff * 2u32.saturating_pow(attempt.saturating_sub(1)));
+    }
+
+    /// How many extra attempts `send` makes.
+    pub fn retries(&self) -> u32 {
+        self.retries
+    }
+
+    /// Back off before attempt `attempt` (1-based) of a caller's own retry loop.
+    pub fn backoff(&self, attempt: u32) {
+        self.sleep(attempt)
+    }
+
+    fn is_bearer(&self) -> bool {
+        self.auth
+            .lock()
+            .map(|a| matches!(a.challenge, Some(Challenge::Bearer { .. })))
+            .unwrap_or(false)
+    }
+
+    /// Remember the auth scheme a 401 asked for; false if none was usable.
+    fn note_challenge(&self, headers: &HeaderMap) -> bool {
+        let Some(ch) = headers
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(parse_challenge)
+        else {
+            return false;
+        };
+        if let Ok(mut a) = self.auth.lock() {
+            a.challenge = Some(ch);
+        }
+        true
+    }
+
+    fn forget_token(&self, scopes: &[String]) {
+        if let Ok(mut a) = self.auth.lock() {
+            a.tokens.remove(&scopes.join(" "));
+        }
+    }
+
+    fn authorize(&self, req: RequestBuilder, scopes: &[String]) -> Result<RequestBuilder> {
+        let challenge = self
+            .auth
+            .lock()
+            .map_err(|_| anyhow!("registry auth state poisoned"))?
+            .challenge
+            .clone();
+        match challenge {
+            None => Ok(req),
+            Some(Challenge::Basic) => Ok(match &self.creds {
+                Some(c) => req.basic_auth(&c.username, Some(&c.password)),
+                None => req,
+            }),
+            Some(Challenge::Bearer { realm, service }) => {
+                let token = self.token(&realm, service.as_deref(), scopes)?;
+                Ok(req.header(AUTHORIZATION, format!("Bearer {}", token.value)))
+            }
+        }
+    }
+
+    fn token(&self, realm: &str, service: Option<&str>, scopes: &[String]) -> Result<Token> {
+        let key = scopes.join(" ");
+        if let Ok(a) = self.auth.lock() {
+            if let Some(t) = a.tokens.get(&key).filter(|t| t.expires > Instant::now()) {
+                return Ok(t.clone());
+            }
+        }
+        let t = self.fetch_token(realm, service, scopes)?;
+        if let Ok(mut a) = self.auth.lock() {
+            a.tokens.insert(key, t.clone());
+        }
+        Ok(t)
+    }
+
+    fn fetch_token(&self, realm: &str, service: Option<&str>, scopes: &[String]) -> Result<Token> {
+        #[derive(Deserialize)]
+        struct TokenResponse {
+            token: Option<String>,
+            access_token: Option<String>,
+            expires_in: Option<u64>,
+        }
+        let mut url = url::Url::parse(realm).with_context(|| {
+            format!(
+                "registry {} sent an invalid token realm {realm:?}",
+                self.host
+            )
+        })?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            for s in scopes {
+                q.append_pair("scope", s);
+            }
+        }
+        let mut req = self.http.get(url);
+        if let Some(c) = &self.creds {
+            req = req.basic_auth(&c.username, Some(&c.password));
+        }
+        let what = format!("getting a token for {} from {realm}", self.host);
+        let resp = req
+            .send()
+            .map_err(|e| anyhow!("{what}: {}", error_chain(&e)))?;
+        let resp = check(resp, &what)?;
+        let body: TokenResponse = resp
+            .json()
+            .with_context(|| format!("{what}: invalid JSON"))?;
+        let value = body
+            .token
+            .or(body.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| anyhow!("{what}: the answer has no token"))?;
+        // Renew a little early so a token does not expire mid-request.
+        let secs = body.expires_in.unwrap_or(60).max(2);
+        let expires = Instant::now() + Duration::from_secs(secs) - Duration::from_secs(secs / 10);
+        Ok(Token { value, expires })
+    }
+}
+
+/// The registry name used for credential lookups (Docker Hub's API host
+/// stores its credentials under `docker.io`).
+fn registry_name_for(host: &str) -> String {
+    if host == super::reference::DOCKER_HUB_API {
+        super::reference::DOCKER_HUB.to_string()
+    } else {
+        host.to_string()
+    }
+}
+
+/// A reqwest client trusting system roots, `SSL_CERT_FILE`, and
+/// `/etc/{containers,docker}/certs.d/HOST/*.crt`.
+fn build_http(host: &str, insecure: bool, ca_files: &[std::path::PathBuf]) -> Result<Client> {
+    let mut b = Client::builder()
+        .user_agent(concat!("rbuild/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(30))
+        .timeout(None::<Duration>)
+        .danger_accept_invalid_certs(insecure);
+    let mut files = ca_files.to_vec();
+    if let Some(f) = std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty()) {
+        files.push(std::path::PathBuf::from(f));
+    }
+    for base in ["/etc/containers/certs.d", "/etc/docker/certs.d"] {
+        files.extend(crt_files(&Path::new(base).join(host)));
+    }
+    for f in files {
+        let pem = std::fs::read(&f).with_context(|| format!("reading CA file {}", f.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("parsing CA file {}", f.display()))?
+        {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    b.build().context("creating the HTTP client")
+}
+
+fn crt_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<_> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Parse `Bearer realm="…",service="…"` or `Basic realm="…"`.
+fn parse_challenge(header: &str) -> Option<Challenge> {
+    let (scheme, params) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
+    if scheme.eq_ignore_ascii_case("basic") {
+        return Some(Challenge::Basic);
+    }
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let params = parse_params(params);
+    let realm = params.get("realm")?.clone();
+    Some(Challenge::Bearer {
+        realm,
+        service: params.get("service").cloned(),
+    })
+}
+
+fn parse_params(s: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut rest = s.trim();
+    while !rest.is_empty() {
+        let Some((key, after)) = rest.split_once('=') else {
+            break;
+        };
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
+        let (value, next) = if let Some(q) = after.strip_prefix('"') {
+            match q.find('"') {
+                Some(end) => (&q[..end], &q[end + 1..]),
+                None => (q, ""),
+            }
+        } else {
+            match after.find(',') {
+                Some(end) => (&after[..end], &after[end..]),
+                None => (after, ""),
+            }
+        };
+        out.insert(key, value.to_string());
+        rest = next.trim_start_matches([',', ' ']);
+    }
+    out
+}
+
+/// The error and its sources on one line.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = inner.source();
+    }
+    s
+}
+
+fn is_cert_error(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("certificate") || t.contains("unknownissuer") || t.contains("notvalidforname")
+}
+
+fn describe_transport(host: &str, url: &str, text: &str) -> anyhow::Error {
+    if is_cert_error(text) {
+        anyhow!(
+            "TLS certificate verification failed for {url}: {text}\n\
+             hint: put the registry's CA certificate in /etc/containers/certs.d/{host}/ca.crt \
+             (or SSL_CERT_FILE), or list {host} with --insecure-registry"
+        )
+    } else {
+        anyhow!("cannot reach registry {host} at {url}: {text}")
+    }
+}
+
+/// Turn a non-success answer into an `ApiError`; pass successes through.
+pub fn check(resp: Response, what: &str) -> Result<Response> {
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    Err(api_error(resp, what).into())
+}
+
+/// Read the spec's `{"errors":[{code,message,detail}]}` body into plain words.
+pub fn api_error(resp: Response, what: &str) -> ApiError {
+    #[derive(Deserialize)]
+    struct Body {
+        errors: Vec<Item>,
+    }
+    #[derive(Deserialize)]
+    struct Item {
+        code: Option<String>,
+        message: Option<String>,
+    }
+    let status = resp.status();
+    let text = resp.text().unwrap_or_default();
+    let item = serde_json::from_str::<Body>(&text)
+        .ok()
+        .and_then(|b| b.errors.into_iter().next());
+    let code = item.as_ref().and_then(|i| i.code.clone());
+    let message = item.and_then(|i| i.message).unwrap_or_default();
+    let mut explanation = explain(code.as_deref(), status).to_string();
+    if !message.is_empty() && !explanation.contains(&message) {
+        explanation = format!("{explanation}; the registry says: {message}");
+    }
+    let code_part = code.as_ref().map(|c| format!(" {c}")).unwrap_or_default();
+    ApiError {
+        what: what.to_string(),
+        status: status.as_u16(),
+        code,
+        explanation,
+        code_part,
+    }
+}
+
+fn explain(code: Option<&str>, status: StatusCode) -> &'static str {
+    match code {
+        Some("UNAUTHORIZED") => {
+            "authentication required: log in with `rbuild login` or check the credentials"
+        }
+        Some("DENIED") => "access denied: these credentials may not do this",
+        Some("MANIFEST_UNKNOWN") => "no such manifest (tag or digest not found)",
+        Some("NAME_UNKNOWN") => "no such repository",
+        Some("NAME_INVALID") => "the registry refused the repository name",
+        Some("TAG_INVALID") => "the registry refused the tag",
+        Some("BLOB_UNKNOWN") => "the registry does not have this blob",
+        Some("MANIFEST_BLOB_UNKNOWN") => {
+            "the manifest references a blob the registry does not have"
+        }
+        Some("MANIFEST_INVALID") => "the registry rejected the manifest as invalid",
+        Some("MANIFEST_UNVERIFIED") => "the registry could not verify the manifest",
+        Some("DIGEST_INVALID") => "the content did not match its digest",
+        Some("SIZE_INVALID") => "the content did not match its declared size",
+        Some("BLOB_UPLOAD_UNKNOWN") => "the upload session expired or is unknown",
+        Some("BLOB_UPLOAD_INVALID") => "the upload was invalid",
+        Some("UNSUPPORTED") => "the registry does not support this operation",
+        Some("TOOMANYREQUESTS") => "rate limited by the registry: too many requests",
+        _ => match status {
+            StatusCode::UNAUTHORIZED => {
+                "authentication required: log in with `rbuild login` or check the credentials"
+            }
+            StatusCode::FORBIDDEN => "access denied",
+            StatusCode::NOT_FOUND => "not found",
+            StatusCode::TOO_MANY_REQUESTS => "rate limited by the registry: too many requests",
+            s if s.is_server_error() => "the registry failed with a server error",
+            _ => "the registry refused the request",
+        },
+    }
+}
+
+/// Bail unless `status` is one of `ok`.
+pub fn expect_status(resp: Response, ok: &[StatusCode], what: &str) -> Result<Response> {
+    if ok.contains(&resp.status()) {
+        return Ok(resp);
+    }
+    if resp.status().is_success() {
+        bail!("{what}: unexpected HTTP status {}", resp.status());
+    }
+    Err(api_error(resp, what).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bearer_and_basic_challenges() {
+        assert_eq!(
+            parse_challenge(
+                r#"Bearer realm="https://auth.io/token",service="registry.io",scope="repository:a/b:pull,push""#
+            ),
+            Some(Challenge::Bearer {
+                realm: "https://auth.io/token".into(),
+                service: Some("registry.io".into())
+            })
+        );
+        assert_eq!(
+            parse_challenge(r#"Basic realm="Registry Realm""#),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(parse_challenge("Negotiate abc"), None);
+        assert_eq!(
+            parse_challenge("Bearer service=x"),
+            None,
+            "realm is required"
+        );
+    }
+
+    #[test]
+    fn token_debug_is_redacted() {
+        let t = Token {
+            value: "abc.def.ghi".into(),
+            expires: Instant::now(),
+        };
+        assert!(!format!("{t:?}").contains("abc"));
+    }
+}

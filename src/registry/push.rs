@@ -1,0 +1,387 @@
+//! Push: every blob first (HEAD to skip present ones, cross-repo mount when
+//! another repository of the same registry is known to hold it, otherwise a
+//! POST + monolithic PUT streamed from the file), in parallel and with
+//! retries that restart the upload session; the manifest last, and never
+//! when a blob failed.
+
+use anyhow::{bail, Context, Result};
+use reqwest::blocking::Body;
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use reqwest::StatusCode;
+
+use super::blobs::{read_small_blob, BlobStore};
+use super::client::{api_error, check, expect_status, scope, Registry};
+use super::known::BlobLocations;
+use super::manifest::{Descriptor, Parsed};
+use super::reference::Reference;
+use super::settings::Settings;
+use super::{run_parallel, BlobProgress, ProgressFn};
+
+/// What a push asks for besides source and destination.
+#[derive(Default)]
+pub struct PushOptions<'a> {
+    /// Repositories of the destination registry that hold the blobs
+    /// (e.g. the base image's), tried as mount sources.
+    pub mount_from: Vec<String>,
+    /// Record of where blobs are known to exist; read for mount sources
+    /// and updated after a successful push.
+    pub locations: Option<&'a BlobLocations>,
+    /// Called as blob bytes are sent.
+    pub progress: Option<ProgressFn>,
+}
+
+/// How each blob reached the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobOutcome {
+    AlreadyThere,
+    Mounted,
+    Uploaded,
+}
+
+/// The result of a push.
+#[derive(Debug, Clone)]
+pub struct PushReport {
+    /// Digest of the pushed (top-level) manifest.
+    pub manifest_digest: String,
+    /// Each blob digest and what happened to it.
+    pub blobs: Vec<(String, BlobOutcome)>,
+}
+
+/// Push the manifest (or index) `manifest_digest` from `store` to `dest`.
+pub fn push(
+    store: &dyn BlobStore,
+    manifest_digest: &str,
+    dest: &Reference,
+    settings: &Settings,
+    opts: &PushOptions,
+) -> Result<PushReport> {
+    let reg = Registry::new(dest.api_host(), settings)?;
+    let mut blobs = Vec::new();
+    let tag = dest.tag.as_deref().unwrap_or(manifest_digest);
+    let digest = push_manifest_tree(
+        &reg,
+        store,
+        manifest_digest,
+        dest,
+        tag,
+        settings,
+        opts,
+        &mut blobs,
+        0,
+    )?;
+    if let Some(loc) = opts.locations {
+        for (d, _) in &blobs {
+            loc.record(d, &dest.registry, &dest.repository);
+        }
+    }
+    Ok(PushReport {
+        manifest_digest: digest,
+        blobs,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn push_manifest_tree(
+    reg: &Registry,
+    store: &dyn BlobStore,
+    digest: &str,
+    dest: &Reference,
+    put_as: &str,
+    settings: &Settings,
+    opts: &PushOptions,
+    report: &mut Vec<(String, BlobOutcome)>,
+    depth: usize,
+) -> Result<String> {
+    if depth > 2 {
+        bail!("pushing {dest}: indexes nested too deeply at {digest}");
+    }
+    let bytes = read_small_blob(store, digest)
+        .with_context(|| format!("pushing {dest}: reading manifest {digest} from the store"))?;
+    let parsed = Parsed::parse(&bytes, &format!("pushing {dest}: manifest {digest}"))?;
+    if let Some(children) = &parsed.manifests {
+        for child in children {
+            push_manifest_tree(
+                reg,
+                store,
+                &child.digest,
+                dest,
+                &child.digest,
+                settings,
+                opts,
+                report,
+                depth + 1,
+            )?;
+        }
+    } else {
+        let mut blobs: Vec<Descriptor> = parsed.config.iter().cloned().collect();
+        blobs.extend(parsed.layers.iter().cloned());
+        let mut seen = std::collections::HashSet::new();
+        blobs.retain(|d| seen.insert(d.digest.clone()));
+        let results = run_parallel(&blobs, settings.parallelism, |d| {
+            ensure_blob(reg, store, d, dest, opts)
+        });
+        let mut failures = Vec::new();
+        for (d, r) in blobs.iter().zip(results) {
+            match r {
+                Ok(o) => report.push((d.digest.clone(), o)),
+                Err(e) => failures.push(format!("{e:#}")),
+            }
+        }
+        if !failures.is_empty() {
+            bail!(
+                "pushing {dest}: {} blob(s) failed, manifest not pushed: {}",
+                failures.len(),
+                failures.join("; ")
+            );
+        }
+    }
+    put_manifest(reg, dest, put_as, &bytes, parsed.content_type(), digest)
+}
+
+fn put_manifest(
+    reg: &Registry,
+    dest: &Reference,
+    put_as: &str,
+    bytes: &[u8],
+    content_type: &str,
+    digest: &str,
+) -> Result<String> {
+    let repo = &dest.repository;
+    let what = format!("pushing manifest {digest} to {dest}");
+    let scopes = [scope(repo, "pull,push")];
+    let resp = reg.send(&scopes, &what, true, &|c, base| {
+        c.put(format!("{base}/v2/{repo}/manifests/{put_as}"))
+            .header(CONTENT_TYPE, content_type)
+            .body(bytes.to_vec())
+    })?;
+    let resp = check(resp, &what)?;
+    if let Some(got) = resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+    {
+        if got != digest {
+            bail!("{what}: the registry stored it as {got}");
+        }
+    }
+    Ok(digest.to_string())
+}
+
+fn ensure_blob(
+    reg: &Registry,
+    store: &dyn BlobStore,
+    d: &Descriptor,
+    dest: &Reference,
+    opts: &PushOptions,
+) -> Result<BlobOutcome> {
+    let repo = &dest.repository;
+    let digest = &d.digest;
+    let scopes = [scope(repo, "pull,push")];
+    let what = format!("checking blob {digest} in {dest}");
+    let resp = reg.send(&scopes, &what, true, &|c, base| {
+        c.head(format!("{base}/v2/{repo}/blobs/{digest}"))
+    })?;
+    match resp.status() {
+        StatusCode::OK => {
+            report_done(opts, digest, d.size);
+            return Ok(BlobOutcome::AlreadyThere);
+        }
+        StatusCode::NOT_FOUND => {}
+        _ => return Err(api_error(resp, &what).into()),
+    }
+    let mut sources: Vec<String> = opts.mount_from.clone();
+    if let Some(loc) = opts.locations {
+        sources.extend(loc.candidates(digest, &dest.registry, repo));
+    }
+    sources.retain(|s| s != repo);
+    sources.dedup();
+    for from in &sources {
+        if try_mount(reg, digest, dest, from)? {
+            report_done(opts, digest, d.size);
+            return Ok(BlobOutcome::Mounted);
+        }
+    }
+    upload(reg, store, d, dest, opts)?;
+    Ok(BlobOutcome::Uploaded)
+}
+
+fn report_done(opts: &PushOptions, digest: &str, size: u64) {
+    if let Some(p) = &opts.progress {
+        p(&BlobProgress {
+            digest,
+            done: size,
+            total: size,
+        });
+    }
+}
+
+/// Ask the registry to mount `digest` from `from`; true when it did.
+fn try_mount(reg: &Registry, digest: &str, dest: &Reference, from: &str) -> Result<bool> {
+    let repo = &dest.repository;
+    let scopes = [scope(repo, "pull,push"), scope(from, "pull")];
+    let what = format!("mounting blob {digest} from {from} into {dest}");
+    let resp = reg.send(&scopes, &what, true, &|c, base| {
+        c.post(format!(
+            "{base}/v2/{repo}/blobs/uploads/?mount={digest}&from={from}"
+        ))
+        .header(CONTENT_LENGTH, "0")
+    })?;
+    // 202 means "no mount, here is an upload session instead": we upload
+    // through our own session, so that one is left to expire.
+    Ok(resp.status() == StatusCode::CREATED)
+}
+
+/// POST + monolithic PUT; a retry starts a fresh upload session.
+fn upload(
+    reg: &Registry,
+    store: &dyn BlobStore,
+    d: &Descriptor,
+    dest: &Reference,
+    opts: &PushOptions,
+) -> Result<()> {
+    let mut attempt = 0;
+    loop {
+        match upload_once(reg, store, d, dest, opts) {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < reg.retries() && retryable(&e) => {
+                attempt += 1;
+                reg.backoff(attempt);
+            }
+            Err(e) => {
+                return Err(e.context(format!(
+                    "uploading blob {} to {dest} failed after {} attempt(s)",
+                    d.digest,
+                    attempt + 1
+                )))
+            }
+        }
+    }
+}
+
+fn retryable(e: &anyhow::Error) -> bool {
+    match e.downcast_ref::<super::client::ApiError>() {
+        Some(a) => {
+            a.status >= 500 || a.status == 429 || a.code.as_deref() == Some("BLOB_UPLOAD_UNKNOWN")
+        }
+        None => true,
+    }
+}
+
+fn upload_once(
+    reg: &Registry,
+    store: &dyn BlobStore,
+    d: &Descriptor,
+    dest: &Reference,
+    opts: &PushOptions,
+) -> Result<()> {
+    let repo = &dest.repository;
+    let digest = &d.digest;
+    let scopes = [scope(repo, "pull,push")];
+    let what = format!("starting upload of blob {digest} to {dest}");
+    let resp = reg.send(&scopes, &what, false, &|c, base| {
+        c.post(format!("{base}/v2/{repo}/blobs/uploads/"))
+            .header(CONTENT_LENGTH, "0")
+    })?;
+    let resp = expect_status(resp, &[StatusCode::ACCEPTED], &what)?;
+    let location = resp
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .with_context(|| format!("{what}: the registry sent no upload Location"))?;
+    let size = store
+        .blob_size(digest)
+        .with_context(|| format!("reading size of blob {digest}"))?;
+    if size != d.size {
+        bail!(
+            "blob {digest} is {size} bytes in the store but the manifest says {}",
+            d.size
+        );
+    }
+    let what = format!("uploading blob {digest} to {dest}");
+    let resp = reg.send(&scopes, &what, false, &|c, base| {
+        let url = put_url(base, &location, digest);
+        // Reopened for every attempt: the layer streams from disk, never
+        // whole in memory.
+        let body = match store.open_blob(digest) {
+            Ok(f) => Body::sized(
+                Progress {
+                    inner: f,
+                    done: 0,
+                    total: size,
+                    digest: digest.clone(),
+                    progress: opts.progress.clone(),
+                },
+                size,
+            ),
+            Err(_) => Body::from(Vec::new()),
+        };
+        c.put(url)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, size.to_string())
+            .body(body)
+    })?;
+    let resp = expect_status(resp, &[StatusCode::CREATED], &what)?;
+    if let Some(got) = resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+    {
+        if got != digest {
+            bail!("{what}: the registry computed digest {got}");
+        }
+    }
+    Ok(())
+}
+
+/// The upload URL (absolute or relative to the registry) plus `digest=`.
+fn put_url(base: &str, location: &str, digest: &str) -> String {
+    let abs = if location.starts_with("http://") || location.starts_with("https://") {
+        location.to_string()
+    } else {
+        format!("{base}{location}")
+    };
+    let sep = if abs.contains('?') { '&' } else { '?' };
+    format!("{abs}{sep}digest={digest}")
+}
+
+struct Progress<R> {
+    inner: R,
+    done: u64,
+    total: u64,
+    digest: String,
+    progress: Option<ProgressFn>,
+}
+
+impl<R: std::io::Read> std::io::Read for Progress<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        if let Some(p) = &self.progress {
+            p(&BlobProgress {
+                digest: &self.digest,
+                done: self.done,
+                total: self.total,
+            });
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_urls() {
+        let d = "sha256:00";
+        assert_eq!(
+            put_url("http://h:1", "/v2/a/blobs/uploads/u1?_state=x", d),
+            "http://h:1/v2/a/blobs/uploads/u1?_state=x&digest=sha256:00"
+        );
+        assert_eq!(
+            put_url("http://h:1", "https://other/up/u2", d),
+            "https://other/up/u2?digest=sha256:00"
+        );
+    }
+}

@@ -1,0 +1,170 @@
+//! Registry settings: insecure registries, Docker Hub mirrors, retries and
+//! parallelism, from flags and rbuild's config file
+//! (`$XDG_CONFIG_HOME/rbuild/config.json` or `~/.config/rbuild/config.json`,
+//! then `/etc/rbuild/config.json`; `RBUILD_CONFIG` names one file instead).
+//!
+//! The file uses daemon.json's keys:
+//! `{"insecure-registries": ["host:port"], "registry-mirrors": ["https://mirror"]}`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+/// How the client reaches registries.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Hosts (`host` or `host:port`) reached over plain HTTP or unverified TLS.
+    pub insecure_registries: Vec<String>,
+    /// Mirrors tried before Docker Hub on pull (`host[:port]` or URLs).
+    pub registry_mirrors: Vec<String>,
+    /// Extra attempts after a 5xx answer or a connection error.
+    pub retries: u32,
+    /// First backoff delay; doubles with each attempt.
+    pub backoff_ms: u64,
+    /// Blobs transferred at once.
+    pub parallelism: usize,
+    /// Where credentials are read from and written to.
+    pub auth: super::auth::AuthFiles,
+    /// Extra CA certificate files (PEM) trusted for every registry.
+    pub ca_files: Vec<PathBuf>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            insecure_registries: Vec::new(),
+            registry_mirrors: Vec::new(),
+            retries: 4,
+            backoff_ms: 200,
+            parallelism: 4,
+            auth: super::auth::AuthFiles::from_env(),
+            ca_files: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct FileConfig {
+    #[serde(default, rename = "insecure-registries")]
+    insecure_registries: Vec<String>,
+    #[serde(default, rename = "registry-mirrors")]
+    registry_mirrors: Vec<String>,
+}
+
+/// The config files read, most specific first.
+pub fn config_paths() -> Vec<PathBuf> {
+    if let Some(p) = std::env::var_os("RBUILD_CONFIG").filter(|v| !v.is_empty()) {
+        return vec![PathBuf::from(p)];
+    }
+    let mut out = Vec::new();
+    if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        out.push(PathBuf::from(x).join("rbuild/config.json"));
+    } else if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        out.push(PathBuf::from(h).join(".config/rbuild/config.json"));
+    }
+    out.push(PathBuf::from("/etc/rbuild/config.json"));
+    out
+}
+
+impl Settings {
+    /// Defaults plus every config file that exists.
+    pub fn load() -> Result<Self> {
+        let mut s = Settings::default();
+        for path in config_paths() {
+            s.merge_file(&path)?;
+        }
+        Ok(s)
+    }
+
+    fn merge_file(&mut self, path: &Path) -> Result<()> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let cfg: FileConfig = serde_json::from_slice(&bytes)
+            .with_context(|| format!("parsing rbuild config {}", path.display()))?;
+        self.insecure_registries.extend(cfg.insecure_registries);
+        self.registry_mirrors.extend(cfg.registry_mirrors);
+        Ok(())
+    }
+
+    /// Whether `host` (`name[:port]`) was listed as insecure. A listed name
+    /// without port covers every port of that name.
+    pub fn is_insecure(&self, host: &str) -> bool {
+        let name = host_name(host);
+        self.insecure_registries.iter().any(|entry| {
+            let entry = strip_scheme(entry).trim_end_matches('/');
+            entry == host || entry == name
+        })
+    }
+}
+
+/// `host` without its port (keeps `[v6]` brackets).
+pub fn host_name(host: &str) -> &str {
+    if let Some(end) = host.strip_prefix('[').and_then(|r| r.find(']')) {
+        return &host[..end + 2];
+    }
+    host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+}
+
+/// Loopback hosts may speak plain HTTP without being listed.
+pub fn is_loopback(host: &str) -> bool {
+    let name = host_name(host);
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    if name == "localhost" {
+        return true;
+    }
+    name.parse::<std::net::IpAddr>()
+        .map(|ip| ip.is_loopback())
+        .unwrap_or(false)
+}
+
+pub(crate) fn strip_scheme(s: &str) -> &str {
+    s.strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .unwrap_or(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_detection() {
+        for h in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1:80",
+            "127.9.9.9",
+            "[::1]:5000",
+        ] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in ["example.com", "10.0.0.1:5000", "localhost.example.com"] {
+            assert!(!is_loopback(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn insecure_matching_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(
+            &path,
+            r#"{"insecure-registries":["reg.local:5000","http://other"],"registry-mirrors":["mirror:1"]}"#,
+        )
+        .unwrap();
+        let mut s = Settings::default();
+        s.merge_file(&path).unwrap();
+        s.merge_file(&dir.path().join("missing.json")).unwrap();
+        assert!(s.is_insecure("reg.local:5000"));
+        assert!(!s.is_insecure("reg.local:5001"));
+        assert!(s.is_insecure("other:443"));
+        assert_eq!(s.registry_mirrors, vec!["mirror:1"]);
+        std::fs::write(&path, "{not json").unwrap();
+        let err = format!("{:#}", s.merge_file(&path).unwrap_err());
+        assert!(err.contains("config.json"), "{err}");
+    }
+}
