@@ -73,6 +73,8 @@ fn setup_and_wait(req: &Request, report: &File) -> Result<i32> {
     }
     std::fs::create_dir_all(&spec.cwd)
         .with_context(|| format!("creating the working dir {}", spec.cwd))?;
+    nix::unistd::chdir(spec.cwd.as_str())
+        .with_context(|| format!("entering the working dir {}", spec.cwd))?;
     let signals = forwarded_signals();
     let old_mask = signals
         .thread_swap_mask(SigmaskHow::SIG_BLOCK)
