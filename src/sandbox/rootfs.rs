@@ -264,14 +264,19 @@ fn mount_overlay(
         .map(|p| overlay_path(p))
         .collect::<Result<_>>()?;
     let mut data = format!(
-        "lowerdir={},upperdir={},workdir={},index=off,metacopy=off,redirect_dir=off",
+        "lowerdir={},upperdir={},workdir={},index=off,metacopy=off",
         lowers.join(":"),
         overlay_path(upper)?,
         overlay_path(work)?
     );
-    if userns {
-        data.push_str(",userxattr");
-    }
+    // Plain whiteouts and opaque xattrs only, so the layer code never sees
+    // redirects or metacopy files. `userxattr` (the unprivileged mode) rules
+    // out redirect_dir=off and already implies "nofollow".
+    data.push_str(if userns {
+        ",userxattr"
+    } else {
+        ",redirect_dir=off"
+    });
     if data.len() >= 4096 {
         bail!(
             "overlay options are {} bytes, over the kernel's 4095-byte limit ({} lower layers)",
