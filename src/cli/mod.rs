@@ -237,6 +237,10 @@ impl Cli {
 
 /// Parse the process arguments and run the command; returns the exit code.
 pub fn main() -> i32 {
+    // The RUN sandbox re-executes this binary as its setup process.
+    if std::env::args_os().nth(1).as_deref() == Some(crate::sandbox::INIT_ARG.as_ref()) {
+        crate::sandbox::init_main();
+    }
     let args = with_default_subcommand(std::env::args_os().collect());
     let cli = Cli::parse_from(args);
     match run(cli) {

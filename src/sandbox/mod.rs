@@ -1,1 +1,177 @@
-//! The RUN sandbox: Linux namespaces over an overlay of the parent layers.
+//! The RUN sandbox: runs one RUN step's process in fresh Linux namespaces
+//! (user when rootless, mount, pid, ipc, uts, and net for `--network none`)
+//! over an overlayfs of the parent layers, with a minimal /proc, /dev and
+//! read-only /sys, `pivot_root`, docker's default capabilities and
+//! `no_new_privs`. PID 1 inside is rbuild's own reaping init.
+//!
+//! Process model: [`run`] re-executes the rbuild binary (default
+//! `/proc/self/exe`) with the hidden argument [`INIT_ARG`]; that fresh,
+//! single-threaded process ([`init_main`]) reads the spec as JSON on stdin,
+//! unshares the namespaces, forks PID 1, sets up the root filesystem and
+//! forks the command. Every mount lives in the private mount namespace, so
+//! nothing stays mounted on the host when the sandbox ends. `docs/sandbox.md`
+//! explains the choices.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+mod caps;
+mod helper;
+mod idmap;
+mod init;
+mod parent;
+mod paths;
+mod rootfs;
+mod sys;
+mod wire;
+
+pub use parent::{overlay_available, overlay_available_with, run, run_with};
+
+/// The hidden first argument that makes the rbuild binary act as the
+/// sandbox's setup process (see [`init_main`]).
+pub const INIT_ARG: &str = "__sandbox-init";
+
+/// Everything needed to run one RUN step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// The root filesystem the command sees.
+    pub rootfs: RootfsSpec,
+    /// The command; `argv[0]` without a `/` is looked up in the spec's `PATH`.
+    pub argv: Vec<String>,
+    /// `KEY=value` entries, passed as-is.
+    pub env: Vec<String>,
+    /// Absolute working directory inside the rootfs; created (owned by root,
+    /// mode 0755) if missing.
+    pub cwd: String,
+    /// The already-resolved user to run as.
+    pub user: UserSpec,
+    /// The UTS hostname.
+    pub hostname: String,
+    /// Host or none networking.
+    pub network: NetworkMode,
+    /// Extra mounts (bind, tmpfs), applied in order after /proc, /dev, /sys.
+    pub mounts: Vec<MountSpec>,
+    /// Contents bind-mounted over `/etc/resolv.conf`, `/etc/hosts` and
+    /// `/etc/hostname`; `None` leaves the image's file alone.
+    pub extra_files: ExtraFiles,
+}
+
+/// The root filesystem of a RUN step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum RootfsSpec {
+    /// An overlay mounted inside the sandbox's mount namespace. `lowers` is
+    /// ordered top first and may be empty; `upper` receives every change and
+    /// `work` must be an empty directory on the same filesystem as `upper`.
+    Overlay {
+        lowers: Vec<PathBuf>,
+        upper: PathBuf,
+        work: PathBuf,
+    },
+    /// A plain directory changed in place (the fallback when overlayfs is not
+    /// available, e.g. a copied rootfs).
+    Dir(PathBuf),
+}
+
+/// The user the command runs as, resolved by the caller from the image's
+/// `/etc/passwd` and `/etc/group`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSpec {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+}
+
+/// Network isolation of a RUN step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NetworkMode {
+    /// Share the host's network namespace.
+    Host,
+    /// A new network namespace with only `lo`, which is brought up.
+    None,
+}
+
+/// One extra mount. Cache, secret and ssh mounts are lowered by the engine
+/// into binds of host paths it prepared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountSpec {
+    /// Bind a host file or directory at `target` (absolute, inside the rootfs).
+    Bind {
+        source: PathBuf,
+        target: String,
+        readonly: bool,
+    },
+    /// A fresh tmpfs (mode 1777) at `target`; `size` in bytes, `None` for the
+    /// kernel default (half of RAM).
+    Tmpfs { target: String, size: Option<u64> },
+}
+
+/// Contents for the files docker manages inside every container. They are
+/// written to a tmpfs private to the sandbox and bind-mounted, so writes by
+/// the command never reach the rootfs or the upper dir.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtraFiles {
+    pub resolv_conf: Option<String>,
+    pub hosts: Option<String>,
+    pub hostname: Option<String>,
+}
+
+/// Which output stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// How to map ids when running as a non-root user (ignored as root, where no
+/// user namespace is used).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum IdMapMode {
+    /// The user's `/etc/subuid` and `/etc/subgid` ranges via
+    /// `newuidmap`/`newgidmap` when present, else a single-id map (with a
+    /// warning printed once).
+    #[default]
+    Auto,
+    /// Only the user's own uid/gid, mapped to root inside.
+    SingleId,
+}
+
+/// How to start the sandbox; [`Default`] suits the rbuild binary itself.
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    /// The executable re-executed with [`INIT_ARG`]: it must call
+    /// [`init_main`] early in `main`. Tests pass `env!("CARGO_BIN_EXE_rbuild")`.
+    pub init_exe: PathBuf,
+    /// Rootless id mapping.
+    pub id_map: IdMapMode,
+}
+
+impl Default for SandboxOptions {
+    fn default() -> Self {
+        SandboxOptions {
+            init_exe: PathBuf::from("/proc/self/exe"),
+            id_map: IdMapMode::Auto,
+        }
+    }
+}
+
+/// What a finished RUN step reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// The command's exit status; killed by signal `n` gives `128 + n`.
+    pub exit_code: i32,
+    /// Paths (absolute, inside the rootfs) the sandbox had to create as mount
+    /// points in the rootfs itself. With an overlay these are normally empty:
+    /// missing mount points are made in a private extra lower layer. In `Dir`
+    /// mode, or when a mount target sits below a symlink, they land in the
+    /// rootfs or the upper dir, and the layer code must leave them out of the
+    /// changeset if they are still empty.
+    pub mount_stubs: Vec<String>,
+}
+
+/// Entry point of the sandbox setup process. `main()` must call this when
+/// `argv[1] == INIT_ARG`, before anything else (no threads started). Never
+/// returns.
+pub fn init_main() -> ! {
+    helper::main()
+}

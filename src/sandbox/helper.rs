@@ -1,0 +1,97 @@
+//! Stage one of the sandbox, running in the re-executed rbuild binary: read
+//! the request, unshare the user namespace and wait for the parent to write
+//! the id maps, unshare the other namespaces, then fork PID 1 (`init`) and
+//! wait for it.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+
+use anyhow::{bail, Context, Result};
+use nix::mount::{mount, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{setresgid, setresuid, ForkResult, Gid, Uid};
+
+use super::wire::{send, Report, Request};
+use super::{init, rootfs, sys, NetworkMode};
+
+/// Runs stage one and exits: 0 when init reported, 1 on a setup error
+/// (already reported on the report fd).
+pub fn main() -> ! {
+    let report = sys::take_report_fd();
+    let code = match stage_one(&report) {
+        Ok(()) => 0,
+        Err(err) => {
+            send(
+                &report,
+                &Report::Error {
+                    message: format!("{err:#}"),
+                },
+            );
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn stage_one(report: &File) -> Result<()> {
+    let mut input = BufReader::new(std::io::stdin().lock());
+    let mut line = String::new();
+    input
+        .read_line(&mut line)
+        .context("reading the sandbox request")?;
+    let req: Request = serde_json::from_str(&line).context("decoding the sandbox request")?;
+    if req.userns {
+        unshare(CloneFlags::CLONE_NEWUSER).context("creating the user namespace")?;
+    }
+    send(report, &Report::Ready);
+    line.clear();
+    if input
+        .read_line(&mut line)
+        .context("waiting for the id maps")?
+        == 0
+    {
+        bail!("the parent went away before writing the id maps");
+    }
+    if req.userns {
+        setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)).context("setresgid 0")?;
+        setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).context("setresuid 0")?;
+    }
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS;
+    if req.spec.network == NetworkMode::None || req.probe_overlay {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    unshare(flags).context("creating the mount, pid, ipc, uts and net namespaces")?;
+    // Nothing mounted from here on may propagate back to the host.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("making / private")?;
+    if req.probe_overlay {
+        rootfs::probe_overlay(&req.state_dir, req.userns)?;
+        send(report, &Report::Exit { code: 0 });
+        return Ok(());
+    }
+    match sys::fork().context("forking the sandbox init")? {
+        ForkResult::Child => init::main(req, report),
+        ForkResult::Parent { child } => {
+            let status = waitpid(child, None).context("waiting for the sandbox init")?;
+            if !matches!(status, WaitStatus::Exited(_, 0)) {
+                send(
+                    report,
+                    &Report::InitDied {
+                        status: format!("{status:?}"),
+                    },
+                );
+            }
+            Ok(())
+        }
+    }
+}

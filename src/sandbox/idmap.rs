@@ -1,0 +1,149 @@
+//! Rootless id mapping: the calling user becomes root inside the sandbox's
+//! user namespace; with `/etc/subuid` and `/etc/subgid` ranges the setuid
+//! helpers `newuidmap`/`newgidmap` map the full range above it, otherwise
+//! only the single id is mapped (so switching to another user fails).
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{bail, Context, Result};
+
+use super::IdMapMode;
+
+/// A `/etc/subuid`-style range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubRange {
+    pub start: u64,
+    pub count: u64,
+}
+
+/// The first range in `content` (subuid/subgid format) owned by `name` or
+/// by the numeric `id`.
+pub fn find_range(content: &str, name: Option<&str>, id: u32) -> Option<SubRange> {
+    let id = id.to_string();
+    content.lines().find_map(|line| {
+        let mut parts = line.trim().splitn(3, ':');
+        let owner = parts.next()?;
+        let start = parts.next()?.parse().ok()?;
+        let count: u64 = parts.next()?.parse().ok()?;
+        let matches = owner == id || Some(owner) == name;
+        (matches && count > 0).then_some(SubRange { start, count })
+    })
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+}
+
+fn subrange(file: &str, name: Option<&str>, id: u32) -> Option<SubRange> {
+    let content = std::fs::read_to_string(file).ok()?;
+    find_range(&content, name, id)
+}
+
+static SINGLE_ID_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// Writes the uid/gid maps of the process `pid`, which has just unshared its
+/// user namespace.
+pub fn write_maps(pid: u32, mode: IdMapMode) -> Result<()> {
+    let uid = nix::unistd::getuid().as_raw();
+    let gid = nix::unistd::getgid().as_raw();
+    if mode == IdMapMode::Auto {
+        let name = user_name(uid);
+        let ranges = (
+            subrange("/etc/subuid", name.as_deref(), uid),
+            subrange("/etc/subgid", name.as_deref(), uid),
+        );
+        if let (Some(u), Some(g)) = ranges {
+            match write_range_maps(pid, uid, gid, u, g) {
+                Ok(()) => return Ok(()),
+                Err(err) => warn_single_id(&format!("{err:#}")),
+            }
+        } else {
+            warn_single_id(&format!(
+                "no /etc/subuid and /etc/subgid range for user {}",
+                name.unwrap_or_else(|| uid.to_string())
+            ));
+        }
+    }
+    write_single_maps(pid, uid, gid)
+}
+
+fn warn_single_id(reason: &str) {
+    if !SINGLE_ID_WARNED.swap(true, Ordering::Relaxed) {
+        eprintln!(
+            "rbuild: warning: {reason}; RUN steps get a single-id user namespace \
+             (only root inside; USER switching and chown to other ids will fail). \
+             Add a range with `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 USER`."
+        );
+    }
+}
+
+fn write_range_maps(pid: u32, uid: u32, gid: u32, u: SubRange, g: SubRange) -> Result<()> {
+    run_map_tool("newuidmap", pid, uid, u)?;
+    run_map_tool("newgidmap", pid, gid, g)
+}
+
+fn run_map_tool(tool: &str, pid: u32, own: u32, range: SubRange) -> Result<()> {
+    let args = [
+        pid.to_string(),
+        "0".into(),
+        own.to_string(),
+        "1".into(),
+        "1".into(),
+        range.start.to_string(),
+        range.count.to_string(),
+    ];
+    let out = Command::new(tool)
+        .args(&args)
+        .output()
+        .with_context(|| format!("running {tool} (package uidmap)"))?;
+    if !out.status.success() {
+        bail!(
+            "{tool} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn write_single_maps(pid: u32, uid: u32, gid: u32) -> Result<()> {
+    let proc_dir = Path::new("/proc").join(pid.to_string());
+    let write = |name: &str, content: String| {
+        let path = proc_dir.join(name);
+        std::fs::write(&path, content).with_context(|| format!("writing {}", path.display()))
+    };
+    write("uid_map", format!("0 {uid} 1\n"))?;
+    write("setgroups", "deny\n".into())?;
+    write("gid_map", format!("0 {gid} 1\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_range_by_name_or_uid() {
+        let content = "alice:100000:65536\n1001:200000:1000\nbad line\nbob:x:1\n";
+        assert_eq!(
+            find_range(content, Some("alice"), 1000),
+            Some(SubRange {
+                start: 100000,
+                count: 65536
+            })
+        );
+        assert_eq!(
+            find_range(content, Some("carol"), 1001),
+            Some(SubRange {
+                start: 200000,
+                count: 1000
+            })
+        );
+        assert_eq!(find_range(content, Some("bob"), 5), None);
+        assert_eq!(find_range("zero:1:0\n", Some("zero"), 5), None);
+    }
+}

@@ -1,0 +1,208 @@
+//! PID 1 of the sandbox and the command's process. Init builds the root
+//! (`rootfs`), forks the command, reaps every child (so `cmd &` and zombies
+//! never hang the step), forwards SIGINT/SIGTERM/SIGHUP/SIGQUIT/SIGUSR1/2,
+//! and when the command exits kills whatever is left in the pid namespace.
+//! The command's process drops to docker's capabilities, switches user, sets
+//! `no_new_privs` and execs.
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use nix::errno::Errno;
+use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{execve, setgroups, setresgid, setresuid, ForkResult, Gid, Pid, Uid};
+
+use super::wire::{send, Report, Request};
+use super::{caps, rootfs, sys, NetworkMode, RunSpec};
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Runs init and exits with 0 after reporting the command's status, or 1
+/// after reporting a setup error.
+pub fn main(req: Request, report: &File) -> ! {
+    let code = match setup_and_wait(&req, report) {
+        Ok(code) => {
+            send(report, &Report::Exit { code });
+            0
+        }
+        Err(err) => {
+            send(
+                report,
+                &Report::Error {
+                    message: format!("{err:#}"),
+                },
+            );
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn forwarded_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+fn setup_and_wait(req: &Request, report: &File) -> Result<i32> {
+    // Die with stage one (which dies with rbuild): the pid namespace and
+    // every mount go with us.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("setting the parent-death signal")?;
+    let spec = &req.spec;
+    nix::unistd::sethostname(&spec.hostname).context("setting the hostname")?;
+    if spec.network == NetworkMode::None {
+        sys::loopback_up().context("bringing up lo")?;
+    }
+    for path in rootfs::prepare(req)? {
+        send(report, &Report::Stub { path });
+    }
+    std::fs::create_dir_all(&spec.cwd)
+        .with_context(|| format!("creating the working dir {}", spec.cwd))?;
+    nix::unistd::chdir(spec.cwd.as_str())
+        .with_context(|| format!("entering the working dir {}", spec.cwd))?;
+    let signals = forwarded_signals();
+    let old_mask = signals
+        .thread_swap_mask(SigmaskHow::SIG_BLOCK)
+        .context("blocking signals in init")?;
+    match sys::fork().context("forking the command")? {
+        ForkResult::Child => {
+            let Err(err) = exec_command(spec, &old_mask);
+            send(
+                report,
+                &Report::Error {
+                    message: format!("{err:#}"),
+                },
+            );
+            std::process::exit(127)
+        }
+        ForkResult::Parent { child } => wait_loop(child, &signals),
+    }
+}
+
+/// Reaps children until the command exits, forwarding signals to it; then
+/// kills the rest of the namespace. Returns the command's status.
+fn wait_loop(command: Pid, signals: &SigSet) -> Result<i32> {
+    loop {
+        let sig = signals.wait().context("waiting for signals in init")?;
+        if sig != Signal::SIGCHLD {
+            let _ = kill(command, sig);
+            continue;
+        }
+        if let Some(code) = reap(command)? {
+            // From PID 1, pid -1 means every other process in our namespace.
+            let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+            return Ok(code);
+        }
+    }
+}
+
+fn reap(command: Pid) -> Result<Option<i32>> {
+    let mut result = None;
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == command => result = Some(code),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == command => {
+                result = Some(128 + sig as i32)
+            }
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(result),
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(e).context("reaping children"),
+        }
+    }
+}
+
+fn exec_command(spec: &RunSpec, old_mask: &SigSet) -> Result<Infallible> {
+    old_mask
+        .thread_set_mask()
+        .context("restoring the signal mask")?;
+    let null = File::open("/dev/null").context("opening /dev/null")?;
+    nix::unistd::dup2_stdin(&null).context("redirecting stdin")?;
+    drop(null);
+    caps::limit_bounding_set().context("dropping capabilities from the bounding set")?;
+    switch_user(spec)?;
+    caps::apply_process_sets(spec.user.uid).context("setting capabilities")?;
+    nix::sys::prctl::set_no_new_privs().context("setting no_new_privs")?;
+    let program = find_program(spec)?;
+    let argv = cstrings(&spec.argv)?;
+    let env = cstrings(&spec.env)?;
+    execve(&program, &argv, &env).with_context(|| {
+        format!(
+            "exec {:?}",
+            spec.argv.first().map(String::as_str).unwrap_or("")
+        )
+    })
+}
+
+fn switch_user(spec: &RunSpec) -> Result<()> {
+    let u = &spec.user;
+    let groups: Vec<Gid> = u
+        .additional_gids
+        .iter()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    match setgroups(&groups) {
+        Ok(()) => {}
+        // A single-id user namespace denies setgroups; only fatal when the
+        // caller asked for supplementary groups.
+        Err(Errno::EPERM) if groups.is_empty() => {}
+        Err(e) => return Err(e).context("setgroups"),
+    }
+    let gid = Gid::from_raw(u.gid);
+    setresgid(gid, gid, gid)
+        .with_context(|| format!("switching to gid {} (is it mapped?)", u.gid))?;
+    let uid = Uid::from_raw(u.uid);
+    setresuid(uid, uid, uid).with_context(|| format!("switching to uid {} (is it mapped?)", u.uid))
+}
+
+fn cstrings(items: &[String]) -> Result<Vec<CString>> {
+    items
+        .iter()
+        .map(|s| CString::new(s.as_bytes()).with_context(|| format!("{s:?} contains a NUL byte")))
+        .collect()
+}
+
+/// Resolves `argv[0]` like docker: as given when it contains `/`, else in the
+/// spec's `PATH` (or the default one).
+fn find_program(spec: &RunSpec) -> Result<CString> {
+    let Some(name) = spec.argv.first() else {
+        bail!("empty command");
+    };
+    if name.contains('/') {
+        return CString::new(name.as_bytes()).context("program name contains a NUL byte");
+    }
+    let path = spec
+        .env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    let found = path
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(name))
+        .find(|p| is_executable(p));
+    match found {
+        Some(p) => CString::new(p.into_os_string().into_encoded_bytes())
+            .context("program path contains a NUL byte"),
+        None => bail!("exec: {name:?}: executable file not found in $PATH"),
+    }
+}
+
+fn is_executable(p: &PathBuf) -> bool {
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}

@@ -1,0 +1,285 @@
+//! The caller's side of the sandbox: validate the spec, start the setup
+//! process, write the id maps when rootless, stream the command's output to
+//! the callback and turn the reports into a [`RunOutcome`] or an error.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::fcntl::OFlag;
+use nix::unistd::pipe2;
+
+use super::wire::{Report, Request, GO};
+use super::{idmap, paths, sys, RootfsSpec, RunOutcome, RunSpec, SandboxOptions, Stream, INIT_ARG};
+use super::{ExtraFiles, NetworkMode, UserSpec};
+
+/// Runs `spec` with the default options (re-executing `/proc/self/exe`).
+pub fn run(spec: &RunSpec, on_output: &mut dyn FnMut(Stream, &[u8])) -> Result<RunOutcome> {
+    run_with(&SandboxOptions::default(), spec, on_output)
+}
+
+/// Runs `spec` in a new sandbox and blocks until the command and everything
+/// it started are gone. stdout/stderr chunks go to `on_output` as they
+/// arrive. A non-zero exit is an `Ok` outcome; `Err` means the sandbox could
+/// not be set up or the program could not be executed.
+pub fn run_with(
+    opts: &SandboxOptions,
+    spec: &RunSpec,
+    on_output: &mut dyn FnMut(Stream, &[u8]),
+) -> Result<RunOutcome> {
+    validate(spec)?;
+    let state = tempfile::Builder::new()
+        .prefix("rbuild-sandbox-")
+        .tempdir()
+        .context("creating the sandbox state dir")?;
+    let req = Request {
+        spec: spec.clone(),
+        userns: !nix::unistd::geteuid().is_root(),
+        state_dir: state.path().to_path_buf(),
+        probe_overlay: false,
+    };
+    let mut helper = Helper::spawn(opts, &req)?;
+    let setup = helper.handshake(opts, &req);
+    let (out, err) = (helper.stdout.take(), helper.stderr.take());
+    if let Err(e) = setup {
+        return Err(helper.failure(e));
+    }
+    pump_output(out, err, on_output);
+    helper.finish()
+}
+
+/// Whether an overlay can be mounted by this process (inside a user
+/// namespace when not root). Probed once per process.
+pub fn overlay_available() -> bool {
+    overlay_available_with(&SandboxOptions::default())
+}
+
+/// [`overlay_available`] with an explicit init executable.
+pub fn overlay_available_with(opts: &SandboxOptions) -> bool {
+    static PROBED: OnceLock<bool> = OnceLock::new();
+    *PROBED.get_or_init(|| probe(opts).is_ok())
+}
+
+fn probe(opts: &SandboxOptions) -> Result<()> {
+    let state = tempfile::Builder::new().prefix("rbuild-probe-").tempdir()?;
+    let req = Request {
+        spec: RunSpec {
+            rootfs: RootfsSpec::Dir(state.path().to_path_buf()),
+            argv: vec!["true".into()],
+            env: vec![],
+            cwd: "/".into(),
+            user: UserSpec::default(),
+            hostname: "probe".into(),
+            network: NetworkMode::None,
+            mounts: vec![],
+            extra_files: ExtraFiles::default(),
+        },
+        userns: !nix::unistd::geteuid().is_root(),
+        state_dir: state.path().to_path_buf(),
+        probe_overlay: true,
+    };
+    let mut helper = Helper::spawn(opts, &req)?;
+    if let Err(e) = helper.handshake(opts, &req) {
+        return Err(helper.failure(e));
+    }
+    pump_output(helper.stdout.take(), helper.stderr.take(), &mut |_, _| {});
+    helper.finish().map(|_| ())
+}
+
+fn validate(spec: &RunSpec) -> Result<()> {
+    if spec.argv.is_empty() {
+        bail!("RUN needs a command (argv is empty)");
+    }
+    paths::components(&spec.cwd).context("working dir")?;
+    for m in &spec.mounts {
+        let target = match m {
+            super::MountSpec::Bind { source, target, .. } => {
+                if !source.is_absolute() {
+                    bail!("bind mount source {} must be absolute", source.display());
+                }
+                target
+            }
+            super::MountSpec::Tmpfs { target, .. } => target,
+        };
+        if paths::components(target)?.is_empty() {
+            bail!("cannot mount over the root of the rootfs");
+        }
+    }
+    if let RootfsSpec::Overlay {
+        lowers,
+        upper,
+        work,
+    } = &spec.rootfs
+    {
+        for p in lowers.iter().chain([upper, work]) {
+            if !p.is_dir() {
+                bail!(
+                    "overlay dir {} does not exist or is not a directory",
+                    p.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The running setup process and the parent's ends of its pipes.
+struct Helper {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    reports: BufReader<File>,
+    stdout: Option<File>,
+    stderr: Option<File>,
+    stubs: Vec<String>,
+    exit: Option<i32>,
+    errors: Vec<String>,
+    init_died: Option<String>,
+}
+
+impl Helper {
+    fn spawn(opts: &SandboxOptions, req: &Request) -> Result<Helper> {
+        let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).context("creating the stdout pipe")?;
+        let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).context("creating the stderr pipe")?;
+        let (rep_r, rep_w) = pipe2(OFlag::O_CLOEXEC).context("creating the report pipe")?;
+        let mut cmd = Command::new(&opts.init_exe);
+        cmd.arg(INIT_ARG)
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::from(out_w))
+            .stderr(Stdio::from(err_w));
+        sys::prepare_helper_command(&mut cmd, rep_w.as_raw_fd());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting the sandbox via {}", opts.init_exe.display()))?;
+        // Close our copies of the write ends so EOF arrives when the sandbox ends.
+        drop(cmd);
+        drop(rep_w);
+        let mut stdin = child.stdin.take();
+        let mut line = serde_json::to_vec(req).context("encoding the sandbox request")?;
+        line.push(b'\n');
+        if let Some(s) = stdin.as_mut() {
+            // A write error means the helper died; its report says why.
+            let _ = s.write_all(&line);
+        }
+        Ok(Helper {
+            child,
+            stdin,
+            reports: BufReader::new(File::from(rep_r)),
+            stdout: Some(File::from(out_r)),
+            stderr: Some(File::from(err_r)),
+            stubs: vec![],
+            exit: None,
+            errors: vec![],
+            init_died: None,
+        })
+    }
+
+    /// Waits for the user namespace, writes the maps, sends the go byte.
+    fn handshake(&mut self, opts: &SandboxOptions, req: &Request) -> Result<()> {
+        match self.next_report()? {
+            Some(Report::Ready) => {}
+            _ => bail!("the sandbox setup process stopped before it was ready"),
+        }
+        if req.userns {
+            idmap::write_maps(self.child.id(), opts.id_map)?;
+        }
+        let mut stdin = self.stdin.take().context("sandbox stdin already closed")?;
+        stdin
+            .write_all(GO)
+            .context("signalling the sandbox to go on")?;
+        Ok(())
+    }
+
+    fn next_report(&mut self) -> Result<Option<Report>> {
+        let mut line = String::new();
+        if self
+            .reports
+            .read_line(&mut line)
+            .context("reading sandbox reports")?
+            == 0
+        {
+            return Ok(None);
+        }
+        let report: Report = serde_json::from_str(&line)
+            .with_context(|| format!("decoding sandbox report {:?}", line.trim()))?;
+        match &report {
+            Report::Stub { path } => self.stubs.push(path.clone()),
+            Report::Error { message } => self.errors.push(message.clone()),
+            Report::Exit { code } => self.exit = Some(*code),
+            Report::InitDied { status } => self.init_died = Some(status.clone()),
+            Report::Ready => {}
+        }
+        Ok(Some(report))
+    }
+
+    fn drain_reports(&mut self) -> Result<()> {
+        while self.next_report()?.is_some() {}
+        Ok(())
+    }
+
+    /// Kills and reaps the helper, preferring its own error message.
+    fn failure(mut self, err: anyhow::Error) -> anyhow::Error {
+        let _ = self.child.kill();
+        let _ = self.drain_reports();
+        let _ = self.child.wait();
+        match self.errors.first() {
+            Some(msg) => anyhow!("sandbox: {msg}"),
+            None => err,
+        }
+    }
+
+    fn finish(mut self) -> Result<RunOutcome> {
+        self.drain_reports()?;
+        let status = self.child.wait().context("waiting for the sandbox")?;
+        if let Some(msg) = self.errors.first() {
+            bail!("sandbox: {msg}");
+        }
+        if let Some(status) = &self.init_died {
+            bail!("sandbox init died: {status}");
+        }
+        let exit_code = self
+            .exit
+            .ok_or_else(|| anyhow!("sandbox ended without reporting an exit status ({status})"))?;
+        Ok(RunOutcome {
+            exit_code,
+            mount_stubs: self.stubs,
+        })
+    }
+}
+
+/// Streams both pipes to `on_output` until both reach EOF (when every
+/// process in the sandbox is gone). Reader threads only move bytes; the
+/// callback runs on the caller's thread.
+fn pump_output(out: Option<File>, err: Option<File>, on_output: &mut dyn FnMut(Stream, &[u8])) {
+    let (tx, rx) = crossbeam_channel::bounded::<(Stream, Vec<u8>)>(64);
+    let mut readers = Vec::new();
+    for (stream, file) in [(Stream::Stdout, out), (Stream::Stderr, err)] {
+        let Some(mut file) = file else { continue };
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match file.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if tx.send((stream, buf[..n].to_vec())).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    drop(tx);
+    for (stream, chunk) in rx {
+        on_output(stream, &chunk);
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+}

@@ -1,0 +1,603 @@
+//! Builds the new root inside the sandbox's mount namespace: the overlay (or
+//! the fallback dir), /proc with docker's masked paths, a minimal /dev,
+//! read-only /sys, the managed /etc files, the user's mounts, then
+//! `pivot_root` and a detach of the old root.
+//!
+//! Missing mount points must not leak into the upper dir: for an overlay they
+//! are created in an extra, topmost lower layer on a private tmpfs (see
+//! `stub_lower`), whose directories copy the mode, owner and times of the
+//! image's directories so copy-up keeps the image's metadata.
+
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::{open, OFlag};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{makedev, mknodat, Mode, SFlag};
+use nix::sys::statvfs::{statvfs, FsFlags};
+use nix::unistd::{fchdir, pivot_root, symlinkat};
+
+use super::paths::{self, ensure, fd_path, Kind};
+use super::wire::Request;
+use super::{MountSpec, NetworkMode, RootfsSpec, RunSpec};
+
+const NONE: Option<&str> = None;
+
+/// Sets up the root and pivots into it. Returns the mount points that had
+/// to be created in the rootfs itself.
+pub fn prepare(req: &Request) -> Result<Vec<String>> {
+    let state = &req.state_dir;
+    mount_tmpfs(state, "mode=0755")?;
+    let new_root = state.join("root");
+    mkdir(&new_root, 0o755)?;
+    let spec = &req.spec;
+    let targets = mount_targets(spec)?;
+    match &spec.rootfs {
+        RootfsSpec::Overlay {
+            lowers,
+            upper,
+            work,
+        } => {
+            let stub = state.join("stub");
+            mkdir(&stub, 0o755)?;
+            for (target, kind) in &targets {
+                stub_lower(lowers, &stub, target, *kind)?;
+            }
+            let mut all = vec![stub];
+            all.extend(lowers.iter().cloned());
+            mount_overlay(&all, upper, work, &new_root, req.userns)?;
+        }
+        RootfsSpec::Dir(dir) => {
+            mount(
+                Some(dir),
+                &new_root,
+                NONE,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                NONE,
+            )
+            .with_context(|| format!("bind-mounting rootfs {}", dir.display()))?;
+        }
+    }
+    let root = open(
+        &new_root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("opening new root {}", new_root.display()))?;
+    let mut stubs = Vec::new();
+    mount_proc(&root, &mut stubs)?;
+    mount_dev(&root, req.userns, &mut stubs)?;
+    mount_sys(&root, spec.network, &mut stubs)?;
+    mount_extra_files(&root, state, spec, &mut stubs)?;
+    for m in &spec.mounts {
+        mount_user(&root, m, &mut stubs)?;
+    }
+    pivot(&root)?;
+    Ok(stubs)
+}
+
+/// Checks that an overlay can be mounted here (in this mount namespace).
+pub fn probe_overlay(state: &Path, userns: bool) -> Result<()> {
+    let (l, u, w, m) = (
+        state.join("l"),
+        state.join("u"),
+        state.join("w"),
+        state.join("m"),
+    );
+    for d in [&l, &u, &w, &m] {
+        mkdir(d, 0o755)?;
+    }
+    mount_overlay(&[l], &u, &w, &m, userns)
+}
+
+fn mkdir(path: &Path, mode: u32) -> Result<()> {
+    fs::DirBuilder::new()
+        .mode(mode)
+        .create(path)
+        .with_context(|| format!("creating {}", path.display()))
+}
+
+fn mount_tmpfs(target: &Path, data: &str) -> Result<()> {
+    mount(
+        Some("tmpfs"),
+        target,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(data),
+    )
+    .with_context(|| format!("mounting tmpfs on {}", target.display()))
+}
+
+/// Every path the sandbox mounts something on, with its kind.
+fn mount_targets(spec: &RunSpec) -> Result<Vec<(String, Kind)>> {
+    let mut t = vec![
+        ("/proc".to_string(), Kind::Dir),
+        ("/dev".to_string(), Kind::Dir),
+        ("/sys".to_string(), Kind::Dir),
+    ];
+    for (name, content) in extra_files(spec) {
+        if content.is_some() {
+            t.push((format!("/etc/{name}"), Kind::File));
+        }
+    }
+    for m in &spec.mounts {
+        t.push(match m {
+            MountSpec::Bind { source, target, .. } => {
+                let meta = fs::metadata(source)
+                    .with_context(|| format!("bind mount source {}", source.display()))?;
+                let kind = if meta.is_dir() { Kind::Dir } else { Kind::File };
+                (target.clone(), kind)
+            }
+            MountSpec::Tmpfs { target, .. } => (target.clone(), Kind::Dir),
+        });
+    }
+    Ok(t)
+}
+
+fn extra_files(spec: &RunSpec) -> [(&'static str, &Option<String>); 3] {
+    let f = &spec.extra_files;
+    [
+        ("resolv.conf", &f.resolv_conf),
+        ("hosts", &f.hosts),
+        ("hostname", &f.hostname),
+    ]
+}
+
+/// What the merged view of the lowers (top first) holds at `rel`.
+enum Found {
+    Dir(fs::Metadata),
+    Other,
+    Absent,
+}
+
+fn is_whiteout(meta: &fs::Metadata) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
+fn is_opaque(path: &Path) -> bool {
+    super::sys::has_xattr(path, "trusted.overlay.opaque")
+        || super::sys::has_xattr(path, "user.overlay.opaque")
+}
+
+/// Overlay lookup of `parts` across `lowers`: the topmost lower holding the
+/// path wins; a whiteout hides it, an opaque dir hides lower layers below.
+fn lookup(lowers: &[PathBuf], parts: &[&str]) -> Found {
+    for lower in lowers {
+        let mut path = lower.clone();
+        let mut stop_below = false;
+        for (i, part) in parts.iter().enumerate() {
+            path.push(part);
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                break;
+            };
+            if is_whiteout(&meta) {
+                return Found::Absent;
+            }
+            let last = i + 1 == parts.len();
+            if last {
+                return if meta.is_dir() {
+                    Found::Dir(meta)
+                } else {
+                    Found::Other
+                };
+            }
+            if !meta.is_dir() {
+                return Found::Other;
+            }
+            stop_below |= is_opaque(&path);
+        }
+        if stop_below {
+            break;
+        }
+    }
+    Found::Absent
+}
+
+/// Makes sure `target` exists in the overlay by adding it to the stub lower
+/// when no lower has it. Leaves it to the in-root creation (reported as a
+/// stub) when a symlink or a file is in the way.
+fn stub_lower(lowers: &[PathBuf], stub: &Path, target: &str, kind: Kind) -> Result<()> {
+    let parts = paths::components(target)?;
+    match lookup(lowers, &parts) {
+        Found::Dir(_) | Found::Other => return Ok(()),
+        Found::Absent => {}
+    }
+    let mut path = stub.to_path_buf();
+    for (i, part) in parts.iter().enumerate() {
+        path.push(part);
+        let last = i + 1 == parts.len();
+        if fs::symlink_metadata(&path).is_ok() {
+            continue;
+        }
+        if last && kind == Kind::File {
+            fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+            return Ok(());
+        }
+        match lookup(lowers, &parts[..=i]) {
+            Found::Dir(meta) => copy_dir_meta(&path, &meta)?,
+            Found::Absent => mkdir(&path, 0o755)?,
+            Found::Other => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+fn copy_dir_meta(path: &Path, meta: &fs::Metadata) -> Result<()> {
+    mkdir(path, 0o700)?;
+    // Ownership is best effort: in a single-id user namespace other owners
+    // are unmapped and chown fails; the merged dir still shows the image's.
+    let _ = std::os::unix::fs::lchown(path, Some(meta.uid()), Some(meta.gid()));
+    fs::set_permissions(path, fs::Permissions::from_mode(meta.mode() & 0o7777))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    let times = fs::FileTimes::new()
+        .set_accessed(meta.accessed().unwrap_or(std::time::SystemTime::UNIX_EPOCH))
+        .set_modified(meta.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH));
+    fs::File::open(path)
+        .and_then(|f| f.set_times(times))
+        .with_context(|| format!("setting times of {}", path.display()))
+}
+
+fn overlay_path(p: &Path) -> Result<String> {
+    let s = p
+        .to_str()
+        .with_context(|| format!("overlay path {} is not UTF-8", p.display()))?;
+    if !p.is_absolute() || s.contains([',', ':', '\\']) {
+        bail!("overlay path {s:?} must be absolute and free of ',', ':' and '\\'");
+    }
+    Ok(s.to_string())
+}
+
+fn mount_overlay(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    userns: bool,
+) -> Result<()> {
+    let lowers: Vec<String> = lowers
+        .iter()
+        .map(|p| overlay_path(p))
+        .collect::<Result<_>>()?;
+    let mut data = format!(
+        "lowerdir={},upperdir={},workdir={},index=off,metacopy=off",
+        lowers.join(":"),
+        overlay_path(upper)?,
+        overlay_path(work)?
+    );
+    // Plain whiteouts and opaque xattrs only, so the layer code never sees
+    // redirects or metacopy files. `userxattr` (the unprivileged mode) rules
+    // out redirect_dir=off and already implies "nofollow".
+    data.push_str(if userns {
+        ",userxattr"
+    } else {
+        ",redirect_dir=off"
+    });
+    if data.len() >= 4096 {
+        bail!(
+            "overlay options are {} bytes, over the kernel's 4095-byte limit ({} lower layers)",
+            data.len(),
+            lowers.len()
+        );
+    }
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .with_context(|| format!("mounting overlay on {} ({data})", target.display()))
+}
+
+const PROC_READONLY: &[&str] = &["bus", "fs", "irq", "sys", "sysrq-trigger"];
+const PROC_MASKED: &[&str] = &[
+    "acpi",
+    "asound",
+    "interrupts",
+    "kcore",
+    "keys",
+    "latency_stats",
+    "sched_debug",
+    "scsi",
+    "timer_list",
+    "timer_stats",
+];
+
+fn mount_proc(root: &OwnedFd, stubs: &mut Vec<String>) -> Result<()> {
+    let fd = ensure(root, "/proc", Kind::Dir, stubs)?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(
+        Some("proc"),
+        fd_path(&fd).as_str(),
+        Some("proc"),
+        flags,
+        NONE,
+    )
+    .context("mounting /proc")?;
+    for name in PROC_READONLY {
+        let rel = format!("proc/{name}");
+        let Ok(fd) = paths::open_in_root(root, &rel) else {
+            continue;
+        };
+        let p = fd_path(&fd);
+        mount(
+            Some(p.as_str()),
+            p.as_str(),
+            NONE,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            NONE,
+        )
+        .with_context(|| format!("binding /{rel} read-only"))?;
+        remount_readonly(root, &rel)?;
+    }
+    for name in PROC_MASKED {
+        mask(root, &format!("proc/{name}"))?;
+    }
+    Ok(())
+}
+
+/// Hides a path: /dev/null over files, an empty read-only tmpfs over dirs.
+fn mask(root: &OwnedFd, rel: &str) -> Result<()> {
+    let Ok(fd) = paths::open_in_root(root, rel) else {
+        return Ok(());
+    };
+    let st = nix::sys::stat::fstat(&fd).with_context(|| format!("stat /{rel}"))?;
+    let p = fd_path(&fd);
+    let res = if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
+        mount(
+            Some("tmpfs"),
+            p.as_str(),
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            NONE,
+        )
+    } else {
+        mount(Some("/dev/null"), p.as_str(), NONE, MsFlags::MS_BIND, NONE)
+    };
+    res.with_context(|| format!("masking /{rel}"))
+}
+
+/// Remounts the mount at `rel` read-only, keeping the flags the kernel
+/// locks in a user namespace (nosuid, nodev, noexec, atime).
+fn remount_readonly(root: &OwnedFd, rel: &str) -> Result<()> {
+    let fd = paths::open_in_root(root, rel).with_context(|| format!("reopening /{rel}"))?;
+    let p = fd_path(&fd);
+    let st = statvfs(p.as_str()).with_context(|| format!("statvfs /{rel}"))?;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    for (fs_flag, ms_flag) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if st.flags().contains(fs_flag) {
+            flags |= ms_flag;
+        }
+    }
+    mount(NONE, p.as_str(), NONE, flags, NONE)
+        .with_context(|| format!("remounting /{rel} read-only"))
+}
+
+const DEVICES: &[(&str, u64, u64)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+fn mount_dev(root: &OwnedFd, userns: bool, stubs: &mut Vec<String>) -> Result<()> {
+    let fd = ensure(root, "/dev", Kind::Dir, stubs)?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME;
+    mount(
+        Some("tmpfs"),
+        fd_path(&fd).as_str(),
+        Some("tmpfs"),
+        flags,
+        Some("mode=755,size=65536k"),
+    )
+    .context("mounting tmpfs on /dev")?;
+    let dev = paths::open_in_root(root, "dev").context("reopening /dev")?;
+    for (name, major, minor) in DEVICES {
+        make_device(root, &dev, name, *major, *minor, userns)?;
+    }
+    let mut none = Vec::new();
+    let pts = ensure(root, "/dev/pts", Kind::Dir, &mut none)?;
+    let pts_flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    let pts_path = fd_path(&pts);
+    mount(
+        Some("devpts"),
+        pts_path.as_str(),
+        Some("devpts"),
+        pts_flags,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )
+    .or_else(|_| {
+        // gid 5 (tty) is unmapped in a single-id user namespace.
+        mount(
+            Some("devpts"),
+            pts_path.as_str(),
+            Some("devpts"),
+            pts_flags,
+            Some("newinstance,ptmxmode=0666,mode=0620"),
+        )
+    })
+    .context("mounting devpts on /dev/pts")?;
+    let shm = ensure(root, "/dev/shm", Kind::Dir, &mut none)?;
+    let shm_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(
+        Some("shm"),
+        fd_path(&shm).as_str(),
+        Some("tmpfs"),
+        shm_flags,
+        Some("mode=1777,size=65536k"),
+    )
+    .context("mounting tmpfs on /dev/shm")?;
+    for (target, name) in [
+        ("pts/ptmx", "ptmx"),
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
+    ] {
+        symlinkat(target, &dev, name).with_context(|| format!("creating /dev/{name}"))?;
+    }
+    Ok(())
+}
+
+/// mknod as real root; in a user namespace (no mknod) bind the host's node.
+fn make_device(
+    root: &OwnedFd,
+    dev: &OwnedFd,
+    name: &str,
+    major: u64,
+    minor: u64,
+    userns: bool,
+) -> Result<()> {
+    let mode = Mode::from_bits_truncate(0o666);
+    if !userns {
+        match mknodat(dev, name, SFlag::S_IFCHR, mode, makedev(major, minor)) {
+            Ok(()) => {
+                // The umask may have cleared bits; devices must be 0666.
+                let fd = paths::open_in_root(root, &format!("dev/{name}"))?;
+                return fs::set_permissions(fd_path(&fd), fs::Permissions::from_mode(0o666))
+                    .with_context(|| format!("chmod /dev/{name}"));
+            }
+            Err(Errno::EPERM) => {}
+            Err(e) => return Err(e).with_context(|| format!("mknod /dev/{name}")),
+        }
+    }
+    let mut none = Vec::new();
+    let fd = ensure(root, &format!("/dev/{name}"), Kind::File, &mut none)?;
+    let host = format!("/dev/{name}");
+    mount(
+        Some(host.as_str()),
+        fd_path(&fd).as_str(),
+        NONE,
+        MsFlags::MS_BIND,
+        NONE,
+    )
+    .with_context(|| format!("binding host {host}"))
+}
+
+fn mount_sys(root: &OwnedFd, network: NetworkMode, stubs: &mut Vec<String>) -> Result<()> {
+    let fd = ensure(root, "/sys", Kind::Dir, stubs)?;
+    let p = fd_path(&fd);
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;
+    match mount(Some("sysfs"), p.as_str(), Some("sysfs"), flags, NONE) {
+        Ok(()) => Ok(()),
+        // A user namespace that does not own the network namespace (host
+        // network, rootless) may not mount sysfs: bind the host's instead.
+        Err(Errno::EPERM) if network == NetworkMode::Host => {
+            mount(
+                Some("/sys"),
+                p.as_str(),
+                NONE,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                NONE,
+            )
+            .context("binding host /sys")?;
+            remount_readonly(root, "sys")
+        }
+        Err(e) => Err(e).context("mounting sysfs on /sys"),
+    }
+}
+
+fn mount_extra_files(
+    root: &OwnedFd,
+    state: &Path,
+    spec: &RunSpec,
+    stubs: &mut Vec<String>,
+) -> Result<()> {
+    let dir = state.join("files");
+    mkdir(&dir, 0o755)?;
+    for (name, content) in extra_files(spec) {
+        let Some(content) = content else { continue };
+        let src = dir.join(name);
+        fs::write(&src, content).with_context(|| format!("writing {}", src.display()))?;
+        fs::set_permissions(&src, fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("chmod {}", src.display()))?;
+        let target = format!("/etc/{name}");
+        let fd = ensure(root, &target, Kind::File, stubs)?;
+        mount(
+            Some(&src),
+            fd_path(&fd).as_str(),
+            NONE,
+            MsFlags::MS_BIND,
+            NONE,
+        )
+        .with_context(|| format!("binding {target}"))?;
+    }
+    Ok(())
+}
+
+fn mount_user(root: &OwnedFd, m: &MountSpec, stubs: &mut Vec<String>) -> Result<()> {
+    match m {
+        MountSpec::Bind {
+            source,
+            target,
+            readonly,
+        } => {
+            let kind = if source.is_dir() {
+                Kind::Dir
+            } else {
+                Kind::File
+            };
+            let fd = ensure(root, target, kind, stubs)?;
+            mount(
+                Some(source),
+                fd_path(&fd).as_str(),
+                NONE,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                NONE,
+            )
+            .with_context(|| format!("bind-mounting {} on {target}", source.display()))?;
+            if *readonly {
+                let rel = paths::components(target)?.join("/");
+                remount_readonly(root, &rel)?;
+            }
+            Ok(())
+        }
+        MountSpec::Tmpfs { target, size } => {
+            let fd = ensure(root, target, Kind::Dir, stubs)?;
+            let mut data = "mode=1777".to_string();
+            if let Some(size) = size {
+                data.push_str(&format!(",size={size}"));
+            }
+            let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+            mount(
+                Some("tmpfs"),
+                fd_path(&fd).as_str(),
+                Some("tmpfs"),
+                flags,
+                Some(data.as_str()),
+            )
+            .with_context(|| format!("mounting tmpfs on {target}"))
+        }
+    }
+}
+
+/// `pivot_root(".", ".")` then detach the old root stacked below (the
+/// youki/runc way, no temporary dir needed).
+fn pivot(root: &OwnedFd) -> Result<()> {
+    let dir = paths::open_in_root(root, "")?;
+    let real = open(
+        fd_path(&dir).as_str(),
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .context("opening the new root")?;
+    fchdir(&real).context("entering the new root")?;
+    pivot_root(".", ".").context("pivot_root")?;
+    umount2(".", MntFlags::MNT_DETACH).context("detaching the old root")?;
+    nix::unistd::chdir("/").context("chdir /")?;
+    Ok(())
+}

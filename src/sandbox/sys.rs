@@ -1,0 +1,180 @@
+//! The sandbox's only `unsafe` code: thin wrappers over syscalls that `nix`
+//! does not cover (capabilities, interface flags, xattrs) or marks unsafe
+//! (`fork`, `pre_exec`).
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use nix::unistd::ForkResult;
+
+/// The fd number the setup process writes its report messages to.
+pub const REPORT_FD: RawFd = 3;
+
+/// Makes the spawned setup process die with the calling thread
+/// (`PR_SET_PDEATHSIG`) and puts `report_fd` at [`REPORT_FD`].
+pub fn prepare_helper_command(cmd: &mut Command, report_fd: RawFd) {
+    // SAFETY: the closure runs between fork and exec and only makes
+    // async-signal-safe syscalls (prctl, dup2, fcntl); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if report_fd == REPORT_FD {
+                // dup2 onto itself keeps FD_CLOEXEC: clear it instead.
+                if libc::fcntl(report_fd, libc::F_SETFD, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(report_fd, REPORT_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// `fork()`, for the single-threaded setup process only.
+pub fn fork() -> nix::Result<ForkResult> {
+    // SAFETY: only called from the setup process, which never starts threads,
+    // so the child can safely run arbitrary (allocating) code.
+    unsafe { nix::unistd::fork() }
+}
+
+/// Drops capability `cap` from the bounding set (`PR_CAPBSET_DROP`).
+/// Unknown capability numbers (EINVAL) are not an error.
+pub fn capbset_drop(cap: u32) -> io::Result<()> {
+    // SAFETY: plain prctl with integer arguments.
+    let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINVAL) {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// Clears the ambient capability set.
+pub fn clear_ambient() -> io::Result<()> {
+    // SAFETY: plain prctl with integer arguments.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Sets the calling thread's effective, permitted and inheritable sets
+/// (64-bit masks, bit n = capability n).
+pub fn capset(effective: u64, permitted: u64, inheritable: u64) -> io::Result<()> {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let split = |m: u64| [m as u32, (m >> 32) as u32];
+    let (e, p, i) = (split(effective), split(permitted), split(inheritable));
+    let data = [
+        CapData {
+            effective: e[0],
+            permitted: p[0],
+            inheritable: i[0],
+        },
+        CapData {
+            effective: e[1],
+            permitted: p[1],
+            inheritable: i[1],
+        },
+    ];
+    // SAFETY: header and data are valid, correctly laid out (version 3 takes
+    // two CapData entries) and outlive the call.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets IFF_UP on the loopback interface of the current network namespace.
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: socket() with constant arguments.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: `req` is a valid ifreq naming "lo"; SIOCGIFFLAGS/SIOCSIFFLAGS
+    // read and write only `ifr_ifru.ifru_flags` in it.
+    let result = unsafe {
+        if libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(sock, libc::SIOCSIFFLAGS, &mut req) < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        }
+    };
+    // SAFETY: `sock` is an fd we own and close exactly once.
+    unsafe { libc::close(sock) };
+    result
+}
+
+/// Whether `path` (not following a final symlink) has the xattr `name`.
+pub fn has_xattr(path: &std::path::Path, name: &str) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let (Ok(p), Ok(n)) = (
+        CString::new(path.as_os_str().as_bytes()),
+        CString::new(name),
+    ) else {
+        return false;
+    };
+    // SAFETY: both strings are NUL-terminated and live across the call; a
+    // null buffer with size 0 only queries the value's size.
+    let rc = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
+    rc >= 0
+}
+
+/// Takes ownership of [`REPORT_FD`] in the setup process and marks it
+/// close-on-exec so the command never inherits it.
+pub fn take_report_fd() -> std::fs::File {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the parent put an open pipe at REPORT_FD before exec (see
+    // `prepare_helper_command`) and nothing else in this process owns it.
+    let file = unsafe { std::fs::File::from_raw_fd(REPORT_FD) };
+    // SAFETY: fcntl on an fd we own.
+    unsafe { libc::fcntl(REPORT_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+    file
+}

@@ -1,0 +1,610 @@
+//! End-to-end tests of the RUN sandbox on a real busybox-static rootfs.
+//!
+//! Every test runs as the invoking user. As root, the `rootless_*` tests
+//! re-run this whole binary as an unprivileged user (created with `useradd`
+//! if absent) under `setpriv`, once with the user's subuid range and once
+//! with a single-id map, so the same assertions cover rootless mode.
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rbuild::sandbox::{
+    overlay_available_with, run_with, ExtraFiles, IdMapMode, MountSpec, NetworkMode, RootfsSpec,
+    RunOutcome, RunSpec, SandboxOptions, Stream, UserSpec,
+};
+
+const TEST_USER: &str = "rbuild-sbx";
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn single_id() -> bool {
+    !is_root() && std::env::var("RBUILD_TEST_IDMAP").as_deref() == Ok("single")
+}
+
+fn opts() -> SandboxOptions {
+    SandboxOptions {
+        init_exe: PathBuf::from(env!("CARGO_BIN_EXE_rbuild")),
+        id_map: if single_id() {
+            IdMapMode::SingleId
+        } else {
+            IdMapMode::Auto
+        },
+    }
+}
+
+/// A busybox rootfs as two layers: `base` holds /bin/busybox, `applets`
+/// holds the symlinks `busybox --install -s` made inside the sandbox.
+struct Rootfs {
+    tmp: tempfile::TempDir,
+    lowers: Vec<PathBuf>,
+    steps: usize,
+}
+
+struct Output {
+    outcome: RunOutcome,
+    stdout: String,
+    stderr: String,
+    upper: PathBuf,
+}
+
+fn spec(rootfs: RootfsSpec, argv: &[&str]) -> RunSpec {
+    RunSpec {
+        rootfs,
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+        cwd: "/".into(),
+        user: UserSpec::default(),
+        hostname: "rbuild-test".into(),
+        network: NetworkMode::None,
+        mounts: vec![],
+        extra_files: ExtraFiles::default(),
+    }
+}
+
+impl Rootfs {
+    fn new() -> Rootfs {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("base");
+        fs::create_dir_all(base.join("bin")).unwrap();
+        fs::copy("/bin/busybox", base.join("bin/busybox")).expect("install busybox-static");
+        fs::set_permissions(base.join("bin/busybox"), fs::Permissions::from_mode(0o755)).unwrap();
+        let mut rootfs = Rootfs {
+            tmp,
+            lowers: vec![base],
+            steps: 0,
+        };
+        let out = rootfs.commit(&["/bin/busybox", "--install", "-s", "/bin"]);
+        assert_eq!(out.outcome.exit_code, 0, "install failed: {}", out.stderr);
+        rootfs
+    }
+
+    /// A fresh overlay over the current lowers.
+    fn overlay(&mut self) -> RootfsSpec {
+        self.steps += 1;
+        let upper = self.tmp.path().join(format!("upper{}", self.steps));
+        let work = self.tmp.path().join(format!("work{}", self.steps));
+        fs::create_dir(&upper).unwrap();
+        fs::create_dir(&work).unwrap();
+        RootfsSpec::Overlay {
+            lowers: self.lowers.clone(),
+            upper,
+            work,
+        }
+    }
+
+    fn run(&mut self, s: RunSpec) -> Output {
+        self.try_run(s).unwrap()
+    }
+
+    fn try_run(&mut self, s: RunSpec) -> anyhow::Result<Output> {
+        let upper = match &s.rootfs {
+            RootfsSpec::Overlay { upper, .. } => upper.clone(),
+            RootfsSpec::Dir(d) => d.clone(),
+        };
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let outcome = run_with(&opts(), &s, &mut |stream, chunk| match stream {
+            Stream::Stdout => stdout.extend_from_slice(chunk),
+            Stream::Stderr => stderr.extend_from_slice(chunk),
+        })?;
+        Ok(Output {
+            outcome,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            upper,
+        })
+    }
+
+    fn sh(&mut self, script: &str) -> Output {
+        let s = spec(self.overlay(), &["/bin/sh", "-c", script]);
+        self.run(s)
+    }
+
+    /// Runs argv and makes its upper dir the new top lower layer.
+    fn commit(&mut self, argv: &[&str]) -> Output {
+        let s = spec(self.overlay(), argv);
+        let out = self.run(s);
+        self.lowers.insert(0, out.upper.clone());
+        out
+    }
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .into_iter()
+        .map(|e| {
+            let e = e.unwrap();
+            e.path().strip_prefix(dir).unwrap().display().to_string()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn shell_form_output_and_exit_code() {
+    let mut r = Rootfs::new();
+    let out = r.sh("echo out; echo err >&2; exit 3");
+    assert_eq!(out.outcome.exit_code, 3);
+    assert_eq!(out.stdout, "out\n");
+    assert_eq!(out.stderr, "err\n");
+}
+
+#[test]
+fn exec_form_uses_path_and_env() {
+    let mut r = Rootfs::new();
+    let mut s = spec(r.overlay(), &["env"]);
+    s.env.push("GREETING=hello world".into());
+    let out = r.run(s);
+    assert_eq!(out.outcome.exit_code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nGREETING=hello world\n"
+    );
+}
+
+#[test]
+fn missing_program_is_an_error() {
+    let mut r = Rootfs::new();
+    let s = spec(r.overlay(), &["no-such-program"]);
+    let err = r
+        .try_run(s)
+        .err()
+        .expect("exec of a missing program must fail");
+    assert!(
+        format!("{err:#}").contains("executable file not found"),
+        "{err:#}"
+    );
+}
+
+#[test]
+fn killed_by_signal_gives_128_plus_n() {
+    let mut r = Rootfs::new();
+    assert_eq!(r.sh("kill -9 $$").outcome.exit_code, 137);
+}
+
+#[test]
+fn cwd_is_created_and_used() {
+    let mut r = Rootfs::new();
+    let mut s = spec(r.overlay(), &["/bin/sh", "-c", "pwd; readlink /proc/self/cwd"]);
+    s.cwd = "/work/deep/dir".into();
+    let out = r.run(s);
+    assert_eq!(out.stdout, "/work/deep/dir\n/work/deep/dir\n");
+    assert!(out.upper.join("work/deep/dir").is_dir());
+}
+
+#[test]
+fn user_switching_and_capabilities() {
+    let mut r = Rootfs::new();
+    let add = r.commit(&[
+        "/bin/sh",
+        "-c",
+        "mkdir -p /etc && echo 'app:x:1000:1000::/home/app:/bin/sh' >> /etc/passwd && echo 'app:x:1000:' >> /etc/group",
+    ]);
+    assert_eq!(add.outcome.exit_code, 0, "{}", add.stderr);
+    // Root inside: docker's default capabilities, no_new_privs.
+    let out = r.sh("grep -E '^(CapEff|CapBnd|CapInh|CapAmb|NoNewPrivs)' /proc/self/status; id -u");
+    assert!(
+        out.stdout.contains("CapEff:\t00000000a80425fb"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("CapBnd:\t00000000a80425fb"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("CapInh:\t0000000000000000"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("CapAmb:\t0000000000000000"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("NoNewPrivs:\t1"), "{}", out.stdout);
+    assert!(out.stdout.ends_with("0\n"));
+
+    let mut s = spec(
+        r.overlay(),
+        &[
+            "/bin/sh",
+            "-c",
+            "id -un; id -u; id -g; id -G; grep CapEff /proc/self/status",
+        ],
+    );
+    s.user = UserSpec {
+        uid: 1000,
+        gid: 1000,
+        additional_gids: vec![1000, 2000],
+    };
+    if single_id() {
+        let err = r
+            .try_run(s)
+            .err()
+            .expect("uid 1000 is unmapped in a single-id map");
+        assert!(format!("{err:#}").contains("mapped"), "{err:#}");
+        return;
+    }
+    let out = r.run(s);
+    assert_eq!(
+        out.stdout, "app\n1000\n1000\n1000 2000\nCapEff:\t0000000000000000\n",
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn network_none_has_only_loopback_up() {
+    let mut r = Rootfs::new();
+    let out = r.sh("ip -o link; echo ---; tail -n +3 /proc/net/dev | cut -d: -f1");
+    let (links, devs) = out.stdout.split_once("---\n").unwrap();
+    assert_eq!(links.lines().count(), 1, "{links}");
+    assert!(links.contains("lo:") && links.contains("UP"), "{links}");
+    assert_eq!(devs.trim(), "lo");
+}
+
+#[test]
+fn network_host_sees_host_interfaces() {
+    let host = fs::read_to_string("/proc/net/dev").unwrap();
+    let mut r = Rootfs::new();
+    let mut s = spec(r.overlay(), &["/bin/cat", "/proc/net/dev"]);
+    s.network = NetworkMode::Host;
+    let out = r.run(s);
+    assert_eq!(out.outcome.exit_code, 0, "{}", out.stderr);
+    let names = |t: &str| -> Vec<String> {
+        t.lines()
+            .skip(2)
+            .filter_map(|l| l.split(':').next())
+            .map(|n| n.trim().to_string())
+            .collect()
+    };
+    assert_eq!(names(&out.stdout), names(&host));
+}
+
+#[test]
+fn hostname_and_managed_etc_files() {
+    let mut r = Rootfs::new();
+    let mut s = spec(
+        r.overlay(),
+        &[
+            "/bin/sh",
+            "-c",
+            "hostname; cat /etc/hostname /etc/hosts /etc/resolv.conf; echo scribble >> /etc/hosts",
+        ],
+    );
+    s.hostname = "buildbox".into();
+    s.extra_files = ExtraFiles {
+        resolv_conf: Some("nameserver 192.0.2.53\n".into()),
+        hosts: Some("127.0.0.1 localhost buildbox\n".into()),
+        hostname: Some("buildbox\n".into()),
+    };
+    let out = r.run(s);
+    assert_eq!(
+        out.stdout,
+        "buildbox\nbuildbox\n127.0.0.1 localhost buildbox\nnameserver 192.0.2.53\n"
+    );
+    // Neither the mount points nor the write reach the upper dir.
+    assert!(entries(&out.upper).is_empty(), "{:?}", entries(&out.upper));
+    assert!(out.outcome.mount_stubs.is_empty());
+}
+
+#[test]
+fn background_process_does_not_hang_the_step() {
+    let mut r = Rootfs::new();
+    let start = Instant::now();
+    let out = r.sh("sleep 1000 & echo started");
+    assert_eq!(out.outcome.exit_code, 0);
+    assert_eq!(out.stdout, "started\n");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn orphaned_children_are_reaped() {
+    let mut r = Rootfs::new();
+    // The subshell exits at once, so each sleep is reparented to PID 1;
+    // without a reaping init they would stay zombies.
+    let out = r.sh("for i in 1 2 3 4 5; do (sleep 0.05 &); done; sleep 1; \
+         grep -l '^State:.*Z' /proc/[0-9]*/status; echo done");
+    assert_eq!(out.stdout, "done\n", "zombies left: {}", out.stdout);
+}
+
+#[test]
+fn sigterm_is_forwarded_to_the_command() {
+    let mut r = Rootfs::new();
+    // The command signals PID 1 (init), which must forward it back.
+    let out = r.sh("trap 'echo got-term; exit 7' TERM; kill -TERM 1; sleep 5 & wait");
+    assert_eq!(out.outcome.exit_code, 7, "{} {}", out.stdout, out.stderr);
+    assert_eq!(out.stdout, "got-term\n");
+}
+
+#[test]
+fn escape_attempts_do_not_touch_the_host() {
+    let host_dir = tempfile::tempdir().unwrap();
+    let sentinel = host_dir.path().join("sentinel");
+    fs::write(&sentinel, "original").unwrap();
+    let p = sentinel.display().to_string();
+    let mut r = Rootfs::new();
+    let script = format!(
+        "mkdir -p $(dirname {p}); \
+         echo pwned > /proc/1/root{p}; \
+         echo pwned > /proc/self/root{p}; \
+         echo pwned > /../../../..{p}; \
+         cd / && cd ../../../.. && echo pwned > .{p}; \
+         mkdir -p /jail && chroot /jail /bin/sh -c true; \
+         chroot ../../.. /bin/sh -c 'echo pwned > {p}'; \
+         mount -t tmpfs none /mnt && echo mounted; \
+         mount --bind / /mnt && echo bound; \
+         umount -l /proc && echo unmounted-proc; \
+         echo 1 > /sys/kernel/mm/ksm/run && echo wrote-sys; \
+         echo 3 > /proc/sys/vm/drop_caches && echo wrote-proc-sys; \
+         echo h > /proc/sysrq-trigger && echo wrote-sysrq; \
+         cat /proc/kcore | head -c1 | wc -c; \
+         echo end"
+    );
+    let out = r.sh(&script);
+    assert_eq!(fs::read_to_string(&sentinel).unwrap(), "original");
+    assert_eq!(fs::read_dir(host_dir.path()).unwrap().count(), 1);
+    for bad in [
+        "mounted",
+        "bound",
+        "unmounted-proc",
+        "wrote-sys",
+        "wrote-proc-sys",
+        "wrote-sysrq",
+    ] {
+        assert!(!out.stdout.contains(bad), "{bad}: {}", out.stdout);
+    }
+    assert!(out.stdout.ends_with("0\nend\n"), "{}", out.stdout);
+    // The writes that "succeeded" landed in the rootfs (upper dir) only.
+    let inside = out.upper.join(p.trim_start_matches('/'));
+    assert!(inside.exists(), "{}", inside.display());
+}
+
+#[test]
+fn overlay_changes_go_to_upper_only() {
+    let mut r = Rootfs::new();
+    let lower_ls = r.lowers[0].join("bin/ls");
+    assert!(fs::symlink_metadata(&lower_ls)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let out = r.sh("echo new > /newfile && rm /bin/ls && test ! -e /bin/ls");
+    assert_eq!(out.outcome.exit_code, 0, "{}", out.stderr);
+    assert_eq!(
+        fs::read_to_string(out.upper.join("newfile")).unwrap(),
+        "new\n"
+    );
+    let wh = fs::symlink_metadata(out.upper.join("bin/ls")).unwrap();
+    assert!(wh.file_type().is_char_device());
+    assert_eq!(wh.rdev(), 0);
+    // The lower layer is untouched.
+    assert!(fs::symlink_metadata(&lower_ls)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(!r.lowers[0].join("newfile").exists());
+    // No mount point (proc, dev, sys) leaked into the upper dir.
+    assert_eq!(entries(&out.upper), vec!["bin", "bin/ls", "newfile"]);
+}
+
+#[test]
+fn no_mounts_leak_into_the_host() {
+    let before = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mut r = Rootfs::new();
+    let cache = tempfile::tempdir().unwrap();
+    let mut s = spec(
+        r.overlay(),
+        &["/bin/sh", "-c", "cat /proc/self/mountinfo | wc -l"],
+    );
+    s.mounts = vec![
+        MountSpec::Bind {
+            source: cache.path().to_path_buf(),
+            target: "/cache".into(),
+            readonly: false,
+        },
+        MountSpec::Tmpfs {
+            target: "/scratch".into(),
+            size: None,
+        },
+    ];
+    let out = r.run(s);
+    let inside: usize = out.stdout.trim().parse().unwrap();
+    assert!(inside >= 8, "{}", out.stdout);
+    assert_eq!(fs::read_to_string("/proc/self/mountinfo").unwrap(), before);
+}
+
+#[test]
+fn bind_and_tmpfs_mounts() {
+    let mut r = Rootfs::new();
+    let cache = tempfile::tempdir().unwrap();
+    let ro = tempfile::tempdir().unwrap();
+    fs::write(ro.path().join("secret"), "s3cret").unwrap();
+    let mut s = spec(
+        r.overlay(),
+        &[
+            "/bin/sh",
+            "-c",
+            "echo cached > /var/cache/app/f; cat /run/secrets/secret; echo; \
+             touch /run/secrets/x && echo wrote-ro; \
+             echo t > /scratch/t && grep ' /scratch ' /proc/mounts | cut -d' ' -f3",
+        ],
+    );
+    s.mounts = vec![
+        MountSpec::Bind {
+            source: cache.path().to_path_buf(),
+            target: "/var/cache/app".into(),
+            readonly: false,
+        },
+        MountSpec::Bind {
+            source: ro.path().to_path_buf(),
+            target: "/run/secrets".into(),
+            readonly: true,
+        },
+        MountSpec::Tmpfs {
+            target: "/scratch".into(),
+            size: Some(1 << 20),
+        },
+    ];
+    let out = r.run(s);
+    assert_eq!(out.stdout, "s3cret\ntmpfs\n", "{}", out.stderr);
+    assert_eq!(
+        fs::read_to_string(cache.path().join("f")).unwrap(),
+        "cached\n"
+    );
+    assert!(!ro.path().join("x").exists());
+    // Mount points for missing targets never reach the upper dir.
+    assert!(entries(&out.upper).is_empty(), "{:?}", entries(&out.upper));
+}
+
+#[test]
+fn dir_rootfs_fallback_reports_created_mount_points() {
+    let mut r = Rootfs::new();
+    // Flatten the layers into one dir, as a copying fallback would.
+    let dir = r.tmp.path().join("flat");
+    let cp = Command::new("cp")
+        .args(["-a", &format!("{}/.", r.lowers[1].display())])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    for e in fs::read_dir(r.lowers[0].join("bin")).unwrap() {
+        let e = e.unwrap();
+        let target = fs::read_link(e.path()).unwrap();
+        std::os::unix::fs::symlink(target, dir.join("bin").join(e.file_name())).unwrap();
+    }
+    let out = r.run(spec(
+        RootfsSpec::Dir(dir.clone()),
+        &["/bin/sh", "-c", "echo hi > /f; ls /dev/null"],
+    ));
+    assert_eq!(out.stdout, "/dev/null\n", "{}", out.stderr);
+    assert_eq!(fs::read_to_string(dir.join("f")).unwrap(), "hi\n");
+    let mut stubs = out.outcome.mount_stubs.clone();
+    stubs.sort();
+    assert_eq!(stubs, vec!["/dev", "/proc", "/sys"]);
+}
+
+#[test]
+fn overlay_probe_succeeds() {
+    assert!(overlay_available_with(&opts()));
+}
+
+/// Runs this test binary again as [`TEST_USER`] (root only).
+fn rerun_as_test_user(idmap: &str) {
+    if !is_root() {
+        return; // already the unprivileged run
+    }
+    ensure_test_user();
+    let exe = std::env::current_exe().unwrap();
+    let uid = user_id("-u");
+    let gid = user_id("-g");
+    let out = Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            "--reset-env",
+        ])
+        .arg(&exe)
+        .args(["--skip", "rootless_", "--test-threads=2"])
+        .env("RBUILD_TEST_IDMAP", idmap)
+        .current_dir("/tmp")
+        .output()
+        .expect("setpriv (util-linux) must be installed");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(
+        out.status.success(),
+        "rootless run ({idmap}) failed:\n{text}"
+    );
+    assert!(text.contains("test result: ok"), "{text}");
+}
+
+fn user_id(flag: &str) -> String {
+    let out = Command::new("id").args([flag, TEST_USER]).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn ensure_test_user() {
+    let exists = Command::new("id")
+        .arg(TEST_USER)
+        .output()
+        .unwrap()
+        .status
+        .success();
+    if !exists {
+        let st = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                TEST_USER,
+            ])
+            .status()
+            .unwrap();
+        assert!(st.success(), "useradd {TEST_USER}");
+    }
+    let subuid = fs::read_to_string("/etc/subuid").unwrap_or_default();
+    if !subuid
+        .lines()
+        .any(|l| l.starts_with(&format!("{TEST_USER}:")))
+    {
+        let st = Command::new("usermod")
+            .args([
+                "--add-subuids",
+                "700000-765535",
+                "--add-subgids",
+                "700000-765535",
+                TEST_USER,
+            ])
+            .status()
+            .unwrap();
+        assert!(st.success(), "usermod --add-subuids {TEST_USER}");
+    }
+}
+
+#[test]
+fn rootless_with_subuid_range() {
+    rerun_as_test_user("auto");
+}
+
+#[test]
+fn rootless_with_single_id_map() {
+    rerun_as_test_user("single");
+}
