@@ -345,4 +345,109 @@ mod tests {
         assert!(cut.ends_with('…'));
         assert_eq!(ellipsis("short", 45), "short");
     }
+
+    /// A fixed image: two layers and two metadata steps, created in 2001,
+    /// rendered at a fixed "now" (2026-01-01).
+    fn fixed_rows() -> Vec<HistoryRow> {
+        use crate::image::{commit_image, descriptor, HistoryEntry, ImageConfig, ImageFormat};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut config = ImageConfig::for_host();
+        let at = |t: &str| Some(t.to_string());
+        let mut layers = Vec::new();
+        for (i, (content, by)) in [
+            (
+                vec![1u8; 1_234_567],
+                "/bin/sh -c #(nop) ADD file:0123456789abcdef in / ",
+            ),
+            (
+                vec![2u8; 4096],
+                "RUN /bin/sh -c apt-get update && apt-get install -y curl # buildkit",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let blob = store.put_blob(&content).unwrap();
+            layers.push(descriptor(crate::image::OCI_LAYER_GZIP, &blob).unwrap());
+            let h = HistoryEntry {
+                created: at(if i == 0 {
+                    "2001-02-03T04:05:06Z"
+                } else {
+                    "2001-02-04T04:05:06Z"
+                }),
+                created_by: Some(by.to_string()),
+                ..HistoryEntry::default()
+            };
+            config.add_layer(&crate::store::sha256_digest(&content), h);
+            if i == 0 {
+                config.add_empty_layer(HistoryEntry {
+                    created: at("2001-02-03T04:05:07Z"),
+                    created_by: Some("/bin/sh -c #(nop)  CMD [\"bash\"]".into()),
+                    ..HistoryEntry::default()
+                });
+            }
+        }
+        config.add_empty_layer(HistoryEntry {
+            created: at("2025-12-31T23:58:00Z"),
+            created_by: Some("ENV\tA=1".into()),
+            comment: Some("buildkit.dockerfile.v0".into()),
+            ..HistoryEntry::default()
+        });
+        let m = commit_image(&store, ImageFormat::Oci, &config, &layers).unwrap();
+        let image = crate::image::load_image(&store, &m).unwrap();
+        history_rows(&image)
+    }
+
+    const NOW: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
+
+    #[test]
+    fn history_table_matches_docker_layout() {
+        let rows = fixed_rows();
+        let opts = RenderOpts {
+            now: NOW,
+            trunc: true,
+            human: true,
+        };
+        let text = render_history_table(&rows, &opts);
+        // Layer digests are sha256 of the fixed blob contents above.
+        let expected = concat!(
+            "IMAGE          CREATED         CREATED BY                                      SIZE      COMMENT\n\
+             <missing>      2 minutes ago   ENV A=1                                         0B        buildkit.dockerfile.v0\n\
+             30d6bc164ea5   24 years ago    RUN /bin/sh -c apt-get update && apt-get ins…   4.1kB     \n\
+             <missing>      24 years ago    /bin/sh -c #(nop)  CMD [\"bash\"]                 0B        \n\
+             9b2ea01f49b1   24 years ago    /bin/sh -c #(nop) ADD file:0123456789abcdef …   1.23MB    \n"
+        );
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn history_untruncated_raw_and_json() {
+        let rows = fixed_rows();
+        let raw = RenderOpts {
+            now: NOW,
+            trunc: false,
+            human: false,
+        };
+        let text = render_history_table(&rows, &raw);
+        assert!(
+            text.contains("RUN /bin/sh -c apt-get update && apt-get install -y curl # buildkit")
+        );
+        assert!(text.contains("2001-02-04T04:05:06Z"));
+        assert!(text.contains(" 1234567 "));
+        let json = render_history_json(
+            &rows,
+            &RenderOpts {
+                now: NOW,
+                trunc: true,
+                human: true,
+            },
+        );
+        let first = json.lines().next().unwrap();
+        assert_eq!(
+            first,
+            r#"{"Comment":"buildkit.dockerfile.v0","CreatedAt":"2025-12-31T23:58:00Z","CreatedBy":"ENV A=1","CreatedSince":"2 minutes ago","ID":"<missing>","Size":"0B"}"#
+        );
+        assert_eq!(json.lines().count(), 4);
+    }
 }

@@ -114,6 +114,16 @@ pub fn commit_image(
     let config_blob = store
         .put_blob(&config.to_json()?)
         .context("writing image config")?;
+    write_manifest(store, format, &config_blob, layers)
+}
+
+/// Write a manifest for `config` + `layers` with `format`'s media types.
+fn write_manifest(
+    store: &Store,
+    format: ImageFormat,
+    config_blob: &BlobInfo,
+    layers: &[Descriptor],
+) -> anyhow::Result<Descriptor> {
     let mut layer_descs = Vec::with_capacity(layers.len());
     for layer in layers {
         let comp = Compression::from_media_type(layer.media_type().as_ref());
@@ -124,7 +134,7 @@ pub fn commit_image(
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::from(format.manifest_media_type()))
-        .config(descriptor(format.config_media_type(), &config_blob)?)
+        .config(descriptor(format.config_media_type(), config_blob)?)
         .layers(layer_descs)
         .build()
         .context("building the image manifest")?;
@@ -132,6 +142,23 @@ pub fn commit_image(
         .put_blob(&to_canonical_json(&manifest)?)
         .context("writing image manifest")?;
     descriptor(format.manifest_media_type(), &manifest_blob)
+}
+
+/// The same image (same config and layer blobs) under `format`'s media
+/// types: a new manifest blob, not tagged. Tags in the store should name OCI
+/// manifests (skopeo and umoci skip docker-typed `index.json` entries), so
+/// pull converts to OCI and push/export converts to docker when asked.
+pub fn convert_image(
+    store: &Store,
+    image: &Image,
+    format: ImageFormat,
+) -> anyhow::Result<Descriptor> {
+    let config_blob = BlobInfo {
+        digest: image.config_digest.clone(),
+        size: image.manifest.config().size(),
+    };
+    write_manifest(store, format, &config_blob, image.manifest.layers())
+        .with_context(|| format!("converting image {}", image.config_digest))
 }
 
 /// An image read back from the store.
