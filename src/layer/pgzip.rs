@@ -182,9 +182,10 @@ impl<W: Write> Drop for ParallelGzipWriter<W> {
 }
 
 fn worker(rx: Receiver<Job>, level: u32) {
-    let mut c = Compress::new(Compression::new(level), false);
     for job in rx {
-        c.reset();
+        // A fresh stream per block: a reset stream kept state that made the
+        // output depend on which worker compressed which block.
+        let mut c = Compress::new(Compression::new(level), false);
         let result = deflate_block(&mut c, &job.data, &job.dict, job.last);
         // The receiver is gone only when the writer was dropped mid-stream.
         let _ = job.reply.send(result);

@@ -394,7 +394,15 @@ impl Unpacker<'_> {
         if tcomps.is_empty() {
             bail!("hard link to the root directory");
         }
-        let (_, tdir) = self.parent_of(&tcomps)?;
+        // Resolved like any path, but never created: a link needs an existing target.
+        let tparent = resolve_components(self.dest, &tcomps[..tcomps.len() - 1].join("/"), true)?;
+        let tdir =
+            sys::open_dir_beneath(self.root.as_fd(), &tparent.join("/")).with_context(|| {
+                format!(
+                    "opening the directory of link target {:?}",
+                    String::from_utf8_lossy(&target)
+                )
+            })?;
         let tname = &tcomps[tcomps.len() - 1];
         sys::linkat(tdir.as_fd(), tname, dir, name)
             .with_context(|| format!("linking to {:?}", String::from_utf8_lossy(&target)))
