@@ -83,11 +83,13 @@ fn buildkit_line_spans() {
     assert_eq!(spans, vec![(5, 5), (11, 12), (17, 31)]);
 }
 
-/// `../shared/corpus/<sub>` beside the crate, or None (skip) outside CI.
+/// `../shared/corpus/<sub>` beside the crate (or under `$RBUILD_SHARED_CORPUS`,
+/// for worktrees that live elsewhere), or None (skip) outside CI.
 fn shared_corpus(sub: &str) -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/corpus")
-        .join(sub);
+    let base = std::env::var_os("RBUILD_SHARED_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus"));
+    let dir = base.join(sub);
     if dir.is_dir() {
         return Some(dir);
     }

@@ -29,7 +29,8 @@ pub struct Mount {
     pub from: Option<String>,
     /// Path inside `from` (or the context) to mount.
     pub source: Option<String>,
-    /// Where it appears in the container. Defaulted for secret
+    /// Where it appears in the container; empty or relative means relative to
+    /// the working directory (bind, cache, tmpfs). Defaulted for secret
     /// (`/run/secrets/<id>` unless `env` is set); ssh leaves it to the runner.
     pub target: Option<String>,
     /// Bind mounts are read-only unless `rw`; others writable unless `ro`.
@@ -201,16 +202,10 @@ fn finish_defaults(m: &mut Mount) -> Result<(), String> {
                 m.target = Some(format!("/run/secrets/{id}"));
             }
         }
-        MountType::Ssh => {
-            if m.id.is_none() {
-                m.id = Some("default".to_string());
-            }
-        }
-        _ => {
-            if m.target.is_none() {
-                return Err("mount target is required".to_string());
-            }
-        }
+        MountType::Ssh if m.id.is_none() => m.id = Some("default".to_string()),
+        // bind/cache/tmpfs: an empty or relative target is resolved
+        // against the working directory at build time, as BuildKit does.
+        _ => {}
     }
     Ok(())
 }
@@ -294,9 +289,7 @@ mod tests {
             .unwrap_err()
             .contains("unexpected key 'bogus'"));
         assert!(parse_mount("type=tmpfs,target=/x,from=a").is_err());
-        assert!(parse_mount("type=bind")
-            .unwrap_err()
-            .contains("target is required"));
+        assert_eq!(parse_mount("type=bind").unwrap().target, None);
         assert!(parse_mount("type=cache,target=/x,uid=abc").is_err());
         assert!(parse_mount("type=secret").is_err());
         assert!(parse_mount("type=bind,target=/x,source").is_err());

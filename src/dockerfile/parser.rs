@@ -186,19 +186,15 @@ impl<'a> Parser<'a> {
                 end_line: self.line_no,
                 column,
             };
-            let node = new_node_from_line(&line, escape);
-            let mut node = match node {
-                Ok(n) => n,
-                Err((msg, partial)) => {
-                    self.error(start_line, self.line_no, column, msg);
-                    // Still consume heredoc bodies so they are not read as instructions.
-                    let mut partial = partial;
-                    partial.span = span;
-                    let _ = self.read_heredocs(&mut partial);
-                    comments.clear();
-                    continue;
-                }
-            };
+            let (mut node, failure) = new_node_from_line(&line, escape);
+            if let Some(msg) = failure {
+                self.error(start_line, self.line_no, column, msg);
+                // Still consume heredoc bodies so they are not read as instructions.
+                node.span = span;
+                let _ = self.read_heredocs(&mut node);
+                comments.clear();
+                continue;
+            }
             node.span = span;
             node.first_line_len = first_line_len;
             node.prev_comment = std::mem::take(&mut comments);
@@ -268,9 +264,9 @@ fn can_contain_heredoc(node: &Node) -> bool {
     matches!(n.command().as_str(), "run" | "copy" | "add") && !n.json
 }
 
-/// Builds a node from one logical line. On error, also returns what could
-/// be built (keyword and flags) so the caller can skip heredoc bodies.
-pub(crate) fn new_node_from_line(line: &str, escape: char) -> Result<Node, (String, Node)> {
+/// Builds a node from one logical line. On error, the message comes with
+/// what could be built (keyword and flags) so the caller can skip heredoc bodies.
+pub(crate) fn new_node_from_line(line: &str, escape: char) -> (Node, Option<String>) {
     let (cmd, flags, args, args_off) = lp::split_command(line);
     let mut node = Node {
         keyword: cmd,
@@ -301,7 +297,7 @@ pub(crate) fn new_node_from_line(line: &str, escape: char) -> Result<Node, (Stri
     };
     let parsed = match parsed {
         Ok(p) => p,
-        Err(e) => return Err((e, node)),
+        Err(e) => return (node, Some(e)),
     };
     node.args = parsed.args;
     node.json = parsed.json;
@@ -311,15 +307,11 @@ pub(crate) fn new_node_from_line(line: &str, escape: char) -> Result<Node, (Stri
             sub.flag_offsets.iter_mut().for_each(|o| *o += args_off);
             Box::new(sub)
         };
-        match new_node_from_line(&sub_line, escape) {
-            Ok(sub) => node.sub = Some(shift(sub)),
-            Err((e, sub)) => {
-                node.sub = Some(shift(sub));
-                return Err((e, node));
-            }
-        }
+        let (sub, failure) = new_node_from_line(&sub_line, escape);
+        node.sub = Some(shift(sub));
+        return (node, failure);
     }
-    Ok(node)
+    (node, None)
 }
 
 #[cfg(test)]
