@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::sync::LazyLock;
 
 use regex::Regex;
 
@@ -47,6 +48,23 @@ impl Env for Vec<(String, String)> {
     fn lookup(&self, name: &str) -> Option<String> {
         self.as_slice().lookup(name)
     }
+}
+
+/// Turns `KEY=VALUE` strings (image config `Env`, `--build-arg`) into pairs
+/// usable as an [`Env`]; an entry without `=` is set to empty, like BuildKit.
+pub fn env_pairs<I, S>(entries: I) -> Vec<(String, String)>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    entries
+        .into_iter()
+        .map(|e| {
+            let e = e.as_ref();
+            let (k, v) = e.split_once('=').unwrap_or((e, ""));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
 }
 
 impl<T: Env + ?Sized> Env for &T {
@@ -581,7 +599,7 @@ impl Scanner<'_> {
                 self.pos += 1;
                 return ch.to_string();
             }
-            if !ch.is_alphabetic() && !is_digit(ch) && ch != '_' {
+            if !is_letter(ch) && !is_digit(ch) && ch != '_' {
                 break;
             }
             name.push(ch);
@@ -631,23 +649,26 @@ fn required(name: &str, word: String, default_message: &str) -> Result<String> {
     })
 }
 
-/// Go's `unicode.IsDigit` is the Nd category; Rust's `is_numeric` also admits
-/// other numerals (Nl, No), so non-ASCII digits are checked against known Nd runs.
+/// Go's `unicode.IsDigit`: the Nd category (Rust's `is_numeric` is wider).
 fn is_digit(ch: char) -> bool {
-    ch.is_ascii_digit() || (!ch.is_ascii() && ch.is_numeric() && is_decimal_digit(ch))
+    ch.is_ascii_digit() || (!ch.is_ascii() && unicode_class(ch, &NON_ASCII_DIGIT))
 }
 
-/// Non-ASCII decimal digits: Nd characters come in aligned runs of ten
-/// starting at a zero; this checks the common Unicode blocks BuildKit would accept.
-fn is_decimal_digit(ch: char) -> bool {
-    const ZEROS: &[u32] = &[
-        0x0660, 0x06F0, 0x07C0, 0x0966, 0x09E6, 0x0A66, 0x0AE6, 0x0B66, 0x0BE6, 0x0C66, 0x0CE6,
-        0x0D66, 0x0DE6, 0x0E50, 0x0ED0, 0x0F20, 0x1040, 0x1090, 0x17E0, 0x1810, 0x1946, 0x19D0,
-        0x1A80, 0x1A90, 0x1B50, 0x1BB0, 0x1C40, 0x1C50, 0xA620, 0xA8D0, 0xA900, 0xA9D0, 0xA9F0,
-        0xAA50, 0xABF0, 0xFF10,
-    ];
-    let c = ch as u32;
-    ZEROS.iter().any(|&z| (z..z + 10).contains(&c))
+/// Go's `unicode.IsLetter`: the L categories (Rust's `is_alphabetic` also
+/// admits combining vowel signs and letter-like numerals).
+fn is_letter(ch: char) -> bool {
+    ch.is_ascii_alphabetic() || (!ch.is_ascii() && unicode_class(ch, &NON_ASCII_LETTER))
+}
+
+static NON_ASCII_DIGIT: LazyLock<Option<Regex>> = LazyLock::new(|| Regex::new(r"^\p{Nd}$").ok());
+static NON_ASCII_LETTER: LazyLock<Option<Regex>> = LazyLock::new(|| Regex::new(r"^\p{L}$").ok());
+
+/// Exact Unicode category tests via the regex crate's tables; ASCII never gets here.
+fn unicode_class(ch: char, class: &LazyLock<Option<Regex>>) -> bool {
+    let mut buf = [0u8; 4];
+    class
+        .as_ref()
+        .is_some_and(|re| re.is_match(ch.encode_utf8(&mut buf)))
 }
 
 /// POSIX special parameters; never set in a Dockerfile, so they expand to "".
@@ -948,6 +969,53 @@ mod tests {
         assert_eq!(
             l.process_word("$A $B ${C} ${D:-d} ${E/a/b}", &e).unwrap(),
             "x $B ${C} ${D:-d} ${E/a/b}"
+        );
+    }
+
+    #[test]
+    fn platform_release_name_uses_optional_variant() {
+        let word = "something-${VERSION}.${TARGETOS}-${TARGETARCH}${TARGETVARIANT:+-${TARGETVARIANT}}.tar.gz";
+        let base = [("VERSION", "v1.2.3"), ("TARGETOS", "linux")];
+        let with = |extra: &[(&str, &str)]| {
+            let mut all = base.to_vec();
+            all.extend_from_slice(extra);
+            ok(word, &all)
+        };
+        assert_eq!(
+            with(&[("TARGETARCH", "arm"), ("TARGETVARIANT", "v7")]),
+            "something-v1.2.3.linux-arm-v7.tar.gz"
+        );
+        assert_eq!(
+            with(&[("TARGETARCH", "arm64"), ("TARGETVARIANT", "")]),
+            "something-v1.2.3.linux-arm64.tar.gz"
+        );
+        assert_eq!(
+            with(&[("TARGETARCH", "arm64")]),
+            "something-v1.2.3.linux-arm64.tar.gz"
+        );
+    }
+
+    #[test]
+    fn env_pairs_parse_key_value_lists() {
+        let pairs = env_pairs(["A=1", "B", "C=x=y", "A=2"]);
+        let l = Lexer::new('\\');
+        assert_eq!(
+            l.process_word("$A|${B-unset}|$C", &pairs).unwrap(),
+            "2||x=y"
+        );
+    }
+
+    #[test]
+    fn names_use_go_letter_and_digit_classes() {
+        let e = [("한국", "k"), ("x٣", "arabic-digit"), ("v", "V")];
+        assert_eq!(ok("$한국!", &e), "k!");
+        assert_eq!(ok("$x٣.", &e), "arabic-digit.");
+        // U+0903 (a Devanagari vowel sign) is Alphabetic but not a letter, so the name ends before it.
+        assert_eq!(ok("$v\u{0903}", &e), "V\u{0903}");
+        // U+2162 (Roman numeral three) is a numeral but not a decimal digit.
+        assert_eq!(ok("$v\u{2162}", &e), "V\u{2162}");
+        assert!(
+            is_digit('٣') && !is_digit('\u{2162}') && is_letter('한') && !is_letter('\u{0903}')
         );
     }
 
