@@ -411,13 +411,11 @@ mod tests {
         };
         let text = render_history_table(&rows, &opts);
         // Layer digests are sha256 of the fixed blob contents above.
-        let expected = concat!(
-            "IMAGE          CREATED         CREATED BY                                      SIZE      COMMENT\n\
+        let expected = "IMAGE          CREATED         CREATED BY                                      SIZE      COMMENT\n\
              <missing>      2 minutes ago   ENV A=1                                         0B        buildkit.dockerfile.v0\n\
              30d6bc164ea5   24 years ago    RUN /bin/sh -c apt-get update && apt-get ins…   4.1kB     \n\
              <missing>      24 years ago    /bin/sh -c #(nop)  CMD [\"bash\"]                 0B        \n\
-             9b2ea01f49b1   24 years ago    /bin/sh -c #(nop) ADD file:0123456789abcdef …   1.23MB    \n"
-        );
+             9b2ea01f49b1   24 years ago    /bin/sh -c #(nop) ADD file:0123456789abcdef …   1.23MB    \n";
         assert_eq!(text, expected);
     }
 

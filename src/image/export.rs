@@ -236,7 +236,7 @@ fn append_docker_layers<W: Write>(
         let hex = digest_hex(diff_id)?;
         let path = format!("{hex}/layer.tar");
         if written.insert(hex.to_string()) {
-            let mut plain = decompress_to_temp(store, &layer.digest().to_string(), diff_id)?;
+            let mut plain = decompress_to_temp(store, layer.digest().as_ref(), diff_id)?;
             append_dir(tar, &format!("{hex}/"))?;
             append_file(tar, &path, plain.as_file_mut())?;
         }
