@@ -285,3 +285,31 @@ fn store_root_layout_files_are_valid() {
     assert!(dir.path().join("rbuild/layers").is_dir());
     assert!(dir.path().join("rbuild/cache").is_dir());
 }
+
+#[test]
+fn blobs_and_layer_dirs_get_normal_modes_and_tags_need_their_manifest() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let blob = store.put_blob(b"x").unwrap();
+    let mode = std::fs::metadata(store.blob_path(&blob.digest).unwrap())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o644);
+    let id = format!("sha256:{}", "b".repeat(64));
+    let path = store.install_layer_dir(&id, |_| Ok(())).unwrap();
+    let mode = std::fs::metadata(path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o755, "a layer root must not be 0700");
+
+    let missing = oci_spec::image::Descriptor::new(
+        oci_spec::image::MediaType::ImageManifest,
+        10,
+        format!("sha256:{}", "c".repeat(64))
+            .parse::<oci_spec::image::Digest>()
+            .unwrap(),
+    );
+    let err = store.tag("app:v1", &missing).unwrap_err();
+    assert!(format!("{err:#}").contains("not in the store"), "{err:#}");
+    assert!(store.tags().unwrap().is_empty());
+}
