@@ -11,6 +11,7 @@
 //! `StepCached`, `StepDone` or `StepFailed`. Send `BuildDone` after the image
 //! is written and call [`Reporter::finish`] once at the very end, also when
 //! the build failed (it prints the failure and warning summaries).
+//! [`StepHandle`] wraps this protocol for one step and times it.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{IsTerminal, Write};
@@ -104,6 +105,8 @@ pub enum Mode {
     Tty,
     Plain,
     Json,
+    /// Nothing at all.
+    Quiet,
 }
 
 /// A reporter for `mode` writing to stderr.
@@ -114,6 +117,7 @@ pub fn reporter(mode: Mode) -> Arc<dyn Reporter> {
             Box::new(std::io::stderr()),
             Box::new(SystemClock::default()),
         )),
+        Mode::Quiet => Arc::new(NullReporter),
         Mode::Json => Arc::new(JsonReporter::new(
             Box::new(std::io::stderr()),
             Box::new(SystemClock::default()),
@@ -131,6 +135,95 @@ fn resolve(mode: Mode, stderr_is_terminal: bool) -> Mode {
         Mode::Auto if stderr_is_terminal => Mode::Tty,
         Mode::Auto => Mode::Plain,
         other => other,
+    }
+}
+
+/// Discards everything (library use, `--quiet`, tests of other modules).
+pub struct NullReporter;
+
+impl Reporter for NullReporter {
+    fn event(&self, _event: Event) {}
+    fn finish(&self) {}
+}
+
+/// One running step: saves the engine from repeating the id and measures the
+/// duration for `StepDone`. Ends with `cached`, `done` or `failed`, which
+/// consume the handle so a step cannot end twice.
+pub struct StepHandle {
+    reporter: Arc<dyn Reporter>,
+    id: StepId,
+    started: Instant,
+}
+
+impl StepHandle {
+    /// Sends `StepStarted`.
+    pub fn start(reporter: Arc<dyn Reporter>, id: StepId, name: impl Into<String>) -> Self {
+        reporter.event(Event::StepStarted {
+            id,
+            name: name.into(),
+        });
+        Self {
+            reporter,
+            id,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn id(&self) -> StepId {
+        self.id
+    }
+
+    pub fn cache_miss(&self, reason: impl Into<String>) {
+        self.reporter.event(Event::StepCacheMiss {
+            id: self.id,
+            reason: reason.into(),
+        });
+    }
+
+    pub fn log(&self, stream: Stream, bytes: &[u8]) {
+        self.reporter.event(Event::StepLog {
+            id: self.id,
+            stream,
+            bytes: bytes.to_vec(),
+        });
+    }
+
+    pub fn progress(&self, current: u64, total: Option<u64>, unit: Unit) {
+        self.reporter.event(Event::StepProgress {
+            id: self.id,
+            current,
+            total,
+            unit,
+        });
+    }
+
+    pub fn warn(&self, message: impl Into<String>) {
+        self.reporter.event(Event::Warning {
+            id: Some(self.id),
+            message: message.into(),
+        });
+    }
+
+    pub fn cached(self, reason: Option<String>) {
+        self.reporter.event(Event::StepCached {
+            id: self.id,
+            reason,
+        });
+    }
+
+    /// Sends `StepDone` with the time since `start`.
+    pub fn done(self) {
+        self.reporter.event(Event::StepDone {
+            id: self.id,
+            duration: self.started.elapsed(),
+        });
+    }
+
+    pub fn failed(self, error: impl Into<String>) {
+        self.reporter.event(Event::StepFailed {
+            id: self.id,
+            error: error.into(),
+        });
     }
 }
 
@@ -1269,6 +1362,44 @@ mod tests {
         ] {
             assert!(ProgressStyle::with_template(t).is_ok(), "{t}");
         }
+    }
+
+    #[test]
+    fn step_handle_sends_the_protocol() {
+        let (r, sink, _clock) = json();
+        let r: Arc<dyn Reporter> = Arc::new(r);
+        let step = StepHandle::start(Arc::clone(&r), 9, "[1/2] RUN true");
+        step.cache_miss("no cache");
+        step.log(Stream::Stdout, b"x");
+        step.progress(1, Some(2), Unit::Files);
+        step.warn("w");
+        step.done();
+        StepHandle::start(Arc::clone(&r), 10, "[2/2] COPY a b").cached(None);
+        StepHandle::start(Arc::clone(&r), 11, "[2/2] RUN false").failed("exit code: 1");
+        let types: Vec<String> = sink
+            .text()
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                format!("{}:{}", v["type"].as_str().unwrap(), v["id"])
+            })
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "step_started:9",
+                "step_cache_miss:9",
+                "step_log:9",
+                "step_progress:9",
+                "warning:9",
+                "step_done:9",
+                "step_started:10",
+                "step_cached:10",
+                "step_started:11",
+                "step_failed:11"
+            ]
+        );
+        NullReporter.event(started(1, "ignored"));
     }
 
     #[test]

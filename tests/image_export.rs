@@ -160,7 +160,13 @@ fn docker_format_manifest_and_zstd_layer_export() {
     let mut config = ImageConfig::for_host();
     config.add_layer(&diff_id, HistoryEntry::new("ADD z.txt /"));
     let layer = descriptor(OCI_LAYER_ZSTD, &blob).unwrap();
-    let m = commit_image(&store, ImageFormat::Oci, &config, &[layer.clone()]).unwrap();
+    let m = commit_image(
+        &store,
+        ImageFormat::Oci,
+        &config,
+        std::slice::from_ref(&layer),
+    )
+    .unwrap();
     store.tag("zimg:v1", &m).unwrap();
     let out = dir.path().join("z.tar");
     export_docker_archive(&store, &["zimg:v1".to_string()], &out).unwrap();
@@ -182,7 +188,7 @@ fn docker_format_manifest_and_zstd_layer_export() {
     store.tag("dimg:docker", &m).unwrap();
     let docker = find_image(&store, "dimg:docker").unwrap();
     let raw: serde_json::Value =
-        serde_json::from_slice(&store.read_blob(&m.digest().to_string()).unwrap()).unwrap();
+        serde_json::from_slice(&store.read_blob(m.digest().as_ref()).unwrap()).unwrap();
     assert_eq!(raw["mediaType"], DOCKER_MANIFEST);
     assert_eq!(raw["config"]["mediaType"], DOCKER_CONFIG);
     assert_eq!(raw["layers"][0]["mediaType"], DOCKER_LAYER_GZIP);

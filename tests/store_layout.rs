@@ -159,8 +159,8 @@ fn prune_keeps_tagged_and_cached_blobs_and_drops_the_rest() {
     store.install_layer_dir(&orphan_id, |_| Ok(())).unwrap();
 
     let report = store.prune(false).unwrap();
-    assert!(store.has_blob(&kept.digest().to_string()));
-    assert!(!store.has_blob(&gone.digest().to_string()));
+    assert!(store.has_blob(kept.digest().as_ref()));
+    assert!(!store.has_blob(gone.digest().as_ref()));
     assert!(!store.has_blob(&stray.digest));
     assert!(store.has_blob(&cached.digest));
     assert!(store.layer_dir(&diff_id).is_some());
@@ -172,13 +172,13 @@ fn prune_keeps_tagged_and_cached_blobs_and_drops_the_rest() {
     );
     // The kept image is still whole.
     let img = rbuild::image::find_image(&store, "keep:v1").unwrap();
-    assert!(store.has_blob(&img.manifest.layers()[0].digest().to_string()));
+    assert!(store.has_blob(img.manifest.layers()[0].digest().as_ref()));
 
     let report = store.prune(true).unwrap();
     assert_eq!(report.cache_records, 1);
     assert!(!store.has_blob(&cached.digest));
     assert!(store.cache_get("key-1").unwrap().is_none());
-    assert!(store.has_blob(&kept.digest().to_string()));
+    assert!(store.has_blob(kept.digest().as_ref()));
 }
 
 #[test]
@@ -284,4 +284,32 @@ fn store_root_layout_files_are_valid() {
     assert_eq!(index["schemaVersion"], 2);
     assert!(dir.path().join("rbuild/layers").is_dir());
     assert!(dir.path().join("rbuild/cache").is_dir());
+}
+
+#[test]
+fn blobs_and_layer_dirs_get_normal_modes_and_tags_need_their_manifest() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let blob = store.put_blob(b"x").unwrap();
+    let mode = std::fs::metadata(store.blob_path(&blob.digest).unwrap())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o644);
+    let id = format!("sha256:{}", "b".repeat(64));
+    let path = store.install_layer_dir(&id, |_| Ok(())).unwrap();
+    let mode = std::fs::metadata(path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o755, "a layer root must not be 0700");
+
+    let missing = oci_spec::image::Descriptor::new(
+        oci_spec::image::MediaType::ImageManifest,
+        10,
+        format!("sha256:{}", "c".repeat(64))
+            .parse::<oci_spec::image::Digest>()
+            .unwrap(),
+    );
+    let err = store.tag("app:v1", &missing).unwrap_err();
+    assert!(format!("{err:#}").contains("not in the store"), "{err:#}");
+    assert!(store.tags().unwrap().is_empty());
 }

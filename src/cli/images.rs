@@ -27,8 +27,18 @@ pub fn history(root: &Path, args: ImageArg) -> anyhow::Result<i32> {
         Some("json") => render_history_json(&rows, &opts),
         Some(other) => anyhow::bail!("unknown --format {other:?} (want table or json)"),
     };
-    print!("{out}");
-    Ok(0)
+    emit(&out)
+}
+
+/// Write command output to stdout; a closed pipe (`| head`) is not an error.
+fn emit(text: &str) -> anyhow::Result<i32> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to stdout")),
+    }
 }
 
 /// One `history` row, before formatting.
@@ -212,8 +222,7 @@ fn format_g3(v: f64) -> String {
 
 pub fn images(root: &Path) -> anyhow::Result<i32> {
     let store = Store::open(root)?;
-    print!("{}", render_images(&store, now_epoch())?);
-    Ok(0)
+    emit(&render_images(&store, now_epoch())?)
 }
 
 /// REPOSITORY, TAG, IMAGE ID, CREATED, SIZE for every tag.
@@ -273,8 +282,7 @@ pub fn inspect(root: &Path, args: ImageArg) -> anyhow::Result<i32> {
         "Manifest": image.manifest,
         "Config": image.config,
     });
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(0)
+    emit(&format!("{}\n", serde_json::to_string_pretty(&out)?))
 }
 
 pub fn tag(root: &Path, source: &str, target: &str) -> anyhow::Result<i32> {
@@ -411,13 +419,11 @@ mod tests {
         };
         let text = render_history_table(&rows, &opts);
         // Layer digests are sha256 of the fixed blob contents above.
-        let expected = concat!(
-            "IMAGE          CREATED         CREATED BY                                      SIZE      COMMENT\n\
+        let expected = "IMAGE          CREATED         CREATED BY                                      SIZE      COMMENT\n\
              <missing>      2 minutes ago   ENV A=1                                         0B        buildkit.dockerfile.v0\n\
              30d6bc164ea5   24 years ago    RUN /bin/sh -c apt-get update && apt-get ins…   4.1kB     \n\
              <missing>      24 years ago    /bin/sh -c #(nop)  CMD [\"bash\"]                 0B        \n\
-             9b2ea01f49b1   24 years ago    /bin/sh -c #(nop) ADD file:0123456789abcdef …   1.23MB    \n"
-        );
+             9b2ea01f49b1   24 years ago    /bin/sh -c #(nop) ADD file:0123456789abcdef …   1.23MB    \n";
         assert_eq!(text, expected);
     }
 

@@ -115,7 +115,7 @@ fn export_oci_dir(
         if target.is_file() {
             continue;
         }
-        let mut tmp = tempfile::NamedTempFile::new_in(&blob_dir)
+        let mut tmp = readable_temp(&blob_dir)
             .with_context(|| format!("creating a temp file in {}", blob_dir.display()))?;
         io::copy(&mut store.open_blob(digest)?, &mut tmp)
             .with_context(|| format!("copying blob {digest}"))?;
@@ -128,7 +128,7 @@ fn export_oci_dir(
     }
     fs::write(dest.join("oci-layout"), OCI_LAYOUT).context("writing oci-layout")?;
     let merged = merge_existing_index(dest, descs)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dest).context("creating temp index.json")?;
+    let mut tmp = readable_temp(dest).context("creating temp index.json")?;
     tmp.write_all(&index_json(merged)?)
         .context("writing index.json")?;
     tmp.persist(dest.join("index.json"))
@@ -236,7 +236,7 @@ fn append_docker_layers<W: Write>(
         let hex = digest_hex(diff_id)?;
         let path = format!("{hex}/layer.tar");
         if written.insert(hex.to_string()) {
-            let mut plain = decompress_to_temp(store, &layer.digest().to_string(), diff_id)?;
+            let mut plain = decompress_to_temp(store, layer.digest().as_ref(), diff_id)?;
             append_dir(tar, &format!("{hex}/"))?;
             append_file(tar, &path, plain.as_file_mut())?;
         }
@@ -317,8 +317,8 @@ fn write_tar_atomically(
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temp file in {}", dir.display()))?;
+    let mut tmp =
+        readable_temp(dir).with_context(|| format!("creating a temp file in {}", dir.display()))?;
     {
         let mut tar = tar::Builder::new(io::BufWriter::new(tmp.as_file_mut()));
         fill(&mut tar)?;
@@ -330,6 +330,16 @@ fn write_tar_atomically(
         .map_err(|e| e.error)
         .context("renaming the tar into place")?;
     Ok(())
+}
+
+/// A temp file in `dir` that will be renamed into place: mode 0644, not
+/// tempfile's 0600, so exports are readable like any other file.
+fn readable_temp(dir: &Path) -> io::Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix(".rbuild-")
+        .permissions(fs::Permissions::from_mode(0o644))
+        .tempfile_in(dir)
 }
 
 fn header(size: u64, mode: u32, kind: tar::EntryType) -> tar::Header {

@@ -82,6 +82,47 @@ impl CacheRecord {
     }
 }
 
+/// Why a step missed: the differences between the inputs of the closest
+/// previous record and the new ones, one human-readable line each, e.g.
+/// `instruction changed: "RUN make" -> "RUN make all"`, `files: a.txt changed`,
+/// `build_args: VERSION added`.
+pub fn diff_inputs(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    use serde_json::Value;
+    let empty = serde_json::Map::new();
+    let (old_map, new_map) = (
+        old.as_object().unwrap_or(&empty),
+        new.as_object().unwrap_or(&empty),
+    );
+    let mut keys: Vec<&String> = old_map.keys().chain(new_map.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let mut out = Vec::new();
+    for key in keys {
+        match (old_map.get(key), new_map.get(key)) {
+            (Some(a), Some(b)) if a == b => {}
+            (Some(Value::Object(a)), Some(Value::Object(b))) => {
+                let mut inner: Vec<&String> = a.keys().chain(b.keys()).collect();
+                inner.sort();
+                inner.dedup();
+                for k in inner {
+                    match (a.get(k), b.get(k)) {
+                        (Some(x), Some(y)) if x == y => {}
+                        (Some(_), Some(_)) => out.push(format!("{key}: {k} changed")),
+                        (None, Some(_)) => out.push(format!("{key}: {k} added")),
+                        (Some(_), None) => out.push(format!("{key}: {k} removed")),
+                        (None, None) => {}
+                    }
+                }
+            }
+            (Some(a), Some(b)) => out.push(format!("{key} changed: {a} -> {b}")),
+            (None, Some(_)) => out.push(format!("{key} added")),
+            (Some(_), None) => out.push(format!("{key} removed")),
+            (None, None) => {}
+        }
+    }
+    out
+}
+
 impl Store {
     fn cache_path(&self, key: &str) -> PathBuf {
         let name = hex::encode(Sha256::digest(key.as_bytes()));
@@ -159,5 +200,28 @@ impl Store {
             out.push(entry.path());
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn diff_inputs_names_what_changed() {
+        let old = json!({"parent": "p", "instruction": "RUN make", "build_args": {"A": "1", "B": "2"}, "files": {"a.txt": "sha256:1", "gone": "sha256:2"}});
+        let new = json!({"parent": "p", "instruction": "RUN make all", "build_args": {"A": "9", "B": "2", "C": "3"}, "files": {"a.txt": "sha256:1", "new": "sha256:3"}});
+        assert_eq!(
+            diff_inputs(&old, &new),
+            vec![
+                "build_args: A changed",
+                "build_args: C added",
+                "files: gone removed",
+                "files: new added",
+                r#"instruction changed: "RUN make" -> "RUN make all""#,
+            ]
+        );
+        assert!(diff_inputs(&old, &old).is_empty());
     }
 }

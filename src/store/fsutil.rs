@@ -6,8 +6,9 @@
 //! whose writer died; `rbuild/tmp.lock` closes the gap between creating a
 //! temp and locking it (creators hold it shared, the cleaner exclusive).
 
-use std::fs::{self, File};
+use std::fs::{self, File, Permissions};
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -36,8 +37,11 @@ fn tmp_lock(tmp_dir: &Path) -> PathBuf {
 /// Create a locked temp file in `tmp_dir`.
 pub fn temp_file(tmp_dir: &Path, prefix: &str) -> anyhow::Result<TempFile> {
     let _gate = lock_shared(&tmp_lock(tmp_dir))?;
+    // Blobs and exports are renamed from here: give them normal file modes
+    // (tempfile's default is 0600).
     let file = tempfile::Builder::new()
         .prefix(prefix)
+        .permissions(Permissions::from_mode(0o644))
         .tempfile_in(tmp_dir)
         .with_context(|| format!("creating a temp file in {}", tmp_dir.display()))?;
     let dup = file
@@ -52,8 +56,10 @@ pub fn temp_file(tmp_dir: &Path, prefix: &str) -> anyhow::Result<TempFile> {
 /// Create a locked temp dir in `tmp_dir`.
 pub fn temp_dir(tmp_dir: &Path, prefix: &str) -> anyhow::Result<LockedTempDir> {
     let _gate = lock_shared(&tmp_lock(tmp_dir))?;
+    // Becomes a layer's root dir (an overlay lower): 0755, not tempfile's 0700.
     let dir = tempfile::Builder::new()
         .prefix(prefix)
+        .permissions(Permissions::from_mode(0o755))
         .tempdir_in(tmp_dir)
         .with_context(|| format!("creating a temp dir in {}", tmp_dir.display()))?;
     let handle = File::open(dir.path())

@@ -54,54 +54,55 @@ impl Store {
     fn mark(&self) -> anyhow::Result<Marks> {
         let mut marks = Marks::default();
         for desc in self.index_roots()? {
-            self.mark_json_blob(desc.digest().as_ref(), &mut marks)?;
+            self.mark_manifest(desc.digest().as_ref(), &mut marks);
         }
         for record in self.cache_records()? {
-            for digest in record.referenced_blobs() {
-                self.mark_json_blob(digest, &mut marks)?;
-            }
             if let Some(layer) = &record.layer {
+                marks.blobs.insert(layer.digest.clone());
                 marks.diff_ids.insert(layer.diff_id.clone());
+            }
+            for digest in &record.blobs {
+                self.mark_manifest(digest, &mut marks);
             }
         }
         Ok(marks)
     }
 
-    /// Mark `digest`, and if it is an index, manifest or config, what it names.
-    fn mark_json_blob(&self, digest: &str, marks: &mut Marks) -> anyhow::Result<()> {
+    /// A blob's JSON, if it is there and parses (anything else is only marked).
+    fn blob_json(&self, digest: &str) -> Option<Value> {
+        serde_json::from_slice(&self.read_blob(digest).ok()?).ok()
+    }
+
+    /// Mark a manifest or index and everything it names; a config also
+    /// marks its layers' unpacked dirs (by diff_id).
+    fn mark_manifest(&self, digest: &str, marks: &mut Marks) {
         if !marks.blobs.insert(digest.to_string()) {
-            return Ok(());
+            return;
         }
-        let Ok(path) = self.blob_path(digest) else {
-            return Ok(());
+        let Some(value) = self.blob_json(digest) else {
+            return;
         };
-        // Layers are big and not JSON: only parse what could be metadata.
-        let small = fs::metadata(&path)
-            .map(|m| m.len() < 4 << 20)
-            .unwrap_or(false);
-        if !small {
-            return Ok(());
+        let digest_of = |d: &Value| d.get("digest").and_then(Value::as_str).map(str::to_string);
+        let children = value.get("manifests").and_then(Value::as_array);
+        for child in children.into_iter().flatten().filter_map(digest_of) {
+            self.mark_manifest(&child, marks);
         }
-        let Ok(value) = serde_json::from_slice::<Value>(&fs::read(&path).unwrap_or_default())
-        else {
-            return Ok(());
-        };
-        let children: Vec<String> = ["manifests", "layers"]
-            .iter()
-            .filter_map(|k| value.get(k).and_then(Value::as_array))
-            .flatten()
-            .chain(value.get("config").filter(|c| c.get("digest").is_some()))
-            .filter_map(|d| d.get("digest").and_then(Value::as_str).map(str::to_string))
-            .collect();
-        if let Some(ids) = value.pointer("/rootfs/diff_ids").and_then(Value::as_array) {
-            marks
-                .diff_ids
-                .extend(ids.iter().filter_map(Value::as_str).map(str::to_string));
+        let layers = value.get("layers").and_then(Value::as_array);
+        marks
+            .blobs
+            .extend(layers.into_iter().flatten().filter_map(digest_of));
+        if let Some(config) = value.get("config").and_then(digest_of) {
+            if let Some(ids) = self
+                .blob_json(&config)
+                .and_then(|c| c.pointer("/rootfs/diff_ids").cloned())
+                .and_then(|v| v.as_array().cloned())
+            {
+                marks
+                    .diff_ids
+                    .extend(ids.iter().filter_map(Value::as_str).map(str::to_string));
+            }
+            marks.blobs.insert(config);
         }
-        for child in children {
-            self.mark_json_blob(&child, marks)?;
-        }
-        Ok(())
     }
 
     fn sweep_blobs(&self, marks: &Marks, report: &mut PruneReport) -> anyhow::Result<()> {

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 pub use blob::{digest_hex, sha256_digest, BlobError, BlobInfo, BlobWriter};
-pub use cache::{CacheRecord, CachedLayer, CACHE_SCHEMA};
+pub use cache::{diff_inputs, CacheRecord, CachedLayer, CACHE_SCHEMA};
 pub use gc::PruneReport;
 pub use lock::LockGuard;
 pub use tags::{normalize_tag, REF_NAME};

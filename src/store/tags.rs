@@ -68,6 +68,11 @@ impl Store {
     /// Point `name` (normalized) at `manifest`, replacing any previous target.
     pub fn tag(&self, name: &str, manifest: &Descriptor) -> anyhow::Result<()> {
         let name = normalize_tag(name)?;
+        let digest = manifest.digest().to_string();
+        anyhow::ensure!(
+            self.has_blob(&digest),
+            "cannot tag {name}: manifest {digest} is not in the store"
+        );
         let mut desc = manifest.clone();
         let mut ann: HashMap<String, String> = desc.annotations().clone().unwrap_or_default();
         ann.insert(REF_NAME.to_string(), name.clone());
