@@ -50,7 +50,14 @@ fn scratch_image_is_read_by_skopeo_and_unpacked_by_umoci() {
             ("sub/nested.txt", "nested\n"),
         ],
     );
-    let out = env.rbuild_ok(&["build", "--progress", "plain", "-t", "app:v1", ctx.to_str().unwrap()]);
+    let out = env.rbuild_ok(&[
+        "build",
+        "--progress",
+        "plain",
+        "-t",
+        "app:v1",
+        ctx.to_str().unwrap(),
+    ]);
     assert!(stdout(&out).contains("app:v1") || stderr(&out).contains("app:v1"));
 
     let Some(cfg) = skopeo_config(&env, "app:v1") else {
@@ -81,7 +88,10 @@ fn scratch_image_is_read_by_skopeo_and_unpacked_by_umoci() {
         created_by.contains(&"COPY hello.txt sub/ ./ # buildkit"),
         "{created_by:?}"
     );
-    assert!(created_by.contains(&"ENV GREETING=hi there A=1"), "{created_by:?}");
+    assert!(
+        created_by.contains(&"ENV GREETING=hi there A=1"),
+        "{created_by:?}"
+    );
     let layers = history.iter().filter(|h| h["empty_layer"] != true).count();
     assert_eq!(layers, cfg["rootfs"]["diff_ids"].as_array().unwrap().len());
 
@@ -122,7 +132,14 @@ fn busybox_image_runs_under_runc() {
         )],
     );
     std::fs::copy(&busybox, ctx.join("busybox")).unwrap();
-    env.rbuild_ok(&["build", "-t", "bb:1", "--progress", "plain", ctx.to_str().unwrap()]);
+    env.rbuild_ok(&[
+        "build",
+        "-t",
+        "bb:1",
+        "--progress",
+        "plain",
+        ctx.to_str().unwrap(),
+    ]);
     let bundle = env.path("bundle");
     if umoci_unpack(&env, "bb:1", &bundle).is_none() {
         return;
@@ -147,8 +164,12 @@ fn manifest_digest(env: &Env, tag: &str) -> String {
         .as_array()
         .unwrap()
         .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some(tag)
-            || m["annotations"]["io.containerd.image.name"].as_str().is_some_and(|n| n.ends_with(tag)))
+        .find(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some(tag)
+                || m["annotations"]["io.containerd.image.name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with(tag))
+        })
         .unwrap_or_else(|| panic!("tag {tag} in index.json: {index}"))["digest"]
         .as_str()
         .unwrap()
@@ -222,7 +243,10 @@ fn rebuild_reuses_every_step_and_one_changed_file_rebuilds_only_its_copy() {
     let third = env.rbuild_ok(&["build", "--progress", "plain", "-t", "c:3", c]);
     let log = stderr(&third);
     assert_eq!(log.matches("CACHED").count(), 1, "{log}");
-    assert!(log.contains("file b.txt changed"), "miss reason names the file: {log}");
+    assert!(
+        log.contains("file b.txt changed"),
+        "miss reason names the file: {log}"
+    );
 
     let fourth = env.rbuild_ok(&["build", "--progress", "plain", "--no-cache", "-t", "c:4", c]);
     assert!(!stderr(&fourth).contains("CACHED"), "{}", stderr(&fourth));
@@ -274,7 +298,10 @@ fn history_lists_layers_newest_first() {
     let env = Env::new();
     let ctx = env.context(
         "ctx",
-        &[("Dockerfile", "FROM scratch\nCOPY f /f\nCMD [\"/f\"]\n"), ("f", "x")],
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY f /f\nCMD [\"/f\"]\n"),
+            ("f", "x"),
+        ],
     );
     env.rbuild_ok(&["build", "-t", "h:1", ctx.to_str().unwrap()]);
     let out = stdout(&env.rbuild_ok(&["history", "h:1"]));
@@ -319,7 +346,16 @@ fn copy_from_stage_with_chown_and_chmod() {
 #[test]
 fn add_extracts_local_archives() {
     let env = Env::new();
-    let ctx = env.context("ctx", &[("Dockerfile", "FROM scratch\nADD files.tar.gz /x/\nADD plain.txt /y\n"), ("plain.txt", "p")]);
+    let ctx = env.context(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM scratch\nADD files.tar.gz /x/\nADD plain.txt /y\n",
+            ),
+            ("plain.txt", "p"),
+        ],
+    );
     // Build a small tar.gz with the tar tool.
     let src = env.context("src", &[("inner/one.txt", "1\n")]);
     run_ok(
@@ -339,13 +375,19 @@ fn add_extracts_local_archives() {
         std::fs::read_to_string(bundle.join("rootfs/x/inner/one.txt")).unwrap(),
         "1\n"
     );
-    assert_eq!(std::fs::read_to_string(bundle.join("rootfs/y")).unwrap(), "p");
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("rootfs/y")).unwrap(),
+        "p"
+    );
 }
 
 #[test]
 fn bad_dockerfile_fails_with_location() {
     let env = Env::new();
-    let ctx = env.context("ctx", &[("Dockerfile", "FROM scratch\nCOPY missing.txt /x\n")]);
+    let ctx = env.context(
+        "ctx",
+        &[("Dockerfile", "FROM scratch\nCOPY missing.txt /x\n")],
+    );
     let out = env.rbuild(&["build", "-t", "bad:1", ctx.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = stderr(&out);

@@ -155,9 +155,33 @@ pub struct BuildArgs {
     /// Write the image ID (config digest) to this file.
     #[arg(long, value_name = "FILE")]
     pub iidfile: Option<PathBuf>,
+    /// Layer compression.
+    #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
+    pub compression: CompressionArg,
+    /// Compression level (gzip 0-9, default 6; zstd 1-22, default 3).
+    #[arg(long, value_name = "N")]
+    pub compression_level: Option<i32>,
+    /// Manifest and config media types of the image.
+    #[arg(long, value_enum, default_value_t = FormatArg::Oci)]
+    pub format: FormatArg,
     /// The build context directory.
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,
+}
+
+/// `--compression`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompressionArg {
+    Gzip,
+    Zstd,
+    None,
+}
+
+/// `--format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    Oci,
+    Docker,
 }
 
 #[derive(Debug, Args)]

@@ -27,7 +27,7 @@ pub use gopath::{clean as go_clean, glob_match};
 pub use ignorefile::{load_ignore, parse_ignore, IgnoreRules};
 pub use pattern::{matches_or_parent_matches, MatchInfo, Pattern, PatternMatcher};
 pub use scan::{scan, ContextIndex, Entry, EntryKind, ScanStats};
-pub use select::{SelectOptions, Selected};
+pub use select::{SelectOptions, Selected, SelectedSource};
 
 /// Errors of the build context. Messages say what was being done and to
 /// which path or pattern.

@@ -39,6 +39,16 @@ pub struct Selected<'a> {
     pub dest_rel: String,
 }
 
+/// One matched source (a literal path, or one match of a wildcard) and
+/// what it contributes.
+#[derive(Debug, Clone)]
+pub struct SelectedSource<'a> {
+    /// The matched path relative to the context root, as named.
+    pub name: String,
+    pub is_dir: bool,
+    pub items: Vec<Selected<'a>>,
+}
+
 impl ContextIndex {
     /// Resolves one COPY source; see the module doc.
     pub fn select(&self, src: &str) -> Result<Vec<Selected<'_>>, ContextError> {
@@ -51,6 +61,21 @@ impl ContextIndex {
         src: &str,
         opts: &SelectOptions,
     ) -> Result<Vec<Selected<'_>>, ContextError> {
+        Ok(self
+            .select_sources(src, opts)?
+            .into_iter()
+            .flat_map(|s| s.items)
+            .collect())
+    }
+
+    /// Like [`ContextIndex::select_with`], grouped by matched source: COPY
+    /// needs the number of matches to decide whether its destination is a
+    /// directory.
+    pub fn select_sources(
+        &self,
+        src: &str,
+        opts: &SelectOptions,
+    ) -> Result<Vec<SelectedSource<'_>>, ContextError> {
         let cleaned = gopath::clean_in_root(src);
         let sources = if has_wildcards(&cleaned) {
             self.expand_wildcard(src, &cleaned)?
@@ -64,7 +89,11 @@ impl ContextIndex {
             if !excludes.is_empty() {
                 items = apply_excludes(items, &excludes)?;
             }
-            out.extend(items);
+            out.push(SelectedSource {
+                name,
+                is_dir: entry.is_dir(),
+                items,
+            });
         }
         Ok(out)
     }

@@ -41,15 +41,9 @@ pub enum SourceKind {
 pub struct SourceTree {
     /// The matched name (its last component names the target of a file copied into a directory).
     pub name: String,
+    /// A directory source: its items land below the destination.
+    pub is_dir: bool,
     pub items: Vec<SourceItem>,
-}
-
-impl SourceTree {
-    fn is_dir(&self) -> bool {
-        self.items
-            .iter()
-            .any(|i| i.rel.is_empty() && matches!(i.kind, SourceKind::Dir))
-    }
 }
 
 /// What the image already has at a path (for parents of the destination).
@@ -87,8 +81,8 @@ pub fn copy_entries(
     let mut out: BTreeMap<String, LayerEntry> = BTreeMap::new();
     let mut first_link: HashMap<(u64, u64), String> = HashMap::new();
     for tree in sources {
-        let target = target_for(dest_abs, into_dir, &tree.name, tree.is_dir());
-        let container = if tree.is_dir() {
+        let target = target_for(dest_abs, into_dir, &tree.name, tree.is_dir);
+        let container = if tree.is_dir {
             target.clone()
         } else {
             parent_of(&target)
@@ -106,6 +100,16 @@ pub fn copy_entries(
             let entry = item_entry(item, &path, opts, &mut first_link);
             out.insert(entry.path.clone(), entry);
         }
+    }
+    // Directories between the destination and deeper items (e.g. under
+    // --parents) that no source described.
+    let missing: Vec<String> = out
+        .keys()
+        .filter_map(|p| p.rsplit_once('/').map(|(d, _)| d.to_string()))
+        .filter(|d| !out.contains_key(d))
+        .collect();
+    for d in missing {
+        add_parents(&mut out, &format!("/{d}"), opts, existing);
     }
     out.into_values().collect()
 }
@@ -196,6 +200,7 @@ fn item_entry(
 pub fn heredoc_tree(name: &str, data: &[u8], mtime: Timespec) -> SourceTree {
     SourceTree {
         name: name.to_string(),
+        is_dir: false,
         items: vec![SourceItem {
             rel: String::new(),
             kind: SourceKind::File(FileSource::Bytes(data.to_vec())),
@@ -251,6 +256,7 @@ mod tests {
     fn a_file_into_a_new_directory() {
         let src = SourceTree {
             name: "hello.txt".into(),
+            is_dir: false,
             items: vec![file("", None)],
         };
         let got = copy_entries(&[src], "/app/", false, &CopyOptions::default(), &none);
@@ -263,6 +269,7 @@ mod tests {
     fn a_file_renamed() {
         let src = SourceTree {
             name: "a/hello.txt".into(),
+            is_dir: false,
             items: vec![file("", None)],
         };
         let got = copy_entries(&[src], "/etc/motd", false, &CopyOptions::default(), &none);
@@ -273,6 +280,7 @@ mod tests {
     fn directory_contents_not_the_directory() {
         let src = SourceTree {
             name: "src".into(),
+            is_dir: true,
             items: vec![dir(""), dir("sub"), file("sub/x", None), file("y", None)],
         };
         let got = copy_entries(&[src], "/app", false, &CopyOptions::default(), &none);
@@ -285,6 +293,7 @@ mod tests {
     fn chown_and_chmod_apply_to_copied_and_created_entries() {
         let src = SourceTree {
             name: "f".into(),
+            is_dir: false,
             items: vec![file("", None)],
         };
         let opts = CopyOptions {
@@ -303,6 +312,7 @@ mod tests {
     fn existing_parents_keep_their_metadata() {
         let src = SourceTree {
             name: "f".into(),
+            is_dir: false,
             items: vec![file("", None)],
         };
         let existing = |p: &str| {
@@ -326,13 +336,26 @@ mod tests {
     }
 
     #[test]
+    fn deeper_items_get_their_directories() {
+        let src = SourceTree {
+            name: String::new(),
+            is_dir: true,
+            items: vec![file("a/b/c.txt", None)],
+        };
+        let got = copy_entries(&[src], "/d/", false, &CopyOptions::default(), &none);
+        assert_eq!(paths(&got), vec!["d", "d/a", "d/a/b", "d/a/b/c.txt"]);
+    }
+
+    #[test]
     fn several_sources_go_into_the_directory_and_hardlinks_stay_linked() {
         let a = SourceTree {
             name: "a".into(),
+            is_dir: false,
             items: vec![file("", Some((1, 42)))],
         };
         let b = SourceTree {
             name: "b".into(),
+            is_dir: false,
             items: vec![file("", Some((1, 42)))],
         };
         let got = copy_entries(&[a, b], "/d", false, &CopyOptions::default(), &none);

@@ -1,9 +1,15 @@
 //! The build engine: schedules the plan's steps, looks up the cache, and
 //! wires context, layers, sandbox, store and image together.
 
+pub mod build;
 pub mod cachekey;
+pub mod config;
 pub mod copy;
 pub mod copydest;
 pub mod options;
 pub mod rootfs;
+pub mod sources;
+pub mod step;
 pub mod users;
+
+pub use build::{build, BuildOutcome, BuildRequest};

@@ -87,7 +87,9 @@ impl Env {
 
 /// Run a command that must succeed; returns stdout.
 pub fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({:?})\nstdout:\n{}\nstderr:\n{}",

@@ -1,0 +1,402 @@
+//! One build: plan the Dockerfile, run the stages the target needs (in
+//! waves: stages whose dependencies are done run in parallel), and commit
+//! the target stage's image to the store.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use anyhow::{bail, Context};
+use sha2::{Digest, Sha256};
+
+use crate::context::{self, ContextIndex};
+use crate::image::{self, HistoryEntry, ImageConfig, ImageFormat};
+use crate::layer::Compression;
+use crate::plan::{self, Base, Plan, PlanOptions};
+use crate::progress::{Event, Reporter};
+use crate::store::Store;
+
+use super::options::OutputSpec;
+use super::rootfs::{LayerRef, Rootfs};
+use super::step::StageState;
+
+/// Everything a build is asked to do.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    pub context: PathBuf,
+    /// Default: `CONTEXT/Dockerfile`.
+    pub dockerfile: Option<PathBuf>,
+    pub build_args: BTreeMap<String, String>,
+    pub target: Option<String>,
+    pub tags: Vec<String>,
+    pub no_cache: bool,
+    pub outputs: Vec<OutputSpec>,
+    pub iidfile: Option<PathBuf>,
+    pub compression: Compression,
+    pub format: ImageFormat,
+    /// Seconds since the epoch: clamps file times and fixes `created`.
+    pub source_date_epoch: Option<i64>,
+}
+
+/// What a successful build produced.
+#[derive(Debug, Clone)]
+pub struct BuildOutcome {
+    /// The manifest digest (what a registry calls the image).
+    pub manifest_digest: String,
+    /// The config digest (docker's image ID).
+    pub image_id: String,
+    pub tags: Vec<String>,
+}
+
+/// The finished state of one stage, shared with the stages that use it.
+pub(crate) struct StageResult {
+    pub config: ImageConfig,
+    pub layers: Vec<LayerRef>,
+    pub key: String,
+    /// Materialized on first `COPY --from` of this stage.
+    pub rootfs: Mutex<Option<Rootfs>>,
+}
+
+/// Read-only state every stage of a build shares.
+pub(crate) struct BuildCtx<'a> {
+    pub store: &'a Store,
+    pub req: &'a BuildRequest,
+    pub reporter: Arc<dyn Reporter>,
+    pub plan: Plan,
+    /// The Dockerfile's name as the user gave it, for error locations.
+    pub dockerfile_name: String,
+    dockerfile_rel: String,
+    context_index: OnceLock<Result<ContextIndex, String>>,
+    next_step: AtomicU64,
+    /// External images (bases and `--from` sources) by normalized reference.
+    pub images: BTreeMap<String, image::Image>,
+}
+
+impl BuildCtx<'_> {
+    pub fn step_id(&self) -> u64 {
+        self.next_step.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The build context, scanned once per build on first use.
+    pub fn context(&self) -> anyhow::Result<&ContextIndex> {
+        let res = self.context_index.get_or_init(|| {
+            scan_context(self.store, &self.req.context, &self.dockerfile_rel)
+                .map_err(|e| format!("{e:#}"))
+        });
+        res.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
+    }
+}
+
+fn scan_context(store: &Store, root: &Path, dockerfile_rel: &str) -> anyhow::Result<ContextIndex> {
+    let dockerfile = root.join(dockerfile_rel);
+    let ignore = context::load_ignore(root, Some(&dockerfile))
+        .with_context(|| format!("reading .dockerignore of {}", root.display()))?;
+    let abs = std::fs::canonicalize(root)
+        .with_context(|| format!("resolving build context {}", root.display()))?;
+    let cache_name = hex::encode(Sha256::digest(abs.to_string_lossy().as_bytes()));
+    let cache_dir = store.private("statcache");
+    std::fs::create_dir_all(&cache_dir)
+        .with_context(|| format!("creating {}", cache_dir.display()))?;
+    let cache = cache_dir.join(format!("{cache_name}.json"));
+    context::scan(root, dockerfile_rel, &ignore, Some(&cache))
+        .with_context(|| format!("scanning build context {}", root.display()))
+}
+
+/// Run a build to completion.
+pub fn build(
+    store: &Store,
+    req: &BuildRequest,
+    reporter: Arc<dyn Reporter>,
+) -> anyhow::Result<BuildOutcome> {
+    let (dockerfile, dockerfile_name) = dockerfile_path(req);
+    let text = std::fs::read_to_string(&dockerfile)
+        .with_context(|| format!("reading Dockerfile {}", dockerfile.display()))?;
+    let dockerfile_rel = dockerfile
+        .strip_prefix(&req.context)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "Dockerfile".to_string());
+
+    let mut opts = PlanOptions {
+        build_args: req.build_args.clone(),
+        target: req.target.clone(),
+        ..PlanOptions::default()
+    };
+    let first = plan_or_render(&text, &opts, &dockerfile_name)?;
+    let images = load_images(store, &first.images)?;
+    for (name, img) in &images {
+        opts.base_configs
+            .insert(name.clone(), base_config(&img.config));
+    }
+    let plan = if images.is_empty() {
+        first
+    } else {
+        plan_or_render(&text, &opts, &dockerfile_name)?
+    };
+    for f in &plan.findings {
+        reporter.event(Event::Warning {
+            id: None,
+            message: format!("{}: {} (line {})", f.rule, f.message, f.span.line),
+        });
+    }
+
+    let ctx = BuildCtx {
+        store,
+        req,
+        reporter: reporter.clone(),
+        plan,
+        dockerfile_name,
+        dockerfile_rel,
+        context_index: OnceLock::new(),
+        next_step: AtomicU64::new(0),
+        images,
+    };
+    let target = run_stages(&ctx)?;
+    commit(&ctx, &target)
+}
+
+fn dockerfile_path(req: &BuildRequest) -> (PathBuf, String) {
+    match &req.dockerfile {
+        Some(f) => (f.clone(), f.display().to_string()),
+        None => {
+            let p = req.context.join("Dockerfile");
+            let shown = p.display().to_string();
+            (p, shown)
+        }
+    }
+}
+
+/// Plan, turning problems into `FILE:LINE:COL: error:` text with carets.
+fn plan_or_render(text: &str, opts: &PlanOptions, file: &str) -> anyhow::Result<Plan> {
+    plan::plan_text(text, opts).map_err(|e| {
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let rendered: Vec<String> = e
+            .problems
+            .iter()
+            .map(|p| crate::check::render(file, &lines, p.span, "error", &p.message))
+            .collect();
+        anyhow::anyhow!("{}", rendered.join("\n").trim_end())
+    })
+}
+
+/// External images the plan names, from the local store.
+fn load_images(store: &Store, names: &[String]) -> anyhow::Result<BTreeMap<String, image::Image>> {
+    let mut out = BTreeMap::new();
+    for name in names {
+        let short = name
+            .strip_prefix("docker.io/library/")
+            .or_else(|| name.strip_prefix("docker.io/"))
+            .unwrap_or(name);
+        let found = [name.as_str(), short]
+            .iter()
+            .find_map(|n| store.resolve(n).ok().flatten());
+        let Some(desc) = found else {
+            bail!(
+                "image {name} is not in the local store ({}); pulling it is not implemented yet",
+                store.root().display()
+            );
+        };
+        let img =
+            image::load_image(store, &desc).with_context(|| format!("loading image {name}"))?;
+        out.insert(name.clone(), img);
+    }
+    Ok(out)
+}
+
+fn base_config(cfg: &ImageConfig) -> plan::BaseConfig {
+    plan::BaseConfig {
+        env: super::config::env_map(cfg).into_iter().collect(),
+        shell: cfg.config.shell.clone().unwrap_or_default(),
+        workdir: cfg.config.working_dir.clone().unwrap_or_default(),
+        onbuild: cfg.config.on_build.clone().unwrap_or_default(),
+    }
+}
+
+/// The stages each stage waits for: its base and its `--from` sources.
+fn stage_deps(plan: &Plan) -> Vec<Vec<usize>> {
+    plan.stages
+        .iter()
+        .map(|s| {
+            let mut deps: Vec<usize> = s
+                .steps
+                .iter()
+                .flat_map(|st| st.sources.iter())
+                .chain(std::iter::once(&s.base))
+                .filter_map(|b| match b {
+                    Base::Stage(i) => Some(*i),
+                    _ => None,
+                })
+                .collect();
+            deps.sort_unstable();
+            deps.dedup();
+            deps
+        })
+        .collect()
+}
+
+/// Run every planned stage, independent ones in parallel; returns the target's result.
+fn run_stages(ctx: &BuildCtx<'_>) -> anyhow::Result<Arc<StageResult>> {
+    let deps = stage_deps(&ctx.plan);
+    let n = ctx.plan.stages.len();
+    let mut done: Vec<Option<Arc<StageResult>>> = vec![None; n];
+    while done.iter().any(Option::is_none) {
+        let ready: Vec<usize> = (0..n)
+            .filter(|&i| done[i].is_none() && deps[i].iter().all(|d| done[*d].is_some()))
+            .collect();
+        if ready.is_empty() {
+            bail!("the stages depend on each other in a cycle");
+        }
+        let results: Vec<(usize, anyhow::Result<StageResult>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = ready
+                .iter()
+                .map(|&i| {
+                    let done = &done;
+                    (i, s.spawn(move || run_stage(ctx, i, done)))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|(i, h)| {
+                    let r = h
+                        .join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("stage {i} panicked")));
+                    (i, r)
+                })
+                .collect()
+        });
+        for (i, r) in results {
+            done[i] = Some(Arc::new(r?));
+        }
+    }
+    let target = ctx.plan.target;
+    done[target]
+        .take()
+        .context("the target stage produced no result")
+}
+
+fn run_stage(
+    ctx: &BuildCtx<'_>,
+    index: usize,
+    done: &[Option<Arc<StageResult>>],
+) -> anyhow::Result<StageResult> {
+    let stage = &ctx.plan.stages[index];
+    let mut st = StageState::start(ctx, stage, done)?;
+    for (i, step) in stage.steps.iter().enumerate() {
+        let step_id = format!("{}/{}", stage_label(stage), i);
+        st.run(ctx, step, &step_id, done).map_err(|e| {
+            let span = step.instruction.span;
+            anyhow::anyhow!(
+                "{}:{}: {} {}: {e:#}",
+                ctx.dockerfile_name,
+                span.line,
+                step.instruction.name(),
+                step.instruction.original.trim()
+            )
+        })?;
+    }
+    Ok(st.finish(ctx))
+}
+
+fn stage_label(stage: &plan::PlannedStage) -> String {
+    stage
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("stage-{}", stage.index))
+}
+
+/// Write the target's config and manifest, tag, export, write the iidfile.
+fn commit(ctx: &BuildCtx<'_>, target: &StageResult) -> anyhow::Result<BuildOutcome> {
+    let store = ctx.store;
+    let mut config = target.config.clone();
+    config.created = Some(match ctx.req.source_date_epoch {
+        Some(e) => image::time::format_rfc3339(e),
+        None => config
+            .history
+            .iter()
+            .rev()
+            .find_map(|h| h.created.clone())
+            .unwrap_or_else(|| image::time::format_rfc3339(image::time::now_epoch())),
+    });
+    let layers: Vec<oci_spec::image::Descriptor> = target
+        .layers
+        .iter()
+        .map(|l| {
+            let blob = crate::store::BlobInfo {
+                digest: l.digest.clone(),
+                size: l.size,
+            };
+            image::descriptor(&l.media_type, &blob)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let manifest = image::commit_image(store, ctx.req.format, &config, &layers)
+        .context("writing the image config and manifest")?;
+    let image_id = format!("sha256:{}", hex::encode(Sha256::digest(config.to_json()?)));
+    let mut tags = Vec::new();
+    for tag in &ctx.req.tags {
+        let name =
+            crate::store::normalize_tag(tag).with_context(|| format!("invalid tag {tag:?}"))?;
+        store
+            .tag(&name, &manifest)
+            .with_context(|| format!("tagging {name}"))?;
+        tags.push(name);
+    }
+    for out in &ctx.req.outputs {
+        export(ctx, out, &manifest, &tags)?;
+    }
+    if let Some(path) = &ctx.req.iidfile {
+        std::fs::write(path, &image_id)
+            .with_context(|| format!("writing --iidfile {}", path.display()))?;
+    }
+    let manifest_digest = manifest.digest().to_string();
+    ctx.reporter.event(Event::BuildDone {
+        digest: manifest_digest.clone(),
+        tags: tags.clone(),
+    });
+    Ok(BuildOutcome {
+        manifest_digest,
+        image_id,
+        tags,
+    })
+}
+
+/// `--output`: exports need a name in the store; an untagged build gets a
+/// temporary one for the export.
+fn export(
+    ctx: &BuildCtx<'_>,
+    out: &OutputSpec,
+    manifest: &oci_spec::image::Descriptor,
+    tags: &[String],
+) -> anyhow::Result<()> {
+    let mut names = tags.to_vec();
+    let temp_tag = if names.is_empty() {
+        let t = format!(
+            "rbuild-export:{}",
+            image::short_digest(&manifest.digest().to_string())
+        );
+        ctx.store.tag(&t, manifest)?;
+        names.push(t.clone());
+        Some(t)
+    } else {
+        None
+    };
+    let res = match out {
+        OutputSpec::Oci { dest } => image::export_oci_layout(ctx.store, &names, dest)
+            .with_context(|| format!("exporting an OCI layout to {}", dest.display())),
+        OutputSpec::Docker { dest } => image::export_docker_archive(ctx.store, &names, dest)
+            .with_context(|| format!("exporting a docker archive to {}", dest.display())),
+    };
+    if let Some(t) = temp_tag {
+        ctx.store.untag(&t)?;
+    }
+    res
+}
+
+/// History entry for a step.
+pub(crate) fn history(created_by: &str, created: Option<String>) -> HistoryEntry {
+    HistoryEntry {
+        created,
+        created_by: Some(created_by.to_string()),
+        comment: Some("buildkit.dockerfile.v0".to_string()),
+        ..HistoryEntry::default()
+    }
+}

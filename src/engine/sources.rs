@@ -1,0 +1,240 @@
+//! COPY/ADD sources → [`SourceTree`]s: from the build context index, from
+//! another stage's root (scanned like a context), from a local archive that
+//! ADD extracts, and from an `http(s)://` URL that ADD downloads.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use sha2::{Digest, Sha256};
+
+use crate::context::{self, ContextIndex, EntryKind, SelectOptions, SelectedSource};
+use crate::layer::{open_archive, unpack_layer, Timespec, UnpackOptions};
+
+use super::copy::{disk_file, SourceItem, SourceKind, SourceTree};
+
+/// What a COPY selection contributes to the cache key: source path →
+/// content digest (for miss explanations) and the selection digest.
+#[derive(Debug, Default)]
+pub struct SelectionKey {
+    pub files: BTreeMap<String, String>,
+    pub digest: String,
+}
+
+/// Trees for one source string, selected from `index`. `keep_owner`
+/// keeps the source's uid/gid (another stage) instead of docker's 0:0 for
+/// context files. `parents_pivot` is `Some(prefix)` under `--parents`: the
+/// path below the prefix is kept under the destination.
+pub fn select_trees(
+    index: &ContextIndex,
+    src: &str,
+    excludes: &[String],
+    keep_owner: bool,
+    parents: bool,
+) -> anyhow::Result<Vec<SourceTree>> {
+    let opts = SelectOptions {
+        excludes: excludes.to_vec(),
+    };
+    let (pivot, pattern) = match (parents, src.split_once("/./")) {
+        (true, Some((p, rest))) => (Some(context::go_clean(p)), format!("{p}/{rest}")),
+        (true, None) => (Some(String::new()), src.to_string()),
+        (false, _) => (None, src.to_string()),
+    };
+    let selected = index
+        .select_sources(&pattern, &opts)
+        .map_err(anyhow::Error::new)?;
+    Ok(selected
+        .into_iter()
+        .map(|s| tree_from_selection(index.root(), s, keep_owner, pivot.as_deref()))
+        .collect())
+}
+
+fn tree_from_selection(
+    root: &Path,
+    sel: SelectedSource<'_>,
+    keep_owner: bool,
+    pivot: Option<&str>,
+) -> SourceTree {
+    // Under --parents the source keeps its path below the pivot.
+    let prefix = pivot.map(|p| {
+        let name = sel.name.trim_start_matches('/');
+        let below = name
+            .strip_prefix(p.trim_start_matches('/').trim_start_matches("./"))
+            .unwrap_or(name)
+            .trim_start_matches('/');
+        below.to_string()
+    });
+    let mut items = Vec::new();
+    for it in &sel.items {
+        let e = it.entry;
+        let kind = match &e.kind {
+            EntryKind::File => disk_file(root.join(&e.rel)),
+            EntryKind::Dir => SourceKind::Dir,
+            EntryKind::Symlink { target } => SourceKind::Symlink(target.clone()),
+            // Sockets, fifos and devices are not copied (BuildKit skips them too).
+            _ => continue,
+        };
+        let rel = match (&prefix, sel.is_dir) {
+            (Some(p), true) => join(p, &it.dest_rel),
+            (Some(p), false) => p.clone(),
+            (None, true) => it.dest_rel.clone(),
+            (None, false) => String::new(),
+        };
+        let (uid, gid) = if keep_owner { (e.uid, e.gid) } else { (0, 0) };
+        items.push(SourceItem {
+            rel,
+            kind,
+            mode: e.mode,
+            uid,
+            gid,
+            mtime: Timespec::new(
+                e.mtime_ns.div_euclid(1_000_000_000),
+                e.mtime_ns.rem_euclid(1_000_000_000) as u32,
+            ),
+            xattrs: e.xattrs.clone(),
+            link_id: (e.kind == EntryKind::File && e.nlink > 1).then_some((e.dev, e.ino)),
+        });
+    }
+    match prefix {
+        // A --parents source is a tree rooted at the destination.
+        Some(_) => SourceTree {
+            name: String::new(),
+            is_dir: true,
+            items,
+        },
+        None => SourceTree {
+            name: sel.name.rsplit('/').next().unwrap_or(&sel.name).to_string(),
+            is_dir: sel.is_dir,
+            items,
+        },
+    }
+}
+
+fn join(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_string(),
+        (_, true) => a.to_string(),
+        _ => format!("{a}/{b}"),
+    }
+}
+
+/// The cache-key part of selecting `sources` from the context: every
+/// selected file's digest, and the selection digest over names, types,
+/// modes (without the bits `--chmod` overrides) and contents.
+pub fn context_key(
+    index: &ContextIndex,
+    sources: &[String],
+    excludes: &[String],
+    chmod: bool,
+) -> anyhow::Result<SelectionKey> {
+    let opts = SelectOptions {
+        excludes: excludes.to_vec(),
+    };
+    let mut all = Vec::new();
+    let mut files = BTreeMap::new();
+    for src in sources {
+        let pattern = match src.split_once("/./") {
+            Some((p, rest)) => format!("{p}/{rest}"),
+            None => src.clone(),
+        };
+        let selected = index
+            .select_with(&pattern, &opts)
+            .map_err(anyhow::Error::new)?;
+        for s in &selected {
+            if let Some(d) = &s.entry.digest {
+                files.insert(s.entry.rel.clone(), d.clone());
+            }
+        }
+        all.extend(selected);
+    }
+    let digest_opts = context::DigestOptions {
+        mode_mask: if chmod { 0 } else { 0o7777 },
+        // Context files are always copied as 0:0: the host owner never counts.
+        include_owner: false,
+    };
+    Ok(SelectionKey {
+        digest: context::selection_digest(&all, &digest_opts),
+        files,
+    })
+}
+
+/// Whether a local file is an archive ADD extracts (tar, possibly gzip,
+/// bzip2, xz or zstd compressed): its first tar header must parse.
+pub fn is_archive(path: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let Ok(reader) = open_archive(std::io::BufReader::new(file)) else {
+        return false;
+    };
+    let mut header = [0u8; 512];
+    let mut r = reader;
+    if r.read_exact(&mut header).is_err() {
+        return false;
+    }
+    let h = tar::Header::from_byte_slice(&header);
+    let sum: u32 = header
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u32::from(*b)
+            }
+        })
+        .sum();
+    h.cksum().ok() == Some(sum) && header[0] != 0
+}
+
+/// Extract a local archive for ADD into `dir` (with every escape refused).
+pub fn extract_archive(path: &Path, dir: &Path) -> anyhow::Result<()> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("opening archive {}", path.display()))?;
+    let opts = UnpackOptions {
+        no_chown: !nix::unistd::geteuid().is_root(),
+        ..UnpackOptions::default()
+    };
+    unpack_layer(std::io::BufReader::new(file), dir, &opts)
+        .with_context(|| format!("extracting {}", path.display()))?;
+    Ok(())
+}
+
+/// Download `url` for ADD into `dir`, verifying `--checksum` when given.
+/// Returns the file's name (the URL's last path element) and its digest.
+pub fn download(url: &str, checksum: Option<&str>, dir: &Path) -> anyhow::Result<(String, String)> {
+    let parsed = url::Url::parse(url).with_context(|| format!("invalid URL {url}"))?;
+    let name = parsed
+        .path_segments()
+        .and_then(|mut s| s.next_back().map(str::to_string))
+        .filter(|n| !n.is_empty() && n != "." && n != "..")
+        .unwrap_or_else(|| "__unnamed__".to_string());
+    let mut resp = reqwest::blocking::get(url)
+        .with_context(|| format!("downloading {url}"))?
+        .error_for_status()
+        .with_context(|| format!("downloading {url}"))?;
+    let path = dir.join(&name);
+    let mut out =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = resp
+            .read(&mut buf)
+            .with_context(|| format!("downloading {url}"))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        std::io::Write::write_all(&mut out, &buf[..n])
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+    if let Some(want) = checksum {
+        if want != digest {
+            bail!("checksum mismatch for {url}: expected {want}, got {digest}");
+        }
+    }
+    Ok((name, digest))
+}

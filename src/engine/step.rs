@@ -1,0 +1,757 @@
+//! One stage's steps: each step's cache key, a cache lookup, and on a miss
+//! its execution — COPY/ADD and WORKDIR write a layer, metadata
+//! instructions change the config.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context};
+
+use crate::image::ImageConfig;
+use crate::layer::{write_layer, LayerEntry, Timespec, WriteOptions};
+use crate::plan::{Base, Kind, PlannedStage, Step};
+use crate::progress::StepHandle;
+use crate::store::{CacheRecord, CachedLayer};
+
+use super::build::{history, BuildCtx, StageResult};
+use super::cachekey::{explain_miss, KeyInputs};
+use super::config::{self, StageMeta};
+use super::copy::{copy_entries, heredoc_tree, CopyOptions, SourceItem, SourceKind, SourceTree};
+use super::copydest::{clean, resolve_dest};
+use super::rootfs::{self, LayerRef, Rootfs};
+use super::sources;
+use super::users::UserDb;
+
+/// A stage being built.
+pub(crate) struct StageState {
+    pub config: ImageConfig,
+    pub layers: Vec<LayerRef>,
+    /// Key of the last step (or the base's identity).
+    pub key: String,
+    meta: StageMeta,
+    rootfs: Option<Rootfs>,
+    /// History entries this build added whose `created` is filled at the end.
+    undated: Vec<usize>,
+    /// Temp files a step's entries read from, kept until its layer is written.
+    keepalive: Vec<Box<dyn std::any::Any + Send>>,
+}
+
+/// What a step produced, to record and apply.
+struct Outcome {
+    layer: Option<LayerRef>,
+    created: String,
+}
+
+impl StageState {
+    pub fn start(
+        ctx: &BuildCtx<'_>,
+        stage: &PlannedStage,
+        done: &[Option<Arc<StageResult>>],
+    ) -> anyhow::Result<StageState> {
+        let (mut config, layers, key) = match &stage.base {
+            Base::Scratch => (ImageConfig::for_host(), Vec::new(), "scratch".to_string()),
+            Base::Stage(i) => {
+                let base = done[*i]
+                    .as_ref()
+                    .with_context(|| format!("stage {i} has not been built"))?;
+                (base.config.clone(), base.layers.clone(), base.key.clone())
+            }
+            Base::Image(name) => {
+                let img = ctx
+                    .images
+                    .get(name)
+                    .with_context(|| format!("image {name} was not loaded"))?;
+                let layers = img
+                    .manifest
+                    .layers()
+                    .iter()
+                    .zip(&img.config.rootfs.diff_ids)
+                    .map(|(d, diff_id)| LayerRef {
+                        digest: d.digest().to_string(),
+                        diff_id: diff_id.clone(),
+                        size: d.size(),
+                        media_type: d.media_type().to_string(),
+                    })
+                    .collect();
+                (
+                    img.config.clone(),
+                    layers,
+                    img.manifest_desc.digest().to_string(),
+                )
+            }
+        };
+        config::start_stage(&mut config);
+        Ok(StageState {
+            config,
+            layers,
+            key,
+            meta: StageMeta::default(),
+            rootfs: None,
+            undated: Vec::new(),
+            keepalive: Vec::new(),
+        })
+    }
+
+    /// Run one step: look up its key, reuse or execute, apply.
+    pub fn run(
+        &mut self,
+        ctx: &BuildCtx<'_>,
+        step: &Step,
+        step_id: &str,
+        done: &[Option<Arc<StageResult>>],
+    ) -> anyhow::Result<()> {
+        let inst = &step.instruction;
+        let created_by = step.created_by.clone().unwrap_or_default();
+        match &inst.kind {
+            Kind::Copy { .. } | Kind::Add { .. } => {
+                self.layer_step(ctx, step, step_id, done, |st, handle| st.copy(ctx, step, done, handle))
+            }
+            Kind::Workdir(_) => {
+                let wd = self.workdir_after(step);
+                self.config.config.working_dir = Some(wd.clone());
+                if step.empty_layer {
+                    self.add_history(&created_by, None, None);
+                    return Ok(());
+                }
+                self.layer_step(ctx, step, step_id, done, |st, _| st.mkdir(ctx, &wd))
+            }
+            Kind::Run { .. } => bail!(
+                "RUN steps are not supported yet: this rbuild builds images whose steps need no process run inside the image"
+            ),
+            Kind::From { .. } => bail!("unexpected FROM inside a stage"),
+            _ => {
+                config::apply(&mut self.config, &mut self.meta, inst)?;
+                self.key = KeyInputs {
+                    parent: std::mem::take(&mut self.key),
+                    instruction: format!("{} {}", inst.name(), created_by),
+                    build_args: step.build_args.clone(),
+                    ..KeyInputs::default()
+                }
+                .key();
+                if let Some(cb) = &step.created_by {
+                    self.add_history(cb, None, None);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The absolute WORKDIR after this step (relative paths join the current one).
+    fn workdir_after(&self, step: &Step) -> String {
+        let Kind::Workdir(p) = &step.instruction.kind else {
+            return "/".into();
+        };
+        if p.starts_with('/') {
+            clean(p)
+        } else {
+            let cur = self.config.config.working_dir.as_deref().unwrap_or("/");
+            clean(&format!("{cur}/{p}"))
+        }
+    }
+
+    fn add_history(&mut self, created_by: &str, created: Option<String>, layer: Option<&LayerRef>) {
+        let entry = history(created_by, created.clone());
+        match layer {
+            Some(l) => {
+                self.config.add_layer(&l.diff_id, entry);
+                self.layers.push(l.clone());
+            }
+            None => self.config.add_empty_layer(entry),
+        }
+        if created.is_none() {
+            self.undated.push(self.config.history.len() - 1);
+        }
+    }
+
+    /// The common protocol of steps that may write a layer: key, cache
+    /// lookup (hit → reuse), else execute, store the blob and the record.
+    fn layer_step(
+        &mut self,
+        ctx: &BuildCtx<'_>,
+        step: &Step,
+        step_id: &str,
+        done: &[Option<Arc<StageResult>>],
+        exec: impl FnOnce(&mut Self, &StepHandle) -> anyhow::Result<Vec<LayerEntry>>,
+    ) -> anyhow::Result<()> {
+        let inputs = self.key_inputs(ctx, step, done)?;
+        let key = inputs.key();
+        let created_by = step.created_by.clone().unwrap_or_default();
+        let name = step
+            .display_name
+            .clone()
+            .unwrap_or_else(|| created_by.clone());
+        let handle = StepHandle::start(ctx.reporter.clone(), ctx.step_id(), &name);
+        if !ctx.req.no_cache {
+            if let Some(rec) = ctx.store.cache_get(&key)? {
+                let outcome = outcome_from_record(&rec);
+                handle.cached(None);
+                self.apply_outcome(&created_by, outcome, ctx);
+                self.key = key;
+                return Ok(());
+            }
+        }
+        let reason = if ctx.req.no_cache {
+            "--no-cache".to_string()
+        } else {
+            let closest = ctx.store.cache_closest(Some(&self.key), step_id)?;
+            let old = closest.and_then(|r| serde_json::from_value::<KeyInputs>(r.inputs).ok());
+            explain_miss(&inputs, old.as_ref())
+        };
+        handle.cache_miss(&reason);
+        let result = exec(self, &handle).and_then(|entries| self.write(ctx, entries, &handle));
+        self.keepalive.clear();
+        let layer = match result {
+            Ok(l) => l,
+            Err(e) => {
+                handle.failed(&format!("{e:#}"));
+                return Err(e);
+            }
+        };
+        let created = match ctx.req.source_date_epoch {
+            Some(e) => crate::image::time::format_rfc3339(e),
+            None => crate::image::time::format_rfc3339(crate::image::time::now_epoch()),
+        };
+        let mut rec = CacheRecord::new(
+            &key,
+            Some(&self.key),
+            step_id,
+            serde_json::to_value(&inputs).context("encoding cache inputs")?,
+        );
+        rec.layer = layer.as_ref().map(|l| CachedLayer {
+            digest: l.digest.clone(),
+            diff_id: l.diff_id.clone(),
+            size: l.size,
+            media_type: l.media_type.clone(),
+        });
+        rec.config_changes = serde_json::json!({ "created": created });
+        ctx.store
+            .cache_put(&rec)
+            .context("recording the step in the cache")?;
+        handle.done();
+        self.apply_outcome(&created_by, Outcome { layer, created }, ctx);
+        self.key = key;
+        Ok(())
+    }
+
+    fn apply_outcome(&mut self, created_by: &str, outcome: Outcome, ctx: &BuildCtx<'_>) {
+        let created = match ctx.req.source_date_epoch {
+            Some(e) => crate::image::time::format_rfc3339(e),
+            None => outcome.created,
+        };
+        self.add_history(created_by, Some(created), outcome.layer.as_ref());
+    }
+
+    /// Write `entries` as a layer blob; an empty change set is no layer.
+    fn write(
+        &self,
+        ctx: &BuildCtx<'_>,
+        entries: Vec<LayerEntry>,
+        handle: &StepHandle,
+    ) -> anyhow::Result<Option<LayerRef>> {
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        let mut blob = ctx.store.blob_writer()?;
+        let opts = WriteOptions {
+            compression: ctx.req.compression,
+            source_date_epoch: ctx.req.source_date_epoch,
+            threads: 0,
+        };
+        let info = write_layer(entries, &mut blob, &opts).context("writing the layer")?;
+        let stored = blob
+            .commit_verified(&info.digest, Some(info.size))
+            .context("storing the layer blob")?;
+        handle.progress(
+            info.uncompressed_size,
+            Some(info.uncompressed_size),
+            crate::progress::Unit::Bytes,
+        );
+        Ok(Some(LayerRef {
+            digest: stored.digest,
+            diff_id: info.diff_id,
+            size: stored.size,
+            media_type: info.media_type.to_string(),
+        }))
+    }
+
+    /// The inputs of a layer step's key.
+    fn key_inputs(
+        &self,
+        ctx: &BuildCtx<'_>,
+        step: &Step,
+        done: &[Option<Arc<StageResult>>],
+    ) -> anyhow::Result<KeyInputs> {
+        let inst = &step.instruction;
+        let mut inputs = KeyInputs {
+            parent: self.key.clone(),
+            instruction: format!(
+                "{} {}",
+                inst.name(),
+                step.created_by.clone().unwrap_or_default()
+            ),
+            build_args: step.build_args.clone(),
+            ..KeyInputs::default()
+        };
+        let (sources, dest, heredocs, is_add) = match &inst.kind {
+            Kind::Copy {
+                sources,
+                dest,
+                heredocs,
+            } => (sources, dest, heredocs, false),
+            Kind::Add {
+                sources,
+                dest,
+                heredocs,
+            } => (sources, dest, heredocs, true),
+            Kind::Workdir(_) => {
+                inputs
+                    .extra
+                    .insert("workdir".into(), self.workdir_after(step));
+                return Ok(inputs);
+            }
+            _ => return Ok(inputs),
+        };
+        let cwd = self.config.config.working_dir.as_deref().unwrap_or("/");
+        inputs.extra.insert("dest".into(), resolve_dest(cwd, dest));
+        if inst.flag("link").is_some() {
+            inputs.parent = "link".into();
+        }
+        for h in heredocs {
+            inputs
+                .extra
+                .insert(format!("heredoc {}", h.name), sha256_hex(h.body.as_bytes()));
+        }
+        if let Some(src) = step.sources.first() {
+            inputs
+                .extra
+                .insert("from".into(), source_identity(ctx, src, done)?);
+            return Ok(inputs);
+        }
+        let (urls, local): (Vec<String>, Vec<String>) =
+            sources.iter().cloned().partition(|s| is_add && is_url(s));
+        for u in urls {
+            let checksum = inst.flag("checksum").and_then(|f| f.value.clone());
+            // Without a checksum the content can only be known by fetching it.
+            let identity = match checksum {
+                Some(c) => c,
+                None => {
+                    let dir = tempfile::tempdir_in(ctx.store.tmp_dir())?;
+                    sources::download(&u, None, dir.path())?.1
+                }
+            };
+            inputs.extra.insert(format!("url {u}"), identity);
+        }
+        if !local.is_empty() {
+            let excludes = inst.flag_values("exclude");
+            let key = sources::context_key(
+                ctx.context()?,
+                &local,
+                &excludes,
+                inst.flag("chmod").is_some(),
+            )?;
+            inputs.files = key.files;
+            inputs.extra.insert("sources".into(), key.digest);
+        }
+        Ok(inputs)
+    }
+
+    /// This stage's filesystem so far, materialized.
+    fn root(&mut self, ctx: &BuildCtx<'_>) -> anyhow::Result<std::path::PathBuf> {
+        if self.rootfs.is_none() {
+            self.rootfs = Some(Rootfs::new(ctx.store)?);
+        }
+        let layers = self.layers.clone();
+        let r = self.rootfs.as_mut().context("rootfs view")?;
+        Ok(r.sync(ctx.store, &layers)?.to_path_buf())
+    }
+
+    fn user_db(&mut self, ctx: &BuildCtx<'_>) -> anyhow::Result<UserDb> {
+        if self.layers.is_empty() {
+            return Ok(UserDb::default());
+        }
+        let root = self.root(ctx)?;
+        Ok(UserDb::parse(
+            &rootfs::read_text(&root, "/etc/passwd"),
+            &rootfs::read_text(&root, "/etc/group"),
+        ))
+    }
+
+    fn created_time(ctx: &BuildCtx<'_>) -> Timespec {
+        let secs = ctx
+            .req
+            .source_date_epoch
+            .unwrap_or_else(crate::image::time::now_epoch);
+        Timespec::new(secs, 0)
+    }
+
+    /// COPY / ADD on a cache miss.
+    fn copy(
+        &mut self,
+        ctx: &BuildCtx<'_>,
+        step: &Step,
+        done: &[Option<Arc<StageResult>>],
+        handle: &StepHandle,
+    ) -> anyhow::Result<Vec<LayerEntry>> {
+        let inst = &step.instruction;
+        let (srcs, dest, heredocs, is_add) = match &inst.kind {
+            Kind::Copy {
+                sources,
+                dest,
+                heredocs,
+            } => (sources, dest, heredocs, false),
+            Kind::Add {
+                sources,
+                dest,
+                heredocs,
+            } => (sources, dest, heredocs, true),
+            _ => bail!("not a COPY or ADD"),
+        };
+        let link = inst.flag("link").is_some();
+        let parents = inst.flag("parents").is_some();
+        let excludes = inst.flag_values("exclude");
+        let chown = match inst.flag("chown").and_then(|f| f.value.clone()) {
+            Some(spec) => Some(self.user_db(ctx)?.resolve_chown(&spec)?),
+            None => None,
+        };
+        let chmod = match inst.flag("chmod").and_then(|f| f.value.clone()) {
+            Some(m) => Some(u32::from_str_radix(&m, 8).with_context(|| {
+                format!("invalid chmod parameter: '{m}'. it should be octal string and between 0 and 07777")
+            })?),
+            None => None,
+        };
+        let created = Self::created_time(ctx);
+        let tmp = tempfile::tempdir_in(ctx.store.tmp_dir()).context("creating a temp dir")?;
+        let mut trees: Vec<SourceTree> = Vec::new();
+        match step.sources.first() {
+            Some(src) => {
+                let view = source_index(ctx, src, done)?;
+                for s in srcs {
+                    trees.extend(sources::select_trees(
+                        &view.index,
+                        s,
+                        &excludes,
+                        true,
+                        parents,
+                    )?);
+                }
+                self.keepalive.push(Box::new(view));
+            }
+            None => {
+                for s in srcs {
+                    if is_add && is_url(s) {
+                        let checksum = inst.flag("checksum").and_then(|f| f.value.clone());
+                        let (name, _) = sources::download(s, checksum.as_deref(), tmp.path())?;
+                        trees.push(url_tree(tmp.path(), &name)?);
+                        continue;
+                    }
+                    let index = ctx.context()?;
+                    let selected = sources::select_trees(index, s, &excludes, false, parents)?;
+                    for tree in selected {
+                        match archive_of(is_add, inst, &tree) {
+                            Some(path) => trees.push(extract_tree(&path, &tmp)?),
+                            None => trees.push(tree),
+                        }
+                    }
+                }
+            }
+        }
+        for h in heredocs {
+            trees.push(heredoc_tree(&h.name, h.body.as_bytes(), created));
+        }
+        let _ = handle;
+        self.keepalive.push(Box::new(tmp));
+        let cwd = self
+            .config
+            .config
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| "/".into());
+        let mut dest_abs = resolve_dest(&cwd, dest);
+        if parents {
+            // --parents always copies into the destination as a directory.
+            if !dest_abs.ends_with('/') {
+                dest_abs.push('/');
+            }
+        }
+        let opts = CopyOptions {
+            chown,
+            chmod,
+            created,
+        };
+        // Extracted archives always go *into* the destination.
+        let force_dir = trees.iter().any(|t| t.name.is_empty() && t.is_dir);
+        if force_dir && !dest_abs.ends_with('/') {
+            dest_abs.push('/');
+        }
+        if link || self.layers.is_empty() {
+            return Ok(copy_entries(&trees, &dest_abs, false, &opts, &|_| None));
+        }
+        let root = self.root(ctx)?;
+        let trailing = dest_abs.ends_with('/');
+        let mut resolved = rootfs::image_path(&root, &dest_abs)?;
+        if trailing && !resolved.ends_with('/') {
+            resolved.push('/');
+        }
+        let exists_dir = rootfs::existing_dir(&root, &resolved).is_some();
+        let existing = |p: &str| rootfs::existing_dir(&root, p);
+        Ok(copy_entries(
+            &trees, &resolved, exists_dir, &opts, &existing,
+        ))
+    }
+
+    /// WORKDIR on a cache miss: the directory and missing parents, owned by
+    /// the stage's USER like BuildKit's mkdir; nothing when it exists.
+    fn mkdir(&mut self, ctx: &BuildCtx<'_>, wd: &str) -> anyhow::Result<Vec<LayerEntry>> {
+        let owner = match self.config.config.user.clone().filter(|u| !u.is_empty()) {
+            Some(u) => {
+                let db = self.user_db(ctx)?;
+                let r = db.resolve_user(&u)?;
+                Some((r.uid, r.gid))
+            }
+            None => None,
+        };
+        let opts = CopyOptions {
+            chown: owner,
+            chmod: None,
+            created: Self::created_time(ctx),
+        };
+        let tree = SourceTree {
+            name: String::new(),
+            is_dir: true,
+            items: Vec::new(),
+        };
+        if self.layers.is_empty() {
+            return Ok(copy_entries(
+                &[tree],
+                &format!("{wd}/"),
+                false,
+                &opts,
+                &|_| None,
+            ));
+        }
+        let root = self.root(ctx)?;
+        let resolved = rootfs::image_path(&root, wd)?;
+        if rootfs::existing_dir(&root, &resolved).is_some() {
+            return Ok(Vec::new());
+        }
+        let existing = |p: &str| rootfs::existing_dir(&root, p);
+        Ok(copy_entries(
+            &[tree],
+            &format!("{resolved}/"),
+            false,
+            &opts,
+            &existing,
+        ))
+    }
+
+    pub fn finish(mut self, ctx: &BuildCtx<'_>) -> StageResult {
+        self.date_history(ctx);
+        StageResult {
+            config: self.config,
+            layers: self.layers,
+            key: self.key,
+            rootfs: Mutex::new(self.rootfs),
+        }
+    }
+
+    /// Metadata entries get the time of the first layer this build made,
+    /// else of the last dated entry (BuildKit's rule): a no-op rebuild then
+    /// yields the same image.
+    fn date_history(&mut self, ctx: &BuildCtx<'_>) {
+        if let Some(e) = ctx.req.source_date_epoch {
+            let t = crate::image::time::format_rfc3339(e);
+            for i in std::mem::take(&mut self.undated) {
+                self.config.history[i].created = Some(t.clone());
+            }
+            return;
+        }
+        let first_new = self
+            .config
+            .history
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.undated.contains(i))
+            .filter_map(|(_, h)| h.created.clone())
+            .last();
+        let fallback = first_new
+            .unwrap_or_else(|| crate::image::time::format_rfc3339(crate::image::time::now_epoch()));
+        for i in std::mem::take(&mut self.undated) {
+            self.config.history[i].created = Some(fallback.clone());
+        }
+    }
+}
+
+fn outcome_from_record(rec: &CacheRecord) -> Outcome {
+    Outcome {
+        layer: rec.layer.as_ref().map(|l| LayerRef {
+            digest: l.digest.clone(),
+            diff_id: l.diff_id.clone(),
+            size: l.size,
+            media_type: l.media_type.clone(),
+        }),
+        created: rec
+            .config_changes
+            .get("created")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| crate::image::time::format_rfc3339(rec.created as i64)),
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
+/// What identifies a `--from` source in cache keys.
+fn source_identity(
+    ctx: &BuildCtx<'_>,
+    src: &Base,
+    done: &[Option<Arc<StageResult>>],
+) -> anyhow::Result<String> {
+    Ok(match src {
+        Base::Scratch => "scratch".into(),
+        Base::Stage(i) => done[*i]
+            .as_ref()
+            .with_context(|| format!("stage {i} has not been built"))?
+            .key
+            .clone(),
+        Base::Image(name) => ctx
+            .images
+            .get(name)
+            .with_context(|| format!("image {name} was not loaded"))?
+            .manifest_desc
+            .digest()
+            .to_string(),
+    })
+}
+
+/// A `--from` source's files, indexed like a context; holds the
+/// materialized image view (if it owns one) while the index is in use.
+struct SourceView {
+    index: crate::context::ContextIndex,
+    _root: Option<Rootfs>,
+}
+
+/// A `--from` source's filesystem, indexed like a context (no ignore file).
+fn source_index(
+    ctx: &BuildCtx<'_>,
+    src: &Base,
+    done: &[Option<Arc<StageResult>>],
+) -> anyhow::Result<SourceView> {
+    let (layers, holder): (Vec<LayerRef>, Option<&StageResult>) = match src {
+        Base::Scratch => (Vec::new(), None),
+        Base::Stage(i) => {
+            let s = done[*i]
+                .as_ref()
+                .with_context(|| format!("stage {i} has not been built"))?;
+            (s.layers.clone(), Some(s))
+        }
+        Base::Image(name) => {
+            let img = ctx
+                .images
+                .get(name)
+                .with_context(|| format!("image {name} was not loaded"))?;
+            let layers = img
+                .manifest
+                .layers()
+                .iter()
+                .zip(&img.config.rootfs.diff_ids)
+                .map(|(d, diff_id)| LayerRef {
+                    digest: d.digest().to_string(),
+                    diff_id: diff_id.clone(),
+                    size: d.size(),
+                    media_type: d.media_type().to_string(),
+                })
+                .collect();
+            (layers, None)
+        }
+    };
+    let ignore = crate::context::IgnoreRules::default();
+    let scan_root = |root: &std::path::Path| {
+        crate::context::scan(root, "", &ignore, None)
+            .with_context(|| format!("reading the files of {}", root.display()))
+    };
+    match holder {
+        Some(stage) => {
+            let mut guard = stage
+                .rootfs
+                .lock()
+                .map_err(|_| anyhow::anyhow!("stage rootfs lock poisoned"))?;
+            if guard.is_none() {
+                *guard = Some(Rootfs::new(ctx.store)?);
+            }
+            let r = guard.as_mut().context("rootfs view")?;
+            let root = r.sync(ctx.store, &layers)?.to_path_buf();
+            Ok(SourceView {
+                index: scan_root(&root)?,
+                _root: None,
+            })
+        }
+        None => {
+            let mut r = Rootfs::new(ctx.store)?;
+            let root = r.sync(ctx.store, &layers)?.to_path_buf();
+            Ok(SourceView {
+                index: scan_root(&root)?,
+                _root: Some(r),
+            })
+        }
+    }
+}
+
+/// The local archive ADD should extract, if `tree` is one.
+fn archive_of(
+    is_add: bool,
+    inst: &crate::plan::Instruction,
+    tree: &SourceTree,
+) -> Option<std::path::PathBuf> {
+    let unpack = inst
+        .flag("unpack")
+        .map(|f| f.value.as_deref() != Some("false"))
+        .unwrap_or(true);
+    if !is_add || !unpack || tree.is_dir || tree.items.len() != 1 {
+        return None;
+    }
+    match &tree.items[0].kind {
+        SourceKind::File(crate::layer::FileSource::Path(p)) if sources::is_archive(p) => {
+            Some(p.clone())
+        }
+        _ => None,
+    }
+}
+
+/// An archive extracted into a temp dir, as a tree copied into the destination.
+fn extract_tree(archive: &std::path::Path, tmp: &tempfile::TempDir) -> anyhow::Result<SourceTree> {
+    // Inside `tmp`, which the caller keeps until the layer is written.
+    let dir = tempfile::tempdir_in(tmp.path())?.keep();
+    sources::extract_archive(archive, &dir)?;
+    let ignore = crate::context::IgnoreRules::default();
+    let index = crate::context::scan(&dir, "", &ignore, None)
+        .with_context(|| format!("reading extracted {}", archive.display()))?;
+    let mut trees = sources::select_trees(&index, ".", &[], true, false)?;
+    let mut tree = trees.pop().context("empty archive selection")?;
+    tree.name = String::new();
+    tree.is_dir = true;
+    Ok(tree)
+}
+
+/// A downloaded file (ADD URL): mode 0600 as docker gives it.
+fn url_tree(dir: &std::path::Path, name: &str) -> anyhow::Result<SourceTree> {
+    Ok(SourceTree {
+        name: name.to_string(),
+        is_dir: false,
+        items: vec![SourceItem {
+            rel: String::new(),
+            kind: SourceKind::File(crate::layer::FileSource::Path(dir.join(name))),
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            mtime: Timespec::default(),
+            xattrs: Vec::new(),
+            link_id: None,
+        }],
+    })
+}
