@@ -831,6 +831,13 @@ fn tls_registry_with_htpasswd_login_and_ca_errors() {
     let img = registry::pull(&dest, &dst, &settings, &PullOptions::default()).unwrap();
     assert_eq!(img.manifest_digest, mdigest);
 
+    // Listed as insecure, the same registry is used without checking its
+    // certificate (the CA is not given here).
+    let mut unverified = quick_settings(tmp.path());
+    unverified.insecure_registries = vec![reg.addr()];
+    let img = registry::pull(&dest, &dst, &unverified, &PullOptions::default()).unwrap();
+    assert_eq!(img.manifest_digest, mdigest);
+
     // `rbuild logout` removes them; the next push is refused again.
     let out = Command::new(env!("CARGO_BIN_EXE_rbuild"))
         .args(["logout", &reg.addr()])
@@ -1136,4 +1143,52 @@ fn cli_push_and_pull_through_the_layout() {
     let out = rb(&["pull", "Bad/Name:v1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("lowercase"));
+}
+
+#[test]
+fn docker_hub_names_pull_through_a_mirror() {
+    if !have("docker-registry") {
+        return;
+    }
+    let reg = RegistryGuard::start(RegistryConf::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let src = OciLayout::create(&tmp.path().join("src")).unwrap();
+    let (mdigest, _) = build_image(&src, "amd64", &[("m", b"from the mirror")]);
+    let mut settings = quick_settings(tmp.path());
+    // A mirror holds Docker Hub's repositories under the same names.
+    let on_mirror = r(&format!("{}/library/mirrored:v1", reg.addr()));
+    registry::push(
+        &src,
+        &mdigest,
+        &on_mirror,
+        &settings,
+        &PushOptions::default(),
+    )
+    .unwrap();
+
+    settings.registry_mirrors = vec![format!("http://{}/", reg.addr())];
+    let dst = OciLayout::create(&tmp.path().join("dst")).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let opts = PullOptions {
+        progress: Some(Arc::new(move |p: &registry::BlobProgress| {
+            s2.lock()
+                .unwrap()
+                .push((p.digest.to_string(), p.done, p.total));
+        })),
+        ..Default::default()
+    };
+    let img = registry::pull(&r("mirrored:v1"), &dst, &settings, &opts).unwrap();
+    assert_eq!(img.manifest_digest, mdigest);
+    assert_eq!(img.source_host, reg.addr());
+    assert_eq!(img.reference.to_string(), "docker.io/library/mirrored:v1");
+    let seen = seen.lock().unwrap();
+    for l in &img.layers {
+        assert!(
+            seen.iter()
+                .any(|(d, done, total)| d == &l.digest && done == total && *total == l.size),
+            "progress reached the end of {}",
+            l.digest
+        );
+    }
 }

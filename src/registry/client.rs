@@ -10,8 +10,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use reqwest::blocking::{Client, RequestBuilder, Response};
-use reqwest::header::{HeaderMap, AUTHORIZATION, WWW_AUTHENTICATE};
+use base64::Engine;
+use reqwest::blocking::{Client, Request, RequestBuilder, Response};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 use serde::Deserialize;
 
@@ -178,9 +179,12 @@ impl Registry {
         let mut attempt = 0;
         let mut reauthed = false;
         loop {
-            let req = self.authorize(build(&self.http, &base), scopes)?;
+            let req = build(&self.http, &base)
+                .build()
+                .map_err(|e| anyhow!("{what}: invalid request: {}", error_chain(&e)))?;
+            let req = self.authorize(req, &base, scopes)?;
             let can_retry = retry && attempt < self.retries;
-            match req.send() {
+            match self.http.execute(req) {
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !reauthed => {
                     reauthed = true;
                     let had = self.note_challenge(resp.headers());
@@ -249,24 +253,40 @@ impl Registry {
         }
     }
 
-    fn authorize(&self, req: RequestBuilder, scopes: &[String]) -> Result<RequestBuilder> {
+    /// Add credentials for this registry; requests to any other origin
+    /// (e.g. an upload Location elsewhere) go without them.
+    fn authorize(&self, mut req: Request, base: &str, scopes: &[String]) -> Result<Request> {
+        let same_origin = url::Url::parse(base)
+            .map(|b| b.origin() == req.url().origin())
+            .unwrap_or(false);
+        if !same_origin {
+            return Ok(req);
+        }
         let challenge = self
             .auth
             .lock()
             .map_err(|_| anyhow!("registry auth state poisoned"))?
             .challenge
             .clone();
-        match challenge {
-            None => Ok(req),
-            Some(Challenge::Basic) => Ok(match &self.creds {
-                Some(c) => req.basic_auth(&c.username, Some(&c.password)),
-                None => req,
-            }),
-            Some(Challenge::Bearer { realm, service }) => {
-                let token = self.token(&realm, service.as_deref(), scopes)?;
-                Ok(req.header(AUTHORIZATION, format!("Bearer {}", token.value)))
+        let value = match (challenge, &self.creds) {
+            (None, _) | (Some(Challenge::Basic), None) => return Ok(req),
+            (Some(Challenge::Basic), Some(c)) => {
+                let raw = format!("{}:{}", c.username, c.password);
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(raw)
+                )
             }
-        }
+            (Some(Challenge::Bearer { realm, service }), _) => {
+                let token = self.token(&realm, service.as_deref(), scopes)?;
+                format!("Bearer {}", token.value)
+            }
+        };
+        let mut value = HeaderValue::from_str(&value)
+            .map_err(|_| anyhow!("credentials for {} contain invalid characters", self.host))?;
+        value.set_sensitive(true);
+        req.headers_mut().insert(AUTHORIZATION, value);
+        Ok(req)
     }
 
     fn token(&self, realm: &str, service: Option<&str>, scopes: &[String]) -> Result<Token> {
