@@ -67,6 +67,8 @@ pub struct Registry {
     base: Mutex<Option<String>>,
     creds: Option<Credentials>,
     auth: Mutex<AuthState>,
+    /// Held while fetching a token, so parallel transfers share one.
+    token_fetch: Mutex<()>,
     retries: u32,
     backoff: Duration,
 }
@@ -111,6 +113,7 @@ impl Registry {
             base: Mutex::new(None),
             creds,
             auth: Mutex::new(AuthState::default()),
+            token_fetch: Mutex::new(()),
             retries: settings.retries,
             backoff: Duration::from_millis(settings.backoff_ms),
         })
@@ -182,13 +185,13 @@ impl Registry {
             let req = build(&self.http, &base)
                 .build()
                 .map_err(|e| anyhow!("{what}: invalid request: {}", error_chain(&e)))?;
-            let req = self.authorize(req, &base, scopes)?;
+            let (req, used) = self.authorize(req, &base, scopes)?;
             let can_retry = retry && attempt < self.retries;
             match self.http.execute(req) {
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !reauthed => {
                     reauthed = true;
                     let had = self.note_challenge(resp.headers());
-                    self.forget_token(scopes);
+                    self.forget_token(scopes, used.as_deref());
                     if !had || (self.creds.is_none() && !self.is_bearer()) {
                         return Ok(resp);
                     }
@@ -247,20 +250,30 @@ impl Registry {
         true
     }
 
-    fn forget_token(&self, scopes: &[String]) {
+    /// Drop a refused token, unless another thread already replaced it.
+    fn forget_token(&self, scopes: &[String], used: Option<&str>) {
         if let Ok(mut a) = self.auth.lock() {
-            a.tokens.remove(&scopes.join(" "));
+            let key = scopes.join(" ");
+            if a.tokens.get(&key).map(|t| t.value.as_str()) == used {
+                a.tokens.remove(&key);
+            }
         }
     }
 
     /// Add credentials for this registry; requests to any other origin
     /// (e.g. an upload Location elsewhere) go without them.
-    fn authorize(&self, mut req: Request, base: &str, scopes: &[String]) -> Result<Request> {
+    /// Also returns the bearer token used, if any.
+    fn authorize(
+        &self,
+        mut req: Request,
+        base: &str,
+        scopes: &[String],
+    ) -> Result<(Request, Option<String>)> {
         let same_origin = url::Url::parse(base)
             .map(|b| b.origin() == req.url().origin())
             .unwrap_or(false);
         if !same_origin {
-            return Ok(req);
+            return Ok((req, None));
         }
         let challenge = self
             .auth
@@ -268,8 +281,9 @@ impl Registry {
             .map_err(|_| anyhow!("registry auth state poisoned"))?
             .challenge
             .clone();
+        let mut used = None;
         let value = match (challenge, &self.creds) {
-            (None, _) | (Some(Challenge::Basic), None) => return Ok(req),
+            (None, _) | (Some(Challenge::Basic), None) => return Ok((req, None)),
             (Some(Challenge::Basic), Some(c)) => {
                 let raw = format!("{}:{}", c.username, c.password);
                 format!(
@@ -279,26 +293,41 @@ impl Registry {
             }
             (Some(Challenge::Bearer { realm, service }), _) => {
                 let token = self.token(&realm, service.as_deref(), scopes)?;
-                format!("Bearer {}", token.value)
+                let v = format!("Bearer {}", token.value);
+                used = Some(token.value);
+                v
             }
         };
         let mut value = HeaderValue::from_str(&value)
             .map_err(|_| anyhow!("credentials for {} contain invalid characters", self.host))?;
         value.set_sensitive(true);
         req.headers_mut().insert(AUTHORIZATION, value);
-        Ok(req)
+        Ok((req, used))
     }
 
     fn token(&self, realm: &str, service: Option<&str>, scopes: &[String]) -> Result<Token> {
         let key = scopes.join(" ");
-        if let Ok(a) = self.auth.lock() {
-            if let Some(t) = a.tokens.get(&key).filter(|t| t.expires > Instant::now()) {
-                return Ok(t.clone());
-            }
+        let cached = || {
+            self.auth.lock().ok().and_then(|a| {
+                a.tokens
+                    .get(&key)
+                    .filter(|t| t.expires > Instant::now())
+                    .cloned()
+            })
+        };
+        if let Some(t) = cached() {
+            return Ok(t);
+        }
+        let _one_at_a_time = self
+            .token_fetch
+            .lock()
+            .map_err(|_| anyhow!("registry token state poisoned"))?;
+        if let Some(t) = cached() {
+            return Ok(t);
         }
         let t = self.fetch_token(realm, service, scopes)?;
         if let Ok(mut a) = self.auth.lock() {
-            a.tokens.insert(key, t.clone());
+            a.tokens.insert(key.clone(), t.clone());
         }
         Ok(t)
     }
