@@ -868,11 +868,15 @@ fn bearer_token_flow_with_refresh_mid_push() {
     let issued = Arc::new(AtomicUsize::new(0));
     let gated = Arc::new(AtomicUsize::new(0));
     let scopes_seen: Arc<Mutex<Vec<String>>> = Arc::default();
-    let (v, i, g, ss) = (
+    let ttl = Arc::new(AtomicUsize::new(300));
+    let rejected = Arc::new(AtomicUsize::new(0));
+    let (v, i, g, ss, tt, rj) = (
         valid.clone(),
         issued.clone(),
         gated.clone(),
         scopes_seen.clone(),
+        ttl.clone(),
+        rejected.clone(),
     );
     let handler = move |q: &Req| -> Action {
         if q.target.starts_with("/token") {
@@ -884,17 +888,20 @@ fn bearer_token_flow_with_refresh_mid_push() {
             let n = i.fetch_add(1, Ordering::SeqCst);
             let tok = format!("tok-{n}-secretvalue");
             v.lock().unwrap().insert(tok.clone());
-            let body = json!({"token": tok, "expires_in": 300}).to_string();
+            let body = json!({"token": tok, "expires_in": tt.load(Ordering::SeqCst)}).to_string();
             return Action::Respond(
                 200,
                 vec![("Content-Type".into(), "application/json".into())],
                 body.into_bytes(),
             );
         }
-        let ok = q
+        let bearer = q
             .header("authorization")
-            .and_then(|a| a.strip_prefix("Bearer "))
-            .is_some_and(|t| v.lock().unwrap().contains(t));
+            .and_then(|a| a.strip_prefix("Bearer "));
+        let ok = bearer.is_some_and(|t| v.lock().unwrap().contains(t));
+        if bearer.is_some() && !ok {
+            rj.fetch_add(1, Ordering::SeqCst);
+        }
         if ok {
             if g.fetch_add(1, Ordering::SeqCst) == 4 {
                 v.lock().unwrap().clear();
@@ -959,9 +966,45 @@ fn bearer_token_flow_with_refresh_mid_push() {
     let dst = OciLayout::create(&tmp.path().join("dst")).unwrap();
     let img = registry::pull(&dest, &dst, &settings, &PullOptions::default()).unwrap();
     assert_eq!(img.manifest_digest, mdigest);
-    // Debug output of a client never shows the secret.
+    let msg = format!(
+        "{:#}",
+        registry::pull(
+            &r(&format!("{}/tok/app:missing", proxy.addr())),
+            &dst,
+            &settings,
+            &PullOptions::default()
+        )
+        .unwrap_err()
+    );
+    assert!(msg.contains("MANIFEST_UNKNOWN"), "{msg}");
+    assert!(
+        !msg.contains("secretvalue") && !msg.contains("tokpw"),
+        "{msg}"
+    );
+
+    // A cached token is reused until it expires, then renewed before use
+    // (no 401 round trip).
+    ttl.store(2, Ordering::SeqCst);
     let client = registry::Registry::new(&proxy.addr(), &settings).unwrap();
-    assert!(!format!("{client:?}").contains("tokpw"));
+    assert!(
+        !format!("{client:?}").contains("tokpw"),
+        "Debug hides secrets"
+    );
+    let scopes = [registry::client::scope("tok/app", "pull")];
+    let get = |c: &reqwest::blocking::Client, base: &str| {
+        c.get(format!("{base}/v2/tok/app/manifests/v1"))
+            .header("Accept", registry::manifest::ACCEPT)
+    };
+    let status = |c: &registry::Registry| c.send(&scopes, "test", false, &get).unwrap().status();
+    assert!(status(&client).is_success());
+    let first = issued.load(Ordering::SeqCst);
+    assert!(status(&client).is_success());
+    assert_eq!(issued.load(Ordering::SeqCst), first, "cached");
+    std::thread::sleep(Duration::from_millis(2100));
+    rejected.store(0, Ordering::SeqCst);
+    assert!(status(&client).is_success());
+    assert_eq!(issued.load(Ordering::SeqCst), first + 1, "renewed");
+    assert_eq!(rejected.load(Ordering::SeqCst), 0);
 }
 
 fn base64_encode(s: &str) -> String {
