@@ -617,6 +617,45 @@ mod tests {
         );
     }
 
+    fn creds() -> Option<Credentials> {
+        Some(Credentials {
+            username: "u".into(),
+            password: "pw".into(),
+        })
+    }
+
+    #[test]
+    fn credentials_go_only_to_the_registry_origin() {
+        let reg =
+            Registry::with_credentials("reg.example:5000", &Settings::default(), creds()).unwrap();
+        reg.auth.lock().unwrap().challenge = Some(Challenge::Basic);
+        let base = "https://reg.example:5000";
+        let own = reg
+            .http
+            .get(format!("{base}/v2/a/blobs/uploads/x"))
+            .build()
+            .unwrap();
+        let (own, _) = reg.authorize(own, base, &[]).unwrap();
+        assert!(own.headers().contains_key(AUTHORIZATION));
+        assert!(own.headers()[AUTHORIZATION].is_sensitive());
+        let elsewhere = reg
+            .http
+            .put("https://storage.example/upload?x=1")
+            .build()
+            .unwrap();
+        let (elsewhere, _) = reg.authorize(elsewhere, base, &[]).unwrap();
+        assert!(!elsewhere.headers().contains_key(AUTHORIZATION));
+    }
+
+    #[test]
+    fn remote_hosts_never_fall_back_to_plain_http() {
+        let reg =
+            Registry::with_credentials("rbuild-test.invalid", &Settings::default(), None).unwrap();
+        let msg = format!("{:#}", reg.base_url().unwrap_err());
+        assert!(msg.contains("https://rbuild-test.invalid"), "{msg}");
+        assert!(!msg.contains("http://"), "{msg}");
+    }
+
     #[test]
     fn token_debug_is_redacted() {
         let t = Token {
