@@ -831,6 +831,13 @@ fn tls_registry_with_htpasswd_login_and_ca_errors() {
     let img = registry::pull(&dest, &dst, &settings, &PullOptions::default()).unwrap();
     assert_eq!(img.manifest_digest, mdigest);
 
+    // Listed as insecure, the same registry is used without checking its
+    // certificate (the CA is not given here).
+    let mut unverified = quick_settings(tmp.path());
+    unverified.insecure_registries = vec![reg.addr()];
+    let img = registry::pull(&dest, &dst, &unverified, &PullOptions::default()).unwrap();
+    assert_eq!(img.manifest_digest, mdigest);
+
     // `rbuild logout` removes them; the next push is refused again.
     let out = Command::new(env!("CARGO_BIN_EXE_rbuild"))
         .args(["logout", &reg.addr()])
@@ -861,11 +868,15 @@ fn bearer_token_flow_with_refresh_mid_push() {
     let issued = Arc::new(AtomicUsize::new(0));
     let gated = Arc::new(AtomicUsize::new(0));
     let scopes_seen: Arc<Mutex<Vec<String>>> = Arc::default();
-    let (v, i, g, ss) = (
+    let ttl = Arc::new(AtomicUsize::new(300));
+    let rejected = Arc::new(AtomicUsize::new(0));
+    let (v, i, g, ss, tt, rj) = (
         valid.clone(),
         issued.clone(),
         gated.clone(),
         scopes_seen.clone(),
+        ttl.clone(),
+        rejected.clone(),
     );
     let handler = move |q: &Req| -> Action {
         if q.target.starts_with("/token") {
@@ -877,17 +888,20 @@ fn bearer_token_flow_with_refresh_mid_push() {
             let n = i.fetch_add(1, Ordering::SeqCst);
             let tok = format!("tok-{n}-secretvalue");
             v.lock().unwrap().insert(tok.clone());
-            let body = json!({"token": tok, "expires_in": 300}).to_string();
+            let body = json!({"token": tok, "expires_in": tt.load(Ordering::SeqCst)}).to_string();
             return Action::Respond(
                 200,
                 vec![("Content-Type".into(), "application/json".into())],
                 body.into_bytes(),
             );
         }
-        let ok = q
+        let bearer = q
             .header("authorization")
-            .and_then(|a| a.strip_prefix("Bearer "))
-            .is_some_and(|t| v.lock().unwrap().contains(t));
+            .and_then(|a| a.strip_prefix("Bearer "));
+        let ok = bearer.is_some_and(|t| v.lock().unwrap().contains(t));
+        if bearer.is_some() && !ok {
+            rj.fetch_add(1, Ordering::SeqCst);
+        }
         if ok {
             if g.fetch_add(1, Ordering::SeqCst) == 4 {
                 v.lock().unwrap().clear();
@@ -952,9 +966,45 @@ fn bearer_token_flow_with_refresh_mid_push() {
     let dst = OciLayout::create(&tmp.path().join("dst")).unwrap();
     let img = registry::pull(&dest, &dst, &settings, &PullOptions::default()).unwrap();
     assert_eq!(img.manifest_digest, mdigest);
-    // Debug output of a client never shows the secret.
+    let msg = format!(
+        "{:#}",
+        registry::pull(
+            &r(&format!("{}/tok/app:missing", proxy.addr())),
+            &dst,
+            &settings,
+            &PullOptions::default()
+        )
+        .unwrap_err()
+    );
+    assert!(msg.contains("MANIFEST_UNKNOWN"), "{msg}");
+    assert!(
+        !msg.contains("secretvalue") && !msg.contains("tokpw"),
+        "{msg}"
+    );
+
+    // A cached token is reused until it expires, then renewed before use
+    // (no 401 round trip).
+    ttl.store(2, Ordering::SeqCst);
     let client = registry::Registry::new(&proxy.addr(), &settings).unwrap();
-    assert!(!format!("{client:?}").contains("tokpw"));
+    assert!(
+        !format!("{client:?}").contains("tokpw"),
+        "Debug hides secrets"
+    );
+    let scopes = [registry::client::scope("tok/app", "pull")];
+    let get = |c: &reqwest::blocking::Client, base: &str| {
+        c.get(format!("{base}/v2/tok/app/manifests/v1"))
+            .header("Accept", registry::manifest::ACCEPT)
+    };
+    let status = |c: &registry::Registry| c.send(&scopes, "test", false, &get).unwrap().status();
+    assert!(status(&client).is_success());
+    let first = issued.load(Ordering::SeqCst);
+    assert!(status(&client).is_success());
+    assert_eq!(issued.load(Ordering::SeqCst), first, "cached");
+    std::thread::sleep(Duration::from_millis(2100));
+    rejected.store(0, Ordering::SeqCst);
+    assert!(status(&client).is_success());
+    assert_eq!(issued.load(Ordering::SeqCst), first + 1, "renewed");
+    assert_eq!(rejected.load(Ordering::SeqCst), 0);
 }
 
 fn base64_encode(s: &str) -> String {
@@ -1136,4 +1186,52 @@ fn cli_push_and_pull_through_the_layout() {
     let out = rb(&["pull", "Bad/Name:v1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("lowercase"));
+}
+
+#[test]
+fn docker_hub_names_pull_through_a_mirror() {
+    if !have("docker-registry") {
+        return;
+    }
+    let reg = RegistryGuard::start(RegistryConf::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let src = OciLayout::create(&tmp.path().join("src")).unwrap();
+    let (mdigest, _) = build_image(&src, "amd64", &[("m", b"from the mirror")]);
+    let mut settings = quick_settings(tmp.path());
+    // A mirror holds Docker Hub's repositories under the same names.
+    let on_mirror = r(&format!("{}/library/mirrored:v1", reg.addr()));
+    registry::push(
+        &src,
+        &mdigest,
+        &on_mirror,
+        &settings,
+        &PushOptions::default(),
+    )
+    .unwrap();
+
+    settings.registry_mirrors = vec![format!("http://{}/", reg.addr())];
+    let dst = OciLayout::create(&tmp.path().join("dst")).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let opts = PullOptions {
+        progress: Some(Arc::new(move |p: &registry::BlobProgress| {
+            s2.lock()
+                .unwrap()
+                .push((p.digest.to_string(), p.done, p.total));
+        })),
+        ..Default::default()
+    };
+    let img = registry::pull(&r("mirrored:v1"), &dst, &settings, &opts).unwrap();
+    assert_eq!(img.manifest_digest, mdigest);
+    assert_eq!(img.source_host, reg.addr());
+    assert_eq!(img.reference.to_string(), "docker.io/library/mirrored:v1");
+    let seen = seen.lock().unwrap();
+    for l in &img.layers {
+        assert!(
+            seen.iter()
+                .any(|(d, done, total)| d == &l.digest && done == total && *total == l.size),
+            "progress reached the end of {}",
+            l.digest
+        );
+    }
 }

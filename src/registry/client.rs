@@ -10,8 +10,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use reqwest::blocking::{Client, RequestBuilder, Response};
-use reqwest::header::{HeaderMap, AUTHORIZATION, WWW_AUTHENTICATE};
+use base64::Engine;
+use reqwest::blocking::{Client, Request, RequestBuilder, Response};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 use serde::Deserialize;
 
@@ -66,6 +67,8 @@ pub struct Registry {
     base: Mutex<Option<String>>,
     creds: Option<Credentials>,
     auth: Mutex<AuthState>,
+    /// Held while fetching a token, so parallel transfers share one.
+    token_fetch: Mutex<()>,
     retries: u32,
     backoff: Duration,
 }
@@ -110,6 +113,7 @@ impl Registry {
             base: Mutex::new(None),
             creds,
             auth: Mutex::new(AuthState::default()),
+            token_fetch: Mutex::new(()),
             retries: settings.retries,
             backoff: Duration::from_millis(settings.backoff_ms),
         })
@@ -178,13 +182,16 @@ impl Registry {
         let mut attempt = 0;
         let mut reauthed = false;
         loop {
-            let req = self.authorize(build(&self.http, &base), scopes)?;
+            let req = build(&self.http, &base)
+                .build()
+                .map_err(|e| anyhow!("{what}: invalid request: {}", error_chain(&e)))?;
+            let (req, used) = self.authorize(req, &base, scopes)?;
             let can_retry = retry && attempt < self.retries;
-            match req.send() {
+            match self.http.execute(req) {
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !reauthed => {
                     reauthed = true;
                     let had = self.note_challenge(resp.headers());
-                    self.forget_token(scopes);
+                    self.forget_token(scopes, used.as_deref());
                     if !had || (self.creds.is_none() && !self.is_bearer()) {
                         return Ok(resp);
                     }
@@ -243,42 +250,84 @@ impl Registry {
         true
     }
 
-    fn forget_token(&self, scopes: &[String]) {
+    /// Drop a refused token, unless another thread already replaced it.
+    fn forget_token(&self, scopes: &[String], used: Option<&str>) {
         if let Ok(mut a) = self.auth.lock() {
-            a.tokens.remove(&scopes.join(" "));
+            let key = scopes.join(" ");
+            if a.tokens.get(&key).map(|t| t.value.as_str()) == used {
+                a.tokens.remove(&key);
+            }
         }
     }
 
-    fn authorize(&self, req: RequestBuilder, scopes: &[String]) -> Result<RequestBuilder> {
+    /// Add credentials for this registry; requests to any other origin
+    /// (e.g. an upload Location elsewhere) go without them.
+    /// Also returns the bearer token used, if any.
+    fn authorize(
+        &self,
+        mut req: Request,
+        base: &str,
+        scopes: &[String],
+    ) -> Result<(Request, Option<String>)> {
+        let same_origin = url::Url::parse(base)
+            .map(|b| b.origin() == req.url().origin())
+            .unwrap_or(false);
+        if !same_origin {
+            return Ok((req, None));
+        }
         let challenge = self
             .auth
             .lock()
             .map_err(|_| anyhow!("registry auth state poisoned"))?
             .challenge
             .clone();
-        match challenge {
-            None => Ok(req),
-            Some(Challenge::Basic) => Ok(match &self.creds {
-                Some(c) => req.basic_auth(&c.username, Some(&c.password)),
-                None => req,
-            }),
-            Some(Challenge::Bearer { realm, service }) => {
-                let token = self.token(&realm, service.as_deref(), scopes)?;
-                Ok(req.header(AUTHORIZATION, format!("Bearer {}", token.value)))
+        let mut used = None;
+        let value = match (challenge, &self.creds) {
+            (None, _) | (Some(Challenge::Basic), None) => return Ok((req, None)),
+            (Some(Challenge::Basic), Some(c)) => {
+                let raw = format!("{}:{}", c.username, c.password);
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(raw)
+                )
             }
-        }
+            (Some(Challenge::Bearer { realm, service }), _) => {
+                let token = self.token(&realm, service.as_deref(), scopes)?;
+                let v = format!("Bearer {}", token.value);
+                used = Some(token.value);
+                v
+            }
+        };
+        let mut value = HeaderValue::from_str(&value)
+            .map_err(|_| anyhow!("credentials for {} contain invalid characters", self.host))?;
+        value.set_sensitive(true);
+        req.headers_mut().insert(AUTHORIZATION, value);
+        Ok((req, used))
     }
 
     fn token(&self, realm: &str, service: Option<&str>, scopes: &[String]) -> Result<Token> {
         let key = scopes.join(" ");
-        if let Ok(a) = self.auth.lock() {
-            if let Some(t) = a.tokens.get(&key).filter(|t| t.expires > Instant::now()) {
-                return Ok(t.clone());
-            }
+        let cached = || {
+            self.auth.lock().ok().and_then(|a| {
+                a.tokens
+                    .get(&key)
+                    .filter(|t| t.expires > Instant::now())
+                    .cloned()
+            })
+        };
+        if let Some(t) = cached() {
+            return Ok(t);
+        }
+        let _one_at_a_time = self
+            .token_fetch
+            .lock()
+            .map_err(|_| anyhow!("registry token state poisoned"))?;
+        if let Some(t) = cached() {
+            return Ok(t);
         }
         let t = self.fetch_token(realm, service, scopes)?;
         if let Ok(mut a) = self.auth.lock() {
-            a.tokens.insert(key, t.clone());
+            a.tokens.insert(key.clone(), t.clone());
         }
         Ok(t)
     }
@@ -566,6 +615,45 @@ mod tests {
             None,
             "realm is required"
         );
+    }
+
+    fn creds() -> Option<Credentials> {
+        Some(Credentials {
+            username: "u".into(),
+            password: "pw".into(),
+        })
+    }
+
+    #[test]
+    fn credentials_go_only_to_the_registry_origin() {
+        let reg =
+            Registry::with_credentials("reg.example:5000", &Settings::default(), creds()).unwrap();
+        reg.auth.lock().unwrap().challenge = Some(Challenge::Basic);
+        let base = "https://reg.example:5000";
+        let own = reg
+            .http
+            .get(format!("{base}/v2/a/blobs/uploads/x"))
+            .build()
+            .unwrap();
+        let (own, _) = reg.authorize(own, base, &[]).unwrap();
+        assert!(own.headers().contains_key(AUTHORIZATION));
+        assert!(own.headers()[AUTHORIZATION].is_sensitive());
+        let elsewhere = reg
+            .http
+            .put("https://storage.example/upload?x=1")
+            .build()
+            .unwrap();
+        let (elsewhere, _) = reg.authorize(elsewhere, base, &[]).unwrap();
+        assert!(!elsewhere.headers().contains_key(AUTHORIZATION));
+    }
+
+    #[test]
+    fn remote_hosts_never_fall_back_to_plain_http() {
+        let reg =
+            Registry::with_credentials("rbuild-test.invalid", &Settings::default(), None).unwrap();
+        let msg = format!("{:#}", reg.base_url().unwrap_err());
+        assert!(msg.contains("https://rbuild-test.invalid"), "{msg}");
+        assert!(!msg.contains("http://"), "{msg}");
     }
 
     #[test]

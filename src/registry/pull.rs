@@ -178,7 +178,8 @@ fn finish(
         .context("image manifest has no config")?;
     let mut blobs = vec![config.clone()];
     blobs.extend(parsed.layers.iter().cloned());
-    blobs.dedup_by(|a, b| a.digest == b.digest);
+    let mut seen = std::collections::HashSet::new();
+    blobs.retain(|d| seen.insert(d.digest.clone()));
     let results = run_parallel(&blobs, settings.parallelism, |d| {
         fetch_blob(reg, reference, store, d, opts.progress.as_ref())
     });

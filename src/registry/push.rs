@@ -193,8 +193,8 @@ fn ensure_blob(
     if let Some(loc) = opts.locations {
         sources.extend(loc.candidates(digest, &dest.registry, repo));
     }
-    sources.retain(|s| s != repo);
-    sources.dedup();
+    let mut seen = std::collections::HashSet::new();
+    sources.retain(|s| s != repo && seen.insert(s.clone()));
     for from in &sources {
         if try_mount(reg, digest, dest, from)? {
             report_done(opts, digest, d.size);

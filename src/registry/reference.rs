@@ -318,7 +318,8 @@ mod tests {
 
     #[test]
     fn rejects_with_the_rule_broken() {
-        let cases: &[(&str, fn(String) -> ReferenceError)] = &[
+        type Rule = fn(String) -> ReferenceError;
+        let cases: &[(&str, Rule)] = &[
             ("", ReferenceError::Empty),
             ("Alpine", ReferenceError::Uppercase),
             ("docker.io/User/app", ReferenceError::Uppercase),
