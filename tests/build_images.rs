@@ -183,8 +183,10 @@ fn same_inputs_give_the_same_digest_under_source_date_epoch() {
         ("a.txt", "a\n"),
         ("dir/b.txt", "b\n"),
     ];
+    // Two checkouts made at different times, both after the commit the
+    // epoch names: every mtime is clamped to the epoch.
     let mut digests = Vec::new();
-    for (i, mtime) in [(0, 1_000_000_000i64), (1, 1_600_000_000)] {
+    for (i, mtime) in [(0, 1_700_000_100i64), (1, 1_750_000_000)] {
         let env = Env::new();
         let ctx = env.context("ctx", files);
         for entry in walkdir::WalkDir::new(&ctx) {
@@ -396,4 +398,126 @@ fn bad_dockerfile_fails_with_location() {
     // Nothing was tagged.
     let index = std::fs::read_to_string(env.root().join("index.json")).unwrap_or_default();
     assert!(!index.contains("bad:1"), "{index}");
+}
+
+/// Every blob's name is its digest: nothing half-written was ever named.
+fn assert_blobs_verified(root: &Path) {
+    use sha2::Digest;
+    let dir = root.join("blobs/sha256");
+    for entry in std::fs::read_dir(&dir).expect("blobs dir") {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            name,
+            "{}",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn concurrent_builds_into_one_store() {
+    let env = Env::new();
+    let mut children = Vec::new();
+    for i in 0..4 {
+        let ctx = env.context(
+            &format!("ctx{i}"),
+            &[
+                (
+                    "Dockerfile",
+                    "FROM scratch\nCOPY . /data\nCOPY shared.txt /shared/\n",
+                ),
+                ("own.txt", &format!("build {i}\n")),
+                ("shared.txt", "same in every build\n"),
+            ],
+        );
+        children.push(
+            Command::new(common::rbuild_bin())
+                .arg("--root")
+                .arg(env.root())
+                .args(["build", "--progress", "plain", "-t", &format!("par:{i}")])
+                .arg(&ctx)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let images = stdout(&env.rbuild_ok(&["images"]));
+    for i in 0..4 {
+        assert!(
+            images.contains(&format!("par ")) && images.contains(&format!("{i} ")),
+            "{images}"
+        );
+        if let Some(cfg) = skopeo_config(&env, &format!("par:{i}")) {
+            assert_eq!(cfg["rootfs"]["diff_ids"].as_array().unwrap().len(), 2);
+        }
+    }
+    assert_blobs_verified(&env.root());
+}
+
+#[test]
+fn interrupted_build_leaves_the_store_consistent() {
+    let env = Env::new();
+    let ctx = env.context("ctx", &[("Dockerfile", "FROM scratch\nCOPY big /big\n")]);
+    // Incompressible data so the layer takes a while to write.
+    let mut data = vec![0u8; 96 * 1024 * 1024];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(ctx.join("big"), &data).unwrap();
+    drop(data);
+    let mut child = Command::new(common::rbuild_bin())
+        .arg("--root")
+        .arg(env.root())
+        .args(["build", "--progress", "plain", "-t", "int:1"])
+        .arg(&ctx)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the layer is being written, then interrupt as Ctrl-C does.
+    let tmp = env.root().join("rbuild/tmp");
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(20) {
+        let busy = std::fs::read_dir(&tmp)
+            .map(|d| d.count() > 0)
+            .unwrap_or(false);
+        if busy {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the build was interrupted");
+    let index = std::fs::read_to_string(env.root().join("index.json")).unwrap();
+    let parsed: Value = serde_json::from_str(&index).expect("index.json stays valid JSON");
+    assert!(
+        !index.contains("int:1"),
+        "no tag for an interrupted build: {parsed}"
+    );
+    assert_blobs_verified(&env.root());
+    // The next command that opens the store sweeps the dead build's temps.
+    env.rbuild_ok(&["images"]);
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(left.is_empty(), "temp files left: {left:?}");
+    // And a new build of the same context succeeds.
+    env.rbuild_ok(&["build", "-t", "int:1", ctx.to_str().unwrap()]);
 }
