@@ -371,7 +371,7 @@ fn export(
     let temp_tag = if names.is_empty() {
         let t = format!(
             "rbuild-export:{}",
-            image::short_digest(&manifest.digest().to_string())
+            image::short_digest(manifest.digest().as_ref())
         );
         ctx.store.tag(&t, manifest)?;
         names.push(t.clone());

@@ -51,7 +51,7 @@ pub fn parse_build_args(
     let mut out = BTreeMap::new();
     for arg in args {
         match arg.split_once('=') {
-            Some((k, _)) if k.is_empty() => bail!("invalid --build-arg {arg:?}: empty name"),
+            Some(("", _)) => bail!("invalid --build-arg {arg:?}: empty name"),
             Some((k, v)) => {
                 out.insert(k.to_string(), v.to_string());
             }

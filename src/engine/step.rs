@@ -202,7 +202,7 @@ impl StageState {
         let layer = match result {
             Ok(l) => l,
             Err(e) => {
-                handle.failed(&format!("{e:#}"));
+                handle.failed(format!("{e:#}"));
                 return Err(e);
             }
         };
@@ -553,9 +553,9 @@ impl StageState {
         }
     }
 
-    /// Metadata entries get the time of the first layer this build made,
-    /// else of the last dated entry (BuildKit's rule): a no-op rebuild then
-    /// yields the same image.
+    /// Metadata entries get the time of the newest dated entry (a layer
+    /// step's time, kept in its cache record), so a no-op rebuild yields
+    /// the same image.
     fn date_history(&mut self, ctx: &BuildCtx<'_>) {
         if let Some(e) = ctx.req.source_date_epoch {
             let t = crate::image::time::format_rfc3339(e);
@@ -564,15 +564,15 @@ impl StageState {
             }
             return;
         }
-        let first_new = self
+        let newest = self
             .config
             .history
             .iter()
             .enumerate()
+            .rev()
             .filter(|(i, _)| !self.undated.contains(i))
-            .filter_map(|(_, h)| h.created.clone())
-            .last();
-        let fallback = first_new
+            .find_map(|(_, h)| h.created.clone());
+        let fallback = newest
             .unwrap_or_else(|| crate::image::time::format_rfc3339(crate::image::time::now_epoch()));
         for i in std::mem::take(&mut self.undated) {
             self.config.history[i].created = Some(fallback.clone());
