@@ -13,3 +13,4 @@ pub mod step;
 pub mod users;
 
 pub use build::{build, BuildOutcome, BuildRequest};
+pub mod run;
