@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rbuild::context::{
@@ -89,17 +89,13 @@ fn copy_tree(src: &Path, dst: &Path) {
             symlink(fs::read_link(e.path()).unwrap(), &to).unwrap();
         } else {
             fs::copy(e.path(), &to).unwrap();
-            let mut perm = fs::metadata(&to).unwrap().permissions();
-            perm.set_readonly(false);
-            fs::set_permissions(&to, perm).unwrap();
+            fs::set_permissions(&to, fs::Permissions::from_mode(0o644)).unwrap();
         }
     }
     for e in walkdir::WalkDir::new(dst) {
         let e = e.unwrap();
         if e.file_type().is_dir() {
-            let mut perm = fs::metadata(e.path()).unwrap().permissions();
-            perm.set_readonly(false);
-            fs::set_permissions(e.path(), perm).unwrap();
+            fs::set_permissions(e.path(), fs::Permissions::from_mode(0o755)).unwrap();
         }
     }
 }
@@ -936,6 +932,7 @@ fn excl(src: &str, excludes: &[&str], ignore: &str) -> Option<BTreeSet<String>> 
     let idx = scan(dir.path(), "Dockerfile", &rules, None).unwrap();
     let opts = SelectOptions {
         excludes: excludes.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
     };
     Some(
         idx.select_with(src, &opts)
@@ -992,6 +989,7 @@ fn exclude_is_relative_to_source_dir() {
     let pick = |ex: &[&str]| -> BTreeSet<String> {
         let opts = SelectOptions {
             excludes: ex.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
         };
         idx.select_with("app/", &opts)
             .unwrap()

@@ -216,7 +216,25 @@ pub fn scan(
         .map(|p| StatCache::load(p, root))
         .unwrap_or_default();
     hash_files(root, &mut list, &cache, &mut stats)?;
-    hash_files(root, &mut control, &cache, &mut stats)?;
+    // Control files the walk kept reuse its digest; excluded ones are
+    // hashed on their own.
+    for c in control.iter_mut() {
+        if let Some(seen) = list.iter().find(|e| e.rel == c.rel) {
+            *c = seen.clone();
+        }
+    }
+    let mut pending: Vec<Entry> = control
+        .iter()
+        .filter(|c| c.digest.is_none())
+        .cloned()
+        .collect();
+    hash_files(root, &mut pending, &cache, &mut stats)?;
+    for c in control.iter_mut().filter(|c| c.digest.is_none()) {
+        c.digest = pending
+            .iter()
+            .find(|p| p.rel == c.rel)
+            .and_then(|p| p.digest.clone());
+    }
 
     if let Some(path) = stat_cache {
         let fresh = StatCache::from_entries(root, list.iter().chain(&control), started);
