@@ -154,7 +154,17 @@ impl ContextIndex {
         &self.control
     }
 
-    /// Whether the ignore rules exclude `rel` (for the CopyIgnoredFile lint).
+    /// The CopyIgnoredFile lint check, as BuildKit does it: never when the
+    /// ignore rules contain `!` exceptions (too hard to decide statically),
+    /// otherwise the cleaned source is matched as given (so `*` flags `.`).
+    pub fn copy_source_ignored(&self, src: &str) -> Result<bool, ContextError> {
+        if self.ignore.is_empty() || self.ignore.has_exclusions() {
+            return Ok(false);
+        }
+        self.ignore.matches(&super::gopath::clean(src))
+    }
+
+    /// Whether the ignore rules exclude `rel`; the root never is.
     pub fn is_ignored(&self, rel: &str) -> Result<bool, ContextError> {
         let rel = super::gopath::clean_in_root(rel);
         if rel.is_empty() {
