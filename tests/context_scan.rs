@@ -663,3 +663,25 @@ fn digest_does_not_depend_on_selection_order() {
     assert_eq!(selection_digest(&sel, &DigestOptions::default()), fwd);
     assert!(rbuild::context::SELECTION_SCHEMA.starts_with("rbuild.context."));
 }
+
+#[test]
+fn scan_records_xattrs_and_digest_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    write(r, "d/a", "a");
+    let opts = DigestOptions::default();
+    let before = digest_of(r, "d", &opts);
+    if let Err(e) = xattr::set(r.join("d/a"), "user.rbuild", b"v1") {
+        eprintln!("skipping: user xattrs unsupported here: {e}");
+        return;
+    }
+    let idx = plain_scan(r);
+    assert_eq!(
+        idx.get("d/a").unwrap().xattrs,
+        vec![("user.rbuild".to_string(), b"v1".to_vec())]
+    );
+    let with = digest_of(r, "d", &opts);
+    assert_ne!(with, before);
+    xattr::set(r.join("d/a"), "user.rbuild", b"v2").unwrap();
+    assert_ne!(digest_of(r, "d", &opts), with);
+}

@@ -54,7 +54,8 @@ pub struct Entry {
     pub nlink: u64,
     /// `sha256:<hex>` of the contents, for regular files.
     pub digest: Option<String>,
-    /// Extended attributes, sorted by name. Not collected yet (see report).
+    /// Extended attributes, sorted by name (`security.*` other than
+    /// `security.capability` left out).
     pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
@@ -97,9 +98,42 @@ impl Entry {
             ino: meta.ino(),
             nlink: meta.nlink(),
             digest: None,
-            xattrs: Vec::new(),
+            xattrs: read_xattrs(abs)?,
         })
     }
+}
+
+/// Extended attributes that describe content, sorted by name. Like
+/// BuildKit's content hash, `security.*` is dropped except
+/// `security.capability` (SELinux labels are host state, not content).
+fn read_xattrs(abs: &Path) -> Result<Vec<(String, Vec<u8>)>, ContextError> {
+    let names = match xattr::list(abs) {
+        Ok(n) => n,
+        Err(e) if unsupported(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(ContextError::io("list xattrs of", abs, e)),
+    };
+    let mut out = Vec::new();
+    for name in names {
+        let name = name.to_string_lossy().into_owned();
+        if name.starts_with("security.") && name != "security.capability" {
+            continue;
+        }
+        match xattr::get(abs, &name) {
+            Ok(Some(v)) => out.push((name, v)),
+            Ok(None) => {}
+            Err(e) if unsupported(&e) => {}
+            Err(e) => return Err(ContextError::io("read xattr of", abs, e)),
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn unsupported(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOTSUP) | Some(libc::ENODATA) | Some(libc::EPERM)
+    )
 }
 
 /// Counters of one scan; `files_hashed == 0` proves a rebuild read no file.
