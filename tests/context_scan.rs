@@ -685,3 +685,25 @@ fn scan_records_xattrs_and_digest_counts_them() {
     xattr::set(r.join("d/a"), "user.rbuild", b"v2").unwrap();
     assert_ne!(digest_of(r, "d", &opts), with);
 }
+
+#[test]
+fn scan_control_files_only_inside_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("ctx");
+    write(&ctx, "Dockerfile", "FROM scratch");
+    write(dir.path(), "Dockerfile.out", "FROM scratch");
+    write(dir.path(), "escape", "secret");
+    let rules = IgnoreRules::default();
+    let outside = scan(&ctx, "../Dockerfile.out", &rules, None).unwrap();
+    assert!(outside.control_files().is_empty());
+    let escape = scan(&ctx, "../escape", &rules, None).unwrap();
+    assert!(escape.control_files().is_empty());
+    let abs = ctx.join("Dockerfile");
+    let inside = scan(&ctx, abs.to_str().unwrap(), &rules, None).unwrap();
+    let names: Vec<&str> = inside
+        .control_files()
+        .iter()
+        .map(|e| e.rel.as_str())
+        .collect();
+    assert_eq!(names, vec!["Dockerfile"]);
+}

@@ -208,8 +208,9 @@ impl ContextIndex {
     }
 }
 
-/// Scans `root`. `dockerfile_rel` names the Dockerfile (kept as a control
-/// file); `stat_cache` is where digests persist between builds. Fails on
+/// Scans `root`. `dockerfile_rel` names the Dockerfile, relative to `root`
+/// or absolute (kept as a control file when it is inside the context);
+/// `stat_cache` is where digests persist between builds. Fails on
 /// unreadable entries, non-UTF-8 names, or a pattern that fails at match
 /// time (e.g. `[Local-Only]`).
 pub fn scan(
@@ -241,7 +242,20 @@ pub fn scan(
     )?;
 
     let mut control = Vec::new();
-    let mut names = vec![super::gopath::clean_in_root(dockerfile_rel)];
+    let mut names = Vec::new();
+    // A Dockerfile outside the context (`-f ../Dockerfile`) is not a context
+    // file; the caller reads it directly.
+    let df = Path::new(dockerfile_rel);
+    let df_rel = if df.is_absolute() {
+        df.strip_prefix(root)
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
+    } else {
+        Some(super::gopath::clean(dockerfile_rel))
+    };
+    if let Some(rel) = df_rel.filter(|r| r != ".." && !r.starts_with("../")) {
+        names.push(super::gopath::clean_in_root(&rel));
+    }
     if let Some(src) = ignore
         .source
         .as_ref()
