@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use rbuild::context::{
     load_ignore, parse_ignore, scan, ContextError, IgnoreRules, MatchInfo, PatternMatcher,
-    SelectOptions,
+    PruneRule, SelectOptions,
 };
 
 // ---------------------------------------------------------------- helpers
@@ -1120,5 +1120,54 @@ fn buildah_reference_builder_agrees_on_every_context() {
             buildah_copy_all(store.path(), dir.path()),
             "{c}: rbuild scan vs buildah"
         );
+    }
+}
+
+// ------------- the same contexts under BuildKit's current pruning rule
+
+fn scanned_buildkit(root: &Path) -> BTreeSet<String> {
+    let mut ignore = load_ignore(root, None).expect("ignore file loads");
+    ignore.matcher.set_prune_rule(PruneRule::BuildKit);
+    let idx = scan(root, "Dockerfile", &ignore, None).expect("scan");
+    idx.entries().map(|e| e.rel.clone()).collect()
+}
+
+#[test]
+fn buildkit_rule_wildcard_exception_reaches_into_excluded_dirs() {
+    let Some((dir, _)) = case("integration1") else {
+        return;
+    };
+    assert_eq!(
+        scanned_buildkit(dir.path()),
+        set(&["subdir", "subdir/sub1.txt", "test2.txt"])
+    );
+    let Some((dir, _)) = case("exceptions-skip") else {
+        return;
+    };
+    assert_eq!(
+        scanned_buildkit(dir.path()),
+        set(&[
+            ".dockerignore",
+            "Dockerfile",
+            "volume",
+            "volume/data",
+            "volume/data/oneline.txt"
+        ])
+    );
+}
+
+#[test]
+fn buildkit_rule_equals_classic_for_plain_exceptions() {
+    for c in [
+        "minimal_test",
+        "allowlist/subdir-file",
+        "allowlist/subdir-nofile",
+        "allowlist/alternating",
+        "allowlist/alternating-other",
+    ] {
+        let Some((dir, classic)) = case(c) else {
+            return;
+        };
+        assert_eq!(scanned_buildkit(dir.path()), classic, "{c}");
     }
 }
