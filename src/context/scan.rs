@@ -227,8 +227,7 @@ pub fn scan(
             path: root.display().to_string(),
         });
     }
-    let mut root_entry = Entry::from_metadata(String::new(), &root_meta, root)?;
-    root_entry.kind = EntryKind::Dir;
+    let root_entry = Entry::from_metadata(String::new(), &root_meta, root)?;
 
     let mut stats = ScanStats::default();
     let mut list = Vec::new();
@@ -241,58 +240,11 @@ pub fn scan(
         &mut stats,
     )?;
 
-    let mut control = Vec::new();
-    let mut names = Vec::new();
-    // A Dockerfile outside the context (`-f ../Dockerfile`) is not a context
-    // file; the caller reads it directly.
-    let df = Path::new(dockerfile_rel);
-    let df_rel = if df.is_absolute() {
-        df.strip_prefix(root)
-            .ok()
-            .map(|p| p.to_string_lossy().into_owned())
-    } else {
-        Some(super::gopath::clean(dockerfile_rel))
-    };
-    if let Some(rel) = df_rel.filter(|r| r != ".." && !r.starts_with("../")) {
-        names.push(super::gopath::clean_in_root(&rel));
-    }
-    if let Some(src) = ignore
-        .source
-        .as_ref()
-        .and_then(|p| p.strip_prefix(root).ok())
-    {
-        names.push(src.to_string_lossy().into_owned());
-    }
-    for rel in names.into_iter().filter(|r| !r.is_empty()) {
-        let abs = root.join(&rel);
-        if let Ok(meta) = std::fs::symlink_metadata(&abs) {
-            control.push(Entry::from_metadata(rel, &meta, &abs)?);
-        }
-    }
-
     let cache = stat_cache
         .map(|p| StatCache::load(p, root))
         .unwrap_or_default();
     hash_files(root, &mut list, &cache, &mut stats)?;
-    // Control files the walk kept reuse its digest; excluded ones are
-    // hashed on their own.
-    for c in control.iter_mut() {
-        if let Some(seen) = list.iter().find(|e| e.rel == c.rel) {
-            *c = seen.clone();
-        }
-    }
-    let mut pending: Vec<Entry> = control
-        .iter()
-        .filter(|c| c.digest.is_none())
-        .cloned()
-        .collect();
-    hash_files(root, &mut pending, &cache, &mut stats)?;
-    for c in control.iter_mut().filter(|c| c.digest.is_none()) {
-        c.digest = pending
-            .iter()
-            .find(|p| p.rel == c.rel)
-            .and_then(|p| p.digest.clone());
-    }
+    let control = control_entries(root, dockerfile_rel, ignore, &list, &cache, &mut stats)?;
 
     if let Some(path) = stat_cache {
         let fresh = StatCache::from_entries(root, list.iter().chain(&control), started);
@@ -310,6 +262,56 @@ pub fn scan(
         ignore: ignore.matcher.clone(),
         stats,
     })
+}
+
+/// The Dockerfile and ignore file as entries with digests. Ones the walk
+/// kept reuse its entry; excluded ones are stat'ed and hashed here. A
+/// Dockerfile outside the context (`-f ../Dockerfile`) is not a context
+/// file: the caller reads it directly.
+fn control_entries(
+    root: &Path,
+    dockerfile_rel: &str,
+    ignore: &IgnoreRules,
+    walked: &[Entry],
+    cache: &StatCache,
+    stats: &mut ScanStats,
+) -> Result<Vec<Entry>, ContextError> {
+    let df = Path::new(dockerfile_rel);
+    let df_rel = if df.is_absolute() {
+        df.strip_prefix(root)
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
+    } else {
+        Some(super::gopath::clean(dockerfile_rel))
+    };
+    let ignore_rel = ignore
+        .source
+        .as_ref()
+        .and_then(|p| p.strip_prefix(root).ok())
+        .map(|p| p.to_string_lossy().into_owned());
+    let mut out = Vec::new();
+    for rel in df_rel.into_iter().chain(ignore_rel) {
+        if rel == ".." || rel.starts_with("../") || rel == "." || rel.is_empty() {
+            continue;
+        }
+        if let Some(seen) = walked.iter().find(|e| e.rel == rel) {
+            out.push(seen.clone());
+            continue;
+        }
+        let abs = root.join(&rel);
+        if let Ok(meta) = std::fs::symlink_metadata(&abs) {
+            out.push(Entry::from_metadata(rel, &meta, &abs)?);
+        }
+    }
+    let mut pending: Vec<Entry> = out.iter().filter(|c| c.digest.is_none()).cloned().collect();
+    hash_files(root, &mut pending, cache, stats)?;
+    for c in out.iter_mut().filter(|c| c.digest.is_none()) {
+        c.digest = pending
+            .iter()
+            .find(|p| p.rel == c.rel)
+            .and_then(|p| p.digest.clone());
+    }
+    Ok(out)
 }
 
 /// Depth-first walk in name order. An ignored directory is entered only if
