@@ -8,12 +8,12 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rbuild::context::{
     load_ignore, parse_ignore, scan, ContextError, IgnoreRules, MatchInfo, PatternMatcher,
-    SelectOptions,
+    PruneRule, SelectOptions,
 };
 
 // ---------------------------------------------------------------- helpers
@@ -89,17 +89,13 @@ fn copy_tree(src: &Path, dst: &Path) {
             symlink(fs::read_link(e.path()).unwrap(), &to).unwrap();
         } else {
             fs::copy(e.path(), &to).unwrap();
-            let mut perm = fs::metadata(&to).unwrap().permissions();
-            perm.set_readonly(false);
-            fs::set_permissions(&to, perm).unwrap();
+            fs::set_permissions(&to, fs::Permissions::from_mode(0o644)).unwrap();
         }
     }
     for e in walkdir::WalkDir::new(dst) {
         let e = e.unwrap();
         if e.file_type().is_dir() {
-            let mut perm = fs::metadata(e.path()).unwrap().permissions();
-            perm.set_readonly(false);
-            fs::set_permissions(e.path(), perm).unwrap();
+            fs::set_permissions(e.path(), fs::Permissions::from_mode(0o755)).unwrap();
         }
     }
 }
@@ -485,6 +481,9 @@ fn e2e_3_4a_copy_of_ignored_dockerfile_is_flagged_and_fails() {
     let ignore = load_ignore(dir.path(), None).unwrap();
     let idx = scan(dir.path(), "Dockerfile", &ignore, None).unwrap();
     assert!(idx.is_ignored("Dockerfile").unwrap());
+    assert!(idx.copy_source_ignored("Dockerfile").unwrap());
+    assert!(idx.copy_source_ignored("./Dockerfile").unwrap());
+    assert!(!idx.copy_source_ignored("a").unwrap());
     let err = idx.select("Dockerfile").expect_err("not in context");
     assert!(err.to_string().contains("not found") && err.to_string().contains("Dockerfile"));
 }
@@ -495,6 +494,9 @@ fn e2e_3_4b_allowlisted_dockerfile_not_ignored() {
     let ignore = load_ignore(dir.path(), None).unwrap();
     let idx = scan(dir.path(), "Dockerfile", &ignore, None).unwrap();
     assert!(!idx.is_ignored("./Dockerfile").unwrap());
+    // Exceptions present: BuildKit does not lint at all.
+    assert!(!idx.copy_source_ignored("a").unwrap());
+    assert!(!idx.copy_source_ignored(".").unwrap());
     assert!(idx.select("./Dockerfile").is_ok());
     let all: Vec<String> = idx
         .select(".")
@@ -513,6 +515,27 @@ fn e2e_3_4c_ignore_rules_do_not_apply_to_root() {
     assert!(!idx.is_ignored(".").unwrap());
     assert!(idx.is_ignored(".hidden").unwrap());
     assert!(idx.select(".").is_ok());
+}
+
+#[test]
+fn e2e_3_4d_star_ignored_flags_copy_of_dot() {
+    let dir = tmp_context(&["Dockerfile", "a"], "*\n");
+    let ignore = load_ignore(dir.path(), None).unwrap();
+    let idx = scan(dir.path(), "Dockerfile", &ignore, None).unwrap();
+    assert!(idx.copy_source_ignored(".").unwrap());
+    assert!(idx.copy_source_ignored("a").unwrap());
+}
+
+#[test]
+fn e2e_3_4e_stage_paths_are_not_the_context() {
+    // `COPY --from=base /foobar` with `foobar` ignored: ignore rules only
+    // filter the local context, so the scan drops it and nothing else is
+    // asked of this module; the engine must not lint stage sources.
+    let dir = tmp_context(&["Dockerfile", "foobar"], "foobar\n");
+    let ignore = load_ignore(dir.path(), None).unwrap();
+    let idx = scan(dir.path(), "Dockerfile", &ignore, None).unwrap();
+    assert!(idx.get("foobar").is_none());
+    assert!(idx.get("Dockerfile").is_some());
 }
 
 #[test]
@@ -936,6 +959,7 @@ fn excl(src: &str, excludes: &[&str], ignore: &str) -> Option<BTreeSet<String>> 
     let idx = scan(dir.path(), "Dockerfile", &rules, None).unwrap();
     let opts = SelectOptions {
         excludes: excludes.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
     };
     Some(
         idx.select_with(src, &opts)
@@ -992,6 +1016,7 @@ fn exclude_is_relative_to_source_dir() {
     let pick = |ex: &[&str]| -> BTreeSet<String> {
         let opts = SelectOptions {
             excludes: ex.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
         };
         idx.select_with("app/", &opts)
             .unwrap()
@@ -1014,4 +1039,135 @@ fn exclude_is_relative_to_source_dir() {
             "storage/views/exception"
         ])
     );
+}
+
+// ------------------- reference builder: buildah on the same contexts
+
+/// Runs buildah (isolated storage under a temp dir) and returns its stdout.
+fn buildah(store: &Path, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new("buildah")
+        .arg("--root")
+        .arg(store.join("root"))
+        .arg("--runroot")
+        .arg(store.join("run"))
+        .args(["--storage-driver", "vfs"])
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `COPY . /` with buildah, as the reference for what Docker sends.
+fn buildah_copy_all(store: &Path, ctx: &Path) -> BTreeSet<String> {
+    let df = store.join("Dockerfile.all");
+    fs::write(&df, "FROM scratch\nCOPY . /\n").unwrap();
+    let (ctx_s, df_s) = (ctx.to_str().unwrap(), df.to_str().unwrap());
+    buildah(store, &["bud", "-q", "-f", df_s, "-t", "oracle", ctx_s]).expect("buildah bud");
+    let c = buildah(store, &["from", "-q", "oracle"]).unwrap();
+    let mnt = PathBuf::from(buildah(store, &["mount", &c]).unwrap());
+    let got = walkdir::WalkDir::new(&mnt)
+        .min_depth(1)
+        .into_iter()
+        .map(|e| {
+            let e = e.unwrap();
+            e.path()
+                .strip_prefix(&mnt)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    buildah(store, &["rm", &c]).unwrap();
+    got
+}
+
+#[test]
+fn buildah_reference_builder_agrees_on_every_context() {
+    let have_buildah = std::process::Command::new("buildah")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_buildah || !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: needs buildah and root");
+        return;
+    }
+    let Some(root) = corpus() else { return };
+    let store = tempfile::tempdir().unwrap();
+    for c in [
+        "integration1",
+        "integration2",
+        "integration3",
+        "minimal_test",
+        "empty",
+        "exceptions-skip",
+        "exceptions-weirdness-1",
+        "exceptions-weirdness-2",
+        "allowlist/subdir-file",
+        "allowlist/subdir-nofile",
+        "allowlist/subsubdir-file",
+        "allowlist/subsubdir-nofile",
+        "allowlist/alternating",
+        "allowlist/alternating-nothing",
+        "allowlist/alternating-other",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        copy_tree(&root.join("dockerignore").join(c), dir.path());
+        assert_eq!(
+            scanned(dir.path()),
+            buildah_copy_all(store.path(), dir.path()),
+            "{c}: rbuild scan vs buildah"
+        );
+    }
+}
+
+// ------------- the same contexts under BuildKit's current pruning rule
+
+fn scanned_buildkit(root: &Path) -> BTreeSet<String> {
+    let mut ignore = load_ignore(root, None).expect("ignore file loads");
+    ignore.matcher.set_prune_rule(PruneRule::BuildKit);
+    let idx = scan(root, "Dockerfile", &ignore, None).expect("scan");
+    idx.entries().map(|e| e.rel.clone()).collect()
+}
+
+#[test]
+fn buildkit_rule_wildcard_exception_reaches_into_excluded_dirs() {
+    let Some((dir, _)) = case("integration1") else {
+        return;
+    };
+    assert_eq!(
+        scanned_buildkit(dir.path()),
+        set(&["subdir", "subdir/sub1.txt", "test2.txt"])
+    );
+    let Some((dir, _)) = case("exceptions-skip") else {
+        return;
+    };
+    assert_eq!(
+        scanned_buildkit(dir.path()),
+        set(&[
+            ".dockerignore",
+            "Dockerfile",
+            "volume",
+            "volume/data",
+            "volume/data/oneline.txt"
+        ])
+    );
+}
+
+#[test]
+fn buildkit_rule_equals_classic_for_plain_exceptions() {
+    for c in [
+        "minimal_test",
+        "allowlist/subdir-file",
+        "allowlist/subdir-nofile",
+        "allowlist/alternating",
+        "allowlist/alternating-other",
+    ] {
+        let Some((dir, classic)) = case(c) else {
+            return;
+        };
+        assert_eq!(scanned_buildkit(dir.path()), classic, "{c}");
+    }
 }

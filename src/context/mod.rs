@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 pub use digest::{selection_digest, DigestOptions, SELECTION_SCHEMA};
 pub use gopath::{clean as go_clean, glob_match};
 pub use ignorefile::{load_ignore, parse_ignore, IgnoreRules};
-pub use pattern::{matches_or_parent_matches, MatchInfo, Pattern, PatternMatcher};
+pub use pattern::{matches_or_parent_matches, MatchInfo, Pattern, PatternMatcher, PruneRule};
 pub use scan::{scan, ContextIndex, Entry, EntryKind, ScanStats};
 pub use select::{SelectOptions, Selected, SelectedSource};
 

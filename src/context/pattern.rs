@@ -98,11 +98,27 @@ pub struct MatchInfo {
     parent_matched: Vec<bool>,
 }
 
+/// When a walk may skip an excluded directory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PruneRule {
+    /// Docker's classic builder and buildah: descend only if some exception
+    /// literally starts with `<dir>/`. The buildah conformance corpus
+    /// (e.g. `integration1` must fail) expects this.
+    #[default]
+    Classic,
+    /// Current BuildKit (fsutil `filterFS`): as `Classic` while every
+    /// exception is a plain path (a trailing `/*` or `/**` allowed), but
+    /// once any exception holds a wildcard, excluded directories are always
+    /// walked, so `!**/keep` reaches into them.
+    BuildKit,
+}
+
 /// An ordered list of patterns; see the module doc.
 #[derive(Debug, Clone, Default)]
 pub struct PatternMatcher {
     patterns: Vec<Pattern>,
     exclusions: bool,
+    prune: PruneRule,
 }
 
 impl PatternMatcher {
@@ -137,6 +153,11 @@ impl PatternMatcher {
             });
         }
         Ok(pm)
+    }
+
+    /// Chooses how [`PatternMatcher::may_reinclude_below`] prunes.
+    pub fn set_prune_rule(&mut self, rule: PruneRule) {
+        self.prune = rule;
     }
 
     /// The patterns, in order.
@@ -215,19 +236,27 @@ impl PatternMatcher {
     }
 
     /// For an excluded directory: whether some exception could re-include
-    /// something below it, so the walk must descend. This is moby's literal
-    /// prefix test (`<exception>/` starts with `<dir>/`), so an exception
-    /// with a wildcard in an earlier element (`!*/sub1*`, `!**/x`) does not
-    /// reach into an excluded directory, exactly as in Docker.
+    /// something below it, so the walk must descend. Under
+    /// [`PruneRule::Classic`] this is the literal prefix test
+    /// (`<exception>/` starts with `<dir>/`), so an exception with a
+    /// wildcard in an earlier element (`!*/sub1*`, `!**/x`) does not reach
+    /// into an excluded directory; see [`PruneRule`] for BuildKit's rule.
     pub fn may_reinclude_below(&self, dir: &str) -> bool {
         if !self.exclusions {
             return false;
         }
+        let exceptions = self.patterns.iter().filter(|p| p.exclusion);
+        if self.prune == PruneRule::BuildKit
+            && exceptions
+                .clone()
+                .any(|p| has_glob_chars(trim_trailing_glob(&p.cleaned)))
+        {
+            return true;
+        }
         let dir_slash = format!("{dir}/");
-        self.patterns
-            .iter()
-            .filter(|p| p.exclusion)
-            .any(|p| format!("{}/", p.cleaned).starts_with(&dir_slash))
+        exceptions
+            .map(|p| trim_trailing_glob(&p.cleaned))
+            .any(|p| format!("{p}/").starts_with(&dir_slash))
     }
 }
 
@@ -243,6 +272,16 @@ pub fn matches_or_parent_matches<S: AsRef<str>>(
         return Ok(false);
     }
     pm.matches(&path)
+}
+
+/// `a/b/*` and `a/b/**` → `a/b` (fsutil's `patternWithoutTrailingGlob`).
+fn trim_trailing_glob(p: &str) -> &str {
+    let p = p.strip_suffix("/**").unwrap_or(p);
+    p.strip_suffix("/*").unwrap_or(p)
+}
+
+fn has_glob_chars(p: &str) -> bool {
+    p.contains(['*', '[', ']', '?', '^', '\\'])
 }
 
 /// `a/b/c` → `["a", "a/b"]`.

@@ -54,7 +54,8 @@ pub struct Entry {
     pub nlink: u64,
     /// `sha256:<hex>` of the contents, for regular files.
     pub digest: Option<String>,
-    /// Extended attributes, sorted by name. Not collected yet (see report).
+    /// Extended attributes, sorted by name (`security.*` other than
+    /// `security.capability` left out).
     pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
@@ -97,9 +98,42 @@ impl Entry {
             ino: meta.ino(),
             nlink: meta.nlink(),
             digest: None,
-            xattrs: Vec::new(),
+            xattrs: read_xattrs(abs)?,
         })
     }
+}
+
+/// Extended attributes that describe content, sorted by name. Like
+/// BuildKit's content hash, `security.*` is dropped except
+/// `security.capability` (SELinux labels are host state, not content).
+fn read_xattrs(abs: &Path) -> Result<Vec<(String, Vec<u8>)>, ContextError> {
+    let names = match xattr::list(abs) {
+        Ok(n) => n,
+        Err(e) if unsupported(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(ContextError::io("list xattrs of", abs, e)),
+    };
+    let mut out = Vec::new();
+    for name in names {
+        let name = name.to_string_lossy().into_owned();
+        if name.starts_with("security.") && name != "security.capability" {
+            continue;
+        }
+        match xattr::get(abs, &name) {
+            Ok(Some(v)) => out.push((name, v)),
+            Ok(None) => {}
+            Err(e) if unsupported(&e) => {}
+            Err(e) => return Err(ContextError::io("read xattr of", abs, e)),
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn unsupported(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOTSUP) | Some(libc::ENODATA) | Some(libc::EPERM)
+    )
 }
 
 /// Counters of one scan; `files_hashed == 0` proves a rebuild read no file.
@@ -154,7 +188,17 @@ impl ContextIndex {
         &self.control
     }
 
-    /// Whether the ignore rules exclude `rel` (for the CopyIgnoredFile lint).
+    /// The CopyIgnoredFile lint check, as BuildKit does it: never when the
+    /// ignore rules contain `!` exceptions (too hard to decide statically),
+    /// otherwise the cleaned source is matched as given (so `*` flags `.`).
+    pub fn copy_source_ignored(&self, src: &str) -> Result<bool, ContextError> {
+        if self.ignore.is_empty() || self.ignore.has_exclusions() {
+            return Ok(false);
+        }
+        self.ignore.matches(&super::gopath::clean(src))
+    }
+
+    /// Whether the ignore rules exclude `rel`; the root never is.
     pub fn is_ignored(&self, rel: &str) -> Result<bool, ContextError> {
         let rel = super::gopath::clean_in_root(rel);
         if rel.is_empty() {
@@ -164,8 +208,9 @@ impl ContextIndex {
     }
 }
 
-/// Scans `root`. `dockerfile_rel` names the Dockerfile (kept as a control
-/// file); `stat_cache` is where digests persist between builds. Fails on
+/// Scans `root`. `dockerfile_rel` names the Dockerfile, relative to `root`
+/// or absolute (kept as a control file when it is inside the context);
+/// `stat_cache` is where digests persist between builds. Fails on
 /// unreadable entries, non-UTF-8 names, or a pattern that fails at match
 /// time (e.g. `[Local-Only]`).
 pub fn scan(
@@ -182,8 +227,7 @@ pub fn scan(
             path: root.display().to_string(),
         });
     }
-    let mut root_entry = Entry::from_metadata(String::new(), &root_meta, root)?;
-    root_entry.kind = EntryKind::Dir;
+    let root_entry = Entry::from_metadata(String::new(), &root_meta, root)?;
 
     let mut stats = ScanStats::default();
     let mut list = Vec::new();
@@ -196,27 +240,11 @@ pub fn scan(
         &mut stats,
     )?;
 
-    let mut control = Vec::new();
-    let mut names = vec![super::gopath::clean_in_root(dockerfile_rel)];
-    if let Some(src) = ignore
-        .source
-        .as_ref()
-        .and_then(|p| p.strip_prefix(root).ok())
-    {
-        names.push(src.to_string_lossy().into_owned());
-    }
-    for rel in names.into_iter().filter(|r| !r.is_empty()) {
-        let abs = root.join(&rel);
-        if let Ok(meta) = std::fs::symlink_metadata(&abs) {
-            control.push(Entry::from_metadata(rel, &meta, &abs)?);
-        }
-    }
-
     let cache = stat_cache
         .map(|p| StatCache::load(p, root))
         .unwrap_or_default();
     hash_files(root, &mut list, &cache, &mut stats)?;
-    hash_files(root, &mut control, &cache, &mut stats)?;
+    let control = control_entries(root, dockerfile_rel, ignore, &list, &cache, &mut stats)?;
 
     if let Some(path) = stat_cache {
         let fresh = StatCache::from_entries(root, list.iter().chain(&control), started);
@@ -234,6 +262,56 @@ pub fn scan(
         ignore: ignore.matcher.clone(),
         stats,
     })
+}
+
+/// The Dockerfile and ignore file as entries with digests. Ones the walk
+/// kept reuse its entry; excluded ones are stat'ed and hashed here. A
+/// Dockerfile outside the context (`-f ../Dockerfile`) is not a context
+/// file: the caller reads it directly.
+fn control_entries(
+    root: &Path,
+    dockerfile_rel: &str,
+    ignore: &IgnoreRules,
+    walked: &[Entry],
+    cache: &StatCache,
+    stats: &mut ScanStats,
+) -> Result<Vec<Entry>, ContextError> {
+    let df = Path::new(dockerfile_rel);
+    let df_rel = if df.is_absolute() {
+        df.strip_prefix(root)
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
+    } else {
+        Some(super::gopath::clean(dockerfile_rel))
+    };
+    let ignore_rel = ignore
+        .source
+        .as_ref()
+        .and_then(|p| p.strip_prefix(root).ok())
+        .map(|p| p.to_string_lossy().into_owned());
+    let mut out = Vec::new();
+    for rel in df_rel.into_iter().chain(ignore_rel) {
+        if rel == ".." || rel.starts_with("../") || rel == "." || rel.is_empty() {
+            continue;
+        }
+        if let Some(seen) = walked.iter().find(|e| e.rel == rel) {
+            out.push(seen.clone());
+            continue;
+        }
+        let abs = root.join(&rel);
+        if let Ok(meta) = std::fs::symlink_metadata(&abs) {
+            out.push(Entry::from_metadata(rel, &meta, &abs)?);
+        }
+    }
+    let mut pending: Vec<Entry> = out.iter().filter(|c| c.digest.is_none()).cloned().collect();
+    hash_files(root, &mut pending, cache, stats)?;
+    for c in out.iter_mut().filter(|c| c.digest.is_none()) {
+        c.digest = pending
+            .iter()
+            .find(|p| p.rel == c.rel)
+            .and_then(|p| p.digest.clone());
+    }
+    Ok(out)
 }
 
 /// Depth-first walk in name order. An ignored directory is entered only if

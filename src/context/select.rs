@@ -27,6 +27,10 @@ const MAX_HOPS: usize = 40;
 pub struct SelectOptions {
     /// `--exclude` patterns, in order.
     pub excludes: Vec<String>,
+    /// A wildcard that matches nothing selects nothing instead of failing.
+    /// BuildKit's Dockerfile frontend sets this for COPY/ADD; the classic
+    /// builder (and buildah) fail instead.
+    pub allow_empty_wildcard: bool,
 }
 
 /// One entry to copy and where it goes, relative to the destination.
@@ -78,7 +82,7 @@ impl ContextIndex {
     ) -> Result<Vec<SelectedSource<'_>>, ContextError> {
         let cleaned = gopath::clean_in_root(src);
         let sources = if has_wildcards(&cleaned) {
-            self.expand_wildcard(src, &cleaned)?
+            self.expand_wildcard(src, &cleaned, opts.allow_empty_wildcard)?
         } else {
             vec![self.resolve_literal(src, &cleaned)?]
         };
@@ -124,6 +128,7 @@ impl ContextIndex {
         &'a self,
         src: &str,
         cleaned: &str,
+        allow_empty: bool,
     ) -> Result<Vec<(String, &'a Entry)>, ContextError> {
         let parts: Vec<&str> = cleaned.split('/').collect();
         let split = parts.iter().position(|p| has_wildcards(p)).unwrap_or(0);
@@ -137,12 +142,11 @@ impl ContextIndex {
         let no_match = || ContextError::NoMatch {
             src: src.to_string(),
         };
-        let Some(base_entry) = self.resolve(&base, src)? else {
-            return Err(no_match());
+        let base_entry = match self.resolve(&base, src)? {
+            Some(e) if e.is_dir() => e,
+            _ if allow_empty => return Ok(Vec::new()),
+            _ => return Err(no_match()),
         };
-        if !base_entry.is_dir() {
-            return Err(no_match());
-        }
         let base_rel = base_entry.rel.clone();
         let mut matched_dirs: Vec<String> = Vec::new();
         let mut found = Vec::new();
@@ -169,7 +173,7 @@ impl ContextIndex {
             };
             found.push((e.rel.clone(), entry));
         }
-        if found.is_empty() {
+        if found.is_empty() && !allow_empty {
             return Err(no_match());
         }
         Ok(found)
