@@ -191,7 +191,10 @@ fn killed_by_signal_gives_128_plus_n() {
 #[test]
 fn cwd_is_created_and_used() {
     let mut r = Rootfs::new();
-    let mut s = spec(r.overlay(), &["/bin/sh", "-c", "pwd; readlink /proc/self/cwd"]);
+    let mut s = spec(
+        r.overlay(),
+        &["/bin/sh", "-c", "pwd; readlink /proc/self/cwd"],
+    );
     s.cwd = "/work/deep/dir".into();
     let out = r.run(s);
     assert_eq!(out.stdout, "/work/deep/dir\n/work/deep/dir\n");

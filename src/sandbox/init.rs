@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::ffi::CString;
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
@@ -195,7 +195,7 @@ fn find_program(spec: &RunSpec) -> Result<CString> {
         .split(':')
         .filter(|d| !d.is_empty())
         .map(|d| Path::new(d).join(name))
-        .find(|p| is_executable(p));
+        .find(|p| is_executable(p.as_path()));
     match found {
         Some(p) => CString::new(p.into_os_string().into_encoded_bytes())
             .context("program path contains a NUL byte"),
@@ -203,6 +203,6 @@ fn find_program(spec: &RunSpec) -> Result<CString> {
     }
 }
 
-fn is_executable(p: &PathBuf) -> bool {
+fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }

@@ -601,3 +601,72 @@ fn pivot(root: &OwnedFd) -> Result<()> {
     nix::unistd::chdir("/").context("chdir /")?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layers() -> (tempfile::TempDir, Vec<PathBuf>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let (top, bottom) = (tmp.path().join("top"), tmp.path().join("bottom"));
+        fs::create_dir_all(bottom.join("etc")).unwrap();
+        fs::create_dir_all(bottom.join("gone/sub")).unwrap();
+        fs::set_permissions(bottom.join("etc"), fs::Permissions::from_mode(0o751)).unwrap();
+        fs::write(bottom.join("etc/hosts"), "x").unwrap();
+        fs::create_dir_all(&top).unwrap();
+        std::os::unix::fs::symlink("/elsewhere", top.join("link")).unwrap();
+        (tmp, vec![top, bottom])
+    }
+
+    #[test]
+    fn lookup_follows_overlay_rules() {
+        let (_tmp, lowers) = layers();
+        assert!(matches!(lookup(&lowers, &["etc"]), Found::Dir(_)));
+        assert!(matches!(lookup(&lowers, &["etc", "hosts"]), Found::Other));
+        assert!(matches!(lookup(&lowers, &["link", "x"]), Found::Other));
+        assert!(matches!(lookup(&lowers, &["nothing"]), Found::Absent));
+        assert!(matches!(lookup(&lowers, &["gone", "sub"]), Found::Dir(_)));
+        // A whiteout (0/0 char device, needs CAP_MKNOD) in the top layer
+        // hides the bottom layer's dir.
+        let wh = lowers[0].join("gone");
+        if nix::sys::stat::mknod(&wh, SFlag::S_IFCHR, Mode::empty(), 0).is_ok() {
+            assert!(matches!(lookup(&lowers, &["gone", "sub"]), Found::Absent));
+            assert!(matches!(lookup(&lowers, &["gone"]), Found::Absent));
+        }
+    }
+
+    #[test]
+    fn stub_lower_copies_image_dir_metadata_and_skips_existing() {
+        let (tmp, lowers) = layers();
+        let stub = tmp.path().join("stub");
+        fs::create_dir(&stub).unwrap();
+        stub_lower(&lowers, &stub, "/etc/resolv.conf", Kind::File).unwrap();
+        stub_lower(&lowers, &stub, "/etc/hosts", Kind::File).unwrap();
+        stub_lower(&lowers, &stub, "/proc", Kind::Dir).unwrap();
+        stub_lower(&lowers, &stub, "/link/x", Kind::Dir).unwrap();
+        let etc = fs::metadata(stub.join("etc")).unwrap();
+        assert_eq!(etc.mode() & 0o7777, 0o751);
+        assert_eq!(
+            etc.modified().unwrap(),
+            fs::metadata(lowers[1].join("etc"))
+                .unwrap()
+                .modified()
+                .unwrap()
+        );
+        assert!(stub.join("etc/resolv.conf").is_file());
+        assert!(!stub.join("etc/hosts").exists(), "exists in the image");
+        assert!(stub.join("proc").is_dir());
+        assert!(
+            !stub.join("link").exists(),
+            "symlinks are left to in-root creation"
+        );
+    }
+
+    #[test]
+    fn overlay_paths_with_separators_are_refused() {
+        assert!(overlay_path(Path::new("/a:b")).is_err());
+        assert!(overlay_path(Path::new("/a,b")).is_err());
+        assert!(overlay_path(Path::new("rel")).is_err());
+        assert_eq!(overlay_path(Path::new("/a/b")).unwrap(), "/a/b");
+    }
+}
