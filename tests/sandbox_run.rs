@@ -518,6 +518,67 @@ fn dir_rootfs_fallback_reports_created_mount_points() {
     assert_eq!(stubs, vec!["/dev", "/proc", "/sys"]);
 }
 
+/// Host pids whose command line is exactly `argv`.
+fn pids_running(argv: &[&str]) -> Vec<u32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|pid: &u32| fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want))
+        .collect()
+}
+
+/// The body of `killing_the_caller_kills_the_sandbox`, run in a child
+/// process; does nothing when run directly.
+#[test]
+#[ignore]
+fn child_runs_a_long_sandbox() {
+    let Ok(secs) = std::env::var("RBUILD_TEST_SLEEP") else {
+        return;
+    };
+    let mut r = Rootfs::new();
+    let _ = r.sh(&format!("sleep {secs} & exec sleep {secs}"));
+}
+
+#[test]
+fn killing_the_caller_kills_the_sandbox() {
+    let before = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let secs = format!("3{}", std::process::id());
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_runs_a_long_sandbox",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("RBUILD_TEST_SLEEP", &secs)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while pids_running(&["sleep", &secs]).len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "sandbox never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed = Instant::now();
+    while !pids_running(&["sleep", &secs]).is_empty() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "sandbox processes survived their caller"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fs::read_to_string("/proc/self/mountinfo").unwrap(), before);
+}
+
 #[test]
 fn overlay_probe_succeeds() {
     assert!(overlay_available_with(&opts()));
