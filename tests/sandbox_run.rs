@@ -396,6 +396,56 @@ fn escape_attempts_do_not_touch_the_host() {
 }
 
 #[test]
+fn device_nodes_made_by_the_command_cannot_be_opened() {
+    // Without a device cgroup, nodev mounts are what keep a root command with
+    // CAP_MKNOD away from host devices.
+    // A real disk (not loop/zram/ram, whose reads may fail anyway).
+    let block = fs::read_dir("/sys/block")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            !["loop", "zram", "ram"].iter().any(|p| name.starts_with(p))
+        })
+        .filter_map(|e| fs::read_to_string(e.path().join("dev")).ok())
+        .next()
+        .map(|d| d.trim().replace(':', " "))
+        .unwrap_or_else(|| "7 0".into());
+    let cache = tempfile::tempdir().unwrap();
+    let mut r = Rootfs::new();
+    let script = format!(
+        "for d in / /dev/ /dev/shm/ /tmp/ /cache/; do mkdir -p $d; \
+           mknod ${{d}}blk b {block} && head -c1 ${{d}}blk >/dev/null && echo opened-$d; \
+           mknod ${{d}}nul c 1 3 && echo x > ${{d}}nul && echo opened-nul-$d; \
+         done; echo x > /dev/null && echo null-ok"
+    );
+    let mut s = spec(r.overlay(), &["/bin/sh", "-c", &script]);
+    s.mounts = vec![
+        MountSpec::Bind {
+            source: cache.path().to_path_buf(),
+            target: "/cache".into(),
+            readonly: false,
+        },
+        MountSpec::Tmpfs {
+            target: "/tmp".into(),
+            size: None,
+        },
+    ];
+    let out = r.run(s);
+    assert_eq!(out.stdout, "null-ok\n", "{}", out.stderr);
+}
+
+#[test]
+fn signals_start_with_default_dispositions() {
+    let mut r = Rootfs::new();
+    // The setup process is a Rust program that ignores SIGPIPE; an ignored
+    // signal would survive exec and `kill -PIPE` would do nothing.
+    let out = r.sh("kill -PIPE $$; echo alive");
+    assert_eq!(out.outcome.exit_code, 141, "{}", out.stdout);
+    assert_eq!(out.stdout, "");
+}
+
+#[test]
 fn overlay_changes_go_to_upper_only() {
     let mut r = Rootfs::new();
     let lower_ls = r.lowers[0].join("bin/ls");

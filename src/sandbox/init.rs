@@ -76,12 +76,12 @@ fn setup_and_wait(req: &Request, report: &File) -> Result<i32> {
     nix::unistd::chdir(spec.cwd.as_str())
         .with_context(|| format!("entering the working dir {}", spec.cwd))?;
     let signals = forwarded_signals();
-    let old_mask = signals
+    signals
         .thread_swap_mask(SigmaskHow::SIG_BLOCK)
         .context("blocking signals in init")?;
     match sys::fork().context("forking the command")? {
         ForkResult::Child => {
-            let Err(err) = exec_command(spec, &old_mask);
+            let Err(err) = exec_command(spec);
             send(
                 report,
                 &Report::Error {
@@ -126,10 +126,11 @@ fn reap(command: Pid) -> Result<Option<i32>> {
     }
 }
 
-fn exec_command(spec: &RunSpec, old_mask: &SigSet) -> Result<Infallible> {
-    old_mask
+fn exec_command(spec: &RunSpec) -> Result<Infallible> {
+    sys::reset_signal_dispositions();
+    SigSet::empty()
         .thread_set_mask()
-        .context("restoring the signal mask")?;
+        .context("clearing the signal mask")?;
     let null = File::open("/dev/null").context("opening /dev/null")?;
     nix::unistd::dup2_stdin(&null).context("redirecting stdin")?;
     drop(null);
