@@ -65,7 +65,7 @@ fn bench_trivial_run_steps() {
     fs::copy("/bin/busybox", base.join("bin/busybox")).unwrap();
     fs::set_permissions(base.join("bin/busybox"), fs::Permissions::from_mode(0o755)).unwrap();
     let install = spec(
-        overlay(tmp.path(), &[base.clone()], 0),
+        overlay(tmp.path(), std::slice::from_ref(&base), 0),
         &["/bin/busybox", "--install", "-s", "/bin"],
         network,
     );
