@@ -156,6 +156,36 @@ fn shell_form_output_and_exit_code() {
 }
 
 #[test]
+fn output_is_streamed_live() {
+    let mut r = Rootfs::new();
+    let s = spec(
+        r.overlay(),
+        &["/bin/sh", "-c", "echo first; sleep 1; echo second >&2"],
+    );
+    let start = Instant::now();
+    let mut chunks = Vec::new();
+    let outcome = run_with(&opts(), &s, &mut |stream, chunk| {
+        chunks.push((stream, chunk.to_vec(), start.elapsed()));
+    })
+    .unwrap();
+    let total = start.elapsed();
+    assert_eq!(outcome.exit_code, 0);
+    assert_eq!(chunks.len(), 2, "{chunks:?}");
+    assert_eq!(
+        (chunks[0].0, chunks[0].1.as_slice()),
+        (Stream::Stdout, &b"first\n"[..])
+    );
+    assert_eq!(
+        (chunks[1].0, chunks[1].1.as_slice()),
+        (Stream::Stderr, &b"second\n"[..])
+    );
+    assert!(
+        total - chunks[0].2 >= Duration::from_millis(800),
+        "first chunk came late"
+    );
+}
+
+#[test]
 fn exec_form_uses_path_and_env() {
     let mut r = Rootfs::new();
     let mut s = spec(r.overlay(), &["env"]);
@@ -207,7 +237,7 @@ fn user_switching_and_capabilities() {
     let add = r.commit(&[
         "/bin/sh",
         "-c",
-        "mkdir -p /etc && echo 'app:x:1000:1000::/home/app:/bin/sh' >> /etc/passwd && echo 'app:x:1000:' >> /etc/group",
+        "mkdir -p /etc /tmp && chmod 1777 /tmp && echo 'app:x:1000:1000::/home/app:/bin/sh' >> /etc/passwd && echo 'app:x:1000:' >> /etc/group",
     ]);
     assert_eq!(add.outcome.exit_code, 0, "{}", add.stderr);
     // Root inside: docker's default capabilities, no_new_privs.
@@ -240,7 +270,7 @@ fn user_switching_and_capabilities() {
         &[
             "/bin/sh",
             "-c",
-            "id -un; id -u; id -g; id -G; grep CapEff /proc/self/status",
+            "id -un; id -u; id -g; id -G; grep CapEff /proc/self/status; touch /tmp/owned",
         ],
     );
     s.user = UserSpec {
@@ -262,6 +292,17 @@ fn user_switching_and_capabilities() {
         "{}",
         out.stderr
     );
+    // The upper dir holds host ids; rootless, the outcome's maps undo that.
+    let meta = fs::metadata(out.upper.join("tmp/owned")).unwrap();
+    match &out.outcome.id_maps {
+        None => assert_eq!((meta.uid(), meta.gid()), (1000, 1000)),
+        Some(maps) => {
+            assert_ne!(meta.uid(), 1000);
+            assert_eq!(maps.to_container_uid(meta.uid()), Some(1000));
+            assert_eq!(maps.to_container_gid(meta.gid()), Some(1000));
+        }
+    }
+    assert_eq!(out.outcome.id_maps.is_some(), !is_root());
 }
 
 #[test]
@@ -650,9 +691,11 @@ fn rerun_as_test_user(idmap: &str) {
             "--clear-groups",
             "--reset-env",
         ])
+        // setpriv --reset-env drops the caller's environment: pass it after.
+        .arg("env")
+        .arg(format!("RBUILD_TEST_IDMAP={idmap}"))
         .arg(&exe)
         .args(["--skip", "rootless_", "--test-threads=2"])
-        .env("RBUILD_TEST_IDMAP", idmap)
         .current_dir("/tmp")
         .output()
         .expect("setpriv (util-linux) must be installed");

@@ -161,7 +161,15 @@ fn switch_user(spec: &RunSpec) -> Result<()> {
         // A single-id user namespace denies setgroups; only fatal when the
         // caller asked for supplementary groups.
         Err(Errno::EPERM) if groups.is_empty() => {}
-        Err(e) => return Err(e).context("setgroups"),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "setting supplementary groups {:?} (is each gid mapped? \
+                     a single-id user namespace allows none)",
+                    u.additional_gids
+                )
+            })
+        }
     }
     let gid = Gid::from_raw(u.gid);
     setresgid(gid, gid, gid)
