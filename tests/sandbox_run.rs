@@ -316,6 +316,37 @@ fn network_none_has_only_loopback_up() {
 }
 
 #[test]
+fn namespaces_differ_from_the_host() {
+    let kinds = ["mnt", "pid", "ipc", "uts", "net", "user"];
+    let host: Vec<String> = kinds
+        .iter()
+        .map(|k| {
+            fs::read_link(format!("/proc/self/ns/{k}"))
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    let mut r = Rootfs::new();
+    let out =
+        r.sh("for k in mnt pid ipc uts net user; do readlink /proc/self/ns/$k; done; echo $$");
+    let inside: Vec<&str> = out.stdout.lines().collect();
+    for (i, kind) in kinds.iter().enumerate() {
+        // A user namespace is only used rootless.
+        let same = *kind == "user" && is_root();
+        assert_eq!(
+            inside[i] == host[i],
+            same,
+            "{kind}: {} vs {}",
+            inside[i],
+            host[i]
+        );
+    }
+    // The shell is the only child of init: PID 2 in a fresh pid namespace.
+    assert_eq!(inside[6], "2");
+}
+
+#[test]
 fn network_host_sees_host_interfaces() {
     let host = fs::read_to_string("/proc/net/dev").unwrap();
     let mut r = Rootfs::new();
