@@ -156,6 +156,36 @@ fn shell_form_output_and_exit_code() {
 }
 
 #[test]
+fn output_is_streamed_live() {
+    let mut r = Rootfs::new();
+    let s = spec(
+        r.overlay(),
+        &["/bin/sh", "-c", "echo first; sleep 1; echo second >&2"],
+    );
+    let start = Instant::now();
+    let mut chunks = Vec::new();
+    let outcome = run_with(&opts(), &s, &mut |stream, chunk| {
+        chunks.push((stream, chunk.to_vec(), start.elapsed()));
+    })
+    .unwrap();
+    let total = start.elapsed();
+    assert_eq!(outcome.exit_code, 0);
+    assert_eq!(chunks.len(), 2, "{chunks:?}");
+    assert_eq!(
+        (chunks[0].0, chunks[0].1.as_slice()),
+        (Stream::Stdout, &b"first\n"[..])
+    );
+    assert_eq!(
+        (chunks[1].0, chunks[1].1.as_slice()),
+        (Stream::Stderr, &b"second\n"[..])
+    );
+    assert!(
+        total - chunks[0].2 >= Duration::from_millis(800),
+        "first chunk came late"
+    );
+}
+
+#[test]
 fn exec_form_uses_path_and_env() {
     let mut r = Rootfs::new();
     let mut s = spec(r.overlay(), &["env"]);
@@ -207,7 +237,7 @@ fn user_switching_and_capabilities() {
     let add = r.commit(&[
         "/bin/sh",
         "-c",
-        "mkdir -p /etc && echo 'app:x:1000:1000::/home/app:/bin/sh' >> /etc/passwd && echo 'app:x:1000:' >> /etc/group",
+        "mkdir -p /etc /tmp && chmod 1777 /tmp && echo 'app:x:1000:1000::/home/app:/bin/sh' >> /etc/passwd && echo 'app:x:1000:' >> /etc/group",
     ]);
     assert_eq!(add.outcome.exit_code, 0, "{}", add.stderr);
     // Root inside: docker's default capabilities, no_new_privs.
@@ -240,7 +270,7 @@ fn user_switching_and_capabilities() {
         &[
             "/bin/sh",
             "-c",
-            "id -un; id -u; id -g; id -G; grep CapEff /proc/self/status",
+            "id -un; id -u; id -g; id -G; grep CapEff /proc/self/status; touch /tmp/owned",
         ],
     );
     s.user = UserSpec {
@@ -262,6 +292,17 @@ fn user_switching_and_capabilities() {
         "{}",
         out.stderr
     );
+    // The upper dir holds host ids; rootless, the outcome's maps undo that.
+    let meta = fs::metadata(out.upper.join("tmp/owned")).unwrap();
+    match &out.outcome.id_maps {
+        None => assert_eq!((meta.uid(), meta.gid()), (1000, 1000)),
+        Some(maps) => {
+            assert_ne!(meta.uid(), 1000);
+            assert_eq!(maps.to_container_uid(meta.uid()), Some(1000));
+            assert_eq!(maps.to_container_gid(meta.gid()), Some(1000));
+        }
+    }
+    assert_eq!(out.outcome.id_maps.is_some(), !is_root());
 }
 
 #[test]
@@ -272,6 +313,37 @@ fn network_none_has_only_loopback_up() {
     assert_eq!(links.lines().count(), 1, "{links}");
     assert!(links.contains("lo:") && links.contains("UP"), "{links}");
     assert_eq!(devs.trim(), "lo");
+}
+
+#[test]
+fn namespaces_differ_from_the_host() {
+    let kinds = ["mnt", "pid", "ipc", "uts", "net", "user"];
+    let host: Vec<String> = kinds
+        .iter()
+        .map(|k| {
+            fs::read_link(format!("/proc/self/ns/{k}"))
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    let mut r = Rootfs::new();
+    let out =
+        r.sh("for k in mnt pid ipc uts net user; do readlink /proc/self/ns/$k; done; echo $$");
+    let inside: Vec<&str> = out.stdout.lines().collect();
+    for (i, kind) in kinds.iter().enumerate() {
+        // A user namespace is only used rootless.
+        let same = *kind == "user" && is_root();
+        assert_eq!(
+            inside[i] == host[i],
+            same,
+            "{kind}: {} vs {}",
+            inside[i],
+            host[i]
+        );
+    }
+    // The shell is the only child of init: PID 2 in a fresh pid namespace.
+    assert_eq!(inside[6], "2");
 }
 
 #[test]
@@ -393,6 +465,56 @@ fn escape_attempts_do_not_touch_the_host() {
     // The writes that "succeeded" landed in the rootfs (upper dir) only.
     let inside = out.upper.join(p.trim_start_matches('/'));
     assert!(inside.exists(), "{}", inside.display());
+}
+
+#[test]
+fn device_nodes_made_by_the_command_cannot_be_opened() {
+    // Without a device cgroup, nodev mounts are what keep a root command with
+    // CAP_MKNOD away from host devices.
+    // A real disk (not loop/zram/ram, whose reads may fail anyway).
+    let block = fs::read_dir("/sys/block")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            !["loop", "zram", "ram"].iter().any(|p| name.starts_with(p))
+        })
+        .filter_map(|e| fs::read_to_string(e.path().join("dev")).ok())
+        .next()
+        .map(|d| d.trim().replace(':', " "))
+        .unwrap_or_else(|| "7 0".into());
+    let cache = tempfile::tempdir().unwrap();
+    let mut r = Rootfs::new();
+    let script = format!(
+        "for d in / /dev/ /dev/shm/ /tmp/ /cache/; do mkdir -p $d; \
+           mknod ${{d}}blk b {block} && head -c1 ${{d}}blk >/dev/null && echo opened-$d; \
+           mknod ${{d}}nul c 1 3 && echo x > ${{d}}nul && echo opened-nul-$d; \
+         done; echo x > /dev/null && echo null-ok"
+    );
+    let mut s = spec(r.overlay(), &["/bin/sh", "-c", &script]);
+    s.mounts = vec![
+        MountSpec::Bind {
+            source: cache.path().to_path_buf(),
+            target: "/cache".into(),
+            readonly: false,
+        },
+        MountSpec::Tmpfs {
+            target: "/tmp".into(),
+            size: None,
+        },
+    ];
+    let out = r.run(s);
+    assert_eq!(out.stdout, "null-ok\n", "{}", out.stderr);
+}
+
+#[test]
+fn signals_start_with_default_dispositions() {
+    let mut r = Rootfs::new();
+    // The setup process is a Rust program that ignores SIGPIPE; an ignored
+    // signal would survive exec and `kill -PIPE` would do nothing.
+    let out = r.sh("kill -PIPE $$; echo alive");
+    assert_eq!(out.outcome.exit_code, 141, "{}", out.stdout);
+    assert_eq!(out.stdout, "");
 }
 
 #[test]
@@ -518,6 +640,67 @@ fn dir_rootfs_fallback_reports_created_mount_points() {
     assert_eq!(stubs, vec!["/dev", "/proc", "/sys"]);
 }
 
+/// Host pids whose command line is exactly `argv`.
+fn pids_running(argv: &[&str]) -> Vec<u32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|pid: &u32| fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want))
+        .collect()
+}
+
+/// The body of `killing_the_caller_kills_the_sandbox`, run in a child
+/// process; does nothing when run directly.
+#[test]
+#[ignore]
+fn child_runs_a_long_sandbox() {
+    let Ok(secs) = std::env::var("RBUILD_TEST_SLEEP") else {
+        return;
+    };
+    let mut r = Rootfs::new();
+    let _ = r.sh(&format!("sleep {secs} & exec sleep {secs}"));
+}
+
+#[test]
+fn killing_the_caller_kills_the_sandbox() {
+    let before = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let secs = format!("3{}", std::process::id());
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_runs_a_long_sandbox",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("RBUILD_TEST_SLEEP", &secs)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while pids_running(&["sleep", &secs]).len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "sandbox never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed = Instant::now();
+    while !pids_running(&["sleep", &secs]).is_empty() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "sandbox processes survived their caller"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fs::read_to_string("/proc/self/mountinfo").unwrap(), before);
+}
+
 #[test]
 fn overlay_probe_succeeds() {
     assert!(overlay_available_with(&opts()));
@@ -539,9 +722,11 @@ fn rerun_as_test_user(idmap: &str) {
             "--clear-groups",
             "--reset-env",
         ])
+        // setpriv --reset-env drops the caller's environment: pass it after.
+        .arg("env")
+        .arg(format!("RBUILD_TEST_IDMAP={idmap}"))
         .arg(&exe)
         .args(["--skip", "rootless_", "--test-threads=2"])
-        .env("RBUILD_TEST_IDMAP", idmap)
         .current_dir("/tmp")
         .output()
         .expect("setpriv (util-linux) must be installed");

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 
-use super::IdMapMode;
+use super::{IdMapEntry, IdMapMode, IdMaps};
 
 /// A `/etc/subuid`-style range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,8 +47,8 @@ fn subrange(file: &str, name: Option<&str>, id: u32) -> Option<SubRange> {
 static SINGLE_ID_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// Writes the uid/gid maps of the process `pid`, which has just unshared its
-/// user namespace.
-pub fn write_maps(pid: u32, mode: IdMapMode) -> Result<()> {
+/// user namespace, and returns them.
+pub fn write_maps(pid: u32, mode: IdMapMode) -> Result<IdMaps> {
     let uid = nix::unistd::getuid().as_raw();
     let gid = nix::unistd::getgid().as_raw();
     if mode == IdMapMode::Auto {
@@ -59,7 +59,7 @@ pub fn write_maps(pid: u32, mode: IdMapMode) -> Result<()> {
         );
         if let (Some(u), Some(g)) = ranges {
             match write_range_maps(pid, uid, gid, u, g) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(range_maps(uid, gid, u, g)),
                 Err(err) => warn_single_id(&format!("{err:#}")),
             }
         } else {
@@ -69,7 +69,26 @@ pub fn write_maps(pid: u32, mode: IdMapMode) -> Result<()> {
             ));
         }
     }
-    write_single_maps(pid, uid, gid)
+    write_single_maps(pid, uid, gid)?;
+    Ok(IdMaps {
+        uid: vec![entry(0, uid.into(), 1)],
+        gid: vec![entry(0, gid.into(), 1)],
+    })
+}
+
+fn entry(container_id: u32, host_id: u64, size: u64) -> IdMapEntry {
+    IdMapEntry {
+        container_id,
+        host_id,
+        size,
+    }
+}
+
+fn range_maps(uid: u32, gid: u32, u: SubRange, g: SubRange) -> IdMaps {
+    IdMaps {
+        uid: vec![entry(0, uid.into(), 1), entry(1, u.start, u.count)],
+        gid: vec![entry(0, gid.into(), 1), entry(1, g.start, g.count)],
+    }
 }
 
 fn warn_single_id(reason: &str) {

@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::ffi::CString;
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
@@ -76,12 +76,12 @@ fn setup_and_wait(req: &Request, report: &File) -> Result<i32> {
     nix::unistd::chdir(spec.cwd.as_str())
         .with_context(|| format!("entering the working dir {}", spec.cwd))?;
     let signals = forwarded_signals();
-    let old_mask = signals
+    signals
         .thread_swap_mask(SigmaskHow::SIG_BLOCK)
         .context("blocking signals in init")?;
     match sys::fork().context("forking the command")? {
         ForkResult::Child => {
-            let Err(err) = exec_command(spec, &old_mask);
+            let Err(err) = exec_command(spec);
             send(
                 report,
                 &Report::Error {
@@ -126,10 +126,11 @@ fn reap(command: Pid) -> Result<Option<i32>> {
     }
 }
 
-fn exec_command(spec: &RunSpec, old_mask: &SigSet) -> Result<Infallible> {
-    old_mask
+fn exec_command(spec: &RunSpec) -> Result<Infallible> {
+    sys::reset_signal_dispositions();
+    SigSet::empty()
         .thread_set_mask()
-        .context("restoring the signal mask")?;
+        .context("clearing the signal mask")?;
     let null = File::open("/dev/null").context("opening /dev/null")?;
     nix::unistd::dup2_stdin(&null).context("redirecting stdin")?;
     drop(null);
@@ -160,7 +161,15 @@ fn switch_user(spec: &RunSpec) -> Result<()> {
         // A single-id user namespace denies setgroups; only fatal when the
         // caller asked for supplementary groups.
         Err(Errno::EPERM) if groups.is_empty() => {}
-        Err(e) => return Err(e).context("setgroups"),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "setting supplementary groups {:?} (is each gid mapped? \
+                     a single-id user namespace allows none)",
+                    u.additional_gids
+                )
+            })
+        }
     }
     let gid = Gid::from_raw(u.gid);
     setresgid(gid, gid, gid)
@@ -195,7 +204,7 @@ fn find_program(spec: &RunSpec) -> Result<CString> {
         .split(':')
         .filter(|d| !d.is_empty())
         .map(|d| Path::new(d).join(name))
-        .find(|p| is_executable(p));
+        .find(|p| is_executable(p.as_path()));
     match found {
         Some(p) => CString::new(p.into_os_string().into_encoded_bytes())
             .context("program path contains a NUL byte"),
@@ -203,6 +212,6 @@ fn find_program(spec: &RunSpec) -> Result<CString> {
     }
 }
 
-fn is_executable(p: &PathBuf) -> bool {
+fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }

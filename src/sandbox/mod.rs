@@ -167,6 +167,47 @@ pub struct RunOutcome {
     /// rootfs or the upper dir, and the layer code must leave them out of the
     /// changeset if they are still empty.
     pub mount_stubs: Vec<String>,
+    /// The id maps of the user namespace when rootless (`None` as root).
+    /// Files the command wrote to the upper dir are owned by *host* ids; the
+    /// layer code maps them back with [`IdMaps::to_container_uid`] and
+    /// [`IdMaps::to_container_gid`].
+    pub id_maps: Option<IdMaps>,
+}
+
+/// One line of `/proc/PID/uid_map`: `size` ids from `container_id` map to
+/// host ids from `host_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdMapEntry {
+    pub container_id: u32,
+    pub host_id: u64,
+    pub size: u64,
+}
+
+/// The uid and gid maps of a rootless sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdMaps {
+    pub uid: Vec<IdMapEntry>,
+    pub gid: Vec<IdMapEntry>,
+}
+
+impl IdMaps {
+    /// The id inside the sandbox of host uid `host`, if mapped.
+    pub fn to_container_uid(&self, host: u32) -> Option<u32> {
+        map_back(&self.uid, host)
+    }
+
+    /// The id inside the sandbox of host gid `host`, if mapped.
+    pub fn to_container_gid(&self, host: u32) -> Option<u32> {
+        map_back(&self.gid, host)
+    }
+}
+
+fn map_back(entries: &[IdMapEntry], host: u32) -> Option<u32> {
+    let host = u64::from(host);
+    entries.iter().find_map(|e| {
+        let offset = host.checked_sub(e.host_id)?;
+        (offset < e.size).then(|| u32::try_from(u64::from(e.container_id) + offset).ok())?
+    })
 }
 
 /// Entry point of the sandbox setup process. `main()` must call this when
@@ -174,4 +215,34 @@ pub struct RunOutcome {
 /// returns.
 pub fn init_main() -> ! {
     helper::main()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_maps_translate_host_ids_back() {
+        let maps = IdMaps {
+            uid: vec![
+                IdMapEntry {
+                    container_id: 0,
+                    host_id: 1000,
+                    size: 1,
+                },
+                IdMapEntry {
+                    container_id: 1,
+                    host_id: 100000,
+                    size: 65536,
+                },
+            ],
+            gid: vec![],
+        };
+        assert_eq!(maps.to_container_uid(1000), Some(0));
+        assert_eq!(maps.to_container_uid(100000), Some(1));
+        assert_eq!(maps.to_container_uid(100999), Some(1000));
+        assert_eq!(maps.to_container_uid(165536), None);
+        assert_eq!(maps.to_container_uid(5), None);
+        assert_eq!(maps.to_container_gid(1000), None);
+    }
 }

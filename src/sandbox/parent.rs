@@ -14,7 +14,7 @@ use nix::unistd::pipe2;
 
 use super::wire::{Report, Request, GO};
 use super::{idmap, paths, sys, RootfsSpec, RunOutcome, RunSpec, SandboxOptions, Stream, INIT_ARG};
-use super::{ExtraFiles, NetworkMode, UserSpec};
+use super::{ExtraFiles, IdMaps, NetworkMode, UserSpec};
 
 /// Runs `spec` with the default options (re-executing `/proc/self/exe`).
 pub fn run(spec: &RunSpec, on_output: &mut dyn FnMut(Stream, &[u8])) -> Result<RunOutcome> {
@@ -135,6 +135,7 @@ struct Helper {
     stderr: Option<File>,
     stubs: Vec<String>,
     exit: Option<i32>,
+    id_maps: Option<IdMaps>,
     errors: Vec<String>,
     init_died: Option<String>,
 }
@@ -172,6 +173,7 @@ impl Helper {
             stderr: Some(File::from(err_r)),
             stubs: vec![],
             exit: None,
+            id_maps: None,
             errors: vec![],
             init_died: None,
         })
@@ -184,7 +186,7 @@ impl Helper {
             _ => bail!("the sandbox setup process stopped before it was ready"),
         }
         if req.userns {
-            idmap::write_maps(self.child.id(), opts.id_map)?;
+            self.id_maps = Some(idmap::write_maps(self.child.id(), opts.id_map)?);
         }
         let mut stdin = self.stdin.take().context("sandbox stdin already closed")?;
         stdin
@@ -246,6 +248,7 @@ impl Helper {
         Ok(RunOutcome {
             exit_code,
             mount_stubs: self.stubs,
+            id_maps: self.id_maps,
         })
     }
 }

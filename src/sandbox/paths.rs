@@ -81,8 +81,18 @@ pub fn ensure(
             openat2(&parent, name, how)
                 .with_context(|| format!("creating mount point file /{prefix} in the rootfs"))?;
         } else {
-            mkdirat(&parent, name, Mode::from_bits_truncate(0o755))
-                .with_context(|| format!("creating mount point dir /{prefix} in the rootfs"))?;
+            match mkdirat(&parent, name, Mode::from_bits_truncate(0o755)) {
+                Ok(()) => {}
+                // ENOENT on open but EEXIST on mkdir: a dangling symlink.
+                Err(Errno::EEXIST) => bail!(
+                    "mount point {path}: /{prefix} is a symlink to a missing target in the rootfs"
+                ),
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("creating mount point dir /{prefix} in the rootfs")
+                    })
+                }
+            }
         }
         created.push(format!("/{prefix}"));
     }
@@ -136,16 +146,22 @@ mod tests {
     fn ensure_keeps_symlinks_inside_the_root() {
         let outside = tempfile::tempdir().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        // An absolute symlink to the outside dir must resolve inside the root.
+        // An absolute symlink to a host dir means that path *inside* the root:
+        // dangling there, so creating below it is refused, not done outside.
         std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        std::os::unix::fs::symlink("/real", dir.path().join("good")).unwrap();
+        std::os::unix::fs::symlink("../../../../..", dir.path().join("up")).unwrap();
         let root = root_fd(dir.path());
         let mut created = Vec::new();
-        ensure(&root, "/link/x", Kind::Dir, &mut created).unwrap();
+        let err = ensure(&root, "/link/x", Kind::Dir, &mut created).unwrap_err();
+        assert!(format!("{err:#}").contains("symlink"), "{err:#}");
         assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
-        let inner = dir
-            .path()
-            .join(outside.path().strip_prefix("/").unwrap())
-            .join("x");
-        assert!(inner.is_dir(), "{} should exist", inner.display());
+        ensure(&root, "/good/x", Kind::Dir, &mut created).unwrap();
+        assert!(dir.path().join("real/x").is_dir());
+        // `..` through a symlink is clamped at the root.
+        ensure(&root, "/up/escaped", Kind::Dir, &mut created).unwrap();
+        assert!(dir.path().join("escaped").is_dir());
+        assert_eq!(created, vec!["/good/x", "/up/escaped"]);
     }
 }

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sys::stat::{makedev, mknodat, Mode, SFlag};
+use nix::sys::stat::{Mode, SFlag};
 use nix::sys::statvfs::{statvfs, FsFlags};
 use nix::unistd::{fchdir, pivot_root, symlinkat};
 
@@ -68,9 +68,12 @@ pub fn prepare(req: &Request) -> Result<Vec<String>> {
         Mode::empty(),
     )
     .with_context(|| format!("opening new root {}", new_root.display()))?;
+    if matches!(spec.rootfs, RootfsSpec::Dir(_)) {
+        remount_adding(&root, "", MsFlags::MS_NODEV)?;
+    }
     let mut stubs = Vec::new();
     mount_proc(&root, &mut stubs)?;
-    mount_dev(&root, req.userns, &mut stubs)?;
+    mount_dev(&root, &mut stubs)?;
     mount_sys(&root, spec.network, &mut stubs)?;
     mount_extra_files(&root, state, spec, &mut stubs)?;
     for m in &spec.mounts {
@@ -288,7 +291,7 @@ fn mount_overlay(
         Some("overlay"),
         target,
         Some("overlay"),
-        MsFlags::empty(),
+        MsFlags::MS_NODEV,
         Some(data.as_str()),
     )
     .with_context(|| format!("mounting overlay on {} ({data})", target.display()))
@@ -362,13 +365,18 @@ fn mask(root: &OwnedFd, rel: &str) -> Result<()> {
     res.with_context(|| format!("masking /{rel}"))
 }
 
-/// Remounts the mount at `rel` read-only, keeping the flags the kernel
-/// locks in a user namespace (nosuid, nodev, noexec, atime).
+/// Remounts the bind mount at `rel` read-only.
 fn remount_readonly(root: &OwnedFd, rel: &str) -> Result<()> {
+    remount_adding(root, rel, MsFlags::MS_RDONLY)
+}
+
+/// Remounts the bind mount at `rel` adding `extra`, keeping the flags the
+/// kernel locks in a user namespace (nosuid, nodev, noexec, atime).
+fn remount_adding(root: &OwnedFd, rel: &str, extra: MsFlags) -> Result<()> {
     let fd = paths::open_in_root(root, rel).with_context(|| format!("reopening /{rel}"))?;
     let p = fd_path(&fd);
     let st = statvfs(p.as_str()).with_context(|| format!("statvfs /{rel}"))?;
-    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra;
     for (fs_flag, ms_flag) in [
         (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
         (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
@@ -381,22 +389,22 @@ fn remount_readonly(root: &OwnedFd, rel: &str) -> Result<()> {
             flags |= ms_flag;
         }
     }
+    if st.flags().contains(FsFlags::ST_RDONLY) {
+        flags |= MsFlags::MS_RDONLY;
+    }
     mount(NONE, p.as_str(), NONE, flags, NONE)
-        .with_context(|| format!("remounting /{rel} read-only"))
+        .with_context(|| format!("remounting /{rel} with {extra:?}"))
 }
 
-const DEVICES: &[(&str, u64, u64)] = &[
-    ("null", 1, 3),
-    ("zero", 1, 5),
-    ("full", 1, 7),
-    ("random", 1, 8),
-    ("urandom", 1, 9),
-    ("tty", 5, 0),
-];
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
-fn mount_dev(root: &OwnedFd, userns: bool, stubs: &mut Vec<String>) -> Result<()> {
+/// /dev is a nodev tmpfs holding binds of the host's device nodes (a bind
+/// keeps the host mount's permission to open devices). So no device node the
+/// command creates (it has CAP_MKNOD, like docker) can be opened anywhere:
+/// without a device cgroup that is what keeps real root off the host disks.
+fn mount_dev(root: &OwnedFd, stubs: &mut Vec<String>) -> Result<()> {
     let fd = ensure(root, "/dev", Kind::Dir, stubs)?;
-    let flags = MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME;
     mount(
         Some("tmpfs"),
         fd_path(&fd).as_str(),
@@ -406,8 +414,8 @@ fn mount_dev(root: &OwnedFd, userns: bool, stubs: &mut Vec<String>) -> Result<()
     )
     .context("mounting tmpfs on /dev")?;
     let dev = paths::open_in_root(root, "dev").context("reopening /dev")?;
-    for (name, major, minor) in DEVICES {
-        make_device(root, &dev, name, *major, *minor, userns)?;
+    for name in DEVICES {
+        bind_device(root, name)?;
     }
     let mut none = Vec::new();
     let pts = ensure(root, "/dev/pts", Kind::Dir, &mut none)?;
@@ -453,28 +461,7 @@ fn mount_dev(root: &OwnedFd, userns: bool, stubs: &mut Vec<String>) -> Result<()
     Ok(())
 }
 
-/// mknod as real root; in a user namespace (no mknod) bind the host's node.
-fn make_device(
-    root: &OwnedFd,
-    dev: &OwnedFd,
-    name: &str,
-    major: u64,
-    minor: u64,
-    userns: bool,
-) -> Result<()> {
-    let mode = Mode::from_bits_truncate(0o666);
-    if !userns {
-        match mknodat(dev, name, SFlag::S_IFCHR, mode, makedev(major, minor)) {
-            Ok(()) => {
-                // The umask may have cleared bits; devices must be 0666.
-                let fd = paths::open_in_root(root, &format!("dev/{name}"))?;
-                return fs::set_permissions(fd_path(&fd), fs::Permissions::from_mode(0o666))
-                    .with_context(|| format!("chmod /dev/{name}"));
-            }
-            Err(Errno::EPERM) => {}
-            Err(e) => return Err(e).with_context(|| format!("mknod /dev/{name}")),
-        }
-    }
+fn bind_device(root: &OwnedFd, name: &str) -> Result<()> {
     let mut none = Vec::new();
     let fd = ensure(root, &format!("/dev/{name}"), Kind::File, &mut none)?;
     let host = format!("/dev/{name}");
@@ -560,11 +547,12 @@ fn mount_user(root: &OwnedFd, m: &MountSpec, stubs: &mut Vec<String>) -> Result<
                 NONE,
             )
             .with_context(|| format!("bind-mounting {} on {target}", source.display()))?;
+            // nodev: a device node made in a cache dir must not open either.
+            let mut extra = MsFlags::MS_NODEV;
             if *readonly {
-                let rel = paths::components(target)?.join("/");
-                remount_readonly(root, &rel)?;
+                extra |= MsFlags::MS_RDONLY;
             }
-            Ok(())
+            remount_adding(root, &paths::components(target)?.join("/"), extra)
         }
         MountSpec::Tmpfs { target, size } => {
             let fd = ensure(root, target, Kind::Dir, stubs)?;
@@ -600,4 +588,73 @@ fn pivot(root: &OwnedFd) -> Result<()> {
     umount2(".", MntFlags::MNT_DETACH).context("detaching the old root")?;
     nix::unistd::chdir("/").context("chdir /")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layers() -> (tempfile::TempDir, Vec<PathBuf>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let (top, bottom) = (tmp.path().join("top"), tmp.path().join("bottom"));
+        fs::create_dir_all(bottom.join("etc")).unwrap();
+        fs::create_dir_all(bottom.join("gone/sub")).unwrap();
+        fs::set_permissions(bottom.join("etc"), fs::Permissions::from_mode(0o751)).unwrap();
+        fs::write(bottom.join("etc/hosts"), "x").unwrap();
+        fs::create_dir_all(&top).unwrap();
+        std::os::unix::fs::symlink("/elsewhere", top.join("link")).unwrap();
+        (tmp, vec![top, bottom])
+    }
+
+    #[test]
+    fn lookup_follows_overlay_rules() {
+        let (_tmp, lowers) = layers();
+        assert!(matches!(lookup(&lowers, &["etc"]), Found::Dir(_)));
+        assert!(matches!(lookup(&lowers, &["etc", "hosts"]), Found::Other));
+        assert!(matches!(lookup(&lowers, &["link", "x"]), Found::Other));
+        assert!(matches!(lookup(&lowers, &["nothing"]), Found::Absent));
+        assert!(matches!(lookup(&lowers, &["gone", "sub"]), Found::Dir(_)));
+        // A whiteout (0/0 char device, needs CAP_MKNOD) in the top layer
+        // hides the bottom layer's dir.
+        let wh = lowers[0].join("gone");
+        if nix::sys::stat::mknod(&wh, SFlag::S_IFCHR, Mode::empty(), 0).is_ok() {
+            assert!(matches!(lookup(&lowers, &["gone", "sub"]), Found::Absent));
+            assert!(matches!(lookup(&lowers, &["gone"]), Found::Absent));
+        }
+    }
+
+    #[test]
+    fn stub_lower_copies_image_dir_metadata_and_skips_existing() {
+        let (tmp, lowers) = layers();
+        let stub = tmp.path().join("stub");
+        fs::create_dir(&stub).unwrap();
+        stub_lower(&lowers, &stub, "/etc/resolv.conf", Kind::File).unwrap();
+        stub_lower(&lowers, &stub, "/etc/hosts", Kind::File).unwrap();
+        stub_lower(&lowers, &stub, "/proc", Kind::Dir).unwrap();
+        stub_lower(&lowers, &stub, "/link/x", Kind::Dir).unwrap();
+        let etc = fs::metadata(stub.join("etc")).unwrap();
+        assert_eq!(etc.mode() & 0o7777, 0o751);
+        assert_eq!(
+            etc.modified().unwrap(),
+            fs::metadata(lowers[1].join("etc"))
+                .unwrap()
+                .modified()
+                .unwrap()
+        );
+        assert!(stub.join("etc/resolv.conf").is_file());
+        assert!(!stub.join("etc/hosts").exists(), "exists in the image");
+        assert!(stub.join("proc").is_dir());
+        assert!(
+            !stub.join("link").exists(),
+            "symlinks are left to in-root creation"
+        );
+    }
+
+    #[test]
+    fn overlay_paths_with_separators_are_refused() {
+        assert!(overlay_path(Path::new("/a:b")).is_err());
+        assert!(overlay_path(Path::new("/a,b")).is_err());
+        assert!(overlay_path(Path::new("rel")).is_err());
+        assert_eq!(overlay_path(Path::new("/a/b")).unwrap(), "/a/b");
+    }
 }

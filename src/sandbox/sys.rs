@@ -178,3 +178,17 @@ pub fn take_report_fd() -> std::fs::File {
     unsafe { libc::fcntl(REPORT_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
     file
 }
+
+/// Resets every catchable signal to its default action. Ignored signals
+/// survive exec, and the Rust runtime of the setup process ignores SIGPIPE:
+/// the command must start with the defaults, as under docker.
+pub fn reset_signal_dispositions() {
+    for sig in 1..libc::SIGRTMIN() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL has no memory-safety requirements;
+        // invalid numbers just fail with EINVAL, which we ignore.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+}
