@@ -156,3 +156,99 @@ fn real_world_corpus_parses_and_types() {
 fn buildah_conformance_corpus_parses_and_types() {
     assert_corpus_parses("buildah-conformance", 91);
 }
+
+/// Every corpus Dockerfile: BuildKit's cases plus the shared corpora if present.
+fn all_corpus_files() -> Vec<(String, PathBuf)> {
+    let mut files: Vec<(String, PathBuf)> = case_dirs("buildkit-parser")
+        .into_iter()
+        .map(|d| {
+            let name = format!(
+                "buildkit-parser/{}",
+                d.file_name().unwrap().to_string_lossy()
+            );
+            (name, d.join("Dockerfile"))
+        })
+        .collect();
+    for sub in ["real-world", "buildah-conformance"] {
+        let Some(dir) = shared_corpus(sub) else {
+            continue;
+        };
+        let base = dir.parent().unwrap().to_path_buf();
+        for f in dockerfiles(&dir) {
+            let rel = f
+                .strip_prefix(&base)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            files.push((rel, f));
+        }
+    }
+    files
+}
+
+/// Writes `<path relative to shared/corpus>\t<keyword,keyword,…>` for the
+/// shared corpora, the oracle `bench/dockerfile-parser-crate` compares with.
+/// Output: `$RBUILD_KEYWORDS_OUT` (default `target/corpus-keywords.tsv`).
+#[test]
+#[ignore]
+fn write_keyword_sequences() {
+    let out = std::env::var_os("RBUILD_KEYWORDS_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/corpus-keywords.tsv")
+        });
+    let mut tsv = String::new();
+    for (rel, path) in all_corpus_files() {
+        if rel.starts_with("buildkit-parser/") {
+            continue;
+        }
+        let ast = parse_bytes(&std::fs::read(&path).unwrap())
+            .into_result()
+            .unwrap();
+        let kws: Vec<String> = ast.children.iter().map(|n| n.command()).collect();
+        tsv.push_str(&format!("{rel}\t{}\n", kws.join(",")));
+    }
+    assert!(!tsv.is_empty());
+    std::fs::write(&out, tsv).unwrap();
+    eprintln!("wrote {}", out.display());
+}
+
+/// Parse speed: parses (raw + typed) every corpus Dockerfile many times and
+/// prints the mean time per file. Run with `bench/parse/run.sh`.
+#[test]
+#[ignore]
+fn bench_parse() {
+    let iterations: u32 = std::env::var("BENCH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let mut rows = Vec::new();
+    for (rel, path) in all_corpus_files() {
+        let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+        let expect_ok = !rel.starts_with("buildkit-parser/");
+        let start = std::time::Instant::now();
+        for _ in 0..iterations {
+            let r = std::hint::black_box(parse_dockerfile(std::hint::black_box(&text)));
+            assert!(!expect_ok || r.is_ok(), "{rel}");
+        }
+        rows.push((start.elapsed() / iterations, text.len(), rel));
+    }
+    rows.sort_by_key(|r| std::cmp::Reverse(r.0));
+    println!("{:>10}  {:>7}  file", "µs/parse", "bytes");
+    for (t, len, rel) in rows.iter().take(10) {
+        println!("{:>10.1}  {len:>7}  {rel}", t.as_secs_f64() * 1e6);
+    }
+    let total: std::time::Duration = rows.iter().map(|r| r.0).sum();
+    let bytes: usize = rows.iter().map(|r| r.1).sum();
+    println!(
+        "{} files, {iterations} iterations each: mean {:.1} µs/file, max {:.1} µs, {:.0} MB/s",
+        rows.len(),
+        total.as_secs_f64() * 1e6 / rows.len() as f64,
+        rows[0].0.as_secs_f64() * 1e6,
+        bytes as f64 / total.as_secs_f64() / 1e6
+    );
+    assert!(
+        rows[0].0 < std::time::Duration::from_millis(1),
+        "slowest parse over 1 ms"
+    );
+}
