@@ -146,8 +146,19 @@ pub enum InstructionKind {
     Maintainer(String),
 }
 
-/// Parses and types a Dockerfile. Returns every error found.
-pub fn parse_dockerfile(src: &str) -> Result<Dockerfile, Vec<ParseError>> {
+/// Everything found in a Dockerfile, whether or not it had errors: what
+/// `rbuild check` reports. Instructions that failed to type are left out.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub directives: Directives,
+    pub instructions: Vec<Instruction>,
+    pub warnings: Vec<Warning>,
+    /// Every error, ordered by line and column.
+    pub errors: Vec<ParseError>,
+}
+
+/// Parses and types a Dockerfile, collecting every error and warning.
+pub fn parse_dockerfile_report(src: &str) -> Report {
     let out = parse(src);
     let mut errors = out.errors;
     let mut instructions = Vec::new();
@@ -157,14 +168,25 @@ pub fn parse_dockerfile(src: &str) -> Result<Dockerfile, Vec<ParseError>> {
             Err(e) => errors.push(e),
         }
     }
-    if !errors.is_empty() {
-        errors.sort_by_key(|e| (e.line, e.column));
-        return Err(errors);
-    }
-    Ok(Dockerfile {
+    errors.sort_by_key(|e| (e.line, e.column));
+    Report {
         directives: out.directives,
         instructions,
         warnings: out.warnings,
+        errors,
+    }
+}
+
+/// Parses and types a Dockerfile. Returns every error found.
+pub fn parse_dockerfile(src: &str) -> Result<Dockerfile, Vec<ParseError>> {
+    let r = parse_dockerfile_report(src);
+    if !r.errors.is_empty() {
+        return Err(r.errors);
+    }
+    Ok(Dockerfile {
+        directives: r.directives,
+        instructions: r.instructions,
+        warnings: r.warnings,
     })
 }
 
@@ -390,14 +412,17 @@ fn parse_key_values(node: &Node) -> Result<KeyValues, ParseError> {
     no_flags(node)?;
     at_least_one(node)?;
     let legacy = node.args.get(2).is_some_and(|s| s.is_empty());
-    let pairs = node
-        .args
-        .chunks(3)
-        .map(|c| KeyValue {
+    let mut pairs = Vec::new();
+    for c in node.args.chunks(3) {
+        if c[0].is_empty() {
+            let what = node.command().to_uppercase();
+            return Err(err(node, format!("{what} names can not be blank")));
+        }
+        pairs.push(KeyValue {
             key: c[0].clone(),
             value: c.get(1).cloned().unwrap_or_default(),
-        })
-        .collect();
+        });
+    }
     Ok(KeyValues { pairs, legacy })
 }
 
@@ -869,6 +894,25 @@ mod tests {
         assert!(fail("COPY --checksum=x a b")
             .message
             .contains("unknown flag: checksum"));
+    }
+
+    #[test]
+    fn blank_env_names_are_errors() {
+        assert!(fail("ENV =x")
+            .message
+            .contains("ENV names can not be blank"));
+        assert!(fail("LABEL =x")
+            .message
+            .contains("LABEL names can not be blank"));
+    }
+
+    #[test]
+    fn report_keeps_good_instructions_warnings_and_errors() {
+        let r = parse_dockerfile_report("FROM a\nRUN a \\\n\n b\nUSER\nCOPY --x a b\n");
+        assert_eq!(r.instructions.len(), 2);
+        assert_eq!(r.warnings.len(), 1);
+        let at: Vec<(usize, usize)> = r.errors.iter().map(|e| (e.line, e.column)).collect();
+        assert_eq!(at, vec![(5, 1), (6, 6)]);
     }
 
     #[test]
