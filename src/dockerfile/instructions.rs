@@ -7,6 +7,7 @@
 use super::ast::{Heredoc, Node, ParseError, Span, Warning};
 use super::directives::Directives;
 use super::flags::{parse_flags, FlagKind, Flags};
+use super::heredoc::parse_heredoc;
 use super::mount::parse_mount;
 use super::parser::parse;
 use std::time::Duration;
@@ -85,11 +86,24 @@ pub struct Run {
     pub security: Option<String>,
 }
 
+/// A COPY/ADD source written inline as a heredoc (`COPY <<EOF /dest`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceContent {
+    /// The heredoc name, used as the file name.
+    pub path: String,
+    /// The body, with leading TABs already removed for `<<-`.
+    pub data: String,
+    /// Expand variables in `data` (the marker was not quoted).
+    pub expand: bool,
+}
+
 /// COPY and ADD: which flags apply is decided by [`InstructionKind`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Copy {
-    /// Sources as written; heredoc sources appear as their marker (`<<EOF`).
+    /// Source paths as written (raw), without heredoc markers.
     pub sources: Vec<String>,
+    /// Heredoc sources, in the order their markers appear.
+    pub contents: Vec<SourceContent>,
     pub dest: String,
     pub json: bool,
     pub heredocs: Vec<Heredoc>,
@@ -609,8 +623,32 @@ fn parse_copy(node: &Node, is_add: bool) -> Result<Copy, ParseError> {
             format!("{name} requires at least two arguments, but only one was provided. Destination could not be determined."),
         ));
     }
+    if parse_heredoc(dest).ok().flatten().is_some() {
+        return Err(err(
+            node,
+            format!("{name} cannot use a heredoc as its destination"),
+        ));
+    }
+    let mut paths = Vec::new();
+    let mut contents = Vec::new();
+    for src in sources {
+        match parse_heredoc(src).ok().flatten() {
+            Some(h) if !node.json => {
+                let Some(doc) = node.heredocs.iter().find(|d| d.name == h.name) else {
+                    return Err(err(node, format!("{name}: no body for heredoc {src}")));
+                };
+                contents.push(SourceContent {
+                    path: h.name.clone(),
+                    data: doc.chomped(),
+                    expand: h.expand,
+                });
+            }
+            _ => paths.push(src.clone()),
+        }
+    }
     Ok(Copy {
-        sources: sources.to_vec(),
+        sources: paths,
+        contents,
         dest: dest.clone(),
         json: node.json,
         heredocs: node.heredocs.clone(),
@@ -913,6 +951,33 @@ mod tests {
         assert_eq!(r.warnings.len(), 1);
         let at: Vec<(usize, usize)> = r.errors.iter().map(|e| (e.line, e.column)).collect();
         assert_eq!(at, vec![(5, 1), (6, 6)]);
+    }
+
+    #[test]
+    fn copy_heredoc_sources_become_contents() {
+        let src = "COPY <<robots.txt <<-'humans.txt' file /test/\nUser-agent: *\nrobots.txt\n\tme\n\thumans.txt";
+        let InstructionKind::Copy(c) = one(src).kind else {
+            panic!()
+        };
+        assert_eq!(c.sources, vec!["file"]);
+        assert_eq!(c.dest, "/test/");
+        let got: Vec<(&str, &str, bool)> = c
+            .contents
+            .iter()
+            .map(|s| (s.path.as_str(), s.data.as_str(), s.expand))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("robots.txt", "User-agent: *\n", true),
+                ("humans.txt", "me\n", false)
+            ]
+        );
+        let InstructionKind::Copy(c) = one("COPY [\"<<EOF\", \"/d\"]").kind else {
+            panic!()
+        };
+        assert_eq!((c.sources.len(), c.contents.len()), (1, 0));
+        assert!(fail("COPY a <<EOF\nx\nEOF").message.contains("destination"));
     }
 
     #[test]
