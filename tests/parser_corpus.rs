@@ -252,3 +252,36 @@ fn bench_parse() {
         "slowest parse over 1 ms"
     );
 }
+
+/// Truncated files (every 61st byte, at char boundaries) and mangled ones
+/// (each escape character doubled, quotes and brackets dropped) must give
+/// errors or trees, never a panic.
+#[test]
+fn truncated_and_mangled_files_never_panic() {
+    let mut checked = 0;
+    for (_, path) in all_corpus_files() {
+        let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+        let mut variants: Vec<String> = (0..text.len())
+            .step_by(61)
+            .filter(|&i| text.is_char_boundary(i))
+            .map(|i| text[..i].to_string())
+            .collect();
+        variants.push(text.replace('\\', "\\\\"));
+        variants.push(text.replace(['"', '\''], ""));
+        variants.push(text.replace([']', '['], ""));
+        variants.push(text.replace("EOF", "E0F"));
+        for v in &variants {
+            let report = rbuild::dockerfile::parse_dockerfile_report(v);
+            // Either it typed something or it says why not.
+            assert!(
+                !report.instructions.is_empty()
+                    || !report.errors.is_empty()
+                    || v.trim().is_empty()
+                    || v.lines()
+                        .all(|l| l.trim_start().starts_with('#') || l.trim().is_empty())
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 500, "only {checked} variants");
+}

@@ -561,7 +561,7 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
         total += n * unit;
         rest = &rest[u_end..];
     }
-    Ok(Duration::from_secs_f64(total))
+    Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
 fn parse_onbuild(node: &Node) -> Result<Instruction, ParseError> {
@@ -999,5 +999,6 @@ mod tests {
         );
         assert!(parse_go_duration("5").is_err());
         assert!(parse_go_duration("5x").is_err());
+        assert!(parse_go_duration("99999999999999999999999h").is_err());
     }
 }
