@@ -2,7 +2,7 @@
 //! test files (dump compared byte for byte, negative cases, line spans) and
 //! the real-world and buildah conformance corpora (must parse and type-check).
 
-use rbuild::dockerfile::{parse, parse_bytes, parse_dockerfile};
+use rbuild::dockerfile::{parse, parse_bytes, parse_dockerfile, InstructionKind};
 use std::path::{Path, PathBuf};
 
 fn testdata(sub: &str) -> PathBuf {
@@ -130,12 +130,19 @@ fn assert_corpus_parses(sub: &str, expected_count: usize) {
             continue;
         }
         match parse_dockerfile(&text) {
-            Ok(df) => assert_eq!(
-                df.instructions.len(),
-                raw.ast.children.len(),
-                "{}",
-                f.display()
-            ),
+            Ok(df) => {
+                assert_eq!(
+                    df.instructions.len(),
+                    raw.ast.children.len(),
+                    "{}",
+                    f.display()
+                );
+                for i in &df.instructions {
+                    if let InstructionKind::Onbuild { trigger, .. } = &i.kind {
+                        assert!(trigger.is_ok(), "{}: {trigger:?}", f.display());
+                    }
+                }
+            }
             Err(errs) => failures.push(format!("{}: {:?}", f.display(), errs)),
         }
     }
