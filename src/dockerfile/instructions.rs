@@ -8,7 +8,7 @@ use super::ast::{Heredoc, Node, ParseError, Span, Warning};
 use super::directives::Directives;
 use super::flags::{parse_flags, FlagKind, Flags};
 use super::heredoc::parse_heredoc;
-use super::mount::parse_mount;
+use super::mount::{check_unexpanded, parse_mount};
 use super::parser::parse;
 use std::time::Duration;
 
@@ -384,6 +384,7 @@ fn parse_run(node: &Node) -> Result<Run, ParseError> {
     let mounts = flags.strings("mount");
     // Mounts without variables can be checked now, with a precise location.
     for (i, m) in mounts.iter().enumerate() {
+        check_unexpanded(m).map_err(|e| flag_err(node, "mount", i, e))?;
         if !m.contains('$') {
             parse_mount(m).map_err(|e| flag_err(node, "mount", i, e))?;
         }
