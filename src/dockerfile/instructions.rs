@@ -40,8 +40,8 @@ pub struct CommandLine {
     pub json: bool,
 }
 
-/// One `key=value` (or legacy `key value`) of ENV or LABEL; the value is raw
-/// (quotes and escapes not yet processed).
+/// One `key=value` (or legacy `key value`) of ENV or LABEL; the value is raw:
+/// quotes and escapes are removed when the planner expands it as one word.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyValue {
     pub key: String,
