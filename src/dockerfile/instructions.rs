@@ -7,7 +7,8 @@
 use super::ast::{Heredoc, Node, ParseError, Span, Warning};
 use super::directives::Directives;
 use super::flags::{parse_flags, FlagKind, Flags};
-use super::mount::parse_mount;
+use super::heredoc::parse_heredoc;
+use super::mount::{check_unexpanded, parse_mount};
 use super::parser::parse;
 use std::time::Duration;
 
@@ -39,8 +40,8 @@ pub struct CommandLine {
     pub json: bool,
 }
 
-/// One `key=value` (or legacy `key value`) of ENV or LABEL; the value is raw
-/// (quotes and escapes not yet processed).
+/// One `key=value` (or legacy `key value`) of ENV or LABEL; the value is raw:
+/// quotes and escapes are removed when the planner expands it as one word.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyValue {
     pub key: String,
@@ -64,6 +65,7 @@ pub struct ArgDecl {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct From {
+    // Stage names compare case-insensitively: use [`From::stage_name`].
     /// Image reference or stage name, raw (may hold `$VARS`).
     pub image: String,
     pub platform: Option<String>,
@@ -85,11 +87,24 @@ pub struct Run {
     pub security: Option<String>,
 }
 
+/// A COPY/ADD source written inline as a heredoc (`COPY <<EOF /dest`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceContent {
+    /// The heredoc name, used as the file name.
+    pub path: String,
+    /// The body, with leading TABs already removed for `<<-`.
+    pub data: String,
+    /// Expand variables in `data` (the marker was not quoted).
+    pub expand: bool,
+}
+
 /// COPY and ADD: which flags apply is decided by [`InstructionKind`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Copy {
-    /// Sources as written; heredoc sources appear as their marker (`<<EOF`).
+    /// Source paths as written (raw), without heredoc markers.
     pub sources: Vec<String>,
+    /// Heredoc sources, in the order their markers appear.
+    pub contents: Vec<SourceContent>,
     pub dest: String,
     pub json: bool,
     pub heredocs: Vec<Heredoc>,
@@ -140,14 +155,32 @@ pub enum InstructionKind {
     },
     StopSignal(String),
     Healthcheck(Healthcheck),
-    Onbuild(Box<Instruction>),
+    /// ONBUILD: `expression` is what BuildKit stores in the image config (the
+    /// text after `ONBUILD`, heredoc bodies appended); `trigger` is that text
+    /// typed now. BuildKit only checks a trigger when a child build runs it, so
+    /// a trigger that does not type is not an error of this Dockerfile.
+    Onbuild {
+        expression: String,
+        trigger: Result<Box<Instruction>, ParseError>,
+    },
     Copy(Copy),
     Add(Copy),
     Maintainer(String),
 }
 
-/// Parses and types a Dockerfile. Returns every error found.
-pub fn parse_dockerfile(src: &str) -> Result<Dockerfile, Vec<ParseError>> {
+/// Everything found in a Dockerfile, whether or not it had errors: what
+/// `rbuild check` reports. Instructions that failed to type are left out.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub directives: Directives,
+    pub instructions: Vec<Instruction>,
+    pub warnings: Vec<Warning>,
+    /// Every error, ordered by line and column.
+    pub errors: Vec<ParseError>,
+}
+
+/// Parses and types a Dockerfile, collecting every error and warning.
+pub fn parse_dockerfile_report(src: &str) -> Report {
     let out = parse(src);
     let mut errors = out.errors;
     let mut instructions = Vec::new();
@@ -157,14 +190,25 @@ pub fn parse_dockerfile(src: &str) -> Result<Dockerfile, Vec<ParseError>> {
             Err(e) => errors.push(e),
         }
     }
-    if !errors.is_empty() {
-        errors.sort_by_key(|e| (e.line, e.column));
-        return Err(errors);
-    }
-    Ok(Dockerfile {
+    errors.sort_by_key(|e| (e.line, e.column));
+    Report {
         directives: out.directives,
         instructions,
         warnings: out.warnings,
+        errors,
+    }
+}
+
+/// Parses and types a Dockerfile. Returns every error found.
+pub fn parse_dockerfile(src: &str) -> Result<Dockerfile, Vec<ParseError>> {
+    let r = parse_dockerfile_report(src);
+    if !r.errors.is_empty() {
+        return Err(r.errors);
+    }
+    Ok(Dockerfile {
+        directives: r.directives,
+        instructions: r.instructions,
+        warnings: r.warnings,
     })
 }
 
@@ -244,10 +288,8 @@ pub fn instruction_from_node(node: &Node) -> Result<Instruction, ParseError> {
             no_flags(node)?;
             InstructionKind::Workdir(exactly_one(node)?)
         }
-        "stopsignal" => {
-            no_flags(node)?;
-            InstructionKind::StopSignal(exactly_one(node)?)
-        }
+        // BuildKit does not check flags on STOPSIGNAL.
+        "stopsignal" => InstructionKind::StopSignal(exactly_one(node)?),
         "maintainer" => {
             no_flags(node)?;
             InstructionKind::Maintainer(exactly_one(node)?)
@@ -255,16 +297,17 @@ pub fn instruction_from_node(node: &Node) -> Result<Instruction, ParseError> {
         "volume" => {
             no_flags(node)?;
             at_least_one(node)?;
-            if node.args.iter().any(|p| p.trim().is_empty()) {
+            let paths: Vec<String> = node.args.iter().map(|p| p.trim().to_string()).collect();
+            if paths.iter().any(String::is_empty) {
                 return Err(err(node, "VOLUME specified can not be an empty string"));
             }
             InstructionKind::Volume {
-                paths: node.args.clone(),
+                paths,
                 json: node.json,
             }
         }
         "healthcheck" => InstructionKind::Healthcheck(parse_healthcheck(node)?),
-        "onbuild" => InstructionKind::Onbuild(Box::new(parse_onbuild(node)?)),
+        "onbuild" => parse_onbuild(node)?,
         "copy" => InstructionKind::Copy(parse_copy(node, false)?),
         "add" => InstructionKind::Add(parse_copy(node, true)?),
         _ => return Err(err(node, format!("unknown instruction: {}", node.keyword))),
@@ -284,6 +327,13 @@ fn command_line(node: &Node) -> CommandLine {
     }
 }
 
+impl From {
+    /// The stage name as BuildKit uses it (lower-cased).
+    pub fn stage_name(&self) -> Option<String> {
+        self.name.as_ref().map(|n| n.to_ascii_lowercase())
+    }
+}
+
 fn parse_from(node: &Node) -> Result<From, ParseError> {
     let flags = parse_flags(node, &[("platform", FlagKind::String)])?;
     let (image, name, as_keyword) = match node.args.as_slice() {
@@ -295,7 +345,7 @@ fn parse_from(node: &Node) -> Result<From, ParseError> {
         _ => return Err(err(node, "FROM requires either one or three arguments")),
     };
     if let Some(n) = &name {
-        if !n.contains('$') && !valid_stage_name(n) {
+        if !valid_stage_name(n) {
             return Err(err(
                 node,
                 format!("invalid name for build stage: \"{n}\", name can't start with a number or contain symbols"),
@@ -334,6 +384,7 @@ fn parse_run(node: &Node) -> Result<Run, ParseError> {
     let mounts = flags.strings("mount");
     // Mounts without variables can be checked now, with a precise location.
     for (i, m) in mounts.iter().enumerate() {
+        check_unexpanded(m).map_err(|e| flag_err(node, "mount", i, e))?;
         if !m.contains('$') {
             parse_mount(m).map_err(|e| flag_err(node, "mount", i, e))?;
         }
@@ -390,14 +441,17 @@ fn parse_key_values(node: &Node) -> Result<KeyValues, ParseError> {
     no_flags(node)?;
     at_least_one(node)?;
     let legacy = node.args.get(2).is_some_and(|s| s.is_empty());
-    let pairs = node
-        .args
-        .chunks(3)
-        .map(|c| KeyValue {
+    let mut pairs = Vec::new();
+    for c in node.args.chunks(3) {
+        if c[0].is_empty() {
+            let what = node.command().to_uppercase();
+            return Err(err(node, format!("{what} names can not be blank")));
+        }
+        pairs.push(KeyValue {
             key: c[0].clone(),
             value: c.get(1).cloned().unwrap_or_default(),
-        })
-        .collect();
+        });
+    }
     Ok(KeyValues { pairs, legacy })
 }
 
@@ -412,7 +466,7 @@ fn parse_arg(node: &Node) -> Result<Vec<ArgDecl>, ParseError> {
                 None => (a.clone(), None),
             };
             if name.is_empty() {
-                return Err(err(node, format!("ARG names can not be blank: {a}")));
+                return Err(err(node, "ARG names can not be blank"));
             }
             Ok(ArgDecl { name, default })
         })
@@ -420,6 +474,17 @@ fn parse_arg(node: &Node) -> Result<Vec<ArgDecl>, ParseError> {
 }
 
 fn parse_healthcheck(node: &Node) -> Result<Healthcheck, ParseError> {
+    // BuildKit checks flags only for CMD (and unknown types), not for NONE.
+    if node
+        .args
+        .first()
+        .is_some_and(|t| t.eq_ignore_ascii_case("none"))
+    {
+        if node.args.len() > 1 {
+            return Err(err(node, "HEALTHCHECK NONE takes no arguments"));
+        }
+        return Ok(Healthcheck::None);
+    }
     let d = FlagKind::String;
     let flags = parse_flags(
         node,
@@ -485,7 +550,10 @@ fn parse_healthcheck(node: &Node) -> Result<Healthcheck, ParseError> {
         }
         _ => Err(err(
             node,
-            format!("Unknown type \"{typ}\" in HEALTHCHECK (try CMD)"),
+            format!(
+                "Unknown type \"{}\" in HEALTHCHECK (try CMD)",
+                typ.to_uppercase()
+            ),
         )),
     }
 }
@@ -522,38 +590,50 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
         total += n * unit;
         rest = &rest[u_end..];
     }
-    Ok(Duration::from_secs_f64(total))
+    Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
-fn parse_onbuild(node: &Node) -> Result<Instruction, ParseError> {
+fn parse_onbuild(node: &Node) -> Result<InstructionKind, ParseError> {
     no_flags(node)?;
     let Some(sub) = node.sub.as_deref() else {
         return Err(err(node, "ONBUILD requires at least one argument"));
     };
-    match sub.command().as_str() {
-        "onbuild" => {
-            return Err(err(
-                node,
-                "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed",
-            ))
+    let trigger_kw = sub.keyword.to_uppercase();
+    match trigger_kw.as_str() {
+        "ONBUILD" => {
+            let msg = "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed";
+            return Err(err(node, msg));
         }
-        "from" | "maintainer" => {
-            return Err(err(
-                node,
-                format!(
-                    "{} isn't allowed as an ONBUILD trigger",
-                    sub.keyword.to_uppercase()
-                ),
-            ))
+        "FROM" | "MAINTAINER" => {
+            let msg = format!("{trigger_kw} isn't allowed as an ONBUILD trigger");
+            return Err(err(node, msg));
         }
         _ => {}
+    }
+    let mut expression = strip_onbuild_keyword(&node.original).to_string();
+    for doc in &node.heredocs {
+        expression.push('\n');
+        expression.push_str(&doc.content);
+        expression.push_str(&doc.name);
     }
     // The wrapped node shares the line; heredocs were read for the ONBUILD node.
     let mut sub = sub.clone();
     sub.span = node.span;
     sub.first_line_len = node.first_line_len;
     sub.heredocs = node.heredocs.clone();
-    instruction_from_node(&sub)
+    Ok(InstructionKind::Onbuild {
+        expression,
+        trigger: instruction_from_node(&sub).map(Box::new),
+    })
+}
+
+/// The text after the `ONBUILD` keyword and the blanks that follow it.
+fn strip_onbuild_keyword(original: &str) -> &str {
+    let t = original.trim_start();
+    match t.get(..7) {
+        Some(kw) if kw.eq_ignore_ascii_case("onbuild") => t[7..].trim_start(),
+        _ => t,
+    }
 }
 
 fn parse_copy(node: &Node, is_add: bool) -> Result<Copy, ParseError> {
@@ -575,17 +655,39 @@ fn parse_copy(node: &Node, is_add: bool) -> Result<Copy, ParseError> {
     }
     let flags = parse_flags(node, &allowed)?;
     let name = node.command().to_uppercase();
-    let Some((dest, sources)) = node.args.split_last() else {
-        return Err(err(node, format!("{name} requires at least two arguments")));
+    let (dest, sources) = match node.args.split_last() {
+        Some((dest, sources)) if !sources.is_empty() => (dest, sources),
+        _ => {
+            let msg = format!("{name} requires at least two arguments, but only one was provided. Destination could not be determined");
+            return Err(err(node, msg));
+        }
     };
-    if sources.is_empty() {
+    if parse_heredoc(dest).ok().flatten().is_some() {
         return Err(err(
             node,
-            format!("{name} requires at least two arguments, but only one was provided. Destination could not be determined."),
+            format!("{name} cannot accept a heredoc as a destination"),
         ));
     }
+    let mut paths = Vec::new();
+    let mut contents = Vec::new();
+    for src in sources {
+        match parse_heredoc(src).ok().flatten() {
+            Some(h) if !node.json => {
+                let Some(doc) = node.heredocs.iter().find(|d| d.name == h.name) else {
+                    return Err(err(node, format!("{name}: no body for heredoc {src}")));
+                };
+                contents.push(SourceContent {
+                    path: h.name.clone(),
+                    data: doc.chomped(),
+                    expand: h.expand,
+                });
+            }
+            _ => paths.push(src.clone()),
+        }
+    }
     Ok(Copy {
-        sources: sources.to_vec(),
+        sources: paths,
+        contents,
         dest: dest.clone(),
         json: node.json,
         heredocs: node.heredocs.clone(),
@@ -630,6 +732,8 @@ mod tests {
         assert_eq!(f.image, "golang:1");
         assert!(parse_dockerfile("FROM a b c\n").is_err());
         assert!(parse_dockerfile("FROM a AS 1x\n").is_err());
+        assert!(parse_dockerfile("FROM a AS $N\n").is_err());
+        assert_eq!(f.stage_name().as_deref(), Some("build"));
         assert!(parse_dockerfile("FROM\n").is_err());
     }
 
@@ -673,11 +777,11 @@ mod tests {
     #[test]
     fn unknown_flag_has_line_and_column() {
         let e = fail("COPY --foo=bar a b");
-        assert_eq!(e.message, "unknown flag: foo");
+        assert_eq!(e.message, "unknown flag: --foo");
         assert_eq!((e.line, e.column), (2, 6));
         let e = fail("ENV --x=1 a=b");
-        assert_eq!(e.message, "unknown flag: x");
-        assert_eq!(e.to_string(), "line 2:5: unknown flag: x");
+        assert_eq!(e.message, "unknown flag: --x");
+        assert_eq!(e.to_string(), "line 2:5: unknown flag: --x");
     }
 
     #[test]
@@ -814,28 +918,43 @@ mod tests {
             .message
             .contains("retries"));
         assert!(fail("HEALTHCHECK NONE x").message.contains("no arguments"));
+        assert_eq!(
+            one("HEALTHCHECK --interval=5s NONE").kind,
+            InstructionKind::Healthcheck(Healthcheck::None)
+        );
+    }
+
+    fn trigger(src: &str) -> (String, Result<Box<Instruction>, ParseError>) {
+        match one(src).kind {
+            InstructionKind::Onbuild {
+                expression,
+                trigger,
+            } => (expression, trigger),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
     fn onbuild_wraps_allowed_instructions() {
-        let InstructionKind::Onbuild(i) = one("ONBUILD RUN echo").kind else {
+        let (expr, t) = trigger("onbuild  RUN echo");
+        assert_eq!(expr, "RUN echo");
+        assert!(matches!(t.unwrap().kind, InstructionKind::Run(_)));
+        let (expr, t) = trigger("ONBUILD COPY <<E /x\nbody\nE");
+        assert_eq!(expr, "COPY <<E /x\nbody\nE");
+        let InstructionKind::Copy(c) = t.unwrap().kind else {
             panic!()
         };
-        assert!(matches!(i.kind, InstructionKind::Run(_)));
-        let InstructionKind::Onbuild(i) = one("ONBUILD COPY <<E /x\nbody\nE").kind else {
-            panic!()
-        };
-        let InstructionKind::Copy(c) = i.kind else {
-            panic!()
-        };
-        assert_eq!(c.heredocs[0].content, "body\n");
+        assert_eq!(c.contents[0].data, "body\n");
         assert!(fail("ONBUILD ONBUILD RUN x").message.contains("Chaining"));
         assert!(fail("ONBUILD FROM x").message.contains("isn't allowed"));
         assert!(fail("ONBUILD MAINTAINER x")
             .message
             .contains("isn't allowed"));
-        let e = fail("ONBUILD COPY --bad a b");
-        assert_eq!((e.message.as_str(), e.column), ("unknown flag: bad", 14));
+        assert!(fail("ONBUILD").message.contains("at least one argument"));
+        // A bad trigger is only an error when a child build runs it.
+        let (_, t) = trigger("ONBUILD COPY --bad a b");
+        let e = t.unwrap_err();
+        assert_eq!((e.message.as_str(), e.column), ("unknown flag: --bad", 14));
     }
 
     #[test]
@@ -865,10 +984,56 @@ mod tests {
         assert!(fail("COPY a").message.contains("at least two"));
         assert!(fail("ADD --from=x a b")
             .message
-            .contains("unknown flag: from"));
+            .contains("unknown flag: --from"));
         assert!(fail("COPY --checksum=x a b")
             .message
-            .contains("unknown flag: checksum"));
+            .contains("unknown flag: --checksum"));
+    }
+
+    #[test]
+    fn blank_env_names_are_errors() {
+        assert!(fail("ENV =x")
+            .message
+            .contains("ENV names can not be blank"));
+        assert!(fail("LABEL =x")
+            .message
+            .contains("LABEL names can not be blank"));
+    }
+
+    #[test]
+    fn report_keeps_good_instructions_warnings_and_errors() {
+        let r = parse_dockerfile_report("FROM a\nRUN a \\\n\n b\nUSER\nCOPY --x a b\n");
+        assert_eq!(r.instructions.len(), 2);
+        assert_eq!(r.warnings.len(), 1);
+        let at: Vec<(usize, usize)> = r.errors.iter().map(|e| (e.line, e.column)).collect();
+        assert_eq!(at, vec![(5, 1), (6, 6)]);
+    }
+
+    #[test]
+    fn copy_heredoc_sources_become_contents() {
+        let src = "COPY <<robots.txt <<-'humans.txt' file /test/\nUser-agent: *\nrobots.txt\n\tme\n\thumans.txt";
+        let InstructionKind::Copy(c) = one(src).kind else {
+            panic!()
+        };
+        assert_eq!(c.sources, vec!["file"]);
+        assert_eq!(c.dest, "/test/");
+        let got: Vec<(&str, &str, bool)> = c
+            .contents
+            .iter()
+            .map(|s| (s.path.as_str(), s.data.as_str(), s.expand))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("robots.txt", "User-agent: *\n", true),
+                ("humans.txt", "me\n", false)
+            ]
+        );
+        let InstructionKind::Copy(c) = one("COPY [\"<<EOF\", \"/d\"]").kind else {
+            panic!()
+        };
+        assert_eq!((c.sources.len(), c.contents.len()), (1, 0));
+        assert!(fail("COPY a <<EOF\nx\nEOF").message.contains("destination"));
     }
 
     #[test]
@@ -890,5 +1055,6 @@ mod tests {
         );
         assert!(parse_go_duration("5").is_err());
         assert!(parse_go_duration("5x").is_err());
+        assert!(parse_go_duration("99999999999999999999999h").is_err());
     }
 }
