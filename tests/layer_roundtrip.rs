@@ -251,6 +251,10 @@ fn parallel_gzip_and_zstd_validate_with_real_tools() {
     w.finish().unwrap();
     run(Command::new("gzip").arg("-t").arg(&gz_path));
     run(Command::new("pigz").arg("-t").arg(&gz_path));
+    run(Command::new("busybox")
+        .arg("gunzip")
+        .arg("-t")
+        .arg(&gz_path));
     let out = Command::new("gzip")
         .arg("-dc")
         .arg(&gz_path)

@@ -84,6 +84,7 @@ fn whiteouts_and_opaque_dirs_hide_lower_content() {
         LayerEntry::whiteout("etc/gone"),
         file("etc/new", "n"),
         LayerEntry::whiteout("old"),
+        LayerEntry::whiteout("missing/x"),
         dir("opq"),
         LayerEntry::opaque("opq"),
         file("opq/c", "c"),
@@ -92,7 +93,7 @@ fn whiteouts_and_opaque_dirs_hide_lower_content() {
     ]);
     unpack_layer(&lower[..], root, &UnpackOptions::default()).unwrap();
     let stats = unpack_layer(&upper[..], root, &UnpackOptions::default()).unwrap();
-    assert_eq!(stats.whiteouts, 3);
+    assert_eq!(stats.whiteouts, 4);
     assert_eq!(
         listing(root),
         [

@@ -102,25 +102,29 @@ pub fn write_layer(
             e.mtime = e.mtime.min(limit);
         }
     }
-    let sink = HashWriter::new(BufWriter::with_capacity(256 * 1024, out));
-    let (sink, diff_id, uncompressed_size, media_type) = match opts.compression {
+    let buffered = BufWriter::with_capacity(256 * 1024, out);
+    let (diff_id, uncompressed_size, media_type, compressed) = match opts.compression {
         Compression::None => {
-            let mut tar = HashWriter::new(sink);
+            // The blob is the tar: one hash serves as diff_id and digest.
+            let mut tar = HashWriter::new(buffered);
             write_entries(&entries, &mut tar)?;
-            let (sink, diff_id, n) = tar.finish();
-            (sink, diff_id, n, MEDIA_TYPE_TAR)
+            let (mut buffered, diff_id, n) = tar.finish();
+            buffered.flush().context("flushing the layer blob")?;
+            (diff_id, n, MEDIA_TYPE_TAR, None)
         }
         Compression::Gzip { level } => {
+            let sink = HashWriter::new(buffered);
             let gz = ParallelGzipWriter::new(sink, level, opts.threads)
                 .context("starting gzip threads")?;
             let mut tar = HashWriter::new(gz);
             write_entries(&entries, &mut tar)?;
             let (gz, diff_id, n) = tar.finish();
             let sink = gz.finish().context("finishing the gzip stream")?;
-            (sink, diff_id, n, MEDIA_TYPE_TAR_GZIP)
+            (diff_id, n, MEDIA_TYPE_TAR_GZIP, Some(sink))
         }
         Compression::Zstd { level } => {
-            let mut z = zstd::stream::write::Encoder::new(sink, level).context("starting zstd")?;
+            let mut z = zstd::stream::write::Encoder::new(HashWriter::new(buffered), level)
+                .context("starting zstd")?;
             z.multithread(zstd_threads(opts.threads))
                 .context("enabling zstd threads")?;
             z.include_checksum(true)
@@ -129,11 +133,17 @@ pub fn write_layer(
             write_entries(&entries, &mut tar)?;
             let (z, diff_id, n) = tar.finish();
             let sink = z.finish().context("finishing the zstd stream")?;
-            (sink, diff_id, n, MEDIA_TYPE_TAR_ZSTD)
+            (diff_id, n, MEDIA_TYPE_TAR_ZSTD, Some(sink))
         }
     };
-    let (mut buffered, digest, size) = sink.finish();
-    buffered.flush().context("flushing the layer blob")?;
+    let (digest, size) = match compressed {
+        None => (diff_id.clone(), uncompressed_size),
+        Some(sink) => {
+            let (mut buffered, digest, size) = sink.finish();
+            buffered.flush().context("flushing the layer blob")?;
+            (digest, size)
+        }
+    };
     Ok(LayerInfo {
         diff_id,
         digest,

@@ -248,18 +248,10 @@ impl Unpacker<'_> {
             // The root itself ("./"): the destination already exists.
             return Ok(());
         };
+        if name.starts_with(WHITEOUT_PREFIX) {
+            return self.apply_whiteout(&comps, &name);
+        }
         let (parent, dir) = self.parent_of(&comps)?;
-        if name == OPAQUE_MARKER {
-            self.stats.whiteouts += 1;
-            return self.clear_lower(dir.as_fd(), &parent.join("/"));
-        }
-        if let Some(victim) = name.strip_prefix(WHITEOUT_PREFIX) {
-            if victim.is_empty() || victim == "." || victim == ".." {
-                bail!("invalid whiteout name {name:?}");
-            }
-            self.stats.whiteouts += 1;
-            return self.whiteout(dir.as_fd(), &parent, victim);
-        }
         let mut rel = parent.clone();
         rel.push(name.clone());
         let meta = read_meta(entry)?;
@@ -293,6 +285,32 @@ impl Unpacker<'_> {
         self.mark_touched(&rel);
         self.stats.entries += 1;
         Ok(())
+    }
+
+    /// A whiteout or opaque marker. A missing parent means there is no lower
+    /// content to hide, so nothing is created for it.
+    fn apply_whiteout(&mut self, comps: &[String], name: &str) -> Result<()> {
+        let victim = if name == OPAQUE_MARKER {
+            None
+        } else {
+            name.strip_prefix(WHITEOUT_PREFIX)
+        };
+        if matches!(victim, Some("" | "." | "..")) {
+            bail!("invalid whiteout name {name:?}");
+        }
+        self.stats.whiteouts += 1;
+        let parent = resolve_components(self.dest, &comps[..comps.len() - 1].join("/"), true)?;
+        let dir = match sys::open_dir_beneath(self.root.as_fd(), &parent.join("/")) {
+            Ok(fd) => fd,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+                return Ok(())
+            }
+            Err(e) => return Err(e).context("opening the whiteout's directory"),
+        };
+        match victim {
+            None => self.clear_lower(dir.as_fd(), &parent.join("/")),
+            Some(victim) => self.whiteout(dir.as_fd(), &parent, victim),
+        }
     }
 
     /// Removes whatever is at `name` unless both it and the entry are dirs
