@@ -34,6 +34,9 @@ fn build_tree(root: &Path) -> String {
     fs::create_dir(root.join("sticky")).unwrap();
     fs::set_permissions(root.join("sticky"), fs::Permissions::from_mode(0o1777)).unwrap();
     fs::write(root.join("caps"), "bin").unwrap();
+    fs::create_dir(root.join("ro")).unwrap();
+    fs::write(root.join("ro/inner"), "r").unwrap();
+    fs::set_permissions(root.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
     set_xattr(&root.join("a.txt"), "user.x", b"value\0with nul");
     // vfs_cap_data v2 with the effective bit: cap_net_raw=ep.
     let mut cap = Vec::new();
