@@ -123,15 +123,17 @@ fn opaque_marker_applies_before_the_layers_own_entries_whatever_the_order() {
         ("d/", b'5', "", b""),
         ("d/new", b'0', "", b"n"),
         ("d/.wh..wh..opq", b'0', "", b""),
+        // Only regular files are markers: this directory is content.
+        ("d/.wh.new/", b'5', "", b""),
     ]);
     unpack_layer(&tar[..], root, &UnpackOptions::default()).unwrap();
-    assert_eq!(listing(root), ["d", "d/new"]);
+    assert_eq!(listing(root), ["d", "d/.wh.new", "d/new"]);
     let bare = raw_tar(&[("d/.wh.", b'0', "", b"")]);
     assert!(
         unpack_layer(&bare[..], root, &UnpackOptions::default()).is_err(),
         "a bare .wh. is invalid"
     );
-    assert_eq!(listing(root), ["d", "d/new"]);
+    assert_eq!(listing(root), ["d", "d/.wh.new", "d/new"]);
 }
 
 /// Sets up `t/dest` and an empty `t/sentinel` beside it.

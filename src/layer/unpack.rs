@@ -250,7 +250,11 @@ impl Unpacker<'_> {
             // The root itself ("./"): the destination already exists.
             return Ok(());
         };
-        if name.starts_with(WHITEOUT_PREFIX) {
+        // Only regular files are markers (as in umoci): a directory named
+        // `.wh.x` is content, not an instruction to delete `x`.
+        if name.starts_with(WHITEOUT_PREFIX)
+            && matches!(etype, EntryType::Regular | EntryType::Continuous)
+        {
             return self.apply_whiteout(&comps, &name);
         }
         let (parent, dir) = self.parent_of(&comps)?;
