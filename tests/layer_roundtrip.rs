@@ -315,3 +315,61 @@ fn parallel_gzip_and_zstd_validate_with_real_tools() {
         );
     }
 }
+
+/// Stores `bytes` as a blob of an OCI layout and returns its descriptor fields.
+fn put_blob(layout: &Path, bytes: &[u8]) -> (String, usize) {
+    use sha2::{Digest, Sha256};
+    let hex = hex::encode(Sha256::digest(bytes));
+    fs::write(layout.join("blobs/sha256").join(&hex), bytes).unwrap();
+    (format!("sha256:{hex}"), bytes.len())
+}
+
+#[test]
+fn umoci_unpacks_our_gzip_layer_identically() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, layout) = (t.path().join("src"), t.path().join("layout"));
+    build_tree(&src);
+    fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let (blob, info) = write_to_vec(
+        entries_from_dir(&src, &DirOptions::default()).unwrap(),
+        Compression::Gzip { level: 6 },
+    );
+    let (layer_digest, layer_size) = put_blob(&layout, &blob);
+    assert_eq!(
+        (layer_digest.clone(), layer_size as u64),
+        (info.digest.clone(), info.size)
+    );
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [info.diff_id]},
+    });
+    let (config_digest, config_size) = put_blob(&layout, config.to_string().as_bytes());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+        "layers": [{"mediaType": info.media_type, "digest": layer_digest, "size": layer_size}],
+    });
+    let (manifest_digest, manifest_size) = put_blob(&layout, manifest.to_string().as_bytes());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest, "size": manifest_size,
+            "annotations": {"org.opencontainers.image.ref.name": "t"},
+        }],
+    });
+    fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    let bundle = t.path().join("bundle");
+    run(Command::new("umoci")
+        .arg("unpack")
+        .arg("--image")
+        .arg(format!("{}:t", layout.display()))
+        .arg(&bundle));
+    assert_same_tree(&src, &bundle.join("rootfs"));
+}
