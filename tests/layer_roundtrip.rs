@@ -373,3 +373,48 @@ fn umoci_unpacks_our_gzip_layer_identically() {
         .arg(&bundle));
     assert_same_tree(&src, &bundle.join("rootfs"));
 }
+
+#[test]
+fn gnu_tar_archives_unpack_identically() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let long_file = build_tree(&src);
+    // POSIX (PAX) with xattrs, gzip; GNU format (long-name 'L' entries, no
+    // xattrs, whole-second mtimes), xz.
+    for (format, flags) in [("posix", "--xattrs --xattrs-include=* -z"), ("gnu", "-J")] {
+        let archive = t.path().join(format!("{format}.tar"));
+        run(Command::new("tar")
+            .args(flags.split(' '))
+            .args(["--numeric-owner", "-c", "-f"])
+            .arg(&archive)
+            .arg(format!("--format={format}"))
+            .arg("-C")
+            .arg(&src)
+            .arg("."));
+        let dst = t.path().join(format!("dst-{format}"));
+        fs::create_dir(&dst).unwrap();
+        let f = fs::File::open(&archive).unwrap();
+        let stats = unpack_layer(
+            f,
+            &dst,
+            &UnpackOptions {
+                strict: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(stats.entries > 10);
+        if format == "posix" {
+            assert_same_tree(&src, &dst);
+        } else {
+            let a: Vec<String> = snapshot(&src, false).into_keys().collect();
+            let b: Vec<String> = snapshot(&dst, false).into_keys().collect();
+            assert_eq!(a, b);
+            assert_eq!(fs::read_to_string(dst.join(&long_file)).unwrap(), "deep");
+            assert_eq!(
+                fs::read_link(dst.join("long-target")).unwrap(),
+                Path::new(&"t".repeat(180))
+            );
+        }
+    }
+}
