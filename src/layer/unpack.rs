@@ -257,6 +257,25 @@ impl Unpacker<'_> {
         {
             return self.apply_whiteout(&comps, &name);
         }
+        let supported = matches!(
+            etype,
+            EntryType::Regular
+                | EntryType::Continuous
+                | EntryType::GNUSparse
+                | EntryType::Directory
+                | EntryType::Symlink
+                | EntryType::Link
+                | EntryType::Char
+                | EntryType::Block
+                | EntryType::Fifo
+        );
+        if !supported {
+            let path = comps.join("/");
+            self.stats.notes.push(format!(
+                "skipped {path:?}: unsupported tar entry type {etype:?}"
+            ));
+            return Ok(());
+        }
         let (parent, dir) = self.parent_of(&comps)?;
         let mut rel = parent.clone();
         rel.push(name.clone());
@@ -280,13 +299,8 @@ impl Unpacker<'_> {
                     return Ok(());
                 }
             }
-            other => {
-                self.stats.notes.push(format!(
-                    "skipped {:?}: unsupported tar entry type {other:?}",
-                    rel.join("/")
-                ));
-                return Ok(());
-            }
+            // Filtered out above.
+            _ => return Ok(()),
         }
         self.mark_touched(&rel);
         self.stats.entries += 1;
