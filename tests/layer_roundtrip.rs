@@ -34,6 +34,9 @@ fn build_tree(root: &Path) -> String {
     fs::create_dir(root.join("sticky")).unwrap();
     fs::set_permissions(root.join("sticky"), fs::Permissions::from_mode(0o1777)).unwrap();
     fs::write(root.join("caps"), "bin").unwrap();
+    fs::create_dir(root.join("ro")).unwrap();
+    fs::write(root.join("ro/inner"), "r").unwrap();
+    fs::set_permissions(root.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
     set_xattr(&root.join("a.txt"), "user.x", b"value\0with nul");
     // vfs_cap_data v2 with the effective bit: cap_net_raw=ep.
     let mut cap = Vec::new();
@@ -251,6 +254,10 @@ fn parallel_gzip_and_zstd_validate_with_real_tools() {
     w.finish().unwrap();
     run(Command::new("gzip").arg("-t").arg(&gz_path));
     run(Command::new("pigz").arg("-t").arg(&gz_path));
+    run(Command::new("busybox")
+        .arg("gunzip")
+        .arg("-t")
+        .arg(&gz_path));
     let out = Command::new("gzip")
         .arg("-dc")
         .arg(&gz_path)
@@ -306,5 +313,108 @@ fn parallel_gzip_and_zstd_validate_with_real_tools() {
             format!("sha256:{}", plain.split_whitespace().next().unwrap()),
             info.diff_id
         );
+    }
+}
+
+/// Stores `bytes` as a blob of an OCI layout and returns its descriptor fields.
+fn put_blob(layout: &Path, bytes: &[u8]) -> (String, usize) {
+    use sha2::{Digest, Sha256};
+    let hex = hex::encode(Sha256::digest(bytes));
+    fs::write(layout.join("blobs/sha256").join(&hex), bytes).unwrap();
+    (format!("sha256:{hex}"), bytes.len())
+}
+
+#[test]
+fn umoci_unpacks_our_gzip_layer_identically() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, layout) = (t.path().join("src"), t.path().join("layout"));
+    build_tree(&src);
+    fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let (blob, info) = write_to_vec(
+        entries_from_dir(&src, &DirOptions::default()).unwrap(),
+        Compression::Gzip { level: 6 },
+    );
+    let (layer_digest, layer_size) = put_blob(&layout, &blob);
+    assert_eq!(
+        (layer_digest.clone(), layer_size as u64),
+        (info.digest.clone(), info.size)
+    );
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [info.diff_id]},
+    });
+    let (config_digest, config_size) = put_blob(&layout, config.to_string().as_bytes());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+        "layers": [{"mediaType": info.media_type, "digest": layer_digest, "size": layer_size}],
+    });
+    let (manifest_digest, manifest_size) = put_blob(&layout, manifest.to_string().as_bytes());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest, "size": manifest_size,
+            "annotations": {"org.opencontainers.image.ref.name": "t"},
+        }],
+    });
+    fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    let bundle = t.path().join("bundle");
+    run(Command::new("umoci")
+        .arg("unpack")
+        .arg("--image")
+        .arg(format!("{}:t", layout.display()))
+        .arg(&bundle));
+    assert_same_tree(&src, &bundle.join("rootfs"));
+}
+
+#[test]
+fn gnu_tar_archives_unpack_identically() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let long_file = build_tree(&src);
+    // POSIX (PAX) with xattrs, gzip; GNU format (long-name 'L' entries, no
+    // xattrs, whole-second mtimes), xz.
+    for (format, flags) in [("posix", "--xattrs --xattrs-include=* -z"), ("gnu", "-J")] {
+        let archive = t.path().join(format!("{format}.tar"));
+        run(Command::new("tar")
+            .args(flags.split(' '))
+            .args(["--numeric-owner", "-c", "-f"])
+            .arg(&archive)
+            .arg(format!("--format={format}"))
+            .arg("-C")
+            .arg(&src)
+            .arg("."));
+        let dst = t.path().join(format!("dst-{format}"));
+        fs::create_dir(&dst).unwrap();
+        let f = fs::File::open(&archive).unwrap();
+        let stats = unpack_layer(
+            f,
+            &dst,
+            &UnpackOptions {
+                strict: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(stats.entries > 10);
+        if format == "posix" {
+            assert_same_tree(&src, &dst);
+        } else {
+            let a: Vec<String> = snapshot(&src, false).into_keys().collect();
+            let b: Vec<String> = snapshot(&dst, false).into_keys().collect();
+            assert_eq!(a, b);
+            assert_eq!(fs::read_to_string(dst.join(&long_file)).unwrap(), "deep");
+            assert_eq!(
+                fs::read_link(dst.join("long-target")).unwrap(),
+                Path::new(&"t".repeat(180))
+            );
+        }
     }
 }

@@ -84,6 +84,7 @@ fn whiteouts_and_opaque_dirs_hide_lower_content() {
         LayerEntry::whiteout("etc/gone"),
         file("etc/new", "n"),
         LayerEntry::whiteout("old"),
+        LayerEntry::whiteout("missing/x"),
         dir("opq"),
         LayerEntry::opaque("opq"),
         file("opq/c", "c"),
@@ -92,7 +93,7 @@ fn whiteouts_and_opaque_dirs_hide_lower_content() {
     ]);
     unpack_layer(&lower[..], root, &UnpackOptions::default()).unwrap();
     let stats = unpack_layer(&upper[..], root, &UnpackOptions::default()).unwrap();
-    assert_eq!(stats.whiteouts, 3);
+    assert_eq!(stats.whiteouts, 4);
     assert_eq!(
         listing(root),
         [
@@ -122,15 +123,17 @@ fn opaque_marker_applies_before_the_layers_own_entries_whatever_the_order() {
         ("d/", b'5', "", b""),
         ("d/new", b'0', "", b"n"),
         ("d/.wh..wh..opq", b'0', "", b""),
+        // Only regular files are markers: this directory is content.
+        ("d/.wh.new/", b'5', "", b""),
     ]);
     unpack_layer(&tar[..], root, &UnpackOptions::default()).unwrap();
-    assert_eq!(listing(root), ["d", "d/new"]);
+    assert_eq!(listing(root), ["d", "d/.wh.new", "d/new"]);
     let bare = raw_tar(&[("d/.wh.", b'0', "", b"")]);
     assert!(
         unpack_layer(&bare[..], root, &UnpackOptions::default()).is_err(),
         "a bare .wh. is invalid"
     );
-    assert_eq!(listing(root), ["d", "d/new"]);
+    assert_eq!(listing(root), ["d", "d/.wh.new", "d/new"]);
 }
 
 /// Sets up `t/dest` and an empty `t/sentinel` beside it.
@@ -202,6 +205,10 @@ fn symlink_escapes_are_resolved_inside_the_root() {
         // A final-component symlink is replaced, never written through.
         ("direct", b'2', &format!("{s}/d"), b""),
         ("direct", b'0', "", b"d"),
+        // A directory replaced by a symlink: its deferred mode and mtime
+        // must not land on the symlink's target.
+        ("swap/", b'5', "", b""),
+        ("swap", b'2', &s, b""),
     ]);
     unpack_layer(&tar[..], &dest, &UnpackOptions::default()).unwrap();
     let inside = dest.join(&srel);
@@ -209,6 +216,10 @@ fn symlink_escapes_are_resolved_inside_the_root() {
         assert_eq!(fs::read_to_string(inside.join(name)).unwrap(), name);
     }
     assert!(fs::symlink_metadata(dest.join("direct")).unwrap().is_file());
+    assert_ne!(
+        std::os::unix::fs::MetadataExt::mtime(&fs::metadata(&sentinel).unwrap()),
+        1_000
+    );
     assert_outside_untouched(t.path(), &sentinel);
 }
 
@@ -270,4 +281,106 @@ fn open_archive_detects_every_codec() {
             .unwrap();
         assert_eq!(back, data);
     }
+}
+
+/// The layer a non-root unpack is tried with: a device, foreign owners, a
+/// file capability and a read-only directory with content.
+fn privileged_layer() -> Vec<u8> {
+    let mut cap = Vec::new();
+    for word in [0x0200_0001u32, 1 << 13, 0, 0, 0] {
+        cap.extend_from_slice(&word.to_le_bytes());
+    }
+    layer(vec![
+        LayerEntry {
+            mode: 0o555,
+            ..dir("ro")
+        },
+        file("ro/f", "f"),
+        dir("dev"),
+        LayerEntry {
+            kind: EntryKind::CharDevice { major: 1, minor: 3 },
+            mode: 0o666,
+            ..file("dev/null", "")
+        },
+        LayerEntry {
+            uid: 1234,
+            gid: 1234,
+            ..file("owned", "o")
+        },
+        LayerEntry {
+            xattrs: vec![("security.capability".into(), cap)],
+            ..file("caps", "c")
+        },
+        LayerEntry {
+            xattrs: vec![("user.x".into(), b"1".to_vec())],
+            ..file("userx", "u")
+        },
+    ])
+}
+
+#[test]
+#[ignore = "run by unprivileged_unpack_keeps_going_and_strict_fails as uid 65534"]
+fn unprivileged_child() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let base = std::path::PathBuf::from(std::env::var("RBUILD_CHILD_DIR").unwrap());
+    assert_ne!(unsafe { libc::geteuid() }, 0, "must run unprivileged");
+    let blob = privileged_layer();
+    let dest = base.join("lenient");
+    fs::create_dir(&dest).unwrap();
+    let stats = unpack_layer(&blob[..], &dest, &UnpackOptions::default()).unwrap();
+    let notes = stats.notes.join("\n");
+    assert!(
+        notes.contains("dev/null") || notes.contains("\"null\""),
+        "{notes}"
+    );
+    assert!(notes.contains("security.capability"), "{notes}");
+    assert!(!dest.join("dev/null").exists());
+    assert_eq!(fs::read_to_string(dest.join("ro/f")).unwrap(), "f");
+    assert_eq!(
+        fs::metadata(dest.join("ro")).unwrap().permissions().mode() & 0o7777,
+        0o555
+    );
+    assert_eq!(fs::metadata(dest.join("owned")).unwrap().uid(), 65534);
+    assert_eq!(
+        layer_common::xattrs(&dest.join("userx")),
+        [("user.x".to_string(), b"1".to_vec())]
+    );
+    let strict = base.join("strict");
+    fs::create_dir(&strict).unwrap();
+    let opts = UnpackOptions {
+        strict: true,
+        ..Default::default()
+    };
+    assert!(unpack_layer(&blob[..], &strict, &opts).is_err());
+}
+
+#[test]
+fn unprivileged_unpack_keeps_going_and_strict_fails() {
+    use std::os::unix::process::CommandExt;
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to switch to uid 65534");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(t.path(), Some(65534), Some(65534)).unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "unprivileged_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("RBUILD_CHILD_DIR", t.path())
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "{text}");
 }

@@ -102,25 +102,29 @@ pub fn write_layer(
             e.mtime = e.mtime.min(limit);
         }
     }
-    let sink = HashWriter::new(BufWriter::with_capacity(256 * 1024, out));
-    let (sink, diff_id, uncompressed_size, media_type) = match opts.compression {
+    let buffered = BufWriter::with_capacity(256 * 1024, out);
+    let (diff_id, uncompressed_size, media_type, compressed) = match opts.compression {
         Compression::None => {
-            let mut tar = HashWriter::new(sink);
+            // The blob is the tar: one hash serves as diff_id and digest.
+            let mut tar = HashWriter::new(buffered);
             write_entries(&entries, &mut tar)?;
-            let (sink, diff_id, n) = tar.finish();
-            (sink, diff_id, n, MEDIA_TYPE_TAR)
+            let (mut buffered, diff_id, n) = tar.finish();
+            buffered.flush().context("flushing the layer blob")?;
+            (diff_id, n, MEDIA_TYPE_TAR, None)
         }
         Compression::Gzip { level } => {
+            let sink = HashWriter::new(buffered);
             let gz = ParallelGzipWriter::new(sink, level, opts.threads)
                 .context("starting gzip threads")?;
             let mut tar = HashWriter::new(gz);
             write_entries(&entries, &mut tar)?;
             let (gz, diff_id, n) = tar.finish();
             let sink = gz.finish().context("finishing the gzip stream")?;
-            (sink, diff_id, n, MEDIA_TYPE_TAR_GZIP)
+            (diff_id, n, MEDIA_TYPE_TAR_GZIP, Some(sink))
         }
         Compression::Zstd { level } => {
-            let mut z = zstd::stream::write::Encoder::new(sink, level).context("starting zstd")?;
+            let mut z = zstd::stream::write::Encoder::new(HashWriter::new(buffered), level)
+                .context("starting zstd")?;
             z.multithread(zstd_threads(opts.threads))
                 .context("enabling zstd threads")?;
             z.include_checksum(true)
@@ -129,11 +133,17 @@ pub fn write_layer(
             write_entries(&entries, &mut tar)?;
             let (z, diff_id, n) = tar.finish();
             let sink = z.finish().context("finishing the zstd stream")?;
-            (sink, diff_id, n, MEDIA_TYPE_TAR_ZSTD)
+            (diff_id, n, MEDIA_TYPE_TAR_ZSTD, Some(sink))
         }
     };
-    let (mut buffered, digest, size) = sink.finish();
-    buffered.flush().context("flushing the layer blob")?;
+    let (digest, size) = match compressed {
+        None => (diff_id.clone(), uncompressed_size),
+        Some(sink) => {
+            let (mut buffered, digest, size) = sink.finish();
+            buffered.flush().context("flushing the layer blob")?;
+            (digest, size)
+        }
+    };
     Ok(LayerInfo {
         diff_id,
         digest,
@@ -152,4 +162,103 @@ fn zstd_threads(threads: usize) -> u32 {
         threads
     };
     n as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_layer_has_dockers_well_known_diff_id() {
+        for compression in [
+            Compression::None,
+            Compression::Gzip { level: 6 },
+            Compression::Zstd { level: 3 },
+        ] {
+            let mut out = Vec::new();
+            let opts = WriteOptions {
+                compression,
+                ..Default::default()
+            };
+            let info = write_layer(Vec::new(), &mut out, &opts).unwrap();
+            assert_eq!(
+                info.diff_id,
+                "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
+            );
+            assert_eq!(info.uncompressed_size, 1024);
+            assert_eq!(info.size, out.len() as u64);
+        }
+    }
+
+    /// Pins the exact tar bytes: any change to header encoding, ordering or
+    /// PAX records changes every diff_id we produce, so it must be deliberate.
+    #[test]
+    fn tar_format_snapshot() {
+        use crate::layer::{EntryKind, FileSource, LayerEntry, Timespec};
+        let base = LayerEntry {
+            path: String::new(),
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: Timespec::new(1_700_000_000, 0),
+            xattrs: vec![],
+        };
+        let entries = vec![
+            LayerEntry {
+                path: "etc".into(),
+                ..base.clone()
+            },
+            LayerEntry {
+                path: "etc/app.conf".into(),
+                kind: EntryKind::File(FileSource::Bytes(b"k=v\n".to_vec())),
+                mode: 0o4755,
+                uid: 1000,
+                gid: 1000,
+                mtime: Timespec::new(1_700_000_000, 250_000_000),
+                xattrs: vec![("security.capability".into(), vec![1, 0, 0, 2])],
+            },
+            LayerEntry {
+                path: "etc/link".into(),
+                kind: EntryKind::Symlink {
+                    target: "app.conf".into(),
+                },
+                ..base.clone()
+            },
+            LayerEntry {
+                path: format!("opt/{}", "n".repeat(120)),
+                kind: EntryKind::Fifo,
+                mode: 0o600,
+                ..base.clone()
+            },
+            LayerEntry::whiteout("var/old"),
+        ];
+        let mut out = Vec::new();
+        let opts = WriteOptions {
+            compression: Compression::None,
+            ..Default::default()
+        };
+        let info = write_layer(entries, &mut out, &opts).unwrap();
+        assert_eq!(&out[257..265], b"ustar\x0000");
+        assert_eq!(&out[..4], b"etc/");
+        let names: Vec<String> = tar::Archive::new(&out[..])
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "etc/",
+                "etc/app.conf",
+                "etc/link",
+                &format!("opt/{}", "n".repeat(120)),
+                "var/.wh.old"
+            ]
+        );
+        assert_eq!(
+            info.diff_id,
+            "sha256:4bb6b99b1bcb3e6cc38d91d25532a5e4741648ab9dc6b6af1f6fe7f18995cc52"
+        );
+    }
 }

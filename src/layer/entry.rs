@@ -239,13 +239,23 @@ fn order_hardlinks(entries: &mut [LayerEntry]) -> Result<()> {
     for (root, members) in groups {
         let first = members.iter().copied().chain([root]).min().unwrap_or(root);
         if first != root {
+            // The content and the inode's metadata move together.
             let content = std::mem::replace(
                 &mut entries[root].kind,
                 EntryKind::Hardlink {
                     target: String::new(),
                 },
             );
-            entries[first].kind = content;
+            let (mode, uid, gid, mtime) = (
+                entries[root].mode,
+                entries[root].uid,
+                entries[root].gid,
+                entries[root].mtime,
+            );
+            let xattrs = entries[root].xattrs.clone();
+            let f = &mut entries[first];
+            (f.kind, f.mode, f.uid, f.gid, f.mtime, f.xattrs) =
+                (content, mode, uid, gid, mtime, xattrs);
         }
         let first_path = entries[first].path.clone();
         for i in members.into_iter().chain([root]) {
@@ -292,7 +302,10 @@ mod tests {
     #[test]
     fn hardlink_content_moves_to_first_path() {
         let out = normalize(vec![
-            e("b", EntryKind::File(FileSource::Bytes(b"x".to_vec()))),
+            LayerEntry {
+                mode: 0o600,
+                ..e("b", EntryKind::File(FileSource::Bytes(b"x".to_vec())))
+            },
             e("a", EntryKind::Hardlink { target: "b".into() }),
             e("c", EntryKind::Hardlink { target: "a".into() }),
         ])

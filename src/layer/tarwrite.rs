@@ -165,9 +165,12 @@ fn put_bytes(field: &mut [u8], value: &[u8]) {
     field[..n].copy_from_slice(&value[..n]);
 }
 
+/// PAX records (key, value) in the order they are written.
+type PaxRecords = Vec<(String, Vec<u8>)>;
+
 /// Builds the 512-byte ustar header and the PAX records it needs.
-fn build_header(entry: &LayerEntry, size: u64) -> Result<([u8; BLOCK], Vec<(String, Vec<u8>)>)> {
-    let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
+fn build_header(entry: &LayerEntry, size: u64) -> Result<([u8; BLOCK], PaxRecords)> {
+    let mut pax: PaxRecords = Vec::new();
     let mut h = [0u8; BLOCK];
     let mut name = entry.tar_path();
     if entry.kind == EntryKind::Dir {
@@ -258,7 +261,7 @@ fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
     rec
 }
 
-fn write_pax(out: &mut dyn Write, path: &str, records: &[(String, Vec<u8>)]) -> Result<()> {
+fn write_pax(out: &mut dyn Write, path: &str, records: &PaxRecords) -> Result<()> {
     let mut data = Vec::new();
     for (k, v) in records {
         data.extend(pax_record(k, v));

@@ -118,8 +118,10 @@ struct Unpacker<'a> {
     /// Paths written by this layer and all their ancestors: whiteouts and
     /// opaque markers only remove what is not in here (lower content).
     touched: HashSet<String>,
-    /// Directory mtimes, applied last because children change them.
-    dir_times: Vec<(String, Timespec)>,
+    /// Directory modes and mtimes, applied last: children change the
+    /// mtime, and a read-only mode would stop a non-root unpack from
+    /// creating the children.
+    dir_times: Vec<(String, u32, Timespec)>,
     stats: UnpackStats,
 }
 
@@ -248,18 +250,33 @@ impl Unpacker<'_> {
             // The root itself ("./"): the destination already exists.
             return Ok(());
         };
+        // Only regular files are markers (as in umoci): a directory named
+        // `.wh.x` is content, not an instruction to delete `x`.
+        if name.starts_with(WHITEOUT_PREFIX)
+            && matches!(etype, EntryType::Regular | EntryType::Continuous)
+        {
+            return self.apply_whiteout(&comps, &name);
+        }
+        let supported = matches!(
+            etype,
+            EntryType::Regular
+                | EntryType::Continuous
+                | EntryType::GNUSparse
+                | EntryType::Directory
+                | EntryType::Symlink
+                | EntryType::Link
+                | EntryType::Char
+                | EntryType::Block
+                | EntryType::Fifo
+        );
+        if !supported {
+            let path = comps.join("/");
+            self.stats.notes.push(format!(
+                "skipped {path:?}: unsupported tar entry type {etype:?}"
+            ));
+            return Ok(());
+        }
         let (parent, dir) = self.parent_of(&comps)?;
-        if name == OPAQUE_MARKER {
-            self.stats.whiteouts += 1;
-            return self.clear_lower(dir.as_fd(), &parent.join("/"));
-        }
-        if let Some(victim) = name.strip_prefix(WHITEOUT_PREFIX) {
-            if victim.is_empty() || victim == "." || victim == ".." {
-                bail!("invalid whiteout name {name:?}");
-            }
-            self.stats.whiteouts += 1;
-            return self.whiteout(dir.as_fd(), &parent, victim);
-        }
         let mut rel = parent.clone();
         rel.push(name.clone());
         let meta = read_meta(entry)?;
@@ -282,17 +299,38 @@ impl Unpacker<'_> {
                     return Ok(());
                 }
             }
-            other => {
-                self.stats.notes.push(format!(
-                    "skipped {:?}: unsupported tar entry type {other:?}",
-                    rel.join("/")
-                ));
-                return Ok(());
-            }
+            // Filtered out above.
+            _ => return Ok(()),
         }
         self.mark_touched(&rel);
         self.stats.entries += 1;
         Ok(())
+    }
+
+    /// A whiteout or opaque marker. A missing parent means there is no lower
+    /// content to hide, so nothing is created for it.
+    fn apply_whiteout(&mut self, comps: &[String], name: &str) -> Result<()> {
+        let victim = if name == OPAQUE_MARKER {
+            None
+        } else {
+            name.strip_prefix(WHITEOUT_PREFIX)
+        };
+        if matches!(victim, Some("" | "." | "..")) {
+            bail!("invalid whiteout name {name:?}");
+        }
+        self.stats.whiteouts += 1;
+        let parent = resolve_components(self.dest, &comps[..comps.len() - 1].join("/"), true)?;
+        let dir = match sys::open_dir_beneath(self.root.as_fd(), &parent.join("/")) {
+            Ok(fd) => fd,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+                return Ok(())
+            }
+            Err(e) => return Err(e).context("opening the whiteout's directory"),
+        };
+        match victim {
+            None => self.clear_lower(dir.as_fd(), &parent.join("/")),
+            Some(victim) => self.whiteout(dir.as_fd(), &parent, victim),
+        }
     }
 
     /// Removes whatever is at `name` unless both it and the entry are dirs
@@ -322,7 +360,7 @@ impl Unpacker<'_> {
         .context("creating file")?;
         let mut file = File::from(fd);
         self.stats.bytes += io::copy(entry, &mut file).context("writing file content")?;
-        self.apply_fd_meta(file.as_fd(), name, meta)?;
+        self.apply_fd_meta(file.as_fd(), name, meta, meta.mode)?;
         futimens(file.as_fd(), meta.mtime).context("setting mtime")?;
         Ok(())
     }
@@ -334,14 +372,14 @@ impl Unpacker<'_> {
             Err(e) => return Err(e).context("creating directory"),
         }
         let fd = sys::open_dir_beneath(dir, name).context("opening directory")?;
-        self.apply_fd_meta(fd.as_fd(), name, meta)?;
-        self.dir_times.push((rel.join("/"), meta.mtime));
+        self.apply_fd_meta(fd.as_fd(), name, meta, meta.mode | 0o700)?;
+        self.dir_times.push((rel.join("/"), meta.mode, meta.mtime));
         Ok(())
     }
 
     /// Owner, then mode (chown clears setuid bits), then xattrs (chown also
     /// clears `security.capability`).
-    fn apply_fd_meta(&mut self, fd: BorrowedFd, name: &str, meta: &Meta) -> Result<()> {
+    fn apply_fd_meta(&mut self, fd: BorrowedFd, name: &str, meta: &Meta, mode: u32) -> Result<()> {
         if self.chown {
             // SAFETY: valid fd.
             if unsafe { libc::fchown(fd.as_raw_fd(), meta.uid, meta.gid) } < 0 {
@@ -350,9 +388,7 @@ impl Unpacker<'_> {
             }
         }
         // SAFETY: valid fd.
-        if unsafe { libc::fchmod(fd.as_raw_fd(), meta.mode as libc::mode_t) } < 0 {
-            return Err(io::Error::last_os_error()).context("chmod");
-        }
+        fchmod(fd, mode).context("chmod")?;
         for (k, v) in &meta.xattrs {
             if let Err(e) = xattr::set_fd(fd, k, v) {
                 self.note(format!("setting xattr {k} on {name:?}"), e)?;
@@ -482,24 +518,38 @@ impl Unpacker<'_> {
     fn finish_dir_times(&mut self) -> Result<()> {
         // Deepest first, so setting a parent's time is the last touch on it.
         let mut times = std::mem::take(&mut self.dir_times);
-        times.sort_by_key(|(p, _)| std::cmp::Reverse(p.matches('/').count()));
-        for (path, t) in times {
-            let (parent, name) = path.rsplit_once('/').unwrap_or(("", &path));
-            let dir = match sys::open_dir_beneath(self.root.as_fd(), parent) {
+        times.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.matches('/').count()));
+        for (path, mode, t) in times {
+            // Opened without following symlinks: a later entry of the layer
+            // may have replaced the directory with one.
+            let dir = match sys::open_dir_beneath(self.root.as_fd(), &path) {
                 Ok(fd) => fd,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+                    ) =>
+                {
+                    continue
+                }
                 Err(e) => {
-                    return Err(e).with_context(|| format!("opening {parent:?} to set mtimes"))
+                    return Err(e)
+                        .with_context(|| format!("opening {path:?} to set its mode and mtime"))
                 }
             };
-            match sys::utimensat(dir.as_fd(), name, t) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("setting mtime of {path:?}")),
-            }
+            fchmod(dir.as_fd(), mode).with_context(|| format!("chmod {path:?}"))?;
+            futimens(dir.as_fd(), t).with_context(|| format!("setting mtime of {path:?}"))?;
         }
         Ok(())
     }
+}
+
+fn fchmod(fd: BorrowedFd, mode: u32) -> io::Result<()> {
+    // SAFETY: valid fd.
+    if unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn futimens(fd: BorrowedFd, t: Timespec) -> io::Result<()> {
