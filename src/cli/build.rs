@@ -11,7 +11,7 @@ use crate::layer::Compression;
 use crate::progress::{self, Mode};
 use crate::store::Store;
 
-use super::{BuildArgs, CompressionArg, FormatArg, ProgressMode};
+use super::{BuildArgs, CompressionArg, FormatArg, NetworkArg, ProgressMode};
 
 pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
     if args.push {
@@ -40,6 +40,16 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
             FormatArg::Docker => ImageFormat::Docker,
         },
         source_date_epoch,
+        network: match args.network {
+            NetworkArg::None => crate::sandbox::NetworkMode::None,
+            NetworkArg::Host | NetworkArg::Default => crate::sandbox::NetworkMode::Host,
+        },
+        secrets: args
+            .secrets
+            .iter()
+            .map(|s| engine::run::parse_secret(s))
+            .collect::<anyhow::Result<_>>()?,
+        ssh_sock: ssh_socket(args.ssh.as_deref())?,
     };
     let store =
         Store::open(root).with_context(|| format!("opening the store {}", root.display()))?;
@@ -63,6 +73,24 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
         outcome.manifest_digest, outcome.image_id
     );
     Ok(0)
+}
+
+/// `--ssh default` → $SSH_AUTH_SOCK; `--ssh default=/path` → that socket.
+fn ssh_socket(spec: Option<&str>) -> anyhow::Result<Option<std::path::PathBuf>> {
+    let Some(spec) = spec else {
+        return Ok(None);
+    };
+    let (id, path) = spec.split_once('=').unwrap_or((spec, ""));
+    anyhow::ensure!(
+        id == "default",
+        "--ssh {spec}: only the `default` agent is supported"
+    );
+    if !path.is_empty() {
+        return Ok(Some(path.into()));
+    }
+    let sock = std::env::var_os("SSH_AUTH_SOCK")
+        .context("--ssh default needs SSH_AUTH_SOCK to name the agent's socket")?;
+    Ok(Some(sock.into()))
 }
 
 fn compression(kind: CompressionArg, level: Option<i32>) -> anyhow::Result<Compression> {

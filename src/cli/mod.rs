@@ -164,6 +164,15 @@ pub struct BuildArgs {
     /// Manifest and config media types of the image.
     #[arg(long, value_enum, default_value_t = FormatArg::Oci)]
     pub format: FormatArg,
+    /// Default network of RUN steps.
+    #[arg(long, value_enum, default_value_t = NetworkArg::Host)]
+    pub network: NetworkArg,
+    /// A secret for `RUN --mount=type=secret`: id=ID[,src=FILE|,env=VAR]; repeatable.
+    #[arg(long = "secret", value_name = "SPEC")]
+    pub secrets: Vec<String>,
+    /// Forward the SSH agent for `RUN --mount=type=ssh` (`default` = $SSH_AUTH_SOCK).
+    #[arg(long, value_name = "default[=SOCKET]")]
+    pub ssh: Option<String>,
     /// The build context directory.
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,
@@ -175,6 +184,15 @@ pub enum CompressionArg {
     Gzip,
     Zstd,
     None,
+}
+
+/// `--network`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetworkArg {
+    Host,
+    None,
+    /// Same as host.
+    Default,
 }
 
 /// `--format`.

@@ -37,6 +37,12 @@ pub struct BuildRequest {
     pub format: ImageFormat,
     /// Seconds since the epoch: clamps file times and fixes `created`.
     pub source_date_epoch: Option<i64>,
+    /// Default network of RUN steps (`--network`).
+    pub network: crate::sandbox::NetworkMode,
+    /// `--secret` values by id (never logged, never in a layer or cache key).
+    pub secrets: BTreeMap<String, super::run::SecretSource>,
+    /// `--ssh default`: the agent socket to forward.
+    pub ssh_sock: Option<PathBuf>,
 }
 
 /// What a successful build produced.

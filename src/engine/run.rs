@@ -73,12 +73,47 @@ pub struct RunInputs<'a> {
     pub scripts: Vec<(String, String)>,
 }
 
+/// The argv of a RUN and the heredoc scripts it needs, as BuildKit's
+/// `dispatchRun` builds them: one heredoc that is the whole command runs its
+/// body through the shell, or, with a `#!` line, as a script mounted at
+/// `/dev/pipes/NAME`; other heredocs are appended to the shell command line.
+pub fn argv(
+    config: &ImageConfig,
+    cmd: &crate::plan::Form,
+    heredocs: &[crate::plan::Heredoc],
+) -> (Vec<String>, Vec<(String, String)>) {
+    use crate::plan::Form;
+    let shell = |line: String| super::config::with_shell(config, &Form::Shell(line));
+    let Form::Shell(line) = cmd else {
+        return (super::config::with_shell(config, cmd), Vec::new());
+    };
+    let Some(first) = heredocs.first() else {
+        return (shell(line.clone()), Vec::new());
+    };
+    let word = line.trim().trim_start_matches(|c: char| c.is_ascii_digit());
+    if heredocs.len() == 1 && word.starts_with("<<") && !word.contains(char::is_whitespace) {
+        if first.body.starts_with("#!") {
+            let path = format!("/dev/pipes/{}", first.name);
+            return (shell(path), vec![(first.name.clone(), first.body.clone())]);
+        }
+        return (shell(first.body.clone()), Vec::new());
+    }
+    let mut full = line.clone();
+    for d in heredocs {
+        full.push('\n');
+        full.push_str(&d.body);
+        full.push_str(&d.name);
+    }
+    (shell(full), Vec::new())
+}
+
 /// Parse and default the `--mount` flags of a RUN (targets relative to WORKDIR).
 pub fn mounts(values: &[String], workdir: &str) -> anyhow::Result<Vec<Mount>> {
     values
         .iter()
         .map(|v| {
-            let mut m = parse_mount(v).map_err(|e| anyhow::anyhow!("invalid --mount {v:?}: {e}"))?;
+            let mut m =
+                parse_mount(v).map_err(|e| anyhow::anyhow!("invalid --mount {v:?}: {e}"))?;
             if let Some(t) = &m.target {
                 if !t.starts_with('/') {
                     m.target = Some(super::copydest::clean(&format!("{workdir}/{t}")));
@@ -89,11 +124,13 @@ pub fn mounts(values: &[String], workdir: &str) -> anyhow::Result<Vec<Mount>> {
         .collect()
 }
 
-/// Run the command; returns the layer entries (empty when nothing changed).
+/// Run the command; returns the layer entries (empty when nothing changed)
+/// and the temp dir holding the files they name, to keep until the layer is
+/// written.
 pub fn run(
     inputs: &RunInputs<'_>,
     on_output: &mut dyn FnMut(sandbox::Stream, &[u8]),
-) -> anyhow::Result<Vec<LayerEntry>> {
+) -> anyhow::Result<(Vec<LayerEntry>, tempfile::TempDir)> {
     let work = tempfile::tempdir_in(inputs.store.tmp_dir()).context("creating RUN dirs")?;
     let secrets_dir = private_dir(inputs.store)?;
     let user = resolve_user(inputs)?;
@@ -101,7 +138,14 @@ pub fn run(
     let mut specs = Vec::new();
     let mut locks = Vec::new();
     for m in &inputs.mounts {
-        lower_mount(inputs, m, secrets_dir.path(), &mut specs, &mut env, &mut locks)?;
+        lower_mount(
+            inputs,
+            m,
+            secrets_dir.path(),
+            &mut specs,
+            &mut env,
+            &mut locks,
+        )?;
     }
     for (name, body) in &inputs.scripts {
         let p = secrets_dir.path().join(format!("pipe-{name}"));
@@ -168,7 +212,9 @@ pub fn run(
             changeset_from_overlay_upper(upper, &[inputs.root.to_path_buf()])
                 .context("reading the RUN step's changes")?
         }
-        (_, Some(copy)) => diff_trees(inputs.root, &copy).context("diffing the RUN step's changes")?,
+        (_, Some(copy)) => {
+            diff_trees(inputs.root, &copy).context("diffing the RUN step's changes")?
+        }
         _ => Vec::new(),
     };
     let stubs: Vec<String> = outcome
@@ -183,7 +229,7 @@ pub fn run(
             e.gid = maps.to_container_gid(e.gid).unwrap_or(0);
         }
     }
-    Ok(entries)
+    Ok((entries, work))
 }
 
 /// The process user (ids, groups) and HOME, from USER and the image's files.
@@ -276,19 +322,20 @@ fn lower_mount(
             });
         }
         MountType::Secret => {
-            let id = m
-                .id
-                .clone()
-                .or_else(|| {
-                    m.target
-                        .as_deref()
-                        .and_then(|t| t.rsplit('/').next())
-                        .map(str::to_string)
-                })
-                .context("a secret mount needs id=")?;
+            let id =
+                m.id.clone()
+                    .or_else(|| {
+                        m.target
+                            .as_deref()
+                            .and_then(|t| t.rsplit('/').next())
+                            .map(str::to_string)
+                    })
+                    .context("a secret mount needs id=")?;
             let Some(value) = secret_value(inputs.secrets.get(&id))? else {
                 if m.required {
-                    bail!("secret {id} is required but was not provided (--secret id={id},src=FILE)");
+                    bail!(
+                        "secret {id} is required but was not provided (--secret id={id},src=FILE)"
+                    );
                 }
                 return Ok(());
             };
@@ -344,9 +391,9 @@ fn target(m: &Mount) -> anyhow::Result<String> {
 fn secret_value(src: Option<&SecretSource>) -> anyhow::Result<Option<Vec<u8>>> {
     Ok(match src {
         None => None,
-        Some(SecretSource::File(p)) => Some(
-            std::fs::read(p).with_context(|| format!("reading secret file {}", p.display()))?,
-        ),
+        Some(SecretSource::File(p)) => {
+            Some(std::fs::read(p).with_context(|| format!("reading secret file {}", p.display()))?)
+        }
         Some(SecretSource::Env(var)) => std::env::var_os(var).map(|v| {
             use std::os::unix::ffi::OsStringExt;
             v.into_vec()
@@ -363,7 +410,10 @@ fn cache_dir(store: &Store, id: &str, m: &Mount) -> anyhow::Result<PathBuf> {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating cache mount dir {}", dir.display()))?;
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(m.mode.unwrap_or(0o755)))?;
+        std::fs::set_permissions(
+            &dir,
+            std::fs::Permissions::from_mode(m.mode.unwrap_or(0o755)),
+        )?;
         if m.uid.is_some() || m.gid.is_some() {
             nix::unistd::chown(&dir, m.uid.map(Into::into), m.gid.map(Into::into))
                 .with_context(|| format!("chown of cache mount dir {}", dir.display()))?;
@@ -400,11 +450,13 @@ fn write_private(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
 /// Recursive copy keeping modes, owners (when permitted), symlinks and times.
 fn copy_tree(src: &Path, dst: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let meta = std::fs::symlink_metadata(src).with_context(|| format!("reading {}", src.display()))?;
+    let meta =
+        std::fs::symlink_metadata(src).with_context(|| format!("reading {}", src.display()))?;
     let ft = meta.file_type();
     if ft.is_symlink() {
         let t = std::fs::read_link(src)?;
-        std::os::unix::fs::symlink(&t, dst).with_context(|| format!("creating {}", dst.display()))?;
+        std::os::unix::fs::symlink(&t, dst)
+            .with_context(|| format!("creating {}", dst.display()))?;
         return Ok(());
     }
     if ft.is_dir() {
@@ -420,7 +472,7 @@ fn copy_tree(src: &Path, dst: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     std::fs::set_permissions(dst, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-    let _ = nix::unistd::lchown(dst, Some(meta.uid().into()), Some(meta.gid().into()));
+    let _ = std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid()));
     Ok(())
 }
 

@@ -33,8 +33,10 @@ pub fn select_trees(
     keep_owner: bool,
     parents: bool,
 ) -> anyhow::Result<Vec<SourceTree>> {
+    // BuildKit's COPY allows a wildcard that matches nothing.
     let opts = SelectOptions {
         excludes: excludes.to_vec(),
+        allow_empty_wildcard: true,
     };
     let (pivot, pattern) = match (parents, src.split_once("/./")) {
         (true, Some((p, rest))) => (Some(context::go_clean(p)), format!("{p}/{rest}")),
@@ -128,8 +130,10 @@ pub fn context_key(
     excludes: &[String],
     chmod: bool,
 ) -> anyhow::Result<SelectionKey> {
+    // BuildKit's COPY allows a wildcard that matches nothing.
     let opts = SelectOptions {
         excludes: excludes.to_vec(),
+        allow_empty_wildcard: true,
     };
     let mut all = Vec::new();
     let mut files = BTreeMap::new();

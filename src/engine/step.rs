@@ -103,7 +103,9 @@ impl StageState {
         let created_by = step.created_by.clone().unwrap_or_default();
         match &inst.kind {
             Kind::Copy { .. } | Kind::Add { .. } => {
-                self.layer_step(ctx, step, step_id, done, |st, handle| st.copy(ctx, step, done, handle))
+                self.layer_step(ctx, step, step_id, done, |st, handle| {
+                    st.copy(ctx, step, done, handle)
+                })
             }
             Kind::Workdir(_) => {
                 let wd = self.workdir_after(step);
@@ -114,9 +116,9 @@ impl StageState {
                 }
                 self.layer_step(ctx, step, step_id, done, |st, _| st.mkdir(ctx, &wd))
             }
-            Kind::Run { .. } => bail!(
-                "RUN steps are not supported yet: this rbuild builds images whose steps need no process run inside the image"
-            ),
+            Kind::Run { .. } => self.layer_step(ctx, step, step_id, done, |st, handle| {
+                st.run_cmd(ctx, step, done, handle)
+            }),
             Kind::From { .. } => bail!("unexpected FROM inside a stage"),
             _ => {
                 config::apply(&mut self.config, &mut self.meta, inst)?;
@@ -308,6 +310,7 @@ impl StageState {
                     .insert("workdir".into(), self.workdir_after(step));
                 return Ok(inputs);
             }
+            Kind::Run { .. } => return self.run_key_inputs(ctx, step, done, inputs),
             _ => return Ok(inputs),
         };
         let cwd = self.config.config.working_dir.as_deref().unwrap_or("/");
@@ -350,6 +353,56 @@ impl StageState {
             )?;
             inputs.files = key.files;
             inputs.extra.insert("sources".into(), key.digest);
+        }
+        Ok(inputs)
+    }
+
+    /// RUN's key: the instruction (with its build args) plus the settings
+    /// that change what it sees: network, mounts, and the content of what
+    /// bind mounts bring in. Secrets and the SSH agent never enter it.
+    fn run_key_inputs(
+        &self,
+        ctx: &BuildCtx<'_>,
+        step: &Step,
+        done: &[Option<Arc<StageResult>>],
+        mut inputs: KeyInputs,
+    ) -> anyhow::Result<KeyInputs> {
+        let inst = &step.instruction;
+        let network = inst
+            .flag("network")
+            .and_then(|f| f.value.clone())
+            .unwrap_or_else(|| format!("{:?}", ctx.req.network).to_lowercase());
+        inputs.extra.insert("network".into(), network);
+        let workdir = self
+            .config
+            .config
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| "/".into());
+        inputs.extra.insert("workdir".into(), workdir.clone());
+        let values = inst.flag_values("mount");
+        let mounts = super::run::mounts(&values, &workdir)?;
+        for (i, (m, raw)) in mounts.iter().zip(&values).enumerate() {
+            inputs.extra.insert(format!("mount {i}"), raw.clone());
+            if m.kind != crate::dockerfile::mount::MountType::Bind {
+                continue;
+            }
+            let what = match step
+                .sources
+                .get(bind_source_index(&mounts, i))
+                .filter(|_| m.from.is_some())
+            {
+                Some(src) => source_identity(ctx, src, done)?,
+                None => {
+                    let src = m
+                        .source
+                        .clone()
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or_else(|| ".".into());
+                    sources::context_key(ctx.context()?, &[src], &[], false)?.digest
+                }
+            };
+            inputs.extra.insert(format!("mount {i} content"), what);
         }
         Ok(inputs)
     }
@@ -496,6 +549,100 @@ impl StageState {
         Ok(copy_entries(
             &trees, &resolved, exists_dir, &opts, &existing,
         ))
+    }
+
+    /// RUN on a cache miss: the command in the sandbox, its changes as entries.
+    fn run_cmd(
+        &mut self,
+        ctx: &BuildCtx<'_>,
+        step: &Step,
+        done: &[Option<Arc<StageResult>>],
+        handle: &StepHandle,
+    ) -> anyhow::Result<Vec<LayerEntry>> {
+        let inst = &step.instruction;
+        let Kind::Run { cmd, heredocs } = &inst.kind else {
+            bail!("not a RUN");
+        };
+        let network = match inst.flag("network").and_then(|f| f.value.as_deref()) {
+            None | Some("default") => ctx.req.network,
+            Some("host") => crate::sandbox::NetworkMode::Host,
+            Some("none") => crate::sandbox::NetworkMode::None,
+            Some(other) => bail!("unsupported --network={other} (default, none, host)"),
+        };
+        if let Some(sec) = inst.flag("security").and_then(|f| f.value.as_deref()) {
+            if sec != "sandbox" {
+                bail!("--security={sec} is not supported: RUN always runs sandboxed");
+            }
+        }
+        let workdir = self
+            .config
+            .config
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| "/".into());
+        let mounts = super::run::mounts(&inst.flag_values("mount"), &workdir)?;
+        let (argv, scripts) = super::run::argv(&self.config, cmd, heredocs);
+        let users = self.user_db(ctx)?;
+        let root = self.root(ctx)?;
+        let mut views: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+        let mut bind_roots: Vec<(usize, std::path::PathBuf)> = Vec::new();
+        for (i, m) in mounts.iter().enumerate() {
+            if let Some(src) = step
+                .sources
+                .get(bind_source_index(&mounts, i))
+                .filter(|_| m.from.is_some())
+            {
+                let view = source_index(ctx, src, done)?;
+                bind_roots.push((i, view.index.root().to_path_buf()));
+                views.push(Box::new(view));
+            }
+        }
+        let context_root = if mounts
+            .iter()
+            .any(|m| m.from.is_none() && m.kind == crate::dockerfile::mount::MountType::Bind)
+        {
+            Some(ctx.context()?.root().to_path_buf())
+        } else {
+            None
+        };
+        let bind_source =
+            |m: &crate::dockerfile::mount::Mount| -> anyhow::Result<std::path::PathBuf> {
+                let i = mounts.iter().position(|x| std::ptr::eq(x, m)).unwrap_or(0);
+                let base = match bind_roots.iter().find(|(j, _)| *j == i) {
+                    Some((_, p)) => p.clone(),
+                    None => context_root
+                        .clone()
+                        .context("no build context for the bind mount")?,
+                };
+                let source = m.source.clone().unwrap_or_default();
+                rootfs::host_path(&base, &source)
+            };
+        let inputs = super::run::RunInputs {
+            store: ctx.store,
+            argv,
+            config: &self.config,
+            arg_env: &step.arg_env,
+            proxy_env: &step.proxy_env,
+            root: &root,
+            users: &users,
+            network,
+            mounts: mounts.clone(),
+            bind_source: &bind_source,
+            secrets: &ctx.req.secrets,
+            ssh_sock: ctx.req.ssh_sock.clone(),
+            scripts,
+        };
+        let mut on_output = |stream: crate::sandbox::Stream, bytes: &[u8]| {
+            let s = match stream {
+                crate::sandbox::Stream::Stdout => crate::progress::Stream::Stdout,
+                crate::sandbox::Stream::Stderr => crate::progress::Stream::Stderr,
+            };
+            handle.log(s, bytes);
+        };
+        let (entries, work) = super::run::run(&inputs, &mut on_output)?;
+        self.keepalive.extend(views);
+        self.keepalive.push(Box::new(work));
+        Ok(entries)
     }
 
     /// WORKDIR on a cache miss: the directory and missing parents, owned by
@@ -700,6 +847,12 @@ fn source_index(
             })
         }
     }
+}
+
+/// Which of a step's `sources` belongs to mount `i`: the plan lists one
+/// source per `--mount` that has `from=`, in order.
+fn bind_source_index(mounts: &[crate::dockerfile::mount::Mount], i: usize) -> usize {
+    mounts[..i].iter().filter(|m| m.from.is_some()).count()
 }
 
 /// The local archive ADD should extract, if `tree` is one.

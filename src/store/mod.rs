@@ -31,7 +31,7 @@ use anyhow::Context;
 pub use blob::{digest_hex, sha256_digest, BlobError, BlobInfo, BlobWriter};
 pub use cache::{diff_inputs, CacheRecord, CachedLayer, CACHE_SCHEMA};
 pub use gc::PruneReport;
-pub use lock::LockGuard;
+pub use lock::{lock_exclusive, LockGuard};
 pub use tags::{normalize_tag, REF_NAME};
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;

@@ -107,3 +107,104 @@ pub fn stderr(out: &Output) -> String {
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The unprivileged user the rootless test runs use.
+pub const TEST_USER: &str = "rbuild-sbx";
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn user_id(flag: &str) -> String {
+    let out = Command::new("id")
+        .args([flag, TEST_USER])
+        .output()
+        .expect("id");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Create [`TEST_USER`] (with a subuid/subgid range) when it is missing.
+pub fn ensure_test_user() {
+    let exists = Command::new("id")
+        .arg(TEST_USER)
+        .output()
+        .expect("id")
+        .status
+        .success();
+    if !exists {
+        let st = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                TEST_USER,
+            ])
+            .status()
+            .expect("useradd");
+        assert!(st.success(), "useradd {TEST_USER}");
+    }
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if !text
+            .lines()
+            .any(|l| l.starts_with(&format!("{TEST_USER}:")))
+        {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(file)
+                .expect(file);
+            std::io::Write::write_all(&mut f, format!("{TEST_USER}:300000:65536\n").as_bytes())
+                .expect("write subid range");
+        }
+    }
+}
+
+/// As root: run this test binary again as [`TEST_USER`] (skipping the
+/// `rootless_` tests), so the same assertions cover rootless mode. `idmap`
+/// is passed as `RBUILD_TEST_IDMAP` ("subid" or "single").
+pub fn rerun_as_test_user(idmap: &str) {
+    if !is_root() {
+        return;
+    }
+    ensure_test_user();
+    let exe = std::env::current_exe().expect("test binary");
+    let (uid, gid) = (user_id("-u"), user_id("-g"));
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let st = Command::new("chown")
+        .arg(format!("{uid}:{gid}"))
+        .arg(tmp.path())
+        .status()
+        .expect("chown");
+    assert!(st.success());
+    let out = Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            "--reset-env",
+        ])
+        .arg("env")
+        .arg(format!("RBUILD_TEST_IDMAP={idmap}"))
+        .arg(format!("TMPDIR={}", tmp.path().display()))
+        .arg(format!("HOME={}", tmp.path().display()))
+        .arg("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .arg(format!("CI={}", std::env::var("CI").unwrap_or_default()))
+        .arg(&exe)
+        .args(["--skip", "rootless_", "--test-threads=2"])
+        .current_dir(tmp.path())
+        .output()
+        .expect("setpriv (util-linux) must be installed");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(
+        out.status.success(),
+        "rootless run ({idmap}) failed:\n{text}"
+    );
+    assert!(text.contains("test result: ok"), "{text}");
+}
