@@ -72,6 +72,9 @@ pub enum Command {
         /// Write the pushed manifest digest to this file.
         #[arg(long, value_name = "FILE")]
         digestfile: Option<PathBuf>,
+        /// Media types of the pushed manifest and config.
+        #[arg(long, value_enum, default_value_t = FormatArg::Oci)]
+        format: FormatArg,
         #[command(flatten)]
         registry: RegistryFlags,
     },
@@ -315,12 +318,14 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             image,
             destination,
             digestfile,
+            format,
             registry: flags,
         } => registry::push_with(
             &root,
             &image,
             destination.as_deref(),
             digestfile.as_deref(),
+            format,
             &flags,
         ),
         Command::Login {

@@ -1,7 +1,5 @@
-//! Commands that talk to registries: pull, push, login, logout.
-//!
-//! Pull and push work on an OCI image layout at the state directory through
-//! `registry::BlobStore`; the lead swaps `OciLayout` for the real store.
+//! Commands that talk to registries: pull, push, login, logout. Pull and
+//! push work on the local store (`registry::local`).
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -9,29 +7,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-use super::RegistryFlags;
-use crate::registry::{
-    self, BlobLocations, BlobProgress, OciLayout, Platform, PullOptions, PushOptions, Reference,
-    Settings,
-};
-
-// Kept for callers that only have the positional arguments.
-#[allow(dead_code)]
-pub fn pull(root: &Path, reference: &str) -> Result<i32> {
-    pull_with(root, reference, None, &RegistryFlags::default())
-}
-
-// Kept for callers that only have the positional arguments.
-#[allow(dead_code)]
-pub fn push(root: &Path, image: &str, destination: Option<&str>) -> Result<i32> {
-    push_with(root, image, destination, None, &RegistryFlags::default())
-}
-
-// Kept for callers that only have the positional arguments.
-#[allow(dead_code)]
-pub fn login(server: &str) -> Result<i32> {
-    login_with(server, None, false, &RegistryFlags::default())
-}
+use super::{FormatArg, RegistryFlags};
+use crate::image::ImageFormat;
+use crate::registry::{self, local, BlobProgress, Platform, Reference, Settings};
+use crate::store::Store;
 
 pub fn logout(server: &str) -> Result<i32> {
     let settings = Settings::load()?;
@@ -44,7 +23,7 @@ pub fn logout(server: &str) -> Result<i32> {
     Ok(0)
 }
 
-fn settings_with(flags: &RegistryFlags) -> Result<Settings> {
+pub(crate) fn settings_with(flags: &RegistryFlags) -> Result<Settings> {
     let mut s = Settings::load()?;
     s.insecure_registries
         .extend(flags.insecure_registries.iter().cloned());
@@ -53,12 +32,8 @@ fn settings_with(flags: &RegistryFlags) -> Result<Settings> {
     Ok(s)
 }
 
-fn locations(root: &Path) -> Result<BlobLocations> {
-    BlobLocations::load(&root.join("registry/blob-locations.json"))
-}
-
 /// Progress lines on stderr, one per finished blob (sizes only, never URLs).
-fn progress_printer(verb: &'static str) -> registry::ProgressFn {
+pub(crate) fn progress_printer(verb: &'static str) -> registry::ProgressFn {
     Arc::new(move |p: &BlobProgress| {
         if p.done == p.total {
             let short = p.digest.get(..19).unwrap_or(p.digest);
@@ -76,22 +51,16 @@ pub fn pull_with(
     let settings = settings_with(flags)?;
     let r = Reference::parse(reference)?;
     let platform = platform.map(Platform::parse).transpose()?;
-    let store = OciLayout::create(root)?;
-    let loc = locations(root)?;
-    let opts = PullOptions {
+    let store =
+        Store::open(root).with_context(|| format!("opening the store {}", root.display()))?;
+    let img = local::pull_into_store(
+        &store,
+        &r,
+        &settings,
         platform,
-        progress: Some(progress_printer("pulled")),
-        locations: Some(&loc),
-    };
-    let img = registry::pull(&r, &store, &settings, &opts)?;
-    store.set_ref(
-        &r.to_string(),
-        &img.manifest_media_type,
-        &img.manifest_digest,
-        img.manifest.len() as u64,
+        Some(progress_printer("pulled")),
     )?;
-    loc.save()?;
-    println!("{}", img.manifest_digest);
+    println!("{}", img.manifest_desc.digest());
     Ok(0)
 }
 
@@ -100,24 +69,26 @@ pub fn push_with(
     image: &str,
     destination: Option<&str>,
     digestfile: Option<&Path>,
+    format: FormatArg,
     flags: &RegistryFlags,
 ) -> Result<i32> {
     let settings = settings_with(flags)?;
-    let store = OciLayout::create(root)?;
-    let source = Reference::parse(image)?;
-    let digest = store
-        .resolve_ref(&source.to_string())?
-        .or(store.resolve_ref(image)?)
-        .with_context(|| format!("no image named {image} in {}", root.display()))?;
+    let store =
+        Store::open(root).with_context(|| format!("opening the store {}", root.display()))?;
     let dest = Reference::parse(destination.unwrap_or(image))?;
-    let loc = locations(root)?;
-    let opts = PushOptions {
-        mount_from: Vec::new(),
-        locations: Some(&loc),
-        progress: Some(progress_printer("pushed")),
+    let format = match format {
+        FormatArg::Oci => ImageFormat::Oci,
+        FormatArg::Docker => ImageFormat::Docker,
     };
-    let report = registry::push(&store, &digest, &dest, &settings, &opts)?;
-    loc.save()?;
+    let report = local::push_from_store(
+        &store,
+        image,
+        &dest,
+        &settings,
+        format,
+        Vec::new(),
+        Some(progress_printer("pushed")),
+    )?;
     if let Some(f) = digestfile {
         std::fs::write(f, &report.manifest_digest)
             .with_context(|| format!("writing digest file {}", f.display()))?;

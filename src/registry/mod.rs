@@ -11,6 +11,7 @@ pub mod auth;
 pub mod blobs;
 pub mod client;
 pub mod known;
+pub mod local;
 pub mod manifest;
 pub mod pull;
 pub mod push;

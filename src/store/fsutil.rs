@@ -116,8 +116,12 @@ pub fn clean_temps(tmp_dir: &Path) -> anyhow::Result<usize> {
     let mut removed = 0;
     for entry in entries {
         let entry = entry.with_context(|| format!("listing {}", tmp_dir.display()))?;
-        if remove_if_abandoned(&entry.path())? {
-            removed += 1;
+        // A leftover we cannot remove (e.g. files a rootless RUN created with
+        // other ids) must not stop the store from opening: it is only space.
+        match remove_if_abandoned(&entry.path()) {
+            Ok(true) => removed += 1,
+            Ok(false) => {}
+            Err(e) => eprintln!("warning: leaving temp {}: {e:#}", entry.path().display()),
         }
     }
     Ok(removed)
