@@ -109,11 +109,7 @@ fn read_directives(lines: &[String]) -> Directives {
             break;
         }
         match k.as_str() {
-            "escape" => {
-                if v == "`" {
-                    d.escape = '`';
-                }
-            }
+            "escape" if v == "`" => d.escape = '`',
             "syntax" => d.syntax = Some(v),
             "check" => d.check = Some(v),
             _ => {}

@@ -1262,8 +1262,7 @@ fn valid_signal(s: &str) -> bool {
 }
 
 fn health(inst: &Instruction, form: &Option<Form>) -> Result<h::Health, Problem> {
-    let mut out = h::Health::default();
-    out.test = match form {
+    let test = match form {
         None => vec!["NONE".to_string()],
         Some(Form::Shell(s)) => vec!["CMD-SHELL".to_string(), s.clone()],
         Some(Form::Exec(v)) => {
@@ -1271,6 +1270,10 @@ fn health(inst: &Instruction, form: &Option<Form>) -> Result<h::Health, Problem>
             t.extend(v.iter().cloned());
             t
         }
+    };
+    let mut out = h::Health {
+        test,
+        ..h::Health::default()
     };
     for f in &inst.flags {
         let v = f.value.clone().unwrap_or_default();
