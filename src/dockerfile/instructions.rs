@@ -1,0 +1,894 @@
+//! Typed instructions (like BuildKit's `instructions` package): each raw
+//! [`Node`] becomes an [`Instruction`] with its checked flags and arguments.
+//! Values that may hold variables stay raw strings; the planner expands them
+//! with the `shell` module. What lint rules need (keyword as written, legacy
+//! ENV/LABEL form, JSON vs shell form, `AS` casing) is kept.
+
+use super::ast::{Heredoc, Node, ParseError, Span, Warning};
+use super::directives::Directives;
+use super::flags::{parse_flags, FlagKind, Flags};
+use super::mount::parse_mount;
+use super::parser::parse;
+use std::time::Duration;
+
+/// A parsed Dockerfile.
+#[derive(Debug, Clone)]
+pub struct Dockerfile {
+    pub directives: Directives,
+    pub instructions: Vec<Instruction>,
+    pub warnings: Vec<Warning>,
+}
+
+/// One instruction with where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instruction {
+    pub kind: InstructionKind,
+    /// The keyword as written (`run`, `RUN`, `Run`).
+    pub keyword: String,
+    /// The logical line (continuations joined, comments dropped).
+    pub original: String,
+    pub span: Span,
+}
+
+/// A command line of RUN/CMD/ENTRYPOINT (and HEALTHCHECK CMD).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CommandLine {
+    /// Exec form: the JSON array; shell form: one string.
+    pub args: Vec<String>,
+    /// True for the JSON (exec) form.
+    pub json: bool,
+}
+
+/// One `key=value` (or legacy `key value`) of ENV or LABEL; the value is raw
+/// (quotes and escapes not yet processed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: String,
+}
+
+/// ENV and LABEL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValues {
+    pub pairs: Vec<KeyValue>,
+    /// Written in the legacy `KEY value` form (LegacyKeyValueFormat lint).
+    pub legacy: bool,
+}
+
+/// One name of an ARG line, with its raw default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArgDecl {
+    pub name: String,
+    pub default: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct From {
+    /// Image reference or stage name, raw (may hold `$VARS`).
+    pub image: String,
+    pub platform: Option<String>,
+    /// Stage name as written (not lower-cased).
+    pub name: Option<String>,
+    /// The `AS` keyword as written (FromAsCasing lint).
+    pub as_keyword: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    pub command: CommandLine,
+    pub heredocs: Vec<Heredoc>,
+    /// Raw `--mount=` values; the planner expands and calls [`parse_mount`].
+    pub mounts: Vec<String>,
+    /// `default`, `none` or `host` (raw).
+    pub network: Option<String>,
+    /// `insecure` or `sandbox` (raw).
+    pub security: Option<String>,
+}
+
+/// COPY and ADD: which flags apply is decided by [`InstructionKind`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Copy {
+    /// Sources as written; heredoc sources appear as their marker (`<<EOF`).
+    pub sources: Vec<String>,
+    pub dest: String,
+    pub json: bool,
+    pub heredocs: Vec<Heredoc>,
+    pub from: Option<String>,
+    pub chown: Option<String>,
+    pub chmod: Option<String>,
+    pub link: bool,
+    pub excludes: Vec<String>,
+    pub parents: bool,
+    /// ADD only.
+    pub checksum: Option<String>,
+    /// ADD only.
+    pub keep_git_dir: bool,
+    /// ADD only: `Some(false)` for `--unpack=false`.
+    pub unpack: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Healthcheck {
+    None,
+    Cmd {
+        command: CommandLine,
+        interval: Option<Duration>,
+        timeout: Option<Duration>,
+        start_period: Option<Duration>,
+        start_interval: Option<Duration>,
+        retries: Option<u32>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum InstructionKind {
+    From(From),
+    Run(Run),
+    Cmd(CommandLine),
+    Entrypoint(CommandLine),
+    /// Always the JSON form.
+    Shell(Vec<String>),
+    Env(KeyValues),
+    Arg(Vec<ArgDecl>),
+    Label(KeyValues),
+    Expose(Vec<String>),
+    User(String),
+    Workdir(String),
+    Volume {
+        paths: Vec<String>,
+        json: bool,
+    },
+    StopSignal(String),
+    Healthcheck(Healthcheck),
+    Onbuild(Box<Instruction>),
+    Copy(Copy),
+    Add(Copy),
+    Maintainer(String),
+}
+
+/// Parses and types a Dockerfile. Returns every error found.
+pub fn parse_dockerfile(src: &str) -> Result<Dockerfile, Vec<ParseError>> {
+    let out = parse(src);
+    let mut errors = out.errors;
+    let mut instructions = Vec::new();
+    for node in &out.ast.children {
+        match instruction_from_node(node) {
+            Ok(i) => instructions.push(i),
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| (e.line, e.column));
+        return Err(errors);
+    }
+    Ok(Dockerfile {
+        directives: out.directives,
+        instructions,
+        warnings: out.warnings,
+    })
+}
+
+fn err(node: &Node, message: impl Into<String>) -> ParseError {
+    ParseError {
+        line: node.span.start_line,
+        column: node.span.column,
+        end_line: node.span.end_line,
+        message: message.into(),
+    }
+}
+
+fn no_flags(node: &Node) -> Result<Flags, ParseError> {
+    parse_flags(node, &[])
+}
+
+fn at_least_one(node: &Node) -> Result<(), ParseError> {
+    if node.args.is_empty() {
+        return Err(err(
+            node,
+            format!(
+                "{} requires at least one argument",
+                node.command().to_uppercase()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn exactly_one(node: &Node) -> Result<String, ParseError> {
+    match node.args.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(err(
+            node,
+            format!(
+                "{} requires exactly one argument",
+                node.command().to_uppercase()
+            ),
+        )),
+    }
+}
+
+/// Types one raw node.
+pub fn instruction_from_node(node: &Node) -> Result<Instruction, ParseError> {
+    let kind = match node.command().as_str() {
+        "from" => InstructionKind::From(parse_from(node)?),
+        "run" => InstructionKind::Run(parse_run(node)?),
+        "cmd" => {
+            no_flags(node)?;
+            InstructionKind::Cmd(command_line(node))
+        }
+        "entrypoint" => {
+            no_flags(node)?;
+            InstructionKind::Entrypoint(command_line(node))
+        }
+        "shell" => {
+            no_flags(node)?;
+            at_least_one(node)?;
+            if !node.json {
+                return Err(err(node, "SHELL requires the arguments to be in JSON form"));
+            }
+            InstructionKind::Shell(node.args.clone())
+        }
+        "env" => InstructionKind::Env(parse_key_values(node)?),
+        "label" => InstructionKind::Label(parse_key_values(node)?),
+        "arg" => InstructionKind::Arg(parse_arg(node)?),
+        "expose" => {
+            no_flags(node)?;
+            at_least_one(node)?;
+            InstructionKind::Expose(node.args.clone())
+        }
+        "user" => {
+            no_flags(node)?;
+            InstructionKind::User(exactly_one(node)?)
+        }
+        "workdir" => {
+            no_flags(node)?;
+            InstructionKind::Workdir(exactly_one(node)?)
+        }
+        "stopsignal" => {
+            no_flags(node)?;
+            InstructionKind::StopSignal(exactly_one(node)?)
+        }
+        "maintainer" => {
+            no_flags(node)?;
+            InstructionKind::Maintainer(exactly_one(node)?)
+        }
+        "volume" => {
+            no_flags(node)?;
+            at_least_one(node)?;
+            if node.args.iter().any(|p| p.trim().is_empty()) {
+                return Err(err(node, "VOLUME specified can not be an empty string"));
+            }
+            InstructionKind::Volume {
+                paths: node.args.clone(),
+                json: node.json,
+            }
+        }
+        "healthcheck" => InstructionKind::Healthcheck(parse_healthcheck(node)?),
+        "onbuild" => InstructionKind::Onbuild(Box::new(parse_onbuild(node)?)),
+        "copy" => InstructionKind::Copy(parse_copy(node, false)?),
+        "add" => InstructionKind::Add(parse_copy(node, true)?),
+        _ => return Err(err(node, format!("unknown instruction: {}", node.keyword))),
+    };
+    Ok(Instruction {
+        kind,
+        keyword: node.keyword.clone(),
+        original: node.original.clone(),
+        span: node.span,
+    })
+}
+
+fn command_line(node: &Node) -> CommandLine {
+    CommandLine {
+        args: node.args.clone(),
+        json: node.json,
+    }
+}
+
+fn parse_from(node: &Node) -> Result<From, ParseError> {
+    let flags = parse_flags(node, &[("platform", FlagKind::String)])?;
+    let (image, name, as_keyword) = match node.args.as_slice() {
+        [image] => (image.clone(), None, None),
+        [image, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => {
+            (image.clone(), Some(name.clone()), Some(as_kw.clone()))
+        }
+        [_, _, _] => return Err(err(node, "Third argument must be AS")),
+        _ => return Err(err(node, "FROM requires either one or three arguments")),
+    };
+    if let Some(n) = &name {
+        if !n.contains('$') && !valid_stage_name(n) {
+            return Err(err(
+                node,
+                format!("invalid name for build stage: \"{n}\", name can't start with a number or contain symbols"),
+            ));
+        }
+    }
+    Ok(From {
+        image,
+        platform: flags.string("platform"),
+        name,
+        as_keyword,
+    })
+}
+
+/// BuildKit's stage name rule: `^[a-z][a-z0-9-_.]*$` after lower-casing.
+fn valid_stage_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    let mut chars = lower.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+}
+
+fn parse_run(node: &Node) -> Result<Run, ParseError> {
+    let flags = parse_flags(
+        node,
+        &[
+            ("mount", FlagKind::Strings),
+            ("network", FlagKind::String),
+            ("security", FlagKind::String),
+        ],
+    )?;
+    if node.args.is_empty() && node.heredocs.is_empty() {
+        return Err(err(node, "RUN requires at least one argument"));
+    }
+    let mounts = flags.strings("mount");
+    // Mounts without variables can be checked now, with a precise location.
+    for (i, m) in mounts.iter().enumerate() {
+        if !m.contains('$') {
+            parse_mount(m).map_err(|e| flag_err(node, "mount", i, e))?;
+        }
+    }
+    let network = flags.string("network");
+    if let Some(n) = network.as_deref().filter(|n| !n.contains('$')) {
+        if !matches!(n, "default" | "none" | "host") {
+            return Err(flag_err(
+                node,
+                "network",
+                0,
+                format!("unsupported network mode \"{n}\""),
+            ));
+        }
+    }
+    let security = flags.string("security");
+    if let Some(s) = security.as_deref().filter(|s| !s.contains('$')) {
+        if !matches!(s, "insecure" | "sandbox") {
+            return Err(flag_err(
+                node,
+                "security",
+                0,
+                format!("unsupported security mode \"{s}\""),
+            ));
+        }
+    }
+    Ok(Run {
+        command: command_line(node),
+        heredocs: node.heredocs.clone(),
+        mounts,
+        network,
+        security,
+    })
+}
+
+/// An error about the `nth` occurrence of flag `name`, at its column.
+fn flag_err(node: &Node, name: &str, nth: usize, message: String) -> ParseError {
+    let prefix = format!("--{name}");
+    let offset = node
+        .flags
+        .iter()
+        .zip(&node.flag_offsets)
+        .filter(|(f, _)| f.starts_with(&prefix))
+        .nth(nth)
+        .map(|(_, &o)| o)
+        .unwrap_or(usize::MAX);
+    ParseError {
+        column: node.column_of(offset),
+        ..err(node, message)
+    }
+}
+
+fn parse_key_values(node: &Node) -> Result<KeyValues, ParseError> {
+    no_flags(node)?;
+    at_least_one(node)?;
+    let legacy = node.args.get(2).is_some_and(|s| s.is_empty());
+    let pairs = node
+        .args
+        .chunks(3)
+        .map(|c| KeyValue {
+            key: c[0].clone(),
+            value: c.get(1).cloned().unwrap_or_default(),
+        })
+        .collect();
+    Ok(KeyValues { pairs, legacy })
+}
+
+fn parse_arg(node: &Node) -> Result<Vec<ArgDecl>, ParseError> {
+    no_flags(node)?;
+    at_least_one(node)?;
+    node.args
+        .iter()
+        .map(|a| {
+            let (name, default) = match a.split_once('=') {
+                Some((n, d)) => (n.to_string(), Some(d.to_string())),
+                None => (a.clone(), None),
+            };
+            if name.is_empty() {
+                return Err(err(node, format!("ARG names can not be blank: {a}")));
+            }
+            Ok(ArgDecl { name, default })
+        })
+        .collect()
+}
+
+fn parse_healthcheck(node: &Node) -> Result<Healthcheck, ParseError> {
+    let d = FlagKind::String;
+    let flags = parse_flags(
+        node,
+        &[
+            ("interval", d),
+            ("timeout", d),
+            ("start-period", d),
+            ("start-interval", d),
+            ("retries", d),
+        ],
+    )?;
+    let Some(typ) = node.args.first() else {
+        return Err(err(node, "HEALTHCHECK requires at least one argument"));
+    };
+    match typ.to_ascii_uppercase().as_str() {
+        "NONE" => {
+            if node.args.len() > 1 {
+                return Err(err(node, "HEALTHCHECK NONE takes no arguments"));
+            }
+            Ok(Healthcheck::None)
+        }
+        "CMD" => {
+            if node.args.len() < 2 {
+                return Err(err(node, "Missing command after HEALTHCHECK CMD"));
+            }
+            let dur = |name: &str| -> Result<Option<Duration>, ParseError> {
+                let Some(v) = flags.string(name) else {
+                    return Ok(None);
+                };
+                let d = parse_go_duration(&v).map_err(|e| flag_err(node, name, 0, e))?;
+                if d != Duration::ZERO && d < Duration::from_millis(1) {
+                    return Err(flag_err(
+                        node,
+                        name,
+                        0,
+                        format!("Interval \"{name}\" cannot be less than 1ms"),
+                    ));
+                }
+                Ok(Some(d))
+            };
+            let retries = match flags.string("retries") {
+                None => None,
+                Some(r) => Some(r.parse::<u32>().map_err(|_| {
+                    flag_err(
+                        node,
+                        "retries",
+                        0,
+                        format!("invalid --retries value \"{r}\": must be a non-negative integer"),
+                    )
+                })?),
+            };
+            Ok(Healthcheck::Cmd {
+                command: CommandLine {
+                    args: node.args[1..].to_vec(),
+                    json: node.json,
+                },
+                interval: dur("interval")?,
+                timeout: dur("timeout")?,
+                start_period: dur("start-period")?,
+                start_interval: dur("start-interval")?,
+                retries,
+            })
+        }
+        _ => Err(err(
+            node,
+            format!("Unknown type \"{typ}\" in HEALTHCHECK (try CMD)"),
+        )),
+    }
+}
+
+/// Parses a Go duration (`1h30m`, `1.5s`, `300ms`, `0`).
+pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("time: invalid duration \"{s}\"");
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if s.is_empty() {
+        return Err(bad());
+    }
+    let mut rest = s;
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let n_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let n: f64 = rest[..n_end].parse().map_err(|_| bad())?;
+        rest = &rest[n_end..];
+        let u_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = match &rest[..u_end] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += n * unit;
+        rest = &rest[u_end..];
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+fn parse_onbuild(node: &Node) -> Result<Instruction, ParseError> {
+    no_flags(node)?;
+    let Some(sub) = node.sub.as_deref() else {
+        return Err(err(node, "ONBUILD requires at least one argument"));
+    };
+    match sub.command().as_str() {
+        "onbuild" => {
+            return Err(err(
+                node,
+                "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed",
+            ))
+        }
+        "from" | "maintainer" => {
+            return Err(err(
+                node,
+                format!(
+                    "{} isn't allowed as an ONBUILD trigger",
+                    sub.keyword.to_uppercase()
+                ),
+            ))
+        }
+        _ => {}
+    }
+    // The wrapped node shares the line; heredocs were read for the ONBUILD node.
+    let mut sub = sub.clone();
+    sub.span = node.span;
+    sub.first_line_len = node.first_line_len;
+    sub.heredocs = node.heredocs.clone();
+    instruction_from_node(&sub)
+}
+
+fn parse_copy(node: &Node, is_add: bool) -> Result<Copy, ParseError> {
+    use FlagKind::*;
+    let mut allowed = vec![
+        ("chown", String),
+        ("chmod", String),
+        ("link", Bool),
+        ("exclude", Strings),
+    ];
+    if is_add {
+        allowed.extend([
+            ("checksum", String),
+            ("keep-git-dir", Bool),
+            ("unpack", Bool),
+        ]);
+    } else {
+        allowed.extend([("from", String), ("parents", Bool)]);
+    }
+    let flags = parse_flags(node, &allowed)?;
+    let name = node.command().to_uppercase();
+    let Some((dest, sources)) = node.args.split_last() else {
+        return Err(err(node, format!("{name} requires at least two arguments")));
+    };
+    if sources.is_empty() {
+        return Err(err(
+            node,
+            format!("{name} requires at least two arguments, but only one was provided. Destination could not be determined."),
+        ));
+    }
+    Ok(Copy {
+        sources: sources.to_vec(),
+        dest: dest.clone(),
+        json: node.json,
+        heredocs: node.heredocs.clone(),
+        from: flags.string("from"),
+        chown: flags.string("chown"),
+        chmod: flags.string("chmod"),
+        link: flags.bool("link"),
+        excludes: flags.strings("exclude"),
+        parents: flags.bool("parents"),
+        checksum: flags.string("checksum"),
+        keep_git_dir: flags.bool("keep-git-dir"),
+        unpack: flags.string("unpack").map(|v| v == "true"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::mount::MountType;
+    use super::*;
+
+    fn one(src: &str) -> Instruction {
+        let df = parse_dockerfile(&format!("FROM base\n{src}\n"))
+            .unwrap_or_else(|e| panic!("{src}: {e:?}"));
+        df.instructions.into_iter().nth(1).unwrap()
+    }
+
+    fn fail(src: &str) -> ParseError {
+        parse_dockerfile(&format!("FROM base\n{src}\n"))
+            .unwrap_err()
+            .remove(0)
+    }
+
+    #[test]
+    fn from_forms() {
+        let df = parse_dockerfile("FROM --platform=$BUILDPLATFORM golang:1 as Build\n").unwrap();
+        let InstructionKind::From(f) = &df.instructions[0].kind else {
+            panic!()
+        };
+        assert_eq!(f.platform.as_deref(), Some("$BUILDPLATFORM"));
+        assert_eq!(f.name.as_deref(), Some("Build"));
+        assert_eq!(f.as_keyword.as_deref(), Some("as"));
+        assert_eq!(f.image, "golang:1");
+        assert!(parse_dockerfile("FROM a b c\n").is_err());
+        assert!(parse_dockerfile("FROM a AS 1x\n").is_err());
+        assert!(parse_dockerfile("FROM\n").is_err());
+    }
+
+    #[test]
+    fn run_forms_and_flags() {
+        let InstructionKind::Run(r) =
+            one("RUN --mount=type=cache,target=/c --network=none --security=insecure make").kind
+        else {
+            panic!()
+        };
+        assert_eq!(
+            r.command,
+            CommandLine {
+                args: vec!["make".into()],
+                json: false
+            }
+        );
+        assert_eq!(r.mounts, vec!["type=cache,target=/c"]);
+        assert_eq!(parse_mount(&r.mounts[0]).unwrap().kind, MountType::Cache);
+        assert_eq!(r.network.as_deref(), Some("none"));
+        assert_eq!(r.security.as_deref(), Some("insecure"));
+        let InstructionKind::Run(r) = one("RUN [\"a\", \"b\"]").kind else {
+            panic!()
+        };
+        assert!(r.command.json);
+        let InstructionKind::Run(r) = one("RUN <<EOF\necho hi\nEOF").kind else {
+            panic!()
+        };
+        assert_eq!(r.heredocs[0].content, "echo hi\n");
+        assert!(fail("RUN --network=bridge x")
+            .message
+            .contains("unsupported network mode"));
+        assert!(fail("RUN --security=x y")
+            .message
+            .contains("unsupported security"));
+        let e = fail("RUN --mount=type=bogus,target=/x make");
+        assert_eq!((e.line, e.column), (2, 5));
+        assert!(fail("RUN").message.contains("at least one argument"));
+    }
+
+    #[test]
+    fn unknown_flag_has_line_and_column() {
+        let e = fail("COPY --foo=bar a b");
+        assert_eq!(e.message, "unknown flag: foo");
+        assert_eq!((e.line, e.column), (2, 6));
+        let e = fail("ENV --x=1 a=b");
+        assert_eq!(e.message, "unknown flag: x");
+        assert_eq!(e.to_string(), "line 2:5: unknown flag: x");
+    }
+
+    #[test]
+    fn cmd_entrypoint_shell() {
+        let InstructionKind::Cmd(c) = one("CMD echo hi").kind else {
+            panic!()
+        };
+        assert!(!c.json);
+        let InstructionKind::Entrypoint(c) = one("ENTRYPOINT [\"/bin/x\"]").kind else {
+            panic!()
+        };
+        assert_eq!((c.args, c.json), (vec!["/bin/x".to_string()], true));
+        let InstructionKind::Shell(s) = one("SHELL [\"bash\", \"-o\", \"pipefail\", \"-c\"]").kind
+        else {
+            panic!()
+        };
+        assert_eq!(s.len(), 4);
+        assert!(fail("SHELL bash -c").message.contains("JSON form"));
+    }
+
+    #[test]
+    fn env_label_legacy_and_new() {
+        let InstructionKind::Env(e) = one("ENV A 1 2").kind else {
+            panic!()
+        };
+        assert!(e.legacy);
+        assert_eq!(
+            e.pairs,
+            vec![KeyValue {
+                key: "A".into(),
+                value: "1 2".into()
+            }]
+        );
+        let InstructionKind::Env(e) = one("ENV A=1 B=\"x y\"").kind else {
+            panic!()
+        };
+        assert!(!e.legacy);
+        assert_eq!(e.pairs[1].value, "\"x y\"");
+        let InstructionKind::Label(l) = one("LABEL a=b").kind else {
+            panic!()
+        };
+        assert_eq!(l.pairs[0].key, "a");
+    }
+
+    #[test]
+    fn arg_forms() {
+        let InstructionKind::Arg(a) = one("ARG A B=2 C=").kind else {
+            panic!()
+        };
+        assert_eq!(
+            a[0],
+            ArgDecl {
+                name: "A".into(),
+                default: None
+            }
+        );
+        assert_eq!(a[1].default.as_deref(), Some("2"));
+        assert_eq!(a[2].default.as_deref(), Some(""));
+        assert!(fail("ARG").message.contains("at least one"));
+    }
+
+    #[test]
+    fn simple_ones() {
+        assert_eq!(
+            one("EXPOSE 80 443/udp").kind,
+            InstructionKind::Expose(vec!["80".into(), "443/udp".into()])
+        );
+        assert_eq!(one("USER a:b").kind, InstructionKind::User("a:b".into()));
+        assert_eq!(
+            one("WORKDIR /a b").kind,
+            InstructionKind::Workdir("/a b".into())
+        );
+        assert_eq!(
+            one("STOPSIGNAL SIGTERM").kind,
+            InstructionKind::StopSignal("SIGTERM".into())
+        );
+        assert_eq!(
+            one("MAINTAINER me").kind,
+            InstructionKind::Maintainer("me".into())
+        );
+        assert_eq!(
+            one("VOLUME /a /b").kind,
+            InstructionKind::Volume {
+                paths: vec!["/a".into(), "/b".into()],
+                json: false
+            }
+        );
+        assert_eq!(
+            one("VOLUME [\"/a\"]").kind,
+            InstructionKind::Volume {
+                paths: vec!["/a".into()],
+                json: true
+            }
+        );
+        assert!(fail("VOLUME [\"\"]").message.contains("empty string"));
+        assert!(fail("USER").message.contains("exactly one"));
+        assert!(fail("BOGUS x")
+            .message
+            .contains("unknown instruction: BOGUS"));
+    }
+
+    #[test]
+    fn healthcheck_forms() {
+        let InstructionKind::Healthcheck(h) = one("HEALTHCHECK --interval=5s --timeout=1m30s --start-period=0s --start-interval=500ms --retries=3 CMD curl x").kind else { panic!() };
+        let Healthcheck::Cmd {
+            command,
+            interval,
+            timeout,
+            start_period,
+            start_interval,
+            retries,
+        } = h
+        else {
+            panic!()
+        };
+        assert_eq!(command.args, vec!["curl x"]);
+        assert_eq!(interval, Some(Duration::from_secs(5)));
+        assert_eq!(timeout, Some(Duration::from_secs(90)));
+        assert_eq!(start_period, Some(Duration::ZERO));
+        assert_eq!(start_interval, Some(Duration::from_millis(500)));
+        assert_eq!(retries, Some(3));
+        assert_eq!(
+            one("HEALTHCHECK NONE").kind,
+            InstructionKind::Healthcheck(Healthcheck::None)
+        );
+        assert!(fail("HEALTHCHECK CMD").message.contains("Missing command"));
+        assert!(fail("HEALTHCHECK CONNECT x")
+            .message
+            .contains("Unknown type"));
+        assert!(fail("HEALTHCHECK --interval=5 CMD x")
+            .message
+            .contains("invalid duration"));
+        assert!(fail("HEALTHCHECK --retries=-1 CMD x")
+            .message
+            .contains("retries"));
+        assert!(fail("HEALTHCHECK NONE x").message.contains("no arguments"));
+    }
+
+    #[test]
+    fn onbuild_wraps_allowed_instructions() {
+        let InstructionKind::Onbuild(i) = one("ONBUILD RUN echo").kind else {
+            panic!()
+        };
+        assert!(matches!(i.kind, InstructionKind::Run(_)));
+        let InstructionKind::Onbuild(i) = one("ONBUILD COPY <<E /x\nbody\nE").kind else {
+            panic!()
+        };
+        let InstructionKind::Copy(c) = i.kind else {
+            panic!()
+        };
+        assert_eq!(c.heredocs[0].content, "body\n");
+        assert!(fail("ONBUILD ONBUILD RUN x").message.contains("Chaining"));
+        assert!(fail("ONBUILD FROM x").message.contains("isn't allowed"));
+        assert!(fail("ONBUILD MAINTAINER x")
+            .message
+            .contains("isn't allowed"));
+        let e = fail("ONBUILD COPY --bad a b");
+        assert_eq!((e.message.as_str(), e.column), ("unknown flag: bad", 14));
+    }
+
+    #[test]
+    fn copy_and_add_flags() {
+        let InstructionKind::Copy(c) = one("COPY --from=b --chown=1:2 --chmod=755 --link --exclude=*.md --exclude=x --parents a b /d/").kind else { panic!() };
+        assert_eq!(c.sources, vec!["a", "b"]);
+        assert_eq!(c.dest, "/d/");
+        assert_eq!(c.from.as_deref(), Some("b"));
+        assert_eq!(c.chown.as_deref(), Some("1:2"));
+        assert_eq!(c.chmod.as_deref(), Some("755"));
+        assert!(c.link && c.parents);
+        assert_eq!(c.excludes, vec!["*.md", "x"]);
+        let InstructionKind::Add(a) =
+            one("ADD --checksum=sha256:ab --keep-git-dir --unpack=false --link https://x/y.tgz /d")
+                .kind
+        else {
+            panic!()
+        };
+        assert_eq!(a.checksum.as_deref(), Some("sha256:ab"));
+        assert!(a.keep_git_dir && a.link);
+        assert_eq!(a.unpack, Some(false));
+        let InstructionKind::Copy(c) = one("COPY [\"a b\", \"/c d/\"]").kind else {
+            panic!()
+        };
+        assert!(c.json);
+        assert_eq!(c.sources, vec!["a b"]);
+        assert!(fail("COPY a").message.contains("at least two"));
+        assert!(fail("ADD --from=x a b")
+            .message
+            .contains("unknown flag: from"));
+        assert!(fail("COPY --checksum=x a b")
+            .message
+            .contains("unknown flag: checksum"));
+    }
+
+    #[test]
+    fn all_errors_are_collected_in_order() {
+        let errs = parse_dockerfile("FROM a\nENV X\nCOPY --nope a b\nRUN [1]\nUSER\n").unwrap_err();
+        let lines: Vec<usize> = errs.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(
+            parse_go_duration("1h2m3s").unwrap(),
+            Duration::from_secs(3723)
+        );
+        assert_eq!(
+            parse_go_duration("1.5s").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert!(parse_go_duration("5").is_err());
+        assert!(parse_go_duration("5x").is_err());
+    }
+}
