@@ -11,15 +11,15 @@
 //! purely syntactic ones.
 
 pub mod expand;
+pub mod from_parser;
 pub mod history;
 pub mod ir;
-pub mod reader;
 mod stage;
 
 use std::collections::BTreeMap;
 
+pub use from_parser::{read, Directives, Parsed};
 pub use ir::{Flag, Form, Heredoc, Instruction, Kind, Span};
-pub use reader::{read, Directives, Parsed};
 
 /// An error at a position in the Dockerfile.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -121,7 +121,7 @@ pub(super) fn plan(
             }
         },
     };
-    let deps = stage_deps(&stages, &resolved, &names, opts, escape, &mut problems);
+    let deps = stage_deps(&stages, &resolved, &names, opts, &mut problems);
     let keep = reachable(target, &resolved, &deps, opts.all_stages, stages.len());
 
     let mut remap = BTreeMap::new();
@@ -172,7 +172,7 @@ pub(super) fn plan(
             },
         };
         d.state.ensure_path();
-        let triggers = triggers_for(&stages, res, opts, escape, &mut problems);
+        let triggers = triggers_for(&stages, res, opts, &mut problems);
         d.total = count_steps(&st.commands, &res.base) + triggers.len();
         let from_display = match &base {
             Base::Image(r) => d.prefix(false).map(|p| format!("{p}FROM {r}")),
@@ -452,14 +452,13 @@ fn stage_deps(
     resolved: &[Resolved],
     names: &BTreeMap<String, usize>,
     opts: &PlanOptions,
-    escape: char,
     problems: &mut Vec<Problem>,
 ) -> Vec<Vec<usize>> {
     let mut deps = Vec::new();
     for (i, st) in stages.iter().enumerate() {
         let mut d = Vec::new();
         let mut scratch = Vec::new();
-        let triggers = triggers_for(stages, &resolved[i], opts, escape, &mut scratch);
+        let triggers = triggers_for(stages, &resolved[i], opts, &mut scratch);
         let all = st.commands.iter().copied().chain(triggers.iter());
         for c in all {
             for r in inst_sources(c, i, names) {
@@ -504,7 +503,6 @@ fn triggers_for(
     stages: &[RawStage],
     res: &Resolved,
     opts: &PlanOptions,
-    escape: char,
     problems: &mut Vec<Problem>,
 ) -> Vec<Instruction> {
     match &res.base {
@@ -520,18 +518,7 @@ fn triggers_for(
             let cfg = normalize_reference(raw).and_then(|r| opts.base_configs.get(&r));
             let mut out = Vec::new();
             for t in cfg.map(|c| c.onbuild.clone()).unwrap_or_default() {
-                let t = t.trim();
-                let (kw, rest) = match t.find(char::is_whitespace) {
-                    Some(at) => (&t[..at], t[at..].trim_start()),
-                    None => (t, ""),
-                };
-                match super::reader::parse_instruction(
-                    kw,
-                    rest,
-                    Span::default(),
-                    Vec::new(),
-                    escape,
-                ) {
+                match super::from_parser::parse_trigger(t.trim()) {
                     Ok(i) => out.push(i),
                     Err(p) => problems.push(p),
                 }
@@ -728,7 +715,7 @@ impl<'a> Dispatcher<'a> {
         let text = format!("{} {}", inst.keyword, inst.original);
         let env = self.state.map();
         let shown = if raw {
-            expand_raw(&text, &env)
+            expand::display_raw(&text, &env, self.escape)
         } else {
             expand::word(&text, &env, self.escape)
                 .map(|(w, _)| w)
@@ -949,16 +936,15 @@ impl<'a> Dispatcher<'a> {
                 }
                 let dest = self.expand(dest, span, &mut used)?;
                 let env = self.state.map();
-                let docs: Vec<_> = heredocs
-                    .iter()
-                    .map(|d| {
-                        let mut d = d.clone();
-                        if d.expand {
-                            d.body = expand_raw(&d.body, &env);
-                        }
-                        d
-                    })
-                    .collect();
+                let mut docs = Vec::new();
+                for d in heredocs {
+                    let mut d = d.clone();
+                    if d.expand {
+                        d.body =
+                            expand::heredoc_body(&d.body, &env).map_err(|e| problem(span, e.0))?;
+                    }
+                    docs.push(d);
+                }
                 let mut msg = String::from(if is_add { "ADD" } else { "COPY" });
                 if out.flag("parents").is_some() {
                     msg.push_str(" --parents");
@@ -1177,41 +1163,6 @@ fn summarize(doc: &str) -> String {
     } else {
         first
     }
-}
-
-/// Substitute set variables only, leaving quotes and unset references as
-/// written (BuildKit's RawQuotes + SkipUnsetEnv lexer for RUN names and
-/// its quote-keeping mode for heredoc bodies).
-fn expand_raw(s: &str, env: &BTreeMap<String, String>) -> String {
-    let mut out = String::new();
-    let chars: Vec<char> = s.chars().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        if chars[i] != '$' {
-            out.push(chars[i]);
-            i += 1;
-            continue;
-        }
-        let braced = chars.get(i + 1) == Some(&'{');
-        let start = if braced { i + 2 } else { i + 1 };
-        let mut j = start;
-        while j < chars.len() && (chars[j].is_ascii_alphanumeric() || chars[j] == '_') {
-            j += 1;
-        }
-        let name: String = chars[start..j].iter().collect();
-        let closed = !braced || chars.get(j) == Some(&'}');
-        match env.get(&name) {
-            Some(v) if !name.is_empty() && closed => {
-                out.push_str(v);
-                i = if braced { j + 1 } else { j };
-            }
-            _ => {
-                out.push('$');
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 /// `path.Clean` for absolute paths.
