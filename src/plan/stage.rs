@@ -144,6 +144,7 @@ pub(super) fn plan(
         let st = &stages[i];
         let res = &resolved[i];
         let mut d = Dispatcher::new(i, st, res, single, escape, opts, &global, &names);
+        d.total_stages = stages.len();
         let base = match &res.base {
             RawBase::Scratch => Base::Scratch,
             RawBase::Stage(j) => {
@@ -376,14 +377,19 @@ fn resolve_bases(
     out
 }
 
-/// The source a `--from=` value names: a stage (defined before `current`)
-/// or an image.
-fn resolve_from(
-    value: &str,
+/// Where `--from=` values are resolved: the stage names, how many stages
+/// there are, and the stage being planned.
+#[derive(Clone, Copy)]
+struct FromScope<'a> {
+    names: &'a BTreeMap<String, usize>,
+    total: usize,
     current: usize,
-    names: &BTreeMap<String, usize>,
-    span: Span,
-) -> Result<RawBase, Problem> {
+    current_name: &'a str,
+}
+
+/// The source a `--from=` value names: a stage (defined before the current
+/// one) or an image.
+fn resolve_from(value: &str, scope: FromScope, span: Span) -> Result<RawBase, Problem> {
     if value.contains('$') {
         return Err(problem(
             span,
@@ -391,19 +397,18 @@ fn resolve_from(
         ));
     }
     let idx = match value.parse::<usize>() {
-        Ok(n) => {
-            if n >= names.values().max().map_or(0, |m| m + 1).max(current + 1) {
-                return Err(problem(span, format!("invalid stage index {n}")));
-            }
-            Some(n)
+        Ok(n) if n >= scope.total => {
+            return Err(problem(span, format!("invalid stage index {n}")));
         }
-        Err(_) => names.get(&value.to_ascii_lowercase()).copied(),
+        Ok(n) => Some(n),
+        Err(_) => scope.names.get(&value.to_ascii_lowercase()).copied(),
     };
     match idx {
-        Some(j) if j >= current => Err(problem(
+        Some(j) if j >= scope.current => Err(problem(
             span,
             format!(
-                "cannot copy from stage \"{value}\", it needs to be defined before current stage"
+                "cannot copy from stage \"{value}\", it needs to be defined before current stage \"{}\"",
+                scope.current_name
             ),
         )),
         Some(j) => Ok(RawBase::Stage(j)),
@@ -420,11 +425,7 @@ fn mount_from(spec: &str) -> Option<String> {
     })
 }
 
-fn inst_sources(
-    inst: &Instruction,
-    current: usize,
-    names: &BTreeMap<String, usize>,
-) -> Vec<Result<RawBase, Problem>> {
+fn inst_sources(inst: &Instruction, scope: FromScope) -> Vec<Result<RawBase, Problem>> {
     let inner = match &inst.kind {
         Kind::Onbuild { .. } => return Vec::new(),
         _ => inst,
@@ -432,14 +433,14 @@ fn inst_sources(
     let mut out = Vec::new();
     if matches!(inner.kind, Kind::Copy { .. }) {
         if let Some(v) = inner.flag("from").and_then(|f| f.value.clone()) {
-            out.push(resolve_from(&v, current, names, inner.span));
+            out.push(resolve_from(&v, scope, inner.span));
         }
     }
     if matches!(inner.kind, Kind::Run { .. }) {
         for m in inner.flag_values("mount") {
             if let Some(v) = mount_from(&m) {
                 if !v.contains('$') {
-                    out.push(resolve_from(&v, current, names, inner.span));
+                    out.push(resolve_from(&v, scope, inner.span));
                 }
             }
         }
@@ -461,7 +462,14 @@ fn stage_deps(
         let triggers = triggers_for(stages, &resolved[i], opts, &mut scratch);
         let all = st.commands.iter().copied().chain(triggers.iter());
         for c in all {
-            for r in inst_sources(c, i, names) {
+            let name = st.name.clone().unwrap_or_else(|| format!("stage-{i}"));
+            let scope = FromScope {
+                names,
+                total: stages.len(),
+                current: i,
+                current_name: &name,
+            };
+            for r in inst_sources(c, scope) {
                 match r {
                     Ok(RawBase::Stage(j)) => d.push(j),
                     Ok(_) => {}
@@ -605,6 +613,7 @@ struct Dispatcher<'a> {
     opts: &'a PlanOptions,
     global: &'a BTreeMap<String, String>,
     names: &'a BTreeMap<String, usize>,
+    total_stages: usize,
     state: State,
     total: usize,
     counter: usize,
@@ -635,6 +644,7 @@ impl<'a> Dispatcher<'a> {
             opts,
             global,
             names,
+            total_stages: names.len(),
             state: State {
                 env: Vec::new(),
                 args: Vec::new(),
@@ -1136,7 +1146,13 @@ impl<'a> Dispatcher<'a> {
         span: Span,
         remap: &BTreeMap<usize, usize>,
     ) -> Result<Base, Problem> {
-        Ok(match resolve_from(value, self.index, self.names, span)? {
+        let scope = FromScope {
+            names: self.names,
+            total: self.total_stages,
+            current: self.index,
+            current_name: &self.stage_name,
+        };
+        Ok(match resolve_from(value, scope, span)? {
             RawBase::Scratch => Base::Scratch,
             RawBase::Stage(j) => Base::Stage(remap.get(&j).copied().unwrap_or(j)),
             RawBase::Image(r) => Base::Image(normalize_reference(&r).ok_or_else(|| {

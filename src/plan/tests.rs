@@ -452,3 +452,65 @@ fn reference_normalization() {
     assert_eq!(normalize_reference("Alpine"), None);
     assert_eq!(normalize_reference(""), None);
 }
+
+#[test]
+fn copy_from_stage_index_bounds_and_order() {
+    let e = plan_text("FROM scratch\nCOPY --from=5 /a /a\n", &opts(&[])).unwrap_err();
+    assert_eq!(e.problems[0].message, "invalid stage index 5");
+    let e = plan_text(
+        "FROM scratch AS a\nCOPY --from=b /x /x\nFROM scratch AS b\n",
+        &opts(&[]),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.problems[0].message,
+        "cannot copy from stage \"b\", it needs to be defined before current stage \"a\""
+    );
+}
+
+#[test]
+fn copy_heredoc_bodies_expand_only_with_unquoted_delimiters() {
+    let text = "FROM scratch\nARG V=1\nCOPY <<EOF /a\nv='$V'\nEOF\nCOPY <<'EOF' /b\nv=$V\nEOF\n";
+    let p = plan_ok(text, &opts(&[]));
+    let bodies: Vec<String> = p.stages[0]
+        .steps
+        .iter()
+        .filter_map(|s| match &s.instruction.kind {
+            Kind::Copy { heredocs, .. } => Some(heredocs[0].body.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bodies, vec!["v='1'\n", "v=$V\n"]);
+    assert_eq!(created(&p, 0)[1], "COPY <<EOF /a # buildkit");
+}
+
+#[test]
+fn base_image_config_env_feeds_expansion() {
+    let mut o = opts(&[]);
+    o.base_configs.insert(
+        "docker.io/library/golang:1.22".into(),
+        BaseConfig {
+            env: vec![("GOPATH".into(), "/go".into())],
+            workdir: "/go".into(),
+            ..BaseConfig::default()
+        },
+    );
+    let p = plan_ok(
+        "FROM golang:1.22\nWORKDIR src\nENV P=$GOPATH/bin:$PATH\n",
+        &o,
+    );
+    assert_eq!(
+        created(&p, 0),
+        vec![
+            "WORKDIR /go/src",
+            "ENV P=/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        ]
+    );
+    // With the base config known, unknown variables are reported.
+    let p = plan_ok("FROM golang:1.22\nENV P=$GOPTAH\n", &o);
+    assert_eq!(p.findings[0].rule, "UndefinedVar");
+    assert_eq!(
+        p.findings[0].message,
+        "Usage of undefined variable '$GOPTAH' (did you mean $GOPATH?)"
+    );
+}
