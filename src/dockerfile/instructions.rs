@@ -7,6 +7,7 @@
 use super::ast::{Heredoc, Node, ParseError, Span, Warning};
 use super::directives::Directives;
 use super::flags::{parse_flags, FlagKind, Flags};
+use super::heredoc::parse_heredoc;
 use super::mount::parse_mount;
 use super::parser::parse;
 use std::time::Duration;
@@ -85,11 +86,24 @@ pub struct Run {
     pub security: Option<String>,
 }
 
+/// A COPY/ADD source written inline as a heredoc (`COPY <<EOF /dest`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceContent {
+    /// The heredoc name, used as the file name.
+    pub path: String,
+    /// The body, with leading TABs already removed for `<<-`.
+    pub data: String,
+    /// Expand variables in `data` (the marker was not quoted).
+    pub expand: bool,
+}
+
 /// COPY and ADD: which flags apply is decided by [`InstructionKind`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Copy {
-    /// Sources as written; heredoc sources appear as their marker (`<<EOF`).
+    /// Source paths as written (raw), without heredoc markers.
     pub sources: Vec<String>,
+    /// Heredoc sources, in the order their markers appear.
+    pub contents: Vec<SourceContent>,
     pub dest: String,
     pub json: bool,
     pub heredocs: Vec<Heredoc>,
@@ -146,8 +160,19 @@ pub enum InstructionKind {
     Maintainer(String),
 }
 
-/// Parses and types a Dockerfile. Returns every error found.
-pub fn parse_dockerfile(src: &str) -> Result<Dockerfile, Vec<ParseError>> {
+/// Everything found in a Dockerfile, whether or not it had errors: what
+/// `rbuild check` reports. Instructions that failed to type are left out.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub directives: Directives,
+    pub instructions: Vec<Instruction>,
+    pub warnings: Vec<Warning>,
+    /// Every error, ordered by line and column.
+    pub errors: Vec<ParseError>,
+}
+
+/// Parses and types a Dockerfile, collecting every error and warning.
+pub fn parse_dockerfile_report(src: &str) -> Report {
     let out = parse(src);
     let mut errors = out.errors;
     let mut instructions = Vec::new();
@@ -157,14 +182,25 @@ pub fn parse_dockerfile(src: &str) -> Result<Dockerfile, Vec<ParseError>> {
             Err(e) => errors.push(e),
         }
     }
-    if !errors.is_empty() {
-        errors.sort_by_key(|e| (e.line, e.column));
-        return Err(errors);
-    }
-    Ok(Dockerfile {
+    errors.sort_by_key(|e| (e.line, e.column));
+    Report {
         directives: out.directives,
         instructions,
         warnings: out.warnings,
+        errors,
+    }
+}
+
+/// Parses and types a Dockerfile. Returns every error found.
+pub fn parse_dockerfile(src: &str) -> Result<Dockerfile, Vec<ParseError>> {
+    let r = parse_dockerfile_report(src);
+    if !r.errors.is_empty() {
+        return Err(r.errors);
+    }
+    Ok(Dockerfile {
+        directives: r.directives,
+        instructions: r.instructions,
+        warnings: r.warnings,
     })
 }
 
@@ -390,14 +426,17 @@ fn parse_key_values(node: &Node) -> Result<KeyValues, ParseError> {
     no_flags(node)?;
     at_least_one(node)?;
     let legacy = node.args.get(2).is_some_and(|s| s.is_empty());
-    let pairs = node
-        .args
-        .chunks(3)
-        .map(|c| KeyValue {
+    let mut pairs = Vec::new();
+    for c in node.args.chunks(3) {
+        if c[0].is_empty() {
+            let what = node.command().to_uppercase();
+            return Err(err(node, format!("{what} names can not be blank")));
+        }
+        pairs.push(KeyValue {
             key: c[0].clone(),
             value: c.get(1).cloned().unwrap_or_default(),
-        })
-        .collect();
+        });
+    }
     Ok(KeyValues { pairs, legacy })
 }
 
@@ -584,8 +623,32 @@ fn parse_copy(node: &Node, is_add: bool) -> Result<Copy, ParseError> {
             format!("{name} requires at least two arguments, but only one was provided. Destination could not be determined."),
         ));
     }
+    if parse_heredoc(dest).ok().flatten().is_some() {
+        return Err(err(
+            node,
+            format!("{name} cannot use a heredoc as its destination"),
+        ));
+    }
+    let mut paths = Vec::new();
+    let mut contents = Vec::new();
+    for src in sources {
+        match parse_heredoc(src).ok().flatten() {
+            Some(h) if !node.json => {
+                let Some(doc) = node.heredocs.iter().find(|d| d.name == h.name) else {
+                    return Err(err(node, format!("{name}: no body for heredoc {src}")));
+                };
+                contents.push(SourceContent {
+                    path: h.name.clone(),
+                    data: doc.chomped(),
+                    expand: h.expand,
+                });
+            }
+            _ => paths.push(src.clone()),
+        }
+    }
     Ok(Copy {
-        sources: sources.to_vec(),
+        sources: paths,
+        contents,
         dest: dest.clone(),
         json: node.json,
         heredocs: node.heredocs.clone(),
@@ -869,6 +932,52 @@ mod tests {
         assert!(fail("COPY --checksum=x a b")
             .message
             .contains("unknown flag: checksum"));
+    }
+
+    #[test]
+    fn blank_env_names_are_errors() {
+        assert!(fail("ENV =x")
+            .message
+            .contains("ENV names can not be blank"));
+        assert!(fail("LABEL =x")
+            .message
+            .contains("LABEL names can not be blank"));
+    }
+
+    #[test]
+    fn report_keeps_good_instructions_warnings_and_errors() {
+        let r = parse_dockerfile_report("FROM a\nRUN a \\\n\n b\nUSER\nCOPY --x a b\n");
+        assert_eq!(r.instructions.len(), 2);
+        assert_eq!(r.warnings.len(), 1);
+        let at: Vec<(usize, usize)> = r.errors.iter().map(|e| (e.line, e.column)).collect();
+        assert_eq!(at, vec![(5, 1), (6, 6)]);
+    }
+
+    #[test]
+    fn copy_heredoc_sources_become_contents() {
+        let src = "COPY <<robots.txt <<-'humans.txt' file /test/\nUser-agent: *\nrobots.txt\n\tme\n\thumans.txt";
+        let InstructionKind::Copy(c) = one(src).kind else {
+            panic!()
+        };
+        assert_eq!(c.sources, vec!["file"]);
+        assert_eq!(c.dest, "/test/");
+        let got: Vec<(&str, &str, bool)> = c
+            .contents
+            .iter()
+            .map(|s| (s.path.as_str(), s.data.as_str(), s.expand))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("robots.txt", "User-agent: *\n", true),
+                ("humans.txt", "me\n", false)
+            ]
+        );
+        let InstructionKind::Copy(c) = one("COPY [\"<<EOF\", \"/d\"]").kind else {
+            panic!()
+        };
+        assert_eq!((c.sources.len(), c.contents.len()), (1, 0));
+        assert!(fail("COPY a <<EOF\nx\nEOF").message.contains("destination"));
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub mod shell;
 pub use ast::{Ast, Heredoc, Node, ParseError, Span, Warning};
 pub use directives::{detect_syntax, Directive, Directives};
 
-pub use instructions::{parse_dockerfile, Dockerfile, Instruction, InstructionKind};
+pub use instructions::{
+    parse_dockerfile, parse_dockerfile_report, Dockerfile, Instruction, InstructionKind, Report,
+};
 pub use mount::{parse_mount, Mount};
 pub use parser::{parse, parse_bytes, ParseOutput};

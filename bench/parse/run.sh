@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Parse speed: every corpus Dockerfile (BuildKit's 33 cases, real-world,
+# buildah-conformance) parsed and typed BENCH_ITERATIONS times (default 300)
+# with a release build; prints the slowest files and the mean per file.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$root"
+export RBUILD_SHARED_CORPUS="${RBUILD_SHARED_CORPUS:-$root/../shared/corpus}"
+lock() { if [ -e /work/cargo.lock ]; then flock /work/cargo.lock "$@"; else "$@"; fi; }
+lock cargo test --release --no-run --test parser_corpus
+cargo test -q --release --test parser_corpus -- --ignored bench_parse --nocapture --test-threads=1
