@@ -4,7 +4,7 @@
 //! ENV/LABEL/COPY arguments so expansion and history code stay uniform.
 
 use crate::dockerfile::{
-    self, ast, instructions as di, Dockerfile, Instruction as DInstruction, InstructionKind as DK,
+    self, ast, instructions as di, Instruction as DInstruction, InstructionKind as DK,
 };
 
 use super::ir::{Flag, Form, Heredoc, Instruction, Kind, Span};
@@ -46,20 +46,15 @@ pub fn read(text: &str) -> Parsed {
         .split('\n')
         .map(|l| l.strip_suffix('\r').unwrap_or(l).to_string())
         .collect();
-    match dockerfile::parse_dockerfile(text) {
-        Ok(df) => from_dockerfile(&df, lines),
-        Err(errors) => Parsed {
-            directives: directives_of(text),
-            errors: errors.iter().map(problem).collect(),
-            lines,
-            ..Parsed::default()
-        },
-    }
-}
-
-fn directives_of(text: &str) -> Directives {
-    let d = dockerfile::parser::parse(text).directives;
-    convert_directives(&d)
+    let report = di::parse_dockerfile_report(text);
+    let mut parsed = from_parts(
+        &report.directives,
+        &report.instructions,
+        &report.warnings,
+        lines,
+    );
+    parsed.errors = report.errors.iter().map(problem).collect();
+    parsed
 }
 
 fn convert_directives(d: &dockerfile::Directives) -> Directives {
@@ -70,13 +65,17 @@ fn convert_directives(d: &dockerfile::Directives) -> Directives {
     }
 }
 
-fn from_dockerfile(df: &Dockerfile, lines: Vec<String>) -> Parsed {
+fn from_parts(
+    directives: &dockerfile::Directives,
+    instructions: &[DInstruction],
+    warnings: &[ast::Warning],
+    lines: Vec<String>,
+) -> Parsed {
     Parsed {
-        directives: convert_directives(&df.directives),
-        instructions: df.instructions.iter().map(convert).collect(),
+        directives: convert_directives(directives),
+        instructions: instructions.iter().map(convert).collect(),
         errors: Vec::new(),
-        warnings: df
-            .warnings
+        warnings: warnings
             .iter()
             .map(|w| Finding {
                 rule: w.rule,
@@ -164,18 +163,8 @@ fn heredocs(h: &[ast::Heredoc]) -> Vec<Heredoc> {
         .collect()
 }
 
-fn is_heredoc_word(s: &str) -> bool {
-    s.trim_start_matches(|c: char| c.is_ascii_digit())
-        .starts_with("<<")
-}
-
 fn copy_parts(c: &di::Copy, col: usize) -> (Vec<String>, Vec<Flag>) {
-    let sources = c
-        .sources
-        .iter()
-        .filter(|s| c.heredocs.is_empty() || !is_heredoc_word(s))
-        .cloned()
-        .collect();
+    let sources = c.sources.clone();
     let mut flags = Vec::new();
     let mut opt = |n: &str, v: &Option<String>| {
         if let Some(v) = v {
@@ -297,7 +286,16 @@ pub fn convert(i: &DInstruction) -> Instruction {
         DK::Copy(c) | DK::Add(c) => {
             let (sources, f) = copy_parts(c, col);
             flags = f;
-            let heredocs = heredocs(&c.heredocs);
+            let heredocs = c
+                .contents
+                .iter()
+                .map(|h| Heredoc {
+                    name: h.path.clone(),
+                    body: h.data.clone(),
+                    expand: h.expand,
+                    chomp: false,
+                })
+                .collect();
             if matches!(i.kind, DK::Copy(_)) {
                 Kind::Copy {
                     sources,
