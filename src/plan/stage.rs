@@ -44,6 +44,100 @@ pub fn predefined_args(p: &Platform, target_stage: &str) -> BTreeMap<String, Str
     m
 }
 
+/// RedundantTargetPlatform and FromPlatformFlagConstDisallowed.
+fn platform_lints(
+    raw: &str,
+    value: &str,
+    m: &expand::Matches,
+    stage: Option<&str>,
+    global: &BTreeMap<String, String>,
+    span: Span,
+    findings: &mut Vec<Finding>,
+) {
+    let only_target = m.matched.len() == 1
+        && m.unmatched.is_empty()
+        && m.matched.contains("TARGETPLATFORM")
+        && global.get("TARGETPLATFORM").map(String::as_str) == Some(value);
+    if only_target {
+        findings.push(Finding {
+            rule: "RedundantTargetPlatform",
+            span,
+            message: format!("Setting platform to predefined {raw} in FROM is redundant as this is the default behavior"),
+        });
+    }
+    if !m.matched.is_empty() || !m.unmatched.is_empty() {
+        return;
+    }
+    let Some(p) = Platform::parse(value) else {
+        return;
+    };
+    let stage = stage.unwrap_or_default();
+    if stage.contains(&p.os) || stage.contains(&p.arch) {
+        return;
+    }
+    findings.push(Finding {
+        rule: "FromPlatformFlagConstDisallowed",
+        span,
+        message: format!("FROM --platform flag should not use constant value \"{value}\""),
+    });
+}
+
+/// InvalidDefaultArgInFrom: with only the ARG defaults (no build args),
+/// every FROM must still name a valid image or stage.
+fn default_arg_lints(
+    stages: &[RawStage],
+    meta: &[&Instruction],
+    escape: char,
+    opts: &PlanOptions,
+    target_name: &str,
+    findings: &mut Vec<Finding>,
+) {
+    let defaults_only = PlanOptions {
+        build_args: BTreeMap::new(),
+        ..opts.clone()
+    };
+    let mut scratch = Vec::new();
+    let (defaults, _) = global_args(meta, escape, &defaults_only, target_name, &mut scratch);
+    if !scratch.is_empty() {
+        return;
+    }
+    for st in stages {
+        let Ok((name, _)) = expand::word(st.image, &defaults, escape) else {
+            return;
+        };
+        if normalize_reference(&name).is_none() {
+            findings.push(Finding {
+                rule: "InvalidDefaultArgInFrom",
+                span: st.from.span,
+                message: format!(
+                    "Default value for ARG {} results in empty or invalid base image name",
+                    st.image
+                ),
+            });
+        }
+    }
+}
+
+/// SecretsUsedInArgOrEnv: ARG/ENV names that look like credentials.
+fn looks_secret(key: &str) -> bool {
+    const DENY: &[&str] = &[
+        "apikey",
+        "auth",
+        "credential",
+        "credentials",
+        "key",
+        "password",
+        "pword",
+        "passwd",
+        "secret",
+        "token",
+    ];
+    // BuildKit's `(?i)(?:_|^)(?:token|…)(?:_|$)`: a whole `_`-separated word.
+    let lower = key.to_ascii_lowercase();
+    let words: Vec<&str> = lower.split('_').collect();
+    words.iter().any(|w| DENY.contains(w)) && !words.contains(&"public")
+}
+
 fn problem(span: Span, message: impl Into<String>) -> Problem {
     Problem {
         span,
@@ -98,6 +192,7 @@ pub(super) fn plan(
             .unwrap_or_default(),
     };
     let (global, meta_keys) = global_args(&meta, escape, opts, &target_name, &mut problems);
+    default_arg_lints(&stages, &meta, escape, opts, &target_name, &mut findings);
     let resolved = resolve_bases(
         &stages,
         &global,
@@ -344,6 +439,7 @@ fn resolve_bases(
             match expand::word(&v, global, escape) {
                 Ok((p, m)) => {
                     report(&m, findings);
+                    platform_lints(&v, &p, &m, st.name.as_deref(), global, span, findings);
                     if p.is_empty() {
                         problems.push(problem(
                             span,
@@ -572,6 +668,8 @@ struct State {
     env_known: bool,
     onbuild: Vec<String>,
     seen: Seen,
+    /// A WORKDIR was set in this Dockerfile (WorkdirRelativePath).
+    workdir_set: bool,
 }
 
 impl State {
@@ -653,6 +751,7 @@ impl<'a> Dispatcher<'a> {
                 env_known: matches!(res.base, RawBase::Scratch),
                 onbuild: Vec::new(),
                 seen: Seen::default(),
+                workdir_set: false,
             },
             total: 0,
             counter: 0,
@@ -666,6 +765,19 @@ impl<'a> Dispatcher<'a> {
         }
         self.counter += 1;
         h::progress_prefix(&self.stage_name, self.counter, self.total, onbuild)
+    }
+
+    fn secret_lint(&mut self, instruction: &str, key: &str, span: Span) {
+        if looks_secret(key) {
+            self.lint(
+                "SecretsUsedInArgOrEnv",
+                span,
+                format!(
+                    "Do not use ARG or ENV instructions for sensitive data ({instruction} {})",
+                    h::go_quote(key)
+                ),
+            );
+        }
     }
 
     fn lint(&mut self, rule: &'static str, span: Span, message: String) {
@@ -787,6 +899,11 @@ impl<'a> Dispatcher<'a> {
                     let v = self.expand(v, span, &mut used)?;
                     expanded.push((k, v));
                 }
+                if is_env {
+                    for (k, _) in &expanded {
+                        self.secret_lint("ENV", k, span);
+                    }
+                }
                 let mut msg = String::from(if is_env { "ENV" } else { "LABEL" });
                 for (k, v) in &expanded {
                     msg.push_str(&format!(" {k}={v}"));
@@ -811,6 +928,7 @@ impl<'a> Dispatcher<'a> {
                 let mut parts = Vec::new();
                 let mut expanded = Vec::new();
                 for (k, def) in args {
+                    self.secret_lint("ARG", k, span);
                     let build = self.opts.build_args.get(k).cloned();
                     let mut value = def.clone();
                     if value.is_none() && build.is_none() {
@@ -992,6 +1110,14 @@ impl<'a> Dispatcher<'a> {
             }
             Kind::Workdir(p) => {
                 let p = self.expand(p, span, &mut used)?;
+                if !self.state.workdir_set && !is_abs(&p) {
+                    self.lint(
+                        "WorkdirRelativePath",
+                        span,
+                        format!("Relative workdir {} can have unexpected results if the base image changes", h::go_quote(&p)),
+                    );
+                }
+                self.state.workdir_set = true;
                 let wd = clean_path(&if p.starts_with('/') {
                     p.clone()
                 } else {
@@ -1179,6 +1305,18 @@ fn summarize(doc: &str) -> String {
     } else {
         first
     }
+}
+
+/// Absolute for WorkdirRelativePath: `/x`, or a Windows drive path (`C:\x`)
+/// since the base image may be a Windows one.
+fn is_abs(p: &str) -> bool {
+    let b = p.as_bytes();
+    p.starts_with('/')
+        || p.starts_with('\\')
+        || (b.len() >= 3
+            && b[0].is_ascii_alphabetic()
+            && b[1] == b':'
+            && (b[2] == b'\\' || b[2] == b'/'))
 }
 
 /// `path.Clean` for absolute paths.
