@@ -8,7 +8,10 @@
 //! ConsistentInstructionCasing, NoEmptyContinuation); the ones BuildKit
 //! finds while converting come from the planner (UndefinedVar,
 //! UndefinedArgInFrom, LegacyKeyValueFormat, JSONArgsRecommended,
-//! MultipleInstructionsDisallowed). `# check=skip=…;error=true` applies.
+//! MultipleInstructionsDisallowed, WorkdirRelativePath,
+//! SecretsUsedInArgOrEnv, RedundantTargetPlatform,
+//! FromPlatformFlagConstDisallowed, InvalidDefaultArgInFrom).
+//! `# check=skip=…;error=true` applies.
 
 use std::collections::BTreeSet;
 

@@ -978,7 +978,13 @@ impl<'a> Dispatcher<'a> {
                 let (args, summary) = self.run_args(cmd, heredocs);
                 let in_scope = self.args_in_scope();
                 step.build_args = in_scope.iter().cloned().collect();
-                step.arg_env = in_scope.clone();
+                // Only ARGs with a value reach the environment (BuildKit adds them
+                // to the state's env in dispatchArg).
+                step.arg_env = in_scope
+                    .iter()
+                    .filter(|(k, _)| self.state.get(k).is_some())
+                    .cloned()
+                    .collect();
                 step.proxy_env = self
                     .opts
                     .build_args

@@ -189,18 +189,21 @@ fn proxy_args_reach_run_but_not_history() {
 #[test]
 fn build_args_a_step_used_are_recorded() {
     // "Impact on build caching": only steps that use an ARG depend on it.
-    let text = "FROM scratch\nARG A=1\nARG B=2\nCOPY $A /x\nLABEL l=x\nRUN true\n";
+    let text = "FROM scratch\nARG A=1\nARG B=2\nARG C\nCOPY $A /x\nLABEL l=x\nRUN true\n";
     let p = plan_ok(text, &opts(&[]));
     let steps = &p.stages[0].steps;
+    let a: BTreeMap<String, String> = [("A".to_string(), "1".to_string())].into_iter().collect();
+    assert_eq!(steps[3].build_args, a);
+    assert!(steps[4].build_args.is_empty());
+    assert_eq!(steps[5].build_args.len(), 3);
+    // An ARG without a value is in history (`C=`) but not in the environment.
     assert_eq!(
-        steps[2].build_args,
-        [("A".to_string(), "1".to_string())].into_iter().collect()
-    );
-    assert!(steps[3].build_args.is_empty());
-    assert_eq!(steps[4].build_args.len(), 2);
-    assert_eq!(
-        steps[4].arg_env,
+        steps[5].arg_env,
         vec![("A".into(), "1".into()), ("B".into(), "2".into())]
+    );
+    assert_eq!(
+        steps[5].created_by.as_deref(),
+        Some("RUN |3 A=1 B=2 C= /bin/sh -c true # buildkit")
     );
 }
 
