@@ -50,6 +50,11 @@ fn hash_re() -> &'static Regex {
     RE.get_or_init(|| directive_re("#"))
 }
 
+fn slash_re() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| directive_re("//"))
+}
+
 /// Scans leading lines for directives, one line at a time.
 #[derive(Debug, Default)]
 pub(crate) struct DirectiveScanner {
@@ -112,8 +117,7 @@ pub fn detect_syntax(src: &str) -> Option<(String, String, usize)> {
         None if src.starts_with("#!") => ("", 2),
         _ => (src, 1),
     };
-    for prefix in ["#", "//"] {
-        let re = directive_re(prefix);
+    for re in [hash_re(), slash_re()] {
         for (i, line) in src.lines().enumerate() {
             let Some(m) = re.captures(line) else { break };
             let name = m[1].to_ascii_lowercase();

@@ -8,7 +8,7 @@ use super::ast::{Heredoc, Node, ParseError, Span, Warning};
 use super::directives::Directives;
 use super::flags::{parse_flags, FlagKind, Flags};
 use super::heredoc::parse_heredoc;
-use super::mount::parse_mount;
+use super::mount::{check_unexpanded, parse_mount};
 use super::parser::parse;
 use std::time::Duration;
 
@@ -65,6 +65,7 @@ pub struct ArgDecl {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct From {
+    // Stage names compare case-insensitively: use [`From::stage_name`].
     /// Image reference or stage name, raw (may hold `$VARS`).
     pub image: String,
     pub platform: Option<String>,
@@ -154,7 +155,14 @@ pub enum InstructionKind {
     },
     StopSignal(String),
     Healthcheck(Healthcheck),
-    Onbuild(Box<Instruction>),
+    /// ONBUILD: `expression` is what BuildKit stores in the image config (the
+    /// text after `ONBUILD`, heredoc bodies appended); `trigger` is that text
+    /// typed now. BuildKit only checks a trigger when a child build runs it, so
+    /// a trigger that does not type is not an error of this Dockerfile.
+    Onbuild {
+        expression: String,
+        trigger: Result<Box<Instruction>, ParseError>,
+    },
     Copy(Copy),
     Add(Copy),
     Maintainer(String),
@@ -280,10 +288,8 @@ pub fn instruction_from_node(node: &Node) -> Result<Instruction, ParseError> {
             no_flags(node)?;
             InstructionKind::Workdir(exactly_one(node)?)
         }
-        "stopsignal" => {
-            no_flags(node)?;
-            InstructionKind::StopSignal(exactly_one(node)?)
-        }
+        // BuildKit does not check flags on STOPSIGNAL.
+        "stopsignal" => InstructionKind::StopSignal(exactly_one(node)?),
         "maintainer" => {
             no_flags(node)?;
             InstructionKind::Maintainer(exactly_one(node)?)
@@ -291,16 +297,17 @@ pub fn instruction_from_node(node: &Node) -> Result<Instruction, ParseError> {
         "volume" => {
             no_flags(node)?;
             at_least_one(node)?;
-            if node.args.iter().any(|p| p.trim().is_empty()) {
+            let paths: Vec<String> = node.args.iter().map(|p| p.trim().to_string()).collect();
+            if paths.iter().any(String::is_empty) {
                 return Err(err(node, "VOLUME specified can not be an empty string"));
             }
             InstructionKind::Volume {
-                paths: node.args.clone(),
+                paths,
                 json: node.json,
             }
         }
         "healthcheck" => InstructionKind::Healthcheck(parse_healthcheck(node)?),
-        "onbuild" => InstructionKind::Onbuild(Box::new(parse_onbuild(node)?)),
+        "onbuild" => parse_onbuild(node)?,
         "copy" => InstructionKind::Copy(parse_copy(node, false)?),
         "add" => InstructionKind::Add(parse_copy(node, true)?),
         _ => return Err(err(node, format!("unknown instruction: {}", node.keyword))),
@@ -320,6 +327,13 @@ fn command_line(node: &Node) -> CommandLine {
     }
 }
 
+impl From {
+    /// The stage name as BuildKit uses it (lower-cased).
+    pub fn stage_name(&self) -> Option<String> {
+        self.name.as_ref().map(|n| n.to_ascii_lowercase())
+    }
+}
+
 fn parse_from(node: &Node) -> Result<From, ParseError> {
     let flags = parse_flags(node, &[("platform", FlagKind::String)])?;
     let (image, name, as_keyword) = match node.args.as_slice() {
@@ -331,7 +345,7 @@ fn parse_from(node: &Node) -> Result<From, ParseError> {
         _ => return Err(err(node, "FROM requires either one or three arguments")),
     };
     if let Some(n) = &name {
-        if !n.contains('$') && !valid_stage_name(n) {
+        if !valid_stage_name(n) {
             return Err(err(
                 node,
                 format!("invalid name for build stage: \"{n}\", name can't start with a number or contain symbols"),
@@ -370,6 +384,7 @@ fn parse_run(node: &Node) -> Result<Run, ParseError> {
     let mounts = flags.strings("mount");
     // Mounts without variables can be checked now, with a precise location.
     for (i, m) in mounts.iter().enumerate() {
+        check_unexpanded(m).map_err(|e| flag_err(node, "mount", i, e))?;
         if !m.contains('$') {
             parse_mount(m).map_err(|e| flag_err(node, "mount", i, e))?;
         }
@@ -451,7 +466,7 @@ fn parse_arg(node: &Node) -> Result<Vec<ArgDecl>, ParseError> {
                 None => (a.clone(), None),
             };
             if name.is_empty() {
-                return Err(err(node, format!("ARG names can not be blank: {a}")));
+                return Err(err(node, "ARG names can not be blank"));
             }
             Ok(ArgDecl { name, default })
         })
@@ -459,6 +474,17 @@ fn parse_arg(node: &Node) -> Result<Vec<ArgDecl>, ParseError> {
 }
 
 fn parse_healthcheck(node: &Node) -> Result<Healthcheck, ParseError> {
+    // BuildKit checks flags only for CMD (and unknown types), not for NONE.
+    if node
+        .args
+        .first()
+        .is_some_and(|t| t.eq_ignore_ascii_case("none"))
+    {
+        if node.args.len() > 1 {
+            return Err(err(node, "HEALTHCHECK NONE takes no arguments"));
+        }
+        return Ok(Healthcheck::None);
+    }
     let d = FlagKind::String;
     let flags = parse_flags(
         node,
@@ -524,7 +550,10 @@ fn parse_healthcheck(node: &Node) -> Result<Healthcheck, ParseError> {
         }
         _ => Err(err(
             node,
-            format!("Unknown type \"{typ}\" in HEALTHCHECK (try CMD)"),
+            format!(
+                "Unknown type \"{}\" in HEALTHCHECK (try CMD)",
+                typ.to_uppercase()
+            ),
         )),
     }
 }
@@ -561,38 +590,50 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
         total += n * unit;
         rest = &rest[u_end..];
     }
-    Ok(Duration::from_secs_f64(total))
+    Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
-fn parse_onbuild(node: &Node) -> Result<Instruction, ParseError> {
+fn parse_onbuild(node: &Node) -> Result<InstructionKind, ParseError> {
     no_flags(node)?;
     let Some(sub) = node.sub.as_deref() else {
         return Err(err(node, "ONBUILD requires at least one argument"));
     };
-    match sub.command().as_str() {
-        "onbuild" => {
-            return Err(err(
-                node,
-                "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed",
-            ))
+    let trigger_kw = sub.keyword.to_uppercase();
+    match trigger_kw.as_str() {
+        "ONBUILD" => {
+            let msg = "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed";
+            return Err(err(node, msg));
         }
-        "from" | "maintainer" => {
-            return Err(err(
-                node,
-                format!(
-                    "{} isn't allowed as an ONBUILD trigger",
-                    sub.keyword.to_uppercase()
-                ),
-            ))
+        "FROM" | "MAINTAINER" => {
+            let msg = format!("{trigger_kw} isn't allowed as an ONBUILD trigger");
+            return Err(err(node, msg));
         }
         _ => {}
+    }
+    let mut expression = strip_onbuild_keyword(&node.original).to_string();
+    for doc in &node.heredocs {
+        expression.push('\n');
+        expression.push_str(&doc.content);
+        expression.push_str(&doc.name);
     }
     // The wrapped node shares the line; heredocs were read for the ONBUILD node.
     let mut sub = sub.clone();
     sub.span = node.span;
     sub.first_line_len = node.first_line_len;
     sub.heredocs = node.heredocs.clone();
-    instruction_from_node(&sub)
+    Ok(InstructionKind::Onbuild {
+        expression,
+        trigger: instruction_from_node(&sub).map(Box::new),
+    })
+}
+
+/// The text after the `ONBUILD` keyword and the blanks that follow it.
+fn strip_onbuild_keyword(original: &str) -> &str {
+    let t = original.trim_start();
+    match t.get(..7) {
+        Some(kw) if kw.eq_ignore_ascii_case("onbuild") => t[7..].trim_start(),
+        _ => t,
+    }
 }
 
 fn parse_copy(node: &Node, is_add: bool) -> Result<Copy, ParseError> {
@@ -614,19 +655,17 @@ fn parse_copy(node: &Node, is_add: bool) -> Result<Copy, ParseError> {
     }
     let flags = parse_flags(node, &allowed)?;
     let name = node.command().to_uppercase();
-    let Some((dest, sources)) = node.args.split_last() else {
-        return Err(err(node, format!("{name} requires at least two arguments")));
+    let (dest, sources) = match node.args.split_last() {
+        Some((dest, sources)) if !sources.is_empty() => (dest, sources),
+        _ => {
+            let msg = format!("{name} requires at least two arguments, but only one was provided. Destination could not be determined");
+            return Err(err(node, msg));
+        }
     };
-    if sources.is_empty() {
-        return Err(err(
-            node,
-            format!("{name} requires at least two arguments, but only one was provided. Destination could not be determined."),
-        ));
-    }
     if parse_heredoc(dest).ok().flatten().is_some() {
         return Err(err(
             node,
-            format!("{name} cannot use a heredoc as its destination"),
+            format!("{name} cannot accept a heredoc as a destination"),
         ));
     }
     let mut paths = Vec::new();
@@ -693,6 +732,8 @@ mod tests {
         assert_eq!(f.image, "golang:1");
         assert!(parse_dockerfile("FROM a b c\n").is_err());
         assert!(parse_dockerfile("FROM a AS 1x\n").is_err());
+        assert!(parse_dockerfile("FROM a AS $N\n").is_err());
+        assert_eq!(f.stage_name().as_deref(), Some("build"));
         assert!(parse_dockerfile("FROM\n").is_err());
     }
 
@@ -877,27 +918,42 @@ mod tests {
             .message
             .contains("retries"));
         assert!(fail("HEALTHCHECK NONE x").message.contains("no arguments"));
+        assert_eq!(
+            one("HEALTHCHECK --interval=5s NONE").kind,
+            InstructionKind::Healthcheck(Healthcheck::None)
+        );
+    }
+
+    fn trigger(src: &str) -> (String, Result<Box<Instruction>, ParseError>) {
+        match one(src).kind {
+            InstructionKind::Onbuild {
+                expression,
+                trigger,
+            } => (expression, trigger),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
     fn onbuild_wraps_allowed_instructions() {
-        let InstructionKind::Onbuild(i) = one("ONBUILD RUN echo").kind else {
+        let (expr, t) = trigger("onbuild  RUN echo");
+        assert_eq!(expr, "RUN echo");
+        assert!(matches!(t.unwrap().kind, InstructionKind::Run(_)));
+        let (expr, t) = trigger("ONBUILD COPY <<E /x\nbody\nE");
+        assert_eq!(expr, "COPY <<E /x\nbody\nE");
+        let InstructionKind::Copy(c) = t.unwrap().kind else {
             panic!()
         };
-        assert!(matches!(i.kind, InstructionKind::Run(_)));
-        let InstructionKind::Onbuild(i) = one("ONBUILD COPY <<E /x\nbody\nE").kind else {
-            panic!()
-        };
-        let InstructionKind::Copy(c) = i.kind else {
-            panic!()
-        };
-        assert_eq!(c.heredocs[0].content, "body\n");
+        assert_eq!(c.contents[0].data, "body\n");
         assert!(fail("ONBUILD ONBUILD RUN x").message.contains("Chaining"));
         assert!(fail("ONBUILD FROM x").message.contains("isn't allowed"));
         assert!(fail("ONBUILD MAINTAINER x")
             .message
             .contains("isn't allowed"));
-        let e = fail("ONBUILD COPY --bad a b");
+        assert!(fail("ONBUILD").message.contains("at least one argument"));
+        // A bad trigger is only an error when a child build runs it.
+        let (_, t) = trigger("ONBUILD COPY --bad a b");
+        let e = t.unwrap_err();
         assert_eq!((e.message.as_str(), e.column), ("unknown flag: bad", 14));
     }
 
@@ -999,5 +1055,6 @@ mod tests {
         );
         assert!(parse_go_duration("5").is_err());
         assert!(parse_go_duration("5x").is_err());
+        assert!(parse_go_duration("99999999999999999999999h").is_err());
     }
 }

@@ -33,7 +33,7 @@ pub struct Mount {
     /// the working directory (bind, cache, tmpfs). Defaulted for secret
     /// (`/run/secrets/<id>` unless `env` is set); ssh leaves it to the runner.
     pub target: Option<String>,
-    /// Bind mounts are read-only unless `rw`; others writable unless `ro`.
+    /// Default: read-only for bind, secret and ssh; writable for cache and tmpfs.
     pub readonly: bool,
     /// Cache id (defaults to the target at build time), secret id (defaults to
     /// the target's file name), ssh id (defaults to `default`).
@@ -95,16 +95,27 @@ fn csv_fields(spec: &str) -> Result<Vec<String>, String> {
     Ok(fields)
 }
 
+/// Go's `strconv.ParseBool`; a bare key (no `=`) means true.
 fn parse_bool(key: &str, v: Option<&str>) -> Result<bool, String> {
-    match v.map(str::to_ascii_lowercase).as_deref() {
-        None | Some("true") | Some("1") => Ok(true),
-        Some("false") | Some("0") => Ok(false),
+    match v {
+        None | Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
+        Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
         Some(other) => Err(format!("invalid value for {key}: {other}")),
     }
 }
 
 fn parse_u32(key: &str, v: &str, radix: u32) -> Result<u32, String> {
-    u32::from_str_radix(v, radix).map_err(|_| format!("invalid value for {key}: {v}"))
+    u32::from_str_radix(v, radix).map_err(|_| format!("invalid value {v} for {key}"))
+}
+
+fn type_name(kind: MountType) -> &'static str {
+    match kind {
+        MountType::Bind => "bind",
+        MountType::Cache => "cache",
+        MountType::Tmpfs => "tmpfs",
+        MountType::Secret => "secret",
+        MountType::Ssh => "ssh",
+    }
 }
 
 /// Parses a size like `64m`, `1.5g` or `1048576` (base 1024, as go-units' RAMInBytes).
@@ -127,85 +138,153 @@ fn parse_size(v: &str) -> Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
-/// Parses one `--mount=` value (already variable-expanded).
+/// Parses one `--mount=` value (already variable-expanded), with BuildKit's
+/// keys, aliases, defaults and checks.
 pub fn parse_mount(spec: &str) -> Result<Mount, String> {
     let fields = csv_fields(spec)?;
     let mut kind = MountType::Bind;
     for f in &fields {
         if let Some((k, v)) = f.split_once('=') {
-            if k.trim().eq_ignore_ascii_case("type") {
-                kind = match v.trim().to_ascii_lowercase().as_str() {
+            if k.eq_ignore_ascii_case("type") {
+                kind = match v.to_ascii_lowercase().as_str() {
                     "bind" => MountType::Bind,
                     "cache" => MountType::Cache,
                     "tmpfs" => MountType::Tmpfs,
                     "secret" => MountType::Secret,
                     "ssh" => MountType::Ssh,
-                    other => return Err(format!("unsupported mount type \"{other}\"")),
+                    _ => return Err(format!("unsupported mount type \"{v}\"")),
                 };
             }
         }
     }
     let mut m = Mount::new(kind);
-    for f in fields.iter().filter(|f| !f.trim().is_empty()) {
+    let mut ro_set = false;
+    let mut sharing_set = false;
+    let wrong_type = |key: &str| {
+        format!(
+            "unexpected key '{key}' for mount type '{}'",
+            type_name(kind)
+        )
+    };
+    for f in fields.iter().filter(|f| !f.is_empty()) {
         let (key, value) = match f.split_once('=') {
-            Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v.trim())),
-            None => (f.trim().to_ascii_lowercase(), None),
+            Some((k, v)) => (k.to_ascii_lowercase(), Some(v)),
+            None => (f.to_ascii_lowercase(), None),
         };
-        let need = |v: Option<&str>| -> Result<String, String> {
-            v.map(str::to_string)
-                .ok_or_else(|| format!("invalid field '{f}' must be a key=value pair"))
-        };
-        use MountType::*;
-        match (key.as_str(), kind) {
-            ("type", _) => {}
-            ("from", Bind | Cache) => m.from = Some(need(value)?),
-            ("source" | "src", Bind | Cache | Secret) => m.source = Some(need(value)?),
-            ("target" | "dst" | "destination", _) => m.target = Some(need(value)?),
-            ("readonly" | "ro", Bind | Cache) => m.readonly = parse_bool(&key, value)?,
-            ("readwrite" | "rw", Bind | Cache) => m.readonly = !parse_bool(&key, value)?,
-            ("id", Cache | Secret | Ssh) => m.id = Some(need(value)?),
-            ("sharing", Cache) => {
-                m.sharing = match need(value)?.to_ascii_lowercase().as_str() {
+        let is_secret_or_ssh = matches!(kind, MountType::Secret | MountType::Ssh);
+        if value.is_none()
+            && !matches!(
+                key.as_str(),
+                "readonly" | "ro" | "readwrite" | "rw" | "required"
+            )
+        {
+            return Err(format!("invalid field '{f}' must be a key=value pair"));
+        }
+        let v = value.unwrap_or("");
+        match key.as_str() {
+            "type" => {}
+            "from" => m.from = Some(v.to_string()),
+            "source" | "src" => m.source = Some(v.to_string()),
+            "target" | "dst" | "destination" => m.target = Some(v.to_string()),
+            "readonly" | "ro" => {
+                m.readonly = parse_bool(&key, value)?;
+                ro_set = true;
+            }
+            "readwrite" | "rw" => {
+                m.readonly = !parse_bool(&key, value)?;
+                ro_set = true;
+            }
+            "required" if is_secret_or_ssh => m.required = parse_bool(&key, value)?,
+            "required" => return Err(wrong_type(&key)),
+            "size" if kind == MountType::Tmpfs => m.size = Some(parse_size(v)?),
+            "size" => return Err(wrong_type(&key)),
+            "env" if kind == MountType::Secret => m.env = Some(v.to_string()),
+            "env" => return Err(wrong_type(&key)),
+            "id" => m.id = Some(v.to_string()),
+            "sharing" => {
+                sharing_set = true;
+                m.sharing = match v.to_ascii_lowercase().as_str() {
                     "shared" => CacheSharing::Shared,
                     "private" => CacheSharing::Private,
                     "locked" => CacheSharing::Locked,
-                    other => return Err(format!("unsupported sharing value \"{other}\"")),
+                    _ => return Err(format!("unsupported sharing value \"{v}\"")),
                 }
             }
-            ("required", Secret | Ssh) => m.required = parse_bool(&key, value)?,
-            ("mode", Cache | Secret | Ssh) => m.mode = Some(parse_u32(&key, &need(value)?, 8)?),
-            ("uid", Cache | Secret | Ssh) => m.uid = Some(parse_u32(&key, &need(value)?, 10)?),
-            ("gid", Cache | Secret | Ssh) => m.gid = Some(parse_u32(&key, &need(value)?, 10)?),
-            ("size", Tmpfs) => m.size = Some(parse_size(&need(value)?)?),
-            ("env", Secret) => m.env = Some(need(value)?),
+            "mode" => m.mode = Some(parse_u32(&key, v, 8)?),
+            "uid" => m.uid = Some(parse_u32(&key, v, 10)?),
+            "gid" => m.gid = Some(parse_u32(&key, v, 10)?),
             _ => return Err(format!("unexpected key '{key}' in '{f}'")),
         }
     }
-    finish_defaults(&mut m)?;
+    validate(&mut m, ro_set, sharing_set)?;
     Ok(m)
 }
 
-fn finish_defaults(m: &mut Mount) -> Result<(), String> {
+/// BuildKit's `validateMount` plus the secret/ssh defaults applied at dispatch.
+fn validate(m: &mut Mount, ro_set: bool, sharing_set: bool) -> Result<(), String> {
+    let t = type_name(m.kind);
+    if !matches!(
+        m.kind,
+        MountType::Secret | MountType::Ssh | MountType::Cache
+    ) {
+        for (name, set) in [
+            ("mode", m.mode.is_some()),
+            ("uid", m.uid.is_some()),
+            ("gid", m.gid.is_some()),
+        ] {
+            if set {
+                return Err(format!("{name} not allowed for \"{t}\" type mounts"));
+            }
+        }
+    }
+    if !ro_set {
+        m.readonly = !matches!(m.kind, MountType::Cache | MountType::Tmpfs);
+    }
+    if sharing_set && m.kind != MountType::Cache {
+        return Err(format!("invalid cache sharing set for {t} mount"));
+    }
     match m.kind {
         MountType::Secret => {
-            if m.id.is_none() {
-                let base = m
-                    .target
-                    .as_deref()
-                    .and_then(|t| t.rsplit('/').find(|s| !s.is_empty()));
-                m.id = base.map(str::to_string);
+            if m.from.is_some() {
+                return Err("secret mount should not have a from".to_string());
             }
-            let Some(id) = m.id.clone() else {
-                return Err("secret mount requires an id or a target".to_string());
+            if m.source.is_some() && m.id.is_some() {
+                return Err("both source and id can't be set".to_string());
+            }
+            // `source` names the secret; without it or `id`, the target's file name does.
+            let id = m.id.take().or_else(|| m.source.clone()).or_else(|| {
+                let t = m.target.as_deref()?;
+                t.rsplit('/').find(|s| !s.is_empty()).map(str::to_string)
+            });
+            let Some(id) = id else {
+                return Err("invalid secret mount. one of source, target required".to_string());
             };
             if m.target.is_none() && m.env.is_none() {
                 m.target = Some(format!("/run/secrets/{id}"));
             }
+            m.id = Some(id);
         }
         MountType::Ssh if m.id.is_none() => m.id = Some("default".to_string()),
         // bind/cache/tmpfs: an empty or relative target is resolved
         // against the working directory at build time, as BuildKit does.
         _ => {}
+    }
+    Ok(())
+}
+
+/// Checks BuildKit makes before variables are expanded: `from=` may not
+/// contain a variable ("define alias stage instead").
+pub fn check_unexpanded(spec: &str) -> Result<(), String> {
+    for f in csv_fields(spec)? {
+        if let Some((k, v)) = f.split_once('=') {
+            let dollar_then_char = v.find('$').is_some_and(|i| i + 1 < v.len());
+            if k.eq_ignore_ascii_case("from") && dollar_then_char {
+                return Err(
+                    "'from' doesn't support variable expansion, define alias stage instead"
+                        .to_string(),
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -260,6 +339,9 @@ mod tests {
 
     #[test]
     fn secret_defaults() {
+        let m = parse_mount("type=secret,source=tok").unwrap();
+        assert_eq!(m.id.as_deref(), Some("tok"));
+        assert_eq!(m.target.as_deref(), Some("/run/secrets/tok"));
         let m = parse_mount("type=secret,id=tok").unwrap();
         assert_eq!(m.target.as_deref(), Some("/run/secrets/tok"));
         let m = parse_mount("type=secret,target=/etc/key.pem,required=true,mode=0400,uid=1,gid=2")
@@ -288,7 +370,21 @@ mod tests {
         assert!(parse_mount("type=bind,target=/x,bogus=1")
             .unwrap_err()
             .contains("unexpected key 'bogus'"));
-        assert!(parse_mount("type=tmpfs,target=/x,from=a").is_err());
+        assert!(parse_mount("type=tmpfs,target=/x,size=1x").is_err());
+        assert_eq!(
+            parse_mount("type=bind,target=/x,mode=0600").unwrap_err(),
+            "mode not allowed for \"bind\" type mounts"
+        );
+        assert!(parse_mount("type=bind,target=/x,required")
+            .unwrap_err()
+            .contains("for mount type 'bind'"));
+        assert!(parse_mount("type=bind,target=/x,sharing=locked")
+            .unwrap_err()
+            .contains("invalid cache sharing"));
+        assert!(parse_mount("type=secret,from=x,id=a").is_err());
+        assert!(parse_mount("type=secret,source=a,id=b").is_err());
+        assert!(check_unexpanded("type=bind,from=$STAGE,target=/x").is_err());
+        assert!(check_unexpanded("type=bind,from=stage,target=$DIR").is_ok());
         assert_eq!(parse_mount("type=bind").unwrap().target, None);
         assert!(parse_mount("type=cache,target=/x,uid=abc").is_err());
         assert!(parse_mount("type=secret").is_err());
