@@ -279,9 +279,15 @@ pub fn convert(i: &DInstruction) -> Instruction {
             }
             Kind::Healthcheck(Some(form(command)))
         }
-        DK::Onbuild(inner) => Kind::Onbuild {
-            expression: rest_of(i),
-            inner: Box::new(convert(inner)),
+        DK::Onbuild {
+            expression,
+            trigger,
+        } => Kind::Onbuild {
+            expression: expression.clone(),
+            inner: match trigger {
+                Ok(t) => Ok(Box::new(convert(t))),
+                Err(e) => Err(problem(e)),
+            },
         },
         DK::Copy(c) | DK::Add(c) => {
             let (sources, f) = copy_parts(c, col);

@@ -268,7 +268,7 @@ pub(super) fn plan(
             },
         };
         d.state.ensure_path();
-        let triggers = triggers_for(&stages, res, opts, &mut problems);
+        let triggers = triggers_for(&stages, res, opts, st.from.span, &mut problems);
         d.total = count_steps(&st.commands, &res.base) + triggers.len();
         let from_display = match &base {
             Base::Image(r) => d.prefix(false).map(|p| format!("{p}FROM {r}")),
@@ -555,7 +555,7 @@ fn stage_deps(
     for (i, st) in stages.iter().enumerate() {
         let mut d = Vec::new();
         let mut scratch = Vec::new();
-        let triggers = triggers_for(stages, &resolved[i], opts, &mut scratch);
+        let triggers = triggers_for(stages, &resolved[i], opts, st.from.span, &mut scratch);
         let all = st.commands.iter().copied().chain(triggers.iter());
         for c in all {
             let name = st.name.clone().unwrap_or_else(|| format!("stage-{i}"));
@@ -607,24 +607,30 @@ fn triggers_for(
     stages: &[RawStage],
     res: &Resolved,
     opts: &PlanOptions,
+    at: Span,
     problems: &mut Vec<Problem>,
 ) -> Vec<Instruction> {
     match &res.base {
-        RawBase::Stage(j) => stages[*j]
-            .commands
-            .iter()
-            .filter_map(|c| match &c.kind {
-                Kind::Onbuild { inner, .. } => Some((**inner).clone()),
-                _ => None,
-            })
-            .collect(),
+        RawBase::Stage(j) => {
+            let mut out = Vec::new();
+            for c in &stages[*j].commands {
+                match &c.kind {
+                    Kind::Onbuild { inner: Ok(t), .. } => out.push((**t).clone()),
+                    Kind::Onbuild { inner: Err(p), .. } => {
+                        problems.push(problem(at, p.message.clone()))
+                    }
+                    _ => {}
+                }
+            }
+            out
+        }
         RawBase::Image(raw) => {
             let cfg = normalize_reference(raw).and_then(|r| opts.base_configs.get(&r));
             let mut out = Vec::new();
             for t in cfg.map(|c| c.onbuild.clone()).unwrap_or_default() {
                 match super::from_parser::parse_trigger(t.trim()) {
                     Ok(i) => out.push(i),
-                    Err(p) => problems.push(p),
+                    Err(p) => problems.push(problem(at, p.message)),
                 }
             }
             out

@@ -517,3 +517,17 @@ fn base_image_config_env_feeds_expansion() {
         "Usage of undefined variable '$GOPTAH' (did you mean $GOPATH?)"
     );
 }
+
+#[test]
+fn bad_onbuild_trigger_fails_only_where_it_is_inherited() {
+    let base = "FROM alpine AS base\nONBUILD COPY --nope a b\n";
+    let p = plan_ok(base, &opts(&[]));
+    assert_eq!(p.stages[0].onbuild, vec!["COPY --nope a b"]);
+    let e = plan_text(&format!("{base}FROM base\n"), &opts(&[])).unwrap_err();
+    assert_eq!(e.problems[0].span.line, 3);
+    assert!(
+        e.problems[0].message.contains("nope"),
+        "{}",
+        e.problems[0].message
+    );
+}
