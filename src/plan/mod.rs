@@ -173,6 +173,8 @@ pub struct Step {
     pub proxy_env: BTreeMap<String, String>,
     /// The source of `COPY --from` / `RUN --mount from=`.
     pub sources: Vec<Base>,
+    /// RUN: every `--mount`, expanded and parsed (same order as the flags).
+    pub mounts: Vec<crate::dockerfile::Mount>,
     /// BuildKit's progress name (`[stage-0 2/4] COPY . /app`), for steps
     /// that have one (ADD, COPY, RUN, WORKDIR).
     pub display_name: Option<String>,

@@ -882,6 +882,7 @@ impl<'a> Dispatcher<'a> {
             arg_env: Vec::new(),
             proxy_env: BTreeMap::new(),
             sources: Vec::new(),
+            mounts: Vec::new(),
             display_name: None,
             created_by: None,
             empty_layer: true,
@@ -967,9 +968,12 @@ impl<'a> Dispatcher<'a> {
                     let value = match (&f.name[..], &f.value) {
                         ("mount", Some(v)) => {
                             let v = self.expand(v, span, &mut used)?;
-                            if let Some(src) = mount_from(&v) {
-                                step.sources.push(self.source(&src, span, remap)?);
+                            let m = crate::dockerfile::parse_mount(&v)
+                                .map_err(|e| problem(span, format!("--mount={v}: {e}")))?;
+                            if let Some(src) = &m.from {
+                                step.sources.push(self.source(src, span, remap)?);
                             }
+                            step.mounts.push(m);
                             Some(v)
                         }
                         (_, v) => v.clone(),

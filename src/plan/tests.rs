@@ -306,6 +306,29 @@ fn run_mount_from_is_a_dependency() {
     let p = plan_ok(text, &opts(&[]));
     assert_eq!(p.stages.len(), 2);
     assert_eq!(p.stages[1].steps[0].sources, vec![Base::Stage(0)]);
+    let m = &p.stages[1].steps[0].mounts[0];
+    assert_eq!(m.target.as_deref(), Some("/d"));
+    assert_eq!(m.from.as_deref(), Some("deps"));
+    // Mount specs are expanded before they are parsed.
+    let p = plan_ok(
+        "FROM alpine
+ARG D=/cache
+RUN --mount=type=cache,target=$D make
+",
+        &opts(&[]),
+    );
+    assert_eq!(
+        p.stages[0].steps[1].mounts[0].target.as_deref(),
+        Some("/cache")
+    );
+    let e = plan_text(
+        "FROM alpine
+RUN --mount=type=bogus ls
+",
+        &opts(&[]),
+    )
+    .unwrap_err();
+    assert_eq!(e.problems[0].span.line, 2);
 }
 
 #[test]
