@@ -54,41 +54,40 @@ pub fn parse_flags(node: &Node, allowed: &[(&str, FlagKind)]) -> Result<Flags, P
             end_line: node.span.end_line,
             message,
         };
-        let Some(arg) = raw.strip_prefix("--") else {
-            return Err(err(format!(
-                "arguments to {} must start with --: {raw}",
-                node.command()
-            )));
-        };
-        if arg.is_empty() {
+        if raw == "--" {
             break;
         }
+        let Some(arg) = raw.strip_prefix("--") else {
+            return Err(err(format!("arg should start with -- : {raw}")));
+        };
         let (name, value) = match arg.split_once('=') {
             Some((n, v)) => (n, Some(v)),
             None => (arg, None),
         };
+        // Messages name the flag with its dashes, as current BuildKit does.
+        let flag = format!("--{name}");
         let Some(&(_, kind)) = allowed.iter().find(|(n, _)| *n == name) else {
-            return Err(err(format!("unknown flag: {name}")));
+            return Err(err(format!("unknown flag: {flag}")));
         };
         let slot = flags.values.entry(name.to_string()).or_default();
         if !slot.is_empty() && kind != FlagKind::Strings {
-            return Err(err(format!("duplicate flag specified: {name}")));
+            return Err(err(format!("duplicate flag specified: {flag}")));
         }
         match (kind, value) {
             (FlagKind::Bool, None) => slot.push("true".into()),
             (FlagKind::Bool, Some("")) => {
-                return Err(err(format!("missing a value on flag: {name}")))
+                return Err(err(format!("missing a value on flag: {flag}")))
             }
             (FlagKind::Bool, Some(v)) => match v.to_ascii_lowercase().as_str() {
                 "true" => slot.push("true".into()),
                 "false" => slot.push("false".into()),
                 _ => {
                     return Err(err(format!(
-                        "expecting boolean value for flag {name}, not: {v}"
+                        "expecting boolean value for flag {flag}, not: {v}"
                     )))
                 }
             },
-            (_, None) => return Err(err(format!("missing a value on flag: {name}"))),
+            (_, None) => return Err(err(format!("missing a value on flag: {flag}"))),
             (_, Some(v)) => slot.push(v.to_string()),
         }
     }
@@ -127,7 +126,7 @@ mod tests {
     #[test]
     fn unknown_flag_names_flag_and_column() {
         let e = parse_flags(&node("COPY --link --foo=1 s d"), COPY).unwrap_err();
-        assert_eq!(e.message, "unknown flag: foo");
+        assert_eq!(e.message, "unknown flag: --foo");
         assert_eq!((e.line, e.column), (1, 13));
         let e = parse_flags(&node("\n  COPY --foo s d"), COPY).unwrap_err();
         assert_eq!((e.line, e.column), (2, 8));
@@ -136,15 +135,15 @@ mod tests {
     #[test]
     fn bad_values() {
         let msg = |s: &str| parse_flags(&node(s), COPY).unwrap_err().message;
-        assert_eq!(msg("COPY --from s d"), "missing a value on flag: from");
+        assert_eq!(msg("COPY --from s d"), "missing a value on flag: --from");
         assert_eq!(
             msg("COPY --from=a --from=b s d"),
-            "duplicate flag specified: from"
+            "duplicate flag specified: --from"
         );
         assert_eq!(
             msg("COPY --link=maybe s d"),
-            "expecting boolean value for flag link, not: maybe"
+            "expecting boolean value for flag --link, not: maybe"
         );
-        assert_eq!(msg("COPY --link= s d"), "missing a value on flag: link");
+        assert_eq!(msg("COPY --link= s d"), "missing a value on flag: --link");
     }
 }

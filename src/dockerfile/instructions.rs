@@ -40,8 +40,8 @@ pub struct CommandLine {
     pub json: bool,
 }
 
-/// One `key=value` (or legacy `key value`) of ENV or LABEL; the value is raw
-/// (quotes and escapes not yet processed).
+/// One `key=value` (or legacy `key value`) of ENV or LABEL; the value is raw:
+/// quotes and escapes are removed when the planner expands it as one word.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyValue {
     pub key: String,
@@ -777,11 +777,11 @@ mod tests {
     #[test]
     fn unknown_flag_has_line_and_column() {
         let e = fail("COPY --foo=bar a b");
-        assert_eq!(e.message, "unknown flag: foo");
+        assert_eq!(e.message, "unknown flag: --foo");
         assert_eq!((e.line, e.column), (2, 6));
         let e = fail("ENV --x=1 a=b");
-        assert_eq!(e.message, "unknown flag: x");
-        assert_eq!(e.to_string(), "line 2:5: unknown flag: x");
+        assert_eq!(e.message, "unknown flag: --x");
+        assert_eq!(e.to_string(), "line 2:5: unknown flag: --x");
     }
 
     #[test]
@@ -954,7 +954,7 @@ mod tests {
         // A bad trigger is only an error when a child build runs it.
         let (_, t) = trigger("ONBUILD COPY --bad a b");
         let e = t.unwrap_err();
-        assert_eq!((e.message.as_str(), e.column), ("unknown flag: bad", 14));
+        assert_eq!((e.message.as_str(), e.column), ("unknown flag: --bad", 14));
     }
 
     #[test]
@@ -984,10 +984,10 @@ mod tests {
         assert!(fail("COPY a").message.contains("at least two"));
         assert!(fail("ADD --from=x a b")
             .message
-            .contains("unknown flag: from"));
+            .contains("unknown flag: --from"));
         assert!(fail("COPY --checksum=x a b")
             .message
-            .contains("unknown flag: checksum"));
+            .contains("unknown flag: --checksum"));
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! instructions with source spans for error messages.
 //!
 //! Entry points: [`parse`] (text → raw [`Ast`], warnings, every error),
-//! [`Ast::dump`] (BuildKit's test dump format), [`instructions::parse_dockerfile`]
-//! (text → typed [`Instruction`]s) and [`mount::parse_mount`].
+//! [`Ast::dump`] (BuildKit's test dump format), [`parse_dockerfile`] and
+//! [`parse_dockerfile_report`] (text → typed [`Instruction`]s) and
+//! [`parse_mount`]. Word expansion is [`shell`]'s. `docs/parser.md` has the design.
 
 pub mod ast;
 pub mod directives;
@@ -18,7 +19,6 @@ pub mod shell;
 
 pub use ast::{Ast, Heredoc, Node, ParseError, Span, Warning};
 pub use directives::{detect_syntax, Directive, Directives};
-
 pub use instructions::{
     parse_dockerfile, parse_dockerfile_report, Dockerfile, Instruction, InstructionKind, Report,
 };
