@@ -138,7 +138,7 @@ fn every_error_is_printed_with_a_caret() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "Dockerfile:2:6: error: unknown flag: nope\n  2 | COPY --nope a b\n    |      ^\n\
+        "Dockerfile:2:6: error: unknown flag: --nope\n  2 | COPY --nope a b\n    |      ^\n\
          Dockerfile:3:1: error: unknown instruction: BOGUS\n  3 | BOGUS x\n    | ^\n\
          Dockerfile:4:2: error: WORKDIR requires exactly one argument\n  4 | \tWORKDIR\n    | \t^\n"
     );
