@@ -80,6 +80,15 @@ impl Report {
 /// Check Dockerfile text. `opts.all_stages` is set when no target is given
 /// (lint every stage, like BuildKit's lint subrequest).
 pub fn check(text: &str, opts: &PlanOptions) -> Report {
+    if text.is_empty() {
+        return Report {
+            errors: vec![Problem {
+                span: Span::default(),
+                message: plan::EMPTY_DOCKERFILE.to_string(),
+            }],
+            ..Report::default()
+        };
+    }
     let parsed = plan::read(text);
     let mut report = Report {
         lines: parsed.lines.clone(),

@@ -268,8 +268,20 @@ pub fn plan(parsed: &Parsed, opts: &PlanOptions) -> Result<Plan, PlanError> {
     stage::plan(&parsed.instructions, parsed.directives.escape, opts)
 }
 
+/// BuildKit's error for an empty file.
+pub const EMPTY_DOCKERFILE: &str = "the Dockerfile cannot be empty";
+
 /// Read and plan Dockerfile text; syntax errors come back as a `PlanError`.
 pub fn plan_text(text: &str, opts: &PlanOptions) -> Result<Plan, PlanError> {
+    if text.is_empty() {
+        return Err(PlanError {
+            problems: vec![Problem {
+                span: Span::default(),
+                message: EMPTY_DOCKERFILE.to_string(),
+            }],
+            findings: Vec::new(),
+        });
+    }
     let parsed = read(text);
     if !parsed.errors.is_empty() {
         return Err(PlanError {

@@ -372,11 +372,13 @@ fn global_args(
     (global, keys)
 }
 
+/// Stage names to indexes; with duplicates the last one wins, as in
+/// BuildKit's `statesByName` map.
 fn stage_names(stages: &[RawStage]) -> BTreeMap<String, usize> {
     let mut names = BTreeMap::new();
     for (i, s) in stages.iter().enumerate() {
         if let Some(n) = &s.name {
-            names.entry(n.clone()).or_insert(i);
+            names.insert(n.clone(), i);
         }
     }
     names

@@ -554,3 +554,18 @@ fn bad_onbuild_trigger_fails_only_where_it_is_inherited() {
         e.problems[0].message
     );
 }
+
+#[test]
+fn duplicate_names_resolve_to_the_last_stage_and_empty_files_fail() {
+    let text = "FROM scratch AS a\nFROM busybox AS a\nFROM scratch\nCOPY --from=a /x /x\n";
+    let p = plan_ok(text, &opts(&[]));
+    assert_eq!(p.stages.len(), 2);
+    assert_eq!(p.stages[0].index, 1);
+    let e = plan_text("", &opts(&[])).unwrap_err();
+    assert_eq!(e.problems[0].message, "the Dockerfile cannot be empty");
+    let e = plan_text("# only a comment\n", &opts(&[])).unwrap_err();
+    assert_eq!(
+        e.problems[0].message,
+        "dockerfile contains no stages to build"
+    );
+}
