@@ -564,8 +564,5 @@ fn duplicate_names_resolve_to_the_last_stage_and_empty_files_fail() {
     let e = plan_text("", &opts(&[])).unwrap_err();
     assert_eq!(e.problems[0].message, "the Dockerfile cannot be empty");
     let e = plan_text("# only a comment\n", &opts(&[])).unwrap_err();
-    assert_eq!(
-        e.problems[0].message,
-        "dockerfile contains no stages to build"
-    );
+    assert_eq!(e.problems[0].message, "file with no instructions");
 }
