@@ -10,10 +10,12 @@
 //! JSONArgsRecommended, MultipleInstructionsDisallowed); `check` adds the
 //! purely syntactic ones.
 
+mod dispatch;
 pub mod expand;
 pub mod from_parser;
 pub mod history;
 pub mod ir;
+mod lints;
 mod stage;
 
 use std::collections::BTreeMap;
