@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use super::expand;
 use super::history as h;
-use super::ir::{Flag, Form, Instruction, Kind, Span};
+use super::ir::{Flag, Form, Heredoc, Instruction, Kind, Span};
 use super::lints::{is_abs, looks_secret, suggest};
 use super::stage::{
     problem, resolve_from, FromScope, RawBase, RawStage, Resolved, DEFAULT_PATH, PROXY_ARGS,
@@ -70,6 +70,15 @@ impl State {
             self.set("PATH", DEFAULT_PATH);
         }
     }
+}
+
+/// One step being built: the step, the ARGs its words used so far, and
+/// where it came from.
+struct Draft {
+    step: Step,
+    used: BTreeMap<String, String>,
+    span: Span,
+    onbuild: bool,
 }
 
 pub(super) struct Dispatcher<'a> {
@@ -236,172 +245,35 @@ impl<'a> Dispatcher<'a> {
         remap: &BTreeMap<usize, usize>,
     ) -> Result<Step, Problem> {
         let span = inst.span;
-        let mut used = BTreeMap::new();
-        let mut out = inst.clone();
-        let mut step = Step {
-            instruction: inst.clone(),
-            build_args: BTreeMap::new(),
-            arg_env: Vec::new(),
-            proxy_env: BTreeMap::new(),
-            sources: Vec::new(),
-            mounts: Vec::new(),
-            display_name: None,
-            created_by: None,
-            empty_layer: true,
-            from_onbuild: onbuild,
+        let mut d = Draft {
+            step: Step {
+                instruction: inst.clone(),
+                build_args: BTreeMap::new(),
+                arg_env: Vec::new(),
+                proxy_env: BTreeMap::new(),
+                sources: Vec::new(),
+                mounts: Vec::new(),
+                display_name: None,
+                created_by: None,
+                empty_layer: true,
+                from_onbuild: onbuild,
+            },
+            used: BTreeMap::new(),
+            span,
+            onbuild,
         };
         let kw = inst.keyword.clone();
         match &inst.kind {
             Kind::From { .. } => return Err(problem(span, "unexpected FROM inside a stage")),
             Kind::Env { pairs, legacy } | Kind::Label { pairs, legacy } => {
-                let is_env = matches!(inst.kind, Kind::Env { .. });
-                if *legacy {
-                    self.lint(
-                        "LegacyKeyValueFormat",
-                        span,
-                        format!("\"{kw} key=value\" should be used instead of legacy \"{kw} key value\" format"),
-                    );
-                }
-                let mut expanded = Vec::new();
-                for (k, v) in pairs {
-                    let k = self.expand(k, span, &mut used)?;
-                    let v = self.expand(v, span, &mut used)?;
-                    expanded.push((k, v));
-                }
-                if is_env {
-                    for (k, _) in &expanded {
-                        self.secret_lint("ENV", k, span);
-                    }
-                }
-                let mut msg = String::from(if is_env { "ENV" } else { "LABEL" });
-                for (k, v) in &expanded {
-                    msg.push_str(&format!(" {k}={v}"));
-                    if is_env {
-                        self.state.set(k, v);
-                    }
-                }
-                step.created_by = Some(msg);
-                out.kind = if is_env {
-                    Kind::Env {
-                        pairs: expanded,
-                        legacy: *legacy,
-                    }
-                } else {
-                    Kind::Label {
-                        pairs: expanded,
-                        legacy: *legacy,
-                    }
-                };
+                self.env_label(inst, pairs, legacy, &mut d)?
             }
-            Kind::Arg(args) => {
-                let mut parts = Vec::new();
-                let mut expanded = Vec::new();
-                for (k, def) in args {
-                    self.secret_lint("ARG", k, span);
-                    let build = self.opts.build_args.get(k).cloned();
-                    let mut value = def.clone();
-                    if value.is_none() && build.is_none() {
-                        value = self.global.get(k).cloned();
-                    }
-                    if let Some(b) = build {
-                        value = Some(b);
-                    } else if let Some(d) = def {
-                        value = Some(self.expand(d, span, &mut used)?);
-                    }
-                    if let Some(v) = &value {
-                        self.state.set(k, v);
-                    }
-                    self.state.args.push((k.clone(), value.clone()));
-                    parts.push(match &value {
-                        Some(v) => format!("{k}={v}"),
-                        None => k.clone(),
-                    });
-                    if let Some(v) = &value {
-                        used.insert(k.clone(), v.clone());
-                    }
-                    expanded.push((k.clone(), value));
-                }
-                step.created_by = Some(format!("ARG {}", parts.join(" ")));
-                out.kind = Kind::Arg(expanded);
-            }
-            Kind::Run { cmd, heredocs } => {
-                let mut flags = Vec::new();
-                for f in &inst.flags {
-                    let value = match (&f.name[..], &f.value) {
-                        ("mount", Some(v)) => {
-                            let v = self.expand(v, span, &mut used)?;
-                            let m = crate::dockerfile::parse_mount(&v)
-                                .map_err(|e| problem(span, format!("--mount={v}: {e}")))?;
-                            if let Some(src) = &m.from {
-                                step.sources.push(self.source(src, span, remap)?);
-                            }
-                            step.mounts.push(m);
-                            Some(v)
-                        }
-                        (_, v) => v.clone(),
-                    };
-                    flags.push(Flag {
-                        name: f.name.clone(),
-                        value,
-                        col: f.col,
-                    });
-                }
-                out.flags = flags;
-                let (args, summary) = self.run_args(cmd, heredocs);
-                let in_scope = self.args_in_scope();
-                step.build_args = in_scope.iter().cloned().collect();
-                // Only ARGs with a value reach the environment (BuildKit adds them
-                // to the state's env in dispatchArg).
-                step.arg_env = in_scope
-                    .iter()
-                    .filter(|(k, _)| self.state.get(k).is_some())
-                    .cloned()
-                    .collect();
-                step.proxy_env = self
-                    .opts
-                    .build_args
-                    .iter()
-                    .filter(|(k, _)| PROXY_ARGS.contains(&k.as_str()))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                step.display_name = self.display(inst, onbuild, true).map(|d| match &summary {
-                    Some(s) => format!("{d} ({s})"),
-                    None => d,
-                });
-                step.created_by = Some(format!(
-                    "RUN {} # buildkit",
-                    h::run_command_string(&args, &in_scope)
-                ));
-                step.empty_layer = false;
-            }
-            Kind::Cmd(form) | Kind::Entrypoint(form) => {
-                let is_cmd = matches!(inst.kind, Kind::Cmd(_));
-                let prev = if is_cmd {
-                    self.state.seen.cmd.replace(span)
-                } else {
-                    self.state.seen.entrypoint.replace(span)
-                };
-                if let Some(p) = prev {
-                    self.lint(
-                        "MultipleInstructionsDisallowed",
-                        p,
-                        format!("Multiple {kw} instructions should not be used in the same stage because only the last one will be used"),
-                    );
-                }
-                if matches!(form, Form::Shell(_)) && self.state.shell.is_empty() {
-                    self.lint(
-                        "JSONArgsRecommended",
-                        span,
-                        format!("JSON arguments recommended for {kw} to prevent unintended behavior related to OS signals"),
-                    );
-                }
-                let args = self.with_shell(form);
-                let name = if is_cmd { "CMD" } else { "ENTRYPOINT" };
-                step.created_by = Some(format!("{name} {}", h::go_quote_slice(&args)));
-            }
+            Kind::Arg(args) => self.arg(args, &mut d)?,
+            Kind::Run { cmd, heredocs } => self.run(inst, cmd, heredocs, remap, &mut d)?,
+            Kind::Cmd(form) | Kind::Entrypoint(form) => self.cmd_entrypoint(inst, form, &mut d),
             Kind::Shell(v) => {
                 self.state.shell = v.clone();
-                step.created_by = Some(format!("SHELL {}", h::go_slice(v)));
+                d.step.created_by = Some(format!("SHELL {}", h::go_slice(v)));
             }
             Kind::Copy {
                 sources,
@@ -412,145 +284,33 @@ impl<'a> Dispatcher<'a> {
                 sources,
                 dest,
                 heredocs,
-            } => {
-                let is_add = matches!(inst.kind, Kind::Add { .. });
-                if !is_add {
-                    if let Some(v) = inst.flag("from").and_then(|f| f.value.clone()) {
-                        step.sources.push(self.source(&v, span, remap)?);
-                    }
-                }
-                let mut flags = Vec::new();
-                for f in &inst.flags {
-                    let value = match (&f.name[..], &f.value) {
-                        ("chown" | "chmod", Some(v)) => Some(self.expand(v, span, &mut used)?),
-                        (_, v) => v.clone(),
-                    };
-                    flags.push(Flag {
-                        name: f.name.clone(),
-                        value,
-                        col: f.col,
-                    });
-                }
-                out.flags = flags;
-                let mut srcs = Vec::new();
-                for s in sources {
-                    let s = self.expand(s, span, &mut used)?;
-                    if !is_add && (s.starts_with("http://") || s.starts_with("https://")) {
-                        return Err(problem(span, "source can't be a URL for COPY"));
-                    }
-                    srcs.push(s);
-                }
-                let dest = self.expand(dest, span, &mut used)?;
-                let env = self.state.map();
-                let mut docs = Vec::new();
-                for d in heredocs {
-                    let mut d = d.clone();
-                    if d.expand {
-                        d.body =
-                            expand::heredoc_body(&d.body, &env).map_err(|e| problem(span, e.0))?;
-                    }
-                    docs.push(d);
-                }
-                let mut msg = String::from(if is_add { "ADD" } else { "COPY" });
-                if out.flag("parents").is_some() {
-                    msg.push_str(" --parents");
-                }
-                if let Some(v) = out.flag("chown").and_then(|f| f.value.clone()) {
-                    msg.push_str(&format!(" --chown={v}"));
-                }
-                if let Some(v) = out.flag("chmod").and_then(|f| f.value.clone()) {
-                    check_chmod(&v, span)?;
-                    msg.push_str(&format!(" --chmod={v}"));
-                }
-                for s in &srcs {
-                    msg.push_str(&format!(" {s}"));
-                }
-                for d in &docs {
-                    msg.push_str(&format!(" <<{}", d.name));
-                }
-                msg.push_str(&format!(" {dest} # buildkit"));
-                step.created_by = Some(msg);
-                step.empty_layer = false;
-                step.display_name = self.display(inst, onbuild, false);
-                out.kind = if is_add {
-                    Kind::Add {
-                        sources: srcs,
-                        dest,
-                        heredocs: docs,
-                    }
-                } else {
-                    Kind::Copy {
-                        sources: srcs,
-                        dest,
-                        heredocs: docs,
-                    }
-                };
-            }
-            Kind::Workdir(p) => {
-                let p = self.expand(p, span, &mut used)?;
-                if !self.state.workdir_set && !is_abs(&p) {
-                    self.lint(
-                        "WorkdirRelativePath",
-                        span,
-                        format!("Relative workdir {} can have unexpected results if the base image changes", h::go_quote(&p)),
-                    );
-                }
-                self.state.workdir_set = true;
-                let wd = clean_path(&if p.starts_with('/') {
-                    p.clone()
-                } else {
-                    format!("/{}/{}", self.state.workdir, p)
-                });
-                self.state.workdir = wd.clone();
-                if wd != "/" {
-                    step.display_name = self.display(inst, onbuild, false);
-                    step.empty_layer = false;
-                }
-                step.created_by = Some(format!("WORKDIR {wd}"));
-                out.kind = Kind::Workdir(p);
-            }
+            } => self.copy_add(inst, sources, dest, heredocs, remap, &mut d)?,
+            Kind::Workdir(p) => self.workdir(inst, p, &mut d)?,
             Kind::User(u) => {
-                let u = self.expand(u, span, &mut used)?;
-                step.created_by = Some(format!("USER {u}"));
-                out.kind = Kind::User(u);
+                let u = self.expand(u, span, &mut d.used)?;
+                d.step.created_by = Some(format!("USER {u}"));
+                d.step.instruction.kind = Kind::User(u);
             }
             Kind::Volume(vs) => {
                 let mut v2 = Vec::new();
                 for v in vs {
-                    let v = self.expand(v, span, &mut used)?;
+                    let v = self.expand(v, span, &mut d.used)?;
                     if v.is_empty() {
                         return Err(problem(span, "VOLUME specified can not be an empty string"));
                     }
                     v2.push(v);
                 }
-                step.created_by = Some(format!("VOLUME {}", h::go_slice(&v2)));
-                out.kind = Kind::Volume(v2);
+                d.step.created_by = Some(format!("VOLUME {}", h::go_slice(&v2)));
+                d.step.instruction.kind = Kind::Volume(v2);
             }
-            Kind::Expose(ps) => {
-                let env = self.state.map();
-                let mut words = Vec::new();
-                for p in ps {
-                    let (_, m) =
-                        expand::word(p, &env, self.escape).map_err(|e| problem(span, e.0))?;
-                    self.note_matches(&m, span, &mut used);
-                    words.extend(
-                        expand::words(p, &env, self.escape).map_err(|e| problem(span, e.0))?,
-                    );
-                }
-                let mut specs = Vec::new();
-                for w in &words {
-                    specs.extend(h::parse_port_spec(w).map_err(|e| problem(span, e))?);
-                }
-                step.created_by = Some(h::expose_created_by(&specs));
-                out.kind = Kind::Expose(words);
-            }
+            Kind::Expose(ps) => self.expose(ps, &mut d)?,
             Kind::StopSignal(s) => {
-                let s = self.expand(s, span, &mut used)?;
+                let s = self.expand(s, span, &mut d.used)?;
                 if !valid_signal(&s) {
                     return Err(problem(span, format!("Invalid signal: {s}")));
                 }
-                step.created_by = Some(format!("STOPSIGNAL {s}"));
-                out.kind = Kind::StopSignal(s);
+                d.step.created_by = Some(format!("STOPSIGNAL {s}"));
+                d.step.instruction.kind = Kind::StopSignal(s);
             }
             Kind::Healthcheck(form) => {
                 if let Some(p) = self.state.seen.healthcheck.replace(span) {
@@ -560,20 +320,343 @@ impl<'a> Dispatcher<'a> {
                         format!("Multiple {kw} instructions should not be used in the same stage because only the last one will be used"),
                     );
                 }
-                step.created_by = Some(h::healthcheck_created_by(&health(inst, form)?));
+                d.step.created_by = Some(h::healthcheck_created_by(&health(inst, form)?));
             }
             Kind::Onbuild { expression, .. } => {
                 self.state.onbuild.push(expression.clone());
             }
             Kind::Maintainer(m) => {
-                step.created_by = Some(format!("MAINTAINER {m}"));
+                d.step.created_by = Some(format!("MAINTAINER {m}"));
             }
         }
-        step.instruction = out;
-        if step.build_args.is_empty() {
-            step.build_args = used;
+        if d.step.build_args.is_empty() {
+            d.step.build_args = d.used;
         }
-        Ok(step)
+        Ok(d.step)
+    }
+
+    /// ENV and LABEL: both sides expanded with the environment from before
+    /// the instruction; ENV then updates it.
+    fn env_label(
+        &mut self,
+        inst: &Instruction,
+        pairs: &[(String, String)],
+        legacy: &bool,
+        d: &mut Draft,
+    ) -> Result<(), Problem> {
+        let (span, kw) = (d.span, inst.keyword.clone());
+        let is_env = matches!(inst.kind, Kind::Env { .. });
+        if *legacy {
+            self.lint(
+                "LegacyKeyValueFormat",
+                span,
+                format!(
+                    "\"{kw} key=value\" should be used instead of legacy \"{kw} key value\" format"
+                ),
+            );
+        }
+        let mut expanded = Vec::new();
+        for (k, v) in pairs {
+            let k = self.expand(k, span, &mut d.used)?;
+            let v = self.expand(v, span, &mut d.used)?;
+            expanded.push((k, v));
+        }
+        if is_env {
+            for (k, _) in &expanded {
+                self.secret_lint("ENV", k, span);
+            }
+        }
+        let mut msg = String::from(if is_env { "ENV" } else { "LABEL" });
+        for (k, v) in &expanded {
+            msg.push_str(&format!(" {k}={v}"));
+            if is_env {
+                self.state.set(k, v);
+            }
+        }
+        d.step.created_by = Some(msg);
+        d.step.instruction.kind = if is_env {
+            Kind::Env {
+                pairs: expanded,
+                legacy: *legacy,
+            }
+        } else {
+            Kind::Label {
+                pairs: expanded,
+                legacy: *legacy,
+            }
+        };
+        Ok(())
+    }
+
+    /// ARG: a build arg beats the default; with neither, a redeclared
+    /// global ARG brings its value in.
+    fn arg(&mut self, args: &[(String, Option<String>)], d: &mut Draft) -> Result<(), Problem> {
+        let span = d.span;
+        let mut parts = Vec::new();
+        let mut expanded = Vec::new();
+        for (k, def) in args {
+            self.secret_lint("ARG", k, span);
+            let build = self.opts.build_args.get(k).cloned();
+            let mut value = def.clone();
+            if value.is_none() && build.is_none() {
+                value = self.global.get(k).cloned();
+            }
+            if let Some(b) = build {
+                value = Some(b);
+            } else if let Some(default) = def {
+                value = Some(self.expand(default, span, &mut d.used)?);
+            }
+            if let Some(v) = &value {
+                self.state.set(k, v);
+            }
+            self.state.args.push((k.clone(), value.clone()));
+            parts.push(match &value {
+                Some(v) => format!("{k}={v}"),
+                None => k.clone(),
+            });
+            if let Some(v) = &value {
+                d.used.insert(k.clone(), v.clone());
+            }
+            expanded.push((k.clone(), value));
+        }
+        d.step.created_by = Some(format!("ARG {}", parts.join(" ")));
+        d.step.instruction.kind = Kind::Arg(expanded);
+        Ok(())
+    }
+
+    /// RUN: mounts expanded and parsed; every ARG in scope is in its
+    /// environment, history and cache key.
+    fn run(
+        &mut self,
+        inst: &Instruction,
+        cmd: &Form,
+        heredocs: &[Heredoc],
+        remap: &BTreeMap<usize, usize>,
+        d: &mut Draft,
+    ) -> Result<(), Problem> {
+        let span = d.span;
+        let mut flags = Vec::new();
+        for f in &inst.flags {
+            let value = match (&f.name[..], &f.value) {
+                ("mount", Some(v)) => {
+                    let v = self.expand(v, span, &mut d.used)?;
+                    let m = crate::dockerfile::parse_mount(&v)
+                        .map_err(|e| problem(span, format!("--mount={v}: {e}")))?;
+                    if let Some(src) = &m.from {
+                        d.step.sources.push(self.source(src, span, remap)?);
+                    }
+                    d.step.mounts.push(m);
+                    Some(v)
+                }
+                (_, v) => v.clone(),
+            };
+            flags.push(Flag {
+                name: f.name.clone(),
+                value,
+                col: f.col,
+            });
+        }
+        d.step.instruction.flags = flags;
+        let (args, summary) = self.run_args(cmd, heredocs);
+        let in_scope = self.args_in_scope();
+        d.step.build_args = in_scope.iter().cloned().collect();
+        // Only ARGs with a value reach the environment (BuildKit adds them
+        // to the state's env in dispatchArg).
+        d.step.arg_env = in_scope
+            .iter()
+            .filter(|(k, _)| self.state.get(k).is_some())
+            .cloned()
+            .collect();
+        d.step.proxy_env = self
+            .opts
+            .build_args
+            .iter()
+            .filter(|(k, _)| PROXY_ARGS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        d.step.display_name = self.display(inst, d.onbuild, true).map(|d| match &summary {
+            Some(s) => format!("{d} ({s})"),
+            None => d,
+        });
+        d.step.created_by = Some(format!(
+            "RUN {} # buildkit",
+            h::run_command_string(&args, &in_scope)
+        ));
+        d.step.empty_layer = false;
+        Ok(())
+    }
+
+    /// CMD and ENTRYPOINT (no expansion; the shell form gets the SHELL).
+    fn cmd_entrypoint(&mut self, inst: &Instruction, form: &Form, d: &mut Draft) {
+        let (span, kw) = (d.span, inst.keyword.clone());
+        let is_cmd = matches!(inst.kind, Kind::Cmd(_));
+        let prev = if is_cmd {
+            self.state.seen.cmd.replace(span)
+        } else {
+            self.state.seen.entrypoint.replace(span)
+        };
+        if let Some(p) = prev {
+            self.lint(
+                "MultipleInstructionsDisallowed",
+                p,
+                format!("Multiple {kw} instructions should not be used in the same stage because only the last one will be used"),
+            );
+        }
+        if matches!(form, Form::Shell(_)) && self.state.shell.is_empty() {
+            self.lint(
+                "JSONArgsRecommended",
+                span,
+                format!("JSON arguments recommended for {kw} to prevent unintended behavior related to OS signals"),
+            );
+        }
+        let args = self.with_shell(form);
+        let name = if is_cmd { "CMD" } else { "ENTRYPOINT" };
+        d.step.created_by = Some(format!("{name} {}", h::go_quote_slice(&args)));
+    }
+
+    /// COPY and ADD: sources, destination, --chown/--chmod and unquoted
+    /// heredoc bodies expanded.
+    fn copy_add(
+        &mut self,
+        inst: &Instruction,
+        sources: &[String],
+        dest: &str,
+        heredocs: &[Heredoc],
+        remap: &BTreeMap<usize, usize>,
+        d: &mut Draft,
+    ) -> Result<(), Problem> {
+        let span = d.span;
+        let is_add = matches!(inst.kind, Kind::Add { .. });
+        if !is_add {
+            if let Some(v) = inst.flag("from").and_then(|f| f.value.clone()) {
+                d.step.sources.push(self.source(&v, span, remap)?);
+            }
+        }
+        let mut flags = Vec::new();
+        for f in &inst.flags {
+            let value = match (&f.name[..], &f.value) {
+                ("chown" | "chmod", Some(v)) => Some(self.expand(v, span, &mut d.used)?),
+                (_, v) => v.clone(),
+            };
+            flags.push(Flag {
+                name: f.name.clone(),
+                value,
+                col: f.col,
+            });
+        }
+        d.step.instruction.flags = flags;
+        let mut srcs = Vec::new();
+        for s in sources {
+            let s = self.expand(s, span, &mut d.used)?;
+            if !is_add && (s.starts_with("http://") || s.starts_with("https://")) {
+                return Err(problem(span, "source can't be a URL for COPY"));
+            }
+            srcs.push(s);
+        }
+        let dest = self.expand(dest, span, &mut d.used)?;
+        let env = self.state.map();
+        let mut docs = Vec::new();
+        for doc in heredocs {
+            let mut doc = doc.clone();
+            if doc.expand {
+                doc.body = expand::heredoc_body(&doc.body, &env).map_err(|e| problem(span, e.0))?;
+            }
+            docs.push(doc);
+        }
+        let mut msg = String::from(if is_add { "ADD" } else { "COPY" });
+        if d.step.instruction.flag("parents").is_some() {
+            msg.push_str(" --parents");
+        }
+        if let Some(v) = d
+            .step
+            .instruction
+            .flag("chown")
+            .and_then(|f| f.value.clone())
+        {
+            msg.push_str(&format!(" --chown={v}"));
+        }
+        if let Some(v) = d
+            .step
+            .instruction
+            .flag("chmod")
+            .and_then(|f| f.value.clone())
+        {
+            check_chmod(&v, span)?;
+            msg.push_str(&format!(" --chmod={v}"));
+        }
+        for s in &srcs {
+            msg.push_str(&format!(" {s}"));
+        }
+        for doc in &docs {
+            msg.push_str(&format!(" <<{}", doc.name));
+        }
+        msg.push_str(&format!(" {dest} # buildkit"));
+        d.step.created_by = Some(msg);
+        d.step.empty_layer = false;
+        d.step.display_name = self.display(inst, d.onbuild, false);
+        d.step.instruction.kind = if is_add {
+            Kind::Add {
+                sources: srcs,
+                dest,
+                heredocs: docs,
+            }
+        } else {
+            Kind::Copy {
+                sources: srcs,
+                dest,
+                heredocs: docs,
+            }
+        };
+        Ok(())
+    }
+
+    /// WORKDIR: relative paths join the current one; `/` adds no layer.
+    fn workdir(&mut self, inst: &Instruction, p: &str, d: &mut Draft) -> Result<(), Problem> {
+        let span = d.span;
+        let p = self.expand(p, span, &mut d.used)?;
+        if !self.state.workdir_set && !is_abs(&p) {
+            self.lint(
+                "WorkdirRelativePath",
+                span,
+                format!(
+                    "Relative workdir {} can have unexpected results if the base image changes",
+                    h::go_quote(&p)
+                ),
+            );
+        }
+        self.state.workdir_set = true;
+        let wd = clean_path(&if p.starts_with('/') {
+            p.clone()
+        } else {
+            format!("/{}/{}", self.state.workdir, p)
+        });
+        self.state.workdir = wd.clone();
+        if wd != "/" {
+            d.step.display_name = self.display(inst, d.onbuild, false);
+            d.step.empty_layer = false;
+        }
+        d.step.created_by = Some(format!("WORKDIR {wd}"));
+        d.step.instruction.kind = Kind::Workdir(p);
+        Ok(())
+    }
+
+    /// EXPOSE: each word expanded and split, then parsed as port specs.
+    fn expose(&mut self, ps: &[String], d: &mut Draft) -> Result<(), Problem> {
+        let span = d.span;
+        let env = self.state.map();
+        let mut words = Vec::new();
+        for p in ps {
+            let (_, m) = expand::word(p, &env, self.escape).map_err(|e| problem(span, e.0))?;
+            self.note_matches(&m, span, &mut d.used);
+            words.extend(expand::words(p, &env, self.escape).map_err(|e| problem(span, e.0))?);
+        }
+        let mut specs = Vec::new();
+        for w in &words {
+            specs.extend(h::parse_port_spec(w).map_err(|e| problem(span, e))?);
+        }
+        d.step.created_by = Some(h::expose_created_by(&specs));
+        d.step.instruction.kind = Kind::Expose(words);
+        Ok(())
     }
 
     /// The ARGs in scope with their current values, de-duplicated like
