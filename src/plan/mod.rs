@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 
 pub use from_parser::{read, Directives, Parsed};
 pub use ir::{Flag, Form, Heredoc, Instruction, Kind, Span};
+pub use stage::{predefined_args, PROXY_ARGS};
 
 /// An error at a position in the Dockerfile.
 #[derive(Debug, Clone, PartialEq, Eq)]
