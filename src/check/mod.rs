@@ -8,7 +8,10 @@
 //! ConsistentInstructionCasing, NoEmptyContinuation); the ones BuildKit
 //! finds while converting come from the planner (UndefinedVar,
 //! UndefinedArgInFrom, LegacyKeyValueFormat, JSONArgsRecommended,
-//! MultipleInstructionsDisallowed). `# check=skip=…;error=true` applies.
+//! MultipleInstructionsDisallowed, WorkdirRelativePath,
+//! SecretsUsedInArgOrEnv, RedundantTargetPlatform,
+//! FromPlatformFlagConstDisallowed, InvalidDefaultArgInFrom).
+//! `# check=skip=…;error=true` applies.
 
 use std::collections::BTreeSet;
 
@@ -77,6 +80,15 @@ impl Report {
 /// Check Dockerfile text. `opts.all_stages` is set when no target is given
 /// (lint every stage, like BuildKit's lint subrequest).
 pub fn check(text: &str, opts: &PlanOptions) -> Report {
+    if text.is_empty() {
+        return Report {
+            errors: vec![Problem {
+                span: Span::default(),
+                message: plan::EMPTY_DOCKERFILE.to_string(),
+            }],
+            ..Report::default()
+        };
+    }
     let parsed = plan::read(text);
     let mut report = Report {
         lines: parsed.lines.clone(),

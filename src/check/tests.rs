@@ -90,11 +90,19 @@ fn undefined_var_and_undefined_arg_in_from() {
     assert!(!has("FROM scratch\nRUN echo $NOPE\n", "UndefinedVar"));
     assert_eq!(
         rules("FROM alpine:$VERSION\n"),
-        vec![(
-            "UndefinedArgInFrom",
-            1,
-            "FROM argument 'VERSION' is not declared".into()
-        )]
+        vec![
+            (
+                "InvalidDefaultArgInFrom",
+                1,
+                "Default value for ARG alpine:$VERSION results in empty or invalid base image name"
+                    .into()
+            ),
+            (
+                "UndefinedArgInFrom",
+                1,
+                "FROM argument 'VERSION' is not declared".into()
+            )
+        ]
     );
     assert!(!has(
         "ARG VERSION=3\nFROM alpine:$VERSION\n",
@@ -190,7 +198,7 @@ fn three_bad_lines_give_three_errors_with_carets() {
     assert_eq!(r.exit_code(), 1);
     assert_eq!(
         render_report("Dockerfile", &r),
-        "Dockerfile:2:6: error: unknown flag: bogus\n  2 | COPY --bogus=1 a b\n    |      ^\n\
+        "Dockerfile:2:6: error: unknown flag: --bogus\n  2 | COPY --bogus=1 a b\n    |      ^\n\
          Dockerfile:3:1: error: unknown instruction: FROB\n  3 | FROB x\n    | ^\n\
          Dockerfile:4:3: error: FROM requires either one or three arguments\n  4 |   FROM a b c d\n    |   ^\n"
     );
@@ -229,4 +237,64 @@ fn summary_lists_stages_and_steps() {
         "stage 0 \"builder\" FROM golang:1.22 (3 steps)\n  [builder 1/4] FROM docker.io/library/golang:1.22\n  [builder 2/4] WORKDIR /src\n  [builder 3/4] COPY . .\n  [builder 4/4] RUN go build\n\
          stage 1 FROM scratch (1 step) [target]\n  [stage-1 1/1] COPY --from=builder /src/app /app\n"
     );
+}
+
+#[test]
+fn more_build_free_rules() {
+    assert_eq!(
+        rules("FROM scratch\nWORKDIR app\nWORKDIR sub\n"),
+        vec![(
+            "WorkdirRelativePath",
+            2,
+            "Relative workdir \"app\" can have unexpected results if the base image changes".into()
+        )]
+    );
+    assert!(!has(
+        "FROM scratch\nWORKDIR /app\nWORKDIR sub\n",
+        "WorkdirRelativePath"
+    ));
+    assert_eq!(
+        rules("FROM scratch\nARG GITHUB_TOKEN\nENV public_key=1 keys=2\n"),
+        vec![(
+            "SecretsUsedInArgOrEnv",
+            2,
+            "Do not use ARG or ENV instructions for sensitive data (ARG \"GITHUB_TOKEN\")".into()
+        )]
+    );
+    assert_eq!(
+        rules("FROM --platform=$TARGETPLATFORM scratch\n"),
+        vec![(
+            "RedundantTargetPlatform",
+            1,
+            "Setting platform to predefined $TARGETPLATFORM in FROM is redundant as this is the default behavior".into()
+        )]
+    );
+    assert_eq!(
+        rules("FROM --platform=linux/amd64 scratch AS b\n"),
+        vec![(
+            "FromPlatformFlagConstDisallowed",
+            1,
+            "FROM --platform flag should not use constant value \"linux/amd64\"".into()
+        )]
+    );
+    assert!(!has(
+        "FROM --platform=linux/amd64 scratch AS build-amd64\n",
+        "FromPlatformFlagConstDisallowed"
+    ));
+    assert_eq!(
+        rules("ARG IMG\nFROM $IMG\n"),
+        vec![(
+            "InvalidDefaultArgInFrom",
+            2,
+            "Default value for ARG $IMG results in empty or invalid base image name".into()
+        )]
+    );
+    assert!(!has(
+        "ARG IMG=alpine\nFROM $IMG\n",
+        "InvalidDefaultArgInFrom"
+    ));
+    assert!(!has(
+        "FROM --platform=$BUILDPLATFORM scratch\n",
+        "RedundantTargetPlatform"
+    ));
 }

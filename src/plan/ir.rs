@@ -96,7 +96,9 @@ pub enum Kind {
     Onbuild {
         /// The trigger text as written after ONBUILD (stored in the config).
         expression: String,
-        inner: Box<Instruction>,
+        /// The trigger typed; errors surface only when a stage inherits it
+        /// (as in BuildKit).
+        inner: Result<Box<Instruction>, super::Problem>,
     },
     Maintainer(String),
 }

@@ -10,16 +10,19 @@
 //! JSONArgsRecommended, MultipleInstructionsDisallowed); `check` adds the
 //! purely syntactic ones.
 
+mod dispatch;
 pub mod expand;
+pub mod from_parser;
 pub mod history;
 pub mod ir;
-pub mod reader;
+mod lints;
 mod stage;
 
 use std::collections::BTreeMap;
 
+pub use from_parser::{read, Directives, Parsed};
 pub use ir::{Flag, Form, Heredoc, Instruction, Kind, Span};
-pub use reader::{read, Directives, Parsed};
+pub use stage::{predefined_args, PROXY_ARGS};
 
 /// An error at a position in the Dockerfile.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +176,8 @@ pub struct Step {
     pub proxy_env: BTreeMap<String, String>,
     /// The source of `COPY --from` / `RUN --mount from=`.
     pub sources: Vec<Base>,
+    /// RUN: every `--mount`, expanded and parsed (same order as the flags).
+    pub mounts: Vec<crate::dockerfile::Mount>,
     /// BuildKit's progress name (`[stage-0 2/4] COPY . /app`), for steps
     /// that have one (ADD, COPY, RUN, WORKDIR).
     pub display_name: Option<String>,
@@ -266,8 +271,20 @@ pub fn plan(parsed: &Parsed, opts: &PlanOptions) -> Result<Plan, PlanError> {
     stage::plan(&parsed.instructions, parsed.directives.escape, opts)
 }
 
+/// BuildKit's error for an empty file.
+pub const EMPTY_DOCKERFILE: &str = "the Dockerfile cannot be empty";
+
 /// Read and plan Dockerfile text; syntax errors come back as a `PlanError`.
 pub fn plan_text(text: &str, opts: &PlanOptions) -> Result<Plan, PlanError> {
+    if text.is_empty() {
+        return Err(PlanError {
+            problems: vec![Problem {
+                span: Span::default(),
+                message: EMPTY_DOCKERFILE.to_string(),
+            }],
+            findings: Vec::new(),
+        });
+    }
     let parsed = read(text);
     if !parsed.errors.is_empty() {
         return Err(PlanError {

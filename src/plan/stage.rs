@@ -5,15 +5,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::dispatch::{Dispatcher, Seen, State};
 use super::expand;
-use super::history as h;
-use super::ir::{Flag, Form, Instruction, Kind, Span};
+use super::ir::{Instruction, Kind, Span};
+use super::lints::{platform_lints, suggest};
 use super::{
-    normalize_reference, Base, BaseConfig, Finding, Plan, PlanError, PlanOptions, PlannedStage,
-    Platform, Problem, Step,
+    normalize_reference, Base, Finding, Plan, PlanError, PlanOptions, PlannedStage, Platform,
+    Problem,
 };
 
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(super) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Build args that reach RUN without an ARG declaration and stay out of
 /// history and cache keys.
@@ -44,29 +46,65 @@ pub fn predefined_args(p: &Platform, target_stage: &str) -> BTreeMap<String, Str
     m
 }
 
-fn problem(span: Span, message: impl Into<String>) -> Problem {
+/// InvalidDefaultArgInFrom: with only the ARG defaults (no build args),
+/// every FROM must still name a valid image or stage.
+fn default_arg_lints(
+    stages: &[RawStage],
+    meta: &[&Instruction],
+    escape: char,
+    opts: &PlanOptions,
+    target_name: &str,
+    findings: &mut Vec<Finding>,
+) {
+    let defaults_only = PlanOptions {
+        build_args: BTreeMap::new(),
+        ..opts.clone()
+    };
+    let mut scratch = Vec::new();
+    let (defaults, _) = global_args(meta, escape, &defaults_only, target_name, &mut scratch);
+    if !scratch.is_empty() {
+        return;
+    }
+    for st in stages {
+        let Ok((name, _)) = expand::word(st.image, &defaults, escape) else {
+            return;
+        };
+        if normalize_reference(&name).is_none() {
+            findings.push(Finding {
+                rule: "InvalidDefaultArgInFrom",
+                span: st.from.span,
+                message: format!(
+                    "Default value for ARG {} results in empty or invalid base image name",
+                    st.image
+                ),
+            });
+        }
+    }
+}
+
+pub(super) fn problem(span: Span, message: impl Into<String>) -> Problem {
     Problem {
         span,
         message: message.into(),
     }
 }
 
-struct RawStage<'a> {
-    from: &'a Instruction,
-    image: &'a str,
-    name: Option<String>,
-    commands: Vec<&'a Instruction>,
+pub(super) struct RawStage<'a> {
+    pub(super) from: &'a Instruction,
+    pub(super) image: &'a str,
+    pub(super) name: Option<String>,
+    pub(super) commands: Vec<&'a Instruction>,
 }
 
 /// A stage after its FROM line was expanded.
-struct Resolved {
-    base: RawBase,
-    name: String,
-    platform: Option<Platform>,
+pub(super) struct Resolved {
+    pub(super) base: RawBase,
+    pub(super) name: String,
+    pub(super) platform: Option<Platform>,
 }
 
 #[derive(Clone, Debug)]
-enum RawBase {
+pub(super) enum RawBase {
     Scratch,
     Stage(usize),
     Image(String),
@@ -98,6 +136,7 @@ pub(super) fn plan(
             .unwrap_or_default(),
     };
     let (global, meta_keys) = global_args(&meta, escape, opts, &target_name, &mut problems);
+    default_arg_lints(&stages, &meta, escape, opts, &target_name, &mut findings);
     let resolved = resolve_bases(
         &stages,
         &global,
@@ -121,7 +160,7 @@ pub(super) fn plan(
             }
         },
     };
-    let deps = stage_deps(&stages, &resolved, &names, opts, escape, &mut problems);
+    let deps = stage_deps(&stages, &resolved, &names, opts, &mut problems);
     let keep = reachable(target, &resolved, &deps, opts.all_stages, stages.len());
 
     let mut remap = BTreeMap::new();
@@ -144,6 +183,7 @@ pub(super) fn plan(
         let st = &stages[i];
         let res = &resolved[i];
         let mut d = Dispatcher::new(i, st, res, single, escape, opts, &global, &names);
+        d.total_stages = stages.len();
         let base = match &res.base {
             RawBase::Scratch => Base::Scratch,
             RawBase::Stage(j) => {
@@ -172,7 +212,7 @@ pub(super) fn plan(
             },
         };
         d.state.ensure_path();
-        let triggers = triggers_for(&stages, res, opts, escape, &mut problems);
+        let triggers = triggers_for(&stages, res, opts, st.from.span, &mut problems);
         d.total = count_steps(&st.commands, &res.base) + triggers.len();
         let from_display = match &base {
             Base::Image(r) => d.prefix(false).map(|p| format!("{p}FROM {r}")),
@@ -276,11 +316,13 @@ fn global_args(
     (global, keys)
 }
 
+/// Stage names to indexes; with duplicates the last one wins, as in
+/// BuildKit's `statesByName` map.
 fn stage_names(stages: &[RawStage]) -> BTreeMap<String, usize> {
     let mut names = BTreeMap::new();
     for (i, s) in stages.iter().enumerate() {
         if let Some(n) = &s.name {
-            names.entry(n.clone()).or_insert(i);
+            names.insert(n.clone(), i);
         }
     }
     names
@@ -343,6 +385,7 @@ fn resolve_bases(
             match expand::word(&v, global, escape) {
                 Ok((p, m)) => {
                     report(&m, findings);
+                    platform_lints(&v, &p, &m, st.name.as_deref(), global, span, findings);
                     if p.is_empty() {
                         problems.push(problem(
                             span,
@@ -376,14 +419,19 @@ fn resolve_bases(
     out
 }
 
-/// The source a `--from=` value names: a stage (defined before `current`)
-/// or an image.
-fn resolve_from(
-    value: &str,
-    current: usize,
-    names: &BTreeMap<String, usize>,
-    span: Span,
-) -> Result<RawBase, Problem> {
+/// Where `--from=` values are resolved: the stage names, how many stages
+/// there are, and the stage being planned.
+#[derive(Clone, Copy)]
+pub(super) struct FromScope<'a> {
+    pub(super) names: &'a BTreeMap<String, usize>,
+    pub(super) total: usize,
+    pub(super) current: usize,
+    pub(super) current_name: &'a str,
+}
+
+/// The source a `--from=` value names: a stage (defined before the current
+/// one) or an image.
+pub(super) fn resolve_from(value: &str, scope: FromScope, span: Span) -> Result<RawBase, Problem> {
     if value.contains('$') {
         return Err(problem(
             span,
@@ -391,19 +439,18 @@ fn resolve_from(
         ));
     }
     let idx = match value.parse::<usize>() {
-        Ok(n) => {
-            if n >= names.values().max().map_or(0, |m| m + 1).max(current + 1) {
-                return Err(problem(span, format!("invalid stage index {n}")));
-            }
-            Some(n)
+        Ok(n) if n >= scope.total => {
+            return Err(problem(span, format!("invalid stage index {n}")));
         }
-        Err(_) => names.get(&value.to_ascii_lowercase()).copied(),
+        Ok(n) => Some(n),
+        Err(_) => scope.names.get(&value.to_ascii_lowercase()).copied(),
     };
     match idx {
-        Some(j) if j >= current => Err(problem(
+        Some(j) if j >= scope.current => Err(problem(
             span,
             format!(
-                "cannot copy from stage \"{value}\", it needs to be defined before current stage"
+                "cannot copy from stage \"{value}\", it needs to be defined before current stage \"{}\"",
+                scope.current_name
             ),
         )),
         Some(j) => Ok(RawBase::Stage(j)),
@@ -420,11 +467,7 @@ fn mount_from(spec: &str) -> Option<String> {
     })
 }
 
-fn inst_sources(
-    inst: &Instruction,
-    current: usize,
-    names: &BTreeMap<String, usize>,
-) -> Vec<Result<RawBase, Problem>> {
+fn inst_sources(inst: &Instruction, scope: FromScope) -> Vec<Result<RawBase, Problem>> {
     let inner = match &inst.kind {
         Kind::Onbuild { .. } => return Vec::new(),
         _ => inst,
@@ -432,14 +475,14 @@ fn inst_sources(
     let mut out = Vec::new();
     if matches!(inner.kind, Kind::Copy { .. }) {
         if let Some(v) = inner.flag("from").and_then(|f| f.value.clone()) {
-            out.push(resolve_from(&v, current, names, inner.span));
+            out.push(resolve_from(&v, scope, inner.span));
         }
     }
     if matches!(inner.kind, Kind::Run { .. }) {
         for m in inner.flag_values("mount") {
             if let Some(v) = mount_from(&m) {
                 if !v.contains('$') {
-                    out.push(resolve_from(&v, current, names, inner.span));
+                    out.push(resolve_from(&v, scope, inner.span));
                 }
             }
         }
@@ -452,17 +495,23 @@ fn stage_deps(
     resolved: &[Resolved],
     names: &BTreeMap<String, usize>,
     opts: &PlanOptions,
-    escape: char,
     problems: &mut Vec<Problem>,
 ) -> Vec<Vec<usize>> {
     let mut deps = Vec::new();
     for (i, st) in stages.iter().enumerate() {
         let mut d = Vec::new();
         let mut scratch = Vec::new();
-        let triggers = triggers_for(stages, &resolved[i], opts, escape, &mut scratch);
+        let triggers = triggers_for(stages, &resolved[i], opts, st.from.span, &mut scratch);
         let all = st.commands.iter().copied().chain(triggers.iter());
         for c in all {
-            for r in inst_sources(c, i, names) {
+            let name = st.name.clone().unwrap_or_else(|| format!("stage-{i}"));
+            let scope = FromScope {
+                names,
+                total: stages.len(),
+                current: i,
+                current_name: &name,
+            };
+            for r in inst_sources(c, scope) {
                 match r {
                     Ok(RawBase::Stage(j)) => d.push(j),
                     Ok(_) => {}
@@ -504,36 +553,30 @@ fn triggers_for(
     stages: &[RawStage],
     res: &Resolved,
     opts: &PlanOptions,
-    escape: char,
+    at: Span,
     problems: &mut Vec<Problem>,
 ) -> Vec<Instruction> {
     match &res.base {
-        RawBase::Stage(j) => stages[*j]
-            .commands
-            .iter()
-            .filter_map(|c| match &c.kind {
-                Kind::Onbuild { inner, .. } => Some((**inner).clone()),
-                _ => None,
-            })
-            .collect(),
+        RawBase::Stage(j) => {
+            let mut out = Vec::new();
+            for c in &stages[*j].commands {
+                match &c.kind {
+                    Kind::Onbuild { inner: Ok(t), .. } => out.push((**t).clone()),
+                    Kind::Onbuild { inner: Err(p), .. } => {
+                        problems.push(problem(at, p.message.clone()))
+                    }
+                    _ => {}
+                }
+            }
+            out
+        }
         RawBase::Image(raw) => {
             let cfg = normalize_reference(raw).and_then(|r| opts.base_configs.get(&r));
             let mut out = Vec::new();
             for t in cfg.map(|c| c.onbuild.clone()).unwrap_or_default() {
-                let t = t.trim();
-                let (kw, rest) = match t.find(char::is_whitespace) {
-                    Some(at) => (&t[..at], t[at..].trim_start()),
-                    None => (t, ""),
-                };
-                match super::reader::parse_instruction(
-                    kw,
-                    rest,
-                    Span::default(),
-                    Vec::new(),
-                    escape,
-                ) {
+                match super::from_parser::parse_trigger(t.trim()) {
                     Ok(i) => out.push(i),
-                    Err(p) => problems.push(p),
+                    Err(p) => problems.push(problem(at, p.message)),
                 }
             }
             out
@@ -553,774 +596,4 @@ fn count_steps(commands: &[&Instruction], base: &RawBase) -> usize {
             )
         })
         .count()
-}
-
-/// Which once-per-stage instructions were seen, and where.
-#[derive(Clone, Debug, Default)]
-struct Seen {
-    cmd: Option<Span>,
-    entrypoint: Option<Span>,
-    healthcheck: Option<Span>,
-}
-
-/// BuildKit's dispatch state for one stage.
-#[derive(Clone, Debug)]
-struct State {
-    /// The state's environment: ENV and ARG values, in order.
-    env: Vec<(String, String)>,
-    /// ARGs in scope (`d.buildArgs`), with their values.
-    args: Vec<(String, Option<String>)>,
-    shell: Vec<String>,
-    workdir: String,
-    /// Whether every variable of the base is known (scratch, a stage, or a
-    /// base image whose config was given) — UndefinedVar needs this.
-    env_known: bool,
-    onbuild: Vec<String>,
-    seen: Seen,
-}
-
-impl State {
-    fn get(&self, k: &str) -> Option<&String> {
-        self.env.iter().find(|(n, _)| n == k).map(|(_, v)| v)
-    }
-
-    fn set(&mut self, k: &str, v: &str) {
-        match self.env.iter_mut().find(|(n, _)| n == k) {
-            Some(e) => e.1 = v.to_string(),
-            None => self.env.push((k.to_string(), v.to_string())),
-        }
-    }
-
-    fn map(&self) -> BTreeMap<String, String> {
-        self.env.iter().cloned().collect()
-    }
-
-    fn apply_config(&mut self, cfg: &BaseConfig) {
-        for (k, v) in &cfg.env {
-            self.set(k, v);
-        }
-        self.shell = cfg.shell.clone();
-        self.workdir = cfg.workdir.clone();
-        self.env_known = true;
-    }
-
-    fn ensure_path(&mut self) {
-        if self.get("PATH").is_none() {
-            self.set("PATH", DEFAULT_PATH);
-        }
-    }
-}
-
-struct Dispatcher<'a> {
-    index: usize,
-    stage_name: String,
-    escape: char,
-    opts: &'a PlanOptions,
-    global: &'a BTreeMap<String, String>,
-    names: &'a BTreeMap<String, usize>,
-    state: State,
-    total: usize,
-    counter: usize,
-    findings: Vec<Finding>,
-}
-
-impl<'a> Dispatcher<'a> {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        index: usize,
-        st: &RawStage,
-        res: &Resolved,
-        single: bool,
-        escape: char,
-        opts: &'a PlanOptions,
-        global: &'a BTreeMap<String, String>,
-        names: &'a BTreeMap<String, usize>,
-    ) -> Self {
-        let stage_name = if single {
-            String::new()
-        } else {
-            st.name.clone().unwrap_or_else(|| format!("stage-{index}"))
-        };
-        Dispatcher {
-            index,
-            stage_name,
-            escape,
-            opts,
-            global,
-            names,
-            state: State {
-                env: Vec::new(),
-                args: Vec::new(),
-                shell: Vec::new(),
-                workdir: String::new(),
-                env_known: matches!(res.base, RawBase::Scratch),
-                onbuild: Vec::new(),
-                seen: Seen::default(),
-            },
-            total: 0,
-            counter: 0,
-            findings: Vec::new(),
-        }
-    }
-
-    fn prefix(&mut self, onbuild: bool) -> Option<String> {
-        if self.total == 0 {
-            return None;
-        }
-        self.counter += 1;
-        h::progress_prefix(&self.stage_name, self.counter, self.total, onbuild)
-    }
-
-    fn lint(&mut self, rule: &'static str, span: Span, message: String) {
-        self.findings.push(Finding {
-            rule,
-            span,
-            message,
-        });
-    }
-
-    /// Expand one word with the state's environment, recording the ARGs it
-    /// used and reporting undefined variables.
-    fn expand(
-        &mut self,
-        word: &str,
-        span: Span,
-        used: &mut BTreeMap<String, String>,
-    ) -> Result<String, Problem> {
-        let env = self.state.map();
-        let (out, m) = expand::word(word, &env, self.escape).map_err(|e| problem(span, e.0))?;
-        self.note_matches(&m, span, used);
-        Ok(out)
-    }
-
-    fn note_matches(
-        &mut self,
-        m: &expand::Matches,
-        span: Span,
-        used: &mut BTreeMap<String, String>,
-    ) {
-        for k in &m.matched {
-            if self.state.args.iter().any(|(a, _)| a == k) {
-                if let Some(v) = self.state.get(k) {
-                    used.insert(k.clone(), v.clone());
-                }
-            }
-        }
-        if !self.state.env_known {
-            return;
-        }
-        for u in &m.unmatched {
-            if self.state.args.iter().any(|(a, _)| a == u) {
-                continue;
-            }
-            let options: Vec<&String> = self.state.env.iter().map(|(k, _)| k).collect();
-            let mut message = format!("Usage of undefined variable '${u}'");
-            if let Some(s) = suggest(u, &options) {
-                message.push_str(&format!(" (did you mean ${s}?)"));
-            }
-            self.lint("UndefinedVar", span, message);
-        }
-    }
-
-    /// The progress name: BuildKit expands the instruction's source text
-    /// with the current environment and upper-cases the keyword.
-    fn display(&mut self, inst: &Instruction, onbuild: bool, raw: bool) -> Option<String> {
-        let text = format!("{} {}", inst.keyword, inst.original);
-        let env = self.state.map();
-        let shown = if raw {
-            expand_raw(&text, &env)
-        } else {
-            expand::word(&text, &env, self.escape)
-                .map(|(w, _)| w)
-                .unwrap_or_else(|_| text.clone())
-        };
-        let shown = h::uppercase_cmd(shown.trim_end());
-        self.prefix(onbuild).map(|p| format!("{p}{shown}"))
-    }
-
-    fn step(
-        &mut self,
-        inst: &Instruction,
-        onbuild: bool,
-        remap: &BTreeMap<usize, usize>,
-        steps: &mut Vec<Step>,
-        problems: &mut Vec<Problem>,
-    ) {
-        match self.dispatch(inst, onbuild, remap) {
-            Ok(s) => steps.push(s),
-            Err(p) => problems.push(p),
-        }
-    }
-
-    fn dispatch(
-        &mut self,
-        inst: &Instruction,
-        onbuild: bool,
-        remap: &BTreeMap<usize, usize>,
-    ) -> Result<Step, Problem> {
-        let span = inst.span;
-        let mut used = BTreeMap::new();
-        let mut out = inst.clone();
-        let mut step = Step {
-            instruction: inst.clone(),
-            build_args: BTreeMap::new(),
-            arg_env: Vec::new(),
-            proxy_env: BTreeMap::new(),
-            sources: Vec::new(),
-            display_name: None,
-            created_by: None,
-            empty_layer: true,
-            from_onbuild: onbuild,
-        };
-        let kw = inst.keyword.clone();
-        match &inst.kind {
-            Kind::From { .. } => return Err(problem(span, "unexpected FROM inside a stage")),
-            Kind::Env { pairs, legacy } | Kind::Label { pairs, legacy } => {
-                let is_env = matches!(inst.kind, Kind::Env { .. });
-                if *legacy {
-                    self.lint(
-                        "LegacyKeyValueFormat",
-                        span,
-                        format!("\"{kw} key=value\" should be used instead of legacy \"{kw} key value\" format"),
-                    );
-                }
-                let mut expanded = Vec::new();
-                for (k, v) in pairs {
-                    let k = self.expand(k, span, &mut used)?;
-                    let v = self.expand(v, span, &mut used)?;
-                    expanded.push((k, v));
-                }
-                let mut msg = String::from(if is_env { "ENV" } else { "LABEL" });
-                for (k, v) in &expanded {
-                    msg.push_str(&format!(" {k}={v}"));
-                    if is_env {
-                        self.state.set(k, v);
-                    }
-                }
-                step.created_by = Some(msg);
-                out.kind = if is_env {
-                    Kind::Env {
-                        pairs: expanded,
-                        legacy: *legacy,
-                    }
-                } else {
-                    Kind::Label {
-                        pairs: expanded,
-                        legacy: *legacy,
-                    }
-                };
-            }
-            Kind::Arg(args) => {
-                let mut parts = Vec::new();
-                let mut expanded = Vec::new();
-                for (k, def) in args {
-                    let build = self.opts.build_args.get(k).cloned();
-                    let mut value = def.clone();
-                    if value.is_none() && build.is_none() {
-                        value = self.global.get(k).cloned();
-                    }
-                    if let Some(b) = build {
-                        value = Some(b);
-                    } else if let Some(d) = def {
-                        value = Some(self.expand(d, span, &mut used)?);
-                    }
-                    if let Some(v) = &value {
-                        self.state.set(k, v);
-                    }
-                    self.state.args.push((k.clone(), value.clone()));
-                    parts.push(match &value {
-                        Some(v) => format!("{k}={v}"),
-                        None => k.clone(),
-                    });
-                    if let Some(v) = &value {
-                        used.insert(k.clone(), v.clone());
-                    }
-                    expanded.push((k.clone(), value));
-                }
-                step.created_by = Some(format!("ARG {}", parts.join(" ")));
-                out.kind = Kind::Arg(expanded);
-            }
-            Kind::Run { cmd, heredocs } => {
-                let mut flags = Vec::new();
-                for f in &inst.flags {
-                    let value = match (&f.name[..], &f.value) {
-                        ("mount", Some(v)) => {
-                            let v = self.expand(v, span, &mut used)?;
-                            if let Some(src) = mount_from(&v) {
-                                step.sources.push(self.source(&src, span, remap)?);
-                            }
-                            Some(v)
-                        }
-                        (_, v) => v.clone(),
-                    };
-                    flags.push(Flag {
-                        name: f.name.clone(),
-                        value,
-                        col: f.col,
-                    });
-                }
-                out.flags = flags;
-                let (args, summary) = self.run_args(cmd, heredocs);
-                let in_scope = self.args_in_scope();
-                step.build_args = in_scope.iter().cloned().collect();
-                step.arg_env = in_scope.clone();
-                step.proxy_env = self
-                    .opts
-                    .build_args
-                    .iter()
-                    .filter(|(k, _)| PROXY_ARGS.contains(&k.as_str()))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                step.display_name = self.display(inst, onbuild, true).map(|d| match &summary {
-                    Some(s) => format!("{d} ({s})"),
-                    None => d,
-                });
-                step.created_by = Some(format!(
-                    "RUN {} # buildkit",
-                    h::run_command_string(&args, &in_scope)
-                ));
-                step.empty_layer = false;
-            }
-            Kind::Cmd(form) | Kind::Entrypoint(form) => {
-                let is_cmd = matches!(inst.kind, Kind::Cmd(_));
-                let prev = if is_cmd {
-                    self.state.seen.cmd.replace(span)
-                } else {
-                    self.state.seen.entrypoint.replace(span)
-                };
-                if let Some(p) = prev {
-                    self.lint(
-                        "MultipleInstructionsDisallowed",
-                        p,
-                        format!("Multiple {kw} instructions should not be used in the same stage because only the last one will be used"),
-                    );
-                }
-                if matches!(form, Form::Shell(_)) && self.state.shell.is_empty() {
-                    self.lint(
-                        "JSONArgsRecommended",
-                        span,
-                        format!("JSON arguments recommended for {kw} to prevent unintended behavior related to OS signals"),
-                    );
-                }
-                let args = self.with_shell(form);
-                let name = if is_cmd { "CMD" } else { "ENTRYPOINT" };
-                step.created_by = Some(format!("{name} {}", h::go_quote_slice(&args)));
-            }
-            Kind::Shell(v) => {
-                self.state.shell = v.clone();
-                step.created_by = Some(format!("SHELL {}", h::go_slice(v)));
-            }
-            Kind::Copy {
-                sources,
-                dest,
-                heredocs,
-            }
-            | Kind::Add {
-                sources,
-                dest,
-                heredocs,
-            } => {
-                let is_add = matches!(inst.kind, Kind::Add { .. });
-                if !is_add {
-                    if let Some(v) = inst.flag("from").and_then(|f| f.value.clone()) {
-                        step.sources.push(self.source(&v, span, remap)?);
-                    }
-                }
-                let mut flags = Vec::new();
-                for f in &inst.flags {
-                    let value = match (&f.name[..], &f.value) {
-                        ("chown" | "chmod", Some(v)) => Some(self.expand(v, span, &mut used)?),
-                        (_, v) => v.clone(),
-                    };
-                    flags.push(Flag {
-                        name: f.name.clone(),
-                        value,
-                        col: f.col,
-                    });
-                }
-                out.flags = flags;
-                let mut srcs = Vec::new();
-                for s in sources {
-                    let s = self.expand(s, span, &mut used)?;
-                    if !is_add && (s.starts_with("http://") || s.starts_with("https://")) {
-                        return Err(problem(span, "source can't be a URL for COPY"));
-                    }
-                    srcs.push(s);
-                }
-                let dest = self.expand(dest, span, &mut used)?;
-                let env = self.state.map();
-                let docs: Vec<_> = heredocs
-                    .iter()
-                    .map(|d| {
-                        let mut d = d.clone();
-                        if d.expand {
-                            d.body = expand_raw(&d.body, &env);
-                        }
-                        d
-                    })
-                    .collect();
-                let mut msg = String::from(if is_add { "ADD" } else { "COPY" });
-                if out.flag("parents").is_some() {
-                    msg.push_str(" --parents");
-                }
-                if let Some(v) = out.flag("chown").and_then(|f| f.value.clone()) {
-                    msg.push_str(&format!(" --chown={v}"));
-                }
-                if let Some(v) = out.flag("chmod").and_then(|f| f.value.clone()) {
-                    check_chmod(&v, span)?;
-                    msg.push_str(&format!(" --chmod={v}"));
-                }
-                for s in &srcs {
-                    msg.push_str(&format!(" {s}"));
-                }
-                for d in &docs {
-                    msg.push_str(&format!(" <<{}", d.name));
-                }
-                msg.push_str(&format!(" {dest} # buildkit"));
-                step.created_by = Some(msg);
-                step.empty_layer = false;
-                step.display_name = self.display(inst, onbuild, false);
-                out.kind = if is_add {
-                    Kind::Add {
-                        sources: srcs,
-                        dest,
-                        heredocs: docs,
-                    }
-                } else {
-                    Kind::Copy {
-                        sources: srcs,
-                        dest,
-                        heredocs: docs,
-                    }
-                };
-            }
-            Kind::Workdir(p) => {
-                let p = self.expand(p, span, &mut used)?;
-                let wd = clean_path(&if p.starts_with('/') {
-                    p.clone()
-                } else {
-                    format!("/{}/{}", self.state.workdir, p)
-                });
-                self.state.workdir = wd.clone();
-                if wd != "/" {
-                    step.display_name = self.display(inst, onbuild, false);
-                    step.empty_layer = false;
-                }
-                step.created_by = Some(format!("WORKDIR {wd}"));
-                out.kind = Kind::Workdir(p);
-            }
-            Kind::User(u) => {
-                let u = self.expand(u, span, &mut used)?;
-                step.created_by = Some(format!("USER {u}"));
-                out.kind = Kind::User(u);
-            }
-            Kind::Volume(vs) => {
-                let mut v2 = Vec::new();
-                for v in vs {
-                    let v = self.expand(v, span, &mut used)?;
-                    if v.is_empty() {
-                        return Err(problem(span, "VOLUME specified can not be an empty string"));
-                    }
-                    v2.push(v);
-                }
-                step.created_by = Some(format!("VOLUME {}", h::go_slice(&v2)));
-                out.kind = Kind::Volume(v2);
-            }
-            Kind::Expose(ps) => {
-                let env = self.state.map();
-                let mut words = Vec::new();
-                for p in ps {
-                    let (_, m) =
-                        expand::word(p, &env, self.escape).map_err(|e| problem(span, e.0))?;
-                    self.note_matches(&m, span, &mut used);
-                    words.extend(
-                        expand::words(p, &env, self.escape).map_err(|e| problem(span, e.0))?,
-                    );
-                }
-                let mut specs = Vec::new();
-                for w in &words {
-                    specs.extend(h::parse_port_spec(w).map_err(|e| problem(span, e))?);
-                }
-                step.created_by = Some(h::expose_created_by(&specs));
-                out.kind = Kind::Expose(words);
-            }
-            Kind::StopSignal(s) => {
-                let s = self.expand(s, span, &mut used)?;
-                if !valid_signal(&s) {
-                    return Err(problem(span, format!("Invalid signal: {s}")));
-                }
-                step.created_by = Some(format!("STOPSIGNAL {s}"));
-                out.kind = Kind::StopSignal(s);
-            }
-            Kind::Healthcheck(form) => {
-                if let Some(p) = self.state.seen.healthcheck.replace(span) {
-                    self.lint(
-                        "MultipleInstructionsDisallowed",
-                        p,
-                        format!("Multiple {kw} instructions should not be used in the same stage because only the last one will be used"),
-                    );
-                }
-                step.created_by = Some(h::healthcheck_created_by(&health(inst, form)?));
-            }
-            Kind::Onbuild { expression, .. } => {
-                self.state.onbuild.push(expression.clone());
-            }
-            Kind::Maintainer(m) => {
-                step.created_by = Some(format!("MAINTAINER {m}"));
-            }
-        }
-        step.instruction = out;
-        if step.build_args.is_empty() {
-            step.build_args = used;
-        }
-        Ok(step)
-    }
-
-    /// The ARGs in scope with their current values, de-duplicated like
-    /// BuildKit's `runCommandString` (first position, last value).
-    fn args_in_scope(&self) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = Vec::new();
-        for (k, v) in &self.state.args {
-            let val = self
-                .state
-                .get(k)
-                .cloned()
-                .or_else(|| v.clone())
-                .unwrap_or_default();
-            match out.iter_mut().find(|(n, _)| n == k) {
-                Some(e) => e.1 = val,
-                None => out.push((k.clone(), val)),
-            }
-        }
-        out
-    }
-
-    fn with_shell(&self, form: &Form) -> Vec<String> {
-        match form {
-            Form::Exec(v) => v.clone(),
-            Form::Shell(s) => {
-                let mut v = if self.state.shell.is_empty() {
-                    vec!["/bin/sh".to_string(), "-c".to_string()]
-                } else {
-                    self.state.shell.clone()
-                };
-                v.push(s.clone());
-                v
-            }
-        }
-    }
-
-    /// RUN's argv as BuildKit records it, and the heredoc summary for its
-    /// progress name.
-    fn run_args(
-        &self,
-        cmd: &Form,
-        heredocs: &[super::ir::Heredoc],
-    ) -> (Vec<String>, Option<String>) {
-        let Form::Shell(line) = cmd else {
-            return (self.with_shell(cmd), None);
-        };
-        let Some(first) = heredocs.first() else {
-            return (self.with_shell(cmd), None);
-        };
-        let single = heredocs.len() == 1 && is_heredoc_word(line.trim());
-        if single {
-            let summary = summarize(&first.body);
-            if first.body.starts_with("#!") {
-                let path = format!("/dev/pipes/{}", first.name);
-                return (self.with_shell(&Form::Shell(path)), Some(summary));
-            }
-            return (
-                self.with_shell(&Form::Shell(first.body.clone())),
-                Some(summary),
-            );
-        }
-        let mut full = line.clone();
-        for d in heredocs {
-            full.push('\n');
-            full.push_str(&d.body);
-            full.push_str(&d.name);
-        }
-        (self.with_shell(&Form::Shell(full)), None)
-    }
-
-    fn source(
-        &self,
-        value: &str,
-        span: Span,
-        remap: &BTreeMap<usize, usize>,
-    ) -> Result<Base, Problem> {
-        Ok(match resolve_from(value, self.index, self.names, span)? {
-            RawBase::Scratch => Base::Scratch,
-            RawBase::Stage(j) => Base::Stage(remap.get(&j).copied().unwrap_or(j)),
-            RawBase::Image(r) => Base::Image(normalize_reference(&r).ok_or_else(|| {
-                problem(
-                    span,
-                    format!("failed to parse stage name \"{r}\": invalid reference format"),
-                )
-            })?),
-        })
-    }
-}
-
-fn is_heredoc_word(s: &str) -> bool {
-    let s = s.trim_start_matches(|c: char| c.is_ascii_digit());
-    s.starts_with("<<") && !s.contains(char::is_whitespace)
-}
-
-fn summarize(doc: &str) -> String {
-    let doc = doc.trim();
-    let mut lines = doc.split('\n');
-    let first = lines.next().unwrap_or_default().to_string();
-    if lines.next().is_some() {
-        format!("{first}...")
-    } else {
-        first
-    }
-}
-
-/// Substitute set variables only, leaving quotes and unset references as
-/// written (BuildKit's RawQuotes + SkipUnsetEnv lexer for RUN names and
-/// its quote-keeping mode for heredoc bodies).
-fn expand_raw(s: &str, env: &BTreeMap<String, String>) -> String {
-    let mut out = String::new();
-    let chars: Vec<char> = s.chars().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        if chars[i] != '$' {
-            out.push(chars[i]);
-            i += 1;
-            continue;
-        }
-        let braced = chars.get(i + 1) == Some(&'{');
-        let start = if braced { i + 2 } else { i + 1 };
-        let mut j = start;
-        while j < chars.len() && (chars[j].is_ascii_alphanumeric() || chars[j] == '_') {
-            j += 1;
-        }
-        let name: String = chars[start..j].iter().collect();
-        let closed = !braced || chars.get(j) == Some(&'}');
-        match env.get(&name) {
-            Some(v) if !name.is_empty() && closed => {
-                out.push_str(v);
-                i = if braced { j + 1 } else { j };
-            }
-            _ => {
-                out.push('$');
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
-/// `path.Clean` for absolute paths.
-fn clean_path(p: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in p.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    format!("/{}", parts.join("/"))
-}
-
-fn check_chmod(v: &str, span: Span) -> Result<(), Problem> {
-    if let Ok(n) = u32::from_str_radix(v, 8) {
-        if n > 0o7777 {
-            return Err(problem(
-                span,
-                format!("invalid chmod parameter: '{v}'. it should be octal string and between 0 and 07777"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn valid_signal(s: &str) -> bool {
-    if let Ok(n) = s.parse::<u32>() {
-        return n > 0 && n < 65;
-    }
-    let name = s.strip_prefix("SIG").unwrap_or(s);
-    const NAMES: &[&str] = &[
-        "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
-        "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM",
-        "TRAP", "TSTP", "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ",
-        "UNUSED",
-    ];
-    NAMES.contains(&name)
-        || name
-            .strip_prefix("RTMIN")
-            .or_else(|| name.strip_prefix("RTMAX"))
-            .is_some_and(|r| {
-                r.is_empty() || r.trim_start_matches(['+', '-']).parse::<u32>().is_ok()
-            })
-}
-
-fn health(inst: &Instruction, form: &Option<Form>) -> Result<h::Health, Problem> {
-    let mut out = h::Health::default();
-    out.test = match form {
-        None => vec!["NONE".to_string()],
-        Some(Form::Shell(s)) => vec!["CMD-SHELL".to_string(), s.clone()],
-        Some(Form::Exec(v)) => {
-            let mut t = vec!["CMD".to_string()];
-            t.extend(v.iter().cloned());
-            t
-        }
-    };
-    for f in &inst.flags {
-        let v = f.value.clone().unwrap_or_default();
-        if f.name == "retries" {
-            out.retries = v
-                .parse()
-                .map_err(|_| problem(inst.span, format!("invalid retries value: {v}")))?;
-            continue;
-        }
-        let d = h::parse_go_duration(&v)
-            .ok_or_else(|| problem(inst.span, format!("time: invalid duration \"{v}\"")))?;
-        match f.name.as_str() {
-            "interval" => out.interval = d,
-            "timeout" => out.timeout = d,
-            "start-period" => out.start_period = d,
-            "start-interval" => out.start_interval = d,
-            _ => {}
-        }
-    }
-    Ok(out)
-}
-
-/// BuildKit's "did you mean": the closest name by edit distance, if close.
-pub fn suggest(v: &str, options: &[&String]) -> Option<String> {
-    let mut best: Option<(usize, &String)> = None;
-    for o in options {
-        if o.as_str() == v {
-            continue;
-        }
-        let d = levenshtein(v, o);
-        if best.is_none_or(|(bd, _)| d < bd) {
-            best = Some((d, o));
-        }
-    }
-    let (d, o) = best?;
-    let limit = (v.chars().count() / 3).max(1);
-    (d <= limit || o.eq_ignore_ascii_case(v)).then(|| o.to_string())
-}
-
-fn levenshtein(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for i in 1..=a.len() {
-        let mut cur = vec![i; b.len() + 1];
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }

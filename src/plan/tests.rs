@@ -189,18 +189,21 @@ fn proxy_args_reach_run_but_not_history() {
 #[test]
 fn build_args_a_step_used_are_recorded() {
     // "Impact on build caching": only steps that use an ARG depend on it.
-    let text = "FROM scratch\nARG A=1\nARG B=2\nCOPY $A /x\nLABEL l=x\nRUN true\n";
+    let text = "FROM scratch\nARG A=1\nARG B=2\nARG C\nCOPY $A /x\nLABEL l=x\nRUN true\n";
     let p = plan_ok(text, &opts(&[]));
     let steps = &p.stages[0].steps;
+    let a: BTreeMap<String, String> = [("A".to_string(), "1".to_string())].into_iter().collect();
+    assert_eq!(steps[3].build_args, a);
+    assert!(steps[4].build_args.is_empty());
+    assert_eq!(steps[5].build_args.len(), 3);
+    // An ARG without a value is in history (`C=`) but not in the environment.
     assert_eq!(
-        steps[2].build_args,
-        [("A".to_string(), "1".to_string())].into_iter().collect()
-    );
-    assert!(steps[3].build_args.is_empty());
-    assert_eq!(steps[4].build_args.len(), 2);
-    assert_eq!(
-        steps[4].arg_env,
+        steps[5].arg_env,
         vec![("A".into(), "1".into()), ("B".into(), "2".into())]
+    );
+    assert_eq!(
+        steps[5].created_by.as_deref(),
+        Some("RUN |3 A=1 B=2 C= /bin/sh -c true # buildkit")
     );
 }
 
@@ -303,6 +306,29 @@ fn run_mount_from_is_a_dependency() {
     let p = plan_ok(text, &opts(&[]));
     assert_eq!(p.stages.len(), 2);
     assert_eq!(p.stages[1].steps[0].sources, vec![Base::Stage(0)]);
+    let m = &p.stages[1].steps[0].mounts[0];
+    assert_eq!(m.target.as_deref(), Some("/d"));
+    assert_eq!(m.from.as_deref(), Some("deps"));
+    // Mount specs are expanded before they are parsed.
+    let p = plan_ok(
+        "FROM alpine
+ARG D=/cache
+RUN --mount=type=cache,target=$D make
+",
+        &opts(&[]),
+    );
+    assert_eq!(
+        p.stages[0].steps[1].mounts[0].target.as_deref(),
+        Some("/cache")
+    );
+    let e = plan_text(
+        "FROM alpine
+RUN --mount=type=bogus ls
+",
+        &opts(&[]),
+    )
+    .unwrap_err();
+    assert_eq!(e.problems[0].span.line, 2);
 }
 
 #[test]
@@ -451,4 +477,92 @@ fn reference_normalization() {
     );
     assert_eq!(normalize_reference("Alpine"), None);
     assert_eq!(normalize_reference(""), None);
+}
+
+#[test]
+fn copy_from_stage_index_bounds_and_order() {
+    let e = plan_text("FROM scratch\nCOPY --from=5 /a /a\n", &opts(&[])).unwrap_err();
+    assert_eq!(e.problems[0].message, "invalid stage index 5");
+    let e = plan_text(
+        "FROM scratch AS a\nCOPY --from=b /x /x\nFROM scratch AS b\n",
+        &opts(&[]),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.problems[0].message,
+        "cannot copy from stage \"b\", it needs to be defined before current stage \"a\""
+    );
+}
+
+#[test]
+fn copy_heredoc_bodies_expand_only_with_unquoted_delimiters() {
+    let text = "FROM scratch\nARG V=1\nCOPY <<EOF /a\nv='$V'\nEOF\nCOPY <<'EOF' /b\nv=$V\nEOF\n";
+    let p = plan_ok(text, &opts(&[]));
+    let bodies: Vec<String> = p.stages[0]
+        .steps
+        .iter()
+        .filter_map(|s| match &s.instruction.kind {
+            Kind::Copy { heredocs, .. } => Some(heredocs[0].body.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bodies, vec!["v='1'\n", "v=$V\n"]);
+    assert_eq!(created(&p, 0)[1], "COPY <<EOF /a # buildkit");
+}
+
+#[test]
+fn base_image_config_env_feeds_expansion() {
+    let mut o = opts(&[]);
+    o.base_configs.insert(
+        "docker.io/library/golang:1.22".into(),
+        BaseConfig {
+            env: vec![("GOPATH".into(), "/go".into())],
+            workdir: "/go".into(),
+            ..BaseConfig::default()
+        },
+    );
+    let p = plan_ok(
+        "FROM golang:1.22\nWORKDIR src\nENV P=$GOPATH/bin:$PATH\n",
+        &o,
+    );
+    assert_eq!(
+        created(&p, 0),
+        vec![
+            "WORKDIR /go/src",
+            "ENV P=/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        ]
+    );
+    // With the base config known, unknown variables are reported.
+    let p = plan_ok("FROM golang:1.22\nENV P=$GOPTAH\n", &o);
+    assert_eq!(p.findings[0].rule, "UndefinedVar");
+    assert_eq!(
+        p.findings[0].message,
+        "Usage of undefined variable '$GOPTAH' (did you mean $GOPATH?)"
+    );
+}
+
+#[test]
+fn bad_onbuild_trigger_fails_only_where_it_is_inherited() {
+    let base = "FROM alpine AS base\nONBUILD COPY --nope a b\n";
+    let p = plan_ok(base, &opts(&[]));
+    assert_eq!(p.stages[0].onbuild, vec!["COPY --nope a b"]);
+    let e = plan_text(&format!("{base}FROM base\n"), &opts(&[])).unwrap_err();
+    assert_eq!(e.problems[0].span.line, 3);
+    assert!(
+        e.problems[0].message.contains("nope"),
+        "{}",
+        e.problems[0].message
+    );
+}
+
+#[test]
+fn duplicate_names_resolve_to_the_last_stage_and_empty_files_fail() {
+    let text = "FROM scratch AS a\nFROM busybox AS a\nFROM scratch\nCOPY --from=a /x /x\n";
+    let p = plan_ok(text, &opts(&[]));
+    assert_eq!(p.stages.len(), 2);
+    assert_eq!(p.stages[0].index, 1);
+    let e = plan_text("", &opts(&[])).unwrap_err();
+    assert_eq!(e.problems[0].message, "the Dockerfile cannot be empty");
+    let e = plan_text("# only a comment\n", &opts(&[])).unwrap_err();
+    assert_eq!(e.problems[0].message, "file with no instructions");
 }
