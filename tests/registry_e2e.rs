@@ -2,14 +2,17 @@
 //! push, read back with skopeo, pull, skip present blobs, cross-repo
 //! mounts, TLS + htpasswd, bearer tokens, and faults.
 
+mod common;
+
+use common::{free_port, RegistryConf, RegistryGuard};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rbuild::registry::{
     self, AuthFiles, BlobLocations, BlobOutcome, BlobStore, OciLayout, Platform, PullOptions,
@@ -37,86 +40,6 @@ fn have(tool: &str) -> bool {
         eprintln!("SKIP: {tool} not installed");
     }
     found
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-// ---------------------------------------------------------------- registry guard
-
-struct RegistryGuard {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for RegistryGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[derive(Default)]
-struct RegistryConf {
-    tls: Option<(PathBuf, PathBuf)>,
-    htpasswd: Option<PathBuf>,
-}
-
-impl RegistryGuard {
-    fn start(conf: RegistryConf) -> RegistryGuard {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let mut yml = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            dir.path().join("data").display()
-        );
-        if let Some((cert, key)) = &conf.tls {
-            yml.push_str(&format!(
-                "  tls:\n    certificate: {}\n    key: {}\n",
-                cert.display(),
-                key.display()
-            ));
-        }
-        if let Some(h) = &conf.htpasswd {
-            yml.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: rbuild-test\n    path: {}\n",
-                h.display()
-            ));
-        }
-        let cfg = dir.path().join("config.yml");
-        std::fs::write(&cfg, yml).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start docker-registry");
-        let g = RegistryGuard {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "registry did not start on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        g
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
 }
 
 // ---------------------------------------------------------------- HTTP proxy

@@ -11,12 +11,10 @@ use crate::layer::Compression;
 use crate::progress::{self, Mode};
 use crate::store::Store;
 
-use super::{BuildArgs, CompressionArg, FormatArg, NetworkArg, ProgressMode};
+use super::{BuildArgs, CompressionArg, FormatArg, NetworkArg, ProgressMode, PullArg};
+use crate::engine::PullPolicy;
 
 pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
-    if args.push {
-        return super::not_implemented("build --push");
-    }
     let env = |k: &str| std::env::var(k).ok();
     let build_args = parse_build_args(&args.build_args, env)?;
     let source_date_epoch = source_date_epoch(&build_args, env)?;
@@ -50,6 +48,13 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
             .map(|s| engine::run::parse_secret(s))
             .collect::<anyhow::Result<_>>()?,
         ssh_sock: ssh_socket(args.ssh.as_deref())?,
+        pull: match args.pull {
+            PullArg::Missing | PullArg::False => PullPolicy::Missing,
+            PullArg::Always | PullArg::True => PullPolicy::Always,
+            PullArg::Never => PullPolicy::Never,
+        },
+        push: args.push,
+        registry: super::registry::settings_with(&args.registry)?,
     };
     let store =
         Store::open(root).with_context(|| format!("opening the store {}", root.display()))?;

@@ -176,6 +176,12 @@ pub struct BuildArgs {
     /// Forward the SSH agent for `RUN --mount=type=ssh` (`default` = $SSH_AUTH_SOCK).
     #[arg(long, value_name = "default[=SOCKET]")]
     pub ssh: Option<String>,
+    /// When to fetch FROM images: missing (default), always, never.
+    #[arg(long, value_enum, default_value_t = PullArg::Missing, num_args = 0..=1,
+          require_equals = true, default_missing_value = "always")]
+    pub pull: PullArg,
+    #[command(flatten)]
+    pub registry: RegistryFlags,
     /// The build context directory.
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,
@@ -187,6 +193,18 @@ pub enum CompressionArg {
     Gzip,
     Zstd,
     None,
+}
+
+/// `--pull`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PullArg {
+    Missing,
+    Always,
+    Never,
+    /// Same as always (docker's `--pull`).
+    True,
+    /// Same as missing.
+    False,
 }
 
 /// `--network`.
@@ -336,11 +354,6 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         } => registry::login_with(&server, username.as_deref(), password_stdin, &flags),
         Command::Logout { server } => registry::logout(&server),
     }
-}
-
-/// The error for a command a later change will implement.
-pub(crate) fn not_implemented(what: &str) -> anyhow::Result<i32> {
-    anyhow::bail!("`rbuild {what}` is not implemented yet")
 }
 
 #[cfg(test)]

@@ -14,7 +14,8 @@ use crate::context::{self, ContextIndex};
 use crate::image::{self, HistoryEntry, ImageConfig, ImageFormat};
 use crate::layer::Compression;
 use crate::plan::{self, Base, Plan, PlanOptions};
-use crate::progress::{Event, Reporter};
+use crate::progress::{Event, Reporter, StepHandle};
+use crate::registry::{local, Reference};
 use crate::store::Store;
 
 use super::options::OutputSpec;
@@ -43,6 +44,24 @@ pub struct BuildRequest {
     pub secrets: BTreeMap<String, super::run::SecretSource>,
     /// `--ssh default`: the agent socket to forward.
     pub ssh_sock: Option<PathBuf>,
+    /// When FROM images are fetched from their registry.
+    pub pull: PullPolicy,
+    /// Push every tag to its registry after the build.
+    pub push: bool,
+    /// Registry settings (insecure registries, mirrors, credentials).
+    pub registry: crate::registry::Settings,
+}
+
+/// `--pull`: when a FROM image is fetched from its registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PullPolicy {
+    /// Only when the store lacks it (the default).
+    #[default]
+    Missing,
+    /// Every build (a digest reference already stored is never fetched again).
+    Always,
+    /// Never: the store must have it.
+    Never,
 }
 
 /// What a successful build produced.
@@ -129,7 +148,7 @@ pub fn build(
         ..PlanOptions::default()
     };
     let first = plan_or_render(&text, &opts, &dockerfile_name)?;
-    let images = load_images(store, &first.images)?;
+    let images = load_images(store, req, &reporter, &first.images)?;
     for (name, img) in &images {
         opts.base_configs
             .insert(name.clone(), base_config(&img.config));
@@ -185,28 +204,88 @@ fn plan_or_render(text: &str, opts: &PlanOptions, file: &str) -> anyhow::Result<
     })
 }
 
-/// External images the plan names, from the local store.
-fn load_images(store: &Store, names: &[String]) -> anyhow::Result<BTreeMap<String, image::Image>> {
+/// External images the plan names: from the store, pulled as `--pull` says.
+fn load_images(
+    store: &Store,
+    req: &BuildRequest,
+    reporter: &Arc<dyn Reporter>,
+    names: &[String],
+) -> anyhow::Result<BTreeMap<String, image::Image>> {
     let mut out = BTreeMap::new();
-    for name in names {
-        let short = name
-            .strip_prefix("docker.io/library/")
-            .or_else(|| name.strip_prefix("docker.io/"))
-            .unwrap_or(name);
-        let found = [name.as_str(), short]
-            .iter()
-            .find_map(|n| store.resolve(n).ok().flatten());
-        let Some(desc) = found else {
-            bail!(
-                "image {name} is not in the local store ({}); pulling it is not implemented yet",
+    for (i, name) in names.iter().enumerate() {
+        let reference =
+            Reference::parse(name).with_context(|| format!("invalid image reference {name}"))?;
+        let local = find_local_image(store, &reference, name)?;
+        let pull = match (req.pull, &local, reference.digest.is_some()) {
+            (_, Some(_), true) => false,
+            (PullPolicy::Always, _, _) => true,
+            (PullPolicy::Missing, found, _) => found.is_none(),
+            (PullPolicy::Never, None, _) => bail!(
+                "image {name} is not in the local store ({}) and --pull=never forbids fetching it",
                 store.root().display()
-            );
+            ),
+            (PullPolicy::Never, Some(_), _) => false,
         };
-        let img =
-            image::load_image(store, &desc).with_context(|| format!("loading image {name}"))?;
+        let img = if pull {
+            let handle = StepHandle::start(
+                reporter.clone(),
+                u64::MAX - i as u64,
+                format!("[internal] pull {reference}"),
+            );
+            let h = Arc::new(Mutex::new(BTreeMap::<String, (u64, u64)>::new()));
+            let progress_handle = Arc::new(handle);
+            let ph = progress_handle.clone();
+            let progress: crate::registry::ProgressFn =
+                Arc::new(move |p: &crate::registry::BlobProgress| {
+                    if let Ok(mut m) = h.lock() {
+                        m.insert(p.digest.to_string(), (p.done, p.total));
+                        let (done, total) = m.values().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+                        ph.progress(done, Some(total), crate::progress::Unit::Bytes);
+                    }
+                });
+            let res =
+                local::pull_into_store(store, &reference, &req.registry, None, Some(progress));
+            let handle = Arc::try_unwrap(progress_handle).ok();
+            match res {
+                Ok(img) => {
+                    if let Some(h) = handle {
+                        h.done();
+                    }
+                    img
+                }
+                Err(e) => {
+                    if let Some(h) = handle {
+                        h.failed(format!("{e:#}"));
+                    }
+                    return Err(e.context(format!("pulling {reference}")));
+                }
+            }
+        } else {
+            local.context("image was found locally")?
+        };
         out.insert(name.clone(), img);
     }
     Ok(out)
+}
+
+/// A stored image by its normalized reference, or by the short name a local
+/// build tagged it with (`app:v1` for `docker.io/library/app:v1`).
+fn find_local_image(
+    store: &Store,
+    reference: &Reference,
+    name: &str,
+) -> anyhow::Result<Option<image::Image>> {
+    if let Some(img) = local::find_local(store, reference)? {
+        return Ok(Some(img));
+    }
+    let short = name
+        .strip_prefix("docker.io/library/")
+        .or_else(|| name.strip_prefix("docker.io/"))
+        .unwrap_or(name);
+    match store.resolve(short).ok().flatten() {
+        Some(desc) => image::load_image(store, &desc).map(Some),
+        None => Ok(None),
+    }
 }
 
 fn base_config(cfg: &ImageConfig) -> plan::BaseConfig {
@@ -353,6 +432,9 @@ fn commit(ctx: &BuildCtx<'_>, target: &StageResult) -> anyhow::Result<BuildOutco
         std::fs::write(path, &image_id)
             .with_context(|| format!("writing --iidfile {}", path.display()))?;
     }
+    if ctx.req.push {
+        push_tags(ctx, &tags)?;
+    }
     let manifest_digest = manifest.digest().to_string();
     ctx.reporter.event(Event::BuildDone {
         digest: manifest_digest.clone(),
@@ -363,6 +445,53 @@ fn commit(ctx: &BuildCtx<'_>, target: &StageResult) -> anyhow::Result<BuildOutco
         image_id,
         tags,
     })
+}
+
+/// `--push`: every tag to its registry; blobs of base images from the same
+/// registry are mounted instead of uploaded.
+fn push_tags(ctx: &BuildCtx<'_>, tags: &[String]) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !tags.is_empty(),
+        "--push needs at least one -t REGISTRY/NAME:TAG"
+    );
+    for tag in tags {
+        let dest =
+            Reference::parse(tag).with_context(|| format!("invalid push destination {tag}"))?;
+        let mount_from: Vec<String> = ctx
+            .images
+            .keys()
+            .filter_map(|n| Reference::parse(n).ok())
+            .filter(|r| r.registry == dest.registry)
+            .map(|r| r.repository)
+            .collect();
+        let handle = StepHandle::start(
+            ctx.reporter.clone(),
+            ctx.step_id(),
+            format!("pushing {dest}"),
+        );
+        match local::push_from_store(
+            ctx.store,
+            tag,
+            &dest,
+            &ctx.req.registry,
+            ctx.req.format,
+            mount_from,
+            None,
+        ) {
+            Ok(report) => {
+                handle.log(
+                    crate::progress::Stream::Stdout,
+                    format!("pushed {dest}@{}\n", report.manifest_digest).as_bytes(),
+                );
+                handle.done();
+            }
+            Err(e) => {
+                handle.failed(format!("{e:#}"));
+                return Err(e.context(format!("pushing {dest}")));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `--output`: exports need a name in the store; an untagged build gets a

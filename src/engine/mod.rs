@@ -12,5 +12,5 @@ pub mod sources;
 pub mod step;
 pub mod users;
 
-pub use build::{build, BuildOutcome, BuildRequest};
+pub use build::{build, BuildOutcome, BuildRequest, PullPolicy};
 pub mod run;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-use crate::dockerfile::mount::{parse_mount, CacheSharing, Mount, MountType};
+use crate::dockerfile::mount::{CacheSharing, Mount, MountType};
 use crate::image::ImageConfig;
 use crate::layer::{changeset_from_overlay_upper, diff_trees, LayerEntry};
 use crate::sandbox::{self, ExtraFiles, MountSpec, NetworkMode, RootfsSpec, RunSpec, UserSpec};
@@ -107,19 +107,19 @@ pub fn argv(
     (shell(full), Vec::new())
 }
 
-/// Parse and default the `--mount` flags of a RUN (targets relative to WORKDIR).
-pub fn mounts(values: &[String], workdir: &str) -> anyhow::Result<Vec<Mount>> {
-    values
+/// The plan's parsed `--mount`s with relative targets resolved against
+/// WORKDIR, as BuildKit does.
+pub fn mounts(parsed: &[Mount], workdir: &str) -> Vec<Mount> {
+    parsed
         .iter()
-        .map(|v| {
-            let mut m =
-                parse_mount(v).map_err(|e| anyhow::anyhow!("invalid --mount {v:?}: {e}"))?;
+        .cloned()
+        .map(|mut m| {
             if let Some(t) = &m.target {
                 if !t.starts_with('/') {
                     m.target = Some(super::copydest::clean(&format!("{workdir}/{t}")));
                 }
             }
-            Ok(m)
+            m
         })
         .collect()
 }
@@ -500,7 +500,8 @@ mod tests {
 
     #[test]
     fn relative_mount_targets_follow_workdir() {
-        let m = mounts(&["type=cache,target=cache".into()], "/app").unwrap();
+        let parsed = crate::dockerfile::parse_mount("type=cache,target=cache").unwrap();
+        let m = mounts(&[parsed], "/app");
         assert_eq!(m[0].target.as_deref(), Some("/app/cache"));
     }
 }

@@ -381,7 +381,7 @@ impl StageState {
             .unwrap_or_else(|| "/".into());
         inputs.extra.insert("workdir".into(), workdir.clone());
         let values = inst.flag_values("mount");
-        let mounts = super::run::mounts(&values, &workdir)?;
+        let mounts = super::run::mounts(&step.mounts, &workdir);
         for (i, (m, raw)) in mounts.iter().zip(&values).enumerate() {
             inputs.extra.insert(format!("mount {i}"), raw.clone());
             if m.kind != crate::dockerfile::mount::MountType::Bind {
@@ -580,7 +580,7 @@ impl StageState {
             .working_dir
             .clone()
             .unwrap_or_else(|| "/".into());
-        let mounts = super::run::mounts(&inst.flag_values("mount"), &workdir)?;
+        let mounts = super::run::mounts(&step.mounts, &workdir);
         let (argv, scripts) = super::run::argv(&self.config, cmd, heredocs);
         let users = self.user_db(ctx)?;
         let root = self.root(ctx)?;

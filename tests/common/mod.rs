@@ -4,8 +4,10 @@
 
 #![allow(dead_code)]
 
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// The rbuild binary under test.
 pub fn rbuild_bin() -> &'static str {
@@ -207,4 +209,85 @@ pub fn rerun_as_test_user(idmap: &str) {
         "rootless run ({idmap}) failed:\n{text}"
     );
     assert!(text.contains("test result: ok"), "{text}");
+}
+
+/// A real `docker-registry` for tests (plain HTTP on 127.0.0.1 unless TLS is configured).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct RegistryGuard {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for RegistryGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How a test registry is configured.
+#[derive(Default)]
+pub struct RegistryConf {
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub htpasswd: Option<PathBuf>,
+}
+
+impl RegistryGuard {
+    /// Start `docker-registry` on a free loopback port; stopped on drop.
+    pub fn start(conf: RegistryConf) -> RegistryGuard {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut yml = format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        );
+        if let Some((cert, key)) = &conf.tls {
+            yml.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ));
+        }
+        if let Some(h) = &conf.htpasswd {
+            yml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: rbuild-test\n    path: {}\n",
+                h.display()
+            ));
+        }
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(&cfg, yml).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        let g = RegistryGuard {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "registry did not start on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        g
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
 }
