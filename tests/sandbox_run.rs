@@ -669,7 +669,10 @@ fn child_runs_a_long_sandbox() {
 fn killing_the_caller_kills_the_sandbox() {
     let before = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let secs = format!("3{}", std::process::id());
+    // The killed child cannot clean up its temp dirs: keep them in ours.
+    let tmp = tempfile::tempdir().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
+        .env("TMPDIR", tmp.path())
         .args([
             "--exact",
             "child_runs_a_long_sandbox",
@@ -715,6 +718,14 @@ fn rerun_as_test_user(idmap: &str) {
     let exe = std::env::current_exe().unwrap();
     let uid = user_id("-u");
     let gid = user_id("-g");
+    // The user's files (some owned by subuids) go to a dir root removes.
+    let tmp = tempfile::tempdir().unwrap();
+    let chown = Command::new("chown")
+        .arg(format!("{uid}:{gid}"))
+        .arg(tmp.path())
+        .status()
+        .unwrap();
+    assert!(chown.success());
     let out = Command::new("setpriv")
         .args([
             &format!("--reuid={uid}"),
@@ -725,9 +736,10 @@ fn rerun_as_test_user(idmap: &str) {
         // setpriv --reset-env drops the caller's environment: pass it after.
         .arg("env")
         .arg(format!("RBUILD_TEST_IDMAP={idmap}"))
+        .arg(format!("TMPDIR={}", tmp.path().display()))
         .arg(&exe)
         .args(["--skip", "rootless_", "--test-threads=2"])
-        .current_dir("/tmp")
+        .current_dir(tmp.path())
         .output()
         .expect("setpriv (util-linux) must be installed");
     let text = format!(

@@ -62,7 +62,8 @@ pub struct RunSpec {
 pub enum RootfsSpec {
     /// An overlay mounted inside the sandbox's mount namespace. `lowers` is
     /// ordered top first and may be empty; `upper` receives every change and
-    /// `work` must be an empty directory on the same filesystem as `upper`.
+    /// `work` must be an empty directory on the same filesystem as `upper`;
+    /// `run` empties it again afterwards.
     Overlay {
         lowers: Vec<PathBuf>,
         upper: PathBuf,

@@ -48,7 +48,27 @@ pub fn run_with(
         return Err(helper.failure(e));
     }
     pump_output(out, err, on_output);
-    helper.finish()
+    let outcome = helper.finish();
+    if let RootfsSpec::Overlay { work, .. } = &spec.rootfs {
+        clean_workdir(work);
+    }
+    outcome
+}
+
+/// Empties the overlay work dir. The kernel leaves `work/work` with mode
+/// 000, which a non-root caller could not delete later.
+fn clean_workdir(work: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(entries) = std::fs::read_dir(work) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        // Best effort: the work dir is scratch space and a leftover only
+        // costs disk space, never correctness.
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700));
+        let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+    }
 }
 
 /// Whether an overlay can be mounted by this process (inside a user
