@@ -614,6 +614,27 @@ fn bind_and_tmpfs_mounts() {
 }
 
 #[test]
+fn mount_point_below_a_symlink_is_reported_where_it_was_made() {
+    let mut r = Rootfs::new();
+    let link = r.commit(&["/bin/sh", "-c", "mkdir /var && ln -s ../run /var/run"]);
+    assert_eq!(link.outcome.exit_code, 0, "{}", link.stderr);
+    let secrets = tempfile::tempdir().unwrap();
+    fs::write(secrets.path().join("token"), "t0k3n").unwrap();
+    let mut s = spec(r.overlay(), &["/bin/cat", "/run/secrets/token"]);
+    s.mounts = vec![MountSpec::Bind {
+        source: secrets.path().to_path_buf(),
+        target: "/var/run/secrets".into(),
+        readonly: true,
+    }];
+    let out = r.run(s);
+    assert_eq!(out.stdout, "t0k3n");
+    // The image's symlink is followed inside the root; the dirs made for the
+    // mount point land in the upper dir and are reported for the layer code.
+    assert_eq!(out.outcome.mount_stubs, vec!["/run", "/run/secrets"]);
+    assert_eq!(entries(&out.upper), vec!["run", "run/secrets"]);
+}
+
+#[test]
 fn dir_rootfs_fallback_reports_created_mount_points() {
     let mut r = Rootfs::new();
     // Flatten the layers into one dir, as a copying fallback would.
