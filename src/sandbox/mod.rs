@@ -161,8 +161,8 @@ impl Default for SandboxOptions {
 pub struct RunOutcome {
     /// The command's exit status; killed by signal `n` gives `128 + n`.
     pub exit_code: i32,
-    /// Paths (absolute, inside the rootfs) the sandbox had to create as mount
-    /// points in the rootfs itself. With an overlay these are normally empty:
+    /// Paths (absolute, inside the rootfs, symlinks resolved) the sandbox had
+    /// to create as mount points in the rootfs itself. With an overlay these are normally empty:
     /// missing mount points are made in a private extra lower layer. In `Dir`
     /// mode, or when a mount target sits below a symlink, they land in the
     /// rootfs or the upper dir, and the layer code must leave them out of the
