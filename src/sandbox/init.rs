@@ -134,6 +134,7 @@ fn exec_command(spec: &RunSpec) -> Result<Infallible> {
     let null = File::open("/dev/null").context("opening /dev/null")?;
     nix::unistd::dup2_stdin(&null).context("redirecting stdin")?;
     drop(null);
+    sys::join_new_session_keyring().context("creating a session keyring")?;
     caps::limit_bounding_set().context("dropping capabilities from the bounding set")?;
     switch_user(spec)?;
     caps::apply_process_sets(spec.user.uid).context("setting capabilities")?;

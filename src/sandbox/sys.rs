@@ -192,3 +192,26 @@ pub fn reset_signal_dispositions() {
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
 }
+
+/// Gives the process a new anonymous session keyring, so the command cannot
+/// reach the caller's session keys (runc does the same). Kernels without
+/// keys support (ENOSYS) need nothing.
+pub fn join_new_session_keyring() -> io::Result<()> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: a null name asks for a new anonymous keyring; no memory is
+    // passed to the kernel.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ENOSYS) {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
