@@ -65,9 +65,14 @@ fn clean_workdir(work: &std::path::Path) {
     for entry in entries.flatten() {
         let path = entry.path();
         // Best effort: the work dir is scratch space and a leftover only
-        // costs disk space, never correctness.
-        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700));
-        let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        // costs disk space, never correctness. Only real dirs are chmod'ed
+        // (never through a symlink).
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700));
+            let _ = std::fs::remove_dir_all(&path);
+        } else {
+            let _ = std::fs::remove_file(&path);
+        }
     }
 }
 
@@ -106,7 +111,9 @@ fn probe(opts: &SandboxOptions) -> Result<()> {
         return Err(helper.failure(e));
     }
     pump_output(helper.stdout.take(), helper.stderr.take(), &mut |_, _| {});
-    helper.finish().map(|_| ())
+    let result = helper.finish().map(|_| ());
+    clean_workdir(&state.path().join("w"));
+    result
 }
 
 fn validate(spec: &RunSpec) -> Result<()> {
