@@ -782,6 +782,12 @@ fn user_id(flag: &str) -> String {
 }
 
 fn ensure_test_user() {
+    // Both rootless tests run in parallel: create the user once.
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(create_test_user);
+}
+
+fn create_test_user() {
     let exists = Command::new("id")
         .arg(TEST_USER)
         .output()
