@@ -441,6 +441,10 @@ fn escape_attempts_do_not_touch_the_host() {
          chroot ../../.. /bin/sh -c 'echo pwned > {p}'; \
          mount -t tmpfs none /mnt && echo mounted; \
          mount --bind / /mnt && echo bound; \
+         unshare -U true && echo unshared-user; \
+         unshare -Urm true && echo unshared-user-mount; \
+         unshare -n true && echo unshared-net; \
+         nsenter -t 1 -m true && echo entered; \
          umount -l /proc && echo unmounted-proc; \
          echo 1 > /sys/kernel/mm/ksm/run && echo wrote-sys; \
          echo 3 > /proc/sys/vm/drop_caches && echo wrote-proc-sys; \
@@ -458,6 +462,9 @@ fn escape_attempts_do_not_touch_the_host() {
         "wrote-sys",
         "wrote-proc-sys",
         "wrote-sysrq",
+        "unshared-user",
+        "unshared-net",
+        "entered",
     ] {
         assert!(!out.stdout.contains(bad), "{bad}: {}", out.stdout);
     }

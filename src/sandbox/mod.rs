@@ -23,6 +23,7 @@ mod init;
 mod parent;
 mod paths;
 mod rootfs;
+mod seccomp;
 mod sys;
 mod wire;
 
