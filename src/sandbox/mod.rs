@@ -1,8 +1,9 @@
 //! The RUN sandbox: runs one RUN step's process in fresh Linux namespaces
 //! (user when rootless, mount, pid, ipc, uts, and net for `--network none`)
 //! over an overlayfs of the parent layers, with a minimal /proc, /dev and
-//! read-only /sys, `pivot_root`, docker's default capabilities and
-//! `no_new_privs`. PID 1 inside is rbuild's own reaping init.
+//! read-only /sys, `pivot_root`, docker's default capabilities,
+//! `no_new_privs` and a seccomp deny list. PID 1 inside is rbuild's own
+//! reaping init.
 //!
 //! Process model: [`run`] re-executes the rbuild binary (default
 //! `/proc/self/exe`) with the hidden argument [`INIT_ARG`]; that fresh,

@@ -1,6 +1,6 @@
 //! The sandbox's only `unsafe` code: thin wrappers over syscalls that `nix`
-//! does not cover (capabilities, interface flags, xattrs) or marks unsafe
-//! (`fork`, `pre_exec`).
+//! does not cover (capabilities, interface flags, xattrs, keyrings,
+//! seccomp, signal dispositions) or marks unsafe (`fork`, `pre_exec`).
 
 use std::ffi::CString;
 use std::io;
