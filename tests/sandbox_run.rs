@@ -441,6 +441,10 @@ fn escape_attempts_do_not_touch_the_host() {
          chroot ../../.. /bin/sh -c 'echo pwned > {p}'; \
          mount -t tmpfs none /mnt && echo mounted; \
          mount --bind / /mnt && echo bound; \
+         unshare -U true && echo unshared-user; \
+         unshare -Urm true && echo unshared-user-mount; \
+         unshare -n true && echo unshared-net; \
+         nsenter -t 1 -m true && echo entered; \
          umount -l /proc && echo unmounted-proc; \
          echo 1 > /sys/kernel/mm/ksm/run && echo wrote-sys; \
          echo 3 > /proc/sys/vm/drop_caches && echo wrote-proc-sys; \
@@ -458,6 +462,9 @@ fn escape_attempts_do_not_touch_the_host() {
         "wrote-sys",
         "wrote-proc-sys",
         "wrote-sysrq",
+        "unshared-user",
+        "unshared-net",
+        "entered",
     ] {
         assert!(!out.stdout.contains(bad), "{bad}: {}", out.stdout);
     }
@@ -614,6 +621,27 @@ fn bind_and_tmpfs_mounts() {
 }
 
 #[test]
+fn mount_point_below_a_symlink_is_reported_where_it_was_made() {
+    let mut r = Rootfs::new();
+    let link = r.commit(&["/bin/sh", "-c", "mkdir /var && ln -s ../run /var/run"]);
+    assert_eq!(link.outcome.exit_code, 0, "{}", link.stderr);
+    let secrets = tempfile::tempdir().unwrap();
+    fs::write(secrets.path().join("token"), "t0k3n").unwrap();
+    let mut s = spec(r.overlay(), &["/bin/cat", "/run/secrets/token"]);
+    s.mounts = vec![MountSpec::Bind {
+        source: secrets.path().to_path_buf(),
+        target: "/var/run/secrets".into(),
+        readonly: true,
+    }];
+    let out = r.run(s);
+    assert_eq!(out.stdout, "t0k3n");
+    // The image's symlink is followed inside the root; the dirs made for the
+    // mount point land in the upper dir and are reported for the layer code.
+    assert_eq!(out.outcome.mount_stubs, vec!["/run", "/run/secrets"]);
+    assert_eq!(entries(&out.upper), vec!["run", "run/secrets"]);
+}
+
+#[test]
 fn dir_rootfs_fallback_reports_created_mount_points() {
     let mut r = Rootfs::new();
     // Flatten the layers into one dir, as a copying fallback would.
@@ -669,7 +697,10 @@ fn child_runs_a_long_sandbox() {
 fn killing_the_caller_kills_the_sandbox() {
     let before = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let secs = format!("3{}", std::process::id());
+    // The killed child cannot clean up its temp dirs: keep them in ours.
+    let tmp = tempfile::tempdir().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
+        .env("TMPDIR", tmp.path())
         .args([
             "--exact",
             "child_runs_a_long_sandbox",
@@ -715,6 +746,14 @@ fn rerun_as_test_user(idmap: &str) {
     let exe = std::env::current_exe().unwrap();
     let uid = user_id("-u");
     let gid = user_id("-g");
+    // The user's files (some owned by subuids) go to a dir root removes.
+    let tmp = tempfile::tempdir().unwrap();
+    let chown = Command::new("chown")
+        .arg(format!("{uid}:{gid}"))
+        .arg(tmp.path())
+        .status()
+        .unwrap();
+    assert!(chown.success());
     let out = Command::new("setpriv")
         .args([
             &format!("--reuid={uid}"),
@@ -725,9 +764,10 @@ fn rerun_as_test_user(idmap: &str) {
         // setpriv --reset-env drops the caller's environment: pass it after.
         .arg("env")
         .arg(format!("RBUILD_TEST_IDMAP={idmap}"))
+        .arg(format!("TMPDIR={}", tmp.path().display()))
         .arg(&exe)
         .args(["--skip", "rootless_", "--test-threads=2"])
-        .current_dir("/tmp")
+        .current_dir(tmp.path())
         .output()
         .expect("setpriv (util-linux) must be installed");
     let text = format!(
@@ -749,6 +789,12 @@ fn user_id(flag: &str) -> String {
 }
 
 fn ensure_test_user() {
+    // Both rootless tests run in parallel: create the user once.
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(create_test_user);
+}
+
+fn create_test_user() {
     let exists = Command::new("id")
         .arg(TEST_USER)
         .output()

@@ -2,8 +2,8 @@
 # Per-step cost of rbuild's RUN sandbox: N trivial `true` steps on a busybox
 # overlay rootfs (fresh upper dir each), as root (network none and host) and,
 # when run as root, rootless as user rbuild-sbx (created by the sandbox
-# tests). Then the same N steps with `runc run` on the same busybox rootfs
-# as a reference for "container start" cost.
+# tests). Then the same N steps with `runc run` on a busybox bundle and with
+# `buildah run` (own storage under a temp dir) as references.
 #   STEPS=20 bench/run-steps/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -44,4 +44,18 @@ PY
   for i in $(seq "$STEPS"); do runc run --bundle "$B" "rbuild-bench-$$-$i" </dev/null >/dev/null; done
   end=$(date +%s%N)
   echo "{\"steps\":$STEPS,\"runc_mean_ms\":$(( (end - start) / STEPS / 1000000 ))}"
+fi
+
+if command -v buildah >/dev/null && [ "$(id -u)" -eq 0 ]; then
+  echo "== buildah run, $STEPS steps of true (own storage, vfs, runc)"
+  R=$(mktemp -d)
+  B=(buildah --root "$R/root" --runroot "$R/run" --storage-driver vfs)
+  ctr=$("${B[@]}" from scratch | tail -1)
+  "${B[@]}" copy "$ctr" /bin/busybox /bin/busybox >/dev/null
+  start=$(date +%s%N)
+  for _ in $(seq "$STEPS"); do "${B[@]}" run --runtime runc --network none "$ctr" /bin/busybox true; done
+  end=$(date +%s%N)
+  "${B[@]}" rm "$ctr" >/dev/null
+  rm -rf "$R"
+  echo "{\"steps\":$STEPS,\"buildah_run_mean_ms\":$(( (end - start) / STEPS / 1000000 ))}"
 fi

@@ -18,7 +18,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{execve, setgroups, setresgid, setresuid, ForkResult, Gid, Pid, Uid};
 
 use super::wire::{send, Report, Request};
-use super::{caps, rootfs, sys, NetworkMode, RunSpec};
+use super::{caps, rootfs, seccomp, sys, NetworkMode, RunSpec};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -134,6 +134,7 @@ fn exec_command(spec: &RunSpec) -> Result<Infallible> {
     let null = File::open("/dev/null").context("opening /dev/null")?;
     nix::unistd::dup2_stdin(&null).context("redirecting stdin")?;
     drop(null);
+    sys::join_new_session_keyring().context("creating a session keyring")?;
     caps::limit_bounding_set().context("dropping capabilities from the bounding set")?;
     switch_user(spec)?;
     caps::apply_process_sets(spec.user.uid).context("setting capabilities")?;
@@ -141,6 +142,8 @@ fn exec_command(spec: &RunSpec) -> Result<Infallible> {
     let program = find_program(spec)?;
     let argv = cstrings(&spec.argv)?;
     let env = cstrings(&spec.env)?;
+    // Last, so setup itself is not filtered; applies to the exec onwards.
+    sys::install_seccomp(&seccomp::program()).context("installing the seccomp filter")?;
     execve(&program, &argv, &env).with_context(|| {
         format!(
             "exec {:?}",

@@ -1,8 +1,9 @@
 //! The RUN sandbox: runs one RUN step's process in fresh Linux namespaces
 //! (user when rootless, mount, pid, ipc, uts, and net for `--network none`)
 //! over an overlayfs of the parent layers, with a minimal /proc, /dev and
-//! read-only /sys, `pivot_root`, docker's default capabilities and
-//! `no_new_privs`. PID 1 inside is rbuild's own reaping init.
+//! read-only /sys, `pivot_root`, docker's default capabilities,
+//! `no_new_privs` and a seccomp deny list. PID 1 inside is rbuild's own
+//! reaping init.
 //!
 //! Process model: [`run`] re-executes the rbuild binary (default
 //! `/proc/self/exe`) with the hidden argument [`INIT_ARG`]; that fresh,
@@ -23,6 +24,7 @@ mod init;
 mod parent;
 mod paths;
 mod rootfs;
+mod seccomp;
 mod sys;
 mod wire;
 
@@ -62,7 +64,8 @@ pub struct RunSpec {
 pub enum RootfsSpec {
     /// An overlay mounted inside the sandbox's mount namespace. `lowers` is
     /// ordered top first and may be empty; `upper` receives every change and
-    /// `work` must be an empty directory on the same filesystem as `upper`.
+    /// `work` must be an empty directory on the same filesystem as `upper`;
+    /// `run` empties it again afterwards.
     Overlay {
         lowers: Vec<PathBuf>,
         upper: PathBuf,
@@ -160,8 +163,8 @@ impl Default for SandboxOptions {
 pub struct RunOutcome {
     /// The command's exit status; killed by signal `n` gives `128 + n`.
     pub exit_code: i32,
-    /// Paths (absolute, inside the rootfs) the sandbox had to create as mount
-    /// points in the rootfs itself. With an overlay these are normally empty:
+    /// Paths (absolute, inside the rootfs, symlinks resolved) the sandbox had
+    /// to create as mount points in the rootfs itself. With an overlay these are normally empty:
     /// missing mount points are made in a private extra lower layer. In `Dir`
     /// mode, or when a mount target sits below a symlink, they land in the
     /// rootfs or the upper dir, and the layer code must leave them out of the

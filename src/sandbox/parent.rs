@@ -48,7 +48,32 @@ pub fn run_with(
         return Err(helper.failure(e));
     }
     pump_output(out, err, on_output);
-    helper.finish()
+    let outcome = helper.finish();
+    if let RootfsSpec::Overlay { work, .. } = &spec.rootfs {
+        clean_workdir(work);
+    }
+    outcome
+}
+
+/// Empties the overlay work dir. The kernel leaves `work/work` with mode
+/// 000, which a non-root caller could not delete later.
+fn clean_workdir(work: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(entries) = std::fs::read_dir(work) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        // Best effort: the work dir is scratch space and a leftover only
+        // costs disk space, never correctness. Only real dirs are chmod'ed
+        // (never through a symlink).
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700));
+            let _ = std::fs::remove_dir_all(&path);
+        } else {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 /// Whether an overlay can be mounted by this process (inside a user
@@ -86,7 +111,9 @@ fn probe(opts: &SandboxOptions) -> Result<()> {
         return Err(helper.failure(e));
     }
     pump_output(helper.stdout.take(), helper.stderr.take(), &mut |_, _| {});
-    helper.finish().map(|_| ())
+    let result = helper.finish().map(|_| ());
+    clean_workdir(&state.path().join("w"));
+    result
 }
 
 fn validate(spec: &RunSpec) -> Result<()> {

@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
-use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::{openat2, readlinkat, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fstat, mkdirat, Mode, SFlag};
 
 /// What a mount point must be.
@@ -52,13 +52,27 @@ pub fn fd_path(fd: &OwnedFd) -> String {
 }
 
 /// Opens `path` inside `root`, creating missing components (dirs 0755, a
-/// final file 0644, owned by the caller), and records each created path in
-/// `created`. Fails if the existing final component is of the wrong kind.
+/// final file 0644, owned by the caller), and records each created path
+/// (symlinks resolved) in `created`. Fails if the existing final component
+/// is of the wrong kind.
 pub fn ensure(
     root: &OwnedFd,
     path: &str,
     kind: Kind,
     created: &mut Vec<String>,
+) -> Result<OwnedFd> {
+    ensure_depth(root, path, kind, created, 0)
+}
+
+/// How many dangling symlinks `ensure` follows before giving up (loops).
+const MAX_LINKS: usize = 16;
+
+fn ensure_depth(
+    root: &OwnedFd,
+    path: &str,
+    kind: Kind,
+    created: &mut Vec<String>,
+    depth: usize,
 ) -> Result<OwnedFd> {
     let parts = components(path)?;
     for i in 0..parts.len() {
@@ -68,38 +82,84 @@ pub fn ensure(
             Err(Errno::ENOENT) => {}
             Err(e) => return Err(e).with_context(|| format!("opening {path} in the rootfs")),
         }
-        let parent = open_in_root(root, &parts[..i].join("/"))
+        let parent_rel = parts[..i].join("/");
+        let parent = open_in_root(root, &parent_rel)
             .with_context(|| format!("opening the parent of /{prefix} in the rootfs"))?;
-        let name = parts[i];
-        let last = i + 1 == parts.len();
-        if last && kind == Kind::File {
-            let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW;
-            let how = OpenHow::new()
-                .flags(flags | OFlag::O_CLOEXEC)
-                .mode(Mode::from_bits_truncate(0o644))
-                .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-            openat2(&parent, name, how)
-                .with_context(|| format!("creating mount point file /{prefix} in the rootfs"))?;
+        let want = if i + 1 == parts.len() {
+            kind
         } else {
-            match mkdirat(&parent, name, Mode::from_bits_truncate(0o755)) {
-                Ok(()) => {}
-                // ENOENT on open but EEXIST on mkdir: a dangling symlink.
-                Err(Errno::EEXIST) => bail!(
-                    "mount point {path}: /{prefix} is a symlink to a missing target in the rootfs"
-                ),
-                Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!("creating mount point dir /{prefix} in the rootfs")
-                    })
-                }
+            Kind::Dir
+        };
+        match create_entry(&parent, parts[i], want) {
+            Ok(()) => created.push(real_path(root, &prefix)?),
+            // ENOENT on open but EEXIST on create: a dangling symlink. Make
+            // its target (resolved inside the root), like docker does.
+            Err(Errno::EEXIST) if depth < MAX_LINKS => {
+                let target = readlinkat(&parent, parts[i])
+                    .with_context(|| format!("reading symlink /{prefix} in the rootfs"))?;
+                let base = real_path(root, &parent_rel)?;
+                let target = resolve_link(&base, &target.to_string_lossy());
+                ensure_depth(root, &target, want, created, depth + 1)?;
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("creating mount point /{prefix} in the rootfs"))
             }
         }
-        created.push(format!("/{prefix}"));
     }
     let fd = open_in_root(root, &parts.join("/"))
         .with_context(|| format!("opening mount point {path} in the rootfs"))?;
     check_kind(&fd, path, kind)?;
     Ok(fd)
+}
+
+/// Creates `name` in `parent` without following a symlink there.
+fn create_entry(parent: &OwnedFd, name: &str, kind: Kind) -> nix::Result<()> {
+    match kind {
+        Kind::Dir => mkdirat(parent, name, Mode::from_bits_truncate(0o755)),
+        Kind::File => {
+            let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW;
+            let how = OpenHow::new()
+                .flags(flags | OFlag::O_CLOEXEC)
+                .mode(Mode::from_bits_truncate(0o644))
+                .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+            openat2(parent, name, how).map(drop)
+        }
+    }
+}
+
+/// The absolute in-root path a symlink in dir `base` pointing to `target`
+/// names, with `.` and `..` folded (`..` stops at the root, as in the
+/// kernel's RESOLVE_IN_ROOT).
+pub fn resolve_link(base: &str, target: &str) -> String {
+    let joined = if target.starts_with('/') {
+        target.to_string()
+    } else {
+        format!("{base}/{target}")
+    };
+    let mut out: Vec<&str> = Vec::new();
+    for part in joined.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            p => out.push(p),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+/// Where `rel` really is inside the root, with symlinks resolved, as an
+/// absolute in-rootfs path (what the layer code must look for).
+fn real_path(root: &OwnedFd, rel: &str) -> Result<String> {
+    let fd = open_in_root(root, rel).with_context(|| format!("reopening /{rel}"))?;
+    let root_path = std::fs::read_link(fd_path(root)).context("resolving the root's path")?;
+    let path = std::fs::read_link(fd_path(&fd)).with_context(|| format!("resolving /{rel}"))?;
+    let inside = path
+        .strip_prefix(&root_path)
+        .with_context(|| format!("/{rel} resolved outside the root"))?;
+    Ok(format!("/{}", inside.display()))
 }
 
 fn check_kind(fd: &OwnedFd, path: &str, kind: Kind) -> Result<()> {
@@ -146,22 +206,51 @@ mod tests {
     fn ensure_keeps_symlinks_inside_the_root() {
         let outside = tempfile::tempdir().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        // An absolute symlink to a host dir means that path *inside* the root:
-        // dangling there, so creating below it is refused, not done outside.
+        // An absolute symlink to a host dir means that path *inside* the
+        // root: dangling there, so it is created inside, never outside.
         std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
         std::fs::create_dir(dir.path().join("real")).unwrap();
         std::os::unix::fs::symlink("/real", dir.path().join("good")).unwrap();
         std::os::unix::fs::symlink("../../../../..", dir.path().join("up")).unwrap();
+        std::os::unix::fs::symlink("loop", dir.path().join("loop")).unwrap();
         let root = root_fd(dir.path());
         let mut created = Vec::new();
-        let err = ensure(&root, "/link/x", Kind::Dir, &mut created).unwrap_err();
-        assert!(format!("{err:#}").contains("symlink"), "{err:#}");
+        ensure(&root, "/link/x", Kind::Dir, &mut created).unwrap();
         assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
+        let inner = outside.path().strip_prefix("/").unwrap();
+        assert!(dir.path().join(inner).join("x").is_dir());
         ensure(&root, "/good/x", Kind::Dir, &mut created).unwrap();
         assert!(dir.path().join("real/x").is_dir());
         // `..` through a symlink is clamped at the root.
         ensure(&root, "/up/escaped", Kind::Dir, &mut created).unwrap();
         assert!(dir.path().join("escaped").is_dir());
-        assert_eq!(created, vec!["/good/x", "/up/escaped"]);
+        assert!(ensure(&root, "/loop/x", Kind::Dir, &mut created).is_err());
+        // Created paths are reported where they really are.
+        let first = format!(
+            "/{}",
+            inner
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_string_lossy()
+        );
+        assert_eq!(created[0], first);
+        assert_eq!(
+            created[created.len() - 3..],
+            [
+                "/link/x".replace("/link", &format!("/{}", inner.display())),
+                "/real/x".into(),
+                "/escaped".into()
+            ]
+        );
+    }
+
+    #[test]
+    fn resolve_link_folds_dots_and_clamps_at_root() {
+        assert_eq!(resolve_link("/var", "../run"), "/run");
+        assert_eq!(resolve_link("/var", "/a/./b/../c"), "/a/c");
+        assert_eq!(resolve_link("/", "../../etc"), "/etc");
+        assert_eq!(resolve_link("/a/b", "c"), "/a/b/c");
     }
 }

@@ -44,8 +44,13 @@ pub fn prepare(req: &Request) -> Result<Vec<String>> {
         } => {
             let stub = state.join("stub");
             mkdir(&stub, 0o755)?;
+            let mut copied = Vec::new();
             for (target, kind) in &targets {
-                stub_lower(lowers, &stub, target, *kind)?;
+                stub_lower(lowers, &stub, target, *kind, &mut copied)?;
+            }
+            // Times last: creating entries inside a dir changes its mtime.
+            for (path, meta) in copied.iter().rev() {
+                copy_times(path, meta)?;
             }
             let mut all = vec![stub];
             all.extend(lowers.iter().cloned());
@@ -204,7 +209,13 @@ fn lookup(lowers: &[PathBuf], parts: &[&str]) -> Found {
 /// Makes sure `target` exists in the overlay by adding it to the stub lower
 /// when no lower has it. Leaves it to the in-root creation (reported as a
 /// stub) when a symlink or a file is in the way.
-fn stub_lower(lowers: &[PathBuf], stub: &Path, target: &str, kind: Kind) -> Result<()> {
+fn stub_lower(
+    lowers: &[PathBuf],
+    stub: &Path,
+    target: &str,
+    kind: Kind,
+    copied: &mut Vec<(PathBuf, fs::Metadata)>,
+) -> Result<()> {
     let parts = paths::components(target)?;
     match lookup(lowers, &parts) {
         Found::Dir(_) | Found::Other => return Ok(()),
@@ -222,7 +233,10 @@ fn stub_lower(lowers: &[PathBuf], stub: &Path, target: &str, kind: Kind) -> Resu
             return Ok(());
         }
         match lookup(lowers, &parts[..=i]) {
-            Found::Dir(meta) => copy_dir_meta(&path, &meta)?,
+            Found::Dir(meta) => {
+                copy_dir_meta(&path, &meta)?;
+                copied.push((path.clone(), meta));
+            }
             Found::Absent => mkdir(&path, 0o755)?,
             Found::Other => return Ok(()),
         }
@@ -236,7 +250,10 @@ fn copy_dir_meta(path: &Path, meta: &fs::Metadata) -> Result<()> {
     // are unmapped and chown fails; the merged dir still shows the image's.
     let _ = std::os::unix::fs::lchown(path, Some(meta.uid()), Some(meta.gid()));
     fs::set_permissions(path, fs::Permissions::from_mode(meta.mode() & 0o7777))
-        .with_context(|| format!("chmod {}", path.display()))?;
+        .with_context(|| format!("chmod {}", path.display()))
+}
+
+fn copy_times(path: &Path, meta: &fs::Metadata) -> Result<()> {
     let times = fs::FileTimes::new()
         .set_accessed(meta.accessed().unwrap_or(std::time::SystemTime::UNIX_EPOCH))
         .set_modified(meta.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH));
@@ -628,10 +645,18 @@ mod tests {
         let (tmp, lowers) = layers();
         let stub = tmp.path().join("stub");
         fs::create_dir(&stub).unwrap();
-        stub_lower(&lowers, &stub, "/etc/resolv.conf", Kind::File).unwrap();
-        stub_lower(&lowers, &stub, "/etc/hosts", Kind::File).unwrap();
-        stub_lower(&lowers, &stub, "/proc", Kind::Dir).unwrap();
-        stub_lower(&lowers, &stub, "/link/x", Kind::Dir).unwrap();
+        let mut copied = Vec::new();
+        for (target, kind) in [
+            ("/etc/resolv.conf", Kind::File),
+            ("/etc/hosts", Kind::File),
+            ("/proc", Kind::Dir),
+            ("/link/x", Kind::Dir),
+        ] {
+            stub_lower(&lowers, &stub, target, kind, &mut copied).unwrap();
+        }
+        for (path, meta) in copied.iter().rev() {
+            copy_times(path, meta).unwrap();
+        }
         let etc = fs::metadata(stub.join("etc")).unwrap();
         assert_eq!(etc.mode() & 0o7777, 0o751);
         assert_eq!(

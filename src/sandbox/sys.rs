@@ -1,6 +1,6 @@
 //! The sandbox's only `unsafe` code: thin wrappers over syscalls that `nix`
-//! does not cover (capabilities, interface flags, xattrs) or marks unsafe
-//! (`fork`, `pre_exec`).
+//! does not cover (capabilities, interface flags, xattrs, keyrings,
+//! seccomp, signal dispositions) or marks unsafe (`fork`, `pre_exec`).
 
 use std::ffi::CString;
 use std::io;
@@ -191,4 +191,52 @@ pub fn reset_signal_dispositions() {
         // invalid numbers just fail with EINVAL, which we ignore.
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
+}
+
+/// Gives the process a new anonymous session keyring, so the command cannot
+/// reach the caller's session keys (runc does the same). Kernels without
+/// keys support (ENOSYS) need nothing.
+pub fn join_new_session_keyring() -> io::Result<()> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: a null name asks for a new anonymous keyring; no memory is
+    // passed to the kernel.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ENOSYS) {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// Installs a seccomp filter on the calling thread (needs `no_new_privs`).
+pub fn install_seccomp(program: &[libc::sock_filter]) -> io::Result<()> {
+    let len = u16::try_from(program.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "seccomp program too long"))?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `prog` points at `program`, which outlives the call; the kernel
+    // copies the filter and never writes through the pointer.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+            &prog as *const libc::sock_fprog,
+            0,
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
