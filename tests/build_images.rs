@@ -454,10 +454,11 @@ fn concurrent_builds_into_one_store() {
     }
     let images = stdout(&env.rbuild_ok(&["images"]));
     for i in 0..4 {
-        assert!(
-            images.contains(&format!("par ")) && images.contains(&format!("{i} ")),
-            "{images}"
-        );
+        let listed = images.lines().any(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.len() > 2 && cols[0] == "par" && cols[1] == i.to_string()
+        });
+        assert!(listed, "par:{i} listed by `rbuild images`: {images}");
         if let Some(cfg) = skopeo_config(&env, &format!("par:{i}")) {
             assert_eq!(cfg["rootfs"]["diff_ids"].as_array().unwrap().len(), 2);
         }

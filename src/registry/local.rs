@@ -144,7 +144,7 @@ pub fn push_from_store(
         locations: Some(&loc),
         progress,
     };
-    let report = push(store, &desc.digest().to_string(), dest, settings, &opts)?;
+    let report = push(store, desc.digest().as_ref(), dest, settings, &opts)?;
     loc.save()?;
     Ok(report)
 }
