@@ -493,8 +493,15 @@ fn interrupted_build_leaves_the_store_consistent() {
     let tmp = env.root().join("rbuild/tmp");
     let started = std::time::Instant::now();
     while started.elapsed() < std::time::Duration::from_secs(20) {
+        // A temp file over 1 MiB: the layer blob is being written.
         let busy = std::fs::read_dir(&tmp)
-            .map(|d| d.count() > 0)
+            .map(|d| {
+                d.filter_map(Result::ok).any(|e| {
+                    e.metadata()
+                        .map(|m| m.is_file() && m.len() > 1 << 20)
+                        .unwrap_or(false)
+                })
+            })
             .unwrap_or(false);
         if busy {
             break;

@@ -1,7 +1,6 @@
 //! RUN steps end to end: a busybox base built from nothing (`FROM scratch`,
 //! the static busybox, `busybox --install`), then RUN in every form the
 //! issue lists, checked from outside with umoci and by reading the layers.
-//! As root, `rootless_builds` re-runs every test as an unprivileged user.
 
 mod common;
 
@@ -444,9 +443,4 @@ fn escape_attempts_do_not_touch_the_host() {
     };
     build(&env, &ctx, "esc:1", &[]);
     assert!(!sentinel.exists(), "the host file was written");
-}
-
-#[test]
-fn rootless_builds() {
-    common::rerun_as_test_user("subid");
 }
