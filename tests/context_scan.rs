@@ -3,6 +3,8 @@
 //! Wildcard expectations for `copyglob` were confirmed by running
 //! `buildah bud` on the same contexts.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -56,18 +58,7 @@ fn age_files() {
 }
 
 fn corpus() -> Option<PathBuf> {
-    let base = std::env::var_os("RBUILD_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus"));
-    let p = base.join("buildah-conformance");
-    if p.is_dir() {
-        return Some(p);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("corpus missing at {} (required when CI=true)", p.display());
-    }
-    eprintln!("skipping: corpus not found at {}", p.display());
-    None
+    common::corpus("buildah-conformance")
 }
 
 fn copy_corpus(name: &str) -> Option<tempfile::TempDir> {

@@ -6,6 +6,8 @@
 //! incrementally with parent match info computed top-down, and with no
 //! parent info. All three must agree.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -58,21 +60,9 @@ fn kind(pattern: &str) -> &'static str {
     pm.patterns()[0].match_kind()
 }
 
-/// `CARGO_MANIFEST_DIR/../shared/corpus`, or `RBUILD_CORPUS` when set (a
-/// git worktree lives elsewhere).
+/// The buildah conformance contexts of the shared corpus.
 fn corpus() -> Option<PathBuf> {
-    let base = std::env::var_os("RBUILD_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus"));
-    let p = base.join("buildah-conformance");
-    if p.is_dir() {
-        return Some(p);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("corpus missing at {} (required when CI=true)", p.display());
-    }
-    eprintln!("skipping: corpus not found at {}", p.display());
-    None
+    common::corpus("buildah-conformance")
 }
 
 /// Copies a corpus context into a temp dir (the corpus is read-only, and

@@ -2,6 +2,8 @@
 //! test files (dump compared byte for byte, negative cases, line spans) and
 //! the real-world and buildah conformance corpora (must parse and type-check).
 
+mod common;
+
 use rbuild::dockerfile::{parse, parse_bytes, parse_dockerfile, InstructionKind};
 use std::path::{Path, PathBuf};
 
@@ -83,21 +85,9 @@ fn buildkit_line_spans() {
     assert_eq!(spans, vec![(5, 5), (11, 12), (17, 31)]);
 }
 
-/// `../shared/corpus/<sub>` beside the crate (or under `$RBUILD_SHARED_CORPUS`,
-/// for worktrees that live elsewhere), or None (skip) outside CI.
+/// A sub-corpus of the shared corpus (see `common::corpus`).
 fn shared_corpus(sub: &str) -> Option<PathBuf> {
-    let base = std::env::var_os("RBUILD_SHARED_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus"));
-    let dir = base.join(sub);
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("shared corpus missing at {}", dir.display());
-    }
-    eprintln!("skipping: shared corpus not found at {}", dir.display());
-    None
+    common::corpus(sub)
 }
 
 /// Every regular file named `Dockerfile*` under `dir` (symlinks not followed).

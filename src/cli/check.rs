@@ -7,14 +7,15 @@ use anyhow::Context;
 
 use super::CheckArgs;
 use crate::check;
-use crate::plan::{parse_build_args, PlanOptions};
+use crate::engine::options::parse_build_args;
+use crate::plan::PlanOptions;
 
 pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
     let (path, shown) = dockerfile_path(&args);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("reading Dockerfile {}", path.display()))?;
     let opts = PlanOptions {
-        build_args: parse_build_args(&args.build_args, |k| std::env::var(k).ok()),
+        build_args: parse_build_args(&args.build_args, |k| std::env::var(k).ok())?,
         target: args.target.clone(),
         ..PlanOptions::default()
     };

@@ -11,30 +11,7 @@
 //!   lands at `dest/<basename>` when the destination is a directory, else at
 //!   `dest`.
 
-/// Go's `path.Clean` for `/`-separated paths.
-pub fn clean(p: &str) -> String {
-    let rooted = p.starts_with('/');
-    let mut parts: Vec<&str> = Vec::new();
-    for seg in p.split('/') {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                if parts.last().is_some_and(|l| *l != "..") {
-                    parts.pop();
-                } else if !rooted {
-                    parts.push("..");
-                }
-            }
-            s => parts.push(s),
-        }
-    }
-    let body = parts.join("/");
-    match (rooted, body.is_empty()) {
-        (true, _) => format!("/{body}"),
-        (false, true) => ".".to_string(),
-        (false, false) => body,
-    }
-}
+pub use crate::context::go_clean as clean;
 
 /// The absolute destination for `dest` under `workdir`, keeping a trailing
 /// slash (BuildKit's `pathRelativeToWorkingDir`).
@@ -96,21 +73,6 @@ pub fn parents(path: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn clean_matches_go() {
-        for (i, o) in [
-            ("", "."),
-            ("a/../..", ".."),
-            ("/../a", "/a"),
-            ("a//b/./c/", "a/b/c"),
-            ("/", "/"),
-            ("./a", "a"),
-            ("a/b/../../..", ".."),
-        ] {
-            assert_eq!(clean(i), o, "clean({i:?})");
-        }
-    }
 
     #[test]
     fn destinations_follow_workdir_and_keep_trailing_slash() {

@@ -60,21 +60,9 @@ impl StageState {
                     .images
                     .get(name)
                     .with_context(|| format!("image {name} was not loaded"))?;
-                let layers = img
-                    .manifest
-                    .layers()
-                    .iter()
-                    .zip(&img.config.rootfs.diff_ids)
-                    .map(|(d, diff_id)| LayerRef {
-                        digest: d.digest().to_string(),
-                        diff_id: diff_id.clone(),
-                        size: d.size(),
-                        media_type: d.media_type().to_string(),
-                    })
-                    .collect();
                 (
                     img.config.clone(),
-                    layers,
+                    image_layers(img),
                     img.manifest_desc.digest().to_string(),
                 )
             }
@@ -727,6 +715,21 @@ impl StageState {
     }
 }
 
+/// An image's layers as the engine tracks them.
+fn image_layers(img: &crate::image::Image) -> Vec<LayerRef> {
+    img.manifest
+        .layers()
+        .iter()
+        .zip(&img.config.rootfs.diff_ids)
+        .map(|(d, diff_id)| LayerRef {
+            digest: d.digest().to_string(),
+            diff_id: diff_id.clone(),
+            size: d.size(),
+            media_type: d.media_type().to_string(),
+        })
+        .collect()
+}
+
 fn outcome_from_record(rec: &CacheRecord) -> Outcome {
     Outcome {
         layer: rec.layer.as_ref().map(|l| LayerRef {
@@ -802,19 +805,7 @@ fn source_index(
                 .images
                 .get(name)
                 .with_context(|| format!("image {name} was not loaded"))?;
-            let layers = img
-                .manifest
-                .layers()
-                .iter()
-                .zip(&img.config.rootfs.diff_ids)
-                .map(|(d, diff_id)| LayerRef {
-                    digest: d.digest().to_string(),
-                    diff_id: diff_id.clone(),
-                    size: d.size(),
-                    media_type: d.media_type().to_string(),
-                })
-                .collect();
-            (layers, None)
+            (image_layers(img), None)
         }
     };
     let ignore = crate::context::IgnoreRules::default();

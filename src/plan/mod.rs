@@ -126,7 +126,7 @@ pub struct BaseConfig {
 /// Inputs to planning besides the Dockerfile.
 #[derive(Debug, Clone)]
 pub struct PlanOptions {
-    /// `--build-arg` values (see [`parse_build_args`]).
+    /// `--build-arg` values (see `engine::options::parse_build_args`).
     pub build_args: BTreeMap<String, String>,
     /// `--target`; default: the last stage.
     pub target: Option<String>,
@@ -244,28 +244,6 @@ impl std::fmt::Display for PlanError {
 
 impl std::error::Error for PlanError {}
 
-/// `--build-arg` values: `K=V`, or `K` alone to take `K` from `env` (skipped
-/// when unset there).
-pub fn parse_build_args(
-    args: &[String],
-    env: impl Fn(&str) -> Option<String>,
-) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for a in args {
-        match a.split_once('=') {
-            Some((k, v)) => {
-                out.insert(k.to_string(), v.to_string());
-            }
-            None => {
-                if let Some(v) = env(a) {
-                    out.insert(a.clone(), v);
-                }
-            }
-        }
-    }
-    out
-}
-
 /// Plan a parsed Dockerfile.
 pub fn plan(parsed: &Parsed, opts: &PlanOptions) -> Result<Plan, PlanError> {
     stage::plan(&parsed.instructions, parsed.directives.escape, opts)
@@ -299,67 +277,9 @@ pub fn plan_text(text: &str, opts: &PlanOptions) -> Result<Plan, PlanError> {
 /// `docker.io/library/alpine:latest`); `None` when it is not a valid
 /// reference.
 pub fn normalize_reference(name: &str) -> Option<String> {
-    if name.is_empty() || name.contains(char::is_whitespace) {
-        return None;
-    }
-    let (name_part, digest) = match name.split_once('@') {
-        Some((n, d)) => (n, Some(d)),
-        None => (name, None),
-    };
-    let last_slash = name_part.rfind('/').map_or(0, |i| i + 1);
-    let (repo, tag) = match name_part[last_slash..].rfind(':') {
-        Some(i) => (
-            &name_part[..last_slash + i],
-            Some(&name_part[last_slash + i + 1..]),
-        ),
-        None => (name_part, None),
-    };
-    let mut comps: Vec<&str> = repo.split('/').collect();
-    let domain = if comps.len() > 1
-        && (comps[0].contains('.')
-            || comps[0].contains(':')
-            || comps[0] == "localhost"
-            || comps[0].chars().any(|c| c.is_ascii_uppercase()))
-    {
-        comps.remove(0).to_string()
-    } else {
-        "docker.io".to_string()
-    };
-    if domain == "docker.io" && comps.len() == 1 {
-        comps.insert(0, "library");
-    }
-    let path_ok = comps.iter().all(|c| {
-        !c.is_empty()
-            && c.chars()
-                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch))
-            && c.starts_with(|ch: char| ch.is_ascii_alphanumeric())
-    });
-    if !path_ok {
-        return None;
-    }
-    if let Some(t) = tag {
-        let ok = !t.is_empty()
-            && t.len() <= 128
-            && t.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-            && !t.starts_with(['.', '-']);
-        if !ok {
-            return None;
-        }
-    }
-    let mut out = format!("{domain}/{}", comps.join("/"));
-    match (tag, digest) {
-        (Some(t), _) => out.push_str(&format!(":{t}")),
-        (None, None) => out.push_str(":latest"),
-        (None, Some(_)) => {}
-    }
-    if let Some(d) = digest {
-        if !d.contains(':') {
-            return None;
-        }
-        out.push_str(&format!("@{d}"));
-    }
-    Some(out)
+    crate::registry::Reference::parse(name)
+        .ok()
+        .map(|r| r.to_string())
 }
 
 #[cfg(test)]

@@ -207,24 +207,6 @@ fn build_args_a_step_used_are_recorded() {
     );
 }
 
-#[test]
-fn build_args_from_the_environment() {
-    let got = parse_build_args(
-        &[
-            "A=1".to_string(),
-            "B".to_string(),
-            "C".to_string(),
-            "D=".to_string(),
-        ],
-        |k| (k == "B").then(|| "2".to_string()),
-    );
-    let want: BTreeMap<String, String> = [("A", "1"), ("B", "2"), ("D", "")]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    assert_eq!(got, want);
-}
-
 const MULTI: &str = "FROM alpine AS base\nRUN apk add make\nFROM base AS build\nRUN make\nFROM alpine AS unrelated\nRUN x\nFROM scratch AS final\nCOPY --from=build /out /out\n";
 
 #[test]

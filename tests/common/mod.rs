@@ -9,6 +9,30 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// A part of the shared external corpus: `CARGO_MANIFEST_DIR/../shared/corpus/<sub>`
+/// (or under `$RBUILD_CORPUS`, for checkouts that do not sit beside `shared/`).
+/// Missing: a failure under `CI=true`, else `None` (the test skips, saying why).
+pub fn corpus(sub: &str) -> Option<PathBuf> {
+    let base = std::env::var_os("RBUILD_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus"));
+    let dir = base.join(sub);
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "corpus missing at {} (required when CI=true)",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "skipping: corpus not found at {} (set RBUILD_CORPUS)",
+        dir.display()
+    );
+    None
+}
+
 /// The rbuild binary under test.
 pub fn rbuild_bin() -> &'static str {
     env!("CARGO_BIN_EXE_rbuild")
