@@ -453,10 +453,13 @@ fn reference_normalization() {
         normalize_reference("localhost:5000/a/b").as_deref(),
         Some("localhost:5000/a/b:latest")
     );
+    let digest = format!("sha256:{}", "ab".repeat(32));
     assert_eq!(
-        normalize_reference("quay.io/x/y@sha256:abc").as_deref(),
-        Some("quay.io/x/y@sha256:abc")
+        normalize_reference(&format!("quay.io/x/y@{digest}")),
+        Some(format!("quay.io/x/y@{digest}"))
     );
+    // Docker refuses a digest that is not 64 hex digits.
+    assert_eq!(normalize_reference("quay.io/x/y@sha256:abc"), None);
     assert_eq!(normalize_reference("Alpine"), None);
     assert_eq!(normalize_reference(""), None);
 }
