@@ -529,3 +529,101 @@ fn interrupted_build_leaves_the_store_consistent() {
     // And a new build of the same context succeeds.
     env.rbuild_ok(&["build", "-t", "int:1", ctx.to_str().unwrap()]);
 }
+
+#[test]
+fn add_downloads_urls_and_verifies_checksums() {
+    use sha2::Digest;
+    let body = b"downloaded over http\n".to_vec();
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body)));
+    let server = common::FileServer::start(vec![("files/tool.txt".into(), body.clone())]);
+    let url = format!("http://127.0.0.1:{}/files/tool.txt", server.port);
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            &format!("FROM scratch\nADD --checksum={digest} {url} /opt/\nADD {url} /renamed.txt\n"),
+        )],
+    );
+    env.rbuild_ok(&["build", "-t", "url:1", ctx.to_str().unwrap()]);
+    let bundle = env.path("bundle");
+    if umoci_unpack(&env, "url:1", &bundle).is_none() {
+        return;
+    }
+    assert_eq!(
+        std::fs::read(bundle.join("rootfs/opt/tool.txt")).unwrap(),
+        body
+    );
+    assert_eq!(
+        std::fs::read(bundle.join("rootfs/renamed.txt")).unwrap(),
+        body
+    );
+    use std::os::unix::fs::MetadataExt;
+    let mode = std::fs::metadata(bundle.join("rootfs/renamed.txt"))
+        .unwrap()
+        .mode()
+        & 0o777;
+    assert_eq!(
+        mode, 0o600,
+        "downloaded files are 0600 as docker makes them"
+    );
+
+    // A wrong checksum fails the build and names both digests.
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let ctx2 = env.context(
+        "ctx2",
+        &[(
+            "Dockerfile",
+            &format!("FROM scratch\nADD --checksum={wrong} {url} /x\n"),
+        )],
+    );
+    let out = env.rbuild(&["build", ctx2.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("checksum mismatch") && err.contains(&digest),
+        "{err}"
+    );
+}
+
+#[test]
+fn copy_parents_and_exclude() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM scratch\nCOPY --parents src/a/*.txt /keep/\nCOPY --parents ./src/./b/x.txt /pivot/\n\
+                 COPY --exclude=*.log logs /logs/\n",
+            ),
+            ("src/a/one.txt", "1"),
+            ("src/a/two.txt", "2"),
+            ("src/a/skip.md", "no"),
+            ("src/b/x.txt", "x"),
+            ("logs/keep.txt", "k"),
+            ("logs/drop.log", "d"),
+        ],
+    );
+    env.rbuild_ok(&["build", "-t", "par:1", ctx.to_str().unwrap()]);
+    let bundle = env.path("bundle");
+    if umoci_unpack(&env, "par:1", &bundle).is_none() {
+        return;
+    }
+    let r = bundle.join("rootfs");
+    assert_eq!(
+        std::fs::read_to_string(r.join("keep/src/a/one.txt")).unwrap(),
+        "1"
+    );
+    assert_eq!(
+        std::fs::read_to_string(r.join("keep/src/a/two.txt")).unwrap(),
+        "2"
+    );
+    assert!(!r.join("keep/src/a/skip.md").exists());
+    assert_eq!(
+        std::fs::read_to_string(r.join("pivot/b/x.txt")).unwrap(),
+        "x"
+    );
+    assert!(r.join("logs/keep.txt").exists());
+    assert!(!r.join("logs/drop.log").exists(), "--exclude left it out");
+}

@@ -12,6 +12,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 work=${1:-/tmp/rbuild-bench-build}
 mkdir -p "$work"
+export BENCH_WORK="$work"
+source "$repo/bench/lib.sh"
 ctx="$work/ctx"
 
 echo "building rbuild (release)…" >&2
@@ -27,17 +29,6 @@ fi
 files=$(find "$ctx" -type f | wc -l)
 bytes=$(du -sb "$ctx" | cut -f1)
 victim="$ctx/src/m00/s00/file00000.rs"
-
-# seconds and peak RSS (MB) of a command: "SECS RSS_MB"
-measure() {
-  local out
-  out=$( { /usr/bin/time -f '%e %M' "$@" >/dev/null 2>"$work/last.err"; } 2>&1 | tail -n1) || {
-    echo "command failed: $*" >&2; cat "$work/last.err" >&2; return 1; }
-  awk '{printf "%s %.0f", $1, $2/1024}' <<<"$out"
-}
-secs() { cut -d' ' -f1 <<<"$1"; }
-rss() { cut -d' ' -f2 <<<"$1"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "n/a"}'; }
 
 sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
 pigz_t=$(measure sh -c "tar -C '$ctx' -cf - . | pigz -p 2 -6 > /dev/null")
@@ -78,30 +69,17 @@ if [ "${SKIP_BUILDAH:-}" != 1 ] && command -v buildah >/dev/null; then
   rm -rf "$broot"
 fi
 
-if [ "${SKIP_BUILDKIT:-}" != 1 ]; then
-  if ! command -v dockerd >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null 2>&1 || true
-  fi
-  if command -v dockerd >/dev/null; then
-    dd="$work/dockerd"; rm -rf "$dd"; mkdir -p "$dd"
-    echo '{"iptables": false, "bridge": "none"}' > "$dd/daemon.json"
-    dockerd --config-file "$dd/daemon.json" --data-root "$dd/data" --exec-root "$dd/exec" \
-      --pidfile "$dd/pid" -H "unix://$dd/docker.sock" >"$dd/log" 2>&1 &
-    dpid=$!
-    trap 'kill $dpid 2>/dev/null || true' EXIT
-    for _ in $(seq 50); do [ -S "$dd/docker.sock" ] && break; sleep 0.2; done
-    export DOCKER_HOST="unix://$dd/docker.sock" DOCKER_BUILDKIT=1
-    kcold=$(measure /usr/bin/docker build --network host -t bench:k "$ctx")
-    knoop=$(measure /usr/bin/docker build --network host -t bench:k "$ctx")
-    echo "// changed $(date +%s%N)" >> "$victim"
-    kone=$(measure /usr/bin/docker build --network host -t bench:k "$ctx")
-    cp "$work/victim.bak" "$victim"
-    printf '%-44s %8s %8s %s\n' "BuildKit (dockerd 20.10) cold" "$(secs "$kcold")" "-" "rbuild is $(ratio "$(secs "$kcold")" "$(secs "$cold")")x faster"
-    printf '%-44s %8s %8s %s\n' "BuildKit no-op rebuild" "$(secs "$knoop")" "-" "rbuild is $(ratio "$(secs "$knoop")" "$(secs "$noop")")x faster"
-    printf '%-44s %8s %8s %s\n' "BuildKit one-file-changed rebuild" "$(secs "$kone")" "-" "rbuild is $(ratio "$(secs "$kone")" "$(secs "$onefile")")x faster"
-    kill "$dpid"; wait "$dpid" 2>/dev/null || true
-    trap - EXIT
-  else
-    echo "BuildKit: dockerd not available (apt-get install docker.io)" >&2
-  fi
+if [ "${SKIP_BUILDKIT:-}" != 1 ] && start_dockerd "$work/dockerd"; then
+  trap stop_dockerd EXIT
+  kcold=$(measure /usr/bin/docker build --network host -t bench:k "$ctx")
+  knoop=$(measure /usr/bin/docker build --network host -t bench:k "$ctx")
+  echo "// changed $(date +%s%N)" >> "$victim"
+  kone=$(measure /usr/bin/docker build --network host -t bench:k "$ctx")
+  cp "$work/victim.bak" "$victim"
+  printf '%-44s %8s %8s %s\n' "BuildKit (dockerd 20.10) cold" "$(secs "$kcold")" "-" "rbuild is $(ratio "$(secs "$kcold")" "$(secs "$cold")")x faster"
+  printf '%-44s %8s %8s %s\n' "BuildKit no-op rebuild" "$(secs "$knoop")" "-" "rbuild is $(ratio "$(secs "$knoop")" "$(secs "$noop")")x faster"
+  printf '%-44s %8s %8s %s\n' "BuildKit one-file-changed rebuild" "$(secs "$kone")" "-" "rbuild is $(ratio "$(secs "$kone")" "$(secs "$onefile")")x faster"
+  stop_dockerd; trap - EXIT
+else
+  echo "BuildKit: not measured (dockerd unavailable)" >&2
 fi

@@ -246,15 +246,20 @@ impl StageState {
             source_date_epoch: ctx.req.source_date_epoch,
             threads: 0,
         };
-        let info = write_layer(entries, &mut blob, &opts).context("writing the layer")?;
+        let info = {
+            // Bytes and throughput while a big layer is compressed and stored.
+            let mut counted = ProgressWriter {
+                inner: &mut blob,
+                handle,
+                written: 0,
+                reported: 0,
+            };
+            write_layer(entries, &mut counted, &opts).context("writing the layer")?
+        };
         let stored = blob
             .commit_verified(&info.digest, Some(info.size))
             .context("storing the layer blob")?;
-        handle.progress(
-            info.uncompressed_size,
-            Some(info.uncompressed_size),
-            crate::progress::Unit::Bytes,
-        );
+        handle.progress(stored.size, Some(stored.size), crate::progress::Unit::Bytes);
         Ok(Some(LayerRef {
             digest: stored.digest,
             diff_id: info.diff_id,
@@ -712,6 +717,31 @@ impl StageState {
         for i in std::mem::take(&mut self.undated) {
             self.config.history[i].created = Some(fallback.clone());
         }
+    }
+}
+
+/// Passes bytes through, reporting the running total every MiB.
+struct ProgressWriter<'a, W: std::io::Write> {
+    inner: &'a mut W,
+    handle: &'a StepHandle,
+    written: u64,
+    reported: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for ProgressWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.reported >= 1 << 20 {
+            self.reported = self.written;
+            self.handle
+                .progress(self.written, None, crate::progress::Unit::Bytes);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 

@@ -315,3 +315,75 @@ impl RegistryGuard {
         format!("127.0.0.1:{}", self.port)
     }
 }
+
+/// A tiny HTTP/1.0 file server on 127.0.0.1 for ADD-from-URL tests: GET
+/// `/NAME` answers the bytes of `files[NAME]`, anything else 404. Stops
+/// when dropped.
+pub struct FileServer {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FileServer {
+    pub fn start(files: Vec<(String, Vec<u8>)>) -> FileServer {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let mut line = String::new();
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                // Drain the headers.
+                let mut h = String::new();
+                while reader.read_line(&mut h).map(|n| n > 2).unwrap_or(false) {
+                    h.clear();
+                }
+                let path = line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("/")
+                    .trim_start_matches('/');
+                match files.iter().find(|(n, _)| n == path) {
+                    Some((_, body)) => {
+                        let _ = write!(
+                            conn,
+                            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = conn.write_all(body);
+                    }
+                    None => {
+                        let _ =
+                            conn.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                    }
+                }
+            }
+        });
+        FileServer {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
