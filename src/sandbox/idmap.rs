@@ -44,6 +44,22 @@ fn subrange(file: &str, name: Option<&str>, id: u32) -> Option<SubRange> {
     find_range(&content, name, id)
 }
 
+/// The `/etc/subuid` and `/etc/subgid` ranges of the user `uid`, or why
+/// there are none.
+pub fn user_ranges(uid: u32) -> Result<(SubRange, SubRange)> {
+    let name = user_name(uid);
+    match (
+        subrange("/etc/subuid", name.as_deref(), uid),
+        subrange("/etc/subgid", name.as_deref(), uid),
+    ) {
+        (Some(u), Some(g)) => Ok((u, g)),
+        _ => bail!(
+            "no /etc/subuid and /etc/subgid range for user {}",
+            name.unwrap_or_else(|| uid.to_string())
+        ),
+    }
+}
+
 static SINGLE_ID_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// Writes the uid/gid maps of the process `pid`, which has just unshared its
@@ -52,21 +68,12 @@ pub fn write_maps(pid: u32, mode: IdMapMode) -> Result<IdMaps> {
     let uid = nix::unistd::getuid().as_raw();
     let gid = nix::unistd::getgid().as_raw();
     if mode == IdMapMode::Auto {
-        let name = user_name(uid);
-        let ranges = (
-            subrange("/etc/subuid", name.as_deref(), uid),
-            subrange("/etc/subgid", name.as_deref(), uid),
-        );
-        if let (Some(u), Some(g)) = ranges {
-            match write_range_maps(pid, uid, gid, u, g) {
+        match user_ranges(uid) {
+            Ok((u, g)) => match write_range_maps(pid, uid, gid, u, g) {
                 Ok(()) => return Ok(range_maps(uid, gid, u, g)),
                 Err(err) => warn_single_id(&format!("{err:#}")),
-            }
-        } else {
-            warn_single_id(&format!(
-                "no /etc/subuid and /etc/subgid range for user {}",
-                name.unwrap_or_else(|| uid.to_string())
-            ));
+            },
+            Err(err) => warn_single_id(&format!("{err:#}")),
         }
     }
     write_single_maps(pid, uid, gid)?;
@@ -91,17 +98,22 @@ fn range_maps(uid: u32, gid: u32, u: SubRange, g: SubRange) -> IdMaps {
     }
 }
 
-fn warn_single_id(reason: &str) {
+/// Prints, once per process, that only the user's own id is available:
+/// image files lose their owners and other ids cannot be used.
+pub fn warn_single_id(reason: &str) {
     if !SINGLE_ID_WARNED.swap(true, Ordering::Relaxed) {
         eprintln!(
             "rbuild: warning: {reason}; RUN steps get a single-id user namespace \
-             (only root inside; USER switching and chown to other ids will fail). \
+             (only root inside; image files are owned by root, and USER switching \
+             and chown to other ids will fail). \
              Add a range with `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 USER`."
         );
     }
 }
 
-fn write_range_maps(pid: u32, uid: u32, gid: u32, u: SubRange, g: SubRange) -> Result<()> {
+/// Maps `0 → uid/gid` and `1.. → the ranges` for process `pid` (which has
+/// just unshared its user namespace) with `newuidmap`/`newgidmap`.
+pub fn write_range_maps(pid: u32, uid: u32, gid: u32, u: SubRange, g: SubRange) -> Result<()> {
     run_map_tool("newuidmap", pid, uid, u)?;
     run_map_tool("newgidmap", pid, gid, g)
 }
