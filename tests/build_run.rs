@@ -53,6 +53,14 @@ fn unpack(env: &Env, tag: &str) -> Option<PathBuf> {
 
 /// Entry names of the image's last layer, read with the tar crate.
 fn last_layer_names(env: &Env, tag: &str) -> Vec<(String, tar::EntryType)> {
+    last_layer_entries(env, tag)
+        .into_iter()
+        .map(|(name, kind, _)| (name, kind))
+        .collect()
+}
+
+/// Entry names, types and owners (uid, gid) of the image's last layer.
+fn last_layer_entries(env: &Env, tag: &str) -> Vec<(String, tar::EntryType, (u64, u64))> {
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(env.root().join("index.json")).unwrap()).unwrap();
     let desc = index["manifests"]
@@ -79,9 +87,11 @@ fn last_layer_names(env: &Env, tag: &str) -> Vec<(String, tar::EntryType)> {
         .unwrap()
         .map(|e| {
             let e = e.unwrap();
+            let h = e.header();
             (
                 e.path().unwrap().to_string_lossy().into_owned(),
-                e.header().entry_type(),
+                h.entry_type(),
+                (h.uid().unwrap(), h.gid().unwrap()),
             )
         })
         .collect()
@@ -150,13 +160,20 @@ fn user_switching_and_workdir_creation() {
     assert_eq!(read(&root, &format!("{w}/groups")).trim(), "1000 2000");
     assert_eq!(read(&root, &format!("{w}/home")).trim(), "/home/app");
     assert_eq!(read(&root, &format!("{w}/pwd")).trim(), w);
+    // Rootless too: the layer records ids as inside the sandbox (umoci
+    // --rootless cannot chown, so read the tar headers).
+    let owner = last_layer_entries(&env, "user:1")
+        .into_iter()
+        .find(|(name, _, _)| name.trim_end_matches('/') == "home/app/work/uid")
+        .map(|(_, _, owner)| owner);
+    assert_eq!(
+        owner,
+        Some((1000, 1000)),
+        "layers record ids as inside the sandbox"
+    );
     if common::is_root() {
         let meta = std::fs::metadata(root.join("home/app/work/uid")).unwrap();
-        assert_eq!(
-            (meta.uid(), meta.gid()),
-            (1000, 1000),
-            "layers record ids as inside the sandbox"
-        );
+        assert_eq!((meta.uid(), meta.gid()), (1000, 1000), "umoci agrees");
     }
 }
 
@@ -443,4 +460,9 @@ fn escape_attempts_do_not_touch_the_host() {
     };
     build(&env, &ctx, "esc:1", &[]);
     assert!(!sentinel.exists(), "the host file was written");
+}
+
+#[test]
+fn rootless_builds() {
+    common::rerun_as_test_user("subid");
 }

@@ -126,7 +126,13 @@ fn user_id(flag: &str) -> String {
 }
 
 /// Create [`TEST_USER`] (with a subuid/subgid range) when it is missing.
+/// Once per test binary: rootless tests may run in parallel.
 pub fn ensure_test_user() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(create_test_user);
+}
+
+fn create_test_user() {
     let exists = Command::new("id")
         .arg(TEST_USER)
         .output()
