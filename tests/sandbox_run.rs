@@ -744,3 +744,34 @@ fn rootless_with_subuid_range() {
 fn rootless_with_single_id_map() {
     common::rerun_as_test_user("single");
 }
+
+/// The sandbox as rootless rbuild runs it: as root inside a user namespace
+/// with the full subuid mapping (here made by util-linux `unshare`), where
+/// it must add no nested user namespace and mount overlayfs with
+/// `userxattr`.
+#[test]
+fn rootless_root_in_user_namespace() {
+    if !is_root() {
+        return;
+    }
+    common::ensure_test_user();
+    let map = |file| {
+        let (start, count) = common::test_user_range(file);
+        format!("{start},1,{count}")
+    };
+    let (users, groups) = (map("/etc/subuid"), map("/etc/subgid"));
+    let wrapper: Vec<String> = [
+        "unshare",
+        "--user",
+        "--mount",
+        "--map-root-user",
+        "--map-users",
+        &users,
+        "--map-groups",
+        &groups,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    common::rerun_as_test_user_via("auto", &wrapper);
+}
