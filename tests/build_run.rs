@@ -462,6 +462,72 @@ fn escape_attempts_do_not_touch_the_host() {
     assert!(!sentinel.exists(), "the host file was written");
 }
 
+/// Pids of processes whose command line is exactly `cmdline`.
+fn pids_of(cmdline: &str) -> Vec<String> {
+    let out = Command::new("pgrep")
+        .args(["-x", "-f", cmdline])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Ctrl-C (SIGINT to rbuild) and SIGKILL both stop the build and take the
+/// RUN step's processes with them; rootless, rbuild is the parent of the
+/// rbuild re-executed in its user namespace, which must die too.
+#[test]
+fn interrupted_build_stops_its_sandbox() {
+    for signal in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGKILL,
+    ] {
+        let env = Env::new();
+        // Unique per test process: the root and rootless runs overlap.
+        let sleep = format!("sleep {}{}", 100000 + std::process::id(), signal as i32);
+        let Some(ctx) = context(&env, &format!("FROM base\nRUN {sleep}\n"), &[]) else {
+            return;
+        };
+        let mut child = Command::new(common::rbuild_bin())
+            .arg("--root")
+            .arg(env.root())
+            .args(["build", "--progress", "plain", "-t", "int:1"])
+            .arg(&ctx)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while pids_of(&sleep).is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the RUN step never started"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{signal:?}: the build was stopped");
+        let stopped = Instant::now();
+        while !pids_of(&sleep).is_empty() {
+            assert!(
+                stopped.elapsed() < Duration::from_secs(10),
+                "{signal:?}: the RUN step outlived rbuild"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let rbuilds = Command::new("pgrep")
+            .args(["-f", &env.root().display().to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            rbuilds.stdout.is_empty(),
+            "{signal:?}: no rbuild process of this build is left"
+        );
+    }
+}
+
 #[test]
 fn rootless_builds() {
     common::rerun_as_test_user("subid");
