@@ -424,6 +424,17 @@ mod tests {
     }
 
     #[test]
+    fn only_store_commands_enter_the_user_namespace() {
+        let parse = |v: &[&str]| Cli::try_parse_from(with_default_subcommand(os(v))).unwrap();
+        assert!(needs_userns(&parse(&["rbuild", "-t", "a", "."]).command));
+        assert!(needs_userns(&parse(&["rbuild", "prune"]).command));
+        assert!(needs_userns(&parse(&["rbuild", "rmi", "a"]).command));
+        assert!(needs_userns(&parse(&["rbuild", "images"]).command));
+        assert!(!needs_userns(&parse(&["rbuild", "check", "."]).command));
+        assert!(!needs_userns(&parse(&["rbuild", "logout", "r.io"]).command));
+    }
+
+    #[test]
     fn default_build_parses_like_explicit_build() {
         let cli = Cli::try_parse_from(with_default_subcommand(os(&[
             "rbuild",

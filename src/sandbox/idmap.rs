@@ -4,7 +4,7 @@
 //! only the single id is mapped (so switching to another user fails).
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
@@ -112,34 +112,59 @@ pub fn warn_single_id(reason: &str) {
 }
 
 /// Maps `0 → uid/gid` and `1.. → the ranges` for process `pid` (which has
-/// just unshared its user namespace) with `newuidmap`/`newgidmap`.
+/// just unshared its user namespace) with `newuidmap`/`newgidmap`, run side
+/// by side (each is a setuid exec costing milliseconds).
 pub fn write_range_maps(pid: u32, uid: u32, gid: u32, u: SubRange, g: SubRange) -> Result<()> {
-    run_map_tool("newuidmap", pid, uid, u)?;
-    run_map_tool("newgidmap", pid, gid, g)
+    let uids = MapTool::start("newuidmap", pid, uid, u)?;
+    let gids = MapTool::start("newgidmap", pid, gid, g);
+    let uids = uids.finish();
+    gids?.finish()?;
+    uids
 }
 
-fn run_map_tool(tool: &str, pid: u32, own: u32, range: SubRange) -> Result<()> {
-    let args = [
-        pid.to_string(),
-        "0".into(),
-        own.to_string(),
-        "1".into(),
-        "1".into(),
-        range.start.to_string(),
-        range.count.to_string(),
-    ];
-    let out = Command::new(tool)
-        .args(&args)
-        .output()
-        .with_context(|| format!("running {tool} (package uidmap)"))?;
-    if !out.status.success() {
-        bail!(
-            "{tool} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+/// A running `newuidmap`/`newgidmap`.
+struct MapTool {
+    tool: &'static str,
+    args: [String; 7],
+    child: std::process::Child,
+}
+
+impl MapTool {
+    fn start(tool: &'static str, pid: u32, own: u32, range: SubRange) -> Result<MapTool> {
+        let args = [
+            pid.to_string(),
+            "0".into(),
+            own.to_string(),
+            "1".into(),
+            "1".into(),
+            range.start.to_string(),
+            range.count.to_string(),
+        ];
+        let child = Command::new(tool)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {tool} (package uidmap)"))?;
+        Ok(MapTool { tool, args, child })
     }
-    Ok(())
+
+    fn finish(self) -> Result<()> {
+        let tool = self.tool;
+        let out = self
+            .child
+            .wait_with_output()
+            .with_context(|| format!("waiting for {tool}"))?;
+        if !out.status.success() {
+            bail!(
+                "{tool} {} failed: {}",
+                self.args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
 }
 
 fn write_single_maps(pid: u32, uid: u32, gid: u32) -> Result<()> {
