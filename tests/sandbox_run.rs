@@ -2,8 +2,10 @@
 //!
 //! Every test runs as the invoking user. As root, the `rootless_*` tests
 //! re-run this whole binary as an unprivileged user (created with `useradd`
-//! if absent) under `setpriv`, once with the user's subuid range and once
-//! with a single-id map, so the same assertions cover rootless mode.
+//! if absent) under `setpriv`: with the user's subuid range, with a
+//! single-id map, and as root inside a user namespace with the full subuid
+//! mapping (how rootless rbuild runs the sandbox), so the same assertions
+//! cover every rootless mode.
 
 mod common;
 
