@@ -53,6 +53,14 @@ fn unpack(env: &Env, tag: &str) -> Option<PathBuf> {
 
 /// Entry names of the image's last layer, read with the tar crate.
 fn last_layer_names(env: &Env, tag: &str) -> Vec<(String, tar::EntryType)> {
+    last_layer_entries(env, tag)
+        .into_iter()
+        .map(|(name, kind, _)| (name, kind))
+        .collect()
+}
+
+/// Entry names, types and owners (uid, gid) of the image's last layer.
+fn last_layer_entries(env: &Env, tag: &str) -> Vec<(String, tar::EntryType, (u64, u64))> {
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(env.root().join("index.json")).unwrap()).unwrap();
     let desc = index["manifests"]
@@ -79,9 +87,11 @@ fn last_layer_names(env: &Env, tag: &str) -> Vec<(String, tar::EntryType)> {
         .unwrap()
         .map(|e| {
             let e = e.unwrap();
+            let h = e.header();
             (
                 e.path().unwrap().to_string_lossy().into_owned(),
-                e.header().entry_type(),
+                h.entry_type(),
+                (h.uid().unwrap(), h.gid().unwrap()),
             )
         })
         .collect()
@@ -150,13 +160,20 @@ fn user_switching_and_workdir_creation() {
     assert_eq!(read(&root, &format!("{w}/groups")).trim(), "1000 2000");
     assert_eq!(read(&root, &format!("{w}/home")).trim(), "/home/app");
     assert_eq!(read(&root, &format!("{w}/pwd")).trim(), w);
+    // Rootless too: the layer records ids as inside the sandbox (umoci
+    // --rootless cannot chown, so read the tar headers).
+    let owner = last_layer_entries(&env, "user:1")
+        .into_iter()
+        .find(|(name, _, _)| name.trim_end_matches('/') == "home/app/work/uid")
+        .map(|(_, _, owner)| owner);
+    assert_eq!(
+        owner,
+        Some((1000, 1000)),
+        "layers record ids as inside the sandbox"
+    );
     if common::is_root() {
         let meta = std::fs::metadata(root.join("home/app/work/uid")).unwrap();
-        assert_eq!(
-            (meta.uid(), meta.gid()),
-            (1000, 1000),
-            "layers record ids as inside the sandbox"
-        );
+        assert_eq!((meta.uid(), meta.gid()), (1000, 1000), "umoci agrees");
     }
 }
 
@@ -443,4 +460,75 @@ fn escape_attempts_do_not_touch_the_host() {
     };
     build(&env, &ctx, "esc:1", &[]);
     assert!(!sentinel.exists(), "the host file was written");
+}
+
+/// Pids of processes whose command line is exactly `cmdline`.
+fn pids_of(cmdline: &str) -> Vec<String> {
+    let out = Command::new("pgrep")
+        .args(["-x", "-f", cmdline])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Ctrl-C (SIGINT to rbuild) and SIGKILL both stop the build and take the
+/// RUN step's processes with them; rootless, rbuild is the parent of the
+/// rbuild re-executed in its user namespace, which must die too.
+#[test]
+fn interrupted_build_stops_its_sandbox() {
+    for signal in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGKILL,
+    ] {
+        let env = Env::new();
+        // Unique per test process: the root and rootless runs overlap.
+        let sleep = format!("sleep {}{}", 100000 + std::process::id(), signal as i32);
+        let Some(ctx) = context(&env, &format!("FROM base\nRUN {sleep}\n"), &[]) else {
+            return;
+        };
+        let mut child = Command::new(common::rbuild_bin())
+            .arg("--root")
+            .arg(env.root())
+            .args(["build", "--progress", "plain", "-t", "int:1"])
+            .arg(&ctx)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while pids_of(&sleep).is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the RUN step never started"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{signal:?}: the build was stopped");
+        let stopped = Instant::now();
+        while !pids_of(&sleep).is_empty() {
+            assert!(
+                stopped.elapsed() < Duration::from_secs(10),
+                "{signal:?}: the RUN step outlived rbuild"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let rbuilds = Command::new("pgrep")
+            .args(["-f", &env.root().display().to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            rbuilds.stdout.is_empty(),
+            "{signal:?}: no rbuild process of this build is left"
+        );
+    }
+}
+
+#[test]
+fn rootless_builds() {
+    common::rerun_as_test_user("subid");
 }

@@ -2,8 +2,12 @@
 //!
 //! Every test runs as the invoking user. As root, the `rootless_*` tests
 //! re-run this whole binary as an unprivileged user (created with `useradd`
-//! if absent) under `setpriv`, once with the user's subuid range and once
-//! with a single-id map, so the same assertions cover rootless mode.
+//! if absent) under `setpriv`: with the user's subuid range, with a
+//! single-id map, and as root inside a user namespace with the full subuid
+//! mapping (how rootless rbuild runs the sandbox), so the same assertions
+//! cover every rootless mode.
+
+mod common;
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -16,11 +20,7 @@ use rbuild::sandbox::{
     RunOutcome, RunSpec, SandboxOptions, Stream, UserSpec,
 };
 
-const TEST_USER: &str = "rbuild-sbx";
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
+use common::is_root;
 
 fn single_id() -> bool {
     !is_root() && std::env::var("RBUILD_TEST_IDMAP").as_deref() == Ok("single")
@@ -737,108 +737,43 @@ fn overlay_probe_succeeds() {
     assert!(overlay_available_with(&opts()));
 }
 
-/// Runs this test binary again as [`TEST_USER`] (root only).
-fn rerun_as_test_user(idmap: &str) {
-    if !is_root() {
-        return; // already the unprivileged run
-    }
-    ensure_test_user();
-    let exe = std::env::current_exe().unwrap();
-    let uid = user_id("-u");
-    let gid = user_id("-g");
-    // The user's files (some owned by subuids) go to a dir root removes.
-    let tmp = tempfile::tempdir().unwrap();
-    let chown = Command::new("chown")
-        .arg(format!("{uid}:{gid}"))
-        .arg(tmp.path())
-        .status()
-        .unwrap();
-    assert!(chown.success());
-    let out = Command::new("setpriv")
-        .args([
-            &format!("--reuid={uid}"),
-            &format!("--regid={gid}"),
-            "--clear-groups",
-            "--reset-env",
-        ])
-        // setpriv --reset-env drops the caller's environment: pass it after.
-        .arg("env")
-        .arg(format!("RBUILD_TEST_IDMAP={idmap}"))
-        .arg(format!("TMPDIR={}", tmp.path().display()))
-        .arg(&exe)
-        .args(["--skip", "rootless_", "--test-threads=2"])
-        .current_dir(tmp.path())
-        .output()
-        .expect("setpriv (util-linux) must be installed");
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{text}");
-    assert!(
-        out.status.success(),
-        "rootless run ({idmap}) failed:\n{text}"
-    );
-    assert!(text.contains("test result: ok"), "{text}");
-}
-
-fn user_id(flag: &str) -> String {
-    let out = Command::new("id").args([flag, TEST_USER]).output().unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn ensure_test_user() {
-    // Both rootless tests run in parallel: create the user once.
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(create_test_user);
-}
-
-fn create_test_user() {
-    let exists = Command::new("id")
-        .arg(TEST_USER)
-        .output()
-        .unwrap()
-        .status
-        .success();
-    if !exists {
-        let st = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                TEST_USER,
-            ])
-            .status()
-            .unwrap();
-        assert!(st.success(), "useradd {TEST_USER}");
-    }
-    let subuid = fs::read_to_string("/etc/subuid").unwrap_or_default();
-    if !subuid
-        .lines()
-        .any(|l| l.starts_with(&format!("{TEST_USER}:")))
-    {
-        let st = Command::new("usermod")
-            .args([
-                "--add-subuids",
-                "700000-765535",
-                "--add-subgids",
-                "700000-765535",
-                TEST_USER,
-            ])
-            .status()
-            .unwrap();
-        assert!(st.success(), "usermod --add-subuids {TEST_USER}");
-    }
-}
-
 #[test]
 fn rootless_with_subuid_range() {
-    rerun_as_test_user("auto");
+    common::rerun_as_test_user("auto");
 }
 
 #[test]
 fn rootless_with_single_id_map() {
-    rerun_as_test_user("single");
+    common::rerun_as_test_user("single");
+}
+
+/// The sandbox as rootless rbuild runs it: as root inside a user namespace
+/// with the full subuid mapping (here made by util-linux `unshare`), where
+/// it must add no nested user namespace and mount overlayfs with
+/// `userxattr`.
+#[test]
+fn rootless_root_in_user_namespace() {
+    if !is_root() {
+        return;
+    }
+    common::ensure_test_user();
+    let map = |file| {
+        let (start, count) = common::test_user_range(file);
+        format!("{start},1,{count}")
+    };
+    let (users, groups) = (map("/etc/subuid"), map("/etc/subgid"));
+    let wrapper: Vec<String> = [
+        "unshare",
+        "--user",
+        "--mount",
+        "--map-root-user",
+        "--map-users",
+        &users,
+        "--map-groups",
+        &groups,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    common::rerun_as_test_user_via("auto", &wrapper);
 }

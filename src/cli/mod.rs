@@ -304,13 +304,52 @@ pub fn main() -> i32 {
     if std::env::args_os().nth(1).as_deref() == Some(crate::sandbox::INIT_ARG.as_ref()) {
         crate::sandbox::init_main();
     }
-    let args = with_default_subcommand(std::env::args_os().collect());
-    let cli = Cli::parse_from(args);
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    let in_userns_child = args.get(1).and_then(|a| a.to_str()) == Some(crate::sandbox::USERNS_ARG);
+    if in_userns_child {
+        args.remove(1);
+    }
+    let cli = Cli::parse_from(with_default_subcommand(args.clone()));
+    if !in_userns_child && needs_userns(&cli.command) && !nix::unistd::geteuid().is_root() {
+        if let Some(code) = reexec_in_userns(&cli, &args) {
+            return code;
+        }
+    }
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
             1
+        }
+    }
+}
+
+/// Commands that open the store: as an ordinary user they run inside the
+/// rbuild user namespace, because RUN steps and unpacked layers leave files
+/// owned by subuids that only "root" in there can read and delete (and any
+/// of them may sweep a dead build's temp dirs).
+fn needs_userns(command: &Command) -> bool {
+    !matches!(
+        command,
+        Command::Check(_) | Command::Login { .. } | Command::Logout { .. }
+    )
+}
+
+/// Runs this invocation again inside a user namespace with the user's full
+/// subuid/subgid mapping and returns its exit code; `None` (after one
+/// warning for builds) when there is no range or the mapping fails, so the
+/// command runs here with single-id RUN sandboxes.
+fn reexec_in_userns(cli: &Cli, args: &[OsString]) -> Option<i32> {
+    // Inside, euid is 0: hand over the state dir chosen for this user.
+    let env = [("RBUILD_ROOT", cli.root_dir().into_os_string())];
+    let exe = std::path::Path::new("/proc/self/exe");
+    match crate::sandbox::run_in_userns(exe, args.get(1..).unwrap_or_default(), &env) {
+        Ok(status) => Some(crate::sandbox::exit_code(status)),
+        Err(err) => {
+            if matches!(cli.command, Command::Build(_)) {
+                crate::sandbox::warn_single_id(&format!("{err:#}"));
+            }
+            None
         }
     }
 }
@@ -382,6 +421,17 @@ mod tests {
             with_default_subcommand(os(&["rbuild", "--help"])),
             os(&["rbuild", "--help"])
         );
+    }
+
+    #[test]
+    fn only_store_commands_enter_the_user_namespace() {
+        let parse = |v: &[&str]| Cli::try_parse_from(with_default_subcommand(os(v))).unwrap();
+        assert!(needs_userns(&parse(&["rbuild", "-t", "a", "."]).command));
+        assert!(needs_userns(&parse(&["rbuild", "prune"]).command));
+        assert!(needs_userns(&parse(&["rbuild", "rmi", "a"]).command));
+        assert!(needs_userns(&parse(&["rbuild", "images"]).command));
+        assert!(!needs_userns(&parse(&["rbuild", "check", "."]).command));
+        assert!(!needs_userns(&parse(&["rbuild", "logout", "r.io"]).command));
     }
 
     #[test]

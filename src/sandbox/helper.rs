@@ -75,7 +75,7 @@ fn stage_one(report: &File) -> Result<()> {
     )
     .context("making / private")?;
     if req.probe_overlay {
-        rootfs::probe_overlay(&req.state_dir, req.userns)?;
+        rootfs::probe_overlay(&req.state_dir, req.unprivileged)?;
         send(report, &Report::Exit { code: 0 });
         return Ok(());
     }

@@ -4,7 +4,7 @@
 //! only the single id is mapped (so switching to another user fails).
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
@@ -44,6 +44,22 @@ fn subrange(file: &str, name: Option<&str>, id: u32) -> Option<SubRange> {
     find_range(&content, name, id)
 }
 
+/// The `/etc/subuid` and `/etc/subgid` ranges of the user `uid`, or why
+/// there are none.
+pub fn user_ranges(uid: u32) -> Result<(SubRange, SubRange)> {
+    let name = user_name(uid);
+    match (
+        subrange("/etc/subuid", name.as_deref(), uid),
+        subrange("/etc/subgid", name.as_deref(), uid),
+    ) {
+        (Some(u), Some(g)) => Ok((u, g)),
+        _ => bail!(
+            "no /etc/subuid and /etc/subgid range for user {}",
+            name.unwrap_or_else(|| uid.to_string())
+        ),
+    }
+}
+
 static SINGLE_ID_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// Writes the uid/gid maps of the process `pid`, which has just unshared its
@@ -52,21 +68,12 @@ pub fn write_maps(pid: u32, mode: IdMapMode) -> Result<IdMaps> {
     let uid = nix::unistd::getuid().as_raw();
     let gid = nix::unistd::getgid().as_raw();
     if mode == IdMapMode::Auto {
-        let name = user_name(uid);
-        let ranges = (
-            subrange("/etc/subuid", name.as_deref(), uid),
-            subrange("/etc/subgid", name.as_deref(), uid),
-        );
-        if let (Some(u), Some(g)) = ranges {
-            match write_range_maps(pid, uid, gid, u, g) {
+        match user_ranges(uid) {
+            Ok((u, g)) => match write_range_maps(pid, uid, gid, u, g) {
                 Ok(()) => return Ok(range_maps(uid, gid, u, g)),
                 Err(err) => warn_single_id(&format!("{err:#}")),
-            }
-        } else {
-            warn_single_id(&format!(
-                "no /etc/subuid and /etc/subgid range for user {}",
-                name.unwrap_or_else(|| uid.to_string())
-            ));
+            },
+            Err(err) => warn_single_id(&format!("{err:#}")),
         }
     }
     write_single_maps(pid, uid, gid)?;
@@ -91,43 +98,73 @@ fn range_maps(uid: u32, gid: u32, u: SubRange, g: SubRange) -> IdMaps {
     }
 }
 
-fn warn_single_id(reason: &str) {
+/// Prints, once per process, that only the user's own id is available:
+/// image files lose their owners and other ids cannot be used.
+pub fn warn_single_id(reason: &str) {
     if !SINGLE_ID_WARNED.swap(true, Ordering::Relaxed) {
         eprintln!(
             "rbuild: warning: {reason}; RUN steps get a single-id user namespace \
-             (only root inside; USER switching and chown to other ids will fail). \
+             (only root inside; image files are owned by root, and USER switching \
+             and chown to other ids will fail). \
              Add a range with `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 USER`."
         );
     }
 }
 
-fn write_range_maps(pid: u32, uid: u32, gid: u32, u: SubRange, g: SubRange) -> Result<()> {
-    run_map_tool("newuidmap", pid, uid, u)?;
-    run_map_tool("newgidmap", pid, gid, g)
+/// Maps `0 → uid/gid` and `1.. → the ranges` for process `pid` (which has
+/// just unshared its user namespace) with `newuidmap`/`newgidmap`, run side
+/// by side (each is a setuid exec costing milliseconds).
+pub fn write_range_maps(pid: u32, uid: u32, gid: u32, u: SubRange, g: SubRange) -> Result<()> {
+    let uids = MapTool::start("newuidmap", pid, uid, u)?;
+    let gids = MapTool::start("newgidmap", pid, gid, g);
+    let uids = uids.finish();
+    gids?.finish()?;
+    uids
 }
 
-fn run_map_tool(tool: &str, pid: u32, own: u32, range: SubRange) -> Result<()> {
-    let args = [
-        pid.to_string(),
-        "0".into(),
-        own.to_string(),
-        "1".into(),
-        "1".into(),
-        range.start.to_string(),
-        range.count.to_string(),
-    ];
-    let out = Command::new(tool)
-        .args(&args)
-        .output()
-        .with_context(|| format!("running {tool} (package uidmap)"))?;
-    if !out.status.success() {
-        bail!(
-            "{tool} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+/// A running `newuidmap`/`newgidmap`.
+struct MapTool {
+    tool: &'static str,
+    args: [String; 7],
+    child: std::process::Child,
+}
+
+impl MapTool {
+    fn start(tool: &'static str, pid: u32, own: u32, range: SubRange) -> Result<MapTool> {
+        let args = [
+            pid.to_string(),
+            "0".into(),
+            own.to_string(),
+            "1".into(),
+            "1".into(),
+            range.start.to_string(),
+            range.count.to_string(),
+        ];
+        let child = Command::new(tool)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {tool} (package uidmap)"))?;
+        Ok(MapTool { tool, args, child })
     }
-    Ok(())
+
+    fn finish(self) -> Result<()> {
+        let tool = self.tool;
+        let out = self
+            .child
+            .wait_with_output()
+            .with_context(|| format!("waiting for {tool}"))?;
+        if !out.status.success() {
+            bail!(
+                "{tool} {} failed: {}",
+                self.args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
 }
 
 fn write_single_maps(pid: u32, uid: u32, gid: u32) -> Result<()> {

@@ -12,6 +12,11 @@
 //! forks the command. Every mount lives in the private mount namespace, so
 //! nothing stays mounted on the host when the sandbox ends. `docs/sandbox.md`
 //! explains the choices.
+//!
+//! Rootless builds run the whole of rbuild inside one user namespace
+//! ([`run_in_userns`]); there the sandbox sees euid 0 but
+//! [`in_user_namespace`], so it adds no nested user namespace and uses
+//! overlayfs' unprivileged (`userxattr`) mode.
 
 use std::path::PathBuf;
 
@@ -26,9 +31,12 @@ mod paths;
 mod rootfs;
 mod seccomp;
 mod sys;
+mod userns;
 mod wire;
 
+pub use idmap::warn_single_id;
 pub use parent::{overlay_available, overlay_available_with, run, run_with};
+pub use userns::{exit_code, in_user_namespace, run_in_userns, USERNS_ARG};
 
 /// The hidden first argument that makes the rbuild binary act as the
 /// sandbox's setup process (see [`init_main`]).

@@ -35,9 +35,11 @@ pub fn run_with(
         .prefix("rbuild-sandbox-")
         .tempdir()
         .context("creating the sandbox state dir")?;
+    let userns = !nix::unistd::geteuid().is_root();
     let req = Request {
         spec: spec.clone(),
-        userns: !nix::unistd::geteuid().is_root(),
+        userns,
+        unprivileged: userns || super::in_user_namespace(),
         state_dir: state.path().to_path_buf(),
         probe_overlay: false,
     };
@@ -90,6 +92,7 @@ pub fn overlay_available_with(opts: &SandboxOptions) -> bool {
 
 fn probe(opts: &SandboxOptions) -> Result<()> {
     let state = tempfile::Builder::new().prefix("rbuild-probe-").tempdir()?;
+    let userns = !nix::unistd::geteuid().is_root();
     let req = Request {
         spec: RunSpec {
             rootfs: RootfsSpec::Dir(state.path().to_path_buf()),
@@ -102,7 +105,8 @@ fn probe(opts: &SandboxOptions) -> Result<()> {
             mounts: vec![],
             extra_files: ExtraFiles::default(),
         },
-        userns: !nix::unistd::geteuid().is_root(),
+        userns,
+        unprivileged: userns || super::in_user_namespace(),
         state_dir: state.path().to_path_buf(),
         probe_overlay: true,
     };

@@ -54,7 +54,7 @@ pub fn prepare(req: &Request) -> Result<Vec<String>> {
             }
             let mut all = vec![stub];
             all.extend(lowers.iter().cloned());
-            mount_overlay(&all, upper, work, &new_root, req.userns)?;
+            mount_overlay(&all, upper, work, &new_root, req.unprivileged)?;
         }
         RootfsSpec::Dir(dir) => {
             mount(
@@ -89,7 +89,7 @@ pub fn prepare(req: &Request) -> Result<Vec<String>> {
 }
 
 /// Checks that an overlay can be mounted here (in this mount namespace).
-pub fn probe_overlay(state: &Path, userns: bool) -> Result<()> {
+pub fn probe_overlay(state: &Path, unprivileged: bool) -> Result<()> {
     let (l, u, w, m) = (
         state.join("l"),
         state.join("u"),
@@ -99,7 +99,7 @@ pub fn probe_overlay(state: &Path, userns: bool) -> Result<()> {
     for d in [&l, &u, &w, &m] {
         mkdir(d, 0o755)?;
     }
-    mount_overlay(&[l], &u, &w, &m, userns)
+    mount_overlay(&[l], &u, &w, &m, unprivileged)
 }
 
 fn mkdir(path: &Path, mode: u32) -> Result<()> {
@@ -277,7 +277,7 @@ fn mount_overlay(
     upper: &Path,
     work: &Path,
     target: &Path,
-    userns: bool,
+    unprivileged: bool,
 ) -> Result<()> {
     let lowers: Vec<String> = lowers
         .iter()
@@ -292,7 +292,7 @@ fn mount_overlay(
     // Plain whiteouts and opaque xattrs only, so the layer code never sees
     // redirects or metacopy files. `userxattr` (the unprivileged mode) rules
     // out redirect_dir=off and already implies "nofollow".
-    data.push_str(if userns {
+    data.push_str(if unprivileged {
         ",userxattr"
     } else {
         ",redirect_dir=off"

@@ -240,3 +240,66 @@ pub fn install_seccomp(program: &[libc::sock_filter]) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Makes `cmd`'s child enter a new user namespace and a mount namespace
+/// before exec (for [`super::userns`]): it unshares the user namespace,
+/// writes its pid (4 bytes, native order) to `ready_fd`, waits for the byte
+/// `g` on `go_fd` (the parent wrote the id maps; anything else makes the
+/// spawn fail with EPERM), unshares the mount namespace, and asks for
+/// SIGKILL when `parent` dies (failing with ESRCH if it already has).
+pub fn prepare_userns_command(cmd: &mut Command, ready_fd: RawFd, go_fd: RawFd, parent: u32) {
+    // SAFETY: the closure runs between fork and exec and only makes
+    // async-signal-safe syscalls (unshare, getpid, write, read, prctl,
+    // getppid); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let pid = libc::getpid().to_ne_bytes();
+            if libc::write(ready_fd, pid.as_ptr().cast(), pid.len()) != pid.len() as isize {
+                return Err(io::Error::last_os_error());
+            }
+            let mut go = [0u8; 1];
+            loop {
+                let n = libc::read(go_fd, go.as_mut_ptr().cast(), 1);
+                if n == 1 && go[0] == b'g' {
+                    break;
+                }
+                let err = io::Error::last_os_error();
+                if n < 0 && err.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(io::Error::from_raw_os_error(libc::EPERM));
+            }
+            // A mount namespace owned by the new user namespace: mounts made
+            // by the build stay private (the kernel turns the copied shared
+            // mounts into slaves, so nothing propagates back to the host).
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() as u32 != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Dies of signal `sig` (default action), as the re-executed child did, so
+/// shells see the same status. Returns only if the signal does not kill.
+pub fn die_of_signal(sig: libc::c_int) {
+    // SAFETY: installing SIG_DFL, unblocking and raising have no memory
+    // requirements; errors (invalid numbers) are ignored and we return.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(sig);
+    }
+}

@@ -16,6 +16,9 @@ pub struct Request {
     pub spec: RunSpec,
     /// Unshare a user namespace first (rootless); the parent writes the maps.
     pub userns: bool,
+    /// Not real root (a new user namespace, or root inside an existing
+    /// one): overlayfs must use `userxattr`.
+    pub unprivileged: bool,
     /// A private, empty directory the setup process mounts a tmpfs on for
     /// its own files (extra lower layer, extra files, the new root).
     pub state_dir: PathBuf,

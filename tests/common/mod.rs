@@ -150,7 +150,13 @@ fn user_id(flag: &str) -> String {
 }
 
 /// Create [`TEST_USER`] (with a subuid/subgid range) when it is missing.
+/// Once per test binary: rootless tests may run in parallel.
 pub fn ensure_test_user() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(create_test_user);
+}
+
+fn create_test_user() {
     let exists = Command::new("id")
         .arg(TEST_USER)
         .output()
@@ -191,6 +197,24 @@ pub fn ensure_test_user() {
 /// `rootless_` tests), so the same assertions cover rootless mode. `idmap`
 /// is passed as `RBUILD_TEST_IDMAP` ("subid" or "single").
 pub fn rerun_as_test_user(idmap: &str) {
+    rerun_as_test_user_via(idmap, &[]);
+}
+
+/// [`TEST_USER`]'s range in `file` (`/etc/subuid` or `/etc/subgid`) as
+/// (start, count).
+pub fn test_user_range(file: &str) -> (u64, u64) {
+    let text = std::fs::read_to_string(file).expect(file);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{TEST_USER}:")))
+        .expect("a subid range for the test user");
+    let (start, count) = line.split_once(':').expect("start:count");
+    (start.parse().expect("start"), count.parse().expect("count"))
+}
+
+/// Like [`rerun_as_test_user`], with the test binary started through
+/// `wrapper` (a command and its arguments, e.g. util-linux `unshare`).
+pub fn rerun_as_test_user_via(idmap: &str, wrapper: &[String]) {
     if !is_root() {
         return;
     }
@@ -217,6 +241,7 @@ pub fn rerun_as_test_user(idmap: &str) {
         .arg(format!("HOME={}", tmp.path().display()))
         .arg("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .arg(format!("CI={}", std::env::var("CI").unwrap_or_default()))
+        .args(wrapper)
         .arg(&exe)
         .args(["--skip", "rootless_", "--test-threads=2"])
         .current_dir(tmp.path())
