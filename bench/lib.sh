@@ -2,10 +2,11 @@
 
 # seconds and peak RSS (MB) of a command: "SECS RSS_MB"; fails loudly.
 measure() {
-  local out
-  out=$( { /usr/bin/time -f '%e %M' "$@" >/dev/null 2>"$BENCH_WORK/last.err"; } 2>&1 | tail -n1) || {
-    echo "command failed: $*" >&2; tail -20 "$BENCH_WORK/last.err" >&2; return 1; }
-  awk '{printf "%s %.0f", $1, $2/1024}' <<<"$out"
+  local tf="$BENCH_WORK/last.time"
+  if ! /usr/bin/time -o "$tf" -f '%e %M' "$@" >/dev/null 2>"$BENCH_WORK/last.err"; then
+    echo "command failed: $*" >&2; tail -20 "$BENCH_WORK/last.err" >&2; return 1
+  fi
+  awk '{printf "%s %.0f", $1, $2/1024}' "$tf"
 }
 secs() { cut -d' ' -f1 <<<"$1"; }
 rss() { cut -d' ' -f2 <<<"$1"; }

@@ -187,6 +187,37 @@ fn stat_cache_second_scan_reads_no_file() {
 }
 
 #[test]
+fn stat_cache_keeps_xattrs_and_rereads_them_when_they_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = cache_dir.path().join("statcache/x.json");
+    write(dir.path(), "a", "a");
+    if let Err(e) = xattr::set(dir.path().join("a"), "user.rbuild", b"v1") {
+        eprintln!("skipping: user xattrs unsupported here: {e}");
+        return;
+    }
+    age_files();
+    let first = cached_scan(dir.path(), &cache);
+    let second = cached_scan(dir.path(), &cache);
+    assert_eq!(second.stats.files_hashed, 0, "served from the stat cache");
+    let want = vec![("user.rbuild".to_string(), b"v1".to_vec())];
+    assert_eq!(first.get("a").unwrap().xattrs, want);
+    assert_eq!(
+        second.get("a").unwrap().xattrs,
+        want,
+        "xattrs kept in the cache"
+    );
+    // Setting an xattr changes ctime: the file is read again, xattrs too.
+    xattr::set(dir.path().join("a"), "user.rbuild", b"v2").unwrap();
+    let third = cached_scan(dir.path(), &cache);
+    assert_eq!(third.stats.files_hashed, 1);
+    assert_eq!(
+        third.get("a").unwrap().xattrs,
+        vec![("user.rbuild".to_string(), b"v2".to_vec())]
+    );
+}
+
+#[test]
 fn stat_cache_rehashes_same_size_and_mtime_when_ctime_changed() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("../statcache-ctime.json");

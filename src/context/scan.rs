@@ -85,6 +85,13 @@ impl Entry {
         } else {
             EntryKind::File
         };
+        let xattrs = if kind == EntryKind::File {
+            // A regular file's xattrs are read with its digest, from the stat
+            // cache when it vouches for the file (setting one changes ctime).
+            Vec::new()
+        } else {
+            read_xattrs(abs)?
+        };
         Ok(Entry {
             rel,
             kind,
@@ -98,7 +105,7 @@ impl Entry {
             ino: meta.ino(),
             nlink: meta.nlink(),
             digest: None,
-            xattrs: read_xattrs(abs)?,
+            xattrs,
         })
     }
 }
@@ -248,8 +255,11 @@ pub fn scan(
 
     if let Some(path) = stat_cache {
         let fresh = StatCache::from_entries(root, list.iter().chain(&control), started);
-        if let Err(e) = fresh.save(path) {
-            stats.cache_error = Some(e.to_string());
+        // An unchanged context rewrites nothing (and fsyncs nothing).
+        if !fresh.same_as(&cache) {
+            if let Err(e) = fresh.save(path) {
+                stats.cache_error = Some(e.to_string());
+            }
         }
     }
     stats.entries = list.len();
@@ -306,10 +316,10 @@ fn control_entries(
     let mut pending: Vec<Entry> = out.iter().filter(|c| c.digest.is_none()).cloned().collect();
     hash_files(root, &mut pending, cache, stats)?;
     for c in out.iter_mut().filter(|c| c.digest.is_none()) {
-        c.digest = pending
-            .iter()
-            .find(|p| p.rel == c.rel)
-            .and_then(|p| p.digest.clone());
+        if let Some(p) = pending.iter().find(|p| p.rel == c.rel) {
+            c.digest = p.digest.clone();
+            c.xattrs = p.xattrs.clone();
+        }
     }
     Ok(out)
 }
@@ -342,15 +352,22 @@ fn walk_dir(
         names.push(name);
     }
     names.sort();
-    for name in names {
-        let rel = if dir_rel.is_empty() {
-            name
-        } else {
-            format!("{dir_rel}/{name}")
-        };
-        let abs = root.join(&rel);
-        let meta =
-            std::fs::symlink_metadata(&abs).map_err(|e| ContextError::io("stat", &abs, e))?;
+    // lstat the directory's entries in parallel: the walk is mostly stat calls.
+    let stated: Vec<(String, std::path::PathBuf, std::io::Result<Metadata>)> = names
+        .into_par_iter()
+        .map(|name| {
+            let rel = if dir_rel.is_empty() {
+                name
+            } else {
+                format!("{dir_rel}/{name}")
+            };
+            let abs = root.join(&rel);
+            let meta = std::fs::symlink_metadata(&abs);
+            (rel, abs, meta)
+        })
+        .collect();
+    for (rel, abs, meta) in stated {
+        let meta = meta.map_err(|e| ContextError::io("stat", &abs, e))?;
         let (excluded, child_info) = matcher.matches_with_parent(&rel, info)?;
         if excluded {
             if meta.is_dir() && matcher.may_reinclude_below(&rel) {
@@ -386,8 +403,9 @@ fn hash_files(
     for e in list.iter_mut().filter(|e| e.kind == EntryKind::File) {
         stats.files += 1;
         match cache.lookup(e) {
-            Some(d) => {
+            Some((d, xattrs)) => {
                 e.digest = Some(d.to_string());
+                e.xattrs = xattrs.to_vec();
                 stats.cache_hits += 1;
             }
             None => todo.push(e),
@@ -396,9 +414,11 @@ fn hash_files(
     let bytes = AtomicU64::new(0);
     todo.par_iter_mut()
         .map(|e| {
-            let (digest, n) = hash_file(&root.join(&e.rel))?;
+            let abs = root.join(&e.rel);
+            let (digest, n) = hash_file(&abs)?;
             bytes.fetch_add(n, Ordering::Relaxed);
             e.digest = Some(digest);
+            e.xattrs = read_xattrs(&abs)?;
             Ok(())
         })
         .collect::<Result<(), ContextError>>()?;

@@ -27,6 +27,9 @@ struct Stamp {
     ctime_ns: i64,
     ino: u64,
     digest: String,
+    /// The file's content xattrs (see `scan::read_xattrs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    xattrs: Vec<(String, Vec<u8>)>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -49,13 +52,19 @@ impl StatCache {
         }
     }
 
-    pub(crate) fn lookup(&self, e: &Entry) -> Option<&str> {
+    /// The digest and xattrs recorded for `e`, when its stat still matches.
+    pub(crate) fn lookup(&self, e: &Entry) -> Option<(&str, &[(String, Vec<u8>)])> {
         let s = self.entries.get(&e.rel)?;
         let same = s.size == e.size
             && s.mtime_ns == e.mtime_ns
             && s.ctime_ns == e.ctime_ns
             && s.ino == e.ino;
-        same.then_some(s.digest.as_str())
+        same.then_some((s.digest.as_str(), s.xattrs.as_slice()))
+    }
+
+    /// Whether saving `self` would write what `other` already holds.
+    pub(crate) fn same_as(&self, other: &StatCache) -> bool {
+        self.schema == other.schema && self.root == other.root && self.entries == other.entries
     }
 
     /// A cache holding exactly the given hashed files, minus racy ones.
@@ -83,6 +92,7 @@ impl StatCache {
                     ctime_ns: e.ctime_ns,
                     ino: e.ino,
                     digest: d.clone(),
+                    xattrs: e.xattrs.clone(),
                 },
             );
         }
