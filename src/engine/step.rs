@@ -183,7 +183,7 @@ impl StageState {
             "--no-cache".to_string()
         } else {
             let closest = ctx.store.cache_closest(Some(&self.key), step_id)?;
-            let old = closest.and_then(|r| serde_json::from_value::<KeyInputs>(r.inputs).ok());
+            let old = closest.and_then(|r| stored_inputs(ctx, r.inputs));
             explain_miss(&inputs, old.as_ref())
         };
         handle.cache_miss(&reason);
@@ -200,12 +200,23 @@ impl StageState {
             Some(e) => crate::image::time::format_rfc3339(e),
             None => crate::image::time::format_rfc3339(crate::image::time::now_epoch()),
         };
-        let mut rec = CacheRecord::new(
-            &key,
-            Some(&self.key),
-            step_id,
-            serde_json::to_value(&inputs).context("encoding cache inputs")?,
-        );
+        // The per-file digests (tens of thousands for `COPY .`) only explain
+        // misses: they go to a blob of their own, so a hit parses a small record.
+        let mut record_inputs = inputs.clone();
+        let files = std::mem::take(&mut record_inputs.files);
+        let mut inputs_json =
+            serde_json::to_value(&record_inputs).context("encoding cache inputs")?;
+        let mut kept = Vec::new();
+        if !files.is_empty() {
+            let blob = ctx
+                .store
+                .put_blob(&serde_json::to_vec(&files).context("encoding file digests")?)
+                .context("storing the step's file digests")?;
+            inputs_json["files_blob"] = serde_json::Value::String(blob.digest.clone());
+            kept.push(blob.digest);
+        }
+        let mut rec = CacheRecord::new(&key, Some(&self.key), step_id, inputs_json);
+        rec.blobs = kept;
         rec.layer = layer.as_ref().map(|l| CachedLayer {
             digest: l.digest.clone(),
             diff_id: l.diff_id.clone(),
@@ -758,6 +769,20 @@ fn image_layers(img: &crate::image::Image) -> Vec<LayerRef> {
             media_type: d.media_type().to_string(),
         })
         .collect()
+}
+
+/// A cache record's inputs, with the file digests read back from their blob.
+fn stored_inputs(ctx: &BuildCtx<'_>, json: serde_json::Value) -> Option<KeyInputs> {
+    let blob = json
+        .get("files_blob")
+        .and_then(|b| b.as_str())
+        .map(str::to_string);
+    let mut inputs: KeyInputs = serde_json::from_value(json).ok()?;
+    if let Some(digest) = blob {
+        let bytes = ctx.store.read_blob(&digest).ok()?;
+        inputs.files = serde_json::from_slice(&bytes).ok()?;
+    }
+    Some(inputs)
 }
 
 fn outcome_from_record(rec: &CacheRecord) -> Outcome {
