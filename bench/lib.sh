@@ -34,11 +34,11 @@ stop_dockerd() {
   unset DOCKER_HOST DOCKERD_PID
 }
 
-# Start docker-registry on a free loopback port with storage under $1;
-# prints the port; sets REGISTRY_PID.
+# Start docker-registry on a free loopback port with storage under $1; sets
+# REGISTRY_PORT and REGISTRY_PID (call it directly, not in $(...)).
 start_registry() {
-  local dir=$1 port
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  local dir=$1
+  REGISTRY_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   mkdir -p "$dir"
   cat > "$dir/config.yml" <<YML
 version: 0.1
@@ -50,10 +50,15 @@ storage:
   filesystem:
     rootdirectory: $dir/data
 http:
-  addr: 127.0.0.1:$port
+  addr: 127.0.0.1:$REGISTRY_PORT
 YML
   docker-registry serve "$dir/config.yml" >"$dir/log" 2>&1 &
   REGISTRY_PID=$!
-  for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-  echo "$port"
+  for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$REGISTRY_PORT") 2>/dev/null && break; sleep 0.1; done
+}
+
+# Mean seconds of a fast command over repeated runs (hyperfine), as "SECS".
+mean_secs() {
+  hyperfine -N -w 2 -r "${RUNS:-10}" --export-json "$BENCH_WORK/hf.json" "$*" >/dev/null 2>&1 || return 1
+  python3 -c 'import json,sys; print("%.3f" % json.load(open(sys.argv[1]))["results"][0]["mean"])' "$BENCH_WORK/hf.json"
 }

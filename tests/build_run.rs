@@ -532,3 +532,44 @@ fn interrupted_build_stops_its_sandbox() {
 fn rootless_builds() {
     common::rerun_as_test_user("subid");
 }
+
+#[test]
+fn managed_etc_files_stay_out_of_layers_unless_written() {
+    let env = Env::new();
+    let Some(ctx) = context(
+        &env,
+        "FROM base\nRUN cat /etc/hostname > /seen-hostname && cat /etc/hosts > /seen-hosts\n",
+        &[],
+    ) else {
+        return;
+    };
+    build(&env, &ctx, "etc:1", &[]);
+    let names = last_layer_names(&env, "etc:1");
+    assert!(
+        !names.iter().any(|(p, _)| p.starts_with("etc/")),
+        "the sandbox's own files leaked into the layer: {names:?}"
+    );
+    let Some(root) = unpack(&env, "etc:1") else {
+        return;
+    };
+    assert_eq!(read(&root, "/seen-hostname"), "buildkitsandbox\n");
+    assert!(read(&root, "/seen-hosts").contains("localhost"));
+
+    let ctx2 = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            &format!("{BASE}FROM base\nRUN echo '10.1.2.3 db.internal' >> /etc/hosts\n"),
+        )],
+    );
+    build(&env, &ctx2, "etc:2", &[]);
+    let names = last_layer_names(&env, "etc:2");
+    assert!(names.iter().any(|(p, _)| p == "etc/hosts"), "{names:?}");
+    let Some(root) = unpack(&env, "etc:2") else {
+        return;
+    };
+    assert!(
+        read(&root, "/etc/hosts").contains("10.1.2.3 db.internal"),
+        "a RUN that writes it keeps its change"
+    );
+}

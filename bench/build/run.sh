@@ -40,6 +40,10 @@ cold=$(measure "$rbuild" --root "$root" build --progress plain -t bench:cold "$c
 cold_zstd=$(measure "$rbuild" --root "$root-zstd" build --no-cache --compression zstd --progress plain -t bench:z "$ctx")
 rm -rf "$root-zstd"
 noop=$(measure "$rbuild" --root "$root" build --progress plain -t bench:noop "$ctx")
+# A sub-second figure needs repeated runs: the mean of 10 (hyperfine).
+if command -v hyperfine >/dev/null; then
+  noop="$(mean_secs "$rbuild" --root "$root" build --progress plain -t bench:noop "$ctx") $(rss "$noop")"
+fi
 cp "$victim" "$work/victim.bak"
 echo "// changed $(date +%s%N)" >> "$victim"
 onefile=$(measure "$rbuild" --root "$root" build --progress plain -t bench:one "$ctx")
@@ -51,7 +55,7 @@ printf '%-44s %8s %8s\n' "tar -c | pigz -p 2" "$(secs "$pigz_t")" "$(rss "$pigz_
 printf '%-44s %8s %8s\n' "tar -c | zstd -T2" "$(secs "$zstd_t")" "$(rss "$zstd_t")"
 printf '%-44s %8s %8s %s\n' "rbuild cold build (gzip)" "$(secs "$cold")" "$(rss "$cold")" "$(ratio "$(secs "$cold")" "$(secs "$pigz_t")")x tar|pigz (target <= 1.25)"
 printf '%-44s %8s %8s %s\n' "rbuild cold build (zstd)" "$(secs "$cold_zstd")" "$(rss "$cold_zstd")" "$(ratio "$(secs "$cold_zstd")" "$(secs "$zstd_t")")x tar|zstd"
-printf '%-44s %8s %8s %s\n' "rbuild no-op rebuild" "$(secs "$noop")" "$(rss "$noop")" "(target < 0.2 s)"
+printf '%-44s %8s %8s %s\n' "rbuild no-op rebuild (mean of 10)" "$(secs "$noop")" "$(rss "$noop")" "(target < 0.2 s)"
 printf '%-44s %8s %8s %s\n' "rbuild one-file-changed rebuild" "$(secs "$onefile")" "$(rss "$onefile")" "$(ratio "$(secs "$onefile")" "$(secs "$cold")")x cold (target <= 1.3)"
 
 if [ "${SKIP_BUILDAH:-}" != 1 ] && command -v buildah >/dev/null; then

@@ -25,8 +25,8 @@ size=$(du -sm "$store/blobs" | cut -f1)
 regs=()
 cleanup() { for p in "${regs[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
-p1=$(start_registry "$BENCH_WORK/reg1"); regs+=("$REGISTRY_PID")
-p2=$(start_registry "$BENCH_WORK/reg2"); regs+=("$REGISTRY_PID")
+start_registry "$BENCH_WORK/reg1"; p1=$REGISTRY_PORT; regs+=("$REGISTRY_PID")
+start_registry "$BENCH_WORK/reg2"; p2=$REGISTRY_PORT; regs+=("$REGISTRY_PID")
 
 rpush=$(measure "$rbuild" --root "$store" push bench:1 "127.0.0.1:$p1/bench/app:1")
 spush=$(measure skopeo copy --dest-tls-verify=false "oci:$store:bench:1" "docker://127.0.0.1:$p2/bench/app:1")

@@ -26,7 +26,7 @@ pub use digest::{selection_digest, DigestOptions, SELECTION_SCHEMA};
 pub use gopath::{clean as go_clean, glob_match};
 pub use ignorefile::{load_ignore, parse_ignore, IgnoreRules};
 pub use pattern::{matches_or_parent_matches, MatchInfo, Pattern, PatternMatcher, PruneRule};
-pub use scan::{scan, ContextIndex, Entry, EntryKind, ScanStats};
+pub use scan::{scan, scan_with_progress, ContextIndex, Entry, EntryKind, HashProgress, ScanStats};
 pub use select::{SelectOptions, Selected, SelectedSource};
 
 /// Errors of the build context. Messages say what was being done and to

@@ -226,6 +226,20 @@ pub fn scan(
     ignore: &IgnoreRules,
     stat_cache: Option<&Path>,
 ) -> Result<ContextIndex, ContextError> {
+    scan_with_progress(root, dockerfile_rel, ignore, stat_cache, None)
+}
+
+/// Called with (bytes hashed so far, bytes to hash) while files are read.
+pub type HashProgress<'a> = &'a (dyn Fn(u64, u64) + Sync);
+
+/// [`scan`], reporting hashing progress (a large context takes a while).
+pub fn scan_with_progress(
+    root: &Path,
+    dockerfile_rel: &str,
+    ignore: &IgnoreRules,
+    stat_cache: Option<&Path>,
+    progress: Option<HashProgress<'_>>,
+) -> Result<ContextIndex, ContextError> {
     let started = std::time::SystemTime::now();
     let root_meta =
         std::fs::metadata(root).map_err(|e| ContextError::io("stat context", root, e))?;
@@ -250,7 +264,7 @@ pub fn scan(
     let cache = stat_cache
         .map(|p| StatCache::load(p, root))
         .unwrap_or_default();
-    hash_files(root, &mut list, &cache, &mut stats)?;
+    hash_files(root, &mut list, &cache, &mut stats, progress)?;
     let control = control_entries(root, dockerfile_rel, ignore, &list, &cache, &mut stats)?;
 
     if let Some(path) = stat_cache {
@@ -314,7 +328,7 @@ fn control_entries(
         }
     }
     let mut pending: Vec<Entry> = out.iter().filter(|c| c.digest.is_none()).cloned().collect();
-    hash_files(root, &mut pending, cache, stats)?;
+    hash_files(root, &mut pending, cache, stats, None)?;
     for c in out.iter_mut().filter(|c| c.digest.is_none()) {
         if let Some(p) = pending.iter().find(|p| p.rel == c.rel) {
             c.digest = p.digest.clone();
@@ -398,6 +412,7 @@ fn hash_files(
     list: &mut [Entry],
     cache: &StatCache,
     stats: &mut ScanStats,
+    progress: Option<HashProgress<'_>>,
 ) -> Result<(), ContextError> {
     let mut todo = Vec::new();
     for e in list.iter_mut().filter(|e| e.kind == EntryKind::File) {
@@ -412,11 +427,15 @@ fn hash_files(
         }
     }
     let bytes = AtomicU64::new(0);
+    let total: u64 = todo.iter().map(|e| e.size).sum();
     todo.par_iter_mut()
         .map(|e| {
             let abs = root.join(&e.rel);
             let (digest, n) = hash_file(&abs)?;
-            bytes.fetch_add(n, Ordering::Relaxed);
+            let done = bytes.fetch_add(n, Ordering::Relaxed) + n;
+            if let Some(p) = progress {
+                p(done, total);
+            }
             e.digest = Some(digest);
             e.xattrs = read_xattrs(&abs)?;
             Ok(())

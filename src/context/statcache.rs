@@ -20,6 +20,9 @@ use super::ContextError;
 
 const SCHEMA: &str = "rbuild.statcache.v1";
 
+/// One extended attribute: name and value.
+type Xattr = (String, Vec<u8>);
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct Stamp {
     size: u64,
@@ -29,7 +32,7 @@ struct Stamp {
     digest: String,
     /// The file's content xattrs (see `scan::read_xattrs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    xattrs: Vec<(String, Vec<u8>)>,
+    xattrs: Vec<Xattr>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -53,7 +56,7 @@ impl StatCache {
     }
 
     /// The digest and xattrs recorded for `e`, when its stat still matches.
-    pub(crate) fn lookup(&self, e: &Entry) -> Option<(&str, &[(String, Vec<u8>)])> {
+    pub(crate) fn lookup(&self, e: &Entry) -> Option<(&str, &[Xattr])> {
         let s = self.entries.get(&e.rel)?;
         let same = s.size == e.size
             && s.mtime_ns == e.mtime_ns

@@ -106,14 +106,37 @@ impl BuildCtx<'_> {
     /// The build context, scanned once per build on first use.
     pub fn context(&self) -> anyhow::Result<&ContextIndex> {
         let res = self.context_index.get_or_init(|| {
-            scan_context(self.store, &self.req.context, &self.dockerfile_rel)
-                .map_err(|e| format!("{e:#}"))
+            let handle = StepHandle::start(
+                self.reporter.clone(),
+                self.step_id(),
+                "[internal] load build context",
+            );
+            let progress = |done: u64, total: u64| {
+                handle.progress(done, Some(total), crate::progress::Unit::Bytes)
+            };
+            let res = scan_context(
+                self.store,
+                &self.req.context,
+                &self.dockerfile_rel,
+                &progress,
+            )
+            .map_err(|e| format!("{e:#}"));
+            match &res {
+                Ok(_) => handle.done(),
+                Err(e) => handle.failed(e.clone()),
+            }
+            res
         });
         res.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
     }
 }
 
-fn scan_context(store: &Store, root: &Path, dockerfile_rel: &str) -> anyhow::Result<ContextIndex> {
+fn scan_context(
+    store: &Store,
+    root: &Path,
+    dockerfile_rel: &str,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> anyhow::Result<ContextIndex> {
     let dockerfile = root.join(dockerfile_rel);
     let ignore = context::load_ignore(root, Some(&dockerfile))
         .with_context(|| format!("reading .dockerignore of {}", root.display()))?;
@@ -124,7 +147,7 @@ fn scan_context(store: &Store, root: &Path, dockerfile_rel: &str) -> anyhow::Res
     std::fs::create_dir_all(&cache_dir)
         .with_context(|| format!("creating {}", cache_dir.display()))?;
     let cache = cache_dir.join(format!("{cache_name}.json"));
-    context::scan(root, dockerfile_rel, &ignore, Some(&cache))
+    context::scan_with_progress(root, dockerfile_rel, &ignore, Some(&cache), Some(progress))
         .with_context(|| format!("scanning build context {}", root.display()))
 }
 
@@ -148,7 +171,15 @@ pub fn build(
         ..PlanOptions::default()
     };
     let first = plan_or_render(&text, &opts, &dockerfile_name)?;
-    let images = load_images(store, req, &reporter, &first.images)?;
+    let platforms: BTreeMap<String, String> = first
+        .stages
+        .iter()
+        .filter_map(|s| match (&s.base, &s.platform) {
+            (Base::Image(name), Some(p)) => Some((name.clone(), p.to_string())),
+            _ => None,
+        })
+        .collect();
+    let images = load_images(store, req, &reporter, &first.images, &platforms)?;
     for (name, img) in &images {
         opts.base_configs
             .insert(name.clone(), base_config(&img.config));
@@ -210,6 +241,7 @@ fn load_images(
     req: &BuildRequest,
     reporter: &Arc<dyn Reporter>,
     names: &[String],
+    platforms: &BTreeMap<String, String>,
 ) -> anyhow::Result<BTreeMap<String, image::Image>> {
     let mut out = BTreeMap::new();
     for (i, name) in names.iter().enumerate() {
@@ -243,8 +275,13 @@ fn load_images(
                         ph.progress(done, Some(total), crate::progress::Unit::Bytes);
                     }
                 });
+            // FROM --platform picks the image for that platform from an index.
+            let platform = platforms
+                .get(name)
+                .map(|p| crate::registry::Platform::parse(p))
+                .transpose()?;
             let res =
-                local::pull_into_store(store, &reference, &req.registry, None, Some(progress));
+                local::pull_into_store(store, &reference, &req.registry, platform, Some(progress));
             let handle = Arc::try_unwrap(progress_handle).ok();
             match res {
                 Ok(img) => {

@@ -71,6 +71,8 @@ pub struct RunInputs<'a> {
     pub ssh_sock: Option<PathBuf>,
     /// Heredoc scripts (`RUN <<EOF` with a `#!` line) to put at `/dev/pipes/NAME`.
     pub scripts: Vec<(String, String)>,
+    /// mtime of files the step's layer gets from outside the upper dir.
+    pub created: crate::layer::Timespec,
 }
 
 /// The argv of a RUN and the heredoc scripts it needs, as BuildKit's
@@ -156,6 +158,7 @@ pub fn run(
             readonly: true,
         });
     }
+    let managed = managed_files(secrets_dir.path(), &mut specs)?;
     let overlay = sandbox::overlay_available();
     let (rootfs, fallback_root) = if overlay {
         let upper = work.path().join("upper");
@@ -190,13 +193,8 @@ pub fn run(
         hostname: HOSTNAME.to_string(),
         network: inputs.network,
         mounts: specs,
-        extra_files: ExtraFiles {
-            resolv_conf: std::fs::read_to_string("/etc/resolv.conf").ok(),
-            hosts: Some(format!(
-                "127.0.0.1\tlocalhost {HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-            )),
-            hostname: Some(format!("{HOSTNAME}\n")),
-        },
+        // Bound from files of ours instead (see `managed_files`).
+        extra_files: ExtraFiles::default(),
     };
     let outcome = sandbox::run(&spec, on_output).context("running the RUN sandbox")?;
     drop(locks);
@@ -223,6 +221,22 @@ pub fn run(
         .map(|s| s.trim_start_matches('/').to_string())
         .collect();
     entries.retain(|e| !stubs.contains(&e.path));
+    // What the command really wrote to a managed file stays, as in docker.
+    for (target, path, original) in managed {
+        let now = std::fs::read(&path).with_context(|| format!("reading back {target}"))?;
+        if now != original.as_bytes() {
+            entries.retain(|e| e.path != target.trim_start_matches('/'));
+            entries.push(LayerEntry {
+                path: target.trim_start_matches('/').to_string(),
+                kind: crate::layer::EntryKind::File(crate::layer::FileSource::Bytes(now)),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime: inputs.created,
+                xattrs: Vec::new(),
+            });
+        }
+    }
     if let Some(maps) = &outcome.id_maps {
         for e in &mut entries {
             e.uid = maps.to_container_uid(e.uid).unwrap_or(0);
@@ -230,6 +244,38 @@ pub fn run(
         }
     }
     Ok((entries, work))
+}
+
+/// `/etc/resolv.conf`, `/etc/hosts` and `/etc/hostname` as docker manages
+/// them: bound from files in `dir` (never into the upper dir). Returns
+/// (target, file, content written) to compare after the run.
+fn managed_files(
+    dir: &Path,
+    specs: &mut Vec<MountSpec>,
+) -> anyhow::Result<Vec<(String, PathBuf, String)>> {
+    let contents = [
+        (
+            "/etc/resolv.conf",
+            std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        ),
+        (
+            "/etc/hosts",
+            format!("127.0.0.1\tlocalhost {HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
+        ),
+        ("/etc/hostname", format!("{HOSTNAME}\n")),
+    ];
+    let mut out = Vec::new();
+    for (target, content) in contents {
+        let file = dir.join(format!("managed{}", target.replace('/', "-")));
+        write_private(&file, content.as_bytes(), 0o644)?;
+        specs.push(MountSpec::Bind {
+            source: file.clone(),
+            target: target.to_string(),
+            readonly: false,
+        });
+        out.push((target.to_string(), file, content));
+    }
+    Ok(out)
 }
 
 /// The process user (ids, groups) and HOME, from USER and the image's files.

@@ -635,6 +635,7 @@ impl StageState {
             secrets: &ctx.req.secrets,
             ssh_sock: ctx.req.ssh_sock.clone(),
             scripts,
+            created: Self::created_time(ctx),
         };
         let mut on_output = |stream: crate::sandbox::Stream, bytes: &[u8]| {
             let s = match stream {
