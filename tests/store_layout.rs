@@ -93,6 +93,46 @@ fn tag_is_normalized_retagged_and_untagged() {
 }
 
 #[test]
+fn unchanged_tag_and_existing_blob_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let m = make_image(&store, "app:v1", &[&[("a", b"1")]], "2001-01-01T00:00:00Z");
+    let index = dir.path().join("index.json");
+    let before = std::fs::metadata(&index).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    // A no-op rebuild re-tags the same manifest and re-puts its blobs.
+    store.tag("app:v1", &m).unwrap();
+    let blob = store.put_blob(b"{\"same\":true}").unwrap();
+    let blob_path = store.blob_path(&blob.digest).unwrap();
+    let blob_before = std::fs::metadata(&blob_path).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(store.put_blob(b"{\"same\":true}").unwrap(), blob);
+    let after = std::fs::metadata(&index).unwrap();
+    assert_eq!(
+        after.modified().unwrap(),
+        before.modified().unwrap(),
+        "index.json untouched"
+    );
+    assert_eq!(
+        std::fs::metadata(&blob_path).unwrap().modified().unwrap(),
+        blob_before.modified().unwrap(),
+        "the stored blob was not rewritten"
+    );
+    // A different manifest still retags.
+    let m2 = make_image(
+        &store,
+        "other:v1",
+        &[&[("b", b"2")]],
+        "2001-01-01T00:00:00Z",
+    );
+    store.tag("app:v1", &m2).unwrap();
+    assert_eq!(
+        store.resolve("app:v1").unwrap().unwrap().digest(),
+        m2.digest()
+    );
+}
+
+#[test]
 fn blob_writer_verifies_and_dropped_writer_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();

@@ -23,7 +23,7 @@ rbuild="$repo/target/release/rbuild"
 if [ ! -f "$ctx/Dockerfile" ]; then
   echo "generating the tree in $ctx…" >&2
   rm -rf "$ctx"
-  python3 "$here/gen-tree.py" "$ctx"
+  python3 "$repo/bench/gen-tree.py" "$ctx"
   printf 'FROM scratch\nCOPY . /src\nCMD ["/src/none"]\n' > "$ctx/Dockerfile"
 fi
 files=$(find "$ctx" -type f | wc -l)

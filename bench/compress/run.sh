@@ -10,7 +10,7 @@ TREE=$WORK/tree
 mkdir -p "$WORK"
 
 if [ ! -d "$TREE" ]; then
-  python3 bench/compress/gen_tree.py "$TREE"
+  python3 bench/gen-tree.py "$TREE"
 fi
 
 # The build shares the machine: take the global cargo lock when it exists.

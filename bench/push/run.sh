@@ -16,7 +16,7 @@ rm -rf "$BENCH_WORK"; mkdir -p "$BENCH_WORK"
 rbuild="$repo/target/release/rbuild"
 
 ctx="$BENCH_WORK/ctx"
-python3 "$repo/bench/build/gen-tree.py" "$ctx" --files 3000 --binary-mb 250 --text-mb 50
+python3 "$repo/bench/gen-tree.py" "$ctx" --files 3000 --binary-mb 250 --text-mb 50
 printf 'FROM scratch\nCOPY assets /assets\nCOPY src /src\n' > "$ctx/Dockerfile"
 store="$BENCH_WORK/store"
 "$rbuild" --root "$store" build --progress plain -t bench:1 "$ctx" >/dev/null 2>&1

@@ -26,28 +26,30 @@ make_ctx "$BENCH_WORK/ctx0" 0
 make_ctx "$BENCH_WORK/ctxN" "$steps"
 
 per_step() { awk -v a="$1" -v b="$2" -v n="$steps" 'BEGIN{printf "%.3f", (a-b)/n}'; }
+# Each figure is the mean of RUNS builds (hyperfine), not one sample.
+export RUNS=${RUNS:-5}
 
-r0=$(measure "$rbuild" --root "$BENCH_WORK/rb" build --no-cache --progress plain -t b:0 "$BENCH_WORK/ctx0")
-rN=$(measure "$rbuild" --root "$BENCH_WORK/rb" build --no-cache --progress plain -t b:n "$BENCH_WORK/ctxN")
-rstep=$(per_step "$(secs "$rN")" "$(secs "$r0")")
-printf '\n%-34s %9s %9s %10s\n' "builder" "0 RUNs s" "$steps RUNs s" "s/step"
-printf '%-34s %9s %9s %10s\n' "rbuild" "$(secs "$r0")" "$(secs "$rN")" "$rstep"
+r0=$(mean_secs "$rbuild" --root "$BENCH_WORK/rb" build --no-cache --progress plain -t b:0 "$BENCH_WORK/ctx0")
+rN=$(mean_secs "$rbuild" --root "$BENCH_WORK/rb" build --no-cache --progress plain -t b:n "$BENCH_WORK/ctxN")
+rstep=$(per_step "$rN" "$r0")
+printf '\nmean of %s builds each, --no-cache\n%-34s %9s %9s %10s\n' "$RUNS" "builder" "0 RUNs s" "$steps RUNs s" "s/step"
+printf '%-34s %9s %9s %10s\n' "rbuild" "$r0" "$rN" "$rstep"
 
 if command -v buildah >/dev/null && [ "${SKIP_BUILDAH:-}" != 1 ]; then
   bflags=(--root "$BENCH_WORK/buildah/root" --runroot "$BENCH_WORK/buildah/run" --storage-driver overlay)
-  b0=$(measure buildah "${bflags[@]}" bud --no-cache --layers -t b:0 "$BENCH_WORK/ctx0")
-  bN=$(measure buildah "${bflags[@]}" bud --no-cache --layers -t b:n "$BENCH_WORK/ctxN")
-  bstep=$(per_step "$(secs "$bN")" "$(secs "$b0")")
-  printf '%-34s %9s %9s %10s  (rbuild %sx faster)\n' "buildah bud" "$(secs "$b0")" "$(secs "$bN")" "$bstep" "$(ratio "$bstep" "$rstep")"
+  b0=$(mean_secs buildah "${bflags[@]}" bud --no-cache --layers -t b:0 "$BENCH_WORK/ctx0")
+  bN=$(mean_secs buildah "${bflags[@]}" bud --no-cache --layers -t b:n "$BENCH_WORK/ctxN")
+  bstep=$(per_step "$bN" "$b0")
+  printf '%-34s %9s %9s %10s  (rbuild %sx faster)\n' "buildah bud" "$b0" "$bN" "$bstep" "$(ratio "$bstep" "$rstep")"
   buildah "${bflags[@]}" rm --all >/dev/null 2>&1 || true
 fi
 
 if [ "${SKIP_BUILDKIT:-}" != 1 ] && start_dockerd "$BENCH_WORK/dockerd"; then
   trap stop_dockerd EXIT
-  k0=$(measure /usr/bin/docker build --no-cache --network host -t b:0 "$BENCH_WORK/ctx0")
-  kN=$(measure /usr/bin/docker build --no-cache --network host -t b:n "$BENCH_WORK/ctxN")
-  kstep=$(per_step "$(secs "$kN")" "$(secs "$k0")")
-  printf '%-34s %9s %9s %10s  (rbuild/BuildKit = %s, target <= 0.5)\n' "BuildKit (dockerd 20.10)" "$(secs "$k0")" "$(secs "$kN")" "$kstep" "$(ratio "$rstep" "$kstep")"
+  k0=$(mean_secs /usr/bin/docker build --no-cache --network host -t b:0 "$BENCH_WORK/ctx0")
+  kN=$(mean_secs /usr/bin/docker build --no-cache --network host -t b:n "$BENCH_WORK/ctxN")
+  kstep=$(per_step "$kN" "$k0")
+  printf '%-34s %9s %9s %10s  (rbuild/BuildKit = %s, target <= 0.5)\n' "BuildKit (dockerd 20.10)" "$k0" "$kN" "$kstep" "$(ratio "$rstep" "$kstep")"
   stop_dockerd; trap - EXIT
 else
   echo "BuildKit: not measured (dockerd unavailable)" >&2

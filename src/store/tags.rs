@@ -73,6 +73,13 @@ impl Store {
             self.has_blob(&digest),
             "cannot tag {name}: manifest {digest} is not in the store"
         );
+        // Re-tagging to the same manifest (a no-op rebuild) writes nothing.
+        if self
+            .resolve(&name)?
+            .is_some_and(|d| d.digest().to_string() == digest)
+        {
+            return Ok(());
+        }
         let mut desc = manifest.clone();
         let mut ann: HashMap<String, String> = desc.annotations().clone().unwrap_or_default();
         ann.insert(REF_NAME.to_string(), name.clone());
