@@ -573,3 +573,42 @@ fn managed_etc_files_stay_out_of_layers_unless_written() {
         "a RUN that writes it keeps its change"
     );
 }
+
+#[test]
+fn without_overlayfs_runs_on_a_copy_and_says_so_once() {
+    let env = Env::new();
+    let Some(ctx) = context(
+        &env,
+        "FROM base\nRUN mkdir -p /opt/old && echo x > /opt/old/f && echo keep > /etc/motd\n\
+         RUN rm -rf /opt/old && echo new > /new && rm /etc/motd\n",
+        &[],
+    ) else {
+        return;
+    };
+    let out = std::process::Command::new(common::rbuild_bin())
+        .arg("--root")
+        .arg(env.root())
+        .args(["build", "--progress", "plain", "-t", "copy:1"])
+        .arg(&ctx)
+        .env("RBUILD_NO_OVERLAY", "1")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        err.matches("overlayfs is not available").count(),
+        1,
+        "said once: {err}"
+    );
+    let names = last_layer_names(&env, "copy:1");
+    let has = |n: &str| names.iter().any(|(p, _)| p.trim_end_matches('/') == n);
+    assert!(
+        has("opt/.wh.old") && has("etc/.wh.motd") && has("new"),
+        "{names:?}"
+    );
+    let Some(root) = unpack(&env, "copy:1") else {
+        return;
+    };
+    assert!(!root.join("opt/old").exists() && !root.join("etc/motd").exists());
+    assert_eq!(read(&root, "/new"), "new\n");
+}

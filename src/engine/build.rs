@@ -94,6 +94,8 @@ pub(crate) struct BuildCtx<'a> {
     dockerfile_rel: String,
     context_index: OnceLock<Result<ContextIndex, String>>,
     next_step: AtomicU64,
+    /// Set once the no-overlay fallback has been announced.
+    pub overlay_warned: std::sync::atomic::AtomicBool,
     /// External images (bases and `--from` sources) by normalized reference.
     pub images: BTreeMap<String, image::Image>,
 }
@@ -205,6 +207,7 @@ pub fn build(
         dockerfile_rel,
         context_index: OnceLock::new(),
         next_step: AtomicU64::new(0),
+        overlay_warned: std::sync::atomic::AtomicBool::new(false),
         images,
     };
     let target = run_stages(&ctx)?;

@@ -159,7 +159,7 @@ pub fn run(
         });
     }
     let managed = managed_files(secrets_dir.path(), &mut specs)?;
-    let overlay = sandbox::overlay_available();
+    let overlay = overlay_usable();
     let (rootfs, fallback_root) = if overlay {
         let upper = work.path().join("upper");
         let workdir = work.path().join("work");
@@ -244,6 +244,13 @@ pub fn run(
         }
     }
     Ok((entries, work))
+}
+
+/// Whether RUN steps can use overlayfs. `RBUILD_NO_OVERLAY=1` forces the
+/// copied-rootfs fallback (for tests, and for hosts where overlay misbehaves).
+pub fn overlay_usable() -> bool {
+    std::env::var_os("RBUILD_NO_OVERLAY").is_none_or(|v| v.is_empty() || v == "0")
+        && sandbox::overlay_available()
 }
 
 /// `/etc/resolv.conf`, `/etc/hosts` and `/etc/hostname` as docker manages

@@ -586,6 +586,18 @@ impl StageState {
             .unwrap_or_else(|| "/".into());
         let mounts = super::run::mounts(&step.mounts, &workdir);
         let (argv, scripts) = super::run::argv(&self.config, cmd, heredocs);
+        if !super::run::overlay_usable()
+            && !ctx
+                .overlay_warned
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            ctx.reporter.event(crate::progress::Event::Warning {
+                id: None,
+                message: "overlayfs is not available: RUN steps run on a copy of the \
+                          stage's files and are diffed afterwards (slower)"
+                    .to_string(),
+            });
+        }
         let users = self.user_db(ctx)?;
         let root = self.root(ctx)?;
         let mut views: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
