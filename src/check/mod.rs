@@ -95,7 +95,13 @@ pub fn check(text: &str, opts: &PlanOptions) -> Report {
         errors: parsed.errors.clone(),
         ..Report::default()
     };
-    let cfg = match parse_lint_config(parsed.directives.check.as_deref().unwrap_or("")) {
+    let cfg = match parse_lint_config(
+        parsed
+            .directives
+            .check
+            .as_ref()
+            .map_or("", |d| d.value.as_str()),
+    ) {
         Ok(c) => c,
         Err(e) => {
             report.errors.push(Problem {

@@ -297,26 +297,38 @@ impl StageState {
             build_args: step.build_args.clone(),
             ..KeyInputs::default()
         };
-        let (sources, dest, heredocs, is_add) = match &inst.kind {
-            Kind::Copy {
-                sources,
-                dest,
-                heredocs,
-            } => (sources, dest, heredocs, false),
-            Kind::Add {
-                sources,
-                dest,
-                heredocs,
-            } => (sources, dest, heredocs, true),
+        if let Some(parts) = CopyParts::of(&inst.kind) {
+            return self.copy_key_inputs(ctx, step, done, inputs, parts);
+        }
+        match &inst.kind {
             Kind::Workdir(_) => {
                 inputs
                     .extra
                     .insert("workdir".into(), self.workdir_after(step));
-                return Ok(inputs);
+                Ok(inputs)
             }
-            Kind::Run { .. } => return self.run_key_inputs(ctx, step, done, inputs),
-            _ => return Ok(inputs),
-        };
+            Kind::Run { .. } => self.run_key_inputs(ctx, step, done, inputs),
+            _ => Ok(inputs),
+        }
+    }
+
+    /// COPY/ADD key inputs: destination, heredoc bodies, and the content of
+    /// the sources (context selection digest, `--from` source key, URLs).
+    fn copy_key_inputs(
+        &self,
+        ctx: &BuildCtx<'_>,
+        step: &Step,
+        done: &[Option<Arc<StageResult>>],
+        mut inputs: KeyInputs,
+        parts: CopyParts<'_>,
+    ) -> anyhow::Result<KeyInputs> {
+        let inst = &step.instruction;
+        let CopyParts {
+            sources,
+            dest,
+            heredocs,
+            is_add,
+        } = parts;
         let cwd = self.config.config.working_dir.as_deref().unwrap_or("/");
         inputs.extra.insert("dest".into(), resolve_dest(cwd, dest));
         if inst.flag("link").is_some() {
@@ -449,19 +461,12 @@ impl StageState {
         handle: &StepHandle,
     ) -> anyhow::Result<Vec<LayerEntry>> {
         let inst = &step.instruction;
-        let (srcs, dest, heredocs, is_add) = match &inst.kind {
-            Kind::Copy {
-                sources,
-                dest,
-                heredocs,
-            } => (sources, dest, heredocs, false),
-            Kind::Add {
-                sources,
-                dest,
-                heredocs,
-            } => (sources, dest, heredocs, true),
-            _ => bail!("not a COPY or ADD"),
-        };
+        let CopyParts {
+            sources: srcs,
+            dest,
+            heredocs,
+            is_add,
+        } = CopyParts::of(&inst.kind).context("not a COPY or ADD")?;
         let link = inst.flag("link").is_some();
         let parents = inst.flag("parents").is_some();
         let excludes = inst.flag_values("exclude");
@@ -741,6 +746,38 @@ impl StageState {
         for i in std::mem::take(&mut self.undated) {
             self.config.history[i].created = Some(fallback.clone());
         }
+    }
+}
+
+/// The operands of a COPY or ADD.
+struct CopyParts<'a> {
+    sources: &'a [String],
+    dest: &'a str,
+    heredocs: &'a [crate::plan::Heredoc],
+    is_add: bool,
+}
+
+impl<'a> CopyParts<'a> {
+    fn of(kind: &'a Kind) -> Option<CopyParts<'a>> {
+        let (sources, dest, heredocs, is_add) = match kind {
+            Kind::Copy {
+                sources,
+                dest,
+                heredocs,
+            } => (sources, dest, heredocs, false),
+            Kind::Add {
+                sources,
+                dest,
+                heredocs,
+            } => (sources, dest, heredocs, true),
+            _ => return None,
+        };
+        Some(CopyParts {
+            sources,
+            dest,
+            heredocs,
+            is_add,
+        })
     }
 }
 

@@ -10,29 +10,12 @@ use crate::dockerfile::{
 use super::ir::{Flag, Form, Heredoc, Instruction, Kind, Span};
 use super::{Finding, Problem};
 
-/// Parser directives the planner and `check` use.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Directives {
-    pub escape: char,
-    pub syntax: Option<String>,
-    pub check: Option<String>,
-}
-
-impl Default for Directives {
-    fn default() -> Self {
-        Directives {
-            escape: '\\',
-            syntax: None,
-            check: None,
-        }
-    }
-}
-
 /// A read Dockerfile: its instructions, or every syntax error; parser
 /// warnings; and the source lines for rendering diagnostics.
 #[derive(Debug, Clone, Default)]
 pub struct Parsed {
-    pub directives: Directives,
+    /// The parser's directives (escape character, `# syntax=`, `# check=`).
+    pub directives: dockerfile::Directives,
     pub instructions: Vec<Instruction>,
     pub errors: Vec<Problem>,
     pub warnings: Vec<Finding>,
@@ -57,14 +40,6 @@ pub fn read(text: &str) -> Parsed {
     parsed
 }
 
-fn convert_directives(d: &dockerfile::Directives) -> Directives {
-    Directives {
-        escape: d.escape,
-        syntax: d.syntax.as_ref().map(|x| x.value.clone()),
-        check: d.check.as_ref().map(|x| x.value.clone()),
-    }
-}
-
 fn from_parts(
     directives: &dockerfile::Directives,
     instructions: &[DInstruction],
@@ -72,7 +47,7 @@ fn from_parts(
     lines: Vec<String>,
 ) -> Parsed {
     Parsed {
-        directives: convert_directives(directives),
+        directives: directives.clone(),
         instructions: instructions.iter().map(convert).collect(),
         errors: Vec::new(),
         warnings: warnings

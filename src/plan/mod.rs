@@ -20,7 +20,7 @@ mod stage;
 
 use std::collections::BTreeMap;
 
-pub use from_parser::{read, Directives, Parsed};
+pub use from_parser::{read, Parsed};
 pub use ir::{Flag, Form, Heredoc, Instruction, Kind, Span};
 pub use stage::{predefined_args, PROXY_ARGS};
 
