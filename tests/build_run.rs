@@ -612,3 +612,41 @@ fn without_overlayfs_runs_on_a_copy_and_says_so_once() {
     assert!(!root.join("opt/old").exists() && !root.join("etc/motd").exists());
     assert_eq!(read(&root, "/new"), "new\n");
 }
+
+#[test]
+fn context_bind_mounts_hide_what_dockerignore_excludes() {
+    let env = Env::new();
+    let Some(ctx) = context(
+        &env,
+        "FROM base\nRUN --mount=type=bind,target=/ctx ls -a /ctx > /listing\n\
+         RUN --mount=type=bind,source=app,target=/app sh -c 'cat /app/main.txt > /main; ls /app > /applist'\n",
+        &[
+            (".dockerignore", "secret.env\napp/private\n"),
+            ("secret.env", "TOKEN=do-not-leak\n"),
+            ("app/main.txt", "visible\n"),
+            ("app/private/key", "do-not-leak\n"),
+        ],
+    ) else {
+        return;
+    };
+    build(&env, &ctx, "bind:1", &[]);
+    let Some(root) = unpack(&env, "bind:1") else {
+        return;
+    };
+    let listing = read(&root, "/listing");
+    assert!(
+        listing.contains("busybox") && listing.contains("app"),
+        "{listing}"
+    );
+    assert!(
+        !listing.contains("secret.env"),
+        "ignored file visible to RUN: {listing}"
+    );
+    assert_eq!(read(&root, "/main"), "visible\n");
+    assert!(
+        !read(&root, "/applist").contains("private"),
+        "ignored dir visible"
+    );
+    // The user's context is untouched and still has its files.
+    assert!(ctx.join("secret.env").exists() && ctx.join("app/private/key").exists());
+}

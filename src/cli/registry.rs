@@ -32,12 +32,44 @@ pub(crate) fn settings_with(flags: &RegistryFlags) -> Result<Settings> {
     Ok(s)
 }
 
-/// Progress lines on stderr, one per finished blob (sizes only, never URLs).
+/// Transfer progress on stderr: a bar per blob on a terminal (blobs move in
+/// parallel), else one line per finished blob. Sizes only, never URLs.
 pub(crate) fn progress_printer(verb: &'static str) -> registry::ProgressFn {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        return progress_bars(verb);
+    }
     Arc::new(move |p: &BlobProgress| {
         if p.done == p.total {
             let short = p.digest.get(..19).unwrap_or(p.digest);
             eprintln!("{verb} {short} {} bytes", p.total);
+        }
+    })
+}
+
+fn progress_bars(verb: &'static str) -> registry::ProgressFn {
+    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+    let multi = MultiProgress::new();
+    let style =
+        ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+    let bars = std::sync::Mutex::new(std::collections::HashMap::<String, ProgressBar>::new());
+    Arc::new(move |p: &BlobProgress| {
+        let Ok(mut bars) = bars.lock() else { return };
+        let bar = bars.entry(p.digest.to_string()).or_insert_with(|| {
+            let b = multi.add(ProgressBar::new(p.total));
+            b.set_style(style.clone());
+            b.set_prefix(format!(
+                "{verb} {}",
+                p.digest.get(7..19).unwrap_or(p.digest)
+            ));
+            b
+        });
+        bar.set_length(p.total);
+        bar.set_position(p.done);
+        if p.done >= p.total {
+            bar.finish();
         }
     })
 }

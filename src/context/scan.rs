@@ -205,6 +205,11 @@ impl ContextIndex {
         self.ignore.matches(&super::gopath::clean(src))
     }
 
+    /// Whether any `.dockerignore` rule applies to this context.
+    pub fn has_ignore_rules(&self) -> bool {
+        !self.ignore.is_empty()
+    }
+
     /// Whether the ignore rules exclude `rel`; the root never is.
     pub fn is_ignored(&self, rel: &str) -> Result<bool, ContextError> {
         let rel = super::gopath::clean_in_root(rel);

@@ -163,6 +163,62 @@ pub fn context_key(
     })
 }
 
+/// The part of the context `src` names, as a real tree under `dir` that
+/// holds only what `.dockerignore` lets through (hard links where the
+/// filesystem allows, copies otherwise), for `RUN --mount=type=bind`.
+/// Returns the path to bind: the directory, or the single file.
+pub fn materialize(
+    index: &ContextIndex,
+    src: &str,
+    dir: &Path,
+) -> anyhow::Result<std::path::PathBuf> {
+    let opts = SelectOptions {
+        excludes: Vec::new(),
+        allow_empty_wildcard: false,
+    };
+    let selected = index
+        .select_sources(src, &opts)
+        .map_err(anyhow::Error::new)?;
+    let place = |rel: &str, entry: &crate::context::Entry| -> anyhow::Result<()> {
+        let to = if rel.is_empty() {
+            dir.to_path_buf()
+        } else {
+            dir.join(rel)
+        };
+        match &entry.kind {
+            EntryKind::Dir => std::fs::create_dir_all(&to)
+                .with_context(|| format!("creating {}", to.display()))?,
+            EntryKind::File => {
+                let from = index.root().join(&entry.rel);
+                if std::fs::hard_link(&from, &to).is_err() {
+                    std::fs::copy(&from, &to)
+                        .with_context(|| format!("copying {} for a bind mount", from.display()))?;
+                }
+            }
+            EntryKind::Symlink { target } => std::os::unix::fs::symlink(target, &to)
+                .with_context(|| format!("creating {}", to.display()))?,
+            _ => {}
+        }
+        Ok(())
+    };
+    match selected.as_slice() {
+        [one] if !one.is_dir => {
+            let item = one.items.first().context("empty selection")?;
+            let name = one.name.rsplit('/').next().unwrap_or("file");
+            place(name, item.entry)?;
+            Ok(dir.join(name))
+        }
+        _ => {
+            for s in &selected {
+                for it in &s.items {
+                    place(&it.dest_rel, it.entry)?;
+                }
+            }
+            Ok(dir.to_path_buf())
+        }
+    }
+}
+
 /// Whether a local file is an archive ADD extracts (tar, possibly gzip,
 /// bzip2, xz or zstd compressed): its first tar header must parse.
 pub fn is_archive(path: &Path) -> bool {

@@ -618,25 +618,43 @@ impl StageState {
                 views.push(Box::new(view));
             }
         }
-        let context_root = if mounts
-            .iter()
-            .any(|m| m.from.is_none() && m.kind == crate::dockerfile::mount::MountType::Bind)
-        {
-            Some(ctx.context()?.root().to_path_buf())
-        } else {
-            None
-        };
+        // Context bind mounts show only what .dockerignore lets through:
+        // with ignore rules, a filtered tree is bound instead of the context.
+        let mut context_binds: Vec<(usize, std::path::PathBuf)> = Vec::new();
+        for (i, m) in mounts.iter().enumerate() {
+            if m.from.is_some() || m.kind != crate::dockerfile::mount::MountType::Bind {
+                continue;
+            }
+            let index = ctx.context()?;
+            let source = m
+                .source
+                .clone()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| ".".into());
+            let path = if index.has_ignore_rules() {
+                let tmp = tempfile::tempdir_in(ctx.store.tmp_dir())
+                    .context("creating a bind-mount tree")?;
+                let p = sources::materialize(index, &source, tmp.path())
+                    .with_context(|| format!("preparing --mount source {source}"))?;
+                self.keepalive.push(Box::new(tmp));
+                p
+            } else {
+                rootfs::host_path(index.root(), &source)?
+            };
+            context_binds.push((i, path));
+        }
         let bind_source =
             |m: &crate::dockerfile::mount::Mount| -> anyhow::Result<std::path::PathBuf> {
                 let i = mounts.iter().position(|x| std::ptr::eq(x, m)).unwrap_or(0);
-                let base = match bind_roots.iter().find(|(j, _)| *j == i) {
-                    Some((_, p)) => p.clone(),
-                    None => context_root
-                        .clone()
-                        .context("no build context for the bind mount")?,
-                };
+                if let Some((_, p)) = context_binds.iter().find(|(j, _)| *j == i) {
+                    return Ok(p.clone());
+                }
+                let (_, base) = bind_roots
+                    .iter()
+                    .find(|(j, _)| *j == i)
+                    .context("no source for the bind mount")?;
                 let source = m.source.clone().unwrap_or_default();
-                rootfs::host_path(&base, &source)
+                rootfs::host_path(base, &source)
             };
         let inputs = super::run::RunInputs {
             store: ctx.store,
