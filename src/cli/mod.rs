@@ -245,7 +245,7 @@ const SUBCOMMANDS: &[&str] = &[
 ];
 
 /// Insert `build` when no subcommand is named, so `rbuild -t app:v1 .` means
-/// `rbuild -t app:v1 build .`-style `rbuild build -t app:v1 .`.
+/// `rbuild build -t app:v1 .`.
 ///
 /// Global `--root DIR` / `--root=DIR` may come first; `-h`, `--help` and
 /// `-V`, `--version` alone keep their top-level meaning.

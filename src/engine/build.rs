@@ -96,6 +96,10 @@ pub(crate) struct BuildCtx<'a> {
     next_step: AtomicU64,
     /// Set once the no-overlay fallback has been announced.
     pub overlay_warned: std::sync::atomic::AtomicBool,
+    /// ADD URLs fetched in this build (url → file, digest), in `download_dir`:
+    /// the cache key and the copy share one download.
+    downloads: Mutex<BTreeMap<String, (PathBuf, String)>>,
+    download_dir: tempfile::TempDir,
     /// External images (bases and `--from` sources) by normalized reference.
     pub images: BTreeMap<String, image::Image>,
 }
@@ -103,6 +107,26 @@ pub(crate) struct BuildCtx<'a> {
 impl BuildCtx<'_> {
     pub fn step_id(&self) -> u64 {
         self.next_step.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// `url`, downloaded once per build; `checksum` (when given) must match.
+    pub fn download(&self, url: &str, checksum: Option<&str>) -> anyhow::Result<(PathBuf, String)> {
+        let mut downloads = self
+            .downloads
+            .lock()
+            .map_err(|_| anyhow::anyhow!("download table lock poisoned"))?;
+        if let Some((file, digest)) = downloads.get(url) {
+            if let Some(want) = checksum.filter(|w| *w != digest) {
+                bail!("checksum mismatch for {url}: expected {want}, got {digest}");
+            }
+            return Ok((file.clone(), digest.clone()));
+        }
+        let dir = self.download_dir.path().join(downloads.len().to_string());
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let (name, digest) = super::sources::download(url, checksum, &dir)?;
+        let entry = (dir.join(name), digest);
+        downloads.insert(url.to_string(), entry.clone());
+        Ok(entry)
     }
 
     /// The build context, scanned once per build on first use.
@@ -208,6 +232,9 @@ pub fn build(
         context_index: OnceLock::new(),
         next_step: AtomicU64::new(0),
         overlay_warned: std::sync::atomic::AtomicBool::new(false),
+        downloads: Mutex::new(BTreeMap::new()),
+        download_dir: tempfile::tempdir_in(store.tmp_dir())
+            .context("creating the download dir in the store")?,
         images,
     };
     let target = run_stages(&ctx)?;
@@ -262,50 +289,62 @@ fn load_images(
             (PullPolicy::Never, Some(_), _) => false,
         };
         let img = if pull {
-            let handle = StepHandle::start(
-                reporter.clone(),
-                u64::MAX - i as u64,
-                format!("[internal] pull {reference}"),
-            );
-            let h = Arc::new(Mutex::new(BTreeMap::<String, (u64, u64)>::new()));
-            let progress_handle = Arc::new(handle);
-            let ph = progress_handle.clone();
-            let progress: crate::registry::ProgressFn =
-                Arc::new(move |p: &crate::registry::BlobProgress| {
-                    if let Ok(mut m) = h.lock() {
-                        m.insert(p.digest.to_string(), (p.done, p.total));
-                        let (done, total) = m.values().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-                        ph.progress(done, Some(total), crate::progress::Unit::Bytes);
-                    }
-                });
             // FROM --platform picks the image for that platform from an index.
             let platform = platforms
                 .get(name)
                 .map(|p| crate::registry::Platform::parse(p))
                 .transpose()?;
-            let res =
-                local::pull_into_store(store, &reference, &req.registry, platform, Some(progress));
-            let handle = Arc::try_unwrap(progress_handle).ok();
-            match res {
-                Ok(img) => {
-                    if let Some(h) = handle {
-                        h.done();
-                    }
-                    img
-                }
-                Err(e) => {
-                    if let Some(h) = handle {
-                        h.failed(format!("{e:#}"));
-                    }
-                    return Err(e.context(format!("pulling {reference}")));
-                }
-            }
+            pull_image(
+                store,
+                req,
+                reporter,
+                u64::MAX - i as u64,
+                &reference,
+                platform,
+            )?
         } else {
             local.context("image was found locally")?
         };
         out.insert(name.clone(), img);
     }
     Ok(out)
+}
+
+/// Pull one image as a progress step whose bytes add up over its blobs
+/// (they download in parallel).
+fn pull_image(
+    store: &Store,
+    req: &BuildRequest,
+    reporter: &Arc<dyn Reporter>,
+    id: u64,
+    reference: &Reference,
+    platform: Option<crate::registry::Platform>,
+) -> anyhow::Result<image::Image> {
+    let handle = StepHandle::start(reporter.clone(), id, format!("[internal] pull {reference}"));
+    let blobs = Mutex::new(BTreeMap::<String, (u64, u64)>::new());
+    let events = reporter.clone();
+    let progress: crate::registry::ProgressFn =
+        Arc::new(move |p: &crate::registry::BlobProgress| {
+            let Ok(mut m) = blobs.lock() else { return };
+            m.insert(p.digest.to_string(), (p.done, p.total));
+            let (done, total) = m.values().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+            events.event(Event::StepProgress {
+                id,
+                current: done,
+                total: Some(total),
+                unit: crate::progress::Unit::Bytes,
+            });
+        });
+    match local::pull_into_store(store, reference, &req.registry, platform, Some(progress)) {
+        Ok(img) => {
+            handle.done();
+            Ok(img)
+        }
+        Err(e) => {
+            handle.failed(format!("{e:#}"));
+            Err(e.context(format!("pulling {reference}")))
+        }
+    }
 }
 
 /// A stored image by its normalized reference, or by the short name a local

@@ -64,10 +64,6 @@ impl Rootfs {
         }
         Ok(self.dir.path())
     }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
 }
 
 /// Where `path` (absolute, in image terms) is in `root`, symlinks resolved inside it.

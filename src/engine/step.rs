@@ -349,13 +349,11 @@ impl StageState {
             sources.iter().cloned().partition(|s| is_add && is_url(s));
         for u in urls {
             let checksum = inst.flag("checksum").and_then(|f| f.value.clone());
-            // Without a checksum the content can only be known by fetching it.
+            // Without a checksum the content can only be known by fetching it
+            // (once: the copy on a miss reuses the file).
             let identity = match checksum {
                 Some(c) => c,
-                None => {
-                    let dir = tempfile::tempdir_in(ctx.store.tmp_dir())?;
-                    sources::download(&u, None, dir.path())?.1
-                }
+                None => ctx.download(&u, None)?.1,
             };
             inputs.extra.insert(format!("url {u}"), identity);
         }
@@ -501,8 +499,8 @@ impl StageState {
                 for s in srcs {
                     if is_add && is_url(s) {
                         let checksum = inst.flag("checksum").and_then(|f| f.value.clone());
-                        let (name, _) = sources::download(s, checksum.as_deref(), tmp.path())?;
-                        trees.push(url_tree(tmp.path(), &name)?);
+                        let (file, _) = ctx.download(s, checksum.as_deref())?;
+                        trees.push(url_tree(file));
                         continue;
                     }
                     let index = ctx.context()?;
@@ -1006,13 +1004,17 @@ fn extract_tree(archive: &std::path::Path, tmp: &tempfile::TempDir) -> anyhow::R
 }
 
 /// A downloaded file (ADD URL): mode 0600 as docker gives it.
-fn url_tree(dir: &std::path::Path, name: &str) -> anyhow::Result<SourceTree> {
-    Ok(SourceTree {
-        name: name.to_string(),
+fn url_tree(file: std::path::PathBuf) -> SourceTree {
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    SourceTree {
+        name,
         is_dir: false,
         items: vec![SourceItem {
             rel: String::new(),
-            kind: SourceKind::File(crate::layer::FileSource::Path(dir.join(name))),
+            kind: SourceKind::File(crate::layer::FileSource::Path(file)),
             mode: 0o600,
             uid: 0,
             gid: 0,
@@ -1020,5 +1022,5 @@ fn url_tree(dir: &std::path::Path, name: &str) -> anyhow::Result<SourceTree> {
             xattrs: Vec::new(),
             link_id: None,
         }],
-    })
+    }
 }

@@ -90,14 +90,16 @@ impl UserDb {
         UserDb { users, groups }
     }
 
-    fn user(&self, spec: &str) -> Result<Option<&PasswdEntry>, UserError> {
+    /// The uid a user spec names, and its passwd entry when there is one
+    /// (a numeric uid need not be listed; a name must be).
+    fn user(&self, spec: &str) -> Result<(u32, Option<&PasswdEntry>), UserError> {
         if let Ok(uid) = spec.parse::<u32>() {
-            return Ok(self.users.iter().find(|u| u.uid == uid));
+            return Ok((uid, self.users.iter().find(|u| u.uid == uid)));
         }
         self.users
             .iter()
             .find(|u| u.name == spec)
-            .map(Some)
+            .map(|u| (u.uid, Some(u)))
             .ok_or_else(|| UserError::UnknownUser(spec.to_string()))
     }
 
@@ -115,12 +117,7 @@ impl UserDb {
     /// `--chown=user[:group]` → (uid, gid).
     pub fn resolve_chown(&self, spec: &str) -> Result<(u32, u32), UserError> {
         let (user, group) = split_spec(spec)?;
-        let uid = match self.user(user)? {
-            Some(u) => u.uid,
-            None => user
-                .parse()
-                .map_err(|_| UserError::UnknownUser(user.into()))?,
-        };
+        let (uid, _) = self.user(user)?;
         let gid = match group {
             Some(g) => self.group(g)?,
             None => uid,
@@ -131,13 +128,7 @@ impl UserDb {
     /// `USER user[:group]` → the ids, supplementary groups and HOME.
     pub fn resolve_user(&self, spec: &str) -> Result<ResolvedUser, UserError> {
         let (user, group) = split_spec(spec)?;
-        let entry = self.user(user)?;
-        let uid = match entry {
-            Some(u) => u.uid,
-            None => user
-                .parse()
-                .map_err(|_| UserError::UnknownUser(user.into()))?,
-        };
+        let (uid, entry) = self.user(user)?;
         let gid = match group {
             Some(g) => self.group(g)?,
             None => entry.map_or(0, |u| u.gid),
