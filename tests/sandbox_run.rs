@@ -63,6 +63,7 @@ fn spec(rootfs: RootfsSpec, argv: &[&str]) -> RunSpec {
         network: NetworkMode::None,
         mounts: vec![],
         extra_files: ExtraFiles::default(),
+        limits: Default::default(),
     }
 }
 

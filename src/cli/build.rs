@@ -55,6 +55,7 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
         },
         push: args.push,
         registry: super::registry::settings_with(&args.registry)?,
+        limits: crate::engine::limits::parse_limits(&args.limits.flags())?,
     };
     let store =
         Store::open(root).with_context(|| format!("opening the store {}", root.display()))?;

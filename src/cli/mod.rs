@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod build;
 mod check;
 mod images;
+mod limits;
 mod registry;
 
 /// rbuild: build OCI images from Dockerfiles, without a daemon.
@@ -182,6 +183,8 @@ pub struct BuildArgs {
     pub pull: PullArg,
     #[command(flatten)]
     pub registry: RegistryFlags,
+    #[command(flatten)]
+    pub limits: limits::LimitArgs,
     /// The build context directory.
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,

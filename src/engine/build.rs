@@ -50,6 +50,8 @@ pub struct BuildRequest {
     pub push: bool,
     /// Registry settings (insecure registries, mirrors, credentials).
     pub registry: crate::registry::Settings,
+    /// Resource limits of every RUN step (`--memory`, `--pids-limit`, …).
+    pub limits: crate::sandbox::Limits,
 }
 
 /// `--pull`: when a FROM image is fetched from its registry.
@@ -96,6 +98,8 @@ pub(crate) struct BuildCtx<'a> {
     next_step: AtomicU64,
     /// Set once the no-overlay fallback has been announced.
     pub overlay_warned: std::sync::atomic::AtomicBool,
+    /// Limit warnings already given (each once per build).
+    pub limit_warnings: Mutex<std::collections::BTreeSet<String>>,
     /// ADD URLs fetched in this build (url → file, digest), in `download_dir`:
     /// the cache key and the copy share one download.
     downloads: Mutex<BTreeMap<String, (PathBuf, String)>>,
@@ -232,6 +236,7 @@ pub fn build(
         context_index: OnceLock::new(),
         next_step: AtomicU64::new(0),
         overlay_warned: std::sync::atomic::AtomicBool::new(false),
+        limit_warnings: Mutex::new(Default::default()),
         downloads: Mutex::new(BTreeMap::new()),
         download_dir: tempfile::tempdir_in(store.tmp_dir())
             .context("creating the download dir in the store")?,

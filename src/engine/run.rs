@@ -73,6 +73,10 @@ pub struct RunInputs<'a> {
     pub scripts: Vec<(String, String)>,
     /// mtime of files the step's layer gets from outside the upper dir.
     pub created: crate::layer::Timespec,
+    /// cgroup limits, ulimits, `/dev/shm` size.
+    pub limits: &'a sandbox::Limits,
+    /// Reports a limit that could not be applied (the build goes on).
+    pub on_warning: &'a dyn Fn(&str),
 }
 
 /// The argv of a RUN and the heredoc scripts it needs, as BuildKit's
@@ -195,12 +199,31 @@ pub fn run(
         mounts: specs,
         // Bound from files of ours instead (see `managed_files`).
         extra_files: ExtraFiles::default(),
+        limits: inputs.limits.clone(),
     };
     let outcome = sandbox::run(&spec, on_output).context("running the RUN sandbox")?;
     drop(locks);
-    if outcome.exit_code != 0 {
+    for w in &outcome.limit_warnings {
+        (inputs.on_warning)(w);
+    }
+    if outcome.exit_code != 0 && outcome.oom_kills > 0 {
         bail!(
-            "process {:?} did not complete successfully: exit code: {}",
+            "{}: process {:?} ended with exit code {}\nhint: raise --memory \
+             (or make the step use less memory)",
+            sandbox::oom_message(outcome.memory_limit),
+            inputs.argv.join(" "),
+            outcome.exit_code
+        );
+    }
+    if outcome.exit_code != 0 {
+        // A step that filled the store's disk usually fails with its own
+        // "No space left on device": name the filesystem so the cause is
+        // plain. The upper dir goes with `work` when this returns.
+        let full = super::limits::full_filesystem_note(inputs.store.root(), work.path())
+            .map(|note| format!("\n{note}"))
+            .unwrap_or_default();
+        bail!(
+            "process {:?} did not complete successfully: exit code: {}{full}",
             inputs.argv.join(" "),
             outcome.exit_code
         );

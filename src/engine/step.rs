@@ -669,6 +669,16 @@ impl StageState {
             ssh_sock: ctx.req.ssh_sock.clone(),
             scripts,
             created: Self::created_time(ctx),
+            limits: &ctx.req.limits,
+            on_warning: &|message: &str| {
+                let mut seen = ctx.limit_warnings.lock().unwrap_or_else(|e| e.into_inner());
+                if seen.insert(message.to_string()) {
+                    ctx.reporter.event(crate::progress::Event::Warning {
+                        id: None,
+                        message: message.to_string(),
+                    });
+                }
+            },
         };
         let mut on_output = |stream: crate::sandbox::Stream, bytes: &[u8]| {
             let s = match stream {
