@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::limits::{human_bytes, Limits};
+use super::limits::{human_bytes, Limits, SwapLimit};
 
 /// The controllers rbuild sets limits with.
 const CONTROLLERS: [&str; 4] = ["memory", "cpu", "cpuset", "pids"];
@@ -137,7 +137,10 @@ impl CgroupMount {
         } else {
             path.strip_prefix(self.root.as_str()).unwrap_or(path)
         };
-        self.mountpoint.join(rel.trim_start_matches('/'))
+        match rel.trim_start_matches('/') {
+            "" => self.mountpoint.clone(),
+            rel => self.mountpoint.join(rel),
+        }
     }
 }
 
@@ -198,7 +201,7 @@ fn flags_for(controller: &str, l: &Limits) -> Vec<&'static str> {
     match controller {
         "memory" => {
             add(l.memory.is_some(), "--memory");
-            add(l.memory_and_swap().is_some(), "--memory-swap");
+            add(l.memory_swap != SwapLimit::Default, "--memory-swap");
         }
         "cpu" => {
             add(l.cpu_quota.is_some(), "--cpus/--cpu-quota");
@@ -352,12 +355,18 @@ fn create_in(layout: &Layout, limits: &Limits) -> (StepCgroup, Vec<String>) {
             continue;
         }
         let flags = flags_for(c, limits);
+        let v1 = matches!(layout.trees.get(c), Some(Ok(Tree::V1(_))));
         let not_applied = |why: String| {
-            format!(
-                "{} not applied: {why}; hint: run rbuild as root, or in a cgroup \
-                 with the {c} controller delegated (e.g. systemd-run --user --scope -p Delegate=yes)",
-                flags.join(", ")
-            )
+            let hint = if v1 {
+                "cgroup v1 gives ordinary users no cgroups of their own: run rbuild as root"
+                    .to_string()
+            } else {
+                format!(
+                    "run rbuild as root, or in a cgroup that delegates the {c} controller \
+                     (e.g. `systemd-run --user --scope -p Delegate=yes rbuild …`)"
+                )
+            };
+            format!("{} not applied: {why}; hint: {hint}", flags.join(", "))
         };
         let tree = match layout.trees.get(c) {
             Some(Ok(t)) => t,

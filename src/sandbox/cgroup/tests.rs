@@ -150,7 +150,6 @@ fn unusable_controllers_warn_per_flag_and_default_pids_is_quiet() {
     let layout = Layout { trees };
     let limits = Limits {
         memory: Some(1 << 30),
-        memory_swap: SwapLimit::Unlimited,
         pids: Some(2048),
         pids_is_default: true,
         ..Limits::default()
@@ -161,12 +160,18 @@ fn unusable_controllers_warn_per_flag_and_default_pids_is_quiet() {
     assert!(warnings[0].starts_with("--memory not applied: no memory here"));
     assert!(warnings[0].contains("hint:"));
     let explicit = Limits {
+        memory: Some(1 << 30),
+        memory_swap: SwapLimit::Unlimited,
         pids: Some(10),
         ..Limits::default()
     };
     let (_, warnings) = create_in(&layout, &explicit);
     assert!(
-        warnings[0].starts_with("--pids-limit not applied"),
+        warnings[0].starts_with("--memory, --memory-swap not applied"),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].starts_with("--pids-limit not applied"),
         "{warnings:?}"
     );
 }
