@@ -398,3 +398,46 @@ fn rootless_limit_applied_or_warned() {
         assert!(err.contains("hint:"), "{err}");
     }
 }
+
+/// rbuild killed with SIGKILL cannot remove its step's cgroup: the sandbox
+/// dies with it (the cgroup is empty), and the next build removes it.
+#[test]
+fn killed_build_cgroup_is_swept_by_the_next_build() {
+    if !root_only() {
+        return;
+    }
+    let env = Env::new();
+    let Some(ctx) = context(&env, "FROM base\nRUN sleep 60\n") else {
+        return;
+    };
+    let mut child = rbuild_cmd(&env, &ctx, &["--pids-limit", "100"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("rbuild");
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut running = None;
+    while Instant::now() < deadline && running.is_none() {
+        // The second RUN (the sleep) is step 1.
+        running = step_cgroups(pid)
+            .into_iter()
+            .find(|d| d.to_string_lossy().ends_with("-1") && d.join("pids.max").exists());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dir = running.expect("the sleeping step's cgroup");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|p| !p.trim().is_empty()) {
+        assert!(Instant::now() < deadline, "the step died with rbuild");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let other = Env::new();
+    let Some(ctx2) = context(&other, "FROM base\nRUN true\n") else {
+        return;
+    };
+    let (out, _) = build(&other, &ctx2, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!dir.exists(), "{} swept", dir.display());
+}
