@@ -33,16 +33,21 @@ enum Tree {
     /// The unified hierarchy; the path is rbuild's own cgroup, whose
     /// `cgroup.subtree_control` enables the controller for children.
     V2(PathBuf),
+    /// The unified hierarchy, where rbuild's own cgroup has the controller
+    /// (`cgroup.controllers`) but does not pass it on yet: rbuild first
+    /// moves itself into a leaf child (`rbuild-PID-self`), since a v2 cgroup
+    /// with processes cannot enable controllers for its children.
+    V2Leaf(PathBuf),
 }
 
 impl Tree {
     fn dir(&self) -> &Path {
         match self {
-            Tree::V1(p) | Tree::V2(p) => p,
+            Tree::V1(p) | Tree::V2(p) | Tree::V2Leaf(p) => p,
         }
     }
     fn is_v2(&self) -> bool {
-        matches!(self, Tree::V2(_))
+        !matches!(self, Tree::V1(_))
     }
 }
 
@@ -63,7 +68,7 @@ fn layout() -> &'static Layout {
 }
 
 /// Builds the layout from `/proc/self/cgroup` and `/proc/self/mountinfo`;
-/// `read` reads a file (the v2 `cgroup.subtree_control`).
+/// `read` reads a file (the v2 `cgroup.controllers` and `cgroup.subtree_control`).
 fn layout_from(cgroup: &str, mountinfo: &str, read: impl Fn(&Path) -> Option<String>) -> Layout {
     let mounts = cgroup_mounts(mountinfo);
     let mut v1: BTreeMap<&str, PathBuf> = BTreeMap::new();
@@ -93,10 +98,15 @@ fn layout_from(cgroup: &str, mountinfo: &str, read: impl Fn(&Path) -> Option<Str
             }
         }
     }
-    let delegated = v2
-        .as_ref()
-        .and_then(|(dir, _)| read(&dir.join("cgroup.subtree_control")))
-        .unwrap_or_default();
+    let v2_file = |name: &str| {
+        v2.as_ref()
+            .and_then(|(dir, _)| read(&dir.join(name)))
+            .unwrap_or_default()
+    };
+    let (available, delegated) = (
+        v2_file("cgroup.controllers"),
+        v2_file("cgroup.subtree_control"),
+    );
     let mut trees = BTreeMap::new();
     for c in CONTROLLERS {
         let tree = if let Some(dir) = v1.get(c) {
@@ -104,13 +114,15 @@ fn layout_from(cgroup: &str, mountinfo: &str, read: impl Fn(&Path) -> Option<Str
         } else if let Some((dir, _)) = &v2 {
             if delegated.split_whitespace().any(|x| x == c) {
                 Ok(Tree::V2(dir.clone()))
+            } else if available.split_whitespace().any(|x| x == c) {
+                Ok(Tree::V2Leaf(dir.clone()))
             } else {
                 Err(format!(
-                    "rbuild's cgroup {} does not delegate the {c} controller to child \
-                     cgroups ({}/cgroup.subtree_control lists {:?})",
+                    "rbuild's cgroup {} is not given the {c} controller by its parent \
+                     ({}/cgroup.controllers lists {:?})",
                     dir.display(),
                     dir.display(),
-                    delegated.trim()
+                    available.trim()
                 ))
             }
         } else {
@@ -362,8 +374,9 @@ fn create_in(layout: &Layout, limits: &Limits) -> (StepCgroup, Vec<String>) {
                     .to_string()
             } else {
                 format!(
-                    "run rbuild as root, or in a cgroup that delegates the {c} controller \
-                     (e.g. `systemd-run --user --scope -p Delegate=yes rbuild …`)"
+                    "run rbuild in a cgroup of its own that is given the {c} controller, \
+                     e.g. `systemd-run --user --scope -p Delegate=yes rbuild …` \
+                     (as root: `systemd-run --scope -p Delegate=yes rbuild …`)"
                 )
             };
             format!("{} not applied: {why}; hint: {hint}", flags.join(", "))
@@ -378,6 +391,14 @@ fn create_in(layout: &Layout, limits: &Limits) -> (StepCgroup, Vec<String>) {
             }
             None => continue,
         };
+        if let Tree::V2Leaf(dir) = tree {
+            if let Err(why) = enable_v2(dir, c) {
+                if !flags.is_empty() {
+                    warnings.push(not_applied(why));
+                }
+                continue;
+            }
+        }
         let child = match made.get(tree.dir()) {
             Some(child) => child.clone(),
             None => {
@@ -439,6 +460,84 @@ fn sweep_stale(parent: &Path) {
             let _ = fs::remove_dir(entry.path());
         }
     }
+}
+
+/// Makes `controller` available to the children of rbuild's own v2 cgroup
+/// `dir`: rbuild's processes move into the leaf `rbuild-PID-self` (once per
+/// process), then `+controller` goes into `dir`'s `cgroup.subtree_control`.
+/// Refused when `dir` holds any process that is not this rbuild (its own
+/// rootless parent and sandbox helpers count as it): rbuild never moves
+/// other processes.
+fn enable_v2(dir: &Path, controller: &str) -> Result<(), String> {
+    static LEAVES: std::sync::Mutex<BTreeMap<PathBuf, Result<(), String>>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    let mut leaves = LEAVES.lock().unwrap_or_else(|e| e.into_inner());
+    leaves
+        .entry(dir.to_path_buf())
+        .or_insert_with(|| move_into_leaf(dir))
+        .clone()?;
+    let file = dir.join("cgroup.subtree_control");
+    fs::write(&file, format!("+{controller}"))
+        .map_err(|e| format!("enabling {controller} in {}: {e}", file.display()))
+}
+
+fn move_into_leaf(dir: &Path) -> Result<(), String> {
+    let procs = fs::read_to_string(dir.join("cgroup.procs"))
+        .map_err(|e| format!("reading {}/cgroup.procs: {e}", dir.display()))?;
+    let pids: Vec<u32> = procs
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let others: Vec<u32> = pids.iter().copied().filter(|p| !is_ours(*p)).collect();
+    if !others.is_empty() {
+        return Err(format!(
+            "rbuild's cgroup {} also holds other processes ({others:?}) and rbuild moves \
+             only itself; run it in a cgroup of its own",
+            dir.display()
+        ));
+    }
+    let leaf = dir.join(format!("rbuild-{}-self", std::process::id()));
+    match fs::create_dir(&leaf) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("creating {}: {e}", leaf.display())),
+    }
+    for pid in pids {
+        fs::write(leaf.join("cgroup.procs"), pid.to_string())
+            .map_err(|e| format!("moving rbuild ({pid}) into {}: {e}", leaf.display()))?;
+    }
+    Ok(())
+}
+
+/// This process, its parent when that is rbuild too (the rootless
+/// re-exec), and its children running rbuild (sandbox setup processes).
+fn is_ours(pid: u32) -> bool {
+    let me = std::process::id();
+    if pid == me {
+        return true;
+    }
+    let same_exe = || {
+        use std::os::unix::fs::MetadataExt;
+        match (
+            fs::metadata(format!("/proc/{pid}/exe")),
+            fs::metadata("/proc/self/exe"),
+        ) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    };
+    let parent_of = |p: u32| -> Option<u32> {
+        let stat = fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        // The command name (2nd field) may hold spaces: parse after ')'.
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let related = parent_of(me) == Some(pid) || parent_of(pid) == Some(me);
+    related && same_exe()
 }
 
 /// Writes `controller`'s limits into the new child `dir`.

@@ -59,16 +59,22 @@ fn v2_needs_delegation() {
     let cgroup = "0::/user.slice/user-1000.slice/app.scope\n";
     let mounts = "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
     let own = PathBuf::from("/sys/fs/cgroup/user.slice/user-1000.slice/app.scope");
-    let read = |p: &Path| (p == own.join("cgroup.subtree_control")).then(|| "cpu pids\n".into());
+    let read = |p: &Path| {
+        if p == own.join("cgroup.subtree_control") {
+            Some("cpu pids\n".into())
+        } else if p == own.join("cgroup.controllers") {
+            Some("cpuset cpu pids\n".into())
+        } else {
+            None
+        }
+    };
     let l = layout_from(cgroup, mounts, read);
     assert_eq!(l.trees["pids"], Ok(Tree::V2(own.clone())));
     assert_eq!(l.trees["cpu"], Ok(Tree::V2(own.clone())));
+    assert_eq!(l.trees["cpuset"], Ok(Tree::V2Leaf(own.clone())));
     let err = l.trees["memory"].clone().unwrap_err();
-    assert!(
-        err.contains("does not delegate the memory controller"),
-        "{err}"
-    );
-    assert!(err.contains("\"cpu pids\""), "{err}");
+    assert!(err.contains("is not given the memory controller"), "{err}");
+    assert!(err.contains("\"cpuset cpu pids\""), "{err}");
 }
 
 #[test]
@@ -189,4 +195,64 @@ fn oom_message_names_the_limit() {
         oom_message(Some(32 << 20)),
         "RUN was killed: out of memory (limit 32 MiB)"
     );
+}
+
+/// rbuild's own v2 cgroup has the controllers but passes none on: rbuild
+/// moves itself (only) into `rbuild-PID-self` and enables what it needs.
+#[test]
+fn v2_leaf_moves_only_rbuild_then_enables() {
+    let tmp = tempfile::tempdir().unwrap();
+    let own = tmp.path();
+    fs::write(own.join("cgroup.controllers"), "memory pids\n").unwrap();
+    fs::write(
+        own.join("cgroup.procs"),
+        format!("{}\n", std::process::id()),
+    )
+    .unwrap();
+    let mut trees = BTreeMap::new();
+    for c in CONTROLLERS {
+        trees.insert(c, Ok(Tree::V2Leaf(own.to_path_buf())));
+    }
+    let layout = Layout { trees };
+    let limits = Limits {
+        pids: Some(30),
+        ..Limits::default()
+    };
+    let (step, warnings) = create_in(&layout, &limits);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let leaf = own.join(format!("rbuild-{}-self", std::process::id()));
+    assert_eq!(read(&leaf, "cgroup.procs"), std::process::id().to_string());
+    assert_eq!(read(own, "cgroup.subtree_control"), "+pids");
+    assert_eq!(read(&step.dirs()[0], "pids.max"), "30");
+    std::mem::forget(step); // a plain dir with files: nothing to rmdir
+
+    // Another process in the cgroup (pid 1 is never rbuild's): refused.
+    let tmp = tempfile::tempdir().unwrap();
+    let own = tmp.path();
+    fs::write(
+        own.join("cgroup.procs"),
+        format!("1\n{}\n", std::process::id()),
+    )
+    .unwrap();
+    let mut trees = BTreeMap::new();
+    trees.insert("pids", Ok(Tree::V2Leaf(own.to_path_buf())));
+    let explicit = Limits {
+        pids: Some(30),
+        ..Limits::default()
+    };
+    let (step, warnings) = create_in(&Layout { trees }, &explicit);
+    assert!(step.dirs().is_empty());
+    assert!(
+        warnings[0].contains("also holds other processes ([1])"),
+        "{warnings:?}"
+    );
+    assert!(
+        !own.join("cgroup.subtree_control").exists(),
+        "nothing enabled"
+    );
+    let moved = fs::read_dir(own)
+        .unwrap()
+        .flatten()
+        .any(|e| e.path().is_dir());
+    assert!(!moved, "no leaf made, nothing moved");
 }
