@@ -399,6 +399,7 @@ fn create_in(layout: &Layout, limits: &Limits) -> (StepCgroup, Vec<String>) {
                 continue;
             }
         }
+        let fresh = !made.contains_key(tree.dir());
         let child = match made.get(tree.dir()) {
             Some(child) => child.clone(),
             None => {
@@ -418,11 +419,21 @@ fn create_in(layout: &Layout, limits: &Limits) -> (StepCgroup, Vec<String>) {
                 child
             }
         };
-        if let Err(e) = write_limits(c, tree, &child, limits) {
-            if !flags.is_empty() {
-                warnings.push(not_applied(e));
+        match write_limits(c, tree, &child, limits) {
+            Ok(notes) => warnings.extend(notes),
+            Err(e) => {
+                if !flags.is_empty() {
+                    warnings.push(not_applied(e));
+                }
+                // A half-set v1 child (a cpuset without cpus takes no
+                // task) is not joined; a shared v2 child stays for the rest.
+                if fresh && !tree.is_v2() {
+                    remove_dir(&child);
+                    step.dirs.retain(|d| *d != child);
+                    made.remove(tree.dir());
+                }
+                continue;
             }
-            continue;
         }
         if c == "memory" {
             step.memory = Some((child, tree.is_v2()));
@@ -540,8 +551,27 @@ fn is_ours(pid: u32) -> bool {
     related && same_exe()
 }
 
-/// Writes `controller`'s limits into the new child `dir`.
-fn write_limits(controller: &str, tree: &Tree, dir: &Path, l: &Limits) -> Result<(), String> {
+/// Writes `controller`'s limits into the new child `dir`. `Ok` carries a
+/// note per flag that could not be applied alone (swap not accounted).
+fn write_limits(
+    controller: &str,
+    tree: &Tree,
+    dir: &Path,
+    l: &Limits,
+) -> Result<Vec<String>, String> {
+    let mut notes = Vec::new();
+    // Swap files exist only when the kernel accounts swap; the implicit
+    // default (twice --memory) is dropped quietly there.
+    let mut swap_file = |file: &str| {
+        let there = dir.join(file).exists();
+        if !there && l.memory_swap != SwapLimit::Default {
+            notes.push(format!(
+                "--memory-swap not applied: the kernel does not account swap here \
+                 (no {file}); hint: boot with swapaccount=1"
+            ));
+        }
+        there
+    };
     let write = |file: &str, value: String| {
         fs::write(dir.join(file), &value)
             .map_err(|e| format!("writing {value:?} to {}: {e}", dir.join(file).display()))
@@ -552,12 +582,11 @@ fn write_limits(controller: &str, tree: &Tree, dir: &Path, l: &Limits) -> Result
             if let Some(m) = l.memory {
                 write("memory.max", m.to_string())?;
             }
-            match (l.memory_and_swap(), l.memory) {
-                (Some(total), Some(m)) => {
-                    write("memory.swap.max", total.saturating_sub(m).to_string())?
+            if let Some(total) = l.memory_and_swap() {
+                if swap_file("memory.swap.max") {
+                    let swap = total.saturating_sub(l.memory.unwrap_or(0));
+                    write("memory.swap.max", swap.to_string())?;
                 }
-                (Some(total), None) => write("memory.swap.max", total.to_string())?,
-                _ => {}
             }
         }
         "memory" => {
@@ -565,8 +594,7 @@ fn write_limits(controller: &str, tree: &Tree, dir: &Path, l: &Limits) -> Result
                 write("memory.limit_in_bytes", m.to_string())?;
             }
             if let Some(total) = l.memory_and_swap() {
-                // Absent when the kernel does not account swap (swapaccount=0).
-                if dir.join("memory.memsw.limit_in_bytes").exists() {
+                if swap_file("memory.memsw.limit_in_bytes") {
                     write("memory.memsw.limit_in_bytes", total.to_string())?;
                 }
             }
@@ -618,7 +646,7 @@ fn write_limits(controller: &str, tree: &Tree, dir: &Path, l: &Limits) -> Result
         }
         _ => {}
     }
-    Ok(())
+    Ok(notes)
 }
 
 /// docker's `--cpu-shares` (2..262144, default 1024) on cgroup v2's

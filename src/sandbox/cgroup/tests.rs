@@ -117,7 +117,9 @@ fn v2_files_and_removal() {
         .unwrap()
         .starts_with(&format!("rbuild-{}-", std::process::id())));
     assert_eq!(read(&child, "memory.max"), (64u64 << 20).to_string());
-    assert_eq!(read(&child, "memory.swap.max"), (64u64 << 20).to_string());
+    // A plain dir has no memory.swap.max, as a kernel without swap
+    // accounting: the implicit swap bound is dropped quietly.
+    assert!(!child.join("memory.swap.max").exists());
     assert_eq!(read(&child, "cpu.max"), "50000 100000");
     assert_eq!(read(&child, "cpu.weight"), "20");
     assert_eq!(read(&child, "cpuset.cpus"), "0");
@@ -255,4 +257,27 @@ fn v2_leaf_moves_only_rbuild_then_enables() {
         .flatten()
         .any(|e| e.path().is_dir());
     assert!(!moved, "no leaf made, nothing moved");
+}
+
+#[test]
+fn explicit_swap_without_swap_accounting_is_a_note() {
+    let tmp = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        memory: Some(64 << 20),
+        memory_swap: SwapLimit::Bytes(128 << 20),
+        ..Limits::default()
+    };
+    let (step, warnings) = create_in(&fake_v2(tmp.path()), &limits);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].starts_with("--memory-swap not applied: the kernel does not account swap"));
+    assert_eq!(
+        read(&step.dirs()[0], "memory.max"),
+        (64u64 << 20).to_string()
+    );
+    assert_eq!(
+        step.memory_limit(),
+        Some(64 << 20),
+        "--memory still applies"
+    );
+    std::mem::forget(step);
 }
