@@ -339,6 +339,29 @@ fn full_store_filesystem_is_named_and_cleaned() {
         .map(|rd| rd.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "nothing left in the store: {left:?}");
+
+    // 14 MiB that fit as files but not a second time as the layer blob:
+    // the step succeeds, writing its layer runs out of space.
+    let ctx = context(
+        &env,
+        "FROM base\nRUN dd if=/dev/urandom of=/big bs=1M count=14\n",
+    )
+    .unwrap();
+    let (out, _) = build(&env, &ctx, &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "hint: the filesystem holding the store ({}) is full",
+            mnt.display()
+        )),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(mnt.join("rbuild/tmp"))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "nothing left in the store: {left:?}");
 }
 
 /// As an ordinary user (no cgroup delegation on most test hosts) a limit

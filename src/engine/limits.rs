@@ -252,9 +252,55 @@ pub fn full_filesystem_note(store_root: &std::path::Path, dir: &std::path::Path)
     })
 }
 
+/// A step error caused by a full disk (ENOSPC anywhere in the chain, e.g.
+/// while writing the layer) gets a `hint:` naming the store's filesystem,
+/// unless the error already says so.
+pub fn with_disk_full_hint(err: anyhow::Error, store_root: &std::path::Path) -> anyhow::Error {
+    let enospc = err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::ENOSPC))
+            || c.to_string().contains("No space left on device")
+    });
+    let text = format!("{err:#}");
+    if !enospc || text.contains("the filesystem holding the store") {
+        return err;
+    }
+    anyhow::anyhow!(
+        "{text}\nhint: the filesystem holding the store ({}) is full: free space there, \
+         or build with --root on a larger filesystem",
+        store_root.display()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_full_errors_get_a_hint_once() {
+        let root = std::path::Path::new("/var/lib/rbuild");
+        let io = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let err = anyhow::Error::new(io).context("writing the layer");
+        let text = format!("{:#}", with_disk_full_hint(err, root));
+        assert!(
+            text.starts_with("writing the layer: No space left on device"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "hint: the filesystem holding the store (/var/lib/rbuild) is full: \
+                 free space there, or build with --root on a larger filesystem"
+            ),
+            "{text}"
+        );
+        let again = format!("{:#}", with_disk_full_hint(anyhow::anyhow!("{text}"), root));
+        assert_eq!(again, text, "no second hint");
+        let other = anyhow::anyhow!("exit code: 1");
+        assert_eq!(
+            format!("{:#}", with_disk_full_hint(other, root)),
+            "exit code: 1"
+        );
+    }
 
     #[test]
     fn sizes() {

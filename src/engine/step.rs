@@ -192,6 +192,7 @@ impl StageState {
         let layer = match result {
             Ok(l) => l,
             Err(e) => {
+                let e = super::limits::with_disk_full_hint(e, ctx.store.root());
                 handle.failed(format!("{e:#}"));
                 return Err(e);
             }
