@@ -9,28 +9,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// A part of the shared external corpus: `CARGO_MANIFEST_DIR/../shared/corpus/<sub>`
-/// (or under `$RBUILD_CORPUS`, for checkouts that do not sit beside `shared/`).
-/// Missing: a failure under `CI=true`, else `None` (the test skips, saying why).
+/// A part of the external corpus copied into the repository:
+/// `CARGO_MANIFEST_DIR/testdata/corpus/<sub>` (or under `$RBUILD_CORPUS`).
+/// A fresh clone has it, so a missing part is a broken checkout: always a failure.
 pub fn corpus(sub: &str) -> Option<PathBuf> {
     let base = std::env::var_os("RBUILD_CORPUS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/corpus"));
     let dir = base.join(sub);
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "corpus missing at {} (required when CI=true)",
-            dir.display()
-        );
-    }
-    eprintln!(
-        "skipping: corpus not found at {} (set RBUILD_CORPUS)",
+    assert!(
+        dir.is_dir(),
+        "corpus missing at {} (testdata/corpus is part of the repository)",
         dir.display()
     );
-    None
+    Some(dir)
 }
 
 /// The rbuild binary under test.
