@@ -133,6 +133,20 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Whether a test that needs root can run. Not root: a failure under
+/// `CI=true` (CI runs as root, so a skip there would hide a broken runner),
+/// else `false` after saying why, and the test returns.
+pub fn require_root(what: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{what} needs root, and CI=true forbids skipping it");
+    }
+    eprintln!("skipping: {what} needs root");
+    false
+}
+
 fn user_id(flag: &str) -> String {
     let out = Command::new("id")
         .args([flag, TEST_USER])
@@ -207,7 +221,7 @@ pub fn test_user_range(file: &str) -> (u64, u64) {
 /// Like [`rerun_as_test_user`], with the test binary started through
 /// `wrapper` (a command and its arguments, e.g. util-linux `unshare`).
 pub fn rerun_as_test_user_via(idmap: &str, wrapper: &[String]) {
-    if !is_root() {
+    if !require_root("re-running the tests as the rootless test user") {
         return;
     }
     ensure_test_user();
