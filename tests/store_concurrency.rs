@@ -110,7 +110,12 @@ fn killed_writer_leaves_only_a_temp_that_the_next_open_cleans() {
     let mut child = spawn_half_writer(dir.path());
     // While the writer lives, another open must not take its temp away.
     Store::open(dir.path()).unwrap();
-    assert_eq!(std::fs::read_dir(store.tmp_dir()).unwrap().count(), 1);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("rbuild/tmp"))
+            .unwrap()
+            .count(),
+        1
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(
@@ -120,7 +125,17 @@ fn killed_writer_leaves_only_a_temp_that_the_next_open_cleans() {
         0
     );
     assert!(store.tags().unwrap().is_empty());
-    assert_eq!(std::fs::read_dir(store.tmp_dir()).unwrap().count(), 1);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("rbuild/tmp"))
+            .unwrap()
+            .count(),
+        1
+    );
     Store::open(dir.path()).unwrap();
-    assert_eq!(std::fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("rbuild/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
