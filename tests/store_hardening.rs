@@ -87,7 +87,9 @@ fn wait_ok(child: std::process::Child, what: &str) {
     );
 }
 
-/// `cmd args…` as uid/gid 65534 with no supplementary groups.
+/// `cmd args…` as uid/gid 65534 with no supplementary groups. Through a
+/// shell: setpriv still holds root's capabilities when it execs its
+/// argument, so it would reach paths no unprivileged user can.
 fn as_nobody(args: &[&std::ffi::OsStr]) -> Output {
     Command::new("setpriv")
         .args([
@@ -95,6 +97,7 @@ fn as_nobody(args: &[&std::ffi::OsStr]) -> Output {
             format!("--regid={NOBODY}"),
             "--clear-groups".into(),
         ])
+        .args(["/bin/sh", "-c", "exec \"$@\"", "sh"])
         .args(args)
         .output()
         .unwrap()
