@@ -312,7 +312,7 @@ fn full_store_filesystem_is_named_and_cleaned() {
     let mnt = env.root();
     std::fs::create_dir_all(&mnt).unwrap();
     let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=24m,mode=0755", "tmpfs"])
         .arg(&mnt)
         .status()
         .expect("mount");

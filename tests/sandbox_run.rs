@@ -754,7 +754,7 @@ fn rootless_with_single_id_map() {
 /// `userxattr`.
 #[test]
 fn rootless_root_in_user_namespace() {
-    if !is_root() {
+    if !common::require_root("making the subuid-mapped user namespace") {
         return;
     }
     common::ensure_test_user();
