@@ -231,49 +231,93 @@ fn ulimit_and_shm_size_reach_the_step() {
     );
 }
 
+/// The first of `files` that exists in one of `dirs`, trimmed.
+fn read_any(dirs: &[PathBuf], files: &[&str]) -> Option<String> {
+    files.iter().find_map(|f| {
+        dirs.iter()
+            .find_map(|d| std::fs::read_to_string(d.join(f)).ok())
+            .map(|v| v.trim().to_string())
+    })
+}
+
 #[test]
-fn cpus_show_in_the_step_cgroup_while_it_runs() {
+fn limits_show_in_the_step_cgroups_while_it_runs() {
     if !root_only() {
         return;
     }
     let env = Env::new();
-    let Some(ctx) = context(&env, "FROM base\nRUN cat /proc/self/cgroup && sleep 3\n") else {
+    let Some(ctx) = context(
+        &env,
+        "FROM base\nRUN cat /proc/self/cgroup && grep Cpus_allowed_list /proc/self/status && sleep 3\n",
+    ) else {
         return;
     };
     let before = own_limits();
-    let child = rbuild_cmd(&env, &ctx, &["--cpus", "0.5", "--pids-limit", "50"])
+    let flags = [
+        "--cpus",
+        "0.5",
+        "--cpu-shares",
+        "512",
+        "--cpuset-cpus",
+        "0",
+        "--memory",
+        "256m",
+        "--memory-swap",
+        "512m",
+        "--pids-limit",
+        "50",
+    ];
+    let child = rbuild_cmd(&env, &ctx, &flags)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("rbuild");
     let pid = child.id();
+    // The sleeping RUN is the build's second step: `rbuild-PID-1`.
+    let name = format!("rbuild-{pid}-1");
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = None;
-    while Instant::now() < deadline && seen.is_none() {
-        seen = step_cgroups(pid).into_iter().find(|d| {
-            std::fs::read_to_string(d.join("cgroup.procs")).is_ok_and(|p| !p.trim().is_empty())
-                && (d.join("cpu.cfs_quota_us").exists() || d.join("cpu.max").exists())
-        });
+    let mut dirs = Vec::new();
+    while Instant::now() < deadline && dirs.len() < 4 {
+        dirs = step_cgroups(pid)
+            .into_iter()
+            .filter(|d| d.ends_with(&name))
+            .filter(|d| {
+                std::fs::read_to_string(d.join("cgroup.procs")).is_ok_and(|p| !p.trim().is_empty())
+            })
+            .collect();
+        // cgroup v2: one directory holds every controller.
+        if dirs.iter().any(|d| d.join("cpu.max").exists()) {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let dir = seen.expect("the step's cpu cgroup appears while it runs");
-    let quota = std::fs::read_to_string(dir.join("cpu.cfs_quota_us"))
-        .or_else(|_| std::fs::read_to_string(dir.join("cpu.max")))
-        .unwrap();
+    let get = |files: &[&str]| read_any(&dirs, files).unwrap_or_default();
+    let quota = get(&["cpu.cfs_quota_us", "cpu.max"]);
     assert!(
-        quota.trim() == "50000" || quota.trim() == "50000 100000",
-        "{quota}"
+        quota == "50000" || quota == "50000 100000",
+        "{quota} in {dirs:?}"
     );
+    let shares = get(&["cpu.shares", "cpu.weight"]);
+    assert!(shares == "512" || shares == "20", "{shares}");
+    assert_eq!(get(&["cpuset.cpus"]), "0");
+    assert_eq!(get(&["memory.limit_in_bytes", "memory.max"]), "268435456");
+    let swap = get(&["memory.memsw.limit_in_bytes", "memory.swap.max"]);
+    assert!(swap == "536870912" || swap == "268435456", "{swap}");
+    assert_eq!(get(&["pids.max"]), "50");
     let out = child.wait_with_output().unwrap();
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
-    // Every RUN step (the base's too) gets its own `rbuild-PID-N`.
-    let prefix = format!(":cpu:/rbuild-{pid}-");
     assert!(
-        err.lines().any(|l| l.contains(&prefix)),
+        err.lines().any(|l| l.contains(&format!(":cpu:/{name}"))),
         "the step's processes are in its cgroup: {err}"
     );
-    assert!(!dir.exists(), "{} removed after the step", dir.display());
+    assert!(
+        err.contains("Cpus_allowed_list:\t0\n"),
+        "--cpuset-cpus 0 pins the step: {err}"
+    );
+    for d in &dirs {
+        assert!(!d.exists(), "{} removed after the step", d.display());
+    }
     assert!(step_cgroups(pid).is_empty());
     assert_eq!(own_limits(), before, "rbuild's own cgroup is unchanged");
 }
