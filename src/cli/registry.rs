@@ -4,6 +4,7 @@
 use std::io::{BufRead, Write};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -29,6 +30,19 @@ pub(crate) fn settings_with(flags: &RegistryFlags) -> Result<Settings> {
         .extend(flags.insecure_registries.iter().cloned());
     s.registry_mirrors
         .extend(flags.registry_mirrors.iter().cloned());
+    let secs = |v: f64, flag: &str| {
+        Duration::try_from_secs_f64(v)
+            .map_err(|_| anyhow::anyhow!("--{flag} {v}: expected a number of seconds"))
+    };
+    if let Some(v) = flags.registry_connect_timeout {
+        s.connect_timeout = secs(v, "registry-connect-timeout")?;
+    }
+    if let Some(v) = flags.registry_timeout {
+        s.response_timeout = secs(v, "registry-timeout")?;
+    }
+    s.min_speed = flags.registry_min_speed.unwrap_or(s.min_speed);
+    s.max_layers = flags.max_layers.unwrap_or(s.max_layers);
+    s.max_layer_size = flags.max_layer_size.unwrap_or(s.max_layer_size);
     Ok(s)
 }
 
