@@ -86,7 +86,7 @@ impl<R: Read> Read for Guarded<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         // Ask for one byte past the limit at most, so an endless body is
         // cut there instead of being read (and written) whole.
-        let room = (self.limit + 1).saturating_sub(self.read);
+        let room = self.limit.saturating_add(1).saturating_sub(self.read);
         if room == 0 {
             return Err(self.fail(TransferError::TooLarge {
                 what: self.what.clone(),

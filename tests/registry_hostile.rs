@@ -1,0 +1,310 @@
+//! Registries as untrusted input: each test runs a small misbehaving
+//! registry (tests/hostile) and checks that rbuild fails fast with a clear
+//! error, reads no more than it must, and builds no broken image.
+
+mod common;
+mod hostile;
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use hostile::{config_for, digest_of, layer, Conn, Hostile, Image, Req, GZ};
+use rbuild::registry::{self, AuthFiles, OciLayout, PullOptions, Reference, Settings};
+use serde_json::json;
+
+/// Settings that make every limit trip within a second or two.
+fn fast(dir: &Path) -> Settings {
+    Settings {
+        retries: 1,
+        backoff_ms: 10,
+        connect_timeout: Duration::from_secs(2),
+        response_timeout: Duration::from_secs(1),
+        min_speed: 1000,
+        auth: AuthFiles {
+            docker_config: dir.join("docker/config.json"),
+            containers_auth: None,
+        },
+        ..Settings::default()
+    }
+}
+
+/// Run `f` on a thread; a hang fails the test instead of hanging it.
+fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> (T, Duration) {
+    let (tx, rx) = mpsc::channel();
+    let start = Instant::now();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(v) => (v, start.elapsed()),
+        Err(_) => panic!("still running after {secs} s: rbuild hangs"),
+    }
+}
+
+/// Pull `reference` from `h` into a fresh layout; the error text, and the time taken.
+fn pull_err(
+    h: &Hostile,
+    repo_tag: &str,
+    settings: Settings,
+) -> (String, Duration, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = OciLayout::create(&dir.path().join("store")).unwrap();
+    let reference = Reference::parse(&format!("{}/{repo_tag}", h.addr())).unwrap();
+    let (res, took) = within(60, move || {
+        registry::pull(&reference, &store, &settings, &PullOptions::default())
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}"))
+    });
+    let msg = res.expect_err("the pull should fail");
+    (msg, took, dir)
+}
+
+fn blob_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("store/blobs/sha256"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_registry_that_never_answers_times_out() {
+    let h = Hostile::start(|_req: &Req, c: &mut Conn| c.silence());
+    let tmp = tempfile::tempdir().unwrap();
+    let (msg, took, _d) = pull_err(&h, "app:v1", fast(tmp.path()));
+    assert!(
+        msg.contains("did not answer") && msg.contains("--registry-timeout"),
+        "{msg}"
+    );
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+}
+
+#[test]
+fn manifests_that_never_come_or_trickle_fail() {
+    let h = Hostile::start(|req: &Req, c: &mut Conn| match req.path.as_str() {
+        "/v2/" => c.respond(200, &[], b"{}"),
+        p if p.contains("/silent/") => c.silence(),
+        _ => c.trickle(
+            &[("Content-Type", "application/json")],
+            &[b' '; 5000],
+            Duration::from_millis(50),
+        ),
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let (msg, took, _d) = pull_err(&h, "silent/app:v1", fast(tmp.path()));
+    assert!(msg.contains("no answer within 1 s"), "{msg}");
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    let (msg, took, _d) = pull_err(&h, "slow/app:v1", fast(tmp.path()));
+    assert!(msg.contains("below the minimum of 1000 bytes/s"), "{msg}");
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+}
+
+/// Two layers declared as 1,000 bytes: one sent with a 2 GiB length, one
+/// as an endless chunked body. Both stop at 1,001 bytes, are not retried,
+/// and leave nothing in the store.
+#[test]
+fn blobs_stop_at_their_declared_size() {
+    let (raw, gz) = layer(&[("a", b"a")]);
+    let cfg = serde_json::to_vec(&config_for(&[&raw, &raw], true)).unwrap();
+    let (big, chunked) = (digest_of(b"big"), digest_of(b"chunked"));
+    let cd = digest_of(&cfg);
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cfg.len()},
+        "layers": [{"mediaType": GZ, "digest": big, "size": 1000}, {"mediaType": GZ, "digest": chunked, "size": 1000}],
+    }))
+    .unwrap();
+    let _ = gz;
+    let (b2, c2) = (big.clone(), chunked.clone());
+    let h = Hostile::start(move |req: &Req, c: &mut Conn| {
+        let p = req.path.as_str();
+        if p == "/v2/" {
+            c.respond(200, &[], b"{}")
+        } else if p.ends_with("/manifests/v1") {
+            c.respond(
+                200,
+                &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
+                &manifest,
+            )
+        } else if p.ends_with(&cd) {
+            c.respond(200, &[], &cfg)
+        } else if p.ends_with(&b2) {
+            c.endless(200, &[("Content-Length", "2147483648")], false)
+        } else if p.ends_with(&c2) {
+            c.endless(200, &[], true)
+        } else {
+            c.respond(404, &[], b"")
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let (msg, _took, dir) = pull_err(&h, "app:v1", fast(tmp.path()));
+    assert_eq!(
+        msg.matches("more than the 1000 bytes declared").count(),
+        2,
+        "{msg}"
+    );
+    for d in [&big, &chunked] {
+        assert_eq!(
+            h.count(&format!("/v2/app/blobs/{d}")),
+            1,
+            "{d} was fetched again"
+        );
+        assert!(!dir
+            .path()
+            .join("store/blobs")
+            .join(d.replace(':', "/"))
+            .exists());
+    }
+    // What the server managed to write before the client hung up: the
+    // 1,001 bytes read plus socket buffers, nowhere near 2 GiB.
+    assert!(h.sent() < 64 << 20, "server wrote {} bytes", h.sent());
+    assert_eq!(blob_files(dir.path()), 1, "only the config is stored");
+}
+
+#[test]
+fn error_and_token_bodies_are_capped() {
+    let h = Hostile::start(|req: &Req, c: &mut Conn| {
+        let host = req.header("host").unwrap_or("").to_string();
+        match req.path.as_str() {
+            "/v2/" => c.respond(200, &[], b"{}"),
+            p if p.starts_with("/v2/missing/") => {
+                c.endless(404, &[("Content-Length", "1073741824")], false)
+            }
+            p if p.starts_with("/v2/broken/") => c.endless(500, &[], true),
+            p if p.starts_with("/token") => {
+                c.endless(200, &[("Content-Type", "application/json")], true)
+            }
+            _ => {
+                let realm = format!("Bearer realm=\"http://{host}/token\",service=\"t\"");
+                c.respond(401, &[("WWW-Authenticate", &realm)], b"")
+            }
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let (msg, _, _d) = pull_err(&h, "missing/app:v1", fast(tmp.path()));
+    assert!(msg.contains("not found (HTTP 404)"), "{msg}");
+    let (msg, _, _d) = pull_err(&h, "broken/app:v1", fast(tmp.path()));
+    assert!(msg.contains("server error (HTTP 500)"), "{msg}");
+    assert_eq!(h.count("/v2/broken/app/manifests/v1"), 2, "one retry");
+    let (msg, _, _d) = pull_err(&h, "token/app:v1", fast(tmp.path()));
+    assert!(msg.contains("more than the 1048576 bytes"), "{msg}");
+    // Three bodies of 1 GiB or more were offered; rbuild read 64 KiB or
+    // 1 MiB of each (plus what the socket buffers took).
+    assert!(h.sent() < 128 << 20, "server wrote {} bytes", h.sent());
+}
+
+/// Manifests rbuild must refuse before fetching any layer.
+#[test]
+fn bad_manifests_are_refused_before_any_layer_is_fetched() {
+    let (raw, gz) = layer(&[("f", b"x")]);
+    let cfg = config_for(&[&raw], true);
+    let mut img = Image::new(
+        "mystery",
+        "v1",
+        &[(gz.clone(), "application/x-mystery")],
+        cfg.clone(),
+    );
+    for file in Image::new("bad", "v1", &[(gz.clone(), GZ)], cfg.clone()).files {
+        let body = String::from_utf8(file.2.clone()).unwrap_or_default();
+        let body = body.replace(&digest_of(&gz), "sha256:../../../../x");
+        img.add(&file.0, &file.1, body.into_bytes());
+    }
+    let many: Vec<(Vec<u8>, &str)> = (0..1001)
+        .map(|i| (format!("{i}").into_bytes(), GZ))
+        .collect();
+    let raws: Vec<Vec<u8>> = many.iter().map(|(b, _)| b.clone()).collect();
+    let refs: Vec<&[u8]> = raws.iter().map(|r| r.as_slice()).collect();
+    img.files
+        .extend(Image::new("many", "v1", &many, config_for(&refs, false)).files);
+    let mut short = cfg.clone();
+    short["rootfs"]["diff_ids"] = json!([]);
+    img.files
+        .extend(Image::new("short", "v1", &[(gz.clone(), GZ)], short).files);
+    let h = Hostile::start(move |req: &Req, c: &mut Conn| img.serve(req, c));
+    let tmp = tempfile::tempdir().unwrap();
+
+    let (msg, _, _d) = pull_err(&h, "mystery:v1", fast(tmp.path()));
+    assert!(
+        msg.contains("media type \"application/x-mystery\""),
+        "{msg}"
+    );
+    let (msg, _, _d) = pull_err(&h, "bad:v1", fast(tmp.path()));
+    assert!(
+        msg.contains("invalid digest \"sha256:../../../../x\""),
+        "{msg}"
+    );
+    let (msg, _, _d) = pull_err(&h, "many:v1", fast(tmp.path()));
+    assert!(
+        msg.contains("1001 layers, more than the limit of 1000") && msg.contains("--max-layers"),
+        "{msg}"
+    );
+    let blobs: Vec<String> = h
+        .requests()
+        .into_iter()
+        .map(|r| r.path)
+        .filter(|p| p.contains("/blobs/"))
+        .collect();
+    assert!(blobs.is_empty(), "layers fetched: {blobs:?}");
+    assert!(
+        h.requests().iter().all(|r| r.path.starts_with("/v2/")),
+        "{:?}",
+        h.requests()
+    );
+
+    let (msg, _, _d) = pull_err(&h, "short:v1", fast(tmp.path()));
+    assert!(msg.contains("0 diff_ids for 1 layers"), "{msg}");
+    // A raised limit lets the big image through to the blobs.
+    let raised = Settings {
+        max_layers: 2000,
+        ..fast(tmp.path())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = OciLayout::create(dir.path()).unwrap();
+    let reference = Reference::parse(&format!("{}/many:v1", h.addr())).unwrap();
+    let pulled = registry::pull(&reference, &store, &raised, &PullOptions::default());
+    let layers = pulled.map(|p| p.layers.len()).map_err(|e| format!("{e:#}"));
+    assert_eq!(layers, Ok(1001));
+}
+
+#[test]
+fn a_refused_connection_is_retried_until_the_registry_is_up() {
+    let port = common::free_port();
+    let (raw, gz) = layer(&[("f", b"late")]);
+    let img = Image::new("late", "v1", &[(gz, GZ)], config_for(&[&raw], true));
+    let starter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        Hostile::start_with(
+            l,
+            None,
+            std::sync::Arc::new(move |r: &Req, c: &mut Conn| img.serve(r, c)),
+        )
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        retries: 4,
+        backoff_ms: 200,
+        ..fast(tmp.path())
+    };
+    let store = OciLayout::create(&tmp.path().join("store")).unwrap();
+    let reference = Reference::parse(&format!("127.0.0.1:{port}/late:v1")).unwrap();
+    let pulled = registry::pull(&reference, &store, &settings, &PullOptions::default());
+    let _server = starter.join().unwrap();
+    let pulled = pulled.unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(pulled.layers.len(), 1);
+}
+
+#[test]
+fn cli_reports_a_refused_connection_once_after_retries() {
+    let env = common::Env::new();
+    let port = common::free_port();
+    let start = Instant::now();
+    let out = env.rbuild(&["pull", &format!("127.0.0.1:{port}/a:b")]);
+    assert!(!out.status.success());
+    let err = common::stderr(&out);
+    assert_eq!(err.matches("Connection refused").count(), 1, "{err}");
+    assert!(err.contains("after 5 attempts"), "{err}");
+    assert!(
+        start.elapsed() > Duration::from_millis(2500),
+        "retried with backoff"
+    );
+}
