@@ -308,3 +308,191 @@ fn cli_reports_a_refused_connection_once_after_retries() {
         "retried with backoff"
     );
 }
+
+// ------------------------------------------------------------------ TLS
+
+/// Exactly the certificate docker's "test an insecure registry" guide
+/// makes: self-signed, `CA:TRUE` (openssl's default for -x509), an IP SAN.
+fn docker_cert(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (key, crt) = (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.crt")),
+    );
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-newkey", "rsa:4096", "-nodes", "-sha256", "-keyout"])
+        .arg(&key)
+        .args([
+            "-addext",
+            "subjectAltName = IP:127.0.0.1",
+            "-x509",
+            "-days",
+            "365",
+        ])
+        .args(["-subj", "/CN=rbuild test registry", "-out"])
+        .arg(&crt)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (crt, key)
+}
+
+/// An image in a fresh OCI layout; returns the layout and manifest digest.
+fn local_image(dir: &Path) -> (OciLayout, String) {
+    use rbuild::registry::BlobStore;
+    let store = OciLayout::create(dir).unwrap();
+    let (raw, gz) = layer(&[("tls.txt", b"over tls")]);
+    let img = Image::new("x", "v1", &[(gz, GZ)], config_for(&[&raw], true));
+    let mut manifest = String::new();
+    for (path, _, bytes) in &img.files {
+        let d = digest_of(bytes);
+        store
+            .write_blob(&d, Some(bytes.len() as u64), &mut &bytes[..])
+            .unwrap();
+        if path.contains("/manifests/") {
+            manifest = d;
+        }
+    }
+    (store, manifest)
+}
+
+#[test]
+fn dockers_self_signed_certificate_is_trusted_where_configured_and_nowhere_else() {
+    if common::tool("docker-registry", "docker-registry").is_none()
+        || common::tool("openssl", "openssl").is_none()
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (crt, key) = docker_cert(tmp.path(), "domain");
+    let (other, _) = docker_cert(tmp.path(), "other");
+    let reg = common::RegistryGuard::start(common::RegistryConf {
+        tls: Some((crt.clone(), key)),
+        htpasswd: None,
+    });
+    let (src, mdigest) = local_image(&tmp.path().join("src"));
+    let dest = Reference::parse(&format!("{}/tls/app:v1", reg.addr())).unwrap();
+    let mut settings = fast(tmp.path());
+    settings.response_timeout = Duration::from_secs(30);
+    settings.ca_files = vec![crt.clone()];
+    registry::push(
+        &src,
+        &mdigest,
+        &dest,
+        &settings,
+        &registry::PushOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("push with the pinned certificate: {e:#}"));
+
+    // The CLI with SSL_CERT_FILE, as a CI job would set it.
+    let env = common::Env::new();
+    let pull = |cert: &Path, reference: &str| {
+        std::process::Command::new(common::rbuild_bin())
+            .arg("--root")
+            .arg(env.root())
+            .args(["pull", reference])
+            .env("SSL_CERT_FILE", cert)
+            .output()
+            .unwrap()
+    };
+    let out = pull(&crt, &dest.to_string());
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    // Strict otherwise: another self-signed certificate is not trusted,
+    // and the pinned one is only good for the name it was made for.
+    let out = pull(&other, &dest.to_string());
+    let err = common::stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("TLS certificate verification failed"),
+        "{err}"
+    );
+    let by_name = format!("localhost:{}/tls/app:v1", reg.port);
+    let out = pull(&crt, &by_name);
+    let err = common::stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("not valid for name"),
+        "{err}"
+    );
+    assert!(!err.contains("http://"), "no plain-HTTP fallback: {err}");
+}
+
+/// A TLS registry whose token realm is plain HTTP gets no credentials;
+/// an HTTPS realm (on any host, as docker allows) gets them.
+#[test]
+fn credentials_never_go_to_a_plain_http_realm_of_a_tls_registry() {
+    if common::tool("openssl", "openssl").is_none() {
+        return;
+    }
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let tmp = tempfile::tempdir().unwrap();
+    let (crt, key) = docker_cert(tmp.path(), "realm");
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&crt)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let config = std::sync::Arc::new(config);
+    let wrap: std::sync::Arc<hostile::Wrap> = std::sync::Arc::new(move |tcp| {
+        let conn = rustls::ServerConnection::new(config.clone()).ok()?;
+        Some(Box::new(rustls::StreamOwned::new(conn, tcp)) as Box<dyn hostile::ReadWrite + Send>)
+    });
+    let plain = Hostile::start(|_r: &Req, c: &mut Conn| c.respond(200, &[], br#"{"token":"t"}"#));
+    let plain_realm = format!("http://{}/token", plain.addr());
+    // One TLS registry whose realm is plain HTTP, one whose realm is itself.
+    let tls_server = |realm: Option<String>| {
+        let handler = move |r: &Req, c: &mut Conn| {
+            if r.path.starts_with("/token") {
+                return c.respond(200, &[], br#"{"token":"t"}"#);
+            }
+            if r.header("authorization") == Some("Bearer t") {
+                return c.respond(404, &[], b"");
+            }
+            let own = format!("https://{}/token", r.header("host").unwrap_or(""));
+            let challenge = format!(
+                "Bearer realm=\"{}\",service=\"reg\"",
+                realm.as_deref().unwrap_or(&own)
+            );
+            c.respond(401, &[("WWW-Authenticate", &challenge)], b"")
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        Hostile::start_with(listener, Some(wrap.clone()), std::sync::Arc::new(handler))
+    };
+    let downgrade = tls_server(Some(plain_realm));
+    let tls = tls_server(None);
+    let mut settings = fast(tmp.path());
+    settings.ca_files = vec![crt];
+    // u:secret, for both registries.
+    let auth = json!({"auths": {
+        tls.addr(): {"auth": "dTpzZWNyZXQ="},
+        downgrade.addr(): {"auth": "dTpzZWNyZXQ="},
+    }});
+    std::fs::create_dir_all(tmp.path().join("docker")).unwrap();
+    std::fs::write(tmp.path().join("docker/config.json"), auth.to_string()).unwrap();
+
+    let (msg, _, _d) = pull_err(&downgrade, "plain/app:v1", settings.clone());
+    assert!(msg.contains("token realm over plain HTTP"), "{msg}");
+    assert!(plain.requests().is_empty(), "the plain realm was contacted");
+
+    let (msg, _, _d) = pull_err(&tls, "tls/app:v1", settings);
+    assert!(msg.contains("HTTP 404"), "{msg}");
+    let token_reqs: Vec<Req> = tls
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/token"))
+        .collect();
+    assert_eq!(token_reqs.len(), 1);
+    assert_eq!(
+        token_reqs[0].header("authorization"),
+        Some("Basic dTpzZWNyZXQ=")
+    );
+}
