@@ -496,3 +496,139 @@ fn credentials_never_go_to_a_plain_http_realm_of_a_tls_registry() {
         Some("Basic dTpzZWNyZXQ=")
     );
 }
+
+// ------------------------------------------------------------ builds on bad bases
+
+/// `rbuild --root ROOT ARGS…` with extra environment variables.
+fn rbuild_with(env: &common::Env, args: &[&str], vars: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(common::rbuild_bin());
+    cmd.arg("--root").arg(env.root()).args(args);
+    cmd.env_remove("SOURCE_DATE_EPOCH")
+        .env("RBUILD_REGISTRY_TIMEOUT", "5");
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running rbuild")
+}
+
+/// Leftover unpack views in the store's temp dir.
+fn rootfs_leftovers(env: &common::Env) -> Vec<String> {
+    std::fs::read_dir(env.root().join("rbuild/tmp"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("rootfs-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Base images served by one registry: without history, with a wrong
+/// diff_id, and with a small gzip that expands to 4 MiB.
+fn bad_bases() -> Hostile {
+    let (raw, gz) = layer(&[("etc/base.txt", b"base")]);
+    let mut all = Image::new(
+        "nohist",
+        "v1",
+        &[(gz.clone(), GZ)],
+        config_for(&[&raw], false),
+    );
+    let mut wrong = config_for(&[&raw], true);
+    wrong["rootfs"]["diff_ids"] = json!([digest_of(b"not this layer")]);
+    all.files
+        .extend(Image::new("wrongdiff", "v1", &[(gz, GZ)], wrong).files);
+    let zeros = vec![0u8; 4 << 20];
+    let (raw, gz) = layer(&[("zeros", &zeros)]);
+    assert!(gz.len() < 64 << 10, "the bomb is small compressed");
+    all.files
+        .extend(Image::new("bomb", "v1", &[(gz, GZ)], config_for(&[&raw], true)).files);
+    Hostile::start(move |r: &Req, c: &mut Conn| all.serve(r, c))
+}
+
+/// A Dockerfile whose COPY makes rbuild unpack `base`.
+fn dockerfile(h: &Hostile, base: &str) -> String {
+    format!(
+        "FROM {}/{base}:v1\nCOPY a.txt /a.txt\nWORKDIR /w\n",
+        h.addr()
+    )
+}
+
+#[test]
+fn a_base_without_history_builds() {
+    let h = bad_bases();
+    let env = common::Env::new();
+    let dockerfile = |base: &str| dockerfile(&h, base);
+    let ctx = env.context(
+        "nohist",
+        &[("Dockerfile", &dockerfile("nohist")), ("a.txt", "a")],
+    );
+    let out = rbuild_with(&env, &["build", "-t", "ok:v1", ctx.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let out = env.rbuild_ok(&["inspect", "ok:v1"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let layers = v["Config"]["rootfs"]["diff_ids"].as_array().unwrap().len();
+    let history = v["Config"]["history"].as_array().unwrap();
+    let with_layer = history
+        .iter()
+        .filter(|h| h["empty_layer"] != json!(true))
+        .count();
+    assert_eq!(with_layer, layers, "history and layers agree: {history:?}");
+}
+
+#[test]
+fn a_layer_that_does_not_match_its_diff_id_fails_the_build() {
+    let h = bad_bases();
+    let env = common::Env::new();
+    let dockerfile = |base: &str| dockerfile(&h, base);
+
+    let ctx = env.context(
+        "wrong",
+        &[("Dockerfile", &dockerfile("wrongdiff")), ("a.txt", "a")],
+    );
+    let out = rbuild_with(&env, &["build", "-t", "bad:v1", ctx.to_str().unwrap()], &[]);
+    let err = common::stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("but the image config says"),
+        "{err}"
+    );
+    assert!(
+        env.rbuild(&["inspect", "bad:v1"]).status.code() != Some(0),
+        "no image tagged"
+    );
+    assert_eq!(rootfs_leftovers(&env), Vec::<String>::new());
+}
+
+#[test]
+fn a_layer_expanding_past_the_limit_fails_the_build() {
+    let h = bad_bases();
+    let env = common::Env::new();
+    let dockerfile = |base: &str| dockerfile(&h, base);
+
+    let ctx = env.context(
+        "bomb",
+        &[("Dockerfile", &dockerfile("bomb")), ("a.txt", "a")],
+    );
+    let args = ["build", "-t", "bomb:v1", ctx.to_str().unwrap()];
+    let out = rbuild_with(&env, &args, &[("RBUILD_MAX_LAYER_SIZE", "1M")]);
+    let err = common::stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("expands to more than 1048576 bytes"),
+        "{err}"
+    );
+    assert!(err.contains("--max-layer-size"), "{err}");
+    assert_eq!(rootfs_leftovers(&env), Vec::<String>::new());
+    // The flag raises the limit.
+    let out = rbuild_with(
+        &env,
+        &[
+            "build",
+            "--max-layer-size",
+            "8M",
+            "-t",
+            "bomb:v1",
+            ctx.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", common::stderr(&out));
+}

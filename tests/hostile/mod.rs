@@ -271,6 +271,8 @@ pub fn layer(files: &[(&str, &[u8])]) -> (Vec<u8>, Vec<u8>) {
         let mut h = tar::Header::new_gnu();
         h.set_size(content.len() as u64);
         h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_mtime(1_700_000_000);
         h.set_cksum();
         tar.append_data(&mut h, name, *content).unwrap();
