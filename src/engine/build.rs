@@ -341,7 +341,12 @@ fn pull_image(
             Ok(img)
         }
         Err(e) => {
-            handle.failed(format!("{e:#}"));
+            let text = format!("{e:#}");
+            handle.failed(text.clone());
+            // Most registry errors name the reference already.
+            if text.contains(&reference.to_string()) {
+                return Err(e);
+            }
             Err(e.context(format!("pulling {reference}")))
         }
     }

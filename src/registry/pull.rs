@@ -272,7 +272,8 @@ fn fetch_blob(
                 attempt += 1;
                 reg.backoff(attempt);
             }
-            Err(e) => return Err(e),
+            Err(e) if attempt == 0 => return Err(e),
+            Err(e) => return Err(e.context(format!("after {} attempts", attempt + 1))),
         }
     }
 }

@@ -247,13 +247,9 @@ fn upload(
                 attempt += 1;
                 reg.backoff(attempt);
             }
-            Err(e) => {
-                return Err(e.context(format!(
-                    "uploading blob {} to {dest} failed after {} attempt(s)",
-                    d.digest,
-                    attempt + 1
-                )))
-            }
+            // The error already names the blob and the registry.
+            Err(e) if attempt == 0 => return Err(e),
+            Err(e) => return Err(e.context(format!("after {} attempts", attempt + 1))),
         }
     }
 }
