@@ -294,15 +294,24 @@ fn a_refused_connection_is_retried_until_the_registry_is_up() {
 }
 
 #[test]
-fn cli_reports_a_refused_connection_once_after_retries() {
+fn cli_reports_each_retry_once_and_the_final_error_once() {
     let env = common::Env::new();
     let port = common::free_port();
     let start = Instant::now();
     let out = env.rbuild(&["pull", &format!("127.0.0.1:{port}/a:b")]);
     assert!(!out.status.success());
     let err = common::stderr(&out);
-    assert_eq!(err.matches("Connection refused").count(), 1, "{err}");
-    assert!(err.contains("after 5 attempts"), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    let warnings: Vec<&&str> = lines.iter().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 4, "{err}");
+    for (i, w) in warnings.iter().enumerate() {
+        assert_eq!(w.matches("Connection refused").count(), 1, "{w}");
+        assert!(w.contains(&format!("attempt {} of 5", i + 1)), "{w}");
+    }
+    let errors: Vec<&&str> = lines.iter().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert_eq!(errors[0].matches("Connection refused").count(), 1, "{err}");
+    assert!(errors[0].contains("after 5 attempts"), "{err}");
     assert!(
         start.elapsed() > Duration::from_millis(2500),
         "retried with backoff"

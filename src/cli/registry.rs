@@ -88,13 +88,19 @@ fn progress_bars(verb: &'static str) -> registry::ProgressFn {
     })
 }
 
+/// Each retried attempt as a warning line, as it happens.
+fn warn_on_retry() -> registry::settings::RetryHook {
+    registry::settings::RetryHook(Some(Arc::new(|m: &str| eprintln!("warning: {m}"))))
+}
+
 pub fn pull_with(
     root: &Path,
     reference: &str,
     platform: Option<&str>,
     flags: &RegistryFlags,
 ) -> Result<i32> {
-    let settings = settings_with(flags)?;
+    let mut settings = settings_with(flags)?;
+    settings.on_retry = warn_on_retry();
     let r = Reference::parse(reference)?;
     let platform = platform.map(Platform::parse).transpose()?;
     let store =
@@ -118,7 +124,8 @@ pub fn push_with(
     format: FormatArg,
     flags: &RegistryFlags,
 ) -> Result<i32> {
-    let settings = settings_with(flags)?;
+    let mut settings = settings_with(flags)?;
+    settings.on_retry = warn_on_retry();
     let store =
         Store::open(root).with_context(|| format!("opening the store {}", root.display()))?;
     let dest = Reference::parse(destination.unwrap_or(image))?;

@@ -335,7 +335,17 @@ fn pull_image(
                 unit: crate::progress::Unit::Bytes,
             });
         });
-    match local::pull_into_store(store, reference, &req.registry, platform, Some(progress)) {
+    // Each retried attempt shows up under the pull step as it happens.
+    let mut settings = req.registry.clone();
+    let logs = reporter.clone();
+    settings.on_retry = crate::registry::settings::RetryHook(Some(Arc::new(move |m: &str| {
+        logs.event(Event::StepLog {
+            id,
+            stream: crate::progress::Stream::Stderr,
+            bytes: format!("{m}\n").into_bytes(),
+        })
+    })));
+    match local::pull_into_store(store, reference, &settings, platform, Some(progress)) {
         Ok(img) => {
             handle.done();
             Ok(img)

@@ -105,8 +105,8 @@ impl<R: Read> Read for Guarded<R> {
         self.window_bytes += n as u64;
         let elapsed = self.window_start.elapsed();
         if n > 0 && self.min_speed > 0 && elapsed >= self.window {
-            let need = self.min_speed.saturating_mul(elapsed.as_secs().max(1));
-            if self.window_bytes < need {
+            let need = self.min_speed as f64 * elapsed.as_secs_f64();
+            if (self.window_bytes as f64) < need {
                 return Err(self.fail(TransferError::TooSlow {
                     what: self.what.clone(),
                     bytes: self.window_bytes,

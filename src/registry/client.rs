@@ -74,6 +74,7 @@ pub struct Registry {
     backoff: Duration,
     response_timeout: Duration,
     min_speed: u64,
+    on_retry: super::settings::RetryHook,
 }
 
 impl fmt::Debug for Registry {
@@ -121,6 +122,7 @@ impl Registry {
             backoff: Duration::from_millis(settings.backoff_ms),
             response_timeout: settings.response_timeout,
             min_speed: settings.min_speed,
+            on_retry: settings.on_retry.clone(),
         })
     }
 
@@ -151,8 +153,7 @@ impl Registry {
                 Ok(base) => return Ok(base),
                 Err((e, retryable)) if retryable && attempt < self.retries => {
                     attempt += 1;
-                    self.sleep(attempt);
-                    let _ = e;
+                    self.retrying(attempt, &format!("{e:#}"));
                 }
                 Err((e, _)) if attempt > 0 => {
                     return Err(e.context(format!("after {} attempts", attempt + 1)))
@@ -174,9 +175,9 @@ impl Registry {
             Err(e) => e,
         };
         let text = error_chain(&err);
-        // A server that accepted the connection but never answered the TLS
-        // handshake would not answer plain HTTP either.
-        if is_cert_error(&text) || !self.plain_http_allowed || err.is_timeout() {
+        // A plain-HTTP server may sit silent on a TLS hello until the
+        // timeout, so a timeout still falls back where plain HTTP is allowed.
+        if is_cert_error(&text) || !self.plain_http_allowed {
             return Err((self.describe_transport(&https, &err), !is_cert_error(&text)));
         }
         let http = format!("http://{}", self.host);
@@ -240,12 +241,17 @@ impl Registry {
                 }
                 Ok(resp) if resp.status().is_server_error() && can_retry => {
                     attempt += 1;
-                    self.sleep(attempt);
+                    self.retrying(attempt, &format!("{what}: HTTP {}", resp.status()));
                 }
                 Ok(resp) => return Ok(resp),
                 Err(e) if can_retry && !is_cert_error(&error_chain(&e)) => {
                     attempt += 1;
-                    self.sleep(attempt);
+                    let text = if e.is_timeout() {
+                        "no answer in time".to_string()
+                    } else {
+                        error_chain(&e)
+                    };
+                    self.retrying(attempt, &format!("{what}: {text}"));
                 }
                 Err(e) => {
                     let text = if e.is_timeout() {
@@ -269,18 +275,20 @@ impl Registry {
         }
     }
 
-    fn sleep(&self, attempt: u32) {
-        std::thread::sleep(self.backoff * 2u32.saturating_pow(attempt.saturating_sub(1)));
-    }
-
     /// How many extra attempts `send` makes.
     pub fn retries(&self) -> u32 {
         self.retries
     }
 
-    /// Back off before attempt `attempt` (1-based) of a caller's own retry loop.
-    pub fn backoff(&self, attempt: u32) {
-        self.sleep(attempt)
+    /// Report a failed attempt (`failure` says what and why), then back off.
+    pub fn retrying(&self, attempt: u32, failure: &str) {
+        let delay = self.backoff * 2u32.saturating_pow(attempt.saturating_sub(1));
+        self.on_retry.note(&format!(
+            "{failure} (attempt {attempt} of {}; retrying in {:.1} s)",
+            self.retries + 1,
+            delay.as_secs_f32()
+        ));
+        std::thread::sleep(delay);
     }
 
     /// The time an upload of `size` bytes may take, answer included: the
@@ -296,7 +304,12 @@ impl Registry {
 
     /// A response body bounded to `limit` bytes and the minimum speed.
     pub fn guard<R: std::io::Read>(&self, body: R, what: &str, limit: u64) -> Guarded<R> {
-        Guarded::new(body, what, limit, self.min_speed, self.response_timeout)
+        // With no response timeout, speed is still judged over a minute.
+        let window = match self.response_timeout {
+            t if t.is_zero() => super::settings::DEFAULT_RESPONSE_TIMEOUT,
+            t => t,
+        };
+        Guarded::new(body, what, limit, self.min_speed, window)
     }
 
     /// Read a whole (small) body into memory: more than `limit` bytes, or

@@ -270,7 +270,7 @@ fn fetch_blob(
             Ok(()) => return Ok(true),
             Err(e) if attempt < reg.retries() && retryable(&e) => {
                 attempt += 1;
-                reg.backoff(attempt);
+                reg.retrying(attempt, &format!("{e:#}"));
             }
             Err(e) if attempt == 0 => return Err(e),
             Err(e) => return Err(e.context(format!("after {} attempts", attempt + 1))),

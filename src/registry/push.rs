@@ -245,7 +245,7 @@ fn upload(
             Ok(()) => return Ok(()),
             Err(e) if attempt < reg.retries() && retryable(&e) => {
                 attempt += 1;
-                reg.backoff(attempt);
+                reg.retrying(attempt, &format!("{e:#}"));
             }
             // The error already names the blob and the registry.
             Err(e) if attempt == 0 => return Err(e),
