@@ -38,7 +38,10 @@ fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) 
     });
     match rx.recv_timeout(Duration::from_secs(secs)) {
         Ok(v) => (v, start.elapsed()),
-        Err(_) => panic!("still running after {secs} s: rbuild hangs"),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("still running after {secs} s: rbuild hangs")
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("rbuild panicked"),
     }
 }
 
@@ -461,7 +464,9 @@ fn credentials_never_go_to_a_plain_http_realm_of_a_tls_registry() {
     let tls_server = |realm: Option<String>| {
         let handler = move |r: &Req, c: &mut Conn| {
             if r.path.starts_with("/token") {
-                return c.respond(200, &[], br#"{"token":"t"}"#);
+                // An expiry no clock can hold.
+                let body = br#"{"token":"t","expires_in":18446744073709551615}"#;
+                return c.respond(200, &[], body);
             }
             if r.header("authorization") == Some("Bearer t") {
                 return c.respond(404, &[], b"");

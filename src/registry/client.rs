@@ -514,7 +514,8 @@ impl Registry {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| anyhow!("{what}: the answer has no token"))?;
         // Renew a little early so a token does not expire mid-request.
-        let secs = body.expires_in.unwrap_or(60).max(2);
+        // Clamped: an absurd expires_in must not overflow the clock.
+        let secs = body.expires_in.unwrap_or(60).clamp(2, 24 * 3600);
         let expires = Instant::now() + Duration::from_secs(secs) - Duration::from_secs(secs / 10);
         Ok(Token { value, expires })
     }
