@@ -159,6 +159,7 @@ fn blobs_stop_at_their_declared_size() {
     }
     // What the server managed to write before the client hung up: the
     // 1,001 bytes read plus socket buffers, nowhere near 2 GiB.
+    eprintln!("the server wrote {} bytes before rbuild hung up", h.sent());
     assert!(h.sent() < 64 << 20, "server wrote {} bytes", h.sent());
     assert_eq!(blob_files(dir.path()), 1, "only the config is stored");
 }
@@ -192,6 +193,7 @@ fn error_and_token_bodies_are_capped() {
     assert!(msg.contains("more than the 1048576 bytes"), "{msg}");
     // Three bodies of 1 GiB or more were offered; rbuild read 64 KiB or
     // 1 MiB of each (plus what the socket buffers took).
+    eprintln!("the server wrote {} bytes before rbuild hung up", h.sent());
     assert!(h.sent() < 128 << 20, "server wrote {} bytes", h.sent());
 }
 
