@@ -86,6 +86,15 @@ fn manifests_that_never_come_or_trickle_fail() {
     let h = Hostile::start(|req: &Req, c: &mut Conn| match req.path.as_str() {
         "/v2/" => c.respond(200, &[], b"{}"),
         p if p.contains("/silent/") => c.silence(),
+        p if p.contains("/blobs/") => c.trickle(&[], &[b' '; 5000], Duration::from_millis(50)),
+        p if p.contains("/slowblob/") => {
+            let m = json!({"schemaVersion": 2, "config": {"digest": digest_of(b"c"), "size": 5000}, "layers": []});
+            c.respond(
+                200,
+                &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
+                m.to_string().as_bytes(),
+            )
+        }
         _ => c.trickle(
             &[("Content-Type", "application/json")],
             &[b' '; 5000],
@@ -98,6 +107,17 @@ fn manifests_that_never_come_or_trickle_fail() {
     assert!(took < Duration::from_secs(15), "took {took:?}");
     let (msg, took, _d) = pull_err(&h, "slow/app:v1", fast(tmp.path()));
     assert!(msg.contains("below the minimum of 1000 bytes/s"), "{msg}");
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    // A trickling blob is tried again (once, in these settings), and the
+    // final error says so once.
+    let (msg, took, _d) = pull_err(&h, "slowblob/app:v1", fast(tmp.path()));
+    assert!(
+        msg.contains("after 2 attempts") && msg.contains("bytes/s"),
+        "{msg}"
+    );
+    assert_eq!(msg.matches("below the minimum").count(), 1, "{msg}");
+    let blob = format!("/v2/slowblob/app/blobs/{}", digest_of(b"c"));
+    assert_eq!(h.count(&blob), 2);
     assert!(took < Duration::from_secs(15), "took {took:?}");
 }
 

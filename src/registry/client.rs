@@ -610,7 +610,7 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn is_cert_error(text: &str) -> bool {
+pub(crate) fn is_cert_error(text: &str) -> bool {
     let t = text.to_ascii_lowercase();
     t.contains("certificate") || t.contains("unknownissuer") || t.contains("notvalidforname")
 }

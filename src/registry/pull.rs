@@ -250,7 +250,9 @@ fn fetch_blob(
     let mut attempt = 0;
     loop {
         let result = reg
-            .send(&scopes, &what, true, &|c, base| {
+            // Every retry happens in this loop (5xx, connection, body), so
+            // each attempt is counted and reported once.
+            .send(&scopes, &what, false, &|c, base| {
                 c.get(format!("{base}/v2/{repo}/blobs/{digest}"))
             })
             .and_then(|r| reg.check(r, &what))
@@ -278,12 +280,15 @@ fn fetch_blob(
     }
 }
 
-/// 4xx answers and a body longer than declared are final; the rest may pass.
+/// 4xx answers (but 429), certificate errors and a body longer than
+/// declared are final; the rest may pass.
 fn retryable(e: &anyhow::Error) -> bool {
     let client_error = e
         .downcast_ref::<super::client::ApiError>()
-        .is_some_and(|a| (400..500).contains(&a.status));
-    !client_error && transfer_error(e).is_none_or(|t| t.retryable())
+        .is_some_and(|a| (400..500).contains(&a.status) && a.status != 429);
+    !client_error
+        && !super::client::is_cert_error(&format!("{e:#}"))
+        && transfer_error(e).is_none_or(|t| t.retryable())
 }
 
 /// Reports progress as bytes are read.
