@@ -210,7 +210,7 @@ fn error_and_token_bodies_are_capped() {
     assert!(msg.contains("server error (HTTP 500)"), "{msg}");
     assert_eq!(h.count("/v2/broken/app/manifests/v1"), 2, "one retry");
     let (msg, _, _d) = pull_err(&h, "token/app:v1", fast(tmp.path()));
-    assert!(msg.contains("more than the 1048576 bytes"), "{msg}");
+    assert!(msg.contains("more than the 1048576 bytes allowed"), "{msg}");
     // Three bodies of 1 GiB or more were offered; rbuild read 64 KiB or
     // 1 MiB of each (plus what the socket buffers took).
     eprintln!("the server wrote {} bytes before rbuild hung up", h.sent());

@@ -16,8 +16,13 @@ pub const MAX_TOKEN_BODY: u64 = 1 << 20;
 /// `io::copy`, so callers find it with [`transfer_error`].
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum TransferError {
-    #[error("{what}: the registry sent more than the {limit} bytes declared")]
-    TooLarge { what: String, limit: u64 },
+    #[error("{what}: the registry sent more than the {limit} bytes {source_of_limit}")]
+    TooLarge {
+        what: String,
+        limit: u64,
+        /// "declared" (a descriptor's size) or "allowed" (rbuild's cap).
+        source_of_limit: &'static str,
+    },
     #[error(
         "{what}: the registry sent {bytes} bytes in {secs} s, below the minimum of \
          {min_speed} bytes/s\nhint: raise --registry-timeout or lower --registry-min-speed \
@@ -56,6 +61,7 @@ pub struct Guarded<R> {
     inner: R,
     what: String,
     limit: u64,
+    source_of_limit: &'static str,
     read: u64,
     min_speed: u64,
     window: Duration,
@@ -69,12 +75,19 @@ impl<R: Read> Guarded<R> {
             inner,
             what: what.to_string(),
             limit,
+            source_of_limit: "declared",
             read: 0,
             min_speed,
             window: window.max(Duration::from_millis(100)),
             window_start: Instant::now(),
             window_bytes: 0,
         }
+    }
+
+    /// The limit is rbuild's cap for this kind of answer, not a declared size.
+    pub fn capped(mut self) -> Self {
+        self.source_of_limit = "allowed";
+        self
     }
 
     fn fail(&self, e: TransferError) -> io::Error {
@@ -91,6 +104,7 @@ impl<R: Read> Read for Guarded<R> {
             return Err(self.fail(TransferError::TooLarge {
                 what: self.what.clone(),
                 limit: self.limit,
+                source_of_limit: self.source_of_limit,
             }));
         }
         let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
@@ -100,6 +114,7 @@ impl<R: Read> Read for Guarded<R> {
             return Err(self.fail(TransferError::TooLarge {
                 what: self.what.clone(),
                 limit: self.limit,
+                source_of_limit: self.source_of_limit,
             }));
         }
         self.window_bytes += n as u64;

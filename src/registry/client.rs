@@ -317,6 +317,7 @@ impl Registry {
     pub fn read_body(&self, resp: Response, what: &str, limit: u64) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         self.guard(resp, what, limit)
+            .capped()
             .read_to_end(&mut out)
             .map_err(|e| match e.into_inner() {
                 Some(inner) => match inner.downcast::<body::TransferError>() {
