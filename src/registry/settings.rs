@@ -71,9 +71,8 @@ impl std::fmt::Debug for RetryHook {
     }
 }
 
-/// Defaults far above real images: the largest public images have about
-/// a hundred layers (docker's overlay2 driver stops at 128) and layers of a
-/// few GiB.
+/// Defaults far above real images: docker's overlay2 driver refuses images
+/// deeper than 128 layers, and the largest public layers are a few GiB.
 pub const DEFAULT_MAX_LAYERS: usize = 1000;
 pub const DEFAULT_MAX_LAYER_SIZE: u64 = 32 << 30;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
