@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use hostile::{config_for, digest_of, layer, Conn, Hostile, Image, Req, GZ};
+use hostile::{config_for, digest_of, layer, tls_wrap, Conn, Hostile, Image, Req, GZ};
 use rbuild::registry::{self, AuthFiles, OciLayout, PullOptions, Reference, Settings};
 use serde_json::json;
 
@@ -452,6 +452,78 @@ fn dockers_self_signed_certificate_is_trusted_where_configured_and_nowhere_else(
     assert!(!err.contains("http://"), "no plain-HTTP fallback: {err}");
 }
 
+/// A pinned certificate is trusted only within its validity dates.
+#[test]
+fn an_expired_pinned_certificate_is_refused() {
+    if common::tool("openssl", "openssl").is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, csr, crt) = (
+        tmp.path().join("k.pem"),
+        tmp.path().join("c.csr"),
+        tmp.path().join("c.crt"),
+    );
+    let ext = tmp.path().join("ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:TRUE\n",
+    )
+    .unwrap();
+    let openssl = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let s = |x: &str| std::ffi::OsStr::new(x).to_owned();
+    openssl(&[
+        &s("req"),
+        &s("-newkey"),
+        &s("rsa:2048"),
+        &s("-nodes"),
+        &s("-subj"),
+        &s("/CN=old"),
+        &s("-keyout"),
+        key.as_os_str(),
+        &s("-out"),
+        csr.as_os_str(),
+    ]);
+    // Signed by itself, valid until yesterday.
+    openssl(&[
+        &s("x509"),
+        &s("-req"),
+        &s("-in"),
+        csr.as_os_str(),
+        &s("-signkey"),
+        key.as_os_str(),
+        &s("-days"),
+        &s("-1"),
+        &s("-extfile"),
+        ext.as_os_str(),
+        &s("-out"),
+        crt.as_os_str(),
+    ]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let h = Hostile::start_with(
+        listener,
+        Some(tls_wrap(&crt, &key)),
+        std::sync::Arc::new(|_r: &Req, c: &mut Conn| c.respond(200, &[], b"{}")),
+    );
+    let mut settings = fast(tmp.path());
+    settings.ca_files = vec![crt];
+    let (msg, _, _d) = pull_err(&h, "app:v1", settings);
+    assert!(
+        msg.contains("TLS certificate verification failed") && msg.contains("Expired"),
+        "{msg}"
+    );
+}
+
 /// A TLS registry whose token realm is plain HTTP gets no credentials;
 /// an HTTPS realm (on any host, as docker allows) gets them.
 #[test]
@@ -459,27 +531,9 @@ fn credentials_never_go_to_a_plain_http_realm_of_a_tls_registry() {
     if common::tool("openssl", "openssl").is_none() {
         return;
     }
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let tmp = tempfile::tempdir().unwrap();
     let (crt, key) = docker_cert(tmp.path(), "realm");
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&crt)
-        .unwrap()
-        .map(|c| c.unwrap())
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(&key).unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    let config = std::sync::Arc::new(config);
-    let wrap: std::sync::Arc<hostile::Wrap> = std::sync::Arc::new(move |tcp| {
-        let conn = rustls::ServerConnection::new(config.clone()).ok()?;
-        Some(Box::new(rustls::StreamOwned::new(conn, tcp)) as Box<dyn hostile::ReadWrite + Send>)
-    });
+    let wrap = tls_wrap(&crt, &key);
     let plain = Hostile::start(|_r: &Req, c: &mut Conn| c.respond(200, &[], br#"{"token":"t"}"#));
     let plain_realm = format!("http://{}/token", plain.addr());
     // One TLS registry whose realm is plain HTTP, one whose realm is itself.

@@ -11,7 +11,9 @@
 //! (`CaUsedAsEndEntity`), while OpenSSL-based clients trust it because it
 //! is itself a trust anchor. Pinning the exact bytes accepts that case and
 //! nothing else: another certificate signed by such a file still goes
-//! through WebPKI. The handshake signature is always verified.
+//! through WebPKI. The pinned certificate must be valid for the host name
+//! and within its validity dates; the handshake signature is always
+//! verified.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -110,6 +112,7 @@ impl ServerCertVerifier for PinnedOrWebPki {
         {
             let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
             rustls::client::verify_server_name(&parsed, server_name)?;
+            check_validity(end_entity.as_ref(), now.as_secs())?;
             return Ok(ServerCertVerified::assertion());
         }
         match &self.webpki {
@@ -154,5 +157,112 @@ impl ServerCertVerifier for PinnedOrWebPki {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+/// Refuse a pinned certificate outside its validity dates (WebPKI does
+/// this for chains; the pinned path must too).
+fn check_validity(der: &[u8], now: u64) -> Result<(), rustls::Error> {
+    use rustls::CertificateError::{BadEncoding, Expired, NotValidYet};
+    let (not_before, not_after) =
+        validity(der).ok_or(rustls::Error::InvalidCertificate(BadEncoding))?;
+    let now = i64::try_from(now).unwrap_or(i64::MAX);
+    if now < not_before {
+        return Err(rustls::Error::InvalidCertificate(NotValidYet));
+    }
+    if now > not_after {
+        return Err(rustls::Error::InvalidCertificate(Expired));
+    }
+    Ok(())
+}
+
+/// One DER element: (tag, contents, rest).
+fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |a, b| (a << 8) | *b as usize);
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// `notBefore` and `notAfter` of an X.509 certificate, in Unix seconds.
+fn validity(cert: &[u8]) -> Option<(i64, i64)> {
+    let (_, cert, _) = der(cert)?; // Certificate
+    let (_, tbs, _) = der(cert)?; // TBSCertificate
+    let (tag, _, mut rest) = der(tbs)?;
+    if tag != 0xa0 {
+        rest = tbs; // no explicit version: the serial comes first
+    }
+    for _ in 0..3 {
+        rest = der(rest)?.2; // serial, signature algorithm, issuer
+    }
+    let (_, validity, _) = der(rest)?;
+    let (t1, v1, rest) = der(validity)?;
+    let (t2, v2, _) = der(rest)?;
+    Some((der_time(t1, v1)?, der_time(t2, v2)?))
+}
+
+/// UTCTime (`YYMMDDHHMMSSZ`) or GeneralizedTime (`YYYYMMDDHHMMSSZ`).
+fn der_time(tag: u8, v: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(v).ok()?.strip_suffix('Z')?;
+    let (year, rest) = match tag {
+        0x17 if s.len() == 12 => {
+            let yy: i64 = s[..2].parse().ok()?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, &s[2..])
+        }
+        0x18 if s.len() == 14 => (s[..4].parse().ok()?, &s[4..]),
+        _ => return None,
+    };
+    let n = |i: usize| -> Option<i64> { rest.get(i..i + 2)?.parse().ok() };
+    let (month, day) = (n(0)?, n(2)?);
+    let secs = n(4)? * 3600 + n(6)? * 60 + n(8)?;
+    // Days from 1970-01-01 (Howard Hinnant's days_from_civil).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some((era * 146_097 + doe - 719_468) * 86_400 + secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn der_times() {
+        assert_eq!(der_time(0x17, b"700101000000Z"), Some(0));
+        assert_eq!(der_time(0x17, b"261201161057Z"), Some(1_796_141_457));
+        assert_eq!(der_time(0x18, b"20000229235959Z"), Some(951_868_799));
+        assert_eq!(der_time(0x17, b"261201161057"), None);
+        assert_eq!(der_time(0x05, b"261201161057Z"), None);
+    }
+
+    #[test]
+    fn validity_of_a_minimal_certificate() {
+        // SEQUENCE { SEQUENCE { [0] { INTEGER 2 }, INTEGER 1, SEQUENCE {},
+        // SEQUENCE {}, SEQUENCE { UTCTime, UTCTime } } }
+        let mut validity_seq = vec![0x30, 30, 0x17, 13];
+        validity_seq.extend_from_slice(b"700101000000Z");
+        validity_seq.extend_from_slice(&[0x17, 13]);
+        validity_seq.extend_from_slice(b"700101000100Z");
+        let mut tbs_body = vec![0xa0, 3, 0x02, 1, 2, 0x02, 1, 1, 0x30, 0, 0x30, 0];
+        tbs_body.extend_from_slice(&validity_seq);
+        let mut tbs = vec![0x30, tbs_body.len() as u8];
+        tbs.extend_from_slice(&tbs_body);
+        let mut cert = vec![0x30, tbs.len() as u8];
+        cert.extend_from_slice(&tbs);
+        assert_eq!(validity(&cert), Some((0, 60)));
+        assert!(check_validity(&cert, 30).is_ok());
+        assert!(check_validity(&cert, 61).is_err());
+        assert!(check_validity(&cert[..10], 30).is_err());
     }
 }

@@ -379,3 +379,26 @@ pub fn host_arch() -> &'static str {
         other => other,
     }
 }
+
+/// Wrap accepted sockets in TLS with the PEM certificate and key given.
+pub fn tls_wrap(crt: &std::path::Path, key: &std::path::Path) -> Arc<Wrap> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(crt)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let config = Arc::new(config);
+    Arc::new(move |tcp| {
+        let conn = rustls::ServerConnection::new(config.clone()).ok()?;
+        Some(Box::new(rustls::StreamOwned::new(conn, tcp)) as Box<dyn ReadWrite + Send>)
+    })
+}
