@@ -205,7 +205,9 @@ pub fn build(
             _ => None,
         })
         .collect();
-    let images = load_images(store, req, &reporter, &first.images, &platforms)?;
+    // Pull steps take the first ids, so every step of the build has a real one.
+    let next_step = AtomicU64::new(0);
+    let images = load_images(store, req, &reporter, &next_step, &first.images, &platforms)?;
     for (name, img) in &images {
         opts.base_configs
             .insert(name.clone(), base_config(&img.config));
@@ -230,7 +232,7 @@ pub fn build(
         dockerfile_name,
         dockerfile_rel,
         context_index: OnceLock::new(),
-        next_step: AtomicU64::new(0),
+        next_step,
         overlay_warned: std::sync::atomic::AtomicBool::new(false),
         downloads: Mutex::new(BTreeMap::new()),
         download_dir: tempfile::tempdir_in(store.tmp_dir())
@@ -270,11 +272,12 @@ fn load_images(
     store: &Store,
     req: &BuildRequest,
     reporter: &Arc<dyn Reporter>,
+    next_step: &AtomicU64,
     names: &[String],
     platforms: &BTreeMap<String, String>,
 ) -> anyhow::Result<BTreeMap<String, image::Image>> {
     let mut out = BTreeMap::new();
-    for (i, name) in names.iter().enumerate() {
+    for name in names {
         let reference =
             Reference::parse(name).with_context(|| format!("invalid image reference {name}"))?;
         let local = find_local_image(store, &reference, name)?;
@@ -298,7 +301,7 @@ fn load_images(
                 store,
                 req,
                 reporter,
-                u64::MAX - i as u64,
+                next_step.fetch_add(1, Ordering::Relaxed) + 1,
                 &reference,
                 platform,
             )?
@@ -499,9 +502,8 @@ fn commit(ctx: &BuildCtx<'_>, target: &StageResult) -> anyhow::Result<BuildOutco
     for tag in &ctx.req.tags {
         let name =
             crate::store::normalize_tag(tag).with_context(|| format!("invalid tag {tag:?}"))?;
-        store
-            .tag(&name, &manifest)
-            .with_context(|| format!("tagging {name}"))?;
+        // `Store::tag` names the tag in its errors already.
+        store.tag(&name, &manifest)?;
         tags.push(name);
     }
     for out in &ctx.req.outputs {

@@ -49,6 +49,18 @@ pub fn parse_secret(spec: &str) -> anyhow::Result<(String, SecretSource)> {
     }
     let id = id.with_context(|| format!("invalid --secret {spec:?}: id=ID is required"))?;
     let src = src.unwrap_or_else(|| SecretSource::Env(id.clone()));
+    // As buildx does: a secret file that is not there fails the build up
+    // front, whether or not a step mounts it, so a typo in a path is never
+    // silently a build without the secret.
+    if let SecretSource::File(p) = &src {
+        if let Err(e) = std::fs::metadata(p) {
+            bail!(
+                "--secret id={id}: failed to stat the secret file {}: {e}\n\
+                 hint: give src= an existing file, or env=VAR to read it from the environment",
+                p.display()
+            );
+        }
+    }
     Ok((id, src))
 }
 
@@ -535,9 +547,12 @@ mod tests {
 
     #[test]
     fn secret_specs() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tok");
+        std::fs::write(&file, "s3cret").unwrap();
         assert_eq!(
-            parse_secret("id=tok,src=/x").unwrap(),
-            ("tok".into(), SecretSource::File("/x".into()))
+            parse_secret(&format!("id=tok,src={}", file.display())).unwrap(),
+            ("tok".into(), SecretSource::File(file.clone()))
         );
         assert_eq!(
             parse_secret("id=tok,env=TOKEN").unwrap(),
@@ -549,6 +564,17 @@ mod tests {
         );
         assert!(parse_secret("src=/x").is_err());
         assert!(parse_secret("id=a,what=b").is_err());
+    }
+
+    #[test]
+    fn a_missing_secret_file_is_an_error_naming_it() {
+        let err = parse_secret("id=s,src=/nonexistent/secret").unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("--secret id=s: failed to stat the secret file /nonexistent/secret"),
+            "{msg}"
+        );
+        assert!(msg.contains("hint: "), "{msg}");
     }
 
     #[test]
