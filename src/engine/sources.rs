@@ -10,7 +10,10 @@ use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 
 use crate::context::{self, ContextIndex, EntryKind, SelectOptions, SelectedSource};
-use crate::layer::{open_archive, unpack_layer, Timespec, UnpackOptions};
+use crate::layer::{
+    dev_major, dev_minor, open_archive, unpack_layer, EntryKind as LayerKind, Timespec,
+    UnpackOptions,
+};
 
 use super::copy::{disk_file, SourceItem, SourceKind, SourceTree};
 
@@ -74,8 +77,20 @@ fn tree_from_selection(
             EntryKind::File => disk_file(root.join(&e.rel)),
             EntryKind::Dir => SourceKind::Dir,
             EntryKind::Symlink { target } => SourceKind::Symlink(target.clone()),
-            // Sockets, fifos and devices are not copied (BuildKit skips them too).
-            _ => continue,
+            // Device nodes and FIFOs are kept, as BuildKit's copy keeps
+            // them: in a layer they are only tar headers, and RUN sees them
+            // on a nodev root, so they open nothing on the host.
+            EntryKind::CharDevice { rdev } => SourceKind::Special(LayerKind::CharDevice {
+                major: dev_major(*rdev),
+                minor: dev_minor(*rdev),
+            }),
+            EntryKind::BlockDevice { rdev } => SourceKind::Special(LayerKind::BlockDevice {
+                major: dev_major(*rdev),
+                minor: dev_minor(*rdev),
+            }),
+            EntryKind::Fifo => SourceKind::Special(LayerKind::Fifo),
+            // Sockets cannot be stored in a layer (BuildKit skips them too).
+            EntryKind::Socket => continue,
         };
         let rel = match (&prefix, sel.is_dir) {
             (Some(p), true) => join(p, &it.dest_rel),
@@ -111,6 +126,37 @@ fn tree_from_selection(
             items,
         },
     }
+}
+
+/// A `COPY --from` selection error said in terms of the source: a missing
+/// path is not "in the build context" but in a stage or an image. (The
+/// caller's error already names the Dockerfile line and instruction.)
+pub fn not_in_source(
+    err: anyhow::Error,
+    src: &crate::plan::Base,
+    plan: &crate::plan::Plan,
+    pattern: &str,
+) -> anyhow::Error {
+    use crate::plan::Base;
+    if !matches!(
+        err.downcast_ref::<context::ContextError>(),
+        Some(context::ContextError::NotFound { .. })
+    ) {
+        return err;
+    }
+    let place = match src {
+        Base::Stage(i) => match plan.stages.get(*i) {
+            Some(s) => format!(
+                "stage {}",
+                s.name.clone().unwrap_or_else(|| s.index.to_string())
+            ),
+            None => format!("stage {i}"),
+        },
+        Base::Image(name) => format!("image {name}"),
+        Base::Scratch => "scratch (an empty image)".to_string(),
+    };
+    let path = format!("/{}", pattern.trim_start_matches("./").trim_start_matches('/'));
+    anyhow::anyhow!("{path} not found in {place}")
 }
 
 fn join(a: &str, b: &str) -> String {

@@ -182,7 +182,15 @@ impl StageState {
         let reason = if ctx.req.no_cache {
             "--no-cache".to_string()
         } else {
-            let closest = ctx.store.cache_closest(Some(&self.key), step_id)?;
+            // Another parent is comparable only for the same instruction
+            // (this step of an earlier build, after an earlier step changed).
+            let same_step = |r: &CacheRecord| {
+                r.inputs.get("instruction").and_then(|v| v.as_str())
+                    == Some(inputs.instruction.as_str())
+            };
+            let closest = ctx
+                .store
+                .cache_closest_where(Some(&self.key), step_id, &same_step)?;
             let old = closest.and_then(|r| stored_inputs(ctx, r.inputs));
             explain_miss(&inputs, old.as_ref())
         };
@@ -287,13 +295,17 @@ impl StageState {
         done: &[Option<Arc<StageResult>>],
     ) -> anyhow::Result<KeyInputs> {
         let inst = &step.instruction;
+        // The history text already starts with the instruction's name
+        // (`RUN /bin/sh -c …`); only a step without one gets the bare name.
+        let created_by = step.created_by.clone().unwrap_or_default();
+        let instruction = if created_by.is_empty() {
+            inst.name()
+        } else {
+            created_by
+        };
         let mut inputs = KeyInputs {
             parent: self.key.clone(),
-            instruction: format!(
-                "{} {}",
-                inst.name(),
-                step.created_by.clone().unwrap_or_default()
-            ),
+            instruction,
             build_args: step.build_args.clone(),
             ..KeyInputs::default()
         };
@@ -485,13 +497,10 @@ impl StageState {
             Some(src) => {
                 let view = source_index(ctx, src, done)?;
                 for s in srcs {
-                    trees.extend(sources::select_trees(
-                        &view.index,
-                        s,
-                        &excludes,
-                        true,
-                        parents,
-                    )?);
+                    let selected =
+                        sources::select_trees(&view.index, s, &excludes, true, parents)
+                            .map_err(|e| sources::not_in_source(e, src, &ctx.plan, s))?;
+                    trees.extend(selected);
                 }
                 self.keepalive.push(Box::new(view));
             }

@@ -25,7 +25,7 @@ pub use entry::{EntryKind, FileSource, LayerEntry, Timespec, OPAQUE_MARKER, WHIT
 pub use pgzip::ParallelGzipWriter;
 pub use resolve::resolve_in_root;
 pub use unpack::{open_archive, unpack_layer, UnpackOptions, UnpackStats};
-pub use walk::{entries_from_dir, DirOptions};
+pub use walk::{dev_major, dev_minor, entries_from_dir, DirOptions};
 
 /// Media type of an uncompressed OCI layer.
 pub const MEDIA_TYPE_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
