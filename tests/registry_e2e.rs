@@ -1167,13 +1167,19 @@ fn cli_transfer_lines_say_once_what_happened_to_each_blob() {
     let first = words(&rb(&root, &["push", &name]));
     assert!(all(&first, "pushed"), "{first:?}");
     let again = words(&rb(&root, &["push", &name]));
-    assert!(all(&again, "exists"), "a second push uploads nothing: {again:?}");
+    assert!(
+        all(&again, "exists"),
+        "a second push uploads nothing: {again:?}"
+    );
 
     let root2 = tmp.path().join("root2");
     let pulled = words(&rb(&root2, &["pull", &name]));
     assert!(all(&pulled, "pulled"), "{pulled:?}");
     let repulled = words(&rb(&root2, &["pull", &name]));
-    assert!(all(&repulled, "exists"), "blobs already stored: {repulled:?}");
+    assert!(
+        all(&repulled, "exists"),
+        "blobs already stored: {repulled:?}"
+    );
 }
 
 #[test]

@@ -90,7 +90,10 @@ fn progress_bars(verb: &'static str) -> registry::ProgressFn {
         bar.set_length(p.total);
         bar.set_position(p.done);
         if let Some(word) = outcome_word(verb, p.state) {
-            bar.set_prefix(format!("{word} {}", p.digest.get(7..19).unwrap_or(p.digest)));
+            bar.set_prefix(format!(
+                "{word} {}",
+                p.digest.get(7..19).unwrap_or(p.digest)
+            ));
             bar.finish();
         }
     })

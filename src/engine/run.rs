@@ -531,7 +531,13 @@ fn copy_tree(src: &Path, dst: &Path) -> anyhow::Result<()> {
             copy_tree(&e.path(), &dst.join(e.file_name()))?;
         }
     } else if ft.is_file() {
-        std::fs::copy(src, dst).with_context(|| format!("copying {}", src.display()))?;
+        // Holes stay holes (std::fs::copy writes them out as zeros).
+        let from =
+            std::fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
+        let to =
+            std::fs::File::create(dst).with_context(|| format!("creating {}", dst.display()))?;
+        crate::layer::copy_sparse(&from, &to)
+            .with_context(|| format!("copying {}", src.display()))?;
     } else {
         // Devices, fifos and sockets are not copied into a scratch copy.
         return Ok(());

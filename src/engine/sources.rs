@@ -155,7 +155,10 @@ pub fn not_in_source(
         Base::Image(name) => format!("image {name}"),
         Base::Scratch => "scratch (an empty image)".to_string(),
     };
-    let path = format!("/{}", pattern.trim_start_matches("./").trim_start_matches('/'));
+    let path = format!(
+        "/{}",
+        pattern.trim_start_matches("./").trim_start_matches('/')
+    );
     anyhow::anyhow!("{path} not found in {place}")
 }
 

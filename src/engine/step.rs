@@ -497,9 +497,8 @@ impl StageState {
             Some(src) => {
                 let view = source_index(ctx, src, done)?;
                 for s in srcs {
-                    let selected =
-                        sources::select_trees(&view.index, s, &excludes, true, parents)
-                            .map_err(|e| sources::not_in_source(e, src, &ctx.plan, s))?;
+                    let selected = sources::select_trees(&view.index, s, &excludes, true, parents)
+                        .map_err(|e| sources::not_in_source(e, src, &ctx.plan, s))?;
                     trees.extend(selected);
                 }
                 self.keepalive.push(Box::new(view));

@@ -13,6 +13,7 @@ mod compress;
 mod entry;
 mod pgzip;
 mod resolve;
+mod sparse;
 mod sys;
 mod tarwrite;
 mod unpack;
@@ -24,6 +25,7 @@ pub use compress::{write_layer, Compression, LayerInfo, WriteOptions};
 pub use entry::{EntryKind, FileSource, LayerEntry, Timespec, OPAQUE_MARKER, WHITEOUT_PREFIX};
 pub use pgzip::ParallelGzipWriter;
 pub use resolve::resolve_in_root;
+pub use sparse::{copy_sparse, write_sparse};
 pub use unpack::{open_archive, unpack_layer, UnpackOptions, UnpackStats};
 pub use walk::{dev_major, dev_minor, entries_from_dir, DirOptions};
 

@@ -358,8 +358,10 @@ impl Unpacker<'_> {
             libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS,
         )
         .context("creating file")?;
-        let mut file = File::from(fd);
-        self.stats.bytes += io::copy(entry, &mut file).context("writing file content")?;
+        let file = File::from(fd);
+        // Zero blocks become holes again: tars hold sparse files densely.
+        self.stats.bytes +=
+            super::sparse::write_sparse(entry, &file).context("writing file content")?;
         self.apply_fd_meta(file.as_fd(), name, meta, meta.mode)?;
         futimens(file.as_fd(), meta.mtime).context("setting mtime")?;
         Ok(())

@@ -282,7 +282,11 @@ fn fetch_blob(
 /// The one final report of a blob (the caller saw its bytes move, if any).
 fn report(progress: Option<&ProgressFn>, d: &Descriptor, state: BlobState) {
     if let Some(p) = progress {
-        let done = if state == BlobState::Failed { 0 } else { d.size };
+        let done = if state == BlobState::Failed {
+            0
+        } else {
+            d.size
+        };
         p(&BlobProgress {
             digest: &d.digest,
             done,
