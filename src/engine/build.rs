@@ -102,6 +102,9 @@ pub(crate) struct BuildCtx<'a> {
     download_dir: tempfile::TempDir,
     /// External images (bases and `--from` sources) by normalized reference.
     pub images: BTreeMap<String, image::Image>,
+    /// Which Dockerfile this is (a digest of its absolute path): cache-miss
+    /// reasons compare only with earlier builds of the same one.
+    pub cache_scope: String,
 }
 
 impl BuildCtx<'_> {
@@ -238,9 +241,17 @@ pub fn build(
         download_dir: tempfile::tempdir_in(store.tmp_dir())
             .context("creating the download dir in the store")?,
         images,
+        cache_scope: cache_scope(&dockerfile),
     };
     let target = run_stages(&ctx)?;
     commit(&ctx, &target)
+}
+
+/// A short digest of the Dockerfile's absolute path.
+fn cache_scope(dockerfile: &std::path::Path) -> String {
+    let abs = std::fs::canonicalize(dockerfile).unwrap_or_else(|_| dockerfile.to_path_buf());
+    let digest = Sha256::digest(abs.as_os_str().as_encoded_bytes());
+    hex::encode(&digest[..8])
 }
 
 fn dockerfile_path(req: &BuildRequest) -> (PathBuf, String) {
@@ -449,7 +460,7 @@ fn run_stage(
     let stage = &ctx.plan.stages[index];
     let mut st = StageState::start(ctx, stage, done)?;
     for (i, step) in stage.steps.iter().enumerate() {
-        let step_id = format!("{}/{}", stage_label(stage), i);
+        let step_id = format!("{}/{}/{}", ctx.cache_scope, stage_label(stage), i);
         st.run(ctx, step, &step_id, done).map_err(|e| {
             let span = step.instruction.span;
             anyhow::anyhow!(

@@ -182,15 +182,20 @@ impl StageState {
         let reason = if ctx.req.no_cache {
             "--no-cache".to_string()
         } else {
-            // Another parent is comparable only for the same instruction
-            // (this step of an earlier build, after an earlier step changed).
-            let same_step = |r: &CacheRecord| {
-                r.inputs.get("instruction").and_then(|v| v.as_str())
-                    == Some(inputs.instruction.as_str())
+            // Only this stage in earlier builds of this Dockerfile holds
+            // earlier versions of the step (step ids are `scope/stage/i`);
+            // at another parent, only the same instruction (an earlier
+            // step changed).
+            let stage = step_id.rsplit_once('/').map(|(s, _)| s);
+            let comparable = |r: &CacheRecord| {
+                r.step_id.rsplit_once('/').map(|(s, _)| s) == stage
+                    && (r.parent.as_deref() == Some(self.key.as_str())
+                        || r.inputs.get("instruction").and_then(|v| v.as_str())
+                            == Some(inputs.instruction.as_str()))
             };
             let closest = ctx
                 .store
-                .cache_closest_where(Some(&self.key), step_id, &same_step)?;
+                .cache_closest_where(Some(&self.key), step_id, &comparable)?;
             let old = closest.and_then(|r| stored_inputs(ctx, r.inputs));
             explain_miss(&inputs, old.as_ref())
         };

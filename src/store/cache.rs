@@ -164,21 +164,22 @@ impl Store {
         self.cache_closest_where(parent_key, step_id, &|_| true)
     }
 
-    /// Like [`Store::cache_closest`], but a record at the same position with
-    /// another parent counts only when `same_step` accepts it: positions
-    /// (`0/2`) repeat across unrelated Dockerfiles, so the engine asks for
-    /// the same instruction there.
+    /// Like [`Store::cache_closest`], among the records `accept` lets
+    /// through (the engine keeps to earlier builds of the same Dockerfile).
     pub fn cache_closest_where(
         &self,
         parent_key: Option<&str>,
         step_id: &str,
-        same_step: &dyn Fn(&CacheRecord) -> bool,
+        accept: &dyn Fn(&CacheRecord) -> bool,
     ) -> anyhow::Result<Option<CacheRecord>> {
         let mut best: Option<(u8, u64, CacheRecord)> = None;
         for record in self.cache_records()? {
+            if !accept(&record) {
+                continue;
+            }
             let rank = if parent_key.is_some() && record.parent.as_deref() == parent_key {
                 2
-            } else if record.step_id == step_id && same_step(&record) {
+            } else if record.step_id == step_id {
                 1
             } else {
                 continue;
