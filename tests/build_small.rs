@@ -100,7 +100,9 @@ fn device_tar(path: &Path) {
         h.set_entry_type(kind);
         h.set_mode(0o600);
         h.set_size(0);
-        (h.set_uid(0), h.set_gid(0), h.set_mtime(0));
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
         h.set_device_major(major).unwrap();
         h.set_device_minor(minor).unwrap();
         b.append_data(&mut h, name, std::io::empty()).unwrap();
@@ -108,7 +110,9 @@ fn device_tar(path: &Path) {
     let mut h = tar::Header::new_ustar();
     h.set_mode(0o644);
     h.set_size(2);
-    (h.set_uid(0), h.set_gid(0), h.set_mtime(0));
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
     b.append_data(&mut h, "dev/file", &b"hi"[..]).unwrap();
     b.finish().unwrap();
 }
@@ -124,7 +128,15 @@ fn add_of_a_tar_and_copy_from_keep_device_nodes() {
         )],
     );
     device_tar(&ctx.join("dev.tar"));
-    build(&env, &ctx, "dev:1");
+    let log = build(&env, &ctx, "dev:1");
+    if !common::is_root() {
+        // Without the privilege to create nodes, the build says what it lacks.
+        assert!(
+            log.contains("ADD dev.tar: skipped device node /dev/null2"),
+            "{log}"
+        );
+        return;
+    }
     let entries = last_layer(&env, "dev:1");
     let find = |name: &str| {
         entries

@@ -226,19 +226,19 @@ mod tests {
         assert_eq!(at(10, BlobState::Moving), None);
         assert_eq!(
             at(10, BlobState::Transferred).as_deref(),
-            Some("pulled sha256:0123456789a 10 bytes")
+            Some("pulled sha256:0123456789ab 10 bytes")
         );
         assert_eq!(
             at(10, BlobState::Exists).as_deref(),
-            Some("exists sha256:0123456789a 10 bytes")
+            Some("exists sha256:0123456789ab 10 bytes")
         );
         assert_eq!(
             at(10, BlobState::Mounted).as_deref(),
-            Some("mounted sha256:0123456789a 10 bytes")
+            Some("mounted sha256:0123456789ab 10 bytes")
         );
         assert_eq!(
             at(0, BlobState::Failed).as_deref(),
-            Some("failed sha256:0123456789a")
+            Some("failed sha256:0123456789ab")
         );
     }
 }

@@ -298,16 +298,18 @@ pub fn is_archive(path: &Path) -> bool {
 }
 
 /// Extract a local archive for ADD into `dir` (with every escape refused).
-pub fn extract_archive(path: &Path, dir: &Path) -> anyhow::Result<()> {
+/// Returns what could not be applied (device nodes without the privilege
+/// to create them), for the caller to report: the layer will lack them.
+pub fn extract_archive(path: &Path, dir: &Path) -> anyhow::Result<Vec<String>> {
     let file =
         std::fs::File::open(path).with_context(|| format!("opening archive {}", path.display()))?;
     let opts = UnpackOptions {
         no_chown: !nix::unistd::geteuid().is_root(),
         ..UnpackOptions::default()
     };
-    unpack_layer(std::io::BufReader::new(file), dir, &opts)
+    let stats = unpack_layer(std::io::BufReader::new(file), dir, &opts)
         .with_context(|| format!("extracting {}", path.display()))?;
-    Ok(())
+    Ok(stats.notes)
 }
 
 /// Download `url` for ADD into `dir`, verifying `--checksum` when given.

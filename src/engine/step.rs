@@ -520,7 +520,7 @@ impl StageState {
                     let selected = sources::select_trees(index, s, &excludes, false, parents)?;
                     for tree in selected {
                         match archive_of(is_add, inst, &tree) {
-                            Some(path) => trees.push(extract_tree(&path, &tmp)?),
+                            Some(path) => trees.push(extract_tree(&path, &tmp, handle)?),
                             None => trees.push(tree),
                         }
                     }
@@ -1002,10 +1002,19 @@ fn archive_of(
 }
 
 /// An archive extracted into a temp dir, as a tree copied into the destination.
-fn extract_tree(archive: &std::path::Path, tmp: &tempfile::TempDir) -> anyhow::Result<SourceTree> {
+fn extract_tree(
+    archive: &std::path::Path,
+    tmp: &tempfile::TempDir,
+    handle: &StepHandle,
+) -> anyhow::Result<SourceTree> {
     // Inside `tmp`, which the caller keeps until the layer is written.
     let dir = tempfile::tempdir_in(tmp.path())?.keep();
-    sources::extract_archive(archive, &dir)?;
+    // What could not be created (device nodes, rootless) is missing from
+    // the layer: say so rather than drop it silently.
+    for note in sources::extract_archive(archive, &dir)? {
+        let name = archive.file_name().unwrap_or_default().to_string_lossy();
+        handle.warn(format!("ADD {name}: {note}; the layer lacks it"));
+    }
     let ignore = crate::context::IgnoreRules::default();
     let index = crate::context::scan(&dir, "", &ignore, None)
         .with_context(|| format!("reading extracted {}", archive.display()))?;

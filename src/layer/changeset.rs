@@ -127,13 +127,19 @@ fn same_as_lower(lower_dirs: &[PathBuf], rel: &str, path: &Path, meta: &Metadata
     for dir in lower_dirs {
         let lower_path = dir.join(rel);
         if let Some(old) = lstat_opt(&lower_path)? {
-            if meta.is_dir() && old.is_dir() {
-                return same_dir(&lower_path, &old, path, meta);
-            }
-            return Ok(!differs(&lower_path, &old, path, meta)?);
+            return same_entry(&lower_path, &old, path, meta);
         }
     }
     Ok(false)
+}
+
+/// BuildKit's `sameDirent`: everything a layer records, but a directory's
+/// mtime.
+fn same_entry(old_path: &Path, old: &Metadata, new_path: &Path, new: &Metadata) -> Result<bool> {
+    if old.is_dir() && new.is_dir() {
+        return same_dir(old_path, old, new_path, new);
+    }
+    Ok(!differs(old_path, old, new_path, new)?)
 }
 
 /// Directories compare by mode, owner and the xattrs a layer keeps, not
@@ -277,7 +283,7 @@ pub fn diff_trees(lower_merged: &Path, new: &Path) -> Result<Vec<LayerEntry>> {
         let old_path = lower_merged.join(&rel);
         let changed = match lstat_opt(&old_path)? {
             None => true,
-            Some(old) => differs(&old_path, &old, item.path(), &meta)?,
+            Some(old) => !same_entry(&old_path, &old, item.path(), &meta)?,
         };
         if changed {
             add_parents(new, &rel, &mut included, &mut out, &mut links)?;

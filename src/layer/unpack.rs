@@ -295,7 +295,7 @@ impl Unpacker<'_> {
             }
             EntryType::Link => self.hardlink(dir.as_fd(), &name, entry)?,
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                if !self.make_node(dir.as_fd(), &name, entry, &meta)? {
+                if !self.make_node(dir.as_fd(), &name, &rel.join("/"), entry, &meta)? {
                     return Ok(());
                 }
             }
@@ -446,11 +446,13 @@ impl Unpacker<'_> {
             .with_context(|| format!("linking to {:?}", String::from_utf8_lossy(&target)))
     }
 
-    /// Creates a device or FIFO; `Ok(false)` when skipped for lack of privilege.
+    /// Creates a device or FIFO; `Ok(false)` when skipped for lack of
+    /// privilege (noted with its whole path `rel`).
     fn make_node<R: Read>(
         &mut self,
         dir: BorrowedFd,
         name: &str,
+        rel: &str,
         entry: &mut tar::Entry<R>,
         meta: &Meta,
     ) -> Result<bool> {
@@ -470,7 +472,7 @@ impl Unpacker<'_> {
         };
         if let Err(e) = sys::mknodat(dir, name, kind | (meta.mode & 0o7777), dev) {
             if sys::is_permission_error(&e) {
-                self.note(format!("skipped device node {name:?}"), e)?;
+                self.note(format!("skipped device node /{rel}"), e)?;
                 return Ok(false);
             }
             return Err(e).context("creating device node");
