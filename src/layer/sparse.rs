@@ -3,9 +3,10 @@
 //! blocks back into holes instead of writing them, and a local copy seeks
 //! over the source's holes (`SEEK_DATA`/`SEEK_HOLE`).
 //!
-//! Cost: one comparison per byte read (the bytes were just decompressed, so
-//! they are in cache), and fewer bytes written; a file without zero blocks is
-//! written exactly as before, in the same large writes.
+//! Cost: a `memcmp` per 4 KiB block against zeros (stopping at the first
+//! non-zero byte, so data blocks cost almost nothing) and fewer bytes
+//! written; a file without zero blocks is written in the same large writes
+//! as before.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -18,9 +19,12 @@ const BLOCK: usize = 4096;
 /// Read (and write) size: 32 blocks.
 const CHUNK: usize = 32 * BLOCK;
 
+/// A block of zeros to compare with: slice equality is `memcmp`, fast even
+/// in debug builds and stopping at the first non-zero byte.
+static ZEROS: [u8; BLOCK] = [0; BLOCK];
+
 fn is_zero(block: &[u8]) -> bool {
-    // An OR over the whole block (no early exit) compiles to vector code.
-    block.iter().fold(0u8, |acc, &b| acc | b) == 0
+    block == &ZEROS[..block.len()]
 }
 
 /// Reads until `buf` is full or the reader ends, so blocks stay aligned to
