@@ -26,6 +26,8 @@ pub struct LayerRef {
 pub struct Rootfs {
     dir: tempfile::TempDir,
     applied: Vec<String>,
+    /// Device nodes the layers hold but this view lacks (no privilege).
+    skipped_nodes: Vec<String>,
 }
 
 impl Rootfs {
@@ -39,6 +41,7 @@ impl Rootfs {
         Ok(Rootfs {
             dir,
             applied: Vec::new(),
+            skipped_nodes: Vec::new(),
         })
     }
 
@@ -58,11 +61,19 @@ impl Rootfs {
                 no_chown: !nix::unistd::geteuid().is_root(),
                 ..UnpackOptions::default()
             };
-            unpack_layer(std::io::BufReader::new(blob), self.dir.path(), &opts)
+            let stats = unpack_layer(std::io::BufReader::new(blob), self.dir.path(), &opts)
                 .with_context(|| format!("unpacking layer {}", layer.digest))?;
+            self.skipped_nodes.extend(stats.skipped_nodes);
             self.applied.push(layer.digest.clone());
         }
         Ok(self.dir.path())
+    }
+}
+
+impl Rootfs {
+    /// Device nodes of the layers that this view could not create.
+    pub fn skipped_nodes(&self) -> &[String] {
+        &self.skipped_nodes
     }
 }
 

@@ -162,6 +162,30 @@ pub fn not_in_source(
     anyhow::anyhow!("{path} not found in {place}")
 }
 
+/// The nodes of `skipped` (`/`-rooted) that the source `pattern` would have
+/// copied: those at or below its literal part (up to the first wildcard).
+pub fn skipped_under<'a>(skipped: &'a [String], pattern: &str) -> Vec<&'a str> {
+    let literal = pattern
+        .split(['*', '?', '['])
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("./")
+        .trim_start_matches('/');
+    let dir = match pattern.contains(['*', '?', '[']) {
+        // Everything in the directory the wildcard's component is in.
+        true => literal.rsplit_once('/').map_or("", |(d, _)| d),
+        false => literal.trim_end_matches('/'),
+    };
+    skipped
+        .iter()
+        .map(String::as_str)
+        .filter(|n| {
+            let n = n.trim_start_matches('/');
+            dir.is_empty() || n == dir || n.starts_with(&format!("{dir}/"))
+        })
+        .collect()
+}
+
 fn join(a: &str, b: &str) -> String {
     match (a.is_empty(), b.is_empty()) {
         (true, _) => b.to_string(),
@@ -348,4 +372,20 @@ pub fn download(url: &str, checksum: Option<&str>, dir: &Path) -> anyhow::Result
         }
     }
     Ok((name, digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skipped_nodes_under_a_source() {
+        let nodes = ["/dev/null".to_string(), "/d/dev/sda".to_string()];
+        assert_eq!(skipped_under(&nodes, "/d"), ["/d/dev/sda"]);
+        assert_eq!(skipped_under(&nodes, "d/dev/"), ["/d/dev/sda"]);
+        assert_eq!(skipped_under(&nodes, "/dev/nu*"), ["/dev/null"]);
+        assert_eq!(skipped_under(&nodes, "/"), ["/dev/null", "/d/dev/sda"]);
+        assert!(skipped_under(&nodes, "/etc").is_empty());
+        assert!(skipped_under(&nodes, "/de").is_empty());
+    }
 }

@@ -505,6 +505,11 @@ impl StageState {
                     let selected = sources::select_trees(&view.index, s, &excludes, true, parents)
                         .map_err(|e| sources::not_in_source(e, src, &ctx.plan, s))?;
                     trees.extend(selected);
+                    for node in sources::skipped_under(&view.skipped_nodes, s) {
+                        handle.warn(format!(
+                            "COPY --from: device node {node} could not be created without privilege; the layer lacks it"
+                        ));
+                    }
                 }
                 self.keepalive.push(Box::new(view));
             }
@@ -917,6 +922,8 @@ fn source_identity(
 /// materialized image view (if it owns one) while the index is in use.
 struct SourceView {
     index: crate::context::ContextIndex,
+    /// Device nodes the view lacks (rootless), to name when copied.
+    skipped_nodes: Vec<String>,
     _root: Option<Rootfs>,
 }
 
@@ -960,6 +967,7 @@ fn source_index(
             let root = r.sync(ctx.store, &layers)?.to_path_buf();
             Ok(SourceView {
                 index: scan_root(&root)?,
+                skipped_nodes: r.skipped_nodes().to_vec(),
                 _root: None,
             })
         }
@@ -968,6 +976,7 @@ fn source_index(
             let root = r.sync(ctx.store, &layers)?.to_path_buf();
             Ok(SourceView {
                 index: scan_root(&root)?,
+                skipped_nodes: r.skipped_nodes().to_vec(),
                 _root: Some(r),
             })
         }

@@ -44,6 +44,8 @@ pub struct UnpackStats {
     pub bytes: u64,
     /// Things skipped or not applied (devices without privilege, …).
     pub notes: Vec<String>,
+    /// Device nodes not created for lack of privilege, as `/`-rooted paths.
+    pub skipped_nodes: Vec<String>,
 }
 
 /// Wraps `reader` in the decompressor its magic bytes call for: gzip,
@@ -473,6 +475,7 @@ impl Unpacker<'_> {
         if let Err(e) = sys::mknodat(dir, name, kind | (meta.mode & 0o7777), dev) {
             if sys::is_permission_error(&e) {
                 self.note(format!("skipped device node /{rel}"), e)?;
+                self.stats.skipped_nodes.push(format!("/{rel}"));
                 return Ok(false);
             }
             return Err(e).context("creating device node");
