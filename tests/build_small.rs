@@ -308,3 +308,29 @@ fn run_layers_hold_changes_and_their_parents_only() {
         ["usr", "usr/local", "usr/local/x", "usr/local/x/file"]
     );
 }
+
+/// Without overlayfs the step runs on a copy that is diffed afterwards: the
+/// copy keeps times, device nodes and FIFOs, and the sandbox's mount points
+/// are not changes, so the layer holds only what the command did.
+#[test]
+fn no_overlay_run_layers_hold_only_the_change() {
+    let env = Env::new();
+    let Some(ctx) = busybox_context(&env, "ADD dev.tar /d/\nRUN touch /x\n") else {
+        return;
+    };
+    device_tar(&ctx.join("dev.tar"));
+    let out = std::process::Command::new(common::rbuild_bin())
+        .arg("--root")
+        .arg(env.root())
+        .args(["build", "--progress", "plain", "-t", "copy:1"])
+        .arg(&ctx)
+        .env("RBUILD_NO_OVERLAY", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let names: Vec<String> = last_layer(&env, "copy:1")
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(names, ["x"]);
+}

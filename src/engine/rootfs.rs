@@ -68,9 +68,7 @@ impl Rootfs {
         }
         Ok(self.dir.path())
     }
-}
 
-impl Rootfs {
     /// Device nodes of the layers that this view could not create.
     pub fn skipped_nodes(&self) -> &[String] {
         &self.skipped_nodes
