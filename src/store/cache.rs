@@ -33,7 +33,8 @@ pub struct CacheRecord {
     pub key: String,
     /// The previous step's key (None for a stage's first step).
     pub parent: Option<String>,
-    /// Stage and instruction position, e.g. `build/3`.
+    /// The Dockerfile's scope, stage and instruction position, e.g.
+    /// `3f2a…/build/3` (the engine compares misses within one stage).
     pub step_id: String,
     /// The key's inputs: `{"parent", "instruction", "build_args", "files"}`.
     pub inputs: serde_json::Value,
