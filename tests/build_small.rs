@@ -250,6 +250,25 @@ fn a_missing_copy_from_path_names_the_stage() {
 }
 
 #[test]
+fn a_missing_mount_from_source_names_the_stage() {
+    let env = Env::new();
+    let Some(ctx) = busybox_context(
+        &env,
+        "FROM base\nRUN --mount=type=bind,from=base,source=/nope,target=/m true\n",
+    ) else {
+        return;
+    };
+    let out = env.rbuild(&["build", ctx.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("--mount source /nope not found in stage base"),
+        "{err}"
+    );
+    assert!(!err.contains("rootfs-"), "no private temp path: {err}");
+}
+
+#[test]
 fn cache_miss_reasons_quote_the_instruction_once_and_skip_unrelated_steps() {
     let env = Env::new();
     let Some(ctx) = busybox_context(&env, "RUN echo one > /f\n") else {

@@ -137,14 +137,23 @@ pub fn not_in_source(
     plan: &crate::plan::Plan,
     pattern: &str,
 ) -> anyhow::Error {
-    use crate::plan::Base;
     if !matches!(
         err.downcast_ref::<context::ContextError>(),
         Some(context::ContextError::NotFound { .. })
     ) {
         return err;
     }
-    let place = match src {
+    let path = format!(
+        "/{}",
+        pattern.trim_start_matches("./").trim_start_matches('/')
+    );
+    anyhow::anyhow!("{path} not found in {}", source_place(src, plan))
+}
+
+/// A `--from` source in words: `stage builder`, `image docker.io/…`.
+pub fn source_place(src: &crate::plan::Base, plan: &crate::plan::Plan) -> String {
+    use crate::plan::Base;
+    match src {
         Base::Stage(i) => match plan.stages.get(*i) {
             Some(s) => format!(
                 "stage {}",
@@ -154,12 +163,7 @@ pub fn not_in_source(
         },
         Base::Image(name) => format!("image {name}"),
         Base::Scratch => "scratch (an empty image)".to_string(),
-    };
-    let path = format!(
-        "/{}",
-        pattern.trim_start_matches("./").trim_start_matches('/')
-    );
-    anyhow::anyhow!("{path} not found in {place}")
+    }
 }
 
 /// The nodes of `skipped` (`/`-rooted) that the source `pattern` would have

@@ -622,7 +622,7 @@ impl StageState {
         let users = self.user_db(ctx)?;
         let root = self.root(ctx)?;
         let mut views: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
-        let mut bind_roots: Vec<(usize, std::path::PathBuf)> = Vec::new();
+        let mut bind_roots: Vec<(usize, std::path::PathBuf, String)> = Vec::new();
         for (i, m) in mounts.iter().enumerate() {
             if let Some(src) = step
                 .sources
@@ -630,7 +630,8 @@ impl StageState {
                 .filter(|_| m.from.is_some())
             {
                 let view = source_index(ctx, src, done)?;
-                bind_roots.push((i, view.index.root().to_path_buf()));
+                let place = sources::source_place(src, &ctx.plan);
+                bind_roots.push((i, view.index.root().to_path_buf(), place));
                 views.push(Box::new(view));
             }
         }
@@ -665,12 +666,17 @@ impl StageState {
                 if let Some((_, p)) = context_binds.iter().find(|(j, _)| *j == i) {
                     return Ok(p.clone());
                 }
-                let (_, base) = bind_roots
+                let (_, base, place) = bind_roots
                     .iter()
-                    .find(|(j, _)| *j == i)
+                    .find(|(j, _, _)| *j == i)
                     .context("no source for the bind mount")?;
                 let source = m.source.clone().unwrap_or_default();
-                rootfs::host_path(base, &source)
+                let path = rootfs::host_path(base, &source)?;
+                // Said in image terms: the host path is a private temp dir.
+                if path.symlink_metadata().is_err() {
+                    bail!("--mount source {source} not found in {place}");
+                }
+                Ok(path)
             };
         let inputs = super::run::RunInputs {
             store: ctx.store,
