@@ -17,7 +17,7 @@ use crate::dockerfile::mount::{CacheSharing, Mount, MountType};
 use crate::image::ImageConfig;
 use crate::layer::{changeset_from_overlay_upper, diff_trees, LayerEntry};
 use crate::sandbox::{self, ExtraFiles, MountSpec, NetworkMode, RootfsSpec, RunSpec, UserSpec};
-use crate::store::Store;
+use crate::store::{LockedTempDir, Store};
 
 use super::users::UserDb;
 
@@ -85,6 +85,10 @@ pub struct RunInputs<'a> {
     pub scripts: Vec<(String, String)>,
     /// mtime of files the step's layer gets from outside the upper dir.
     pub created: crate::layer::Timespec,
+    /// cgroup limits, ulimits, `/dev/shm` size.
+    pub limits: &'a sandbox::Limits,
+    /// Reports a limit that could not be applied (the build goes on).
+    pub on_warning: &'a dyn Fn(&str),
 }
 
 /// The argv of a RUN and the heredoc scripts it needs, as BuildKit's
@@ -144,8 +148,8 @@ pub fn mounts(parsed: &[Mount], workdir: &str) -> Vec<Mount> {
 pub fn run(
     inputs: &RunInputs<'_>,
     on_output: &mut dyn FnMut(sandbox::Stream, &[u8]),
-) -> anyhow::Result<(Vec<LayerEntry>, tempfile::TempDir)> {
-    let work = tempfile::tempdir_in(inputs.store.tmp_dir()).context("creating RUN dirs")?;
+) -> anyhow::Result<(Vec<LayerEntry>, LockedTempDir)> {
+    let work = inputs.store.temp_dir("run-").context("creating RUN dirs")?;
     let secrets_dir = private_dir(inputs.store)?;
     let user = resolve_user(inputs)?;
     let mut env = process_env(inputs, &user.1);
@@ -207,12 +211,31 @@ pub fn run(
         mounts: specs,
         // Bound from files of ours instead (see `managed_files`).
         extra_files: ExtraFiles::default(),
+        limits: inputs.limits.clone(),
     };
     let outcome = sandbox::run(&spec, on_output).context("running the RUN sandbox")?;
     drop(locks);
-    if outcome.exit_code != 0 {
+    for w in &outcome.limit_warnings {
+        (inputs.on_warning)(w);
+    }
+    if outcome.exit_code != 0 && outcome.oom_kills > 0 {
         bail!(
-            "process {:?} did not complete successfully: exit code: {}",
+            "{}: process {:?} ended with exit code {}\nhint: raise --memory \
+             (or make the step use less memory)",
+            sandbox::oom_message(outcome.memory_limit),
+            inputs.argv.join(" "),
+            outcome.exit_code
+        );
+    }
+    if outcome.exit_code != 0 {
+        // A step that filled the store's disk usually fails with its own
+        // "No space left on device": name the filesystem so the cause is
+        // plain. The upper dir goes with `work` when this returns.
+        let full = super::limits::full_filesystem_note(inputs.store.root(), work.path())
+            .map(|note| format!("\n{note}"))
+            .unwrap_or_default();
+        bail!(
+            "process {:?} did not complete successfully: exit code: {}{full}",
             inputs.argv.join(" "),
             outcome.exit_code
         );
@@ -469,9 +492,7 @@ fn secret_value(src: Option<&SecretSource>) -> anyhow::Result<Option<Vec<u8>>> {
 
 /// A persistent cache-mount dir in the store, created with the mount's owner and mode.
 fn cache_dir(store: &Store, id: &str, m: &Mount) -> anyhow::Result<PathBuf> {
-    use sha2::Digest;
-    let name = hex::encode(sha2::Sha256::digest(id.as_bytes()));
-    let dir = store.private("cachemounts").join(name);
+    let dir = store.cache_mount_dir(id)?;
     if !dir.exists() {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating cache mount dir {}", dir.display()))?;
@@ -488,18 +509,34 @@ fn cache_dir(store: &Store, id: &str, m: &Mount) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// A temp dir only the current user can read, in memory when possible.
-fn private_dir(store: &Store) -> anyhow::Result<tempfile::TempDir> {
-    let shm = Path::new("/dev/shm");
-    let dir = if shm.is_dir() {
-        tempfile::Builder::new().prefix("rbuild-").tempdir_in(shm)
-    } else {
-        tempfile::tempdir_in(store.tmp_dir())
+/// A temp dir only the current user can read: in memory when possible,
+/// else a locked one in the store.
+enum PrivateDir {
+    Shm(tempfile::TempDir),
+    Store(LockedTempDir),
+}
+
+impl PrivateDir {
+    fn path(&self) -> &Path {
+        match self {
+            PrivateDir::Shm(d) => d.path(),
+            PrivateDir::Store(d) => d.path(),
+        }
     }
-    .context("creating a private temp dir")?;
+}
+
+fn private_dir(store: &Store) -> anyhow::Result<PrivateDir> {
+    let shm = Path::new("/dev/shm");
+    if !shm.is_dir() {
+        return Ok(PrivateDir::Store(store.temp_dir("private-")?));
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("rbuild-")
+        .tempdir_in(shm)
+        .context("creating a private temp dir")?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
-    Ok(dir)
+    Ok(PrivateDir::Shm(dir))
 }
 
 fn write_private(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
