@@ -1,8 +1,10 @@
 //! RUN: the sandbox over an overlay of the stage's filesystem, then the
 //! overlay's upper dir as the step's layer.
 //!
-//! The stage's layers are materialized once per stage (see `rootfs`) and
-//! serve as the overlay's single lower dir; each RUN gets a fresh upper dir.
+//! With overlayfs the lower dirs are the stage's layer snapshots (see
+//! `snapshot`), topmost first, and each RUN gets a fresh upper dir: nothing
+//! is copied or unpacked per build. Without overlayfs the step runs on a
+//! copy of the stage's materialized files (see `rootfs`) and is diffed.
 //! `RUN --mount` types are lowered here into what the sandbox knows (binds
 //! of prepared host paths and tmpfs): cache dirs live in the store, secrets
 //! in a private temp dir removed after the step, the SSH agent socket is
@@ -64,6 +66,24 @@ pub fn parse_secret(spec: &str) -> anyhow::Result<(String, SecretSource)> {
     Ok((id, src))
 }
 
+/// A stage's files as a RUN sees them.
+pub enum StageFiles<'a> {
+    /// Layer snapshots, topmost first: the overlay's lower dirs.
+    Snapshots(Vec<PathBuf>),
+    /// One materialized dir: an overlay lower, or the source of the
+    /// no-overlay fallback's copy.
+    Dir(&'a Path),
+}
+
+impl StageFiles<'_> {
+    fn lowers(&self) -> Vec<PathBuf> {
+        match self {
+            StageFiles::Snapshots(dirs) => dirs.clone(),
+            StageFiles::Dir(dir) => vec![dir.to_path_buf()],
+        }
+    }
+}
+
 /// Inputs of one RUN that are not in the instruction.
 pub struct RunInputs<'a> {
     pub store: &'a Store,
@@ -72,8 +92,8 @@ pub struct RunInputs<'a> {
     /// ARG values in scope (not in the image, but in the process env).
     pub arg_env: &'a [(String, String)],
     pub proxy_env: &'a BTreeMap<String, String>,
-    /// The stage's filesystem (overlay lower).
-    pub root: &'a Path,
+    /// The stage's filesystem.
+    pub root: StageFiles<'a>,
     pub users: &'a UserDb,
     pub network: NetworkMode,
     pub mounts: Vec<Mount>,
@@ -175,7 +195,8 @@ pub fn run(
         });
     }
     let managed = managed_files(secrets_dir.path(), &mut specs)?;
-    let overlay = overlay_usable();
+    // The engine passes snapshots only when overlay is usable.
+    let overlay = matches!(inputs.root, StageFiles::Snapshots(_)) || overlay_usable();
     let (rootfs, fallback_root) = if overlay {
         let upper = work.path().join("upper");
         let workdir = work.path().join("work");
@@ -183,15 +204,18 @@ pub fn run(
         std::fs::create_dir_all(&workdir).context("creating the overlay work dir")?;
         (
             RootfsSpec::Overlay {
-                lowers: vec![inputs.root.to_path_buf()],
+                lowers: inputs.root.lowers(),
                 upper,
                 work: workdir,
             },
             None,
         )
     } else {
+        let StageFiles::Dir(root) = inputs.root else {
+            bail!("RUN over layer snapshots needs overlayfs");
+        };
         let copy = work.path().join("rootfs");
-        copy_tree(inputs.root, &copy)?;
+        copy_tree(root, &copy)?;
         (RootfsSpec::Dir(copy.clone()), Some(copy))
     };
     let spec = RunSpec {
@@ -240,14 +264,13 @@ pub fn run(
             outcome.exit_code
         );
     }
-    let mut entries = match (&spec.rootfs, fallback_root) {
-        (RootfsSpec::Overlay { upper, .. }, _) => {
-            changeset_from_overlay_upper(upper, &[inputs.root.to_path_buf()])
-                .context("reading the RUN step's changes")?
+    let mut entries = match (&spec.rootfs, fallback_root, &inputs.root) {
+        (RootfsSpec::Overlay { upper, lowers, .. }, _, _) => {
+            changeset_from_overlay_upper(upper, lowers).context("reading the RUN step's changes")?
         }
-        (_, Some(copy)) => {
+        (_, Some(copy), StageFiles::Dir(root)) => {
             remove_empty_stubs(&copy, &outcome.mount_stubs);
-            diff_trees(inputs.root, &copy).context("diffing the RUN step's changes")?
+            diff_trees(root, &copy).context("diffing the RUN step's changes")?
         }
         _ => Vec::new(),
     };

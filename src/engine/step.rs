@@ -637,8 +637,21 @@ impl StageState {
                     .to_string(),
             });
         }
-        let users = self.user_db(ctx)?;
-        let root = self.root(ctx)?;
+        // With overlay, the layer snapshots are the root: the stage's files
+        // are neither copied nor unpacked for this step.
+        let (users, root, lowers) = if super::run::overlay_usable() {
+            let lowers =
+                super::snapshot::lowers(ctx.store, &self.layers, ctx.req.registry.max_layer_size)?;
+            let read = |p: &str| {
+                crate::layer::merged_resolve(&lowers, p)
+                    .and_then(|f| std::fs::read_to_string(f).ok())
+                    .unwrap_or_default()
+            };
+            let users = UserDb::parse(&read("/etc/passwd"), &read("/etc/group"));
+            (users, None, lowers)
+        } else {
+            (self.user_db(ctx)?, Some(self.root(ctx)?), Vec::new())
+        };
         let mut views: Vec<SourceView> = Vec::new();
         let mut bind_roots: Vec<(usize, std::path::PathBuf, String)> = Vec::new();
         for (i, m) in mounts.iter().enumerate() {
@@ -704,7 +717,10 @@ impl StageState {
             config: &self.config,
             arg_env: &step.arg_env,
             proxy_env: &step.proxy_env,
-            root: &root,
+            root: match &root {
+                Some(dir) => super::run::StageFiles::Dir(dir),
+                None => super::run::StageFiles::Snapshots(lowers.clone()),
+            },
             users: &users,
             network,
             mounts: mounts.clone(),

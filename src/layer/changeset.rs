@@ -32,8 +32,10 @@ fn rel_of(root: &Path, path: &Path) -> Result<String> {
     }
 }
 
+/// Whether the lower view (layer dirs, topmost first, read as overlayfs
+/// merges them) has something at `rel`.
 fn exists_in(dirs: &[PathBuf], rel: &str) -> bool {
-    dirs.iter().any(|d| d.join(rel).symlink_metadata().is_ok())
+    super::merged::merged_lookup(dirs, rel).is_some()
 }
 
 fn is_overlay_whiteout(meta: &Metadata) -> bool {
@@ -124,13 +126,13 @@ fn keep_changes_and_their_parents(out: Vec<(LayerEntry, bool)>) -> Vec<LayerEntr
 /// Whether the upper object at `path` equals the one the top-most lower
 /// dir has at `rel` in everything a layer records (BuildKit's `sameDirent`).
 fn same_as_lower(lower_dirs: &[PathBuf], rel: &str, path: &Path, meta: &Metadata) -> Result<bool> {
-    for dir in lower_dirs {
-        let lower_path = dir.join(rel);
-        if let Some(old) = lstat_opt(&lower_path)? {
-            return same_entry(&lower_path, &old, path, meta);
-        }
+    let Some(lower_path) = super::merged::merged_lookup(lower_dirs, rel) else {
+        return Ok(false);
+    };
+    match lstat_opt(&lower_path)? {
+        Some(old) => same_entry(&lower_path, &old, path, meta),
+        None => Ok(false),
     }
-    Ok(false)
 }
 
 /// BuildKit's `sameDirent`: everything a layer records, but a directory's

@@ -38,6 +38,12 @@ pub struct UnpackOptions {
     /// Most bytes the layer may expand to once decompressed (a gzip bomb
     /// stops here instead of filling the disk).
     pub max_expanded: Option<u64>,
+    /// Write whiteouts as overlayfs does instead of applying them: the
+    /// destination is one layer's own dir (a snapshot, an overlay lower),
+    /// so a deleted path becomes a 0:0 char device and an opaque dir gets
+    /// this xattr set to `y` (`trusted.overlay.opaque`, or
+    /// `user.overlay.opaque` for a `userxattr` overlay).
+    pub overlay_opaque_xattr: Option<&'static str>,
 }
 
 /// Why a layer's content was refused.
@@ -107,6 +113,7 @@ pub fn unpack_layer<R: Read>(reader: R, dest: &Path, opts: &UnpackOptions) -> Re
         opts,
         chown: !opts.no_chown && nix::unistd::geteuid().is_root(),
         touched: HashSet::new(),
+        whited: Vec::new(),
         dir_times: Vec::new(),
         stats: UnpackStats::default(),
     };
@@ -126,6 +133,7 @@ pub fn unpack_layer<R: Read>(reader: R, dest: &Path, opts: &UnpackOptions) -> Re
                 .with_context(|| format!("unpacking {name:?} into {}", dest.display()))?;
         }
     }
+    u.finish_overlay_whiteouts()?;
     u.finish_dir_times()?;
     if let (Some(want), Some(_)) = (&opts.expected_diff_id, &stream.hasher) {
         // The diff_id covers the whole stream, padding after the tar's end
@@ -186,6 +194,9 @@ struct Unpacker<'a> {
     /// Paths written by this layer and all their ancestors: whiteouts and
     /// opaque markers only remove what is not in here (lower content).
     touched: HashSet<String>,
+    /// Overlay mode: paths whited out (a directory the layer also writes
+    /// there must hide the lower one: it becomes opaque at the end).
+    whited: Vec<Vec<String>>,
     /// Directory modes and mtimes, applied last: children change the
     /// mtime, and a read-only mode would stop a non-root unpack from
     /// creating the children.
@@ -387,6 +398,9 @@ impl Unpacker<'_> {
             bail!("invalid whiteout name {name:?}");
         }
         self.stats.whiteouts += 1;
+        if let Some(xattr) = self.opts.overlay_opaque_xattr {
+            return self.overlay_whiteout(comps, victim, xattr);
+        }
         let parent = resolve_components(self.dest, &comps[..comps.len() - 1].join("/"), true)?;
         let dir = match sys::open_dir_beneath(self.root.as_fd(), &parent.join("/")) {
             Ok(fd) => fd,
@@ -583,6 +597,49 @@ impl Unpacker<'_> {
                     let fd = sys::open_dir_beneath(dir, &child)?;
                     self.clear_lower(fd.as_fd(), &key)?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Overlay mode: `.wh.x` becomes a 0:0 char device `x` (unless this
+    /// layer writes `x` itself, whatever the tar order), `.wh..wh..opq`
+    /// the opaque xattr on its directory. The parent is created when the
+    /// layer lacks it: the lower content under it must still be hidden.
+    fn overlay_whiteout(
+        &mut self,
+        comps: &[String],
+        victim: Option<&str>,
+        xattr: &'static str,
+    ) -> Result<()> {
+        let (parent, dir) = self.parent_of(comps)?;
+        let Some(victim) = victim else {
+            return xattr::set_fd(dir.as_fd(), xattr, b"y")
+                .with_context(|| format!("setting {xattr} on {:?}", parent.join("/")));
+        };
+        let mut rel = parent;
+        rel.push(victim.to_string());
+        if sys::lstatat(dir.as_fd(), victim)?.is_none() {
+            sys::mknodat(dir.as_fd(), victim, libc::S_IFCHR, 0)
+                .with_context(|| format!("creating the overlay whiteout {:?}", rel.join("/")))?;
+        }
+        self.whited.push(rel);
+        Ok(())
+    }
+
+    /// Overlay mode: a path both whited out and written as a directory by
+    /// this layer replaces the lower one, so it must not merge with it.
+    fn finish_overlay_whiteouts(&mut self) -> Result<()> {
+        let Some(xattr) = self.opts.overlay_opaque_xattr else {
+            return Ok(());
+        };
+        for rel in std::mem::take(&mut self.whited) {
+            let path = rel.join("/");
+            match sys::open_dir_beneath(self.root.as_fd(), &path) {
+                Ok(fd) => xattr::set_fd(fd.as_fd(), xattr, b"y")
+                    .with_context(|| format!("setting {xattr} on {path:?}"))?,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {}
+                Err(e) => return Err(e).with_context(|| format!("opening {path:?}")),
             }
         }
         Ok(())

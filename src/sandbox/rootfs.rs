@@ -54,7 +54,7 @@ pub fn prepare(req: &Request) -> Result<Vec<String>> {
             }
             let mut all = vec![stub];
             all.extend(lowers.iter().cloned());
-            mount_overlay(&all, upper, work, &new_root, req.unprivileged)?;
+            mount_overlay(&all, upper, work, &new_root, req.unprivileged, Some(state))?;
         }
         RootfsSpec::Dir(dir) => {
             mount(
@@ -99,7 +99,7 @@ pub fn probe_overlay(state: &Path, unprivileged: bool) -> Result<()> {
     for d in [&l, &u, &w, &m] {
         mkdir(d, 0o755)?;
     }
-    mount_overlay(&[l], &u, &w, &m, unprivileged)
+    mount_overlay(&[l], &u, &w, &m, unprivileged, None)
 }
 
 fn mkdir(path: &Path, mode: u32) -> Result<()> {
@@ -272,17 +272,15 @@ fn overlay_path(p: &Path) -> Result<String> {
     Ok(s.to_string())
 }
 
-fn mount_overlay(
-    lowers: &[PathBuf],
+/// The kernel reads the mount options from one page.
+const OPTIONS_MAX: usize = 4095;
+
+fn overlay_options(
+    lowers: &[String],
     upper: &Path,
     work: &Path,
-    target: &Path,
     unprivileged: bool,
-) -> Result<()> {
-    let lowers: Vec<String> = lowers
-        .iter()
-        .map(|p| overlay_path(p))
-        .collect::<Result<_>>()?;
+) -> Result<String> {
     let mut data = format!(
         "lowerdir={},upperdir={},workdir={},index=off,metacopy=off",
         lowers.join(":"),
@@ -297,11 +295,55 @@ fn mount_overlay(
     } else {
         ",redirect_dir=off"
     });
-    if data.len() >= 4096 {
+    Ok(data)
+}
+
+/// Mounts the overlay. When the lowers' full paths do not fit the kernel's
+/// one-page option limit (a many-layer stage in a deep store), each lower
+/// gets a short symlink `l/N` in `short_dir` and the mount names them
+/// relative to it (overlay resolves lowerdir paths, symlinks followed,
+/// against the caller's cwd, as docker's overlay2 driver does).
+fn mount_overlay(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    unprivileged: bool,
+    short_dir: Option<&Path>,
+) -> Result<()> {
+    let full: Vec<String> = lowers
+        .iter()
+        .map(|p| overlay_path(p))
+        .collect::<Result<_>>()?;
+    let mut data = overlay_options(&full, upper, work, unprivileged)?;
+    let mut cwd_changed = false;
+    if let (true, Some(dir)) = (data.len() > OPTIONS_MAX, short_dir) {
+        let links = dir.join("l");
+        mkdir(&links, 0o700)?;
+        let mut short = Vec::with_capacity(lowers.len());
+        for (i, lower) in lowers.iter().enumerate() {
+            let link = links.join(i.to_string());
+            std::os::unix::fs::symlink(lower, &link)
+                .with_context(|| format!("creating {}", link.display()))?;
+            short.push(format!("l/{i}"));
+        }
+        data = overlay_options(&short, upper, work, unprivileged)?;
+        nix::unistd::chdir(dir).with_context(|| format!("chdir {}", dir.display()))?;
+        cwd_changed = true;
+    }
+    let result = mount_overlay_data(target, &data, lowers.len());
+    if cwd_changed {
+        nix::unistd::chdir("/").context("chdir /")?;
+    }
+    result
+}
+
+fn mount_overlay_data(target: &Path, data: &str, lowers: usize) -> Result<()> {
+    if data.len() > OPTIONS_MAX {
         bail!(
             "overlay options are {} bytes, over the kernel's 4095-byte limit ({} lower layers)",
             data.len(),
-            lowers.len()
+            lowers
         );
     }
     mount(
@@ -309,7 +351,7 @@ fn mount_overlay(
         target,
         Some("overlay"),
         MsFlags::MS_NODEV,
-        Some(data.as_str()),
+        Some(data),
     )
     .with_context(|| format!("mounting overlay on {} ({data})", target.display()))
 }

@@ -1,0 +1,166 @@
+//! Layer snapshots: each layer unpacked once into its own dir of the store
+//! (`Store::install_layer_dir`, by diff_id), with whiteouts in overlayfs'
+//! form, so a RUN's root is an overlay of these dirs plus a fresh upper
+//! dir: no copy and no per-build unpack of the stage's files.
+//!
+//! A snapshot is filled in a locked temp dir and renamed into place, so a
+//! dir that exists is complete and never changes afterwards; two builds
+//! racing to create the same one both succeed (the loser's copy is
+//! dropped). `prune` removes snapshots whose layer no image or cache record
+//! names.
+//!
+//! The kernel stacks at most 500 lowers and takes the mount options in one
+//! page; a stage with more than [`MAX_LOWERS`] layers gets its oldest ones
+//! flattened into one snapshot named by their chain id (cached like a layer
+//! snapshot; `prune` drops it, it is made again on need).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+
+use crate::layer::{unpack_layer, UnpackOptions};
+use crate::store::Store;
+
+use super::rootfs::LayerRef;
+
+/// The most lower dirs a RUN overlay gets from a stage (the sandbox adds
+/// one for mount-point stubs). Far below the kernel's 500, and short
+/// enough that the options fit a page with the sandbox's short names.
+pub const MAX_LOWERS: usize = 100;
+
+/// The opaque-dir xattr the overlay will read: `trusted.*` for a real
+/// root's mount, `user.*` for a `userxattr` mount in a user namespace
+/// (rootless: trusted xattrs need CAP_SYS_ADMIN in the initial namespace).
+pub fn opaque_xattr() -> &'static str {
+    if nix::unistd::geteuid().is_root() && !crate::sandbox::in_user_namespace() {
+        "trusted.overlay.opaque"
+    } else {
+        "user.overlay.opaque"
+    }
+}
+
+/// Unpack options for a snapshot: the layer must match its diff_id and
+/// stay under the size limit; whiteouts are written as overlay ones.
+fn options(layer: &LayerRef, max_expanded: u64) -> UnpackOptions {
+    UnpackOptions {
+        no_chown: !nix::unistd::geteuid().is_root(),
+        expected_diff_id: Some(layer.diff_id.clone()),
+        max_expanded: Some(max_expanded),
+        overlay_opaque_xattr: Some(opaque_xattr()),
+        ..UnpackOptions::default()
+    }
+}
+
+/// The snapshot dir of `layer`, unpacked now if no build made it before.
+pub fn ensure(store: &Store, layer: &LayerRef, max_expanded: u64) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = store.layer_dir(&layer.diff_id) {
+        return Ok(dir);
+    }
+    store.install_layer_dir(&layer.diff_id, |dir| {
+        let blob = store
+            .open_blob(&layer.digest)
+            .with_context(|| format!("opening layer {}", layer.digest))?;
+        unpack_layer(
+            std::io::BufReader::new(blob),
+            dir,
+            &options(layer, max_expanded),
+        )
+        .with_context(|| format!("unpacking layer {} into a snapshot", layer.digest))?;
+        Ok(())
+    })
+}
+
+/// The OCI chain id of `layers` (bottom first): `sha256(chain(n-1) + " " +
+/// diff_id(n))`, the name of their flattened snapshot.
+pub fn chain_id(layers: &[LayerRef]) -> String {
+    let mut chain = String::new();
+    for l in layers {
+        chain = if chain.is_empty() {
+            l.diff_id.clone()
+        } else {
+            format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(format!("{chain} {}", l.diff_id)))
+            )
+        };
+    }
+    chain
+}
+
+/// One snapshot holding `layers` (bottom first) applied in order: the
+/// bottom of a stack too tall for one overlay. A plain unpack (whiteouts
+/// applied, not kept): nothing lies below it.
+fn ensure_flattened(
+    store: &Store,
+    layers: &[LayerRef],
+    max_expanded: u64,
+) -> anyhow::Result<PathBuf> {
+    let id = chain_id(layers);
+    if let Some(dir) = store.layer_dir(&id) {
+        return Ok(dir);
+    }
+    store.install_layer_dir(&id, |dir| {
+        for layer in layers {
+            let blob = store
+                .open_blob(&layer.digest)
+                .with_context(|| format!("opening layer {}", layer.digest))?;
+            let opts = UnpackOptions {
+                overlay_opaque_xattr: None,
+                ..options(layer, max_expanded)
+            };
+            unpack_layer(std::io::BufReader::new(blob), dir, &opts)
+                .with_context(|| format!("unpacking layer {} (flattened)", layer.digest))?;
+        }
+        Ok(())
+    })
+}
+
+/// The overlay lower dirs for a stage with `layers` (bottom first),
+/// topmost first, made as needed.
+pub fn lowers(
+    store: &Store,
+    layers: &[LayerRef],
+    max_expanded: u64,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let (flat, own) = if layers.len() > MAX_LOWERS {
+        layers.split_at(layers.len() - (MAX_LOWERS - 1))
+    } else {
+        layers.split_at(0)
+    };
+    let mut out = Vec::with_capacity(own.len() + 1);
+    for layer in own.iter().rev() {
+        out.push(ensure(store, layer, max_expanded)?);
+    }
+    if !flat.is_empty() {
+        out.push(ensure_flattened(store, flat, max_expanded)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(id: &str) -> LayerRef {
+        LayerRef {
+            digest: String::new(),
+            diff_id: id.to_string(),
+            size: 0,
+            media_type: String::new(),
+        }
+    }
+
+    #[test]
+    fn chain_ids_follow_the_oci_definition() {
+        let a = format!("sha256:{}", "a".repeat(64));
+        let b = format!("sha256:{}", "b".repeat(64));
+        assert_eq!(chain_id(&[layer(&a)]), a);
+        let want = format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(format!("{a} {b}").as_bytes()))
+        );
+        assert_eq!(chain_id(&[layer(&a), layer(&b)]), want);
+        assert_ne!(chain_id(&[layer(&b), layer(&a)]), want);
+    }
+}
