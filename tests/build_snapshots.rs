@@ -162,7 +162,23 @@ fn prune_removes_snapshots_whose_layer_is_gone() {
     assert!(!before.is_empty());
     env.rbuild_ok(&["prune"]);
     assert_eq!(snapshots(&env), before, "kept while the image names them");
+    // Untagged, the layers stay while cache records name them; a record
+    // dropped with its layer takes the snapshot along.
     env.rbuild_ok(&["rmi", "p:1"]);
+    env.rbuild_ok(&["prune"]);
+    assert_eq!(
+        snapshots(&env),
+        before,
+        "kept while cache records name them"
+    );
+    for rec in std::fs::read_dir(env.root().join("rbuild/cache")).unwrap() {
+        std::fs::remove_file(rec.unwrap().path()).unwrap();
+    }
+    env.rbuild_ok(&["prune"]);
+    assert!(snapshots(&env).is_empty(), "{:?}", snapshots(&env));
+    // `--all` drops every snapshot, even of a tagged image's layers.
+    env.rbuild_ok(&build_args(&ctx, &["-t", "p:1", "--build-arg", "BUST=1"]));
+    assert!(!snapshots(&env).is_empty());
     env.rbuild_ok(&["prune", "--all"]);
     assert!(snapshots(&env).is_empty(), "{:?}", snapshots(&env));
 }
@@ -236,4 +252,61 @@ fn xattr_get(path: &Path, name: &str) -> std::io::Result<Option<Vec<u8>>> {
     }
     buf.truncate(got as usize);
     Ok(Some(buf))
+}
+
+/// The one-file-changed rebuild: the new COPY layer's snapshot links every
+/// unchanged file from the previous one and copies only the changed file,
+/// and the RUN after it sees exactly what a plain copy of the stage shows.
+#[test]
+fn a_one_file_change_links_the_rest_of_the_copy_snapshot() {
+    let env = Env::new();
+    let rest = "WORKDIR /app\nCOPY tree .\n\
+        RUN echo SUM:$(find . | sort | xargs stat -c '%n %s %a %u %g %Y' | md5sum) \
+        $(find . -type f | sort | xargs cat | md5sum) && cat sub/changed\n";
+    let Some(ctx) = context(&env, "ctx", rest) else {
+        return;
+    };
+    for i in 0..50 {
+        let dir = ctx.join("tree").join(format!("d{}", i % 5));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i}")), format!("file {i}\n")).unwrap();
+    }
+    std::fs::create_dir_all(ctx.join("tree/sub")).unwrap();
+    std::fs::write(ctx.join("tree/sub/changed"), "before\n").unwrap();
+    let out = env.rbuild_ok(&build_args(&ctx, &[]));
+    assert!(stderr(&out).contains("before"), "{}", stderr(&out));
+    let first = snapshots(&env);
+    std::fs::write(ctx.join("tree/sub/changed"), "after!\n").unwrap();
+    let out = env.rbuild_ok(&build_args(&ctx, &[]));
+    let log = stderr(&out);
+    assert!(log.contains("after!"), "{log}");
+    assert!(
+        log.contains("layer snapshot: 50 files linked from the previous build, 1 copied"),
+        "{log}"
+    );
+    // One new snapshot (the new COPY layer); the old ones untouched.
+    let second = snapshots(&env);
+    assert_eq!(second.len(), first.len() + 1, "{first:?} {second:?}");
+    for (name, v) in &first {
+        assert_eq!(second.get(name), Some(v));
+    }
+    let new = second.keys().find(|k| !first.contains_key(*k)).unwrap();
+    let linked = env.root().join("rbuild/layers").join(new).join("app/d0/f0");
+    assert_eq!(std::fs::metadata(&linked).unwrap().nlink(), 2);
+    // The same view as the copy fallback's.
+    let sum = |log: &str| {
+        log.lines()
+            .find_map(|l| l.split_once("SUM:").map(|(_, s)| s.to_string()))
+            .unwrap_or_else(|| panic!("no SUM line in {log}"))
+    };
+    let plain = Env::new();
+    let out = std::process::Command::new(common::rbuild_bin())
+        .arg("--root")
+        .arg(plain.root())
+        .args(build_args(&ctx, &[]))
+        .env("RBUILD_NO_OVERLAY", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(sum(&stderr(&out)), sum(&log));
 }

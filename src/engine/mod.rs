@@ -9,6 +9,7 @@ pub mod copydest;
 pub mod limits;
 pub mod options;
 pub mod rootfs;
+pub mod snapfill;
 pub mod snapshot;
 pub mod sources;
 pub mod step;

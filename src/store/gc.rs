@@ -33,7 +33,7 @@ struct Marks {
 
 impl Store {
     /// Drop what no tag or cache record reaches; `all` drops the build
-    /// cache (records and RUN cache mounts) first.
+    /// cache (records and RUN cache mounts) first, and every layer snapshot.
     pub fn prune(&self, all: bool) -> anyhow::Result<PruneReport> {
         let Some(_gc) = lock::try_lock_exclusive(&self.private("gc.lock"))? else {
             anyhow::bail!(
@@ -50,7 +50,13 @@ impl Store {
             }
             report.cache_mounts = self.remove_cache_mounts()?;
         }
-        let marks = self.mark()?;
+        let mut marks = self.mark()?;
+        if all {
+            // Snapshots are a cache of the blobs (made again on need) and
+            // hold the images' setuid files and device nodes: `--all`
+            // leaves none behind.
+            marks.diff_ids.clear();
+        }
         self.sweep_blobs(&marks, &mut report)?;
         self.sweep_layer_dirs(&marks, &mut report)?;
         report.temps = fsutil::clean_temps(&self.tmp_dir(), &mut report.left)?;
