@@ -14,7 +14,7 @@
 //! Anything unexpected (a device node, a digest that changed since the
 //! context scan) fails the fill: the RUN then unpacks the layer instead.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -55,10 +55,21 @@ pub fn fill(dest: &Path, entries: &[LayerEntry], from: &LinkSource) -> anyhow::R
     });
     let mut stats = FillStats::default();
     let mut dirs = Vec::new();
+    // Nothing here follows a symlink: `dest` is fresh, so the only links
+    // in it are the ones made below; a path through one of them (two
+    // sources giving `x -> /etc` and `x/passwd`), or a path given twice,
+    // is left to the unpacker, which resolves such layers safely.
+    let mut seen: HashSet<PathBuf> = HashSet::new();
+    let mut links: HashSet<PathBuf> = HashSet::new();
+    // Dirs of the previous snapshot seen to be real dirs (no symlinks).
+    let mut prev_dirs: HashSet<PathBuf> = HashSet::new();
     for e in sorted {
         let rel = clean_rel(&e.path)?;
         if rel.as_os_str().is_empty() {
             continue;
+        }
+        if !seen.insert(rel.clone()) || rel.ancestors().any(|a| links.contains(a)) {
+            bail!("{}: a path given twice or below a symlink", e.path);
         }
         let path = dest.join(&rel);
         if let Some(parent) = path.parent() {
@@ -67,7 +78,7 @@ pub fn fill(dest: &Path, entries: &[LayerEntry], from: &LinkSource) -> anyhow::R
         }
         match &e.kind {
             EntryKind::Dir => {
-                if !path.is_dir() {
+                if path.symlink_metadata().is_err() {
                     std::fs::create_dir(&path)
                         .with_context(|| format!("creating {}", path.display()))?;
                 }
@@ -75,7 +86,9 @@ pub fn fill(dest: &Path, entries: &[LayerEntry], from: &LinkSource) -> anyhow::R
                 continue;
             }
             EntryKind::File(src) => {
-                if link_unchanged(&path, &rel, e, src, from)? {
+                if real_dirs_above(&from.dir, &rel, &mut prev_dirs)
+                    && link_unchanged(&path, &rel, e, src, from)?
+                {
                     stats.linked += 1;
                     continue;
                 }
@@ -83,12 +96,19 @@ pub fn fill(dest: &Path, entries: &[LayerEntry], from: &LinkSource) -> anyhow::R
                 stats.copied += 1;
             }
             EntryKind::Symlink { target } => {
+                links.insert(rel.clone());
                 std::os::unix::fs::symlink(target, &path)
                     .with_context(|| format!("creating {}", path.display()))?;
             }
             EntryKind::Hardlink { target } => {
-                let target = dest.join(clean_rel(target)?);
-                std::fs::hard_link(&target, &path)
+                let target = clean_rel(target)?;
+                if !seen.contains(&target) || target.ancestors().any(|a| links.contains(a)) {
+                    bail!(
+                        "{}: a hard link to {target:?}, not a file of the layer",
+                        e.path
+                    );
+                }
+                std::fs::hard_link(dest.join(target), &path)
                     .with_context(|| format!("linking {}", path.display()))?;
                 continue;
             }
@@ -101,6 +121,31 @@ pub fn fill(dest: &Path, entries: &[LayerEntry], from: &LinkSource) -> anyhow::R
         set_meta(path, e)?;
     }
     Ok(stats)
+}
+
+/// Whether every dir above `rel` in `root` is a real directory, so a path
+/// into `root` stays in it (`known` caches the dirs checked).
+fn real_dirs_above(root: &Path, rel: &Path, known: &mut HashSet<PathBuf>) -> bool {
+    let Some(parent) = rel.parent() else {
+        return true;
+    };
+    for dir in parent.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+        if known.contains(dir) {
+            return true;
+        }
+        match root.join(dir).symlink_metadata() {
+            Ok(m) if m.is_dir() => {}
+            _ => return false,
+        }
+    }
+    // Only once the whole chain is known good.
+    known.extend(
+        parent
+            .ancestors()
+            .filter(|a| !a.as_os_str().is_empty())
+            .map(Path::to_path_buf),
+    );
+    true
 }
 
 fn clean_rel(path: &str) -> anyhow::Result<PathBuf> {
@@ -166,8 +211,14 @@ fn sorted(x: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
 /// Copies a file's content from its source; a context file must still
 /// have the digest its cache key was made with.
 fn copy_file(path: &Path, src: &FileSource, from: &LinkSource) -> anyhow::Result<()> {
-    let mut out =
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
     match src {
         FileSource::Bytes(b) => out.write_all(b)?,
         FileSource::Path(p) => {
@@ -274,4 +325,70 @@ fn xattrs_of(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     }
     out.sort();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, kind: EntryKind) -> LayerEntry {
+        LayerEntry {
+            path: path.to_string(),
+            kind,
+            mode: 0o644,
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            mtime: Timespec::new(1, 0),
+            xattrs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_path_below_a_symlink_of_the_layer_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let (dest, outside) = (t.path().join("dest"), t.path().join("outside"));
+        std::fs::create_dir_all(&dest).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        let from = LinkSource {
+            dir: t.path().join("none"),
+            old_files: BTreeMap::new(),
+            new_files: BTreeMap::new(),
+            context_root: t.path().join("ctx"),
+        };
+        let entries = vec![
+            entry(
+                "x",
+                EntryKind::Symlink {
+                    target: outside.to_string_lossy().into_owned(),
+                },
+            ),
+            entry("x/pwned", EntryKind::File(FileSource::Bytes(b"!".to_vec()))),
+        ];
+        let err = fill(&dest, &entries, &from).unwrap_err();
+        assert!(format!("{err:#}").contains("below a symlink"), "{err:#}");
+        assert!(!outside.join("pwned").exists());
+        // A plain layer is filled, metadata included.
+        let dest2 = t.path().join("dest2");
+        std::fs::create_dir_all(&dest2).unwrap();
+        let entries = vec![
+            entry("d", EntryKind::Dir),
+            entry("d/f", EntryKind::File(FileSource::Bytes(b"hi".to_vec()))),
+            entry(
+                "d/l",
+                EntryKind::Hardlink {
+                    target: "d/f".into(),
+                },
+            ),
+        ];
+        let stats = fill(&dest2, &entries, &from).unwrap();
+        assert_eq!(
+            stats,
+            FillStats {
+                linked: 0,
+                copied: 1
+            }
+        );
+        let m = std::fs::metadata(dest2.join("d/l")).unwrap();
+        assert_eq!((m.nlink(), m.mtime()), (2, 1));
+    }
 }
