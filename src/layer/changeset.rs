@@ -1,6 +1,7 @@
 //! What a RUN step changed, as layer entries: from an overlayfs upper dir
 //! (the fast path) or by comparing two trees (when overlay is unavailable).
 
+use super::merged::MergedView;
 use std::collections::{BTreeSet, HashSet};
 use std::fs::Metadata;
 use std::io::{self, Read};
@@ -34,8 +35,8 @@ fn rel_of(root: &Path, path: &Path) -> Result<String> {
 
 /// Whether the lower view (layer dirs, topmost first, read as overlayfs
 /// merges them) has something at `rel`.
-fn exists_in(dirs: &[PathBuf], rel: &str) -> bool {
-    super::merged::merged_lookup(dirs, rel).is_some()
+fn exists_in(view: &mut MergedView, rel: &str) -> bool {
+    view.lookup(rel).is_some()
 }
 
 fn is_overlay_whiteout(meta: &Metadata) -> bool {
@@ -58,6 +59,7 @@ pub fn changeset_from_overlay_upper(
     lower_dirs: &[PathBuf],
 ) -> Result<Vec<LayerEntry>> {
     let mut links = HardlinkMap::default();
+    let mut lower = MergedView::new(lower_dirs);
     // (entry, is a change): directories copied up unchanged wait for a
     // change below them.
     let mut out: Vec<(LayerEntry, bool)> = Vec::new();
@@ -73,7 +75,7 @@ pub fn changeset_from_overlay_upper(
             .metadata()
             .with_context(|| format!("stat {}", path.display()))?;
         if is_overlay_whiteout(&meta) {
-            if exists_in(lower_dirs, &rel) {
+            if exists_in(&mut lower, &rel) {
                 out.push((LayerEntry::whiteout(&rel), true));
             }
             continue;
@@ -89,8 +91,8 @@ pub fn changeset_from_overlay_upper(
                 );
             }
         }
-        let opaque = meta.is_dir() && is_opaque(path)? && exists_in(lower_dirs, &rel);
-        let changed = opaque || !same_as_lower(lower_dirs, &rel, path, &meta)?;
+        let opaque = meta.is_dir() && is_opaque(path)? && exists_in(&mut lower, &rel);
+        let changed = opaque || !same_as_lower(&mut lower, &rel, path, &meta)?;
         if !changed && !meta.is_dir() {
             continue;
         }
@@ -125,8 +127,8 @@ fn keep_changes_and_their_parents(out: Vec<(LayerEntry, bool)>) -> Vec<LayerEntr
 
 /// Whether the upper object at `path` equals the one the top-most lower
 /// dir has at `rel` in everything a layer records (BuildKit's `sameDirent`).
-fn same_as_lower(lower_dirs: &[PathBuf], rel: &str, path: &Path, meta: &Metadata) -> Result<bool> {
-    let Some(lower_path) = super::merged::merged_lookup(lower_dirs, rel) else {
+fn same_as_lower(lower: &mut MergedView, rel: &str, path: &Path, meta: &Metadata) -> Result<bool> {
+    let Some(lower_path) = lower.lookup(rel) else {
         return Ok(false);
     };
     match lstat_opt(&lower_path)? {

@@ -75,6 +75,69 @@ fn root(layers: &[PathBuf]) -> MergedDir {
     MergedDir(dirs)
 }
 
+/// Lookups in one merged view that remember the directories resolved, so
+/// a walk over many paths (a RUN's upper dir) costs a few stats per path,
+/// not one per component and layer.
+pub struct MergedView {
+    layers: Vec<PathBuf>,
+    /// Merged dirs by relative path (`""` is the root); `None`: not a
+    /// directory in the view.
+    dirs: std::collections::HashMap<String, Option<MergedDir>>,
+}
+
+impl MergedView {
+    pub fn new(layers: &[PathBuf]) -> MergedView {
+        let mut dirs = std::collections::HashMap::new();
+        dirs.insert(String::new(), Some(root(layers)));
+        MergedView {
+            layers: layers.to_vec(),
+            dirs,
+        }
+    }
+
+    /// The merged dir at `rel`, from the deepest cached ancestor down
+    /// (iterative: a RUN may leave a very deep tree).
+    fn dir(&mut self, rel: &str) -> Option<MergedDir> {
+        let mut start = rel;
+        let cached = loop {
+            if let Some(d) = self.dirs.get(start) {
+                break d.clone();
+            }
+            start = start.rsplit_once('/').map_or("", |(p, _)| p);
+        };
+        let mut dir = cached?;
+        let rest = rel[start.len()..].trim_start_matches('/');
+        let mut at = start.to_string();
+        for name in rest.split('/').filter(|n| !n.is_empty()) {
+            if !at.is_empty() {
+                at.push('/');
+            }
+            at.push_str(name);
+            let found = match dir.child(name) {
+                Some(Found::Dir(d)) => Some(d),
+                _ => None,
+            };
+            self.dirs.insert(at.clone(), found.clone());
+            dir = found?;
+        }
+        Some(dir)
+    }
+
+    /// The host path of what the view shows at `rel` (relative, `/`
+    /// separated, no symlinks followed), if anything.
+    pub fn lookup(&mut self, rel: &str) -> Option<PathBuf> {
+        let rel = rel.trim_matches('/');
+        if rel.is_empty() {
+            return self.layers.first().cloned();
+        }
+        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        match self.dir(parent)?.child(name)? {
+            Found::Dir(d) => d.0.first().cloned(),
+            Found::Other(p, _) => Some(p),
+        }
+    }
+}
+
 /// The host path of what the merged view shows at `rel` (relative, no
 /// symlinks followed: overlay lookups go name by name), if anything.
 pub fn merged_lookup(layers: &[PathBuf], rel: &str) -> Option<PathBuf> {
@@ -199,6 +262,18 @@ mod tests {
             Some(mid.join("etc/passwd"))
         );
         assert_eq!(merged_lookup(&layers, "gone"), None);
+        let mut view = MergedView::new(&layers);
+        for rel in [
+            "etc/passwd",
+            "gone",
+            "opq/old",
+            "opq/new",
+            "link",
+            "d/x",
+            "",
+        ] {
+            assert_eq!(view.lookup(rel), merged_lookup(&layers, rel), "{rel}");
+        }
         assert_eq!(merged_lookup(&layers, "opq/old"), None);
         assert_eq!(merged_lookup(&layers, "opq/new"), Some(mid.join("opq/new")));
         assert_eq!(
