@@ -12,6 +12,7 @@ pub mod rootfs;
 pub mod snapfill;
 pub mod snapshot;
 pub mod sources;
+pub mod stageview;
 pub mod step;
 pub mod users;
 

@@ -19,6 +19,7 @@ use super::copy::{copy_entries, heredoc_tree, CopyOptions, SourceItem, SourceKin
 use super::copydest::{clean, resolve_dest};
 use super::rootfs::{self, LayerRef, Rootfs};
 use super::sources;
+use super::stageview::StageView;
 use super::users::UserDb;
 
 /// A stage being built.
@@ -477,14 +478,28 @@ impl StageState {
             .to_path_buf())
     }
 
+    /// This stage's files for lookups: its layer snapshots when RUN uses
+    /// them (nothing materialized), else the materialized root.
+    fn view(&mut self, ctx: &BuildCtx<'_>) -> anyhow::Result<StageView> {
+        if super::run::overlay_usable() {
+            let max = ctx.req.registry.max_layer_size;
+            return Ok(StageView::Layers(super::snapshot::lowers(
+                ctx.store,
+                &self.layers,
+                max,
+            )?));
+        }
+        Ok(StageView::Dir(self.root(ctx)?))
+    }
+
     fn user_db(&mut self, ctx: &BuildCtx<'_>) -> anyhow::Result<UserDb> {
         if self.layers.is_empty() {
             return Ok(UserDb::default());
         }
-        let root = self.root(ctx)?;
+        let view = self.view(ctx)?;
         Ok(UserDb::parse(
-            &rootfs::read_text(&root, "/etc/passwd"),
-            &rootfs::read_text(&root, "/etc/group"),
+            &view.read_text("/etc/passwd"),
+            &view.read_text("/etc/group"),
         ))
     }
 
@@ -592,14 +607,14 @@ impl StageState {
         if link || self.layers.is_empty() {
             return Ok(copy_entries(&trees, &dest_abs, false, &opts, &|_| None));
         }
-        let root = self.root(ctx)?;
+        let view = self.view(ctx)?;
         let trailing = dest_abs.ends_with('/');
-        let mut resolved = rootfs::image_path(&root, &dest_abs)?;
+        let mut resolved = view.image_path(&dest_abs)?;
         if trailing && !resolved.ends_with('/') {
             resolved.push('/');
         }
-        let exists_dir = rootfs::existing_dir(&root, &resolved).is_some();
-        let existing = |p: &str| rootfs::existing_dir(&root, p);
+        let exists_dir = view.existing_dir(&resolved).is_some();
+        let existing = |p: &str| view.existing_dir(p);
         Ok(copy_entries(
             &trees, &resolved, exists_dir, &opts, &existing,
         ))
@@ -648,20 +663,16 @@ impl StageState {
                     .to_string(),
             });
         }
-        // With overlay, the layer snapshots are the root: the stage's files
-        // are neither copied nor unpacked for this step.
-        let (users, root, lowers) = if super::run::overlay_usable() {
-            let lowers =
-                super::snapshot::lowers(ctx.store, &self.layers, ctx.req.registry.max_layer_size)?;
-            let read = |p: &str| {
-                crate::layer::merged_resolve(&lowers, p)
-                    .and_then(|f| std::fs::read_to_string(f).ok())
-                    .unwrap_or_default()
-            };
-            let users = UserDb::parse(&read("/etc/passwd"), &read("/etc/group"));
-            (users, None, lowers)
-        } else {
-            (self.user_db(ctx)?, Some(self.root(ctx)?), Vec::new())
+        // With overlay the view is the layer snapshots, the RUN's root:
+        // the stage's files are neither copied nor unpacked for this step.
+        let view = self.view(ctx)?;
+        let users = UserDb::parse(
+            &view.read_text("/etc/passwd"),
+            &view.read_text("/etc/group"),
+        );
+        let (root, lowers) = match view {
+            StageView::Layers(lowers) => (None, lowers),
+            StageView::Dir(dir) => (Some(dir), Vec::new()),
         };
         let mut views: Vec<SourceView> = Vec::new();
         let mut bind_roots: Vec<(usize, std::path::PathBuf, String)> = Vec::new();
@@ -794,12 +805,12 @@ impl StageState {
                 &|_| None,
             ));
         }
-        let root = self.root(ctx)?;
-        let resolved = rootfs::image_path(&root, wd)?;
-        if rootfs::existing_dir(&root, &resolved).is_some() {
+        let view = self.view(ctx)?;
+        let resolved = view.image_path(wd)?;
+        if view.existing_dir(&resolved).is_some() {
             return Ok(Vec::new());
         }
-        let existing = |p: &str| rootfs::existing_dir(&root, p);
+        let existing = |p: &str| view.existing_dir(p);
         Ok(copy_entries(
             &[tree],
             &format!("{resolved}/"),

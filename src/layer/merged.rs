@@ -210,6 +210,52 @@ pub fn merged_resolve(layers: &[PathBuf], path: &str) -> Option<PathBuf> {
     last.or_else(|| stack.last().and_then(|d| d.0.first().cloned()))
 }
 
+/// `path` in image terms after resolving symlinks inside the merged view
+/// (`resolve_in_root`'s semantics: `..` stops at the root, missing
+/// components are kept verbatim, so the result is where a new file of that
+/// name would go). Errors on a symlink loop.
+pub fn merged_image_path(layers: &[PathBuf], path: &str) -> anyhow::Result<String> {
+    let mut view = MergedView::new(layers);
+    let mut todo: Vec<String> = split_rev(path);
+    let mut resolved: Vec<String> = Vec::new();
+    let mut hops = 0;
+    while let Some(part) = todo.pop() {
+        match part.as_str() {
+            "." => continue,
+            ".." => {
+                resolved.pop();
+                continue;
+            }
+            _ => {}
+        }
+        resolved.push(part);
+        let rel = resolved.join("/");
+        let Some(host) = view.lookup(&rel) else {
+            continue;
+        };
+        let Ok(meta) = host.symlink_metadata() else {
+            continue;
+        };
+        if !meta.file_type().is_symlink() {
+            continue;
+        }
+        hops += 1;
+        if hops > MAX_SYMLINKS {
+            anyhow::bail!("resolving {path:?} in the image: too many levels of symbolic links");
+        }
+        let target = std::fs::read_link(&host)?;
+        let Some(target) = target.to_str() else {
+            anyhow::bail!("resolving {path:?}: the symlink {rel} is not UTF-8");
+        };
+        resolved.pop();
+        if target.starts_with('/') {
+            resolved.clear();
+        }
+        todo.extend(split_rev(target));
+    }
+    Ok(format!("/{}", resolved.join("/")))
+}
+
 fn split_rev(path: &str) -> Vec<String> {
     path.split('/')
         .filter(|p| !p.is_empty())
@@ -281,6 +327,11 @@ mod tests {
             Some(mid.join("etc/passwd"))
         );
         assert_eq!(merged_resolve(&layers, "/link/../gone"), None);
+        assert_eq!(
+            merged_image_path(&layers, "/link/x/../new").unwrap(),
+            "/etc/new"
+        );
+        assert_eq!(merged_image_path(&layers, "/../opq/n").unwrap(), "/opq/n");
     }
 
     fn xattr_set(path: &Path) {

@@ -24,7 +24,7 @@ mod xattr;
 pub use changeset::{changeset_from_overlay_upper, diff_trees};
 pub use compress::{write_layer, Compression, LayerInfo, WriteOptions};
 pub use entry::{EntryKind, FileSource, LayerEntry, Timespec, OPAQUE_MARKER, WHITEOUT_PREFIX};
-pub use merged::{merged_lookup, merged_resolve};
+pub use merged::{merged_image_path, merged_lookup, merged_resolve, MergedView};
 pub use pgzip::ParallelGzipWriter;
 pub use resolve::resolve_in_root;
 pub use sparse::{copy_sparse, write_sparse};

@@ -1,0 +1,57 @@
+//! A stage's files for the steps that only look things up in them (COPY
+//! destinations through image symlinks, `--chown` and USER names, WORKDIR):
+//! read through the layer snapshots when RUN uses them, so no step
+//! materializes the stage; else the materialized dir (see `rootfs`).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use crate::layer::{merged_image_path, merged_lookup, merged_resolve, Timespec};
+
+use super::copy::ExistingDir;
+use super::rootfs;
+
+pub enum StageView {
+    /// Layer snapshots, topmost first, read with overlay rules.
+    Layers(Vec<PathBuf>),
+    /// A materialized root.
+    Dir(PathBuf),
+}
+
+impl StageView {
+    /// `path` in image terms after resolving symlinks inside the image.
+    pub fn image_path(&self, path: &str) -> anyhow::Result<String> {
+        match self {
+            StageView::Layers(l) => merged_image_path(l, path),
+            StageView::Dir(root) => rootfs::image_path(root, path),
+        }
+    }
+
+    /// The directory at `path` (image terms, symlinks already resolved),
+    /// if there is one (not following a final symlink).
+    pub fn existing_dir(&self, path: &str) -> Option<ExistingDir> {
+        let l = match self {
+            StageView::Layers(l) => l,
+            StageView::Dir(root) => return rootfs::existing_dir(root, path),
+        };
+        let meta = merged_lookup(l, path.trim_start_matches('/'))?
+            .symlink_metadata()
+            .ok()?;
+        meta.is_dir().then(|| ExistingDir {
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mtime: Timespec::new(meta.mtime(), meta.mtime_nsec() as u32),
+        })
+    }
+
+    /// A small text file of the image (`/etc/passwd`), empty when absent.
+    pub fn read_text(&self, path: &str) -> String {
+        match self {
+            StageView::Layers(l) => merged_resolve(l, path)
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .unwrap_or_default(),
+            StageView::Dir(root) => rootfs::read_text(root, path),
+        }
+    }
+}
