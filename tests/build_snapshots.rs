@@ -310,3 +310,25 @@ fn a_one_file_change_links_the_rest_of_the_copy_snapshot() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(sum(&stderr(&out)), sum(&log));
 }
+
+/// COPY destinations and WORKDIR are resolved through the snapshots with
+/// overlay rules: a dir hidden by an opaque dir or a whiteout is not there,
+/// an image symlink is followed inside the image.
+#[test]
+fn copy_destinations_and_workdir_follow_the_merged_view() {
+    let env = Env::new();
+    let rest = "RUN mkdir -p /o/olddir /w && echo x > /w/a\n\
+        RUN rm -rf /o && mkdir /o && rm /w/a && ln -s /o /lnk\n\
+        COPY f /o/olddir\n\
+        COPY f /lnk/vialink\n\
+        WORKDIR /w/a\n\
+        RUN echo \"V:$(cat /o/olddir) $(cat /o/vialink) $(pwd) $(ls -ld /w/a | cut -c1) $(ls /lnk | tr '\\n' ,)\"\n";
+    let Some(ctx) = context(&env, "ctx", rest) else {
+        return;
+    };
+    std::fs::write(ctx.join("f"), "F").unwrap();
+    let out = env.rbuild_ok(&build_args(&ctx, &[]));
+    let log = stderr(&out);
+    assert!(log.contains("V:F F /w/a d olddir,vialink,"), "{log}");
+    assert!(!log.contains("overlayfs is not available"), "{log}");
+}
