@@ -25,6 +25,13 @@ use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 
 use crate::layer::{EntryKind, FileSource, LayerEntry, Timespec};
+use crate::plan::Step;
+use crate::progress::StepHandle;
+use crate::store::CachedLayer;
+
+use super::build::BuildCtx;
+use super::cachekey::KeyInputs;
+use super::rootfs::LayerRef;
 
 /// What the previous build of the step left to reuse.
 pub struct LinkSource {
@@ -35,6 +42,72 @@ pub struct LinkSource {
     pub new_files: BTreeMap<String, String>,
     /// The context root the entries' source paths are under.
     pub context_root: PathBuf,
+}
+
+/// For a context COPY whose previous build (same parent, instruction and
+/// settings; only files changed) left a layer snapshot: what the new
+/// layer's snapshot can link from (see `snapfill`).
+pub fn link_source(
+    ctx: &BuildCtx<'_>,
+    step: &Step,
+    now: &KeyInputs,
+    old: Option<KeyInputs>,
+    old_layer: Option<CachedLayer>,
+) -> Option<LinkSource> {
+    let old = old?;
+    let same_step = super::step::is_copy(step)
+        && step.sources.is_empty()
+        && old.parent == now.parent
+        && old.instruction == now.instruction
+        && without_sources(&old.extra) == without_sources(&now.extra)
+        && !now.files.is_empty();
+    if !same_step || !super::run::overlay_usable() {
+        return None;
+    }
+    let dir = ctx.store.layer_dir(&old_layer?.diff_id)?;
+    Some(LinkSource {
+        dir,
+        old_files: old.files,
+        new_files: now.files.clone(),
+        context_root: ctx.context().ok()?.root().to_path_buf(),
+    })
+}
+
+/// A COPY's settings but the digest of its selected files (which the
+/// per-file digests stand for).
+fn without_sources(
+    extra: &std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<&String, &String> {
+    extra
+        .iter()
+        .filter(|(k, _)| k.as_str() != "sources")
+        .collect()
+}
+
+/// Makes the new COPY layer's snapshot from its entries (best effort: when
+/// it fails, the next RUN unpacks the layer instead), reported as a log
+/// line of the step.
+pub fn snapshot_from_entries(
+    ctx: &BuildCtx<'_>,
+    layer: &LayerRef,
+    entries: &[LayerEntry],
+    from: &LinkSource,
+    handle: &StepHandle,
+) {
+    let mut stats = None;
+    let made = ctx.store.install_layer_dir(&layer.diff_id, |dir| {
+        stats = Some(fill(dir, entries, from)?);
+        Ok(())
+    });
+    let line = match (made, stats) {
+        (Ok(_), Some(s)) => format!(
+            "layer snapshot: {} files linked from the previous build, {} copied\n",
+            s.linked, s.copied
+        ),
+        (Ok(_), None) => return,
+        (Err(e), _) => format!("layer snapshot left to the next RUN: {e:#}\n"),
+    };
+    handle.log(crate::progress::Stream::Stderr, line.as_bytes());
 }
 
 /// Counts of a fill, for the step's progress.

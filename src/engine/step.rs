@@ -217,7 +217,7 @@ impl StageState {
             let old_layer = closest.as_ref().and_then(|r| r.layer.clone());
             let old = closest.and_then(|r| stored_inputs(ctx, r.inputs));
             let reason = explain_miss(&inputs, old.as_ref());
-            link_from = copy_link_source(ctx, step, &inputs, old, old_layer);
+            link_from = super::snapfill::link_source(ctx, step, &inputs, old, old_layer);
             reason
         };
         handle.cache_miss(&reason);
@@ -225,7 +225,7 @@ impl StageState {
             let kept = link_from.as_ref().map(|_| entries.clone());
             let layer = self.write(ctx, entries, &handle)?;
             if let (Some(from), Some(entries), Some(layer)) = (&link_from, kept, &layer) {
-                snapshot_from_entries(ctx, layer, &entries, from, &handle);
+                super::snapfill::snapshot_from_entries(ctx, layer, &entries, from, &handle);
             }
             Ok(layer)
         });
@@ -857,6 +857,11 @@ impl StageState {
     }
 }
 
+/// Whether the step is a COPY or ADD.
+pub(super) fn is_copy(step: &Step) -> bool {
+    CopyParts::of(&step.instruction.kind).is_some()
+}
+
 /// The operands of a COPY or ADD.
 struct CopyParts<'a> {
     sources: &'a [String],
@@ -942,72 +947,6 @@ fn image_layers(img: &crate::image::Image) -> anyhow::Result<Vec<LayerRef>> {
 }
 
 /// A cache record's inputs, with the file digests read back from their blob.
-/// For a context COPY whose previous build (same parent, instruction and
-/// settings; only files changed) left a layer snapshot: what the new
-/// layer's snapshot can link from (see `snapfill`).
-fn copy_link_source(
-    ctx: &BuildCtx<'_>,
-    step: &Step,
-    now: &KeyInputs,
-    old: Option<KeyInputs>,
-    old_layer: Option<CachedLayer>,
-) -> Option<super::snapfill::LinkSource> {
-    let old = old?;
-    let same_step = CopyParts::of(&step.instruction.kind).is_some()
-        && step.sources.is_empty()
-        && old.parent == now.parent
-        && old.instruction == now.instruction
-        && without_sources(&old.extra) == without_sources(&now.extra)
-        && !now.files.is_empty();
-    if !same_step || !super::run::overlay_usable() {
-        return None;
-    }
-    let dir = ctx.store.layer_dir(&old_layer?.diff_id)?;
-    Some(super::snapfill::LinkSource {
-        dir,
-        old_files: old.files,
-        new_files: now.files.clone(),
-        context_root: ctx.context().ok()?.root().to_path_buf(),
-    })
-}
-
-/// A COPY's settings but the digest of its selected files (which the
-/// per-file digests stand for).
-fn without_sources(
-    extra: &std::collections::BTreeMap<String, String>,
-) -> std::collections::BTreeMap<&String, &String> {
-    extra
-        .iter()
-        .filter(|(k, _)| k.as_str() != "sources")
-        .collect()
-}
-
-/// Makes the new COPY layer's snapshot from its entries (best effort: when
-/// it fails, the next RUN unpacks the layer instead), reported as a log
-/// line of the step.
-fn snapshot_from_entries(
-    ctx: &BuildCtx<'_>,
-    layer: &LayerRef,
-    entries: &[LayerEntry],
-    from: &super::snapfill::LinkSource,
-    handle: &StepHandle,
-) {
-    let mut stats = None;
-    let made = ctx.store.install_layer_dir(&layer.diff_id, |dir| {
-        stats = Some(super::snapfill::fill(dir, entries, from)?);
-        Ok(())
-    });
-    let line = match (made, stats) {
-        (Ok(_), Some(s)) => format!(
-            "layer snapshot: {} files linked from the previous build, {} copied\n",
-            s.linked, s.copied
-        ),
-        (Ok(_), None) => return,
-        (Err(e), _) => format!("layer snapshot left to the next RUN: {e:#}\n"),
-    };
-    handle.log(crate::progress::Stream::Stderr, line.as_bytes());
-}
-
 fn stored_inputs(ctx: &BuildCtx<'_>, json: serde_json::Value) -> Option<KeyInputs> {
     let blob = json
         .get("files_blob")
