@@ -6,9 +6,10 @@
 #   run-only      rebuild with only the last RUN's cache busted (ARG BUST):
 #                 the RUN after the big COPY, plus the fixed cost of a build
 #   one-file      rebuild after one source file changed (COPY + RUN again)
-# and the RUN step's own time as the plain progress prints it ("DONE x.xs").
+# and the RUN step's own time in ms (JSON progress). RUN_CMD replaces the
+# RUN's command (default `find . | wc -l`; `true` shows the step's overhead).
 # Usage: bench/snapshots/run.sh RBUILD_BIN... (env: FILES, BINARY_MB, TEXT_MB,
-#        RUNS, BENCH_WORK)
+#        RUNS, RUN_CMD, BENCH_WORK)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -25,22 +26,24 @@ RUN ["/bin/busybox", "--install", "-s", "/bin"]
 WORKDIR /app
 COPY tree .
 ARG BUST
-RUN echo "$BUST" >/dev/null && find . | wc -l
+RUN echo "$BUST" >/dev/null && RUN_CMD
 DF
+sed -i "s#RUN_CMD#${RUN_CMD:-find . | wc -l}#" "$work/ctx/Dockerfile"
 median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 now() { date +%s.%N; }
-# Wall seconds of one build, and the last step's DONE time, as "wall run".
+# Wall seconds of one build and its last RUN step's own milliseconds (from
+# the JSON progress events), as "wall run_ms".
 one() { # $1 bin, $2 store, $3 bust
-  local t0 t1 log
+  local t0 t1 log id run
   t0=$(now)
-  log=$("$1" --root "$2" build --progress plain --build-arg "BUST=$3" -t b "$work/ctx" 2>&1)
+  log=$("$1" --root "$2" build --progress json --build-arg "BUST=$3" -t b "$work/ctx" 2>&1)
   t1=$(now)
-  local run
-  run=$(grep -E '^#[0-9]+ DONE' <<<"$log" | tail -1 | sed -E 's/.*DONE ([0-9.]+)s/\1/')
+  id=$(grep '"step_started"' <<<"$log" | grep '] RUN' | tail -1 | sed -E 's/.*"id":([0-9]+).*/\1/')
+  run=$(grep '"step_done"' <<<"$log" | grep "\"id\":$id," | sed -E 's/.*"duration_ms":([0-9]+).*/\1/')
   awk -v a="$t0" -v b="$t1" -v r="${run:-0}" 'BEGIN{printf "%.3f %s\n", b-a, r}'
 }
 printf 'load before: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-28s %8s %10s %10s %10s %10s\n' binary cold run-only "RUN step" one-file "RUN step"
+printf '%-28s %8s %10s %10s %10s %10s\n' binary "cold s" "run-only s" "RUN ms" "one-file s" "RUN ms"
 for bin in "$@"; do
   cold=(); ronly=(); rstep=(); ofile=(); ostep=()
   for i in $(seq 1 "$runs"); do
