@@ -47,7 +47,7 @@ pub struct LinkSource {
 /// For a context COPY whose previous build (same parent, instruction and
 /// settings; only files changed) left a layer snapshot: what the new
 /// layer's snapshot can link from (see `snapfill`).
-pub fn link_source(
+pub(super) fn link_source(
     ctx: &BuildCtx<'_>,
     step: &Step,
     now: &KeyInputs,
@@ -87,7 +87,7 @@ fn without_sources(
 /// Makes the new COPY layer's snapshot from its entries (best effort: when
 /// it fails, the next RUN unpacks the layer instead), reported as a log
 /// line of the step.
-pub fn snapshot_from_entries(
+pub(super) fn snapshot_from_entries(
     ctx: &BuildCtx<'_>,
     layer: &LayerRef,
     entries: &[LayerEntry],

@@ -11,8 +11,9 @@
 //!
 //! The kernel stacks at most 500 lowers and takes the mount options in one
 //! page; a stage with more than [`MAX_LOWERS`] layers gets its oldest ones
-//! flattened into one snapshot named by their chain id (cached like a layer
-//! snapshot; `prune` drops it, it is made again on need).
+//! (a multiple of 50) flattened into one snapshot named by their chain id
+//! (cached like a layer snapshot; `prune` drops it, it is made again on
+//! need).
 
 use std::path::PathBuf;
 
@@ -28,6 +29,11 @@ use super::rootfs::LayerRef;
 /// one for mount-point stubs). Far below the kernel's 500, and short
 /// enough that the options fit a page with the sandbox's short names.
 pub const MAX_LOWERS: usize = 100;
+
+/// Past [`MAX_LOWERS`], the oldest layers are flattened in multiples of
+/// this many, so one flattened snapshot serves the next 50 layers a stage
+/// grows by (and later builds), instead of a new one for every step.
+const FLATTEN_STEP: usize = 50;
 
 /// The opaque-dir xattr the overlay will read: `trusted.*` for a real
 /// root's mount, `user.*` for a `userxattr` mount in a user namespace
@@ -123,11 +129,11 @@ pub fn lowers(
     layers: &[LayerRef],
     max_expanded: u64,
 ) -> anyhow::Result<Vec<PathBuf>> {
-    let (flat, own) = if layers.len() > MAX_LOWERS {
-        layers.split_at(layers.len() - (MAX_LOWERS - 1))
-    } else {
-        layers.split_at(0)
+    let cut = match layers.len() {
+        n if n > MAX_LOWERS => ((n - MAX_LOWERS - 1) / FLATTEN_STEP + 1) * FLATTEN_STEP,
+        _ => 0,
     };
+    let (flat, own) = layers.split_at(cut);
     let mut out = Vec::with_capacity(own.len() + 1);
     for layer in own.iter().rev() {
         out.push(ensure(store, layer, max_expanded)?);
@@ -162,5 +168,20 @@ mod tests {
         );
         assert_eq!(chain_id(&[layer(&a), layer(&b)]), want);
         assert_ne!(chain_id(&[layer(&b), layer(&a)]), want);
+    }
+
+    #[test]
+    fn the_flattened_part_grows_in_steps() {
+        let cut = |n: usize| match n {
+            n if n > MAX_LOWERS => ((n - MAX_LOWERS - 1) / FLATTEN_STEP + 1) * FLATTEN_STEP,
+            _ => 0,
+        };
+        assert_eq!(
+            [cut(100), cut(101), cut(150), cut(151), cut(499)],
+            [0, 50, 50, 100, 400]
+        );
+        for n in 1..600 {
+            assert!(n - cut(n) <= MAX_LOWERS, "{n}");
+        }
     }
 }
