@@ -300,6 +300,8 @@ impl Cli {
 
 /// Parse the process arguments and run the command; returns the exit code.
 pub fn main() -> i32 {
+    // Descriptors inherited from the caller must reach no child we start.
+    crate::sandbox::cloexec_inherited_fds();
     // The RUN sandbox re-executes this binary as its setup process.
     if std::env::args_os().nth(1).as_deref() == Some(crate::sandbox::INIT_ARG.as_ref()) {
         crate::sandbox::init_main();

@@ -4,9 +4,10 @@
 //! The stage's layers are materialized once per stage (see `rootfs`) and
 //! serve as the overlay's single lower dir; each RUN gets a fresh upper dir.
 //! `RUN --mount` types are lowered here into what the sandbox knows (binds
-//! of prepared host paths and tmpfs): cache dirs live in the store, secrets
-//! in a private temp dir removed after the step, the SSH agent socket is
-//! bound from `SSH_AUTH_SOCK`.
+//! of prepared host paths, tmpfs and files): cache dirs live in the store,
+//! secrets and heredoc scripts are handed over as bytes that the sandbox
+//! writes to a tmpfs of its own mount namespace (never to a host path), the
+//! SSH agent socket is bound from `SSH_AUTH_SOCK`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,9 @@ use anyhow::{bail, Context};
 use crate::dockerfile::mount::{CacheSharing, Mount, MountType};
 use crate::image::ImageConfig;
 use crate::layer::{changeset_from_overlay_upper, diff_trees, LayerEntry};
-use crate::sandbox::{self, ExtraFiles, MountSpec, NetworkMode, RootfsSpec, RunSpec, UserSpec};
+use crate::sandbox::{
+    self, ExtraFiles, FileBytes, MountSpec, NetworkMode, RootfsSpec, RunSpec, UserSpec,
+};
 use crate::store::Store;
 
 use super::users::UserDb;
@@ -134,31 +137,22 @@ pub fn run(
     on_output: &mut dyn FnMut(sandbox::Stream, &[u8]),
 ) -> anyhow::Result<(Vec<LayerEntry>, tempfile::TempDir)> {
     let work = tempfile::tempdir_in(inputs.store.tmp_dir()).context("creating RUN dirs")?;
-    let secrets_dir = private_dir(inputs.store)?;
     let user = resolve_user(inputs)?;
     let mut env = process_env(inputs, &user.1);
     let mut specs = Vec::new();
     let mut locks = Vec::new();
     for m in &inputs.mounts {
-        lower_mount(
-            inputs,
-            m,
-            secrets_dir.path(),
-            &mut specs,
-            &mut env,
-            &mut locks,
-        )?;
+        lower_mount(inputs, m, work.path(), &mut specs, &mut env, &mut locks)?;
     }
     for (name, body) in &inputs.scripts {
-        let p = secrets_dir.path().join(format!("pipe-{name}"));
-        write_private(&p, body.as_bytes(), 0o755)?;
-        specs.push(MountSpec::Bind {
-            source: p,
+        specs.push(MountSpec::File {
             target: format!("/dev/pipes/{name}"),
-            readonly: true,
+            content: FileBytes(body.as_bytes().to_vec()),
+            uid: 0,
+            gid: 0,
+            mode: 0o755,
         });
     }
-    let managed = managed_files(secrets_dir.path(), &mut specs)?;
     let overlay = overlay_usable();
     let (rootfs, fallback_root) = if overlay {
         let upper = work.path().join("upper");
@@ -193,10 +187,16 @@ pub fn run(
         hostname: HOSTNAME.to_string(),
         network: inputs.network,
         mounts: specs,
-        // Bound from files of ours instead (see `managed_files`).
-        extra_files: ExtraFiles::default(),
+        extra_files: managed_files(),
     };
-    let outcome = sandbox::run(&spec, on_output).context("running the RUN sandbox")?;
+    let opts = sandbox::SandboxOptions {
+        // The empty mount point of the sandbox's tmpfs goes with the RUN
+        // dirs, which the store sweeps after a crash.
+        state_parent: Some(work.path().to_path_buf()),
+        ..Default::default()
+    };
+    let outcome =
+        sandbox::run_with(&opts, &spec, on_output).context("running the RUN sandbox")?;
     drop(locks);
     if outcome.exit_code != 0 {
         bail!(
@@ -222,20 +222,17 @@ pub fn run(
         .collect();
     entries.retain(|e| !stubs.contains(&e.path));
     // What the command really wrote to a managed file stays, as in docker.
-    for (target, path, original) in managed {
-        let now = std::fs::read(&path).with_context(|| format!("reading back {target}"))?;
-        if now != original.as_bytes() {
-            entries.retain(|e| e.path != target.trim_start_matches('/'));
-            entries.push(LayerEntry {
-                path: target.trim_start_matches('/').to_string(),
-                kind: crate::layer::EntryKind::File(crate::layer::FileSource::Bytes(now)),
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                mtime: inputs.created,
-                xattrs: Vec::new(),
-            });
-        }
+    for (target, now) in outcome.written_files {
+        entries.retain(|e| e.path != target.trim_start_matches('/'));
+        entries.push(LayerEntry {
+            path: target.trim_start_matches('/').to_string(),
+            kind: crate::layer::EntryKind::File(crate::layer::FileSource::Bytes(now)),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: inputs.created,
+            xattrs: Vec::new(),
+        });
     }
     if let Some(maps) = &outcome.id_maps {
         for e in &mut entries {
@@ -254,35 +251,16 @@ pub fn overlay_usable() -> bool {
 }
 
 /// `/etc/resolv.conf`, `/etc/hosts` and `/etc/hostname` as docker manages
-/// them: bound from files in `dir` (never into the upper dir). Returns
-/// (target, file, content written) to compare after the run.
-fn managed_files(
-    dir: &Path,
-    specs: &mut Vec<MountSpec>,
-) -> anyhow::Result<Vec<(String, PathBuf, String)>> {
-    let contents = [
-        (
-            "/etc/resolv.conf",
-            std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-        ),
-        (
-            "/etc/hosts",
-            format!("127.0.0.1\tlocalhost {HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
-        ),
-        ("/etc/hostname", format!("{HOSTNAME}\n")),
-    ];
-    let mut out = Vec::new();
-    for (target, content) in contents {
-        let file = dir.join(format!("managed{}", target.replace('/', "-")));
-        write_private(&file, content.as_bytes(), 0o644)?;
-        specs.push(MountSpec::Bind {
-            source: file.clone(),
-            target: target.to_string(),
-            readonly: false,
-        });
-        out.push((target.to_string(), file, content));
+/// them: the sandbox writes them to its private tmpfs and binds them (never
+/// into the upper dir) and reports what the command changed.
+fn managed_files() -> ExtraFiles {
+    ExtraFiles {
+        resolv_conf: Some(std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
+        hosts: Some(format!(
+            "127.0.0.1\tlocalhost {HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        )),
+        hostname: Some(format!("{HOSTNAME}\n")),
     }
-    Ok(out)
 }
 
 /// The process user (ids, groups) and HOME, from USER and the image's files.
@@ -331,7 +309,7 @@ fn process_env(inputs: &RunInputs<'_>, home: &str) -> Vec<String> {
 fn lower_mount(
     inputs: &RunInputs<'_>,
     m: &Mount,
-    private: &Path,
+    scratch: &Path,
     specs: &mut Vec<MountSpec>,
     env: &mut Vec<String>,
     locks: &mut Vec<crate::store::LockGuard>,
@@ -347,7 +325,7 @@ fn lower_mount(
                 source
             } else {
                 // Writes to a rw bind are discarded, as in BuildKit: never the user's files.
-                let copy = private.join(format!("bind-{}", specs.len()));
+                let copy = scratch.join(format!("bind-{}", specs.len()));
                 copy_tree(&source, &copy)?;
                 copy
             };
@@ -398,18 +376,16 @@ fn lower_mount(
                     return Ok(());
                 }
             }
-            let file = private.join(format!("secret-{}", specs.len()));
-            write_private(&file, &value, m.mode.unwrap_or(0o400))?;
-            if let (Some(uid), Some(gid)) = (m.uid, m.gid) {
-                let _ = nix::unistd::chown(&file, Some(uid.into()), Some(gid.into()));
-            }
-            specs.push(MountSpec::Bind {
-                source: file,
+            // BuildKit's defaults: uid 0, gid 0, mode 0400, each on its own.
+            specs.push(MountSpec::File {
                 target: m
                     .target
                     .clone()
                     .unwrap_or_else(|| format!("/run/secrets/{id}")),
-                readonly: true,
+                content: FileBytes(value),
+                uid: m.uid.unwrap_or(0),
+                gid: m.gid.unwrap_or(0),
+                mode: m.mode.unwrap_or(0o400),
             });
         }
         MountType::Ssh => {
@@ -473,31 +449,6 @@ fn cache_dir(store: &Store, id: &str, m: &Mount) -> anyhow::Result<PathBuf> {
         }
     }
     Ok(dir)
-}
-
-/// A temp dir only the current user can read, in memory when possible.
-fn private_dir(store: &Store) -> anyhow::Result<tempfile::TempDir> {
-    let shm = Path::new("/dev/shm");
-    let dir = if shm.is_dir() {
-        tempfile::Builder::new().prefix("rbuild-").tempdir_in(shm)
-    } else {
-        tempfile::tempdir_in(store.tmp_dir())
-    }
-    .context("creating a private temp dir")?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
-    Ok(dir)
-}
-
-fn write_private(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    std::io::Write::write_all(&mut f, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Recursive copy keeping modes, owners (when permitted), symlinks and times.

@@ -18,7 +18,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{execve, setgroups, setresgid, setresuid, ForkResult, Gid, Pid, Uid};
 
 use super::wire::{send, Report, Request};
-use super::{caps, rootfs, seccomp, sys, NetworkMode, RunSpec};
+use super::{caps, rootfs, seccomp, sys, FileBytes, NetworkMode, RunSpec};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -68,7 +68,8 @@ fn setup_and_wait(req: &Request, report: &File) -> Result<i32> {
     if spec.network == NetworkMode::None {
         sys::loopback_up().context("bringing up lo")?;
     }
-    for path in rootfs::prepare(req)? {
+    let prepared = rootfs::prepare(req)?;
+    for path in prepared.stubs {
         send(report, &Report::Stub { path });
     }
     std::fs::create_dir_all(&spec.cwd)
@@ -90,7 +91,16 @@ fn setup_and_wait(req: &Request, report: &File) -> Result<i32> {
             );
             std::process::exit(127)
         }
-        ForkResult::Parent { child } => wait_loop(child, &signals),
+        ForkResult::Parent { child } => {
+            let code = wait_loop(child, &signals)?;
+            // Everything else in the namespace is dead: init is the only
+            // writer left on the report pipe.
+            for (target, content) in rootfs::written_files(&prepared.files, spec) {
+                let content = FileBytes(content);
+                send(report, &Report::Written { target, content });
+            }
+            Ok(code)
+        }
     }
 }
 
@@ -142,6 +152,10 @@ fn exec_command(spec: &RunSpec) -> Result<Infallible> {
     let program = find_program(spec)?;
     let argv = cstrings(&spec.argv)?;
     let env = cstrings(&spec.env)?;
+    // Only 0-2 may reach the command: whatever rbuild's caller or a library
+    // user left open, and our own report pipe and dir handles, close on exec
+    // (marked rather than closed, so an exec failure can still be reported).
+    sys::cloexec_from(3).context("marking descriptors close-on-exec")?;
     // Last, so setup itself is not filtered; applies to the exec onwards.
     sys::install_seccomp(&seccomp::program()).context("installing the seccomp filter")?;
     execve(&program, &argv, &env).with_context(|| {

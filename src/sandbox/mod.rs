@@ -102,8 +102,9 @@ pub enum NetworkMode {
     None,
 }
 
-/// One extra mount. Cache, secret and ssh mounts are lowered by the engine
-/// into binds of host paths it prepared.
+/// One extra mount. Cache and ssh mounts are lowered by the engine into
+/// binds of host paths it prepared; secrets and heredoc scripts into
+/// [`MountSpec::File`], whose bytes never touch a host path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MountSpec {
     /// Bind a host file or directory at `target` (absolute, inside the rootfs).
@@ -115,11 +116,51 @@ pub enum MountSpec {
     /// A fresh tmpfs (mode 1777) at `target`; `size` in bytes, `None` for the
     /// kernel default (half of RAM).
     Tmpfs { target: String, size: Option<u64> },
+    /// A read-only file at `target` holding `content`, owned by
+    /// `uid`:`gid` (ids inside the sandbox) with `mode`. The bytes travel to
+    /// the sandbox over a pipe and are written to a tmpfs that exists only
+    /// in its private mount namespace, so no copy outlives the step, even
+    /// when rbuild is killed (secrets, heredoc scripts).
+    File {
+        target: String,
+        content: FileBytes,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+    },
+}
+
+/// File contents that may be secret: hex on the wire, never printed by
+/// `Debug` (a spec in an error message or a log must not show them).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct FileBytes(pub Vec<u8>);
+
+impl std::fmt::Debug for FileBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
+    }
+}
+
+impl Serialize for FileBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for FileBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        hex::decode(text)
+            .map(FileBytes)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// Contents for the files docker manages inside every container. They are
-/// written to a tmpfs private to the sandbox and bind-mounted, so writes by
-/// the command never reach the rootfs or the upper dir.
+/// written to a tmpfs private to the sandbox's mount namespace and
+/// bind-mounted, so writes by the command never reach the rootfs, the upper
+/// dir or any host path; what the command wrote comes back in
+/// [`RunOutcome::written_files`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExtraFiles {
     pub resolv_conf: Option<String>,
@@ -155,6 +196,11 @@ pub struct SandboxOptions {
     pub init_exe: PathBuf,
     /// Rootless id mapping.
     pub id_map: IdMapMode,
+    /// Where to create the sandbox's state dir: an empty mount point for its
+    /// private tmpfs, removed after the step. Default: the system temp dir.
+    /// Callers with a dir that is swept after a crash (the store's locked
+    /// temp dirs) pass it, so not even the empty dir outlives a `kill -9`.
+    pub state_parent: Option<PathBuf>,
 }
 
 impl Default for SandboxOptions {
@@ -162,6 +208,7 @@ impl Default for SandboxOptions {
         SandboxOptions {
             init_exe: PathBuf::from("/proc/self/exe"),
             id_map: IdMapMode::Auto,
+            state_parent: None,
         }
     }
 }
@@ -183,6 +230,10 @@ pub struct RunOutcome {
     /// layer code maps them back with [`IdMaps::to_container_uid`] and
     /// [`IdMaps::to_container_gid`].
     pub id_maps: Option<IdMaps>,
+    /// The managed files ([`ExtraFiles`]) the command changed, as
+    /// (`/etc/NAME`, new content), so the caller can keep the change in the
+    /// layer as docker does.
+    pub written_files: Vec<(String, Vec<u8>)>,
 }
 
 /// One line of `/proc/PID/uid_map`: `size` ids from `container_id` map to
@@ -226,6 +277,15 @@ fn map_back(entries: &[IdMapEntry], host: u32) -> Option<u32> {
 /// returns.
 pub fn init_main() -> ! {
     helper::main()
+}
+
+/// Marks every descriptor from 3 up close-on-exec, so descriptors the
+/// caller's shell left open (`exec 7>file`) reach no process rbuild starts:
+/// not the sandbox, nor newuidmap, credential helpers or git. `main()`
+/// calls it first. Errors are ignored: the sandbox closes everything but
+/// 0-2 again right before it execs the command.
+pub fn cloexec_inherited_fds() {
+    let _ = sys::cloexec_from(3);
 }
 
 #[cfg(test)]

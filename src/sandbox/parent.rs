@@ -31,10 +31,13 @@ pub fn run_with(
     on_output: &mut dyn FnMut(Stream, &[u8]),
 ) -> Result<RunOutcome> {
     validate(spec)?;
-    let state = tempfile::Builder::new()
-        .prefix("rbuild-sandbox-")
-        .tempdir()
-        .context("creating the sandbox state dir")?;
+    let mut state = tempfile::Builder::new();
+    state.prefix("rbuild-sandbox-");
+    let state = match &opts.state_parent {
+        Some(dir) => state.tempdir_in(dir),
+        None => state.tempdir(),
+    }
+    .context("creating the sandbox state dir")?;
     let userns = !nix::unistd::geteuid().is_root();
     let req = Request {
         spec: spec.clone(),
@@ -133,7 +136,9 @@ fn validate(spec: &RunSpec) -> Result<()> {
                 }
                 target
             }
-            super::MountSpec::Tmpfs { target, .. } => target,
+            super::MountSpec::Tmpfs { target, .. } | super::MountSpec::File { target, .. } => {
+                target
+            }
         };
         if paths::components(target)?.is_empty() {
             bail!("cannot mount over the root of the rootfs");
@@ -169,6 +174,7 @@ struct Helper {
     id_maps: Option<IdMaps>,
     errors: Vec<String>,
     init_died: Option<String>,
+    written: Vec<(String, Vec<u8>)>,
 }
 
 impl Helper {
@@ -207,6 +213,7 @@ impl Helper {
             id_maps: None,
             errors: vec![],
             init_died: None,
+            written: vec![],
         })
     }
 
@@ -243,6 +250,9 @@ impl Helper {
             Report::Error { message } => self.errors.push(message.clone()),
             Report::Exit { code } => self.exit = Some(*code),
             Report::InitDied { status } => self.init_died = Some(status.clone()),
+            Report::Written { target, content } => {
+                self.written.push((target.clone(), content.0.clone()))
+            }
             Report::Ready => {}
         }
         Ok(Some(report))
@@ -280,6 +290,7 @@ impl Helper {
             exit_code,
             mount_stubs: self.stubs,
             id_maps: self.id_maps,
+            written_files: self.written,
         })
     }
 }

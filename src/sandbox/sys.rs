@@ -303,3 +303,26 @@ pub fn die_of_signal(sig: libc::c_int) {
         libc::raise(sig);
     }
 }
+
+/// Marks every descriptor `>= first` close-on-exec (`close_range` with
+/// `CLOSE_RANGE_CLOEXEC`, Linux 5.11+; else one `fcntl` per entry of
+/// `/proc/self/fd`). Marking instead of closing keeps the descriptors the
+/// caller still uses (the report pipe) working until the exec.
+pub fn cloexec_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range with CLOEXEC only changes descriptor flags; no
+    // descriptor is closed, so nothing in this process loses one it owns.
+    let rc = unsafe { libc::close_range(first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd: &RawFd| *fd >= first as RawFd)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl on a descriptor number only changes its flags; a
+        // number that was the listing's own (now closed) fd gives EBADF.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
+}
