@@ -68,8 +68,16 @@ fn caller_descriptors_do_not_reach_run() {
     let log = stderr(&out);
     assert!(out.status.success(), "{log}");
     assert!(!log.contains("LEAK-7") && !log.contains("LEAK-9"), "{log}");
-    assert_eq!(std::fs::read(&seven).unwrap(), b"", "fd 7 wrote the host file");
-    assert_eq!(std::fs::read(&nine).unwrap(), b"", "fd 9 wrote the host file");
+    assert_eq!(
+        std::fs::read(&seven).unwrap(),
+        b"",
+        "fd 7 wrote the host file"
+    );
+    assert_eq!(
+        std::fs::read(&nine).unwrap(),
+        b"",
+        "fd 9 wrote the host file"
+    );
     // `ls` lists 0-2 plus the descriptor of the dir it is reading.
     assert!(log.contains("fds: 0 1 2 3 end"), "{log}");
 }
@@ -95,14 +103,20 @@ fn files_holding(dirs: &[&Path], needle: &[u8]) -> Vec<PathBuf> {
 }
 
 fn pgrep(pattern: &str) -> bool {
-    let out = Command::new("pgrep").args(["-f", pattern]).output().unwrap();
+    let out = Command::new("pgrep")
+        .args(["-f", pattern])
+        .output()
+        .unwrap();
     !out.stdout.is_empty()
 }
 
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(90), "timed out: {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "timed out: {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -180,7 +194,11 @@ fn secret_build(kill: bool) {
         status
     } else {
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out.status
     };
     assert_eq!(status.success(), !kill);
@@ -255,4 +273,20 @@ fn secret_uid_and_gid_apply_on_their_own() {
 #[test]
 fn rootless_sandbox_hardening() {
     common::rerun_as_test_user("subid");
+}
+
+/// A heredoc script (`#!` line) is handed over like a secret, as bytes the
+/// sandbox writes to its own tmpfs: it still runs from `/dev/pipes/NAME`.
+#[test]
+fn heredoc_script_runs_from_the_sandbox_tmpfs() {
+    let env = Env::new();
+    let Some(ctx) = context(
+        &env,
+        "FROM base\nRUN <<EOT\n#!/bin/sh\necho \"script $0 $(stat -c %a \"$0\")\"\nEOT\n",
+    ) else {
+        return;
+    };
+    let out = env.rbuild_ok(&["build", "--progress", "plain", ctx.to_str().unwrap()]);
+    let log = stderr(&out);
+    assert!(log.contains("script /dev/pipes/EOT 755"), "{log}");
 }

@@ -810,7 +810,11 @@ fn file_mounts_are_owned_read_only_and_private() {
         format!("{uid}:{gid}:440\nhush\n")
     );
     assert!(entries(&upper).is_empty(), "{:?}", entries(&upper));
-    assert!(entries(state.path()).is_empty(), "{:?}", entries(state.path()));
+    assert!(
+        entries(state.path()).is_empty(),
+        "{:?}",
+        entries(state.path())
+    );
 }
 
 #[test]

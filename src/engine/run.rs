@@ -195,8 +195,7 @@ pub fn run(
         state_parent: Some(work.path().to_path_buf()),
         ..Default::default()
     };
-    let outcome =
-        sandbox::run_with(&opts, &spec, on_output).context("running the RUN sandbox")?;
+    let outcome = sandbox::run_with(&opts, &spec, on_output).context("running the RUN sandbox")?;
     drop(locks);
     if outcome.exit_code != 0 {
         bail!(

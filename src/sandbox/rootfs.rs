@@ -662,8 +662,14 @@ fn mount_user(root: &OwnedFd, m: &MountSpec, file: &Path, stubs: &mut Vec<String
             write_owned(file, &content.0, *uid, *gid, *mode)
                 .with_context(|| format!("preparing the file for {target}"))?;
             let fd = ensure(root, target, Kind::File, stubs)?;
-            mount(Some(file), fd_path(&fd).as_str(), NONE, MsFlags::MS_BIND, NONE)
-                .with_context(|| format!("bind-mounting the file on {target}"))?;
+            mount(
+                Some(file),
+                fd_path(&fd).as_str(),
+                NONE,
+                MsFlags::MS_BIND,
+                NONE,
+            )
+            .with_context(|| format!("bind-mounting the file on {target}"))?;
             let rel = paths::components(target)?.join("/");
             remount_adding(root, &rel, MsFlags::MS_RDONLY | MsFlags::MS_NODEV)
         }
