@@ -290,3 +290,59 @@ fn heredoc_script_runs_from_the_sandbox_tmpfs() {
     let log = stderr(&out);
     assert!(log.contains("script /dev/pipes/EOT 755"), "{log}");
 }
+
+/// rbuild itself passes no inherited descriptor on: a credential helper
+/// (`docker-credential-*`, run by `rbuild logout` through `credsStore`)
+/// started with 7 and 9 open in rbuild's caller sees neither.
+#[test]
+fn caller_descriptors_do_not_reach_rbuild_children() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let Some(bash) = tool("bash", "bash") else {
+        return;
+    };
+    let bin = env.path("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let seen = env.path("helper-fds");
+    let helper = bin.join("docker-credential-fdprobe");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nls /proc/$$/fd > {}\nfor fd in 7 9; do (eval \"echo x >&$fd\") 2>/dev/null && echo LEAK-$fd >> {}; done\nexit 1\n",
+            seen.display(),
+            seen.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = env.path("docker");
+    std::fs::create_dir(&config).unwrap();
+    std::fs::write(config.join("config.json"), r#"{"credsStore": "fdprobe"}"#).unwrap();
+    let (seven, nine) = (env.path("fd7"), env.path("fd9"));
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(bash)
+        .arg("-c")
+        .arg("exec 7>\"$1\" 9>\"$2\"; shift 2; exec \"$@\"")
+        .arg("bash")
+        .arg(&seven)
+        .arg(&nine)
+        .arg(common::rbuild_bin())
+        .args(["logout", "registry.example"])
+        .env("DOCKER_CONFIG", &config)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let listing = std::fs::read_to_string(&seen)
+        .unwrap_or_else(|e| panic!("the helper did not run ({e}): {}", stderr(&out)));
+    let fds: Vec<&str> = listing.split_whitespace().collect();
+    assert!(
+        !fds.contains(&"7") && !fds.contains(&"9") && !listing.contains("LEAK"),
+        "the helper inherited the caller's descriptors: {fds:?}"
+    );
+    assert_eq!(std::fs::read(&seven).unwrap(), b"");
+    assert_eq!(std::fs::read(&nine).unwrap(), b"");
+}
