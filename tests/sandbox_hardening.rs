@@ -346,3 +346,135 @@ fn caller_descriptors_do_not_reach_rbuild_children() {
     assert_eq!(std::fs::read(&seven).unwrap(), b"");
     assert_eq!(std::fs::read(&nine).unwrap(), b"");
 }
+
+/// The sandbox as a library (`rbuild::sandbox::run_with`) on a busybox root
+/// made on the host: one overlay lower with the applets as symlinks.
+mod library {
+    use std::fs;
+    use std::path::{Path, PathBuf};
+
+    use rbuild::sandbox::{
+        run_with, ExtraFiles, IdMapMode, MountSpec, NetworkMode, RootfsSpec, RunOutcome, RunSpec,
+        SandboxOptions, Stream, UserSpec,
+    };
+
+    pub struct Run {
+        pub outcome: RunOutcome,
+        pub stdout: String,
+        pub stderr: String,
+        pub upper: PathBuf,
+        /// Holds the rootfs and the upper dir until the test is done.
+        pub _dirs: tempfile::TempDir,
+    }
+
+    /// `/bin/sh -c script` with `mounts`, the sandbox's state dir made in
+    /// `state_parent`; `None` when busybox is missing (the test skips, or
+    /// fails under CI).
+    pub fn sh(script: &str, mounts: Vec<MountSpec>, state_parent: &Path) -> Option<Run> {
+        let busybox = crate::tool("busybox", "busybox-static")?;
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("base");
+        fs::create_dir_all(base.join("bin")).unwrap();
+        fs::copy(busybox, base.join("bin/busybox")).unwrap();
+        for applet in ["sh", "ls", "cat", "stat", "echo", "true"] {
+            std::os::unix::fs::symlink("busybox", base.join("bin").join(applet)).unwrap();
+        }
+        let (upper, work) = (tmp.path().join("upper"), tmp.path().join("work"));
+        fs::create_dir(&upper).unwrap();
+        fs::create_dir(&work).unwrap();
+        let spec = RunSpec {
+            rootfs: RootfsSpec::Overlay {
+                lowers: vec![base],
+                upper: upper.clone(),
+                work,
+            },
+            argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            user: UserSpec::default(),
+            hostname: "hardening".into(),
+            network: NetworkMode::None,
+            mounts,
+            extra_files: ExtraFiles::default(),
+        };
+        let opts = SandboxOptions {
+            init_exe: PathBuf::from(crate::common::rbuild_bin()),
+            id_map: IdMapMode::Auto,
+            state_parent: Some(state_parent.to_path_buf()),
+        };
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let outcome = run_with(&opts, &spec, &mut |stream, chunk| match stream {
+            Stream::Stdout => stdout.extend_from_slice(chunk),
+            Stream::Stderr => stderr.extend_from_slice(chunk),
+        })
+        .unwrap();
+        Some(Run {
+            outcome,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            upper,
+            _dirs: tmp,
+        })
+    }
+}
+
+/// Every path below `dir`, relative.
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .into_iter()
+        .flatten()
+        .map(|e| e.path().strip_prefix(dir).unwrap().to_path_buf())
+        .collect()
+}
+
+/// A library caller's descriptor without close-on-exec (a dup of a file)
+/// must not reach the command: it sees 0-2 only (3 is the dir `ls` reads),
+/// and writing to the descriptor fails.
+#[test]
+fn library_caller_descriptors_do_not_reach_the_command() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let tmp = tempfile::tempdir().unwrap();
+    let host = tmp.path().join("host-file");
+    let file = std::fs::File::create(&host).unwrap();
+    // SAFETY: dup of an open descriptor; the result is owned below.
+    let leaked = unsafe { libc::dup(file.as_raw_fd()) };
+    assert!(leaked > 2);
+    // SAFETY: `leaked` is a fresh descriptor nothing else owns.
+    let _owned = unsafe { OwnedFd::from_raw_fd(leaked) };
+    let script =
+        format!("echo $(ls /proc/self/fd); (echo x >&{leaked}) 2>/dev/null && echo LEAK; true");
+    let Some(out) = library::sh(&script, vec![], tmp.path()) else {
+        return;
+    };
+    assert_eq!(out.outcome.exit_code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "0 1 2 3\n");
+    assert_eq!(std::fs::read(&host).unwrap(), b"");
+}
+
+/// A file mount (secrets, heredoc scripts): the bytes, owner and mode as
+/// asked, read-only, and nothing of it left in the upper dir or the state
+/// dir's parent.
+#[test]
+fn file_mounts_are_owned_read_only_and_private() {
+    use rbuild::sandbox::{FileBytes, MountSpec};
+    let state = tempfile::tempdir().unwrap();
+    let (uid, gid) = (1000, 1001);
+    let mounts = vec![MountSpec::File {
+        target: "/run/secrets/s".into(),
+        content: FileBytes(b"hush\n".to_vec()),
+        uid,
+        gid,
+        mode: 0o440,
+    }];
+    let script = "stat -c %u:%g:%a /run/secrets/s; cat /run/secrets/s; \
+                  (echo x > /run/secrets/s) 2>/dev/null && echo writable; true";
+    let Some(out) = library::sh(script, mounts, state.path()) else {
+        return;
+    };
+    assert_eq!(out.outcome.exit_code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, format!("{uid}:{gid}:440\nhush\n"));
+    assert!(entries(&out.upper).is_empty(), "{:?}", entries(&out.upper));
+    let left = entries(state.path());
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -16,8 +16,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rbuild::sandbox::{
-    overlay_available_with, run_with, ExtraFiles, FileBytes, IdMapMode, MountSpec, NetworkMode,
-    RootfsSpec, RunOutcome, RunSpec, SandboxOptions, Stream, UserSpec,
+    overlay_available_with, run_with, ExtraFiles, IdMapMode, MountSpec, NetworkMode, RootfsSpec,
+    RunOutcome, RunSpec, SandboxOptions, Stream, UserSpec,
 };
 
 use common::is_root;
@@ -740,81 +740,6 @@ fn killing_the_caller_kills_the_sandbox() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(fs::read_to_string("/proc/self/mountinfo").unwrap(), before);
-}
-
-/// A library caller's descriptor without close-on-exec (here fd N, a dup
-/// of a file) must not reach the command: it sees 0-2 only (3 is the dir
-/// `ls` reads), and writing to N fails.
-#[test]
-fn caller_descriptors_do_not_reach_the_command() {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let tmp = tempfile::tempdir().unwrap();
-    let host = tmp.path().join("host-file");
-    let file = fs::File::create(&host).unwrap();
-    // SAFETY: dup of an open descriptor; the result is owned below.
-    let leaked = unsafe { libc::dup(file.as_raw_fd()) };
-    assert!(leaked > 2);
-    // SAFETY: `leaked` is a fresh descriptor nothing else owns.
-    let _owned = unsafe { OwnedFd::from_raw_fd(leaked) };
-    let mut r = Rootfs::new();
-    let out = r.sh(&format!(
-        "echo $(ls /proc/self/fd); (echo x >&{leaked}) 2>/dev/null && echo leaked; true"
-    ));
-    assert_eq!(out.outcome.exit_code, 0, "{}", out.stderr);
-    assert_eq!(out.stdout, "0 1 2 3\n");
-    assert_eq!(fs::read(&host).unwrap(), b"");
-}
-
-/// A file mount (secrets, heredoc scripts): the bytes, owner and mode as
-/// asked, read-only, and nothing of it in the upper dir or the state dir.
-#[test]
-fn file_mounts_are_owned_read_only_and_private() {
-    let mut r = Rootfs::new();
-    let state = tempfile::tempdir().unwrap();
-    // A single-id user namespace maps only 0.
-    let (uid, gid) = if single_id() { (0, 0) } else { (1000, 1001) };
-    let mut s = spec(
-        r.overlay(),
-        &[
-            "/bin/sh",
-            "-c",
-            "stat -c %u:%g:%a /run/secrets/s; cat /run/secrets/s; \
-             (echo x > /run/secrets/s) 2>/dev/null && echo writable; true",
-        ],
-    );
-    s.mounts = vec![MountSpec::File {
-        target: "/run/secrets/s".into(),
-        content: FileBytes(b"hush\n".to_vec()),
-        uid,
-        gid,
-        mode: 0o440,
-    }];
-    let opts = SandboxOptions {
-        state_parent: Some(state.path().to_path_buf()),
-        ..opts()
-    };
-    let upper = match &s.rootfs {
-        RootfsSpec::Overlay { upper, .. } => upper.clone(),
-        RootfsSpec::Dir(_) => unreachable!(),
-    };
-    let mut stdout = Vec::new();
-    let outcome = run_with(&opts, &s, &mut |stream, chunk| {
-        if stream == Stream::Stdout {
-            stdout.extend_from_slice(chunk)
-        }
-    })
-    .unwrap();
-    assert_eq!(outcome.exit_code, 0);
-    assert_eq!(
-        String::from_utf8_lossy(&stdout),
-        format!("{uid}:{gid}:440\nhush\n")
-    );
-    assert!(entries(&upper).is_empty(), "{:?}", entries(&upper));
-    assert!(
-        entries(state.path()).is_empty(),
-        "{:?}",
-        entries(state.path())
-    );
 }
 
 #[test]

@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 mod caps;
+mod files;
 mod helper;
 mod idmap;
 mod init;

@@ -21,6 +21,7 @@ use nix::sys::stat::{Mode, SFlag};
 use nix::sys::statvfs::{statvfs, FsFlags};
 use nix::unistd::{fchdir, pivot_root, symlinkat};
 
+use super::files;
 use super::paths::{self, ensure, fd_path, Kind};
 use super::wire::Request;
 use super::{MountSpec, NetworkMode, RootfsSpec, RunSpec};
@@ -36,17 +37,14 @@ pub struct Prepared {
     pub files: OwnedFd,
 }
 
-/// Room on the state tmpfs beyond the files put there (what a command may
-/// append to `/etc/hosts`); the limit keeps it from filling the host's RAM.
-const STATE_HEADROOM: u64 = 64 << 20;
-
 /// Sets up the root and pivots into it.
 pub fn prepare(req: &Request) -> Result<Prepared> {
     let state = &req.state_dir;
     // Secrets and managed files live on this tmpfs, which exists only in
     // the sandbox's private mount namespace: it dies with the namespace,
     // even when rbuild is killed, and never shows on the host.
-    mount_tmpfs(state, &format!("mode=0700,size={}", state_size(&req.spec)))?;
+    let size = files::state_size(&req.spec);
+    mount_tmpfs(state, &format!("mode=0700,size={size}"))?;
     let files = state.join("files");
     mkdir(&files, 0o755)?;
     let new_root = state.join("root");
@@ -97,7 +95,7 @@ pub fn prepare(req: &Request) -> Result<Prepared> {
     mount_proc(&root, &mut stubs)?;
     mount_dev(&root, &mut stubs)?;
     mount_sys(&root, spec.network, &mut stubs)?;
-    mount_extra_files(&root, &files, spec, &mut stubs)?;
+    files::mount_extra_files(&root, &files, spec, &mut stubs)?;
     for (i, m) in spec.mounts.iter().enumerate() {
         mount_user(&root, m, &files.join(format!("mount-{i}")), &mut stubs)?;
     }
@@ -109,47 +107,6 @@ pub fn prepare(req: &Request) -> Result<Prepared> {
     .context("opening the sandbox's files dir")?;
     pivot(&root)?;
     Ok(Prepared { stubs, files })
-}
-
-/// Bytes the state tmpfs may hold: every file put there plus headroom.
-fn state_size(spec: &RunSpec) -> u64 {
-    let managed = extra_files(spec)
-        .iter()
-        .filter_map(|(_, c)| c.as_ref().map(|c| c.len() as u64))
-        .sum::<u64>();
-    let mounted = spec
-        .mounts
-        .iter()
-        .map(|m| match m {
-            MountSpec::File { content, .. } => content.0.len() as u64,
-            _ => 0,
-        })
-        .sum::<u64>();
-    STATE_HEADROOM + managed + mounted
-}
-
-/// The managed files whose content the command changed, as (`/etc/NAME`,
-/// content), read through `files` (see [`Prepared`]). Unreadable files are
-/// skipped: the command cannot replace them (it only sees the bind mounts),
-/// so that means nothing was written.
-pub fn written_files(files: &OwnedFd, spec: &RunSpec) -> Vec<(String, Vec<u8>)> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    for (name, original) in extra_files(spec) {
-        let Some(original) = original else { continue };
-        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
-        let Ok(fd) = nix::fcntl::openat(files, name, flags, Mode::empty()) else {
-            continue;
-        };
-        let mut now = Vec::new();
-        if fs::File::from(fd).read_to_end(&mut now).is_err() {
-            continue;
-        }
-        if now != original.as_bytes() {
-            out.push((format!("/etc/{name}"), now));
-        }
-    }
-    out
 }
 
 /// Checks that an overlay can be mounted here (in this mount namespace).
@@ -191,7 +148,7 @@ fn mount_targets(spec: &RunSpec) -> Result<Vec<(String, Kind)>> {
         ("/dev".to_string(), Kind::Dir),
         ("/sys".to_string(), Kind::Dir),
     ];
-    for (name, content) in extra_files(spec) {
+    for (name, content) in files::extra_files(spec) {
         if content.is_some() {
             t.push((format!("/etc/{name}"), Kind::File));
         }
@@ -209,15 +166,6 @@ fn mount_targets(spec: &RunSpec) -> Result<Vec<(String, Kind)>> {
         });
     }
     Ok(t)
-}
-
-fn extra_files(spec: &RunSpec) -> [(&'static str, &Option<String>); 3] {
-    let f = &spec.extra_files;
-    [
-        ("resolv.conf", &f.resolv_conf),
-        ("hosts", &f.hosts),
-        ("hostname", &f.hostname),
-    ]
 }
 
 /// What the merged view of the lowers (top first) holds at `rel`.
@@ -454,7 +402,7 @@ fn remount_readonly(root: &OwnedFd, rel: &str) -> Result<()> {
 
 /// Remounts the bind mount at `rel` adding `extra`, keeping the flags the
 /// kernel locks in a user namespace (nosuid, nodev, noexec, atime).
-fn remount_adding(root: &OwnedFd, rel: &str, extra: MsFlags) -> Result<()> {
+pub(super) fn remount_adding(root: &OwnedFd, rel: &str, extra: MsFlags) -> Result<()> {
     let fd = paths::open_in_root(root, rel).with_context(|| format!("reopening /{rel}"))?;
     let p = fd_path(&fd);
     let st = statvfs(p.as_str()).with_context(|| format!("statvfs /{rel}"))?;
@@ -580,32 +528,6 @@ fn mount_sys(root: &OwnedFd, network: NetworkMode, stubs: &mut Vec<String>) -> R
     }
 }
 
-fn mount_extra_files(
-    root: &OwnedFd,
-    dir: &Path,
-    spec: &RunSpec,
-    stubs: &mut Vec<String>,
-) -> Result<()> {
-    for (name, content) in extra_files(spec) {
-        let Some(content) = content else { continue };
-        let src = dir.join(name);
-        fs::write(&src, content).with_context(|| format!("writing {}", src.display()))?;
-        fs::set_permissions(&src, fs::Permissions::from_mode(0o644))
-            .with_context(|| format!("chmod {}", src.display()))?;
-        let target = format!("/etc/{name}");
-        let fd = ensure(root, &target, Kind::File, stubs)?;
-        mount(
-            Some(&src),
-            fd_path(&fd).as_str(),
-            NONE,
-            MsFlags::MS_BIND,
-            NONE,
-        )
-        .with_context(|| format!("binding {target}"))?;
-    }
-    Ok(())
-}
-
 /// Mounts `m`; a [`MountSpec::File`] is first written to `file` (on the
 /// private state tmpfs).
 fn mount_user(root: &OwnedFd, m: &MountSpec, file: &Path, stubs: &mut Vec<String>) -> Result<()> {
@@ -658,42 +580,8 @@ fn mount_user(root: &OwnedFd, m: &MountSpec, file: &Path, stubs: &mut Vec<String
             uid,
             gid,
             mode,
-        } => {
-            write_owned(file, &content.0, *uid, *gid, *mode)
-                .with_context(|| format!("preparing the file for {target}"))?;
-            let fd = ensure(root, target, Kind::File, stubs)?;
-            mount(
-                Some(file),
-                fd_path(&fd).as_str(),
-                NONE,
-                MsFlags::MS_BIND,
-                NONE,
-            )
-            .with_context(|| format!("bind-mounting the file on {target}"))?;
-            let rel = paths::components(target)?.join("/");
-            remount_adding(root, &rel, MsFlags::MS_RDONLY | MsFlags::MS_NODEV)
-        }
+        } => files::mount_file(root, target, file, &content.0, (*uid, *gid, *mode), stubs),
     }
-}
-
-/// Writes `bytes` to a new file owned by `uid`:`gid` (ids of this user
-/// namespace) with `mode`, in that order: chown clears set-id bits.
-fn write_owned(path: &Path, bytes: &[u8], uid: u32, gid: u32, mode: u32) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(bytes)
-        .with_context(|| format!("writing {}", path.display()))?;
-    std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).with_context(|| {
-        format!("setting the owner to {uid}:{gid} (is the id mapped in the sandbox?)")
-    })?;
-    f.set_permissions(fs::Permissions::from_mode(mode & 0o7777))
-        .with_context(|| format!("setting mode {mode:o}"))
 }
 
 /// `pivot_root(".", ".")` then detach the old root stacked below (the
