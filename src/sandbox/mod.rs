@@ -317,4 +317,25 @@ mod tests {
         assert_eq!(maps.to_container_uid(5), None);
         assert_eq!(maps.to_container_gid(1000), None);
     }
+
+    #[test]
+    fn file_bytes_travel_as_hex_and_never_print() {
+        let bytes = FileBytes(b"s3cr3t\x00\xff".to_vec());
+        let json = serde_json::to_string(&bytes).unwrap();
+        assert_eq!(json, "\"73336372337400ff\"");
+        assert_eq!(serde_json::from_str::<FileBytes>(&json).unwrap(), bytes);
+        assert!(serde_json::from_str::<FileBytes>("\"zz\"").is_err());
+        let spec = MountSpec::File {
+            target: "/run/secrets/s".into(),
+            content: bytes,
+            uid: 0,
+            gid: 0,
+            mode: 0o400,
+        };
+        let shown = format!("{spec:?}");
+        assert!(
+            shown.contains("<8 bytes>") && !shown.contains("s3cr3t"),
+            "{shown}"
+        );
+    }
 }
