@@ -371,6 +371,15 @@ mod library {
     /// `state_parent`; `None` when busybox is missing (the test skips, or
     /// fails under CI).
     pub fn sh(script: &str, mounts: Vec<MountSpec>, state_parent: &Path) -> Option<Run> {
+        sh_with(script, state_parent, |s| s.mounts = mounts)
+    }
+
+    /// [`sh`] with the spec changed by `edit` first.
+    pub fn sh_with(
+        script: &str,
+        state_parent: &Path,
+        edit: impl FnOnce(&mut RunSpec),
+    ) -> Option<Run> {
         let busybox = crate::tool("busybox", "busybox-static")?;
         let tmp = tempfile::tempdir().unwrap();
         let base = tmp.path().join("base");
@@ -382,7 +391,7 @@ mod library {
         let (upper, work) = (tmp.path().join("upper"), tmp.path().join("work"));
         fs::create_dir(&upper).unwrap();
         fs::create_dir(&work).unwrap();
-        let spec = RunSpec {
+        let mut spec = RunSpec {
             rootfs: RootfsSpec::Overlay {
                 lowers: vec![base],
                 upper: upper.clone(),
@@ -394,9 +403,10 @@ mod library {
             user: UserSpec::default(),
             hostname: "hardening".into(),
             network: NetworkMode::None,
-            mounts,
+            mounts: vec![],
             extra_files: ExtraFiles::default(),
         };
+        edit(&mut spec);
         let opts = SandboxOptions {
             init_exe: PathBuf::from(crate::common::rbuild_bin()),
             id_map: IdMapMode::Auto,
@@ -477,4 +487,37 @@ fn file_mounts_are_owned_read_only_and_private() {
     assert!(entries(&out.upper).is_empty(), "{:?}", entries(&out.upper));
     let left = entries(state.path());
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// A RUN that writes a large `/etc/hosts` (far more than a pipe holds):
+/// the change comes back whole, and reporting it cannot block the sandbox.
+#[test]
+fn large_managed_file_write_comes_back() {
+    let state = tempfile::tempdir().unwrap();
+    let parent = state.path().to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let script =
+            "i=0; while [ $i -lt 8000 ]; do echo \"10.1.2.3 host-$i.example\" >> /etc/hosts; \
+                      i=$((i+1)); done";
+        let out = library::sh_with(script, &parent, |s| {
+            s.extra_files.hosts = Some("127.0.0.1 localhost\n".into());
+        });
+        let _ = tx.send(out);
+    });
+    let Some(out) = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the sandbox hung reporting a large /etc/hosts")
+    else {
+        return;
+    };
+    assert_eq!(out.outcome.exit_code, 0, "{}", out.stderr);
+    let [(target, content)] = out.outcome.written_files.as_slice() else {
+        panic!("{:?}", out.outcome.written_files.len());
+    };
+    assert_eq!(target, "/etc/hosts");
+    let text = String::from_utf8_lossy(content);
+    assert!(text.starts_with("127.0.0.1 localhost\n10.1.2.3 host-0.example\n"));
+    assert!(text.ends_with("10.1.2.3 host-7999.example\n"));
+    assert!(content.len() > 200_000, "{}", content.len());
 }
