@@ -119,8 +119,7 @@ fn busybox_image_runs_under_runc() {
     let Some(runc) = tool("runc", "runc") else {
         return;
     };
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: runc needs root here");
+    if !common::require_root("runc on these machines") {
         return;
     }
     let env = Env::new();

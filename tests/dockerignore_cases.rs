@@ -1076,12 +1076,9 @@ fn buildah_copy_all(store: &Path, ctx: &Path) -> BTreeSet<String> {
 
 #[test]
 fn buildah_reference_builder_agrees_on_every_context() {
-    let have_buildah = std::process::Command::new("buildah")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have_buildah || !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: needs buildah and root");
+    if common::tool("buildah", "buildah").is_none()
+        || !common::require_root("buildah as a reference builder")
+    {
         return;
     }
     let Some(root) = corpus() else { return };

@@ -26,6 +26,7 @@ fn spec(rootfs: RootfsSpec, argv: &[&str], network: NetworkMode) -> RunSpec {
             hosts: Some("127.0.0.1 localhost\n".into()),
             hostname: Some("bench\n".into()),
         },
+        limits: Default::default(),
     }
 }
 

@@ -405,6 +405,7 @@ mod library {
             network: NetworkMode::None,
             mounts: vec![],
             extra_files: ExtraFiles::default(),
+            limits: Default::default(),
         };
         edit(&mut spec);
         let opts = SandboxOptions {

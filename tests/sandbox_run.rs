@@ -64,6 +64,7 @@ fn spec(rootfs: RootfsSpec, argv: &[&str]) -> RunSpec {
         network: NetworkMode::None,
         mounts: vec![],
         extra_files: ExtraFiles::default(),
+        limits: Default::default(),
     }
 }
 
@@ -763,7 +764,7 @@ fn rootless_with_single_id_map() {
 /// `userxattr`.
 #[test]
 fn rootless_root_in_user_namespace() {
-    if !is_root() {
+    if !common::require_root("making the subuid-mapped user namespace") {
         return;
     }
     common::ensure_test_user();

@@ -110,7 +110,12 @@ fn killed_writer_leaves_only_a_temp_that_the_next_open_cleans() {
     let mut child = spawn_half_writer(dir.path());
     // While the writer lives, another open must not take its temp away.
     Store::open(dir.path()).unwrap();
-    assert_eq!(std::fs::read_dir(store.tmp_dir()).unwrap().count(), 1);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("rbuild/tmp"))
+            .unwrap()
+            .count(),
+        1
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(
@@ -120,7 +125,44 @@ fn killed_writer_leaves_only_a_temp_that_the_next_open_cleans() {
         0
     );
     assert!(store.tags().unwrap().is_empty());
-    assert_eq!(std::fs::read_dir(store.tmp_dir()).unwrap().count(), 1);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("rbuild/tmp"))
+            .unwrap()
+            .count(),
+        1
+    );
     Store::open(dir.path()).unwrap();
-    assert_eq!(std::fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("rbuild/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn a_live_temp_dir_survives_other_processes_opening_the_store_and_goes_on_drop() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let tmp = store.temp_dir("live-").unwrap();
+    std::fs::write(tmp.path().join("work"), "x").unwrap();
+    let mode = std::fs::metadata(tmp.path()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "temp dirs are private");
+    // Another rbuild process sweeps the temp area on open.
+    let st = Command::new(env!("CARGO_BIN_EXE_rbuild"))
+        .arg("--root")
+        .arg(dir.path())
+        .arg("images")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(
+        tmp.path().join("work").exists(),
+        "the sweep took a live temp"
+    );
+    let path = tmp.path().to_path_buf();
+    drop(tmp);
+    assert!(!path.exists(), "dropped temp dirs are removed");
 }

@@ -143,7 +143,9 @@ fn blob_writer_verifies_and_dropped_writer_leaves_nothing() {
         .unwrap()
         .count();
     assert_eq!(blobs, 0, "a dropped writer must not name a blob");
-    let tmp = std::fs::read_dir(store.tmp_dir()).unwrap().count();
+    let tmp = std::fs::read_dir(dir.path().join("rbuild/tmp"))
+        .unwrap()
+        .count();
     assert_eq!(tmp, 0, "a dropped writer must remove its temp file");
     assert!(store.tags().unwrap().is_empty());
 
@@ -247,7 +249,12 @@ fn layer_dirs_install_atomically_once() {
         .unwrap_err();
     assert!(format!("{err:#}").contains("unpack failed"));
     assert!(store.layer_dir(&id).is_none());
-    assert_eq!(std::fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("rbuild/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
     let path = store
         .install_layer_dir(&id, |d| Ok(std::fs::write(d.join("f"), "1")?))
         .unwrap();

@@ -4,13 +4,13 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-shared="${RBUILD_SHARED_CORPUS:-$root/../shared/corpus}"
+shared="${RBUILD_CORPUS:-$root/testdata/corpus}"
 lock() { if [ -e /work/cargo.lock ]; then flock /work/cargo.lock "$@"; else "$@"; fi; }
 
 # rbuild's keyword sequences for the shared corpora: the oracle for "right".
 tsv="$root/target/corpus-keywords.tsv"
 (cd "$root" && lock cargo test --no-run --test parser_corpus >/dev/null 2>&1)
-(cd "$root" && RBUILD_SHARED_CORPUS="$shared" RBUILD_KEYWORDS_OUT="$tsv" \
+(cd "$root" && RBUILD_CORPUS="$shared" RBUILD_KEYWORDS_OUT="$tsv" \
   cargo test -q --test parser_corpus -- --ignored write_keyword_sequences >/dev/null)
 
 (cd "$here" && lock cargo build -q)

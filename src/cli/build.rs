@@ -9,7 +9,6 @@ use crate::engine::{self, BuildRequest};
 use crate::image::ImageFormat;
 use crate::layer::Compression;
 use crate::progress::{self, Mode};
-use crate::store::Store;
 
 use super::{BuildArgs, CompressionArg, FormatArg, NetworkArg, ProgressMode, PullArg};
 use crate::engine::PullPolicy;
@@ -55,9 +54,10 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
         },
         push: args.push,
         registry: super::registry::settings_with(&args.registry)?,
+        limits: crate::engine::limits::parse_limits(&args.limits.flags())?,
     };
-    let store =
-        Store::open(root).with_context(|| format!("opening the store {}", root.display()))?;
+    let store = super::images::open_store(root)
+        .with_context(|| format!("opening the store {}", root.display()))?;
     let _lease = store.lease().context("taking the store's build lease")?;
     let reporter = progress::reporter(match args.progress {
         ProgressMode::Auto => Mode::Auto,

@@ -13,8 +13,18 @@ use crate::image::time::{format_rfc3339, human_duration, now_epoch, parse_rfc333
 use crate::image::{export_docker_archive, find_image, short_digest, Image};
 use crate::store::Store;
 
-pub fn history(root: &Path, args: ImageArg) -> anyhow::Result<i32> {
+/// Open the store and show what opening it found worth a warning (a
+/// private dir it had to tighten, temps it could not remove).
+pub(super) fn open_store(root: &Path) -> anyhow::Result<Store> {
     let store = Store::open(root)?;
+    for notice in store.notices() {
+        eprintln!("warning: {notice}");
+    }
+    Ok(store)
+}
+
+pub fn history(root: &Path, args: ImageArg) -> anyhow::Result<i32> {
+    let store = open_store(root)?;
     let image = find_image(&store, &args.image)?;
     let rows = history_rows(&image);
     let opts = RenderOpts {
@@ -221,7 +231,7 @@ fn format_g3(v: f64) -> String {
 }
 
 pub fn images(root: &Path) -> anyhow::Result<i32> {
-    let store = Store::open(root)?;
+    let store = open_store(root)?;
     emit(&render_images(&store, now_epoch())?)
 }
 
@@ -266,7 +276,7 @@ fn split_name(name: &str) -> (String, String) {
 }
 
 pub fn inspect(root: &Path, args: ImageArg) -> anyhow::Result<i32> {
-    let store = Store::open(root)?;
+    let store = open_store(root)?;
     let image = find_image(&store, &args.image)?;
     let digest = image.manifest_desc.digest().to_string();
     let tags: Vec<String> = store
@@ -286,7 +296,7 @@ pub fn inspect(root: &Path, args: ImageArg) -> anyhow::Result<i32> {
 }
 
 pub fn tag(root: &Path, source: &str, target: &str) -> anyhow::Result<i32> {
-    let store = Store::open(root)?;
+    let store = open_store(root)?;
     let desc = match store.resolve(source)? {
         Some(d) => d,
         None => find_image(&store, source)?.manifest_desc,
@@ -296,7 +306,7 @@ pub fn tag(root: &Path, source: &str, target: &str) -> anyhow::Result<i32> {
 }
 
 pub fn rmi(root: &Path, images: &[String]) -> anyhow::Result<i32> {
-    let store = Store::open(root)?;
+    let store = open_store(root)?;
     let mut unknown = Vec::new();
     for name in images {
         if store.untag(name)? {
@@ -312,21 +322,25 @@ pub fn rmi(root: &Path, images: &[String]) -> anyhow::Result<i32> {
 }
 
 pub fn prune(root: &Path, all: bool) -> anyhow::Result<i32> {
-    let store = Store::open(root)?;
+    let store = open_store(root)?;
     let r = store.prune(all)?;
+    for left in &r.left {
+        eprintln!("warning: {left}");
+    }
     println!(
-        "Deleted {} blobs ({}), {} layer dirs, {} cache records, {} temp files",
+        "Deleted {} blobs ({}), {} layer dirs, {} cache records, {} cache mounts, {} temp files",
         r.blobs,
         human_size(r.bytes),
         r.layer_dirs,
         r.cache_records,
+        r.cache_mounts,
         r.temps
     );
     Ok(0)
 }
 
 pub fn save(root: &Path, image: &str, output: &Path) -> anyhow::Result<i32> {
-    let store = Store::open(root)?;
+    let store = open_store(root)?;
     export_docker_archive(&store, &[image.to_string()], output)?;
     Ok(0)
 }

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod build;
 mod check;
 mod images;
+mod limits;
 mod registry;
 
 /// rbuild: build OCI images from Dockerfiles, without a daemon.
@@ -25,6 +26,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of `BuildArgs` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build an image from a Dockerfile (the default subcommand).
@@ -182,6 +185,8 @@ pub struct BuildArgs {
     pub pull: PullArg,
     #[command(flatten)]
     pub registry: RegistryFlags,
+    #[command(flatten)]
+    pub limits: limits::LimitArgs,
     /// The build context directory.
     #[arg(value_name = "CONTEXT")]
     pub context: PathBuf,

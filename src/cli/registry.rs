@@ -10,7 +10,6 @@ use anyhow::{bail, Context, Result};
 use super::{FormatArg, RegistryFlags};
 use crate::image::ImageFormat;
 use crate::registry::{self, local, BlobProgress, Platform, Reference, Settings};
-use crate::store::Store;
 
 pub fn logout(server: &str) -> Result<i32> {
     let settings = Settings::load()?;
@@ -83,8 +82,8 @@ pub fn pull_with(
     let settings = settings_with(flags)?;
     let r = Reference::parse(reference)?;
     let platform = platform.map(Platform::parse).transpose()?;
-    let store =
-        Store::open(root).with_context(|| format!("opening the store {}", root.display()))?;
+    let store = super::images::open_store(root)
+        .with_context(|| format!("opening the store {}", root.display()))?;
     let img = local::pull_into_store(
         &store,
         &r,
@@ -105,8 +104,8 @@ pub fn push_with(
     flags: &RegistryFlags,
 ) -> Result<i32> {
     let settings = settings_with(flags)?;
-    let store =
-        Store::open(root).with_context(|| format!("opening the store {}", root.display()))?;
+    let store = super::images::open_store(root)
+        .with_context(|| format!("opening the store {}", root.display()))?;
     let dest = Reference::parse(destination.unwrap_or(image))?;
     let format = match format {
         FormatArg::Oci => ImageFormat::Oci,

@@ -50,6 +50,8 @@ pub struct BuildRequest {
     pub push: bool,
     /// Registry settings (insecure registries, mirrors, credentials).
     pub registry: crate::registry::Settings,
+    /// Resource limits of every RUN step (`--memory`, `--pids-limit`, …).
+    pub limits: crate::sandbox::Limits,
 }
 
 /// `--pull`: when a FROM image is fetched from its registry.
@@ -96,10 +98,12 @@ pub(crate) struct BuildCtx<'a> {
     next_step: AtomicU64,
     /// Set once the no-overlay fallback has been announced.
     pub overlay_warned: std::sync::atomic::AtomicBool,
+    /// Limit warnings already given (each once per build).
+    pub limit_warnings: Mutex<std::collections::BTreeSet<String>>,
     /// ADD URLs fetched in this build (url → file, digest), in `download_dir`:
     /// the cache key and the copy share one download.
     downloads: Mutex<BTreeMap<String, (PathBuf, String)>>,
-    download_dir: tempfile::TempDir,
+    download_dir: crate::store::LockedTempDir,
     /// External images (bases and `--from` sources) by normalized reference.
     pub images: BTreeMap<String, image::Image>,
 }
@@ -168,11 +172,7 @@ fn scan_context(
         .with_context(|| format!("reading .dockerignore of {}", root.display()))?;
     let abs = std::fs::canonicalize(root)
         .with_context(|| format!("resolving build context {}", root.display()))?;
-    let cache_name = hex::encode(Sha256::digest(abs.to_string_lossy().as_bytes()));
-    let cache_dir = store.private("statcache");
-    std::fs::create_dir_all(&cache_dir)
-        .with_context(|| format!("creating {}", cache_dir.display()))?;
-    let cache = cache_dir.join(format!("{cache_name}.json"));
+    let cache = store.statcache_file(&abs);
     context::scan_with_progress(root, dockerfile_rel, &ignore, Some(&cache), Some(progress))
         .with_context(|| format!("scanning build context {}", root.display()))
 }
@@ -232,8 +232,10 @@ pub fn build(
         context_index: OnceLock::new(),
         next_step: AtomicU64::new(0),
         overlay_warned: std::sync::atomic::AtomicBool::new(false),
+        limit_warnings: Mutex::new(Default::default()),
         downloads: Mutex::new(BTreeMap::new()),
-        download_dir: tempfile::tempdir_in(store.tmp_dir())
+        download_dir: store
+            .temp_dir("downloads-")
             .context("creating the download dir in the store")?,
         images,
     };

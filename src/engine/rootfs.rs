@@ -2,13 +2,18 @@
 //! (COPY destinations through image symlinks, `--chown` names, `COPY
 //! --from`, WORKDIR): its layers unpacked in order into a private temp dir,
 //! lazily, and only the layers added since the last look.
+//!
+//! The files sit in `rootfs/` inside a locked 0700 temp dir of the store:
+//! the temp dir keeps them (setuid binaries, device nodes of the image) out
+//! of other users' reach, while `rootfs/` has the mode an image root has,
+//! since it becomes the RUN overlay's lower dir.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
 use crate::layer::{resolve_in_root, unpack_layer, UnpackOptions};
-use crate::store::Store;
+use crate::store::{LockedTempDir, Store};
 
 use super::copy::ExistingDir;
 use crate::layer::Timespec;
@@ -24,7 +29,9 @@ pub struct LayerRef {
 
 /// The materialized view; dropped with its temp dir.
 pub struct Rootfs {
-    dir: tempfile::TempDir,
+    /// Holds `root` (and its lock) for the view's lifetime.
+    _dir: LockedTempDir,
+    root: PathBuf,
     applied: Vec<String>,
 }
 
@@ -32,12 +39,18 @@ impl Rootfs {
     /// An empty view under the store's temp dir (same filesystem: cheap
     /// cleanup, and nothing lands outside the store).
     pub fn new(store: &Store) -> anyhow::Result<Rootfs> {
-        let dir = tempfile::Builder::new()
-            .prefix("rootfs-")
-            .tempdir_in(store.tmp_dir())
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = store
+            .temp_dir("rootfs-")
             .context("creating a rootfs view in the store's temp dir")?;
+        let root = dir.path().join("rootfs");
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&root)
+            .with_context(|| format!("creating {}", root.display()))?;
         Ok(Rootfs {
-            dir,
+            _dir: dir,
+            root,
             applied: Vec::new(),
         })
     }
@@ -58,11 +71,11 @@ impl Rootfs {
                 no_chown: !nix::unistd::geteuid().is_root(),
                 ..UnpackOptions::default()
             };
-            unpack_layer(std::io::BufReader::new(blob), self.dir.path(), &opts)
+            unpack_layer(std::io::BufReader::new(blob), &self.root, &opts)
                 .with_context(|| format!("unpacking layer {}", layer.digest))?;
             self.applied.push(layer.digest.clone());
         }
-        Ok(self.dir.path())
+        Ok(&self.root)
     }
 }
 

@@ -20,7 +20,7 @@ use crate::layer::{changeset_from_overlay_upper, diff_trees, LayerEntry};
 use crate::sandbox::{
     self, ExtraFiles, FileBytes, MountSpec, NetworkMode, RootfsSpec, RunSpec, UserSpec,
 };
-use crate::store::Store;
+use crate::store::{LockedTempDir, Store};
 
 use super::users::UserDb;
 
@@ -76,6 +76,10 @@ pub struct RunInputs<'a> {
     pub scripts: Vec<(String, String)>,
     /// mtime of files the step's layer gets from outside the upper dir.
     pub created: crate::layer::Timespec,
+    /// cgroup limits, ulimits, `/dev/shm` size.
+    pub limits: &'a sandbox::Limits,
+    /// Reports a limit that could not be applied (the build goes on).
+    pub on_warning: &'a dyn Fn(&str),
 }
 
 /// The argv of a RUN and the heredoc scripts it needs, as BuildKit's
@@ -135,8 +139,8 @@ pub fn mounts(parsed: &[Mount], workdir: &str) -> Vec<Mount> {
 pub fn run(
     inputs: &RunInputs<'_>,
     on_output: &mut dyn FnMut(sandbox::Stream, &[u8]),
-) -> anyhow::Result<(Vec<LayerEntry>, tempfile::TempDir)> {
-    let work = tempfile::tempdir_in(inputs.store.tmp_dir()).context("creating RUN dirs")?;
+) -> anyhow::Result<(Vec<LayerEntry>, LockedTempDir)> {
+    let work = inputs.store.temp_dir("run-").context("creating RUN dirs")?;
     let user = resolve_user(inputs)?;
     let mut env = process_env(inputs, &user.1);
     let mut specs = Vec::new();
@@ -188,6 +192,7 @@ pub fn run(
         network: inputs.network,
         mounts: specs,
         extra_files: managed_files(),
+        limits: inputs.limits.clone(),
     };
     let opts = sandbox::SandboxOptions {
         // The empty mount point of the sandbox's tmpfs goes with the RUN
@@ -197,9 +202,27 @@ pub fn run(
     };
     let outcome = sandbox::run_with(&opts, &spec, on_output).context("running the RUN sandbox")?;
     drop(locks);
-    if outcome.exit_code != 0 {
+    for w in &outcome.limit_warnings {
+        (inputs.on_warning)(w);
+    }
+    if outcome.exit_code != 0 && outcome.oom_kills > 0 {
         bail!(
-            "process {:?} did not complete successfully: exit code: {}",
+            "{}: process {:?} ended with exit code {}\nhint: raise --memory \
+             (or make the step use less memory)",
+            sandbox::oom_message(outcome.memory_limit),
+            inputs.argv.join(" "),
+            outcome.exit_code
+        );
+    }
+    if outcome.exit_code != 0 {
+        // A step that filled the store's disk usually fails with its own
+        // "No space left on device": name the filesystem so the cause is
+        // plain. The upper dir goes with `work` when this returns.
+        let full = super::limits::full_filesystem_note(inputs.store.root(), work.path())
+            .map(|note| format!("\n{note}"))
+            .unwrap_or_default();
+        bail!(
+            "process {:?} did not complete successfully: exit code: {}{full}",
             inputs.argv.join(" "),
             outcome.exit_code
         );
@@ -431,9 +454,7 @@ fn secret_value(src: Option<&SecretSource>) -> anyhow::Result<Option<Vec<u8>>> {
 
 /// A persistent cache-mount dir in the store, created with the mount's owner and mode.
 fn cache_dir(store: &Store, id: &str, m: &Mount) -> anyhow::Result<PathBuf> {
-    use sha2::Digest;
-    let name = hex::encode(sha2::Sha256::digest(id.as_bytes()));
-    let dir = store.private("cachemounts").join(name);
+    let dir = store.cache_mount_dir(id)?;
     if !dir.exists() {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating cache mount dir {}", dir.display()))?;

@@ -10,7 +10,7 @@ use crate::image::ImageConfig;
 use crate::layer::{write_layer, LayerEntry, Timespec, WriteOptions};
 use crate::plan::{Base, Kind, PlannedStage, Step};
 use crate::progress::StepHandle;
-use crate::store::{CacheRecord, CachedLayer};
+use crate::store::{CacheRecord, CachedLayer, LockedTempDir};
 
 use super::build::{history, BuildCtx, StageResult};
 use super::cachekey::{explain_miss, KeyInputs};
@@ -31,8 +31,22 @@ pub(crate) struct StageState {
     rootfs: Option<Rootfs>,
     /// History entries this build added whose `created` is filled at the end.
     undated: Vec<usize>,
-    /// Temp files a step's entries read from, kept until its layer is written.
-    keepalive: Vec<Box<dyn std::any::Any + Send>>,
+    /// What a step's entries read from, kept until its layer is written.
+    keepalive: KeepAlive,
+}
+
+/// Temp dirs and source views a step's layer entries name files in.
+#[derive(Default)]
+struct KeepAlive {
+    temps: Vec<LockedTempDir>,
+    views: Vec<SourceView>,
+}
+
+impl KeepAlive {
+    fn clear(&mut self) {
+        self.temps.clear();
+        self.views.clear();
+    }
 }
 
 /// What a step produced, to record and apply.
@@ -75,7 +89,7 @@ impl StageState {
             meta: StageMeta::default(),
             rootfs: None,
             undated: Vec::new(),
-            keepalive: Vec::new(),
+            keepalive: KeepAlive::default(),
         })
     }
 
@@ -192,6 +206,7 @@ impl StageState {
         let layer = match result {
             Ok(l) => l,
             Err(e) => {
+                let e = super::limits::with_disk_full_hint(e, ctx.store.root());
                 handle.failed(format!("{e:#}"));
                 return Err(e);
             }
@@ -479,7 +494,7 @@ impl StageState {
             None => None,
         };
         let created = Self::created_time(ctx);
-        let tmp = tempfile::tempdir_in(ctx.store.tmp_dir()).context("creating a temp dir")?;
+        let tmp = ctx.store.temp_dir("copy-").context("creating a temp dir")?;
         let mut trees: Vec<SourceTree> = Vec::new();
         match step.sources.first() {
             Some(src) => {
@@ -493,7 +508,7 @@ impl StageState {
                         parents,
                     )?);
                 }
-                self.keepalive.push(Box::new(view));
+                self.keepalive.views.push(view);
             }
             None => {
                 for s in srcs {
@@ -518,7 +533,7 @@ impl StageState {
             trees.push(heredoc_tree(&h.name, h.body.as_bytes(), created));
         }
         let _ = handle;
-        self.keepalive.push(Box::new(tmp));
+        self.keepalive.temps.push(tmp);
         let cwd = self
             .config
             .config
@@ -603,7 +618,7 @@ impl StageState {
         }
         let users = self.user_db(ctx)?;
         let root = self.root(ctx)?;
-        let mut views: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+        let mut views: Vec<SourceView> = Vec::new();
         let mut bind_roots: Vec<(usize, std::path::PathBuf)> = Vec::new();
         for (i, m) in mounts.iter().enumerate() {
             if let Some(src) = step
@@ -613,7 +628,7 @@ impl StageState {
             {
                 let view = source_index(ctx, src, done)?;
                 bind_roots.push((i, view.index.root().to_path_buf()));
-                views.push(Box::new(view));
+                views.push(view);
             }
         }
         // Context bind mounts show only what .dockerignore lets through:
@@ -630,11 +645,13 @@ impl StageState {
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| ".".into());
             let path = if index.has_ignore_rules() {
-                let tmp = tempfile::tempdir_in(ctx.store.tmp_dir())
+                let tmp = ctx
+                    .store
+                    .temp_dir("bind-")
                     .context("creating a bind-mount tree")?;
                 let p = sources::materialize(index, &source, tmp.path())
                     .with_context(|| format!("preparing --mount source {source}"))?;
-                self.keepalive.push(Box::new(tmp));
+                self.keepalive.temps.push(tmp);
                 p
             } else {
                 rootfs::host_path(index.root(), &source)?
@@ -669,6 +686,16 @@ impl StageState {
             ssh_sock: ctx.req.ssh_sock.clone(),
             scripts,
             created: Self::created_time(ctx),
+            limits: &ctx.req.limits,
+            on_warning: &|message: &str| {
+                let mut seen = ctx.limit_warnings.lock().unwrap_or_else(|e| e.into_inner());
+                if seen.insert(message.to_string()) {
+                    ctx.reporter.event(crate::progress::Event::Warning {
+                        id: None,
+                        message: message.to_string(),
+                    });
+                }
+            },
         };
         let mut on_output = |stream: crate::sandbox::Stream, bytes: &[u8]| {
             let s = match stream {
@@ -678,8 +705,8 @@ impl StageState {
             handle.log(s, bytes);
         };
         let (entries, work) = super::run::run(&inputs, &mut on_output)?;
-        self.keepalive.extend(views);
-        self.keepalive.push(Box::new(work));
+        self.keepalive.views.extend(views);
+        self.keepalive.temps.push(work);
         Ok(entries)
     }
 
@@ -989,7 +1016,7 @@ fn archive_of(
 }
 
 /// An archive extracted into a temp dir, as a tree copied into the destination.
-fn extract_tree(archive: &std::path::Path, tmp: &tempfile::TempDir) -> anyhow::Result<SourceTree> {
+fn extract_tree(archive: &std::path::Path, tmp: &LockedTempDir) -> anyhow::Result<SourceTree> {
     // Inside `tmp`, which the caller keeps until the layer is written.
     let dir = tempfile::tempdir_in(tmp.path())?.keep();
     sources::extract_archive(archive, &dir)?;

@@ -16,7 +16,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::canonical::to_canonical_json;
 use super::manifest::{find_image, Image};
-use crate::store::{digest_hex, normalize_tag, Store, REF_NAME};
+use crate::store::{digest_hex, normalize_tag, Store, TempFile, REF_NAME};
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
@@ -247,11 +247,7 @@ fn append_docker_layers<W: Write>(
 
 /// Decompress a layer blob (gzip, zstd or plain, by magic bytes) to a temp
 /// file, verifying it against `diff_id`.
-fn decompress_to_temp(
-    store: &Store,
-    digest: &str,
-    diff_id: &str,
-) -> anyhow::Result<tempfile::NamedTempFile> {
+fn decompress_to_temp(store: &Store, digest: &str, diff_id: &str) -> anyhow::Result<TempFile> {
     let mut blob = BufReader::new(store.open_blob(digest)?);
     let mut magic = [0u8; 4];
     let n = read_prefix(&mut blob, &mut magic)?;
@@ -264,7 +260,8 @@ fn decompress_to_temp(
         }
         _ => Box::new(chained),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(store.tmp_dir())
+    let mut tmp = store
+        .temp_file("layer-")
         .context("creating a temp file for a layer")?;
     let mut hashing = HashingWriter {
         inner: tmp.as_file_mut(),

@@ -46,7 +46,7 @@ impl BlobStore for Store {
 }
 
 fn locations(store: &Store) -> anyhow::Result<BlobLocations> {
-    BlobLocations::load(&store.private("registry").join("blob-locations.json"))
+    BlobLocations::load(&store.blob_locations_file()?)
 }
 
 /// The store's tag name for a reference: its normalized form (tag refs only).

@@ -145,6 +145,8 @@ fn exec_command(spec: &RunSpec) -> Result<Infallible> {
     nix::unistd::dup2_stdin(&null).context("redirecting stdin")?;
     drop(null);
     sys::join_new_session_keyring().context("creating a session keyring")?;
+    // Before the capabilities go: raising a hard limit needs CAP_SYS_RESOURCE.
+    super::limits::apply_ulimits(&spec.limits.ulimits)?;
     caps::limit_bounding_set().context("dropping capabilities from the bounding set")?;
     switch_user(spec)?;
     caps::apply_process_sets(spec.user.uid).context("setting capabilities")?;

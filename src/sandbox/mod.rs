@@ -23,10 +23,12 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 mod caps;
+mod cgroup;
 mod files;
 mod helper;
 mod idmap;
 mod init;
+mod limits;
 mod parent;
 mod paths;
 mod rootfs;
@@ -35,7 +37,9 @@ mod sys;
 mod userns;
 mod wire;
 
+pub use cgroup::oom_message;
 pub use idmap::warn_single_id;
+pub use limits::{human_bytes, ulimit_names, Limits, SwapLimit, Ulimit};
 pub use parent::{overlay_available, overlay_available_with, run, run_with};
 pub use userns::{exit_code, in_user_namespace, run_in_userns, USERNS_ARG};
 
@@ -66,6 +70,9 @@ pub struct RunSpec {
     /// Contents bind-mounted over `/etc/resolv.conf`, `/etc/hosts` and
     /// `/etc/hostname`; `None` leaves the image's file alone.
     pub extra_files: ExtraFiles,
+    /// cgroup limits, ulimits and the `/dev/shm` size.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// The root filesystem of a RUN step.
@@ -235,6 +242,14 @@ pub struct RunOutcome {
     /// (`/etc/NAME`, new content), so the caller can keep the change in the
     /// layer as docker does.
     pub written_files: Vec<(String, Vec<u8>)>,
+    /// Processes of the step the kernel's OOM killer ended (needs a memory
+    /// limit: counted in the step's cgroup).
+    pub oom_kills: u64,
+    /// The memory limit the step ran under, when one was applied.
+    pub memory_limit: Option<u64>,
+    /// One message per requested limit that could not be applied (no
+    /// controller, no delegation); the step ran without it.
+    pub limit_warnings: Vec<String>,
 }
 
 /// One line of `/proc/PID/uid_map`: `size` ids from `container_id` map to

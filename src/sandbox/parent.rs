@@ -13,7 +13,9 @@ use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
 
 use super::wire::{Report, Request, GO};
-use super::{idmap, paths, sys, RootfsSpec, RunOutcome, RunSpec, SandboxOptions, Stream, INIT_ARG};
+use super::{
+    cgroup, idmap, paths, sys, RootfsSpec, RunOutcome, RunSpec, SandboxOptions, Stream, INIT_ARG,
+};
 use super::{ExtraFiles, IdMaps, NetworkMode, UserSpec};
 
 /// Runs `spec` with the default options (re-executing `/proc/self/exe`).
@@ -46,7 +48,12 @@ pub fn run_with(
         state_dir: state.path().to_path_buf(),
         probe_overlay: false,
     };
+    // Removed (with anything left in it) when this function returns.
+    let (mut cgroup, mut limit_warnings) = cgroup::StepCgroup::create(&spec.limits);
     let mut helper = Helper::spawn(opts, &req)?;
+    // The helper is still reading its request: it forks nothing before the
+    // go byte, so init and the command start inside the step's cgroup.
+    limit_warnings.extend(cgroup.add_process(helper.child.id()));
     let setup = helper.handshake(opts, &req);
     let (out, err) = (helper.stdout.take(), helper.stderr.take());
     if let Err(e) = setup {
@@ -59,7 +66,18 @@ pub fn run_with(
     if let RootfsSpec::Overlay { work, .. } = &spec.rootfs {
         clean_workdir(work);
     }
-    outcome
+    let oom_kills = cgroup.oom_kills();
+    match outcome {
+        // The OOM killer may pick the sandbox's own init: say why it died.
+        Err(e) if oom_kills > 0 => Err(e.context(cgroup::oom_message(cgroup.memory_limit()))),
+        Err(e) => Err(e),
+        Ok(mut o) => {
+            o.oom_kills = oom_kills;
+            o.memory_limit = cgroup.memory_limit();
+            o.limit_warnings = limit_warnings;
+            Ok(o)
+        }
+    }
 }
 
 /// Empties the overlay work dir. The kernel leaves `work/work` with mode
@@ -109,6 +127,7 @@ fn probe(opts: &SandboxOptions) -> Result<()> {
             network: NetworkMode::None,
             mounts: vec![],
             extra_files: ExtraFiles::default(),
+            limits: Default::default(),
         },
         userns,
         unprivileged: userns || super::in_user_namespace(),
@@ -305,6 +324,9 @@ impl Helper {
             mount_stubs: self.stubs,
             id_maps: self.id_maps,
             written_files: self.written,
+            oom_kills: 0,
+            memory_limit: None,
+            limit_warnings: Vec::new(),
         })
     }
 }

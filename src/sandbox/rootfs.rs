@@ -93,7 +93,7 @@ pub fn prepare(req: &Request) -> Result<Prepared> {
     }
     let mut stubs = Vec::new();
     mount_proc(&root, &mut stubs)?;
-    mount_dev(&root, &mut stubs)?;
+    mount_dev(&root, spec.limits.shm_size, &mut stubs)?;
     mount_sys(&root, spec.network, &mut stubs)?;
     files::mount_extra_files(&root, &files, spec, &mut stubs)?;
     for (i, m) in spec.mounts.iter().enumerate() {
@@ -432,7 +432,7 @@ const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 /// keeps the host mount's permission to open devices). So no device node the
 /// command creates (it has CAP_MKNOD, like docker) can be opened anywhere:
 /// without a device cgroup that is what keeps real root off the host disks.
-fn mount_dev(root: &OwnedFd, stubs: &mut Vec<String>) -> Result<()> {
+fn mount_dev(root: &OwnedFd, shm_size: Option<u64>, stubs: &mut Vec<String>) -> Result<()> {
     let fd = ensure(root, "/dev", Kind::Dir, stubs)?;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME;
     mount(
@@ -476,7 +476,8 @@ fn mount_dev(root: &OwnedFd, stubs: &mut Vec<String>) -> Result<()> {
         fd_path(&shm).as_str(),
         Some("tmpfs"),
         shm_flags,
-        Some("mode=1777,size=65536k"),
+        // docker's default size; `--shm-size` changes it.
+        Some(format!("mode=1777,size={}", shm_size.unwrap_or(64 << 20)).as_str()),
     )
     .context("mounting tmpfs on /dev/shm")?;
     for (target, name) in [

@@ -2,9 +2,14 @@
 //!
 //! Every temp file or dir lives in `rbuild/tmp/` (same filesystem as the
 //! store, so `rename` is atomic) and holds a `flock` for as long as its
-//! writer is alive. The cleaner deletes only temps it can lock, i.e. those
-//! whose writer died; `rbuild/tmp.lock` closes the gap between creating a
+//! owner is alive. The cleaner deletes only temps it can lock, i.e. those
+//! whose owner died; `rbuild/tmp.lock` closes the gap between creating a
 //! temp and locking it (creators hold it shared, the cleaner exclusive).
+//!
+//! The lock is an open file description held by the rbuild process itself
+//! (the guard), opened close-on-exec: a sandbox child neither needs it nor
+//! could release it by closing its descriptors, so the temp stays locked
+//! exactly as long as its guard lives.
 
 use std::fs::{self, File, Permissions};
 use std::io::Write;
@@ -20,14 +25,27 @@ use super::lock::{lock_exclusive, lock_shared, try_flock};
 
 /// A temp file in the store's temp area, locked while alive, removed on drop.
 pub struct TempFile {
-    pub(crate) file: NamedTempFile,
+    pub(super) file: NamedTempFile,
     _lock: Flock<File>,
 }
 
-/// A temp dir in the store's temp area, locked while alive, removed on drop.
+/// A 0700 temp dir in the store's temp area, locked while alive, removed
+/// (with everything in it) on drop.
 pub struct LockedTempDir {
-    pub(crate) dir: TempDir,
+    pub(super) dir: TempDir,
     _lock: Flock<File>,
+}
+
+impl LockedTempDir {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl std::fmt::Debug for LockedTempDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LockedTempDir").field(&self.path()).finish()
+    }
 }
 
 fn tmp_lock(tmp_dir: &Path) -> PathBuf {
@@ -56,10 +74,12 @@ pub fn temp_file(tmp_dir: &Path, prefix: &str) -> anyhow::Result<TempFile> {
 /// Create a locked temp dir in `tmp_dir`.
 pub fn temp_dir(tmp_dir: &Path, prefix: &str) -> anyhow::Result<LockedTempDir> {
     let _gate = lock_shared(&tmp_lock(tmp_dir))?;
-    // Becomes a layer's root dir (an overlay lower): 0755, not tempfile's 0700.
+    // 0700 even though `tmp/` is private: what a build puts here (setuid
+    // files, device nodes) must stay out of reach if the store is ever
+    // loosened. A dir that needs its own mode (a rootfs) is made inside.
     let dir = tempfile::Builder::new()
         .prefix(prefix)
-        .permissions(Permissions::from_mode(0o755))
+        .permissions(Permissions::from_mode(0o700))
         .tempdir_in(tmp_dir)
         .with_context(|| format!("creating a temp dir in {}", tmp_dir.display()))?;
     let handle = File::open(dir.path())
@@ -72,6 +92,14 @@ pub fn temp_dir(tmp_dir: &Path, prefix: &str) -> anyhow::Result<LockedTempDir> {
 impl TempFile {
     pub fn path(&self) -> &Path {
         self.file.path()
+    }
+
+    pub fn as_file(&self) -> &File {
+        self.file.as_file()
+    }
+
+    pub fn as_file_mut(&mut self) -> &mut File {
+        self.file.as_file_mut()
     }
 
     /// fsync the data, then rename over `dest` and fsync its directory.
@@ -105,8 +133,9 @@ pub fn atomic_write(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> anyhow::Result
     tmp.persist(dest)
 }
 
-/// Remove temps whose writers died; returns how many were removed.
-pub fn clean_temps(tmp_dir: &Path) -> anyhow::Result<usize> {
+/// Remove temps whose owners died; returns how many were removed. Temps
+/// that could not be removed are described in `left`.
+pub fn clean_temps(tmp_dir: &Path, left: &mut Vec<String>) -> anyhow::Result<usize> {
     let _gate = lock_exclusive(&tmp_lock(tmp_dir))?;
     let entries = match fs::read_dir(tmp_dir) {
         Ok(e) => e,
@@ -121,7 +150,7 @@ pub fn clean_temps(tmp_dir: &Path) -> anyhow::Result<usize> {
         match remove_if_abandoned(&entry.path()) {
             Ok(true) => removed += 1,
             Ok(false) => {}
-            Err(e) => eprintln!("warning: leaving temp {}: {e:#}", entry.path().display()),
+            Err(e) => left.push(format!("leaving temp {}: {e:#}", entry.path().display())),
         }
     }
     Ok(removed)

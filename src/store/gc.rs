@@ -19,6 +19,10 @@ pub struct PruneReport {
     pub layer_dirs: usize,
     pub cache_records: usize,
     pub temps: usize,
+    /// RUN cache mount dirs (only with `all`).
+    pub cache_mounts: usize,
+    /// Temps that could not be removed, described.
+    pub left: Vec<String>,
 }
 
 #[derive(Default)]
@@ -28,7 +32,8 @@ struct Marks {
 }
 
 impl Store {
-    /// Drop what no tag or cache record reaches; `all` drops the cache first.
+    /// Drop what no tag or cache record reaches; `all` drops the build
+    /// cache (records and RUN cache mounts) first.
     pub fn prune(&self, all: bool) -> anyhow::Result<PruneReport> {
         let Some(_gc) = lock::try_lock_exclusive(&self.private("gc.lock"))? else {
             anyhow::bail!(
@@ -43,12 +48,39 @@ impl Store {
                 fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
                 report.cache_records += 1;
             }
+            report.cache_mounts = self.remove_cache_mounts()?;
         }
         let marks = self.mark()?;
         self.sweep_blobs(&marks, &mut report)?;
         self.sweep_layer_dirs(&marks, &mut report)?;
-        report.temps = fsutil::clean_temps(&self.tmp_dir())?;
+        report.temps = fsutil::clean_temps(&self.tmp_dir(), &mut report.left)?;
         Ok(report)
+    }
+
+    /// Remove every cache mount dir (and its lock file); no build runs
+    /// meanwhile (the caller holds the GC lock exclusively).
+    fn remove_cache_mounts(&self) -> anyhow::Result<usize> {
+        let dir = self.private("cachemounts");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let path = entry
+                .with_context(|| format!("listing {}", dir.display()))?
+                .path();
+            let is_dir = path.symlink_metadata().is_ok_and(|m| m.is_dir());
+            if is_dir {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            }
+            .with_context(|| format!("removing cache mount {}", path.display()))?;
+            removed += usize::from(is_dir);
+        }
+        Ok(removed)
     }
 
     fn mark(&self) -> anyhow::Result<Marks> {

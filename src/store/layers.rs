@@ -3,6 +3,7 @@
 //! does not know tar: the caller's closure fills the dir.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -33,6 +34,10 @@ impl Store {
         }
         let tmp = fsutil::temp_dir(&self.tmp_dir(), "layer-")?;
         fill(tmp.dir.path()).with_context(|| format!("unpacking layer {diff_id}"))?;
+        // The dir becomes a layer's root (an overlay lower): the usual 0755,
+        // not the temp's 0700; `layers/` itself stays private.
+        fs::set_permissions(tmp.dir.path(), fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod of {}", tmp.dir.path().display()))?;
         match fs::rename(tmp.dir.path(), &dest) {
             Ok(()) => {
                 // Renamed away: nothing left for TempDir's drop to remove.

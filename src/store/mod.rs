@@ -5,31 +5,44 @@
 //! ROOT/oci-layout            {"imageLayoutVersion":"1.0.0"}
 //! ROOT/index.json            one manifest descriptor per tag (ref.name = "app:v1")
 //! ROOT/blobs/sha256/<hex>    immutable content
+//! ROOT/rbuild/               0700: nothing below is reachable by other users
 //! ROOT/rbuild/lock           flock around every index.json read-modify-write
 //! ROOT/rbuild/gc.lock        builds hold it shared, prune exclusive
 //! ROOT/rbuild/layers/<hex>/  unpacked layers, by diff_id
 //! ROOT/rbuild/cache/<h>.json build cache records, one per key
-//! ROOT/rbuild/statcache/     owned by the context module
-//! ROOT/rbuild/tmp/           temps; each locked while its writer lives
+//! ROOT/rbuild/statcache/     the context module's stat caches
+//! ROOT/rbuild/cachemounts/   RUN --mount=type=cache dirs
+//! ROOT/rbuild/registry/      where blobs were seen (cross-repo mounts)
+//! ROOT/rbuild/tmp/           temps; each locked while its owner lives
 //! ```
 //! Because the root is a plain OCI layout, `skopeo inspect oci:ROOT:app:v1`
 //! and `umoci unpack --image ROOT:app:v1` read it with no export step.
+//!
+//! Other modules never build paths in `rbuild/`: they get locked temps
+//! ([`Store::temp_dir`], [`Store::temp_file`]) and a few named places
+//! ([`Store::cache_mount_dir`], [`Store::statcache_file`],
+//! [`Store::blob_locations_file`]). Why `rbuild/` is private: `secure.rs`.
 
 mod blob;
 mod cache;
+mod error;
 mod fsutil;
 mod gc;
 mod layers;
 mod lock;
+mod secure;
 mod tags;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use sha2::{Digest as _, Sha256};
 
 pub use blob::{digest_hex, sha256_digest, BlobError, BlobInfo, BlobWriter};
 pub use cache::{diff_inputs, CacheRecord, CachedLayer, CACHE_SCHEMA};
+pub use error::StoreError;
+pub use fsutil::{LockedTempDir, TempFile};
 pub use gc::PruneReport;
 pub use lock::{lock_exclusive, LockGuard};
 pub use tags::{normalize_tag, REF_NAME};
@@ -42,26 +55,28 @@ const EMPTY_INDEX: &[u8] = br#"{"schemaVersion":2,"manifests":[]}"#;
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    notices: Vec<String>,
 }
 
 impl Store {
     /// Open `root`, creating the layout if needed, and clean temps left by
-    /// writers that died.
+    /// processes that died. Refuses a root or `rbuild/` that other users
+    /// control; tightens an `rbuild/` of ours that they could reach (see
+    /// [`Store::notices`]).
     pub fn open(root: &Path) -> anyhow::Result<Store> {
-        let store = Store {
-            root: root.to_path_buf(),
-        };
-        for dir in [
-            store.blobs_dir(),
-            store.private("layers"),
-            store.private("cache"),
-            store.private("statcache"),
-            store.tmp_dir(),
-        ] {
-            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let root = secure::checked_root(root)?;
+        let mut notices = Vec::new();
+        secure::private_root(&root.join("rbuild"), &mut notices)?;
+        let mut store = Store { root, notices };
+        let blobs = store.blobs_dir();
+        fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
+        for name in ["layers", "cache", "statcache", "tmp"] {
+            secure::make_private_dir(&store.private(name))?;
         }
         store.init_layout_files()?;
-        fsutil::clean_temps(&store.tmp_dir())?;
+        let mut left = Vec::new();
+        fsutil::clean_temps(&store.tmp_dir(), &mut left)?;
+        store.notices.extend(left);
         Ok(store)
     }
 
@@ -69,28 +84,67 @@ impl Store {
         let _lock = self.lock_index()?;
         let layout = self.root.join("oci-layout");
         if !layout.exists() {
-            fsutil::atomic_write(&self.tmp_dir(), &layout, OCI_LAYOUT)?;
+            self.atomic_write(&layout, OCI_LAYOUT)?;
         }
         let index = self.index_path();
         if !index.exists() {
-            fsutil::atomic_write(&self.tmp_dir(), &index, EMPTY_INDEX)?;
+            self.atomic_write(&index, EMPTY_INDEX)?;
         }
         Ok(())
     }
 
-    /// The store directory.
+    /// The store directory (symlinks resolved).
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// `ROOT/rbuild/<name>`: rbuild's own bookkeeping (e.g. `statcache`).
-    pub fn private(&self, name: &str) -> PathBuf {
+    /// What opening the store found worth a warning (a private dir it had
+    /// to tighten, temps it could not remove), for the caller to show.
+    pub fn notices(&self) -> &[String] {
+        &self.notices
+    }
+
+    /// `ROOT/rbuild/<name>`: rbuild's own bookkeeping.
+    fn private(&self, name: &str) -> PathBuf {
         self.root.join("rbuild").join(name)
     }
 
     /// Where temps go: same filesystem as the blobs, cleaned on open/prune.
-    pub fn tmp_dir(&self) -> PathBuf {
+    fn tmp_dir(&self) -> PathBuf {
         self.private("tmp")
+    }
+
+    /// A new 0700 temp dir in the store, locked (so no other process's
+    /// sweep removes it) and removed when the guard is dropped.
+    pub fn temp_dir(&self, prefix: &str) -> anyhow::Result<LockedTempDir> {
+        fsutil::temp_dir(&self.tmp_dir(), prefix)
+    }
+
+    /// A new temp file in the store, locked and removed like [`Store::temp_dir`].
+    pub fn temp_file(&self, prefix: &str) -> anyhow::Result<TempFile> {
+        fsutil::temp_file(&self.tmp_dir(), prefix)
+    }
+
+    /// The persistent dir of a RUN cache mount with this id (not created:
+    /// the caller gives it the mount's owner and mode), in a private dir of
+    /// the store. Beside it, `<dir>.lock` serializes `sharing=locked` users.
+    pub fn cache_mount_dir(&self, id: &str) -> anyhow::Result<PathBuf> {
+        let parent = self.private("cachemounts");
+        secure::make_private_dir(&parent)?;
+        Ok(parent.join(hex::encode(Sha256::digest(id.as_bytes()))))
+    }
+
+    /// The stat cache file of the build context at `context` (an absolute path).
+    pub fn statcache_file(&self, context: &Path) -> PathBuf {
+        let name = hex::encode(Sha256::digest(context.as_os_str().as_encoded_bytes()));
+        self.private("statcache").join(format!("{name}.json"))
+    }
+
+    /// The registry module's record of where blobs were seen.
+    pub fn blob_locations_file(&self) -> anyhow::Result<PathBuf> {
+        let dir = self.private("registry");
+        secure::make_private_dir(&dir)?;
+        Ok(dir.join("blob-locations.json"))
     }
 
     fn blobs_dir(&self) -> PathBuf {
@@ -112,8 +166,7 @@ impl Store {
     }
 
     /// Write `bytes` to `path` atomically (temp in the store, fsync, rename).
-    /// For bookkeeping files of other modules under [`Store::private`].
-    pub fn atomic_write(&self, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    fn atomic_write(&self, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         fsutil::atomic_write(&self.tmp_dir(), path, bytes)
     }
 

@@ -9,28 +9,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// A part of the shared external corpus: `CARGO_MANIFEST_DIR/../shared/corpus/<sub>`
-/// (or under `$RBUILD_CORPUS`, for checkouts that do not sit beside `shared/`).
-/// Missing: a failure under `CI=true`, else `None` (the test skips, saying why).
+/// A part of the external corpus copied into the repository:
+/// `CARGO_MANIFEST_DIR/testdata/corpus/<sub>` (or under `$RBUILD_CORPUS`).
+/// A fresh clone has it, so a missing part is a broken checkout: always a failure.
 pub fn corpus(sub: &str) -> Option<PathBuf> {
     let base = std::env::var_os("RBUILD_CORPUS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/corpus"));
     let dir = base.join(sub);
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "corpus missing at {} (required when CI=true)",
-            dir.display()
-        );
-    }
-    eprintln!(
-        "skipping: corpus not found at {} (set RBUILD_CORPUS)",
+    assert!(
+        dir.is_dir(),
+        "corpus missing at {} (testdata/corpus is part of the repository)",
         dir.display()
     );
-    None
+    Some(dir)
 }
 
 /// The rbuild binary under test.
@@ -141,6 +133,20 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Whether a test that needs root can run. Not root: a failure under
+/// `CI=true` (CI runs as root, so a skip there would hide a broken runner),
+/// else `false` after saying why, and the test returns.
+pub fn require_root(what: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{what} needs root, and CI=true forbids skipping it");
+    }
+    eprintln!("skipping: {what} needs root");
+    false
+}
+
 fn user_id(flag: &str) -> String {
     let out = Command::new("id")
         .args([flag, TEST_USER])
@@ -215,7 +221,7 @@ pub fn test_user_range(file: &str) -> (u64, u64) {
 /// Like [`rerun_as_test_user`], with the test binary started through
 /// `wrapper` (a command and its arguments, e.g. util-linux `unshare`).
 pub fn rerun_as_test_user_via(idmap: &str, wrapper: &[String]) {
-    if !is_root() {
+    if !require_root("re-running the tests as the rootless test user") {
         return;
     }
     ensure_test_user();
