@@ -380,6 +380,16 @@ mod library {
         state_parent: &Path,
         edit: impl FnOnce(&mut RunSpec),
     ) -> Option<Run> {
+        try_sh_with(script, state_parent, IdMapMode::Auto, edit).map(Result::unwrap)
+    }
+
+    /// [`sh_with`] with an id map mode, returning the sandbox's error.
+    pub fn try_sh_with(
+        script: &str,
+        state_parent: &Path,
+        id_map: IdMapMode,
+        edit: impl FnOnce(&mut RunSpec),
+    ) -> Option<anyhow::Result<Run>> {
         let busybox = crate::tool("busybox", "busybox-static")?;
         let tmp = tempfile::tempdir().unwrap();
         let base = tmp.path().join("base");
@@ -410,22 +420,21 @@ mod library {
         edit(&mut spec);
         let opts = SandboxOptions {
             init_exe: PathBuf::from(crate::common::rbuild_bin()),
-            id_map: IdMapMode::Auto,
+            id_map,
             state_parent: Some(state_parent.to_path_buf()),
         };
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         let outcome = run_with(&opts, &spec, &mut |stream, chunk| match stream {
             Stream::Stdout => stdout.extend_from_slice(chunk),
             Stream::Stderr => stderr.extend_from_slice(chunk),
-        })
-        .unwrap();
-        Some(Run {
+        });
+        Some(outcome.map(|outcome| Run {
             outcome,
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
             upper,
             _dirs: tmp,
-        })
+        }))
     }
 }
 
@@ -521,4 +530,36 @@ fn large_managed_file_write_comes_back() {
     assert!(text.starts_with("127.0.0.1 localhost\n10.1.2.3 host-0.example\n"));
     assert!(text.ends_with("10.1.2.3 host-7999.example\n"));
     assert!(content.len() > 200_000, "{}", content.len());
+}
+
+/// Rootless without a subuid range (a single-id user namespace) a secret
+/// owned by an unmapped id is a clear error with a hint, not a file the
+/// user cannot read. Runs in the rootless re-run; as root there is no user
+/// namespace to map.
+#[test]
+fn unmapped_secret_owner_is_a_clear_error() {
+    use rbuild::sandbox::{FileBytes, IdMapMode, MountSpec};
+    if common::is_root() {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let mounts = vec![MountSpec::File {
+        target: "/run/secrets/s".into(),
+        content: FileBytes(b"x".to_vec()),
+        uid: 1000,
+        gid: 0,
+        mode: 0o400,
+    }];
+    let err = match library::try_sh_with("true", state.path(), IdMapMode::SingleId, |s| {
+        s.mounts = mounts
+    }) {
+        None => return,
+        Some(Ok(_)) => panic!("an unmapped owner was accepted"),
+        Some(Err(e)) => format!("{e:#}"),
+    };
+    println!("{err}");
+    assert!(
+        err.contains("/run/secrets/s") && err.contains("1000:0") && err.contains("\nhint: "),
+        "{err}"
+    );
 }

@@ -144,8 +144,14 @@ fn write_owned(path: &Path, bytes: &[u8], uid: u32, gid: u32, mode: u32) -> Resu
         .with_context(|| format!("creating {}", path.display()))?;
     f.write_all(bytes)
         .with_context(|| format!("writing {}", path.display()))?;
-    std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).with_context(|| {
-        format!("setting the owner to {uid}:{gid} (is the id mapped in the sandbox?)")
+    // EINVAL: an id outside the user namespace's map (rootless without a
+    // subuid range). The hint goes last, where the chain of causes ends.
+    std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(|e| {
+        anyhow::anyhow!(
+            "setting the owner to {uid}:{gid}: {e}\n\
+             hint: both ids must be mapped in the build's user namespace: give the \
+             user a subuid/subgid range (/etc/subuid, /etc/subgid) or drop uid=/gid="
+        )
     })?;
     f.set_permissions(fs::Permissions::from_mode(mode & 0o7777))
         .with_context(|| format!("setting mode {mode:o}"))
