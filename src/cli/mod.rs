@@ -121,6 +121,23 @@ pub struct RegistryFlags {
     /// Try this mirror before Docker Hub when pulling; repeatable.
     #[arg(long = "registry-mirror", value_name = "HOST[:PORT]")]
     pub registry_mirrors: Vec<String>,
+    /// Seconds to wait for a registry to connect (default 30).
+    #[arg(long, value_name = "SECS", env = "RBUILD_REGISTRY_CONNECT_TIMEOUT")]
+    pub registry_connect_timeout: Option<f64>,
+    /// Seconds to wait for a registry's answer, and for each read of a body (default 60; 0: none).
+    #[arg(long, value_name = "SECS", env = "RBUILD_REGISTRY_TIMEOUT")]
+    pub registry_timeout: Option<f64>,
+    /// Fail a transfer slower than this many bytes/s over the timeout (default 1K; 0: off).
+    #[arg(long, value_name = "BYTES", env = "RBUILD_REGISTRY_MIN_SPEED",
+          value_parser = crate::registry::settings::parse_size)]
+    pub registry_min_speed: Option<u64>,
+    /// Refuse images with more layers than this (default 1000).
+    #[arg(long, value_name = "N", env = "RBUILD_MAX_LAYERS")]
+    pub max_layers: Option<usize>,
+    /// Refuse a layer larger than this, compressed or expanded (default 32G).
+    #[arg(long, value_name = "SIZE", env = "RBUILD_MAX_LAYER_SIZE",
+          value_parser = crate::registry::settings::parse_size)]
+    pub max_layer_size: Option<u64>,
 }
 
 /// How progress is shown while building.

@@ -4,6 +4,7 @@
 use std::io::{BufRead, Write};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -28,6 +29,19 @@ pub(crate) fn settings_with(flags: &RegistryFlags) -> Result<Settings> {
         .extend(flags.insecure_registries.iter().cloned());
     s.registry_mirrors
         .extend(flags.registry_mirrors.iter().cloned());
+    let secs = |v: f64, flag: &str| {
+        Duration::try_from_secs_f64(v)
+            .map_err(|_| anyhow::anyhow!("--{flag} {v}: expected a number of seconds"))
+    };
+    if let Some(v) = flags.registry_connect_timeout {
+        s.connect_timeout = secs(v, "registry-connect-timeout")?;
+    }
+    if let Some(v) = flags.registry_timeout {
+        s.response_timeout = secs(v, "registry-timeout")?;
+    }
+    s.min_speed = flags.registry_min_speed.unwrap_or(s.min_speed);
+    s.max_layers = flags.max_layers.unwrap_or(s.max_layers);
+    s.max_layer_size = flags.max_layer_size.unwrap_or(s.max_layer_size);
     Ok(s)
 }
 
@@ -73,13 +87,19 @@ fn progress_bars(verb: &'static str) -> registry::ProgressFn {
     })
 }
 
+/// Each retried attempt as a warning line, as it happens.
+fn warn_on_retry() -> registry::settings::RetryHook {
+    registry::settings::RetryHook(Some(Arc::new(|m: &str| eprintln!("warning: {m}"))))
+}
+
 pub fn pull_with(
     root: &Path,
     reference: &str,
     platform: Option<&str>,
     flags: &RegistryFlags,
 ) -> Result<i32> {
-    let settings = settings_with(flags)?;
+    let mut settings = settings_with(flags)?;
+    settings.on_retry = warn_on_retry();
     let r = Reference::parse(reference)?;
     let platform = platform.map(Platform::parse).transpose()?;
     let store = super::images::open_store(root)
@@ -103,7 +123,8 @@ pub fn push_with(
     format: FormatArg,
     flags: &RegistryFlags,
 ) -> Result<i32> {
-    let settings = settings_with(flags)?;
+    let mut settings = settings_with(flags)?;
+    settings.on_retry = warn_on_retry();
     let store = super::images::open_store(root)
         .with_context(|| format!("opening the store {}", root.display()))?;
     let dest = Reference::parse(destination.unwrap_or(image))?;

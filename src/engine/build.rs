@@ -337,16 +337,41 @@ fn pull_image(
                 unit: crate::progress::Unit::Bytes,
             });
         });
-    match local::pull_into_store(store, reference, &req.registry, platform, Some(progress)) {
+    let settings = logging_retries(&req.registry, reporter, id);
+    match local::pull_into_store(store, reference, &settings, platform, Some(progress)) {
         Ok(img) => {
             handle.done();
             Ok(img)
         }
         Err(e) => {
-            handle.failed(format!("{e:#}"));
+            let text = format!("{e:#}");
+            handle.failed(text.clone());
+            // Most registry errors name the reference already.
+            if text.contains(&reference.to_string()) {
+                return Err(e);
+            }
             Err(e.context(format!("pulling {reference}")))
         }
     }
+}
+
+/// `settings` whose retried attempts show up as log lines of step `id`, as
+/// they happen (a slow registry is not silent until it fails).
+fn logging_retries(
+    settings: &crate::registry::Settings,
+    reporter: &Arc<dyn Reporter>,
+    id: u64,
+) -> crate::registry::Settings {
+    let logs = reporter.clone();
+    let mut settings = settings.clone();
+    settings.on_retry = crate::registry::settings::RetryHook(Some(Arc::new(move |m: &str| {
+        logs.event(Event::StepLog {
+            id,
+            stream: crate::progress::Stream::Stderr,
+            bytes: format!("{m}\n").into_bytes(),
+        })
+    })));
+    settings
 }
 
 /// A stored image by its normalized reference, or by the short name a local
@@ -545,16 +570,14 @@ fn push_tags(ctx: &BuildCtx<'_>, tags: &[String]) -> anyhow::Result<()> {
             .filter(|r| r.registry == dest.registry)
             .map(|r| r.repository)
             .collect();
-        let handle = StepHandle::start(
-            ctx.reporter.clone(),
-            ctx.step_id(),
-            format!("pushing {dest}"),
-        );
+        let id = ctx.step_id();
+        let handle = StepHandle::start(ctx.reporter.clone(), id, format!("pushing {dest}"));
+        let settings = logging_retries(&ctx.req.registry, &ctx.reporter, id);
         match local::push_from_store(
             ctx.store,
             tag,
             &dest,
-            &ctx.req.registry,
+            &settings,
             ctx.req.format,
             mount_from,
             None,

@@ -57,7 +57,14 @@ impl Rootfs {
 
     /// The view with exactly `layers` applied. Layers must extend what was
     /// applied before; otherwise the view is rebuilt from scratch.
-    pub fn sync(&mut self, store: &Store, layers: &[LayerRef]) -> anyhow::Result<&Path> {
+    /// Each layer must match its diff_id and expand to at most
+    /// `max_expanded` bytes; a layer that fails leaves no partial view.
+    pub fn sync(
+        &mut self,
+        store: &Store,
+        layers: &[LayerRef],
+        max_expanded: u64,
+    ) -> anyhow::Result<&Path> {
         let is_prefix = self.applied.len() <= layers.len()
             && self.applied.iter().zip(layers).all(|(a, l)| *a == l.digest);
         if !is_prefix {
@@ -69,10 +76,16 @@ impl Rootfs {
                 .with_context(|| format!("opening layer {}", layer.digest))?;
             let opts = UnpackOptions {
                 no_chown: !nix::unistd::geteuid().is_root(),
+                expected_diff_id: Some(layer.diff_id.clone()),
+                max_expanded: Some(max_expanded),
                 ..UnpackOptions::default()
             };
-            unpack_layer(std::io::BufReader::new(blob), &self.root, &opts)
-                .with_context(|| format!("unpacking layer {}", layer.digest))?;
+            let done = unpack_layer(std::io::BufReader::new(blob), &self.root, &opts);
+            if let Err(e) = done {
+                // Drop the half-applied view (its temp dir goes with it).
+                *self = Rootfs::new(store)?;
+                return Err(e.context(format!("unpacking layer {}", layer.digest)));
+            }
             self.applied.push(layer.digest.clone());
         }
         Ok(&self.root)

@@ -74,9 +74,11 @@ impl StageState {
                     .images
                     .get(name)
                     .with_context(|| format!("image {name} was not loaded"))?;
+                let mut config = img.config.clone();
+                config.fill_missing_history();
                 (
-                    img.config.clone(),
-                    image_layers(img),
+                    config,
+                    image_layers(img)?,
                     img.manifest_desc.digest().to_string(),
                 )
             }
@@ -443,7 +445,8 @@ impl StageState {
         }
         let layers = self.layers.clone();
         let r = self.rootfs.as_mut().context("rootfs view")?;
-        Ok(r.sync(ctx.store, &layers)?.to_path_buf())
+        Ok(r.sync(ctx.store, &layers, ctx.req.registry.max_layer_size)?
+            .to_path_buf())
     }
 
     fn user_db(&mut self, ctx: &BuildCtx<'_>) -> anyhow::Result<UserDb> {
@@ -849,9 +852,21 @@ impl<W: std::io::Write> std::io::Write for ProgressWriter<'_, W> {
     }
 }
 
-/// An image's layers as the engine tracks them.
-fn image_layers(img: &crate::image::Image) -> Vec<LayerRef> {
-    img.manifest
+/// An image's layers as the engine tracks them; a config whose diff_ids
+/// do not pair up with the manifest's layers is refused.
+fn image_layers(img: &crate::image::Image) -> anyhow::Result<Vec<LayerRef>> {
+    let (layers, ids) = (
+        img.manifest.layers().len(),
+        img.config.rootfs.diff_ids.len(),
+    );
+    if layers != ids {
+        anyhow::bail!(
+            "image {} is broken: its manifest has {layers} layers but its config lists {ids} diff_ids",
+            img.manifest_desc.digest()
+        );
+    }
+    Ok(img
+        .manifest
         .layers()
         .iter()
         .zip(&img.config.rootfs.diff_ids)
@@ -861,7 +876,7 @@ fn image_layers(img: &crate::image::Image) -> Vec<LayerRef> {
             size: d.size(),
             media_type: d.media_type().to_string(),
         })
-        .collect()
+        .collect())
 }
 
 /// A cache record's inputs, with the file digests read back from their blob.
@@ -953,7 +968,7 @@ fn source_index(
                 .images
                 .get(name)
                 .with_context(|| format!("image {name} was not loaded"))?;
-            (image_layers(img), None)
+            (image_layers(img)?, None)
         }
     };
     let ignore = crate::context::IgnoreRules::default();
@@ -971,7 +986,9 @@ fn source_index(
                 *guard = Some(Rootfs::new(ctx.store)?);
             }
             let r = guard.as_mut().context("rootfs view")?;
-            let root = r.sync(ctx.store, &layers)?.to_path_buf();
+            let root = r
+                .sync(ctx.store, &layers, ctx.req.registry.max_layer_size)?
+                .to_path_buf();
             Ok(SourceView {
                 index: scan_root(&root)?,
                 _root: None,
@@ -979,7 +996,9 @@ fn source_index(
         }
         None => {
             let mut r = Rootfs::new(ctx.store)?;
-            let root = r.sync(ctx.store, &layers)?.to_path_buf();
+            let root = r
+                .sync(ctx.store, &layers, ctx.req.registry.max_layer_size)?
+                .to_path_buf();
             Ok(SourceView {
                 index: scan_root(&root)?,
                 _root: Some(r),

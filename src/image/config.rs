@@ -255,6 +255,19 @@ impl ImageConfig {
             .collect()
     }
 
+    /// Give a base image's layers the history entries it lacks (`history`
+    /// is optional in the OCI spec), so layers added on top keep history
+    /// and diff_ids in step. The missing entries are the oldest layers;
+    /// BuildKit fills the gap the same way.
+    pub fn fill_missing_history(&mut self) {
+        let with_layer = self.history.iter().filter(|h| !h.empty_layer).count();
+        let missing = self.rootfs.diff_ids.len().saturating_sub(with_layer);
+        if missing > 0 {
+            let filler = (0..missing).map(|_| HistoryEntry::default());
+            self.history.splice(0..0, filler);
+        }
+    }
+
     /// Whether history and diff_ids agree (non-empty entries == layers).
     pub fn is_consistent(&self) -> bool {
         self.history.is_empty()
@@ -281,6 +294,22 @@ mod tests {
             rows.iter().map(|r| r.1).collect::<Vec<_>>(),
             vec![None, Some(0), None]
         );
+    }
+
+    #[test]
+    fn a_base_without_history_gets_one_entry_per_layer() {
+        let mut c = ImageConfig::for_host();
+        c.rootfs.diff_ids = vec![format!("sha256:{}", "1".repeat(64)); 2];
+        c.fill_missing_history();
+        c.add_layer(
+            &format!("sha256:{}", "2".repeat(64)),
+            HistoryEntry::new("COPY . /"),
+        );
+        assert!(c.is_consistent());
+        assert_eq!(c.history.len(), 3);
+        assert_eq!(c.history[2].created_by.as_deref(), Some("COPY . /"));
+        c.fill_missing_history();
+        assert_eq!(c.history.len(), 3, "nothing added when complete");
     }
 
     #[test]

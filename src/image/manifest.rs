@@ -37,15 +37,20 @@ pub enum Compression {
 }
 
 impl Compression {
-    /// Guess from a layer media type (either family).
-    pub fn from_media_type(media_type: &str) -> Compression {
-        if media_type.ends_with("gzip") {
-            Compression::Gzip
-        } else if media_type.ends_with("zstd") {
-            Compression::Zstd
-        } else {
-            Compression::None
-        }
+    /// The compression a layer media type (either family) names. Unknown
+    /// types are an error, not a plain tar: relabelling them would make a
+    /// broken image.
+    pub fn from_media_type(media_type: &str) -> anyhow::Result<Compression> {
+        Ok(match media_type {
+            OCI_LAYER | DOCKER_LAYER => Compression::None,
+            OCI_LAYER_GZIP | DOCKER_LAYER_GZIP => Compression::Gzip,
+            OCI_LAYER_ZSTD => Compression::Zstd,
+            other => anyhow::bail!(
+                "layer media type {:?} is not one rbuild can use (known: {OCI_LAYER}, \
+                 {OCI_LAYER_GZIP}, {OCI_LAYER_ZSTD}, {DOCKER_LAYER}, {DOCKER_LAYER_GZIP})",
+                other.chars().take(150).collect::<String>()
+            ),
+        })
     }
 }
 
@@ -126,7 +131,8 @@ fn write_manifest(
 ) -> anyhow::Result<Descriptor> {
     let mut layer_descs = Vec::with_capacity(layers.len());
     for layer in layers {
-        let comp = Compression::from_media_type(layer.media_type().as_ref());
+        let comp = Compression::from_media_type(layer.media_type().as_ref())
+            .with_context(|| format!("layer {}", layer.digest()))?;
         let mut d = layer.clone();
         d.set_media_type(MediaType::from(format.layer_media_type(comp)?));
         layer_descs.push(d);
@@ -250,4 +256,23 @@ pub fn find_image(store: &Store, name: &str) -> anyhow::Result<Image> {
         }
     }
     anyhow::bail!("no such image: {name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_layer_types_are_refused_not_relabelled() {
+        assert_eq!(
+            Compression::from_media_type(DOCKER_LAYER_GZIP).unwrap(),
+            Compression::Gzip
+        );
+        assert_eq!(
+            Compression::from_media_type(OCI_LAYER).unwrap(),
+            Compression::None
+        );
+        let err = Compression::from_media_type("application/x-mystery").unwrap_err();
+        assert!(err.to_string().contains("application/x-mystery"), "{err}");
+    }
 }

@@ -24,7 +24,7 @@ pub use compress::{write_layer, Compression, LayerInfo, WriteOptions};
 pub use entry::{EntryKind, FileSource, LayerEntry, Timespec, OPAQUE_MARKER, WHITEOUT_PREFIX};
 pub use pgzip::ParallelGzipWriter;
 pub use resolve::resolve_in_root;
-pub use unpack::{open_archive, unpack_layer, UnpackOptions, UnpackStats};
+pub use unpack::{open_archive, unpack_layer, LayerCheckError, UnpackOptions, UnpackStats};
 pub use walk::{entries_from_dir, DirOptions};
 
 /// Media type of an uncompressed OCI layer.

@@ -16,6 +16,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
 use tar::EntryType;
 
 use super::entry::{Timespec, OPAQUE_MARKER, WHITEOUT_PREFIX};
@@ -31,6 +32,24 @@ pub struct UnpackOptions {
     pub strict: bool,
     /// Never chown, even as root (by default owners are set when euid is 0).
     pub no_chown: bool,
+    /// The layer's diff_id: the whole uncompressed stream must hash to it,
+    /// or the unpack fails (checked at the end, after the last entry).
+    pub expected_diff_id: Option<String>,
+    /// Most bytes the layer may expand to once decompressed (a gzip bomb
+    /// stops here instead of filling the disk).
+    pub max_expanded: Option<u64>,
+}
+
+/// Why a layer's content was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerCheckError {
+    #[error(
+        "the layer expands to more than {limit} bytes\nhint: raise the limit with \
+         --max-layer-size if the image is trusted"
+    )]
+    TooLarge { limit: u64 },
+    #[error("the layer's content has diff_id {got}, but the image config says {want}: the image is broken or was tampered with")]
+    DiffIdMismatch { got: String, want: String },
 }
 
 /// What an unpack did.
@@ -89,16 +108,63 @@ pub fn unpack_layer<R: Read>(reader: R, dest: &Path, opts: &UnpackOptions) -> Re
         dir_times: Vec::new(),
         stats: UnpackStats::default(),
     };
-    let mut archive = tar::Archive::new(open_archive(reader)?);
-    let entries = archive.entries().context("reading the layer tar")?;
-    for entry in entries {
-        let mut entry = entry.context("reading a layer tar entry")?;
-        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        u.apply(&mut entry)
-            .with_context(|| format!("unpacking {name:?} into {}", dest.display()))?;
+    let mut stream = Measured {
+        inner: open_archive(reader)?,
+        hasher: opts.expected_diff_id.as_ref().map(|_| Sha256::new()),
+        bytes: 0,
+        limit: opts.max_expanded,
+    };
+    {
+        let mut archive = tar::Archive::new(&mut stream);
+        let entries = archive.entries().context("reading the layer tar")?;
+        for entry in entries {
+            let mut entry = entry.context("reading a layer tar entry")?;
+            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            u.apply(&mut entry)
+                .with_context(|| format!("unpacking {name:?} into {}", dest.display()))?;
+        }
     }
     u.finish_dir_times()?;
+    if let (Some(want), Some(_)) = (&opts.expected_diff_id, &stream.hasher) {
+        // The diff_id covers the whole stream, padding after the tar's end
+        // blocks included.
+        io::copy(&mut stream, &mut io::sink()).context("reading the end of the layer")?;
+        let got = format!(
+            "sha256:{}",
+            hex::encode(stream.hasher.take().unwrap_or_default().finalize())
+        );
+        if &got != want {
+            return Err(LayerCheckError::DiffIdMismatch {
+                got,
+                want: want.clone(),
+            }
+            .into());
+        }
+    }
     Ok(u.stats)
+}
+
+/// The decompressed stream, hashed (for the diff_id) and counted (for the
+/// expanded-size limit) as the tar reader consumes it.
+struct Measured<R> {
+    inner: R,
+    hasher: Option<Sha256>,
+    bytes: u64,
+    limit: Option<u64>,
+}
+
+impl<R: Read> Read for Measured<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        if let Some(limit) = self.limit.filter(|l| self.bytes > *l) {
+            return Err(io::Error::other(LayerCheckError::TooLarge { limit }));
+        }
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
+        Ok(n)
+    }
 }
 
 /// Metadata gathered from an entry's ustar header and PAX records.

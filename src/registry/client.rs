@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
+use std::io::Read;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use super::auth::Credentials;
+use super::body::{self, Guarded, MAX_ERROR_BODY, MAX_TOKEN_BODY};
 use super::settings::{is_loopback, Settings};
 
 /// A registry error answer, in plain words, naming what was being done.
@@ -71,6 +72,9 @@ pub struct Registry {
     token_fetch: Mutex<()>,
     retries: u32,
     backoff: Duration,
+    response_timeout: Duration,
+    min_speed: u64,
+    on_retry: super::settings::RetryHook,
 }
 
 impl fmt::Debug for Registry {
@@ -105,7 +109,7 @@ impl Registry {
         creds: Option<Credentials>,
     ) -> Result<Self> {
         let insecure = settings.is_insecure(host);
-        let http = build_http(host, insecure, &settings.ca_files)?;
+        let http = build_http(host, insecure, settings)?;
         Ok(Registry {
             host: host.to_string(),
             http,
@@ -116,6 +120,9 @@ impl Registry {
             token_fetch: Mutex::new(()),
             retries: settings.retries,
             backoff: Duration::from_millis(settings.backoff_ms),
+            response_timeout: settings.response_timeout,
+            min_speed: settings.min_speed,
+            on_retry: settings.on_retry.clone(),
         })
     }
 
@@ -137,7 +144,28 @@ impl Registry {
         Ok(found)
     }
 
+    /// Find the scheme; a refused or timed-out connection is retried with
+    /// backoff (a registry may be starting), a certificate error is not.
     fn probe(&self) -> Result<String> {
+        let mut attempt = 0;
+        loop {
+            match self.probe_once() {
+                Ok(base) => return Ok(base),
+                Err((e, retryable)) if retryable && attempt < self.retries => {
+                    attempt += 1;
+                    self.retrying(attempt, &format!("{e:#}"));
+                }
+                Err((e, _)) if attempt > 0 => {
+                    return Err(e.context(format!("after {} attempts", attempt + 1)))
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// One probe: HTTPS, then plain HTTP where allowed. The error says
+    /// whether trying again may help.
+    fn probe_once(&self) -> Result<String, (anyhow::Error, bool)> {
         let https = format!("https://{}", self.host);
         let err = match self.http.get(format!("{https}/v2/")).send() {
             Ok(resp) => {
@@ -147,8 +175,10 @@ impl Registry {
             Err(e) => e,
         };
         let text = error_chain(&err);
+        // A plain-HTTP server may sit silent on a TLS hello until the
+        // timeout, so a timeout still falls back where plain HTTP is allowed.
         if is_cert_error(&text) || !self.plain_http_allowed {
-            return Err(describe_transport(&self.host, &https, &text));
+            return Err((self.describe_transport(&https, &err), !is_cert_error(&text)));
         }
         let http = format!("http://{}", self.host);
         match self.http.get(format!("{http}/v2/")).send() {
@@ -156,8 +186,20 @@ impl Registry {
                 self.note_challenge(resp.headers());
                 Ok(http)
             }
-            Err(e2) => Err(describe_transport(&self.host, &http, &error_chain(&e2))),
+            Err(e2) => Err((self.describe_transport(&http, &e2), true)),
         }
+    }
+
+    fn describe_transport(&self, url: &str, err: &reqwest::Error) -> anyhow::Error {
+        if err.is_timeout() {
+            return anyhow!(
+                "registry {} did not answer at {url} within {} s\n\
+                 hint: check the address; on a slow link raise --registry-timeout",
+                self.host,
+                self.response_timeout.as_secs_f32()
+            );
+        }
+        describe_transport(&self.host, url, &error_chain(err))
     }
 
     /// Check that the registry accepts our credentials (or needs none).
@@ -165,7 +207,8 @@ impl Registry {
         let resp = self.send(&[], "checking credentials", false, &|c, base| {
             c.get(format!("{base}/v2/"))
         })?;
-        check(resp, &format!("logging in to {}", self.host)).map(|_| ())
+        self.check(resp, &format!("logging in to {}", self.host))
+            .map(|_| ())
     }
 
     /// Send a request built by `build` (called again for each attempt, so
@@ -198,23 +241,38 @@ impl Registry {
                 }
                 Ok(resp) if resp.status().is_server_error() && can_retry => {
                     attempt += 1;
-                    self.sleep(attempt);
+                    self.retrying(attempt, &format!("{what}: HTTP {}", resp.status()));
                 }
                 Ok(resp) => return Ok(resp),
                 Err(e) if can_retry && !is_cert_error(&error_chain(&e)) => {
                     attempt += 1;
-                    self.sleep(attempt);
+                    let text = if e.is_timeout() {
+                        "no answer in time".to_string()
+                    } else {
+                        error_chain(&e)
+                    };
+                    self.retrying(attempt, &format!("{what}: {text}"));
                 }
                 Err(e) => {
-                    let text = error_chain(&e);
-                    return Err(anyhow!("{what}: request to {} failed: {text}", self.host));
+                    let text = if e.is_timeout() {
+                        format!(
+                            "no answer within {} s\nhint: on a slow link raise --registry-timeout",
+                            self.response_timeout.as_secs_f32()
+                        )
+                    } else {
+                        error_chain(&e)
+                    };
+                    let tries = match attempt {
+                        0 => String::new(),
+                        n => format!(" (after {} attempts)", n + 1),
+                    };
+                    return Err(anyhow!(
+                        "{what}: request to {} failed{tries}: {text}",
+                        self.host
+                    ));
                 }
             }
         }
-    }
-
-    fn sleep(&self, attempt: u32) {
-        std::thread::sleep(self.backoff * 2u32.saturating_pow(attempt.saturating_sub(1)));
     }
 
     /// How many extra attempts `send` makes.
@@ -222,9 +280,84 @@ impl Registry {
         self.retries
     }
 
-    /// Back off before attempt `attempt` (1-based) of a caller's own retry loop.
-    pub fn backoff(&self, attempt: u32) {
-        self.sleep(attempt)
+    /// Report a failed attempt (`failure` says what and why), then back off.
+    pub fn retrying(&self, attempt: u32, failure: &str) {
+        let delay = self.backoff * 2u32.saturating_pow(attempt.saturating_sub(1));
+        self.on_retry.note(&format!(
+            "{failure} (attempt {attempt} of {}; retrying in {:.1} s)",
+            self.retries + 1,
+            delay.as_secs_f32()
+        ));
+        std::thread::sleep(delay);
+    }
+
+    /// The time an upload of `size` bytes may take, answer included: the
+    /// client's timeout would otherwise bound the whole body, since reqwest
+    /// sends it before waiting for the answer.
+    pub fn upload_timeout(&self, size: u64) -> Duration {
+        const UNBOUNDED: Duration = Duration::from_secs(365 * 24 * 3600);
+        if self.min_speed == 0 || self.response_timeout.is_zero() {
+            return UNBOUNDED;
+        }
+        (self.response_timeout + Duration::from_secs(size / self.min_speed)).min(UNBOUNDED)
+    }
+
+    /// A response body bounded to `limit` bytes and the minimum speed.
+    pub fn guard<R: std::io::Read>(&self, body: R, what: &str, limit: u64) -> Guarded<R> {
+        // With no response timeout, speed is still judged over a minute.
+        let window = match self.response_timeout {
+            t if t.is_zero() => super::settings::DEFAULT_RESPONSE_TIMEOUT,
+            t => t,
+        };
+        Guarded::new(body, what, limit, self.min_speed, window)
+    }
+
+    /// Read a whole (small) body into memory: more than `limit` bytes, or
+    /// a trickle, is an error.
+    pub fn read_body(&self, resp: Response, what: &str, limit: u64) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.guard(resp, what, limit)
+            .capped()
+            .read_to_end(&mut out)
+            .map_err(|e| match e.into_inner() {
+                Some(inner) => match inner.downcast::<body::TransferError>() {
+                    Ok(te) => anyhow::Error::new(*te),
+                    Err(other) => anyhow!("{what}: reading the answer: {other}"),
+                },
+                None => anyhow!("{what}: reading the answer failed"),
+            })?;
+        Ok(out)
+    }
+
+    /// Turn a non-success answer into an `ApiError`; pass successes through.
+    pub fn check(&self, resp: Response, what: &str) -> Result<Response> {
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        Err(self.api_error(resp, what).into())
+    }
+
+    /// Bail unless `status` is one of `ok`.
+    pub fn expect_status(&self, resp: Response, ok: &[StatusCode], what: &str) -> Result<Response> {
+        if ok.contains(&resp.status()) {
+            return Ok(resp);
+        }
+        if resp.status().is_success() {
+            bail!("{what}: unexpected HTTP status {}", resp.status());
+        }
+        Err(self.api_error(resp, what).into())
+    }
+
+    /// The spec's error body in plain words; only its first
+    /// `MAX_ERROR_BODY` bytes are read (an endless or trickling body is cut).
+    pub fn api_error(&self, resp: Response, what: &str) -> ApiError {
+        let status = resp.status();
+        let mut text = Vec::new();
+        let _partial_is_fine = self
+            .guard(resp, what, u64::MAX)
+            .take(MAX_ERROR_BODY)
+            .read_to_end(&mut text);
+        api_error_from(status, &String::from_utf8_lossy(&text), what)
     }
 
     fn is_bearer(&self) -> bool {
@@ -345,6 +478,16 @@ impl Registry {
                 self.host
             )
         })?;
+        // docker sends credentials to a realm on another host; rbuild does
+        // too, but never in plaintext when the registry itself speaks TLS.
+        if url.scheme() != "https" && self.base_url()?.starts_with("https://") {
+            bail!(
+                "registry {} (HTTPS) sent a token realm over plain HTTP ({realm}): refusing to \
+                 send credentials or fetch tokens without TLS\n\
+                 hint: the registry's auth configuration must use an https:// realm",
+                self.host
+            );
+        }
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -362,17 +505,18 @@ impl Registry {
         let resp = req
             .send()
             .map_err(|e| anyhow!("{what}: {}", error_chain(&e)))?;
-        let resp = check(resp, &what)?;
-        let body: TokenResponse = resp
-            .json()
-            .with_context(|| format!("{what}: invalid JSON"))?;
+        let resp = self.check(resp, &what)?;
+        let bytes = self.read_body(resp, &what, MAX_TOKEN_BODY)?;
+        let body: TokenResponse =
+            serde_json::from_slice(&bytes).with_context(|| format!("{what}: invalid JSON"))?;
         let value = body
             .token
             .or(body.access_token)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| anyhow!("{what}: the answer has no token"))?;
         // Renew a little early so a token does not expire mid-request.
-        let secs = body.expires_in.unwrap_or(60).max(2);
+        // Clamped: an absurd expires_in must not overflow the clock.
+        let secs = body.expires_in.unwrap_or(60).clamp(2, 24 * 3600);
         let expires = Instant::now() + Duration::from_secs(secs) - Duration::from_secs(secs / 10);
         Ok(Token { value, expires })
     }
@@ -388,42 +532,22 @@ fn registry_name_for(host: &str) -> String {
     }
 }
 
-/// A reqwest client trusting system roots, `SSL_CERT_FILE`, and
-/// `/etc/{containers,docker}/certs.d/HOST/*.crt`.
-fn build_http(host: &str, insecure: bool, ca_files: &[std::path::PathBuf]) -> Result<Client> {
-    let mut b = Client::builder()
+/// A reqwest client with rbuild's timeouts and TLS trust (`tls`).
+fn build_http(host: &str, insecure: bool, settings: &Settings) -> Result<Client> {
+    let t = settings.response_timeout;
+    let b = Client::builder()
         .user_agent(concat!("rbuild/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(30))
-        .timeout(None::<Duration>)
-        .danger_accept_invalid_certs(insecure);
-    let mut files = ca_files.to_vec();
-    if let Some(f) = std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty()) {
-        files.push(std::path::PathBuf::from(f));
-    }
-    for base in ["/etc/containers/certs.d", "/etc/docker/certs.d"] {
-        files.extend(crt_files(&Path::new(base).join(host)));
-    }
-    for f in files {
-        let pem = std::fs::read(&f).with_context(|| format!("reading CA file {}", f.display()))?;
-        for cert in reqwest::Certificate::from_pem_bundle(&pem)
-            .with_context(|| format!("parsing CA file {}", f.display()))?
-        {
-            b = b.add_root_certificate(cert);
-        }
-    }
-    b.build().context("creating the HTTP client")
-}
-
-fn crt_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Vec::new();
+        .connect_timeout(settings.connect_timeout)
+        // The blocking client's timeout bounds the wait for the response
+        // headers and each read of the body (not the whole transfer).
+        .timeout((!t.is_zero()).then_some(t));
+    let b = if insecure {
+        b.danger_accept_invalid_certs(true)
+    } else {
+        let files = super::tls::ca_files_for(host, &settings.ca_files);
+        b.use_preconfigured_tls(super::tls::client_config(&files)?)
     };
-    let mut out: Vec<_> = rd
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "crt"))
-        .collect();
-    out.sort();
-    out
+    b.build().context("creating the HTTP client")
 }
 
 /// Parse `Bearer realm="…",service="…"` or `Basic realm="…"`.
@@ -487,7 +611,7 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn is_cert_error(text: &str) -> bool {
+pub(crate) fn is_cert_error(text: &str) -> bool {
     let t = text.to_ascii_lowercase();
     t.contains("certificate") || t.contains("unknownissuer") || t.contains("notvalidforname")
 }
@@ -504,16 +628,8 @@ fn describe_transport(host: &str, url: &str, text: &str) -> anyhow::Error {
     }
 }
 
-/// Turn a non-success answer into an `ApiError`; pass successes through.
-pub fn check(resp: Response, what: &str) -> Result<Response> {
-    if resp.status().is_success() {
-        return Ok(resp);
-    }
-    Err(api_error(resp, what).into())
-}
-
-/// Read the spec's `{"errors":[{code,message,detail}]}` body into plain words.
-pub fn api_error(resp: Response, what: &str) -> ApiError {
+/// An `ApiError` from a status and (the start of) its body.
+fn api_error_from(status: StatusCode, text: &str, what: &str) -> ApiError {
     #[derive(Deserialize)]
     struct Body {
         errors: Vec<Item>,
@@ -523,13 +639,17 @@ pub fn api_error(resp: Response, what: &str) -> ApiError {
         code: Option<String>,
         message: Option<String>,
     }
-    let status = resp.status();
-    let text = resp.text().unwrap_or_default();
-    let item = serde_json::from_str::<Body>(&text)
+    let item = serde_json::from_str::<Body>(text)
         .ok()
         .and_then(|b| b.errors.into_iter().next());
     let code = item.as_ref().and_then(|i| i.code.clone());
-    let message = item.and_then(|i| i.message).unwrap_or_default();
+    // A registry's message is shown, but not a page of it.
+    let message: String = item
+        .and_then(|i| i.message)
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect();
     let mut explanation = explain(code.as_deref(), status).to_string();
     if !message.is_empty() && !explanation.contains(&message) {
         explanation = format!("{explanation}; the registry says: {message}");
@@ -577,17 +697,6 @@ fn explain(code: Option<&str>, status: StatusCode) -> &'static str {
             _ => "the registry refused the request",
         },
     }
-}
-
-/// Bail unless `status` is one of `ok`.
-pub fn expect_status(resp: Response, ok: &[StatusCode], what: &str) -> Result<Response> {
-    if ok.contains(&resp.status()) {
-        return Ok(resp);
-    }
-    if resp.status().is_success() {
-        bail!("{what}: unexpected HTTP status {}", resp.status());
-    }
-    Err(api_error(resp, what).into())
 }
 
 #[cfg(test)]

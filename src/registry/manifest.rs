@@ -4,10 +4,24 @@
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use super::reference::is_valid_digest;
+use super::settings::Settings;
+
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Layer media types rbuild can unpack and re-label; any other type is
+/// refused rather than guessed (an unknown type stored as a plain tar
+/// makes a broken image).
+pub const LAYER_TYPES: &[&str] = &[
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.diff.tar",
+];
 
 /// Everything we accept when fetching a manifest.
 pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
@@ -121,6 +135,19 @@ impl Parsed {
         if p.manifests.is_none() && p.config.is_none() {
             bail!("{what}: manifest has neither `config` nor `manifests`");
         }
+        // Digests end up in URLs and store paths: check them all first.
+        let all = p.config.iter().map(|d| ("config", d));
+        let all = all.chain(p.layers.iter().map(|d| ("layer", d)));
+        let all = all.chain(p.manifests.iter().flatten().map(|d| ("manifest", d)));
+        for (i, (kind, d)) in all.enumerate() {
+            if !is_valid_digest(&d.digest) {
+                bail!(
+                    "{what}: descriptor {i} ({kind}) has an invalid digest {:?}: expected \
+                     sha256:<64 hex> or sha512:<128 hex>",
+                    d.digest.chars().take(150).collect::<String>()
+                );
+            }
+        }
         Ok(p)
     }
 
@@ -136,6 +163,77 @@ impl Parsed {
             (_, false) => OCI_MANIFEST,
         }
     }
+}
+
+/// Refuse an image manifest over the layer limits or with a layer type
+/// rbuild cannot handle, before any blob is fetched.
+pub fn check_limits(p: &Parsed, settings: &Settings, what: &str) -> Result<()> {
+    if p.layers.len() > settings.max_layers {
+        bail!(
+            "{what}: the image has {} layers, more than the limit of {}\n\
+             hint: raise it with --max-layers",
+            p.layers.len(),
+            settings.max_layers
+        );
+    }
+    if let Some(c) = &p.config {
+        if c.size > super::blobs::MAX_SMALL_BLOB {
+            bail!(
+                "{what}: the image config is declared as {} bytes, more than {}",
+                c.size,
+                super::blobs::MAX_SMALL_BLOB
+            );
+        }
+    }
+    for (i, l) in p.layers.iter().enumerate() {
+        if !LAYER_TYPES.contains(&l.media_type.as_str()) {
+            bail!(
+                "{what}: layer {i} ({}) has media type {:?}, which rbuild cannot unpack \
+                 (known: {})",
+                l.digest,
+                l.media_type.chars().take(150).collect::<String>(),
+                LAYER_TYPES.join(", ")
+            );
+        }
+        if l.size > settings.max_layer_size {
+            bail!(
+                "{what}: layer {i} ({}) is declared as {} bytes, more than the limit of {}\n\
+                 hint: raise it with --max-layer-size",
+                l.digest,
+                l.size,
+                settings.max_layer_size
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Check that an image config lists one valid diff_id per layer.
+pub fn check_diff_ids(config: &[u8], layers: usize) -> Result<()> {
+    #[derive(Deserialize)]
+    struct Config {
+        rootfs: Option<RootFs>,
+    }
+    #[derive(Deserialize)]
+    struct RootFs {
+        #[serde(default)]
+        diff_ids: Option<Vec<String>>,
+    }
+    let c: Config = serde_json::from_slice(config).context("invalid JSON")?;
+    let ids = c.rootfs.and_then(|r| r.diff_ids).unwrap_or_default();
+    if ids.len() != layers {
+        bail!(
+            "it lists {} diff_ids for {layers} layers: the image is broken",
+            ids.len()
+        );
+    }
+    if let Some(bad) = ids.iter().find(|d| !is_valid_digest(d)) {
+        bail!(
+            "invalid diff_id {:?}",
+            bad.chars().take(150).collect::<String>()
+        );
+    }
+    Ok(())
 }
 
 /// The index entry for `want` (first match in index order).
@@ -182,6 +280,38 @@ mod tests {
         assert_eq!(pick("linux/s390x"), None);
         assert!(Platform::parse("linux").is_err());
         assert!(Platform::parse("/amd64").is_err());
+    }
+
+    #[test]
+    fn refuses_bad_digests_types_and_counts() {
+        let m = |digest: &str, mt: &str| {
+            format!(
+                r#"{{"schemaVersion":2,"config":{{"digest":"sha256:{h}","size":2}},"layers":[{{"mediaType":"{mt}","digest":"{digest}","size":3}}]}}"#,
+                h = "a".repeat(64)
+            )
+        };
+        let gz = "application/vnd.oci.image.layer.v1.tar+gzip";
+        let good = format!("sha256:{}", "b".repeat(64));
+        let err = Parsed::parse(m("sha256:../../x", gz).as_bytes(), "p").unwrap_err();
+        assert!(format!("{err}").contains("invalid digest"), "{err}");
+        assert!(Parsed::parse(m(&good.to_uppercase(), gz).as_bytes(), "p").is_err());
+        let p = Parsed::parse(m(&good, gz).as_bytes(), "p").unwrap();
+        let s = Settings::default();
+        check_limits(&p, &s, "p").unwrap();
+        let p = Parsed::parse(m(&good, "application/x-foo").as_bytes(), "p").unwrap();
+        let err = check_limits(&p, &s, "p").unwrap_err();
+        assert!(format!("{err}").contains("application/x-foo"), "{err}");
+        let p = Parsed::parse(m(&good, gz).as_bytes(), "p").unwrap();
+        let tight = Settings {
+            max_layers: 0,
+            ..Settings::default()
+        };
+        let err = check_limits(&p, &tight, "p").unwrap_err();
+        assert!(format!("{err}").contains("--max-layers"), "{err}");
+        let cfg = format!(r#"{{"rootfs":{{"diff_ids":["{good}"]}}}}"#);
+        check_diff_ids(cfg.as_bytes(), 1).unwrap();
+        assert!(check_diff_ids(cfg.as_bytes(), 2).is_err());
+        assert!(check_diff_ids(br#"{"rootfs":{"diff_ids":["sha256:.."]}}"#, 1).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod blobs;
+pub mod body;
 pub mod client;
 pub mod known;
 pub mod local;
@@ -17,6 +18,7 @@ pub mod pull;
 pub mod push;
 pub mod reference;
 pub mod settings;
+pub mod tls;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

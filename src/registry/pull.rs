@@ -8,7 +8,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 
 use super::blobs::{BlobStore, MAX_SMALL_BLOB};
-use super::client::{check, scope, Registry};
+use super::body::transfer_error;
+use super::client::{scope, Registry};
 use super::known::BlobLocations;
 use super::manifest::{self, choose_platform, Descriptor, Parsed, Platform};
 use super::reference::{api_host, sha256_digest, Reference, DOCKER_HUB};
@@ -138,20 +139,14 @@ fn fetch_manifest(reg: &Registry, reference: &Reference, r: &str) -> Result<Fetc
         c.get(format!("{base}/v2/{repo}/manifests/{r}"))
             .header(ACCEPT, manifest::ACCEPT)
     })?;
-    let resp = check(resp, &what)?;
+    let resp = reg.check(resp, &what)?;
     let media_type = resp
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|s| s.split(';').next().unwrap_or(s).trim().to_string())
         .unwrap_or_default();
-    let mut bytes = Vec::new();
-    resp.take(MAX_SMALL_BLOB + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("{what}: reading the body"))?;
-    if bytes.len() as u64 > MAX_SMALL_BLOB {
-        bail!("{what}: manifest is larger than {MAX_SMALL_BLOB} bytes");
-    }
+    let bytes = reg.read_body(resp, &what, MAX_SMALL_BLOB)?;
     let digest = sha256_digest(&bytes);
     if r.starts_with("sha256:") && digest != r {
         bail!("{what}: content digest is {digest}, not the digest asked for");
@@ -176,6 +171,7 @@ fn finish(
         .config
         .clone()
         .context("image manifest has no config")?;
+    manifest::check_limits(&parsed, settings, &format!("pulling {reference}"))?;
     let mut blobs = vec![config.clone()];
     blobs.extend(parsed.layers.iter().cloned());
     let mut seen = std::collections::HashSet::new();
@@ -207,6 +203,8 @@ fn finish(
         }
     }
     let config_bytes = super::blobs::read_small_blob(store, &config.digest)?;
+    manifest::check_diff_ids(&config_bytes, parsed.layers.len())
+        .with_context(|| format!("pulling {reference}: image config {}", config.digest))?;
     let known = [manifest::OCI_MANIFEST, manifest::DOCKER_MANIFEST];
     let media_type = if known.contains(&image.media_type.as_str()) {
         image.media_type.clone()
@@ -252,13 +250,15 @@ fn fetch_blob(
     let mut attempt = 0;
     loop {
         let result = reg
-            .send(&scopes, &what, true, &|c, base| {
+            // Every retry happens in this loop (5xx, connection, body), so
+            // each attempt is counted and reported once.
+            .send(&scopes, &what, false, &|c, base| {
                 c.get(format!("{base}/v2/{repo}/blobs/{digest}"))
             })
-            .and_then(|r| check(r, &what))
+            .and_then(|r| reg.check(r, &what))
             .and_then(|resp| {
                 let mut reader = Counting {
-                    inner: resp,
+                    inner: reg.guard(resp, &what, d.size),
                     done: 0,
                     total: d.size,
                     digest,
@@ -270,18 +270,25 @@ fn fetch_blob(
             });
         match result {
             Ok(()) => return Ok(true),
-            Err(e) if attempt < reg.retries() && !is_client_error(&e) => {
+            Err(e) if attempt < reg.retries() && retryable(&e) => {
                 attempt += 1;
-                reg.backoff(attempt);
+                reg.retrying(attempt, &format!("{e:#}"));
             }
-            Err(e) => return Err(e),
+            Err(e) if attempt == 0 => return Err(e),
+            Err(e) => return Err(e.context(format!("after {} attempts", attempt + 1))),
         }
     }
 }
 
-fn is_client_error(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<super::client::ApiError>()
-        .is_some_and(|a| (400..500).contains(&a.status))
+/// 4xx answers (but 429), certificate errors and a body longer than
+/// declared are final; the rest may pass.
+fn retryable(e: &anyhow::Error) -> bool {
+    let client_error = e
+        .downcast_ref::<super::client::ApiError>()
+        .is_some_and(|a| (400..500).contains(&a.status) && a.status != 429);
+    !client_error
+        && !super::client::is_cert_error(&format!("{e:#}"))
+        && transfer_error(e).is_none_or(|t| t.retryable())
 }
 
 /// Reports progress as bytes are read.

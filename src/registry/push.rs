@@ -10,7 +10,7 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use reqwest::StatusCode;
 
 use super::blobs::{read_small_blob, BlobStore};
-use super::client::{api_error, check, expect_status, scope, Registry};
+use super::client::{scope, Registry};
 use super::known::BlobLocations;
 use super::manifest::{Descriptor, Parsed};
 use super::reference::Reference;
@@ -154,7 +154,7 @@ fn put_manifest(
             .header(CONTENT_TYPE, content_type)
             .body(bytes.to_vec())
     })?;
-    let resp = check(resp, &what)?;
+    let resp = reg.check(resp, &what)?;
     if let Some(got) = resp
         .headers()
         .get("docker-content-digest")
@@ -187,7 +187,7 @@ fn ensure_blob(
             return Ok(BlobOutcome::AlreadyThere);
         }
         StatusCode::NOT_FOUND => {}
-        _ => return Err(api_error(resp, &what).into()),
+        _ => return Err(reg.api_error(resp, &what).into()),
     }
     let mut sources: Vec<String> = opts.mount_from.clone();
     if let Some(loc) = opts.locations {
@@ -245,15 +245,11 @@ fn upload(
             Ok(()) => return Ok(()),
             Err(e) if attempt < reg.retries() && retryable(&e) => {
                 attempt += 1;
-                reg.backoff(attempt);
+                reg.retrying(attempt, &format!("{e:#}"));
             }
-            Err(e) => {
-                return Err(e.context(format!(
-                    "uploading blob {} to {dest} failed after {} attempt(s)",
-                    d.digest,
-                    attempt + 1
-                )))
-            }
+            // The error already names the blob and the registry.
+            Err(e) if attempt == 0 => return Err(e),
+            Err(e) => return Err(e.context(format!("after {} attempts", attempt + 1))),
         }
     }
 }
@@ -282,7 +278,7 @@ fn upload_once(
         c.post(format!("{base}/v2/{repo}/blobs/uploads/"))
             .header(CONTENT_LENGTH, "0")
     })?;
-    let resp = expect_status(resp, &[StatusCode::ACCEPTED], &what)?;
+    let resp = reg.expect_status(resp, &[StatusCode::ACCEPTED], &what)?;
     let location = resp
         .headers()
         .get(LOCATION)
@@ -317,11 +313,12 @@ fn upload_once(
             Err(_) => Body::from(Vec::new()),
         };
         c.put(url)
+            .timeout(reg.upload_timeout(size))
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_LENGTH, size.to_string())
             .body(body)
     })?;
-    let resp = expect_status(resp, &[StatusCode::CREATED], &what)?;
+    let resp = reg.expect_status(resp, &[StatusCode::CREATED], &what)?;
     if let Some(got) = resp
         .headers()
         .get("docker-content-digest")

@@ -7,6 +7,7 @@
 //! `{"insecure-registries": ["host:port"], "registry-mirrors": ["https://mirror"]}`.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
@@ -28,7 +29,55 @@ pub struct Settings {
     pub auth: super::auth::AuthFiles,
     /// Extra CA certificate files (PEM) trusted for every registry.
     pub ca_files: Vec<PathBuf>,
+    /// Time allowed to open a TCP connection.
+    pub connect_timeout: Duration,
+    /// Time allowed for a response's headers to arrive, and for each read
+    /// of a body to return (an idle body fails after this long).
+    pub response_timeout: Duration,
+    /// Bodies slower than this (bytes/s, averaged over `response_timeout`)
+    /// fail; 0 disables the check.
+    pub min_speed: u64,
+    /// Most layers an image pulled or built on may have.
+    pub max_layers: usize,
+    /// Largest layer accepted, compressed (declared) or expanded.
+    pub max_layer_size: u64,
+    /// Told about each failed attempt that will be retried.
+    pub on_retry: RetryHook,
 }
+
+/// A callback for retried attempts: one line naming what failed and why
+/// (no secrets: the same text errors carry). Library code reports through
+/// it; the caller decides how to show it.
+#[derive(Clone, Default)]
+pub struct RetryHook(pub Option<RetryFn>);
+
+pub type RetryFn = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
+impl RetryHook {
+    pub fn note(&self, message: &str) {
+        if let Some(f) = &self.0 {
+            f(message)
+        }
+    }
+}
+
+impl std::fmt::Debug for RetryHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "RetryHook(set)"
+        } else {
+            "RetryHook(none)"
+        })
+    }
+}
+
+/// Defaults far above real images: docker's overlay2 driver refuses images
+/// deeper than 128 layers, and the largest public layers are a few GiB.
+pub const DEFAULT_MAX_LAYERS: usize = 1000;
+pub const DEFAULT_MAX_LAYER_SIZE: u64 = 32 << 30;
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_MIN_SPEED: u64 = 1024;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -40,6 +89,12 @@ impl Default for Settings {
             parallelism: 4,
             auth: super::auth::AuthFiles::from_env(),
             ca_files: Vec::new(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            min_speed: DEFAULT_MIN_SPEED,
+            max_layers: DEFAULT_MAX_LAYERS,
+            max_layer_size: DEFAULT_MAX_LAYER_SIZE,
+            on_retry: RetryHook::default(),
         }
     }
 }
@@ -101,6 +156,35 @@ impl Settings {
     }
 }
 
+/// Parse a size: bytes, or a number with a binary suffix (`K`, `M`, `G`,
+/// `T`, optionally followed by `iB`/`B`), e.g. `512M`, `32GiB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected e.g. 1000, 512M or 32G"))?;
+    let shift = match unit
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => {
+            return Err(format!(
+                "invalid size {s:?}: unknown unit {unit:?} (use K, M, G or T)"
+            ))
+        }
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("invalid size {s:?}: too large"))
+}
+
 /// `host` without its port (keeps `[v6]` brackets).
 pub fn host_name(host: &str) -> &str {
     if let Some(end) = host.strip_prefix('[').and_then(|r| r.find(']')) {
@@ -130,6 +214,17 @@ pub(crate) fn strip_scheme(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("32GiB"), Ok(32 << 30));
+        assert_eq!(parse_size("2kb"), Ok(2048));
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
 
     #[test]
     fn loopback_detection() {
