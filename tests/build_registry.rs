@@ -85,3 +85,57 @@ fn build_push_then_build_from_the_pushed_image_in_an_empty_store() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--pull=never"), "{}", stderr(&out));
 }
+
+/// `--progress json` gives the internal pull step a real id, numbered with
+/// the other steps (not a sentinel such as u64::MAX).
+#[test]
+fn json_progress_numbers_the_pull_step_like_the_others() {
+    if tool("docker-registry", "docker-registry").is_none() {
+        return;
+    }
+    let reg = RegistryGuard::start(RegistryConf::default());
+    let base = format!("{}/test/jsonbase:1", reg.addr());
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[("Dockerfile", "FROM scratch\nCOPY a /a\n"), ("a", "a\n")],
+    );
+    env.rbuild_ok(&["build", "--push", "-t", &base, ctx.to_str().unwrap()]);
+
+    let env2 = Env::new();
+    let ctx2 = env2.context(
+        "ctx",
+        &[
+            ("Dockerfile", &format!("FROM {base}\nCOPY b /b\n")),
+            ("b", "b\n"),
+        ],
+    );
+    let out = env2.rbuild_ok(&[
+        "build",
+        "--progress",
+        "json",
+        "-t",
+        "app:1",
+        ctx2.to_str().unwrap(),
+    ]);
+    let started: Vec<(u64, String)> = stderr(&out)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "step_started")
+        .map(|v| {
+            (
+                v["id"].as_u64().expect("numeric id"),
+                v["name"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let pull = started
+        .iter()
+        .find(|(_, name)| name.starts_with("[internal] pull"))
+        .unwrap_or_else(|| panic!("no pull step in {started:?}"));
+    assert!(pull.0 <= started.len() as u64, "pull step id {pull:?}");
+    let mut ids: Vec<u64> = started.iter().map(|(id, _)| *id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), started.len(), "ids are unique: {started:?}");
+}

@@ -130,6 +130,53 @@ fn overlay_upper_becomes_an_oci_changeset() {
     assert_same_tree(&merged, &out);
 }
 
+/// Overlay copies objects up on any metadata call, even one that changes
+/// nothing; BuildKit's differ leaves those out and keeps a directory only
+/// as the parent of a real change.
+#[test]
+fn overlay_upper_leaves_out_what_was_copied_up_unchanged() {
+    let t = tempfile::tempdir().unwrap();
+    let [lower, upper, work, merged, out] = ["lower", "upper", "work", "merged", "out"].map(|n| {
+        let p = t.path().join(n);
+        fs::create_dir(&p).unwrap();
+        p
+    });
+    fs::create_dir_all(lower.join("usr/local/share")).unwrap();
+    fs::create_dir_all(lower.join("usr/bin")).unwrap();
+    fs::write(lower.join("usr/bin/tool"), "t").unwrap();
+    fs::create_dir_all(lower.join("etc")).unwrap();
+    fs::write(lower.join("etc/keep"), "k").unwrap();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    run(Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(&merged));
+    let _mount = Mount(merged.clone());
+    // No-op metadata calls: each copies the object and its parents up.
+    for p in ["usr/local/share", "etc/keep", "usr/bin/tool"] {
+        let mode = fs::metadata(merged.join(p)).unwrap().permissions().mode();
+        fs::set_permissions(merged.join(p), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    // One real change, next to an unchanged copied-up file.
+    fs::write(merged.join("usr/bin/new"), "n").unwrap();
+    assert!(upper.join("usr/local/share").is_dir() && upper.join("etc/keep").exists());
+
+    let changes = changeset_from_overlay_upper(&upper, std::slice::from_ref(&lower)).unwrap();
+    assert_eq!(names(&changes), ["usr", "usr/bin", "usr/bin/new"]);
+
+    let lower_layer = entries_from_dir(&lower, &DirOptions::default()).unwrap();
+    apply(&[lower_layer, changes], &out);
+    assert_eq!(
+        snapshot(&merged, false),
+        snapshot(&out, false),
+        "the smaller layer still rebuilds the tree"
+    );
+}
+
 #[test]
 fn diff_trees_matches_the_new_tree() {
     let t = tempfile::tempdir().unwrap();

@@ -1111,6 +1111,77 @@ fn cli_push_and_pull_through_the_layout() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("lowercase"));
 }
 
+/// On a non-terminal, `rbuild pull`/`push` print one line per blob that
+/// says what happened to it: "pulled"/"pushed" only when bytes moved.
+#[test]
+fn cli_transfer_lines_say_once_what_happened_to_each_blob() {
+    if !have("docker-registry") {
+        return;
+    }
+    let reg = RegistryGuard::start(RegistryConf::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let store = OciLayout::create(&root).unwrap();
+    let big: Vec<u8> = (0..2_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let (mdigest, mbytes) = build_image(&store, "amd64", &[("a", b"lines"), ("big", &big)]);
+    let name = format!("{}/lines/app:v1", reg.addr());
+    store
+        .set_ref(
+            &name,
+            "application/vnd.oci.image.manifest.v1+json",
+            &mdigest,
+            mbytes.len() as u64,
+        )
+        .unwrap();
+    let rb = |root: &Path, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rbuild"))
+            .arg("--root")
+            .arg(root)
+            .args(args)
+            .env("DOCKER_CONFIG", tmp.path().join("docker"))
+            .env("RBUILD_CONFIG", tmp.path().join("none.json"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        err
+    };
+    // Per blob (config + 2 layers): the first word of its one line.
+    let words = |stderr: &str| {
+        let mut seen: Vec<(String, String)> = stderr
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                let (word, digest) = (w.next()?, w.next()?);
+                digest
+                    .starts_with("sha256:")
+                    .then(|| (digest.to_string(), word.to_string()))
+            })
+            .collect();
+        seen.sort();
+        seen
+    };
+    let all = |seen: &[(String, String)], word: &str| {
+        seen.len() == 3 && seen.iter().all(|(_, w)| w == word)
+    };
+    let first = words(&rb(&root, &["push", &name]));
+    assert!(all(&first, "pushed"), "{first:?}");
+    let again = words(&rb(&root, &["push", &name]));
+    assert!(
+        all(&again, "exists"),
+        "a second push uploads nothing: {again:?}"
+    );
+
+    let root2 = tmp.path().join("root2");
+    let pulled = words(&rb(&root2, &["pull", &name]));
+    assert!(all(&pulled, "pulled"), "{pulled:?}");
+    let repulled = words(&rb(&root2, &["pull", &name]));
+    assert!(
+        all(&repulled, "exists"),
+        "blobs already stored: {repulled:?}"
+    );
+}
+
 #[test]
 fn docker_hub_names_pull_through_a_mirror() {
     if !have("docker-registry") {

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use super::{FormatArg, RegistryFlags};
 use crate::image::ImageFormat;
-use crate::registry::{self, local, BlobProgress, Platform, Reference, Settings};
+use crate::registry::{self, local, BlobProgress, BlobState, Platform, Reference, Settings};
 
 pub fn logout(server: &str) -> Result<i32> {
     let settings = Settings::load()?;
@@ -53,10 +53,31 @@ pub(crate) fn progress_printer(verb: &'static str) -> registry::ProgressFn {
         return progress_bars(verb);
     }
     Arc::new(move |p: &BlobProgress| {
-        if p.done == p.total {
-            let short = p.digest.get(..19).unwrap_or(p.digest);
-            eprintln!("{verb} {short} {} bytes", p.total);
+        if let Some(line) = blob_line(verb, p) {
+            eprintln!("{line}");
         }
+    })
+}
+
+/// The word for how a blob ended: `verb` ("pulled", "pushed") only when its
+/// bytes really moved; `None` while they are still moving.
+fn outcome_word(verb: &'static str, state: BlobState) -> Option<&'static str> {
+    match state {
+        BlobState::Moving => None,
+        BlobState::Transferred => Some(verb),
+        BlobState::Exists => Some("exists"),
+        BlobState::Mounted => Some("mounted"),
+        BlobState::Failed => Some("failed"),
+    }
+}
+
+/// The one line a non-terminal gets per blob, at its final report.
+fn blob_line(verb: &'static str, p: &BlobProgress) -> Option<String> {
+    let word = outcome_word(verb, p.state)?;
+    let short = p.digest.get(..19).unwrap_or(p.digest);
+    Some(match p.state {
+        BlobState::Failed => format!("{word} {short}"),
+        _ => format!("{word} {short} {} bytes", p.total),
     })
 }
 
@@ -81,7 +102,11 @@ fn progress_bars(verb: &'static str) -> registry::ProgressFn {
         });
         bar.set_length(p.total);
         bar.set_position(p.done);
-        if p.done >= p.total {
+        if let Some(word) = outcome_word(verb, p.state) {
+            bar.set_prefix(format!(
+                "{word} {}",
+                p.digest.get(7..19).unwrap_or(p.digest)
+            ));
             bar.finish();
         }
     })
@@ -199,4 +224,41 @@ fn prompt_password() -> Result<String> {
     let _ = out.write_all(b"\n");
     read.context("reading the password from the terminal")?;
     Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(done: u64, state: BlobState) -> Option<String> {
+        let p = BlobProgress {
+            digest: "sha256:0123456789abcdef0123",
+            done,
+            total: 10,
+            state,
+        };
+        blob_line("pulled", &p)
+    }
+
+    #[test]
+    fn one_line_per_blob_naming_what_happened() {
+        // Bytes moving, even all of them, are not yet an outcome.
+        assert_eq!(at(10, BlobState::Moving), None);
+        assert_eq!(
+            at(10, BlobState::Transferred).as_deref(),
+            Some("pulled sha256:0123456789ab 10 bytes")
+        );
+        assert_eq!(
+            at(10, BlobState::Exists).as_deref(),
+            Some("exists sha256:0123456789ab 10 bytes")
+        );
+        assert_eq!(
+            at(10, BlobState::Mounted).as_deref(),
+            Some("mounted sha256:0123456789ab 10 bytes")
+        );
+        assert_eq!(
+            at(0, BlobState::Failed).as_deref(),
+            Some("failed sha256:0123456789ab")
+        );
+    }
 }

@@ -106,6 +106,9 @@ pub(crate) struct BuildCtx<'a> {
     download_dir: crate::store::LockedTempDir,
     /// External images (bases and `--from` sources) by normalized reference.
     pub images: BTreeMap<String, image::Image>,
+    /// Which Dockerfile this is (a digest of its absolute path): cache-miss
+    /// reasons compare only with earlier builds of the same one.
+    pub cache_scope: String,
 }
 
 impl BuildCtx<'_> {
@@ -205,7 +208,9 @@ pub fn build(
             _ => None,
         })
         .collect();
-    let images = load_images(store, req, &reporter, &first.images, &platforms)?;
+    // Pull steps take the first ids, so every step of the build has a real one.
+    let next_step = AtomicU64::new(0);
+    let images = load_images(store, req, &reporter, &next_step, &first.images, &platforms)?;
     for (name, img) in &images {
         opts.base_configs
             .insert(name.clone(), base_config(&img.config));
@@ -230,7 +235,7 @@ pub fn build(
         dockerfile_name,
         dockerfile_rel,
         context_index: OnceLock::new(),
-        next_step: AtomicU64::new(0),
+        next_step,
         overlay_warned: std::sync::atomic::AtomicBool::new(false),
         limit_warnings: Mutex::new(Default::default()),
         downloads: Mutex::new(BTreeMap::new()),
@@ -238,9 +243,17 @@ pub fn build(
             .temp_dir("downloads-")
             .context("creating the download dir in the store")?,
         images,
+        cache_scope: cache_scope(&dockerfile),
     };
     let target = run_stages(&ctx)?;
     commit(&ctx, &target)
+}
+
+/// A short digest of the Dockerfile's absolute path.
+fn cache_scope(dockerfile: &std::path::Path) -> String {
+    let abs = std::fs::canonicalize(dockerfile).unwrap_or_else(|_| dockerfile.to_path_buf());
+    let digest = Sha256::digest(abs.as_os_str().as_encoded_bytes());
+    hex::encode(&digest[..8])
 }
 
 fn dockerfile_path(req: &BuildRequest) -> (PathBuf, String) {
@@ -272,11 +285,12 @@ fn load_images(
     store: &Store,
     req: &BuildRequest,
     reporter: &Arc<dyn Reporter>,
+    next_step: &AtomicU64,
     names: &[String],
     platforms: &BTreeMap<String, String>,
 ) -> anyhow::Result<BTreeMap<String, image::Image>> {
     let mut out = BTreeMap::new();
-    for (i, name) in names.iter().enumerate() {
+    for name in names {
         let reference =
             Reference::parse(name).with_context(|| format!("invalid image reference {name}"))?;
         let local = find_local_image(store, &reference, name)?;
@@ -300,7 +314,7 @@ fn load_images(
                 store,
                 req,
                 reporter,
-                u64::MAX - i as u64,
+                next_step.fetch_add(1, Ordering::Relaxed) + 1,
                 &reference,
                 platform,
             )?
@@ -473,7 +487,7 @@ fn run_stage(
     let stage = &ctx.plan.stages[index];
     let mut st = StageState::start(ctx, stage, done)?;
     for (i, step) in stage.steps.iter().enumerate() {
-        let step_id = format!("{}/{}", stage_label(stage), i);
+        let step_id = format!("{}/{}/{}", ctx.cache_scope, stage_label(stage), i);
         st.run(ctx, step, &step_id, done).map_err(|e| {
             let span = step.instruction.span;
             anyhow::anyhow!(
@@ -526,9 +540,8 @@ fn commit(ctx: &BuildCtx<'_>, target: &StageResult) -> anyhow::Result<BuildOutco
     for tag in &ctx.req.tags {
         let name =
             crate::store::normalize_tag(tag).with_context(|| format!("invalid tag {tag:?}"))?;
-        store
-            .tag(&name, &manifest)
-            .with_context(|| format!("tagging {name}"))?;
+        // `Store::tag` names the tag in its errors already.
+        store.tag(&name, &manifest)?;
         tags.push(name);
     }
     for out in &ctx.req.outputs {

@@ -87,10 +87,9 @@ pub fn explain_miss(now: &KeyInputs, closest: Option<&KeyInputs>) -> String {
         reasons.push("the parent layer changed".to_string());
     }
     if old.instruction != now.instruction {
-        reasons.push(format!(
-            "the instruction changed (was `{}`)",
-            old.instruction
-        ));
+        // The history text's BuildKit marker says nothing to a reader.
+        let was = old.instruction.trim_end_matches(" # buildkit");
+        reasons.push(format!("the instruction changed (was `{was}`)"));
     }
     reasons.extend(map_changes("build arg", &old.build_args, &now.build_args));
     reasons.extend(file_changes(&old.files, &now.files));

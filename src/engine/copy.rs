@@ -34,6 +34,9 @@ pub enum SourceKind {
     File(FileSource),
     Dir,
     Symlink(String),
+    /// A character or block device or a FIFO, copied as the node itself
+    /// (the layer entry kind), as BuildKit's copy keeps them.
+    Special(EntryKind),
 }
 
 /// One matched source: a file, a symlink, or a directory with everything below it.
@@ -167,6 +170,7 @@ fn item_entry(
     let kind = match &item.kind {
         SourceKind::Dir => EntryKind::Dir,
         SourceKind::Symlink(t) => EntryKind::Symlink { target: t.clone() },
+        SourceKind::Special(kind) => kind.clone(),
         SourceKind::File(src) => match item.link_id.and_then(|id| first_link.get(&id)) {
             Some(first) => EntryKind::Hardlink {
                 target: first.clone(),

@@ -33,6 +33,8 @@ pub struct Rootfs {
     _dir: LockedTempDir,
     root: PathBuf,
     applied: Vec<String>,
+    /// Device nodes the layers hold but this view lacks (no privilege).
+    skipped_nodes: Vec<String>,
 }
 
 impl Rootfs {
@@ -52,6 +54,7 @@ impl Rootfs {
             _dir: dir,
             root,
             applied: Vec::new(),
+            skipped_nodes: Vec::new(),
         })
     }
 
@@ -80,15 +83,23 @@ impl Rootfs {
                 max_expanded: Some(max_expanded),
                 ..UnpackOptions::default()
             };
-            let done = unpack_layer(std::io::BufReader::new(blob), &self.root, &opts);
-            if let Err(e) = done {
-                // Drop the half-applied view (its temp dir goes with it).
-                *self = Rootfs::new(store)?;
-                return Err(e.context(format!("unpacking layer {}", layer.digest)));
-            }
+            let stats = match unpack_layer(std::io::BufReader::new(blob), &self.root, &opts) {
+                Ok(stats) => stats,
+                Err(e) => {
+                    // Drop the half-applied view (its temp dir goes with it).
+                    *self = Rootfs::new(store)?;
+                    return Err(e.context(format!("unpacking layer {}", layer.digest)));
+                }
+            };
+            self.skipped_nodes.extend(stats.skipped_nodes);
             self.applied.push(layer.digest.clone());
         }
         Ok(&self.root)
+    }
+
+    /// Device nodes of the layers that this view could not create.
+    pub fn skipped_nodes(&self) -> &[String] {
+        &self.skipped_nodes
     }
 }
 

@@ -52,6 +52,18 @@ pub fn parse_secret(spec: &str) -> anyhow::Result<(String, SecretSource)> {
     }
     let id = id.with_context(|| format!("invalid --secret {spec:?}: id=ID is required"))?;
     let src = src.unwrap_or_else(|| SecretSource::Env(id.clone()));
+    // As buildx does: a secret file that is not there fails the build up
+    // front, whether or not a step mounts it, so a typo in a path is never
+    // silently a build without the secret.
+    if let SecretSource::File(p) = &src {
+        if let Err(e) = std::fs::metadata(p) {
+            bail!(
+                "--secret id={id}: failed to stat the secret file {}: {e}\n\
+                 hint: give src= an existing file, or env=VAR to read it from the environment",
+                p.display()
+            );
+        }
+    }
     Ok((id, src))
 }
 
@@ -233,6 +245,7 @@ pub fn run(
                 .context("reading the RUN step's changes")?
         }
         (_, Some(copy)) => {
+            remove_empty_stubs(&copy, &outcome.mount_stubs);
             diff_trees(inputs.root, &copy).context("diffing the RUN step's changes")?
         }
         _ => Vec::new(),
@@ -471,33 +484,107 @@ fn cache_dir(store: &Store, id: &str, m: &Mount) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Recursive copy keeping modes, owners (when permitted), symlinks and times.
+/// Mount points the sandbox created in the fallback copy, removed while
+/// still empty (deepest first), so the diff sees neither them nor their
+/// parents as changes. Filtering them out of the entries afterwards would
+/// leave their parent directories behind.
+fn remove_empty_stubs(copy: &Path, stubs: &[String]) {
+    let mut stubs: Vec<&String> = stubs.iter().collect();
+    stubs.sort_by_key(|s| std::cmp::Reverse(s.matches('/').count()));
+    for stub in stubs {
+        let p = copy.join(stub.trim_start_matches('/'));
+        // A failure leaves the stub, which the entry filter still drops.
+        let _ = match p.symlink_metadata() {
+            Ok(m) if m.is_dir() => std::fs::remove_dir(&p),
+            Ok(m) if m.is_file() && m.len() == 0 => std::fs::remove_file(&p),
+            _ => Ok(()),
+        };
+    }
+}
+
+/// The no-overlay fallback's copy of the stage's files: same types, owners
+/// (when permitted), modes, mtimes and holes, so that diffing it after the
+/// step finds only what the step changed (a copy with fresh mtimes made
+/// every RUN layer hold the whole tree). Device nodes and FIFOs are copied
+/// too: a node missing from the copy would read as deleted. Iterative, so
+/// a deep tree costs no stack.
 fn copy_tree(src: &Path, dst: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let meta =
-        std::fs::symlink_metadata(src).with_context(|| format!("reading {}", src.display()))?;
-    let ft = meta.file_type();
-    if ft.is_symlink() {
-        let t = std::fs::read_link(src)?;
-        std::os::unix::fs::symlink(&t, dst)
-            .with_context(|| format!("creating {}", dst.display()))?;
-        return Ok(());
-    }
-    if ft.is_dir() {
-        std::fs::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))?;
-        for e in std::fs::read_dir(src).with_context(|| format!("listing {}", src.display()))? {
-            let e = e?;
-            copy_tree(&e.path(), &dst.join(e.file_name()))?;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut dirs = Vec::new();
+    for item in walkdir::WalkDir::new(src).follow_links(false) {
+        let item = item.with_context(|| format!("walking {}", src.display()))?;
+        let rel = item.path().strip_prefix(src).context("walking the stage")?;
+        // The root itself may be a single file (a bind mount of one).
+        let to = match rel.as_os_str().is_empty() {
+            true => dst.to_path_buf(),
+            false => dst.join(rel),
+        };
+        let meta = item
+            .metadata()
+            .with_context(|| format!("reading {}", item.path().display()))?;
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+            // Metadata once every child exists (a new child moves the mtime).
+            dirs.push((to, meta));
+            continue;
         }
-    } else if ft.is_file() {
-        std::fs::copy(src, dst).with_context(|| format!("copying {}", src.display()))?;
-    } else {
-        // Devices, fifos and sockets are not copied into a scratch copy.
-        return Ok(());
+        if ft.is_symlink() {
+            let t = std::fs::read_link(item.path())?;
+            std::os::unix::fs::symlink(&t, &to)
+                .with_context(|| format!("creating {}", to.display()))?;
+        } else if ft.is_file() {
+            // Holes stay holes (std::fs::copy writes them out as zeros).
+            let from = std::fs::File::open(item.path())
+                .with_context(|| format!("opening {}", item.path().display()))?;
+            let out =
+                std::fs::File::create(&to).with_context(|| format!("creating {}", to.display()))?;
+            crate::layer::copy_sparse(&from, &out)
+                .with_context(|| format!("copying {}", item.path().display()))?;
+        } else if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
+            use nix::sys::stat::{mknod, Mode, SFlag};
+            let kind = SFlag::from_bits_truncate(meta.mode() & libc::S_IFMT);
+            let mode = Mode::from_bits_truncate(meta.mode() & 0o7777);
+            if let Err(e) = mknod(&to, kind, mode, meta.rdev()) {
+                // Without the privilege the stage's view has no nodes either.
+                if e == nix::errno::Errno::EPERM {
+                    continue;
+                }
+                return Err(e).with_context(|| format!("creating {}", to.display()));
+            }
+        } else {
+            // Sockets: no layer can hold them.
+            continue;
+        }
+        keep_metadata(&to, &meta)?;
     }
-    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-    let _ = std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid()));
+    for (to, meta) in dirs.iter().rev() {
+        keep_metadata(to, meta)?;
+    }
     Ok(())
+}
+
+/// Owner (when permitted), then mode (a chown clears setuid bits), then
+/// times, never following a symlink.
+fn keep_metadata(to: &Path, meta: &std::fs::Metadata) -> anyhow::Result<()> {
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let _ = std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()));
+    if !meta.file_type().is_symlink() {
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+            .with_context(|| format!("chmod {}", to.display()))?;
+    }
+    let atime = TimeSpec::new(meta.atime(), meta.atime_nsec());
+    let mtime = TimeSpec::new(meta.mtime(), meta.mtime_nsec());
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        to,
+        &atime,
+        &mtime,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .with_context(|| format!("setting the times of {}", to.display()))
 }
 
 #[cfg(test)]
@@ -506,9 +593,12 @@ mod tests {
 
     #[test]
     fn secret_specs() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tok");
+        std::fs::write(&file, "s3cret").unwrap();
         assert_eq!(
-            parse_secret("id=tok,src=/x").unwrap(),
-            ("tok".into(), SecretSource::File("/x".into()))
+            parse_secret(&format!("id=tok,src={}", file.display())).unwrap(),
+            ("tok".into(), SecretSource::File(file.clone()))
         );
         assert_eq!(
             parse_secret("id=tok,env=TOKEN").unwrap(),
@@ -520,6 +610,17 @@ mod tests {
         );
         assert!(parse_secret("src=/x").is_err());
         assert!(parse_secret("id=a,what=b").is_err());
+    }
+
+    #[test]
+    fn a_missing_secret_file_is_an_error_naming_it() {
+        let err = parse_secret("id=s,src=/nonexistent/secret").unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("--secret id=s: failed to stat the secret file /nonexistent/secret"),
+            "{msg}"
+        );
+        assert!(msg.contains("hint: "), "{msg}");
     }
 
     #[test]

@@ -10,7 +10,10 @@ use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 
 use crate::context::{self, ContextIndex, EntryKind, SelectOptions, SelectedSource};
-use crate::layer::{open_archive, unpack_layer, Timespec, UnpackOptions};
+use crate::layer::{
+    dev_major, dev_minor, open_archive, unpack_layer, EntryKind as LayerKind, Timespec,
+    UnpackOptions,
+};
 
 use super::copy::{disk_file, SourceItem, SourceKind, SourceTree};
 
@@ -74,8 +77,20 @@ fn tree_from_selection(
             EntryKind::File => disk_file(root.join(&e.rel)),
             EntryKind::Dir => SourceKind::Dir,
             EntryKind::Symlink { target } => SourceKind::Symlink(target.clone()),
-            // Sockets, fifos and devices are not copied (BuildKit skips them too).
-            _ => continue,
+            // Device nodes and FIFOs are kept, as BuildKit's copy keeps
+            // them: in a layer they are only tar headers, and RUN sees them
+            // on a nodev root, so they open nothing on the host.
+            EntryKind::CharDevice { rdev } => SourceKind::Special(LayerKind::CharDevice {
+                major: dev_major(*rdev),
+                minor: dev_minor(*rdev),
+            }),
+            EntryKind::BlockDevice { rdev } => SourceKind::Special(LayerKind::BlockDevice {
+                major: dev_major(*rdev),
+                minor: dev_minor(*rdev),
+            }),
+            EntryKind::Fifo => SourceKind::Special(LayerKind::Fifo),
+            // Sockets cannot be stored in a layer (BuildKit skips them too).
+            EntryKind::Socket => continue,
         };
         let rel = match (&prefix, sel.is_dir) {
             (Some(p), true) => join(p, &it.dest_rel),
@@ -111,6 +126,68 @@ fn tree_from_selection(
             items,
         },
     }
+}
+
+/// A `COPY --from` selection error said in terms of the source: a missing
+/// path is not "in the build context" but in a stage or an image. (The
+/// caller's error already names the Dockerfile line and instruction.)
+pub fn not_in_source(
+    err: anyhow::Error,
+    src: &crate::plan::Base,
+    plan: &crate::plan::Plan,
+    pattern: &str,
+) -> anyhow::Error {
+    if !matches!(
+        err.downcast_ref::<context::ContextError>(),
+        Some(context::ContextError::NotFound { .. })
+    ) {
+        return err;
+    }
+    let path = format!(
+        "/{}",
+        pattern.trim_start_matches("./").trim_start_matches('/')
+    );
+    anyhow::anyhow!("{path} not found in {}", source_place(src, plan))
+}
+
+/// A `--from` source in words: `stage builder`, `image docker.io/…`.
+pub fn source_place(src: &crate::plan::Base, plan: &crate::plan::Plan) -> String {
+    use crate::plan::Base;
+    match src {
+        Base::Stage(i) => match plan.stages.get(*i) {
+            Some(s) => format!(
+                "stage {}",
+                s.name.clone().unwrap_or_else(|| s.index.to_string())
+            ),
+            None => format!("stage {i}"),
+        },
+        Base::Image(name) => format!("image {name}"),
+        Base::Scratch => "scratch (an empty image)".to_string(),
+    }
+}
+
+/// The nodes of `skipped` (`/`-rooted) that the source `pattern` would have
+/// copied: those at or below its literal part (up to the first wildcard).
+pub fn skipped_under<'a>(skipped: &'a [String], pattern: &str) -> Vec<&'a str> {
+    let literal = pattern
+        .split(['*', '?', '['])
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("./")
+        .trim_start_matches('/');
+    let dir = match pattern.contains(['*', '?', '[']) {
+        // Everything in the directory the wildcard's component is in.
+        true => literal.rsplit_once('/').map_or("", |(d, _)| d),
+        false => literal.trim_end_matches('/'),
+    };
+    skipped
+        .iter()
+        .map(String::as_str)
+        .filter(|n| {
+            let n = n.trim_start_matches('/');
+            dir.is_empty() || n == dir || n.starts_with(&format!("{dir}/"))
+        })
+        .collect()
 }
 
 fn join(a: &str, b: &str) -> String {
@@ -249,16 +326,18 @@ pub fn is_archive(path: &Path) -> bool {
 }
 
 /// Extract a local archive for ADD into `dir` (with every escape refused).
-pub fn extract_archive(path: &Path, dir: &Path) -> anyhow::Result<()> {
+/// Returns what could not be applied (device nodes without the privilege
+/// to create them), for the caller to report: the layer will lack them.
+pub fn extract_archive(path: &Path, dir: &Path) -> anyhow::Result<Vec<String>> {
     let file =
         std::fs::File::open(path).with_context(|| format!("opening archive {}", path.display()))?;
     let opts = UnpackOptions {
         no_chown: !nix::unistd::geteuid().is_root(),
         ..UnpackOptions::default()
     };
-    unpack_layer(std::io::BufReader::new(file), dir, &opts)
+    let stats = unpack_layer(std::io::BufReader::new(file), dir, &opts)
         .with_context(|| format!("extracting {}", path.display()))?;
-    Ok(())
+    Ok(stats.notes)
 }
 
 /// Download `url` for ADD into `dir`, verifying `--checksum` when given.
@@ -297,4 +376,20 @@ pub fn download(url: &str, checksum: Option<&str>, dir: &Path) -> anyhow::Result
         }
     }
     Ok((name, digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skipped_nodes_under_a_source() {
+        let nodes = ["/dev/null".to_string(), "/d/dev/sda".to_string()];
+        assert_eq!(skipped_under(&nodes, "/d"), ["/d/dev/sda"]);
+        assert_eq!(skipped_under(&nodes, "d/dev/"), ["/d/dev/sda"]);
+        assert_eq!(skipped_under(&nodes, "/dev/nu*"), ["/dev/null"]);
+        assert_eq!(skipped_under(&nodes, "/"), ["/dev/null", "/d/dev/sda"]);
+        assert!(skipped_under(&nodes, "/etc").is_empty());
+        assert!(skipped_under(&nodes, "/de").is_empty());
+    }
 }

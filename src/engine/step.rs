@@ -198,7 +198,20 @@ impl StageState {
         let reason = if ctx.req.no_cache {
             "--no-cache".to_string()
         } else {
-            let closest = ctx.store.cache_closest(Some(&self.key), step_id)?;
+            // Only this stage in earlier builds of this Dockerfile holds
+            // earlier versions of the step (step ids are `scope/stage/i`);
+            // at another parent, only the same instruction (an earlier
+            // step changed).
+            let stage = step_id.rsplit_once('/').map(|(s, _)| s);
+            let comparable = |r: &CacheRecord| {
+                r.step_id.rsplit_once('/').map(|(s, _)| s) == stage
+                    && (r.parent.as_deref() == Some(self.key.as_str())
+                        || r.inputs.get("instruction").and_then(|v| v.as_str())
+                            == Some(inputs.instruction.as_str()))
+            };
+            let closest = ctx
+                .store
+                .cache_closest_where(Some(&self.key), step_id, &comparable)?;
             let old = closest.and_then(|r| stored_inputs(ctx, r.inputs));
             explain_miss(&inputs, old.as_ref())
         };
@@ -304,13 +317,17 @@ impl StageState {
         done: &[Option<Arc<StageResult>>],
     ) -> anyhow::Result<KeyInputs> {
         let inst = &step.instruction;
+        // The history text already starts with the instruction's name
+        // (`RUN /bin/sh -c …`); only a step without one gets the bare name.
+        let created_by = step.created_by.clone().unwrap_or_default();
+        let instruction = if created_by.is_empty() {
+            inst.name()
+        } else {
+            created_by
+        };
         let mut inputs = KeyInputs {
             parent: self.key.clone(),
-            instruction: format!(
-                "{} {}",
-                inst.name(),
-                step.created_by.clone().unwrap_or_default()
-            ),
+            instruction,
             build_args: step.build_args.clone(),
             ..KeyInputs::default()
         };
@@ -503,13 +520,14 @@ impl StageState {
             Some(src) => {
                 let view = source_index(ctx, src, done)?;
                 for s in srcs {
-                    trees.extend(sources::select_trees(
-                        &view.index,
-                        s,
-                        &excludes,
-                        true,
-                        parents,
-                    )?);
+                    let selected = sources::select_trees(&view.index, s, &excludes, true, parents)
+                        .map_err(|e| sources::not_in_source(e, src, &ctx.plan, s))?;
+                    trees.extend(selected);
+                    for node in sources::skipped_under(&view.skipped_nodes, s) {
+                        handle.warn(format!(
+                            "COPY --from: device node {node} could not be created without privilege; the layer lacks it"
+                        ));
+                    }
                 }
                 self.keepalive.views.push(view);
             }
@@ -525,7 +543,7 @@ impl StageState {
                     let selected = sources::select_trees(index, s, &excludes, false, parents)?;
                     for tree in selected {
                         match archive_of(is_add, inst, &tree) {
-                            Some(path) => trees.push(extract_tree(&path, &tmp)?),
+                            Some(path) => trees.push(extract_tree(&path, &tmp, handle)?),
                             None => trees.push(tree),
                         }
                     }
@@ -622,7 +640,7 @@ impl StageState {
         let users = self.user_db(ctx)?;
         let root = self.root(ctx)?;
         let mut views: Vec<SourceView> = Vec::new();
-        let mut bind_roots: Vec<(usize, std::path::PathBuf)> = Vec::new();
+        let mut bind_roots: Vec<(usize, std::path::PathBuf, String)> = Vec::new();
         for (i, m) in mounts.iter().enumerate() {
             if let Some(src) = step
                 .sources
@@ -630,7 +648,8 @@ impl StageState {
                 .filter(|_| m.from.is_some())
             {
                 let view = source_index(ctx, src, done)?;
-                bind_roots.push((i, view.index.root().to_path_buf()));
+                let place = sources::source_place(src, &ctx.plan);
+                bind_roots.push((i, view.index.root().to_path_buf(), place));
                 views.push(view);
             }
         }
@@ -667,12 +686,17 @@ impl StageState {
                 if let Some((_, p)) = context_binds.iter().find(|(j, _)| *j == i) {
                     return Ok(p.clone());
                 }
-                let (_, base) = bind_roots
+                let (_, base, place) = bind_roots
                     .iter()
-                    .find(|(j, _)| *j == i)
+                    .find(|(j, _, _)| *j == i)
                     .context("no source for the bind mount")?;
                 let source = m.source.clone().unwrap_or_default();
-                rootfs::host_path(base, &source)
+                let path = rootfs::host_path(base, &source)?;
+                // Said in image terms: the host path is a private temp dir.
+                if path.symlink_metadata().is_err() {
+                    bail!("--mount source {source} not found in {place}");
+                }
+                Ok(path)
             };
         let inputs = super::run::RunInputs {
             store: ctx.store,
@@ -946,6 +970,8 @@ fn source_identity(
 /// materialized image view (if it owns one) while the index is in use.
 struct SourceView {
     index: crate::context::ContextIndex,
+    /// Device nodes the view lacks (rootless), to name when copied.
+    skipped_nodes: Vec<String>,
     _root: Option<Rootfs>,
 }
 
@@ -991,6 +1017,7 @@ fn source_index(
                 .to_path_buf();
             Ok(SourceView {
                 index: scan_root(&root)?,
+                skipped_nodes: r.skipped_nodes().to_vec(),
                 _root: None,
             })
         }
@@ -1001,6 +1028,7 @@ fn source_index(
                 .to_path_buf();
             Ok(SourceView {
                 index: scan_root(&root)?,
+                skipped_nodes: r.skipped_nodes().to_vec(),
                 _root: Some(r),
             })
         }
@@ -1035,10 +1063,19 @@ fn archive_of(
 }
 
 /// An archive extracted into a temp dir, as a tree copied into the destination.
-fn extract_tree(archive: &std::path::Path, tmp: &LockedTempDir) -> anyhow::Result<SourceTree> {
+fn extract_tree(
+    archive: &std::path::Path,
+    tmp: &LockedTempDir,
+    handle: &StepHandle,
+) -> anyhow::Result<SourceTree> {
     // Inside `tmp`, which the caller keeps until the layer is written.
     let dir = tempfile::tempdir_in(tmp.path())?.keep();
-    sources::extract_archive(archive, &dir)?;
+    // What could not be created (device nodes, rootless) is missing from
+    // the layer: say so rather than drop it silently.
+    for note in sources::extract_archive(archive, &dir)? {
+        let name = archive.file_name().unwrap_or_default().to_string_lossy();
+        handle.warn(format!("ADD {name}: {note}; the layer lacks it"));
+    }
     let ignore = crate::context::IgnoreRules::default();
     let index = crate::context::scan(&dir, "", &ignore, None)
         .with_context(|| format!("reading extracted {}", archive.display()))?;

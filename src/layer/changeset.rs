@@ -1,7 +1,7 @@
 //! What a RUN step changed, as layer entries: from an overlayfs upper dir
 //! (the fast path) or by comparing two trees (when overlay is unavailable).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fs::Metadata;
 use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -44,12 +44,21 @@ fn is_overlay_whiteout(meta: &Metadata) -> bool {
 /// become whiteouts (only for paths that exist in a lower dir), opaque dirs
 /// get `.wh..wh..opq`, overlay xattrs are dropped. Redirect and metacopy
 /// dirs/files are refused: their content is not in the upper dir.
+///
+/// Overlay copies a file or directory up (with its parents) on any
+/// metadata call, even one that changes nothing (`chmod 755` of a 0755
+/// dir). As BuildKit's overlay differ does, an upper object that matches
+/// its lower one is no change: a file is left out, a directory is kept
+/// only as the parent of a change (a directory's mtime alone does not
+/// count, as in BuildKit: creating and removing a file is no change).
 pub fn changeset_from_overlay_upper(
     upper: &Path,
     lower_dirs: &[PathBuf],
 ) -> Result<Vec<LayerEntry>> {
     let mut links = HardlinkMap::default();
-    let mut out = Vec::new();
+    // (entry, is a change): directories copied up unchanged wait for a
+    // change below them.
+    let mut out: Vec<(LayerEntry, bool)> = Vec::new();
     for item in walkdir::WalkDir::new(upper)
         .follow_links(false)
         .sort_by_file_name()
@@ -63,7 +72,7 @@ pub fn changeset_from_overlay_upper(
             .with_context(|| format!("stat {}", path.display()))?;
         if is_overlay_whiteout(&meta) {
             if exists_in(lower_dirs, &rel) {
-                out.push(LayerEntry::whiteout(&rel));
+                out.push((LayerEntry::whiteout(&rel), true));
             }
             continue;
         }
@@ -78,14 +87,76 @@ pub fn changeset_from_overlay_upper(
                 );
             }
         }
-        if let Some(e) = entry_for(path, &rel, &meta, &mut links)? {
-            out.push(e);
+        let opaque = meta.is_dir() && is_opaque(path)? && exists_in(lower_dirs, &rel);
+        let changed = opaque || !same_as_lower(lower_dirs, &rel, path, &meta)?;
+        if !changed && !meta.is_dir() {
+            continue;
         }
-        if meta.is_dir() && is_opaque(path)? && exists_in(lower_dirs, &rel) {
-            out.push(LayerEntry::opaque(&rel));
+        if let Some(e) = entry_for(path, &rel, &meta, &mut links)? {
+            out.push((e, changed));
+        }
+        if opaque {
+            out.push((LayerEntry::opaque(&rel), true));
         }
     }
-    Ok(out)
+    Ok(keep_changes_and_their_parents(out))
+}
+
+/// The changes, plus every directory above one (each ancestor is marked
+/// once, so this is linear in the number of entries).
+fn keep_changes_and_their_parents(out: Vec<(LayerEntry, bool)>) -> Vec<LayerEntry> {
+    let mut needed: HashSet<String> = HashSet::new();
+    for (e, changed) in &out {
+        let mut p = e.path.as_str();
+        while let (true, Some((parent, _))) = (*changed, p.rsplit_once('/')) {
+            if !needed.insert(parent.to_string()) {
+                break;
+            }
+            p = parent;
+        }
+    }
+    out.into_iter()
+        .filter(|(e, changed)| *changed || needed.contains(&e.path))
+        .map(|(e, _)| e)
+        .collect()
+}
+
+/// Whether the upper object at `path` equals the one the top-most lower
+/// dir has at `rel` in everything a layer records (BuildKit's `sameDirent`).
+fn same_as_lower(lower_dirs: &[PathBuf], rel: &str, path: &Path, meta: &Metadata) -> Result<bool> {
+    for dir in lower_dirs {
+        let lower_path = dir.join(rel);
+        if let Some(old) = lstat_opt(&lower_path)? {
+            return same_entry(&lower_path, &old, path, meta);
+        }
+    }
+    Ok(false)
+}
+
+/// BuildKit's `sameDirent`: everything a layer records, but a directory's
+/// mtime.
+fn same_entry(old_path: &Path, old: &Metadata, new_path: &Path, new: &Metadata) -> Result<bool> {
+    if old.is_dir() && new.is_dir() {
+        return same_dir(old_path, old, new_path, new);
+    }
+    Ok(!differs(old_path, old, new_path, new)?)
+}
+
+/// Directories compare by mode, owner and the xattrs a layer keeps, not
+/// by mtime (which changes whenever an entry comes and goes).
+fn same_dir(old_path: &Path, old: &Metadata, new_path: &Path, new: &Metadata) -> Result<bool> {
+    if old.mode() != new.mode() || old.uid() != new.uid() || old.gid() != new.gid() {
+        return Ok(false);
+    }
+    Ok(kept_xattrs(old_path)? == kept_xattrs(new_path)?)
+}
+
+fn kept_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    Ok(xattr::read_all(path)
+        .with_context(|| format!("reading xattrs of {}", path.display()))?
+        .into_iter()
+        .filter(|(k, _)| xattr::keep_in_layer(k))
+        .collect())
 }
 
 fn is_opaque(path: &Path) -> Result<bool> {
@@ -212,7 +283,7 @@ pub fn diff_trees(lower_merged: &Path, new: &Path) -> Result<Vec<LayerEntry>> {
         let old_path = lower_merged.join(&rel);
         let changed = match lstat_opt(&old_path)? {
             None => true,
-            Some(old) => differs(&old_path, &old, item.path(), &meta)?,
+            Some(old) => !same_entry(&old_path, &old, item.path(), &meta)?,
         };
         if changed {
             add_parents(new, &rel, &mut included, &mut out, &mut links)?;

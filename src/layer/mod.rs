@@ -13,6 +13,7 @@ mod compress;
 mod entry;
 mod pgzip;
 mod resolve;
+mod sparse;
 mod sys;
 mod tarwrite;
 mod unpack;
@@ -24,8 +25,9 @@ pub use compress::{write_layer, Compression, LayerInfo, WriteOptions};
 pub use entry::{EntryKind, FileSource, LayerEntry, Timespec, OPAQUE_MARKER, WHITEOUT_PREFIX};
 pub use pgzip::ParallelGzipWriter;
 pub use resolve::resolve_in_root;
+pub use sparse::{copy_sparse, write_sparse};
 pub use unpack::{open_archive, unpack_layer, LayerCheckError, UnpackOptions, UnpackStats};
-pub use walk::{entries_from_dir, DirOptions};
+pub use walk::{dev_major, dev_minor, entries_from_dir, DirOptions};
 
 /// Media type of an uncompressed OCI layer.
 pub const MEDIA_TYPE_TAR: &str = "application/vnd.oci.image.layer.v1.tar";

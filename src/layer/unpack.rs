@@ -63,6 +63,8 @@ pub struct UnpackStats {
     pub bytes: u64,
     /// Things skipped or not applied (devices without privilege, …).
     pub notes: Vec<String>,
+    /// Device nodes not created for lack of privilege, as `/`-rooted paths.
+    pub skipped_nodes: Vec<String>,
 }
 
 /// Wraps `reader` in the decompressor its magic bytes call for: gzip,
@@ -361,7 +363,7 @@ impl Unpacker<'_> {
             }
             EntryType::Link => self.hardlink(dir.as_fd(), &name, entry)?,
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                if !self.make_node(dir.as_fd(), &name, entry, &meta)? {
+                if !self.make_node(dir.as_fd(), &name, &rel.join("/"), entry, &meta)? {
                     return Ok(());
                 }
             }
@@ -424,8 +426,10 @@ impl Unpacker<'_> {
             libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS,
         )
         .context("creating file")?;
-        let mut file = File::from(fd);
-        self.stats.bytes += io::copy(entry, &mut file).context("writing file content")?;
+        let file = File::from(fd);
+        // Zero blocks become holes again: tars hold sparse files densely.
+        self.stats.bytes +=
+            super::sparse::write_sparse(entry, &file).context("writing file content")?;
         self.apply_fd_meta(file.as_fd(), name, meta, meta.mode)?;
         futimens(file.as_fd(), meta.mtime).context("setting mtime")?;
         Ok(())
@@ -510,11 +514,13 @@ impl Unpacker<'_> {
             .with_context(|| format!("linking to {:?}", String::from_utf8_lossy(&target)))
     }
 
-    /// Creates a device or FIFO; `Ok(false)` when skipped for lack of privilege.
+    /// Creates a device or FIFO; `Ok(false)` when skipped for lack of
+    /// privilege (noted with its whole path `rel`).
     fn make_node<R: Read>(
         &mut self,
         dir: BorrowedFd,
         name: &str,
+        rel: &str,
         entry: &mut tar::Entry<R>,
         meta: &Meta,
     ) -> Result<bool> {
@@ -534,7 +540,8 @@ impl Unpacker<'_> {
         };
         if let Err(e) = sys::mknodat(dir, name, kind | (meta.mode & 0o7777), dev) {
             if sys::is_permission_error(&e) {
-                self.note(format!("skipped device node {name:?}"), e)?;
+                self.note(format!("skipped device node /{rel}"), e)?;
+                self.stats.skipped_nodes.push(format!("/{rel}"));
                 return Ok(false);
             }
             return Err(e).context("creating device node");

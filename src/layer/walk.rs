@@ -25,11 +25,13 @@ pub struct DirOptions {
 #[derive(Default)]
 pub(crate) struct HardlinkMap(HashMap<(u64, u64), String>);
 
-pub(crate) fn dev_major(dev: u64) -> u32 {
+/// The major number of a `st_rdev` (glibc's `gnu_dev_major` encoding).
+pub fn dev_major(dev: u64) -> u32 {
     (((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff)) as u32
 }
 
-pub(crate) fn dev_minor(dev: u64) -> u32 {
+/// The minor number of a `st_rdev`.
+pub fn dev_minor(dev: u64) -> u32 {
     ((dev & 0xff) | ((dev >> 12) & !0xff)) as u32
 }
 

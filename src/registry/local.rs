@@ -86,9 +86,8 @@ pub fn pull_into_store(
         } else {
             image::convert_image(store, &img, ImageFormat::Oci)?
         };
-        store
-            .tag(&name, &oci)
-            .with_context(|| format!("tagging {name}"))?;
+        // `Store::tag` names the tag in its errors already.
+        store.tag(&name, &oci)?;
     }
     Ok(img)
 }

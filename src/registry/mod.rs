@@ -41,6 +41,25 @@ pub struct BlobProgress<'a> {
     pub digest: &'a str,
     pub done: u64,
     pub total: u64,
+    /// Whether bytes are moving or how the blob ended: every blob gets
+    /// exactly one final (non-`Moving`) report, so a printer can say once
+    /// what happened to it.
+    pub state: BlobState,
+}
+
+/// What a [`BlobProgress`] report says about its blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobState {
+    /// Bytes are being transferred (`done` of `total`); not final.
+    Moving,
+    /// Downloaded or uploaded in full and verified.
+    Transferred,
+    /// Already there (in the store on pull, in the registry on push).
+    Exists,
+    /// Push: mounted from another repository of the registry.
+    Mounted,
+    /// The transfer failed for good (after retries).
+    Failed,
 }
 
 /// A progress callback, shared by the transfer threads.

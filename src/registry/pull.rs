@@ -14,7 +14,7 @@ use super::known::BlobLocations;
 use super::manifest::{self, choose_platform, Descriptor, Parsed, Platform};
 use super::reference::{api_host, sha256_digest, Reference, DOCKER_HUB};
 use super::settings::{strip_scheme, Settings};
-use super::{run_parallel, BlobProgress, ProgressFn};
+use super::{run_parallel, BlobProgress, BlobState, ProgressFn};
 
 /// What a pull asks for besides the reference.
 #[derive(Default)]
@@ -177,7 +177,14 @@ fn finish(
     let mut seen = std::collections::HashSet::new();
     blobs.retain(|d| seen.insert(d.digest.clone()));
     let results = run_parallel(&blobs, settings.parallelism, |d| {
-        fetch_blob(reg, reference, store, d, opts.progress.as_ref())
+        let res = fetch_blob(reg, reference, store, d, opts.progress.as_ref());
+        let state = match &res {
+            Ok(true) => BlobState::Transferred,
+            Ok(false) => BlobState::Exists,
+            Err(_) => BlobState::Failed,
+        };
+        report(opts.progress.as_ref(), d, state);
+        res
     });
     let mut fetched = Vec::new();
     let mut failures = Vec::new();
@@ -234,13 +241,6 @@ fn fetch_blob(
     progress: Option<&ProgressFn>,
 ) -> Result<bool> {
     if store.has_blob(&d.digest) {
-        if let Some(p) = progress {
-            p(&BlobProgress {
-                digest: &d.digest,
-                done: d.size,
-                total: d.size,
-            });
-        }
         return Ok(false);
     }
     let repo = &reference.repository;
@@ -291,6 +291,23 @@ fn retryable(e: &anyhow::Error) -> bool {
         && transfer_error(e).is_none_or(|t| t.retryable())
 }
 
+/// The one final report of a blob (the caller saw its bytes move, if any).
+fn report(progress: Option<&ProgressFn>, d: &Descriptor, state: BlobState) {
+    if let Some(p) = progress {
+        let done = if state == BlobState::Failed {
+            0
+        } else {
+            d.size
+        };
+        p(&BlobProgress {
+            digest: &d.digest,
+            done,
+            total: d.size,
+            state,
+        });
+    }
+}
+
 /// Reports progress as bytes are read.
 struct Counting<'a, R> {
     inner: R,
@@ -304,11 +321,14 @@ impl<R: Read> Read for Counting<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.done += n as u64;
-        if let Some(p) = self.progress {
+        // End of stream (n == 0) is no progress: reporting it again would
+        // show a finished blob twice.
+        if let (Some(p), true) = (self.progress, n > 0) {
             p(&BlobProgress {
                 digest: self.digest,
                 done: self.done,
                 total: self.total,
+                state: BlobState::Moving,
             });
         }
         Ok(n)

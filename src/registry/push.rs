@@ -15,7 +15,7 @@ use super::known::BlobLocations;
 use super::manifest::{Descriptor, Parsed};
 use super::reference::Reference;
 use super::settings::Settings;
-use super::{run_parallel, BlobProgress, ProgressFn};
+use super::{run_parallel, BlobProgress, BlobState, ProgressFn};
 
 /// What a push asks for besides source and destination.
 #[derive(Default)]
@@ -118,7 +118,15 @@ fn push_manifest_tree(
         let mut seen = std::collections::HashSet::new();
         blobs.retain(|d| seen.insert(d.digest.clone()));
         let results = run_parallel(&blobs, settings.parallelism, |d| {
-            ensure_blob(reg, store, d, dest, opts)
+            let res = ensure_blob(reg, store, d, dest, opts);
+            let state = match &res {
+                Ok(BlobOutcome::Uploaded) => BlobState::Transferred,
+                Ok(BlobOutcome::AlreadyThere) => BlobState::Exists,
+                Ok(BlobOutcome::Mounted) => BlobState::Mounted,
+                Err(_) => BlobState::Failed,
+            };
+            report_done(opts, &d.digest, d.size, state);
+            res
         });
         let mut failures = Vec::new();
         for (d, r) in blobs.iter().zip(results) {
@@ -182,10 +190,7 @@ fn ensure_blob(
         c.head(format!("{base}/v2/{repo}/blobs/{digest}"))
     })?;
     match resp.status() {
-        StatusCode::OK => {
-            report_done(opts, digest, d.size);
-            return Ok(BlobOutcome::AlreadyThere);
-        }
+        StatusCode::OK => return Ok(BlobOutcome::AlreadyThere),
         StatusCode::NOT_FOUND => {}
         _ => return Err(reg.api_error(resp, &what).into()),
     }
@@ -197,7 +202,6 @@ fn ensure_blob(
     sources.retain(|s| s != repo && seen.insert(s.clone()));
     for from in &sources {
         if try_mount(reg, digest, dest, from)? {
-            report_done(opts, digest, d.size);
             return Ok(BlobOutcome::Mounted);
         }
     }
@@ -205,12 +209,15 @@ fn ensure_blob(
     Ok(BlobOutcome::Uploaded)
 }
 
-fn report_done(opts: &PushOptions, digest: &str, size: u64) {
+/// The one final report of a blob: uploaded, already there, mounted or failed.
+fn report_done(opts: &PushOptions, digest: &str, size: u64, state: BlobState) {
     if let Some(p) = &opts.progress {
+        let done = if state == BlobState::Failed { 0 } else { size };
         p(&BlobProgress {
             digest,
-            done: size,
+            done,
             total: size,
+            state,
         });
     }
 }
@@ -354,11 +361,14 @@ impl<R: std::io::Read> std::io::Read for Progress<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.done += n as u64;
-        if let Some(p) = &self.progress {
+        // Bytes sent are not bytes stored: the final report comes from
+        // `push_manifest_tree` once the registry accepted (or refused) the blob.
+        if let (Some(p), true) = (&self.progress, n > 0) {
             p(&BlobProgress {
                 digest: &self.digest,
                 done: self.done,
                 total: self.total,
+                state: BlobState::Moving,
             });
         }
         Ok(n)

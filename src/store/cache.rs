@@ -33,7 +33,8 @@ pub struct CacheRecord {
     pub key: String,
     /// The previous step's key (None for a stage's first step).
     pub parent: Option<String>,
-    /// Stage and instruction position, e.g. `build/3`.
+    /// The Dockerfile's scope, stage and instruction position, e.g.
+    /// `3f2a…/build/3` (the engine compares misses within one stage).
     pub step_id: String,
     /// The key's inputs: `{"parent", "instruction", "build_args", "files"}`.
     pub inputs: serde_json::Value,
@@ -161,8 +162,22 @@ impl Store {
         parent_key: Option<&str>,
         step_id: &str,
     ) -> anyhow::Result<Option<CacheRecord>> {
+        self.cache_closest_where(parent_key, step_id, &|_| true)
+    }
+
+    /// Like [`Store::cache_closest`], among the records `accept` lets
+    /// through (the engine keeps to earlier builds of the same Dockerfile).
+    pub fn cache_closest_where(
+        &self,
+        parent_key: Option<&str>,
+        step_id: &str,
+        accept: &dyn Fn(&CacheRecord) -> bool,
+    ) -> anyhow::Result<Option<CacheRecord>> {
         let mut best: Option<(u8, u64, CacheRecord)> = None;
         for record in self.cache_records()? {
+            if !accept(&record) {
+                continue;
+            }
             let rank = if parent_key.is_some() && record.parent.as_deref() == parent_key {
                 2
             } else if record.step_id == step_id {

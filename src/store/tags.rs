@@ -66,12 +66,19 @@ impl Store {
     }
 
     /// Point `name` (normalized) at `manifest`, replacing any previous target.
+    /// Every error says `tagging NAME` once (callers add no such context).
     pub fn tag(&self, name: &str, manifest: &Descriptor) -> anyhow::Result<()> {
         let name = normalize_tag(name)?;
+        self.tag_normalized(&name, manifest)
+            .with_context(|| format!("tagging {name}"))
+    }
+
+    fn tag_normalized(&self, name: &str, manifest: &Descriptor) -> anyhow::Result<()> {
+        let name = name.to_string();
         let digest = manifest.digest().to_string();
         anyhow::ensure!(
             self.has_blob(&digest),
-            "cannot tag {name}: manifest {digest} is not in the store"
+            "manifest {digest} is not in the store"
         );
         // Re-tagging to the same manifest (a no-op rebuild) writes nothing.
         if self
@@ -92,7 +99,6 @@ impl Store {
             }
             index.set_manifests(manifests);
         })
-        .with_context(|| format!("tagging {name}"))
     }
 
     /// Remove a tag; `false` if there was no such tag.
@@ -158,5 +164,23 @@ mod tests {
         assert!(normalize_tag("app:").is_err());
         assert!(normalize_tag("a b").is_err());
         assert!(normalize_tag("../x").is_err());
+    }
+
+    #[test]
+    fn tag_errors_name_the_tag_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let blob = store.put_blob(b"{}").unwrap();
+        let desc = oci_spec::image::DescriptorBuilder::default()
+            .media_type(oci_spec::image::MediaType::ImageManifest)
+            .digest(oci_spec::image::Digest::try_from(blob.digest.as_str()).unwrap())
+            .size(blob.size)
+            .build()
+            .unwrap();
+        // Writing index.json fails once the temp dir is gone.
+        std::fs::remove_dir_all(store.tmp_dir()).unwrap();
+        let err = format!("{:#}", store.tag("app:v1", &desc).unwrap_err());
+        assert_eq!(err.matches("tagging").count(), 1, "{err}");
+        assert!(err.starts_with("tagging app:v1: "), "{err}");
     }
 }
