@@ -6,6 +6,7 @@ pub mod cachekey;
 pub mod config;
 pub mod copy;
 pub mod copydest;
+pub mod mountpoints;
 pub mod options;
 pub mod rootfs;
 pub mod sources;

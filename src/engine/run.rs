@@ -149,6 +149,7 @@ pub fn run(
             &mut locks,
         )?;
     }
+    let mount_dirs = super::mountpoints::needed(&specs);
     for (name, body) in &inputs.scripts {
         let p = secrets_dir.path().join(format!("pipe-{name}"));
         write_private(&p, body.as_bytes(), 0o755)?;
@@ -243,6 +244,9 @@ pub fn run(
             e.gid = maps.to_container_gid(e.gid).unwrap_or(0);
         }
     }
+    let dirs =
+        super::mountpoints::missing_entries(inputs.root, &mount_dirs, &entries, inputs.created);
+    entries.extend(dirs);
     Ok((entries, work))
 }
 
@@ -308,13 +312,18 @@ fn resolve_user(inputs: &RunInputs<'_>) -> anyhow::Result<(UserSpec, String)> {
     ))
 }
 
-/// Image ENV, then ARGs not shadowed by ENV, proxies, and HOME when unset.
+/// Image ENV with the ARGs in scope over it, proxies, and HOME when unset.
 fn process_env(inputs: &RunInputs<'_>, home: &str) -> Vec<String> {
     let mut env: Vec<String> = inputs.config.config.env.clone();
     let has = |env: &[String], k: &str| env.iter().any(|e| e.split('=').next() == Some(k));
+    // The plan gives each ARG the value the stage's environment holds at
+    // this step, so an ARG declared after an ENV of the same name wins, as
+    // in BuildKit (its ARG replaces the variable in the LLB state's env).
     for (k, v) in inputs.arg_env {
-        if !has(&env, k) {
-            env.push(format!("{k}={v}"));
+        let var = format!("{k}={v}");
+        match env.iter_mut().find(|e| e.split('=').next() == Some(k)) {
+            Some(e) => *e = var,
+            None => env.push(var),
         }
     }
     for (k, v) in inputs.proxy_env {
@@ -342,7 +351,10 @@ fn lower_mount(
             size: m.size,
         }),
         MountType::Bind => {
-            let source = (inputs.bind_source)(m)?;
+            // The sandbox binds absolute paths; the context (or `--root`)
+            // may have been given relative, as in `rbuild build .`.
+            let source = std::path::absolute((inputs.bind_source)(m)?)
+                .context("resolving the bind mount's source")?;
             let source = if m.readonly {
                 source
             } else {

@@ -405,7 +405,15 @@ impl Snapshot {
             lines.sort();
         } else {
             history.insert(0, "(not built on the base image)".to_string());
-            lines = files.iter().map(|(p, l)| format!("{p} {l}")).collect();
+            // A file taken from the base (e.g. busybox copied into a scratch
+            // stage) is named, not described: its bytes depend on the machine.
+            lines = files
+                .iter()
+                .map(|(p, l)| match base.files.get(p) {
+                    Some(b) if b == l => format!("{p} as in the base image"),
+                    _ => format!("{p} {l}"),
+                })
+                .collect();
         }
         Ok(Snapshot {
             config: config_lines(&archive.config),
