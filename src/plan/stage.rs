@@ -511,12 +511,11 @@ fn stage_deps(
                 current_name: &name,
             };
             for r in inst_sources(c, scope) {
-                match r {
-                    Ok(RawBase::Stage(j)) => d.push(j),
-                    // A bad `--from` (e.g. a stage defined later) is an
-                    // error only in a stage the target needs: dispatching
-                    // that stage reports it. BuildKit skips the others.
-                    Ok(_) | Err(_) => {}
+                // A bad `--from` (e.g. a stage defined later) is an error
+                // only in a stage the target needs: dispatching that stage
+                // reports it. BuildKit skips the others.
+                if let Ok(RawBase::Stage(j)) = r {
+                    d.push(j);
                 }
             }
         }
