@@ -135,8 +135,9 @@ impl StageState {
         let Kind::Workdir(p) = &step.instruction.kind else {
             return "/".into();
         };
+        // As the plan does: an absolute WORKDIR is kept as written.
         if p.starts_with('/') {
-            clean(p)
+            p.clone()
         } else {
             let cur = self.config.config.working_dir.as_deref().unwrap_or("/");
             clean(&format!("{cur}/{p}"))
