@@ -159,7 +159,7 @@ pub fn run(
             readonly: true,
         });
     }
-    let managed = managed_files(secrets_dir.path(), &mut specs)?;
+    managed_files(secrets_dir.path(), &mut specs)?;
     let overlay = overlay_usable();
     let (rootfs, fallback_root) = if overlay {
         let upper = work.path().join("upper");
@@ -222,22 +222,6 @@ pub fn run(
         .map(|s| s.trim_start_matches('/').to_string())
         .collect();
     entries.retain(|e| !stubs.contains(&e.path));
-    // What the command really wrote to a managed file stays, as in docker.
-    for (target, path, original) in managed {
-        let now = std::fs::read(&path).with_context(|| format!("reading back {target}"))?;
-        if now != original.as_bytes() {
-            entries.retain(|e| e.path != target.trim_start_matches('/'));
-            entries.push(LayerEntry {
-                path: target.trim_start_matches('/').to_string(),
-                kind: crate::layer::EntryKind::File(crate::layer::FileSource::Bytes(now)),
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                mtime: inputs.created,
-                xattrs: Vec::new(),
-            });
-        }
-    }
     if let Some(maps) = &outcome.id_maps {
         for e in &mut entries {
             e.uid = maps.to_container_uid(e.uid).unwrap_or(0);
@@ -257,13 +241,11 @@ pub fn overlay_usable() -> bool {
         && sandbox::overlay_available()
 }
 
-/// `/etc/resolv.conf`, `/etc/hosts` and `/etc/hostname` as docker manages
-/// them: bound from files in `dir` (never into the upper dir). Returns
-/// (target, file, content written) to compare after the run.
-fn managed_files(
-    dir: &Path,
-    specs: &mut Vec<MountSpec>,
-) -> anyhow::Result<Vec<(String, PathBuf, String)>> {
+/// `/etc/resolv.conf`, `/etc/hosts` and `/etc/hostname` as BuildKit manages
+/// them: bound read-only from files in `dir`, so they never reach the layer
+/// and a RUN that writes to them fails, as under BuildKit
+/// (`tests/conformance`, case `run-writes-etc-hosts`).
+fn managed_files(dir: &Path, specs: &mut Vec<MountSpec>) -> anyhow::Result<()> {
     let contents = [
         (
             "/etc/resolv.conf",
@@ -275,18 +257,16 @@ fn managed_files(
         ),
         ("/etc/hostname", format!("{HOSTNAME}\n")),
     ];
-    let mut out = Vec::new();
     for (target, content) in contents {
         let file = dir.join(format!("managed{}", target.replace('/', "-")));
         write_private(&file, content.as_bytes(), 0o644)?;
         specs.push(MountSpec::Bind {
-            source: file.clone(),
+            source: file,
             target: target.to_string(),
-            readonly: false,
+            readonly: true,
         });
-        out.push((target.to_string(), file, content));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The process user (ids, groups) and HOME, from USER and the image's files.
