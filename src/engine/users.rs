@@ -118,11 +118,21 @@ impl UserDb {
     /// `--chown=user[:group]` → (uid, gid). Without a group, a user *name*
     /// takes its primary group from passwd and a numeric uid is also the gid
     /// (BuildKit's copy op looks names up and takes numbers as they are).
+    /// An empty user is root and an empty group after `:` is group 0, as in
+    /// BuildKit's copy op (`--chown=:staff`, `--chown=app:`).
     pub fn resolve_chown(&self, spec: &str) -> Result<(u32, u32), UserError> {
-        let (user, group) = split_spec(spec)?;
-        let (uid, entry) = self.user(user)?;
+        let (user, group) = match spec.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (spec, None),
+        };
+        let (uid, entry) = if user.is_empty() {
+            (0, None)
+        } else {
+            self.user(user)?
+        };
         let numeric = user.parse::<u32>().is_ok();
         let gid = match (group, entry) {
+            (Some(""), _) => 0,
             (Some(g), _) => self.group(g)?,
             (None, Some(u)) if !numeric => u.gid,
             (None, _) => uid,
@@ -202,7 +212,9 @@ mod tests {
             db.resolve_chown("app:nogroup"),
             Err(UserError::UnknownGroup("nogroup".into()))
         );
-        assert!(db.resolve_chown(":1").is_err());
+        // BuildKit: an empty user is root, an empty group is 0.
+        assert_eq!(db.resolve_chown(":wheel"), Ok((0, 10)));
+        assert_eq!(db.resolve_chown("app:"), Ok((1000, 0)));
     }
 
     #[test]
