@@ -7,6 +7,7 @@ pub mod config;
 pub mod copy;
 pub mod copydest;
 pub mod limits;
+pub mod mountpoints;
 pub mod options;
 pub mod rootfs;
 pub mod sources;

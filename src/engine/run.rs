@@ -160,6 +160,7 @@ pub fn run(
     for m in &inputs.mounts {
         lower_mount(inputs, m, work.path(), &mut specs, &mut env, &mut locks)?;
     }
+    let mount_dirs = super::mountpoints::needed(&specs);
     for (name, body) in &inputs.scripts {
         specs.push(MountSpec::File {
             target: format!("/dev/pipes/{name}"),
@@ -256,25 +257,15 @@ pub fn run(
         .map(|s| s.trim_start_matches('/').to_string())
         .collect();
     entries.retain(|e| !stubs.contains(&e.path));
-    // What the command really wrote to a managed file stays, as in docker.
-    for (target, now) in outcome.written_files {
-        entries.retain(|e| e.path != target.trim_start_matches('/'));
-        entries.push(LayerEntry {
-            path: target.trim_start_matches('/').to_string(),
-            kind: crate::layer::EntryKind::File(crate::layer::FileSource::Bytes(now)),
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime: inputs.created,
-            xattrs: Vec::new(),
-        });
-    }
     if let Some(maps) = &outcome.id_maps {
         for e in &mut entries {
             e.uid = maps.to_container_uid(e.uid).unwrap_or(0);
             e.gid = maps.to_container_gid(e.gid).unwrap_or(0);
         }
     }
+    let dirs =
+        super::mountpoints::missing_entries(inputs.root, &mount_dirs, &entries, inputs.created);
+    entries.extend(dirs);
     Ok((entries, work))
 }
 
@@ -285,9 +276,11 @@ pub fn overlay_usable() -> bool {
         && sandbox::overlay_available()
 }
 
-/// `/etc/resolv.conf`, `/etc/hosts` and `/etc/hostname` as docker manages
-/// them: the sandbox writes them to its private tmpfs and binds them (never
-/// into the upper dir) and reports what the command changed.
+/// `/etc/resolv.conf`, `/etc/hosts` and `/etc/hostname` as BuildKit manages
+/// them: the sandbox writes them to its private tmpfs and binds them
+/// read-only, so they never reach the layer or a host path, and a RUN that
+/// writes to them fails as under BuildKit (`tests/conformance`, case
+/// `run-writes-etc-hosts`).
 fn managed_files() -> ExtraFiles {
     ExtraFiles {
         resolv_conf: Some(std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
@@ -321,13 +314,18 @@ fn resolve_user(inputs: &RunInputs<'_>) -> anyhow::Result<(UserSpec, String)> {
     ))
 }
 
-/// Image ENV, then ARGs not shadowed by ENV, proxies, and HOME when unset.
+/// Image ENV with the ARGs in scope over it, proxies, and HOME when unset.
 fn process_env(inputs: &RunInputs<'_>, home: &str) -> Vec<String> {
     let mut env: Vec<String> = inputs.config.config.env.clone();
     let has = |env: &[String], k: &str| env.iter().any(|e| e.split('=').next() == Some(k));
+    // The plan gives each ARG the value the stage's environment holds at
+    // this step, so an ARG declared after an ENV of the same name wins, as
+    // in BuildKit (its ARG replaces the variable in the LLB state's env).
     for (k, v) in inputs.arg_env {
-        if !has(&env, k) {
-            env.push(format!("{k}={v}"));
+        let var = format!("{k}={v}");
+        match env.iter_mut().find(|e| e.split('=').next() == Some(k)) {
+            Some(e) => *e = var,
+            None => env.push(var),
         }
     }
     for (k, v) in inputs.proxy_env {
@@ -355,7 +353,10 @@ fn lower_mount(
             size: m.size,
         }),
         MountType::Bind => {
-            let source = (inputs.bind_source)(m)?;
+            // The sandbox binds absolute paths; the context (or `--root`)
+            // may have been given relative, as in `rbuild build .`.
+            let source = std::path::absolute((inputs.bind_source)(m)?)
+                .context("resolving the bind mount's source")?;
             let source = if m.readonly {
                 source
             } else {

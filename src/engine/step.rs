@@ -62,7 +62,12 @@ impl StageState {
         done: &[Option<Arc<StageResult>>],
     ) -> anyhow::Result<StageState> {
         let (mut config, layers, key) = match &stage.base {
-            Base::Scratch => (ImageConfig::for_host(), Vec::new(), "scratch".to_string()),
+            // BuildKit's empty image has WorkingDir "/" (and the default PATH).
+            Base::Scratch => {
+                let mut config = ImageConfig::for_host();
+                config.config.working_dir = Some("/".to_string());
+                (config, Vec::new(), "scratch".to_string())
+            }
             Base::Stage(i) => {
                 let base = done[*i]
                     .as_ref()
@@ -146,8 +151,9 @@ impl StageState {
         let Kind::Workdir(p) = &step.instruction.kind else {
             return "/".into();
         };
+        // As the plan does: an absolute WORKDIR is kept as written.
         if p.starts_with('/') {
-            clean(p)
+            p.clone()
         } else {
             let cur = self.config.config.working_dir.as_deref().unwrap_or("/");
             clean(&format!("{cur}/{p}"))
@@ -271,16 +277,15 @@ impl StageState {
         self.add_history(created_by, Some(created), outcome.layer.as_ref());
     }
 
-    /// Write `entries` as a layer blob; an empty change set is no layer.
+    /// Write `entries` as a layer blob. An empty change set is still a
+    /// layer: BuildKit commits every COPY, ADD, RUN and WORKDIR (other than
+    /// `/`) with a layer, empty or not.
     fn write(
         &self,
         ctx: &BuildCtx<'_>,
         entries: Vec<LayerEntry>,
         handle: &StepHandle,
     ) -> anyhow::Result<Option<LayerRef>> {
-        if entries.is_empty() {
-            return Ok(None);
-        }
         let mut blob = ctx.store.blob_writer()?;
         let opts = WriteOptions {
             compression: ctx.req.compression,
@@ -586,6 +591,9 @@ impl StageState {
         let mut resolved = rootfs::image_path(&root, &dest_abs)?;
         if trailing && !resolved.ends_with('/') {
             resolved.push('/');
+        }
+        if let Some(p) = super::copydest::non_dir_parent(&root, &resolved) {
+            bail!("cannot copy to {dest}: {p} exists in the image and is not a directory");
         }
         let exists_dir = rootfs::existing_dir(&root, &resolved).is_some();
         let existing = |p: &str| rootfs::existing_dir(&root, p);

@@ -160,7 +160,7 @@ pub(super) fn plan(
             }
         },
     };
-    let deps = stage_deps(&stages, &resolved, &names, opts, &mut problems);
+    let deps = stage_deps(&stages, &resolved, &names, opts);
     let keep = reachable(target, &resolved, &deps, opts.all_stages, stages.len());
 
     let mut remap = BTreeMap::new();
@@ -495,7 +495,6 @@ fn stage_deps(
     resolved: &[Resolved],
     names: &BTreeMap<String, usize>,
     opts: &PlanOptions,
-    problems: &mut Vec<Problem>,
 ) -> Vec<Vec<usize>> {
     let mut deps = Vec::new();
     for (i, st) in stages.iter().enumerate() {
@@ -512,10 +511,11 @@ fn stage_deps(
                 current_name: &name,
             };
             for r in inst_sources(c, scope) {
-                match r {
-                    Ok(RawBase::Stage(j)) => d.push(j),
-                    Ok(_) => {}
-                    Err(p) => problems.push(p),
+                // A bad `--from` (e.g. a stage defined later) is an error
+                // only in a stage the target needs: dispatching that stage
+                // reports it. BuildKit skips the others.
+                if let Ok(RawBase::Stage(j)) = r {
+                    d.push(j);
                 }
             }
         }

@@ -11,9 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use nix::fcntl::OFlag;
 use nix::mount::{mount, MsFlags};
-use nix::sys::stat::Mode;
 
 use super::paths::{self, ensure, fd_path, Kind};
 use super::rootfs::remount_adding;
@@ -21,8 +19,8 @@ use super::{MountSpec, RunSpec};
 
 const NONE: Option<&str> = None;
 
-/// Room on the state tmpfs beyond the files put there (what a command may
-/// append to `/etc/hosts`); the limit keeps it from filling the host's RAM.
+/// Room on the state tmpfs beyond the files put there; the limit keeps it
+/// from filling the host's RAM.
 const STATE_HEADROOM: u64 = 64 << 20;
 
 /// The managed files by name below `/etc`, with their contents.
@@ -53,7 +51,8 @@ pub fn state_size(spec: &RunSpec) -> u64 {
 }
 
 /// Writes the managed files to `dir` (on the state tmpfs) and binds them
-/// read-write over `/etc/NAME`: the command's writes stay on the tmpfs.
+/// read-only over `/etc/NAME`, as BuildKit does: a command that writes to
+/// them fails, and nothing of them reaches the layer.
 pub fn mount_extra_files(
     root: &OwnedFd,
     dir: &Path,
@@ -76,33 +75,10 @@ pub fn mount_extra_files(
             NONE,
         )
         .with_context(|| format!("binding {target}"))?;
+        let rel = paths::components(&target)?.join("/");
+        remount_adding(root, &rel, MsFlags::MS_RDONLY | MsFlags::MS_NODEV)?;
     }
     Ok(())
-}
-
-/// The managed files whose content the command changed, as (`/etc/NAME`,
-/// content), read through `files`, a handle of the dir they were written
-/// to (opened before `pivot_root` hid it). Unreadable files are skipped:
-/// the command only sees the bind mounts and cannot replace the files, so
-/// that means nothing was written.
-pub fn written_files(files: &OwnedFd, spec: &RunSpec) -> Vec<(String, Vec<u8>)> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    for (name, original) in extra_files(spec) {
-        let Some(original) = original else { continue };
-        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
-        let Ok(fd) = nix::fcntl::openat(files, name, flags, Mode::empty()) else {
-            continue;
-        };
-        let mut now = Vec::new();
-        if fs::File::from(fd).read_to_end(&mut now).is_err() {
-            continue;
-        }
-        if now != original.as_bytes() {
-            out.push((format!("/etc/{name}"), now));
-        }
-    }
-    out
 }
 
 /// A [`MountSpec::File`]: `bytes` written to `file` (on the state tmpfs)

@@ -18,7 +18,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{execve, setgroups, setresgid, setresuid, ForkResult, Gid, Pid, Uid};
 
 use super::wire::{send, Report, Request};
-use super::{caps, files, rootfs, seccomp, sys, FileBytes, NetworkMode, RunSpec};
+use super::{caps, rootfs, seccomp, sys, NetworkMode, RunSpec};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -91,16 +91,7 @@ fn setup_and_wait(req: &Request, report: &File) -> Result<i32> {
             );
             std::process::exit(127)
         }
-        ForkResult::Parent { child } => {
-            let code = wait_loop(child, &signals)?;
-            // Everything else in the namespace is dead: init is the only
-            // writer left on the report pipe.
-            for (target, content) in files::written_files(&prepared.files, spec) {
-                let content = FileBytes(content);
-                send(report, &Report::Written { target, content });
-            }
-            Ok(code)
-        }
+        ForkResult::Parent { child } => wait_loop(child, &signals),
     }
 }
 

@@ -166,9 +166,8 @@ impl<'de> Deserialize<'de> for FileBytes {
 
 /// Contents for the files docker manages inside every container. They are
 /// written to a tmpfs private to the sandbox's mount namespace and
-/// bind-mounted, so writes by the command never reach the rootfs, the upper
-/// dir or any host path; what the command wrote comes back in
-/// [`RunOutcome::written_files`].
+/// bind-mounted read-only (as BuildKit does), so they never reach the
+/// rootfs, the upper dir or any host path.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExtraFiles {
     pub resolv_conf: Option<String>,
@@ -238,10 +237,6 @@ pub struct RunOutcome {
     /// layer code maps them back with [`IdMaps::to_container_uid`] and
     /// [`IdMaps::to_container_gid`].
     pub id_maps: Option<IdMaps>,
-    /// The managed files ([`ExtraFiles`]) the command changed, as
-    /// (`/etc/NAME`, new content), so the caller can keep the change in the
-    /// layer as docker does.
-    pub written_files: Vec<(String, Vec<u8>)>,
     /// Processes of the step the kernel's OOM killer ended (needs a memory
     /// limit: counted in the step's cgroup).
     pub oom_kills: u64,

@@ -198,7 +198,6 @@ struct Helper {
     id_maps: Option<IdMaps>,
     errors: Vec<String>,
     init_died: Option<String>,
-    written: Vec<(String, Vec<u8>)>,
 }
 
 impl Helper {
@@ -237,7 +236,6 @@ impl Helper {
             id_maps: None,
             errors: vec![],
             init_died: None,
-            written: vec![],
         })
     }
 
@@ -274,9 +272,6 @@ impl Helper {
             Report::Error { message } => self.errors.push(message.clone()),
             Report::Exit { code } => self.exit = Some(*code),
             Report::InitDied { status } => self.init_died = Some(status.clone()),
-            Report::Written { target, content } => {
-                self.written.push((target.clone(), content.0.clone()))
-            }
             Report::Ready => {}
         }
         Ok(Some(report))
@@ -323,7 +318,6 @@ impl Helper {
             exit_code,
             mount_stubs: self.stubs,
             id_maps: self.id_maps,
-            written_files: self.written,
             oom_kills: 0,
             memory_limit: None,
             limit_warnings: Vec::new(),

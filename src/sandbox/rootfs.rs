@@ -32,9 +32,6 @@ const NONE: Option<&str> = None;
 pub struct Prepared {
     /// Mount points that had to be created in the rootfs itself.
     pub stubs: Vec<String>,
-    /// The private dir of file mounts and managed files, opened before
-    /// `pivot_root` hid it: init reads back what the command wrote there.
-    pub files: OwnedFd,
 }
 
 /// Sets up the root and pivots into it.
@@ -99,14 +96,8 @@ pub fn prepare(req: &Request) -> Result<Prepared> {
     for (i, m) in spec.mounts.iter().enumerate() {
         mount_user(&root, m, &files.join(format!("mount-{i}")), &mut stubs)?;
     }
-    let files = open(
-        &files,
-        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .context("opening the sandbox's files dir")?;
     pivot(&root)?;
-    Ok(Prepared { stubs, files })
+    Ok(Prepared { stubs })
 }
 
 /// Checks that an overlay can be mounted here (in this mount namespace).

@@ -1,7 +1,6 @@
 //! The messages between `run` (parent) and the sandbox setup process: the
 //! request goes as one JSON line on the helper's stdin, reports come back as
-//! JSON lines on fd 3 (each short enough for one atomic pipe write, except
-//! `Written`, see there). The request carries secret bytes
+//! JSON lines on fd 3 (each short enough for one atomic pipe write). The request carries secret bytes
 //! ([`super::MountSpec::File`]): a pipe, never a file.
 
 use std::fs::File;
@@ -10,7 +9,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{FileBytes, RunSpec};
+use super::RunSpec;
 
 /// What the setup process must do.
 #[derive(Debug, Serialize, Deserialize)]
@@ -43,10 +42,6 @@ pub enum Report {
     Exit { code: i32 },
     /// Init itself died without reporting (e.g. killed by a signal).
     InitDied { status: String },
-    /// The command changed the managed file `target` (`/etc/hosts`, …) to
-    /// `content`. Sent by init after the command exited, when it is the only
-    /// writer left, so the line may exceed one atomic pipe write.
-    Written { target: String, content: FileBytes },
 }
 
 /// Writes one report line; errors are ignored because the only reader is
