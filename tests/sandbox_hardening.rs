@@ -137,7 +137,7 @@ fn secret_build(kill: bool) {
         &env,
         &format!(
             "FROM base\nRUN --mount=type=secret,id=tok cat /run/secrets/tok > /dev/null && \
-             echo 10.9.9.9 db >> /etc/hosts && sleep 3 && : {marker}\n"
+             cat /etc/hosts > /dev/null && sleep 3 && : {marker}\n"
         ),
     ) else {
         return;
