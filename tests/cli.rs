@@ -27,3 +27,127 @@ fn unknown_flag_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
 }
+
+mod common;
+
+use common::{stderr, stdout, Env};
+
+#[test]
+fn unknown_word_is_refused_with_a_suggestion() {
+    let env = Env::new();
+    let out = env.rbuild(&["imagse"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("did you mean `rbuild images`?"), "{err}");
+    assert_eq!(err.matches("imagse").count(), 1, "{err}");
+    assert!(!env.root().exists(), "no store is opened for a typo");
+    // A word that is an existing directory is still a build context.
+    env.context("imagse", &[("Dockerfile", "FROM scratch\nLABEL a=b\n")]);
+    let out = Command::new(common::rbuild_bin())
+        .args(["--root", env.root().to_str().unwrap(), "imagse"])
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn build_without_a_context_uses_the_current_directory() {
+    let env = Env::new();
+    let ctx = env.context("here", &[("Dockerfile", "FROM scratch\nLABEL x=y\n")]);
+    let out = Command::new(common::rbuild_bin())
+        .args([
+            "--root",
+            env.root().to_str().unwrap(),
+            "build",
+            "-t",
+            "cwd:v1",
+        ])
+        .current_dir(&ctx)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("cwd:v1"), "{}", stdout(&out));
+}
+
+#[test]
+fn version_names_the_commit_and_features() {
+    let out = rbuild().arg("version").output().unwrap();
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&format!("rbuild {}\n", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert!(text.contains("features: compression=gzip,zstd"), "{text}");
+    let head = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let commit = text
+        .lines()
+        .find_map(|l| l.strip_prefix("commit: "))
+        .expect("a commit line");
+    match head {
+        // Built from this checkout: the commit it was built from is an ancestor
+        // of (or equal to) HEAD — tests may run after a new commit.
+        Some(_) => {
+            let st = Command::new("git")
+                .args(["merge-base", "--is-ancestor", commit, "HEAD"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .unwrap();
+            assert!(
+                st.success(),
+                "commit {commit} is not in this checkout's history"
+            );
+        }
+        None => assert_eq!(commit, "unknown"),
+    }
+}
+
+#[test]
+fn unknown_instruction_suggests_and_prints_once() {
+    let env = Env::new();
+    let ctx = env.context("c", &[("Dockerfile", "FRM scratch\n")]);
+    let out = env.rbuild(&["build", "--progress", "plain", ctx.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("Dockerfile:1:1: error: unknown instruction: FRM (did you mean FROM?)"),
+        "{err}"
+    );
+    assert_eq!(err.matches("unknown instruction").count(), 1, "{err}");
+    assert!(!err.starts_with("error: "), "no second error prefix: {err}");
+}
+
+#[test]
+fn a_failed_step_prints_its_message_once() {
+    let env = Env::new();
+    // A registry nobody listens on: the pull step fails.
+    let port = common::free_port();
+    let df = format!("FROM 127.0.0.1:{port}/nothing:here\n");
+    let ctx = env.context("c", &[("Dockerfile", &df)]);
+    for progress in ["plain", "tty"] {
+        let out = env.rbuild(&["build", "--progress", progress, ctx.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr(&out);
+        assert_eq!(
+            err.matches("cannot reach registry").count(),
+            1,
+            "{progress}: {err}"
+        );
+    }
+    let ctx = env.context("d", &[("Dockerfile", "FROM scratch\nCOPY missing /x\n")]);
+    let out = env.rbuild(&["build", "--progress", "plain", ctx.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(
+        err.matches("not found in build context").count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains("Dockerfile:2: COPY missing /x"), "{err}");
+}

@@ -10,10 +10,12 @@ mod build;
 mod check;
 mod images;
 mod registry;
+mod strict;
 
 /// rbuild: build OCI images from Dockerfiles, without a daemon.
 #[derive(Debug, Parser)]
-#[command(name = "rbuild", version, about, propagate_version = true)]
+#[command(name = "rbuild", version, about, propagate_version = true,
+          long_version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("RBUILD_GIT_COMMIT"), ")"))]
 pub struct Cli {
     /// Where rbuild keeps its state (an OCI image layout plus its own bookkeeping).
     /// Default: /var/lib/rbuild for root, $XDG_DATA_HOME/rbuild (or
@@ -92,6 +94,8 @@ pub enum Command {
     },
     /// Remove stored credentials for a registry.
     Logout { server: String },
+    /// Show the version, the git commit it was built from and its features.
+    Version,
 }
 
 #[derive(Debug, Args)]
@@ -182,8 +186,8 @@ pub struct BuildArgs {
     pub pull: PullArg,
     #[command(flatten)]
     pub registry: RegistryFlags,
-    /// The build context directory.
-    #[arg(value_name = "CONTEXT")]
+    /// The build context directory (default: the current directory).
+    #[arg(value_name = "CONTEXT", default_value = ".")]
     pub context: PathBuf,
 }
 
@@ -241,7 +245,7 @@ pub struct CheckArgs {
 
 const SUBCOMMANDS: &[&str] = &[
     "build", "check", "history", "images", "inspect", "tag", "rmi", "prune", "save", "pull",
-    "push", "login", "logout", "help",
+    "push", "login", "logout", "help", "version",
 ];
 
 /// Insert `build` when no subcommand is named, so `rbuild -t app:v1 .` means
@@ -309,6 +313,10 @@ pub fn main() -> i32 {
     if in_userns_child {
         args.remove(1);
     }
+    if let Some(msg) = strict::unknown_first_word(&args, SUBCOMMANDS) {
+        eprintln!("{msg}");
+        return 2;
+    }
     let cli = Cli::parse_from(with_default_subcommand(args.clone()));
     if !in_userns_child && needs_userns(&cli.command) && !nix::unistd::geteuid().is_root() {
         if let Some(code) = reexec_in_userns(&cli, &args) {
@@ -318,7 +326,7 @@ pub fn main() -> i32 {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            strict::print_error(&err);
             1
         }
     }
@@ -331,7 +339,7 @@ pub fn main() -> i32 {
 fn needs_userns(command: &Command) -> bool {
     !matches!(
         command,
-        Command::Check(_) | Command::Login { .. } | Command::Logout { .. }
+        Command::Check(_) | Command::Login { .. } | Command::Logout { .. } | Command::Version
     )
 }
 
@@ -392,6 +400,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             registry: flags,
         } => registry::login_with(&server, username.as_deref(), password_stdin, &flags),
         Command::Logout { server } => registry::logout(&server),
+        Command::Version => {
+            print!("{}", strict::version_text());
+            Ok(0)
+        }
     }
 }
 

@@ -261,7 +261,9 @@ fn plan_or_render(text: &str, opts: &PlanOptions, file: &str) -> anyhow::Result<
             .iter()
             .map(|p| crate::check::render(file, &lines, p.span, "error", &p.message))
             .collect();
-        anyhow::anyhow!("{}", rendered.join("\n").trim_end())
+        anyhow::Error::new(crate::check::Diagnostics(
+            rendered.join("\n").trim_end().to_string(),
+        ))
     })
 }
 
