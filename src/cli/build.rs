@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::engine::options::{parse_build_args, parse_output, source_date_epoch};
+use crate::engine::options::{parse_build_args, parse_key_values, parse_output, source_date_epoch};
 use crate::engine::{self, BuildRequest};
 use crate::image::ImageFormat;
 use crate::layer::Compression;
@@ -55,11 +55,15 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
         },
         push: args.push,
         registry: super::registry::settings_with(&args.registry)?,
+        extra: crate::engine::options::ExtraOptions {
+            labels: parse_key_values("--label", &args.extra.labels)?,
+        },
     };
     let store =
         Store::open(root).with_context(|| format!("opening the store {}", root.display()))?;
     let _lease = store.lease().context("taking the store's build lease")?;
     let reporter = progress::reporter(match args.progress {
+        _ if args.extra.quiet => Mode::Quiet,
         ProgressMode::Auto => Mode::Auto,
         ProgressMode::Tty => Mode::Tty,
         ProgressMode::Plain => Mode::Plain,
@@ -68,6 +72,18 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
     let result = engine::build(&store, &req, reporter.clone());
     reporter.finish();
     let outcome = result?;
+    if let Some(path) = &args.extra.metadata_file {
+        let text = serde_json::to_string_pretty(&super::buildflags::metadata(&outcome))?;
+        super::buildflags::write_atomic(path, text.as_bytes())
+            .with_context(|| format!("writing --metadata-file {}", path.display()))?;
+    }
+    if args.extra.quiet {
+        match outcome.pushed.first() {
+            Some((_, digest)) => println!("{digest}"),
+            None => println!("{}", outcome.image_id),
+        }
+        return Ok(0);
+    }
     let names = if outcome.tags.is_empty() {
         "(untagged)".to_string()
     } else {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod build;
+mod buildflags;
 mod check;
 mod images;
 mod registry;
@@ -30,7 +31,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build an image from a Dockerfile (the default subcommand).
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Parse and lint a Dockerfile without building; report every problem.
     Check(CheckArgs),
     /// Show the history (layers) of an image.
@@ -186,6 +187,8 @@ pub struct BuildArgs {
     pub pull: PullArg,
     #[command(flatten)]
     pub registry: RegistryFlags,
+    #[command(flatten)]
+    pub extra: buildflags::ExtraBuildFlags,
     /// The build context directory (default: the current directory).
     #[arg(value_name = "CONTEXT", default_value = ".")]
     pub context: PathBuf,
@@ -365,7 +368,7 @@ fn reexec_in_userns(cli: &Cli, args: &[OsString]) -> Option<i32> {
 fn run(cli: Cli) -> anyhow::Result<i32> {
     let root = cli.root_dir();
     match cli.command {
-        Command::Build(args) => build::run(&root, args),
+        Command::Build(args) => build::run(&root, *args),
         Command::Check(args) => check::run(args),
         Command::History(args) => images::history(&root, args),
         Command::Images => images::images(&root),

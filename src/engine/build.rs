@@ -50,6 +50,8 @@ pub struct BuildRequest {
     pub push: bool,
     /// Registry settings (insecure registries, mirrors, credentials).
     pub registry: crate::registry::Settings,
+    /// Labels and the other CI-facing options.
+    pub extra: super::options::ExtraOptions,
 }
 
 /// `--pull`: when a FROM image is fetched from its registry.
@@ -72,6 +74,22 @@ pub struct BuildOutcome {
     /// The config digest (docker's image ID).
     pub image_id: String,
     pub tags: Vec<String>,
+    /// The manifest's descriptor (media type, digest, size).
+    pub manifest: oci_spec::image::Descriptor,
+    /// `--push`: each pushed reference with the digest the registry holds.
+    pub pushed: Vec<(String, String)>,
+    /// Every step that could write a layer, in the order they finished.
+    pub steps: Vec<StepRecord>,
+}
+
+/// What one layer step did, for `--metadata-file`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StepRecord {
+    pub name: String,
+    pub cached: bool,
+    pub seconds: f64,
+    /// The layer's digest; `None` when the step changed no files.
+    pub layer: Option<String>,
 }
 
 /// The finished state of one stage, shared with the stages that use it.
@@ -102,11 +120,31 @@ pub(crate) struct BuildCtx<'a> {
     download_dir: tempfile::TempDir,
     /// External images (bases and `--from` sources) by normalized reference.
     pub images: BTreeMap<String, image::Image>,
+    /// Layer steps as they finish (for the build's metadata).
+    pub records: Mutex<Vec<StepRecord>>,
 }
 
 impl BuildCtx<'_> {
     pub fn step_id(&self) -> u64 {
         self.next_step.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Note a finished layer step for [`BuildOutcome::steps`].
+    pub fn record_step(
+        &self,
+        name: &str,
+        cached: bool,
+        started: std::time::Instant,
+        layer: Option<&LayerRef>,
+    ) {
+        if let Ok(mut r) = self.records.lock() {
+            r.push(StepRecord {
+                name: name.to_string(),
+                cached,
+                seconds: started.elapsed().as_secs_f64(),
+                layer: layer.map(|l| l.digest.clone()),
+            });
+        }
     }
 
     /// `url`, downloaded once per build; `checksum` (when given) must match.
@@ -236,6 +274,7 @@ pub fn build(
         download_dir: tempfile::tempdir_in(store.tmp_dir())
             .context("creating the download dir in the store")?,
         images,
+        records: Mutex::new(Vec::new()),
     };
     let target = run_stages(&ctx)?;
     commit(&ctx, &target)
@@ -483,6 +522,9 @@ fn commit(ctx: &BuildCtx<'_>, target: &StageResult) -> anyhow::Result<BuildOutco
             .find_map(|h| h.created.clone())
             .unwrap_or_else(|| image::time::format_rfc3339(image::time::now_epoch())),
     });
+    for (k, v) in &ctx.req.extra.labels {
+        config.config.labels.insert(k.clone(), v.clone());
+    }
     let layers: Vec<oci_spec::image::Descriptor> = target
         .layers
         .iter()
@@ -513,24 +555,35 @@ fn commit(ctx: &BuildCtx<'_>, target: &StageResult) -> anyhow::Result<BuildOutco
         std::fs::write(path, &image_id)
             .with_context(|| format!("writing --iidfile {}", path.display()))?;
     }
-    if ctx.req.push {
-        push_tags(ctx, &tags)?;
-    }
+    let pushed = if ctx.req.push {
+        push_tags(ctx, &tags)?
+    } else {
+        Vec::new()
+    };
     let manifest_digest = manifest.digest().to_string();
     ctx.reporter.event(Event::BuildDone {
         digest: manifest_digest.clone(),
         tags: tags.clone(),
     });
+    let steps = ctx
+        .records
+        .lock()
+        .map(|r| r.clone())
+        .map_err(|_| anyhow::anyhow!("step records lock poisoned"))?;
     Ok(BuildOutcome {
         manifest_digest,
         image_id,
         tags,
+        manifest,
+        pushed,
+        steps,
     })
 }
 
 /// `--push`: every tag to its registry; blobs of base images from the same
 /// registry are mounted instead of uploaded.
-fn push_tags(ctx: &BuildCtx<'_>, tags: &[String]) -> anyhow::Result<()> {
+fn push_tags(ctx: &BuildCtx<'_>, tags: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut pushed = Vec::new();
     anyhow::ensure!(
         !tags.is_empty(),
         "--push needs at least one -t REGISTRY/NAME:TAG"
@@ -565,6 +618,7 @@ fn push_tags(ctx: &BuildCtx<'_>, tags: &[String]) -> anyhow::Result<()> {
                     format!("pushed {dest}@{}\n", report.manifest_digest).as_bytes(),
                 );
                 handle.done();
+                pushed.push((dest.to_string(), report.manifest_digest.to_string()));
             }
             Err(e) => {
                 handle.failed(format!("{e:#}"));
@@ -572,7 +626,7 @@ fn push_tags(ctx: &BuildCtx<'_>, tags: &[String]) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(pushed)
 }
 
 /// `--output`: exports need a name in the store; an untagged build gets a

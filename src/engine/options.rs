@@ -85,6 +85,27 @@ pub fn source_date_epoch(
     }
 }
 
+/// Build options a CI pipeline passes in (`--label`, …), grouped so new
+/// flags touch this struct rather than [`super::BuildRequest`].
+#[derive(Debug, Clone, Default)]
+pub struct ExtraOptions {
+    /// `--label K=V`: set on the final image's config.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `K=V` pairs of a repeatable flag (`--label`); later ones win.
+pub fn parse_key_values(flag: &str, items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let (k, v) = item.split_once('=').unwrap_or((item, ""));
+        if k.is_empty() {
+            bail!("invalid {flag} {item:?}: empty key (expected KEY=VALUE)");
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

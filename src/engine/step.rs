@@ -170,10 +170,12 @@ impl StageState {
             .clone()
             .unwrap_or_else(|| created_by.clone());
         let handle = StepHandle::start(ctx.reporter.clone(), ctx.step_id(), &name);
+        let started = std::time::Instant::now();
         if !ctx.req.no_cache {
             if let Some(rec) = ctx.store.cache_get(&key)? {
                 let outcome = outcome_from_record(&rec);
                 handle.cached(None);
+                ctx.record_step(&name, true, started, outcome.layer.as_ref());
                 self.apply_outcome(&created_by, outcome, ctx);
                 self.key = key;
                 return Ok(());
@@ -228,6 +230,7 @@ impl StageState {
             .cache_put(&rec)
             .context("recording the step in the cache")?;
         handle.done();
+        ctx.record_step(&name, false, started, layer.as_ref());
         self.apply_outcome(&created_by, Outcome { layer, created }, ctx);
         self.key = key;
         Ok(())

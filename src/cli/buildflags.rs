@@ -1,0 +1,92 @@
+//! The build flags a CI step uses to pass things in and read results out
+//! (`-q`, `--label`, `--metadata-file`, …), flattened into `BuildArgs` so
+//! they live apart from the original flags.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde_json::{json, Map, Value};
+
+use crate::engine::BuildOutcome;
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct ExtraBuildFlags {
+    /// Print nothing but the image ID (with --push: the pushed digest) on stdout.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Set a label on the final image (KEY=VALUE); repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Write the build's result as JSON (buildx's keys plus rbuild's per-step record).
+    #[arg(long, value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
+}
+
+/// buildx's metadata keys for the result, plus `rbuild.steps` (each layer
+/// step: cached or executed, seconds, layer digest) and `rbuild.pushed`.
+pub fn metadata(outcome: &BuildOutcome) -> Value {
+    let names: Vec<String> = outcome
+        .tags
+        .iter()
+        .map(|t| {
+            crate::registry::Reference::parse(t)
+                .map(|r| r.to_string())
+                .unwrap_or_else(|_| t.clone())
+        })
+        .collect();
+    let desc = &outcome.manifest;
+    // After --push, the digest the registry holds is the one a pipeline
+    // deploys; it equals the local one unless the registry rewrote it.
+    let digest = outcome
+        .pushed
+        .first()
+        .map(|(_, d)| d.clone())
+        .unwrap_or_else(|| outcome.manifest_digest.clone());
+    let mut m = Map::new();
+    m.insert(
+        "containerimage.config.digest".into(),
+        json!(outcome.image_id),
+    );
+    m.insert(
+        "containerimage.descriptor".into(),
+        json!({
+            "mediaType": desc.media_type().to_string(),
+            "digest": desc.digest().to_string(),
+            "size": desc.size(),
+        }),
+    );
+    m.insert("containerimage.digest".into(), json!(digest));
+    if !names.is_empty() {
+        m.insert("image.name".into(), json!(names.join(",")));
+    }
+    if !outcome.pushed.is_empty() {
+        let pushed: Vec<Value> = outcome
+            .pushed
+            .iter()
+            .map(|(name, digest)| json!({ "name": name, "digest": digest }))
+            .collect();
+        m.insert("rbuild.pushed".into(), Value::Array(pushed));
+    }
+    m.insert("rbuild.steps".into(), json!(outcome.steps));
+    Value::Object(m)
+}
+
+/// Write `bytes` to `path` atomically: a temp file beside it, fsynced, then
+/// renamed over it, so a reader never sees half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a temp file in {}", dir.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
