@@ -23,6 +23,7 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
         .iter()
         .map(|o| parse_output(o))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let to_stdout = super::buildflags::check_stdout_outputs(&outputs, args.extra.quiet)?;
     let req = BuildRequest {
         context: args.context.clone(),
         dockerfile: args.file.clone(),
@@ -89,10 +90,16 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
     } else {
         outcome.tags.join(", ")
     };
-    println!(
+    let line = format!(
         "{} {names} (image ID {})",
         outcome.manifest_digest, outcome.image_id
     );
+    // With `-o -` stdout carries the tar; the summary goes to stderr.
+    if to_stdout {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
     Ok(0)
 }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde_json::{json, Map, Value};
 
+use crate::engine::options::OutputSpec;
 use crate::engine::BuildOutcome;
 
 #[derive(Debug, Clone, Default, Args)]
@@ -69,6 +70,30 @@ pub fn metadata(outcome: &BuildOutcome) -> Value {
     }
     m.insert("rbuild.steps".into(), json!(outcome.steps));
     Value::Object(m)
+}
+
+/// Whether an output goes to stdout; at most one may, never with `-q`
+/// (which prints there too), and never onto a terminal.
+pub fn check_stdout_outputs(outputs: &[OutputSpec], quiet: bool) -> anyhow::Result<bool> {
+    use std::io::IsTerminal;
+    let n = outputs.iter().filter(|o| o.to_stdout()).count();
+    anyhow::ensure!(
+        n <= 1,
+        "only one --output can write to stdout (dest=-), not {n}"
+    );
+    if n == 1 {
+        anyhow::ensure!(
+            !quiet,
+            "-q prints the image ID on stdout, where --output dest=- writes its tar\n\
+             hint: use --iidfile or --metadata-file for the ID"
+        );
+        anyhow::ensure!(
+            !std::io::stdout().is_terminal(),
+            "refusing to write a tar to a terminal (--output dest=-)\n\
+             hint: redirect stdout to a file or a pipe"
+        );
+    }
+    Ok(n == 1)
 }
 
 /// Write `bytes` to `path` atomically: a temp file beside it, fsynced, then

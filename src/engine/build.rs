@@ -549,7 +549,7 @@ fn commit(ctx: &BuildCtx<'_>, target: &StageResult) -> anyhow::Result<BuildOutco
         tags.push(name);
     }
     for out in &ctx.req.outputs {
-        export(ctx, out, &manifest, &tags)?;
+        super::outputs::export(ctx, out, &manifest, &tags, &target.layers)?;
     }
     if let Some(path) = &ctx.req.iidfile {
         std::fs::write(path, &image_id)
@@ -627,38 +627,6 @@ fn push_tags(ctx: &BuildCtx<'_>, tags: &[String]) -> anyhow::Result<Vec<(String,
         }
     }
     Ok(pushed)
-}
-
-/// `--output`: exports need a name in the store; an untagged build gets a
-/// temporary one for the export.
-fn export(
-    ctx: &BuildCtx<'_>,
-    out: &OutputSpec,
-    manifest: &oci_spec::image::Descriptor,
-    tags: &[String],
-) -> anyhow::Result<()> {
-    let mut names = tags.to_vec();
-    let temp_tag = if names.is_empty() {
-        let t = format!(
-            "rbuild-export:{}",
-            image::short_digest(manifest.digest().as_ref())
-        );
-        ctx.store.tag(&t, manifest)?;
-        names.push(t.clone());
-        Some(t)
-    } else {
-        None
-    };
-    let res = match out {
-        OutputSpec::Oci { dest } => image::export_oci_layout(ctx.store, &names, dest)
-            .with_context(|| format!("exporting an OCI layout to {}", dest.display())),
-        OutputSpec::Docker { dest } => image::export_docker_archive(ctx.store, &names, dest)
-            .with_context(|| format!("exporting a docker archive to {}", dest.display())),
-    };
-    if let Some(t) = temp_tag {
-        ctx.store.untag(&t)?;
-    }
-    res
 }
 
 /// History entry for a step.

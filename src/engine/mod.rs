@@ -7,6 +7,7 @@ pub mod config;
 pub mod copy;
 pub mod copydest;
 pub mod options;
+mod outputs;
 pub mod rootfs;
 pub mod sources;
 pub mod step;

@@ -5,17 +5,45 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
-/// Where `--output` sends the result besides the local store.
+/// Where `--output` sends the result besides the local store. A `dest` of
+/// `-` is standard output (always a tar there).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutputSpec {
     /// An OCI image layout: a directory, or a tar of one when `dest` ends in `.tar`.
     Oci { dest: PathBuf },
     /// A docker-archive tar, as `docker save` writes and `docker load` reads.
     Docker { dest: PathBuf },
+    /// The final stage's files, written into directory `dest`.
+    Local { dest: PathBuf },
+    /// The final stage's files as one tar.
+    Tar { dest: PathBuf },
 }
 
-/// Parse `type=oci,dest=DIR|FILE.tar` or `type=docker,dest=FILE.tar`.
+impl OutputSpec {
+    pub fn dest(&self) -> &std::path::Path {
+        match self {
+            OutputSpec::Oci { dest }
+            | OutputSpec::Docker { dest }
+            | OutputSpec::Local { dest }
+            | OutputSpec::Tar { dest } => dest,
+        }
+    }
+
+    /// Whether this output is written to standard output.
+    pub fn to_stdout(&self) -> bool {
+        self.dest().as_os_str() == "-"
+    }
+}
+
+/// Parse buildx's `--output` forms: `type=oci|docker|local|tar,dest=PATH`,
+/// a bare `DIR` (`type=local`), or `-` (`type=tar` to stdout).
 pub fn parse_output(spec: &str) -> anyhow::Result<OutputSpec> {
+    if spec == "-" {
+        return Ok(OutputSpec::Tar { dest: "-".into() });
+    }
+    if !spec.is_empty() && !spec.contains('=') && !spec.contains(',') {
+        return Ok(OutputSpec::Local { dest: spec.into() });
+    }
     let mut kind = None;
     let mut dest = None;
     for field in spec.split(',').filter(|f| !f.is_empty()) {
@@ -35,10 +63,17 @@ pub fn parse_output(spec: &str) -> anyhow::Result<OutputSpec> {
     match kind.as_deref() {
         Some("oci") => Ok(OutputSpec::Oci { dest }),
         Some("docker") => Ok(OutputSpec::Docker { dest }),
-        Some(other) => {
-            bail!("invalid --output {spec:?}: type {other:?} is not supported (oci, docker)")
+        Some("local") if dest.as_os_str() == "-" => {
+            bail!(
+                "invalid --output {spec:?}: type=local needs a directory; use type=tar for stdout"
+            )
         }
-        None => bail!("invalid --output {spec:?}: type=oci|docker is required"),
+        Some("local") => Ok(OutputSpec::Local { dest }),
+        Some("tar") => Ok(OutputSpec::Tar { dest }),
+        Some(other) => bail!(
+            "invalid --output {spec:?}: type {other:?} is not supported (oci, docker, local, tar)"
+        ),
+        None => bail!("invalid --output {spec:?}: type=oci|docker|local|tar is required"),
     }
 }
 
@@ -126,12 +161,26 @@ mod tests {
                 dest: "/tmp/i.tar".into()
             }
         );
+        assert_eq!(
+            parse_output("out/dir").unwrap(),
+            OutputSpec::Local {
+                dest: "out/dir".into()
+            }
+        );
+        assert!(parse_output("-").unwrap().to_stdout());
+        assert_eq!(
+            parse_output("type=tar,dest=f.tar").unwrap(),
+            OutputSpec::Tar {
+                dest: "f.tar".into()
+            }
+        );
         for bad in [
             "type=oci",
             "dest=x",
-            "type=local,dest=x",
+            "type=image,dest=x",
+            "type=local,dest=-",
             "type=oci,dest=x,foo=1",
-            "oops",
+            "oops,",
         ] {
             let err = parse_output(bad).unwrap_err().to_string();
             assert!(err.contains(bad), "{err}");
