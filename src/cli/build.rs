@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::Context;
 
 use crate::engine::options::{parse_build_args, parse_key_values, parse_output, source_date_epoch};
-use crate::engine::{self, BuildRequest};
+use crate::engine::{self, context_source, BuildRequest};
 use crate::image::ImageFormat;
 use crate::layer::Compression;
 use crate::progress::{self, Mode};
@@ -24,9 +24,19 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
         .map(|o| parse_output(o))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let to_stdout = super::buildflags::check_stdout_outputs(&outputs, args.extra.quiet)?;
+    let store =
+        Store::open(root).with_context(|| format!("opening the store {}", root.display()))?;
+    let _lease = store.lease().context("taking the store's build lease")?;
+    // Held until the build is done: a fetched context lives in its temp dir.
+    let prepared = context_source::prepare(
+        &store,
+        &args.context,
+        args.file.as_deref(),
+        &mut std::io::stdin().lock(),
+    )?;
     let req = BuildRequest {
-        context: args.context.clone(),
-        dockerfile: args.file.clone(),
+        context: prepared.dir.clone(),
+        dockerfile: prepared.dockerfile.clone(),
         build_args,
         target: args.target.clone(),
         tags: args.tags.clone(),
@@ -58,11 +68,9 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
         registry: super::registry::settings_with(&args.registry)?,
         extra: crate::engine::options::ExtraOptions {
             labels: parse_key_values("--label", &args.extra.labels)?,
+            dockerfile_name: prepared.dockerfile_name.clone(),
         },
     };
-    let store =
-        Store::open(root).with_context(|| format!("opening the store {}", root.display()))?;
-    let _lease = store.lease().context("taking the store's build lease")?;
     let reporter = progress::reporter(match args.progress {
         _ if args.extra.quiet => Mode::Quiet,
         ProgressMode::Auto => Mode::Auto,

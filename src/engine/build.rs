@@ -281,6 +281,9 @@ pub fn build(
 }
 
 fn dockerfile_path(req: &BuildRequest) -> (PathBuf, String) {
+    if let (Some(f), Some(name)) = (&req.dockerfile, &req.extra.dockerfile_name) {
+        return (f.clone(), name.clone());
+    }
     match &req.dockerfile {
         Some(f) => (f.clone(), f.display().to_string()),
         None => {

@@ -4,6 +4,7 @@
 pub mod build;
 pub mod cachekey;
 pub mod config;
+pub mod context_source;
 pub mod copy;
 pub mod copydest;
 pub mod options;

@@ -126,6 +126,9 @@ pub fn source_date_epoch(
 pub struct ExtraOptions {
     /// `--label K=V`: set on the final image's config.
     pub labels: BTreeMap<String, String>,
+    /// How messages name the Dockerfile when its path is a temp file
+    /// (`-f -`, a Dockerfile from stdin or a URL) or inside a fetched context.
+    pub dockerfile_name: Option<String>,
 }
 
 /// `K=V` pairs of a repeatable flag (`--label`); later ones win.

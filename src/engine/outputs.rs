@@ -79,11 +79,8 @@ fn export_image(store: &Store, out: &OutputSpec, names: &[String]) -> anyhow::Re
     }
     // The exporters write files atomically; for stdout, write to a temp
     // file in the store and stream it.
-    let tmp = tempfile::Builder::new()
-        .prefix("export-")
-        .tempdir_in(store.tmp_dir())
-        .context("creating an export temp dir in the store")?;
-    let file = tmp.path().join("image.tar");
+    let tmp = store.temp_dir("export-")?;
+    let file = tmp.dir.path().join("image.tar");
     write(store, names, &file).with_context(|| format!("exporting {what} to stdout"))?;
     let mut src = File::open(&file).with_context(|| format!("opening {}", file.display()))?;
     let mut stdout = io::stdout().lock();

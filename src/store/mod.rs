@@ -30,6 +30,7 @@ use anyhow::Context;
 
 pub use blob::{digest_hex, sha256_digest, BlobError, BlobInfo, BlobWriter};
 pub use cache::{diff_inputs, CacheRecord, CachedLayer, CACHE_SCHEMA};
+pub use fsutil::LockedTempDir;
 pub use gc::PruneReport;
 pub use lock::{lock_exclusive, LockGuard};
 pub use tags::{normalize_tag, REF_NAME};
@@ -91,6 +92,12 @@ impl Store {
     /// Where temps go: same filesystem as the blobs, cleaned on open/prune.
     pub fn tmp_dir(&self) -> PathBuf {
         self.private("tmp")
+    }
+
+    /// A temp dir in the store's temp area, locked (so no concurrent
+    /// cleaner takes it) for the guard's lifetime and removed on drop.
+    pub fn temp_dir(&self, prefix: &str) -> anyhow::Result<LockedTempDir> {
+        fsutil::temp_dir(&self.tmp_dir(), prefix)
     }
 
     fn blobs_dir(&self) -> PathBuf {
