@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::ImageArg;
 use crate::image::time::{format_rfc3339, human_duration, now_epoch, parse_rfc3339};
-use crate::image::{export_docker_archive, find_image, short_digest, Image};
+use crate::image::{find_image, short_digest, Image};
 use crate::store::Store;
 
 pub fn history(root: &Path, args: ImageArg) -> anyhow::Result<i32> {
@@ -322,12 +322,6 @@ pub fn prune(root: &Path, all: bool) -> anyhow::Result<i32> {
         r.cache_records,
         r.temps
     );
-    Ok(0)
-}
-
-pub fn save(root: &Path, image: &str, output: &Path) -> anyhow::Result<i32> {
-    let store = Store::open(root)?;
-    export_docker_archive(&store, &[image.to_string()], output)?;
     Ok(0)
 }
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod archive;
 mod build;
 mod buildflags;
 mod check;
@@ -53,11 +54,23 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
-    /// Write an image as a docker-archive tar.
+    /// Write images as one docker-archive (or OCI-archive) tar; stdout without -o.
     Save {
-        image: String,
+        #[arg(required = true)]
+        images: Vec<String>,
         #[arg(short, long, value_name = "FILE")]
-        output: PathBuf,
+        output: Option<PathBuf>,
+        /// Archive format.
+        #[arg(long, value_enum, default_value_t = FormatArg::Docker)]
+        format: FormatArg,
+    },
+    /// Load images from a docker-archive or OCI-archive tar (stdin without -i).
+    Load {
+        #[arg(short, long, value_name = "FILE")]
+        input: Option<PathBuf>,
+        /// Print nothing.
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Pull an image from a registry into the local store.
     Pull {
@@ -248,7 +261,7 @@ pub struct CheckArgs {
 
 const SUBCOMMANDS: &[&str] = &[
     "build", "check", "history", "images", "inspect", "tag", "rmi", "prune", "save", "pull",
-    "push", "login", "logout", "help", "version",
+    "push", "login", "logout", "help", "version", "load",
 ];
 
 /// Insert `build` when no subcommand is named, so `rbuild -t app:v1 .` means
@@ -376,7 +389,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Tag { source, target } => images::tag(&root, &source, &target),
         Command::Rmi { images } => images::rmi(&root, &images),
         Command::Prune { all } => images::prune(&root, all),
-        Command::Save { image, output } => images::save(&root, &image, &output),
+        Command::Save {
+            images,
+            output,
+            format,
+        } => archive::save(&root, &images, output.as_deref(), format),
+        Command::Load { input, quiet } => archive::load(&root, input.as_deref(), quiet),
         Command::Pull {
             reference,
             platform,

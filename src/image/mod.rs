@@ -8,6 +8,7 @@
 mod canonical;
 mod config;
 mod export;
+pub mod import;
 mod manifest;
 pub mod time;
 
