@@ -153,3 +153,138 @@ fn metadata_after_push_holds_the_registry_digest() {
     assert_eq!(m["rbuild.pushed"][0]["digest"], digest);
     assert_eq!(m["image.name"], name.as_str());
 }
+
+#[test]
+fn add_host_reaches_run_and_the_cache_key() {
+    let Some(busybox) = tool("busybox", "busybox-static") else {
+        return;
+    };
+    let env = Env::new();
+    let ctx = env.context(
+        "c",
+        &[(
+            "Dockerfile",
+            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"cp\", \"/etc/hosts\", \"/hosts.txt\"]\n",
+        )],
+    );
+    std::fs::copy(&busybox, ctx.join("busybox")).unwrap();
+    let out_dir = env.path("out");
+    let meta = env.path("m.json");
+    let build = |extra: &[&str]| {
+        let mut args = vec![
+            "build",
+            "--metadata-file",
+            meta.to_str().unwrap(),
+            "-o",
+            out_dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args.push(ctx.to_str().unwrap());
+        env.rbuild_ok(&args);
+        std::fs::read_to_string(out_dir.join("hosts.txt")).unwrap()
+    };
+    let hosts = build(&["--add-host", "db.local:10.1.2.3", "--add-host", "v6=::1"]);
+    assert!(hosts.contains("10.1.2.3\tdb.local\n"), "{hosts}");
+    assert!(hosts.contains("::1\tv6\n"), "{hosts}");
+    // Another host list is another RUN: not a cache hit.
+    let hosts = build(&["--add-host", "db.local:10.9.9.9"]);
+    assert!(hosts.contains("10.9.9.9\tdb.local\n"), "{hosts}");
+    assert_eq!(read_json(&meta)["rbuild.steps"][1]["cached"], false);
+    let out = env.rbuild(&[
+        "build",
+        "--add-host",
+        "bad host:1.2.3.4",
+        ctx.to_str().unwrap(),
+    ]);
+    assert!(
+        stderr(&out).contains("invalid --add-host"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.rbuild(&["build", "--add-host", "h:999.1.1.1", ctx.to_str().unwrap()]);
+    assert!(
+        stderr(&out).contains("not an IP address"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn no_cache_filter_rebuilds_only_the_named_stage() {
+    let env = Env::new();
+    let ctx = env.context(
+        "c",
+        &[
+            (
+                "Dockerfile",
+                "FROM scratch AS deps\nCOPY x /x\nFROM scratch\nCOPY y /y\nCOPY --from=deps /x /x2\n",
+            ),
+            ("x", "x"),
+            ("y", "y"),
+        ],
+    );
+    let meta = env.path("m.json");
+    let args = |filter: Option<&str>| {
+        let mut v = vec![
+            "build".to_string(),
+            "--metadata-file".to_string(),
+            meta.to_str().unwrap().to_string(),
+        ];
+        if let Some(f) = filter {
+            v.push("--no-cache-filter".into());
+            v.push(f.into());
+        }
+        v.push(ctx.to_str().unwrap().into());
+        v
+    };
+    let run = |filter: Option<&str>| {
+        let a = args(filter);
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        env.rbuild_ok(&refs);
+        let m = read_json(&meta);
+        let steps = m["rbuild.steps"].as_array().unwrap().clone();
+        let cached = |what: &str| {
+            steps
+                .iter()
+                .find(|s| s["name"].as_str().unwrap().contains(what))
+                .unwrap_or_else(|| panic!("no step {what}: {m}"))["cached"]
+                .clone()
+        };
+        (cached("COPY x /x"), cached("COPY y /y"))
+    };
+    run(None);
+    assert_eq!(run(None), (Value::Bool(true), Value::Bool(true)));
+    assert_eq!(run(Some("deps")), (Value::Bool(false), Value::Bool(true)));
+}
+
+#[test]
+fn progress_quiet_and_rawjson() {
+    let env = Env::new();
+    let ctx = env.context(
+        "c",
+        &[("Dockerfile", "FROM scratch\nCOPY f /f\n"), ("f", "1")],
+    );
+    let out = env.rbuild_ok(&["build", "--progress", "quiet", ctx.to_str().unwrap()]);
+    assert_eq!(stderr(&out), "");
+    assert!(stdout(&out).contains("image ID sha256:"));
+    let out = env.rbuild_ok(&[
+        "build",
+        "--progress",
+        "rawjson",
+        "--no-cache",
+        ctx.to_str().unwrap(),
+    ]);
+    let lines: Vec<&str> = stderr_lines(&out);
+    assert!(!lines.is_empty());
+    for l in lines {
+        serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+    }
+}
+
+fn stderr_lines(out: &std::process::Output) -> Vec<&str> {
+    std::str::from_utf8(&out.stderr)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .collect()
+}

@@ -69,6 +69,13 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
         extra: crate::engine::options::ExtraOptions {
             labels: parse_key_values("--label", &args.extra.labels)?,
             dockerfile_name: prepared.dockerfile_name.clone(),
+            add_hosts: args
+                .extra
+                .add_hosts
+                .iter()
+                .map(|h| crate::engine::options::parse_add_host(h))
+                .collect::<anyhow::Result<_>>()?,
+            no_cache_filter: args.extra.no_cache_filter.clone(),
         },
     };
     let reporter = progress::reporter(match args.progress {
@@ -76,7 +83,10 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
         ProgressMode::Auto => Mode::Auto,
         ProgressMode::Tty => Mode::Tty,
         ProgressMode::Plain => Mode::Plain,
-        ProgressMode::Json => Mode::Json,
+        // BuildKit's rawjson is its solver's status stream; rbuild's
+        // equivalent machine-readable stream is its JSON events.
+        ProgressMode::Json | ProgressMode::Rawjson => Mode::Json,
+        ProgressMode::Quiet => Mode::Quiet,
     });
     let result = engine::build(&store, &req, reporter.clone());
     reporter.finish();

@@ -21,6 +21,12 @@ pub struct ExtraBuildFlags {
     /// Write the build's result as JSON (buildx's keys plus rbuild's per-step record).
     #[arg(long, value_name = "FILE")]
     pub metadata_file: Option<PathBuf>,
+    /// Add a line to RUN's /etc/hosts (HOST:IP); repeatable.
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    pub add_hosts: Vec<String>,
+    /// Do not use the cache for these stages; repeatable.
+    #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
+    pub no_cache_filter: Vec<String>,
 }
 
 /// buildx's metadata keys for the result, plus `rbuild.steps` (each layer

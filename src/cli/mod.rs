@@ -145,6 +145,10 @@ pub enum ProgressMode {
     Tty,
     Plain,
     Json,
+    /// Nothing (as -q, but the result line still prints).
+    Quiet,
+    /// Same as json (BuildKit's raw status stream has no rbuild equivalent).
+    Rawjson,
 }
 
 #[derive(Debug, Args)]

@@ -129,6 +129,16 @@ impl BuildCtx<'_> {
         self.next_step.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// `--no-cache`, or `--no-cache-filter` naming the stage of `step_id`
+    /// (`STAGE/N`; unnamed stages are `stage-N`, so an index also matches).
+    pub fn no_cache_for(&self, step_id: &str) -> bool {
+        let stage = step_id.rsplit_once('/').map_or(step_id, |(s, _)| s);
+        self.req.no_cache
+            || self.req.extra.no_cache_filter.iter().any(|f| {
+                f.eq_ignore_ascii_case(stage) || stage.strip_prefix("stage-") == Some(f.as_str())
+            })
+    }
+
     /// Note a finished layer step for [`BuildOutcome::steps`].
     pub fn record_step(
         &self,

@@ -129,6 +129,31 @@ pub struct ExtraOptions {
     /// How messages name the Dockerfile when its path is a temp file
     /// (`-f -`, a Dockerfile from stdin or a URL) or inside a fetched context.
     pub dockerfile_name: Option<String>,
+    /// `--add-host NAME:IP`: extra `/etc/hosts` lines for RUN.
+    pub add_hosts: Vec<(String, String)>,
+    /// `--no-cache-filter STAGE`: stages built without the cache.
+    pub no_cache_filter: Vec<String>,
+}
+
+/// `--add-host NAME:IP` (docker also takes `NAME=IP`); the IP may be v6
+/// (`h:::1`, or bracketed `h:[::1]`). Validated so a bad line never reaches
+/// `/etc/hosts`.
+pub fn parse_add_host(spec: &str) -> anyhow::Result<(String, String)> {
+    let (name, ip) = spec
+        .split_once('=')
+        .or_else(|| spec.split_once(':'))
+        .with_context(|| format!("invalid --add-host {spec:?}: expected HOST:IP"))?;
+    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+    let valid_name = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+    if !valid_name {
+        bail!("invalid --add-host {spec:?}: {name:?} is not a host name");
+    }
+    ip.parse::<std::net::IpAddr>()
+        .with_context(|| format!("invalid --add-host {spec:?}: {ip:?} is not an IP address"))?;
+    Ok((name.to_string(), ip.to_string()))
 }
 
 /// `K=V` pairs of a repeatable flag (`--label`); later ones win.

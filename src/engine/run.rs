@@ -73,6 +73,8 @@ pub struct RunInputs<'a> {
     pub scripts: Vec<(String, String)>,
     /// mtime of files the step's layer gets from outside the upper dir.
     pub created: crate::layer::Timespec,
+    /// `--add-host`: (name, address) lines added to `/etc/hosts`.
+    pub extra_hosts: &'a [(String, String)],
 }
 
 /// The argv of a RUN and the heredoc scripts it needs, as BuildKit's
@@ -158,7 +160,7 @@ pub fn run(
             readonly: true,
         });
     }
-    let managed = managed_files(secrets_dir.path(), &mut specs)?;
+    let managed = managed_files(secrets_dir.path(), inputs.extra_hosts, &mut specs)?;
     let overlay = overlay_usable();
     let (rootfs, fallback_root) = if overlay {
         let upper = work.path().join("upper");
@@ -258,17 +260,20 @@ pub fn overlay_usable() -> bool {
 /// (target, file, content written) to compare after the run.
 fn managed_files(
     dir: &Path,
+    extra_hosts: &[(String, String)],
     specs: &mut Vec<MountSpec>,
 ) -> anyhow::Result<Vec<(String, PathBuf, String)>> {
+    let mut hosts =
+        format!("127.0.0.1\tlocalhost {HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for (name, ip) in extra_hosts {
+        hosts.push_str(&format!("{ip}\t{name}\n"));
+    }
     let contents = [
         (
             "/etc/resolv.conf",
             std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
         ),
-        (
-            "/etc/hosts",
-            format!("127.0.0.1\tlocalhost {HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
-        ),
+        ("/etc/hosts", hosts),
         ("/etc/hostname", format!("{HOSTNAME}\n")),
     ];
     let mut out = Vec::new();

@@ -171,7 +171,8 @@ impl StageState {
             .unwrap_or_else(|| created_by.clone());
         let handle = StepHandle::start(ctx.reporter.clone(), ctx.step_id(), &name);
         let started = std::time::Instant::now();
-        if !ctx.req.no_cache {
+        let no_cache = ctx.no_cache_for(step_id);
+        if !no_cache {
             if let Some(rec) = ctx.store.cache_get(&key)? {
                 let outcome = outcome_from_record(&rec);
                 handle.cached(None);
@@ -183,6 +184,8 @@ impl StageState {
         }
         let reason = if ctx.req.no_cache {
             "--no-cache".to_string()
+        } else if no_cache {
+            "--no-cache-filter".to_string()
         } else {
             let closest = ctx.store.cache_closest(Some(&self.key), step_id)?;
             let old = closest.and_then(|r| stored_inputs(ctx, r.inputs));
@@ -390,6 +393,16 @@ impl StageState {
             .and_then(|f| f.value.clone())
             .unwrap_or_else(|| format!("{:?}", ctx.req.network).to_lowercase());
         inputs.extra.insert("network".into(), network);
+        if !ctx.req.extra.add_hosts.is_empty() {
+            let hosts: Vec<String> = ctx
+                .req
+                .extra
+                .add_hosts
+                .iter()
+                .map(|(h, ip)| format!("{h}={ip}"))
+                .collect();
+            inputs.extra.insert("add-host".into(), hosts.join(","));
+        }
         let workdir = self
             .config
             .config
@@ -672,6 +685,7 @@ impl StageState {
             ssh_sock: ctx.req.ssh_sock.clone(),
             scripts,
             created: Self::created_time(ctx),
+            extra_hosts: &ctx.req.extra.add_hosts,
         };
         let mut on_output = |stream: crate::sandbox::Stream, bytes: &[u8]| {
             let s = match stream {
