@@ -288,3 +288,55 @@ fn stderr_lines(out: &std::process::Output) -> Vec<&str> {
         .filter(|l| !l.is_empty())
         .collect()
 }
+
+#[test]
+fn annotations_land_on_the_manifest() {
+    let Some(skopeo) = tool("skopeo", "skopeo") else {
+        return;
+    };
+    let env = Env::new();
+    let ctx = env.context("c", &[("Dockerfile", "FROM scratch\nLABEL a=b\n")]);
+    env.rbuild_ok(&[
+        "build",
+        "-t",
+        "ann:1",
+        "--annotation",
+        "org.opencontainers.image.source=https://example.com/r",
+        "--annotation",
+        "manifest:com.example.k=v=w",
+        ctx.to_str().unwrap(),
+    ]);
+    let raw = run_ok(
+        Command::new(&skopeo)
+            .args(["inspect", "--raw"])
+            .arg(format!("oci:{}:ann:1", env.root().display())),
+    );
+    let m: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(
+        m["annotations"]["org.opencontainers.image.source"],
+        "https://example.com/r"
+    );
+    assert_eq!(m["annotations"]["com.example.k"], "v=w");
+    for bad in ["index:a=b", "nokey", "manifest:=x"] {
+        let out = env.rbuild(&["build", "--annotation", bad, ctx.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{bad}");
+        assert!(
+            stderr(&out).contains("invalid --annotation"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let out = env.rbuild(&[
+        "build",
+        "--format",
+        "docker",
+        "--annotation",
+        "a=b",
+        ctx.to_str().unwrap(),
+    ]);
+    assert!(
+        stderr(&out).contains("needs an OCI manifest"),
+        "{}",
+        stderr(&out)
+    );
+}

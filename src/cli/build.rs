@@ -76,6 +76,7 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
                 .map(|h| crate::engine::options::parse_add_host(h))
                 .collect::<anyhow::Result<_>>()?,
             no_cache_filter: args.extra.no_cache_filter.clone(),
+            annotations: crate::engine::options::parse_annotations(&args.extra.annotations)?,
         },
     };
     let reporter = progress::reporter(match args.progress {

@@ -27,6 +27,9 @@ pub struct ExtraBuildFlags {
     /// Do not use the cache for these stages; repeatable.
     #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
     pub no_cache_filter: Vec<String>,
+    /// Add an annotation to the image manifest ([manifest:]KEY=VALUE); repeatable.
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    pub annotations: Vec<String>,
 }
 
 /// buildx's metadata keys for the result, plus `rbuild.steps` (each layer

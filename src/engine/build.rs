@@ -551,6 +551,7 @@ fn commit(ctx: &BuildCtx<'_>, target: &StageResult) -> anyhow::Result<BuildOutco
         .collect::<anyhow::Result<_>>()?;
     let manifest = image::commit_image(store, ctx.req.format, &config, &layers)
         .context("writing the image config and manifest")?;
+    let manifest = image::annotate_manifest(store, &manifest, &ctx.req.extra.annotations)?;
     let image_id = format!("sha256:{}", hex::encode(Sha256::digest(config.to_json()?)));
     let mut tags = Vec::new();
     for tag in &ctx.req.tags {

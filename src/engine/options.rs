@@ -133,6 +133,40 @@ pub struct ExtraOptions {
     pub add_hosts: Vec<(String, String)>,
     /// `--no-cache-filter STAGE`: stages built without the cache.
     pub no_cache_filter: Vec<String>,
+    /// `--annotation [manifest:]K=V`: on the image manifest.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// `--annotation [TYPE:]KEY=VALUE`. rbuild writes one manifest and no image
+/// index, so only the manifest type (the default) has a place to go.
+pub fn parse_annotations(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let (k, v) = item
+            .split_once('=')
+            .with_context(|| format!("invalid --annotation {item:?}: expected [TYPE:]KEY=VALUE"))?;
+        // A type prefix is a word before the first `:` in the key, optionally
+        // with a platform in brackets (`manifest[linux/amd64]:`).
+        let key = match k.split_once(':') {
+            Some((ty, key)) if !ty.contains('.') => {
+                let base = ty.split('[').next().unwrap_or(ty);
+                match base {
+                    "manifest" => key,
+                    "index" | "manifest-descriptor" | "index-descriptor" => bail!(
+                        "invalid --annotation {item:?}: rbuild writes a single manifest and no \
+                         image index, so only manifest annotations are supported"
+                    ),
+                    other => bail!("invalid --annotation {item:?}: unknown type {other:?}"),
+                }
+            }
+            _ => k,
+        };
+        if key.is_empty() {
+            bail!("invalid --annotation {item:?}: empty key");
+        }
+        out.insert(key.to_string(), v.to_string());
+    }
+    Ok(out)
 }
 
 /// `--add-host NAME:IP` (docker also takes `NAME=IP`); the IP may be v6
