@@ -340,3 +340,136 @@ fn annotations_land_on_the_manifest() {
         stderr(&out)
     );
 }
+
+#[test]
+fn platform_sets_config_target_args_and_picks_the_base() {
+    let (Some(_), Some(skopeo)) = (
+        tool("docker-registry", "docker-registry"),
+        tool("skopeo", "skopeo"),
+    ) else {
+        return;
+    };
+    let env = Env::new();
+    let df = "FROM scratch\nARG TARGETPLATFORM TARGETARCH BUILDARCH\nLABEL target=$TARGETPLATFORM arch=$TARGETARCH build=$BUILDARCH\n";
+    let ctx = env.context("c", &[("Dockerfile", df)]);
+    let reg = RegistryGuard::start(RegistryConf::default());
+    let repo = format!("{}/plat/base", reg.addr());
+    let mut digests = Vec::new();
+    for (plat, tag) in [("linux/arm64/v8", "arm"), ("linux/s390x", "s390")] {
+        let name = format!("{repo}:{tag}");
+        let meta = env.path(&format!("{tag}.json"));
+        env.rbuild_ok(&[
+            "build",
+            "--platform",
+            plat,
+            "--push",
+            "--insecure-registry",
+            &reg.addr(),
+            "--metadata-file",
+            meta.to_str().unwrap(),
+            "-t",
+            &name,
+            ctx.to_str().unwrap(),
+        ]);
+        let cfg: Value = serde_json::from_str(&run_ok(
+            Command::new(&skopeo)
+                .args(["inspect", "--config", "--tls-verify=false"])
+                .arg(format!("docker://{name}")),
+        ))
+        .unwrap();
+        let (os_arch, _) = plat
+            .rsplit_once('/')
+            .filter(|_| plat.matches('/').count() == 2)
+            .unwrap_or((plat, ""));
+        assert_eq!(
+            format!(
+                "{}/{}",
+                cfg["os"].as_str().unwrap(),
+                cfg["architecture"].as_str().unwrap()
+            ),
+            os_arch
+        );
+        assert_eq!(cfg["config"]["Labels"]["target"], plat, "{cfg}");
+        assert_eq!(
+            cfg["config"]["Labels"]["arch"], cfg["architecture"],
+            "{cfg}"
+        );
+        assert_eq!(
+            cfg["config"]["Labels"]["build"],
+            rbuild::image::host_arch(),
+            "BUILDARCH stays the host's"
+        );
+        let m = read_json(&meta);
+        let d = &m["containerimage.descriptor"];
+        digests.push((
+            plat.to_string(),
+            d["digest"].as_str().unwrap().to_string(),
+            d["size"].as_u64().unwrap(),
+        ));
+    }
+    // A multi-platform index over both, then a build FROM it for s390x.
+    let manifests: Vec<Value> = digests
+        .iter()
+        .map(|(plat, digest, size)| {
+            let parts: Vec<&str> = plat.split('/').collect();
+            let mut p = serde_json::json!({"os": parts[0], "architecture": parts[1]});
+            if let Some(v) = parts.get(2) {
+                p["variant"] = Value::String(v.to_string());
+            }
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": digest, "size": size, "platform": p,
+            })
+        })
+        .collect();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    });
+    let client = reqwest::blocking::Client::new();
+    let resp = client
+        .put(format!(
+            "http://{}/v2/plat/base/manifests/multi",
+            reg.addr()
+        ))
+        .header("Content-Type", "application/vnd.oci.image.index.v1+json")
+        .body(index.to_string())
+        .send()
+        .unwrap();
+    assert!(resp.status().is_success(), "{:?}", resp.text());
+    let env2 = Env::new();
+    let ctx2 = env2.context(
+        "c",
+        &[("Dockerfile", &format!("FROM {repo}:multi\nLABEL on=top\n"))],
+    );
+    env2.rbuild_ok(&[
+        "build",
+        "--platform",
+        "linux/s390x",
+        "--insecure-registry",
+        &reg.addr(),
+        "-t",
+        "picked:1",
+        ctx2.to_str().unwrap(),
+    ]);
+    let cfg: Value = serde_json::from_str(&run_ok(
+        Command::new(&skopeo)
+            .args(["inspect", "--config"])
+            .arg(format!("oci:{}:picked:1", env2.root().display())),
+    ))
+    .unwrap();
+    assert_eq!(cfg["architecture"], "s390x");
+    assert_eq!(cfg["config"]["Labels"]["target"], "linux/s390x", "{cfg}");
+    let out = env.rbuild(&[
+        "build",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        ctx.to_str().unwrap(),
+    ]);
+    assert!(
+        stderr(&out).contains("one platform at a time"),
+        "{}",
+        stderr(&out)
+    );
+}

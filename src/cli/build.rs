@@ -77,6 +77,7 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
                 .collect::<anyhow::Result<_>>()?,
             no_cache_filter: args.extra.no_cache_filter.clone(),
             annotations: crate::engine::options::parse_annotations(&args.extra.annotations)?,
+            platform: super::buildflags::parse_platform(args.extra.platform.as_deref())?,
         },
     };
     let reporter = progress::reporter(match args.progress {

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use clap::Args;
 use serde_json::{json, Map, Value};
 
@@ -30,6 +31,23 @@ pub struct ExtraBuildFlags {
     /// Add an annotation to the image manifest ([manifest:]KEY=VALUE); repeatable.
     #[arg(long = "annotation", value_name = "KEY=VALUE")]
     pub annotations: Vec<String>,
+    /// Build for this platform (os/arch[/variant]); one platform only.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+}
+
+/// `--platform`: one `os/arch[/variant]`, parsed as the planner does.
+pub fn parse_platform(spec: Option<&str>) -> anyhow::Result<Option<crate::plan::Platform>> {
+    let Some(spec) = spec else { return Ok(None) };
+    anyhow::ensure!(
+        !spec.contains(','),
+        "--platform {spec}: rbuild builds one platform at a time\n\
+         hint: run one build per platform"
+    );
+    let p = crate::plan::Platform::parse(spec).with_context(|| {
+        format!("invalid --platform {spec:?}: expected os/arch[/variant], e.g. linux/arm64")
+    })?;
+    Ok(Some(p))
 }
 
 /// buildx's metadata keys for the result, plus `rbuild.steps` (each layer

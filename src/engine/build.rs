@@ -242,16 +242,21 @@ pub fn build(
     let mut opts = PlanOptions {
         build_args: req.build_args.clone(),
         target: req.target.clone(),
+        target_platform: req.extra.platform.clone(),
         ..PlanOptions::default()
     };
     let first = plan_or_render(&text, &opts, &dockerfile_name)?;
     let platforms: BTreeMap<String, String> = first
         .stages
         .iter()
-        .filter_map(|s| match (&s.base, &s.platform) {
-            (Base::Image(name), Some(p)) => Some((name.clone(), p.to_string())),
-            _ => None,
-        })
+        // FROM --platform wins; else --platform; else whatever the store has
+        // (or the registry picks for the host).
+        .filter_map(
+            |s| match (&s.base, s.platform.as_ref().or(req.extra.platform.as_ref())) {
+                (Base::Image(name), Some(p)) => Some((name.clone(), p.to_string())),
+                _ => None,
+            },
+        )
         .collect();
     let images = load_images(store, req, &reporter, &first.images, &platforms)?;
     for (name, img) in &images {
@@ -331,7 +336,13 @@ fn load_images(
     for (i, name) in names.iter().enumerate() {
         let reference =
             Reference::parse(name).with_context(|| format!("invalid image reference {name}"))?;
-        let local = find_local_image(store, &reference, name)?;
+        // A stored image of another platform than the one asked for is
+        // not the image this build needs.
+        let want = platforms.get(name).and_then(|p| plan::Platform::parse(p));
+        let local = find_local_image(store, &reference, name)?.filter(|img| {
+            want.as_ref()
+                .is_none_or(|w| img.config.os == w.os && img.config.architecture == w.arch)
+        });
         let pull = match (req.pull, &local, reference.digest.is_some()) {
             (_, Some(_), true) => false,
             (PullPolicy::Always, _, _) => true,

@@ -135,6 +135,8 @@ pub struct ExtraOptions {
     pub no_cache_filter: Vec<String>,
     /// `--annotation [manifest:]K=V`: on the image manifest.
     pub annotations: BTreeMap<String, String>,
+    /// `--platform os/arch[/variant]`: the one platform to build for.
+    pub platform: Option<crate::plan::Platform>,
 }
 
 /// `--annotation [TYPE:]KEY=VALUE`. rbuild writes one manifest and no image

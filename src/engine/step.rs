@@ -48,7 +48,15 @@ impl StageState {
         done: &[Option<Arc<StageResult>>],
     ) -> anyhow::Result<StageState> {
         let (mut config, layers, key) = match &stage.base {
-            Base::Scratch => (ImageConfig::for_host(), Vec::new(), "scratch".to_string()),
+            Base::Scratch => {
+                let mut cfg = ImageConfig::for_host();
+                if let Some(p) = &ctx.req.extra.platform {
+                    cfg.os = p.os.clone();
+                    cfg.architecture = p.arch.clone();
+                    cfg.variant = (!p.variant.is_empty()).then(|| p.variant.clone());
+                }
+                (cfg, Vec::new(), "scratch".to_string())
+            }
             Base::Stage(i) => {
                 let base = done[*i]
                     .as_ref()

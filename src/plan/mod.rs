@@ -137,6 +137,9 @@ pub struct PlanOptions {
     /// Configs of external base images, keyed by normalized reference
     /// (`docker.io/library/alpine:3.19`).
     pub base_configs: BTreeMap<String, BaseConfig>,
+    /// `--platform`: the target platform when it is not `platform` (then
+    /// `TARGET*` args differ from `BUILD*`).
+    pub target_platform: Option<Platform>,
 }
 
 impl Default for PlanOptions {
@@ -147,6 +150,7 @@ impl Default for PlanOptions {
             platform: Platform::host(),
             all_stages: false,
             base_configs: BTreeMap::new(),
+            target_platform: None,
         }
     }
 }

@@ -35,8 +35,17 @@ pub const PROXY_ARGS: &[&str] = &[
 /// The platform ARGs BuildKit defines globally (usable in FROM; inside a
 /// stage only after `ARG NAME`).
 pub fn predefined_args(p: &Platform, target_stage: &str) -> BTreeMap<String, String> {
+    platform_args(p, p, target_stage)
+}
+
+/// [`predefined_args`] with a target platform other than the build platform.
+pub fn platform_args(
+    build: &Platform,
+    target: &Platform,
+    target_stage: &str,
+) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
-    for (prefix, plat) in [("BUILD", p), ("TARGET", p)] {
+    for (prefix, plat) in [("BUILD", build), ("TARGET", target)] {
         m.insert(format!("{prefix}PLATFORM"), plat.to_string());
         m.insert(format!("{prefix}OS"), plat.os.clone());
         m.insert(format!("{prefix}ARCH"), plat.arch.clone());
@@ -295,7 +304,8 @@ fn global_args(
     target_name: &str,
     problems: &mut Vec<Problem>,
 ) -> (BTreeMap<String, String>, BTreeSet<String>) {
-    let mut global = predefined_args(&opts.platform, target_name);
+    let target = opts.target_platform.as_ref().unwrap_or(&opts.platform);
+    let mut global = platform_args(&opts.platform, target, target_name);
     let mut keys = BTreeSet::new();
     for m in meta {
         let Kind::Arg(args) = &m.kind else { continue };
