@@ -151,3 +151,74 @@ fn a_failed_step_prints_its_message_once() {
     );
     assert!(err.contains("Dockerfile:2: COPY missing /x"), "{err}");
 }
+
+#[test]
+fn images_and_inspect_formats_and_filters() {
+    let env = Env::new();
+    let ctx = env.context(
+        "c",
+        &[("Dockerfile", "FROM scratch\nENV A=1 B=two\nLABEL k=v\n")],
+    );
+    let iid = env.path("iid");
+    env.rbuild_ok(&[
+        "build",
+        "-t",
+        "app:v1",
+        "--iidfile",
+        iid.to_str().unwrap(),
+        ctx.to_str().unwrap(),
+    ]);
+    env.rbuild_ok(&["tag", "app:v1", "other/x:2"]);
+    let id = std::fs::read_to_string(&iid).unwrap();
+
+    let q = stdout(&env.rbuild_ok(&["images", "-q"]));
+    assert_eq!(q.lines().count(), 2, "{q}");
+    assert!(
+        q.lines()
+            .all(|l| id.trim_start_matches("sha256:").starts_with(l)),
+        "{q}"
+    );
+    let only = stdout(&env.rbuild_ok(&["images", "--filter", "reference=app*"]));
+    assert!(only.contains("app") && !only.contains("other/x"), "{only}");
+    let none = stdout(&env.rbuild_ok(&["images", "-q", "--filter", "reference=oth*"]));
+    assert_eq!(none, "", "* does not cross /");
+    let both = stdout(&env.rbuild_ok(&["images", "-q", "--filter", "reference=other/*:2"]));
+    assert_eq!(both.lines().count(), 1);
+    let json_lines = stdout(&env.rbuild_ok(&["images", "--format", "json"]));
+    let repos: Vec<String> = json_lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["Repository"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(repos, ["app", "other/x"]);
+    let t = stdout(&env.rbuild_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]));
+    assert_eq!(t, "app:v1\nother/x:2\n");
+    let bad = env.rbuild(&["images", "--filter", "dangling=true"]);
+    assert!(stderr(&bad).contains("not supported"), "{}", stderr(&bad));
+
+    let f = |fmt: &str| stdout(&env.rbuild_ok(&["inspect", "--format", fmt, "app:v1"]));
+    assert_eq!(f("{{.Id}}"), format!("{id}\n"));
+    const PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    assert_eq!(f("{{.Config.Env}}"), format!("[{PATH} A=1 B=two]\n"));
+    assert_eq!(
+        f("{{json .Config.Env}}"),
+        format!("[\"{PATH}\",\"A=1\",\"B=two\"]\n")
+    );
+    assert_eq!(f("{{.Config.Labels.k}} {{.Os}}"), "v linux\n");
+    let out = env.rbuild(&[
+        "inspect",
+        "--format",
+        "{{range .Config.Env}}{{.}}{{end}}",
+        "app:v1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is not supported"),
+        "{}",
+        stderr(&out)
+    );
+}

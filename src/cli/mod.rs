@@ -10,6 +10,7 @@ mod archive;
 mod build;
 mod buildflags;
 mod check;
+mod format;
 mod images;
 mod registry;
 mod strict;
@@ -38,7 +39,7 @@ pub enum Command {
     /// Show the history (layers) of an image.
     History(ImageArg),
     /// List the images in the local store.
-    Images,
+    Images(images::ImagesArgs),
     /// Show an image's manifest and config as JSON.
     Inspect(ImageArg),
     /// Give an image another name.
@@ -122,7 +123,8 @@ pub struct ImageArg {
     #[arg(short = 'H', long, default_value_t = true, num_args = 0..=1,
           require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub human: bool,
-    /// history: output format, `table` (default) or `json` (one object per line).
+    /// history: `table` (default) or `json` (one object per line); inspect:
+    /// `json` or a Go template ({{.Id}}, {{json .Config}}, {{.Config.Env}}).
     #[arg(long, value_name = "FORMAT")]
     pub format: Option<String>,
 }
@@ -388,7 +390,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Build(args) => build::run(&root, *args),
         Command::Check(args) => check::run(args),
         Command::History(args) => images::history(&root, args),
-        Command::Images => images::images(&root),
+        Command::Images(args) => images::images(&root, &args),
         Command::Inspect(args) => images::inspect(&root, args),
         Command::Tag { source, target } => images::tag(&root, &source, &target),
         Command::Rmi { images } => images::rmi(&root, &images),
