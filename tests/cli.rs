@@ -222,3 +222,55 @@ fn images_and_inspect_formats_and_filters() {
         stderr(&out)
     );
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_flags() {
+    let out = rbuild().args(["completion", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    let bash = stdout(&out);
+    for word in ["--metadata-file", "--no-cache-filter", "images", "load"] {
+        assert!(bash.contains(word), "bash completion lacks {word}");
+    }
+    // bash itself accepts the script.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("rbuild.bash");
+    std::fs::write(&script, &bash).unwrap();
+    let st = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(st.success(), "bash -n rejects the completion script");
+    for shell in ["zsh", "fish"] {
+        let out = rbuild().args(["completion", shell]).output().unwrap();
+        assert!(
+            out.status.success() && stdout(&out).contains("metadata-file"),
+            "{shell}"
+        );
+    }
+    let out = rbuild()
+        .args(["__man", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let build = std::fs::read_to_string(dir.path().join("rbuild-build.1")).unwrap();
+    assert!(
+        build.contains("metadata\\-file"),
+        "man page lacks --metadata-file"
+    );
+    assert!(dir.path().join("rbuild.1").exists());
+    assert!(
+        !dir.path().join("rbuild-__man.1").exists(),
+        "hidden commands have no page"
+    );
+    // An extra check where man-db is installed (the page's text is checked above).
+    if std::path::Path::new("/usr/bin/man").exists() {
+        let out = Command::new("/usr/bin/man")
+            .arg("-l")
+            .arg(dir.path().join("rbuild-load.1"))
+            .env("MANPAGER", "cat")
+            .output()
+            .unwrap();
+        assert!(stdout(&out).contains("--input"), "{}", stdout(&out));
+    }
+}

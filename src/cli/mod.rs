@@ -10,6 +10,7 @@ mod archive;
 mod build;
 mod buildflags;
 mod check;
+mod docs;
 mod format;
 mod images;
 mod registry;
@@ -111,6 +112,14 @@ pub enum Command {
     Logout { server: String },
     /// Show the version, the git commit it was built from and its features.
     Version,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for rbuild and each command into DIR.
+    #[command(name = "__man", hide = true)]
+    Man { dir: PathBuf },
 }
 
 #[derive(Debug, Args)]
@@ -266,8 +275,24 @@ pub struct CheckArgs {
 }
 
 const SUBCOMMANDS: &[&str] = &[
-    "build", "check", "history", "images", "inspect", "tag", "rmi", "prune", "save", "pull",
-    "push", "login", "logout", "help", "version", "load",
+    "build",
+    "check",
+    "history",
+    "images",
+    "inspect",
+    "tag",
+    "rmi",
+    "prune",
+    "save",
+    "pull",
+    "push",
+    "login",
+    "logout",
+    "help",
+    "version",
+    "load",
+    "completion",
+    "__man",
 ];
 
 /// Insert `build` when no subcommand is named, so `rbuild -t app:v1 .` means
@@ -361,7 +386,12 @@ pub fn main() -> i32 {
 fn needs_userns(command: &Command) -> bool {
     !matches!(
         command,
-        Command::Check(_) | Command::Login { .. } | Command::Logout { .. } | Command::Version
+        Command::Check(_)
+            | Command::Login { .. }
+            | Command::Logout { .. }
+            | Command::Version
+            | Command::Completion { .. }
+            | Command::Man { .. }
     )
 }
 
@@ -427,6 +457,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             registry: flags,
         } => registry::login_with(&server, username.as_deref(), password_stdin, &flags),
         Command::Logout { server } => registry::logout(&server),
+        Command::Completion { shell } => docs::completion(shell),
+        Command::Man { dir } => docs::man_pages(&dir),
         Command::Version => {
             print!("{}", strict::version_text());
             Ok(0)
