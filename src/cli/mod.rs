@@ -167,7 +167,7 @@ pub struct BuildArgs {
     /// Name and optionally a tag (NAME:TAG); repeatable.
     #[arg(short = 't', long = "tag", value_name = "NAME:TAG")]
     pub tags: Vec<String>,
-    /// Name of the Dockerfile (default: CONTEXT/Dockerfile).
+    /// Name of the Dockerfile (default: CONTEXT/Dockerfile; `-`: stdin).
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: Option<PathBuf>,
     /// Set a build-time variable (KEY=VALUE, or KEY to take it from the environment).
@@ -185,7 +185,8 @@ pub struct BuildArgs {
     /// Push the image to its registry after building.
     #[arg(long)]
     pub push: bool,
-    /// Output destination (type=oci|docker,dest=PATH).
+    /// Output: type=oci|docker|local|tar,dest=PATH, a bare DIR (local), or
+    /// `-` (a tar of the files on stdout); repeatable.
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub output: Vec<String>,
     /// Write the image ID (config digest) to this file.
@@ -217,7 +218,9 @@ pub struct BuildArgs {
     pub registry: RegistryFlags,
     #[command(flatten)]
     pub extra: buildflags::ExtraBuildFlags,
-    /// The build context directory (default: the current directory).
+    /// The build context: a directory (default: the current one), a tarball,
+    /// `-` (a tar or a Dockerfile on stdin), a git URL (`URL.git#REF:DIR`,
+    /// `git@…`, `file://…`) or an http(s) URL to a tarball or Dockerfile.
     #[arg(value_name = "CONTEXT", default_value = ".")]
     pub context: PathBuf,
 }
@@ -247,7 +250,8 @@ pub enum PullArg {
 pub enum NetworkArg {
     Host,
     None,
-    /// Same as host.
+    /// Same as host (a private network with outbound access would need a
+    /// user-mode network stack; see docs/cli.md).
     Default,
 }
 
