@@ -473,3 +473,55 @@ fn platform_sets_config_target_args_and_picks_the_base() {
         stderr(&out)
     );
 }
+
+#[test]
+fn several_ssh_agents_by_id() {
+    let Some(busybox) = tool("busybox", "busybox-static") else {
+        return;
+    };
+    let env = Env::new();
+    let df = "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+              RUN --mount=type=ssh,id=one,target=/run/one.sock --mount=type=ssh,id=two,target=/run/two.sock,required=true \
+              test -S /run/one.sock && test -S /run/two.sock && echo ok > /ssh-ok\n";
+    let ctx = env.context("c", &[("Dockerfile", df)]);
+    std::fs::copy(&busybox, ctx.join("busybox")).unwrap();
+    let (s1, s2) = (env.path("one.sock"), env.path("two.sock"));
+    let _l1 = std::os::unix::net::UnixListener::bind(&s1).unwrap();
+    let _l2 = std::os::unix::net::UnixListener::bind(&s2).unwrap();
+    let out_dir = env.path("out");
+    let one = format!("one={}", s1.display());
+    let two = format!("two={}", s2.display());
+    let c = ctx.to_str().unwrap();
+    env.rbuild_ok(&[
+        "build",
+        "--ssh",
+        &one,
+        "--ssh",
+        &two,
+        "-o",
+        out_dir.to_str().unwrap(),
+        c,
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("ssh-ok")).unwrap(),
+        "ok\n"
+    );
+    // An id the Dockerfile needs but the flags lack (sockets are not part of
+    // the cache key, as in BuildKit: run the step again).
+    let out = env.rbuild(&["build", "--no-cache", "--ssh", &one, c]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("SSH agent \"two\" is required"),
+        "{}",
+        stderr(&out)
+    );
+    // A key file is not an agent.
+    let key = env.path("id_ed25519");
+    std::fs::write(&key, "not a socket").unwrap();
+    let out = env.rbuild(&["build", "--ssh", &format!("one={}", key.display()), c]);
+    assert!(
+        stderr(&out).contains("is not an agent socket"),
+        "{}",
+        stderr(&out)
+    );
+}

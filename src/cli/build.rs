@@ -58,7 +58,7 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
             .iter()
             .map(|s| engine::run::parse_secret(s))
             .collect::<anyhow::Result<_>>()?,
-        ssh_sock: ssh_socket(args.ssh.as_deref())?,
+        ssh: ssh_sockets(&args.ssh)?,
         pull: match args.pull {
             PullArg::Missing | PullArg::False => PullPolicy::Missing,
             PullArg::Always | PullArg::True => PullPolicy::Always,
@@ -123,22 +123,41 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// `--ssh default` → $SSH_AUTH_SOCK; `--ssh default=/path` → that socket.
-fn ssh_socket(spec: Option<&str>) -> anyhow::Result<Option<std::path::PathBuf>> {
-    let Some(spec) = spec else {
-        return Ok(None);
-    };
-    let (id, path) = spec.split_once('=').unwrap_or((spec, ""));
-    anyhow::ensure!(
-        id == "default",
-        "--ssh {spec}: only the `default` agent is supported"
-    );
-    if !path.is_empty() {
-        return Ok(Some(path.into()));
+/// `--ssh ID[=SOCKET]`, repeatable: `ID` alone takes $SSH_AUTH_SOCK. Each
+/// id is an agent socket for `RUN --mount=type=ssh,id=ID`. Key files (which
+/// buildx loads into an agent of its own) are refused: rbuild has no agent.
+fn ssh_sockets(
+    specs: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, std::path::PathBuf>> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut out = std::collections::BTreeMap::new();
+    for spec in specs {
+        let (id, path) = spec.split_once('=').unwrap_or((spec, ""));
+        anyhow::ensure!(!id.is_empty(), "invalid --ssh {spec:?}: empty id");
+        anyhow::ensure!(
+            !path.contains(','),
+            "--ssh {spec}: one agent socket per id\nhint: pass --ssh once per id"
+        );
+        let sock: std::path::PathBuf = if path.is_empty() {
+            std::env::var_os("SSH_AUTH_SOCK")
+                .with_context(|| {
+                    format!("--ssh {id} needs SSH_AUTH_SOCK to name the agent's socket")
+                })?
+                .into()
+        } else {
+            path.into()
+        };
+        let meta = std::fs::metadata(&sock)
+            .with_context(|| format!("--ssh {spec}: {}", sock.display()))?;
+        anyhow::ensure!(
+            meta.file_type().is_socket(),
+            "--ssh {spec}: {} is not an agent socket (key files are not supported)\n\
+             hint: load the key into an agent (ssh-add) and pass the agent's socket",
+            sock.display()
+        );
+        out.insert(id.to_string(), sock);
     }
-    let sock = std::env::var_os("SSH_AUTH_SOCK")
-        .context("--ssh default needs SSH_AUTH_SOCK to name the agent's socket")?;
-    Ok(Some(sock.into()))
+    Ok(out)
 }
 
 fn compression(kind: CompressionArg, level: Option<i32>) -> anyhow::Result<Compression> {

@@ -207,9 +207,9 @@ pub struct BuildArgs {
     /// A secret for `RUN --mount=type=secret`: id=ID[,src=FILE|,env=VAR]; repeatable.
     #[arg(long = "secret", value_name = "SPEC")]
     pub secrets: Vec<String>,
-    /// Forward the SSH agent for `RUN --mount=type=ssh` (`default` = $SSH_AUTH_SOCK).
-    #[arg(long, value_name = "default[=SOCKET]")]
-    pub ssh: Option<String>,
+    /// Forward an SSH agent for `RUN --mount=type=ssh,id=ID` (ID alone: $SSH_AUTH_SOCK); repeatable.
+    #[arg(long, value_name = "ID[=SOCKET]")]
+    pub ssh: Vec<String>,
     /// When to fetch FROM images: missing (default), always, never.
     #[arg(long, value_enum, default_value_t = PullArg::Missing, num_args = 0..=1,
           require_equals = true, default_missing_value = "always")]

@@ -43,7 +43,7 @@ pub struct BuildRequest {
     /// `--secret` values by id (never logged, never in a layer or cache key).
     pub secrets: BTreeMap<String, super::run::SecretSource>,
     /// `--ssh default`: the agent socket to forward.
-    pub ssh_sock: Option<PathBuf>,
+    pub ssh: BTreeMap<String, PathBuf>,
     /// When FROM images are fetched from their registry.
     pub pull: PullPolicy,
     /// Push every tag to its registry after the build.

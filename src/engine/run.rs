@@ -68,7 +68,7 @@ pub struct RunInputs<'a> {
     /// Host paths for `--mount` sources: context root, other stages' roots.
     pub bind_source: &'a dyn Fn(&Mount) -> anyhow::Result<PathBuf>,
     pub secrets: &'a BTreeMap<String, SecretSource>,
-    pub ssh_sock: Option<PathBuf>,
+    pub ssh: &'a BTreeMap<String, PathBuf>,
     /// Heredoc scripts (`RUN <<EOF` with a `#!` line) to put at `/dev/pipes/NAME`.
     pub scripts: Vec<(String, String)>,
     /// mtime of files the step's layer gets from outside the upper dir.
@@ -418,9 +418,13 @@ fn lower_mount(
             });
         }
         MountType::Ssh => {
-            let Some(sock) = &inputs.ssh_sock else {
+            let id =
+                m.id.as_deref()
+                    .filter(|i| !i.is_empty())
+                    .unwrap_or("default");
+            let Some(sock) = inputs.ssh.get(id) else {
                 if m.required {
-                    bail!("an SSH agent is required: pass --ssh default with SSH_AUTH_SOCK set");
+                    bail!("SSH agent {id:?} is required: pass --ssh {id}[=SOCKET]");
                 }
                 return Ok(());
             };

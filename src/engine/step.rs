@@ -690,7 +690,7 @@ impl StageState {
             mounts: mounts.clone(),
             bind_source: &bind_source,
             secrets: &ctx.req.secrets,
-            ssh_sock: ctx.req.ssh_sock.clone(),
+            ssh: &ctx.req.ssh,
             scripts,
             created: Self::created_time(ctx),
             extra_hosts: &ctx.req.extra.add_hosts,
