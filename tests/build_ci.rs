@@ -525,3 +525,74 @@ fn several_ssh_agents_by_id() {
         stderr(&out)
     );
 }
+
+#[test]
+fn build_context_docker_image_stands_in_for_a_name() {
+    let env = Env::new();
+    let base = env.context(
+        "base",
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY f /f\nLABEL from=real\n"),
+            ("f", "real file\n"),
+        ],
+    );
+    env.rbuild_ok(&["build", "-t", "realbase:1", base.to_str().unwrap()]);
+    let ctx = env.context(
+        "c",
+        &[(
+            "Dockerfile",
+            "FROM base\nCOPY --from=files /f /copied\nLABEL x=y\n",
+        )],
+    );
+    let out_dir = env.path("out");
+    let meta = env.path("m.json");
+    let c = ctx.to_str().unwrap();
+    env.rbuild_ok(&[
+        "build",
+        "--pull=never",
+        "--build-context",
+        "base=docker-image://realbase:1",
+        "--build-context",
+        "files=docker-image://realbase:1",
+        "--metadata-file",
+        meta.to_str().unwrap(),
+        "-o",
+        out_dir.to_str().unwrap(),
+        "-t",
+        "on:1",
+        c,
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("f")).unwrap(),
+        "real file\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("copied")).unwrap(),
+        "real file\n"
+    );
+    let inspect =
+        stdout(&env.rbuild_ok(&["inspect", "--format", "{{.Config.Labels.from}}", "on:1"]));
+    assert_eq!(inspect, "real\n");
+    // Without the flag, `base` is an image nobody has.
+    let out = env.rbuild(&["build", "--pull=never", c]);
+    assert_eq!(out.status.code(), Some(1));
+    for (flag, want) in [
+        ("base=../dir", "only docker-image://REF is supported"),
+        ("nonsense", "expected NAME=VALUE"),
+    ] {
+        let out = env.rbuild(&["build", "--build-context", flag, c]);
+        assert!(stderr(&out).contains(want), "{}", stderr(&out));
+    }
+    let staged = env.context("s", &[("Dockerfile", "FROM scratch AS base\nFROM base\n")]);
+    let out = env.rbuild(&[
+        "build",
+        "--build-context",
+        "base=docker-image://realbase:1",
+        staged.to_str().unwrap(),
+    ]);
+    assert!(
+        stderr(&out).contains("replacing the stage"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -78,6 +78,9 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
             no_cache_filter: args.extra.no_cache_filter.clone(),
             annotations: crate::engine::options::parse_annotations(&args.extra.annotations)?,
             platform: super::buildflags::parse_platform(args.extra.platform.as_deref())?,
+            image_contexts: crate::engine::options::parse_build_contexts(
+                &args.extra.build_contexts,
+            )?,
         },
     };
     let reporter = progress::reporter(match args.progress {

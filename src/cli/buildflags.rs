@@ -34,6 +34,9 @@ pub struct ExtraBuildFlags {
     /// Build for this platform (os/arch[/variant]); one platform only.
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<String>,
+    /// Use an image for a FROM/--from name: NAME=docker-image://REF; repeatable.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    pub build_contexts: Vec<String>,
 }
 
 /// `--platform`: one `os/arch[/variant]`, parsed as the planner does.

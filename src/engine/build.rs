@@ -246,6 +246,15 @@ pub fn build(
         ..PlanOptions::default()
     };
     let first = plan_or_render(&text, &opts, &dockerfile_name)?;
+    for st in &first.stages {
+        let Some(name) = &st.name else { continue };
+        let key = plan::normalize_reference(name).unwrap_or_default();
+        anyhow::ensure!(
+            !req.extra.image_contexts.contains_key(&key),
+            "--build-context {name}=…: replacing the stage {name:?} is not supported yet \
+             (only images named in FROM or --from)"
+        );
+    }
     let platforms: BTreeMap<String, String> = first
         .stages
         .iter()
@@ -334,12 +343,15 @@ fn load_images(
 ) -> anyhow::Result<BTreeMap<String, image::Image>> {
     let mut out = BTreeMap::new();
     for (i, name) in names.iter().enumerate() {
-        let reference =
-            Reference::parse(name).with_context(|| format!("invalid image reference {name}"))?;
+        // `--build-context NAME=docker-image://REF`: REF stands in for NAME
+        // (the result is still filed under NAME for the plan).
+        let source = req.extra.image_contexts.get(name).unwrap_or(name);
+        let reference = Reference::parse(source)
+            .with_context(|| format!("invalid image reference {source}"))?;
         // A stored image of another platform than the one asked for is
         // not the image this build needs.
         let want = platforms.get(name).and_then(|p| plan::Platform::parse(p));
-        let local = find_local_image(store, &reference, name)?.filter(|img| {
+        let local = find_local_image(store, &reference, source)?.filter(|img| {
             want.as_ref()
                 .is_none_or(|w| img.config.os == w.os && img.config.architecture == w.arch)
         });
