@@ -577,11 +577,49 @@ fn build_context_docker_image_stands_in_for_a_name() {
     let out = env.rbuild(&["build", "--pull=never", c]);
     assert_eq!(out.status.code(), Some(1));
     for (flag, want) in [
-        ("base=../dir", "only docker-image://REF is supported"),
+        ("base=../dir", "directories are not yet"),
         ("nonsense", "expected NAME=VALUE"),
     ] {
         let out = env.rbuild(&["build", "--build-context", flag, c]);
         assert!(stderr(&out).contains(want), "{}", stderr(&out));
+    }
+    // oci-layout://: a fresh store imports the image from a layout skopeo wrote.
+    if let Some(skopeo) = tool("skopeo", "skopeo") {
+        let layout = env.path("layout");
+        run_ok(
+            Command::new(skopeo)
+                .args(["copy", "-q"])
+                .arg(format!("oci:{}:realbase:1", env.root().display()))
+                .arg(format!("oci:{}:lay", layout.display())),
+        );
+        let env2 = Env::new();
+        let out2 = env2.path("out");
+        env2.rbuild_ok(&[
+            "build",
+            "--pull=never",
+            "--build-context",
+            &format!("base=oci-layout://{}:lay", layout.display()),
+            "--build-context",
+            &format!("files=oci-layout://{}", layout.display()),
+            "-o",
+            out2.to_str().unwrap(),
+            c,
+        ]);
+        assert_eq!(
+            std::fs::read_to_string(out2.join("copied")).unwrap(),
+            "real file\n"
+        );
+        let out = env2.rbuild(&[
+            "build",
+            "--build-context",
+            &format!("base=oci-layout://{}:nope", layout.display()),
+            c,
+        ]);
+        assert!(
+            stderr(&out).contains("has no image nope"),
+            "{}",
+            stderr(&out)
+        );
     }
     let staged = env.context("s", &[("Dockerfile", "FROM scratch AS base\nFROM base\n")]);
     let out = env.rbuild(&[

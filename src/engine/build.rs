@@ -346,6 +346,12 @@ fn load_images(
         // `--build-context NAME=docker-image://REF`: REF stands in for NAME
         // (the result is still filed under NAME for the plan).
         let source = req.extra.image_contexts.get(name).unwrap_or(name);
+        if let Some(layout) = source.strip_prefix("oci-layout://") {
+            let desc = image::import::import_layout(store, layout)
+                .with_context(|| format!("--build-context {source}"))?;
+            out.insert(name.clone(), image::load_image(store, &desc)?);
+            continue;
+        }
         let reference = Reference::parse(source)
             .with_context(|| format!("invalid image reference {source}"))?;
         // A stored image of another platform than the one asked for is

@@ -137,31 +137,36 @@ pub struct ExtraOptions {
     pub annotations: BTreeMap<String, String>,
     /// `--platform os/arch[/variant]`: the one platform to build for.
     pub platform: Option<crate::plan::Platform>,
-    /// `--build-context NAME=docker-image://REF`: the image a FROM or
-    /// `--from` naming NAME uses instead (keys are normalized references).
+    /// `--build-context NAME=docker-image://REF|oci-layout://…`: the image a
+    /// FROM or `--from` naming NAME uses instead (keys are normalized
+    /// references; values a REF or the whole `oci-layout://` value).
     pub image_contexts: BTreeMap<String, String>,
 }
 
-/// `--build-context NAME=docker-image://REF`. Directories and
-/// `oci-layout://` are not supported yet, and say so.
+/// `--build-context NAME=docker-image://REF|oci-layout://PATH[:TAG|@DIGEST]`.
+/// Directories are not supported yet, and say so.
 pub fn parse_build_contexts(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for item in items {
         let (name, value) = item
             .split_once('=')
             .with_context(|| format!("invalid --build-context {item:?}: expected NAME=VALUE"))?;
-        let Some(reference) = value.strip_prefix("docker-image://") else {
-            bail!(
-                "--build-context {item}: only docker-image://REF is supported \
-                 (directories and oci-layout:// are not yet)"
-            );
-        };
         let key = crate::plan::normalize_reference(name)
             .with_context(|| format!("invalid --build-context {item:?}: bad name {name:?}"))?;
-        crate::plan::normalize_reference(reference).with_context(|| {
-            format!("invalid --build-context {item:?}: bad image reference {reference:?}")
-        })?;
-        out.insert(key, reference.to_string());
+        if let Some(reference) = value.strip_prefix("docker-image://") {
+            crate::plan::normalize_reference(reference).with_context(|| {
+                format!("invalid --build-context {item:?}: bad image reference {reference:?}")
+            })?;
+            out.insert(key, reference.to_string());
+        } else if value.starts_with("oci-layout://") {
+            // Kept whole: the engine imports it from the directory.
+            out.insert(key, value.to_string());
+        } else {
+            bail!(
+                "--build-context {item}: docker-image://REF and oci-layout://PATH[:TAG|@DIGEST] \
+                 are supported; directories are not yet"
+            );
+        }
     }
     Ok(out)
 }

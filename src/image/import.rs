@@ -376,6 +376,109 @@ fn oci_manifest(
     descriptor(&media, &blob)
 }
 
+/// `oci-layout://PATH[:TAG|@DIGEST]` (the part after the scheme): the
+/// image that OCI layout directory names, its blobs copied into the store
+/// (each verified against its descriptor); returns its manifest
+/// descriptor, untagged. Without TAG or DIGEST the layout must hold one image.
+pub fn import_layout(store: &Store, spec: &str) -> anyhow::Result<oci_spec::image::Descriptor> {
+    let (dir, select) = match spec.rsplit_once('@') {
+        Some((d, digest)) => (d, Some(format!("@{digest}"))),
+        None => match spec.rsplit_once(':') {
+            Some((d, tag)) if !tag.contains('/') && !d.is_empty() => (d, Some(tag.to_string())),
+            _ => (spec, None),
+        },
+    };
+    let dir = std::path::Path::new(dir);
+    let index_path = dir.join("index.json");
+    let index: Value = serde_json::from_slice(
+        &std::fs::read(&index_path).with_context(|| format!("reading {}", index_path.display()))?,
+    )
+    .with_context(|| format!("{} is not valid JSON", index_path.display()))?;
+    let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
+    let ref_name = |m: &Value| {
+        m["annotations"][crate::store::REF_NAME]
+            .as_str()
+            .map(String::from)
+    };
+    let chosen = match select.as_deref() {
+        Some(d) if d.starts_with('@') => manifests.iter().find(|m| m["digest"] == d[1..]),
+        Some(tag) => manifests.iter().find(|m| {
+            ref_name(m)
+                .is_some_and(|n| n == tag || n.rsplit_once(':').is_some_and(|(_, t)| t == tag))
+        }),
+        None if manifests.len() == 1 => manifests.first(),
+        None => bail!(
+            "{} holds {} images: name one with :TAG or @DIGEST",
+            dir.display(),
+            manifests.len()
+        ),
+    };
+    let chosen = chosen.with_context(|| {
+        format!(
+            "{} has no image {}",
+            dir.display(),
+            select.unwrap_or_default()
+        )
+    })?;
+    copy_from_layout(store, dir, chosen, 0)
+        .with_context(|| format!("importing from the OCI layout {}", dir.display()))
+}
+
+/// Copy the blob `d` names from `dir` into the store, verified; for an
+/// index, the host platform's manifest (else the first); for a manifest,
+/// its config and layers too. Returns the image manifest's descriptor.
+fn copy_from_layout(
+    store: &Store,
+    dir: &std::path::Path,
+    d: &Value,
+    depth: usize,
+) -> anyhow::Result<oci_spec::image::Descriptor> {
+    anyhow::ensure!(depth < 4, "indexes nested too deep");
+    let blob = copy_blob(store, dir, d)?;
+    let doc: Value = serde_json::from_slice(&store.read_blob(&blob.digest)?)
+        .with_context(|| format!("manifest {} is not valid JSON", blob.digest))?;
+    if let Some(children) = doc["manifests"].as_array() {
+        let arch = super::host_arch();
+        let pick = children
+            .iter()
+            .find(|c| c["platform"]["os"] == "linux" && c["platform"]["architecture"] == arch)
+            .or_else(|| children.first())
+            .context("an index without manifests")?;
+        return copy_from_layout(store, dir, pick, depth + 1);
+    }
+    copy_blob(store, dir, &doc["config"]).context("the config")?;
+    for (i, l) in doc["layers"].as_array().into_iter().flatten().enumerate() {
+        copy_blob(store, dir, l).with_context(|| format!("layer {i}"))?;
+    }
+    let media = d["mediaType"]
+        .as_str()
+        .or_else(|| doc["mediaType"].as_str())
+        .unwrap_or(super::manifest::OCI_MANIFEST);
+    descriptor(media, &blob)
+}
+
+fn copy_blob(store: &Store, dir: &std::path::Path, d: &Value) -> anyhow::Result<BlobInfo> {
+    let digest = d["digest"]
+        .as_str()
+        .context("a descriptor without digest")?;
+    let size = d["size"].as_u64().context("a descriptor without size")?;
+    // Validated before it becomes a path: 64 lowercase hex digits, no `/`.
+    let hex = crate::store::digest_hex(digest)?;
+    if store.has_blob(digest) {
+        return Ok(BlobInfo {
+            digest: digest.to_string(),
+            size,
+        });
+    }
+    let path = dir.join("blobs/sha256").join(hex);
+    let mut f =
+        std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let mut w = store.blob_writer()?;
+    io::copy(&mut f, &mut w).with_context(|| format!("copying {}", path.display()))?;
+    w.commit_verified(digest, Some(size))
+        .with_context(|| format!("verifying {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
