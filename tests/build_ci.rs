@@ -577,12 +577,41 @@ fn build_context_docker_image_stands_in_for_a_name() {
     let out = env.rbuild(&["build", "--pull=never", c]);
     assert_eq!(out.status.code(), Some(1));
     for (flag, want) in [
-        ("base=../dir", "directories are not yet"),
+        ("base=/no/such/dir", "is not a directory"),
+        ("base=ftp://x", "the value is a directory"),
         ("nonsense", "expected NAME=VALUE"),
     ] {
         let out = env.rbuild(&["build", "--build-context", flag, c]);
         assert!(stderr(&out).contains(want), "{}", stderr(&out));
     }
+    // A directory: its files stand in for the image (FROM and --from).
+    let dir = env.context("named", &[("f", "from a dir\n"), ("sub/g", "g\n")]);
+    let out3 = env.path("out3");
+    let named = format!("files={}", dir.display());
+    let args = [
+        "build",
+        "--build-context",
+        &named,
+        "--build-context",
+        &named.replacen("files", "base", 1),
+        "--metadata-file",
+        meta.to_str().unwrap(),
+        "-o",
+        out3.to_str().unwrap(),
+        c,
+    ];
+    env.rbuild_ok(&args);
+    assert_eq!(
+        std::fs::read_to_string(out3.join("copied")).unwrap(),
+        "from a dir\n"
+    );
+    assert_eq!(std::fs::read_to_string(out3.join("sub/g")).unwrap(), "g\n");
+    env.rbuild_ok(&args);
+    let m = read_json(&meta);
+    assert_eq!(
+        m["rbuild.steps"][0]["cached"], true,
+        "same files, same image: {m}"
+    );
     // oci-layout://: a fresh store imports the image from a layout skopeo wrote.
     if let Some(skopeo) = tool("skopeo", "skopeo") {
         let layout = env.path("layout");

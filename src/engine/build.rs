@@ -346,6 +346,11 @@ fn load_images(
         // `--build-context NAME=docker-image://REF`: REF stands in for NAME
         // (the result is still filed under NAME for the plan).
         let source = req.extra.image_contexts.get(name).unwrap_or(name);
+        if let Some(dir) = source.strip_prefix(super::options::LOCAL_DIR) {
+            let img = super::named_context::image_from_dir(store, req, Path::new(dir))?;
+            out.insert(name.clone(), img);
+            continue;
+        }
         if let Some(layout) = source.strip_prefix("oci-layout://") {
             let desc = image::import::import_layout(store, layout)
                 .with_context(|| format!("--build-context {source}"))?;

@@ -7,6 +7,7 @@ pub mod config;
 pub mod context_source;
 pub mod copy;
 pub mod copydest;
+mod named_context;
 pub mod options;
 mod outputs;
 pub mod rootfs;

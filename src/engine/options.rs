@@ -143,8 +143,10 @@ pub struct ExtraOptions {
     pub image_contexts: BTreeMap<String, String>,
 }
 
-/// `--build-context NAME=docker-image://REF|oci-layout://PATH[:TAG|@DIGEST]`.
-/// Directories are not supported yet, and say so.
+/// Marks a directory value of [`ExtraOptions::image_contexts`].
+pub const LOCAL_DIR: &str = "local-dir:";
+
+/// `--build-context NAME=DIR|docker-image://REF|oci-layout://PATH[:TAG|@DIGEST]`.
 pub fn parse_build_contexts(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for item in items {
@@ -161,11 +163,18 @@ pub fn parse_build_contexts(items: &[String]) -> anyhow::Result<BTreeMap<String,
         } else if value.starts_with("oci-layout://") {
             // Kept whole: the engine imports it from the directory.
             out.insert(key, value.to_string());
-        } else {
+        } else if value.contains("://") {
             bail!(
-                "--build-context {item}: docker-image://REF and oci-layout://PATH[:TAG|@DIGEST] \
-                 are supported; directories are not yet"
+                "--build-context {item}: the value is a directory, docker-image://REF or \
+                 oci-layout://PATH[:TAG|@DIGEST]"
             );
+        } else {
+            let dir = std::path::Path::new(value);
+            anyhow::ensure!(
+                dir.is_dir(),
+                "--build-context {item}: {value} is not a directory"
+            );
+            out.insert(key, format!("{LOCAL_DIR}{value}"));
         }
     }
     Ok(out)
