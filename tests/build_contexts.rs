@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use common::{rbuild_bin, run_ok, stderr, tool, Env, FileServer};
+use common::{rbuild_bin, run_ok, stderr, stdout, tool, Env, FileServer};
 
 const DF: &str = "FROM scratch\nCOPY . /ctx/\n";
 
@@ -113,7 +113,7 @@ fn dockerfile_on_stdin_with_and_without_context() {
     );
     ok(&out);
     let inspect = env.rbuild_ok(&["inspect", "nostdctx:1"]);
-    assert!(common::stdout(&inspect).contains("\"via\": \"stdin\""));
+    assert!(stdout(&inspect).contains("\"via\": \"stdin\""));
     let out = rbuild_stdin(&env, &["build", "-"], b"FROM scratch\nCOPY a.txt /\n");
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("Dockerfile:2"), "{}", stderr(&out));
@@ -360,6 +360,18 @@ fn git_contexts_over_smart_http_and_file() {
             .code()
             == Some(1)
     );
+    // Credentials in the URL never reach the output.
+    let secret_url = url
+        .replacen("http://", "http://user:s3cret-token@", 1)
+        .replace("app.git", "nope.git");
+    let out = env.rbuild(&["build", "--progress", "plain", &secret_url]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!text.contains("s3cret-token"), "{text}");
+    assert!(
+        text.contains("[internal] load build context http://***:***@"),
+        "{text}"
+    );
     no_temps_left(&env);
 }
 
@@ -385,7 +397,7 @@ fn http_url_to_a_dockerfile_or_a_tarball() {
     ]);
     let base = format!("http://127.0.0.1:{}", server.port);
     ok(&env.rbuild(&["build", "-t", "fromurl:1", &format!("{base}/Dockerfile")]));
-    let inspect = common::stdout(&env.rbuild_ok(&["inspect", "fromurl:1"]));
+    let inspect = stdout(&env.rbuild_ok(&["inspect", "fromurl:1"]));
     assert!(inspect.contains("\"from\": \"url\""), "{inspect}");
     let out_dir = env.path("out");
     ok(&env.rbuild(&[

@@ -27,13 +27,24 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
     let store =
         Store::open(root).with_context(|| format!("opening the store {}", root.display()))?;
     let _lease = store.lease().context("taking the store's build lease")?;
+    let reporter = progress::reporter(match args.progress {
+        _ if args.extra.quiet => Mode::Quiet,
+        ProgressMode::Auto => Mode::Auto,
+        ProgressMode::Tty => Mode::Tty,
+        ProgressMode::Plain => Mode::Plain,
+        // BuildKit's rawjson is its solver's status stream; rbuild's
+        // equivalent machine-readable stream is its JSON events.
+        ProgressMode::Json | ProgressMode::Rawjson => Mode::Json,
+        ProgressMode::Quiet => Mode::Quiet,
+    });
     // Held until the build is done: a fetched context lives in its temp dir.
-    let prepared = context_source::prepare(
-        &store,
-        &args.context,
-        args.file.as_deref(),
-        &mut std::io::stdin().lock(),
-    )?;
+    let prepared = match fetch_context(&store, &args, &reporter) {
+        Ok(p) => p,
+        Err(e) => {
+            reporter.finish();
+            return Err(e);
+        }
+    };
     let req = BuildRequest {
         context: prepared.dir.clone(),
         dockerfile: prepared.dockerfile.clone(),
@@ -83,16 +94,6 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
             )?,
         },
     };
-    let reporter = progress::reporter(match args.progress {
-        _ if args.extra.quiet => Mode::Quiet,
-        ProgressMode::Auto => Mode::Auto,
-        ProgressMode::Tty => Mode::Tty,
-        ProgressMode::Plain => Mode::Plain,
-        // BuildKit's rawjson is its solver's status stream; rbuild's
-        // equivalent machine-readable stream is its JSON events.
-        ProgressMode::Json | ProgressMode::Rawjson => Mode::Json,
-        ProgressMode::Quiet => Mode::Quiet,
-    });
     let result = engine::build(&store, &req, reporter.clone());
     reporter.finish();
     let outcome = result?;
@@ -124,6 +125,37 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
         println!("{line}");
     }
     Ok(0)
+}
+
+/// The context and Dockerfile; fetching one (stdin, tarball, git, URL) is a
+/// progress step of its own, named without credentials.
+fn fetch_context(
+    store: &Store,
+    args: &BuildArgs,
+    reporter: &std::sync::Arc<dyn progress::Reporter>,
+) -> anyhow::Result<context_source::PreparedContext> {
+    let spec = context_source::classify(&args.context);
+    let handle = (!matches!(spec, context_source::ContextSpec::Dir(_))).then(|| {
+        let shown = context_source::redacted(&args.context.to_string_lossy());
+        // Engine step ids count up from 1 and pulls down from u64::MAX.
+        progress::StepHandle::start(
+            reporter.clone(),
+            u64::MAX / 2,
+            format!("[internal] load build context {shown}"),
+        )
+    });
+    let res = context_source::prepare(
+        store,
+        &args.context,
+        args.file.as_deref(),
+        &mut std::io::stdin().lock(),
+    );
+    match (handle, &res) {
+        (Some(h), Ok(_)) => h.done(),
+        (Some(h), Err(e)) => h.failed(format!("{e:#}")),
+        (None, _) => {}
+    }
+    res
 }
 
 /// `--ssh ID[=SOCKET]`, repeatable: `ID` alone takes $SSH_AUTH_SOCK. Each

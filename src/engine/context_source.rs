@@ -89,9 +89,53 @@ pub struct PreparedContext {
     _temp: Option<LockedTempDir>,
 }
 
+/// `url` with any user name and password (tokens often ride there)
+/// replaced by `***`, for messages and progress.
+pub fn redacted(url: &str) -> String {
+    let mut out = url.to_string();
+    for secret in secrets_in(url) {
+        out = out.replace(&secret, "***");
+    }
+    out
+}
+
+fn secrets_in(url: &str) -> Vec<String> {
+    let Ok(u) = url::Url::parse(url) else {
+        return Vec::new();
+    };
+    [
+        u.username().to_string(),
+        u.password().unwrap_or_default().to_string(),
+    ]
+    .into_iter()
+    .filter(|s| !s.is_empty())
+    .collect()
+}
+
 /// Resolve CONTEXT and `-f` into a directory and a Dockerfile path.
-/// `stdin` is read for `-` and `-f -` (never both).
+/// `stdin` is read for `-` and `-f -` (never both). Errors never carry the
+/// credentials of a context URL (git and reqwest would quote them).
 pub fn prepare(
+    store: &Store,
+    context: &Path,
+    dockerfile: Option<&Path>,
+    stdin: &mut dyn Read,
+) -> anyhow::Result<PreparedContext> {
+    let url = context.to_string_lossy().into_owned();
+    prepare_inner(store, context, dockerfile, stdin).map_err(|e| {
+        let secrets = secrets_in(&url);
+        if secrets.is_empty() {
+            return e;
+        }
+        let mut text = format!("{e:#}");
+        for s in secrets {
+            text = text.replace(&s, "***");
+        }
+        anyhow::anyhow!(text)
+    })
+}
+
+fn prepare_inner(
     store: &Store,
     context: &Path,
     dockerfile: Option<&Path>,
@@ -369,6 +413,16 @@ mod tests {
             ContextSpec::Url("https://h/x/Dockerfile".into())
         );
         assert_eq!(c("some/dir"), ContextSpec::Dir("some/dir".into()));
+    }
+
+    #[test]
+    fn credentials_are_redacted() {
+        assert_eq!(
+            redacted("https://user:s3cret@h/r.git#main"),
+            "https://***:***@h/r.git#main"
+        );
+        assert_eq!(redacted("https://TOKEN@h/r.git"), "https://***@h/r.git");
+        assert_eq!(redacted("git@h:r.git"), "git@h:r.git");
     }
 
     #[test]
