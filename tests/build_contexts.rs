@@ -411,3 +411,25 @@ fn http_url_to_a_dockerfile_or_a_tarball() {
     assert!(stderr(&out).contains("404"), "{}", stderr(&out));
     no_temps_left(&env);
 }
+
+#[test]
+fn stdin_on_a_terminal_is_refused_not_waited_on() {
+    let Some(script) = tool("script", "bsdutils") else {
+        return;
+    };
+    let env = Env::new();
+    // `script` gives rbuild a pseudo-terminal as stdin.
+    let cmd = format!(
+        "{} --root {} build - ; echo rc=$?",
+        rbuild_bin(),
+        env.root().display()
+    );
+    let out = Command::new(script)
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(text.contains("which is a terminal"), "{text}");
+    assert!(text.contains("rc=1"), "{text}");
+}

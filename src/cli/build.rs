@@ -135,6 +135,16 @@ fn fetch_context(
     reporter: &std::sync::Arc<dyn progress::Reporter>,
 ) -> anyhow::Result<context_source::PreparedContext> {
     let spec = context_source::classify(&args.context);
+    let df_stdin = args.file.as_deref().is_some_and(|f| f.as_os_str() == "-");
+    if spec == context_source::ContextSpec::Stdin || df_stdin {
+        use std::io::IsTerminal;
+        anyhow::ensure!(
+            !std::io::stdin().is_terminal(),
+            "`-` reads the {} from stdin, which is a terminal\n\
+             hint: pipe it in: rbuild build - < context.tar (or -f - < Dockerfile)",
+            if df_stdin { "Dockerfile" } else { "context" }
+        );
+    }
     let handle = (!matches!(spec, context_source::ContextSpec::Dir(_))).then(|| {
         let shown = context_source::redacted(&args.context.to_string_lossy());
         // Engine step ids count up from 1 and pulls down from u64::MAX.
