@@ -650,16 +650,34 @@ fn build_context_docker_image_stands_in_for_a_name() {
             stderr(&out)
         );
     }
-    let staged = env.context("s", &[("Dockerfile", "FROM scratch AS base\nFROM base\n")]);
-    let out = env.rbuild(&[
+    // A stage of that name is replaced too (FROM and --from), as in BuildKit.
+    let staged = env.context(
+        "s",
+        &[(
+            "Dockerfile",
+            "FROM scratch AS base\nLABEL from=stage\nFROM base\nCOPY --from=base /f /again\n",
+        )],
+    );
+    let out4 = env.path("out4");
+    env.rbuild_ok(&[
         "build",
         "--build-context",
-        "base=docker-image://realbase:1",
+        "BASE=docker-image://realbase:1",
+        "-t",
+        "replaced:1",
+        "-o",
+        out4.to_str().unwrap(),
         staged.to_str().unwrap(),
     ]);
-    assert!(
-        stderr(&out).contains("replacing the stage"),
-        "{}",
-        stderr(&out)
+    assert_eq!(
+        std::fs::read_to_string(out4.join("again")).unwrap(),
+        "real file\n"
     );
+    let label = stdout(&env.rbuild_ok(&[
+        "inspect",
+        "--format",
+        "{{.Config.Labels.from}}",
+        "replaced:1",
+    ]));
+    assert_eq!(label, "real\n");
 }

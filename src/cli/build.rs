@@ -92,6 +92,12 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
             image_contexts: crate::engine::options::parse_build_contexts(
                 &args.extra.build_contexts,
             )?,
+            context_names: args
+                .extra
+                .build_contexts
+                .iter()
+                .filter_map(|c| c.split_once('=').map(|(n, _)| n.to_ascii_lowercase()))
+                .collect(),
         },
     };
     let result = engine::build(&store, &req, reporter.clone());

@@ -243,18 +243,10 @@ pub fn build(
         build_args: req.build_args.clone(),
         target: req.target.clone(),
         target_platform: req.extra.platform.clone(),
+        replaced_stages: req.extra.context_names.clone(),
         ..PlanOptions::default()
     };
     let first = plan_or_render(&text, &opts, &dockerfile_name)?;
-    for st in &first.stages {
-        let Some(name) = &st.name else { continue };
-        let key = plan::normalize_reference(name).unwrap_or_default();
-        anyhow::ensure!(
-            !req.extra.image_contexts.contains_key(&key),
-            "--build-context {name}=…: replacing the stage {name:?} is not supported yet \
-             (only images named in FROM or --from)"
-        );
-    }
     let platforms: BTreeMap<String, String> = first
         .stages
         .iter()

@@ -141,6 +141,8 @@ pub struct ExtraOptions {
     /// FROM or `--from` naming NAME uses instead (keys are normalized
     /// references; values a REF or the whole `oci-layout://` value).
     pub image_contexts: BTreeMap<String, String>,
+    /// The NAMEs of `--build-context`, lowercase (they replace stages too).
+    pub context_names: std::collections::BTreeSet<String>,
 }
 
 /// Marks a directory value of [`ExtraOptions::image_contexts`].
@@ -153,7 +155,8 @@ pub fn parse_build_contexts(items: &[String]) -> anyhow::Result<BTreeMap<String,
         let (name, value) = item
             .split_once('=')
             .with_context(|| format!("invalid --build-context {item:?}: expected NAME=VALUE"))?;
-        let key = crate::plan::normalize_reference(name)
+        // Stage names are case-insensitive; image names are lowercase.
+        let key = crate::plan::normalize_reference(&name.to_ascii_lowercase())
             .with_context(|| format!("invalid --build-context {item:?}: bad name {name:?}"))?;
         if let Some(reference) = value.strip_prefix("docker-image://") {
             crate::plan::normalize_reference(reference).with_context(|| {

@@ -18,7 +18,7 @@ pub mod ir;
 mod lints;
 mod stage;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub use from_parser::{read, Parsed};
 pub use ir::{Flag, Form, Heredoc, Instruction, Kind, Span};
@@ -140,6 +140,9 @@ pub struct PlanOptions {
     /// `--platform`: the target platform when it is not `platform` (then
     /// `TARGET*` args differ from `BUILD*`).
     pub target_platform: Option<Platform>,
+    /// `--build-context NAME=…` names (lowercase): a stage with such a name
+    /// is not what FROM/--from NAME refers to; the named context is.
+    pub replaced_stages: BTreeSet<String>,
 }
 
 impl Default for PlanOptions {
@@ -151,6 +154,7 @@ impl Default for PlanOptions {
             all_stages: false,
             base_configs: BTreeMap::new(),
             target_platform: None,
+            replaced_stages: BTreeSet::new(),
         }
     }
 }

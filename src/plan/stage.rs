@@ -151,14 +151,17 @@ pub(super) fn plan(
         &global,
         &meta_keys,
         escape,
-        &mut problems,
-        &mut findings,
+        &opts.replaced_stages,
+        (&mut problems, &mut findings),
     );
-    let names = stage_names(&stages);
+    let all_names = stage_names(&stages);
+    // References resolve past replaced stages (to the named context).
+    let mut names = all_names.clone();
+    names.retain(|n, _| !opts.replaced_stages.contains(n));
 
     let target = match &opts.target {
         None => stages.len() - 1,
-        Some(t) => match names.get(&t.to_ascii_lowercase()) {
+        Some(t) => match all_names.get(&t.to_ascii_lowercase()) {
             Some(i) => *i,
             None => {
                 problems.push(problem(
@@ -343,8 +346,8 @@ fn resolve_bases(
     global: &BTreeMap<String, String>,
     meta_keys: &BTreeSet<String>,
     escape: char,
-    problems: &mut Vec<Problem>,
-    findings: &mut Vec<Finding>,
+    replaced: &BTreeSet<String>,
+    (problems, findings): (&mut Vec<Problem>, &mut Vec<Finding>),
 ) -> Vec<Resolved> {
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let mut out = Vec::new();
@@ -417,7 +420,7 @@ fn resolve_bases(
                 )),
             }
         }
-        if let Some(n) = &st.name {
+        if let Some(n) = st.name.as_ref().filter(|n| !replaced.contains(*n)) {
             seen.insert(n.clone(), i);
         }
         out.push(Resolved {
