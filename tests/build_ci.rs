@@ -528,22 +528,7 @@ fn several_ssh_agents_by_id() {
 
 #[test]
 fn build_context_docker_image_stands_in_for_a_name() {
-    let env = Env::new();
-    let base = env.context(
-        "base",
-        &[
-            ("Dockerfile", "FROM scratch\nCOPY f /f\nLABEL from=real\n"),
-            ("f", "real file\n"),
-        ],
-    );
-    env.rbuild_ok(&["build", "-t", "realbase:1", base.to_str().unwrap()]);
-    let ctx = env.context(
-        "c",
-        &[(
-            "Dockerfile",
-            "FROM base\nCOPY --from=files /f /copied\nLABEL x=y\n",
-        )],
-    );
+    let (env, ctx) = named_context_setup();
     let out_dir = env.path("out");
     let meta = env.path("m.json");
     let c = ctx.to_str().unwrap();
@@ -584,6 +569,43 @@ fn build_context_docker_image_stands_in_for_a_name() {
         let out = env.rbuild(&["build", "--build-context", flag, c]);
         assert!(stderr(&out).contains(want), "{}", stderr(&out));
     }
+    // A stage of that name is replaced too (FROM and --from), as in BuildKit.
+    let staged = env.context(
+        "s",
+        &[(
+            "Dockerfile",
+            "FROM scratch AS base\nLABEL from=stage\nFROM base\nCOPY --from=base /f /again\n",
+        )],
+    );
+    let out4 = env.path("out4");
+    env.rbuild_ok(&[
+        "build",
+        "--build-context",
+        "BASE=docker-image://realbase:1",
+        "-t",
+        "replaced:1",
+        "-o",
+        out4.to_str().unwrap(),
+        staged.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(out4.join("again")).unwrap(),
+        "real file\n"
+    );
+    let label = stdout(&env.rbuild_ok(&[
+        "inspect",
+        "--format",
+        "{{.Config.Labels.from}}",
+        "replaced:1",
+    ]));
+    assert_eq!(label, "real\n");
+}
+
+#[test]
+fn build_context_directory_stands_in_for_a_name() {
+    let (env, ctx) = named_context_setup();
+    let meta = env.path("m.json");
+    let c = ctx.to_str().unwrap();
     // A directory: its files stand in for the image (FROM and --from).
     let dir = env.context("named", &[("f", "from a dir\n"), ("sub/g", "g\n")]);
     let out3 = env.path("out3");
@@ -612,6 +634,12 @@ fn build_context_docker_image_stands_in_for_a_name() {
         m["rbuild.steps"][0]["cached"], true,
         "same files, same image: {m}"
     );
+}
+
+#[test]
+fn build_context_oci_layout_stands_in_for_a_name() {
+    let (env, ctx) = named_context_setup();
+    let c = ctx.to_str().unwrap();
     // oci-layout://: a fresh store imports the image from a layout skopeo wrote.
     if let Some(skopeo) = tool("skopeo", "skopeo") {
         let layout = env.path("layout");
@@ -650,34 +678,26 @@ fn build_context_docker_image_stands_in_for_a_name() {
             stderr(&out)
         );
     }
-    // A stage of that name is replaced too (FROM and --from), as in BuildKit.
-    let staged = env.context(
-        "s",
+}
+
+/// A store with `realbase:1` (file /f, label from=real) and a context whose
+/// Dockerfile uses `base` and `--from=files`; returns (env, context dir).
+fn named_context_setup() -> (Env, std::path::PathBuf) {
+    let env = Env::new();
+    let base = env.context(
+        "base",
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY f /f\nLABEL from=real\n"),
+            ("f", "real file\n"),
+        ],
+    );
+    env.rbuild_ok(&["build", "-t", "realbase:1", base.to_str().unwrap()]);
+    let ctx = env.context(
+        "c",
         &[(
             "Dockerfile",
-            "FROM scratch AS base\nLABEL from=stage\nFROM base\nCOPY --from=base /f /again\n",
+            "FROM base\nCOPY --from=files /f /copied\nLABEL x=y\n",
         )],
     );
-    let out4 = env.path("out4");
-    env.rbuild_ok(&[
-        "build",
-        "--build-context",
-        "BASE=docker-image://realbase:1",
-        "-t",
-        "replaced:1",
-        "-o",
-        out4.to_str().unwrap(),
-        staged.to_str().unwrap(),
-    ]);
-    assert_eq!(
-        std::fs::read_to_string(out4.join("again")).unwrap(),
-        "real file\n"
-    );
-    let label = stdout(&env.rbuild_ok(&[
-        "inspect",
-        "--format",
-        "{{.Config.Labels.from}}",
-        "replaced:1",
-    ]));
-    assert_eq!(label, "real\n");
+    (env, ctx)
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::engine::options::{parse_build_args, parse_key_values, parse_output, source_date_epoch};
+use crate::engine::options::{parse_build_args, parse_output, source_date_epoch};
 use crate::engine::{self, context_source, BuildRequest};
 use crate::image::ImageFormat;
 use crate::layer::Compression;
@@ -24,6 +24,8 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
         .map(|o| parse_output(o))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let to_stdout = super::buildflags::check_stdout_outputs(&outputs, args.extra.quiet)?;
+    // Every flag is checked before a context is fetched.
+    let extra = super::buildflags::extra_options(&args.extra)?;
     let store =
         Store::open(root).with_context(|| format!("opening the store {}", root.display()))?;
     let _lease = store.lease().context("taking the store's build lease")?;
@@ -78,26 +80,8 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
         push: args.push,
         registry: super::registry::settings_with(&args.registry)?,
         extra: crate::engine::options::ExtraOptions {
-            labels: parse_key_values("--label", &args.extra.labels)?,
             dockerfile_name: prepared.dockerfile_name.clone(),
-            add_hosts: args
-                .extra
-                .add_hosts
-                .iter()
-                .map(|h| crate::engine::options::parse_add_host(h))
-                .collect::<anyhow::Result<_>>()?,
-            no_cache_filter: args.extra.no_cache_filter.clone(),
-            annotations: crate::engine::options::parse_annotations(&args.extra.annotations)?,
-            platform: super::buildflags::parse_platform(args.extra.platform.as_deref())?,
-            image_contexts: crate::engine::options::parse_build_contexts(
-                &args.extra.build_contexts,
-            )?,
-            context_names: args
-                .extra
-                .build_contexts
-                .iter()
-                .filter_map(|c| c.split_once('=').map(|(n, _)| n.to_ascii_lowercase()))
-                .collect(),
+            ..extra
         },
     };
     let result = engine::build(&store, &req, reporter.clone());

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::{json, Map, Value};
 
-use crate::engine::options::OutputSpec;
+use crate::engine::options::{self, OutputSpec};
 use crate::engine::BuildOutcome;
 
 #[derive(Debug, Clone, Default, Args)]
@@ -37,6 +37,28 @@ pub struct ExtraBuildFlags {
     /// Use an image for a FROM/--from name: NAME=docker-image://REF; repeatable.
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     pub build_contexts: Vec<String>,
+}
+
+/// The engine's options from these flags, each value checked.
+pub fn extra_options(f: &ExtraBuildFlags) -> anyhow::Result<options::ExtraOptions> {
+    Ok(options::ExtraOptions {
+        labels: options::parse_key_values("--label", &f.labels)?,
+        dockerfile_name: None,
+        add_hosts: f
+            .add_hosts
+            .iter()
+            .map(|h| options::parse_add_host(h))
+            .collect::<anyhow::Result<_>>()?,
+        no_cache_filter: f.no_cache_filter.clone(),
+        annotations: options::parse_annotations(&f.annotations)?,
+        platform: parse_platform(f.platform.as_deref())?,
+        image_contexts: options::parse_build_contexts(&f.build_contexts)?,
+        context_names: f
+            .build_contexts
+            .iter()
+            .filter_map(|c| c.split_once('=').map(|(n, _)| n.to_ascii_lowercase()))
+            .collect(),
+    })
 }
 
 /// `--platform`: one `os/arch[/variant]`, parsed as the planner does.
