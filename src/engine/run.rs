@@ -83,7 +83,7 @@ pub struct RunInputs<'a> {
     /// Host paths for `--mount` sources: context root, other stages' roots.
     pub bind_source: &'a dyn Fn(&Mount) -> anyhow::Result<PathBuf>,
     pub secrets: &'a BTreeMap<String, SecretSource>,
-    pub ssh_sock: Option<PathBuf>,
+    pub ssh: &'a BTreeMap<String, PathBuf>,
     /// Heredoc scripts (`RUN <<EOF` with a `#!` line) to put at `/dev/pipes/NAME`.
     pub scripts: Vec<(String, String)>,
     /// mtime of files the step's layer gets from outside the upper dir.
@@ -92,6 +92,8 @@ pub struct RunInputs<'a> {
     pub limits: &'a sandbox::Limits,
     /// Reports a limit that could not be applied (the build goes on).
     pub on_warning: &'a dyn Fn(&str),
+    /// `--add-host`: (name, address) lines added to `/etc/hosts`.
+    pub extra_hosts: &'a [(String, String)],
 }
 
 /// The argv of a RUN and the heredoc scripts it needs, as BuildKit's
@@ -204,7 +206,7 @@ pub fn run(
         hostname: HOSTNAME.to_string(),
         network: inputs.network,
         mounts: specs,
-        extra_files: managed_files(),
+        extra_files: managed_files(inputs.extra_hosts),
         limits: inputs.limits.clone(),
     };
     let opts = sandbox::SandboxOptions {
@@ -276,17 +278,20 @@ pub fn overlay_usable() -> bool {
         && sandbox::overlay_available()
 }
 
-/// `/etc/resolv.conf`, `/etc/hosts` and `/etc/hostname` as BuildKit manages
-/// them: the sandbox writes them to its private tmpfs and binds them
-/// read-only, so they never reach the layer or a host path, and a RUN that
-/// writes to them fails as under BuildKit (`tests/conformance`, case
-/// `run-writes-etc-hosts`).
-fn managed_files() -> ExtraFiles {
+/// `/etc/resolv.conf`, `/etc/hosts` (with `--add-host` lines) and
+/// `/etc/hostname` as BuildKit manages them: the sandbox writes them to its
+/// private tmpfs and binds them read-only, so they never reach the layer or
+/// a host path, and a RUN that writes to them fails as under BuildKit
+/// (`tests/conformance`, case `run-writes-etc-hosts`).
+fn managed_files(extra_hosts: &[(String, String)]) -> ExtraFiles {
+    let mut hosts =
+        format!("127.0.0.1\tlocalhost {HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for (name, ip) in extra_hosts {
+        hosts.push_str(&format!("{ip}\t{name}\n"));
+    }
     ExtraFiles {
         resolv_conf: Some(std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
-        hosts: Some(format!(
-            "127.0.0.1\tlocalhost {HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-        )),
+        hosts: Some(hosts),
         hostname: Some(format!("{HOSTNAME}\n")),
     }
 }
@@ -425,9 +430,13 @@ fn lower_mount(
             });
         }
         MountType::Ssh => {
-            let Some(sock) = &inputs.ssh_sock else {
+            let id =
+                m.id.as_deref()
+                    .filter(|i| !i.is_empty())
+                    .unwrap_or("default");
+            let Some(sock) = inputs.ssh.get(id) else {
                 if m.required {
-                    bail!("an SSH agent is required: pass --ssh default with SSH_AUTH_SOCK set");
+                    bail!("SSH agent {id:?} is required: pass --ssh {id}[=SOCKET]");
                 }
                 return Ok(());
             };

@@ -64,9 +64,14 @@ impl StageState {
         let (mut config, layers, key) = match &stage.base {
             // BuildKit's empty image has WorkingDir "/" (and the default PATH).
             Base::Scratch => {
-                let mut config = ImageConfig::for_host();
-                config.config.working_dir = Some("/".to_string());
-                (config, Vec::new(), "scratch".to_string())
+                let mut cfg = ImageConfig::for_host();
+                cfg.config.working_dir = Some("/".to_string());
+                if let Some(p) = &ctx.req.extra.platform {
+                    cfg.os = p.os.clone();
+                    cfg.architecture = p.arch.clone();
+                    cfg.variant = (!p.variant.is_empty()).then(|| p.variant.clone());
+                }
+                (cfg, Vec::new(), "scratch".to_string())
             }
             Base::Stage(i) => {
                 let base = done[*i]
@@ -192,10 +197,13 @@ impl StageState {
             .clone()
             .unwrap_or_else(|| created_by.clone());
         let handle = StepHandle::start(ctx.reporter.clone(), ctx.step_id(), &name);
-        if !ctx.req.no_cache {
+        let started = std::time::Instant::now();
+        let no_cache = ctx.no_cache_for(step_id);
+        if !no_cache {
             if let Some(rec) = ctx.store.cache_get(&key)? {
                 let outcome = outcome_from_record(&rec);
                 handle.cached(None);
+                ctx.record_step(&name, true, started, outcome.layer.as_ref());
                 self.apply_outcome(&created_by, outcome, ctx);
                 self.key = key;
                 return Ok(());
@@ -203,6 +211,8 @@ impl StageState {
         }
         let reason = if ctx.req.no_cache {
             "--no-cache".to_string()
+        } else if no_cache {
+            "--no-cache-filter".to_string()
         } else {
             // Only this stage in earlier builds of this Dockerfile holds
             // earlier versions of the step (step ids are `scope/stage/i`);
@@ -264,6 +274,7 @@ impl StageState {
             .cache_put(&rec)
             .context("recording the step in the cache")?;
         handle.done();
+        ctx.record_step(&name, false, started, layer.as_ref());
         self.apply_outcome(&created_by, Outcome { layer, created }, ctx);
         self.key = key;
         Ok(())
@@ -426,6 +437,16 @@ impl StageState {
             .and_then(|f| f.value.clone())
             .unwrap_or_else(|| format!("{:?}", ctx.req.network).to_lowercase());
         inputs.extra.insert("network".into(), network);
+        if !ctx.req.extra.add_hosts.is_empty() {
+            let hosts: Vec<String> = ctx
+                .req
+                .extra
+                .add_hosts
+                .iter()
+                .map(|(h, ip)| format!("{h}={ip}"))
+                .collect();
+            inputs.extra.insert("add-host".into(), hosts.join(","));
+        }
         let workdir = self
             .config
             .config
@@ -718,7 +739,7 @@ impl StageState {
             mounts: mounts.clone(),
             bind_source: &bind_source,
             secrets: &ctx.req.secrets,
-            ssh_sock: ctx.req.ssh_sock.clone(),
+            ssh: &ctx.req.ssh,
             scripts,
             created: Self::created_time(ctx),
             limits: &ctx.req.limits,
@@ -731,6 +752,7 @@ impl StageState {
                     });
                 }
             },
+            extra_hosts: &ctx.req.extra.add_hosts,
         };
         let mut on_output = |stream: crate::sandbox::Stream, bytes: &[u8]| {
             let s = match stream {
