@@ -137,9 +137,11 @@ impl BuildCtx<'_> {
     }
 
     /// `--no-cache`, or `--no-cache-filter` naming the stage of `step_id`
-    /// (`STAGE/N`; unnamed stages are `stage-N`, so an index also matches).
+    /// (`SCOPE/STAGE/N`; unnamed stages are `stage-N`, so an index also
+    /// matches).
     pub fn no_cache_for(&self, step_id: &str) -> bool {
-        let stage = step_id.rsplit_once('/').map_or(step_id, |(s, _)| s);
+        let mut parts = step_id.rsplit('/');
+        let stage = parts.nth(1).unwrap_or(step_id);
         self.req.no_cache
             || self.req.extra.no_cache_filter.iter().any(|f| {
                 f.eq_ignore_ascii_case(stage) || stage.strip_prefix("stage-") == Some(f.as_str())
