@@ -412,9 +412,6 @@ impl Steps {
             out.push(format!(" > {}:", step.name));
             out.extend(step.tail.iter().cloned());
             out.push("------".to_string());
-            if let Some(error) = &step.error {
-                out.push(format!("ERROR: {} failed: {error}", step.name));
-            }
         }
         out
     }
@@ -601,7 +598,9 @@ impl PlainState {
             Event::StepFailed { id, error } => {
                 self.flush_logs(id, now);
                 self.steps.fail(id, &error, now);
-                self.step_line(id, &format!("ERROR: {error}"), now);
+                // The message itself is printed once, by the caller's final
+                // `error:` line, which also says where (file:line, step).
+                self.step_line(id, "ERROR", now);
             }
             Event::Warning { id, message } => {
                 if let Some(id) = id {
@@ -932,7 +931,7 @@ impl TtyReporter {
                 state.steps.fail(id, &error, now);
                 let bar = self.bar(state, id, now);
                 bar.set_style(style(FAILED_TEMPLATE));
-                bar.abandon_with_message(format!("ERROR: {error}"));
+                bar.abandon_with_message("ERROR");
             }
             Event::Warning { id, message } => {
                 let line = match id {
@@ -1134,14 +1133,13 @@ mod tests {
             "#1 [2/2] RUN false\n\
              #1 0.250 oops\n\
              #1 0.250 no newline\n\
-             #1 ERROR: exit code: 1\n\
+             #1 ERROR\n\
              \n\
              ------\n \
              > [2/2] RUN false:\n\
              0.250 oops\n\
              0.250 no newline\n\
              ------\n\
-             ERROR: [2/2] RUN false failed: exit code: 1\n\
              \n\
              1 warning found:\n \
              - UndefinedVar: $FOO (line 3)\n"
@@ -1334,7 +1332,7 @@ mod tests {
         assert!(bar(1).is_finished());
         assert_eq!(bar(2).message(), "1.50 MB / 3.00 MB DONE 2.0s");
         assert_eq!(bar(2).length(), Some(3_000_000));
-        assert_eq!(bar(3).message(), "ERROR: exit code: 2");
+        assert_eq!(bar(3).message(), "ERROR");
         assert!(bar(3).is_finished());
         drop(state);
         r.event(Event::BuildDone {
@@ -1344,8 +1342,7 @@ mod tests {
         r.finish();
         assert_eq!(
             sink.text(),
-            "\nwriting image sha256:d done\n\n------\n > [3/3] RUN make:\n0.000 building\n------\n\
-             ERROR: [3/3] RUN make failed: exit code: 2\n"
+            "\nwriting image sha256:d done\n\n------\n > [3/3] RUN make:\n0.000 building\n------\n"
         );
     }
 

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(skopeo umoci runc docker-registry busybox-static pigz zstd uidmap buildah openssl python3 util-linux tar gzip xz-utils bzip2)
+PACKAGES=(skopeo umoci runc docker-registry busybox-static pigz zstd uidmap buildah openssl python3 util-linux tar gzip xz-utils bzip2 git bsdutils)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -34,6 +34,7 @@ fn opts() -> SandboxOptions {
         } else {
             IdMapMode::Auto
         },
+        state_parent: None,
     }
 }
 
@@ -373,7 +374,8 @@ fn hostname_and_managed_etc_files() {
         &[
             "/bin/sh",
             "-c",
-            "hostname; cat /etc/hostname /etc/hosts /etc/resolv.conf; echo scribble >> /etc/hosts",
+            "hostname; cat /etc/hostname /etc/hosts /etc/resolv.conf; \
+             echo scribble >> /etc/hosts || echo read-only",
         ],
     );
     s.hostname = "buildbox".into();
@@ -385,9 +387,10 @@ fn hostname_and_managed_etc_files() {
     let out = r.run(s);
     assert_eq!(
         out.stdout,
-        "buildbox\nbuildbox\n127.0.0.1 localhost buildbox\nnameserver 192.0.2.53\n"
+        "buildbox\nbuildbox\n127.0.0.1 localhost buildbox\nnameserver 192.0.2.53\nread-only\n"
     );
-    // Neither the mount points nor the write reach the upper dir.
+    // The files are bound read-only, as BuildKit binds them: neither the
+    // mount points nor the failed write reach the upper dir.
     assert!(entries(&out.upper).is_empty(), "{:?}", entries(&out.upper));
     assert!(out.outcome.mount_stubs.is_empty());
 }

@@ -259,6 +259,12 @@ fn casing_lints(insts: &[Instruction]) -> Vec<Finding> {
         .collect()
 }
 
+/// Dockerfile problems already rendered as `FILE:LINE:COL: error: …` with
+/// carets: the CLI prints them as they are, without another `error:`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Diagnostics(pub String);
+
 /// Render one diagnostic with its source line and a caret.
 pub fn render(file: &str, lines: &[String], span: Span, severity: &str, message: &str) -> String {
     if span.line == 0 {

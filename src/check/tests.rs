@@ -199,7 +199,7 @@ fn three_bad_lines_give_three_errors_with_carets() {
     assert_eq!(
         render_report("Dockerfile", &r),
         "Dockerfile:2:6: error: unknown flag: --bogus\n  2 | COPY --bogus=1 a b\n    |      ^\n\
-         Dockerfile:3:1: error: unknown instruction: FROB\n  3 | FROB x\n    | ^\n\
+         Dockerfile:3:1: error: unknown instruction: FROB (did you mean FROM?)\n  3 | FROB x\n    | ^\n\
          Dockerfile:4:3: error: FROM requires either one or three arguments\n  4 |   FROM a b c d\n    |   ^\n"
     );
 }

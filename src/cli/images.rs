@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::ImageArg;
 use crate::image::time::{format_rfc3339, human_duration, now_epoch, parse_rfc3339};
-use crate::image::{export_docker_archive, find_image, short_digest, Image};
+use crate::image::{find_image, short_digest, Image};
 use crate::store::Store;
 
 /// Open the store and show what opening it found worth a warning (a
@@ -230,13 +230,124 @@ fn format_g3(v: f64) -> String {
     }
 }
 
-pub fn images(root: &Path) -> anyhow::Result<i32> {
-    let store = open_store(root)?;
-    emit(&render_images(&store, now_epoch())?)
+/// `rbuild images` flags (docker's).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ImagesArgs {
+    /// Only the image IDs.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// `table` (default), `json` (one object per line) or a Go template
+    /// over ID, Repository, Tag, CreatedAt, CreatedSince, Size.
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
+    /// `reference=PATTERN` (a glob over NAME or NAME:TAG); repeatable.
+    #[arg(short, long, value_name = "FILTER")]
+    pub filter: Vec<String>,
 }
 
-/// REPOSITORY, TAG, IMAGE ID, CREATED, SIZE for every tag.
-pub fn render_images(store: &Store, now: i64) -> anyhow::Result<String> {
+pub fn images(root: &Path, args: &ImagesArgs) -> anyhow::Result<i32> {
+    let filter = reference_filter(&args.filter)?;
+    let store = open_store(root)?;
+    let now = now_epoch();
+    if args.quiet {
+        let ids: String = image_rows(&store, now, &filter)?
+            .iter()
+            .map(|r| format!("{}\n", r["ID"].as_str().unwrap_or_default()))
+            .collect();
+        return emit(&ids);
+    }
+    match args.format.as_deref() {
+        None | Some("table") => emit(&render_images_filtered(&store, now, &filter)?),
+        Some(f) => {
+            let mut out = String::new();
+            for row in image_rows(&store, now, &filter)? {
+                if f == "json" {
+                    out.push_str(&serde_json::to_string(&row)?);
+                } else {
+                    out.push_str(&super::format::render(f, &row)?);
+                }
+                out.push('\n');
+            }
+            emit(&out)
+        }
+    }
+}
+
+/// `--filter reference=GLOB` (several: any may match). `*` does not cross
+/// `/`, as in docker (Go's path.Match).
+fn reference_filter(filters: &[String]) -> anyhow::Result<Option<globset::GlobSet>> {
+    if filters.is_empty() {
+        return Ok(None);
+    }
+    let mut set = globset::GlobSetBuilder::new();
+    for f in filters {
+        let pattern = f.strip_prefix("reference=").ok_or_else(|| {
+            anyhow::anyhow!(
+                "--filter {f:?} is not supported\nhint: rbuild images supports reference=PATTERN"
+            )
+        })?;
+        let glob = globset::GlobBuilder::new(pattern)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| anyhow::anyhow!("--filter {f:?}: {e}"))?;
+        set.add(glob);
+    }
+    Ok(Some(set.build()?))
+}
+
+fn name_matches(filter: &Option<globset::GlobSet>, name: &str) -> bool {
+    let Some(set) = filter else { return true };
+    let (repo, _) = split_name(name);
+    // docker matches the familiar name (no docker.io/library/) with and without the tag.
+    let short = |s: &str| {
+        s.strip_prefix("docker.io/library/")
+            .or_else(|| s.strip_prefix("docker.io/"))
+            .unwrap_or(s)
+            .to_string()
+    };
+    [name.to_string(), repo.clone(), short(name), short(&repo)]
+        .iter()
+        .any(|c| set.is_match(c))
+}
+
+/// One JSON object per tag, with docker's `images --format json` keys.
+fn image_rows(
+    store: &Store,
+    now: i64,
+    filter: &Option<globset::GlobSet>,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut rows = Vec::new();
+    for (name, desc) in store.tags()? {
+        if !name_matches(filter, &name) {
+            continue;
+        }
+        let (repo, tag) = split_name(&name);
+        let image = crate::image::load_image(store, &desc).ok();
+        let created = image
+            .as_ref()
+            .and_then(|i| i.config.created.as_deref().and_then(parse_rfc3339));
+        let size: u64 = image
+            .as_ref()
+            .map_or(0, |i| i.manifest.layers().iter().map(|l| l.size()).sum());
+        rows.push(json!({
+            "ID": image.as_ref().map_or("<missing>".to_string(), |i| i.short_id()),
+            "Repository": repo,
+            "Tag": tag,
+            "Digest": desc.digest().to_string(),
+            "CreatedAt": created.map(format_rfc3339).unwrap_or_default(),
+            "CreatedSince": created.map_or("N/A".into(), |t| format!("{} ago", human_duration(now - t))),
+            "Size": human_size(size),
+        }));
+    }
+    Ok(rows)
+}
+
+/// REPOSITORY, TAG, IMAGE ID, CREATED, SIZE for every tag `filter` lets through.
+fn render_images_filtered(
+    store: &Store,
+    now: i64,
+    filter: &Option<globset::GlobSet>,
+) -> anyhow::Result<String> {
     let mut table = vec![vec![
         "REPOSITORY".to_string(),
         "TAG".into(),
@@ -245,6 +356,9 @@ pub fn render_images(store: &Store, now: i64) -> anyhow::Result<String> {
         "SIZE".into(),
     ]];
     for (name, desc) in store.tags()? {
+        if !name_matches(filter, &name) {
+            continue;
+        }
         let (repo, tag) = split_name(&name);
         let row = match crate::image::load_image(store, &desc) {
             Ok(image) => {
@@ -292,7 +406,29 @@ pub fn inspect(root: &Path, args: ImageArg) -> anyhow::Result<i32> {
         "Manifest": image.manifest,
         "Config": image.config,
     });
-    emit(&format!("{}\n", serde_json::to_string_pretty(&out)?))
+    match args.format.as_deref() {
+        None | Some("json") => emit(&format!("{}\n", serde_json::to_string_pretty(&out)?)),
+        Some(template) => {
+            // Templates see docker's shape: `.Config` is the runtime config
+            // (Env, Cmd, Labels…), beside Architecture, Os, RootFS.
+            let cfg = serde_json::to_value(&image.config)?;
+            let view = json!({
+                "Id": image.config_digest,
+                "Digest": digest,
+                "RepoTags": out["RepoTags"],
+                "Created": cfg["created"],
+                "Author": cfg["author"],
+                "Architecture": cfg["architecture"],
+                "Os": cfg["os"],
+                "Variant": cfg["variant"],
+                "Config": cfg["config"],
+                "RootFS": {"Type": "layers", "Layers": cfg["rootfs"]["diff_ids"]},
+                "Size": image.manifest.layers().iter().map(|l| l.size()).sum::<u64>(),
+                "Manifest": out["Manifest"],
+            });
+            emit(&format!("{}\n", super::format::render(template, &view)?))
+        }
+    }
 }
 
 pub fn tag(root: &Path, source: &str, target: &str) -> anyhow::Result<i32> {
@@ -336,12 +472,6 @@ pub fn prune(root: &Path, all: bool) -> anyhow::Result<i32> {
         r.cache_mounts,
         r.temps
     );
-    Ok(0)
-}
-
-pub fn save(root: &Path, image: &str, output: &Path) -> anyhow::Result<i32> {
-    let store = open_store(root)?;
-    export_docker_archive(&store, &[image.to_string()], output)?;
     Ok(0)
 }
 

@@ -6,15 +6,21 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod archive;
 mod build;
+mod buildflags;
 mod check;
+mod docs;
+mod format;
 mod images;
 mod limits;
 mod registry;
+mod strict;
 
 /// rbuild: build OCI images from Dockerfiles, without a daemon.
 #[derive(Debug, Parser)]
-#[command(name = "rbuild", version, about, propagate_version = true)]
+#[command(name = "rbuild", version, about, propagate_version = true,
+          long_version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("RBUILD_GIT_COMMIT"), ")"))]
 pub struct Cli {
     /// Where rbuild keeps its state (an OCI image layout plus its own bookkeeping).
     /// Default: /var/lib/rbuild for root, $XDG_DATA_HOME/rbuild (or
@@ -31,13 +37,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build an image from a Dockerfile (the default subcommand).
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Parse and lint a Dockerfile without building; report every problem.
     Check(CheckArgs),
     /// Show the history (layers) of an image.
     History(ImageArg),
     /// List the images in the local store.
-    Images,
+    Images(images::ImagesArgs),
     /// Show an image's manifest and config as JSON.
     Inspect(ImageArg),
     /// Give an image another name.
@@ -53,11 +59,23 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
-    /// Write an image as a docker-archive tar.
+    /// Write images as one docker-archive (or OCI-archive) tar; stdout without -o.
     Save {
-        image: String,
+        #[arg(required = true)]
+        images: Vec<String>,
         #[arg(short, long, value_name = "FILE")]
-        output: PathBuf,
+        output: Option<PathBuf>,
+        /// Archive format.
+        #[arg(long, value_enum, default_value_t = FormatArg::Docker)]
+        format: FormatArg,
+    },
+    /// Load images from a docker-archive or OCI-archive tar (stdin without -i).
+    Load {
+        #[arg(short, long, value_name = "FILE")]
+        input: Option<PathBuf>,
+        /// Print nothing.
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Pull an image from a registry into the local store.
     Pull {
@@ -95,6 +113,16 @@ pub enum Command {
     },
     /// Remove stored credentials for a registry.
     Logout { server: String },
+    /// Show the version, the git commit it was built from and its features.
+    Version,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for rbuild and each command into DIR.
+    #[command(name = "__man", hide = true)]
+    Man { dir: PathBuf },
 }
 
 #[derive(Debug, Args)]
@@ -107,7 +135,8 @@ pub struct ImageArg {
     #[arg(short = 'H', long, default_value_t = true, num_args = 0..=1,
           require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub human: bool,
-    /// history: output format, `table` (default) or `json` (one object per line).
+    /// history: `table` (default) or `json` (one object per line); inspect:
+    /// `json` or a Go template ({{.Id}}, {{json .Config}}, {{.Config.Env}}).
     #[arg(long, value_name = "FORMAT")]
     pub format: Option<String>,
 }
@@ -147,6 +176,10 @@ pub enum ProgressMode {
     Tty,
     Plain,
     Json,
+    /// Nothing (as -q, but the result line still prints).
+    Quiet,
+    /// Same as json (BuildKit's raw status stream has no rbuild equivalent).
+    Rawjson,
 }
 
 #[derive(Debug, Args)]
@@ -154,7 +187,7 @@ pub struct BuildArgs {
     /// Name and optionally a tag (NAME:TAG); repeatable.
     #[arg(short = 't', long = "tag", value_name = "NAME:TAG")]
     pub tags: Vec<String>,
-    /// Name of the Dockerfile (default: CONTEXT/Dockerfile).
+    /// Name of the Dockerfile (default: CONTEXT/Dockerfile; `-`: stdin).
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: Option<PathBuf>,
     /// Set a build-time variable (KEY=VALUE, or KEY to take it from the environment).
@@ -172,7 +205,8 @@ pub struct BuildArgs {
     /// Push the image to its registry after building.
     #[arg(long)]
     pub push: bool,
-    /// Output destination (type=oci|docker,dest=PATH).
+    /// Output: type=oci|docker|local|tar,dest=PATH, a bare DIR (local), or
+    /// `-` (a tar of the files on stdout); repeatable.
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub output: Vec<String>,
     /// Write the image ID (config digest) to this file.
@@ -193,9 +227,9 @@ pub struct BuildArgs {
     /// A secret for `RUN --mount=type=secret`: id=ID[,src=FILE|,env=VAR]; repeatable.
     #[arg(long = "secret", value_name = "SPEC")]
     pub secrets: Vec<String>,
-    /// Forward the SSH agent for `RUN --mount=type=ssh` (`default` = $SSH_AUTH_SOCK).
-    #[arg(long, value_name = "default[=SOCKET]")]
-    pub ssh: Option<String>,
+    /// Forward an SSH agent for `RUN --mount=type=ssh,id=ID` (ID alone: $SSH_AUTH_SOCK); repeatable.
+    #[arg(long, value_name = "ID[=SOCKET]")]
+    pub ssh: Vec<String>,
     /// When to fetch FROM images: missing (default), always, never.
     #[arg(long, value_enum, default_value_t = PullArg::Missing, num_args = 0..=1,
           require_equals = true, default_missing_value = "always")]
@@ -204,8 +238,12 @@ pub struct BuildArgs {
     pub registry: RegistryFlags,
     #[command(flatten)]
     pub limits: limits::LimitArgs,
-    /// The build context directory.
-    #[arg(value_name = "CONTEXT")]
+    #[command(flatten)]
+    pub extra: buildflags::ExtraBuildFlags,
+    /// The build context: a directory (default: the current one), a tarball,
+    /// `-` (a tar or a Dockerfile on stdin), a git URL (`URL.git#REF:DIR`,
+    /// `git@…`, `file://…`) or an http(s) URL to a tarball or Dockerfile.
+    #[arg(value_name = "CONTEXT", default_value = ".")]
     pub context: PathBuf,
 }
 
@@ -234,7 +272,8 @@ pub enum PullArg {
 pub enum NetworkArg {
     Host,
     None,
-    /// Same as host.
+    /// Same as host (a private network with outbound access would need a
+    /// user-mode network stack; see docs/cli.md).
     Default,
 }
 
@@ -262,8 +301,24 @@ pub struct CheckArgs {
 }
 
 const SUBCOMMANDS: &[&str] = &[
-    "build", "check", "history", "images", "inspect", "tag", "rmi", "prune", "save", "pull",
-    "push", "login", "logout", "help",
+    "build",
+    "check",
+    "history",
+    "images",
+    "inspect",
+    "tag",
+    "rmi",
+    "prune",
+    "save",
+    "pull",
+    "push",
+    "login",
+    "logout",
+    "help",
+    "version",
+    "load",
+    "completion",
+    "__man",
 ];
 
 /// Insert `build` when no subcommand is named, so `rbuild -t app:v1 .` means
@@ -322,6 +377,8 @@ impl Cli {
 
 /// Parse the process arguments and run the command; returns the exit code.
 pub fn main() -> i32 {
+    // Descriptors inherited from the caller must reach no child we start.
+    crate::sandbox::cloexec_inherited_fds();
     // The RUN sandbox re-executes this binary as its setup process.
     if std::env::args_os().nth(1).as_deref() == Some(crate::sandbox::INIT_ARG.as_ref()) {
         crate::sandbox::init_main();
@@ -330,6 +387,10 @@ pub fn main() -> i32 {
     let in_userns_child = args.get(1).and_then(|a| a.to_str()) == Some(crate::sandbox::USERNS_ARG);
     if in_userns_child {
         args.remove(1);
+    }
+    if let Some(msg) = strict::unknown_first_word(&args, SUBCOMMANDS) {
+        eprintln!("{msg}");
+        return 2;
     }
     let cli = Cli::parse_from(with_default_subcommand(args.clone()));
     if !in_userns_child && needs_userns(&cli.command) && !nix::unistd::geteuid().is_root() {
@@ -340,7 +401,7 @@ pub fn main() -> i32 {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            strict::print_error(&err);
             1
         }
     }
@@ -353,7 +414,12 @@ pub fn main() -> i32 {
 fn needs_userns(command: &Command) -> bool {
     !matches!(
         command,
-        Command::Check(_) | Command::Login { .. } | Command::Logout { .. }
+        Command::Check(_)
+            | Command::Login { .. }
+            | Command::Logout { .. }
+            | Command::Version
+            | Command::Completion { .. }
+            | Command::Man { .. }
     )
 }
 
@@ -379,15 +445,20 @@ fn reexec_in_userns(cli: &Cli, args: &[OsString]) -> Option<i32> {
 fn run(cli: Cli) -> anyhow::Result<i32> {
     let root = cli.root_dir();
     match cli.command {
-        Command::Build(args) => build::run(&root, args),
+        Command::Build(args) => build::run(&root, *args),
         Command::Check(args) => check::run(args),
         Command::History(args) => images::history(&root, args),
-        Command::Images => images::images(&root),
+        Command::Images(args) => images::images(&root, &args),
         Command::Inspect(args) => images::inspect(&root, args),
         Command::Tag { source, target } => images::tag(&root, &source, &target),
         Command::Rmi { images } => images::rmi(&root, &images),
         Command::Prune { all } => images::prune(&root, all),
-        Command::Save { image, output } => images::save(&root, &image, &output),
+        Command::Save {
+            images,
+            output,
+            format,
+        } => archive::save(&root, &images, output.as_deref(), format),
+        Command::Load { input, quiet } => archive::load(&root, input.as_deref(), quiet),
         Command::Pull {
             reference,
             platform,
@@ -414,6 +485,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             registry: flags,
         } => registry::login_with(&server, username.as_deref(), password_stdin, &flags),
         Command::Logout { server } => registry::logout(&server),
+        Command::Completion { shell } => docs::completion(shell),
+        Command::Man { dir } => docs::man_pages(&dir),
+        Command::Version => {
+            print!("{}", strict::version_text());
+            Ok(0)
+        }
     }
 }
 

@@ -310,7 +310,12 @@ pub fn instruction_from_node(node: &Node) -> Result<Instruction, ParseError> {
         "onbuild" => parse_onbuild(node)?,
         "copy" => InstructionKind::Copy(parse_copy(node, false)?),
         "add" => InstructionKind::Add(parse_copy(node, true)?),
-        _ => return Err(err(node, format!("unknown instruction: {}", node.keyword))),
+        _ => {
+            let message = format!("unknown instruction: {}", node.keyword);
+            let message =
+                super::suggest::wrap(message, &node.keyword, super::suggest::INSTRUCTIONS, false);
+            return Err(err(node, message));
+        }
     };
     Ok(Instruction {
         kind,
@@ -878,9 +883,11 @@ mod tests {
         );
         assert!(fail("VOLUME [\"\"]").message.contains("empty string"));
         assert!(fail("USER").message.contains("exactly one"));
-        assert!(fail("BOGUS x")
-            .message
-            .contains("unknown instruction: BOGUS"));
+        assert_eq!(fail("BOGUS x").message, "unknown instruction: BOGUS");
+        assert_eq!(
+            fail("FRM x").message,
+            "unknown instruction: FRM (did you mean FROM?)"
+        );
     }
 
     #[test]

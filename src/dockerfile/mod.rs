@@ -16,6 +16,7 @@ mod line_parsers;
 pub mod mount;
 pub mod parser;
 pub mod shell;
+pub mod suggest;
 
 pub use ast::{Ast, Heredoc, Node, ParseError, Span, Warning};
 pub use directives::{detect_syntax, Directive, Directives};

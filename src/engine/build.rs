@@ -43,7 +43,7 @@ pub struct BuildRequest {
     /// `--secret` values by id (never logged, never in a layer or cache key).
     pub secrets: BTreeMap<String, super::run::SecretSource>,
     /// `--ssh default`: the agent socket to forward.
-    pub ssh_sock: Option<PathBuf>,
+    pub ssh: BTreeMap<String, PathBuf>,
     /// When FROM images are fetched from their registry.
     pub pull: PullPolicy,
     /// Push every tag to its registry after the build.
@@ -52,6 +52,8 @@ pub struct BuildRequest {
     pub registry: crate::registry::Settings,
     /// Resource limits of every RUN step (`--memory`, `--pids-limit`, …).
     pub limits: crate::sandbox::Limits,
+    /// Labels and the other CI-facing options.
+    pub extra: super::options::ExtraOptions,
 }
 
 /// `--pull`: when a FROM image is fetched from its registry.
@@ -74,6 +76,22 @@ pub struct BuildOutcome {
     /// The config digest (docker's image ID).
     pub image_id: String,
     pub tags: Vec<String>,
+    /// The manifest's descriptor (media type, digest, size).
+    pub manifest: oci_spec::image::Descriptor,
+    /// `--push`: each pushed reference with the digest the registry holds.
+    pub pushed: Vec<(String, String)>,
+    /// Every step that could write a layer, in the order they finished.
+    pub steps: Vec<StepRecord>,
+}
+
+/// What one layer step did, for `--metadata-file`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StepRecord {
+    pub name: String,
+    pub cached: bool,
+    pub seconds: f64,
+    /// The layer's digest; `None` when the step changed no files.
+    pub layer: Option<String>,
 }
 
 /// The finished state of one stage, shared with the stages that use it.
@@ -109,11 +127,43 @@ pub(crate) struct BuildCtx<'a> {
     /// Which Dockerfile this is (a digest of its absolute path): cache-miss
     /// reasons compare only with earlier builds of the same one.
     pub cache_scope: String,
+    /// Layer steps as they finish (for the build's metadata).
+    pub records: Mutex<Vec<StepRecord>>,
 }
 
 impl BuildCtx<'_> {
     pub fn step_id(&self) -> u64 {
         self.next_step.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// `--no-cache`, or `--no-cache-filter` naming the stage of `step_id`
+    /// (`SCOPE/STAGE/N`; unnamed stages are `stage-N`, so an index also
+    /// matches).
+    pub fn no_cache_for(&self, step_id: &str) -> bool {
+        let mut parts = step_id.rsplit('/');
+        let stage = parts.nth(1).unwrap_or(step_id);
+        self.req.no_cache
+            || self.req.extra.no_cache_filter.iter().any(|f| {
+                f.eq_ignore_ascii_case(stage) || stage.strip_prefix("stage-") == Some(f.as_str())
+            })
+    }
+
+    /// Note a finished layer step for [`BuildOutcome::steps`].
+    pub fn record_step(
+        &self,
+        name: &str,
+        cached: bool,
+        started: std::time::Instant,
+        layer: Option<&LayerRef>,
+    ) {
+        if let Ok(mut r) = self.records.lock() {
+            r.push(StepRecord {
+                name: name.to_string(),
+                cached,
+                seconds: started.elapsed().as_secs_f64(),
+                layer: layer.map(|l| l.digest.clone()),
+            });
+        }
     }
 
     /// `url`, downloaded once per build; `checksum` (when given) must match.
@@ -197,16 +247,22 @@ pub fn build(
     let mut opts = PlanOptions {
         build_args: req.build_args.clone(),
         target: req.target.clone(),
+        target_platform: req.extra.platform.clone(),
+        replaced_stages: req.extra.context_names.clone(),
         ..PlanOptions::default()
     };
     let first = plan_or_render(&text, &opts, &dockerfile_name)?;
     let platforms: BTreeMap<String, String> = first
         .stages
         .iter()
-        .filter_map(|s| match (&s.base, &s.platform) {
-            (Base::Image(name), Some(p)) => Some((name.clone(), p.to_string())),
-            _ => None,
-        })
+        // FROM --platform wins; else --platform; else whatever the store has
+        // (or the registry picks for the host).
+        .filter_map(
+            |s| match (&s.base, s.platform.as_ref().or(req.extra.platform.as_ref())) {
+                (Base::Image(name), Some(p)) => Some((name.clone(), p.to_string())),
+                _ => None,
+            },
+        )
         .collect();
     // Pull steps take the first ids, so every step of the build has a real one.
     let next_step = AtomicU64::new(0);
@@ -244,6 +300,7 @@ pub fn build(
             .context("creating the download dir in the store")?,
         images,
         cache_scope: cache_scope(&dockerfile),
+        records: Mutex::new(Vec::new()),
     };
     let target = run_stages(&ctx)?;
     commit(&ctx, &target)
@@ -257,6 +314,9 @@ fn cache_scope(dockerfile: &std::path::Path) -> String {
 }
 
 fn dockerfile_path(req: &BuildRequest) -> (PathBuf, String) {
+    if let (Some(f), Some(name)) = (&req.dockerfile, &req.extra.dockerfile_name) {
+        return (f.clone(), name.clone());
+    }
     match &req.dockerfile {
         Some(f) => (f.clone(), f.display().to_string()),
         None => {
@@ -276,7 +336,9 @@ fn plan_or_render(text: &str, opts: &PlanOptions, file: &str) -> anyhow::Result<
             .iter()
             .map(|p| crate::check::render(file, &lines, p.span, "error", &p.message))
             .collect();
-        anyhow::anyhow!("{}", rendered.join("\n").trim_end())
+        anyhow::Error::new(crate::check::Diagnostics(
+            rendered.join("\n").trim_end().to_string(),
+        ))
     })
 }
 
@@ -291,9 +353,29 @@ fn load_images(
 ) -> anyhow::Result<BTreeMap<String, image::Image>> {
     let mut out = BTreeMap::new();
     for name in names {
-        let reference =
-            Reference::parse(name).with_context(|| format!("invalid image reference {name}"))?;
-        let local = find_local_image(store, &reference, name)?;
+        // `--build-context NAME=docker-image://REF`: REF stands in for NAME
+        // (the result is still filed under NAME for the plan).
+        let source = req.extra.image_contexts.get(name).unwrap_or(name);
+        if let Some(dir) = source.strip_prefix(super::options::LOCAL_DIR) {
+            let img = super::named_context::image_from_dir(store, req, Path::new(dir))?;
+            out.insert(name.clone(), img);
+            continue;
+        }
+        if let Some(layout) = source.strip_prefix("oci-layout://") {
+            let desc = image::import::import_layout(store, layout)
+                .with_context(|| format!("--build-context {source}"))?;
+            out.insert(name.clone(), image::load_image(store, &desc)?);
+            continue;
+        }
+        let reference = Reference::parse(source)
+            .with_context(|| format!("invalid image reference {source}"))?;
+        // A stored image of another platform than the one asked for is
+        // not the image this build needs.
+        let want = platforms.get(name).and_then(|p| plan::Platform::parse(p));
+        let local = find_local_image(store, &reference, source)?.filter(|img| {
+            want.as_ref()
+                .is_none_or(|w| img.config.os == w.os && img.config.architecture == w.arch)
+        });
         let pull = match (req.pull, &local, reference.digest.is_some()) {
             (_, Some(_), true) => false,
             (PullPolicy::Always, _, _) => true,
@@ -522,6 +604,9 @@ fn commit(ctx: &BuildCtx<'_>, target: &StageResult) -> anyhow::Result<BuildOutco
             .find_map(|h| h.created.clone())
             .unwrap_or_else(|| image::time::format_rfc3339(image::time::now_epoch())),
     });
+    for (k, v) in &ctx.req.extra.labels {
+        config.config.labels.insert(k.clone(), v.clone());
+    }
     let layers: Vec<oci_spec::image::Descriptor> = target
         .layers
         .iter()
@@ -535,6 +620,7 @@ fn commit(ctx: &BuildCtx<'_>, target: &StageResult) -> anyhow::Result<BuildOutco
         .collect::<anyhow::Result<_>>()?;
     let manifest = image::commit_image(store, ctx.req.format, &config, &layers)
         .context("writing the image config and manifest")?;
+    let manifest = image::annotate_manifest(store, &manifest, &ctx.req.extra.annotations)?;
     let image_id = format!("sha256:{}", hex::encode(Sha256::digest(config.to_json()?)));
     let mut tags = Vec::new();
     for tag in &ctx.req.tags {
@@ -545,30 +631,41 @@ fn commit(ctx: &BuildCtx<'_>, target: &StageResult) -> anyhow::Result<BuildOutco
         tags.push(name);
     }
     for out in &ctx.req.outputs {
-        export(ctx, out, &manifest, &tags)?;
+        super::outputs::export(ctx, out, &manifest, &tags, &target.layers)?;
     }
     if let Some(path) = &ctx.req.iidfile {
         std::fs::write(path, &image_id)
             .with_context(|| format!("writing --iidfile {}", path.display()))?;
     }
-    if ctx.req.push {
-        push_tags(ctx, &tags)?;
-    }
+    let pushed = if ctx.req.push {
+        push_tags(ctx, &tags)?
+    } else {
+        Vec::new()
+    };
     let manifest_digest = manifest.digest().to_string();
     ctx.reporter.event(Event::BuildDone {
         digest: manifest_digest.clone(),
         tags: tags.clone(),
     });
+    let steps = ctx
+        .records
+        .lock()
+        .map(|r| r.clone())
+        .map_err(|_| anyhow::anyhow!("step records lock poisoned"))?;
     Ok(BuildOutcome {
         manifest_digest,
         image_id,
         tags,
+        manifest,
+        pushed,
+        steps,
     })
 }
 
 /// `--push`: every tag to its registry; blobs of base images from the same
 /// registry are mounted instead of uploaded.
-fn push_tags(ctx: &BuildCtx<'_>, tags: &[String]) -> anyhow::Result<()> {
+fn push_tags(ctx: &BuildCtx<'_>, tags: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut pushed = Vec::new();
     anyhow::ensure!(
         !tags.is_empty(),
         "--push needs at least one -t REGISTRY/NAME:TAG"
@@ -601,6 +698,7 @@ fn push_tags(ctx: &BuildCtx<'_>, tags: &[String]) -> anyhow::Result<()> {
                     format!("pushed {dest}@{}\n", report.manifest_digest).as_bytes(),
                 );
                 handle.done();
+                pushed.push((dest.to_string(), report.manifest_digest.to_string()));
             }
             Err(e) => {
                 handle.failed(format!("{e:#}"));
@@ -608,39 +706,7 @@ fn push_tags(ctx: &BuildCtx<'_>, tags: &[String]) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
-}
-
-/// `--output`: exports need a name in the store; an untagged build gets a
-/// temporary one for the export.
-fn export(
-    ctx: &BuildCtx<'_>,
-    out: &OutputSpec,
-    manifest: &oci_spec::image::Descriptor,
-    tags: &[String],
-) -> anyhow::Result<()> {
-    let mut names = tags.to_vec();
-    let temp_tag = if names.is_empty() {
-        let t = format!(
-            "rbuild-export:{}",
-            image::short_digest(manifest.digest().as_ref())
-        );
-        ctx.store.tag(&t, manifest)?;
-        names.push(t.clone());
-        Some(t)
-    } else {
-        None
-    };
-    let res = match out {
-        OutputSpec::Oci { dest } => image::export_oci_layout(ctx.store, &names, dest)
-            .with_context(|| format!("exporting an OCI layout to {}", dest.display())),
-        OutputSpec::Docker { dest } => image::export_docker_archive(ctx.store, &names, dest)
-            .with_context(|| format!("exporting a docker archive to {}", dest.display())),
-    };
-    if let Some(t) = temp_tag {
-        ctx.store.untag(&t)?;
-    }
-    res
+    Ok(pushed)
 }
 
 /// History entry for a step.

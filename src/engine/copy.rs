@@ -92,6 +92,13 @@ pub fn copy_entries(
         };
         add_parents(&mut out, &container, opts, existing);
         for item in &tree.items {
+            // A directory source gives its contents, never its own metadata:
+            // `add_parents` made the destination as BuildKit does (a missing
+            // one 0755, owned by the --chown user or root; an existing one
+            // left as it is, even under --chmod).
+            if tree.is_dir && item.rel.is_empty() {
+                continue;
+            }
             let path = if item.rel.is_empty() {
                 target.clone()
             } else {
@@ -289,8 +296,10 @@ mod tests {
         };
         let got = copy_entries(&[src], "/app", false, &CopyOptions::default(), &none);
         assert_eq!(paths(&got), vec!["app", "app/sub", "app/sub/x", "app/y"]);
-        // The destination takes the source directory's metadata.
-        assert_eq!(got[0].mode, 0o750);
+        // A new destination is made 0755 root, whatever the source's mode;
+        // directories below keep theirs.
+        assert_eq!((got[0].mode, got[0].uid), (0o755, 0));
+        assert_eq!(got[1].mode, 0o750);
     }
 
     #[test]

@@ -70,6 +70,29 @@ pub fn parents(path: &str) -> Vec<String> {
     out
 }
 
+/// The first directory on the way to `dest_abs` (already resolved through
+/// the image's symlinks) that exists in `root` as something other than a
+/// directory. BuildKit's copy fails there ("mkdir …: not a directory")
+/// rather than replacing a file of the image with a directory.
+pub fn non_dir_parent(root: &std::path::Path, dest_abs: &str) -> Option<String> {
+    non_dir_parent_with(dest_abs, |p| {
+        std::fs::symlink_metadata(root.join(p.trim_start_matches('/'))).is_ok_and(|m| !m.is_dir())
+    })
+}
+
+/// [`non_dir_parent`] with the image read through `is_non_dir` (a path
+/// that exists as something other than a directory).
+pub fn non_dir_parent_with(
+    dest_abs: &str,
+    mut is_non_dir: impl FnMut(&str) -> bool,
+) -> Option<String> {
+    let mut check = parents(dest_abs);
+    if dest_abs.ends_with('/') && clean(dest_abs) != "/" {
+        check.push(clean(dest_abs));
+    }
+    check.into_iter().find(|p| is_non_dir(p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +121,17 @@ mod tests {
         );
         assert_eq!(target_for("/app/x", false, "src/main.rs", false), "/app/x");
         assert_eq!(target_for("/app/", true, "src", true), "/app");
+    }
+
+    #[test]
+    fn a_file_on_the_way_is_found() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("d")).unwrap();
+        std::fs::write(root.path().join("d/f"), "x").unwrap();
+        assert_eq!(non_dir_parent(root.path(), "/d/f/g"), Some("/d/f".into()));
+        assert_eq!(non_dir_parent(root.path(), "/d/f/"), Some("/d/f".into()));
+        assert_eq!(non_dir_parent(root.path(), "/d/f"), None);
+        assert_eq!(non_dir_parent(root.path(), "/d/new/x"), None);
     }
 
     #[test]

@@ -4,10 +4,14 @@
 pub mod build;
 pub mod cachekey;
 pub mod config;
+pub mod context_source;
 pub mod copy;
 pub mod copydest;
 pub mod limits;
+pub mod mountpoints;
+mod named_context;
 pub mod options;
+mod outputs;
 pub mod rootfs;
 pub mod snapfill;
 pub mod snapshot;

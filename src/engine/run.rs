@@ -6,9 +6,10 @@
 //! is copied or unpacked per build. Without overlayfs the step runs on a
 //! copy of the stage's materialized files (see `rootfs`) and is diffed.
 //! `RUN --mount` types are lowered here into what the sandbox knows (binds
-//! of prepared host paths and tmpfs): cache dirs live in the store, secrets
-//! in a private temp dir removed after the step, the SSH agent socket is
-//! bound from `SSH_AUTH_SOCK`.
+//! of prepared host paths, tmpfs and files): cache dirs live in the store,
+//! secrets and heredoc scripts are handed over as bytes that the sandbox
+//! writes to a tmpfs of its own mount namespace (never to a host path), the
+//! SSH agent socket is bound from `SSH_AUTH_SOCK`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,9 @@ use anyhow::{bail, Context};
 use crate::dockerfile::mount::{CacheSharing, Mount, MountType};
 use crate::image::ImageConfig;
 use crate::layer::{changeset_from_overlay_upper, diff_trees, LayerEntry};
-use crate::sandbox::{self, ExtraFiles, MountSpec, NetworkMode, RootfsSpec, RunSpec, UserSpec};
+use crate::sandbox::{
+    self, ExtraFiles, FileBytes, MountSpec, NetworkMode, RootfsSpec, RunSpec, UserSpec,
+};
 use crate::store::{LockedTempDir, Store};
 
 use super::users::UserDb;
@@ -100,7 +103,7 @@ pub struct RunInputs<'a> {
     /// Host paths for `--mount` sources: context root, other stages' roots.
     pub bind_source: &'a dyn Fn(&Mount) -> anyhow::Result<PathBuf>,
     pub secrets: &'a BTreeMap<String, SecretSource>,
-    pub ssh_sock: Option<PathBuf>,
+    pub ssh: &'a BTreeMap<String, PathBuf>,
     /// Heredoc scripts (`RUN <<EOF` with a `#!` line) to put at `/dev/pipes/NAME`.
     pub scripts: Vec<(String, String)>,
     /// mtime of files the step's layer gets from outside the upper dir.
@@ -109,6 +112,8 @@ pub struct RunInputs<'a> {
     pub limits: &'a sandbox::Limits,
     /// Reports a limit that could not be applied (the build goes on).
     pub on_warning: &'a dyn Fn(&str),
+    /// `--add-host`: (name, address) lines added to `/etc/hosts`.
+    pub extra_hosts: &'a [(String, String)],
 }
 
 /// The argv of a RUN and the heredoc scripts it needs, as BuildKit's
@@ -170,31 +175,23 @@ pub fn run(
     on_output: &mut dyn FnMut(sandbox::Stream, &[u8]),
 ) -> anyhow::Result<(Vec<LayerEntry>, LockedTempDir)> {
     let work = inputs.store.temp_dir("run-").context("creating RUN dirs")?;
-    let secrets_dir = private_dir(inputs.store)?;
     let user = resolve_user(inputs)?;
     let mut env = process_env(inputs, &user.1);
     let mut specs = Vec::new();
     let mut locks = Vec::new();
     for m in &inputs.mounts {
-        lower_mount(
-            inputs,
-            m,
-            secrets_dir.path(),
-            &mut specs,
-            &mut env,
-            &mut locks,
-        )?;
+        lower_mount(inputs, m, work.path(), &mut specs, &mut env, &mut locks)?;
     }
+    let mount_dirs = super::mountpoints::needed(&specs);
     for (name, body) in &inputs.scripts {
-        let p = secrets_dir.path().join(format!("pipe-{name}"));
-        write_private(&p, body.as_bytes(), 0o755)?;
-        specs.push(MountSpec::Bind {
-            source: p,
+        specs.push(MountSpec::File {
             target: format!("/dev/pipes/{name}"),
-            readonly: true,
+            content: FileBytes(body.as_bytes().to_vec()),
+            uid: 0,
+            gid: 0,
+            mode: 0o755,
         });
     }
-    let managed = managed_files(secrets_dir.path(), &mut specs)?;
     // The engine passes snapshots only when overlay is usable.
     let overlay = matches!(inputs.root, StageFiles::Snapshots(_)) || overlay_usable();
     let (rootfs, fallback_root) = if overlay {
@@ -233,11 +230,16 @@ pub fn run(
         hostname: HOSTNAME.to_string(),
         network: inputs.network,
         mounts: specs,
-        // Bound from files of ours instead (see `managed_files`).
-        extra_files: ExtraFiles::default(),
+        extra_files: managed_files(inputs.extra_hosts),
         limits: inputs.limits.clone(),
     };
-    let outcome = sandbox::run(&spec, on_output).context("running the RUN sandbox")?;
+    let opts = sandbox::SandboxOptions {
+        // The empty mount point of the sandbox's tmpfs goes with the RUN
+        // dirs, which the store sweeps after a crash.
+        state_parent: Some(work.path().to_path_buf()),
+        ..Default::default()
+    };
+    let outcome = sandbox::run_with(&opts, &spec, on_output).context("running the RUN sandbox")?;
     drop(locks);
     for w in &outcome.limit_warnings {
         (inputs.on_warning)(w);
@@ -280,28 +282,19 @@ pub fn run(
         .map(|s| s.trim_start_matches('/').to_string())
         .collect();
     entries.retain(|e| !stubs.contains(&e.path));
-    // What the command really wrote to a managed file stays, as in docker.
-    for (target, path, original) in managed {
-        let now = std::fs::read(&path).with_context(|| format!("reading back {target}"))?;
-        if now != original.as_bytes() {
-            entries.retain(|e| e.path != target.trim_start_matches('/'));
-            entries.push(LayerEntry {
-                path: target.trim_start_matches('/').to_string(),
-                kind: crate::layer::EntryKind::File(crate::layer::FileSource::Bytes(now)),
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                mtime: inputs.created,
-                xattrs: Vec::new(),
-            });
-        }
-    }
     if let Some(maps) = &outcome.id_maps {
         for e in &mut entries {
             e.uid = maps.to_container_uid(e.uid).unwrap_or(0);
             e.gid = maps.to_container_gid(e.gid).unwrap_or(0);
         }
     }
+    let dirs = super::mountpoints::missing_entries(
+        &inputs.root.lowers(),
+        &mount_dirs,
+        &entries,
+        inputs.created,
+    );
+    entries.extend(dirs);
     Ok((entries, work))
 }
 
@@ -312,36 +305,22 @@ pub fn overlay_usable() -> bool {
         && sandbox::overlay_available()
 }
 
-/// `/etc/resolv.conf`, `/etc/hosts` and `/etc/hostname` as docker manages
-/// them: bound from files in `dir` (never into the upper dir). Returns
-/// (target, file, content written) to compare after the run.
-fn managed_files(
-    dir: &Path,
-    specs: &mut Vec<MountSpec>,
-) -> anyhow::Result<Vec<(String, PathBuf, String)>> {
-    let contents = [
-        (
-            "/etc/resolv.conf",
-            std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-        ),
-        (
-            "/etc/hosts",
-            format!("127.0.0.1\tlocalhost {HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
-        ),
-        ("/etc/hostname", format!("{HOSTNAME}\n")),
-    ];
-    let mut out = Vec::new();
-    for (target, content) in contents {
-        let file = dir.join(format!("managed{}", target.replace('/', "-")));
-        write_private(&file, content.as_bytes(), 0o644)?;
-        specs.push(MountSpec::Bind {
-            source: file.clone(),
-            target: target.to_string(),
-            readonly: false,
-        });
-        out.push((target.to_string(), file, content));
+/// `/etc/resolv.conf`, `/etc/hosts` (with `--add-host` lines) and
+/// `/etc/hostname` as BuildKit manages them: the sandbox writes them to its
+/// private tmpfs and binds them read-only, so they never reach the layer or
+/// a host path, and a RUN that writes to them fails as under BuildKit
+/// (`tests/conformance`, case `run-writes-etc-hosts`).
+fn managed_files(extra_hosts: &[(String, String)]) -> ExtraFiles {
+    let mut hosts =
+        format!("127.0.0.1\tlocalhost {HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for (name, ip) in extra_hosts {
+        hosts.push_str(&format!("{ip}\t{name}\n"));
     }
-    Ok(out)
+    ExtraFiles {
+        resolv_conf: Some(std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
+        hosts: Some(hosts),
+        hostname: Some(format!("{HOSTNAME}\n")),
+    }
 }
 
 /// The process user (ids, groups) and HOME, from USER and the image's files.
@@ -367,13 +346,18 @@ fn resolve_user(inputs: &RunInputs<'_>) -> anyhow::Result<(UserSpec, String)> {
     ))
 }
 
-/// Image ENV, then ARGs not shadowed by ENV, proxies, and HOME when unset.
+/// Image ENV with the ARGs in scope over it, proxies, and HOME when unset.
 fn process_env(inputs: &RunInputs<'_>, home: &str) -> Vec<String> {
     let mut env: Vec<String> = inputs.config.config.env.clone();
     let has = |env: &[String], k: &str| env.iter().any(|e| e.split('=').next() == Some(k));
+    // The plan gives each ARG the value the stage's environment holds at
+    // this step, so an ARG declared after an ENV of the same name wins, as
+    // in BuildKit (its ARG replaces the variable in the LLB state's env).
     for (k, v) in inputs.arg_env {
-        if !has(&env, k) {
-            env.push(format!("{k}={v}"));
+        let var = format!("{k}={v}");
+        match env.iter_mut().find(|e| e.split('=').next() == Some(k)) {
+            Some(e) => *e = var,
+            None => env.push(var),
         }
     }
     for (k, v) in inputs.proxy_env {
@@ -390,7 +374,7 @@ fn process_env(inputs: &RunInputs<'_>, home: &str) -> Vec<String> {
 fn lower_mount(
     inputs: &RunInputs<'_>,
     m: &Mount,
-    private: &Path,
+    scratch: &Path,
     specs: &mut Vec<MountSpec>,
     env: &mut Vec<String>,
     locks: &mut Vec<crate::store::LockGuard>,
@@ -401,12 +385,15 @@ fn lower_mount(
             size: m.size,
         }),
         MountType::Bind => {
-            let source = (inputs.bind_source)(m)?;
+            // The sandbox binds absolute paths; the context (or `--root`)
+            // may have been given relative, as in `rbuild build .`.
+            let source = std::path::absolute((inputs.bind_source)(m)?)
+                .context("resolving the bind mount's source")?;
             let source = if m.readonly {
                 source
             } else {
                 // Writes to a rw bind are discarded, as in BuildKit: never the user's files.
-                let copy = private.join(format!("bind-{}", specs.len()));
+                let copy = scratch.join(format!("bind-{}", specs.len()));
                 copy_tree(&source, &copy)?;
                 copy
             };
@@ -457,24 +444,26 @@ fn lower_mount(
                     return Ok(());
                 }
             }
-            let file = private.join(format!("secret-{}", specs.len()));
-            write_private(&file, &value, m.mode.unwrap_or(0o400))?;
-            if let (Some(uid), Some(gid)) = (m.uid, m.gid) {
-                let _ = nix::unistd::chown(&file, Some(uid.into()), Some(gid.into()));
-            }
-            specs.push(MountSpec::Bind {
-                source: file,
+            // BuildKit's defaults: uid 0, gid 0, mode 0400, each on its own.
+            specs.push(MountSpec::File {
                 target: m
                     .target
                     .clone()
                     .unwrap_or_else(|| format!("/run/secrets/{id}")),
-                readonly: true,
+                content: FileBytes(value),
+                uid: m.uid.unwrap_or(0),
+                gid: m.gid.unwrap_or(0),
+                mode: m.mode.unwrap_or(0o400),
             });
         }
         MountType::Ssh => {
-            let Some(sock) = &inputs.ssh_sock else {
+            let id =
+                m.id.as_deref()
+                    .filter(|i| !i.is_empty())
+                    .unwrap_or("default");
+            let Some(sock) = inputs.ssh.get(id) else {
                 if m.required {
-                    bail!("an SSH agent is required: pass --ssh default with SSH_AUTH_SOCK set");
+                    bail!("SSH agent {id:?} is required: pass --ssh {id}[=SOCKET]");
                 }
                 return Ok(());
             };
@@ -530,47 +519,6 @@ fn cache_dir(store: &Store, id: &str, m: &Mount) -> anyhow::Result<PathBuf> {
         }
     }
     Ok(dir)
-}
-
-/// A temp dir only the current user can read: in memory when possible,
-/// else a locked one in the store.
-enum PrivateDir {
-    Shm(tempfile::TempDir),
-    Store(LockedTempDir),
-}
-
-impl PrivateDir {
-    fn path(&self) -> &Path {
-        match self {
-            PrivateDir::Shm(d) => d.path(),
-            PrivateDir::Store(d) => d.path(),
-        }
-    }
-}
-
-fn private_dir(store: &Store) -> anyhow::Result<PrivateDir> {
-    let shm = Path::new("/dev/shm");
-    if !shm.is_dir() {
-        return Ok(PrivateDir::Store(store.temp_dir("private-")?));
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("rbuild-")
-        .tempdir_in(shm)
-        .context("creating a private temp dir")?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
-    Ok(PrivateDir::Shm(dir))
-}
-
-fn write_private(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    std::io::Write::write_all(&mut f, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Mount points the sandbox created in the fallback copy, removed while

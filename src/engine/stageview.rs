@@ -6,7 +6,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-use crate::layer::{merged_image_path, merged_lookup, merged_resolve, Timespec};
+use crate::layer::{merged_image_path, merged_lookup, merged_resolve, MergedView, Timespec};
 
 use super::copy::ExistingDir;
 use super::rootfs;
@@ -45,6 +45,20 @@ impl StageView {
         })
     }
 
+    /// The first dir on the way to `dest_abs` (resolved) that the image
+    /// holds as something else (see `copydest::non_dir_parent`).
+    pub fn non_dir_parent(&self, dest_abs: &str) -> Option<String> {
+        match self {
+            StageView::Layers(l) => {
+                let mut view = MergedView::new(l);
+                super::copydest::non_dir_parent_with(dest_abs, |p| {
+                    view_meta(&mut view, p).is_some_and(|m| !m.is_dir())
+                })
+            }
+            StageView::Dir(root) => super::copydest::non_dir_parent(root, dest_abs),
+        }
+    }
+
     /// A small text file of the image (`/etc/passwd`), empty when absent.
     pub fn read_text(&self, path: &str) -> String {
         match self {
@@ -54,4 +68,10 @@ impl StageView {
             StageView::Dir(root) => rootfs::read_text(root, path),
         }
     }
+}
+
+fn view_meta(view: &mut MergedView, path: &str) -> Option<std::fs::Metadata> {
+    view.lookup(path.trim_start_matches('/'))?
+        .symlink_metadata()
+        .ok()
 }

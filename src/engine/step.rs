@@ -63,7 +63,17 @@ impl StageState {
         done: &[Option<Arc<StageResult>>],
     ) -> anyhow::Result<StageState> {
         let (mut config, layers, key) = match &stage.base {
-            Base::Scratch => (ImageConfig::for_host(), Vec::new(), "scratch".to_string()),
+            // BuildKit's empty image has WorkingDir "/" (and the default PATH).
+            Base::Scratch => {
+                let mut cfg = ImageConfig::for_host();
+                cfg.config.working_dir = Some("/".to_string());
+                if let Some(p) = &ctx.req.extra.platform {
+                    cfg.os = p.os.clone();
+                    cfg.architecture = p.arch.clone();
+                    cfg.variant = (!p.variant.is_empty()).then(|| p.variant.clone());
+                }
+                (cfg, Vec::new(), "scratch".to_string())
+            }
             Base::Stage(i) => {
                 let base = done[*i]
                     .as_ref()
@@ -147,8 +157,9 @@ impl StageState {
         let Kind::Workdir(p) = &step.instruction.kind else {
             return "/".into();
         };
+        // As the plan does: an absolute WORKDIR is kept as written.
         if p.starts_with('/') {
-            clean(p)
+            p.clone()
         } else {
             let cur = self.config.config.working_dir.as_deref().unwrap_or("/");
             clean(&format!("{cur}/{p}"))
@@ -187,10 +198,13 @@ impl StageState {
             .clone()
             .unwrap_or_else(|| created_by.clone());
         let handle = StepHandle::start(ctx.reporter.clone(), ctx.step_id(), &name);
-        if !ctx.req.no_cache {
+        let started = std::time::Instant::now();
+        let no_cache = ctx.no_cache_for(step_id);
+        if !no_cache {
             if let Some(rec) = ctx.store.cache_get(&key)? {
                 let outcome = outcome_from_record(&rec);
                 handle.cached(None);
+                ctx.record_step(&name, true, started, outcome.layer.as_ref());
                 self.apply_outcome(&created_by, outcome, ctx);
                 self.key = key;
                 return Ok(());
@@ -199,6 +213,8 @@ impl StageState {
         let mut link_from = None;
         let reason = if ctx.req.no_cache {
             "--no-cache".to_string()
+        } else if no_cache {
+            "--no-cache-filter".to_string()
         } else {
             // Only this stage in earlier builds of this Dockerfile holds
             // earlier versions of the step (step ids are `scope/stage/i`);
@@ -270,6 +286,7 @@ impl StageState {
             .cache_put(&rec)
             .context("recording the step in the cache")?;
         handle.done();
+        ctx.record_step(&name, false, started, layer.as_ref());
         self.apply_outcome(&created_by, Outcome { layer, created }, ctx);
         self.key = key;
         Ok(())
@@ -283,16 +300,15 @@ impl StageState {
         self.add_history(created_by, Some(created), outcome.layer.as_ref());
     }
 
-    /// Write `entries` as a layer blob; an empty change set is no layer.
+    /// Write `entries` as a layer blob. An empty change set is still a
+    /// layer: BuildKit commits every COPY, ADD, RUN and WORKDIR (other than
+    /// `/`) with a layer, empty or not.
     fn write(
         &self,
         ctx: &BuildCtx<'_>,
         entries: Vec<LayerEntry>,
         handle: &StepHandle,
     ) -> anyhow::Result<Option<LayerRef>> {
-        if entries.is_empty() {
-            return Ok(None);
-        }
         let mut blob = ctx.store.blob_writer()?;
         let opts = WriteOptions {
             compression: ctx.req.compression,
@@ -433,6 +449,16 @@ impl StageState {
             .and_then(|f| f.value.clone())
             .unwrap_or_else(|| format!("{:?}", ctx.req.network).to_lowercase());
         inputs.extra.insert("network".into(), network);
+        if !ctx.req.extra.add_hosts.is_empty() {
+            let hosts: Vec<String> = ctx
+                .req
+                .extra
+                .add_hosts
+                .iter()
+                .map(|(h, ip)| format!("{h}={ip}"))
+                .collect();
+            inputs.extra.insert("add-host".into(), hosts.join(","));
+        }
         let workdir = self
             .config
             .config
@@ -613,6 +639,9 @@ impl StageState {
         if trailing && !resolved.ends_with('/') {
             resolved.push('/');
         }
+        if let Some(p) = view.non_dir_parent(&resolved) {
+            bail!("cannot copy to {dest}: {p} exists in the image and is not a directory");
+        }
         let exists_dir = view.existing_dir(&resolved).is_some();
         let existing = |p: &str| view.existing_dir(p);
         Ok(copy_entries(
@@ -748,7 +777,7 @@ impl StageState {
             mounts: mounts.clone(),
             bind_source: &bind_source,
             secrets: &ctx.req.secrets,
-            ssh_sock: ctx.req.ssh_sock.clone(),
+            ssh: &ctx.req.ssh,
             scripts,
             created: Self::created_time(ctx),
             limits: &ctx.req.limits,
@@ -761,6 +790,7 @@ impl StageState {
                     });
                 }
             },
+            extra_hosts: &ctx.req.extra.add_hosts,
         };
         let mut on_output = |stream: crate::sandbox::Stream, bytes: &[u8]| {
             let s = match stream {

@@ -2,10 +2,11 @@
 //! `/etc/group`, as docker does.
 //!
 //! Names must exist in the image; numeric ids need not. For `--chown`, a user
-//! without a group uses the user's numeric id as the group id (the Dockerfile
-//! reference's rule); for `USER`, a user without a group gets the primary group
-//! from passwd (0 when the uid is not listed) plus every group that lists the
-//! user by name, and `HOME` from passwd (`/` when unknown).
+//! name without a group takes its primary group from passwd and a numeric uid
+//! without a group is also the gid (what BuildKit does); for `USER`, a user
+//! without a group gets the primary group from passwd (0 when the uid is not
+//! listed) plus every group that lists the user by name, and `HOME` from
+//! passwd (`/` when unknown).
 
 use thiserror::Error;
 
@@ -114,13 +115,27 @@ impl UserDb {
             .ok_or_else(|| UserError::UnknownGroup(spec.to_string()))
     }
 
-    /// `--chown=user[:group]` → (uid, gid).
+    /// `--chown=user[:group]` → (uid, gid). Without a group, a user *name*
+    /// takes its primary group from passwd and a numeric uid is also the gid
+    /// (BuildKit's copy op looks names up and takes numbers as they are).
+    /// An empty user is root and an empty group after `:` is group 0, as in
+    /// BuildKit's copy op (`--chown=:staff`, `--chown=app:`).
     pub fn resolve_chown(&self, spec: &str) -> Result<(u32, u32), UserError> {
-        let (user, group) = split_spec(spec)?;
-        let (uid, _) = self.user(user)?;
-        let gid = match group {
-            Some(g) => self.group(g)?,
-            None => uid,
+        let (user, group) = match spec.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (spec, None),
+        };
+        let (uid, entry) = if user.is_empty() {
+            (0, None)
+        } else {
+            self.user(user)?
+        };
+        let numeric = user.parse::<u32>().is_ok();
+        let gid = match (group, entry) {
+            (Some(""), _) => 0,
+            (Some(g), _) => self.group(g)?,
+            (None, Some(u)) if !numeric => u.gid,
+            (None, _) => uid,
         };
         Ok((uid, gid))
     }
@@ -138,7 +153,9 @@ impl UserDb {
             (None, Some(u)) => self
                 .groups
                 .iter()
-                .filter(|g| g.members.iter().any(|m| m == &u.name) && g.gid != gid)
+                // Every group that lists the user, the primary one included
+                // (runc's GetExecUser does not leave it out).
+                .filter(|g| g.members.iter().any(|m| m == &u.name))
                 .map(|g| g.gid)
                 .collect(),
             _ => Vec::new(),
@@ -180,7 +197,9 @@ mod tests {
     #[test]
     fn chown_names_and_numbers() {
         let db = db();
-        assert_eq!(db.resolve_chown("app"), Ok((1000, 1000)));
+        // A name takes its primary group; a number is also the gid.
+        assert_eq!(db.resolve_chown("app"), Ok((1000, 1001)));
+        assert_eq!(db.resolve_chown("1000"), Ok((1000, 1000)));
         assert_eq!(db.resolve_chown("app:wheel"), Ok((1000, 10)));
         assert_eq!(db.resolve_chown("55"), Ok((55, 55)));
         assert_eq!(db.resolve_chown("55:66"), Ok((55, 66)));
@@ -193,7 +212,9 @@ mod tests {
             db.resolve_chown("app:nogroup"),
             Err(UserError::UnknownGroup("nogroup".into()))
         );
-        assert!(db.resolve_chown(":1").is_err());
+        // BuildKit: an empty user is root, an empty group is 0.
+        assert_eq!(db.resolve_chown(":wheel"), Ok((0, 10)));
+        assert_eq!(db.resolve_chown("app:"), Ok((1000, 0)));
     }
 
     #[test]
@@ -208,6 +229,16 @@ mod tests {
         assert!(u.additional_gids.is_empty());
         let u = db.resolve_user("4242").unwrap();
         assert_eq!((u.uid, u.gid, u.home.as_str()), (4242, 0, "/"));
+    }
+
+    #[test]
+    fn supplementary_groups_include_a_primary_group_that_lists_the_user() {
+        let db = UserDb::parse(
+            "app:x:1000:2000::/home/app:/bin/sh\n",
+            "appgrp:x:2000:app\nstaff:x:3000:app\n",
+        );
+        let u = db.resolve_user("app").unwrap();
+        assert_eq!((u.gid, u.additional_gids), (2000, vec![2000, 3000]));
     }
 
     #[test]

@@ -258,6 +258,38 @@ pub fn find_image(store: &Store, name: &str) -> anyhow::Result<Image> {
     anyhow::bail!("no such image: {name}")
 }
 
+/// The manifest under `desc` with `annotations` added (`--annotation`), as
+/// a new blob; only OCI manifests have annotations.
+pub fn annotate_manifest(
+    store: &Store,
+    desc: &Descriptor,
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<Descriptor> {
+    if annotations.is_empty() {
+        return Ok(desc.clone());
+    }
+    let media = desc.media_type().to_string();
+    anyhow::ensure!(
+        media == OCI_MANIFEST,
+        "--annotation needs an OCI manifest (--format oci); docker manifests have no annotations"
+    );
+    let digest = desc.digest().to_string();
+    let mut doc: serde_json::Value = serde_json::from_slice(&store.read_blob(&digest)?)
+        .with_context(|| format!("reading manifest {digest}"))?;
+    let map = doc
+        .as_object_mut()
+        .context("the manifest is not a JSON object")?
+        .entry("annotations")
+        .or_insert_with(|| serde_json::json!({}));
+    for (k, v) in annotations {
+        map[k] = serde_json::Value::String(v.clone());
+    }
+    let blob = store
+        .put_blob(&to_canonical_json(&doc)?)
+        .context("writing the annotated manifest")?;
+    descriptor(&media, &blob)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

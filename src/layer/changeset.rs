@@ -143,6 +143,12 @@ fn same_entry(old_path: &Path, old: &Metadata, new_path: &Path, new: &Metadata) 
     if old.is_dir() && new.is_dir() {
         return same_dir(old_path, old, new_path, new);
     }
+    // A new hard link to a lower file copies that file up unchanged but
+    // with another link count: the layer must carry it, or the link would
+    // have no target in the layer (BuildKit keeps both, `nlink=2`).
+    if old.nlink() != new.nlink() {
+        return Ok(false);
+    }
     Ok(!differs(old_path, old, new_path, new)?)
 }
 

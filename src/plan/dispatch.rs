@@ -625,11 +625,13 @@ impl<'a> Dispatcher<'a> {
             );
         }
         self.state.workdir_set = true;
-        let wd = clean_path(&if p.starts_with('/') {
+        // BuildKit's NormalizeWorkdir joins (and so cleans) only a relative
+        // path; an absolute one is kept as written, trailing slash included.
+        let wd = if p.starts_with('/') {
             p.clone()
         } else {
-            format!("/{}/{}", self.state.workdir, p)
-        });
+            clean_path(&format!("/{}/{}", self.state.workdir, p))
+        };
         self.state.workdir = wd.clone();
         if wd != "/" {
             d.step.display_name = self.display(inst, d.onbuild, false);

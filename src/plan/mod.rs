@@ -18,7 +18,7 @@ pub mod ir;
 mod lints;
 mod stage;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub use from_parser::{read, Parsed};
 pub use ir::{Flag, Form, Heredoc, Instruction, Kind, Span};
@@ -137,6 +137,12 @@ pub struct PlanOptions {
     /// Configs of external base images, keyed by normalized reference
     /// (`docker.io/library/alpine:3.19`).
     pub base_configs: BTreeMap<String, BaseConfig>,
+    /// `--platform`: the target platform when it is not `platform` (then
+    /// `TARGET*` args differ from `BUILD*`).
+    pub target_platform: Option<Platform>,
+    /// `--build-context NAME=…` names (lowercase): a stage with such a name
+    /// is not what FROM/--from NAME refers to; the named context is.
+    pub replaced_stages: BTreeSet<String>,
 }
 
 impl Default for PlanOptions {
@@ -147,6 +153,8 @@ impl Default for PlanOptions {
             platform: Platform::host(),
             all_stages: false,
             base_configs: BTreeMap::new(),
+            target_platform: None,
+            replaced_stages: BTreeSet::new(),
         }
     }
 }

@@ -35,8 +35,17 @@ pub const PROXY_ARGS: &[&str] = &[
 /// The platform ARGs BuildKit defines globally (usable in FROM; inside a
 /// stage only after `ARG NAME`).
 pub fn predefined_args(p: &Platform, target_stage: &str) -> BTreeMap<String, String> {
+    platform_args(p, p, target_stage)
+}
+
+/// [`predefined_args`] with a target platform other than the build platform.
+pub fn platform_args(
+    build: &Platform,
+    target: &Platform,
+    target_stage: &str,
+) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
-    for (prefix, plat) in [("BUILD", p), ("TARGET", p)] {
+    for (prefix, plat) in [("BUILD", build), ("TARGET", target)] {
         m.insert(format!("{prefix}PLATFORM"), plat.to_string());
         m.insert(format!("{prefix}OS"), plat.os.clone());
         m.insert(format!("{prefix}ARCH"), plat.arch.clone());
@@ -142,14 +151,17 @@ pub(super) fn plan(
         &global,
         &meta_keys,
         escape,
-        &mut problems,
-        &mut findings,
+        &opts.replaced_stages,
+        (&mut problems, &mut findings),
     );
-    let names = stage_names(&stages);
+    let all_names = stage_names(&stages);
+    // References resolve past replaced stages (to the named context).
+    let mut names = all_names.clone();
+    names.retain(|n, _| !opts.replaced_stages.contains(n));
 
     let target = match &opts.target {
         None => stages.len() - 1,
-        Some(t) => match names.get(&t.to_ascii_lowercase()) {
+        Some(t) => match all_names.get(&t.to_ascii_lowercase()) {
             Some(i) => *i,
             None => {
                 problems.push(problem(
@@ -160,7 +172,7 @@ pub(super) fn plan(
             }
         },
     };
-    let deps = stage_deps(&stages, &resolved, &names, opts, &mut problems);
+    let deps = stage_deps(&stages, &resolved, &names, opts);
     let keep = reachable(target, &resolved, &deps, opts.all_stages, stages.len());
 
     let mut remap = BTreeMap::new();
@@ -295,7 +307,8 @@ fn global_args(
     target_name: &str,
     problems: &mut Vec<Problem>,
 ) -> (BTreeMap<String, String>, BTreeSet<String>) {
-    let mut global = predefined_args(&opts.platform, target_name);
+    let target = opts.target_platform.as_ref().unwrap_or(&opts.platform);
+    let mut global = platform_args(&opts.platform, target, target_name);
     let mut keys = BTreeSet::new();
     for m in meta {
         let Kind::Arg(args) = &m.kind else { continue };
@@ -333,8 +346,8 @@ fn resolve_bases(
     global: &BTreeMap<String, String>,
     meta_keys: &BTreeSet<String>,
     escape: char,
-    problems: &mut Vec<Problem>,
-    findings: &mut Vec<Finding>,
+    replaced: &BTreeSet<String>,
+    (problems, findings): (&mut Vec<Problem>, &mut Vec<Finding>),
 ) -> Vec<Resolved> {
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let mut out = Vec::new();
@@ -407,7 +420,7 @@ fn resolve_bases(
                 )),
             }
         }
-        if let Some(n) = &st.name {
+        if let Some(n) = st.name.as_ref().filter(|n| !replaced.contains(*n)) {
             seen.insert(n.clone(), i);
         }
         out.push(Resolved {
@@ -495,7 +508,6 @@ fn stage_deps(
     resolved: &[Resolved],
     names: &BTreeMap<String, usize>,
     opts: &PlanOptions,
-    problems: &mut Vec<Problem>,
 ) -> Vec<Vec<usize>> {
     let mut deps = Vec::new();
     for (i, st) in stages.iter().enumerate() {
@@ -512,10 +524,11 @@ fn stage_deps(
                 current_name: &name,
             };
             for r in inst_sources(c, scope) {
-                match r {
-                    Ok(RawBase::Stage(j)) => d.push(j),
-                    Ok(_) => {}
-                    Err(p) => problems.push(p),
+                // A bad `--from` (e.g. a stage defined later) is an error
+                // only in a stage the target needs: dispatching that stage
+                // reports it. BuildKit skips the others.
+                if let Ok(RawBase::Stage(j)) = r {
+                    d.push(j);
                 }
             }
         }

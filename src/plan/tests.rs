@@ -465,11 +465,20 @@ fn reference_normalization() {
 }
 
 #[test]
+fn a_bad_from_in_a_stage_the_target_does_not_need_is_no_error() {
+    // BuildKit only dispatches the stages the target needs.
+    plan_ok(
+        "FROM scratch AS a\nCOPY --from=b /x /x\nFROM scratch AS b\n",
+        &opts(&[]),
+    );
+}
+
+#[test]
 fn copy_from_stage_index_bounds_and_order() {
     let e = plan_text("FROM scratch\nCOPY --from=5 /a /a\n", &opts(&[])).unwrap_err();
     assert_eq!(e.problems[0].message, "invalid stage index 5");
     let e = plan_text(
-        "FROM scratch AS a\nCOPY --from=b /x /x\nFROM scratch AS b\n",
+        "FROM scratch AS a\nCOPY --from=b /x /x\nFROM scratch AS b\nFROM a\n",
         &opts(&[]),
     )
     .unwrap_err();

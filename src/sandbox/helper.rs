@@ -19,6 +19,10 @@ use super::{init, rootfs, sys, NetworkMode};
 /// (already reported on the report fd).
 pub fn main() -> ! {
     let report = sys::take_report_fd();
+    // Mark what the caller left open at once, even when `init_exe` is not
+    // rbuild's own `main` (which already did); the command's process marks
+    // again right before its `execve`, the only exec below us.
+    let _ = sys::cloexec_from(3);
     let code = match stage_one(&report) {
         Ok(()) => 0,
         Err(err) => {

@@ -68,7 +68,8 @@ fn setup_and_wait(req: &Request, report: &File) -> Result<i32> {
     if spec.network == NetworkMode::None {
         sys::loopback_up().context("bringing up lo")?;
     }
-    for path in rootfs::prepare(req)? {
+    let prepared = rootfs::prepare(req)?;
+    for path in prepared.stubs {
         send(report, &Report::Stub { path });
     }
     std::fs::create_dir_all(&spec.cwd)
@@ -144,6 +145,10 @@ fn exec_command(spec: &RunSpec) -> Result<Infallible> {
     let program = find_program(spec)?;
     let argv = cstrings(&spec.argv)?;
     let env = cstrings(&spec.env)?;
+    // Only 0-2 may reach the command: whatever rbuild's caller or a library
+    // user left open, and our own report pipe and dir handles, close on exec
+    // (marked rather than closed, so an exec failure can still be reported).
+    sys::cloexec_from(3).context("marking descriptors close-on-exec")?;
     // Last, so setup itself is not filtered; applies to the exec onwards.
     sys::install_seccomp(&seccomp::program()).context("installing the seccomp filter")?;
     execve(&program, &argv, &env).with_context(|| {

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 mod caps;
 mod cgroup;
+mod files;
 mod helper;
 mod idmap;
 mod init;
@@ -109,8 +110,9 @@ pub enum NetworkMode {
     None,
 }
 
-/// One extra mount. Cache, secret and ssh mounts are lowered by the engine
-/// into binds of host paths it prepared.
+/// One extra mount. Cache and ssh mounts are lowered by the engine into
+/// binds of host paths it prepared; secrets and heredoc scripts into
+/// [`MountSpec::File`], whose bytes never touch a host path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MountSpec {
     /// Bind a host file or directory at `target` (absolute, inside the rootfs).
@@ -122,11 +124,50 @@ pub enum MountSpec {
     /// A fresh tmpfs (mode 1777) at `target`; `size` in bytes, `None` for the
     /// kernel default (half of RAM).
     Tmpfs { target: String, size: Option<u64> },
+    /// A read-only file at `target` holding `content`, owned by
+    /// `uid`:`gid` (ids inside the sandbox) with `mode`. The bytes travel to
+    /// the sandbox over a pipe and are written to a tmpfs that exists only
+    /// in its private mount namespace, so no copy outlives the step, even
+    /// when rbuild is killed (secrets, heredoc scripts).
+    File {
+        target: String,
+        content: FileBytes,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+    },
+}
+
+/// File contents that may be secret: hex on the wire, never printed by
+/// `Debug` (a spec in an error message or a log must not show them).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct FileBytes(pub Vec<u8>);
+
+impl std::fmt::Debug for FileBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
+    }
+}
+
+impl Serialize for FileBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for FileBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        hex::decode(text)
+            .map(FileBytes)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// Contents for the files docker manages inside every container. They are
-/// written to a tmpfs private to the sandbox and bind-mounted, so writes by
-/// the command never reach the rootfs or the upper dir.
+/// written to a tmpfs private to the sandbox's mount namespace and
+/// bind-mounted read-only (as BuildKit does), so they never reach the
+/// rootfs, the upper dir or any host path.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExtraFiles {
     pub resolv_conf: Option<String>,
@@ -162,6 +203,11 @@ pub struct SandboxOptions {
     pub init_exe: PathBuf,
     /// Rootless id mapping.
     pub id_map: IdMapMode,
+    /// Where to create the sandbox's state dir: an empty mount point for its
+    /// private tmpfs, removed after the step. Default: the system temp dir.
+    /// Callers with a dir that is swept after a crash (the store's locked
+    /// temp dirs) pass it, so not even the empty dir outlives a `kill -9`.
+    pub state_parent: Option<PathBuf>,
 }
 
 impl Default for SandboxOptions {
@@ -169,6 +215,7 @@ impl Default for SandboxOptions {
         SandboxOptions {
             init_exe: PathBuf::from("/proc/self/exe"),
             id_map: IdMapMode::Auto,
+            state_parent: None,
         }
     }
 }
@@ -243,6 +290,15 @@ pub fn init_main() -> ! {
     helper::main()
 }
 
+/// Marks every descriptor from 3 up close-on-exec, so descriptors the
+/// caller's shell left open (`exec 7>file`) reach no process rbuild starts:
+/// not the sandbox, nor newuidmap, credential helpers or git. `main()`
+/// calls it first. Errors are ignored: the sandbox closes everything but
+/// 0-2 again right before it execs the command.
+pub fn cloexec_inherited_fds() {
+    let _ = sys::cloexec_from(3);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,5 +326,26 @@ mod tests {
         assert_eq!(maps.to_container_uid(165536), None);
         assert_eq!(maps.to_container_uid(5), None);
         assert_eq!(maps.to_container_gid(1000), None);
+    }
+
+    #[test]
+    fn file_bytes_travel_as_hex_and_never_print() {
+        let bytes = FileBytes(b"s3cr3t\x00\xff".to_vec());
+        let json = serde_json::to_string(&bytes).unwrap();
+        assert_eq!(json, "\"73336372337400ff\"");
+        assert_eq!(serde_json::from_str::<FileBytes>(&json).unwrap(), bytes);
+        assert!(serde_json::from_str::<FileBytes>("\"zz\"").is_err());
+        let spec = MountSpec::File {
+            target: "/run/secrets/s".into(),
+            content: bytes,
+            uid: 0,
+            gid: 0,
+            mode: 0o400,
+        };
+        let shown = format!("{spec:?}");
+        assert!(
+            shown.contains("<8 bytes>") && !shown.contains("s3cr3t"),
+            "{shown}"
+        );
     }
 }

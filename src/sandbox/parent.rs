@@ -33,10 +33,13 @@ pub fn run_with(
     on_output: &mut dyn FnMut(Stream, &[u8]),
 ) -> Result<RunOutcome> {
     validate(spec)?;
-    let state = tempfile::Builder::new()
-        .prefix("rbuild-sandbox-")
-        .tempdir()
-        .context("creating the sandbox state dir")?;
+    let mut state = tempfile::Builder::new();
+    state.prefix("rbuild-sandbox-");
+    let state = match &opts.state_parent {
+        Some(dir) => state.tempdir_in(dir),
+        None => state.tempdir(),
+    }
+    .context("creating the sandbox state dir")?;
     let userns = !nix::unistd::geteuid().is_root();
     let req = Request {
         spec: spec.clone(),
@@ -56,8 +59,10 @@ pub fn run_with(
     if let Err(e) = setup {
         return Err(helper.failure(e));
     }
-    pump_output(out, err, on_output);
-    let outcome = helper.finish();
+    let outcome = match pump(&mut helper, out, err, on_output) {
+        Ok(()) => helper.finish(),
+        Err(e) => Err(helper.failure(e)),
+    };
     if let RootfsSpec::Overlay { work, .. } = &spec.rootfs {
         clean_workdir(work);
     }
@@ -133,8 +138,11 @@ fn probe(opts: &SandboxOptions) -> Result<()> {
     if let Err(e) = helper.handshake(opts, &req) {
         return Err(helper.failure(e));
     }
-    pump_output(helper.stdout.take(), helper.stderr.take(), &mut |_, _| {});
-    let result = helper.finish().map(|_| ());
+    let (out, err) = (helper.stdout.take(), helper.stderr.take());
+    let result = match pump(&mut helper, out, err, &mut |_, _| {}) {
+        Ok(()) => helper.finish().map(|_| ()),
+        Err(e) => Err(helper.failure(e)),
+    };
     clean_workdir(&state.path().join("w"));
     result
 }
@@ -152,7 +160,9 @@ fn validate(spec: &RunSpec) -> Result<()> {
                 }
                 target
             }
-            super::MountSpec::Tmpfs { target, .. } => target,
+            super::MountSpec::Tmpfs { target, .. } | super::MountSpec::File { target, .. } => {
+                target
+            }
         };
         if paths::components(target)?.is_empty() {
             bail!("cannot mount over the root of the rootfs");
@@ -267,9 +277,18 @@ impl Helper {
         Ok(Some(report))
     }
 
+    /// Reads reports until EOF. A line that does not decode is kept as an
+    /// error and reading goes on: stopping would leave init blocked on a
+    /// full pipe, and the output would never end.
     fn drain_reports(&mut self) -> Result<()> {
-        while self.next_report()?.is_some() {}
-        Ok(())
+        loop {
+            match self.next_report() {
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(()),
+                Err(e) if e.is::<serde_json::Error>() => self.errors.push(format!("{e:#}")),
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Kills and reaps the helper, preferring its own error message.
@@ -304,6 +323,26 @@ impl Helper {
             limit_warnings: Vec::new(),
         })
     }
+}
+
+/// Streams the output to `on_output` and reads the reports, side by side,
+/// until every pipe reaches EOF. The reports must not wait for the output:
+/// init's last ones (what the command wrote to `/etc/hosts`) may be more
+/// than the report pipe holds, and init keeps the output pipes open until
+/// they are written.
+fn pump(
+    helper: &mut Helper,
+    out: Option<File>,
+    err: Option<File>,
+    on_output: &mut dyn FnMut(Stream, &[u8]),
+) -> Result<()> {
+    std::thread::scope(|s| {
+        let reports = s.spawn(|| helper.drain_reports());
+        pump_output(out, err, on_output);
+        reports
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("the sandbox report reader panicked")))
+    })
 }
 
 /// Streams both pipes to `on_output` until both reach EOF (when every

@@ -43,7 +43,17 @@ fn how(flags: OFlag) -> OpenHow {
 /// symlinks as if `root` were `/`.
 pub fn open_in_root(root: &OwnedFd, rel: &str) -> nix::Result<OwnedFd> {
     let rel = if rel.is_empty() { "." } else { rel };
-    openat2(root, rel, how(OFlag::O_PATH))
+    // EAGAIN: a rename or mount anywhere on the host raced a lookup through
+    // `..` (RESOLVE_IN_ROOT checks the global seqcounts); openat2(2) asks the
+    // caller to retry. Bounded: a host busy enough to fail 1000 times in a
+    // row gets the error.
+    let mut tries = 0;
+    loop {
+        match openat2(root, rel, how(OFlag::O_PATH)) {
+            Err(nix::errno::Errno::EAGAIN) if tries < 1000 => tries += 1,
+            other => return other,
+        }
+    }
 }
 
 /// The `/proc/self/fd/N` path that names an open handle (a mount target).

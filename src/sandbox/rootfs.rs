@@ -21,17 +21,29 @@ use nix::sys::stat::{Mode, SFlag};
 use nix::sys::statvfs::{statvfs, FsFlags};
 use nix::unistd::{fchdir, pivot_root, symlinkat};
 
+use super::files;
 use super::paths::{self, ensure, fd_path, Kind};
 use super::wire::Request;
 use super::{MountSpec, NetworkMode, RootfsSpec, RunSpec};
 
 const NONE: Option<&str> = None;
 
-/// Sets up the root and pivots into it. Returns the mount points that had
-/// to be created in the rootfs itself.
-pub fn prepare(req: &Request) -> Result<Vec<String>> {
+/// What `prepare` leaves for init.
+pub struct Prepared {
+    /// Mount points that had to be created in the rootfs itself.
+    pub stubs: Vec<String>,
+}
+
+/// Sets up the root and pivots into it.
+pub fn prepare(req: &Request) -> Result<Prepared> {
     let state = &req.state_dir;
-    mount_tmpfs(state, "mode=0755")?;
+    // Secrets and managed files live on this tmpfs, which exists only in
+    // the sandbox's private mount namespace: it dies with the namespace,
+    // even when rbuild is killed, and never shows on the host.
+    let size = files::state_size(&req.spec);
+    mount_tmpfs(state, &format!("mode=0700,size={size}"))?;
+    let files = state.join("files");
+    mkdir(&files, 0o755)?;
     let new_root = state.join("root");
     mkdir(&new_root, 0o755)?;
     let spec = &req.spec;
@@ -80,12 +92,12 @@ pub fn prepare(req: &Request) -> Result<Vec<String>> {
     mount_proc(&root, &mut stubs)?;
     mount_dev(&root, spec.limits.shm_size, &mut stubs)?;
     mount_sys(&root, spec.network, &mut stubs)?;
-    mount_extra_files(&root, state, spec, &mut stubs)?;
-    for m in &spec.mounts {
-        mount_user(&root, m, &mut stubs)?;
+    files::mount_extra_files(&root, &files, spec, &mut stubs)?;
+    for (i, m) in spec.mounts.iter().enumerate() {
+        mount_user(&root, m, &files.join(format!("mount-{i}")), &mut stubs)?;
     }
     pivot(&root)?;
-    Ok(stubs)
+    Ok(Prepared { stubs })
 }
 
 /// Checks that an overlay can be mounted here (in this mount namespace).
@@ -127,7 +139,7 @@ fn mount_targets(spec: &RunSpec) -> Result<Vec<(String, Kind)>> {
         ("/dev".to_string(), Kind::Dir),
         ("/sys".to_string(), Kind::Dir),
     ];
-    for (name, content) in extra_files(spec) {
+    for (name, content) in files::extra_files(spec) {
         if content.is_some() {
             t.push((format!("/etc/{name}"), Kind::File));
         }
@@ -141,18 +153,10 @@ fn mount_targets(spec: &RunSpec) -> Result<Vec<(String, Kind)>> {
                 (target.clone(), kind)
             }
             MountSpec::Tmpfs { target, .. } => (target.clone(), Kind::Dir),
+            MountSpec::File { target, .. } => (target.clone(), Kind::File),
         });
     }
     Ok(t)
-}
-
-fn extra_files(spec: &RunSpec) -> [(&'static str, &Option<String>); 3] {
-    let f = &spec.extra_files;
-    [
-        ("resolv.conf", &f.resolv_conf),
-        ("hosts", &f.hosts),
-        ("hostname", &f.hostname),
-    ]
 }
 
 /// What the merged view of the lowers (top first) holds at `rel`.
@@ -431,7 +435,7 @@ fn remount_readonly(root: &OwnedFd, rel: &str) -> Result<()> {
 
 /// Remounts the bind mount at `rel` adding `extra`, keeping the flags the
 /// kernel locks in a user namespace (nosuid, nodev, noexec, atime).
-fn remount_adding(root: &OwnedFd, rel: &str, extra: MsFlags) -> Result<()> {
+pub(super) fn remount_adding(root: &OwnedFd, rel: &str, extra: MsFlags) -> Result<()> {
     let fd = paths::open_in_root(root, rel).with_context(|| format!("reopening /{rel}"))?;
     let p = fd_path(&fd);
     let st = statvfs(p.as_str()).with_context(|| format!("statvfs /{rel}"))?;
@@ -558,35 +562,9 @@ fn mount_sys(root: &OwnedFd, network: NetworkMode, stubs: &mut Vec<String>) -> R
     }
 }
 
-fn mount_extra_files(
-    root: &OwnedFd,
-    state: &Path,
-    spec: &RunSpec,
-    stubs: &mut Vec<String>,
-) -> Result<()> {
-    let dir = state.join("files");
-    mkdir(&dir, 0o755)?;
-    for (name, content) in extra_files(spec) {
-        let Some(content) = content else { continue };
-        let src = dir.join(name);
-        fs::write(&src, content).with_context(|| format!("writing {}", src.display()))?;
-        fs::set_permissions(&src, fs::Permissions::from_mode(0o644))
-            .with_context(|| format!("chmod {}", src.display()))?;
-        let target = format!("/etc/{name}");
-        let fd = ensure(root, &target, Kind::File, stubs)?;
-        mount(
-            Some(&src),
-            fd_path(&fd).as_str(),
-            NONE,
-            MsFlags::MS_BIND,
-            NONE,
-        )
-        .with_context(|| format!("binding {target}"))?;
-    }
-    Ok(())
-}
-
-fn mount_user(root: &OwnedFd, m: &MountSpec, stubs: &mut Vec<String>) -> Result<()> {
+/// Mounts `m`; a [`MountSpec::File`] is first written to `file` (on the
+/// private state tmpfs).
+fn mount_user(root: &OwnedFd, m: &MountSpec, file: &Path, stubs: &mut Vec<String>) -> Result<()> {
     match m {
         MountSpec::Bind {
             source,
@@ -630,6 +608,13 @@ fn mount_user(root: &OwnedFd, m: &MountSpec, stubs: &mut Vec<String>) -> Result<
             )
             .with_context(|| format!("mounting tmpfs on {target}"))
         }
+        MountSpec::File {
+            target,
+            content,
+            uid,
+            gid,
+            mode,
+        } => files::mount_file(root, target, file, &content.0, (*uid, *gid, *mode), stubs),
     }
 }
 

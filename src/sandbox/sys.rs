@@ -303,3 +303,67 @@ pub fn die_of_signal(sig: libc::c_int) {
         libc::raise(sig);
     }
 }
+
+/// Marks every descriptor `>= first` close-on-exec (`close_range` with
+/// `CLOSE_RANGE_CLOEXEC`, Linux 5.11+; else one `fcntl` per entry of
+/// `/proc/self/fd`). Marking instead of closing keeps the descriptors the
+/// caller still uses (the report pipe) working until the exec.
+pub fn cloexec_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range with CLOEXEC only changes descriptor flags; no
+    // descriptor is closed, so nothing in this process loses one it owns.
+    // The raw syscall needs no glibc 2.34.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    cloexec_by_listing(first)
+}
+
+/// The fallback of [`cloexec_from`] for kernels without `close_range`.
+fn cloexec_by_listing(first: u32) -> io::Result<()> {
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd: &RawFd| *fd >= first as RawFd)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl on a descriptor number only changes its flags; a
+        // number that was the listing's own (now closed) fd gives EBADF.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    fn inheritable_dup() -> OwnedFd {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        // SAFETY: dup of an open descriptor, owned by the returned OwnedFd.
+        unsafe { OwnedFd::from_raw_fd(libc::dup(file.as_raw_fd())) }
+    }
+
+    fn is_cloexec(fd: &OwnedFd) -> bool {
+        // SAFETY: F_GETFD on a descriptor we own.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) & libc::FD_CLOEXEC != 0 }
+    }
+
+    #[test]
+    fn both_ways_mark_descriptors_close_on_exec() {
+        let (a, b) = (inheritable_dup(), inheritable_dup());
+        assert!(!is_cloexec(&a) && !is_cloexec(&b));
+        cloexec_by_listing(a.as_raw_fd() as u32).unwrap();
+        assert!(is_cloexec(&a));
+        let c = inheritable_dup();
+        cloexec_from(c.as_raw_fd() as u32).unwrap();
+        assert!(is_cloexec(&c));
+    }
+}

@@ -1,6 +1,7 @@
 //! The messages between `run` (parent) and the sandbox setup process: the
 //! request goes as one JSON line on the helper's stdin, reports come back as
-//! JSON lines on fd 3 (each short enough for one atomic pipe write).
+//! JSON lines on fd 3 (each short enough for one atomic pipe write). The request carries secret bytes
+//! ([`super::MountSpec::File`]): a pipe, never a file.
 
 use std::fs::File;
 use std::io::Write;

@@ -1,0 +1,2 @@
+tar cf a.tar src
+rm -rf src

@@ -1,0 +1,2 @@
+tar cf a.tar new.conf
+rm new.conf

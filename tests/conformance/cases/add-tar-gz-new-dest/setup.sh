@@ -1,0 +1,2 @@
+tar czf a.tar.gz src
+rm -rf src

@@ -1,0 +1,2 @@
+tar czf a.tgz top
+rm -rf top

@@ -1,0 +1,2 @@
+chmod 0700 dir
+chmod 0750 dir/sub

@@ -1,0 +1,2 @@
+mkdir empty
+chmod 0701 empty

@@ -1,0 +1,1 @@
+ln dir/a dir/b

@@ -1,0 +1,3 @@
+p=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb/cccccccccccccccccccccccccccccccccccccccccccccccccccccccccc
+mkdir -p $p
+printf 'deep' > $p/dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd.txt

@@ -1,0 +1,2 @@
+chmod 2755 d
+chmod 1777 d

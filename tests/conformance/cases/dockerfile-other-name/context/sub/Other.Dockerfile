@@ -1,0 +1,2 @@
+FROM conformance-base:1
+COPY a /a
