@@ -35,6 +35,7 @@ fn bench_write_layer() {
         compression,
         source_date_epoch: None,
         threads,
+        chunk_cache: None,
     };
     let info = write_layer(entries, &mut f, &opts).unwrap();
     assert!(info.size > 0);
