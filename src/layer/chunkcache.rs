@@ -124,9 +124,12 @@ impl ChunkCache {
             );
             let n = SEQ.fetch_add(1, Ordering::Relaxed);
             let tmp = self.tmp.join(format!("chunk-{}-{n}", std::process::id()));
-            write_then_rename(&tmp, &self.record_path(&c.key), line.as_bytes()).map_err(
-                |e| io::Error::new(e.kind(), format!("recording chunk in {}: {e}", self.dir.display())),
-            )?;
+            write_then_rename(&tmp, &self.record_path(&c.key), line.as_bytes()).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("recording chunk in {}: {e}", self.dir.display()),
+                )
+            })?;
         }
         Ok(())
     }

@@ -145,7 +145,9 @@ pub fn write_layer(
     let mut tar = HashWriter::new(chunked);
     write_entries(&entries, &mut tar)?;
     let (chunked, diff_id, uncompressed_size) = tar.finish();
-    let done = chunked.finish().context("finishing the compressed stream")?;
+    let done = chunked
+        .finish()
+        .context("finishing the compressed stream")?;
     let (mut buffered, digest, size) = done.out.finish();
     buffered.flush().context("flushing the layer blob")?;
     if let Some(cache) = &opts.chunk_cache {
