@@ -29,6 +29,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use flate2::Compress;
+use sha2::{Digest, Sha256};
 
 use super::chunkcache::{ChunkCache, NewChunk};
 use super::pgzip::deflate_block;
@@ -82,12 +83,14 @@ pub struct ChunkStats {
 }
 
 struct Job {
-    data: Vec<u8>,
+    data: Arc<Vec<u8>>,
     reply: Sender<io::Result<Done>>,
 }
 
 struct Done {
     bytes: Vec<u8>,
+    /// CRC-32 of `bytes` (the chunk cache checks it when reusing them).
+    bytes_crc: u32,
     ulen: u64,
     /// CRC-32 of the uncompressed chunk (gzip's trailer needs it).
     crc: crc32fast::Hasher,
@@ -113,11 +116,21 @@ pub(crate) struct ChunkedWriter<W: Write> {
     offset: u64,
     new_chunks: Vec<NewChunk>,
     stats: ChunkStats,
+    /// The sha256 of the tar and of the blob are computed on a thread of
+    /// their own: on the producing thread they were the bottleneck.
+    hashes: Option<Sender<HashMsg>>,
+    hasher: Option<JoinHandle<Hashes>>,
 }
 
 /// What [`ChunkedWriter::finish`] hands back.
 pub(crate) struct Finished<W> {
     pub out: W,
+    /// `sha256:` of the tar stream, and its length.
+    pub diff_id: String,
+    pub tar_size: u64,
+    /// `sha256:` of the compressed stream, and its length.
+    pub digest: String,
+    pub size: u64,
     pub stats: ChunkStats,
     /// Chunks compressed now, with their place in the blob.
     pub new_chunks: Vec<NewChunk>,
@@ -136,10 +149,15 @@ impl<W: Write> ChunkedWriter<W> {
         } else {
             threads
         };
+        let (hash_tx, hash_rx) = bounded::<HashMsg>(threads * 4);
+        let hasher = std::thread::Builder::new()
+            .name("layer-sha256".into())
+            .spawn(move || hash_streams(hash_rx))?;
         let mut offset = 0;
         if let Codec::Gzip(_) = codec {
             out.write_all(&GZIP_HEADER)?;
             offset = GZIP_HEADER.len() as u64;
+            send_hash(&hash_tx, HashMsg::Blob(Arc::new(GZIP_HEADER.to_vec())))?;
         }
         let cache = cache.map(Arc::new);
         let (tx, rx) = bounded::<Job>(threads);
@@ -167,6 +185,8 @@ impl<W: Write> ChunkedWriter<W> {
             offset,
             new_chunks: Vec::new(),
             stats: ChunkStats::default(),
+            hashes: Some(hash_tx),
+            hasher: Some(hasher),
         })
     }
 
@@ -174,6 +194,14 @@ impl<W: Write> ChunkedWriter<W> {
         self.out
             .as_mut()
             .ok_or_else(|| io::Error::other("chunk writer already finished"))
+    }
+
+    fn hash(&self, msg: HashMsg) -> io::Result<()> {
+        let tx = self
+            .hashes
+            .as_ref()
+            .ok_or_else(|| io::Error::other("chunk writer already finished"))?;
+        send_hash(tx, msg)
     }
 
     /// Waits for the oldest chunk and writes it out.
@@ -192,9 +220,10 @@ impl<W: Write> ChunkedWriter<W> {
                 key,
                 offset: self.offset,
                 len,
-                crc: crc32fast::hash(&done.bytes),
+                crc: done.bytes_crc,
             });
         }
+        self.hash(HashMsg::Blob(Arc::new(done.bytes)))?;
         self.offset += len;
         self.stats.chunks += 1;
         if done.reused {
@@ -214,7 +243,11 @@ impl<W: Write> ChunkedWriter<W> {
         while self.pending.len() >= self.max_pending {
             self.drain_one()?;
         }
-        let data = std::mem::replace(&mut self.chunk, Vec::with_capacity(MAX_CHUNK));
+        let data = Arc::new(std::mem::replace(
+            &mut self.chunk,
+            Vec::with_capacity(MAX_CHUNK),
+        ));
+        self.hash(HashMsg::Tar(data.clone()))?;
         let (reply, rx) = bounded(1);
         self.jobs
             .as_ref()
@@ -236,18 +269,30 @@ impl<W: Write> ChunkedWriter<W> {
             let crc = self.crc.clone().finalize();
             // ISIZE is the length modulo 2^32 (RFC 1952).
             let isize = self.total_in as u32;
-            let out = self.out()?;
-            out.write_all(&DEFLATE_END)?;
-            out.write_all(&crc.to_le_bytes())?;
-            out.write_all(&isize.to_le_bytes())?;
+            let mut trailer = DEFLATE_END.to_vec();
+            trailer.extend_from_slice(&crc.to_le_bytes());
+            trailer.extend_from_slice(&isize.to_le_bytes());
+            self.out()?.write_all(&trailer)?;
+            self.hash(HashMsg::Blob(Arc::new(trailer)))?;
         }
         self.out()?.flush()?;
+        self.hashes = None;
+        let h = self
+            .hasher
+            .take()
+            .ok_or_else(|| io::Error::other("chunk writer already finished"))?
+            .join()
+            .map_err(|_| io::Error::other("the layer hashing thread died"))?;
         let out = self
             .out
             .take()
             .ok_or_else(|| io::Error::other("chunk writer already finished"))?;
         Ok(Finished {
             out,
+            diff_id: format!("sha256:{}", hex::encode(h.tar.finalize())),
+            tar_size: h.tar_len,
+            digest: format!("sha256:{}", hex::encode(h.blob.finalize())),
+            size: h.blob_len,
             stats: self.stats,
             new_chunks: std::mem::take(&mut self.new_chunks),
         })
@@ -308,7 +353,53 @@ impl<W: Write> Drop for ChunkedWriter<W> {
         self.jobs = None;
         self.pending.clear();
         join_workers(&mut self.workers);
+        self.hashes = None;
+        if let Some(h) = self.hasher.take() {
+            let _ = h.join();
+        }
     }
+}
+
+/// Bytes for the hashing thread, in stream order.
+enum HashMsg {
+    /// Uncompressed tar bytes (the diff_id).
+    Tar(Arc<Vec<u8>>),
+    /// Blob bytes as written (the digest).
+    Blob(Arc<Vec<u8>>),
+}
+
+struct Hashes {
+    tar: Sha256,
+    tar_len: u64,
+    blob: Sha256,
+    blob_len: u64,
+}
+
+fn send_hash(tx: &Sender<HashMsg>, msg: HashMsg) -> io::Result<()> {
+    tx.send(msg)
+        .map_err(|_| io::Error::other("the layer hashing thread has exited"))
+}
+
+fn hash_streams(rx: Receiver<HashMsg>) -> Hashes {
+    let mut h = Hashes {
+        tar: Sha256::new(),
+        tar_len: 0,
+        blob: Sha256::new(),
+        blob_len: 0,
+    };
+    for msg in rx {
+        match msg {
+            HashMsg::Tar(b) => {
+                h.tar.update(&b[..]);
+                h.tar_len += b.len() as u64;
+            }
+            HashMsg::Blob(b) => {
+                h.blob.update(&b[..]);
+                h.blob_len += b.len() as u64;
+            }
+        }
+    }
+    h
 }
 
 /// FNV-1a with a final mix: stable across Rust versions (the cut points
@@ -352,6 +443,7 @@ fn process(
     if let (Some(cache), Some(key)) = (cache, &key) {
         if let Some(bytes) = cache.lookup(key) {
             return Ok(Done {
+                bytes_crc: 0,
                 bytes,
                 ulen: data.len() as u64,
                 crc,
@@ -376,6 +468,7 @@ fn process(
         }
     };
     Ok(Done {
+        bytes_crc: crc32fast::hash(&bytes),
         bytes,
         ulen: data.len() as u64,
         crc,
@@ -394,201 +487,5 @@ fn zstd_compressor(level: i32) -> io::Result<zstd::bulk::Compressor<'static>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::fs;
-    use std::io::Read;
-    use std::path::Path;
-
-    use super::*;
-    use crate::layer::{
-        write_layer, BlobResolver, Compression, EntryKind, FileSource, LayerEntry, LayerInfo,
-        Timespec, WriteOptions,
-    };
-
-    /// Text-like, compressible, different per seed (xorshift over a word list).
-    fn text(seed: u64, len: usize) -> Vec<u8> {
-        const WORDS: [&str; 8] = ["fn ", "let ", "x", "= ", "Some(", ");\n", "self.", "0"];
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            out.extend_from_slice(WORDS[(s % 8) as usize].as_bytes());
-            out.extend_from_slice(format!("{}", s % 97).as_bytes());
-        }
-        out.truncate(len);
-        out
-    }
-
-    fn file(path: &str, data: Vec<u8>) -> LayerEntry {
-        LayerEntry {
-            path: path.into(),
-            kind: EntryKind::File(FileSource::Bytes(data)),
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime: Timespec::new(1_700_000_000, 0),
-            xattrs: vec![],
-        }
-    }
-
-    /// ~10 MB: 400 files of 20 KB around one 9 MB file (cut into pieces).
-    fn tree() -> Vec<LayerEntry> {
-        let mut v: Vec<LayerEntry> = (0..400)
-            .map(|i| file(&format!("src/f{i:04}.rs"), text(i, 20_000)))
-            .collect();
-        v.push(file("src/f0200big", text(9999, 9 << 20)));
-        v
-    }
-
-    fn write(
-        entries: Vec<LayerEntry>,
-        c: Compression,
-        threads: usize,
-        cache: Option<&ChunkCache>,
-    ) -> (LayerInfo, Vec<u8>) {
-        let mut out = Vec::new();
-        let opts = WriteOptions {
-            compression: c,
-            threads,
-            chunk_cache: cache.cloned(),
-            ..Default::default()
-        };
-        let info = write_layer(entries, &mut out, &opts).unwrap();
-        (info, out)
-    }
-
-    fn decode(c: Compression, bytes: &[u8]) -> Vec<u8> {
-        let mut back = Vec::new();
-        match c {
-            Compression::Gzip { .. } => {
-                flate2::read::GzDecoder::new(bytes)
-                    .read_to_end(&mut back)
-                    .unwrap();
-            }
-            Compression::Zstd { .. } => back = zstd::stream::decode_all(bytes).unwrap(),
-            Compression::None => back = bytes.to_vec(),
-        };
-        back
-    }
-
-    const CODECS: [Compression; 2] = [
-        Compression::Gzip { level: 6 },
-        Compression::Zstd { level: 3 },
-    ];
-
-    /// A cache whose blobs are files named by digest hex in `root/blobs`.
-    fn cache(root: &Path) -> ChunkCache {
-        for d in ["chunks", "tmp", "blobs"] {
-            fs::create_dir_all(root.join(d)).unwrap();
-        }
-        let blobs = root.join("blobs");
-        let resolver: BlobResolver =
-            Arc::new(move |d: &str| Some(blobs.join(d.strip_prefix("sha256:")?)));
-        ChunkCache::new(root.join("chunks"), root.join("tmp"), resolver)
-    }
-
-    fn store_blob(root: &Path, info: &LayerInfo, bytes: &[u8]) {
-        let hex = info.digest.strip_prefix("sha256:").unwrap();
-        fs::write(root.join("blobs").join(hex), bytes).unwrap();
-    }
-
-    #[test]
-    fn chunked_streams_decode_to_the_tar_whatever_the_threads() {
-        let (plain, tar) = write(tree(), Compression::None, 1, None);
-        for c in CODECS {
-            let (one, a) = write(tree(), c, 1, None);
-            let (three, b) = write(tree(), c, 3, None);
-            assert_eq!(a, b, "{c:?}: output depends on the thread count");
-            assert_eq!(one, three);
-            assert!(one.chunks.chunks >= 8, "{c:?}: {:?}", one.chunks);
-            assert_eq!(one.chunks.compressed, one.chunks.chunks);
-            assert_eq!(one.diff_id, plain.diff_id);
-            assert_eq!(one.uncompressed_size, tar.len() as u64);
-            assert_eq!(decode(c, &a), tar, "{c:?}");
-            assert!(a.len() < tar.len() / 2, "{c:?}: {} bytes", a.len());
-        }
-    }
-
-    #[test]
-    fn cut_points_follow_entries_and_big_files_are_split_from_their_start() {
-        let mut w = ChunkedWriter::new(Vec::new(), Codec::Zstd(1), 1, None).unwrap();
-        let mut cuts = Vec::new();
-        let mut pos = 0u64;
-        for e in tree() {
-            let EntryKind::File(FileSource::Bytes(data)) = &e.kind else {
-                unreachable!()
-            };
-            w.entry_start(data.len() as u64).unwrap();
-            w.write_all(data).unwrap();
-            w.entry_end(&e.path).unwrap();
-            pos += data.len() as u64;
-            cuts.push((w.total_in - w.chunk.len() as u64, pos));
-        }
-        let done = w.finish().unwrap();
-        // The big file (index 400) starts a chunk: the chunk start seen
-        // after it is a multiple of MAX_CHUNK from the file's start.
-        let (start_after_big, end_big) = cuts[400];
-        let big_start = end_big - (9 << 20);
-        assert!(start_after_big >= big_start);
-        assert_eq!((start_after_big - big_start) % MAX_CHUNK as u64, 0);
-        assert!(done.stats.chunks >= 10, "{:?}", done.stats);
-    }
-
-    #[test]
-    fn warm_cache_reuses_unchanged_chunks_and_changes_no_byte() {
-        for c in CODECS {
-            let dir = tempfile::tempdir().unwrap();
-            let cache = cache(dir.path());
-            let (first, bytes) = write(tree(), c, 2, Some(&cache));
-            assert_eq!(first.chunks.reused, 0);
-            store_blob(dir.path(), &first, &bytes);
-            // Same entries again: everything comes from the cache, and the
-            // blob is byte-identical.
-            let (again, again_bytes) = write(tree(), c, 2, Some(&cache));
-            assert_eq!(again.chunks.reused, again.chunks.chunks, "{c:?}");
-            assert_eq!(again_bytes, bytes);
-
-            // One file in the middle changed, one file inserted before the
-            // big one: only the chunks around them are compressed again.
-            let mut changed = tree();
-            changed[150] = file("src/f0150.rs", text(424242, 21_000));
-            changed.push(file("src/f0199x.rs", text(777, 5_000)));
-            let (warm, warm_bytes) = write(changed.clone(), c, 2, Some(&cache));
-            let (cold, cold_bytes) = write(changed.clone(), c, 2, None);
-            assert_eq!(
-                warm_bytes, cold_bytes,
-                "{c:?}: a warm cache changed the blob"
-            );
-            assert_eq!(warm.digest, cold.digest);
-            let s = warm.chunks;
-            assert!(
-                s.compressed <= 4 && s.reused + 4 >= s.chunks,
-                "{c:?}: {s:?}"
-            );
-            assert!(s.reused_bytes > 15 << 20 >> 1, "{c:?}: {s:?}");
-            let (_, tar) = write(changed, Compression::None, 1, None);
-            assert_eq!(decode(c, &warm_bytes), tar);
-        }
-    }
-
-    #[test]
-    fn a_different_level_does_not_reuse_chunks() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = cache(dir.path());
-        let (first, bytes) = write(tree(), Compression::Gzip { level: 6 }, 2, Some(&cache));
-        store_blob(dir.path(), &first, &bytes);
-        let (other, _) = write(tree(), Compression::Gzip { level: 1 }, 2, Some(&cache));
-        assert_eq!(other.chunks.reused, 0);
-        let (z, _) = write(tree(), Compression::Zstd { level: 6 }, 2, Some(&cache));
-        assert_eq!(z.chunks.reused, 0);
-    }
-
-    #[test]
-    fn path_hash_is_stable() {
-        // Cut points are part of the cache's contract: pin the hash.
-        assert_eq!(path_hash(""), 0xf52a_15e9_a9b5_e89b);
-        assert_ne!(path_hash("a"), path_hash("b"));
-    }
-}
+#[path = "chunked_tests.rs"]
+mod tests;

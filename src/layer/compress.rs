@@ -139,27 +139,25 @@ pub fn write_layer(
         Compression::Gzip { level } => (Codec::Gzip(level), MEDIA_TYPE_TAR_GZIP),
         Compression::Zstd { level } => (Codec::Zstd(level), MEDIA_TYPE_TAR_ZSTD),
     };
-    let sink = HashWriter::new(buffered);
-    let chunked = ChunkedWriter::new(sink, codec, opts.threads, opts.chunk_cache.clone())
+    let mut chunked = ChunkedWriter::new(buffered, codec, opts.threads, opts.chunk_cache.clone())
         .context("starting compression threads")?;
-    let mut tar = HashWriter::new(chunked);
-    write_entries(&entries, &mut tar)?;
-    let (chunked, diff_id, uncompressed_size) = tar.finish();
+    write_entries(&entries, &mut chunked)?;
     let done = chunked
         .finish()
         .context("finishing the compressed stream")?;
-    let (mut buffered, digest, size) = done.out.finish();
+    let mut buffered = done.out;
     buffered.flush().context("flushing the layer blob")?;
+    let digest = done.digest;
     if let Some(cache) = &opts.chunk_cache {
         cache
             .record(&digest, &done.new_chunks)
             .context("recording the layer's chunks in the chunk cache")?;
     }
     Ok(LayerInfo {
-        diff_id,
+        diff_id: done.diff_id,
         digest,
-        size,
-        uncompressed_size,
+        size: done.size,
+        uncompressed_size: done.tar_size,
         media_type,
         chunks: done.stats,
     })
