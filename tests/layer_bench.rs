@@ -16,7 +16,10 @@ use rbuild::layer::{
 /// `DIR/blobs/<hex>` (the written layer is hard-linked there), as the
 /// store's would be.
 fn bench_cache() -> Option<(ChunkCache, PathBuf)> {
-    let dir = PathBuf::from(std::env::var("RBUILD_BENCH_CACHE").ok()?);
+    let dir = std::env::var("RBUILD_BENCH_CACHE")
+        .ok()
+        .filter(|d| !d.is_empty())?;
+    let dir = PathBuf::from(dir);
     for sub in ["chunks", "tmp", "blobs"] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
     }
@@ -49,6 +52,7 @@ fn bench_write_layer() {
         .unwrap_or(2);
     let start = Instant::now();
     let entries = entries_from_dir(&PathBuf::from(&dir), &DirOptions::default()).unwrap();
+    let walked = start.elapsed().as_secs_f64();
     let mut f = File::create(&out).unwrap();
     let cache = bench_cache();
     let opts = WriteOptions {
@@ -66,7 +70,7 @@ fn bench_write_layer() {
         }
     }
     println!(
-        "RESULT codec={codec} secs={:.3} size={} uncompressed={} digest={} chunks={} reused={}",
+        "RESULT codec={codec} secs={:.3} walk={walked:.3} size={} uncompressed={} digest={} chunks={} reused={}",
         start.elapsed().as_secs_f64(),
         info.size,
         info.uncompressed_size,

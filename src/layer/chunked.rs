@@ -40,6 +40,10 @@ pub(crate) const MIN_CHUNK: usize = 512 * 1024;
 /// A chunk ends at the first entry boundary past this size, and entries this
 /// big are cut into pieces of this size.
 pub(crate) const MAX_CHUNK: usize = 4 * 1024 * 1024;
+/// Uncompressed bytes handed to workers but not yet written out. Deep
+/// enough that a worker or the writer losing the CPU for a while (a loaded
+/// machine) does not stall the others; small enough to bound memory.
+const PENDING_BYTES: usize = 24 << 20;
 /// One entry boundary in this many (by path hash) may end a chunk.
 const CUT_ONE_IN: u64 = 16;
 /// gzip header: magic, CM=deflate, no flags, mtime 0, XFL 0, OS unknown.
@@ -107,8 +111,9 @@ pub(crate) struct ChunkedWriter<W: Write> {
     /// Inside an entry of `MAX_CHUNK` bytes or more: cut every `MAX_CHUNK`.
     in_big_entry: bool,
     jobs: Option<Sender<Job>>,
-    pending: VecDeque<Receiver<io::Result<Done>>>,
-    max_pending: usize,
+    /// Chunks in flight, oldest first, with their uncompressed sizes.
+    pending: VecDeque<(Receiver<io::Result<Done>>, usize)>,
+    pending_bytes: usize,
     workers: Vec<JoinHandle<()>>,
     crc: crc32fast::Hasher,
     total_in: u64,
@@ -149,7 +154,7 @@ impl<W: Write> ChunkedWriter<W> {
         } else {
             threads
         };
-        let (hash_tx, hash_rx) = bounded::<HashMsg>(threads * 4);
+        let (hash_tx, hash_rx) = bounded::<HashMsg>(16);
         let hasher = std::thread::Builder::new()
             .name("layer-sha256".into())
             .spawn(move || hash_streams(hash_rx))?;
@@ -160,7 +165,7 @@ impl<W: Write> ChunkedWriter<W> {
             send_hash(&hash_tx, HashMsg::Blob(Arc::new(GZIP_HEADER.to_vec())))?;
         }
         let cache = cache.map(Arc::new);
-        let (tx, rx) = bounded::<Job>(threads);
+        let (tx, rx) = bounded::<Job>(64);
         let workers = (0..threads)
             .map(|i| {
                 let (rx, cache) = (rx.clone(), cache.clone());
@@ -176,9 +181,7 @@ impl<W: Write> ChunkedWriter<W> {
             in_big_entry: false,
             jobs: Some(tx),
             pending: VecDeque::new(),
-            // Enough chunks in flight to keep every worker busy while the
-            // oldest is written; this bounds memory (≤ 8 MiB a chunk) too.
-            max_pending: threads * 2,
+            pending_bytes: 0,
             workers,
             crc: crc32fast::Hasher::new(),
             total_in: 0,
@@ -206,9 +209,10 @@ impl<W: Write> ChunkedWriter<W> {
 
     /// Waits for the oldest chunk and writes it out.
     fn drain_one(&mut self) -> io::Result<()> {
-        let Some(rx) = self.pending.pop_front() else {
+        let Some((rx, ulen)) = self.pending.pop_front() else {
             return Ok(());
         };
+        self.pending_bytes -= ulen;
         let done = rx
             .recv()
             .map_err(|_| io::Error::other("a compression worker thread died"))??;
@@ -240,13 +244,18 @@ impl<W: Write> ChunkedWriter<W> {
         if self.chunk.is_empty() {
             return Ok(());
         }
-        while self.pending.len() >= self.max_pending {
+        // Write what is done without waiting, then wait only if over budget.
+        while self.pending.front().is_some_and(|(rx, _)| !rx.is_empty()) {
+            self.drain_one()?;
+        }
+        while !self.pending.is_empty() && self.pending_bytes + self.chunk.len() > PENDING_BYTES {
             self.drain_one()?;
         }
         let data = Arc::new(std::mem::replace(
             &mut self.chunk,
             Vec::with_capacity(MAX_CHUNK),
         ));
+        let len = data.len();
         self.hash(HashMsg::Tar(data.clone()))?;
         let (reply, rx) = bounded(1);
         self.jobs
@@ -254,7 +263,8 @@ impl<W: Write> ChunkedWriter<W> {
             .ok_or_else(|| io::Error::other("chunk writer already finished"))?
             .send(Job { data, reply })
             .map_err(|_| io::Error::other("compression worker threads have exited"))?;
-        self.pending.push_back(rx);
+        self.pending_bytes += len;
+        self.pending.push_back((rx, len));
         Ok(())
     }
 
