@@ -43,7 +43,7 @@ pub(crate) const MAX_CHUNK: usize = 4 * 1024 * 1024;
 /// Uncompressed bytes handed to workers but not yet written out. Deep
 /// enough that a worker or the writer losing the CPU for a while (a loaded
 /// machine) does not stall the others; small enough to bound memory.
-const PENDING_BYTES: usize = 24 << 20;
+const PENDING_BYTES: usize = 16 << 20;
 /// One entry boundary in this many (by path hash) may end a chunk.
 const CUT_ONE_IN: u64 = 16;
 /// gzip header: magic, CM=deflate, no flags, mtime 0, XFL 0, OS unknown.
@@ -154,7 +154,7 @@ impl<W: Write> ChunkedWriter<W> {
         } else {
             threads
         };
-        let (hash_tx, hash_rx) = bounded::<HashMsg>(16);
+        let (hash_tx, hash_rx) = bounded::<HashMsg>(8);
         let hasher = std::thread::Builder::new()
             .name("layer-sha256".into())
             .spawn(move || hash_streams(hash_rx))?;
