@@ -18,6 +18,10 @@
 //! more start a chunk of their own and are cut every `MAX_CHUNK` bytes from
 //! their start, so a big file's pieces do not depend on what precedes it.
 //!
+//! The sha256 of the tar (diff_id) and of the blob (digest), both over the
+//! whole stream, are computed on a thread of their own, so the thread that
+//! reads files and writes the tar does only that.
+//!
 //! The bytes written depend only on the tar stream, the codec and level:
 //! not on the thread count, nor on whether chunks came from the cache
 //! (the cache key names the codec, level and library version).

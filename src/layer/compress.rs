@@ -1,5 +1,6 @@
-//! The layer pipeline: entries → tar → sha256 (diff_id) → compressor →
-//! sha256 (digest) → sink, in one pass with bounded memory.
+//! The layer pipeline: entries → tar → chunked compressor (which also
+//! computes the diff_id and digest, and reuses cached chunks) → sink, in one
+//! pass with bounded memory. Uncompressed layers skip the compressor.
 
 use std::io::{self, BufWriter, Write};
 
