@@ -196,3 +196,26 @@ fn path_hash_is_stable() {
     assert_eq!(path_hash(""), 0xf52a_15e9_a9b5_e89b);
     assert_ne!(path_hash("a"), path_hash("b"));
 }
+
+#[test]
+fn concurrent_writers_share_one_cache_safely() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache(dir.path());
+    let c = Compression::Zstd { level: 3 };
+    let (_, cold) = write(tree(), c, 2, None);
+    // Two writers record the same chunks at once (as two builds would);
+    // both blobs are the cold one, and no temp is left behind.
+    let outs: Vec<(LayerInfo, Vec<u8>)> = std::thread::scope(|s| {
+        let a = s.spawn(|| write(tree(), c, 2, Some(&cache)));
+        let b = s.spawn(|| write(tree(), c, 2, Some(&cache)));
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    for (info, bytes) in &outs {
+        assert_eq!(bytes, &cold);
+        store_blob(dir.path(), info, bytes);
+    }
+    assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    let (warm, bytes) = write(tree(), c, 2, Some(&cache));
+    assert_eq!(warm.chunks.reused, warm.chunks.chunks);
+    assert_eq!(bytes, cold);
+}
