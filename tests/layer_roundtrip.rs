@@ -185,6 +185,7 @@ fn source_date_epoch_clamps_and_no_atime_or_names() {
         compression: Compression::None,
         source_date_epoch: Some(1_000_000),
         threads: 1,
+        chunk_cache: None,
     };
     write_layer(vec![e("new", 2_000_000), e("old", 10)], &mut out, &opts).unwrap();
     let mut ar = tar::Archive::new(&out[..]);

@@ -33,6 +33,7 @@ pub(crate) fn image_from_dir(
         compression: req.compression,
         source_date_epoch: req.source_date_epoch,
         threads: 0,
+        chunk_cache: None,
     };
     let info = write_layer(entries, &mut blob, &opts)
         .with_context(|| format!("writing {} as a layer", dir.display()))?;

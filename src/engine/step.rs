@@ -310,10 +310,14 @@ impl StageState {
         handle: &StepHandle,
     ) -> anyhow::Result<Option<LayerRef>> {
         let mut blob = ctx.store.blob_writer()?;
+        // Chunk records are written through this temp dir (locked, removed
+        // on drop) so a crash leaves no half-written record behind.
+        let chunk_tmp = ctx.store.temp_dir("chunks")?;
         let opts = WriteOptions {
             compression: ctx.req.compression,
             source_date_epoch: ctx.req.source_date_epoch,
             threads: 0,
+            chunk_cache: Some(chunk_cache(ctx.store, chunk_tmp.path())?),
         };
         let info = {
             // Bytes and throughput while a big layer is compressed and stored.
@@ -1179,4 +1183,18 @@ fn url_tree(file: std::path::PathBuf) -> SourceTree {
             link_id: None,
         }],
     }
+}
+
+/// The store's layer chunk cache: records in its private dir, pointing into
+/// its blobs.
+fn chunk_cache(
+    store: &crate::store::Store,
+    tmp: &std::path::Path,
+) -> anyhow::Result<crate::layer::ChunkCache> {
+    let blobs = store.clone();
+    Ok(crate::layer::ChunkCache::new(
+        store.chunk_cache_dir()?,
+        tmp.to_path_buf(),
+        std::sync::Arc::new(move |digest: &str| blobs.blob_path(digest).ok()),
+    ))
 }

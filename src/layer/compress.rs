@@ -1,14 +1,16 @@
-//! The layer pipeline: entries → tar → sha256 (diff_id) → compressor →
-//! sha256 (digest) → sink, in one pass with bounded memory.
+//! The layer pipeline: entries → tar → chunked compressor (which also
+//! computes the diff_id and digest, and reuses cached chunks) → sink, in one
+//! pass with bounded memory. Uncompressed layers skip the compressor.
 
 use std::io::{self, BufWriter, Write};
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
+use super::chunkcache::ChunkCache;
+use super::chunked::{ChunkStats, ChunkedWriter, Codec};
 use super::entry::{normalize, LayerEntry, Timespec};
-use super::pgzip::ParallelGzipWriter;
-use super::tarwrite::write_entries;
+use super::tarwrite::{write_entries, TarSink};
 use super::{MEDIA_TYPE_TAR, MEDIA_TYPE_TAR_GZIP, MEDIA_TYPE_TAR_ZSTD};
 
 /// How a layer blob is compressed.
@@ -39,6 +41,9 @@ pub struct WriteOptions {
     pub source_date_epoch: Option<i64>,
     /// Compression threads; 0 = one per core. Never changes the output bytes.
     pub threads: usize,
+    /// Reuse compressed chunks of earlier layers (and record this one's).
+    /// Never changes the output bytes either.
+    pub chunk_cache: Option<ChunkCache>,
 }
 
 /// What was written: the identities the image config and manifest need.
@@ -52,6 +57,9 @@ pub struct LayerInfo {
     pub size: u64,
     pub uncompressed_size: u64,
     pub media_type: &'static str,
+    /// How many chunks were compressed and how many reused (all zero
+    /// when uncompressed).
+    pub chunks: ChunkStats,
 }
 
 /// A pass-through writer that hashes and counts what goes through it.
@@ -89,6 +97,16 @@ impl<W: Write> Write for HashWriter<W> {
     }
 }
 
+impl<W: TarSink> TarSink for HashWriter<W> {
+    fn entry_start(&mut self, size: u64) -> io::Result<()> {
+        self.inner.entry_start(size)
+    }
+
+    fn entry_end(&mut self, path: &str) -> io::Result<()> {
+        self.inner.entry_end(path)
+    }
+}
+
 /// Writes `entries` as one layer blob into `out` and returns its identities.
 pub fn write_layer(
     entries: Vec<LayerEntry>,
@@ -103,65 +121,47 @@ pub fn write_layer(
         }
     }
     let buffered = BufWriter::with_capacity(256 * 1024, out);
-    let (diff_id, uncompressed_size, media_type, compressed) = match opts.compression {
+    let (codec, media_type) = match opts.compression {
         Compression::None => {
             // The blob is the tar: one hash serves as diff_id and digest.
             let mut tar = HashWriter::new(buffered);
             write_entries(&entries, &mut tar)?;
             let (mut buffered, diff_id, n) = tar.finish();
             buffered.flush().context("flushing the layer blob")?;
-            (diff_id, n, MEDIA_TYPE_TAR, None)
+            return Ok(LayerInfo {
+                digest: diff_id.clone(),
+                diff_id,
+                size: n,
+                uncompressed_size: n,
+                media_type: MEDIA_TYPE_TAR,
+                chunks: ChunkStats::default(),
+            });
         }
-        Compression::Gzip { level } => {
-            let sink = HashWriter::new(buffered);
-            let gz = ParallelGzipWriter::new(sink, level, opts.threads)
-                .context("starting gzip threads")?;
-            let mut tar = HashWriter::new(gz);
-            write_entries(&entries, &mut tar)?;
-            let (gz, diff_id, n) = tar.finish();
-            let sink = gz.finish().context("finishing the gzip stream")?;
-            (diff_id, n, MEDIA_TYPE_TAR_GZIP, Some(sink))
-        }
-        Compression::Zstd { level } => {
-            let mut z = zstd::stream::write::Encoder::new(HashWriter::new(buffered), level)
-                .context("starting zstd")?;
-            z.multithread(zstd_threads(opts.threads))
-                .context("enabling zstd threads")?;
-            z.include_checksum(true)
-                .context("enabling the zstd checksum")?;
-            let mut tar = HashWriter::new(z);
-            write_entries(&entries, &mut tar)?;
-            let (z, diff_id, n) = tar.finish();
-            let sink = z.finish().context("finishing the zstd stream")?;
-            (diff_id, n, MEDIA_TYPE_TAR_ZSTD, Some(sink))
-        }
+        Compression::Gzip { level } => (Codec::Gzip(level), MEDIA_TYPE_TAR_GZIP),
+        Compression::Zstd { level } => (Codec::Zstd(level), MEDIA_TYPE_TAR_ZSTD),
     };
-    let (digest, size) = match compressed {
-        None => (diff_id.clone(), uncompressed_size),
-        Some(sink) => {
-            let (mut buffered, digest, size) = sink.finish();
-            buffered.flush().context("flushing the layer blob")?;
-            (digest, size)
-        }
-    };
+    let mut chunked = ChunkedWriter::new(buffered, codec, opts.threads, opts.chunk_cache.clone())
+        .context("starting compression threads")?;
+    write_entries(&entries, &mut chunked)?;
+    let done = chunked
+        .finish()
+        .context("finishing the compressed stream")?;
+    let mut buffered = done.out;
+    buffered.flush().context("flushing the layer blob")?;
+    let digest = done.digest;
+    if let Some(cache) = &opts.chunk_cache {
+        cache
+            .record(&digest, &done.new_chunks)
+            .context("recording the layer's chunks in the chunk cache")?;
+    }
     Ok(LayerInfo {
-        diff_id,
+        diff_id: done.diff_id,
         digest,
-        size,
-        uncompressed_size,
+        size: done.size,
+        uncompressed_size: done.tar_size,
         media_type,
+        chunks: done.stats,
     })
-}
-
-fn zstd_threads(threads: usize) -> u32 {
-    let n = if threads == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    } else {
-        threads
-    };
-    n as u32
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@
 //! honouring whiteouts and never writing outside that directory.
 
 mod changeset;
+mod chunkcache;
+mod chunked;
 mod compress;
 mod entry;
 mod merged;
@@ -22,6 +24,8 @@ mod walk;
 mod xattr;
 
 pub use changeset::{changeset_from_overlay_upper, diff_trees};
+pub use chunkcache::{chunk_record_blob, BlobResolver, ChunkCache};
+pub use chunked::ChunkStats;
 pub use compress::{write_layer, Compression, LayerInfo, WriteOptions};
 pub use entry::{EntryKind, FileSource, LayerEntry, Timespec, OPAQUE_MARKER, WHITEOUT_PREFIX};
 pub use merged::{merged_image_path, merged_lookup, merged_resolve, MergedView};

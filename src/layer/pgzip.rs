@@ -27,8 +27,8 @@ struct Job {
     reply: Sender<io::Result<Done>>,
 }
 
-struct Done {
-    deflated: Vec<u8>,
+pub(super) struct Done {
+    pub(super) deflated: Vec<u8>,
     crc: crc32fast::Hasher,
 }
 
@@ -192,7 +192,12 @@ fn worker(rx: Receiver<Job>, level: u32) {
     }
 }
 
-fn deflate_block(c: &mut Compress, data: &[u8], dict: &[u8], last: bool) -> io::Result<Done> {
+pub(super) fn deflate_block(
+    c: &mut Compress,
+    data: &[u8],
+    dict: &[u8],
+    last: bool,
+) -> io::Result<Done> {
     if !dict.is_empty() {
         c.set_dictionary(dict).map_err(io::Error::other)?;
     }

@@ -18,8 +18,23 @@ const MAX_OCTAL_7: u64 = 0o7_777_777;
 /// Largest value a 12-byte octal ustar field (11 digits) holds.
 const MAX_OCTAL_11: u64 = 0o77_777_777_777;
 
+/// Where a tar stream goes: a writer told where entries start and end (the
+/// chunked compressor cuts chunks only there).
+pub(crate) trait TarSink: Write {
+    /// An entry (its PAX header, header, `size` content bytes) starts.
+    fn entry_start(&mut self, _size: u64) -> io::Result<()> {
+        Ok(())
+    }
+    /// The entry at `path` ended (padding included).
+    fn entry_end(&mut self, _path: &str) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<W: Write> TarSink for io::BufWriter<W> {}
+
 /// Writes entries (already normalised and sorted) as one tar stream.
-pub(crate) fn write_entries(entries: &[LayerEntry], out: &mut dyn Write) -> Result<()> {
+pub(crate) fn write_entries(entries: &[LayerEntry], out: &mut dyn TarSink) -> Result<()> {
     let mut buf = vec![0u8; 256 * 1024];
     for entry in entries {
         write_entry(entry, out, &mut buf)
@@ -68,10 +83,11 @@ fn open_content(entry: &LayerEntry) -> Result<Content<'_>> {
     }
 }
 
-fn write_entry(entry: &LayerEntry, out: &mut dyn Write, buf: &mut [u8]) -> Result<()> {
+fn write_entry(entry: &LayerEntry, out: &mut dyn TarSink, buf: &mut [u8]) -> Result<()> {
     let content = open_content(entry)?;
     let size = content.len();
     let (header, pax) = build_header(entry, size)?;
+    out.entry_start(size)?;
     if !pax.is_empty() {
         write_pax(out, &entry.tar_path(), &pax)?;
     }
@@ -82,6 +98,7 @@ fn write_entry(entry: &LayerEntry, out: &mut dyn Write, buf: &mut [u8]) -> Resul
         Content::Disk(f, n) => copy_exact(f, n, out, buf, entry)?,
     }
     pad(out, size)?;
+    out.entry_end(&entry.path)?;
     Ok(())
 }
 

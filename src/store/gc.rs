@@ -21,6 +21,8 @@ pub struct PruneReport {
     pub temps: usize,
     /// RUN cache mount dirs (only with `all`).
     pub cache_mounts: usize,
+    /// Layer chunk cache records whose blob is gone.
+    pub chunk_records: usize,
     /// Temps that could not be removed, described.
     pub left: Vec<String>,
 }
@@ -59,6 +61,7 @@ impl Store {
         }
         self.sweep_blobs(&marks, &mut report)?;
         self.sweep_layer_dirs(&marks, &mut report)?;
+        report.chunk_records = self.sweep_chunk_records()?;
         report.temps = fsutil::clean_temps(&self.tmp_dir(), &mut report.left)?;
         Ok(report)
     }

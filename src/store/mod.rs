@@ -13,6 +13,7 @@
 //! ROOT/rbuild/statcache/     the context module's stat caches
 //! ROOT/rbuild/cachemounts/   RUN --mount=type=cache dirs
 //! ROOT/rbuild/registry/      where blobs were seen (cross-repo mounts)
+//! ROOT/rbuild/chunks/<key>   layer chunk cache records (point into blobs)
 //! ROOT/rbuild/tmp/           temps; each locked while its owner lives
 //! ```
 //! Because the root is a plain OCI layout, `skopeo inspect oci:ROOT:app:v1`
@@ -21,10 +22,11 @@
 //! Other modules never build paths in `rbuild/`: they get locked temps
 //! ([`Store::temp_dir`], [`Store::temp_file`]) and a few named places
 //! ([`Store::cache_mount_dir`], [`Store::statcache_file`],
-//! [`Store::blob_locations_file`]). Why `rbuild/` is private: `secure.rs`.
+//! [`Store::blob_locations_file`], [`Store::chunk_cache_dir`]). Why `rbuild/` is private: `secure.rs`.
 
 mod blob;
 mod cache;
+mod chunks;
 mod error;
 mod fsutil;
 mod gc;

@@ -1,0 +1,505 @@
+//! Chunked compression: the tar stream is cut into chunks at tar entry
+//! boundaries chosen by content (a hash of the entry's path), each chunk is
+//! compressed on its own by a worker thread — or copied from the chunk
+//! cache — and the pieces are written in order as one stream:
+//!
+//! - gzip: one member; each chunk is raw deflate ended by a sync flush
+//!   (non-final, byte-aligned, as pigz does), then a final empty block, the
+//!   CRC-32 combined from the chunks' CRCs, and ISIZE.
+//! - zstd: each chunk is a complete frame (with content size and checksum);
+//!   concatenated frames are one valid zstd stream.
+//!
+//! Why entry boundaries and path hashes: the tar stream is sorted and
+//! deterministic, so after a one-file change every chunk but the changed
+//! file's is byte-identical to last time — as long as the cut points do not
+//! move. A cut depends only on the entry's path and the chunk's length
+//! (at least [`MIN_CHUNK`]), so inserting or growing a file moves at most
+//! the cuts up to the next path that matches. Entries of [`MAX_CHUNK`] or
+//! more start a chunk of their own and are cut every `MAX_CHUNK` bytes from
+//! their start, so a big file's pieces do not depend on what precedes it.
+//!
+//! The sha256 of the tar (diff_id) and of the blob (digest), both over the
+//! whole stream, are computed on a thread of their own, so the thread that
+//! reads files and writes the tar does only that.
+//!
+//! The bytes written depend only on the tar stream, the codec and level:
+//! not on the thread count, nor on whether chunks came from the cache
+//! (the cache key names the codec, level and library version).
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use flate2::Compress;
+use sha2::{Digest, Sha256};
+
+use super::chunkcache::{ChunkCache, NewChunk};
+use super::pgzip::deflate_block;
+use super::tarwrite::TarSink;
+
+/// A chunk ends at the first matching entry boundary past this size.
+pub(crate) const MIN_CHUNK: usize = 512 * 1024;
+/// A chunk ends at the first entry boundary past this size, and entries this
+/// big are cut into pieces of this size.
+pub(crate) const MAX_CHUNK: usize = 4 * 1024 * 1024;
+/// Uncompressed bytes handed to workers but not yet written out. Deep
+/// enough that a worker or the writer losing the CPU for a while (a loaded
+/// machine) does not stall the others; small enough to bound memory.
+const PENDING_BYTES: usize = 16 << 20;
+/// One entry boundary in this many (by path hash) may end a chunk.
+const CUT_ONE_IN: u64 = 16;
+/// gzip header: magic, CM=deflate, no flags, mtime 0, XFL 0, OS unknown.
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+/// A final, empty fixed-Huffman deflate block: ends the deflate stream
+/// after the chunks' sync-flushed (non-final) blocks.
+const DEFLATE_END: [u8; 2] = [0x03, 0x00];
+
+/// How chunks are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Codec {
+    Gzip(u32),
+    Zstd(i32),
+}
+
+impl Codec {
+    /// Names the codec, level and library for the chunk cache key.
+    fn cache_tag(self) -> String {
+        match self {
+            // flate2 is built with its zlib-rs backend (Cargo.toml); the
+            // crate version pins the deflate implementation.
+            Codec::Gzip(level) => format!("gzip-{level}-zlib-rs-flate2-1"),
+            Codec::Zstd(level) => {
+                format!("zstd-{level}-{}", zstd::zstd_safe::version_number())
+            }
+        }
+    }
+}
+
+/// How a layer's chunks were produced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChunkStats {
+    /// Chunks in the blob.
+    pub chunks: u64,
+    /// Chunks copied from the chunk cache.
+    pub reused: u64,
+    /// Chunks compressed now.
+    pub compressed: u64,
+    /// Uncompressed bytes of the reused chunks.
+    pub reused_bytes: u64,
+}
+
+struct Job {
+    data: Arc<Vec<u8>>,
+    reply: Sender<io::Result<Done>>,
+}
+
+struct Done {
+    bytes: Vec<u8>,
+    /// CRC-32 of `bytes` (the chunk cache checks it when reusing them).
+    bytes_crc: u32,
+    ulen: u64,
+    /// CRC-32 of the uncompressed chunk (gzip's trailer needs it).
+    crc: crc32fast::Hasher,
+    /// Set when the chunk was compressed now and should be recorded.
+    key: Option<[u8; 32]>,
+    reused: bool,
+}
+
+/// A [`TarSink`] that compresses what it is given in chunks.
+pub(crate) struct ChunkedWriter<W: Write> {
+    out: Option<W>,
+    codec: Codec,
+    chunk: Vec<u8>,
+    /// Inside an entry of `MAX_CHUNK` bytes or more: cut every `MAX_CHUNK`.
+    in_big_entry: bool,
+    jobs: Option<Sender<Job>>,
+    /// Chunks in flight, oldest first, with their uncompressed sizes.
+    pending: VecDeque<(Receiver<io::Result<Done>>, usize)>,
+    pending_bytes: usize,
+    workers: Vec<JoinHandle<()>>,
+    crc: crc32fast::Hasher,
+    total_in: u64,
+    /// Bytes written to `out` so far (where the next chunk starts).
+    offset: u64,
+    new_chunks: Vec<NewChunk>,
+    stats: ChunkStats,
+    /// The sha256 of the tar and of the blob are computed on a thread of
+    /// their own: on the producing thread they were the bottleneck.
+    hashes: Option<Sender<HashMsg>>,
+    hasher: Option<JoinHandle<Hashes>>,
+}
+
+/// What [`ChunkedWriter::finish`] hands back.
+pub(crate) struct Finished<W> {
+    pub out: W,
+    /// `sha256:` of the tar stream, and its length.
+    pub diff_id: String,
+    pub tar_size: u64,
+    /// `sha256:` of the compressed stream, and its length.
+    pub digest: String,
+    pub size: u64,
+    pub stats: ChunkStats,
+    /// Chunks compressed now, with their place in the blob.
+    pub new_chunks: Vec<NewChunk>,
+}
+
+impl<W: Write> ChunkedWriter<W> {
+    /// `threads == 0` means one per available core.
+    pub(crate) fn new(
+        mut out: W,
+        codec: Codec,
+        threads: usize,
+        cache: Option<ChunkCache>,
+    ) -> io::Result<Self> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let (hash_tx, hash_rx) = bounded::<HashMsg>(8);
+        let hasher = std::thread::Builder::new()
+            .name("layer-sha256".into())
+            .spawn(move || hash_streams(hash_rx))?;
+        let mut offset = 0;
+        if let Codec::Gzip(_) = codec {
+            out.write_all(&GZIP_HEADER)?;
+            offset = GZIP_HEADER.len() as u64;
+            send_hash(&hash_tx, HashMsg::Blob(Arc::new(GZIP_HEADER.to_vec())))?;
+        }
+        let cache = cache.map(Arc::new);
+        let (tx, rx) = bounded::<Job>(64);
+        let workers = (0..threads)
+            .map(|i| {
+                let (rx, cache) = (rx.clone(), cache.clone());
+                std::thread::Builder::new()
+                    .name(format!("chunk-{i}"))
+                    .spawn(move || worker(rx, codec, cache))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(ChunkedWriter {
+            out: Some(out),
+            codec,
+            chunk: Vec::with_capacity(MAX_CHUNK),
+            in_big_entry: false,
+            jobs: Some(tx),
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            workers,
+            crc: crc32fast::Hasher::new(),
+            total_in: 0,
+            offset,
+            new_chunks: Vec::new(),
+            stats: ChunkStats::default(),
+            hashes: Some(hash_tx),
+            hasher: Some(hasher),
+        })
+    }
+
+    fn out(&mut self) -> io::Result<&mut W> {
+        self.out
+            .as_mut()
+            .ok_or_else(|| io::Error::other("chunk writer already finished"))
+    }
+
+    fn hash(&self, msg: HashMsg) -> io::Result<()> {
+        let tx = self
+            .hashes
+            .as_ref()
+            .ok_or_else(|| io::Error::other("chunk writer already finished"))?;
+        send_hash(tx, msg)
+    }
+
+    /// Waits for the oldest chunk and writes it out.
+    fn drain_one(&mut self) -> io::Result<()> {
+        let Some((rx, ulen)) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        self.pending_bytes -= ulen;
+        let done = rx
+            .recv()
+            .map_err(|_| io::Error::other("a compression worker thread died"))??;
+        self.crc.combine(&done.crc);
+        self.out()?.write_all(&done.bytes)?;
+        let len = done.bytes.len() as u64;
+        if let Some(key) = done.key {
+            self.new_chunks.push(NewChunk {
+                key,
+                offset: self.offset,
+                len,
+                crc: done.bytes_crc,
+            });
+        }
+        self.hash(HashMsg::Blob(Arc::new(done.bytes)))?;
+        self.offset += len;
+        self.stats.chunks += 1;
+        if done.reused {
+            self.stats.reused += 1;
+            self.stats.reused_bytes += done.ulen;
+        } else {
+            self.stats.compressed += 1;
+        }
+        Ok(())
+    }
+
+    /// Ends the current chunk (if any) and hands it to a worker.
+    fn cut(&mut self) -> io::Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        // Write what is done without waiting, then wait only if over budget.
+        while self.pending.front().is_some_and(|(rx, _)| !rx.is_empty()) {
+            self.drain_one()?;
+        }
+        while !self.pending.is_empty() && self.pending_bytes + self.chunk.len() > PENDING_BYTES {
+            self.drain_one()?;
+        }
+        let data = Arc::new(std::mem::replace(
+            &mut self.chunk,
+            Vec::with_capacity(MAX_CHUNK),
+        ));
+        let len = data.len();
+        self.hash(HashMsg::Tar(data.clone()))?;
+        let (reply, rx) = bounded(1);
+        self.jobs
+            .as_ref()
+            .ok_or_else(|| io::Error::other("chunk writer already finished"))?
+            .send(Job { data, reply })
+            .map_err(|_| io::Error::other("compression worker threads have exited"))?;
+        self.pending_bytes += len;
+        self.pending.push_back((rx, len));
+        Ok(())
+    }
+
+    /// Compresses what is left, ends the stream and returns the sink.
+    pub(crate) fn finish(mut self) -> io::Result<Finished<W>> {
+        self.cut()?;
+        while !self.pending.is_empty() {
+            self.drain_one()?;
+        }
+        self.jobs = None;
+        if let Codec::Gzip(_) = self.codec {
+            let crc = self.crc.clone().finalize();
+            // ISIZE is the length modulo 2^32 (RFC 1952).
+            let isize = self.total_in as u32;
+            let mut trailer = DEFLATE_END.to_vec();
+            trailer.extend_from_slice(&crc.to_le_bytes());
+            trailer.extend_from_slice(&isize.to_le_bytes());
+            self.out()?.write_all(&trailer)?;
+            self.hash(HashMsg::Blob(Arc::new(trailer)))?;
+        }
+        self.out()?.flush()?;
+        self.hashes = None;
+        let h = self
+            .hasher
+            .take()
+            .ok_or_else(|| io::Error::other("chunk writer already finished"))?
+            .join()
+            .map_err(|_| io::Error::other("the layer hashing thread died"))?;
+        let out = self
+            .out
+            .take()
+            .ok_or_else(|| io::Error::other("chunk writer already finished"))?;
+        Ok(Finished {
+            out,
+            diff_id: format!("sha256:{}", hex::encode(h.tar.finalize())),
+            tar_size: h.tar_len,
+            digest: format!("sha256:{}", hex::encode(h.blob.finalize())),
+            size: h.blob_len,
+            stats: self.stats,
+            new_chunks: std::mem::take(&mut self.new_chunks),
+        })
+    }
+}
+
+fn join_workers(workers: &mut Vec<JoinHandle<()>>) {
+    for w in workers.drain(..) {
+        let _ = w.join();
+    }
+}
+
+impl<W: Write> Write for ChunkedWriter<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = if self.in_big_entry {
+            // Pieces of a big entry: cut every MAX_CHUNK from its start.
+            let n = data.len().min(MAX_CHUNK - self.chunk.len());
+            self.chunk.extend_from_slice(&data[..n]);
+            if self.chunk.len() == MAX_CHUNK {
+                self.cut()?;
+            }
+            n
+        } else {
+            self.chunk.extend_from_slice(data);
+            data.len()
+        };
+        self.total_in += n as u64;
+        Ok(n)
+    }
+
+    /// Chunks are only complete at entry boundaries; flushing just passes through.
+    fn flush(&mut self) -> io::Result<()> {
+        self.out()?.flush()
+    }
+}
+
+impl<W: Write> TarSink for ChunkedWriter<W> {
+    fn entry_start(&mut self, size: u64) -> io::Result<()> {
+        if size >= MAX_CHUNK as u64 {
+            self.cut()?;
+            self.in_big_entry = true;
+        }
+        Ok(())
+    }
+
+    fn entry_end(&mut self, path: &str) -> io::Result<()> {
+        self.in_big_entry = false;
+        let len = self.chunk.len();
+        if len >= MAX_CHUNK || (len >= MIN_CHUNK && path_hash(path).is_multiple_of(CUT_ONE_IN)) {
+            self.cut()?;
+        }
+        Ok(())
+    }
+}
+
+impl<W: Write> Drop for ChunkedWriter<W> {
+    fn drop(&mut self) {
+        self.jobs = None;
+        self.pending.clear();
+        join_workers(&mut self.workers);
+        self.hashes = None;
+        if let Some(h) = self.hasher.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Bytes for the hashing thread, in stream order.
+enum HashMsg {
+    /// Uncompressed tar bytes (the diff_id).
+    Tar(Arc<Vec<u8>>),
+    /// Blob bytes as written (the digest).
+    Blob(Arc<Vec<u8>>),
+}
+
+struct Hashes {
+    tar: Sha256,
+    tar_len: u64,
+    blob: Sha256,
+    blob_len: u64,
+}
+
+fn send_hash(tx: &Sender<HashMsg>, msg: HashMsg) -> io::Result<()> {
+    tx.send(msg)
+        .map_err(|_| io::Error::other("the layer hashing thread has exited"))
+}
+
+fn hash_streams(rx: Receiver<HashMsg>) -> Hashes {
+    let mut h = Hashes {
+        tar: Sha256::new(),
+        tar_len: 0,
+        blob: Sha256::new(),
+        blob_len: 0,
+    };
+    for msg in rx {
+        match msg {
+            HashMsg::Tar(b) => {
+                h.tar.update(&b[..]);
+                h.tar_len += b.len() as u64;
+            }
+            HashMsg::Blob(b) => {
+                h.blob.update(&b[..]);
+                h.blob_len += b.len() as u64;
+            }
+        }
+    }
+    h
+}
+
+/// FNV-1a with a final mix: stable across Rust versions (the cut points
+/// must be, or every upgrade would miss the whole cache).
+fn path_hash(path: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in path.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // splitmix64's finalizer: FNV's low bits alone are weak.
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+fn worker(rx: Receiver<Job>, codec: Codec, cache: Option<Arc<ChunkCache>>) {
+    let tag = codec.cache_tag();
+    let mut zstd = None;
+    for job in rx {
+        let result = process(&job.data, codec, &tag, cache.as_deref(), &mut zstd);
+        // The receiver is gone only when the writer was dropped mid-stream.
+        let _ = job.reply.send(result);
+    }
+}
+
+fn process(
+    data: &[u8],
+    codec: Codec,
+    tag: &str,
+    cache: Option<&ChunkCache>,
+    zstd: &mut Option<zstd::bulk::Compressor<'static>>,
+) -> io::Result<Done> {
+    let mut crc = crc32fast::Hasher::new();
+    if let Codec::Gzip(_) = codec {
+        crc.update(data);
+    }
+    let key = cache.map(|_| ChunkCache::key(tag, data));
+    if let (Some(cache), Some(key)) = (cache, &key) {
+        if let Some(bytes) = cache.lookup(key) {
+            return Ok(Done {
+                bytes_crc: 0,
+                bytes,
+                ulen: data.len() as u64,
+                crc,
+                key: None,
+                reused: true,
+            });
+        }
+    }
+    let bytes = match codec {
+        Codec::Gzip(level) => {
+            // A fresh stream per chunk: its bytes must not depend on which
+            // chunks this worker compressed before.
+            let mut c = Compress::new(flate2::Compression::new(level.min(9)), false);
+            deflate_block(&mut c, data, &[], false)?.deflated
+        }
+        Codec::Zstd(level) => {
+            let z = match zstd {
+                Some(z) => z,
+                None => zstd.insert(zstd_compressor(level)?),
+            };
+            z.compress(data)?
+        }
+    };
+    Ok(Done {
+        bytes_crc: crc32fast::hash(&bytes),
+        bytes,
+        ulen: data.len() as u64,
+        crc,
+        key,
+        reused: false,
+    })
+}
+
+/// One compressor per worker, reused: each `compress` call is a complete
+/// frame with the content size and a checksum, independent of earlier ones.
+fn zstd_compressor(level: i32) -> io::Result<zstd::bulk::Compressor<'static>> {
+    let mut z = zstd::bulk::Compressor::new(level)?;
+    z.include_checksum(true)?;
+    z.include_contentsize(true)?;
+    Ok(z)
+}
+
+#[cfg(test)]
+#[path = "chunked_tests.rs"]
+mod tests;

@@ -1,0 +1,221 @@
+//! Tests of the chunked compressor (a file of their own: chunked.rs stays short).
+
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+
+use super::*;
+use crate::layer::{
+    write_layer, BlobResolver, Compression, EntryKind, FileSource, LayerEntry, LayerInfo, Timespec,
+    WriteOptions,
+};
+
+/// Text-like, compressible, different per seed (xorshift over a word list).
+fn text(seed: u64, len: usize) -> Vec<u8> {
+    const WORDS: [&str; 8] = ["fn ", "let ", "x", "= ", "Some(", ");\n", "self.", "0"];
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        out.extend_from_slice(WORDS[(s % 8) as usize].as_bytes());
+        out.extend_from_slice(format!("{}", s % 97).as_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn file(path: &str, data: Vec<u8>) -> LayerEntry {
+    LayerEntry {
+        path: path.into(),
+        kind: EntryKind::File(FileSource::Bytes(data)),
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime: Timespec::new(1_700_000_000, 0),
+        xattrs: vec![],
+    }
+}
+
+/// ~10 MB: 400 files of 20 KB around one 9 MB file (cut into pieces).
+fn tree() -> Vec<LayerEntry> {
+    let mut v: Vec<LayerEntry> = (0..400)
+        .map(|i| file(&format!("src/f{i:04}.rs"), text(i, 20_000)))
+        .collect();
+    v.push(file("src/f0200big", text(9999, 9 << 20)));
+    v
+}
+
+fn write(
+    entries: Vec<LayerEntry>,
+    c: Compression,
+    threads: usize,
+    cache: Option<&ChunkCache>,
+) -> (LayerInfo, Vec<u8>) {
+    let mut out = Vec::new();
+    let opts = WriteOptions {
+        compression: c,
+        threads,
+        chunk_cache: cache.cloned(),
+        ..Default::default()
+    };
+    let info = write_layer(entries, &mut out, &opts).unwrap();
+    (info, out)
+}
+
+fn decode(c: Compression, bytes: &[u8]) -> Vec<u8> {
+    let mut back = Vec::new();
+    match c {
+        Compression::Gzip { .. } => {
+            flate2::read::GzDecoder::new(bytes)
+                .read_to_end(&mut back)
+                .unwrap();
+        }
+        Compression::Zstd { .. } => back = zstd::stream::decode_all(bytes).unwrap(),
+        Compression::None => back = bytes.to_vec(),
+    };
+    back
+}
+
+const CODECS: [Compression; 2] = [
+    Compression::Gzip { level: 6 },
+    Compression::Zstd { level: 3 },
+];
+
+/// A cache whose blobs are files named by digest hex in `root/blobs`.
+fn cache(root: &Path) -> ChunkCache {
+    for d in ["chunks", "tmp", "blobs"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let blobs = root.join("blobs");
+    let resolver: BlobResolver =
+        Arc::new(move |d: &str| Some(blobs.join(d.strip_prefix("sha256:")?)));
+    ChunkCache::new(root.join("chunks"), root.join("tmp"), resolver)
+}
+
+fn store_blob(root: &Path, info: &LayerInfo, bytes: &[u8]) {
+    let hex = info.digest.strip_prefix("sha256:").unwrap();
+    fs::write(root.join("blobs").join(hex), bytes).unwrap();
+}
+
+#[test]
+fn chunked_streams_decode_to_the_tar_whatever_the_threads() {
+    let (plain, tar) = write(tree(), Compression::None, 1, None);
+    for c in CODECS {
+        let (one, a) = write(tree(), c, 1, None);
+        let (three, b) = write(tree(), c, 3, None);
+        assert_eq!(a, b, "{c:?}: output depends on the thread count");
+        assert_eq!(one, three);
+        assert!(one.chunks.chunks >= 8, "{c:?}: {:?}", one.chunks);
+        assert_eq!(one.chunks.compressed, one.chunks.chunks);
+        assert_eq!(one.diff_id, plain.diff_id);
+        assert_eq!(one.uncompressed_size, tar.len() as u64);
+        assert_eq!(decode(c, &a), tar, "{c:?}");
+        assert!(a.len() < tar.len() / 2, "{c:?}: {} bytes", a.len());
+    }
+}
+
+#[test]
+fn cut_points_follow_entries_and_big_files_are_split_from_their_start() {
+    let mut w = ChunkedWriter::new(Vec::new(), Codec::Zstd(1), 1, None).unwrap();
+    let mut cuts = Vec::new();
+    let mut pos = 0u64;
+    for e in tree() {
+        let EntryKind::File(FileSource::Bytes(data)) = &e.kind else {
+            unreachable!()
+        };
+        w.entry_start(data.len() as u64).unwrap();
+        w.write_all(data).unwrap();
+        w.entry_end(&e.path).unwrap();
+        pos += data.len() as u64;
+        cuts.push((w.total_in - w.chunk.len() as u64, pos));
+    }
+    let done = w.finish().unwrap();
+    // The big file (index 400) starts a chunk: the chunk start seen
+    // after it is a multiple of MAX_CHUNK from the file's start.
+    let (start_after_big, end_big) = cuts[400];
+    let big_start = end_big - (9 << 20);
+    assert!(start_after_big >= big_start);
+    assert_eq!((start_after_big - big_start) % MAX_CHUNK as u64, 0);
+    assert!(done.stats.chunks >= 10, "{:?}", done.stats);
+}
+
+#[test]
+fn warm_cache_reuses_unchanged_chunks_and_changes_no_byte() {
+    for c in CODECS {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path());
+        let (first, bytes) = write(tree(), c, 2, Some(&cache));
+        assert_eq!(first.chunks.reused, 0);
+        store_blob(dir.path(), &first, &bytes);
+        // Same entries again: everything comes from the cache, and the
+        // blob is byte-identical.
+        let (again, again_bytes) = write(tree(), c, 2, Some(&cache));
+        assert_eq!(again.chunks.reused, again.chunks.chunks, "{c:?}");
+        assert_eq!(again_bytes, bytes);
+
+        // One file in the middle changed, one file inserted before the
+        // big one: only the chunks around them are compressed again.
+        let mut changed = tree();
+        changed[150] = file("src/f0150.rs", text(424242, 21_000));
+        changed.push(file("src/f0199x.rs", text(777, 5_000)));
+        let (warm, warm_bytes) = write(changed.clone(), c, 2, Some(&cache));
+        let (cold, cold_bytes) = write(changed.clone(), c, 2, None);
+        assert_eq!(
+            warm_bytes, cold_bytes,
+            "{c:?}: a warm cache changed the blob"
+        );
+        assert_eq!(warm.digest, cold.digest);
+        let s = warm.chunks;
+        assert!(
+            s.compressed <= 4 && s.reused + 4 >= s.chunks,
+            "{c:?}: {s:?}"
+        );
+        assert!(s.reused_bytes > 15 << 20 >> 1, "{c:?}: {s:?}");
+        let (_, tar) = write(changed, Compression::None, 1, None);
+        assert_eq!(decode(c, &warm_bytes), tar);
+    }
+}
+
+#[test]
+fn a_different_level_does_not_reuse_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache(dir.path());
+    let (first, bytes) = write(tree(), Compression::Gzip { level: 6 }, 2, Some(&cache));
+    store_blob(dir.path(), &first, &bytes);
+    let (other, _) = write(tree(), Compression::Gzip { level: 1 }, 2, Some(&cache));
+    assert_eq!(other.chunks.reused, 0);
+    let (z, _) = write(tree(), Compression::Zstd { level: 6 }, 2, Some(&cache));
+    assert_eq!(z.chunks.reused, 0);
+}
+
+#[test]
+fn path_hash_is_stable() {
+    // Cut points are part of the cache's contract: pin the hash.
+    assert_eq!(path_hash(""), 0xf52a_15e9_a9b5_e89b);
+    assert_ne!(path_hash("a"), path_hash("b"));
+}
+
+#[test]
+fn concurrent_writers_share_one_cache_safely() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache(dir.path());
+    let c = Compression::Zstd { level: 3 };
+    let (_, cold) = write(tree(), c, 2, None);
+    // Two writers record the same chunks at once (as two builds would);
+    // both blobs are the cold one, and no temp is left behind.
+    let outs: Vec<(LayerInfo, Vec<u8>)> = std::thread::scope(|s| {
+        let a = s.spawn(|| write(tree(), c, 2, Some(&cache)));
+        let b = s.spawn(|| write(tree(), c, 2, Some(&cache)));
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    for (info, bytes) in &outs {
+        assert_eq!(bytes, &cold);
+        store_blob(dir.path(), info, bytes);
+    }
+    assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    let (warm, bytes) = write(tree(), c, 2, Some(&cache));
+    assert_eq!(warm.chunks.reused, warm.chunks.chunks);
+    assert_eq!(bytes, cold);
+}
