@@ -3,7 +3,9 @@
 //! instructions): expanding words, recording the build args each step uses,
 //! and producing its progress name and history text.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::dockerfile::shell::Env;
 
 use super::expand;
 use super::history as h;
@@ -22,13 +24,32 @@ pub(super) struct Seen {
     pub(super) healthcheck: Option<Span>,
 }
 
+/// The most bytes of ENV and ARG names and values one stage may hold. A
+/// RUN gets all of them in its environment, which Linux caps at a few MiB
+/// (`ARG_MAX`), so nothing larger could build; the cap stops a file that
+/// copies a large value over and over from exhausting memory.
+pub(super) const MAX_ENV_BYTES: usize = 8 << 20;
+
+/// The most bytes the planned steps of one build may hold in total (their
+/// expanded words, history text and build args). Each RUN carries every ARG
+/// in scope, so a hostile file could otherwise make the plan quadratic in
+/// its own size.
+pub(super) const MAX_PLAN_BYTES: usize = 256 << 20;
+
 /// BuildKit's dispatch state for one stage.
 #[derive(Clone, Debug)]
 pub(super) struct State {
     /// The state's environment: ENV and ARG values, in order.
-    pub(super) env: Vec<(String, String)>,
+    env: Vec<(String, String)>,
+    /// Position of each name in `env`, so lookups and updates cost the same
+    /// with 50,000 variables as with 5.
+    env_index: HashMap<String, usize>,
+    /// Bytes of names and values in `env` (see [`MAX_ENV_BYTES`]).
+    env_bytes: usize,
     /// ARGs in scope (`d.buildArgs`), with their values.
     pub(super) args: Vec<(String, Option<String>)>,
+    /// The names in `args`.
+    arg_names: HashSet<String>,
     pub(super) shell: Vec<String>,
     pub(super) workdir: String,
     /// Whether every variable of the base is known (scratch, a stage, or a
@@ -40,20 +61,75 @@ pub(super) struct State {
     pub(super) workdir_set: bool,
 }
 
-impl State {
-    fn get(&self, k: &str) -> Option<&String> {
-        self.env.iter().find(|(n, _)| n == k).map(|(_, v)| v)
+/// Word expansion reads the state directly: no copy of the environment
+/// per word (which made 10,000 ENV lines take 39 s).
+impl Env for State {
+    fn lookup(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
     }
+}
 
-    fn set(&mut self, k: &str, v: &str) {
-        match self.env.iter_mut().find(|(n, _)| n == k) {
-            Some(e) => e.1 = v.to_string(),
-            None => self.env.push((k.to_string(), v.to_string())),
+impl State {
+    fn new(env_known: bool) -> Self {
+        State {
+            env: Vec::new(),
+            env_index: HashMap::new(),
+            env_bytes: 0,
+            args: Vec::new(),
+            arg_names: HashSet::new(),
+            shell: Vec::new(),
+            workdir: String::new(),
+            env_known,
+            onbuild: Vec::new(),
+            seen: Seen::default(),
+            workdir_set: false,
         }
     }
 
-    fn map(&self) -> BTreeMap<String, String> {
-        self.env.iter().cloned().collect()
+    fn get(&self, k: &str) -> Option<&String> {
+        self.env_index.get(k).map(|&i| &self.env[i].1)
+    }
+
+    fn set(&mut self, k: &str, v: &str) {
+        match self.env_index.get(k) {
+            Some(&i) => {
+                let old = std::mem::replace(&mut self.env[i].1, v.to_string());
+                self.env_bytes = self.env_bytes - old.len() + v.len();
+            }
+            None => {
+                self.env_index.insert(k.to_string(), self.env.len());
+                self.env.push((k.to_string(), v.to_string()));
+                self.env_bytes += k.len() + v.len();
+            }
+        }
+    }
+
+    /// [`State::set`] for values from the Dockerfile, within [`MAX_ENV_BYTES`].
+    fn set_checked(&mut self, k: &str, v: &str, span: Span) -> Result<(), Problem> {
+        self.set(k, v);
+        if self.env_bytes > MAX_ENV_BYTES {
+            return Err(problem(
+                span,
+                format!(
+                    "the stage's ENV and ARG values exceed {} MiB (setting {k}); no RUN could receive such an environment",
+                    MAX_ENV_BYTES >> 20
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn push_arg(&mut self, k: &str, v: Option<String>) {
+        self.arg_names.insert(k.to_string());
+        self.args.push((k.to_string(), v));
+    }
+
+    fn is_arg(&self, k: &str) -> bool {
+        self.arg_names.contains(k)
+    }
+
+    fn env_names(&self) -> Vec<&String> {
+        self.env.iter().map(|(k, _)| k).collect()
     }
 
     pub(super) fn apply_config(&mut self, cfg: &BaseConfig) {
@@ -93,6 +169,9 @@ pub(super) struct Dispatcher<'a> {
     pub(super) total: usize,
     pub(super) counter: usize,
     pub(super) findings: Vec<Finding>,
+    /// Bytes held by the steps planned so far, this stage and earlier ones
+    /// (see [`MAX_PLAN_BYTES`]).
+    pub(super) plan_bytes: usize,
 }
 
 impl<'a> Dispatcher<'a> {
@@ -120,19 +199,11 @@ impl<'a> Dispatcher<'a> {
             global,
             names,
             total_stages: names.len(),
-            state: State {
-                env: Vec::new(),
-                args: Vec::new(),
-                shell: Vec::new(),
-                workdir: String::new(),
-                env_known: matches!(res.base, RawBase::Scratch),
-                onbuild: Vec::new(),
-                seen: Seen::default(),
-                workdir_set: false,
-            },
+            state: State::new(matches!(res.base, RawBase::Scratch)),
             total: 0,
             counter: 0,
             findings: Vec::new(),
+            plan_bytes: 0,
         }
     }
 
@@ -173,8 +244,8 @@ impl<'a> Dispatcher<'a> {
         span: Span,
         used: &mut BTreeMap<String, String>,
     ) -> Result<String, Problem> {
-        let env = self.state.map();
-        let (out, m) = expand::word(word, &env, self.escape).map_err(|e| problem(span, e.0))?;
+        let (out, m) =
+            expand::word(word, &self.state, self.escape).map_err(|e| problem(span, e.0))?;
         self.note_matches(&m, span, used);
         Ok(out)
     }
@@ -186,7 +257,7 @@ impl<'a> Dispatcher<'a> {
         used: &mut BTreeMap<String, String>,
     ) {
         for k in &m.matched {
-            if self.state.args.iter().any(|(a, _)| a == k) {
+            if self.state.is_arg(k) {
                 if let Some(v) = self.state.get(k) {
                     used.insert(k.clone(), v.clone());
                 }
@@ -196,10 +267,10 @@ impl<'a> Dispatcher<'a> {
             return;
         }
         for u in &m.unmatched {
-            if self.state.args.iter().any(|(a, _)| a == u) {
+            if self.state.is_arg(u) {
                 continue;
             }
-            let options: Vec<&String> = self.state.env.iter().map(|(k, _)| k).collect();
+            let options = self.state.env_names();
             let mut message = format!("Usage of undefined variable '${u}'");
             if let Some(s) = suggest(u, &options) {
                 message.push_str(&format!(" (did you mean ${s}?)"));
@@ -212,11 +283,10 @@ impl<'a> Dispatcher<'a> {
     /// with the current environment and upper-cases the keyword.
     fn display(&mut self, inst: &Instruction, onbuild: bool, raw: bool) -> Option<String> {
         let text = format!("{} {}", inst.keyword, inst.original);
-        let env = self.state.map();
         let shown = if raw {
-            expand::display_raw(&text, &env, self.escape)
+            expand::display_raw(&text, &self.state, self.escape)
         } else {
-            expand::word(&text, &env, self.escape)
+            expand::word(&text, &self.state, self.escape)
                 .map(|(w, _)| w)
                 .unwrap_or_else(|_| text.clone())
         };
@@ -232,8 +302,25 @@ impl<'a> Dispatcher<'a> {
         steps: &mut Vec<Step>,
         problems: &mut Vec<Problem>,
     ) {
+        if self.plan_bytes > MAX_PLAN_BYTES || self.state.env_bytes > MAX_ENV_BYTES {
+            // Reported once, where the limit was crossed.
+            return;
+        }
         match self.dispatch(inst, onbuild, remap) {
-            Ok(s) => steps.push(s),
+            Ok(s) => {
+                self.plan_bytes += approx_size(&s);
+                if self.plan_bytes > MAX_PLAN_BYTES {
+                    problems.push(problem(
+                        inst.span,
+                        format!(
+                            "the planned steps exceed {} MiB (expanded words, history and build args); the Dockerfile repeats large values too often",
+                            MAX_PLAN_BYTES >> 20
+                        ),
+                    ));
+                    return;
+                }
+                steps.push(s)
+            }
             Err(p) => problems.push(p),
         }
     }
@@ -370,7 +457,7 @@ impl<'a> Dispatcher<'a> {
         for (k, v) in &expanded {
             msg.push_str(&format!(" {k}={v}"));
             if is_env {
-                self.state.set(k, v);
+                self.state.set_checked(k, v, span)?;
             }
         }
         d.step.created_by = Some(msg);
@@ -407,9 +494,9 @@ impl<'a> Dispatcher<'a> {
                 value = Some(self.expand(default, span, &mut d.used)?);
             }
             if let Some(v) = &value {
-                self.state.set(k, v);
+                self.state.set_checked(k, v, span)?;
             }
-            self.state.args.push((k.clone(), value.clone()));
+            self.state.push_arg(k, value.clone());
             parts.push(match &value {
                 Some(v) => format!("{k}={v}"),
                 None => k.clone(),
@@ -554,12 +641,12 @@ impl<'a> Dispatcher<'a> {
             srcs.push(s);
         }
         let dest = self.expand(dest, span, &mut d.used)?;
-        let env = self.state.map();
         let mut docs = Vec::new();
         for doc in heredocs {
             let mut doc = doc.clone();
             if doc.expand {
-                doc.body = expand::heredoc_body(&doc.body, &env).map_err(|e| problem(span, e.0))?;
+                doc.body =
+                    expand::heredoc_body(&doc.body, &self.state).map_err(|e| problem(span, e.0))?;
             }
             docs.push(doc);
         }
@@ -643,12 +730,14 @@ impl<'a> Dispatcher<'a> {
     /// EXPOSE: each word expanded and split, then parsed as port specs.
     fn expose(&mut self, ps: &[String], d: &mut Draft) -> Result<(), Problem> {
         let span = d.span;
-        let env = self.state.map();
         let mut words = Vec::new();
         for p in ps {
-            let (_, m) = expand::word(p, &env, self.escape).map_err(|e| problem(span, e.0))?;
+            let (_, m) =
+                expand::word(p, &self.state, self.escape).map_err(|e| problem(span, e.0))?;
             self.note_matches(&m, span, &mut d.used);
-            words.extend(expand::words(p, &env, self.escape).map_err(|e| problem(span, e.0))?);
+            words.extend(
+                expand::words(p, &self.state, self.escape).map_err(|e| problem(span, e.0))?,
+            );
         }
         let mut specs = Vec::new();
         for w in &words {
@@ -663,6 +752,7 @@ impl<'a> Dispatcher<'a> {
     /// BuildKit's `runCommandString` (first position, last value).
     fn args_in_scope(&self) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = Vec::new();
+        let mut at: HashMap<&str, usize> = HashMap::new();
         for (k, v) in &self.state.args {
             let val = self
                 .state
@@ -670,9 +760,12 @@ impl<'a> Dispatcher<'a> {
                 .cloned()
                 .or_else(|| v.clone())
                 .unwrap_or_default();
-            match out.iter_mut().find(|(n, _)| n == k) {
-                Some(e) => e.1 = val,
-                None => out.push((k.clone(), val)),
+            match at.get(k.as_str()) {
+                Some(&i) => out[i].1 = val,
+                None => {
+                    at.insert(k, out.len());
+                    out.push((k.clone(), val));
+                }
             }
         }
         out
@@ -750,6 +843,26 @@ impl<'a> Dispatcher<'a> {
             })?),
         })
     }
+}
+
+/// Roughly the heap bytes a planned step holds: its history text (which
+/// repeats its expanded words), progress name, heredoc bodies and build args.
+fn approx_size(s: &Step) -> usize {
+    let pairs = |m: &mut dyn Iterator<Item = (&String, &String)>| {
+        m.map(|(k, v)| k.len() + v.len()).sum::<usize>()
+    };
+    let heredocs = match &s.instruction.kind {
+        Kind::Run { heredocs, .. } | Kind::Copy { heredocs, .. } | Kind::Add { heredocs, .. } => {
+            heredocs.iter().map(|d| d.body.len()).sum()
+        }
+        _ => 0,
+    };
+    2 * s.created_by.as_ref().map_or(0, String::len)
+        + s.display_name.as_ref().map_or(0, String::len)
+        + s.instruction.original.len()
+        + heredocs
+        + pairs(&mut s.build_args.iter())
+        + pairs(&mut s.arg_env.iter().map(|(k, v)| (k, v)))
 }
 
 fn is_heredoc_word(s: &str) -> bool {

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::dispatch::{Dispatcher, Seen, State};
+use super::dispatch::{Dispatcher, Seen, State, MAX_ENV_BYTES};
 use super::expand;
 use super::ir::{Instruction, Kind, Span};
 use super::lints::{platform_lints, suggest};
@@ -179,11 +179,13 @@ pub(super) fn plan(
     let mut finals: BTreeMap<usize, State> = BTreeMap::new();
     let mut planned = Vec::new();
     let mut images = BTreeSet::new();
+    let mut plan_bytes = 0;
     for &i in &keep {
         let st = &stages[i];
         let res = &resolved[i];
         let mut d = Dispatcher::new(i, st, res, single, escape, opts, &global, &names);
         d.total_stages = stages.len();
+        d.plan_bytes = plan_bytes;
         let base = match &res.base {
             RawBase::Scratch => Base::Scratch,
             RawBase::Stage(j) => {
@@ -235,6 +237,7 @@ pub(super) fn plan(
             }
         }
         findings.append(&mut d.findings);
+        plan_bytes = d.plan_bytes;
         planned.push(PlannedStage {
             index: i,
             name: st.name.clone(),
@@ -297,20 +300,37 @@ fn global_args(
 ) -> (BTreeMap<String, String>, BTreeSet<String>) {
     let mut global = predefined_args(&opts.platform, target_name);
     let mut keys = BTreeSet::new();
+    let mut bytes = 0;
     for m in meta {
         let Kind::Arg(args) = &m.kind else { continue };
         for (k, def) in args {
             keys.insert(k.clone());
-            if let Some(v) = opts.build_args.get(k) {
-                global.insert(k.clone(), v.clone());
+            let value = if let Some(v) = opts.build_args.get(k) {
+                v.clone()
             } else if let Some(d) = def {
                 match expand::word(d, &global, escape) {
-                    Ok((v, _)) => {
-                        global.insert(k.clone(), v);
+                    Ok((v, _)) => v,
+                    Err(e) => {
+                        problems.push(problem(m.span, e.0));
+                        continue;
                     }
-                    Err(e) => problems.push(problem(m.span, e.0)),
                 }
+            } else {
+                continue;
+            };
+            // Same bound as a stage's ENV and ARG values (see MAX_ENV_BYTES).
+            bytes += k.len() + value.len();
+            if bytes > MAX_ENV_BYTES {
+                problems.push(problem(
+                    m.span,
+                    format!(
+                        "the global ARG values exceed {} MiB (setting {k})",
+                        MAX_ENV_BYTES >> 20
+                    ),
+                ));
+                return (global, keys);
             }
+            global.insert(k.clone(), value);
         }
     }
     (global, keys)

@@ -32,7 +32,7 @@ pub use blob::{digest_hex, sha256_digest, BlobError, BlobInfo, BlobWriter};
 pub use cache::{diff_inputs, CacheRecord, CachedLayer, CACHE_SCHEMA};
 pub use gc::PruneReport;
 pub use lock::{lock_exclusive, LockGuard};
-pub use tags::{normalize_tag, REF_NAME};
+pub use tags::{check_reference, lookup_name, normalize_tag, TagError, REF_NAME};
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 const EMPTY_INDEX: &[u8] = br#"{"schemaVersion":2,"manifests":[]}"#;
