@@ -200,3 +200,33 @@ fn tags_written_before_the_check_still_list_and_remove() {
     let out = env.rbuild_ok(&["images"]);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("OLD"));
 }
+
+#[test]
+fn dockerignore_line_of_100000_stars_matches_without_overflow() {
+    use rbuild::context::{load_ignore, scan, PatternMatcher};
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["a.txt", "sub/b.txt", "keep.md"] {
+        let p = dir.path().join(f);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, f).unwrap();
+    }
+    let stars = "*".repeat(100_000);
+    std::fs::write(
+        dir.path().join(".dockerignore"),
+        format!("{stars}\n!keep.md\n"),
+    )
+    .unwrap();
+    let ignore = load_ignore(dir.path(), None).expect("the ignore file loads");
+    let idx = scan(dir.path(), "Dockerfile", &ignore, None).expect("scan");
+    let kept: Vec<String> = idx.entries().map(|e| e.rel.clone()).collect();
+    assert!(kept.contains(&"keep.md".to_string()), "{kept:?}");
+    assert!(!kept.iter().any(|k| k.ends_with(".txt")), "{kept:?}");
+    // An odd count ends in `*x`; `*a` repeated cannot be folded at all.
+    let odd = format!("{}x", "*".repeat(99_999));
+    let pm = PatternMatcher::new(&[odd]).unwrap();
+    assert!(pm.matches("dir/fx").unwrap());
+    assert!(!pm.matches("dir/f").unwrap());
+    let pm = PatternMatcher::new(&["*a".repeat(50_000)]).unwrap();
+    assert!(!pm.matches("aaaa/b").unwrap());
+    assert!(!pm.matches(&"a".repeat(300)).unwrap());
+}
