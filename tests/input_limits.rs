@@ -230,3 +230,53 @@ fn dockerignore_line_of_100000_stars_matches_without_overflow() {
     assert!(!pm.matches("aaaa/b").unwrap());
     assert!(!pm.matches(&"a".repeat(300)).unwrap());
 }
+
+#[test]
+fn long_stage_chains_and_many_undefined_variables_check() {
+    let env = Env::new();
+    // Each stage inherits the growing environment of the one before it.
+    let mut text = String::from("FROM scratch AS s0\n");
+    for i in 0..8000 {
+        writeln!(text, "FROM s{i} AS s{}\nENV B{i}=x", i + 1).unwrap();
+    }
+    let df = dockerfile(&env, "chain", &text);
+    let out = check(&env, &df);
+    assert!(out.status.success(), "{:.600}", stderr(&out));
+    // Every UndefinedVar warning looks for a near name among those defined.
+    let mut text = String::from("FROM scratch\n");
+    for i in 0..8000 {
+        writeln!(text, "ENV A{i}=$U{i}").unwrap();
+    }
+    let df = dockerfile(&env, "undefined", &text);
+    let out = check(&env, &df);
+    assert!(out.status.success(), "{:.600}", stderr(&out));
+    assert_eq!(stderr(&out).matches("UndefinedVar").count(), 8000);
+}
+
+#[test]
+fn many_stages_copying_a_large_environment_hit_the_plan_cap() {
+    let env = Env::new();
+    let mut text = String::from("FROM scratch AS big\nARG A=");
+    text.push_str(&"y".repeat(60_000));
+    text.push_str("\nARG B=$A$A$A$A$A$A$A$A\n");
+    for i in 0..8 {
+        writeln!(text, "ENV C{i}=$B").unwrap();
+    }
+    // 4 MiB of environment, inherited by 100 stages: 400 MiB of copies.
+    for i in 0..100 {
+        writeln!(text, "FROM big AS k{i}").unwrap();
+    }
+    let df = dockerfile(&env, "fanout", &text);
+    let out = check(&env, &df);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err:.600}");
+    assert!(
+        err.contains("the planned steps exceed 256 MiB"),
+        "{err:.600}"
+    );
+    assert_eq!(
+        err.matches("error:").count(),
+        1,
+        "reported once: {err:.900}"
+    );
+}

@@ -10,7 +10,7 @@ use crate::dockerfile::shell::Env;
 use super::expand;
 use super::history as h;
 use super::ir::{Flag, Form, Heredoc, Instruction, Kind, Span};
-use super::lints::{is_abs, looks_secret, suggest};
+use super::lints::{is_abs, looks_secret, spend_suggestion, suggest, SUGGEST_BUDGET};
 use super::stage::{
     problem, resolve_from, FromScope, RawBase, RawStage, Resolved, DEFAULT_PATH, PROXY_ARGS,
 };
@@ -35,6 +35,17 @@ pub(super) const MAX_ENV_BYTES: usize = 8 << 20;
 /// in scope, so a hostile file could otherwise make the plan quadratic in
 /// its own size.
 pub(super) const MAX_PLAN_BYTES: usize = 256 << 20;
+
+/// The error for a plan past [`MAX_PLAN_BYTES`], at the line that crossed it.
+pub(super) fn plan_too_big(span: Span) -> Problem {
+    problem(
+        span,
+        format!(
+            "the planned steps exceed {} MiB (expanded words, history, build args and stage environments); the Dockerfile repeats large values too often",
+            MAX_PLAN_BYTES >> 20
+        ),
+    )
+}
 
 /// BuildKit's dispatch state for one stage.
 #[derive(Clone, Debug)]
@@ -119,6 +130,11 @@ impl State {
         Ok(())
     }
 
+    /// Bytes of ENV and ARG values held, for the plan's size budget.
+    pub(super) fn bytes(&self) -> usize {
+        self.env_bytes
+    }
+
     fn push_arg(&mut self, k: &str, v: Option<String>) {
         self.arg_names.insert(k.to_string());
         self.args.push((k.to_string(), v));
@@ -172,6 +188,8 @@ pub(super) struct Dispatcher<'a> {
     /// Bytes held by the steps planned so far, this stage and earlier ones
     /// (see [`MAX_PLAN_BYTES`]).
     pub(super) plan_bytes: usize,
+    /// What is left of [`SUGGEST_BUDGET`], carried from stage to stage.
+    pub(super) suggest_budget: usize,
 }
 
 impl<'a> Dispatcher<'a> {
@@ -204,6 +222,7 @@ impl<'a> Dispatcher<'a> {
             counter: 0,
             findings: Vec::new(),
             plan_bytes: 0,
+            suggest_budget: SUGGEST_BUDGET,
         }
     }
 
@@ -270,10 +289,11 @@ impl<'a> Dispatcher<'a> {
             if self.state.is_arg(u) {
                 continue;
             }
-            let options = self.state.env_names();
             let mut message = format!("Usage of undefined variable '${u}'");
-            if let Some(s) = suggest(u, &options) {
-                message.push_str(&format!(" (did you mean ${s}?)"));
+            if spend_suggestion(&mut self.suggest_budget, self.state.env.len()) {
+                if let Some(s) = suggest(u, &self.state.env_names()) {
+                    message.push_str(&format!(" (did you mean ${s}?)"));
+                }
             }
             self.lint("UndefinedVar", span, message);
         }
@@ -310,13 +330,7 @@ impl<'a> Dispatcher<'a> {
             Ok(s) => {
                 self.plan_bytes += approx_size(&s);
                 if self.plan_bytes > MAX_PLAN_BYTES {
-                    problems.push(problem(
-                        inst.span,
-                        format!(
-                            "the planned steps exceed {} MiB (expanded words, history and build args); the Dockerfile repeats large values too often",
-                            MAX_PLAN_BYTES >> 20
-                        ),
-                    ));
+                    problems.push(plan_too_big(inst.span));
                     return;
                 }
                 steps.push(s)

@@ -5,10 +5,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::dispatch::{Dispatcher, Seen, State, MAX_ENV_BYTES};
+use super::dispatch::{plan_too_big, Dispatcher, Seen, State, MAX_ENV_BYTES, MAX_PLAN_BYTES};
 use super::expand;
 use super::ir::{Instruction, Kind, Span};
-use super::lints::{platform_lints, suggest};
+use super::lints::{platform_lints, spend_suggestion, suggest, SUGGEST_BUDGET};
 use super::{
     normalize_reference, Base, Finding, Plan, PlanError, PlanOptions, PlannedStage, Platform,
     Problem,
@@ -177,20 +177,34 @@ pub(super) fn plan(
     let single = stages.len() + implicit_images == 1;
 
     let mut finals: BTreeMap<usize, State> = BTreeMap::new();
+    // How many kept stages start from each stage: the last one takes the
+    // state instead of copying it, so a chain of N stages costs O(N), not
+    // O(N²) copies of a growing environment.
+    let mut children: BTreeMap<usize, usize> = BTreeMap::new();
+    for &i in &keep {
+        if let RawBase::Stage(j) = resolved[i].base {
+            *children.entry(j).or_default() += 1;
+        }
+    }
     let mut planned = Vec::new();
     let mut images = BTreeSet::new();
     let mut plan_bytes = 0;
+    let mut suggest_budget = SUGGEST_BUDGET;
     for &i in &keep {
         let st = &stages[i];
         let res = &resolved[i];
         let mut d = Dispatcher::new(i, st, res, single, escape, opts, &global, &names);
         d.total_stages = stages.len();
-        d.plan_bytes = plan_bytes;
         let base = match &res.base {
             RawBase::Scratch => Base::Scratch,
             RawBase::Stage(j) => {
-                if let Some(s) = finals.get(j) {
-                    d.state = s.clone();
+                let before = plan_bytes;
+                let inherited = inherit(&mut finals, &mut children, *j, &mut plan_bytes);
+                if plan_bytes > MAX_PLAN_BYTES && before <= MAX_PLAN_BYTES {
+                    problems.push(plan_too_big(st.from.span));
+                }
+                if let Some(s) = inherited {
+                    d.state = s;
                     d.state.seen = Seen::default();
                     d.state.onbuild.clear();
                 }
@@ -213,6 +227,8 @@ pub(super) fn plan(
                 }
             },
         };
+        d.plan_bytes = plan_bytes;
+        d.suggest_budget = suggest_budget;
         d.state.ensure_path();
         let triggers = triggers_for(&stages, res, opts, st.from.span, &mut problems);
         d.total = count_steps(&st.commands, &res.base) + triggers.len();
@@ -238,6 +254,7 @@ pub(super) fn plan(
         }
         findings.append(&mut d.findings);
         plan_bytes = d.plan_bytes;
+        suggest_budget = d.suggest_budget;
         planned.push(PlannedStage {
             index: i,
             name: st.name.clone(),
@@ -264,6 +281,27 @@ pub(super) fn plan(
         findings,
         images: images.into_iter().collect(),
     })
+}
+
+/// The final state of stage `j` for a stage built on it: moved out for the
+/// last such stage, copied (and counted in the plan's size) for the others.
+fn inherit(
+    finals: &mut BTreeMap<usize, State>,
+    children: &mut BTreeMap<usize, usize>,
+    j: usize,
+    plan_bytes: &mut usize,
+) -> Option<State> {
+    let left = children.get_mut(&j).map(|n| {
+        *n = n.saturating_sub(1);
+        *n
+    });
+    match left {
+        Some(0) => finals.remove(&j),
+        _ => finals.get(&j).map(|s| {
+            *plan_bytes += s.bytes();
+            s.clone()
+        }),
+    }
 }
 
 fn split_stages<'a>(
@@ -358,15 +396,18 @@ fn resolve_bases(
 ) -> Vec<Resolved> {
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let mut out = Vec::new();
+    let mut budget = SUGGEST_BUDGET;
     for (i, st) in stages.iter().enumerate() {
         let span = st.from.span;
-        let report = |m: &expand::Matches, findings: &mut Vec<Finding>| {
+        let mut report = |m: &expand::Matches, findings: &mut Vec<Finding>| {
             for u in &m.unmatched {
                 if !global.contains_key(u) && !meta_keys.contains(u) {
-                    let options: Vec<&String> = global.keys().chain(meta_keys.iter()).collect();
                     let mut message = format!("FROM argument '{u}' is not declared");
-                    if let Some(s) = suggest(u, &options) {
-                        message.push_str(&format!(" (did you mean {s}?)"));
+                    if spend_suggestion(&mut budget, global.len() + meta_keys.len()) {
+                        let options: Vec<&String> = global.keys().chain(meta_keys.iter()).collect();
+                        if let Some(s) = suggest(u, &options) {
+                            message.push_str(&format!(" (did you mean {s}?)"));
+                        }
                     }
                     findings.push(Finding {
                         rule: "UndefinedArgInFrom",
