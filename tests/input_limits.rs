@@ -280,3 +280,18 @@ fn many_stages_copying_a_large_environment_hit_the_plan_cap() {
         "reported once: {err:.900}"
     );
 }
+
+#[test]
+fn onbuild_chained_8000_times_is_an_error_not_a_stack_overflow() {
+    let env = Env::new();
+    let text = format!("FROM scratch\n{}RUN x\n", "ONBUILD ".repeat(8000));
+    let df = dockerfile(&env, "onbuild", &text);
+    let out = check(&env, &df);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err:.400}");
+    assert!(err.contains(&format!("{}:2:", df.display())), "{err:.400}");
+    assert!(
+        err.contains("ONBUILD nested more than 16 levels"),
+        "{err:.400}"
+    );
+}
