@@ -295,3 +295,25 @@ fn onbuild_chained_8000_times_is_an_error_not_a_stack_overflow() {
         "{err:.400}"
     );
 }
+
+#[test]
+fn layer_entry_names_longer_than_path_max_are_refused() {
+    use rbuild::layer::{unpack_layer, UnpackOptions};
+    let deep = "a/".repeat(2500) + "f";
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(1);
+    h.set_mode(0o644);
+    b.append_data(&mut h, &deep, &b"x"[..]).unwrap();
+    let tar = b.into_inner().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = UnpackOptions {
+        no_chown: true,
+        ..UnpackOptions::default()
+    };
+    let err = unpack_layer(&tar[..], dir.path(), &opts).expect_err("refused");
+    assert!(
+        format!("{err:#}").contains("entry name of 5001 bytes is longer than 4096"),
+        "{err:#}"
+    );
+}
