@@ -317,3 +317,13 @@ fn layer_entry_names_longer_than_path_max_are_refused() {
         "{err:#}"
     );
 }
+
+#[test]
+fn expose_ranges_repeated_on_one_line_are_deduplicated() {
+    let env = Env::new();
+    // 8,000 copies of the full port range: 500 million specs before.
+    let text = format!("FROM scratch\nEXPOSE {}\n", "0-65535 ".repeat(8000));
+    let df = dockerfile(&env, "expose", &text);
+    let out = check(&env, &df);
+    assert!(out.status.success(), "{:.600}", stderr(&out));
+}

@@ -753,9 +753,24 @@ impl<'a> Dispatcher<'a> {
                 expand::words(p, &self.state, self.escape).map_err(|e| problem(span, e.0))?,
             );
         }
-        let mut specs = Vec::new();
+        // Ranges are merged before they are expanded, as BuildKit's port
+        // map dedupes: `EXPOSE 0-65535` 8,000 times on one line would
+        // otherwise make 500 million entries.
+        let mut ranges: BTreeMap<String, Vec<(u16, u16)>> = BTreeMap::new();
         for w in &words {
-            specs.extend(h::parse_port_spec(w).map_err(|e| problem(span, e))?);
+            let (lo, hi, proto) = h::parse_port_range(w).map_err(|e| problem(span, e))?;
+            ranges.entry(proto).or_default().push((lo, hi));
+        }
+        let mut specs = Vec::new();
+        for (proto, mut rs) in ranges {
+            rs.sort_unstable();
+            let mut next = 0u32; // first port not yet listed for this proto
+            for (lo, hi) in rs {
+                for p in u32::from(lo).max(next)..=u32::from(hi) {
+                    specs.push(format!("{p}/{proto}"));
+                }
+                next = next.max(u32::from(hi) + 1);
+            }
         }
         d.step.created_by = Some(h::expose_created_by(&specs));
         d.step.instruction.kind = Kind::Expose(words);
