@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Hostile Dockerfiles through `rbuild check` (release build): N distinct ENV
 # lines, N chained ARGs, a 9,000-deep `${a:-` and an ARG doubling chain.
-# Prints wall time and peak RSS per file. Results: docs/benchmarks.md
+# Prints wall and CPU time (user + system: steadier on a busy machine) and
+# peak RSS per file. Results: docs/benchmarks.md
 # ("Hostile input"). Usage: bench/parse/hostile.sh [RBUILD_BINARY]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -25,7 +26,7 @@ w("nested-9000", "FROM scratch\nENV X=" + "${a:-" * 9000 + "\n")
 w("doubling-40", "FROM scratch\nARG A0=xxxxxxxxxxxxxxxx\n"
   + "".join(f"ARG A{i}=${{A{i-1}}}${{A{i-1}}}\n" for i in range(1, 41)))
 PY
-printf '%-14s %10s %10s %s\n' file seconds peak-KiB exit
+printf '%-14s %8s %8s %10s %s\n' file wall-s cpu-s peak-KiB exit
 for f in env-2500 env-5000 env-10000 env-50000 arg-10000 arg-50000 nested-9000 doubling-40; do
   start=$(date +%s.%N)
   set +e
@@ -33,10 +34,11 @@ for f in env-2500 env-5000 env-10000 env-50000 arg-10000 arg-50000 nested-9000 d
 import resource, subprocess, sys
 p = subprocess.run([sys.argv[1], "check", "-f", sys.argv[2], "."],
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode)
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(r.ru_maxrss, r.ru_utime + r.ru_stime, p.returncode)
 PY
   set -e
   end=$(date +%s.%N)
-  read -r rss code < "$dir/out"
-  printf '%-14s %10.3f %10s %s\n' "$f" "$(echo "$end - $start" | bc)" "$rss" "$code"
+  read -r rss cpu code < "$dir/out"
+  printf '%-14s %8.3f %8.3f %10s %s\n' "$f" "$(echo "$end - $start" | bc)" "$cpu" "$rss" "$code"
 done
