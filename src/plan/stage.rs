@@ -5,10 +5,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::dispatch::{plan_too_big, Dispatcher, Seen, State, MAX_ENV_BYTES, MAX_PLAN_BYTES};
+use super::dispatch::Dispatcher;
 use super::expand;
 use super::ir::{Instruction, Kind, Span};
 use super::lints::{platform_lints, spend_suggestion, suggest, SUGGEST_BUDGET};
+use super::state::{plan_too_big, Seen, State, MAX_ENV_BYTES, MAX_PLAN_BYTES};
 use super::{
     normalize_reference, Base, Finding, Plan, PlanError, PlanOptions, PlannedStage, Platform,
     Problem,
