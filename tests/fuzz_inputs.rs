@@ -271,6 +271,14 @@ fn fuzz_dockerignore_patterns() {
             let Ok(pm) = PatternMatcher::new(&parse_ignore(&text)) else {
                 return;
             };
+            // With `!` exceptions the walk may differ from scratch, as in
+            // moby (docs/fuzzing.md, findings); only matching must not fail.
+            if pm.has_exclusions() {
+                for path in paths {
+                    let _ = pm.matches(path);
+                }
+                return;
+            }
             for path in paths {
                 // The from-scratch and the incremental walk agree, as upstream's do.
                 let Ok(scratch) = pm.matches(path) else {
@@ -429,4 +437,29 @@ fn fuzz_layer_unpack_stays_inside() {
             assert!(!Path::new("/rbuild-fuzz-nonexistent").exists());
         });
     }
+}
+
+/// Replays `testdata/fuzz/dockerignore-walk-vs-scratch.bin`: with `*/m`
+/// then `!*`, `n/m/o/p` is re-included from scratch (its parent `n` matches
+/// the exception) but stays excluded in the walk, which skips an exception
+/// while nothing above is excluded. Pinned as found: the walk decides what a
+/// build sees, and changing it should be checked against BuildKit first.
+#[test]
+fn dockerignore_walk_vs_scratch_finding_is_pinned() {
+    let data = fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/fuzz/dockerignore-walk-vs-scratch.bin"),
+    )
+    .expect("testdata/fuzz");
+    let pm = PatternMatcher::new(&parse_ignore(&String::from_utf8_lossy(&data))).unwrap();
+    assert!(pm.has_exclusions());
+    assert!(!pm.matches("n/m/o/p").unwrap());
+    let mut info = Default::default();
+    let mut verdict = false;
+    for p in ["n", "n/m", "n/m/o", "n/m/o/p"] {
+        let (v, next) = pm.matches_with_parent(p, &info).unwrap();
+        verdict = v;
+        info = next;
+    }
+    assert!(verdict);
 }
