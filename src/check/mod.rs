@@ -259,6 +259,9 @@ fn casing_lints(insts: &[Instruction]) -> Vec<Finding> {
         .collect()
 }
 
+/// How many characters of the source line a diagnostic shows.
+const SHOWN_LINE: usize = 200;
+
 /// Dockerfile problems already rendered as `FILE:LINE:COL: error: …` with
 /// carets: the CLI prints them as they are, without another `error:`.
 #[derive(Debug, thiserror::Error)]
@@ -274,13 +277,20 @@ pub fn render(file: &str, lines: &[String], span: Span, severity: &str, message:
     let mut out = format!("{file}:{}:{col}: {severity}: {message}\n", span.line);
     if let Some(src) = lines.get(span.line - 1) {
         let num = span.line.to_string();
-        let pad: String = src
-            .chars()
-            .take(col - 1)
-            .map(|c| if c == '\t' { '\t' } else { ' ' })
-            .collect();
-        out.push_str(&format!("  {num} | {src}\n"));
-        out.push_str(&format!("  {} | {pad}^\n", " ".repeat(num.len())));
+        // A hostile line can be 64 KiB: show its start only.
+        let mut shown: String = src.chars().take(SHOWN_LINE).collect();
+        if shown.len() < src.len() {
+            shown.push('…');
+        }
+        out.push_str(&format!("  {num} | {shown}\n"));
+        if col <= SHOWN_LINE {
+            let pad: String = src
+                .chars()
+                .take(col - 1)
+                .map(|c| if c == '\t' { '\t' } else { ' ' })
+                .collect();
+            out.push_str(&format!("  {} | {pad}^\n", " ".repeat(num.len())));
+        }
     }
     out
 }

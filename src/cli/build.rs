@@ -17,6 +17,10 @@ use crate::engine::PullPolicy;
 pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
     let env = |k: &str| std::env::var(k).ok();
     let build_args = parse_build_args(&args.build_args, env)?;
+    // Refused before any work, not after the build when tagging.
+    for tag in &args.tags {
+        crate::store::check_reference(tag)?;
+    }
     let source_date_epoch = source_date_epoch(&build_args, env)?;
     let outputs = args
         .output

@@ -446,7 +446,7 @@ pub fn rmi(root: &Path, images: &[String]) -> anyhow::Result<i32> {
     let mut unknown = Vec::new();
     for name in images {
         if store.untag(name)? {
-            println!("Untagged: {}", crate::store::normalize_tag(name)?);
+            println!("Untagged: {}", crate::store::lookup_name(name)?);
         } else {
             unknown.push(name.as_str());
         }

@@ -126,35 +126,75 @@ pub fn glob_match(pattern: &str, name: &str) -> Option<bool> {
     }
     let p: Vec<char> = pattern.chars().collect();
     let s: Vec<char> = name.chars().collect();
-    Some(glob_at(&p, &s))
+    Some(glob_at(&glob_tokens(&p), &s))
 }
 
-fn glob_at(p: &[char], s: &[char]) -> bool {
-    let Some(&first) = p.first() else {
-        return s.is_empty();
-    };
-    match first {
-        '*' => {
-            for k in 0..=s.len() {
-                if glob_at(&p[1..], &s[k..]) {
-                    return true;
+enum GlobTok {
+    Star,
+    One,
+    Class(Class),
+    Lit(char),
+}
+
+/// A validated pattern as tokens.
+fn glob_tokens(p: &[char]) -> Vec<GlobTok> {
+    let mut toks = Vec::new();
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            '*' => toks.push(GlobTok::Star),
+            '?' => toks.push(GlobTok::One),
+            '[' => match parse_go_class(&p[i + 1..]) {
+                Some((class, used)) => {
+                    toks.push(GlobTok::Class(class));
+                    i += used;
                 }
-                if k < s.len() && s[k] == '/' {
-                    return false;
-                }
+                None => toks.push(GlobTok::Lit('[')),
+            },
+            '\\' if i + 1 < p.len() => {
+                toks.push(GlobTok::Lit(p[i + 1]));
+                i += 1;
             }
-            false
+            c => toks.push(GlobTok::Lit(c)),
         }
-        '?' => !s.is_empty() && s[0] != '/' && glob_at(&p[1..], &s[1..]),
-        '[' => match parse_go_class(&p[1..]) {
-            Some((class, used)) => {
-                !s.is_empty() && class.contains(s[0]) && glob_at(&p[1 + used..], &s[1..])
-            }
-            None => false,
-        },
-        '\\' if p.len() > 1 => !s.is_empty() && s[0] == p[1] && glob_at(&p[2..], &s[1..]),
-        c => !s.is_empty() && s[0] == c && glob_at(&p[1..], &s[1..]),
+        i += 1;
     }
+    toks
+}
+
+/// Runs the tokens as an NFA over `s`: O(pattern × name) time and no
+/// recursion, where backtracking over `*a*a*a…` took exponential time.
+fn glob_at(toks: &[GlobTok], s: &[char]) -> bool {
+    let n = toks.len();
+    // live[t]: the first t tokens can match the text consumed so far.
+    let mut live = vec![false; n + 1];
+    live[0] = true;
+    let close = |live: &mut [bool]| {
+        for t in 0..n {
+            if live[t] && matches!(toks[t], GlobTok::Star) {
+                live[t + 1] = true;
+            }
+        }
+    };
+    close(&mut live);
+    for &c in s {
+        let mut next = vec![false; n + 1];
+        for t in (0..n).filter(|&t| live[t]) {
+            match &toks[t] {
+                GlobTok::Star if c != '/' => next[t] = true,
+                GlobTok::One if c != '/' => next[t + 1] = true,
+                GlobTok::Class(class) if class.contains(c) => next[t + 1] = true,
+                GlobTok::Lit(l) if *l == c => next[t + 1] = true,
+                _ => {}
+            }
+        }
+        close(&mut next);
+        if !next.contains(&true) {
+            return false;
+        }
+        live = next;
+    }
+    live[n]
 }
 
 /// Whether a path element holds an unescaped glob metacharacter
@@ -220,5 +260,17 @@ mod tests {
         assert_eq!(glob_match("a\\", "a"), None);
         assert!(has_wildcards("a*"));
         assert!(!has_wildcards("n\\?pe"));
+    }
+
+    #[test]
+    fn many_stars_match_without_backtracking_blowup() {
+        // Backtracking took 2^n steps here; the NFA answers at once.
+        let pattern = "*a".repeat(40) + "b";
+        let name = "a".repeat(200);
+        assert_eq!(glob_match(&pattern, &name), Some(false));
+        assert_eq!(glob_match(&pattern, &(name.clone() + "b")), Some(true));
+        let long = "*".repeat(100_000);
+        assert_eq!(glob_match(&long, "abc"), Some(true));
+        assert_eq!(glob_match(&long, "a/c"), Some(false));
     }
 }

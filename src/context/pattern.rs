@@ -313,6 +313,12 @@ fn compile(pattern: &str) -> Result<Compiled, ()> {
                 if chars.get(i) == Some(&'/') {
                     i += 1;
                 }
+                // `**/**/` means what one `**/` does, and `**/` then a
+                // final `**` what the `**` does: folding them keeps the
+                // program (and its live states) small for `******…`.
+                if matches!(toks.last(), Some(Tok::AnyDirs)) {
+                    toks.pop();
+                }
                 if i >= chars.len() {
                     if kind == Kind::Exact {
                         kind = Kind::Prefix;
@@ -410,39 +416,91 @@ fn read_class_char(chars: &[char], i: &mut usize) -> Result<char, ()> {
     Ok(c)
 }
 
-/// Anchored match of a token program, memoised over (token, position).
+/// Anchored match of a token program, run as a set of NFA states over the
+/// path's characters: time O(live states × path), no recursion, so a
+/// pattern of 100,000 `*` neither overflows the stack nor allocates a memo
+/// table per path. State `2t` is "before token t"; `2t + 1` is "inside the
+/// `**/` at t", which has consumed something and must end with a `/`.
 fn run_program(toks: &[Tok], path: &str) -> bool {
-    let s: Vec<char> = path.chars().collect();
-    let mut memo = vec![None; (toks.len() + 1) * (s.len() + 1)];
-    step(toks, &s, 0, 0, &mut memo)
+    let mut set = StateSet::new(2 * (toks.len() + 1));
+    let mut cur = Vec::new();
+    set.add(&mut cur, 0);
+    close(toks, &mut set, &mut cur, true);
+    for h in path.chars() {
+        set.clear();
+        let mut next = Vec::new();
+        for &state in &cur {
+            let (t, inside) = (state / 2, state % 2 == 1);
+            let Some(tok) = toks.get(t) else { continue };
+            let to = match tok {
+                Tok::Lit(l) if !inside && h == *l => Some(state + 2),
+                Tok::One if h != '/' => Some(state + 2),
+                Tok::Class(cl) if cl.contains(h) => Some(state + 2),
+                Tok::Star if h != '/' => Some(state),
+                Tok::AnyAll => Some(state),
+                Tok::AnyDirs => {
+                    set.add(&mut next, 2 * t + 1);
+                    (h == '/').then_some(2 * t + 2)
+                }
+                _ => None,
+            };
+            if let Some(to) = to {
+                set.add(&mut next, to);
+            }
+        }
+        if next.is_empty() {
+            return false;
+        }
+        close(toks, &mut set, &mut next, false);
+        cur = next;
+    }
+    cur.contains(&(2 * toks.len()))
 }
 
-fn step(toks: &[Tok], s: &[char], t: usize, c: usize, memo: &mut [Option<bool>]) -> bool {
-    let key = t * (s.len() + 1) + c;
-    if let Some(v) = memo[key] {
-        return v;
+/// Membership for one step's state list, cleared in O(1) by generation.
+struct StateSet {
+    stamp: Vec<u32>,
+    generation: u32,
+}
+
+impl StateSet {
+    fn new(n: usize) -> Self {
+        StateSet {
+            stamp: vec![0; n],
+            generation: 1,
+        }
     }
-    let here = s.get(c).copied();
-    let v = match toks.get(t) {
-        None => c == s.len(),
-        Some(Tok::Lit(l)) => here == Some(*l) && step(toks, s, t + 1, c + 1, memo),
-        Some(Tok::One) => here.is_some_and(|h| h != '/') && step(toks, s, t + 1, c + 1, memo),
-        Some(Tok::Class(cl)) => {
-            here.is_some_and(|h| cl.contains(h)) && step(toks, s, t + 1, c + 1, memo)
+
+    fn clear(&mut self) {
+        self.generation += 1;
+    }
+
+    fn add(&mut self, list: &mut Vec<usize>, state: usize) {
+        if self.stamp[state] != self.generation {
+            self.stamp[state] = self.generation;
+            list.push(state);
         }
-        Some(Tok::Star) => {
-            step(toks, s, t + 1, c, memo)
-                || (here.is_some_and(|h| h != '/') && step(toks, s, t, c + 1, memo))
+    }
+}
+
+/// Adds the states reachable without consuming a character: past a `*`,
+/// `**` or `**/` matching nothing, and past `^` at the start of the path.
+/// Only "before" states (even numbers) have such moves.
+fn close(toks: &[Tok], set: &mut StateSet, list: &mut Vec<usize>, at_start: bool) {
+    let mut i = 0;
+    while i < list.len() {
+        let state = list[i];
+        i += 1;
+        if state % 2 == 1 {
+            continue;
         }
-        Some(Tok::AnyAll) => {
-            step(toks, s, t + 1, c, memo) || (here.is_some() && step(toks, s, t, c + 1, memo))
+        let skip = match toks.get(state / 2) {
+            Some(Tok::Star | Tok::AnyAll | Tok::AnyDirs) => true,
+            Some(Tok::Start) => at_start,
+            _ => false,
+        };
+        if skip {
+            set.add(list, state + 2);
         }
-        Some(Tok::AnyDirs) => {
-            step(toks, s, t + 1, c, memo)
-                || (c..s.len()).any(|j| s[j] == '/' && step(toks, s, t + 1, j + 1, memo))
-        }
-        Some(Tok::Start) => c == 0 && step(toks, s, t + 1, c, memo),
-    };
-    memo[key] = Some(v);
-    v
+    }
 }

@@ -266,7 +266,17 @@ fn can_contain_heredoc(node: &Node) -> bool {
 
 /// Builds a node from one logical line. On error, the message comes with
 /// what could be built (keyword and flags) so the caller can skip heredoc bodies.
+/// How deep `ONBUILD ONBUILD …` is parsed. BuildKit recurses once per
+/// keyword (Go's stacks grow); here 8,000 of them overflowed the stack.
+/// Chaining is an error anyway (the typed layer reports it), so past this
+/// depth the line is refused outright.
+pub const MAX_ONBUILD_NESTING: usize = 16;
+
 pub(crate) fn new_node_from_line(line: &str, escape: char) -> (Node, Option<String>) {
+    node_from_line(line, escape, 0)
+}
+
+fn node_from_line(line: &str, escape: char, depth: usize) -> (Node, Option<String>) {
     let (cmd, flags, args, args_off) = lp::split_command(line);
     let mut node = Node {
         keyword: cmd,
@@ -307,7 +317,13 @@ pub(crate) fn new_node_from_line(line: &str, escape: char) -> (Node, Option<Stri
             sub.flag_offsets.iter_mut().for_each(|o| *o += args_off);
             Box::new(sub)
         };
-        let (sub, failure) = new_node_from_line(&sub_line, escape);
+        if depth >= MAX_ONBUILD_NESTING {
+            let msg = format!(
+                "ONBUILD nested more than {MAX_ONBUILD_NESTING} levels (chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed)"
+            );
+            return (node, Some(msg));
+        }
+        let (sub, failure) = node_from_line(&sub_line, escape, depth + 1);
         node.sub = Some(shift(sub));
         return (node, failure);
     }
@@ -322,6 +338,18 @@ mod tests {
         let out = parse(src);
         assert!(out.errors.is_empty(), "{:?}", out.errors);
         out.ast
+    }
+
+    #[test]
+    fn onbuild_chains_are_bounded() {
+        let src = format!("FROM a\n{}RUN x\n", "ONBUILD ".repeat(8000));
+        let out = parse(&src);
+        assert_eq!(out.errors.len(), 1, "{:?}", out.errors);
+        assert_eq!(out.errors[0].line, 2);
+        assert!(out.errors[0].message.contains("nested more than 16"));
+        // Two levels still parse; the typed layer refuses the chain.
+        let out = parse("FROM a\nONBUILD ONBUILD RUN x\n");
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
     }
 
     #[test]

@@ -110,6 +110,17 @@ pub enum ShellErrorKind {
     Required { name: String, message: String },
     /// A `#`/`%`/`/` pattern with a bad escape.
     InvalidPattern { pattern: String, reason: String },
+    /// `${` nested deeper than [`MAX_NESTING`] (each level costs stack).
+    TooDeep { limit: usize },
+    /// The expansion grew more than [`MAX_GROWTH`] bytes past the word.
+    TooLong { limit: usize },
+}
+
+impl ShellErrorKind {
+    /// A resource limit, not a syntax error: never rewritten as another error.
+    fn is_limit(&self) -> bool {
+        matches!(self, Self::TooDeep { .. } | Self::TooLong { .. })
+    }
 }
 
 impl fmt::Display for ShellErrorKind {
@@ -135,16 +146,40 @@ impl fmt::Display for ShellErrorKind {
             Self::InvalidPattern { pattern, reason } => {
                 write!(f, "invalid pattern ({pattern}) in substitution: {reason}")
             }
+            Self::TooDeep { limit } => {
+                write!(f, "substitutions nested deeper than {limit} levels")
+            }
+            Self::TooLong { limit } => write!(
+                f,
+                "expanded value grows by more than {limit} bytes (a variable that repeats itself?)"
+            ),
         }
     }
 }
 
 /// An expansion failure, naming the word that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("failed to process {word:?}: {kind}")]
 pub struct ShellError {
     pub word: String,
     pub kind: ShellErrorKind,
+}
+
+impl fmt::Display for ShellError {
+    /// BuildKit's text; a word that broke a limit is shortened, since it may
+    /// be tens of kilobytes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 60;
+        if self.kind.is_limit() && self.word.chars().count() > SHOWN {
+            let head: String = self.word.chars().take(SHOWN).collect();
+            let more = self.word.chars().count() - SHOWN;
+            return write!(
+                f,
+                "failed to process {head:?}… ({more} more characters): {}",
+                self.kind
+            );
+        }
+        write!(f, "failed to process {:?}: {}", self.word, self.kind)
+    }
 }
 
 impl ShellError {
@@ -169,6 +204,16 @@ pub struct Lexer {
 }
 
 type Result<T> = std::result::Result<T, ShellErrorKind>;
+
+/// How deep `${V:-${W:-…}}` may nest. Expansion recurses once per level, so
+/// without a bound a hostile word overflows the stack; real Dockerfiles
+/// nest two or three levels.
+pub const MAX_NESTING: usize = 64;
+
+/// How many bytes one expansion may add to the word it expands. A chain of
+/// `ARG B=$A$A` doubles per line; no environment value longer than this
+/// could reach a RUN anyway (Linux caps one env string at 128 KiB).
+pub const MAX_GROWTH: usize = 1 << 20;
 
 impl Lexer {
     /// A lexer with the given escape char (`\` by default, `` ` `` via the
@@ -242,6 +287,8 @@ impl Lexer {
             pos: 0,
             raw_escapes: self.raw_escapes,
             matches: Matches::default(),
+            depth: 0,
+            max_len: word.len().saturating_add(MAX_GROWTH),
         };
         match scanner.process_until(None, self.raw_escapes) {
             Ok((result, words)) => Ok(Expansion {
@@ -309,9 +356,22 @@ struct Scanner<'a> {
     /// Scoped: `#`/`%`/`/` operator words keep escapes so patterns can use them.
     raw_escapes: bool,
     matches: Matches,
+    /// Open `${` levels.
+    depth: usize,
+    /// The longest any piece of the result may get (see [`MAX_GROWTH`]).
+    max_len: usize,
 }
 
 impl Scanner<'_> {
+    /// Fails once `s` is past the size cap, so a doubling chain stops early
+    /// instead of exhausting memory.
+    fn check_len(&self, len: usize) -> Result<()> {
+        if len > self.max_len {
+            return Err(ShellErrorKind::TooLong { limit: MAX_GROWTH });
+        }
+        Ok(())
+    }
+
     fn peek(&self) -> Option<char> {
         self.chars.get(self.pos).copied()
     }
@@ -351,6 +411,7 @@ impl Scanner<'_> {
             if ch == '$' {
                 let value = self.dollar()?;
                 result.push_str(&value);
+                self.check_len(result.len())?;
                 words.add_string(&value);
             } else if self.is_quote(ch) {
                 let value = if ch == '\'' {
@@ -359,6 +420,7 @@ impl Scanner<'_> {
                     self.double_quoted()?
                 };
                 result.push_str(&value);
+                self.check_len(result.len())?;
                 words.add_raw_string(&value);
             } else {
                 self.pos += 1;
@@ -424,6 +486,7 @@ impl Scanner<'_> {
                 Some('$') => {
                     let value = self.dollar()?;
                     result.push_str(&value);
+                    self.check_len(result.len())?;
                 }
                 Some(mut ch) => {
                     self.pos += 1;
@@ -455,6 +518,17 @@ impl Scanner<'_> {
         if self.peek() != Some('{') {
             return Ok(self.simple_reference());
         }
+        if self.depth >= MAX_NESTING {
+            return Err(ShellErrorKind::TooDeep { limit: MAX_NESTING });
+        }
+        self.depth += 1;
+        let out = self.braced();
+        self.depth -= 1;
+        out
+    }
+
+    /// `${…}` after the brace.
+    fn braced(&mut self) -> Result<String> {
         self.pos += 1;
         match self.peek() {
             None => return Err(ShellErrorKind::MissingBrace),
@@ -512,7 +586,9 @@ impl Scanner<'_> {
         let raw = matches!(op, Some('#' | '%'));
         let word = match self.process_until(Some('}'), raw) {
             Ok((word, _)) => word,
-            Err(_) if self.peek().is_none() => return Err(ShellErrorKind::MissingBrace),
+            Err(e) if !e.is_limit() && self.peek().is_none() => {
+                return Err(ShellErrorKind::MissingBrace)
+            }
             Err(e) => return Err(e),
         };
         let value = self.lookup(name);
@@ -552,12 +628,16 @@ impl Scanner<'_> {
         }
         let pattern = match self.process_until(Some('/'), true) {
             Ok((p, _)) => p,
-            Err(_) if self.peek().is_none() => return Err(ShellErrorKind::MissingSlash),
+            Err(e) if !e.is_limit() && self.peek().is_none() => {
+                return Err(ShellErrorKind::MissingSlash)
+            }
             Err(e) => return Err(e),
         };
         let replacement = match self.process_until(Some('}'), true) {
             Ok((r, _)) => r,
-            Err(_) if self.peek().is_none() => return Err(ShellErrorKind::MissingBrace),
+            Err(e) if !e.is_limit() && self.peek().is_none() => {
+                return Err(ShellErrorKind::MissingBrace)
+            }
             Err(e) => return Err(e),
         };
         let value = match self.lookup(name) {
@@ -569,8 +649,20 @@ impl Scanner<'_> {
         let re = pattern_regex(&pattern, true, false)?;
         if replace_all {
             // BuildKit uses Go's ReplaceAllString, which expands `$n`/`${n}`
-            // in the replacement; the regex crate's `replace_all` does the same.
-            return Ok(re.replace_all(&value, replacement.as_str()).into_owned());
+            // in the replacement; `Captures::expand` does the same. Built by
+            // hand (as `Regex::replace_all` does) so the size cap applies
+            // while it grows: `${V//?/$V}` squares V's length.
+            let mut out = String::new();
+            let mut last = 0;
+            for caps in re.captures_iter(&value) {
+                let Some(m) = caps.get(0) else { continue };
+                out.push_str(&value[last..m.start()]);
+                caps.expand(&replacement, &mut out);
+                self.check_len(out.len())?;
+                last = m.end();
+            }
+            out.push_str(&value[last..]);
+            return Ok(out);
         }
         Ok(match re.find(&value) {
             Some(m) => format!(
@@ -1017,6 +1109,37 @@ mod tests {
         assert!(
             is_digit('٣') && !is_digit('\u{2162}') && is_letter('한') && !is_letter('\u{0903}')
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let word = "${a:-".repeat(9000);
+        let err = expand(&word, &[]).unwrap_err();
+        assert_eq!(err.kind, ShellErrorKind::TooDeep { limit: MAX_NESTING });
+        let text = err.to_string();
+        assert!(text.contains("nested deeper than 64 levels"), "{text}");
+        assert!(text.len() < 300, "the word is shortened: {text}");
+        // Closed, just at and just over the limit.
+        let nest = |n: usize| format!("{}x{}", "${a:-".repeat(n), "}".repeat(n));
+        assert_eq!(ok(&nest(MAX_NESTING), &[]), "x");
+        assert!(expand(&nest(MAX_NESTING + 1), &[]).is_err());
+        // Inside double quotes too.
+        assert!(expand(&format!("\"{}\"", nest(MAX_NESTING + 1)), &[]).is_err());
+    }
+
+    #[test]
+    fn growth_past_the_cap_is_an_error() {
+        // (Values are never printed: a failure message would be megabytes.)
+        let too_long = |r: std::result::Result<String, ShellError>| matches!(r, Err(e) if e.kind == ShellErrorKind::TooLong { limit: MAX_GROWTH });
+        let big = "x".repeat(MAX_GROWTH / 2 + 10);
+        let e = [("A", big.as_str())];
+        assert!(expand("$A", &e).is_ok_and(|v| v.len() == big.len()));
+        assert!(too_long(expand("$A$A", &e)));
+        assert!(too_long(expand("\"$A$A\"", &e)));
+        // `${V//?/$V}` would square the length: stopped while it grows.
+        let mid = "y".repeat(2000);
+        assert!(too_long(expand("${M//?/$M}", &[("M", mid.as_str())])));
+        assert_eq!(ok("${M//y/ab}", &[("M", "yy")]), "abab");
     }
 
     #[test]

@@ -114,6 +114,7 @@ pub fn unpack_layer<R: Read>(reader: R, dest: &Path, opts: &UnpackOptions) -> Re
         chown: !opts.no_chown && nix::unistd::geteuid().is_root(),
         touched: HashSet::new(),
         whited: Vec::new(),
+        hasher: std::collections::hash_map::RandomState::new(),
         dir_times: Vec::new(),
         stats: UnpackStats::default(),
     };
@@ -193,7 +194,10 @@ struct Unpacker<'a> {
     chown: bool,
     /// Paths written by this layer and all their ancestors: whiteouts and
     /// opaque markers only remove what is not in here (lower content).
-    touched: HashSet<String>,
+    /// Chained hashes of every path this layer wrote (see `mark_touched`);
+    /// the hasher is randomly keyed, so a layer cannot aim for a collision.
+    touched: HashSet<u64>,
+    hasher: std::collections::hash_map::RandomState,
     /// Overlay mode: paths whited out (a directory the layer also writes
     /// there must hide the lower one: it becomes opaque at the end).
     whited: Vec<Vec<String>>,
@@ -204,11 +208,22 @@ struct Unpacker<'a> {
     stats: UnpackStats,
 }
 
+/// The longest entry name unpacked (Linux's `PATH_MAX`).
+const MAX_NAME_BYTES: usize = 4096;
+
 /// Cleans an entry name: leading `/` and `.` components dropped, `..` refused.
 fn clean_name(raw: &[u8]) -> Result<Vec<String>> {
     let Ok(s) = std::str::from_utf8(raw) else {
         bail!("entry name is not UTF-8");
     };
+    // No Linux path is longer (PATH_MAX); a longer name is an attack on
+    // the per-component work below, not a file.
+    if raw.len() > MAX_NAME_BYTES {
+        bail!(
+            "entry name of {} bytes is longer than {MAX_NAME_BYTES}: refusing to unpack it",
+            raw.len()
+        );
+    }
     let mut out = Vec::new();
     for c in s.split('/') {
         match c {
@@ -281,10 +296,27 @@ impl Unpacker<'_> {
         Ok(())
     }
 
+    /// Records `comps` and each of its ancestors as written by this layer.
+    /// Paths are kept as chained hashes (one per prefix), not strings: a
+    /// d-deep name would otherwise store d prefixes of O(d) bytes each, so a
+    /// small layer of deep names could take gigabytes.
     fn mark_touched(&mut self, comps: &[String]) {
-        for i in 1..=comps.len() {
-            self.touched.insert(comps[..i].join("/"));
+        let mut h = 0;
+        for c in comps {
+            h = self.step_hash(h, c);
+            self.touched.insert(h);
         }
+    }
+
+    fn step_hash(&self, parent: u64, component: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one((parent, component))
+    }
+
+    /// Whether the `/`-joined path `key` was written by this layer.
+    fn is_touched(&self, key: &str) -> bool {
+        let h = key.split('/').fold(0, |h, c| self.step_hash(h, c));
+        self.touched.contains(&h)
     }
 
     /// Opens (creating as needed) the already-resolved directory `comps`.
@@ -570,7 +602,7 @@ impl Unpacker<'_> {
         let mut rel = parent.to_vec();
         rel.push(victim.to_string());
         let key = rel.join("/");
-        if !self.touched.contains(&key) {
+        if !self.is_touched(&key) {
             return remove_all_at(dir, victim);
         }
         match sys::lstatat(dir, victim)? {
@@ -590,7 +622,7 @@ impl Unpacker<'_> {
             } else {
                 format!("{rel}/{child}")
             };
-            if !self.touched.contains(&key) {
+            if !self.is_touched(&key) {
                 remove_all_at(dir, &child)?;
             } else if let Some(st) = sys::lstatat(dir, &child)? {
                 if sys::is_dir(&st) {

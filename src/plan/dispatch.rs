@@ -3,74 +3,15 @@
 //! instructions): expanding words, recording the build args each step uses,
 //! and producing its progress name and history text.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::expand;
 use super::history as h;
 use super::ir::{Flag, Form, Heredoc, Instruction, Kind, Span};
-use super::lints::{is_abs, looks_secret, suggest};
-use super::stage::{
-    problem, resolve_from, FromScope, RawBase, RawStage, Resolved, DEFAULT_PATH, PROXY_ARGS,
-};
-use super::{normalize_reference, Base, BaseConfig, Finding, PlanOptions, Problem, Step};
-
-/// Which once-per-stage instructions were seen, and where.
-#[derive(Clone, Debug, Default)]
-pub(super) struct Seen {
-    pub(super) cmd: Option<Span>,
-    pub(super) entrypoint: Option<Span>,
-    pub(super) healthcheck: Option<Span>,
-}
-
-/// BuildKit's dispatch state for one stage.
-#[derive(Clone, Debug)]
-pub(super) struct State {
-    /// The state's environment: ENV and ARG values, in order.
-    pub(super) env: Vec<(String, String)>,
-    /// ARGs in scope (`d.buildArgs`), with their values.
-    pub(super) args: Vec<(String, Option<String>)>,
-    pub(super) shell: Vec<String>,
-    pub(super) workdir: String,
-    /// Whether every variable of the base is known (scratch, a stage, or a
-    /// base image whose config was given) — UndefinedVar needs this.
-    pub(super) env_known: bool,
-    pub(super) onbuild: Vec<String>,
-    pub(super) seen: Seen,
-    /// A WORKDIR was set in this Dockerfile (WorkdirRelativePath).
-    pub(super) workdir_set: bool,
-}
-
-impl State {
-    fn get(&self, k: &str) -> Option<&String> {
-        self.env.iter().find(|(n, _)| n == k).map(|(_, v)| v)
-    }
-
-    fn set(&mut self, k: &str, v: &str) {
-        match self.env.iter_mut().find(|(n, _)| n == k) {
-            Some(e) => e.1 = v.to_string(),
-            None => self.env.push((k.to_string(), v.to_string())),
-        }
-    }
-
-    fn map(&self) -> BTreeMap<String, String> {
-        self.env.iter().cloned().collect()
-    }
-
-    pub(super) fn apply_config(&mut self, cfg: &BaseConfig) {
-        for (k, v) in &cfg.env {
-            self.set(k, v);
-        }
-        self.shell = cfg.shell.clone();
-        self.workdir = cfg.workdir.clone();
-        self.env_known = true;
-    }
-
-    pub(super) fn ensure_path(&mut self) {
-        if self.get("PATH").is_none() {
-            self.set("PATH", DEFAULT_PATH);
-        }
-    }
-}
+use super::lints::{is_abs, looks_secret, spend_suggestion, suggest, SUGGEST_BUDGET};
+use super::stage::{problem, resolve_from, FromScope, RawBase, RawStage, Resolved, PROXY_ARGS};
+use super::state::{plan_too_big, State, MAX_ENV_BYTES, MAX_PLAN_BYTES};
+use super::{normalize_reference, Base, Finding, PlanOptions, Problem, Step};
 
 /// One step being built: the step, the ARGs its words used so far, and
 /// where it came from.
@@ -93,6 +34,11 @@ pub(super) struct Dispatcher<'a> {
     pub(super) total: usize,
     pub(super) counter: usize,
     pub(super) findings: Vec<Finding>,
+    /// Bytes held by the steps planned so far, this stage and earlier ones
+    /// (see [`MAX_PLAN_BYTES`]).
+    pub(super) plan_bytes: usize,
+    /// What is left of [`SUGGEST_BUDGET`], carried from stage to stage.
+    pub(super) suggest_budget: usize,
 }
 
 impl<'a> Dispatcher<'a> {
@@ -120,19 +66,12 @@ impl<'a> Dispatcher<'a> {
             global,
             names,
             total_stages: names.len(),
-            state: State {
-                env: Vec::new(),
-                args: Vec::new(),
-                shell: Vec::new(),
-                workdir: String::new(),
-                env_known: matches!(res.base, RawBase::Scratch),
-                onbuild: Vec::new(),
-                seen: Seen::default(),
-                workdir_set: false,
-            },
+            state: State::new(matches!(res.base, RawBase::Scratch)),
             total: 0,
             counter: 0,
             findings: Vec::new(),
+            plan_bytes: 0,
+            suggest_budget: SUGGEST_BUDGET,
         }
     }
 
@@ -173,8 +112,8 @@ impl<'a> Dispatcher<'a> {
         span: Span,
         used: &mut BTreeMap<String, String>,
     ) -> Result<String, Problem> {
-        let env = self.state.map();
-        let (out, m) = expand::word(word, &env, self.escape).map_err(|e| problem(span, e.0))?;
+        let (out, m) =
+            expand::word(word, &self.state, self.escape).map_err(|e| problem(span, e.0))?;
         self.note_matches(&m, span, used);
         Ok(out)
     }
@@ -186,7 +125,7 @@ impl<'a> Dispatcher<'a> {
         used: &mut BTreeMap<String, String>,
     ) {
         for k in &m.matched {
-            if self.state.args.iter().any(|(a, _)| a == k) {
+            if self.state.is_arg(k) {
                 if let Some(v) = self.state.get(k) {
                     used.insert(k.clone(), v.clone());
                 }
@@ -196,13 +135,14 @@ impl<'a> Dispatcher<'a> {
             return;
         }
         for u in &m.unmatched {
-            if self.state.args.iter().any(|(a, _)| a == u) {
+            if self.state.is_arg(u) {
                 continue;
             }
-            let options: Vec<&String> = self.state.env.iter().map(|(k, _)| k).collect();
             let mut message = format!("Usage of undefined variable '${u}'");
-            if let Some(s) = suggest(u, &options) {
-                message.push_str(&format!(" (did you mean ${s}?)"));
+            if spend_suggestion(&mut self.suggest_budget, self.state.env_len()) {
+                if let Some(s) = suggest(u, &self.state.env_names()) {
+                    message.push_str(&format!(" (did you mean ${s}?)"));
+                }
             }
             self.lint("UndefinedVar", span, message);
         }
@@ -212,11 +152,10 @@ impl<'a> Dispatcher<'a> {
     /// with the current environment and upper-cases the keyword.
     fn display(&mut self, inst: &Instruction, onbuild: bool, raw: bool) -> Option<String> {
         let text = format!("{} {}", inst.keyword, inst.original);
-        let env = self.state.map();
         let shown = if raw {
-            expand::display_raw(&text, &env, self.escape)
+            expand::display_raw(&text, &self.state, self.escape)
         } else {
-            expand::word(&text, &env, self.escape)
+            expand::word(&text, &self.state, self.escape)
                 .map(|(w, _)| w)
                 .unwrap_or_else(|_| text.clone())
         };
@@ -232,8 +171,19 @@ impl<'a> Dispatcher<'a> {
         steps: &mut Vec<Step>,
         problems: &mut Vec<Problem>,
     ) {
+        if self.plan_bytes > MAX_PLAN_BYTES || self.state.bytes() > MAX_ENV_BYTES {
+            // Reported once, where the limit was crossed.
+            return;
+        }
         match self.dispatch(inst, onbuild, remap) {
-            Ok(s) => steps.push(s),
+            Ok(s) => {
+                self.plan_bytes += approx_size(&s);
+                if self.plan_bytes > MAX_PLAN_BYTES {
+                    problems.push(plan_too_big(inst.span));
+                    return;
+                }
+                steps.push(s)
+            }
             Err(p) => problems.push(p),
         }
     }
@@ -370,7 +320,7 @@ impl<'a> Dispatcher<'a> {
         for (k, v) in &expanded {
             msg.push_str(&format!(" {k}={v}"));
             if is_env {
-                self.state.set(k, v);
+                self.state.set_checked(k, v, span)?;
             }
         }
         d.step.created_by = Some(msg);
@@ -407,9 +357,9 @@ impl<'a> Dispatcher<'a> {
                 value = Some(self.expand(default, span, &mut d.used)?);
             }
             if let Some(v) = &value {
-                self.state.set(k, v);
+                self.state.set_checked(k, v, span)?;
             }
-            self.state.args.push((k.clone(), value.clone()));
+            self.state.push_arg(k, value.clone());
             parts.push(match &value {
                 Some(v) => format!("{k}={v}"),
                 None => k.clone(),
@@ -554,12 +504,12 @@ impl<'a> Dispatcher<'a> {
             srcs.push(s);
         }
         let dest = self.expand(dest, span, &mut d.used)?;
-        let env = self.state.map();
         let mut docs = Vec::new();
         for doc in heredocs {
             let mut doc = doc.clone();
             if doc.expand {
-                doc.body = expand::heredoc_body(&doc.body, &env).map_err(|e| problem(span, e.0))?;
+                doc.body =
+                    expand::heredoc_body(&doc.body, &self.state).map_err(|e| problem(span, e.0))?;
             }
             docs.push(doc);
         }
@@ -645,16 +595,33 @@ impl<'a> Dispatcher<'a> {
     /// EXPOSE: each word expanded and split, then parsed as port specs.
     fn expose(&mut self, ps: &[String], d: &mut Draft) -> Result<(), Problem> {
         let span = d.span;
-        let env = self.state.map();
         let mut words = Vec::new();
         for p in ps {
-            let (_, m) = expand::word(p, &env, self.escape).map_err(|e| problem(span, e.0))?;
+            let (_, m) =
+                expand::word(p, &self.state, self.escape).map_err(|e| problem(span, e.0))?;
             self.note_matches(&m, span, &mut d.used);
-            words.extend(expand::words(p, &env, self.escape).map_err(|e| problem(span, e.0))?);
+            words.extend(
+                expand::words(p, &self.state, self.escape).map_err(|e| problem(span, e.0))?,
+            );
+        }
+        // Ranges are merged before they are expanded, as BuildKit's port
+        // map dedupes: `EXPOSE 0-65535` 8,000 times on one line would
+        // otherwise make 500 million entries.
+        let mut ranges: BTreeMap<String, Vec<(u16, u16)>> = BTreeMap::new();
+        for w in &words {
+            let (lo, hi, proto) = h::parse_port_range(w).map_err(|e| problem(span, e))?;
+            ranges.entry(proto).or_default().push((lo, hi));
         }
         let mut specs = Vec::new();
-        for w in &words {
-            specs.extend(h::parse_port_spec(w).map_err(|e| problem(span, e))?);
+        for (proto, mut rs) in ranges {
+            rs.sort_unstable();
+            let mut next = 0u32; // first port not yet listed for this proto
+            for (lo, hi) in rs {
+                for p in u32::from(lo).max(next)..=u32::from(hi) {
+                    specs.push(format!("{p}/{proto}"));
+                }
+                next = next.max(u32::from(hi) + 1);
+            }
         }
         d.step.created_by = Some(h::expose_created_by(&specs));
         d.step.instruction.kind = Kind::Expose(words);
@@ -665,6 +632,7 @@ impl<'a> Dispatcher<'a> {
     /// BuildKit's `runCommandString` (first position, last value).
     fn args_in_scope(&self) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = Vec::new();
+        let mut at: HashMap<&str, usize> = HashMap::new();
         for (k, v) in &self.state.args {
             let val = self
                 .state
@@ -672,9 +640,12 @@ impl<'a> Dispatcher<'a> {
                 .cloned()
                 .or_else(|| v.clone())
                 .unwrap_or_default();
-            match out.iter_mut().find(|(n, _)| n == k) {
-                Some(e) => e.1 = val,
-                None => out.push((k.clone(), val)),
+            match at.get(k.as_str()) {
+                Some(&i) => out[i].1 = val,
+                None => {
+                    at.insert(k, out.len());
+                    out.push((k.clone(), val));
+                }
             }
         }
         out
@@ -752,6 +723,26 @@ impl<'a> Dispatcher<'a> {
             })?),
         })
     }
+}
+
+/// Roughly the heap bytes a planned step holds: its history text (which
+/// repeats its expanded words), progress name, heredoc bodies and build args.
+fn approx_size(s: &Step) -> usize {
+    let pairs = |m: &mut dyn Iterator<Item = (&String, &String)>| {
+        m.map(|(k, v)| k.len() + v.len()).sum::<usize>()
+    };
+    let heredocs = match &s.instruction.kind {
+        Kind::Run { heredocs, .. } | Kind::Copy { heredocs, .. } | Kind::Add { heredocs, .. } => {
+            heredocs.iter().map(|d| d.body.len()).sum()
+        }
+        _ => 0,
+    };
+    2 * s.created_by.as_ref().map_or(0, String::len)
+        + s.display_name.as_ref().map_or(0, String::len)
+        + s.instruction.original.len()
+        + heredocs
+        + pairs(&mut s.build_args.iter())
+        + pairs(&mut s.arg_env.iter().map(|(k, v)| (k, v)))
 }
 
 fn is_heredoc_word(s: &str) -> bool {

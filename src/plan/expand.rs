@@ -3,10 +3,8 @@
 //! words (EXPOSE), and the raw modes BuildKit uses for progress names of RUN
 //! (quotes kept, unset variables left as written) and heredoc bodies.
 
-use std::collections::BTreeMap;
-
-use crate::dockerfile::shell::Lexer;
 pub use crate::dockerfile::shell::Matches;
+use crate::dockerfile::shell::{Env, Lexer};
 
 /// Expansion failed (bad syntax or `${V:?msg}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,28 +21,20 @@ fn err(e: crate::dockerfile::shell::ShellError) -> ExpandError {
 }
 
 /// Expand one word (quotes removed); reports the variables it referenced.
-pub fn word(
-    s: &str,
-    env: &BTreeMap<String, String>,
-    escape: char,
-) -> Result<(String, Matches), ExpandError> {
+pub fn word(s: &str, env: &dyn Env, escape: char) -> Result<(String, Matches), ExpandError> {
     Lexer::new(escape)
         .process_word_with_matches(s, env)
         .map_err(err)
 }
 
 /// Expand and split into words on unquoted whitespace (EXPOSE).
-pub fn words(
-    s: &str,
-    env: &BTreeMap<String, String>,
-    escape: char,
-) -> Result<Vec<String>, ExpandError> {
+pub fn words(s: &str, env: &dyn Env, escape: char) -> Result<Vec<String>, ExpandError> {
     Lexer::new(escape).process_words(s, env).map_err(err)
 }
 
 /// BuildKit's RUN progress-name lexer: quotes kept, unset variables kept as
 /// written; the text itself on error.
-pub fn display_raw(s: &str, env: &BTreeMap<String, String>, escape: char) -> String {
+pub fn display_raw(s: &str, env: &dyn Env, escape: char) -> String {
     let mut lx = Lexer::new(escape);
     lx.raw_quotes = true;
     lx.skip_unset_env = true;
@@ -53,7 +43,7 @@ pub fn display_raw(s: &str, env: &BTreeMap<String, String>, escape: char) -> Str
 
 /// An unquoted heredoc body, as BuildKit's `ExpandRaw` does it: a backslash
 /// lexer with `SkipProcessQuotes`, so quotes are plain characters.
-pub fn heredoc_body(s: &str, env: &BTreeMap<String, String>) -> Result<String, ExpandError> {
+pub fn heredoc_body(s: &str, env: &dyn Env) -> Result<String, ExpandError> {
     let mut lx = Lexer::new('\\');
     lx.skip_process_quotes = true;
     lx.process_word(s, env).map_err(err)
@@ -62,6 +52,7 @@ pub fn heredoc_body(s: &str, env: &BTreeMap<String, String>) -> Result<String, E
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn env() -> BTreeMap<String, String> {
         [("A", "1"), ("P", "/usr/local/bin")]

@@ -181,6 +181,12 @@ pub fn expose_created_by(ports: &[String]) -> String {
 /// `nat.ParsePortSpecs` for the port part: `80`, `80/udp`, `8000-8002/tcp`,
 /// and `ip:host:container` forms (only the container port counts).
 pub fn parse_port_spec(spec: &str) -> Result<Vec<String>, String> {
+    let (start, end, proto) = parse_port_range(spec)?;
+    Ok((start..=end).map(|p| format!("{p}/{proto}")).collect())
+}
+
+/// [`parse_port_spec`] without expanding the range: `(first, last, proto)`.
+pub fn parse_port_range(spec: &str) -> Result<(u16, u16, String), String> {
     let (rawport, proto) = match spec.split_once('/') {
         Some((p, proto)) => (p, proto.to_ascii_lowercase()),
         None => (spec, "tcp".to_string()),
@@ -204,7 +210,7 @@ pub fn parse_port_spec(spec: &str) -> Result<Vec<String>, String> {
     if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
         return Err(format!("invalid proto: {proto}"));
     }
-    Ok((start..=end).map(|p| format!("{p}/{proto}")).collect())
+    Ok((start, end, proto))
 }
 
 /// BuildKit's `runCommandString`: `|N K=V … args…`.

@@ -79,6 +79,25 @@ pub(super) fn is_abs(p: &str) -> bool {
 }
 
 /// BuildKit's "did you mean": the closest name by edit distance, if close.
+/// How many names [`suggest`] may compare against in one plan: plenty for
+/// any real file, and it keeps a file with 50,000 undefined variables from
+/// taking hours (each suggestion is a pass over every defined name).
+pub const SUGGEST_BUDGET: usize = 300_000;
+
+/// Whether `budget` still covers a suggestion among `n` names; spends it.
+pub fn spend_suggestion(budget: &mut usize, n: usize) -> bool {
+    match budget.checked_sub(n) {
+        Some(left) => {
+            *budget = left;
+            true
+        }
+        None => {
+            *budget = 0;
+            false
+        }
+    }
+}
+
 pub fn suggest(v: &str, options: &[&String]) -> Option<String> {
     let mut best: Option<(usize, &String)> = None;
     for o in options {

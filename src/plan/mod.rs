@@ -17,6 +17,7 @@ pub mod history;
 pub mod ir;
 mod lints;
 mod stage;
+mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -5,10 +5,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::dispatch::{Dispatcher, Seen, State};
+use super::dispatch::Dispatcher;
 use super::expand;
 use super::ir::{Instruction, Kind, Span};
-use super::lints::{platform_lints, suggest};
+use super::lints::{platform_lints, spend_suggestion, suggest, SUGGEST_BUDGET};
+use super::state::{plan_too_big, Seen, State, MAX_ENV_BYTES, MAX_PLAN_BYTES};
 use super::{
     normalize_reference, Base, Finding, Plan, PlanError, PlanOptions, PlannedStage, Platform,
     Problem,
@@ -189,8 +190,19 @@ pub(super) fn plan(
     let single = stages.len() + implicit_images == 1;
 
     let mut finals: BTreeMap<usize, State> = BTreeMap::new();
+    // How many kept stages start from each stage: the last one takes the
+    // state instead of copying it, so a chain of N stages costs O(N), not
+    // O(N²) copies of a growing environment.
+    let mut children: BTreeMap<usize, usize> = BTreeMap::new();
+    for &i in &keep {
+        if let RawBase::Stage(j) = resolved[i].base {
+            *children.entry(j).or_default() += 1;
+        }
+    }
     let mut planned = Vec::new();
     let mut images = BTreeSet::new();
+    let mut plan_bytes = 0;
+    let mut suggest_budget = SUGGEST_BUDGET;
     for &i in &keep {
         let st = &stages[i];
         let res = &resolved[i];
@@ -199,8 +211,13 @@ pub(super) fn plan(
         let base = match &res.base {
             RawBase::Scratch => Base::Scratch,
             RawBase::Stage(j) => {
-                if let Some(s) = finals.get(j) {
-                    d.state = s.clone();
+                let before = plan_bytes;
+                let inherited = inherit(&mut finals, &mut children, *j, &mut plan_bytes);
+                if plan_bytes > MAX_PLAN_BYTES && before <= MAX_PLAN_BYTES {
+                    problems.push(plan_too_big(st.from.span));
+                }
+                if let Some(s) = inherited {
+                    d.state = s;
                     d.state.seen = Seen::default();
                     d.state.onbuild.clear();
                 }
@@ -223,6 +240,8 @@ pub(super) fn plan(
                 }
             },
         };
+        d.plan_bytes = plan_bytes;
+        d.suggest_budget = suggest_budget;
         d.state.ensure_path();
         let triggers = triggers_for(&stages, res, opts, st.from.span, &mut problems);
         d.total = count_steps(&st.commands, &res.base) + triggers.len();
@@ -247,6 +266,8 @@ pub(super) fn plan(
             }
         }
         findings.append(&mut d.findings);
+        plan_bytes = d.plan_bytes;
+        suggest_budget = d.suggest_budget;
         planned.push(PlannedStage {
             index: i,
             name: st.name.clone(),
@@ -273,6 +294,27 @@ pub(super) fn plan(
         findings,
         images: images.into_iter().collect(),
     })
+}
+
+/// The final state of stage `j` for a stage built on it: moved out for the
+/// last such stage, copied (and counted in the plan's size) for the others.
+fn inherit(
+    finals: &mut BTreeMap<usize, State>,
+    children: &mut BTreeMap<usize, usize>,
+    j: usize,
+    plan_bytes: &mut usize,
+) -> Option<State> {
+    let left = children.get_mut(&j).map(|n| {
+        *n = n.saturating_sub(1);
+        *n
+    });
+    match left {
+        Some(0) => finals.remove(&j),
+        _ => finals.get(&j).map(|s| {
+            *plan_bytes += s.bytes();
+            s.clone()
+        }),
+    }
 }
 
 fn split_stages<'a>(
@@ -310,20 +352,37 @@ fn global_args(
     let target = opts.target_platform.as_ref().unwrap_or(&opts.platform);
     let mut global = platform_args(&opts.platform, target, target_name);
     let mut keys = BTreeSet::new();
+    let mut bytes = 0;
     for m in meta {
         let Kind::Arg(args) = &m.kind else { continue };
         for (k, def) in args {
             keys.insert(k.clone());
-            if let Some(v) = opts.build_args.get(k) {
-                global.insert(k.clone(), v.clone());
+            let value = if let Some(v) = opts.build_args.get(k) {
+                v.clone()
             } else if let Some(d) = def {
                 match expand::word(d, &global, escape) {
-                    Ok((v, _)) => {
-                        global.insert(k.clone(), v);
+                    Ok((v, _)) => v,
+                    Err(e) => {
+                        problems.push(problem(m.span, e.0));
+                        continue;
                     }
-                    Err(e) => problems.push(problem(m.span, e.0)),
                 }
+            } else {
+                continue;
+            };
+            // Same bound as a stage's ENV and ARG values (see MAX_ENV_BYTES).
+            bytes += k.len() + value.len();
+            if bytes > MAX_ENV_BYTES {
+                problems.push(problem(
+                    m.span,
+                    format!(
+                        "the global ARG values exceed {} MiB (setting {k})",
+                        MAX_ENV_BYTES >> 20
+                    ),
+                ));
+                return (global, keys);
             }
+            global.insert(k.clone(), value);
         }
     }
     (global, keys)
@@ -351,15 +410,18 @@ fn resolve_bases(
 ) -> Vec<Resolved> {
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let mut out = Vec::new();
+    let mut budget = SUGGEST_BUDGET;
     for (i, st) in stages.iter().enumerate() {
         let span = st.from.span;
-        let report = |m: &expand::Matches, findings: &mut Vec<Finding>| {
+        let mut report = |m: &expand::Matches, findings: &mut Vec<Finding>| {
             for u in &m.unmatched {
                 if !global.contains_key(u) && !meta_keys.contains(u) {
-                    let options: Vec<&String> = global.keys().chain(meta_keys.iter()).collect();
                     let mut message = format!("FROM argument '{u}' is not declared");
-                    if let Some(s) = suggest(u, &options) {
-                        message.push_str(&format!(" (did you mean {s}?)"));
+                    if spend_suggestion(&mut budget, global.len() + meta_keys.len()) {
+                        let options: Vec<&String> = global.keys().chain(meta_keys.iter()).collect();
+                        if let Some(s) = suggest(u, &options) {
+                            message.push_str(&format!(" (did you mean {s}?)"));
+                        }
                     }
                     findings.push(Finding {
                         rule: "UndefinedArgInFrom",

@@ -47,7 +47,7 @@ pub use error::StoreError;
 pub use fsutil::{LockedTempDir, TempFile};
 pub use gc::PruneReport;
 pub use lock::{lock_exclusive, LockGuard};
-pub use tags::{normalize_tag, REF_NAME};
+pub use tags::{check_reference, lookup_name, normalize_tag, TagError, REF_NAME};
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 const EMPTY_INDEX: &[u8] = br#"{"schemaVersion":2,"manifests":[]}"#;

@@ -4,19 +4,154 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::sync::OnceLock;
 
 use anyhow::Context;
 use oci_spec::image::{Descriptor, ImageIndex};
+use regex::Regex;
 
 use super::Store;
 
 /// The annotation naming a tag in `index.json`.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
-/// Normalize an image name for storage and lookup: `app` → `app:latest`;
-/// names with a tag or digest are kept as given. The registry module may
-/// replace this with full docker.io normalization.
+/// Why a name cannot be stored as a tag: the rule of docker's reference
+/// grammar it breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TagError {
+    #[error("invalid reference `{0}`: it is empty")]
+    Empty(String),
+    #[error("invalid reference `{0}`: repository name must be lowercase")]
+    Uppercase(String),
+    #[error("invalid reference `{0}`: tag must be 1-128 characters of [A-Za-z0-9_.-], not starting with '.' or '-'")]
+    BadTag(String),
+    #[error("invalid reference `{0}`: digest must be sha256:<64 lowercase hex> or sha512:<128 lowercase hex>")]
+    BadDigest(String),
+    #[error("invalid reference `{0}`: registry host is not a valid hostname[:port]")]
+    BadRegistry(String),
+    #[error("invalid reference `{0}`: path components must be [a-z0-9]+ joined by '.', '_', '__' or '-', separated by '/'")]
+    BadName(String),
+    #[error("invalid reference `{0}`: repository name is longer than {MAX_NAME_LEN} characters")]
+    TooLong(String),
+    #[error(
+        "invalid reference `{0}`: a 64-character hex string is an image ID, not a repository name"
+    )]
+    LooksLikeId(String),
+}
+
+/// Docker's limit on `[registry/]path` (without tag or digest).
+const MAX_NAME_LEN: usize = 255;
+
+fn tag_re() -> &'static Regex {
+    static R: OnceLock<Regex> = OnceLock::new();
+    R.get_or_init(|| Regex::new(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$").expect("static regex"))
+}
+
+fn component_re() -> &'static Regex {
+    static R: OnceLock<Regex> = OnceLock::new();
+    R.get_or_init(|| Regex::new(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$").expect("static regex"))
+}
+
+fn host_re() -> &'static Regex {
+    static R: OnceLock<Regex> = OnceLock::new();
+    R.get_or_init(|| {
+        Regex::new(
+            r"^(?:(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])(?:\.(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9]))*|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?$",
+        )
+        .expect("static regex")
+    })
+}
+
+/// Checks `name` against docker's reference grammar (`distribution/reference`):
+/// `[host[:port]/]component(/component)*[:tag][@digest]`, components
+/// lowercase, name at most 255 characters, tag `[\w][\w.-]{0,127}`, digest
+/// `sha256:` + 64 lowercase hex. The store keeps names as given (no
+/// `docker.io/library/` prefix), so this validates without normalizing.
+pub fn check_reference(name: &str) -> Result<(), TagError> {
+    let owned = || name.to_string();
+    if name.is_empty() {
+        return Err(TagError::Empty(owned()));
+    }
+    let (rest, digest) = match name.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (name, None),
+    };
+    if let Some(d) = digest {
+        let ok = match d.split_once(':') {
+            Some(("sha256", hex)) => is_lower_hex(hex, 64),
+            Some(("sha512", hex)) => is_lower_hex(hex, 128),
+            _ => false,
+        };
+        if !ok {
+            return Err(TagError::BadDigest(owned()));
+        }
+    }
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (repo, tag) = match rest[last_slash..].rfind(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    if tag.is_some_and(|t| !tag_re().is_match(t)) {
+        return Err(TagError::BadTag(owned()));
+    }
+    if repo.is_empty() {
+        return Err(TagError::Empty(owned()));
+    }
+    if repo.len() > MAX_NAME_LEN {
+        return Err(TagError::TooLong(owned()));
+    }
+    // Docker's split: the first element is a registry when it has a '.' or
+    // ':', is `localhost`, or is not lowercase.
+    let (host, path) = match repo.split_once('/') {
+        Some((h, p)) if h.contains(['.', ':']) || h == "localhost" || h.to_lowercase() != h => {
+            (Some(h), p)
+        }
+        _ => (None, repo),
+    };
+    if host.is_some_and(|h| !host_re().is_match(h)) {
+        return Err(TagError::BadRegistry(owned()));
+    }
+    if host.is_none() && is_lower_hex(path, 64) {
+        return Err(TagError::LooksLikeId(owned()));
+    }
+    for component in path.split('/') {
+        if component.chars().any(|c| c.is_uppercase()) {
+            return Err(TagError::Uppercase(owned()));
+        }
+        if !component_re().is_match(component) {
+            return Err(TagError::BadName(owned()));
+        }
+    }
+    Ok(())
+}
+
+fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Normalize an image name for storage: checked with [`check_reference`],
+/// then `app` → `app:latest`; names with a tag or digest are kept as given.
 pub fn normalize_tag(name: &str) -> anyhow::Result<String> {
+    check_reference(name)?;
+    Ok(with_default_tag(name))
+}
+
+fn with_default_tag(name: &str) -> String {
+    if name.contains('@') {
+        return name.to_string();
+    }
+    let last = name.rsplit('/').next().unwrap_or(name);
+    if last.contains(':') {
+        name.to_string()
+    } else {
+        format!("{name}:latest")
+    }
+}
+
+/// The name an existing entry is looked up or removed by. Looser than
+/// [`normalize_tag`] on purpose: stores written before tags were checked
+/// may hold names docker would refuse, and `rbuild rmi` must still reach them.
+pub fn lookup_name(name: &str) -> anyhow::Result<String> {
     let valid = !name.is_empty()
         && name
             .bytes()
@@ -26,15 +161,7 @@ pub fn normalize_tag(name: &str) -> anyhow::Result<String> {
     if !valid {
         anyhow::bail!("invalid image name {name:?}");
     }
-    if name.contains('@') {
-        return Ok(name.to_string());
-    }
-    let last = name.rsplit('/').next().unwrap_or(name);
-    if last.contains(':') {
-        Ok(name.to_string())
-    } else {
-        Ok(format!("{name}:latest"))
-    }
+    Ok(with_default_tag(name))
 }
 
 fn ref_name(desc: &Descriptor) -> Option<&str> {
@@ -103,7 +230,7 @@ impl Store {
 
     /// Remove a tag; `false` if there was no such tag.
     pub fn untag(&self, name: &str) -> anyhow::Result<bool> {
-        let name = normalize_tag(name)?;
+        let name = lookup_name(name)?;
         self.update_index(|index| {
             let mut manifests = index.manifests().clone();
             let before = manifests.len();
@@ -117,7 +244,7 @@ impl Store {
 
     /// The manifest descriptor `name` (normalized) points at.
     pub fn resolve(&self, name: &str) -> anyhow::Result<Option<Descriptor>> {
-        let name = normalize_tag(name)?;
+        let name = lookup_name(name)?;
         Ok(self
             .tags()?
             .into_iter()
@@ -182,5 +309,55 @@ mod tests {
         let err = format!("{:#}", store.tag("app:v1", &desc).unwrap_err());
         assert_eq!(err.matches("tagging").count(), 1, "{err}");
         assert!(err.starts_with("tagging app:v1: "), "{err}");
+    }
+
+    #[test]
+    fn docker_reference_rules_are_enforced() {
+        let err = |n: &str| check_reference(n).expect_err(n);
+        assert!(matches!(err("UPPER:tag"), TagError::Uppercase(_)));
+        assert_eq!(
+            err("UPPER:tag").to_string(),
+            "invalid reference `UPPER:tag`: repository name must be lowercase"
+        );
+        assert!(matches!(err("app/Sub:v1"), TagError::Uppercase(_)));
+        assert!(matches!(
+            err(&format!("app:{}", "t".repeat(129))),
+            TagError::BadTag(_)
+        ));
+        assert!(matches!(err(&"a".repeat(300)), TagError::TooLong(_)));
+        assert!(matches!(
+            err(&format!("{}:v1", "a".repeat(256))),
+            TagError::TooLong(_)
+        ));
+        assert!(matches!(err("a@sha256:zz"), TagError::BadDigest(_)));
+        assert!(matches!(
+            err(&format!("a@sha256:{}", "A".repeat(64))),
+            TagError::BadDigest(_)
+        ));
+        assert!(matches!(err("app:.v1"), TagError::BadTag(_)));
+        assert!(matches!(err("app:-v1"), TagError::BadTag(_)));
+        assert!(matches!(err("app:"), TagError::BadTag(_)));
+        assert!(matches!(err("a..b"), TagError::BadName(_)));
+        assert!(matches!(err("a//b"), TagError::BadName(_)));
+        assert!(matches!(err("-a"), TagError::BadName(_)));
+        assert!(matches!(err("a_"), TagError::BadName(_)));
+        assert!(matches!(err("bad_host:5000/a"), TagError::BadRegistry(_)));
+        assert!(matches!(err(&"f".repeat(64)), TagError::LooksLikeId(_)));
+        for ok in [
+            "app",
+            "app:v1",
+            "a__b",
+            "a--b__c_d/e:V1.2-x_y",
+            "localhost/app",
+            "localhost:5000/app:v2",
+            "Registry.Example.com/app",
+            "127.0.0.1:5000/a/b/c",
+            "[::1]:5000/app",
+        ] {
+            check_reference(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        check_reference(&format!("a:{}", "t".repeat(128))).expect("128-char tag");
+        check_reference(&"a".repeat(255)).expect("255-char name");
+        check_reference(&format!("app@sha256:{}", "a".repeat(64))).expect("digest");
     }
 }
