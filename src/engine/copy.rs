@@ -97,6 +97,16 @@ pub fn copy_entries(
             // one 0755, owned by the --chown user or root; an existing one
             // left as it is, even under --chmod).
             if tree.is_dir && item.rel.is_empty() {
+                // One difference from BuildKit (which stamps a new
+                // destination with the time of the copy): its mtime is the
+                // source directory's, so the same files give the same layer
+                // at any time, in any store. An existing one keeps its own.
+                let rel = target.trim_start_matches('/');
+                if existing(&target).is_none() {
+                    if let Some(e) = out.get_mut(rel) {
+                        e.mtime = item.mtime;
+                    }
+                }
                 continue;
             }
             let path = if item.rel.is_empty() {
