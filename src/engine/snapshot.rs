@@ -134,9 +134,16 @@ pub fn lowers(
         _ => 0,
     };
     let (flat, own) = layers.split_at(cut);
-    let mut out = Vec::with_capacity(own.len() + 1);
+    let mut out: Vec<PathBuf> = Vec::with_capacity(own.len() + 1);
     for layer in own.iter().rev() {
-        out.push(ensure(store, layer, max_expanded)?);
+        let dir = ensure(store, layer, max_expanded)?;
+        // The same layer twice (two empty RUN/WORKDIR layers share the
+        // empty layer's diff_id): overlayfs refuses a repeated lower dir
+        // (ELOOP). Only the topmost copy counts: a lower copy holds nothing
+        // the upper one does not already show or hide.
+        if !out.contains(&dir) {
+            out.push(dir);
+        }
     }
     if !flat.is_empty() {
         out.push(ensure_flattened(store, flat, max_expanded)?);
