@@ -649,15 +649,17 @@ impl Scanner<'_> {
         let re = pattern_regex(&pattern, true, false)?;
         if replace_all {
             // BuildKit uses Go's ReplaceAllString, which expands `$n`/`${n}`
-            // in the replacement; `Captures::expand` does the same. Built by
-            // hand (as `Regex::replace_all` does) so the size cap applies
-            // while it grows: `${V//?/$V}` squares V's length.
+            // in the replacement. The template is parsed once (not once per
+            // match: a long replacement over many empty matches cost
+            // O(matches × template), found by fuzzing), and the result is
+            // built by hand so the size cap applies while it grows:
+            // `${V//?/$V}` squares V's length.
+            let template = ReplaceTemplate::parse(&replacement);
             let mut out = String::new();
             let mut last = 0;
-            for caps in re.captures_iter(&value) {
-                let Some(m) = caps.get(0) else { continue };
+            for m in re.find_iter(&value) {
                 out.push_str(&value[last..m.start()]);
-                caps.expand(&replacement, &mut out);
+                template.expand(m.as_str(), &mut out);
                 self.check_len(out.len())?;
                 last = m.end();
             }
@@ -766,6 +768,94 @@ fn unicode_class(ch: char, class: &LazyLock<Option<Regex>>) -> bool {
 /// POSIX special parameters; never set in a Dockerfile, so they expand to "".
 fn is_special_param(ch: char) -> bool {
     matches!(ch, '@' | '*' | '#' | '?' | '-' | '$' | '!' | '0')
+}
+
+/// A `${V//p/r}` replacement as Go's `Regexp.Expand` reads it: `$$` is a
+/// `$`, `$name` / `${name}` a capture group (the longest run of letters,
+/// digits and `_`), a `$` with no valid name after it stays as it is.
+/// [`pattern_regex`] makes no groups but the whole match (`$0`), so every
+/// other reference expands to nothing and is dropped here.
+struct ReplaceTemplate {
+    parts: Vec<TemplatePart>,
+    /// The output for an empty match: the literal parts alone.
+    for_empty: String,
+}
+
+enum TemplatePart {
+    Literal(String),
+    WholeMatch,
+}
+
+impl ReplaceTemplate {
+    fn parse(template: &str) -> ReplaceTemplate {
+        let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        let mut parts: Vec<TemplatePart> = Vec::new();
+        let mut lit = String::new();
+        let mut rest = template;
+        while let Some(i) = rest.find('$') {
+            lit.push_str(&rest[..i]);
+            let after = &rest[i + 1..];
+            let (name, used) = if let Some(braced) = after.strip_prefix('{') {
+                match braced.find('}') {
+                    Some(end) if end > 0 && braced[..end].chars().all(is_name) => {
+                        (Some(&braced[..end]), end + 2)
+                    }
+                    _ => (None, 0),
+                }
+            } else {
+                let end = after.find(|c: char| !is_name(c)).unwrap_or(after.len());
+                ((end > 0).then(|| &after[..end]), end)
+            };
+            match name {
+                _ if after.starts_with('$') => {
+                    lit.push('$');
+                    rest = &after[1..];
+                    continue;
+                }
+                None => {
+                    lit.push('$');
+                    rest = after;
+                    continue;
+                }
+                Some(n) => {
+                    if n.parse::<usize>() == Ok(0) {
+                        if !lit.is_empty() {
+                            parts.push(TemplatePart::Literal(std::mem::take(&mut lit)));
+                        }
+                        parts.push(TemplatePart::WholeMatch);
+                    }
+                    rest = &after[used..];
+                }
+            }
+        }
+        lit.push_str(rest);
+        if !lit.is_empty() {
+            parts.push(TemplatePart::Literal(lit));
+        }
+        let for_empty = parts
+            .iter()
+            .filter_map(|p| match p {
+                TemplatePart::Literal(l) => Some(l.as_str()),
+                TemplatePart::WholeMatch => None,
+            })
+            .collect();
+        ReplaceTemplate { parts, for_empty }
+    }
+
+    /// Appends the expansion for one match: work in proportion to what is
+    /// appended (an empty match takes the precomputed literals).
+    fn expand(&self, matched: &str, out: &mut String) {
+        if matched.is_empty() {
+            out.push_str(&self.for_empty);
+            return;
+        }
+        for part in &self.parts {
+            match part {
+                TemplatePart::Literal(l) => out.push_str(l),
+                TemplatePart::WholeMatch => out.push_str(matched),
+            }
+        }
+    }
 }
 
 /// Converts a shell pattern (`*`, `?`, `\` escapes; no bracket expressions,
@@ -958,6 +1048,58 @@ mod tests {
         assert_eq!(ok("${U/$NONE/ww}", &e), "wwhttp://google.de");
         assert!(expand("${T//ww}", &e).is_err());
         assert!(expand("${T//}", &e).is_err());
+    }
+
+    #[test]
+    fn replacement_templates_expand_as_the_regex_crate_does() {
+        let re = regex::Regex::new("b+").unwrap();
+        for t in [
+            "$0", "${0}x", "$$", "a$1b", "$x", "$", "${", "x$0y$$z", "$00", "$0a", "$$$0", "${0",
+            "plain", "", "$_", "${name}", "$9$9$9",
+        ] {
+            for hay in ["abbbc", "ac"] {
+                let mut want = String::new();
+                let mut got = String::new();
+                let parsed = ReplaceTemplate::parse(t);
+                match re.captures(hay) {
+                    Some(caps) => {
+                        caps.expand(t, &mut want);
+                        parsed.expand(caps.get(0).unwrap().as_str(), &mut got);
+                    }
+                    None => {
+                        // An empty match: what `${V//*/t}` gives at an empty position.
+                        let empty = regex::Regex::new("").unwrap();
+                        empty.captures("").unwrap().expand(t, &mut want);
+                        parsed.expand("", &mut got);
+                    }
+                }
+                assert_eq!(got, want, "template {t:?} on {hay:?}");
+            }
+        }
+        // Go's Expand (BuildKit's) keeps an empty `${}` as text, where the
+        // regex crate expands it to nothing: Go's rule wins.
+        // The same for a braced name with other characters than letters,
+        // digits and `_`.
+        for t in ["a${}b", "a${ 0}b"] {
+            let mut got = String::new();
+            ReplaceTemplate::parse(t).expand("x", &mut got);
+            assert_eq!(got, t);
+        }
+    }
+
+    /// Found by the `word` fuzz target: a 400-byte word whose replace-all
+    /// expansions took 12 s of CPU (the template was re-read per match).
+    #[test]
+    fn fuzz_slow_replace_all_input_expands() {
+        let data = include_bytes!("../../testdata/fuzz/word-slow-replace-all.bin");
+        let word = String::from_utf8_lossy(data);
+        let env: Vec<(String, String)> = [("A", "a b"), ("B", ""), ("P", "/usr/bin"), ("X", "*?")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        for escape in ['\\', '`'] {
+            let _ = Lexer::new(escape).process(&word, &env);
+        }
     }
 
     #[test]
