@@ -1053,6 +1053,7 @@ mod tests {
     #[test]
     fn replacement_templates_expand_as_the_regex_crate_does() {
         let re = regex::Regex::new("b+").unwrap();
+        let empty = regex::Regex::new("").unwrap();
         for t in [
             "$0", "${0}x", "$$", "a$1b", "$x", "$", "${", "x$0y$$z", "$00", "$0a", "$$$0", "${0",
             "plain", "", "$_", "${name}", "$9$9$9",
@@ -1068,7 +1069,6 @@ mod tests {
                     }
                     None => {
                         // An empty match: what `${V//*/t}` gives at an empty position.
-                        let empty = regex::Regex::new("").unwrap();
                         empty.captures("").unwrap().expand(t, &mut want);
                         parsed.expand("", &mut got);
                     }
