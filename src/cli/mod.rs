@@ -327,21 +327,11 @@ const SUBCOMMANDS: &[&str] = &[
 /// Global `--root DIR` / `--root=DIR` may come first; `-h`, `--help` and
 /// `-V`, `--version` alone keep their top-level meaning.
 pub fn with_default_subcommand(args: Vec<OsString>) -> Vec<OsString> {
-    let mut i = 1;
-    while i < args.len() {
-        let Some(arg) = args[i].to_str() else { break };
-        if arg == "--root" {
-            i += 2;
-            continue;
-        }
-        if arg.starts_with("--root=") {
-            i += 1;
-            continue;
-        }
+    let i = skip_global_root(&args);
+    if let Some(arg) = args.get(i).and_then(|a| a.to_str()) {
         if SUBCOMMANDS.contains(&arg) || matches!(arg, "-h" | "--help" | "-V" | "--version") {
             return args;
         }
-        break;
     }
     if i >= args.len() && args.len() > 1 {
         // Only global flags: let clap say a subcommand is missing.
@@ -354,6 +344,20 @@ pub fn with_default_subcommand(args: Vec<OsString>) -> Vec<OsString> {
     let at = i.min(out.len());
     out.insert(at, OsString::from("build"));
     out
+}
+
+/// The index of the first argument after the global `--root DIR` /
+/// `--root=DIR` flags (which may come before the subcommand).
+fn skip_global_root(args: &[OsString]) -> usize {
+    let mut i = 1;
+    while let Some(arg) = args.get(i).and_then(|a| a.to_str()) {
+        match arg {
+            "--root" => i += 2,
+            _ if arg.starts_with("--root=") => i += 1,
+            _ => break,
+        }
+    }
+    i
 }
 
 /// The state directory: `--root`/`RBUILD_ROOT`, else the per-user default.

@@ -35,20 +35,8 @@ pub fn unknown_first_word(args: &[OsString], subcommands: &[&str]) -> Option<Str
 
 /// The first argument after global `--root` that is not a flag.
 fn first_word(args: &[OsString]) -> Option<&str> {
-    let mut i = 1;
-    while i < args.len() {
-        let arg = args[i].to_str()?;
-        if arg == "--root" {
-            i += 2;
-            continue;
-        }
-        if arg.starts_with("--root=") {
-            i += 1;
-            continue;
-        }
-        return (!arg.starts_with('-')).then_some(arg);
-    }
-    None
+    let arg = args.get(super::skip_global_root(args))?.to_str()?;
+    (!arg.starts_with('-')).then_some(arg)
 }
 
 /// What `docker build` accepts as a context: an existing path, `-`, a URL or

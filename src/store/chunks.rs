@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use super::{secure, Store};
+use super::{fsutil, secure, Store};
 
 /// A record is a short line; anything longer is not one.
 const MAX_RECORD: u64 = 512;
@@ -29,16 +29,8 @@ impl Store {
     /// build running, so no record is being written meanwhile.
     pub(super) fn sweep_chunk_records(&self) -> anyhow::Result<usize> {
         let dir = self.private("chunks");
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-        };
         let mut removed = 0;
-        for entry in entries {
-            let path = entry
-                .with_context(|| format!("listing {}", dir.display()))?
-                .path();
+        for path in fsutil::list_dir(&dir)? {
             let mut text = String::new();
             let live = fs::File::open(&path)
                 .and_then(|f| f.take(MAX_RECORD).read_to_string(&mut text))

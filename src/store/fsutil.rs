@@ -133,24 +133,33 @@ pub fn atomic_write(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> anyhow::Result
     tmp.persist(dest)
 }
 
+/// The paths in `dir`; none when it does not exist (yet).
+pub fn list_dir(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    entries
+        .map(|e| {
+            e.map(|e| e.path())
+                .with_context(|| format!("listing {}", dir.display()))
+        })
+        .collect()
+}
+
 /// Remove temps whose owners died; returns how many were removed. Temps
 /// that could not be removed are described in `left`.
 pub fn clean_temps(tmp_dir: &Path, left: &mut Vec<String>) -> anyhow::Result<usize> {
     let _gate = lock_exclusive(&tmp_lock(tmp_dir))?;
-    let entries = match fs::read_dir(tmp_dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", tmp_dir.display())),
-    };
     let mut removed = 0;
-    for entry in entries {
-        let entry = entry.with_context(|| format!("listing {}", tmp_dir.display()))?;
+    for path in list_dir(tmp_dir)? {
         // A leftover we cannot remove (e.g. files a rootless RUN created with
         // other ids) must not stop the store from opening: it is only space.
-        match remove_if_abandoned(&entry.path()) {
+        match remove_if_abandoned(&path) {
             Ok(true) => removed += 1,
             Ok(false) => {}
-            Err(e) => left.push(format!("leaving temp {}: {e:#}", entry.path().display())),
+            Err(e) => left.push(format!("leaving temp {}: {e:#}", path.display())),
         }
     }
     Ok(removed)

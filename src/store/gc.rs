@@ -70,16 +70,8 @@ impl Store {
     /// meanwhile (the caller holds the GC lock exclusively).
     fn remove_cache_mounts(&self) -> anyhow::Result<usize> {
         let dir = self.private("cachemounts");
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-        };
         let mut removed = 0;
-        for entry in entries {
-            let path = entry
-                .with_context(|| format!("listing {}", dir.display()))?
-                .path();
+        for path in fsutil::list_dir(&dir)? {
             let is_dir = path.symlink_metadata().is_ok_and(|m| m.is_dir());
             if is_dir {
                 fs::remove_dir_all(&path)
