@@ -6,7 +6,7 @@
 //! escape char, positional and special parameters are always unset), and the
 //! same word splitting, where only text produced by `$` expansion or unquoted
 //! literal text is split on whitespace. It is proven against BuildKit's own
-//! test tables in `tests/shell_corpus.rs`.
+//! test tables in `tests/integration/shell_corpus.rs`.
 //!
 //! A [`Lexer`] is immutable configuration; every call builds its own scanner,
 //! so one lexer can be shared between threads.
