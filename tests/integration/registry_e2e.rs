@@ -14,12 +14,33 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rbuild::progress::{BlobState, Event, Reporter, Transfer};
 use rbuild::registry::{
     self, AuthFiles, BlobLocations, BlobOutcome, BlobStore, OciLayout, Platform, PullOptions,
     PushOptions, Reference, Settings,
 };
 use serde_json::json;
 use sha2::{Digest, Sha256};
+
+/// Keeps the `Blob` events a transfer reports: (digest, done, total, state).
+#[derive(Default)]
+struct Blobs(Mutex<Vec<(String, u64, u64, BlobState)>>);
+
+impl Reporter for Blobs {
+    fn event(&self, event: Event) {
+        if let Event::Blob {
+            digest,
+            done,
+            total,
+            state,
+            ..
+        } = event
+        {
+            self.0.lock().unwrap().push((digest, done, total, state));
+        }
+    }
+    fn finish(&self) {}
+}
 
 // ---------------------------------------------------------------- tools
 
@@ -312,12 +333,9 @@ fn push_read_back_with_skopeo_pull_and_skip_present_blobs() {
     );
 
     let dest = r(&format!("{}/app:v1", proxy.addr()));
-    let progress_calls = Arc::new(AtomicUsize::new(0));
-    let pc = progress_calls.clone();
+    let blobs = Arc::new(Blobs::default());
     let opts = PushOptions {
-        progress: Some(Arc::new(move |_p: &registry::BlobProgress| {
-            pc.fetch_add(1, Ordering::SeqCst);
-        })),
+        progress: Some(Transfer::new(blobs.clone(), 1)),
         ..Default::default()
     };
     let report = registry::push(&src, &mdigest, &dest, &settings, &opts).unwrap();
@@ -327,7 +345,16 @@ fn push_read_back_with_skopeo_pull_and_skip_present_blobs() {
         .iter()
         .all(|(_, o)| *o == BlobOutcome::Uploaded));
     assert_eq!(report.blobs.len(), 3);
-    assert!(progress_calls.load(Ordering::SeqCst) >= 3);
+    let seen = blobs.0.lock().unwrap().clone();
+    for (digest, _) in &report.blobs {
+        let finals: Vec<_> = seen
+            .iter()
+            .filter(|b| &b.0 == digest && b.3 != BlobState::Moving)
+            .collect();
+        assert_eq!(finals.len(), 1, "one final report of {digest}: {seen:?}");
+        assert_eq!(finals[0].3, BlobState::Transferred);
+        assert_eq!(finals[0].1, finals[0].2, "all of {digest} sent");
+    }
     assert_eq!(blob_uploads(&proxy.requests()), 6, "POST+PUT per blob");
     let manifest_put = proxy
         .requests()
@@ -1205,25 +1232,20 @@ fn docker_hub_names_pull_through_a_mirror() {
 
     settings.registry_mirrors = vec![format!("http://{}/", reg.addr())];
     let dst = OciLayout::create(&tmp.path().join("dst")).unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let s2 = seen.clone();
+    let blobs = Arc::new(Blobs::default());
     let opts = PullOptions {
-        progress: Some(Arc::new(move |p: &registry::BlobProgress| {
-            s2.lock()
-                .unwrap()
-                .push((p.digest.to_string(), p.done, p.total));
-        })),
+        progress: Some(Transfer::new(blobs.clone(), 1)),
         ..Default::default()
     };
     let img = registry::pull(&r("mirrored:v1"), &dst, &settings, &opts).unwrap();
     assert_eq!(img.manifest_digest, mdigest);
     assert_eq!(img.source_host, reg.addr());
     assert_eq!(img.reference.to_string(), "docker.io/library/mirrored:v1");
-    let seen = seen.lock().unwrap();
+    let seen = blobs.0.lock().unwrap();
     for l in &img.layers {
         assert!(
             seen.iter()
-                .any(|(d, done, total)| d == &l.digest && done == total && *total == l.size),
+                .any(|(d, done, total, _)| d == &l.digest && done == total && *total == l.size),
             "progress reached the end of {}",
             l.digest
         );
