@@ -423,7 +423,14 @@ fn ssh_agent_socket_is_forwarded() {
 #[test]
 fn background_process_does_not_hang_the_build() {
     let env = Env::new();
-    let Some(ctx) = context(&env, "FROM base\nRUN sleep 1000 & echo started\n", &[]) else {
+    // Unique per test process: other modules of this binary (sandbox_run)
+    // start `sleep 1000`s of their own at the same time.
+    let sleep = format!("sleep {}", 2_000_000 + std::process::id());
+    let Some(ctx) = context(
+        &env,
+        &format!("FROM base\nRUN {sleep} & echo started\n"),
+        &[],
+    ) else {
         return;
     };
     let t = Instant::now();
@@ -433,10 +440,7 @@ fn background_process_does_not_hang_the_build() {
         "took {:?}",
         t.elapsed()
     );
-    let leftover = Command::new("pgrep")
-        .args(["-f", "sleep 1000"])
-        .output()
-        .unwrap();
+    let leftover = Command::new("pgrep").args(["-f", &sleep]).output().unwrap();
     assert!(
         leftover.stdout.is_empty(),
         "the sandbox's processes died with it"

@@ -1,6 +1,7 @@
 //! Hidden entry point for bench/compress/run.sh: writes one layer from a
 //! directory with our pipeline. Ignored by default; the script runs it as
-//! `layer_bench --ignored --nocapture` from a release build.
+//! `layer_bench::bench_write_layer --ignored --nocapture` from a release
+//! build of the integration test binary.
 
 use std::fs::File;
 use std::path::PathBuf;

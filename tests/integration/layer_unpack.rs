@@ -357,8 +357,7 @@ fn unprivileged_child() {
 #[test]
 fn unprivileged_unpack_keeps_going_and_strict_fails() {
     use std::os::unix::process::CommandExt;
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to switch to uid 65534");
+    if !crate::common::require_root("switching to uid 65534") {
         return;
     }
     let t = tempfile::tempdir().unwrap();
