@@ -355,6 +355,8 @@ fn full_store_filesystem_is_named_and_cleaned() {
     };
     let mnt = env.root();
     std::fs::create_dir_all(&mnt).unwrap();
+    // Dropped after `_guard` has unmounted.
+    let _mounts = common::host_mounts_shared();
     let st = Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=24m,mode=0755", "tmpfs"])
         .arg(&mnt)

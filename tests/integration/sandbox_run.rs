@@ -557,6 +557,7 @@ fn overlay_changes_go_to_upper_only() {
 
 #[test]
 fn no_mounts_leak_into_the_host() {
+    let _mounts = common::host_mounts_exclusive();
     let before = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let mut r = Rootfs::new();
     let cache = tempfile::tempdir().unwrap();
@@ -699,6 +700,7 @@ fn child_runs_a_long_sandbox() {
 
 #[test]
 fn killing_the_caller_kills_the_sandbox() {
+    let _mounts = common::host_mounts_exclusive();
     let before = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let secs = format!("3{}", std::process::id());
     // The killed child cannot clean up its temp dirs: keep them in ours.

@@ -126,6 +126,24 @@ pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// All integration tests share one process and so one mount table: tests
+/// that mount something in it hold this for reading while the mount
+/// exists, tests that compare the whole table before and after hold it for
+/// writing (else `build_limits`'s tmpfs store shows up in `sandbox_run`'s
+/// "no mount leaked" check).
+static HOST_MOUNTS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Held while this test has a mount of its own in the host's table.
+pub fn host_mounts_shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    // A test that panicked holding it leaves nothing to protect.
+    HOST_MOUNTS.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Held while this test compares the host's mount table before and after.
+pub fn host_mounts_exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    HOST_MOUNTS.write().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The unprivileged user the rootless test runs use.
 pub const TEST_USER: &str = "rbuild-sbx";
 
