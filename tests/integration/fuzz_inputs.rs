@@ -6,7 +6,7 @@
 //! its iteration number.
 //!
 //! CI runs a few thousand cases in a few seconds. For a long session:
-//! `RBUILD_FUZZ_ITERS=200000 cargo test --release --test fuzz_inputs`
+//! `RBUILD_FUZZ_ITERS=200000 cargo test --release --test integration fuzz_inputs::`
 //! (`RBUILD_FUZZ_SEED=N` picks another sequence). A failing input is saved
 //! under `target/fuzz-failures/` and named in the panic message. The
 //! coverage-guided cargo-fuzz targets for the same code are in `fuzz/`;
