@@ -31,6 +31,7 @@ mod layer_changeset;
 mod layer_chunks;
 mod layer_roundtrip;
 mod layer_unpack;
+mod layout;
 mod load_save;
 mod parser_corpus;
 mod registry_e2e;
