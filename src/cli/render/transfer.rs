@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
 
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::lock;
 use crate::progress::{BlobState, Event, Reporter};
@@ -17,7 +17,7 @@ use crate::progress::{BlobState, Event, Reporter};
 /// ("pulled", "pushed").
 pub fn reporter(verb: &'static str) -> Arc<dyn Reporter> {
     if std::io::stderr().is_terminal() {
-        Arc::new(BarsReporter::new(verb))
+        Arc::new(BarsReporter::new(verb, ProgressDrawTarget::stderr()))
     } else {
         Arc::new(LinesReporter::new(verb, Box::new(std::io::stderr())))
     }
@@ -92,7 +92,7 @@ struct BarsReporter {
 }
 
 impl BarsReporter {
-    fn new(verb: &'static str) -> Self {
+    fn new(verb: &'static str, target: ProgressDrawTarget) -> Self {
         let style = ProgressStyle::with_template(
             "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
         )
@@ -100,7 +100,7 @@ impl BarsReporter {
         .progress_chars("=> ");
         Self {
             verb,
-            multi: MultiProgress::new(),
+            multi: MultiProgress::with_draw_target(target),
             style,
             bars: Mutex::new(HashMap::new()),
         }
@@ -196,5 +196,34 @@ mod tests {
              pushed sha256:aaaaaaaaaaaa 10 bytes\n\
              mounted sha256:bbbbbbbbbbbb 3 bytes\n"
         );
+    }
+
+    #[test]
+    fn bars_name_each_blob_and_finish_at_its_outcome() {
+        let r = BarsReporter::new("pulled", ProgressDrawTarget::hidden());
+        let a = "sha256:0123456789abcdef0123";
+        r.event(Event::Blob {
+            id: 1,
+            digest: a.to_string(),
+            done: 4,
+            total: 10,
+            state: BlobState::Moving,
+        });
+        {
+            let bars = lock(&r.bars);
+            assert_eq!(bars[a].prefix(), "pulled 0123456789ab");
+            assert_eq!(bars[a].position(), 4);
+            assert!(!bars[a].is_finished());
+        }
+        r.event(Event::Blob {
+            id: 1,
+            digest: a.to_string(),
+            done: 10,
+            total: 10,
+            state: BlobState::Exists,
+        });
+        let bars = lock(&r.bars);
+        assert_eq!(bars[a].prefix(), "exists 0123456789ab");
+        assert!(bars[a].is_finished());
     }
 }
