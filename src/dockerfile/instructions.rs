@@ -325,6 +325,25 @@ pub fn instruction_from_node(node: &Node) -> Result<Instruction, ParseError> {
     })
 }
 
+impl Instruction {
+    /// The upper-case instruction name (`RUN`).
+    pub fn name(&self) -> String {
+        self.keyword.to_ascii_uppercase()
+    }
+
+    /// The text after the keyword, as written (BuildKit's `Original` minus
+    /// the command), continuations joined.
+    pub fn args_text(&self) -> String {
+        let o = self.original.trim_start();
+        match o.get(..self.keyword.len()) {
+            Some(k) if k.eq_ignore_ascii_case(&self.keyword) => {
+                o[self.keyword.len()..].trim().to_string()
+            }
+            _ => o.trim().to_string(),
+        }
+    }
+}
+
 fn command_line(node: &Node) -> CommandLine {
     CommandLine {
         args: node.args.clone(),

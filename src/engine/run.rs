@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-use crate::dockerfile::mount::{CacheSharing, Mount, MountType};
 use crate::image::ImageConfig;
 use crate::layer::{changeset_from_overlay_upper, diff_trees, LayerEntry};
+use crate::plan::{CacheSharing, Mount, MountType};
 use crate::sandbox::{
     self, ExtraFiles, FileBytes, MountSpec, NetworkMode, RootfsSpec, RunSpec, UserSpec,
 };
@@ -135,16 +135,17 @@ pub fn argv(
     };
     let word = line.trim().trim_start_matches(|c: char| c.is_ascii_digit());
     if heredocs.len() == 1 && word.starts_with("<<") && !word.contains(char::is_whitespace) {
-        if first.body.starts_with("#!") {
+        let body = first.chomped();
+        if body.starts_with("#!") {
             let path = format!("/dev/pipes/{}", first.name);
-            return (shell(path), vec![(first.name.clone(), first.body.clone())]);
+            return (shell(path), vec![(first.name.clone(), body)]);
         }
-        return (shell(first.body.clone()), Vec::new());
+        return (shell(body), Vec::new());
     }
     let mut full = line.clone();
     for d in heredocs {
         full.push('\n');
-        full.push_str(&d.body);
+        full.push_str(&d.chomped());
         full.push_str(&d.name);
     }
     (shell(full), Vec::new())
@@ -662,7 +663,7 @@ mod tests {
 
     #[test]
     fn relative_mount_targets_follow_workdir() {
-        let parsed = crate::dockerfile::parse_mount("type=cache,target=cache").unwrap();
+        let parsed = crate::plan::parse_mount("type=cache,target=cache").unwrap();
         let m = mounts(&[parsed], "/app");
         assert_eq!(m[0].target.as_deref(), Some("/app/cache"));
     }

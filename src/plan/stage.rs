@@ -7,13 +7,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::dispatch::Dispatcher;
 use super::expand;
-use super::ir::{Instruction, Kind, Span};
 use super::lints::{platform_lints, spend_suggestion, suggest, SUGGEST_BUDGET};
 use super::state::{plan_too_big, Seen, State, MAX_ENV_BYTES, MAX_PLAN_BYTES};
 use super::{
     normalize_reference, Base, Finding, Plan, PlanError, PlanOptions, PlannedStage, Platform,
-    Problem,
+    Problem, Span,
 };
+use crate::dockerfile::{Instruction, InstructionKind as DK};
 
 pub(super) const DEFAULT_PATH: &str =
     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -102,6 +102,7 @@ pub(super) fn problem(span: Span, message: impl Into<String>) -> Problem {
 pub(super) struct RawStage<'a> {
     pub(super) from: &'a Instruction,
     pub(super) image: &'a str,
+    pub(super) platform: Option<&'a str>,
     pub(super) name: Option<String>,
     pub(super) commands: Vec<&'a Instruction>,
 }
@@ -183,8 +184,10 @@ pub(super) fn plan(
     let implicit_images = stages
         .iter()
         .flat_map(|s| s.commands.iter())
-        .filter(|c| matches!(&c.kind, Kind::Copy { .. }))
-        .filter_map(|c| c.flag("from").and_then(|f| f.value.clone()))
+        .filter_map(|c| match &c.kind {
+            DK::Copy(c) => c.from.clone(),
+            _ => None,
+        })
         .filter(|f| f.parse::<usize>().is_err() && !names.contains_key(&f.to_ascii_lowercase()))
         .count();
     let single = stages.len() + implicit_images == 1;
@@ -259,7 +262,7 @@ pub(super) fn plan(
             d.step(c, false, &remap, &mut steps, &mut problems);
         }
         for s in &steps {
-            for b in &s.sources {
+            for b in s.sources() {
                 if let Base::Image(r) = b {
                     images.insert(r.clone());
                 }
@@ -282,9 +285,9 @@ pub(super) fn plan(
         });
         finals.insert(i, d.state);
     }
-    findings.sort_by_key(|f| (f.span.line, f.span.col));
+    findings.sort_by_key(|f| (f.span.start_line, f.span.column));
     if !problems.is_empty() {
-        problems.sort_by_key(|p| (p.span.line, p.span.col));
+        problems.sort_by_key(|p| (p.span.start_line, p.span.column));
         problems.dedup();
         return Err(PlanError { problems, findings });
     }
@@ -324,18 +327,19 @@ fn split_stages<'a>(
     let mut meta = Vec::new();
     let mut stages: Vec<RawStage> = Vec::new();
     for inst in insts {
-        if let Kind::From { image, name, .. } = &inst.kind {
+        if let DK::From(f) = &inst.kind {
             stages.push(RawStage {
                 from: inst,
-                image,
-                name: name.as_ref().map(|n| n.to_ascii_lowercase()),
+                image: &f.image,
+                platform: f.platform.as_deref(),
+                name: f.stage_name(),
                 commands: Vec::new(),
             });
             continue;
         }
         match stages.last_mut() {
             Some(s) => s.commands.push(inst),
-            None if matches!(inst.kind, Kind::Arg(_)) => meta.push(inst),
+            None if matches!(inst.kind, DK::Arg(_)) => meta.push(inst),
             None => problems.push(problem(inst.span, "no build stage in current context")),
         }
     }
@@ -354,8 +358,9 @@ fn global_args(
     let mut keys = BTreeSet::new();
     let mut bytes = 0;
     for m in meta {
-        let Kind::Arg(args) = &m.kind else { continue };
-        for (k, def) in args {
+        let DK::Arg(args) = &m.kind else { continue };
+        for a in args {
+            let (k, def) = (&a.name, &a.default);
             keys.insert(k.clone());
             let value = if let Some(v) = opts.build_args.get(k) {
                 v.clone()
@@ -456,11 +461,11 @@ fn resolve_bases(
             }
         };
         let mut platform = None;
-        if let Some(v) = st.from.flag("platform").and_then(|f| f.value.clone()) {
-            match expand::word(&v, global, escape) {
+        if let Some(v) = st.platform {
+            match expand::word(v, global, escape) {
                 Ok((p, m)) => {
                     report(&m, findings);
-                    platform_lints(&v, &p, &m, st.name.as_deref(), global, span, findings);
+                    platform_lints(v, &p, &m, st.name.as_deref(), global, span, findings);
                     if p.is_empty() {
                         problems.push(problem(
                             span,
@@ -543,24 +548,23 @@ fn mount_from(spec: &str) -> Option<String> {
 }
 
 fn inst_sources(inst: &Instruction, scope: FromScope) -> Vec<Result<RawBase, Problem>> {
-    let inner = match &inst.kind {
-        Kind::Onbuild { .. } => return Vec::new(),
-        _ => inst,
-    };
     let mut out = Vec::new();
-    if matches!(inner.kind, Kind::Copy { .. }) {
-        if let Some(v) = inner.flag("from").and_then(|f| f.value.clone()) {
-            out.push(resolve_from(&v, scope, inner.span));
+    match &inst.kind {
+        DK::Copy(c) => {
+            if let Some(v) = &c.from {
+                out.push(resolve_from(v, scope, inst.span));
+            }
         }
-    }
-    if matches!(inner.kind, Kind::Run { .. }) {
-        for m in inner.flag_values("mount") {
-            if let Some(v) = mount_from(&m) {
-                if !v.contains('$') {
-                    out.push(resolve_from(&v, scope, inner.span));
+        DK::Run(r) => {
+            for m in &r.mounts {
+                if let Some(v) = mount_from(m) {
+                    if !v.contains('$') {
+                        out.push(resolve_from(&v, scope, inst.span));
+                    }
                 }
             }
         }
+        _ => {}
     }
     out
 }
@@ -636,10 +640,10 @@ fn triggers_for(
             let mut out = Vec::new();
             for c in &stages[*j].commands {
                 match &c.kind {
-                    Kind::Onbuild { inner: Ok(t), .. } => out.push((**t).clone()),
-                    Kind::Onbuild { inner: Err(p), .. } => {
-                        problems.push(problem(at, p.message.clone()))
-                    }
+                    DK::Onbuild { trigger: Ok(t), .. } => out.push((**t).clone()),
+                    DK::Onbuild {
+                        trigger: Err(p), ..
+                    } => problems.push(problem(at, p.message.clone())),
                     _ => {}
                 }
             }
@@ -649,7 +653,7 @@ fn triggers_for(
             let cfg = normalize_reference(raw).and_then(|r| opts.base_configs.get(&r));
             let mut out = Vec::new();
             for t in cfg.map(|c| c.onbuild.clone()).unwrap_or_default() {
-                match super::from_parser::parse_trigger(t.trim()) {
+                match super::read::parse_trigger(t.trim()) {
                     Ok(i) => out.push(i),
                     Err(p) => problems.push(problem(at, p.message)),
                 }
@@ -667,7 +671,7 @@ fn count_steps(commands: &[&Instruction], base: &RawBase) -> usize {
         .filter(|c| {
             matches!(
                 c.kind,
-                Kind::Add { .. } | Kind::Copy { .. } | Kind::Run { .. } | Kind::Workdir(_)
+                DK::Add(_) | DK::Copy(_) | DK::Run(_) | DK::Workdir(_)
             )
         })
         .count()
