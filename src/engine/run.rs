@@ -193,29 +193,7 @@ pub fn run(
             mode: 0o755,
         });
     }
-    // The engine passes snapshots only when overlay is usable.
-    let overlay = matches!(inputs.root, StageFiles::Snapshots(_)) || overlay_usable();
-    let (rootfs, fallback_root) = if overlay {
-        let upper = work.path().join("upper");
-        let workdir = work.path().join("work");
-        std::fs::create_dir_all(&upper).context("creating the overlay upper dir")?;
-        std::fs::create_dir_all(&workdir).context("creating the overlay work dir")?;
-        (
-            RootfsSpec::Overlay {
-                lowers: inputs.root.lowers(),
-                upper,
-                work: workdir,
-            },
-            None,
-        )
-    } else {
-        let StageFiles::Dir(root) = inputs.root else {
-            bail!("RUN over layer snapshots needs overlayfs");
-        };
-        let copy = work.path().join("rootfs");
-        copy_tree(root, &copy)?;
-        (RootfsSpec::Dir(copy.clone()), Some(copy))
-    };
+    let (rootfs, fallback_root) = prepare_root(inputs, work.path())?;
     let spec = RunSpec {
         rootfs,
         argv: inputs.argv.clone(),
@@ -297,6 +275,38 @@ pub fn run(
     );
     entries.extend(dirs);
     Ok((entries, work))
+}
+
+/// The RUN's root: an overlay over the stage's snapshots with a fresh upper
+/// dir in `work`, or (without overlayfs) a copy of the stage's files there,
+/// whose path is returned too so the changes can be diffed.
+fn prepare_root(
+    inputs: &RunInputs<'_>,
+    work: &std::path::Path,
+) -> anyhow::Result<(RootfsSpec, Option<std::path::PathBuf>)> {
+    // The engine passes snapshots only when overlay is usable.
+    let overlay = matches!(inputs.root, StageFiles::Snapshots(_)) || overlay_usable();
+    Ok(if overlay {
+        let upper = work.join("upper");
+        let workdir = work.join("work");
+        std::fs::create_dir_all(&upper).context("creating the overlay upper dir")?;
+        std::fs::create_dir_all(&workdir).context("creating the overlay work dir")?;
+        (
+            RootfsSpec::Overlay {
+                lowers: inputs.root.lowers(),
+                upper,
+                work: workdir,
+            },
+            None,
+        )
+    } else {
+        let StageFiles::Dir(root) = inputs.root else {
+            bail!("RUN over layer snapshots needs overlayfs");
+        };
+        let copy = work.join("rootfs");
+        copy_tree(root, &copy)?;
+        (RootfsSpec::Dir(copy.clone()), Some(copy))
+    })
 }
 
 /// Whether RUN steps can use overlayfs. `RBUILD_NO_OVERLAY=1` forces the

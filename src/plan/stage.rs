@@ -192,99 +192,36 @@ pub(super) fn plan(
         .count();
     let single = stages.len() + implicit_images == 1;
 
-    let mut finals: BTreeMap<usize, State> = BTreeMap::new();
     // How many kept stages start from each stage: the last one takes the
     // state instead of copying it, so a chain of N stages costs O(N), not
     // O(N²) copies of a growing environment.
-    let mut children: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut walk = Walk::default();
     for &i in &keep {
         if let RawBase::Stage(j) = resolved[i].base {
-            *children.entry(j).or_default() += 1;
+            *walk.children.entry(j).or_default() += 1;
         }
     }
+    let scope = StageScope {
+        stages: &stages,
+        resolved: &resolved,
+        single,
+        escape,
+        opts,
+        global: &global,
+        names: &names,
+        remap: &remap,
+    };
     let mut planned = Vec::new();
-    let mut images = BTreeSet::new();
-    let mut plan_bytes = 0;
-    let mut suggest_budget = SUGGEST_BUDGET;
     for &i in &keep {
-        let st = &stages[i];
-        let res = &resolved[i];
-        let mut d = Dispatcher::new(i, st, res, single, escape, opts, &global, &names);
-        d.total_stages = stages.len();
-        let base = match &res.base {
-            RawBase::Scratch => Base::Scratch,
-            RawBase::Stage(j) => {
-                let before = plan_bytes;
-                let inherited = inherit(&mut finals, &mut children, *j, &mut plan_bytes);
-                if plan_bytes > MAX_PLAN_BYTES && before <= MAX_PLAN_BYTES {
-                    problems.push(plan_too_big(st.from.span));
-                }
-                if let Some(s) = inherited {
-                    d.state = s;
-                    d.state.seen = Seen::default();
-                    d.state.onbuild.clear();
-                }
-                Base::Stage(remap.get(j).copied().unwrap_or(*j))
-            }
-            RawBase::Image(raw) => match normalize_reference(raw) {
-                Some(r) => {
-                    if let Some(cfg) = opts.base_configs.get(&r) {
-                        d.state.apply_config(cfg);
-                    }
-                    images.insert(r.clone());
-                    Base::Image(r)
-                }
-                None => {
-                    problems.push(problem(
-                        st.from.span,
-                        format!("failed to parse stage name \"{raw}\": invalid reference format"),
-                    ));
-                    Base::Image(raw.clone())
-                }
-            },
-        };
-        d.plan_bytes = plan_bytes;
-        d.suggest_budget = suggest_budget;
-        d.state.ensure_path();
-        let triggers = triggers_for(&stages, res, opts, st.from.span, &mut problems);
-        d.total = count_steps(&st.commands, &res.base) + triggers.len();
-        let from_display = match &base {
-            Base::Image(r) => d.prefix(false).map(|p| format!("{p}FROM {r}")),
-            _ => None,
-        };
-        let mut steps = Vec::new();
-        for t in &triggers {
-            let mut t = t.clone();
-            t.span = st.from.span;
-            d.step(&t, true, &remap, &mut steps, &mut problems);
-        }
-        for c in &st.commands {
-            d.step(c, false, &remap, &mut steps, &mut problems);
-        }
-        for s in &steps {
-            for b in s.sources() {
-                if let Base::Image(r) = b {
-                    images.insert(r.clone());
-                }
-            }
-        }
-        findings.append(&mut d.findings);
-        plan_bytes = d.plan_bytes;
-        suggest_budget = d.suggest_budget;
-        planned.push(PlannedStage {
-            index: i,
-            name: st.name.clone(),
-            progress_name: d.stage_name.clone(),
-            base,
-            base_name: res.name.clone(),
-            platform: res.platform.clone(),
-            span: st.from.span,
-            from_display,
-            steps,
-            onbuild: d.state.onbuild.clone(),
-        });
-        finals.insert(i, d.state);
+        planned.push(plan_stage(
+            i,
+            &scope,
+            &mut walk,
+            &mut problems,
+            &mut findings,
+        ));
     }
+    let images = walk.images;
     findings.sort_by_key(|f| (f.span.start_line, f.span.column));
     if !problems.is_empty() {
         problems.sort_by_key(|p| (p.span.start_line, p.span.column));
@@ -297,6 +234,125 @@ pub(super) fn plan(
         findings,
         images: images.into_iter().collect(),
     })
+}
+
+/// What every stage's walk reads: the stages, their resolved bases and the
+/// names and options they are planned with.
+struct StageScope<'s, 'a> {
+    stages: &'s [RawStage<'a>],
+    resolved: &'s [Resolved],
+    single: bool,
+    escape: char,
+    opts: &'s PlanOptions,
+    global: &'s BTreeMap<String, String>,
+    names: &'s BTreeMap<String, usize>,
+    remap: &'s BTreeMap<usize, usize>,
+}
+
+/// What carries from one stage's walk to the next.
+#[derive(Default)]
+struct Walk {
+    /// Final dispatch state of each walked stage, for stages built on it.
+    finals: BTreeMap<usize, State>,
+    /// How many kept stages still have to start from each stage.
+    children: BTreeMap<usize, usize>,
+    images: BTreeSet<String>,
+    plan_bytes: usize,
+    suggest_budget: Option<usize>,
+}
+
+/// Walk stage `i`: its base's state, its inherited triggers, its steps.
+fn plan_stage(
+    i: usize,
+    sc: &StageScope,
+    walk: &mut Walk,
+    problems: &mut Vec<Problem>,
+    findings: &mut Vec<Finding>,
+) -> PlannedStage {
+    let (st, res) = (&sc.stages[i], &sc.resolved[i]);
+    let mut d = Dispatcher::new(
+        i, st, res, sc.single, sc.escape, sc.opts, sc.global, sc.names,
+    );
+    d.total_stages = sc.stages.len();
+    let base = match &res.base {
+        RawBase::Scratch => Base::Scratch,
+        RawBase::Stage(j) => {
+            let before = walk.plan_bytes;
+            let inherited = inherit(
+                &mut walk.finals,
+                &mut walk.children,
+                *j,
+                &mut walk.plan_bytes,
+            );
+            if walk.plan_bytes > MAX_PLAN_BYTES && before <= MAX_PLAN_BYTES {
+                problems.push(plan_too_big(st.from.span));
+            }
+            if let Some(s) = inherited {
+                d.state = s;
+                d.state.seen = Seen::default();
+                d.state.onbuild.clear();
+            }
+            Base::Stage(sc.remap.get(j).copied().unwrap_or(*j))
+        }
+        RawBase::Image(raw) => match normalize_reference(raw) {
+            Some(r) => {
+                if let Some(cfg) = sc.opts.base_configs.get(&r) {
+                    d.state.apply_config(cfg);
+                }
+                walk.images.insert(r.clone());
+                Base::Image(r)
+            }
+            None => {
+                problems.push(problem(
+                    st.from.span,
+                    format!("failed to parse stage name \"{raw}\": invalid reference format"),
+                ));
+                Base::Image(raw.clone())
+            }
+        },
+    };
+    d.plan_bytes = walk.plan_bytes;
+    d.suggest_budget = walk.suggest_budget.unwrap_or(SUGGEST_BUDGET);
+    d.state.ensure_path();
+    let triggers = triggers_for(sc.stages, res, sc.opts, st.from.span, problems);
+    d.total = count_steps(&st.commands, &res.base) + triggers.len();
+    let from_display = match &base {
+        Base::Image(r) => d.prefix(false).map(|p| format!("{p}FROM {r}")),
+        _ => None,
+    };
+    let mut steps = Vec::new();
+    for t in &triggers {
+        let mut t = t.clone();
+        t.span = st.from.span;
+        d.step(&t, true, sc.remap, &mut steps, problems);
+    }
+    for c in &st.commands {
+        d.step(c, false, sc.remap, &mut steps, problems);
+    }
+    for s in &steps {
+        for b in s.sources() {
+            if let Base::Image(r) = b {
+                walk.images.insert(r.clone());
+            }
+        }
+    }
+    findings.append(&mut d.findings);
+    walk.plan_bytes = d.plan_bytes;
+    walk.suggest_budget = Some(d.suggest_budget);
+    let planned = PlannedStage {
+        index: i,
+        name: st.name.clone(),
+        progress_name: d.stage_name.clone(),
+        base,
+        base_name: res.name.clone(),
+        platform: res.platform.clone(),
+        span: st.from.span,
+        from_display,
+        steps,
+        onbuild: d.state.onbuild.clone(),
+    };
+    walk.finals.insert(i, d.state);
+    planned
 }
 
 /// The final state of stage `j` for a stage built on it: moved out for the
