@@ -20,7 +20,7 @@ use crate::store::Store;
 
 use super::options::OutputSpec;
 use super::rootfs::{LayerRef, Rootfs};
-use super::step::StageState;
+use super::stage::StageState;
 
 /// Everything a build is asked to do.
 #[derive(Debug, Clone)]
@@ -279,7 +279,7 @@ pub fn build(
     for f in &plan.findings {
         reporter.event(Event::Warning {
             id: None,
-            message: format!("{}: {} (line {})", f.rule, f.message, f.span.line),
+            message: format!("{}: {} (line {})", f.rule, f.message, f.span.start_line),
         });
     }
 
@@ -486,7 +486,7 @@ fn stage_deps(plan: &Plan) -> Vec<Vec<usize>> {
             let mut deps: Vec<usize> = s
                 .steps
                 .iter()
-                .flat_map(|st| st.sources.iter())
+                .flat_map(|st| st.sources())
                 .chain(std::iter::once(&s.base))
                 .filter_map(|b| match b {
                     Base::Stage(i) => Some(*i),
@@ -550,13 +550,12 @@ fn run_stage(
     for (i, step) in stage.steps.iter().enumerate() {
         let step_id = format!("{}/{}/{}", ctx.cache_scope, stage_label(stage), i);
         st.run(ctx, step, &step_id, done).map_err(|e| {
-            let span = step.instruction.span;
             anyhow::anyhow!(
                 "{}:{}: {} {}: {e:#}",
                 ctx.dockerfile_name,
-                span.line,
-                step.instruction.name(),
-                step.instruction.original.trim()
+                step.span.start_line,
+                step.name(),
+                step.original.trim()
             )
         })?;
     }

@@ -162,3 +162,34 @@ fn target_and_build_args_on_the_command_line() {
         "stage 0 \"a\" FROM alpine:2 (0 steps)\n  [a 1/1] FROM docker.io/library/alpine:2\nstage 1 \"b\" FROM scratch (1 step) [target]\n  [b 1/1] COPY --from=a / /\n"
     );
 }
+
+/// What a build would reject is reported by `check`, at its line: a
+/// non-octal `--chmod`, a bad `--checksum`, an unsupported `--security`.
+#[test]
+fn flag_values_a_build_rejects_are_check_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY a /a\nCOPY --chmod=abc a /b\nADD --checksum=md5:00 https://x/y /y\nRUN --security=insecure true\n",
+    )
+    .expect("writes");
+    let out = Command::new(env!("CARGO_BIN_EXE_rbuild"))
+        .current_dir(dir.path())
+        .args(["check", "-f", "Dockerfile", "."])
+        .output()
+        .expect("runs rbuild");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Dockerfile:3:1: error: invalid chmod parameter: 'abc'"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Dockerfile:4:1: error: invalid checksum digest format"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Dockerfile:5:1: error: --security=insecure is not supported"),
+        "{stderr}"
+    );
+}

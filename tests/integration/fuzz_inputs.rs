@@ -206,7 +206,11 @@ fn fuzz_dockerfile_parse_and_plan() {
             if let Err(e) = plan_text(&text, &PlanOptions::default()) {
                 // Every problem points into the file (or at no line at all).
                 for p in &e.problems {
-                    assert!(p.span.line <= lines + 1, "line {} of {lines}", p.span.line);
+                    assert!(
+                        p.span.start_line <= lines + 1,
+                        "line {} of {lines}",
+                        p.span.start_line
+                    );
                 }
             }
         });

@@ -14,6 +14,7 @@ mod build_contexts;
 mod build_images;
 mod build_limits;
 mod build_outputs;
+mod build_pinned;
 mod build_registry;
 mod build_run;
 mod build_small;
