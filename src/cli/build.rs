@@ -7,11 +7,10 @@ use anyhow::Context;
 use crate::engine::options::{parse_build_args, parse_output, source_date_epoch};
 use crate::engine::{self, context_source, BuildRequest};
 use crate::image::ImageFormat;
-use crate::layer::Compression;
 use crate::progress::{self, Mode};
 use crate::store::Store;
 
-use super::{BuildArgs, CompressionArg, FormatArg, NetworkArg, ProgressMode, PullArg};
+use super::{BuildArgs, FormatArg, NetworkArg, ProgressMode, PullArg};
 use crate::engine::PullPolicy;
 
 pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
@@ -60,7 +59,10 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
         no_cache: args.no_cache,
         outputs,
         iidfile: args.iidfile.clone(),
-        compression: compression(args.compression, args.compression_level)?,
+        compression: args
+            .compression
+            .with_level(args.compression_level)
+            .context("--compression-level")?,
         format: match args.format {
             FormatArg::Oci => ImageFormat::Oci,
             FormatArg::Docker => ImageFormat::Docker,
@@ -198,28 +200,4 @@ fn ssh_sockets(
         out.insert(id.to_string(), sock);
     }
     Ok(out)
-}
-
-fn compression(kind: CompressionArg, level: Option<i32>) -> anyhow::Result<Compression> {
-    Ok(match kind {
-        CompressionArg::None => Compression::None,
-        CompressionArg::Gzip => {
-            let level = level.unwrap_or(6);
-            anyhow::ensure!(
-                (0..=9).contains(&level),
-                "--compression-level for gzip is 0-9, not {level}"
-            );
-            Compression::Gzip {
-                level: level as u32,
-            }
-        }
-        CompressionArg::Zstd => {
-            let level = level.unwrap_or(3);
-            anyhow::ensure!(
-                (1..=22).contains(&level),
-                "--compression-level for zstd is 1-22, not {level}"
-            );
-            Compression::Zstd { level }
-        }
-    })
 }

@@ -10,7 +10,8 @@ use anyhow::{bail, Context, Result};
 
 use super::{FormatArg, RegistryFlags};
 use crate::image::ImageFormat;
-use crate::registry::{self, local, BlobProgress, BlobState, Platform, Reference, Settings};
+use crate::oci::{Platform, Reference};
+use crate::registry::{self, local, BlobProgress, BlobState, Settings};
 
 pub fn logout(server: &str) -> Result<i32> {
     let settings = Settings::load()?;

@@ -8,16 +8,18 @@ use anyhow::{bail, Context};
 
 use crate::image::ImageConfig;
 use crate::layer::{write_layer, LayerEntry, Timespec, WriteOptions};
+use crate::oci::digest::sha256_hex;
+use crate::oci::LayerRef;
 use crate::plan::{Base, Kind, PlannedStage, Step};
 use crate::progress::StepHandle;
-use crate::store::{CacheRecord, CachedLayer, LockedTempDir};
+use crate::store::{CacheRecord, LockedTempDir};
 
 use super::build::{history, BuildCtx, StageResult};
 use super::cachekey::{explain_miss, KeyInputs};
 use super::config::{self, StageMeta};
 use super::copy::{copy_entries, heredoc_tree, CopyOptions, SourceItem, SourceKind, SourceTree};
 use super::copydest::{clean, resolve_dest};
-use super::rootfs::{self, LayerRef, Rootfs};
+use super::rootfs::{self, Rootfs};
 use super::sources;
 use super::stageview::StageView;
 use super::users::UserDb;
@@ -275,7 +277,7 @@ impl StageState {
         }
         let mut rec = CacheRecord::new(&key, Some(&self.key), step_id, inputs_json);
         rec.blobs = kept;
-        rec.layer = layer.as_ref().map(|l| CachedLayer {
+        rec.layer = layer.as_ref().map(|l| LayerRef {
             digest: l.digest.clone(),
             diff_id: l.diff_id.clone(),
             size: l.size,
@@ -1009,11 +1011,6 @@ fn outcome_from_record(rec: &CacheRecord) -> Outcome {
             .map(str::to_string)
             .unwrap_or_else(|| crate::image::time::format_rfc3339(rec.created as i64)),
     }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 fn is_url(s: &str) -> bool {

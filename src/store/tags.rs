@@ -11,9 +11,7 @@ use oci_spec::image::{Descriptor, ImageIndex};
 use regex::Regex;
 
 use super::Store;
-
-/// The annotation naming a tag in `index.json`.
-pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+use crate::oci::REF_NAME;
 
 /// Why a name cannot be stored as a tag: the rule of docker's reference
 /// grammar it breaks.

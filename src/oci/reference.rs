@@ -1,18 +1,17 @@
-//! Image references, normalized the way docker does (`alpine` →
-//! `docker.io/library/alpine:latest`), plus the small digest helpers the
-//! rest of the registry client shares.
+//! Docker image references, normalized the way docker does (`alpine` →
+//! `docker.io/library/alpine:latest`). Hand-written rather than
+//! `oci_spec::distribution::Reference`: that one gets several of docker's
+//! rules wrong (the cases are in `docs/registry.md`).
 
 use std::fmt;
 use std::sync::OnceLock;
 
 use regex::Regex;
 
+use super::digest::is_valid_digest;
+
 /// The registry docker uses for names without a registry part.
 pub const DOCKER_HUB: &str = "docker.io";
-/// Where Docker Hub's registry API really lives.
-pub const DOCKER_HUB_API: &str = "registry-1.docker.io";
-/// The key docker writes Docker Hub credentials under in config.json.
-pub const DOCKER_HUB_AUTH_KEY: &str = "https://index.docker.io/v1/";
 
 const MAX_NAME_LEN: usize = 255;
 
@@ -76,25 +75,6 @@ fn host_re() -> &'static Regex {
     )
 }
 
-/// True for `sha256:<64 lowercase hex>` and `sha512:<128 lowercase hex>`.
-pub fn is_valid_digest(d: &str) -> bool {
-    let Some((alg, hex)) = d.split_once(':') else {
-        return false;
-    };
-    let want = match alg {
-        "sha256" => 64,
-        "sha512" => 128,
-        _ => return false,
-    };
-    hex.len() == want && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// `sha256:<hex>` of some bytes.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
-}
-
 impl Reference {
     /// Parse and normalize a reference as `docker pull` would.
     pub fn parse(input: &str) -> Result<Self, ReferenceError> {
@@ -153,11 +133,6 @@ impl Reference {
         })
     }
 
-    /// The host the registry API is served from (Docker Hub's differs from its name).
-    pub fn api_host(&self) -> &str {
-        api_host(&self.registry)
-    }
-
     /// What to ask the registry for: the digest when pinned, else the tag.
     pub fn manifest_ref(&self) -> &str {
         self.digest
@@ -177,15 +152,6 @@ impl Reference {
             digest: Some(digest.to_string()),
             ..self.clone()
         }
-    }
-}
-
-/// The API host for a registry name.
-pub fn api_host(registry: &str) -> &str {
-    if registry == DOCKER_HUB {
-        DOCKER_HUB_API
-    } else {
-        registry
     }
 }
 
@@ -299,11 +265,6 @@ mod tests {
         // Uppercase first component is a host (docker does the same).
         let r = Reference::parse("Foo/app").unwrap();
         assert_eq!(r.registry, "Foo");
-        assert_eq!(r.api_host(), "Foo");
-        assert_eq!(
-            Reference::parse("alpine").unwrap().api_host(),
-            DOCKER_HUB_API
-        );
     }
 
     #[test]
