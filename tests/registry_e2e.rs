@@ -562,10 +562,11 @@ fn index_push_and_platform_choice_and_docker_schema2_pull() {
 
     // A Docker schema-2 manifest written by skopeo pulls too.
     if have("skopeo") {
-        tag(&src, "amd", &amd, amd_bytes.len() as u64);
+        // The store names tags in full (`amd` would be `amd:latest`).
+        tag(&src, "amd:v1", &amd, amd_bytes.len() as u64);
         let st = Command::new("skopeo")
             .args(["copy", "--dest-tls-verify=false", "--format", "v2s2"])
-            .arg(format!("oci:{}:amd", src.root().display()))
+            .arg(format!("oci:{}:amd:v1", src.root().display()))
             .arg(format!("docker://{}/dockerfmt:v1", reg.addr()))
             .output()
             .unwrap();
