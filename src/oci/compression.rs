@@ -62,10 +62,12 @@ impl Compression {
             });
         }
         Ok(match self {
+            Compression::None => self,
+            // In range, so 0..=9: the cast cannot wrap.
             Compression::Gzip { .. } => Compression::Gzip {
                 level: level as u32,
             },
-            _ => Compression::Zstd { level },
+            Compression::Zstd { .. } => Compression::Zstd { level },
         })
     }
 
