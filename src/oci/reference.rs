@@ -75,6 +75,28 @@ fn host_re() -> &'static Regex {
     )
 }
 
+/// A tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}` (ASCII, as docker's `\w`).
+pub fn is_valid_tag(tag: &str) -> bool {
+    tag_re().is_match(tag)
+}
+
+/// One repository path component: `[a-z0-9]+` joined by `.`, `_`, `__`
+/// or runs of `-`.
+pub fn is_valid_component(component: &str) -> bool {
+    component_re().is_match(component)
+}
+
+/// 64 lowercase hex: an image ID, which docker refuses as a repository
+/// name so that `docker run <id>` cannot mean two things.
+pub fn is_image_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A registry `host[:port]`: DNS labels or a bracketed IPv6 literal.
+pub fn is_valid_host(host: &str) -> bool {
+    host_re().is_match(host)
+}
+
 impl Reference {
     /// Parse and normalize a reference as `docker pull` would.
     pub fn parse(input: &str) -> Result<Self, ReferenceError> {
@@ -93,7 +115,7 @@ impl Reference {
         };
         let (name, tag) = split_tag(rest);
         if let Some(t) = tag {
-            if !tag_re().is_match(t) {
+            if !is_valid_tag(t) {
                 return Err(ReferenceError::BadTag(err_input));
             }
         }
@@ -101,14 +123,14 @@ impl Reference {
             return Err(ReferenceError::Empty(err_input));
         }
         let (registry, path) = split_registry(name);
-        if !host_re().is_match(registry) {
+        if !is_valid_host(registry) {
             return Err(ReferenceError::BadRegistry(err_input));
         }
         let registry = match registry {
             "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB,
             r => r,
         };
-        if path.len() == 64 && path.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if is_image_id(path) {
             return Err(ReferenceError::LooksLikeId(err_input));
         }
         let repository = if registry == DOCKER_HUB && !path.contains('/') {
@@ -184,7 +206,7 @@ fn check_repository(repo: &str, input: &str) -> Result<(), ReferenceError> {
     if repo.chars().any(|c| c.is_ascii_uppercase()) {
         return Err(ReferenceError::Uppercase(input.to_string()));
     }
-    if repo.is_empty() || !repo.split('/').all(|c| component_re().is_match(c)) {
+    if repo.is_empty() || !repo.split('/').all(is_valid_component) {
         return Err(ReferenceError::BadName(input.to_string()));
     }
     Ok(())
