@@ -8,11 +8,10 @@ use super::render::{self, Mode};
 use crate::engine::options::{parse_build_args, parse_output, source_date_epoch};
 use crate::engine::{self, context_source, BuildRequest};
 use crate::image::ImageFormat;
-use crate::layer::Compression;
 use crate::progress;
 use crate::store::Store;
 
-use super::{BuildArgs, CompressionArg, FormatArg, NetworkArg, ProgressMode, PullArg};
+use super::{BuildArgs, FormatArg, NetworkArg, ProgressMode, PullArg};
 use crate::engine::PullPolicy;
 
 pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
@@ -61,7 +60,10 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
         no_cache: args.no_cache,
         outputs,
         iidfile: args.iidfile.clone(),
-        compression: compression(args.compression, args.compression_level)?,
+        compression: args
+            .compression
+            .with_level(args.compression_level)
+            .context("--compression-level")?,
         format: match args.format {
             FormatArg::Oci => ImageFormat::Oci,
             FormatArg::Docker => ImageFormat::Docker,
@@ -199,28 +201,4 @@ fn ssh_sockets(
         out.insert(id.to_string(), sock);
     }
     Ok(out)
-}
-
-fn compression(kind: CompressionArg, level: Option<i32>) -> anyhow::Result<Compression> {
-    Ok(match kind {
-        CompressionArg::None => Compression::None,
-        CompressionArg::Gzip => {
-            let level = level.unwrap_or(6);
-            anyhow::ensure!(
-                (0..=9).contains(&level),
-                "--compression-level for gzip is 0-9, not {level}"
-            );
-            Compression::Gzip {
-                level: level as u32,
-            }
-        }
-        CompressionArg::Zstd => {
-            let level = level.unwrap_or(3);
-            anyhow::ensure!(
-                (1..=22).contains(&level),
-                "--compression-level for zstd is 1-22, not {level}"
-            );
-            Compression::Zstd { level }
-        }
-    })
 }

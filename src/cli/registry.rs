@@ -10,8 +10,9 @@ use anyhow::{bail, Context, Result};
 use super::render;
 use super::{FormatArg, RegistryFlags};
 use crate::image::ImageFormat;
+use crate::oci::{Platform, Reference};
 use crate::progress;
-use crate::registry::{self, local, Platform, Reference, Settings};
+use crate::registry::{self, local, Settings};
 
 pub fn logout(server: &str) -> Result<i32> {
     let settings = Settings::load()?;

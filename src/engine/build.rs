@@ -12,14 +12,14 @@ use sha2::{Digest, Sha256};
 
 use crate::context::{self, ContextIndex};
 use crate::image::{self, HistoryEntry, ImageConfig, ImageFormat};
-use crate::layer::Compression;
+use crate::oci::{Compression, LayerRef, Platform, Reference};
 use crate::plan::{self, Base, Plan, PlanOptions};
 use crate::progress::{Event, Reporter, StepHandle};
-use crate::registry::{local, Reference};
+use crate::registry::local;
 use crate::store::Store;
 
 use super::options::OutputSpec;
-use super::rootfs::{LayerRef, Rootfs};
+use super::rootfs::Rootfs;
 use super::stage::StageState;
 
 /// Everything a build is asked to do.
@@ -371,7 +371,7 @@ fn load_images(
             .with_context(|| format!("invalid image reference {source}"))?;
         // A stored image of another platform than the one asked for is
         // not the image this build needs.
-        let want = platforms.get(name).and_then(|p| plan::Platform::parse(p));
+        let want = platforms.get(name).and_then(|p| Platform::parse(p).ok());
         let local = find_local_image(store, &reference, source)?.filter(|img| {
             want.as_ref()
                 .is_none_or(|w| img.config.os == w.os && img.config.architecture == w.arch)
@@ -390,7 +390,7 @@ fn load_images(
             // FROM --platform picks the image for that platform from an index.
             let platform = platforms
                 .get(name)
-                .map(|p| crate::registry::Platform::parse(p))
+                .map(|p| Platform::parse(p))
                 .transpose()?;
             pull_image(
                 store,
@@ -416,7 +416,7 @@ fn pull_image(
     reporter: &Arc<dyn Reporter>,
     id: u64,
     reference: &Reference,
-    platform: Option<crate::registry::Platform>,
+    platform: Option<Platform>,
 ) -> anyhow::Result<image::Image> {
     let handle = StepHandle::start(reporter.clone(), id, format!("[internal] pull {reference}"));
     let settings = logging_retries(&req.registry, &handle);

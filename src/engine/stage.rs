@@ -10,16 +10,17 @@ use anyhow::Context;
 
 use crate::image::ImageConfig;
 use crate::layer::{write_layer, LayerEntry, Timespec, WriteOptions};
+use crate::oci::LayerRef;
 use crate::plan::{Base, PlannedStage, Step, StepKind};
 use crate::progress::StepHandle;
-use crate::store::{CacheRecord, CachedLayer};
+use crate::store::CacheRecord;
 
 use super::build::{history, BuildCtx, StageResult};
 use super::cachekey::{explain_miss, KeyInputs};
 use super::config::{self, StageMeta};
 use super::exec::KeepAlive;
 use super::resolver::{image_layers, Sources};
-use super::rootfs::{LayerRef, Rootfs};
+use super::rootfs::Rootfs;
 use super::stageview::StageView;
 use super::stepkeys;
 use super::users::UserDb;
@@ -307,7 +308,7 @@ impl StageState {
         }
         let mut rec = CacheRecord::new(key, Some(&self.key), step_id, inputs_json);
         rec.blobs = kept;
-        rec.layer = Some(CachedLayer {
+        rec.layer = Some(LayerRef {
             digest: layer.digest.clone(),
             diff_id: layer.diff_id.clone(),
             size: layer.size,

@@ -396,7 +396,7 @@ fn platform_sets_config_target_args_and_picks_the_base() {
         );
         assert_eq!(
             cfg["config"]["Labels"]["build"],
-            rbuild::image::host_arch(),
+            rbuild::oci::Platform::host().arch,
             "BUILDARCH stays the host's"
         );
         let m = read_json(&meta);

@@ -33,6 +33,7 @@ mod layer_chunks;
 mod layer_roundtrip;
 mod layer_unpack;
 mod load_save;
+mod oci_flags;
 mod parser_corpus;
 mod registry_e2e;
 mod registry_hostile;
