@@ -42,8 +42,12 @@ pub struct RemoteHit {
 pub struct RemoteCaches {
     sources: Vec<Source>,
     settings: Option<Settings>,
-    /// Layers of hits not yet in the store: digest → (source index, diff_id).
-    remote: Mutex<HashMap<String, (usize, String)>>,
+    /// Layers of hits not checked yet: (digest, claimed diff_id) → source
+    /// index. Keyed by both: two records may claim different diff_ids for
+    /// one blob, and each claim is checked.
+    remote: Mutex<HashMap<(String, String), usize>>,
+    /// Every layer of a hit: digest → the source it came from.
+    origins: Mutex<HashMap<String, usize>>,
     /// (source, digest, diff_id) of records refused after a failed check.
     refused: Mutex<HashSet<(usize, String, String)>>,
 }
@@ -92,7 +96,10 @@ impl RemoteCaches {
                     continue;
                 }
                 if let Ok(mut m) = self.remote.lock() {
-                    m.entry(l.digest.clone()).or_insert((i, l.diff_id.clone()));
+                    m.entry((l.digest.clone(), l.diff_id.clone())).or_insert(i);
+                }
+                if let Ok(mut m) = self.origins.lock() {
+                    m.entry(l.digest.clone()).or_insert(i);
                 }
             }
             return Some(RemoteHit {
@@ -109,37 +116,30 @@ impl RemoteCaches {
     /// [`CacheError::Tampered`]: the caller builds again without them.
     pub fn ensure_local(&self, store: &Store, layers: &[CachedLayer]) -> anyhow::Result<()> {
         for l in layers {
-            if store.has_blob(&l.digest) {
-                continue;
-            }
-            let found = self
-                .remote
-                .lock()
-                .ok()
-                .and_then(|m| m.get(&l.digest).cloned());
-            let Some((i, diff_id)) = found else { continue };
+            let claim = (l.digest.clone(), l.diff_id.clone());
+            let found = self.remote.lock().ok().and_then(|m| m.get(&claim).copied());
+            let Some(i) = found else { continue };
             let s = &self.sources[i];
-            self.fetch(s, store, l)?;
+            if !store.has_blob(&l.digest) {
+                self.fetch(s, store, l)?;
+            }
             let file = store.open_blob(&l.digest)?;
             let actual = remote::diff_id_of(file)
                 .with_context(|| format!("cache {}: reading layer {}", s.label, l.digest))?;
-            if actual != diff_id {
+            if let Ok(mut m) = self.remote.lock() {
+                m.remove(&claim);
+            }
+            if actual != l.diff_id {
                 if let Ok(mut r) = self.refused.lock() {
-                    r.insert((i, l.digest.clone(), diff_id.clone()));
-                }
-                if let Ok(mut m) = self.remote.lock() {
-                    m.remove(&l.digest);
+                    r.insert((i, l.digest.clone(), l.diff_id.clone()));
                 }
                 return Err(CacheError::Tampered {
                     source_name: s.label.clone(),
                     digest: l.digest.clone(),
-                    expected: diff_id,
+                    expected: l.diff_id.clone(),
                     actual,
                 }
                 .into());
-            }
-            if let Ok(mut m) = self.remote.lock() {
-                m.remove(&l.digest);
             }
         }
         Ok(())
@@ -168,7 +168,7 @@ impl RemoteCaches {
     /// Where a layer of a hit can be copied from when the store lacks it:
     /// `(registry, repository)` for a registry cache.
     pub fn registry_of(&self, digest: &str) -> Option<(String, String)> {
-        let (i, _) = self.remote.lock().ok()?.get(digest).cloned()?;
+        let i = *self.origins.lock().ok()?.get(digest)?;
         match &self.sources[i].origin {
             Origin::Registry(r) => Some((r.registry.clone(), r.repository.clone())),
             Origin::Local(_) => None,
@@ -179,7 +179,7 @@ impl RemoteCaches {
     /// each remote layer, so a push to that registry mounts it from there
     /// instead of downloading and uploading it.
     pub fn save_locations(&self, store: &Store) -> anyhow::Result<()> {
-        let remote: Vec<String> = match self.remote.lock() {
+        let remote: Vec<String> = match self.origins.lock() {
             Ok(m) => m.keys().cloned().collect(),
             Err(_) => return Ok(()),
         };
@@ -207,36 +207,28 @@ impl RemoteCaches {
         })
     }
 
-    /// The layer digests still remote (for tests and the build's log).
-    pub fn remote_layers(&self) -> Vec<String> {
-        self.remote
-            .lock()
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// Copy a layer the store lacks into `to` (an export to a directory).
+    /// Copy a layer into `to` (an export to a directory): from the store,
+    /// after fetching and checking it when only a remote cache has it.
     pub fn copy_layer_to(
         &self,
         store: &Store,
         d: &Desc,
         to: &std::path::Path,
     ) -> anyhow::Result<()> {
-        let layer = CachedLayer {
-            digest: d.digest.clone(),
-            diff_id: String::new(),
-            size: d.size,
-            media_type: d.media_type.clone(),
+        let claims: Vec<CachedLayer> = match self.remote.lock() {
+            Ok(m) => m
+                .keys()
+                .filter(|(digest, _)| *digest == d.digest)
+                .map(|(digest, diff_id)| CachedLayer {
+                    digest: digest.clone(),
+                    diff_id: diff_id.clone(),
+                    size: d.size,
+                    media_type: d.media_type.clone(),
+                })
+                .collect(),
+            Err(_) => Vec::new(),
         };
-        // A layer only a remote cache has: fetched (and checked) first.
-        let known = self
-            .remote
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&d.digest).cloned());
-        if let Some((_, diff_id)) = known {
-            self.ensure_local(store, &[CachedLayer { diff_id, ..layer }])?;
-        }
+        self.ensure_local(store, &claims)?;
         layout::copy_file_atomic(&store.blob_path(&d.digest)?, to)
     }
 }
