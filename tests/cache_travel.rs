@@ -361,6 +361,8 @@ fn an_inline_cache_travels_inside_the_pushed_image() {
     let built_b = build(
         &b,
         &[
+            "--build-arg",
+            epoch,
             "--cache-from",
             &app,
             "--cache-to",
