@@ -186,13 +186,14 @@ fn a_registry_cache_serves_an_empty_store_and_its_push_downloads_no_layer() {
         requests.iter().any(|r| r.contains("mount=")),
         "{requests:#?}"
     );
-    // …and the pushed image is whole: a third store pulls and runs on it.
-    let c = Env::new();
-    let ctx_c = c.context(
-        "ctx",
+    // …and the pushed image is whole: B's own store (which never fetched
+    // its layers) pulls it for a build FROM it, and runs on it.
+    let ctx_c = b.context(
+        "ctx2",
         &[("Dockerfile", &format!("FROM {app}\nRUN cat /final.txt\n"))],
     );
-    let out = c.rbuild_ok(&["build", "--progress", "plain", ctx_c.to_str().unwrap()]);
+    let out = b.rbuild_ok(&["build", "--progress", "plain", ctx_c.to_str().unwrap()]);
+    assert!(stderr(&out).contains("[internal] pull"), "{}", stderr(&out));
     assert!(stderr(&out).contains("one"), "{}", stderr(&out));
 }
 

@@ -419,6 +419,14 @@ fn load_images(
             want.as_ref()
                 .is_none_or(|w| img.config.os == w.os && img.config.architecture == w.arch)
         });
+        // An image a cached build only pushed may lack its layers here
+        // (they stayed in the cache's registry): pulled like a missing one.
+        let local = local.filter(|img| {
+            img.manifest
+                .layers()
+                .iter()
+                .all(|d| store.has_blob(d.digest().as_ref()))
+        });
         let pull = match (req.pull, &local, reference.digest.is_some()) {
             (_, Some(_), true) => false,
             (PullPolicy::Always, _, _) => true,
