@@ -101,6 +101,8 @@ pub(crate) struct StageResult {
     pub key: String,
     /// Materialized on first `COPY --from` of this stage.
     pub rootfs: Mutex<Option<Rootfs>>,
+    /// Built by the key-only pass with misses: only its key may be used.
+    pub incomplete: bool,
 }
 
 /// Read-only state every stage of a build shares.
@@ -134,6 +136,8 @@ pub(crate) struct BuildCtx<'a> {
     pub remote_caches: &'a crate::cache::RemoteCaches,
     /// Every layer step's cache record, for `--cache-to`.
     pub used_records: crate::cache::UsedRecords,
+    /// The key-only pass is running, and the hits it found.
+    pub probe: super::cache_io::Probe,
 }
 
 impl BuildCtx<'_> {
@@ -339,8 +343,12 @@ fn build_once(
         records: Mutex::new(Vec::new()),
         remote_caches: caches,
         used_records: Default::default(),
+        probe: Default::default(),
     };
-    let target = run_stages(&ctx)?;
+    let target = match super::cache_io::probe(&ctx, run_stages) {
+        Some(t) => t,
+        None => run_stages(&ctx)?,
+    };
     caches
         .save_locations(store)
         .context("recording where the remote cache's layers are")?;

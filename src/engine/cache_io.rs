@@ -14,10 +14,25 @@ use crate::store::{CacheRecord, CachedLayer};
 use super::build::{BuildCtx, StageResult};
 use super::rootfs::LayerRef;
 
-/// The step ids of the target stage start with this.
-fn target_prefix(ctx: &BuildCtx<'_>) -> String {
-    let stage = &ctx.plan.stages[ctx.plan.target];
-    format!("{}/{}/", ctx.cache_scope, super::build::stage_label(stage))
+/// The step-id prefixes of the stages the result's layers come from: the
+/// target and the stages it is built FROM, in turn.
+fn result_stages(ctx: &BuildCtx<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut i = ctx.plan.target;
+    // The plan has no cycles; the bound keeps a bad one from looping.
+    for _ in 0..ctx.plan.stages.len() {
+        let stage = &ctx.plan.stages[i];
+        out.push(format!(
+            "{}/{}/",
+            ctx.cache_scope,
+            super::build::stage_label(stage)
+        ));
+        match stage.base {
+            Base::Stage(b) => i = b,
+            _ => break,
+        }
+    }
+    out
 }
 
 fn cached(l: &LayerRef) -> CachedLayer {
@@ -111,7 +126,7 @@ pub(crate) fn prepare_commit(
         let digests: Vec<String> = target.layers.iter().map(|l| l.digest.clone()).collect();
         config.inline_cache = Some(crate::cache::inline_map(
             &ctx.used_records,
-            &target_prefix(ctx),
+            &result_stages(ctx),
             &digests,
         ));
     }
@@ -136,7 +151,7 @@ pub(crate) fn export_caches(ctx: &BuildCtx<'_>) -> anyhow::Result<()> {
             ctx.remote_caches,
             to,
             &ctx.used_records,
-            &target_prefix(ctx),
+            &result_stages(ctx),
             &ctx.req.registry,
         );
         match res {
@@ -164,4 +179,100 @@ pub(crate) fn export_caches(ctx: &BuildCtx<'_>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The key-only pass: with `--cache-from`, every stage is first walked
+/// computing keys and looking them up, running nothing. When the target
+/// stage and its bases all hit, that is the build: the stages the target
+/// only copies or mounts from are never built (their keys come from their
+/// definitions, so a miss there changes no key). Otherwise the pass is
+/// discarded and the stages run as usual.
+#[derive(Default)]
+pub(crate) struct Probe {
+    on: std::sync::atomic::AtomicBool,
+    hits: std::sync::Mutex<Vec<ProbeHit>>,
+}
+
+struct ProbeHit {
+    step_id: String,
+    name: String,
+    reason: Option<String>,
+    record: CacheRecord,
+}
+
+impl BuildCtx<'_> {
+    pub(crate) fn probing(&self) -> bool {
+        self.probe.on.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A hit of the key-only pass, reported only if the pass is kept.
+    pub(crate) fn probe_hit(
+        &self,
+        step_id: &str,
+        name: &str,
+        reason: Option<String>,
+        rec: &CacheRecord,
+    ) {
+        if let Ok(mut h) = self.probe.hits.lock() {
+            h.push(ProbeHit {
+                step_id: step_id.to_string(),
+                name: name.to_string(),
+                reason,
+                record: rec.clone(),
+            });
+        }
+    }
+}
+
+/// The key's record in the local store, else in a `--cache-from` cache,
+/// with the reason the progress shows (None: the local store).
+pub(crate) fn probe_lookup(
+    ctx: &BuildCtx<'_>,
+    key: &str,
+    step_id: &str,
+) -> anyhow::Result<Option<(CacheRecord, Option<String>)>> {
+    if ctx.no_cache_for(step_id) {
+        return Ok(None);
+    }
+    if let Some(rec) = ctx.store.cache_get(key)? {
+        return Ok(Some((rec, None)));
+    }
+    Ok(remote_lookup(ctx, key, step_id)
+        .map(|(rec, from)| (rec, Some(format!("remote cache {from}")))))
+}
+
+/// Run the key-only pass with `run_stages`; the target's result when
+/// everything it is made of hit, else None (and nothing was reported).
+pub(crate) fn probe(
+    ctx: &BuildCtx<'_>,
+    run_stages: impl Fn(&BuildCtx<'_>) -> anyhow::Result<Arc<StageResult>>,
+) -> Option<Arc<StageResult>> {
+    use std::sync::atomic::Ordering;
+    if ctx.req.extra.cache_from.is_empty() || ctx.req.no_cache {
+        return None;
+    }
+    ctx.probe.on.store(true, Ordering::Relaxed);
+    let result = run_stages(ctx);
+    ctx.probe.on.store(false, Ordering::Relaxed);
+    let hits = ctx
+        .probe
+        .hits
+        .lock()
+        .map(|mut h| std::mem::take(&mut *h))
+        .unwrap_or_default();
+    // An error here is the real run's to report, with its step.
+    let target = result.ok().filter(|t| !t.incomplete)?;
+    for hit in hits {
+        let started = std::time::Instant::now();
+        let layer = hit.record.layer.as_ref().map(|l| LayerRef {
+            digest: l.digest.clone(),
+            diff_id: l.diff_id.clone(),
+            size: l.size,
+            media_type: l.media_type.clone(),
+        });
+        StepHandle::start(ctx.reporter.clone(), ctx.step_id(), &hit.name).cached(hit.reason);
+        ctx.record_step(&hit.name, true, started, layer.as_ref());
+        note_used(ctx, &hit.step_id, &hit.record);
+    }
+    Some(target)
 }

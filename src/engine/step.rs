@@ -34,6 +34,9 @@ pub(crate) struct StageState {
     undated: Vec<usize>,
     /// What a step's entries read from, kept until its layer is written.
     keepalive: KeepAlive,
+    /// The key-only pass missed a step of this stage (or of its base): its
+    /// keys are right, its layers are not all there.
+    pub incomplete: bool,
 }
 
 /// Temp dirs and source views a step's layer entries name files in.
@@ -62,6 +65,7 @@ impl StageState {
         stage: &PlannedStage,
         done: &[Option<Arc<StageResult>>],
     ) -> anyhow::Result<StageState> {
+        let mut incomplete = false;
         let (mut config, layers, key) = match &stage.base {
             // BuildKit's empty image has WorkingDir "/" (and the default PATH).
             Base::Scratch => {
@@ -78,6 +82,7 @@ impl StageState {
                 let base = done[*i]
                     .as_ref()
                     .with_context(|| format!("stage {i} has not been built"))?;
+                incomplete = base.incomplete;
                 (base.config.clone(), base.layers.clone(), base.key.clone())
             }
             Base::Image(name) => {
@@ -103,6 +108,7 @@ impl StageState {
             rootfs: None,
             undated: Vec::new(),
             keepalive: KeepAlive::default(),
+            incomplete,
         })
     }
 
@@ -197,6 +203,19 @@ impl StageState {
             .display_name
             .clone()
             .unwrap_or_else(|| created_by.clone());
+        if ctx.probing() {
+            // The key-only pass (`cache_io::probe`): nothing runs, a miss
+            // only marks the stage incomplete; its key chains on.
+            match super::cache_io::probe_lookup(ctx, &key, step_id)? {
+                Some((rec, reason)) => {
+                    ctx.probe_hit(step_id, &name, reason, &rec);
+                    self.apply_outcome(&created_by, outcome_from_record(&rec), ctx);
+                }
+                None => self.incomplete = true,
+            }
+            self.key = key;
+            return Ok(());
+        }
         let handle = StepHandle::start(ctx.reporter.clone(), ctx.step_id(), &name);
         let started = std::time::Instant::now();
         let no_cache = ctx.no_cache_for(step_id);
@@ -874,6 +893,7 @@ impl StageState {
             layers: self.layers,
             key: self.key,
             rootfs: Mutex::new(self.rootfs),
+            incomplete: self.incomplete,
         }
     }
 
