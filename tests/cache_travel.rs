@@ -413,3 +413,57 @@ fn two_concurrent_exports_to_one_ref_leave_one_whole_cache() {
         .collect();
     assert_eq!(hits.iter().filter(|h| **h).count(), 1, "{hits:?}");
 }
+
+#[test]
+fn an_unreachable_cache_from_warns_and_an_unreachable_cache_to_fails_unless_ignored() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[("Dockerfile", "FROM scratch\nCOPY a /a\n"), ("a", "a\n")],
+    );
+    let ctx = ctx.to_str().unwrap();
+    // A port nothing listens on.
+    let dead = format!("127.0.0.1:{}/x/cache:1", common::free_port());
+    let missing = format!("type=local,src={}", env.path("nothing").display());
+    let built = build(
+        &env,
+        &[
+            "--cache-from",
+            &dead,
+            "--cache-from",
+            &missing,
+            "-t",
+            "a:1",
+            ctx,
+        ],
+    );
+    assert_eq!(built.warnings.len(), 2, "{:?}", built.warnings);
+    assert!(
+        built
+            .warnings
+            .iter()
+            .all(|w| w.contains("building without it")),
+        "{:?}",
+        built.warnings
+    );
+
+    let to = format!("type=registry,ref={dead}");
+    let out = env.rbuild(&["build", "--cache-to", &to, "-t", "a:1", ctx]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("--cache-to {dead}")) && err.contains("hint: with ignore-error=true"),
+        "{err}"
+    );
+
+    let to = format!("type=registry,ref={dead},ignore-error=true");
+    let built = build(&env, &["--cache-to", &to, "-t", "a:1", ctx]);
+    assert!(
+        built
+            .warnings
+            .iter()
+            .any(|w| w.contains("ignore-error=true")),
+        "{:?}",
+        built.warnings
+    );
+}

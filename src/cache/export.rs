@@ -90,7 +90,7 @@ pub fn export(
             layout::write(dir, &manifest, &config, &layers, &|d, path| {
                 caches.copy_layer_to(store, d, path)
             })
-            .with_context(|| format!("--cache-to {label}"))?;
+            .with_context(|| format!("writing {}", dir.display()))?;
         }
         Location::Registry(r) => {
             let dest = remote::parse_reference(r)?;
@@ -121,8 +121,7 @@ pub fn export(
             // Every blob first, the manifest last: a racing export's
             // manifest names only blobs that are there, so the ref always
             // names one whole cache.
-            crate::registry::push(store, &desc.digest, &dest, settings, &opts)
-                .with_context(|| format!("--cache-to {label}"))?;
+            crate::registry::push(store, &desc.digest, &dest, settings, &opts)?;
             loc.save()?;
         }
         Location::Inline => {}

@@ -174,7 +174,14 @@ pub(crate) fn export_caches(ctx: &BuildCtx<'_>) -> anyhow::Result<()> {
             }
             Err(e) => {
                 handle.failed(format!("{e:#}"));
-                return Err(e.context(format!("--cache-to {}", to.location)));
+                // A refused remote layer keeps its type: the build runs again.
+                if crate::cache::RemoteCaches::is_refusal(&e) {
+                    return Err(e);
+                }
+                return Err(anyhow::anyhow!(
+                    "--cache-to {}: {e:#}\nhint: with ignore-error=true a failed cache export is only a warning",
+                    to.location
+                ));
             }
         }
     }
