@@ -213,6 +213,16 @@ fn a_local_cache_dir_serves_an_empty_store_and_a_change_reruns_only_what_follows
     // The image is whole in B's store (its layers were fetched and checked).
     let out = b.rbuild_ok(&["save", "app:b", "-o", b.path("b.tar").to_str().unwrap()]);
     assert!(out.status.success());
+    // The hits whose layers were fetched and checked (the result's) were
+    // filed in B's store: a rebuild there needs no remote cache for them.
+    // (The build stage's own layers were never needed, so never fetched.)
+    let again = build(&b, &["-t", "app:b", &ctx_b]);
+    for (name, state) in &again.steps {
+        if name.starts_with("[tools ") || name.starts_with("[stage-2 ") {
+            assert_eq!(state, "cached", "{name}: {:?}", again.steps);
+        }
+    }
+    assert_eq!(again.digest, built_a.digest);
 
     // One changed file: its COPY and what follows run, the rest is reused.
     let (c, ctx_c) = setup(&busybox, "two\n");

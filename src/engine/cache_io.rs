@@ -83,6 +83,7 @@ pub(crate) fn remote_lookup(
     );
     rec.layer = hit.record.layer.clone();
     rec.config_changes = serde_json::json!({ "created": hit.record.created });
+    ctx.remote_caches.file_when_checked(ctx.store, rec.clone());
     Some((rec, hit.source))
 }
 
@@ -94,6 +95,7 @@ pub(crate) fn materialize(
     layers: &[LayerRef],
     step: &Step,
     done: &[Option<Arc<StageResult>>],
+    handle: &StepHandle,
 ) -> anyhow::Result<()> {
     let mut all: Vec<CachedLayer> = layers.iter().map(cached).collect();
     for src in &step.sources {
@@ -103,7 +105,10 @@ pub(crate) fn materialize(
             }
         }
     }
-    ctx.remote_caches.ensure_local(ctx.store, &all)
+    ctx.remote_caches
+        .ensure_local_noting(ctx.store, &all, &|m| {
+            handle.log(crate::progress::Stream::Stderr, format!("{m}\n").as_bytes())
+        })
 }
 
 /// Before the image is committed: the inline map, if asked for, and the

@@ -266,7 +266,7 @@ impl StageState {
             reason
         };
         handle.cache_miss(&reason);
-        let result = super::cache_io::materialize(ctx, &self.layers, step, done)
+        let result = super::cache_io::materialize(ctx, &self.layers, step, done, &handle)
             .and_then(|()| exec(self, &handle))
             .and_then(|entries| {
                 let kept = link_from.as_ref().map(|_| entries.clone());
