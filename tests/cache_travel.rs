@@ -79,6 +79,17 @@ fn build(env: &Env, args: &[&str]) -> Built {
         }
     }
     let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    // --metadata-file names the cache of every remote hit.
+    for s in meta["rbuild.steps"].as_array().unwrap() {
+        let name = s["name"].as_str().unwrap();
+        if steps
+            .get(name)
+            .is_some_and(|st| st.starts_with("cached (remote cache "))
+        {
+            let from = s["cache_from"].as_str().unwrap_or_default();
+            assert!(steps[name].contains(from) && !from.is_empty(), "{s}");
+        }
+    }
     Built {
         steps,
         warnings,

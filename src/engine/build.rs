@@ -92,6 +92,10 @@ pub struct StepRecord {
     pub seconds: f64,
     /// The layer's digest; `None` when the step changed no files.
     pub layer: Option<String>,
+    /// The `--cache-from` cache a cached step came from (`None`: the
+    /// local store, or executed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_from: Option<String>,
 }
 
 /// The finished state of one stage, shared with the stages that use it.
@@ -171,6 +175,7 @@ impl BuildCtx<'_> {
                 cached,
                 seconds: started.elapsed().as_secs_f64(),
                 layer: layer.map(|l| l.digest.clone()),
+                cache_from: None,
             });
         }
     }

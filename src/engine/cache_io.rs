@@ -208,11 +208,28 @@ pub(crate) struct Probe {
 struct ProbeHit {
     step_id: String,
     name: String,
-    reason: Option<String>,
+    /// The `--cache-from` cache it came from (None: the local store).
+    from: Option<String>,
     record: CacheRecord,
 }
 
 impl BuildCtx<'_> {
+    /// [`BuildCtx::record_step`] for a hit of a `--cache-from` cache.
+    pub(crate) fn record_remote_step(
+        &self,
+        name: &str,
+        started: std::time::Instant,
+        layer: Option<&LayerRef>,
+        from: &str,
+    ) {
+        self.record_step(name, true, started, layer);
+        if let Ok(mut r) = self.records.lock() {
+            if let Some(last) = r.iter_mut().rev().find(|s| s.name == name) {
+                last.cache_from = Some(from.to_string());
+            }
+        }
+    }
+
     pub(crate) fn probing(&self) -> bool {
         self.probe.on.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -222,14 +239,14 @@ impl BuildCtx<'_> {
         &self,
         step_id: &str,
         name: &str,
-        reason: Option<String>,
+        from: Option<String>,
         rec: &CacheRecord,
     ) {
         if let Ok(mut h) = self.probe.hits.lock() {
             h.push(ProbeHit {
                 step_id: step_id.to_string(),
                 name: name.to_string(),
-                reason,
+                from,
                 record: rec.clone(),
             });
         }
@@ -237,7 +254,7 @@ impl BuildCtx<'_> {
 }
 
 /// The key's record in the local store, else in a `--cache-from` cache,
-/// with the reason the progress shows (None: the local store).
+/// with the cache it came from (None: the local store).
 pub(crate) fn probe_lookup(
     ctx: &BuildCtx<'_>,
     key: &str,
@@ -249,8 +266,7 @@ pub(crate) fn probe_lookup(
     if let Some(rec) = ctx.store.cache_get(key)? {
         return Ok(Some((rec, None)));
     }
-    Ok(remote_lookup(ctx, key, step_id)
-        .map(|(rec, from)| (rec, Some(format!("remote cache {from}")))))
+    Ok(remote_lookup(ctx, key, step_id).map(|(rec, from)| (rec, Some(from))))
 }
 
 /// Run the key-only pass with `run_stages`; the target's result when
@@ -282,8 +298,12 @@ pub(crate) fn probe(
             size: l.size,
             media_type: l.media_type.clone(),
         });
-        StepHandle::start(ctx.reporter.clone(), ctx.step_id(), &hit.name).cached(hit.reason);
-        ctx.record_step(&hit.name, true, started, layer.as_ref());
+        let reason = hit.from.as_ref().map(|f| format!("remote cache {f}"));
+        StepHandle::start(ctx.reporter.clone(), ctx.step_id(), &hit.name).cached(reason);
+        match &hit.from {
+            Some(from) => ctx.record_remote_step(&hit.name, started, layer.as_ref(), from),
+            None => ctx.record_step(&hit.name, true, started, layer.as_ref()),
+        }
         note_used(ctx, &hit.step_id, &hit.record);
     }
     Some(target)

@@ -207,8 +207,8 @@ impl StageState {
             // The key-only pass (`cache_io::probe`): nothing runs, a miss
             // only marks the stage incomplete; its key chains on.
             match super::cache_io::probe_lookup(ctx, &key, step_id)? {
-                Some((rec, reason)) => {
-                    ctx.probe_hit(step_id, &name, reason, &rec);
+                Some((rec, from)) => {
+                    ctx.probe_hit(step_id, &name, from, &rec);
                     self.apply_outcome(&created_by, outcome_from_record(&rec), ctx);
                 }
                 None => self.incomplete = true,
@@ -233,7 +233,7 @@ impl StageState {
                 super::cache_io::note_used(ctx, step_id, &rec);
                 let outcome = outcome_from_record(&rec);
                 handle.cached(Some(format!("remote cache {from}")));
-                ctx.record_step(&name, true, started, outcome.layer.as_ref());
+                ctx.record_remote_step(&name, started, outcome.layer.as_ref(), &from);
                 self.apply_outcome(&created_by, outcome, ctx);
                 self.key = key;
                 return Ok(());
