@@ -255,7 +255,7 @@ impl BuildCtx<'_> {
 
 /// The key's record in the local store, else in a `--cache-from` cache,
 /// with the cache it came from (None: the local store).
-pub(crate) fn probe_lookup(
+pub(crate) fn lookup(
     ctx: &BuildCtx<'_>,
     key: &str,
     step_id: &str,
@@ -267,6 +267,40 @@ pub(crate) fn probe_lookup(
         return Ok(Some((rec, None)));
     }
     Ok(remote_lookup(ctx, key, step_id).map(|(rec, from)| (rec, Some(from))))
+}
+
+/// Report a hit ([`lookup`]): the step is cached, from the local store
+/// (`from` None) or the named cache.
+pub(crate) fn report_hit(
+    ctx: &BuildCtx<'_>,
+    handle: StepHandle,
+    name: &str,
+    started: std::time::Instant,
+    rec: &CacheRecord,
+    step_id: &str,
+    from: Option<String>,
+) {
+    note_used(ctx, step_id, rec);
+    let layer = rec.layer.as_ref().map(layer_ref);
+    match from {
+        None => {
+            handle.cached(None);
+            ctx.record_step(name, true, started, layer.as_ref());
+        }
+        Some(from) => {
+            handle.cached(Some(format!("remote cache {from}")));
+            ctx.record_remote_step(name, started, layer.as_ref(), &from);
+        }
+    }
+}
+
+fn layer_ref(l: &CachedLayer) -> LayerRef {
+    LayerRef {
+        digest: l.digest.clone(),
+        diff_id: l.diff_id.clone(),
+        size: l.size,
+        media_type: l.media_type.clone(),
+    }
 }
 
 /// Run the key-only pass with `run_stages`; the target's result when
@@ -291,20 +325,17 @@ pub(crate) fn probe(
     // An error here is the real run's to report, with its step.
     let target = result.ok().filter(|t| !t.incomplete)?;
     for hit in hits {
+        let handle = StepHandle::start(ctx.reporter.clone(), ctx.step_id(), &hit.name);
         let started = std::time::Instant::now();
-        let layer = hit.record.layer.as_ref().map(|l| LayerRef {
-            digest: l.digest.clone(),
-            diff_id: l.diff_id.clone(),
-            size: l.size,
-            media_type: l.media_type.clone(),
-        });
-        let reason = hit.from.as_ref().map(|f| format!("remote cache {f}"));
-        StepHandle::start(ctx.reporter.clone(), ctx.step_id(), &hit.name).cached(reason);
-        match &hit.from {
-            Some(from) => ctx.record_remote_step(&hit.name, started, layer.as_ref(), from),
-            None => ctx.record_step(&hit.name, true, started, layer.as_ref()),
-        }
-        note_used(ctx, &hit.step_id, &hit.record);
+        report_hit(
+            ctx,
+            handle,
+            &hit.name,
+            started,
+            &hit.record,
+            &hit.step_id,
+            hit.from,
+        );
     }
     Some(target)
 }

@@ -204,40 +204,18 @@ impl StageState {
             .clone()
             .unwrap_or_else(|| created_by.clone());
         if ctx.probing() {
-            // The key-only pass (`cache_io::probe`): nothing runs, a miss
-            // only marks the stage incomplete; its key chains on.
-            match super::cache_io::probe_lookup(ctx, &key, step_id)? {
-                Some((rec, from)) => {
-                    ctx.probe_hit(step_id, &name, from, &rec);
-                    self.apply_outcome(&created_by, outcome_from_record(&rec), ctx);
-                }
-                None => self.incomplete = true,
-            }
-            self.key = key;
-            return Ok(());
+            return self.probe_step(ctx, key, step_id, &name, &created_by);
         }
         let handle = StepHandle::start(ctx.reporter.clone(), ctx.step_id(), &name);
         let started = std::time::Instant::now();
         let no_cache = ctx.no_cache_for(step_id);
-        if !no_cache {
-            if let Some(rec) = ctx.store.cache_get(&key)? {
-                super::cache_io::note_used(ctx, step_id, &rec);
-                let outcome = outcome_from_record(&rec);
-                handle.cached(None);
-                ctx.record_step(&name, true, started, outcome.layer.as_ref());
-                self.apply_outcome(&created_by, outcome, ctx);
-                self.key = key;
-                return Ok(());
-            }
-            if let Some((rec, from)) = super::cache_io::remote_lookup(ctx, &key, step_id) {
-                super::cache_io::note_used(ctx, step_id, &rec);
-                let outcome = outcome_from_record(&rec);
-                handle.cached(Some(format!("remote cache {from}")));
-                ctx.record_remote_step(&name, started, outcome.layer.as_ref(), &from);
-                self.apply_outcome(&created_by, outcome, ctx);
-                self.key = key;
-                return Ok(());
-            }
+        // The local store, then each `--cache-from` cache.
+        if let Some((rec, from)) = super::cache_io::lookup(ctx, &key, step_id)? {
+            let outcome = outcome_from_record(&rec);
+            super::cache_io::report_hit(ctx, handle, &name, started, &rec, step_id, from);
+            self.apply_outcome(&created_by, outcome, ctx);
+            self.key = key;
+            return Ok(());
         }
         let mut link_from = None;
         let reason = if ctx.req.no_cache {
@@ -320,6 +298,27 @@ impl StageState {
         handle.done();
         ctx.record_step(&name, false, started, layer.as_ref());
         self.apply_outcome(&created_by, Outcome { layer, created }, ctx);
+        self.key = key;
+        Ok(())
+    }
+
+    /// A layer step in the key-only pass (`cache_io::probe`): nothing
+    /// runs; a miss only marks the stage incomplete, and its key chains on.
+    fn probe_step(
+        &mut self,
+        ctx: &BuildCtx<'_>,
+        key: String,
+        step_id: &str,
+        name: &str,
+        created_by: &str,
+    ) -> anyhow::Result<()> {
+        match super::cache_io::lookup(ctx, &key, step_id)? {
+            Some((rec, from)) => {
+                ctx.probe_hit(step_id, name, from, &rec);
+                self.apply_outcome(created_by, outcome_from_record(&rec), ctx);
+            }
+            None => self.incomplete = true,
+        }
         self.key = key;
         Ok(())
     }
