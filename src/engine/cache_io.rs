@@ -67,6 +67,30 @@ pub(crate) fn note_used(ctx: &BuildCtx<'_>, step_id: &str, rec: &CacheRecord) {
     );
 }
 
+/// Read every `--cache-from` cache's manifest and map, as a step of its
+/// own (an unreadable cache is a warning).
+pub(crate) fn load_caches(
+    req: &super::BuildRequest,
+    reporter: &Arc<dyn crate::progress::Reporter>,
+    next_step: &std::sync::atomic::AtomicU64,
+) -> crate::cache::RemoteCaches {
+    if req.extra.cache_from.is_empty() {
+        return crate::cache::RemoteCaches::default();
+    }
+    let id = next_step.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    let handle = StepHandle::start(reporter.clone(), id, "[internal] load cache maps");
+    let caches = crate::cache::RemoteCaches::load(&req.extra.cache_from, &req.registry, &|m| {
+        reporter.event(Event::Warning {
+            id: None,
+            message: m,
+        })
+    });
+    let text = format!("{} records\n", caches.record_count());
+    handle.log(crate::progress::Stream::Stdout, text.as_bytes());
+    handle.done();
+    caches
+}
+
 /// The record `--cache-from` holds for `key`, as a local record, and the
 /// cache it came from. Its layer stays remote for now.
 pub(crate) fn remote_lookup(
