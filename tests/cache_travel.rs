@@ -488,3 +488,29 @@ fn an_unreachable_cache_from_warns_and_an_unreachable_cache_to_fails_unless_igno
         built.warnings
     );
 }
+
+/// A push to another registry than the cache's cannot mount the layers:
+/// they are fetched (and checked) first, and the pushed image is whole.
+#[test]
+fn a_push_to_another_registry_fetches_the_cached_layers_first() {
+    let Some(busybox) = tools() else { return };
+    let (reg1, reg2) = (
+        RegistryGuard::start(RegistryConf::default()),
+        RegistryGuard::start(RegistryConf::default()),
+    );
+    let cache = format!("{}/test/cache:1", reg1.addr());
+    let (a, ctx_a) = setup(&busybox, "one\n");
+    let to = format!("type=registry,ref={cache}");
+    build(&a, &["--cache-to", &to, "-t", "app:a", &ctx_a]);
+    let (b, ctx_b) = setup(&busybox, "one\n");
+    let app = format!("{}/test/app:1", reg2.addr());
+    let built = build(&b, &["--cache-from", &cache, "--push", "-t", &app, &ctx_b]);
+    all_cached(&built, "remote cache");
+    let c = Env::new();
+    let ctx_c = c.context(
+        "ctx",
+        &[("Dockerfile", &format!("FROM {app}\nRUN cat /final.txt\n"))],
+    );
+    let out = c.rbuild_ok(&["build", "--progress", "plain", ctx_c.to_str().unwrap()]);
+    assert!(stderr(&out).contains("one"), "{}", stderr(&out));
+}

@@ -311,7 +311,8 @@ fn registry_map(
     if v.get("manifests").is_some() {
         return Err(CacheError::invalid(
             label,
-            "an image index: an inline cache is read from a single-platform image",
+            "an image index, not an rbuild cache (rbuild's cache is an image manifest; a BuildKit \
+             cache or a multi-platform image is not one)",
         )
         .into());
     }

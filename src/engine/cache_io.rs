@@ -159,11 +159,33 @@ pub(crate) fn prepare_commit(
             &digests,
         ));
     }
-    if !ctx.req.push || !ctx.req.outputs.is_empty() {
-        let layers: Vec<CachedLayer> = target.layers.iter().map(cached).collect();
-        ctx.remote_caches.ensure_local(ctx.store, &layers)?;
-    }
-    Ok(())
+    // Registries the result goes to (none: it stays here, or --output
+    // needs its files).
+    let push_to: Vec<String> = match ctx.req.push && ctx.req.outputs.is_empty() {
+        true => ctx
+            .req
+            .tags
+            .iter()
+            .filter_map(|t| crate::registry::Reference::parse(t).ok())
+            .map(|r| r.registry)
+            .collect(),
+        false => Vec::new(),
+    };
+    // A layer a push can mount from the cache's repository stays remote.
+    let mountable = |l: &CachedLayer| {
+        !push_to.is_empty()
+            && ctx
+                .remote_caches
+                .registry_of(&l.digest)
+                .is_some_and(|(reg, _)| push_to.iter().all(|p| *p == reg))
+    };
+    let layers: Vec<CachedLayer> = target
+        .layers
+        .iter()
+        .map(cached)
+        .filter(|l| !mountable(l))
+        .collect();
+    ctx.remote_caches.ensure_local(ctx.store, &layers)
 }
 
 /// After the build: each `--cache-to` but inline, as a step of its own.
