@@ -122,55 +122,78 @@ impl RemoteCaches {
     }
 
     /// [`RemoteCaches::ensure_local`], telling `note` about each download.
+    /// Layers are fetched and checked in parallel; a refusal is reported
+    /// before any other error (the build can go on without the record).
     pub fn ensure_local_noting(
         &self,
         store: &Store,
         layers: &[CachedLayer],
-        note: &dyn Fn(String),
+        note: &(dyn Fn(String) + Sync),
     ) -> anyhow::Result<()> {
-        for l in layers {
-            let claim = (l.digest.clone(), l.diff_id.clone());
-            let found = self.remote.lock().ok().and_then(|m| m.get(&claim).copied());
-            let Some(i) = found else { continue };
-            let s = &self.sources[i];
-            if !store.has_blob(&l.digest) {
-                note(format!(
-                    "fetching layer {} ({} bytes) from cache {}",
-                    l.digest, l.size, s.label
-                ));
-                self.fetch(s, store, l)?;
-            }
-            let file = store.open_blob(&l.digest)?;
-            let actual = remote::diff_id_of(file)
-                .with_context(|| format!("cache {}: reading layer {}", s.label, l.digest))?;
-            if let Ok(mut m) = self.remote.lock() {
-                m.remove(&claim);
-            }
-            let records = self
-                .pending
-                .lock()
-                .ok()
-                .and_then(|mut p| p.remove(&claim))
-                .unwrap_or_default();
-            if actual == l.diff_id {
-                // Best effort: a record only saves later builds a lookup.
-                for r in records {
-                    let _ = store.cache_put(&r);
-                }
-            } else {
-                if let Ok(mut r) = self.refused.lock() {
-                    r.insert((i, l.digest.clone(), l.diff_id.clone()));
-                }
-                return Err(CacheError::Tampered {
-                    source_name: s.label.clone(),
-                    digest: l.digest.clone(),
-                    expected: l.diff_id.clone(),
-                    actual,
-                }
-                .into());
-            }
+        use rayon::prelude::*;
+        let mut seen = HashSet::new();
+        let todo: Vec<&CachedLayer> = layers
+            .iter()
+            .filter(|l| seen.insert((l.digest.as_str(), l.diff_id.as_str())))
+            .collect();
+        let mut errors: Vec<anyhow::Error> = todo
+            .par_iter()
+            .filter_map(|l| self.check_one(store, l, note).err())
+            .collect();
+        errors.sort_by_key(|e| !Self::is_refusal(e));
+        match errors.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Fetch one claimed layer if the store lacks it, then check its diff_id.
+    fn check_one(
+        &self,
+        store: &Store,
+        l: &CachedLayer,
+        note: &(dyn Fn(String) + Sync),
+    ) -> anyhow::Result<()> {
+        let claim = (l.digest.clone(), l.diff_id.clone());
+        let found = self.remote.lock().ok().and_then(|m| m.get(&claim).copied());
+        let Some(i) = found else { return Ok(()) };
+        let s = &self.sources[i];
+        if !store.has_blob(&l.digest) {
+            note(format!(
+                "fetching layer {} ({} bytes) from cache {}",
+                l.digest, l.size, s.label
+            ));
+            self.fetch(s, store, l)?;
+        }
+        let file = store.open_blob(&l.digest)?;
+        let actual = remote::diff_id_of(file)
+            .with_context(|| format!("cache {}: reading layer {}", s.label, l.digest))?;
+        if let Ok(mut m) = self.remote.lock() {
+            m.remove(&claim);
+        }
+        let records = self
+            .pending
+            .lock()
+            .ok()
+            .and_then(|mut p| p.remove(&claim))
+            .unwrap_or_default();
+        if actual == l.diff_id {
+            // Best effort: a record only saves later builds a lookup.
+            for r in records {
+                let _ = store.cache_put(&r);
+            }
+            return Ok(());
+        }
+        if let Ok(mut r) = self.refused.lock() {
+            r.insert((i, l.digest.clone(), l.diff_id.clone()));
+        }
+        Err(CacheError::Tampered {
+            source_name: s.label.clone(),
+            digest: l.digest.clone(),
+            expected: l.diff_id.clone(),
+            actual,
+        }
+        .into())
     }
 
     fn fetch(&self, s: &Source, store: &Store, l: &CachedLayer) -> anyhow::Result<()> {
