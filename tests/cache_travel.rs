@@ -396,14 +396,12 @@ fn an_inline_cache_travels_inside_the_pushed_image() {
     assert_eq!(built_a.digest, built_b.digest);
 }
 
-#[test]
-fn two_concurrent_exports_to_one_ref_leave_one_whole_cache() {
-    let Some(busybox) = tools() else { return };
-    let reg = RegistryGuard::start(RegistryConf::default());
-    let cache = format!("{}/test/race:1", reg.addr());
-    let to = format!("type=registry,ref={cache},mode=max");
-    let (a1, ctx1) = setup(&busybox, "one\n");
-    let (a2, ctx2) = setup(&busybox, "two\n");
+/// Two builds of different contexts export to `to` at the same moment;
+/// `from` must then name one whole cache: a fresh store gets every step of
+/// exactly one of the builds from it, with no warning.
+fn race(busybox: &Path, to: &str, from: &str) {
+    let (a1, ctx1) = setup(busybox, "one\n");
+    let (a2, ctx2) = setup(busybox, "two\n");
     // Both build first, then both export at the same moment.
     build(&a1, &["-t", "app:1", &ctx1]);
     build(&a2, &["-t", "app:2", &ctx2]);
@@ -413,7 +411,7 @@ fn two_concurrent_exports_to_one_ref_leave_one_whole_cache() {
             std::process::Command::new(common::rbuild_bin())
                 .arg("--root")
                 .arg(env.root())
-                .args(["build", "-q", "--cache-to", &to, "-t", "app:y", ctx])
+                .args(["build", "-q", "--cache-to", to, "-t", "app:y", ctx])
                 .spawn()
                 .unwrap()
         })
@@ -421,18 +419,40 @@ fn two_concurrent_exports_to_one_ref_leave_one_whole_cache() {
     for mut p in procs {
         assert!(p.wait().unwrap().success());
     }
-    // The ref names one of the two caches, whole: a fresh store gets every
-    // step of one of the builds from it, with no warning.
     let hits: Vec<bool> = ["one\n", "two\n"]
         .into_iter()
         .map(|src| {
-            let (b, ctx_b) = setup(&busybox, src);
-            let built = build(&b, &["--cache-from", &cache, "-t", "app:b", &ctx_b]);
+            let (b, ctx_b) = setup(busybox, src);
+            let built = build(&b, &["--cache-from", from, "-t", "app:b", &ctx_b]);
             assert!(built.warnings.is_empty(), "{:?}", built.warnings);
             built.steps.values().all(|s| s.starts_with("cached"))
         })
         .collect();
     assert_eq!(hits.iter().filter(|h| **h).count(), 1, "{hits:?}");
+}
+
+#[test]
+fn two_concurrent_exports_to_one_ref_leave_one_whole_cache() {
+    let Some(busybox) = tools() else { return };
+    let reg = RegistryGuard::start(RegistryConf::default());
+    let cache = format!("{}/test/race:1", reg.addr());
+    race(
+        &busybox,
+        &format!("type=registry,ref={cache},mode=max"),
+        &cache,
+    );
+}
+
+#[test]
+fn two_concurrent_exports_to_one_dir_leave_one_whole_cache() {
+    let Some(busybox) = tools() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("cache");
+    race(
+        &busybox,
+        &format!("type=local,dest={},mode=max", d.display()),
+        &format!("type=local,src={}", d.display()),
+    );
 }
 
 #[test]
