@@ -534,3 +534,44 @@ fn a_push_to_another_registry_fetches_the_cached_layers_first() {
     let out = c.rbuild_ok(&["build", "--progress", "plain", ctx_c.to_str().unwrap()]);
     assert!(stderr(&out).contains("one"), "{}", stderr(&out));
 }
+
+/// The cache is a plain OCI artifact: skopeo copies it from a directory to
+/// a registry, and a build reads it there.
+#[test]
+fn skopeo_copies_a_cache_and_the_copy_serves_a_build() {
+    let (Some(_), Some(skopeo)) = (
+        tool("docker-registry", "docker-registry"),
+        tool("skopeo", "skopeo"),
+    ) else {
+        return;
+    };
+    let reg = RegistryGuard::start(RegistryConf::default());
+    let env = Env::new();
+    let files = [
+        ("Dockerfile", "FROM scratch\nCOPY a /a\nCOPY b /b\n"),
+        ("a", "a\n"),
+        ("b", "b\n"),
+    ];
+    let ctx = env.context("ctx", &files);
+    let dir = env.path("cache");
+    let to = format!("type=local,dest={}", dir.display());
+    let built_a = build(
+        &env,
+        &["--cache-to", &to, "-t", "a:1", ctx.to_str().unwrap()],
+    );
+    let copy = format!("{}/test/copied:1", reg.addr());
+    common::run_ok(
+        std::process::Command::new(skopeo)
+            .args(["copy", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:cache", dir.display()))
+            .arg(format!("docker://{copy}")),
+    );
+    let b = Env::new();
+    let ctx_b = b.context("ctx", &files);
+    let built_b = build(
+        &b,
+        &["--cache-from", &copy, "-t", "b:1", ctx_b.to_str().unwrap()],
+    );
+    all_cached(&built_b, &format!("remote cache {copy}"));
+    assert_eq!(built_a.digest, built_b.digest);
+}
