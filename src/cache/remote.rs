@@ -81,7 +81,7 @@ pub fn fetch_small_blob(
 }
 
 /// Download one blob into the store (`Store`'s writer verifies digest and
-/// size before the blob appears).
+/// size before the blob appears), retrying a transfer that broke off.
 pub fn fetch_blob_into(
     store: &Store,
     settings: &Settings,
@@ -92,16 +92,36 @@ pub fn fetch_blob_into(
     let reg = Registry::new(reference.api_host(), settings)?;
     let repo = &reference.repository;
     let what = format!("fetching layer {digest} from {reference}");
-    let resp = reg.send(&[scope(repo, "pull")], &what, true, &|c, base| {
-        c.get(format!("{base}/v2/{repo}/blobs/{digest}"))
-    })?;
-    let resp = reg.check(resp, &what)?;
-    let mut body = reg.guard(resp, &what, size);
-    let mut w = store.blob_writer()?;
-    std::io::copy(&mut body, &mut w).with_context(|| what.clone())?;
-    w.commit_verified(digest, Some(size))
-        .with_context(|| what.clone())?;
-    Ok(())
+    let mut attempt = 0;
+    loop {
+        let result = reg
+            .send(&[scope(repo, "pull")], &what, true, &|c, base| {
+                c.get(format!("{base}/v2/{repo}/blobs/{digest}"))
+            })
+            .and_then(|resp| reg.check(resp, &what))
+            .and_then(|resp| {
+                let mut body = reg.guard(resp, &what, size);
+                let mut w = store.blob_writer()?;
+                std::io::copy(&mut body, &mut w).with_context(|| what.clone())?;
+                w.commit_verified(digest, Some(size))
+                    .with_context(|| what.clone())?;
+                Ok(())
+            });
+        match result {
+            Ok(()) => return Ok(()),
+            // A 4xx answer or content that is not the blob is final; a
+            // broken transfer may pass next time.
+            Err(e)
+                if attempt < reg.retries()
+                    && e.downcast_ref::<crate::registry::ApiError>().is_none()
+                    && e.downcast_ref::<crate::store::BlobError>().is_none() =>
+            {
+                attempt += 1;
+                reg.retrying(attempt, &format!("{e:#}"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Whether `reader` decompresses (by its codec's magic) to a tar whose
