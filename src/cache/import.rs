@@ -158,16 +158,17 @@ impl RemoteCaches {
         let found = self.remote.lock().ok().and_then(|m| m.get(&claim).copied());
         let Some(i) = found else { return Ok(()) };
         let s = &self.sources[i];
-        if !store.has_blob(&l.digest) {
+        let actual = if store.has_blob(&l.digest) {
+            let file = store.open_blob(&l.digest)?;
+            remote::diff_id_of(file)
+                .with_context(|| format!("cache {}: reading layer {}", s.label, l.digest))?
+        } else {
             note(format!(
                 "fetching layer {} ({} bytes) from cache {}",
                 l.digest, l.size, s.label
             ));
-            self.fetch(s, store, l)?;
-        }
-        let file = store.open_blob(&l.digest)?;
-        let actual = remote::diff_id_of(file)
-            .with_context(|| format!("cache {}: reading layer {}", s.label, l.digest))?;
+            self.fetch(s, store, l)?
+        };
         if let Ok(mut m) = self.remote.lock() {
             m.remove(&claim);
         }
@@ -196,22 +197,19 @@ impl RemoteCaches {
         .into())
     }
 
-    fn fetch(&self, s: &Source, store: &Store, l: &CachedLayer) -> anyhow::Result<()> {
+    /// Fetch a layer into the store; returns its actual diff_id.
+    fn fetch(&self, s: &Source, store: &Store, l: &CachedLayer) -> anyhow::Result<String> {
         match &s.origin {
             Origin::Registry(r) => {
                 let settings = self.settings.clone().unwrap_or_default();
-                remote::fetch_blob_into(store, &settings, r, &l.digest, l.size)
+                remote::fetch_layer_checked(store, &settings, r, &l.digest, l.size)
             }
             Origin::Local(dir) => {
                 let path = layout::blob_path(dir, &l.digest)?;
                 let mut f = std::fs::File::open(&path)
                     .with_context(|| format!("cache {}: opening {}", s.label, path.display()))?;
-                let mut w = store.blob_writer()?;
-                std::io::copy(&mut f, &mut w)
-                    .with_context(|| format!("cache {}: copying {}", s.label, path.display()))?;
-                w.commit_verified(&l.digest, Some(l.size))
-                    .with_context(|| format!("cache {}: layer {}", s.label, l.digest))?;
-                Ok(())
+                remote::copy_checking(&mut f, store, &l.digest, l.size)
+                    .with_context(|| format!("cache {}: layer {}", s.label, l.digest))
             }
         }
     }
