@@ -131,6 +131,11 @@ impl RemoteCaches {
         note: &(dyn Fn(String) + Sync),
     ) -> anyhow::Result<()> {
         use rayon::prelude::*;
+        // Nothing remote (no --cache-from, or every claim checked): the
+        // common case costs one lock.
+        if self.remote.lock().map(|m| m.is_empty()).unwrap_or(true) {
+            return Ok(());
+        }
         let mut seen = HashSet::new();
         let todo: Vec<&CachedLayer> = layers
             .iter()
