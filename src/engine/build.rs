@@ -92,6 +92,10 @@ pub struct StepRecord {
     pub seconds: f64,
     /// The layer's digest; `None` when the step changed no files.
     pub layer: Option<String>,
+    /// The `--cache-from` cache a cached step came from (`None`: the
+    /// local store, or executed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_from: Option<String>,
 }
 
 /// The finished state of one stage, shared with the stages that use it.
@@ -101,6 +105,8 @@ pub(crate) struct StageResult {
     pub key: String,
     /// Materialized on first `COPY --from` of this stage.
     pub rootfs: Mutex<Option<Rootfs>>,
+    /// Built by the key-only pass with misses: only its key may be used.
+    pub incomplete: bool,
 }
 
 /// Read-only state every stage of a build shares.
@@ -113,7 +119,8 @@ pub(crate) struct BuildCtx<'a> {
     pub dockerfile_name: String,
     dockerfile_rel: String,
     context_index: OnceLock<Result<ContextIndex, String>>,
-    next_step: AtomicU64,
+    /// Shared by the attempts of one build (see [`build`]): ids never repeat.
+    next_step: &'a AtomicU64,
     /// Set once the no-overlay fallback has been announced.
     pub overlay_warned: std::sync::atomic::AtomicBool,
     /// Limit warnings already given (each once per build).
@@ -129,6 +136,12 @@ pub(crate) struct BuildCtx<'a> {
     pub cache_scope: String,
     /// Layer steps as they finish (for the build's metadata).
     pub records: Mutex<Vec<StepRecord>>,
+    /// `--cache-from`: consulted after the local store.
+    pub remote_caches: &'a crate::cache::RemoteCaches,
+    /// Every layer step's cache record, for `--cache-to`.
+    pub used_records: crate::cache::UsedRecords,
+    /// The key-only pass is running, and the hits it found.
+    pub probe: super::cache_io::Probe,
 }
 
 impl BuildCtx<'_> {
@@ -162,6 +175,7 @@ impl BuildCtx<'_> {
                 cached,
                 seconds: started.elapsed().as_secs_f64(),
                 layer: layer.map(|l| l.digest.clone()),
+                cache_from: None,
             });
         }
     }
@@ -236,6 +250,33 @@ pub fn build(
     req: &BuildRequest,
     reporter: Arc<dyn Reporter>,
 ) -> anyhow::Result<BuildOutcome> {
+    let next_step = AtomicU64::new(0);
+    let caches = super::cache_io::load_caches(req, &reporter, &next_step);
+    // A remote layer that fails its check refuses its records: the build
+    // runs again without them (what it executed since hits the local
+    // store), at most once per record.
+    let mut attempts = caches.record_count() + 1;
+    loop {
+        match build_once(store, req, reporter.clone(), &caches, &next_step) {
+            Err(e) if attempts > 0 && crate::cache::RemoteCaches::is_refusal(&e) => {
+                attempts -= 1;
+                reporter.event(Event::Warning {
+                    id: None,
+                    message: format!("{e:#}"),
+                });
+            }
+            other => return other,
+        }
+    }
+}
+
+fn build_once(
+    store: &Store,
+    req: &BuildRequest,
+    reporter: Arc<dyn Reporter>,
+    caches: &crate::cache::RemoteCaches,
+    next_step: &AtomicU64,
+) -> anyhow::Result<BuildOutcome> {
     let (dockerfile, dockerfile_name) = dockerfile_path(req);
     let text = std::fs::read_to_string(&dockerfile)
         .with_context(|| format!("reading Dockerfile {}", dockerfile.display()))?;
@@ -265,8 +306,7 @@ pub fn build(
         )
         .collect();
     // Pull steps take the first ids, so every step of the build has a real one.
-    let next_step = AtomicU64::new(0);
-    let images = load_images(store, req, &reporter, &next_step, &first.images, &platforms)?;
+    let images = load_images(store, req, &reporter, next_step, &first.images, &platforms)?;
     for (name, img) in &images {
         opts.base_configs
             .insert(name.clone(), base_config(&img.config));
@@ -301,9 +341,20 @@ pub fn build(
         images,
         cache_scope: cache_scope(&dockerfile),
         records: Mutex::new(Vec::new()),
+        remote_caches: caches,
+        used_records: Default::default(),
+        probe: Default::default(),
     };
-    let target = run_stages(&ctx)?;
-    commit(&ctx, &target)
+    let target = match super::cache_io::probe(&ctx, run_stages) {
+        Some(t) => t,
+        None => run_stages(&ctx)?,
+    };
+    caches
+        .save_locations(store)
+        .context("recording where the remote cache's layers are")?;
+    let outcome = commit(&ctx, &target)?;
+    super::cache_io::export_caches(&ctx)?;
+    Ok(outcome)
 }
 
 /// A short digest of the Dockerfile's absolute path.
@@ -375,6 +426,14 @@ fn load_images(
         let local = find_local_image(store, &reference, source)?.filter(|img| {
             want.as_ref()
                 .is_none_or(|w| img.config.os == w.os && img.config.architecture == w.arch)
+        });
+        // An image a cached build only pushed may lack its layers here
+        // (they stayed in the cache's registry): pulled like a missing one.
+        let local = local.filter(|img| {
+            img.manifest
+                .layers()
+                .iter()
+                .all(|d| store.has_blob(d.digest().as_ref()))
         });
         let pull = match (req.pull, &local, reference.digest.is_some()) {
             (_, Some(_), true) => false,
@@ -550,6 +609,10 @@ fn run_stage(
     for (i, step) in stage.steps.iter().enumerate() {
         let step_id = format!("{}/{}/{}", ctx.cache_scope, stage_label(stage), i);
         st.run(ctx, step, &step_id, done).map_err(|e| {
+            // Kept as it is: the build runs again without the record.
+            if crate::cache::RemoteCaches::is_refusal(&e) {
+                return e;
+            }
             anyhow::anyhow!(
                 "{}:{}: {} {}: {e:#}",
                 ctx.dockerfile_name,
@@ -562,7 +625,7 @@ fn run_stage(
     Ok(st.finish(ctx))
 }
 
-fn stage_label(stage: &plan::PlannedStage) -> String {
+pub(super) fn stage_label(stage: &plan::PlannedStage) -> String {
     stage
         .name
         .clone()
@@ -585,6 +648,7 @@ fn commit(ctx: &BuildCtx<'_>, target: &StageResult) -> anyhow::Result<BuildOutco
     for (k, v) in &ctx.req.extra.labels {
         config.config.labels.insert(k.clone(), v.clone());
     }
+    super::cache_io::prepare_commit(ctx, target, &mut config)?;
     let layers: Vec<oci_spec::image::Descriptor> = target
         .layers
         .iter()

@@ -37,6 +37,9 @@ pub(crate) struct StageState {
     undated: Vec<usize>,
     /// What a step's entries read from, kept until its layer is written.
     pub(super) keepalive: KeepAlive,
+    /// The key-only pass missed a step of this stage (or of its base): its
+    /// keys are right, its layers are not all there.
+    pub incomplete: bool,
 }
 
 /// What a step produced, to record and apply.
@@ -52,6 +55,7 @@ impl StageState {
         done: &[Option<Arc<StageResult>>],
     ) -> anyhow::Result<StageState> {
         let src = Sources::new(ctx, done);
+        let mut incomplete = false;
         let (mut config, layers, key) = match &stage.base {
             // BuildKit's empty image has WorkingDir "/" (and the default PATH).
             Base::Scratch => {
@@ -66,6 +70,7 @@ impl StageState {
             }
             Base::Stage(i) => {
                 let base = src.stage(*i)?;
+                incomplete = base.incomplete;
                 (base.config.clone(), base.layers.clone(), base.key.clone())
             }
             Base::Image(name) => {
@@ -88,6 +93,7 @@ impl StageState {
             rootfs: None,
             undated: Vec::new(),
             keepalive: KeepAlive::default(),
+            incomplete,
         })
     }
 
@@ -174,12 +180,6 @@ impl StageState {
         }
     }
 
-    /// The one place the driver looks a key up: the local store's cache
-    /// today (a remote cache would be consulted here too).
-    fn lookup(&self, ctx: &BuildCtx<'_>, key: &str) -> anyhow::Result<Option<CacheRecord>> {
-        ctx.store.cache_get(key)
-    }
-
     /// The protocol of steps that may write a layer: cache lookup (hit →
     /// reuse), else execute, store the blob and commit the record.
     fn layer_step(
@@ -197,35 +197,39 @@ impl StageState {
             .display_name
             .clone()
             .unwrap_or_else(|| created_by.clone());
+        if ctx.probing() {
+            return self.probe_step(ctx, key, step_id, &name, &created_by);
+        }
         let handle = StepHandle::start(ctx.reporter.clone(), ctx.step_id(), &name);
         let started = std::time::Instant::now();
         let no_cache = ctx.no_cache_for(step_id);
-        if !no_cache {
-            if let Some(rec) = self.lookup(ctx, &key)? {
-                let outcome = outcome_from_record(&rec);
-                handle.cached(None);
-                ctx.record_step(&name, true, started, outcome.layer.as_ref());
-                self.apply_outcome(&created_by, outcome, ctx);
-                self.key = key;
-                return Ok(());
-            }
+        // The one place the driver looks a key up: the local store, then
+        // each `--cache-from` cache (`cache_io::lookup`).
+        if let Some((rec, from)) = super::cache_io::lookup(ctx, &key, step_id)? {
+            let outcome = outcome_from_record(&rec);
+            super::cache_io::report_hit(ctx, handle, &name, started, &rec, step_id, from);
+            self.apply_outcome(&created_by, outcome, ctx);
+            self.key = key;
+            return Ok(());
         }
         let (reason, link_from) = self.miss_reason(ctx, step, step_id, &inputs, no_cache)?;
         handle.cache_miss(&reason);
-        let result = exec(self, &handle).and_then(|entries| {
-            let kept = link_from.as_ref().map(|_| entries.clone());
-            let layer = self.write(ctx, entries, &handle)?;
-            if let (Some(from), Some(entries)) = (&link_from, kept) {
-                super::snapfill::snapshot_from_entries(ctx, &layer, &entries, from, &handle);
-            }
-            Ok(layer)
-        });
+        let result = super::cache_io::materialize(ctx, &self.layers, step, src, &handle)
+            .and_then(|()| exec(self, &handle))
+            .and_then(|entries| {
+                let kept = link_from.as_ref().map(|_| entries.clone());
+                let layer = self.write(ctx, entries, &handle)?;
+                if let (Some(from), Some(entries)) = (&link_from, kept) {
+                    super::snapfill::snapshot_from_entries(ctx, &layer, &entries, from, &handle);
+                }
+                Ok(layer)
+            });
         self.keepalive.clear();
         let layer = match result {
             Ok(l) => l,
             Err(e) => {
                 let e = super::limits::with_disk_full_hint(e, ctx.store.root());
-                handle.failed(format!("{e:#}"));
+                super::cache_io::end_failed_step(handle, &e);
                 return Err(e);
             }
         };
@@ -317,7 +321,30 @@ impl StageState {
         rec.config_changes = serde_json::json!({ "created": created });
         ctx.store
             .cache_put(&rec)
-            .context("recording the step in the cache")
+            .context("recording the step in the cache")?;
+        super::cache_io::note_used(ctx, step_id, &rec);
+        Ok(())
+    }
+
+    /// A layer step in the key-only pass (`cache_io::probe`): nothing
+    /// runs; a miss only marks the stage incomplete, and its key chains on.
+    fn probe_step(
+        &mut self,
+        ctx: &BuildCtx<'_>,
+        key: String,
+        step_id: &str,
+        name: &str,
+        created_by: &str,
+    ) -> anyhow::Result<()> {
+        match super::cache_io::lookup(ctx, &key, step_id)? {
+            Some((rec, from)) => {
+                ctx.probe_hit(step_id, name, from, &rec);
+                self.apply_outcome(created_by, outcome_from_record(&rec), ctx);
+            }
+            None => self.incomplete = true,
+        }
+        self.key = key;
+        Ok(())
     }
 
     fn apply_outcome(&mut self, created_by: &str, outcome: Outcome, ctx: &BuildCtx<'_>) {
@@ -497,6 +524,7 @@ impl StageState {
             layers: self.layers,
             key: self.key,
             rootfs: Mutex::new(self.rootfs),
+            incomplete: self.incomplete,
         }
     }
 

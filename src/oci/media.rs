@@ -9,6 +9,11 @@ pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
+/// rbuild's exported build cache (`docs/cache.md`): the artifact type of
+/// its manifest and the media type of its config blob (the key → layer map).
+pub const RBUILD_CACHE_ARTIFACT: &str = "application/vnd.rbuild.cache.v1";
+pub const RBUILD_CACHE_CONFIG: &str = "application/vnd.rbuild.cache.config.v1+json";
+
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
