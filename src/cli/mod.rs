@@ -11,6 +11,7 @@ mod build;
 mod buildflags;
 mod check;
 mod docs;
+pub mod exit;
 mod format;
 mod images;
 mod limits;
@@ -404,10 +405,7 @@ pub fn main() -> i32 {
     }
     match run(cli) {
         Ok(code) => code,
-        Err(err) => {
-            strict::print_error(&err);
-            1
-        }
+        Err(err) => exit::report(&err),
     }
 }
 

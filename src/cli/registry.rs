@@ -123,10 +123,13 @@ pub fn pull_with(
     platform: Option<&str>,
     flags: &RegistryFlags,
 ) -> Result<i32> {
-    let mut settings = settings_with(flags)?;
+    let mut settings = settings_with(flags).map_err(super::exit::usage)?;
     settings.on_retry = warn_on_retry();
-    let r = Reference::parse(reference)?;
-    let platform = platform.map(Platform::parse).transpose()?;
+    let r = Reference::parse(reference).map_err(|e| super::exit::usage(e.into()))?;
+    let platform = platform
+        .map(Platform::parse)
+        .transpose()
+        .map_err(super::exit::usage)?;
     let store = super::images::open_store(root)
         .with_context(|| format!("opening the store {}", root.display()))?;
     let img = local::pull_into_store(
@@ -148,11 +151,12 @@ pub fn push_with(
     format: FormatArg,
     flags: &RegistryFlags,
 ) -> Result<i32> {
-    let mut settings = settings_with(flags)?;
+    let mut settings = settings_with(flags).map_err(super::exit::usage)?;
     settings.on_retry = warn_on_retry();
     let store = super::images::open_store(root)
         .with_context(|| format!("opening the store {}", root.display()))?;
-    let dest = Reference::parse(destination.unwrap_or(image))?;
+    let dest = Reference::parse(destination.unwrap_or(image))
+        .map_err(|e| super::exit::usage(e.into()))?;
     let format = match format {
         FormatArg::Oci => ImageFormat::Oci,
         FormatArg::Docker => ImageFormat::Docker,
@@ -180,10 +184,12 @@ pub fn login_with(
     password_stdin: bool,
     flags: &RegistryFlags,
 ) -> Result<i32> {
-    let settings = settings_with(flags)?;
+    let settings = settings_with(flags).map_err(super::exit::usage)?;
     let name = registry::registry_name(server);
     let Some(user) = username else {
-        bail!("login to {name}: give a username with -u/--username");
+        return Err(super::exit::usage(anyhow::anyhow!(
+            "login to {name}: give a username with -u/--username"
+        )));
     };
     let password = if password_stdin {
         let mut line = String::new();

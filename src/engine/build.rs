@@ -112,7 +112,7 @@ pub(crate) struct BuildCtx<'a> {
     /// The Dockerfile's name as the user gave it, for error locations.
     pub dockerfile_name: String,
     dockerfile_rel: String,
-    context_index: OnceLock<Result<ContextIndex, String>>,
+    context_index: OnceLock<Result<ContextIndex, super::error::ContextFailure>>,
     next_step: AtomicU64,
     /// Set once the no-overlay fallback has been announced.
     pub overlay_warned: std::sync::atomic::AtomicBool,
@@ -203,14 +203,14 @@ impl BuildCtx<'_> {
                 &self.dockerfile_rel,
                 &progress,
             )
-            .map_err(|e| format!("{e:#}"));
+            .map_err(|e| super::error::ContextFailure(Arc::new(e)));
             match &res {
                 Ok(_) => handle.done(),
-                Err(e) => handle.failed(e.clone()),
+                Err(e) => handle.failed(format!("{:#}", e.0)),
             }
             res
         });
-        res.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
+        res.as_ref().map_err(|e| anyhow::Error::new(e.clone()))
     }
 }
 
@@ -238,7 +238,8 @@ pub fn build(
 ) -> anyhow::Result<BuildOutcome> {
     let (dockerfile, dockerfile_name) = dockerfile_path(req);
     let text = std::fs::read_to_string(&dockerfile)
-        .with_context(|| format!("reading Dockerfile {}", dockerfile.display()))?;
+        .with_context(|| format!("reading Dockerfile {}", dockerfile.display()))
+        .map_err(super::error::ContextFailure::wrap)?;
     let dockerfile_rel = dockerfile
         .strip_prefix(&req.context)
         .map(|p| p.to_string_lossy().into_owned())
@@ -484,7 +485,12 @@ fn find_local_image(
         .strip_prefix("docker.io/library/")
         .or_else(|| name.strip_prefix("docker.io/"))
         .unwrap_or(name);
-    match store.resolve(short).ok().flatten() {
+    // A short name the index cannot hold is simply not there; a corrupt
+    // index is an error (not a reason to pull).
+    if crate::store::lookup_name(short).is_err() {
+        return Ok(None);
+    }
+    match store.resolve(short)? {
         Some(desc) => image::load_image(store, &desc).map(Some),
         None => Ok(None),
     }
@@ -571,14 +577,9 @@ fn run_stage(
     for (i, step) in stage.steps.iter().enumerate() {
         let step_id = format!("{}/{}/{}", ctx.cache_scope, stage_label(stage), i);
         st.run(ctx, step, &step_id, done).map_err(|e| {
-            let span = step.instruction.span;
-            anyhow::anyhow!(
-                "{}:{}: {} {}: {e:#}",
-                ctx.dockerfile_name,
-                span.line,
-                step.instruction.name(),
-                step.instruction.original.trim()
-            )
+            let inst = &step.instruction;
+            let text = format!("{} {}", inst.name(), inst.original.trim());
+            super::error::StepError::new(&ctx.dockerfile_name, inst.span.line, text, e)
         })?;
     }
     Ok(st.finish(ctx))

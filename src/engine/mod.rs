@@ -7,6 +7,7 @@ pub mod config;
 pub mod context_source;
 pub mod copy;
 pub mod copydest;
+pub mod error;
 pub mod limits;
 pub mod mountpoints;
 mod named_context;
@@ -21,4 +22,5 @@ pub mod step;
 pub mod users;
 
 pub use build::{build, BuildOutcome, BuildRequest, PullPolicy};
+pub use error::{classify, ErrorKind, StepError};
 pub mod run;

@@ -260,11 +260,12 @@ pub fn run(
         let full = super::limits::full_filesystem_note(inputs.store.root(), work.path())
             .map(|note| format!("\n{note}"))
             .unwrap_or_default();
-        bail!(
-            "process {:?} did not complete successfully: exit code: {}{full}",
-            inputs.argv.join(" "),
-            outcome.exit_code
-        );
+        return Err(super::error::RunFailed {
+            argv: inputs.argv.join(" "),
+            exit_code: outcome.exit_code,
+            note: full,
+        }
+        .into());
     }
     let mut entries = match (&spec.rootfs, fallback_root, &inputs.root) {
         (RootfsSpec::Overlay { upper, lowers, .. }, _, _) => {

@@ -200,18 +200,32 @@ impl StageState {
         let handle = StepHandle::start(ctx.reporter.clone(), ctx.step_id(), &name);
         let started = std::time::Instant::now();
         let no_cache = ctx.no_cache_for(step_id);
+        let mut corrupt = None;
         if !no_cache {
-            if let Some(rec) = ctx.store.cache_get(&key)? {
-                let outcome = outcome_from_record(&rec);
-                handle.cached(None);
-                ctx.record_step(&name, true, started, outcome.layer.as_ref());
-                self.apply_outcome(&created_by, outcome, ctx);
-                self.key = key;
-                return Ok(());
+            match ctx.store.cache_lookup(&key)? {
+                crate::store::CacheLookup::Hit(rec) => {
+                    let outcome = outcome_from_record(&rec);
+                    handle.cached(None);
+                    ctx.record_step(&name, true, started, outcome.layer.as_ref());
+                    self.apply_outcome(&created_by, outcome, ctx);
+                    self.key = key;
+                    return Ok(());
+                }
+                crate::store::CacheLookup::Corrupt(e) => {
+                    let why = e.to_string().replace("\nhint: ", "; ");
+                    ctx.reporter.event(crate::progress::Event::Warning {
+                        id: None,
+                        message: why.clone(),
+                    });
+                    corrupt = Some(why);
+                }
+                crate::store::CacheLookup::Miss => {}
             }
         }
         let mut link_from = None;
-        let reason = if ctx.req.no_cache {
+        let reason = if let Some(why) = corrupt {
+            why
+        } else if ctx.req.no_cache {
             "--no-cache".to_string()
         } else if no_cache {
             "--no-cache-filter".to_string()

@@ -236,8 +236,12 @@ fn pick_platform(index: &ImageIndex) -> Option<Descriptor> {
 /// Find an image by tag (`app` means `app:latest`), else by image-ID prefix
 /// (`sha256:…` or at least 4 hex chars of the config digest).
 pub fn find_image(store: &Store, name: &str) -> anyhow::Result<Image> {
-    if let Ok(Some(desc)) = store.resolve(name) {
-        return load_image(store, &desc);
+    // A name the index could not hold is not there; any other failure to
+    // read the index (a corrupt one) is an error, not "no such image".
+    if crate::store::lookup_name(name).is_ok() {
+        if let Some(desc) = store.resolve(name)? {
+            return load_image(store, &desc);
+        }
     }
     let prefix = name.strip_prefix("sha256:").unwrap_or(name);
     let hexlike = prefix.len() >= 4 && prefix.bytes().all(|b| b.is_ascii_hexdigit());
@@ -255,7 +259,7 @@ pub fn find_image(store: &Store, name: &str) -> anyhow::Result<Image> {
             }
         }
     }
-    anyhow::bail!("no such image: {name}")
+    anyhow::bail!("no such image: {name}\nhint: `rbuild images` lists the stored images")
 }
 
 /// The manifest under `desc` with `annotations` added (`--annotation`), as

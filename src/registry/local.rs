@@ -68,7 +68,7 @@ pub fn pull_into_store(
         progress,
         locations: Some(&loc),
     };
-    let pulled = pull(reference, store, settings, &opts)?;
+    let pulled = pull(reference, store, settings, &opts).map_err(super::RegistryError::wrap)?;
     loc.save()?;
     let desc = image::descriptor(
         &pulled.manifest_media_type,
@@ -131,8 +131,8 @@ pub fn push_from_store(
     mount_from: Vec<String>,
     progress: Option<ProgressFn>,
 ) -> anyhow::Result<PushReport> {
-    let img = image::find_image(store, image_name)
-        .with_context(|| format!("no image named {image_name} in {}", store.root().display()))?;
+    // `find_image` names the image (and says so when the store is corrupt).
+    let img = image::find_image(store, image_name)?;
     let desc = match format {
         ImageFormat::Oci => img.manifest_desc.clone(),
         ImageFormat::Docker => image::convert_image(store, &img, ImageFormat::Docker)?,
@@ -143,7 +143,8 @@ pub fn push_from_store(
         locations: Some(&loc),
         progress,
     };
-    let report = push(store, desc.digest().as_ref(), dest, settings, &opts)?;
+    let report = push(store, desc.digest().as_ref(), dest, settings, &opts)
+        .map_err(super::RegistryError::wrap)?;
     loc.save()?;
     Ok(report)
 }

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod blobs;
 pub mod body;
 pub mod client;
+pub mod error;
 pub mod known;
 pub mod local;
 pub mod manifest;
@@ -28,6 +29,7 @@ use anyhow::Result;
 pub use auth::{AuthFiles, Credentials};
 pub use blobs::{BlobStore, OciLayout};
 pub use client::{ApiError, Registry};
+pub use error::RegistryError;
 pub use known::BlobLocations;
 pub use manifest::Platform;
 pub use pull::{pull, PullOptions, PulledImage};
@@ -73,8 +75,9 @@ pub fn login(registry: &str, user: &str, password: &str, settings: &Settings) ->
         password: password.to_string(),
     };
     let reg =
-        Registry::with_credentials(reference::api_host(registry), settings, Some(creds.clone()))?;
-    reg.ping()?;
+        Registry::with_credentials(reference::api_host(registry), settings, Some(creds.clone()))
+            .map_err(RegistryError::wrap)?;
+    reg.ping().map_err(RegistryError::wrap)?;
     settings.auth.store(registry, &creds)
 }
 

@@ -42,7 +42,7 @@ use anyhow::Context;
 use sha2::{Digest as _, Sha256};
 
 pub use blob::{digest_hex, sha256_digest, BlobError, BlobInfo, BlobWriter};
-pub use cache::{diff_inputs, CacheRecord, CachedLayer, CACHE_SCHEMA};
+pub use cache::{diff_inputs, CacheLookup, CacheRecord, CachedLayer, CACHE_SCHEMA};
 pub use error::StoreError;
 pub use fsutil::{LockedTempDir, TempFile};
 pub use gc::PruneReport;
