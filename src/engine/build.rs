@@ -237,9 +237,19 @@ pub fn build(
     reporter: Arc<dyn Reporter>,
 ) -> anyhow::Result<BuildOutcome> {
     let (dockerfile, dockerfile_name) = dockerfile_path(req);
-    let text = std::fs::read_to_string(&dockerfile)
-        .with_context(|| format!("reading Dockerfile {}", dockerfile.display()))
-        .map_err(super::error::ContextFailure::wrap)?;
+    let text = std::fs::read_to_string(&dockerfile).map_err(|e| {
+        let hint = match (e.kind(), &req.dockerfile) {
+            (std::io::ErrorKind::NotFound, None) => {
+                "\nhint: the Dockerfile is CONTEXT/Dockerfile unless -f names another"
+            }
+            (std::io::ErrorKind::NotFound, Some(_)) => {
+                "\nhint: a relative -f path starts at the current directory, not the context"
+            }
+            _ => "",
+        };
+        let what = format!("reading Dockerfile {}{hint}", dockerfile.display());
+        super::error::ContextFailure::wrap(anyhow::Error::new(e).context(what))
+    })?;
     let dockerfile_rel = dockerfile
         .strip_prefix(&req.context)
         .map(|p| p.to_string_lossy().into_owned())
