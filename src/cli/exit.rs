@@ -26,7 +26,8 @@ pub mod code {
     pub const STORE: i32 = 6;
     /// The build context or the Dockerfile file cannot be read or fetched.
     pub const CONTEXT: i32 = 7;
-    /// Interrupted (128 + SIGINT), as shells report a Ctrl-C.
+    /// Interrupted by Ctrl-C: 128 + SIGINT, as shells report it (SIGTERM
+    /// gives 143, SIGHUP 129).
     pub const INTERRUPTED: i32 = 130;
 }
 
@@ -55,7 +56,7 @@ pub fn usage(err: anyhow::Error) -> anyhow::Error {
 /// The exit code for `err`.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     match crate::engine::classify(err) {
-        ErrorKind::Interrupted => code::INTERRUPTED,
+        ErrorKind::Interrupted => crate::engine::error::interrupt_exit_code(err),
         ErrorKind::Store => code::STORE,
         ErrorKind::Registry => code::REGISTRY,
         ErrorKind::Step => code::STEP,

@@ -403,6 +403,10 @@ pub fn main() -> i32 {
             return code;
         }
     }
+    if matches!(cli.command, Command::Build(_)) {
+        // A build stops at a step boundary and cleans up on Ctrl-C.
+        crate::engine::cancel::install();
+    }
     match run(cli) {
         Ok(code) => code,
         Err(err) => exit::report(&err),

@@ -314,6 +314,8 @@ pub fn build(
         records: Mutex::new(Vec::new()),
     };
     let target = run_stages(&ctx)?;
+    // Interrupted during the last step: nothing is tagged or exported.
+    super::cancel::check()?;
     commit(&ctx, &target)
 }
 
@@ -586,9 +588,16 @@ fn run_stage(
     let mut st = StageState::start(ctx, stage, done)?;
     for (i, step) in stage.steps.iter().enumerate() {
         let step_id = format!("{}/{}/{}", ctx.cache_scope, stage_label(stage), i);
+        super::cancel::check()?;
         st.run(ctx, step, &step_id, done).map_err(|e| {
             let inst = &step.instruction;
             let text = format!("{} {}", inst.name(), inst.original.trim());
+            // A step that failed because the build was interrupted (its
+            // process got the Ctrl-C) says so, not how the process ended.
+            let e = match super::cancel::check() {
+                Err(i) => anyhow::Error::new(i),
+                Ok(()) => e,
+            };
             super::error::StepError::new(&ctx.dockerfile_name, inst.span.line, text, e)
         })?;
     }

@@ -114,6 +114,18 @@ impl std::error::Error for ContextFailure {
     }
 }
 
+/// The exit status for an interrupted build: 128 + the signal (130 for
+/// SIGINT), as shells report a process the signal ended.
+pub fn interrupt_exit_code(err: &anyhow::Error) -> i32 {
+    err.chain()
+        .find_map(|c| {
+            c.downcast_ref::<super::cancel::Interrupted>()
+                .map(|i| i.exit_code())
+                .or_else(|| c.downcast_ref::<RunFailed>().map(|r| r.exit_code))
+        })
+        .unwrap_or(128 + libc::SIGINT)
+}
+
 /// The class of `err`, read from the typed causes in its chain.
 ///
 /// A store, registry or context-scan cause wins over the step it happened
@@ -147,7 +159,9 @@ pub fn classify(err: &anyhow::Error) -> ErrorKind {
 /// Causes that decide the class even inside a step.
 fn root_kind(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
     use crate::registry::{body::TransferError, ApiError, RegistryError};
-    if cause.downcast_ref::<RunFailed>().is_some_and(RunFailed::interrupted) {
+    if cause.is::<super::cancel::Interrupted>()
+        || cause.downcast_ref::<RunFailed>().is_some_and(RunFailed::interrupted)
+    {
         return Some(ErrorKind::Interrupted);
     }
     if cause.is::<crate::store::StoreError>() {

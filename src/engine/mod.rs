@@ -3,6 +3,7 @@
 
 pub mod build;
 pub mod cachekey;
+pub mod cancel;
 pub mod config;
 pub mod context_source;
 pub mod copy;
