@@ -5,10 +5,8 @@
 //! work dirs behind (the next `Store::open` sweeps them) and the terminal
 //! mid-redraw. Instead the signal is noted; every stage checks at each step
 //! boundary and unwinds with [`Interrupted`], so the guards clean up and the
-//! CLI exits with 128 + the signal (130 for Ctrl-C). A RUN step in progress
-//! gets a terminal's Ctrl-C itself (it is in rbuild's process group) and
-//! ends with it; a signal sent to rbuild's pid alone takes effect when the
-//! running step ends.
+//! CLI exits with 128 + the signal (130 for Ctrl-C). The RUN steps in
+//! progress get the signal too (`sandbox::running`), so they end at once.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -36,7 +34,7 @@ fn signal_name(signal: i32) -> String {
 }
 
 extern "C" fn on_signal(signal: libc::c_int) {
-    // Only async-signal-safe calls here: an atomic swap, signal(), raise().
+    // Only async-signal-safe calls here: atomics, kill(), signal(), raise().
     if SIGNAL.swap(signal, Ordering::SeqCst) != 0 {
         // SAFETY: resetting a disposition and raising are async-signal-safe.
         unsafe {
@@ -44,6 +42,9 @@ extern "C" fn on_signal(signal: libc::c_int) {
             libc::raise(signal);
         }
     }
+    // A signal sent to rbuild alone (not its process group) ends the RUN
+    // steps in progress too, so the build does not wait for them.
+    crate::sandbox::running::signal_all(signal);
 }
 
 /// Catch SIGINT, SIGTERM and SIGHUP for the rest of the process (the CLI
