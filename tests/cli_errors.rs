@@ -42,11 +42,15 @@ fn assert_fails(out: &Output, code: i32, needle: &str) -> String {
 
 /// Lines that start an error (warnings may quote "client error:" etc.).
 fn error_lines(err: &str) -> usize {
-    err.lines().filter(|l| l.starts_with("error:") || l.contains(": error: ")).count()
+    err.lines()
+        .filter(|l| l.starts_with("error:") || l.contains(": error: "))
+        .count()
 }
 
 fn hint_of(err: &str) -> &str {
-    let (_, hint) = err.rsplit_once("\nhint: ").unwrap_or_else(|| panic!("no hint in:\n{err}"));
+    let (_, hint) = err
+        .rsplit_once("\nhint: ")
+        .unwrap_or_else(|| panic!("no hint in:\n{err}"));
     hint.trim_end()
 }
 
@@ -72,7 +76,8 @@ fn a_dockerfile_error_exits_3_with_its_location() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert_eq!(
-        err.matches("ctx/Dockerfile:2:1: error: unknown instruction: BOGUS").count(),
+        err.matches("ctx/Dockerfile:2:1: error: unknown instruction: BOGUS")
+            .count(),
         1,
         "{err}"
     );
@@ -123,7 +128,10 @@ fn an_unknown_user_fails_like_buildkit() {
     let env = Env::new();
     let ctx = env.context(
         "ctx",
-        &[("Dockerfile", "FROM scratch\nCOPY --chown=ghost a /a\n"), ("a", "x")],
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY --chown=ghost a /a\n"),
+            ("a", "x"),
+        ],
     );
     let out = build(&env, &ctx, &[]);
     assert_fails(&out, 4, "unable to find user ghost");
@@ -153,7 +161,11 @@ fn a_corrupt_index_is_reported_as_corrupt_not_missing() {
     std::fs::write(&index, "{\"schemaVersion\":2,\"manifests\":[").unwrap();
     let shown = std::fs::canonicalize(&index).unwrap();
     let needle = format!("the store's index {} is corrupt", shown.display());
-    for args in [&["images"][..], &["inspect", "base:1"], &["push", "base:1", "127.0.0.1:1/a"]] {
+    for args in [
+        &["images"][..],
+        &["inspect", "base:1"],
+        &["push", "base:1", "127.0.0.1:1/a"],
+    ] {
         let out = env.rbuild(args);
         let err = assert_fails(&out, 6, &needle);
         assert!(!err.contains("no such image"), "{args:?}: {err}");
@@ -166,7 +178,11 @@ fn a_corrupt_index_is_reported_as_corrupt_not_missing() {
     // Moved aside as the hint says: the store works again (with no tags).
     std::fs::rename(&index, env.root().join("index.json.bad")).unwrap();
     let out = env.rbuild_ok(&["images"]);
-    assert!(!common::stdout(&out).contains("base"), "{}", common::stdout(&out));
+    assert!(
+        !common::stdout(&out).contains("base"),
+        "{}",
+        common::stdout(&out)
+    );
 }
 
 #[test]
@@ -197,7 +213,9 @@ fn a_corrupt_cache_record_is_a_miss_that_says_so() {
     assert!(miss.contains("the store's cache record"), "{miss}");
     assert!(miss.contains("is corrupt: EOF while parsing"), "{miss}");
     assert!(
-        records.iter().any(|r| miss.contains(&*r.file_name().unwrap().to_string_lossy())),
+        records
+            .iter()
+            .any(|r| miss.contains(&*r.file_name().unwrap().to_string_lossy())),
         "the miss names the record's file: {miss}"
     );
     // Rewritten: the next build hits.
@@ -253,7 +271,10 @@ impl SleepingBuild {
         let stderr = child.stderr.take().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
                 let _ = tx.send(line);
             }
         });
@@ -294,10 +315,16 @@ fn ctrl_c_stops_the_build_cleans_up_and_exits_130() {
     // What a terminal's Ctrl-C does: SIGINT to the whole process group.
     nix::sys::signal::killpg(build.pid(), nix::sys::signal::Signal::SIGINT).unwrap();
     let (status, took, err) = build.wait(sent);
-    assert!(took < Duration::from_secs(20), "waited for the RUN: {took:?}");
+    assert!(
+        took < Duration::from_secs(20),
+        "waited for the RUN: {took:?}"
+    );
     assert_eq!(status.code(), Some(130), "{status:?}\n{err}");
     assert_eq!(error_lines(&err), 1, "{err}");
-    assert!(err.contains("Dockerfile:5: RUN sleep 60: interrupted by SIGINT"), "{err}");
+    assert!(
+        err.contains("Dockerfile:5: RUN sleep 60: interrupted by SIGINT"),
+        "{err}"
+    );
     let left: Vec<_> = std::fs::read_dir(env.root().join("rbuild/tmp"))
         .unwrap()
         .collect();
@@ -316,7 +343,10 @@ fn sigterm_to_rbuild_alone_ends_the_run_too() {
     // A supervisor that signals only the main pid, not the group.
     nix::sys::signal::kill(build.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
     let (status, took, err) = build.wait(sent);
-    assert!(took < Duration::from_secs(20), "waited for the RUN: {took:?}\n{err}");
+    assert!(
+        took < Duration::from_secs(20),
+        "waited for the RUN: {took:?}\n{err}"
+    );
     assert_eq!(status.code(), Some(143), "{status:?}\n{err}");
     assert!(err.contains("interrupted by SIGTERM"), "{err}");
     let out = env.rbuild(&["inspect", "app:1"]);

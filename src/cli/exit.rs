@@ -145,12 +145,17 @@ mod tests {
             .context("while y")
             .context("while z\nhint: do x")
             .unwrap_err();
-        assert_eq!(render(&err), "error: while z: while y: it broke\nhint: do x");
+        assert_eq!(
+            render(&err),
+            "error: while z: while y: it broke\nhint: do x"
+        );
     }
 
     #[test]
     fn usage_errors_exit_2_and_read_as_themselves() {
-        let err = usage(anyhow::anyhow!("--compression-level for gzip is 0-9, not 12"));
+        let err = usage(anyhow::anyhow!(
+            "--compression-level for gzip is 0-9, not 12"
+        ));
         assert_eq!(exit_code(&err), code::USAGE);
         assert_eq!(
             render(&err),

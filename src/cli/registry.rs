@@ -155,8 +155,8 @@ pub fn push_with(
     settings.on_retry = warn_on_retry();
     let store = super::images::open_store(root)
         .with_context(|| format!("opening the store {}", root.display()))?;
-    let dest = Reference::parse(destination.unwrap_or(image))
-        .map_err(|e| super::exit::usage(e.into()))?;
+    let dest =
+        Reference::parse(destination.unwrap_or(image)).map_err(|e| super::exit::usage(e.into()))?;
     let format = match format {
         FormatArg::Oci => ImageFormat::Oci,
         FormatArg::Docker => ImageFormat::Docker,

@@ -160,7 +160,9 @@ pub fn classify(err: &anyhow::Error) -> ErrorKind {
 fn root_kind(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
     use crate::registry::{body::TransferError, ApiError, RegistryError};
     if cause.is::<super::cancel::Interrupted>()
-        || cause.downcast_ref::<RunFailed>().is_some_and(RunFailed::interrupted)
+        || cause
+            .downcast_ref::<RunFailed>()
+            .is_some_and(RunFailed::interrupted)
     {
         return Some(ErrorKind::Interrupted);
     }

@@ -145,7 +145,12 @@ pub fn read_text(root: &Path, path: &str) -> anyhow::Result<String> {
 pub fn read_text_file(file: &Path, shown: &str) -> anyhow::Result<String> {
     match std::fs::read(file) {
         Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
             Ok(String::new())
         }
         Err(e) => Err(e).with_context(|| format!("reading the image's {shown}")),

@@ -684,7 +684,9 @@ mod tests {
             kind: crate::layer::EntryKind::Dir,
             ..dir("etc/x", 5000, 1000)
         }];
-        let err = to_container_owners(&mut bad, &maps).unwrap_err().to_string();
+        let err = to_container_owners(&mut bad, &maps)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/etc/x, owned by host uid 5000"), "{err}");
         assert!(err.contains("hint: "), "{err}");
         assert_eq!(bad[0].uid, 5000, "not rewritten to root");

@@ -53,6 +53,9 @@ mod tests {
         assert_eq!(format!("{err:#}"), "pulling r.io/a: connection refused");
         assert!(err.chain().any(|c| c.is::<std::io::Error>()));
         assert!(err.is::<RegistryError>());
-        assert_eq!(format!("{:#}", RegistryError::wrap(err)), "pulling r.io/a: connection refused");
+        assert_eq!(
+            format!("{:#}", RegistryError::wrap(err)),
+            "pulling r.io/a: connection refused"
+        );
     }
 }
