@@ -352,3 +352,29 @@ fn sigterm_to_rbuild_alone_ends_the_run_too() {
     let out = env.rbuild(&["inspect", "app:1"]);
     assert!(!out.status.success(), "an interrupted build tags nothing");
 }
+
+#[test]
+fn prune_refuses_a_store_whose_tagged_manifest_is_corrupt() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[("Dockerfile", "FROM scratch\nCOPY a /a\n"), ("a", "x")],
+    );
+    env.rbuild_ok(&["build", "-q", "-t", "app:1", ctx.to_str().unwrap()]);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.root().join("index.json")).unwrap()).unwrap();
+    let digest = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let blobs = env.root().join("blobs/sha256");
+    let manifest = blobs.join(digest.trim_start_matches("sha256:"));
+    std::fs::write(&manifest, "not json").unwrap();
+    let count = || std::fs::read_dir(&blobs).unwrap().count();
+    let before = count();
+    let out = env.rbuild(&["prune"]);
+    let err = assert_fails(&out, 6, "is corrupt");
+    assert!(err.contains(&digest), "{err}");
+    assert!(hint_of(&err).contains("rbuild rmi"), "{err}");
+    assert_eq!(count(), before, "nothing was swept");
+}
