@@ -153,6 +153,19 @@ fn an_unreachable_registry_exits_5() {
 }
 
 #[test]
+fn a_registry_error_answer_exits_5() {
+    if tool("docker-registry", "docker-registry").is_none() {
+        return;
+    }
+    let reg = common::RegistryGuard::start(common::RegistryConf::default());
+    let env = Env::new();
+    let reference = format!("{}/nothing:here", reg.addr());
+    let out = env.rbuild(&["pull", &reference]);
+    let err = assert_fails(&out, 5, "MANIFEST_UNKNOWN");
+    assert!(err.contains(&reference), "names the reference: {err}");
+}
+
+#[test]
 fn a_corrupt_index_is_reported_as_corrupt_not_missing() {
     let env = Env::new();
     let ctx = env.context("ctx", &[("Dockerfile", "FROM scratch\nLABEL a=b\n")]);

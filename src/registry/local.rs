@@ -22,13 +22,15 @@ impl BlobStore for Store {
     }
 
     fn open_blob(&self, digest: &str) -> io::Result<File> {
-        Store::open_blob(self, digest).map_err(|e| io::Error::other(format!("{e:#}")))
+        // The anyhow chain rides inside the io::Error: its text and its
+        // typed causes stay reachable (`Error::source`).
+        Store::open_blob(self, digest).map_err(io::Error::other)
     }
 
     fn blob_size(&self, digest: &str) -> io::Result<u64> {
         let path = self
             .blob_path(digest)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e:#}")))?;
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         Ok(std::fs::metadata(path)?.len())
     }
 
