@@ -366,6 +366,7 @@ fn load_images(
 ) -> anyhow::Result<BTreeMap<String, image::Image>> {
     let mut out = BTreeMap::new();
     for name in names {
+        super::cancel::check()?;
         // `--build-context NAME=docker-image://REF`: REF stands in for NAME
         // (the result is still filed under NAME for the plan).
         let source = req.extra.image_contexts.get(name).unwrap_or(name);
