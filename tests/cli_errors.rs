@@ -367,7 +367,7 @@ fn sigterm_to_rbuild_alone_ends_the_run_too() {
 }
 
 #[test]
-fn prune_refuses_a_store_whose_tagged_manifest_is_corrupt() {
+fn a_corrupt_manifest_is_reported_and_prune_refuses_to_sweep() {
     let env = Env::new();
     let ctx = env.context(
         "ctx",
@@ -385,6 +385,13 @@ fn prune_refuses_a_store_whose_tagged_manifest_is_corrupt() {
     std::fs::write(&manifest, "not json").unwrap();
     let count = || std::fs::read_dir(&blobs).unwrap().count();
     let before = count();
+    // Reading the image says corrupt too, naming the blob.
+    let out = env.rbuild(&["inspect", "app:1"]);
+    let err = assert_fails(&out, 6, "is corrupt");
+    assert!(
+        err.contains(&digest) && err.contains("does not parse"),
+        "{err}"
+    );
     let out = env.rbuild(&["prune"]);
     let err = assert_fails(&out, 6, "is corrupt");
     assert!(err.contains(&digest), "{err}");

@@ -199,8 +199,9 @@ fn is_index(media_type: &str, json: &serde_json::Value) -> bool {
 pub fn load_image(store: &Store, desc: &Descriptor) -> anyhow::Result<Image> {
     let digest = desc.digest().to_string();
     let bytes = store.read_blob(&digest)?;
+    // Blobs are verified when written: one that no longer parses is damage.
     let json: serde_json::Value =
-        serde_json::from_slice(&bytes).with_context(|| format!("parsing manifest {digest}"))?;
+        serde_json::from_slice(&bytes).map_err(|e| corrupt_blob(store, &digest, "manifest", e))?;
     if is_index(desc.media_type().as_ref(), &json) {
         let index: ImageIndex =
             serde_json::from_value(json).with_context(|| format!("parsing index {digest}"))?;
@@ -211,7 +212,11 @@ pub fn load_image(store: &Store, desc: &Descriptor) -> anyhow::Result<Image> {
     let manifest: ImageManifest =
         serde_json::from_value(json).with_context(|| format!("parsing manifest {digest}"))?;
     let config_digest = manifest.config().digest().to_string();
-    let config = ImageConfig::from_json(&store.read_blob(&config_digest)?)
+    let config_bytes = store.read_blob(&config_digest)?;
+    if let Err(e) = serde_json::from_slice::<serde_json::Value>(&config_bytes) {
+        return Err(corrupt_blob(store, &config_digest, "image config", e));
+    }
+    let config = ImageConfig::from_json(&config_bytes)
         .with_context(|| format!("parsing image config {config_digest}"))?;
     Ok(Image {
         manifest_desc: desc.clone(),
@@ -219,6 +224,21 @@ pub fn load_image(store: &Store, desc: &Descriptor) -> anyhow::Result<Image> {
         config,
         config_digest,
     })
+}
+
+/// A stored blob that no longer reads as JSON: corrupt store state.
+fn corrupt_blob(store: &Store, digest: &str, what: &str, e: serde_json::Error) -> anyhow::Error {
+    match store.blob_path(digest) {
+        Ok(path) => crate::store::StoreError::Corrupt {
+            what: "blob",
+            path,
+            why: format!("the {what} {digest} does not parse: {e}"),
+            hint: "it changed after rbuild wrote and verified it: `rbuild rmi` the image \
+                   and build or pull it again (and check the disk)",
+        }
+        .into(),
+        Err(p) => p,
+    }
 }
 
 fn pick_platform(index: &ImageIndex) -> Option<Descriptor> {
