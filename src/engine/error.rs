@@ -90,6 +90,24 @@ impl RunFailed {
     }
 }
 
+/// An error with a hint that belongs after its whole chain (`{:#}` prints
+/// the chain, then the `hint:` line). The chain ends here for `source()`,
+/// so the hint is not printed in the middle of it; [`classify`] still looks
+/// inside.
+#[derive(Debug)]
+pub struct Hinted {
+    pub source: anyhow::Error,
+    pub hint: String,
+}
+
+impl fmt::Display for Hinted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#}\nhint: {}", self.source, self.hint)
+    }
+}
+
+impl std::error::Error for Hinted {}
+
 /// The build context or the Dockerfile could not be read or fetched. Reads
 /// as the error it wraps; shared, because every step that needs the
 /// context gets the one scan's error.
@@ -134,7 +152,18 @@ pub fn interrupt_exit_code(err: &anyhow::Error) -> i32 {
 /// is the step's failure.
 pub fn classify(err: &anyhow::Error) -> ErrorKind {
     let (mut step, mut root, mut fallback) = (false, None, None);
-    for cause in err.chain() {
+    // The chain, with each `Hinted`'s own chain spliced in.
+    let mut causes: Vec<&(dyn std::error::Error + 'static)> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next.take() {
+        for cause in e.chain() {
+            causes.push(cause);
+            if let Some(h) = cause.downcast_ref::<Hinted>() {
+                next = Some(&h.source);
+            }
+        }
+    }
+    for cause in causes {
         if cause.is::<StepError>() {
             step = true;
         } else if let Some(kind) = root_kind(cause) {
@@ -219,6 +248,27 @@ mod tests {
             "Dockerfile:3: RUN x: process \"/bin/sh -c x\" did not complete successfully: exit code: 3"
         );
         assert!(err.chain().any(|c| c.is::<RunFailed>()));
+    }
+
+    #[test]
+    fn a_hinted_error_prints_its_hint_last_and_keeps_its_class() {
+        let corrupt = crate::store::StoreError::Corrupt {
+            what: "index",
+            path: "/s/index.json".into(),
+            why: "EOF".into(),
+            hint: "h",
+        };
+        let inner = anyhow::Error::new(corrupt).context("reading");
+        let err = anyhow::Error::new(Hinted {
+            source: inner,
+            hint: "free space".into(),
+        })
+        .context("COPY");
+        assert!(
+            format!("{err:#}").ends_with("\nhint: free space"),
+            "{err:#}"
+        );
+        assert_eq!(classify(&err), ErrorKind::Store);
     }
 
     #[test]
