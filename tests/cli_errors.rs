@@ -65,6 +65,8 @@ fn usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let out = env.rbuild(&["pull", "UPPER/Case:x"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = env.rbuild(&["tag", "app:1", "BAD:x"]);
+    assert_fails(&out, 2, "repository name must be lowercase");
     assert!(!env.root().exists(), "a usage error opens no store");
 }
 
