@@ -273,6 +273,42 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn lookup_tells_a_corrupt_record_from_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s")).unwrap();
+        assert!(matches!(
+            store.cache_lookup("k").unwrap(),
+            CacheLookup::Miss
+        ));
+        let rec = CacheRecord::new("k", None, "scope/stage/0", json!({}));
+        store.cache_put(&rec).unwrap();
+        assert!(matches!(store.cache_lookup("k").unwrap(), CacheLookup::Hit(r) if *r == rec));
+        let path = store.cache_path("k");
+        let corrupt = |s: &Store| match s.cache_lookup("k").unwrap() {
+            CacheLookup::Corrupt(e) => e.to_string(),
+            other => panic!("not corrupt: {other:?}"),
+        };
+        fs::write(&path, b"{\"schema\":1,\"key\":").unwrap();
+        let why = corrupt(&store);
+        assert!(
+            why.contains(&path.display().to_string()) && why.contains("EOF"),
+            "{why}"
+        );
+        assert!(why.contains("\nhint: "), "{why}");
+        // A record filed under another key's name is corrupt too.
+        let other = CacheRecord::new("other", None, "scope/stage/0", json!({}));
+        fs::write(&path, serde_json::to_vec(&other).unwrap()).unwrap();
+        assert!(corrupt(&store).contains("another key"));
+        // An older schema is age, not damage.
+        fs::write(&path, br#"{"schema":0,"key":"k"}"#).unwrap();
+        assert!(matches!(
+            store.cache_lookup("k").unwrap(),
+            CacheLookup::Miss
+        ));
+        assert!(store.cache_get("k").unwrap().is_none());
+    }
+
+    #[test]
     fn diff_inputs_names_what_changed() {
         let old = json!({"parent": "p", "instruction": "RUN make", "build_args": {"A": "1", "B": "2"}, "files": {"a.txt": "sha256:1", "gone": "sha256:2"}});
         let new = json!({"parent": "p", "instruction": "RUN make all", "build_args": {"A": "9", "B": "2", "C": "3"}, "files": {"a.txt": "sha256:1", "new": "sha256:3"}});
