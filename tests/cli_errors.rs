@@ -269,8 +269,8 @@ struct SleepingBuild {
 }
 
 impl SleepingBuild {
-    /// Returns once the sleeping RUN has started.
-    fn start(env: &Env) -> Option<SleepingBuild> {
+    /// Returns `settle` after the sleeping RUN's step has started.
+    fn start(env: &Env, settle: Duration) -> Option<SleepingBuild> {
         use std::io::BufRead;
         use std::os::unix::process::CommandExt;
         let ctx = busybox_context(env, "RUN sleep 60\n")?;
@@ -303,7 +303,7 @@ impl SleepingBuild {
             }
         }
         // The step is announced just before its sandbox starts.
-        std::thread::sleep(Duration::from_millis(1500));
+        std::thread::sleep(settle);
         Some(SleepingBuild { child, lines })
     }
 
@@ -323,7 +323,7 @@ impl SleepingBuild {
 #[test]
 fn ctrl_c_stops_the_build_cleans_up_and_exits_130() {
     let env = Env::new();
-    let Some(build) = SleepingBuild::start(&env) else {
+    let Some(build) = SleepingBuild::start(&env, Duration::from_millis(1500)) else {
         return;
     };
     let sent = Instant::now();
@@ -351,7 +351,9 @@ fn ctrl_c_stops_the_build_cleans_up_and_exits_130() {
 #[test]
 fn sigterm_to_rbuild_alone_ends_the_run_too() {
     let env = Env::new();
-    let Some(build) = SleepingBuild::start(&env) else {
+    // At once: the sandbox may still be starting (it is ended when it is
+    // listed).
+    let Some(build) = SleepingBuild::start(&env, Duration::ZERO) else {
         return;
     };
     let sent = Instant::now();

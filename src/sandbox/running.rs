@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicI32, Ordering};
 const SLOTS: usize = 64;
 
 static PIDS: [AtomicI32; SLOTS] = [const { AtomicI32::new(0) }; SLOTS];
+/// The signal [`signal_all`] sent (0: none): a sandbox listed after it gets
+/// it too, so one that was starting during the interrupt does not run on.
+static PENDING: AtomicI32 = AtomicI32::new(0);
 
 /// A listed pid; unlisted on drop. Drop it before reaping the process, so
 /// the pid cannot be recycled while listed.
@@ -32,11 +35,22 @@ pub(crate) fn list(pid: u32) -> Listed {
         p.compare_exchange(0, pid, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
     });
+    // Listed first, then checked: `signal_all` stores first, then reads
+    // the table, so one of the two sees the other.
+    let pending = PENDING.load(Ordering::SeqCst);
+    if pending != 0 {
+        // SAFETY: kill(2) on our own unreaped child.
+        unsafe {
+            libc::kill(pid, pending);
+        }
+    }
     Listed(slot)
 }
 
-/// Send `signal` to every listed sandbox. Async-signal-safe.
+/// Send `signal` to every listed sandbox, and to every one listed later.
+/// Async-signal-safe.
 pub fn signal_all(signal: i32) {
+    PENDING.store(signal, Ordering::SeqCst);
     for p in &PIDS {
         let pid = p.load(Ordering::SeqCst);
         if pid > 0 {
