@@ -12,6 +12,7 @@ pub mod dockerfile;
 pub mod engine;
 pub mod image;
 pub mod layer;
+pub mod oci;
 pub mod plan;
 pub mod progress;
 pub mod registry;

@@ -4,14 +4,14 @@ use std::path::Path;
 
 use anyhow::Context;
 
+use super::render::{self, Mode};
 use crate::engine::options::{parse_build_args, parse_output, source_date_epoch};
 use crate::engine::{self, context_source, BuildRequest};
 use crate::image::ImageFormat;
-use crate::layer::Compression;
-use crate::progress::{self, Mode};
+use crate::progress;
 use crate::store::Store;
 
-use super::{BuildArgs, CompressionArg, FormatArg, NetworkArg, ProgressMode, PullArg};
+use super::{BuildArgs, FormatArg, NetworkArg, ProgressMode, PullArg};
 use crate::engine::PullPolicy;
 
 pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
@@ -21,7 +21,7 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
     let store = super::images::open_store(root)
         .with_context(|| format!("opening the store {}", root.display()))?;
     let _lease = store.lease().context("taking the store's build lease")?;
-    let reporter = progress::reporter(match args.progress {
+    let reporter = render::reporter(match args.progress {
         _ if args.extra.quiet => Mode::Quiet,
         ProgressMode::Auto => Mode::Auto,
         ProgressMode::Tty => Mode::Tty,
@@ -125,7 +125,7 @@ struct Flags {
     outputs: Vec<crate::engine::options::OutputSpec>,
     to_stdout: bool,
     extra: crate::engine::options::ExtraOptions,
-    compression: Compression,
+    compression: crate::oci::Compression,
     secrets: std::collections::BTreeMap<String, engine::run::SecretSource>,
     ssh: std::collections::BTreeMap<String, std::path::PathBuf>,
     registry: crate::registry::Settings,
@@ -152,7 +152,10 @@ fn check_flags(args: &BuildArgs) -> anyhow::Result<Flags> {
         outputs,
         to_stdout,
         extra: super::buildflags::extra_options(&args.extra)?,
-        compression: compression(args.compression, args.compression_level)?,
+        compression: args
+            .compression
+            .with_level(args.compression_level)
+            .context("--compression-level")?,
         secrets: args
             .secrets
             .iter()
@@ -241,28 +244,4 @@ fn ssh_sockets(
         out.insert(id.to_string(), sock);
     }
     Ok(out)
-}
-
-fn compression(kind: CompressionArg, level: Option<i32>) -> anyhow::Result<Compression> {
-    Ok(match kind {
-        CompressionArg::None => Compression::None,
-        CompressionArg::Gzip => {
-            let level = level.unwrap_or(6);
-            anyhow::ensure!(
-                (0..=9).contains(&level),
-                "--compression-level for gzip is 0-9, not {level}"
-            );
-            Compression::Gzip {
-                level: level as u32,
-            }
-        }
-        CompressionArg::Zstd => {
-            let level = level.unwrap_or(3);
-            anyhow::ensure!(
-                (1..=22).contains(&level),
-                "--compression-level for zstd is 1-22, not {level}"
-            );
-            Compression::Zstd { level }
-        }
-    })
 }

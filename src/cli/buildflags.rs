@@ -62,16 +62,14 @@ pub fn extra_options(f: &ExtraBuildFlags) -> anyhow::Result<options::ExtraOption
 }
 
 /// `--platform`: one `os/arch[/variant]`, parsed as the planner does.
-pub fn parse_platform(spec: Option<&str>) -> anyhow::Result<Option<crate::plan::Platform>> {
+pub fn parse_platform(spec: Option<&str>) -> anyhow::Result<Option<crate::oci::Platform>> {
     let Some(spec) = spec else { return Ok(None) };
     anyhow::ensure!(
         !spec.contains(','),
         "--platform {spec}: rbuild builds one platform at a time\n\
          hint: run one build per platform"
     );
-    let p = crate::plan::Platform::parse(spec).with_context(|| {
-        format!("invalid --platform {spec:?}: expected os/arch[/variant], e.g. linux/arm64")
-    })?;
+    let p = crate::oci::Platform::parse(spec).context("--platform")?;
     Ok(Some(p))
 }
 
@@ -82,7 +80,7 @@ pub fn metadata(outcome: &BuildOutcome) -> Value {
         .tags
         .iter()
         .map(|t| {
-            crate::registry::Reference::parse(t)
+            crate::oci::Reference::parse(t)
                 .map(|r| r.to_string())
                 .unwrap_or_else(|_| t.clone())
         })

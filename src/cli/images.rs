@@ -526,7 +526,7 @@ mod tests {
         .enumerate()
         {
             let blob = store.put_blob(&content).unwrap();
-            layers.push(descriptor(crate::image::OCI_LAYER_GZIP, &blob).unwrap());
+            layers.push(descriptor(crate::oci::media::OCI_LAYER_GZIP, &blob).unwrap());
             let h = HistoryEntry {
                 created: at(if i == 0 {
                     "2001-02-03T04:05:06Z"
@@ -536,7 +536,7 @@ mod tests {
                 created_by: Some(by.to_string()),
                 ..HistoryEntry::default()
             };
-            config.add_layer(&crate::store::sha256_digest(&content), h);
+            config.add_layer(&crate::oci::digest::sha256_digest(&content), h);
             if i == 0 {
                 config.add_empty_layer(HistoryEntry {
                     created: at("2001-02-03T04:05:07Z"),

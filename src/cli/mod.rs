@@ -16,6 +16,7 @@ mod format;
 mod images;
 mod limits;
 mod registry;
+pub mod render;
 mod strict;
 
 /// rbuild: build OCI images from Dockerfiles, without a daemon.
@@ -214,8 +215,8 @@ pub struct BuildArgs {
     #[arg(long, value_name = "FILE")]
     pub iidfile: Option<PathBuf>,
     /// Layer compression.
-    #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
-    pub compression: CompressionArg,
+    #[arg(long, value_enum, default_value_t = crate::oci::Compression::GZIP)]
+    pub compression: crate::oci::Compression,
     /// Compression level (gzip 0-9, default 6; zstd 1-22, default 3).
     #[arg(long, value_name = "N")]
     pub compression_level: Option<i32>,
@@ -248,12 +249,17 @@ pub struct BuildArgs {
     pub context: PathBuf,
 }
 
-/// `--compression`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum CompressionArg {
-    Gzip,
-    Zstd,
-    None,
+/// `--compression` names the codec; `--compression-level` then sets the
+/// level (`Compression::with_level`), so clap parses at the default level.
+impl ValueEnum for crate::oci::Compression {
+    fn value_variants<'a>() -> &'a [Self] {
+        use crate::oci::Compression;
+        &[Compression::GZIP, Compression::ZSTD, Compression::None]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
+    }
 }
 
 /// `--pull`.

@@ -12,15 +12,15 @@ use sha2::{Digest, Sha256};
 
 use crate::context::{self, ContextIndex};
 use crate::image::{self, HistoryEntry, ImageConfig, ImageFormat};
-use crate::layer::Compression;
+use crate::oci::{Compression, LayerRef, Platform, Reference};
 use crate::plan::{self, Base, Plan, PlanOptions};
 use crate::progress::{Event, Reporter, StepHandle};
-use crate::registry::{local, Reference};
+use crate::registry::local;
 use crate::store::Store;
 
 use super::options::OutputSpec;
-use super::rootfs::{LayerRef, Rootfs};
-use super::step::StageState;
+use super::rootfs::Rootfs;
+use super::stage::StageState;
 
 /// Everything a build is asked to do.
 #[derive(Debug, Clone)]
@@ -290,7 +290,7 @@ pub fn build(
     for f in &plan.findings {
         reporter.event(Event::Warning {
             id: None,
-            message: format!("{}: {} (line {})", f.rule, f.message, f.span.line),
+            message: format!("{}: {} (line {})", f.rule, f.message, f.span.start_line),
         });
     }
 
@@ -385,7 +385,7 @@ fn load_images(
             .with_context(|| format!("invalid image reference {source}"))?;
         // A stored image of another platform than the one asked for is
         // not the image this build needs.
-        let want = platforms.get(name).and_then(|p| plan::Platform::parse(p));
+        let want = platforms.get(name).and_then(|p| Platform::parse(p).ok());
         let local = find_local_image(store, &reference, source)?.filter(|img| {
             want.as_ref()
                 .is_none_or(|w| img.config.os == w.os && img.config.architecture == w.arch)
@@ -404,7 +404,7 @@ fn load_images(
             // FROM --platform picks the image for that platform from an index.
             let platform = platforms
                 .get(name)
-                .map(|p| crate::registry::Platform::parse(p))
+                .map(|p| Platform::parse(p))
                 .transpose()?;
             pull_image(
                 store,
@@ -422,33 +422,20 @@ fn load_images(
     Ok(out)
 }
 
-/// Pull one image as a progress step whose bytes add up over its blobs
-/// (they download in parallel).
+/// Pull one image as a progress step; its blobs (downloaded in parallel)
+/// and retried attempts are reported as events of the step.
 fn pull_image(
     store: &Store,
     req: &BuildRequest,
     reporter: &Arc<dyn Reporter>,
     id: u64,
     reference: &Reference,
-    platform: Option<crate::registry::Platform>,
+    platform: Option<Platform>,
 ) -> anyhow::Result<image::Image> {
     let handle = StepHandle::start(reporter.clone(), id, format!("[internal] pull {reference}"));
-    let blobs = Mutex::new(BTreeMap::<String, (u64, u64)>::new());
-    let events = reporter.clone();
-    let progress: crate::registry::ProgressFn =
-        Arc::new(move |p: &crate::registry::BlobProgress| {
-            let Ok(mut m) = blobs.lock() else { return };
-            m.insert(p.digest.to_string(), (p.done, p.total));
-            let (done, total) = m.values().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-            events.event(Event::StepProgress {
-                id,
-                current: done,
-                total: Some(total),
-                unit: crate::progress::Unit::Bytes,
-            });
-        });
-    let settings = logging_retries(&req.registry, reporter, id);
-    match local::pull_into_store(store, reference, &settings, platform, Some(progress)) {
+    let settings = logging_retries(&req.registry, &handle);
+    let progress = Some(handle.transfer());
+    match local::pull_into_store(store, reference, &settings, platform, progress) {
         Ok(img) => {
             handle.done();
             Ok(img)
@@ -465,22 +452,14 @@ fn pull_image(
     }
 }
 
-/// `settings` whose retried attempts show up as log lines of step `id`, as
-/// they happen (a slow registry is not silent until it fails).
+/// `settings` whose retried attempts are reported as they happen, as
+/// events of `step` (a slow registry is not silent until it fails).
 fn logging_retries(
     settings: &crate::registry::Settings,
-    reporter: &Arc<dyn Reporter>,
-    id: u64,
+    step: &StepHandle,
 ) -> crate::registry::Settings {
-    let logs = reporter.clone();
     let mut settings = settings.clone();
-    settings.on_retry = crate::registry::settings::RetryHook(Some(Arc::new(move |m: &str| {
-        logs.event(Event::StepLog {
-            id,
-            stream: crate::progress::Stream::Stderr,
-            bytes: format!("{m}\n").into_bytes(),
-        })
-    })));
+    settings.on_retry = Some(step.transfer());
     settings
 }
 
@@ -526,7 +505,7 @@ fn stage_deps(plan: &Plan) -> Vec<Vec<usize>> {
             let mut deps: Vec<usize> = s
                 .steps
                 .iter()
-                .flat_map(|st| st.sources.iter())
+                .flat_map(|st| st.sources())
                 .chain(std::iter::once(&s.base))
                 .filter_map(|b| match b {
                     Base::Stage(i) => Some(*i),
@@ -591,15 +570,14 @@ fn run_stage(
         let step_id = format!("{}/{}/{}", ctx.cache_scope, stage_label(stage), i);
         super::cancel::check()?;
         st.run(ctx, step, &step_id, done).map_err(|e| {
-            let inst = &step.instruction;
-            let text = format!("{} {}", inst.name(), inst.original.trim());
+            let text = format!("{} {}", step.name(), step.original.trim());
             // A step that failed because the build was interrupted (its
             // process got the Ctrl-C) says so, not how the process ended.
             let e = match super::cancel::check() {
                 Err(i) => anyhow::Error::new(i),
                 Ok(()) => e,
             };
-            super::error::StepError::new(&ctx.dockerfile_name, inst.span.line, text, e)
+            super::error::StepError::new(&ctx.dockerfile_name, step.span.start_line, text, e)
         })?;
     }
     Ok(st.finish(ctx))
@@ -703,7 +681,7 @@ fn push_tags(ctx: &BuildCtx<'_>, tags: &[String]) -> anyhow::Result<Vec<(String,
             .collect();
         let id = ctx.step_id();
         let handle = StepHandle::start(ctx.reporter.clone(), id, format!("pushing {dest}"));
-        let settings = logging_retries(&ctx.req.registry, &ctx.reporter, id);
+        let settings = logging_retries(&ctx.req.registry, &handle);
         match local::push_from_store(
             ctx.store,
             tag,

@@ -13,19 +13,11 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::layer::{resolve_in_root, unpack_layer, UnpackOptions};
+use crate::oci::LayerRef;
 use crate::store::{LockedTempDir, Store};
 
 use super::copy::ExistingDir;
 use crate::layer::Timespec;
-
-/// A layer of a stage: compressed digest (to read the blob) and diff_id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LayerRef {
-    pub digest: String,
-    pub diff_id: String,
-    pub size: u64,
-    pub media_type: String,
-}
 
 /// The materialized view; dropped with its temp dir.
 pub struct Rootfs {

@@ -25,13 +25,12 @@ use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 
 use crate::layer::{EntryKind, FileSource, LayerEntry, Timespec};
-use crate::plan::Step;
+use crate::oci::LayerRef;
+use crate::plan::{Step, StepKind};
 use crate::progress::StepHandle;
-use crate::store::CachedLayer;
 
 use super::build::BuildCtx;
 use super::cachekey::KeyInputs;
-use super::rootfs::LayerRef;
 
 /// What the previous build of the step left to reuse.
 pub struct LinkSource {
@@ -52,11 +51,10 @@ pub(super) fn link_source(
     step: &Step,
     now: &KeyInputs,
     old: Option<KeyInputs>,
-    old_layer: Option<CachedLayer>,
+    old_layer: Option<LayerRef>,
 ) -> Option<LinkSource> {
     let old = old?;
-    let same_step = super::step::is_copy(step)
-        && step.sources.is_empty()
+    let same_step = matches!(&step.kind, StepKind::Copy(c) if c.from.is_none())
         && old.parent == now.parent
         && old.instruction == now.instruction
         && without_sources(&old.extra) == without_sources(&now.extra)

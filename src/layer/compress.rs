@@ -11,27 +11,8 @@ use super::chunkcache::ChunkCache;
 use super::chunked::{ChunkStats, ChunkedWriter, Codec};
 use super::entry::{normalize, LayerEntry, Timespec};
 use super::tarwrite::{write_entries, TarSink};
-use super::{MEDIA_TYPE_TAR, MEDIA_TYPE_TAR_GZIP, MEDIA_TYPE_TAR_ZSTD};
-
-/// How a layer blob is compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    /// Parallel gzip, level 0–9 (6 is gzip's default).
-    Gzip {
-        level: u32,
-    },
-    /// Multithreaded zstd, level 1–22 (3 is zstd's default).
-    Zstd {
-        level: i32,
-    },
-}
-
-impl Default for Compression {
-    fn default() -> Self {
-        Compression::Gzip { level: 6 }
-    }
-}
+use crate::oci::media::{OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD};
+use crate::oci::Compression;
 
 /// Options for [`write_layer`].
 #[derive(Debug, Clone, Default)]
@@ -133,12 +114,12 @@ pub fn write_layer(
                 diff_id,
                 size: n,
                 uncompressed_size: n,
-                media_type: MEDIA_TYPE_TAR,
+                media_type: OCI_LAYER,
                 chunks: ChunkStats::default(),
             });
         }
-        Compression::Gzip { level } => (Codec::Gzip(level), MEDIA_TYPE_TAR_GZIP),
-        Compression::Zstd { level } => (Codec::Zstd(level), MEDIA_TYPE_TAR_ZSTD),
+        Compression::Gzip { level } => (Codec::Gzip(level), OCI_LAYER_GZIP),
+        Compression::Zstd { level } => (Codec::Zstd(level), OCI_LAYER_ZSTD),
     };
     let mut chunked = ChunkedWriter::new(buffered, codec, opts.threads, opts.chunk_cache.clone())
         .context("starting compression threads")?;

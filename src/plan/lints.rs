@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::expand;
-use super::ir::Span;
+use super::Span;
 use super::{Finding, Platform};
 
 /// RedundantTargetPlatform and FromPlatformFlagConstDisallowed.
@@ -32,7 +32,7 @@ pub(super) fn platform_lints(
     if !m.matched.is_empty() || !m.unmatched.is_empty() {
         return;
     }
-    let Some(p) = Platform::parse(value) else {
+    let Some(p) = Platform::parse(value).ok() else {
         return;
     };
     let stage = stage.unwrap_or_default();

@@ -10,20 +10,25 @@
 //! JSONArgsRecommended, MultipleInstructionsDisallowed); `check` adds the
 //! purely syntactic ones.
 
+mod checks;
 mod dispatch;
 pub mod expand;
-pub mod from_parser;
 pub mod history;
-pub mod ir;
 mod lints;
+pub mod read;
 mod stage;
 mod state;
+pub mod step;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use from_parser::{read, Parsed};
-pub use ir::{Flag, Form, Heredoc, Instruction, Kind, Span};
+pub use crate::dockerfile::{parse_mount, Heredoc, Span};
+pub use read::{read, Parsed};
 pub use stage::{predefined_args, PROXY_ARGS};
+pub use step::{
+    CacheSharing, ConfigEdit, CopyStep, Form, Health, Mount, MountType, Network, RunMount, RunStep,
+    Step, StepKind,
+};
 
 /// An error at a position in the Dockerfile.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,78 +45,8 @@ pub struct Finding {
     pub message: String,
 }
 
-/// An OS/architecture pair (`linux/amd64`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Platform {
-    pub os: String,
-    pub arch: String,
-    pub variant: String,
-}
-
-impl Platform {
-    /// The platform rbuild runs on, in OCI/Go names.
-    pub fn host() -> Self {
-        let arch = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            "x86" => "386",
-            "powerpc64" => "ppc64le",
-            "s390x" => "s390x",
-            "riscv64" => "riscv64",
-            "arm" => "arm",
-            other => other,
-        };
-        let variant = if arch == "arm" { "v7" } else { "" };
-        Platform {
-            os: "linux".into(),
-            arch: arch.into(),
-            variant: variant.into(),
-        }
-    }
-
-    /// Parse `os/arch[/variant]` (also a bare `arch`, as containerd does for
-    /// `amd64`/`arm64`).
-    pub fn parse(s: &str) -> Option<Self> {
-        let parts: Vec<&str> = s.split('/').collect();
-        let ok = |p: &&str| {
-            !p.is_empty()
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-        };
-        if !parts.iter().all(ok) {
-            return None;
-        }
-        let lower = |p: &str| p.to_ascii_lowercase();
-        match parts.as_slice() {
-            [os, arch] => Some(Platform {
-                os: lower(os),
-                arch: lower(arch),
-                variant: String::new(),
-            }),
-            [os, arch, variant] => Some(Platform {
-                os: lower(os),
-                arch: lower(arch),
-                variant: lower(variant),
-            }),
-            [one] if *one != "linux" && *one != "windows" => Some(Platform {
-                os: "linux".into(),
-                arch: lower(one),
-                variant: String::new(),
-            }),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Platform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.os, self.arch)?;
-        if !self.variant.is_empty() {
-            write!(f, "/{}", self.variant)?;
-        }
-        Ok(())
-    }
-}
+/// Build and target platforms are the OCI vocabulary's.
+pub use crate::oci::Platform;
 
 /// What the engine knows about an external base image's config; lets the
 /// planner expand with its ENV, use its SHELL/WORKDIR and run its ONBUILD
@@ -151,7 +86,8 @@ impl Default for PlanOptions {
         PlanOptions {
             build_args: BTreeMap::new(),
             target: None,
-            platform: Platform::host(),
+            // BuildKit plans with the normalized host: no arm64 variant.
+            platform: Platform::host().normalized(),
             all_stages: false,
             base_configs: BTreeMap::new(),
             target_platform: None,
@@ -168,34 +104,6 @@ pub enum Base {
     Stage(usize),
     /// A normalized image reference.
     Image(String),
-}
-
-/// One step of a stage, ready for the engine.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Step {
-    /// The instruction with every word BuildKit expands already expanded
-    /// (RUN/CMD/ENTRYPOINT command text is left to the shell).
-    pub instruction: Instruction,
-    /// The build args (ARGs in scope) this step depends on: all of them for
-    /// RUN (they are in its environment), else the ones its words used.
-    pub build_args: BTreeMap<String, String>,
-    /// For RUN: the environment ARG values add (in declaration order).
-    pub arg_env: Vec<(String, String)>,
-    /// For RUN: proxy build args (`HTTP_PROXY`…), never in history or cache keys.
-    pub proxy_env: BTreeMap<String, String>,
-    /// The source of `COPY --from` / `RUN --mount from=`.
-    pub sources: Vec<Base>,
-    /// RUN: every `--mount`, expanded and parsed (same order as the flags).
-    pub mounts: Vec<crate::dockerfile::Mount>,
-    /// BuildKit's progress name (`[stage-0 2/4] COPY . /app`), for steps
-    /// that have one (ADD, COPY, RUN, WORKDIR).
-    pub display_name: Option<String>,
-    /// The image-history `created_by`; `None` for ONBUILD.
-    pub created_by: Option<String>,
-    /// Whether the history entry is `empty_layer`.
-    pub empty_layer: bool,
-    /// This step is a trigger inherited through ONBUILD.
-    pub from_onbuild: bool,
 }
 
 /// One stage of the plan.
@@ -245,7 +153,7 @@ impl std::fmt::Display for PlanError {
         let msgs: Vec<String> = self
             .problems
             .iter()
-            .map(|p| format!("line {}: {}", p.span.line, p.message))
+            .map(|p| format!("line {}: {}", p.span.start_line, p.message))
             .collect();
         f.write_str(&msgs.join("; "))
     }
@@ -286,7 +194,7 @@ pub fn plan_text(text: &str, opts: &PlanOptions) -> Result<Plan, PlanError> {
 /// `docker.io/library/alpine:latest`); `None` when it is not a valid
 /// reference.
 pub fn normalize_reference(name: &str) -> Option<String> {
-    crate::registry::Reference::parse(name)
+    crate::oci::Reference::parse(name)
         .ok()
         .map(|r| r.to_string())
 }

@@ -1,11 +1,13 @@
 //! OCI distribution client: references, auth, pull and push.
 //!
-//! `reference` normalizes names as docker does; `settings` holds insecure
+//! References come from `oci::reference`; `settings` holds insecure
 //! registries, mirrors and retry policy; `auth` reads and writes stored
 //! credentials; `client` talks to one registry host (TLS, auth handshake,
 //! retries, error bodies); `pull` and `push` move images between a
 //! registry and anything implementing `blobs::BlobStore`; `known` records
 //! which repositories hold which blobs, for cross-repository mounts.
+//! Transfers report blob progress and retried attempts as `progress`
+//! events of the step that asked for them (`progress::Transfer`).
 
 pub mod auth;
 pub mod blobs;
@@ -17,55 +19,39 @@ pub mod local;
 pub mod manifest;
 pub mod pull;
 pub mod push;
-pub mod reference;
 pub mod settings;
 pub mod tls;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use anyhow::Result;
 
+use crate::oci::reference::DOCKER_HUB;
+
+/// Where Docker Hub's registry API really lives.
+pub const DOCKER_HUB_API: &str = "registry-1.docker.io";
+/// The key docker writes Docker Hub credentials under in config.json.
+pub const DOCKER_HUB_AUTH_KEY: &str = "https://index.docker.io/v1/";
+
+/// The host a registry's API is served from (Docker Hub's differs from
+/// its name).
+pub fn api_host(registry: &str) -> &str {
+    if registry == DOCKER_HUB {
+        DOCKER_HUB_API
+    } else {
+        registry
+    }
+}
+
 pub use auth::{AuthFiles, Credentials};
-pub use blobs::{BlobStore, OciLayout};
+pub use blobs::BlobStore;
 pub use client::{ApiError, Registry};
 pub use error::RegistryError;
 pub use known::BlobLocations;
-pub use manifest::Platform;
 pub use pull::{pull, PullOptions, PulledImage};
 pub use push::{push, BlobOutcome, PushOptions, PushReport};
-pub use reference::{Reference, ReferenceError};
 pub use settings::Settings;
-
-/// Progress of one blob transfer.
-#[derive(Debug, Clone, Copy)]
-pub struct BlobProgress<'a> {
-    pub digest: &'a str,
-    pub done: u64,
-    pub total: u64,
-    /// Whether bytes are moving or how the blob ended: every blob gets
-    /// exactly one final (non-`Moving`) report, so a printer can say once
-    /// what happened to it.
-    pub state: BlobState,
-}
-
-/// What a [`BlobProgress`] report says about its blob.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlobState {
-    /// Bytes are being transferred (`done` of `total`); not final.
-    Moving,
-    /// Downloaded or uploaded in full and verified.
-    Transferred,
-    /// Already there (in the store on pull, in the registry on push).
-    Exists,
-    /// Push: mounted from another repository of the registry.
-    Mounted,
-    /// The transfer failed for good (after retries).
-    Failed,
-}
-
-/// A progress callback, shared by the transfer threads.
-pub type ProgressFn = Arc<dyn Fn(&BlobProgress) + Send + Sync>;
 
 /// Check `password` for `user` against `registry` (a registry name such
 /// as `docker.io` or `host:port`) and store it in docker's config.json.
@@ -74,9 +60,8 @@ pub fn login(registry: &str, user: &str, password: &str, settings: &Settings) ->
         username: user.to_string(),
         password: password.to_string(),
     };
-    let reg =
-        Registry::with_credentials(reference::api_host(registry), settings, Some(creds.clone()))
-            .map_err(RegistryError::wrap)?;
+    let reg = Registry::with_credentials(api_host(registry), settings, Some(creds.clone()))
+        .map_err(RegistryError::wrap)?;
     reg.ping().map_err(RegistryError::wrap)?;
     settings.auth.store(registry, &creds)
 }
@@ -92,9 +77,7 @@ pub fn registry_name(server: &str) -> String {
     let s = settings::strip_scheme(server.trim());
     let s = s.split('/').next().unwrap_or(s);
     match s {
-        "" | "index.docker.io" | "registry-1.docker.io" | "docker.io" => {
-            reference::DOCKER_HUB.to_string()
-        }
+        "" | "index.docker.io" | "registry-1.docker.io" | "docker.io" => DOCKER_HUB.to_string(),
         other => other.to_string(),
     }
 }
@@ -142,5 +125,14 @@ mod tests {
         assert_eq!(registry_name("https://index.docker.io/v1/"), "docker.io");
         assert_eq!(registry_name("127.0.0.1:5000"), "127.0.0.1:5000");
         assert_eq!(registry_name("https://reg.io/"), "reg.io");
+    }
+
+    #[test]
+    fn docker_hub_api_lives_elsewhere() {
+        use crate::oci::Reference;
+        let api = |s: &str| api_host(&Reference::parse(s).unwrap().registry).to_string();
+        assert_eq!(api("alpine"), DOCKER_HUB_API);
+        assert_eq!(api("Foo/app"), "Foo");
+        assert_eq!(api("localhost:5000/app"), "localhost:5000");
     }
 }

@@ -7,22 +7,27 @@ use std::io::Read;
 use anyhow::{anyhow, bail, Context, Result};
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 
+use super::api_host;
 use super::blobs::{BlobStore, MAX_SMALL_BLOB};
 use super::body::transfer_error;
 use super::client::{scope, Registry};
 use super::known::BlobLocations;
-use super::manifest::{self, choose_platform, Descriptor, Parsed, Platform};
-use super::reference::{api_host, sha256_digest, Reference, DOCKER_HUB};
+use super::manifest::{self, choose_platform, Descriptor, Parsed};
+use super::run_parallel;
 use super::settings::{strip_scheme, Settings};
-use super::{run_parallel, BlobProgress, BlobState, ProgressFn};
+use crate::oci::digest::sha256_digest;
+use crate::oci::media;
+use crate::oci::reference::{Reference, DOCKER_HUB};
+use crate::oci::Platform;
+use crate::progress::{BlobState, Transfer};
 
 /// What a pull asks for besides the reference.
 #[derive(Default)]
 pub struct PullOptions<'a> {
     /// Platform to choose from an index; default: the host's.
     pub platform: Option<Platform>,
-    /// Called as blob bytes arrive.
-    pub progress: Option<ProgressFn>,
+    /// Where blob bytes arriving and each blob's outcome are reported.
+    pub progress: Option<Transfer>,
     /// Where to record "blob known in repo R of registry H" for later mounts.
     pub locations: Option<&'a BlobLocations>,
 }
@@ -137,7 +142,7 @@ fn fetch_manifest(reg: &Registry, reference: &Reference, r: &str) -> Result<Fetc
     let scopes = [scope(repo, "pull")];
     let resp = reg.send(&scopes, &what, true, &|c, base| {
         c.get(format!("{base}/v2/{repo}/manifests/{r}"))
-            .header(ACCEPT, manifest::ACCEPT)
+            .header(ACCEPT, media::MANIFEST_TYPES.join(", "))
     })?;
     let resp = reg.check(resp, &what)?;
     let media_type = resp
@@ -212,7 +217,7 @@ fn finish(
     let config_bytes = super::blobs::read_small_blob(store, &config.digest)?;
     manifest::check_diff_ids(&config_bytes, parsed.layers.len())
         .with_context(|| format!("pulling {reference}: image config {}", config.digest))?;
-    let known = [manifest::OCI_MANIFEST, manifest::DOCKER_MANIFEST];
+    let known = [media::OCI_MANIFEST, media::DOCKER_MANIFEST];
     let media_type = if known.contains(&image.media_type.as_str()) {
         image.media_type.clone()
     } else {
@@ -238,7 +243,7 @@ fn fetch_blob(
     reference: &Reference,
     store: &dyn BlobStore,
     d: &Descriptor,
-    progress: Option<&ProgressFn>,
+    progress: Option<&Transfer>,
 ) -> Result<bool> {
     if store.has_blob(&d.digest) {
         return Ok(false);
@@ -292,19 +297,14 @@ fn retryable(e: &anyhow::Error) -> bool {
 }
 
 /// The one final report of a blob (the caller saw its bytes move, if any).
-fn report(progress: Option<&ProgressFn>, d: &Descriptor, state: BlobState) {
-    if let Some(p) = progress {
+fn report(progress: Option<&Transfer>, d: &Descriptor, state: BlobState) {
+    if let Some(t) = progress {
         let done = if state == BlobState::Failed {
             0
         } else {
             d.size
         };
-        p(&BlobProgress {
-            digest: &d.digest,
-            done,
-            total: d.size,
-            state,
-        });
+        t.blob(&d.digest, done, d.size, state);
     }
 }
 
@@ -314,7 +314,7 @@ struct Counting<'a, R> {
     done: u64,
     total: u64,
     digest: &'a str,
-    progress: Option<&'a ProgressFn>,
+    progress: Option<&'a Transfer>,
 }
 
 impl<R: Read> Read for Counting<'_, R> {
@@ -323,13 +323,8 @@ impl<R: Read> Read for Counting<'_, R> {
         self.done += n as u64;
         // End of stream (n == 0) is no progress: reporting it again would
         // show a finished blob twice.
-        if let (Some(p), true) = (self.progress, n > 0) {
-            p(&BlobProgress {
-                digest: self.digest,
-                done: self.done,
-                total: self.total,
-                state: BlobState::Moving,
-            });
+        if let (Some(t), true) = (self.progress, n > 0) {
+            t.blob(self.digest, self.done, self.total, BlobState::Moving);
         }
         Ok(n)
     }

@@ -36,20 +36,8 @@ pub enum BlobError {
 /// The hex part of a `sha256:<hex>` digest, validated so it is safe as a
 /// file name (no `/`, no `..`).
 pub fn digest_hex(digest: &str) -> Result<&str, BlobError> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .ok_or_else(|| BlobError::InvalidDigest(digest.to_string()))?;
-    let ok = hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    if ok {
-        Ok(hex)
-    } else {
-        Err(BlobError::InvalidDigest(digest.to_string()))
-    }
-}
-
-/// `sha256:<hex>` of `bytes`.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    crate::oci::digest::sha256_hex_of(digest)
+        .ok_or_else(|| BlobError::InvalidDigest(digest.to_string()))
 }
 
 /// Writes one blob: hashes every byte, then `commit` names it.

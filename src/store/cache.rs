@@ -6,25 +6,14 @@
 use std::fs;
 use std::path::PathBuf;
 
+use super::Store;
+use crate::oci::digest::sha256_hex;
+use crate::oci::LayerRef;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
-
-use super::Store;
 
 /// Bump when the record's meaning changes; older records read as misses.
 pub const CACHE_SCHEMA: u32 = 1;
-
-/// A layer a cached step produced.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CachedLayer {
-    /// Compressed blob digest (`sha256:…`).
-    pub digest: String,
-    /// Uncompressed tar digest.
-    pub diff_id: String,
-    pub size: u64,
-    pub media_type: String,
-}
 
 /// The result of one build step, found again by its cache key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,7 +28,7 @@ pub struct CacheRecord {
     /// The key's inputs: `{"parent", "instruction", "build_args", "files"}`.
     pub inputs: serde_json::Value,
     /// The layer, or None for a metadata-only step.
-    pub layer: Option<CachedLayer>,
+    pub layer: Option<LayerRef>,
     /// The config changes the step made, as JSON.
     pub config_changes: serde_json::Value,
     /// Other blobs the record keeps alive (e.g. a base image's manifest).
@@ -145,7 +134,7 @@ pub fn diff_inputs(old: &serde_json::Value, new: &serde_json::Value) -> Vec<Stri
 
 impl Store {
     fn cache_path(&self, key: &str) -> PathBuf {
-        let name = hex::encode(Sha256::digest(key.as_bytes()));
+        let name = sha256_hex(key.as_bytes());
         self.private("cache").join(format!("{name}.json"))
     }
 
