@@ -432,6 +432,8 @@ pub fn inspect(root: &Path, args: ImageArg) -> anyhow::Result<i32> {
 }
 
 pub fn tag(root: &Path, source: &str, target: &str) -> anyhow::Result<i32> {
+    // A name the store cannot hold is a usage error, found before any work.
+    crate::store::check_reference(target).map_err(|e| super::exit::usage(e.into()))?;
     let store = open_store(root)?;
     let desc = match store.resolve(source)? {
         Some(d) => d,
@@ -452,7 +454,10 @@ pub fn rmi(root: &Path, images: &[String]) -> anyhow::Result<i32> {
         }
     }
     if !unknown.is_empty() {
-        anyhow::bail!("no such image: {}", unknown.join(", "));
+        anyhow::bail!(
+            "no such image: {}\nhint: `rbuild images` lists the stored images",
+            unknown.join(", ")
+        );
     }
     Ok(0)
 }

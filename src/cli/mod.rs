@@ -11,6 +11,7 @@ mod build;
 mod buildflags;
 mod check;
 mod docs;
+pub mod exit;
 mod format;
 mod images;
 mod limits;
@@ -408,12 +409,13 @@ pub fn main() -> i32 {
             return code;
         }
     }
+    if matches!(cli.command, Command::Build(_)) {
+        // A build stops at a step boundary and cleans up on Ctrl-C.
+        crate::engine::cancel::install();
+    }
     match run(cli) {
         Ok(code) => code,
-        Err(err) => {
-            strict::print_error(&err);
-            1
-        }
+        Err(err) => exit::report(&err),
     }
 }
 

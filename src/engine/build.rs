@@ -118,7 +118,7 @@ pub(crate) struct BuildCtx<'a> {
     /// The Dockerfile's name as the user gave it, for error locations.
     pub dockerfile_name: String,
     dockerfile_rel: String,
-    context_index: OnceLock<Result<ContextIndex, String>>,
+    context_index: OnceLock<Result<ContextIndex, super::error::ContextFailure>>,
     /// Shared by the attempts of one build (see [`build`]): ids never repeat.
     next_step: &'a AtomicU64,
     /// Set once the no-overlay fallback has been announced.
@@ -217,14 +217,14 @@ impl BuildCtx<'_> {
                 &self.dockerfile_rel,
                 &progress,
             )
-            .map_err(|e| format!("{e:#}"));
+            .map_err(|e| super::error::ContextFailure(Arc::new(e)));
             match &res {
                 Ok(_) => handle.done(),
-                Err(e) => handle.failed(e.clone()),
+                Err(e) => handle.failed(format!("{:#}", e.0)),
             }
             res
         });
-        res.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
+        res.as_ref().map_err(|e| anyhow::Error::new(e.clone()))
     }
 }
 
@@ -278,8 +278,19 @@ fn build_once(
     next_step: &AtomicU64,
 ) -> anyhow::Result<BuildOutcome> {
     let (dockerfile, dockerfile_name) = dockerfile_path(req);
-    let text = std::fs::read_to_string(&dockerfile)
-        .with_context(|| format!("reading Dockerfile {}", dockerfile.display()))?;
+    let text = std::fs::read_to_string(&dockerfile).map_err(|e| {
+        let hint = match (e.kind(), &req.dockerfile) {
+            (std::io::ErrorKind::NotFound, None) => {
+                "\nhint: the Dockerfile is CONTEXT/Dockerfile unless -f names another"
+            }
+            (std::io::ErrorKind::NotFound, Some(_)) => {
+                "\nhint: a relative -f path starts at the current directory, not the context"
+            }
+            _ => "",
+        };
+        let what = format!("reading Dockerfile {}{hint}", dockerfile.display());
+        super::error::ContextFailure::wrap(anyhow::Error::new(e).context(what))
+    })?;
     let dockerfile_rel = dockerfile
         .strip_prefix(&req.context)
         .map(|p| p.to_string_lossy().into_owned())
@@ -349,6 +360,8 @@ fn build_once(
         Some(t) => t,
         None => run_stages(&ctx)?,
     };
+    // Interrupted during the last step: nothing is tagged or exported.
+    super::cancel::check()?;
     caches
         .save_locations(store)
         .context("recording where the remote cache's layers are")?;
@@ -404,6 +417,7 @@ fn load_images(
 ) -> anyhow::Result<BTreeMap<String, image::Image>> {
     let mut out = BTreeMap::new();
     for name in names {
+        super::cancel::check()?;
         // `--build-context NAME=docker-image://REF`: REF stands in for NAME
         // (the result is still filed under NAME for the plan).
         let source = req.extra.image_contexts.get(name).unwrap_or(name);
@@ -522,7 +536,12 @@ fn find_local_image(
         .strip_prefix("docker.io/library/")
         .or_else(|| name.strip_prefix("docker.io/"))
         .unwrap_or(name);
-    match store.resolve(short).ok().flatten() {
+    // A short name the index cannot hold is simply not there; a corrupt
+    // index is an error (not a reason to pull).
+    if crate::store::lookup_name(short).is_err() {
+        return Ok(None);
+    }
+    match store.resolve(short)? {
         Some(desc) => image::load_image(store, &desc).map(Some),
         None => Ok(None),
     }
@@ -608,18 +627,25 @@ fn run_stage(
     let mut st = StageState::start(ctx, stage, done)?;
     for (i, step) in stage.steps.iter().enumerate() {
         let step_id = format!("{}/{}/{}", ctx.cache_scope, stage_label(stage), i);
+        super::cancel::check()?;
         st.run(ctx, step, &step_id, done).map_err(|e| {
             // Kept as it is: the build runs again without the record.
             if crate::cache::RemoteCaches::is_refusal(&e) {
                 return e;
             }
-            anyhow::anyhow!(
-                "{}:{}: {} {}: {e:#}",
-                ctx.dockerfile_name,
+            let text = format!("{} {}", step.name(), step.original.trim());
+            // A step that failed because the build was interrupted (its
+            // process got the Ctrl-C) says so, not how the process ended.
+            let e = match super::cancel::check() {
+                Err(i) => anyhow::Error::new(i),
+                Ok(()) => e,
+            };
+            anyhow::Error::new(super::error::StepError::new(
+                &ctx.dockerfile_name,
                 step.span.start_line,
-                step.name(),
-                step.original.trim()
-            )
+                text,
+                e,
+            ))
         })?;
     }
     Ok(st.finish(ctx))

@@ -9,7 +9,7 @@ use crate::cache::{Location, MapRecord};
 use crate::image::ImageConfig;
 use crate::plan::{Base, Step};
 use crate::progress::{Event, StepHandle};
-use crate::store::CacheRecord;
+use crate::store::{CacheLookup, CacheRecord};
 
 use super::build::{BuildCtx, StageResult};
 use crate::oci::LayerRef;
@@ -292,18 +292,30 @@ impl BuildCtx<'_> {
 
 /// The key's record in the local store, else in a `--cache-from` cache,
 /// with the cache it came from (None: the local store).
-pub(crate) fn lookup(
-    ctx: &BuildCtx<'_>,
-    key: &str,
-    step_id: &str,
-) -> anyhow::Result<Option<(CacheRecord, Option<String>)>> {
+pub(crate) fn lookup(ctx: &BuildCtx<'_>, key: &str, step_id: &str) -> anyhow::Result<Lookup> {
     if ctx.no_cache_for(step_id) {
-        return Ok(None);
+        return Ok(Lookup::Miss);
     }
-    if let Some(rec) = ctx.store.cache_get(key)? {
-        return Ok(Some((rec, None)));
-    }
-    Ok(remote_lookup(ctx, key, step_id).map(|(rec, from)| (rec, Some(from))))
+    let local = match ctx.store.cache_lookup(key)? {
+        CacheLookup::Hit(rec) => return Ok(Lookup::Hit(rec, None)),
+        CacheLookup::Miss => Lookup::Miss,
+        CacheLookup::Corrupt(e) => Lookup::Corrupt(e),
+    };
+    Ok(match remote_lookup(ctx, key, step_id) {
+        Some((rec, from)) => Lookup::Hit(Box::new(rec), Some(from)),
+        None => local,
+    })
+}
+
+/// What [`lookup`] found for a key.
+pub(crate) enum Lookup {
+    /// A record, with the `--cache-from` cache it came from (None: the
+    /// local store).
+    Hit(Box<CacheRecord>, Option<String>),
+    Miss,
+    /// The local record is corrupt and no remote cache has the key: a
+    /// miss whose reason says so.
+    Corrupt(crate::store::StoreError),
 }
 
 /// End a step whose work failed. A refused remote layer is not the step's

@@ -4,10 +4,12 @@
 pub mod build;
 mod cache_io;
 pub mod cachekey;
+pub mod cancel;
 pub mod config;
 pub mod context_source;
 pub mod copy;
 pub mod copydest;
+pub mod error;
 mod exec;
 pub mod limits;
 pub mod mountpoints;
@@ -25,4 +27,5 @@ pub mod stepkeys;
 pub mod users;
 
 pub use build::{build, BuildOutcome, BuildRequest, PullPolicy};
+pub use error::{classify, ErrorKind, StepError};
 pub mod run;

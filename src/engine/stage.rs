@@ -16,6 +16,7 @@ use crate::progress::StepHandle;
 use crate::store::CacheRecord;
 
 use super::build::{history, BuildCtx, StageResult};
+use super::cache_io::Lookup;
 use super::cachekey::{explain_miss, KeyInputs};
 use super::config::{self, StageMeta};
 use super::exec::KeepAlive;
@@ -205,14 +206,22 @@ impl StageState {
         let no_cache = ctx.no_cache_for(step_id);
         // The one place the driver looks a key up: the local store, then
         // each `--cache-from` cache (`cache_io::lookup`).
-        if let Some((rec, from)) = super::cache_io::lookup(ctx, &key, step_id)? {
-            let outcome = outcome_from_record(&rec);
-            super::cache_io::report_hit(ctx, handle, &name, started, &rec, step_id, from);
-            self.apply_outcome(&created_by, outcome, ctx);
-            self.key = key;
-            return Ok(());
+        let mut corrupt = None;
+        match super::cache_io::lookup(ctx, &key, step_id)? {
+            Lookup::Hit(rec, from) => {
+                let outcome = outcome_from_record(&rec);
+                super::cache_io::report_hit(ctx, handle, &name, started, &rec, step_id, from);
+                self.apply_outcome(&created_by, outcome, ctx);
+                self.key = key;
+                return Ok(());
+            }
+            Lookup::Corrupt(e) => corrupt = Some(corrupt_record(ctx, &e)),
+            Lookup::Miss => {}
         }
-        let (reason, link_from) = self.miss_reason(ctx, step, step_id, &inputs, no_cache)?;
+        let (reason, link_from) = match corrupt {
+            Some(why) => (why, None),
+            None => self.miss_reason(ctx, step, step_id, &inputs, no_cache)?,
+        };
         handle.cache_miss(&reason);
         let result = super::cache_io::materialize(ctx, &self.layers, step, src, &handle)
             .and_then(|()| exec(self, &handle))
@@ -337,11 +346,11 @@ impl StageState {
         created_by: &str,
     ) -> anyhow::Result<()> {
         match super::cache_io::lookup(ctx, &key, step_id)? {
-            Some((rec, from)) => {
+            Lookup::Hit(rec, from) => {
                 ctx.probe_hit(step_id, name, from, &rec);
                 self.apply_outcome(created_by, outcome_from_record(&rec), ctx);
             }
-            None => self.incomplete = true,
+            Lookup::Miss | Lookup::Corrupt(_) => self.incomplete = true,
         }
         self.key = key;
         Ok(())
@@ -504,8 +513,8 @@ impl StageState {
         }
         let view = self.view(ctx)?;
         Ok(UserDb::parse(
-            &view.read_text("/etc/passwd"),
-            &view.read_text("/etc/group"),
+            &view.read_text("/etc/passwd")?,
+            &view.read_text("/etc/group")?,
         ))
     }
 
@@ -592,6 +601,16 @@ fn stored_inputs(ctx: &BuildCtx<'_>, json: serde_json::Value) -> Option<KeyInput
         inputs.files = serde_json::from_slice(&bytes).ok()?;
     }
     Some(inputs)
+}
+
+/// A corrupt cache record is a miss whose reason says so, and a warning.
+fn corrupt_record(ctx: &BuildCtx<'_>, e: &crate::store::StoreError) -> String {
+    let why = e.to_string().replace("\nhint: ", "; ");
+    ctx.reporter.event(crate::progress::Event::Warning {
+        id: None,
+        message: why.clone(),
+    });
+    why
 }
 
 fn outcome_from_record(rec: &CacheRecord) -> Outcome {

@@ -157,8 +157,9 @@ fn is_index(media_type: &str, json: &serde_json::Value) -> bool {
 pub fn load_image(store: &Store, desc: &Descriptor) -> anyhow::Result<Image> {
     let digest = desc.digest().to_string();
     let bytes = store.read_blob(&digest)?;
+    // Blobs are verified when written: one that no longer parses is damage.
     let json: serde_json::Value =
-        serde_json::from_slice(&bytes).with_context(|| format!("parsing manifest {digest}"))?;
+        serde_json::from_slice(&bytes).map_err(|e| corrupt_blob(store, &digest, "manifest", e))?;
     if is_index(desc.media_type().as_ref(), &json) {
         let index: ImageIndex =
             serde_json::from_value(json).with_context(|| format!("parsing index {digest}"))?;
@@ -169,7 +170,11 @@ pub fn load_image(store: &Store, desc: &Descriptor) -> anyhow::Result<Image> {
     let manifest: ImageManifest =
         serde_json::from_value(json).with_context(|| format!("parsing manifest {digest}"))?;
     let config_digest = manifest.config().digest().to_string();
-    let config = ImageConfig::from_json(&store.read_blob(&config_digest)?)
+    let config_bytes = store.read_blob(&config_digest)?;
+    if let Err(e) = serde_json::from_slice::<serde_json::Value>(&config_bytes) {
+        return Err(corrupt_blob(store, &config_digest, "image config", e));
+    }
+    let config = ImageConfig::from_json(&config_bytes)
         .with_context(|| format!("parsing image config {config_digest}"))?;
     Ok(Image {
         manifest_desc: desc.clone(),
@@ -177,6 +182,21 @@ pub fn load_image(store: &Store, desc: &Descriptor) -> anyhow::Result<Image> {
         config,
         config_digest,
     })
+}
+
+/// A stored blob that no longer reads as JSON: corrupt store state.
+fn corrupt_blob(store: &Store, digest: &str, what: &str, e: serde_json::Error) -> anyhow::Error {
+    match store.blob_path(digest) {
+        Ok(path) => crate::store::StoreError::Corrupt {
+            what: "blob",
+            path,
+            why: format!("the {what} {digest} does not parse: {e}"),
+            hint: "it changed after rbuild wrote and verified it: `rbuild rmi` the image \
+                   and build or pull it again (and check the disk)",
+        }
+        .into(),
+        Err(p) => p,
+    }
 }
 
 fn pick_platform(index: &ImageIndex) -> Option<Descriptor> {
@@ -195,8 +215,12 @@ fn pick_platform(index: &ImageIndex) -> Option<Descriptor> {
 /// Find an image by tag (`app` means `app:latest`), else by image-ID prefix
 /// (`sha256:…` or at least 4 hex chars of the config digest).
 pub fn find_image(store: &Store, name: &str) -> anyhow::Result<Image> {
-    if let Ok(Some(desc)) = store.resolve(name) {
-        return load_image(store, &desc);
+    // A name the index could not hold is not there; any other failure to
+    // read the index (a corrupt one) is an error, not "no such image".
+    if crate::store::lookup_name(name).is_ok() {
+        if let Some(desc) = store.resolve(name)? {
+            return load_image(store, &desc);
+        }
     }
     let prefix = name.strip_prefix("sha256:").unwrap_or(name);
     let hexlike = prefix.len() >= 4 && prefix.bytes().all(|b| b.is_ascii_hexdigit());
@@ -214,7 +238,7 @@ pub fn find_image(store: &Store, name: &str) -> anyhow::Result<Image> {
             }
         }
     }
-    anyhow::bail!("no such image: {name}")
+    anyhow::bail!("no such image: {name}\nhint: `rbuild images` lists the stored images")
 }
 
 /// The manifest under `desc` with `annotations` added (`--annotation`), as

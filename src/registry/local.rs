@@ -21,13 +21,15 @@ impl BlobStore for Store {
     }
 
     fn open_blob(&self, digest: &str) -> io::Result<File> {
-        Store::open_blob(self, digest).map_err(|e| io::Error::other(format!("{e:#}")))
+        // The anyhow chain rides inside the io::Error: its text and its
+        // typed causes stay reachable (`Error::source`).
+        Store::open_blob(self, digest).map_err(io::Error::other)
     }
 
     fn blob_size(&self, digest: &str) -> io::Result<u64> {
         let path = self
             .blob_path(digest)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e:#}")))?;
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         Ok(std::fs::metadata(path)?.len())
     }
 
@@ -67,7 +69,7 @@ pub fn pull_into_store(
         progress,
         locations: Some(&loc),
     };
-    let pulled = pull(reference, store, settings, &opts)?;
+    let pulled = pull(reference, store, settings, &opts).map_err(super::RegistryError::wrap)?;
     loc.save()?;
     let desc = image::descriptor(
         &pulled.manifest_media_type,
@@ -130,8 +132,8 @@ pub fn push_from_store(
     mount_from: Vec<String>,
     progress: Option<crate::progress::Transfer>,
 ) -> anyhow::Result<PushReport> {
-    let img = image::find_image(store, image_name)
-        .with_context(|| format!("no image named {image_name} in {}", store.root().display()))?;
+    // `find_image` names the image (and says so when the store is corrupt).
+    let img = image::find_image(store, image_name)?;
     let desc = match format {
         ImageFormat::Oci => img.manifest_desc.clone(),
         ImageFormat::Docker => image::convert_image(store, &img, ImageFormat::Docker)?,
@@ -142,7 +144,8 @@ pub fn push_from_store(
         locations: Some(&loc),
         progress,
     };
-    let report = push(store, desc.digest().as_ref(), dest, settings, &opts)?;
+    let report = push(store, desc.digest().as_ref(), dest, settings, &opts)
+        .map_err(super::RegistryError::wrap)?;
     loc.save()?;
     Ok(report)
 }

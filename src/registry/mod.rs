@@ -13,6 +13,7 @@ pub mod auth;
 pub mod blobs;
 pub mod body;
 pub mod client;
+pub mod error;
 pub mod known;
 pub mod local;
 pub mod manifest;
@@ -46,6 +47,7 @@ pub fn api_host(registry: &str) -> &str {
 pub use auth::{AuthFiles, Credentials};
 pub use blobs::BlobStore;
 pub use client::{ApiError, Registry};
+pub use error::RegistryError;
 pub use known::BlobLocations;
 pub use pull::{pull, PullOptions, PulledImage};
 pub use push::{push, BlobOutcome, PushOptions, PushReport};
@@ -58,8 +60,9 @@ pub fn login(registry: &str, user: &str, password: &str, settings: &Settings) ->
         username: user.to_string(),
         password: password.to_string(),
     };
-    let reg = Registry::with_credentials(api_host(registry), settings, Some(creds.clone()))?;
-    reg.ping()?;
+    let reg = Registry::with_credentials(api_host(registry), settings, Some(creds.clone()))
+        .map_err(RegistryError::wrap)?;
+    reg.ping().map_err(RegistryError::wrap)?;
     settings.auth.store(registry, &creds)
 }
 

@@ -32,6 +32,7 @@ mod limits;
 mod parent;
 mod paths;
 mod rootfs;
+pub mod running;
 mod seccomp;
 mod sys;
 mod userns;

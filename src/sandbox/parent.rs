@@ -59,7 +59,11 @@ pub fn run_with(
     if let Err(e) = setup {
         return Err(helper.failure(e));
     }
-    let outcome = match pump(&mut helper, out, err, on_output) {
+    // Listed while it runs, so an interrupt can end it (engine::cancel).
+    let listed = super::running::list(helper.child.id());
+    let pumped = pump(&mut helper, out, err, on_output);
+    drop(listed); // before the helper is reaped
+    let outcome = match pumped {
         Ok(()) => helper.finish(),
         Err(e) => Err(helper.failure(e)),
     };

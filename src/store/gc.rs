@@ -87,7 +87,9 @@ impl Store {
     fn mark(&self) -> anyhow::Result<Marks> {
         let mut marks = Marks::default();
         for desc in self.index_roots()? {
-            self.mark_manifest(desc.digest().as_ref(), &mut marks);
+            // What a tag names must read: a damaged manifest would leave
+            // its layers unmarked, and the sweep would delete them.
+            self.mark_manifest(desc.digest().as_ref(), &mut marks, true)?;
         }
         for record in self.cache_records()? {
             if let Some(layer) = &record.layer {
@@ -95,30 +97,49 @@ impl Store {
                 marks.diff_ids.insert(layer.diff_id.clone());
             }
             for digest in &record.blobs {
-                self.mark_manifest(digest, &mut marks);
+                self.mark_manifest(digest, &mut marks, false)?;
             }
         }
         Ok(marks)
     }
 
-    /// A blob's JSON, if it is there and parses (anything else is only marked).
-    fn blob_json(&self, digest: &str) -> Option<Value> {
-        serde_json::from_slice(&self.read_blob(digest).ok()?).ok()
+    /// A blob's JSON; `None` when it is absent, or (not `strict`) when it
+    /// does not read or parse. `strict`: such a blob is corrupt, an error.
+    fn blob_json(&self, digest: &str, strict: bool) -> anyhow::Result<Option<Value>> {
+        if !self.has_blob(digest) {
+            return Ok(None);
+        }
+        let parsed = self
+            .read_blob(digest)
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(v) => Ok(Some(v)),
+            Err(_) if !strict => Ok(None),
+            Err(why) => Err(super::StoreError::Corrupt {
+                what: "blob",
+                path: self.blob_path(digest)?,
+                why: format!("{digest}, which a tag reaches, does not read as JSON: {why}"),
+                hint: "prune refuses to run (it would drop what the image names); \
+                       `rbuild rmi` the image that names it, or restore the blob",
+            }
+            .into()),
+        }
     }
 
     /// Mark a manifest or index and everything it names; a config also
     /// marks its layers' unpacked dirs (by diff_id).
-    fn mark_manifest(&self, digest: &str, marks: &mut Marks) {
+    fn mark_manifest(&self, digest: &str, marks: &mut Marks, strict: bool) -> anyhow::Result<()> {
         if !marks.blobs.insert(digest.to_string()) {
-            return;
+            return Ok(());
         }
-        let Some(value) = self.blob_json(digest) else {
-            return;
+        let Some(value) = self.blob_json(digest, strict)? else {
+            return Ok(());
         };
         let digest_of = |d: &Value| d.get("digest").and_then(Value::as_str).map(str::to_string);
         let children = value.get("manifests").and_then(Value::as_array);
         for child in children.into_iter().flatten().filter_map(digest_of) {
-            self.mark_manifest(&child, marks);
+            self.mark_manifest(&child, marks, strict)?;
         }
         let layers = value.get("layers").and_then(Value::as_array);
         marks
@@ -126,7 +147,7 @@ impl Store {
             .extend(layers.into_iter().flatten().filter_map(digest_of));
         if let Some(config) = value.get("config").and_then(digest_of) {
             if let Some(ids) = self
-                .blob_json(&config)
+                .blob_json(&config, strict)?
                 .and_then(|c| c.pointer("/rootfs/diff_ids").cloned())
                 .and_then(|v| v.as_array().cloned())
             {
@@ -136,6 +157,7 @@ impl Store {
             }
             marks.blobs.insert(config);
         }
+        Ok(())
     }
 
     fn sweep_blobs(&self, marks: &Marks, report: &mut PruneReport) -> anyhow::Result<()> {

@@ -44,7 +44,7 @@ use crate::oci::digest::{sha256_digest, sha256_hex};
 use crate::oci::IMAGE_LAYOUT;
 
 pub use blob::{digest_hex, BlobError, BlobInfo, BlobWriter};
-pub use cache::{diff_inputs, CacheRecord, CACHE_SCHEMA};
+pub use cache::{diff_inputs, CacheLookup, CacheRecord, CACHE_SCHEMA};
 pub use error::StoreError;
 pub use fsutil::{LockedTempDir, TempFile};
 pub use gc::PruneReport;

@@ -143,7 +143,16 @@ impl Store {
     fn read_index(&self) -> anyhow::Result<ImageIndex> {
         let path = self.index_path();
         let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+        serde_json::from_slice(&bytes).map_err(|e| {
+            // Not "no such image": the tags it held are unknown, not gone.
+            anyhow::Error::new(super::StoreError::Corrupt {
+                what: "index",
+                path: path.clone(),
+                why: e.to_string(),
+                hint: "restore it from a backup; or move it aside (rbuild then starts \
+                       an empty index: the images stay in blobs/ until `rbuild prune`)",
+            })
+        })
     }
 
     fn write_index(&self, index: &ImageIndex) -> anyhow::Result<()> {

@@ -22,6 +22,7 @@ mod build_snapshots;
 mod cache_travel;
 mod check_corpus;
 mod cli;
+mod cli_errors;
 mod conformance;
 mod context_scan;
 mod dockerignore_cases;
