@@ -81,6 +81,14 @@ pub fn render(err: &anyhow::Error) -> String {
         if let Some(d) = err.downcast_ref::<crate::check::Diagnostics>() {
             return d.to_string();
         }
+        if let Some(d) = err.downcast_ref::<crate::engine::error::DockerfileErrors>() {
+            let rendered: Vec<String> = d
+                .problems
+                .iter()
+                .map(|p| crate::check::render(&d.file, &d.lines, p.span, "error", &p.message))
+                .collect();
+            return rendered.join("\n").trim_end().to_string();
+        }
     }
     let mut parts: Vec<String> = Vec::new();
     let mut hints: Vec<String> = Vec::new();

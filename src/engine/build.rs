@@ -391,18 +391,15 @@ fn dockerfile_path(req: &BuildRequest) -> (PathBuf, String) {
     }
 }
 
-/// Plan, turning problems into `FILE:LINE:COL: error:` text with carets.
+/// Plan; problems come back typed with the text they point into (the CLI
+/// renders them with carets).
 fn plan_or_render(text: &str, opts: &PlanOptions, file: &str) -> anyhow::Result<Plan> {
     plan::plan_text(text, opts).map_err(|e| {
-        let lines: Vec<String> = text.lines().map(str::to_string).collect();
-        let rendered: Vec<String> = e
-            .problems
-            .iter()
-            .map(|p| crate::check::render(file, &lines, p.span, "error", &p.message))
-            .collect();
-        anyhow::Error::new(crate::check::Diagnostics(
-            rendered.join("\n").trim_end().to_string(),
-        ))
+        anyhow::Error::new(super::error::DockerfileErrors {
+            file: file.to_string(),
+            lines: text.lines().map(str::to_string).collect(),
+            problems: e.problems,
+        })
     })
 }
 

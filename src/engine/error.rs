@@ -213,7 +213,7 @@ fn root_kind(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
 
 /// Causes that decide the class only outside a step.
 fn outer_kind(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
-    if cause.is::<crate::check::Diagnostics>() || cause.is::<crate::plan::PlanError>() {
+    if cause.is::<DockerfileErrors>() || cause.is::<crate::plan::PlanError>() {
         return Some(ErrorKind::Dockerfile);
     }
     if cause.is::<crate::context::ContextError>() {
@@ -221,6 +221,38 @@ fn outer_kind(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
     }
     None
 }
+
+/// The Dockerfile did not plan: every problem with its position, and the
+/// text the positions point into, so the CLI can render each with its
+/// source line and a caret. (Rendering is the CLI's: the engine only
+/// reports.)
+#[derive(Debug)]
+pub struct DockerfileErrors {
+    pub file: String,
+    pub lines: Vec<String>,
+    pub problems: Vec<crate::plan::Problem>,
+}
+
+impl std::fmt::Display for DockerfileErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown: Vec<String> = self
+            .problems
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}:{}:{}: {}",
+                    self.file,
+                    p.span.start_line,
+                    p.span.column.max(1),
+                    p.message
+                )
+            })
+            .collect();
+        f.write_str(&shown.join("\n"))
+    }
+}
+
+impl std::error::Error for DockerfileErrors {}
 
 #[cfg(test)]
 mod tests {
@@ -302,9 +334,13 @@ mod tests {
         );
         let outside = anyhow::Error::new(missing()).context("scanning");
         assert_eq!(classify(&outside), ErrorKind::Context);
-        let df = Err::<(), _>(crate::check::Diagnostics("D:1:1: error: x".into()))
-            .context("planning")
-            .unwrap_err();
+        let df = Err::<(), _>(DockerfileErrors {
+            file: "D".into(),
+            lines: vec!["x".into()],
+            problems: Vec::new(),
+        })
+        .context("planning")
+        .unwrap_err();
         assert_eq!(classify(&df), ErrorKind::Dockerfile);
         assert_eq!(classify(&anyhow::anyhow!("other")), ErrorKind::Other);
     }
