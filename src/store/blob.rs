@@ -173,3 +173,43 @@ pub(crate) fn remove_blob(path: &Path) -> anyhow::Result<()> {
         Err(e) => Err(e).with_context(|| format!("removing blob {}", path.display())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dirs(t: &Path) -> (PathBuf, PathBuf) {
+        let (tmp, blobs) = (t.join("tmp"), t.join("blobs"));
+        fs::create_dir_all(&tmp).unwrap();
+        fs::create_dir_all(&blobs).unwrap();
+        (tmp, blobs)
+    }
+
+    #[test]
+    fn an_unhashed_writer_is_named_by_its_callers_digest_only() {
+        let t = tempfile::tempdir().unwrap();
+        let (tmp, blobs) = dirs(t.path());
+        let digest = sha256_digest(b"layer");
+        // Without a digest there is nothing to name it by.
+        let mut w = BlobWriter::new_unhashed(&tmp, &blobs).unwrap();
+        w.write_all(b"layer").unwrap();
+        assert!(w.commit().is_err());
+        // The size is still checked, and the name must be a digest.
+        let mut w = BlobWriter::new_unhashed(&tmp, &blobs).unwrap();
+        w.write_all(b"layer").unwrap();
+        assert!(w.commit_verified(&digest, Some(4)).is_err());
+        let mut w = BlobWriter::new_unhashed(&tmp, &blobs).unwrap();
+        w.write_all(b"layer").unwrap();
+        assert!(w.commit_verified("sha256:../x", Some(5)).is_err());
+        let mut w = BlobWriter::new_unhashed(&tmp, &blobs).unwrap();
+        w.write_all(b"layer").unwrap();
+        let info = w.commit_verified(&digest, Some(5)).unwrap();
+        assert_eq!(info.digest, digest);
+        let stored = fs::read(blobs.join(digest_hex(&digest).unwrap())).unwrap();
+        assert_eq!(stored, b"layer");
+        // A hashing writer still refuses a digest that is not its bytes'.
+        let mut w = BlobWriter::new(&tmp, &blobs).unwrap();
+        w.write_all(b"other").unwrap();
+        assert!(w.commit_verified(&digest, None).is_err());
+    }
+}
