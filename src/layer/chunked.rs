@@ -56,6 +56,37 @@ const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 /// after the chunks' sync-flushed (non-final) blocks.
 const DEFLATE_END: [u8; 2] = [0x03, 0x00];
 
+/// Where the compressed stream goes, piece by piece in stream order.
+pub(crate) trait ChunkOut {
+    fn put(&mut self, bytes: Arc<Vec<u8>>) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+impl<W: Write> ChunkOut for W {
+    fn put(&mut self, bytes: Arc<Vec<u8>>) -> io::Result<()> {
+        self.write_all(&bytes)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Write::flush(self)
+    }
+}
+
+/// Hands the pieces to a thread that writes them (see `write_layer`): on
+/// the producing thread, writing the blob (a copy into the page cache per
+/// byte) cost as much as reading and tarring the files.
+pub(crate) struct ToWriterThread(pub Sender<Arc<Vec<u8>>>);
+
+impl ChunkOut for ToWriterThread {
+    fn put(&mut self, bytes: Arc<Vec<u8>>) -> io::Result<()> {
+        self.0
+            .send(bytes)
+            .map_err(|_| io::Error::other("the layer blob writer thread has exited"))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// How chunks are compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Codec {
@@ -108,7 +139,7 @@ struct Done {
 }
 
 /// A [`TarSink`] that compresses what it is given in chunks.
-pub(crate) struct ChunkedWriter<W: Write> {
+pub(crate) struct ChunkedWriter<W: ChunkOut> {
     out: Option<W>,
     codec: Codec,
     chunk: Vec<u8>,
@@ -145,7 +176,7 @@ pub(crate) struct Finished<W> {
     pub new_chunks: Vec<NewChunk>,
 }
 
-impl<W: Write> ChunkedWriter<W> {
+impl<W: ChunkOut> ChunkedWriter<W> {
     /// `threads == 0` means one per available core.
     pub(crate) fn new(
         mut out: W,
@@ -164,9 +195,10 @@ impl<W: Write> ChunkedWriter<W> {
             .spawn(move || hash_streams(hash_rx))?;
         let mut offset = 0;
         if let Codec::Gzip(_) = codec {
-            out.write_all(&GZIP_HEADER)?;
+            let header = Arc::new(GZIP_HEADER.to_vec());
+            out.put(header.clone())?;
             offset = GZIP_HEADER.len() as u64;
-            send_hash(&hash_tx, HashMsg::Blob(Arc::new(GZIP_HEADER.to_vec())))?;
+            send_hash(&hash_tx, HashMsg::Blob(header))?;
         }
         let cache = cache.map(Arc::new);
         let (tx, rx) = bounded::<Job>(64);
@@ -221,8 +253,9 @@ impl<W: Write> ChunkedWriter<W> {
             .recv()
             .map_err(|_| io::Error::other("a compression worker thread died"))??;
         self.crc.combine(&done.crc);
-        self.out()?.write_all(&done.bytes)?;
         let len = done.bytes.len() as u64;
+        let bytes = Arc::new(done.bytes);
+        self.out()?.put(bytes.clone())?;
         if let Some(key) = done.key {
             self.new_chunks.push(NewChunk {
                 key,
@@ -231,7 +264,7 @@ impl<W: Write> ChunkedWriter<W> {
                 crc: done.bytes_crc,
             });
         }
-        self.hash(HashMsg::Blob(Arc::new(done.bytes)))?;
+        self.hash(HashMsg::Blob(bytes))?;
         self.offset += len;
         self.stats.chunks += 1;
         if done.reused {
@@ -286,8 +319,9 @@ impl<W: Write> ChunkedWriter<W> {
             let mut trailer = DEFLATE_END.to_vec();
             trailer.extend_from_slice(&crc.to_le_bytes());
             trailer.extend_from_slice(&isize.to_le_bytes());
-            self.out()?.write_all(&trailer)?;
-            self.hash(HashMsg::Blob(Arc::new(trailer)))?;
+            let trailer = Arc::new(trailer);
+            self.out()?.put(trailer.clone())?;
+            self.hash(HashMsg::Blob(trailer))?;
         }
         self.out()?.flush()?;
         self.hashes = None;
@@ -313,13 +347,28 @@ impl<W: Write> ChunkedWriter<W> {
     }
 }
 
+impl<W> Finished<W> {
+    /// The same result with the sink replaced (or dropped).
+    pub(crate) fn map_out<V>(self, f: impl FnOnce(W) -> V) -> Finished<V> {
+        Finished {
+            out: f(self.out),
+            diff_id: self.diff_id,
+            tar_size: self.tar_size,
+            digest: self.digest,
+            size: self.size,
+            stats: self.stats,
+            new_chunks: self.new_chunks,
+        }
+    }
+}
+
 fn join_workers(workers: &mut Vec<JoinHandle<()>>) {
     for w in workers.drain(..) {
         let _ = w.join();
     }
 }
 
-impl<W: Write> Write for ChunkedWriter<W> {
+impl<W: ChunkOut> Write for ChunkedWriter<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let n = if self.in_big_entry {
             // Pieces of a big entry: cut every MAX_CHUNK from its start.
@@ -343,7 +392,7 @@ impl<W: Write> Write for ChunkedWriter<W> {
     }
 }
 
-impl<W: Write> TarSink for ChunkedWriter<W> {
+impl<W: ChunkOut> TarSink for ChunkedWriter<W> {
     fn entry_start(&mut self, size: u64) -> io::Result<()> {
         if size >= MAX_CHUNK as u64 {
             self.cut()?;
@@ -362,7 +411,7 @@ impl<W: Write> TarSink for ChunkedWriter<W> {
     }
 }
 
-impl<W: Write> Drop for ChunkedWriter<W> {
+impl<W: ChunkOut> Drop for ChunkedWriter<W> {
     fn drop(&mut self) {
         self.jobs = None;
         self.pending.clear();

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::chunkcache::ChunkCache;
-use super::chunked::{ChunkStats, ChunkedWriter, Codec};
+use super::chunked::{ChunkStats, ChunkedWriter, Codec, Finished, ToWriterThread};
 use super::entry::{normalize, LayerEntry, Timespec};
 use super::tarwrite::{write_entries, TarSink};
 use super::{MEDIA_TYPE_TAR, MEDIA_TYPE_TAR_GZIP, MEDIA_TYPE_TAR_ZSTD};
@@ -108,9 +108,10 @@ impl<W: TarSink> TarSink for HashWriter<W> {
 }
 
 /// Writes `entries` as one layer blob into `out` and returns its identities.
+/// A compressed blob is written to `out` from a thread of its own.
 pub fn write_layer(
     entries: Vec<LayerEntry>,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
     opts: &WriteOptions,
 ) -> Result<LayerInfo> {
     let mut entries = normalize(entries).context("preparing layer entries")?;
@@ -140,14 +141,7 @@ pub fn write_layer(
         Compression::Gzip { level } => (Codec::Gzip(level), MEDIA_TYPE_TAR_GZIP),
         Compression::Zstd { level } => (Codec::Zstd(level), MEDIA_TYPE_TAR_ZSTD),
     };
-    let mut chunked = ChunkedWriter::new(buffered, codec, opts.threads, opts.chunk_cache.clone())
-        .context("starting compression threads")?;
-    write_entries(&entries, &mut chunked)?;
-    let done = chunked
-        .finish()
-        .context("finishing the compressed stream")?;
-    let mut buffered = done.out;
-    buffered.flush().context("flushing the layer blob")?;
+    let done = compress_entries(&entries, buffered, codec, opts)?;
     let digest = done.digest;
     if let Some(cache) = &opts.chunk_cache {
         cache
@@ -161,6 +155,50 @@ pub fn write_layer(
         uncompressed_size: done.tar_size,
         media_type,
         chunks: done.stats,
+    })
+}
+
+/// Tars and compresses `entries` into `out`: this thread reads and tars,
+/// workers compress, and a scoped thread writes the pieces to `out`.
+fn compress_entries(
+    entries: &[LayerEntry],
+    mut out: BufWriter<&mut (dyn Write + Send)>,
+    codec: Codec,
+    opts: &WriteOptions,
+) -> Result<Finished<()>> {
+    // A few chunks (at most 4 MiB of tar each) queued for the writer.
+    let (tx, rx) = crossbeam_channel::bounded::<std::sync::Arc<Vec<u8>>>(8);
+    std::thread::scope(|s| {
+        let writer = std::thread::Builder::new()
+            .name("layer-write".into())
+            .spawn_scoped(s, move || -> io::Result<()> {
+                for bytes in rx {
+                    out.write_all(&bytes)?;
+                }
+                out.flush()
+            })
+            .context("starting the layer writer thread")?;
+        let produced = (|| -> Result<Finished<()>> {
+            let mut chunked = ChunkedWriter::new(
+                ToWriterThread(tx),
+                codec,
+                opts.threads,
+                opts.chunk_cache.clone(),
+            )
+            .context("starting compression threads")?;
+            write_entries(entries, &mut chunked)?;
+            let done = chunked
+                .finish()
+                .context("finishing the compressed stream")?;
+            // Dropping the sender ends the writer's loop.
+            Ok(done.map_out(|_| ()))
+        })();
+        let written = writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the layer writer thread panicked"))?;
+        // A write error (a full disk) is the cause of any "writer exited".
+        written.context("writing the layer blob")?;
+        produced
     })
 }
 
