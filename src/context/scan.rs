@@ -358,7 +358,7 @@ fn walk_dir(
     let dir_abs = root.join(dir_rel);
     let rd =
         std::fs::read_dir(&dir_abs).map_err(|e| ContextError::io("read directory", &dir_abs, e))?;
-    let mut items = Vec::new();
+    let mut names = Vec::new();
     for item in rd {
         let item = item.map_err(|e| ContextError::io("read directory", &dir_abs, e))?;
         let name = item.file_name().into_string().map_err(|n| {
@@ -368,24 +368,20 @@ fn walk_dir(
                 std::io::Error::from(std::io::ErrorKind::InvalidData),
             )
         })?;
-        // `DirEntry::metadata` is an lstat relative to the open directory
-        // (statx on its fd): no walk of the whole path per file, which was
-        // a third of a no-op rebuild's CPU time at 20,000 files.
-        // Sequential on purpose: per-directory parallel lstat measured
-        // slower (rayon spin-waits outweigh the stat calls it spreads).
-        let meta = item
-            .metadata()
-            .map_err(|e| ContextError::io("stat", &dir_abs.join(&name), e))?;
-        items.push((name, meta));
+        names.push(name);
     }
-    items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    for (name, meta) in items {
+    names.sort();
+    // Sequential on purpose: per-directory parallel lstat measured slower
+    // (rayon spin-waits outweigh the stat calls it spreads).
+    for name in names {
         let rel = if dir_rel.is_empty() {
             name
         } else {
             format!("{dir_rel}/{name}")
         };
         let abs = root.join(&rel);
+        let meta =
+            std::fs::symlink_metadata(&abs).map_err(|e| ContextError::io("stat", &abs, e))?;
         let (excluded, child_info) = matcher.matches_with_parent(&rel, info)?;
         if excluded {
             if meta.is_dir() && matcher.may_reinclude_below(&rel) {
