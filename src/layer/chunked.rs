@@ -48,6 +48,10 @@ pub(crate) const MAX_CHUNK: usize = 4 * 1024 * 1024;
 /// enough that a worker or the writer losing the CPU for a while (a loaded
 /// machine) does not stall the others; small enough to bound memory.
 const PENDING_BYTES: usize = 16 << 20;
+/// Chunk buffers kept for reuse once the worker and the hasher are done
+/// with them: a fresh 4 MiB buffer per chunk page-faulted on every page the
+/// producing thread filled (about 5 % of a one-file rebuild's CPU time).
+const SPARE_BUFFERS: usize = 4;
 /// One entry boundary in this many (by path hash) may end a chunk.
 const CUT_ONE_IN: u64 = 16;
 /// gzip header: magic, CM=deflate, no flags, mtime 0, XFL 0, OS unknown.
@@ -160,6 +164,9 @@ pub(crate) struct ChunkedWriter<W: ChunkOut> {
     /// their own: on the producing thread they were the bottleneck.
     hashes: Option<Sender<HashMsg>>,
     hasher: Option<JoinHandle<Hashes>>,
+    /// Chunk buffers handed back by whichever of worker and hasher used
+    /// them last (see [`give_back`]).
+    spare: Receiver<Vec<u8>>,
 }
 
 /// What [`ChunkedWriter::finish`] hands back.
@@ -190,9 +197,11 @@ impl<W: ChunkOut> ChunkedWriter<W> {
             threads
         };
         let (hash_tx, hash_rx) = bounded::<HashMsg>(8);
+        let (spare_tx, spare) = bounded::<Vec<u8>>(SPARE_BUFFERS);
+        let hasher_spare = spare_tx.clone();
         let hasher = std::thread::Builder::new()
             .name("layer-sha256".into())
-            .spawn(move || hash_streams(hash_rx))?;
+            .spawn(move || hash_streams(hash_rx, hasher_spare))?;
         let mut offset = 0;
         if let Codec::Gzip(_) = codec {
             let header = Arc::new(GZIP_HEADER.to_vec());
@@ -204,10 +213,10 @@ impl<W: ChunkOut> ChunkedWriter<W> {
         let (tx, rx) = bounded::<Job>(64);
         let workers = (0..threads)
             .map(|i| {
-                let (rx, cache) = (rx.clone(), cache.clone());
+                let (rx, cache, spare) = (rx.clone(), cache.clone(), spare_tx.clone());
                 std::thread::Builder::new()
                     .name(format!("chunk-{i}"))
-                    .spawn(move || worker(rx, codec, cache))
+                    .spawn(move || worker(rx, codec, cache, spare))
             })
             .collect::<io::Result<Vec<_>>>()?;
         Ok(ChunkedWriter {
@@ -226,6 +235,7 @@ impl<W: ChunkOut> ChunkedWriter<W> {
             stats: ChunkStats::default(),
             hashes: Some(hash_tx),
             hasher: Some(hasher),
+            spare,
         })
     }
 
@@ -288,10 +298,11 @@ impl<W: ChunkOut> ChunkedWriter<W> {
         while !self.pending.is_empty() && self.pending_bytes + self.chunk.len() > PENDING_BYTES {
             self.drain_one()?;
         }
-        let data = Arc::new(std::mem::replace(
-            &mut self.chunk,
-            Vec::with_capacity(MAX_CHUNK),
-        ));
+        let next = self
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(MAX_CHUNK));
+        let data = Arc::new(std::mem::replace(&mut self.chunk, next));
         let len = data.len();
         self.hash(HashMsg::Tar(data.clone()))?;
         let (reply, rx) = bounded(1);
@@ -443,7 +454,17 @@ fn send_hash(tx: &Sender<HashMsg>, msg: HashMsg) -> io::Result<()> {
         .map_err(|_| io::Error::other("the layer hashing thread has exited"))
 }
 
-fn hash_streams(rx: Receiver<HashMsg>) -> Hashes {
+/// Hands a chunk buffer back for reuse if this was its last user (the
+/// worker and the hasher each hold it; the later one returns it).
+fn give_back(data: Arc<Vec<u8>>, spare: &Sender<Vec<u8>>) {
+    if let Ok(mut v) = Arc::try_unwrap(data) {
+        v.clear();
+        // A full pool or a finished writer: the buffer is just freed.
+        let _ = spare.try_send(v);
+    }
+}
+
+fn hash_streams(rx: Receiver<HashMsg>, spare: Sender<Vec<u8>>) -> Hashes {
     let mut h = Hashes {
         tar: Sha256::new(),
         tar_len: 0,
@@ -455,6 +476,7 @@ fn hash_streams(rx: Receiver<HashMsg>) -> Hashes {
             HashMsg::Tar(b) => {
                 h.tar.update(&b[..]);
                 h.tar_len += b.len() as u64;
+                give_back(b, &spare);
             }
             HashMsg::Blob(b) => {
                 h.blob.update(&b[..]);
@@ -481,13 +503,14 @@ fn path_hash(path: &str) -> u64 {
     h ^ (h >> 31)
 }
 
-fn worker(rx: Receiver<Job>, codec: Codec, cache: Option<Arc<ChunkCache>>) {
+fn worker(rx: Receiver<Job>, codec: Codec, cache: Option<Arc<ChunkCache>>, spare: Sender<Vec<u8>>) {
     let tag = codec.cache_tag();
     let mut zstd = None;
-    for job in rx {
-        let result = process(&job.data, codec, &tag, cache.as_deref(), &mut zstd);
+    for Job { data, reply } in rx {
+        let result = process(&data, codec, &tag, cache.as_deref(), &mut zstd);
         // The receiver is gone only when the writer was dropped mid-stream.
-        let _ = job.reply.send(result);
+        let _ = reply.send(result);
+        give_back(data, &spare);
     }
 }
 
