@@ -228,6 +228,60 @@ mod tests {
         }
     }
 
+    /// A sink that fails part-way (a full disk): the error reaches the
+    /// caller through the writer thread, and nothing waits forever.
+    #[test]
+    fn a_failing_sink_fails_the_layer_without_hanging() {
+        use crate::layer::{EntryKind, FileSource, Timespec};
+        struct Full(usize);
+        impl Write for Full {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                if self.0 < buf.len() {
+                    return Err(io::Error::other("no space left (test)"));
+                }
+                self.0 -= buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        // Incompressible, so the blob is far past the sink's 1 MiB.
+        let mut x: u64 = 1;
+        let data: Vec<u8> = (0..24 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        for compression in [
+            Compression::Gzip { level: 1 },
+            Compression::Zstd { level: 1 },
+        ] {
+            let entries = vec![LayerEntry {
+                path: "big".into(),
+                kind: EntryKind::File(FileSource::Bytes(data.clone())),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime: Timespec::new(0, 0),
+                xattrs: vec![],
+            }];
+            let opts = WriteOptions {
+                compression,
+                threads: 2,
+                ..Default::default()
+            };
+            let err = write_layer(entries, &mut Full(1 << 20), &opts).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("no space left (test)"),
+                "{err:#}"
+            );
+        }
+    }
+
     /// Pins the exact tar bytes: any change to header encoding, ordering or
     /// PAX records changes every diff_id we produce, so it must be deliberate.
     #[test]
