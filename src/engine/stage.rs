@@ -225,13 +225,13 @@ impl StageState {
         handle.cache_miss(&reason);
         let result = super::cache_io::materialize(ctx, &self.layers, step, src, &handle)
             .and_then(|()| exec(self, &handle))
-            .and_then(|entries| {
-                let kept = link_from.as_ref().map(|_| entries.clone());
-                let layer = self.write(ctx, entries, &handle)?;
-                if let (Some(from), Some(entries)) = (&link_from, kept) {
-                    super::snapfill::snapshot_from_entries(ctx, &layer, &entries, from, &handle);
+            .and_then(|entries| match &link_from {
+                Some(from) => {
+                    super::snapfill::write_with_snapshot(ctx, entries, from, &handle, |e| {
+                        self.write(ctx, e, &handle)
+                    })
                 }
-                Ok(layer)
+                None => self.write(ctx, entries, &handle),
             });
         self.keepalive.clear();
         let layer = match result {
@@ -373,7 +373,8 @@ impl StageState {
         entries: Vec<LayerEntry>,
         handle: &StepHandle,
     ) -> anyhow::Result<LayerRef> {
-        let mut blob = ctx.store.blob_writer()?;
+        // write_layer hashes the blob on a thread of its own.
+        let mut blob = ctx.store.blob_writer_unhashed()?;
         // Chunk records are written through this temp dir (locked, removed
         // on drop) so a crash leaves no half-written record behind.
         let chunk_tmp = ctx.store.temp_dir("chunks")?;

@@ -188,6 +188,12 @@ impl Store {
         BlobWriter::new(&self.tmp_dir(), &self.blobs_dir())
     }
 
+    /// Start writing a blob whose digest the caller computes over the same
+    /// bytes (see `BlobWriter::new_unhashed`); commit it with `commit_verified`.
+    pub fn blob_writer_unhashed(&self) -> anyhow::Result<BlobWriter> {
+        BlobWriter::new_unhashed(&self.tmp_dir(), &self.blobs_dir())
+    }
+
     /// Write a small blob from memory.
     pub fn put_blob(&self, bytes: &[u8]) -> anyhow::Result<BlobInfo> {
         use std::io::Write;
