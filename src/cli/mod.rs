@@ -447,7 +447,9 @@ fn reexec_in_userns(cli: &Cli, args: &[OsString]) -> Option<i32> {
         Ok(status) => Some(crate::sandbox::exit_code(status)),
         Err(err) => {
             if matches!(cli.command, Command::Build(_)) {
-                crate::sandbox::warn_single_id(&format!("{err:#}"));
+                if let Some(w) = crate::sandbox::single_id_warning(&format!("{err:#}")) {
+                    eprintln!("warning: {w}");
+                }
             }
             None
         }
