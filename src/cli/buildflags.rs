@@ -58,6 +58,7 @@ pub fn extra_options(f: &ExtraBuildFlags) -> anyhow::Result<options::ExtraOption
             .iter()
             .filter_map(|c| c.split_once('=').map(|(n, _)| n.to_ascii_lowercase()))
             .collect(),
+        mount_restorer: None,
     })
 }
 

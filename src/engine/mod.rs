@@ -3,6 +3,7 @@
 
 pub mod build;
 pub mod cachekey;
+pub mod cachemounts;
 pub mod config;
 pub mod context_source;
 pub mod copy;

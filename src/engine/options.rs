@@ -143,6 +143,9 @@ pub struct ExtraOptions {
     pub image_contexts: BTreeMap<String, String>,
     /// The NAMEs of `--build-context`, lowercase (they replace stages too).
     pub context_names: std::collections::BTreeSet<String>,
+    /// Fills a RUN cache mount this store has never had (from
+    /// `--cache-from`'s saved mounts) and hears which mounts RUNs used.
+    pub mount_restorer: Option<std::sync::Arc<dyn super::cachemounts::MountRestorer>>,
 }
 
 /// Marks a directory value of [`ExtraOptions::image_contexts`].

@@ -795,6 +795,7 @@ impl StageState {
                 }
             },
             extra_hosts: &ctx.req.extra.add_hosts,
+            mount_restorer: ctx.req.extra.mount_restorer.as_deref(),
         };
         let mut on_output = |stream: crate::sandbox::Stream, bytes: &[u8]| {
             let s = match stream {
