@@ -24,9 +24,25 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::engine::cachemounts::MountRestorer;
 use crate::layer::{self, Compression, DirOptions, LayerCheckError, UnpackOptions, WriteOptions};
 use crate::store::Store;
+
+/// Fills new cache-mount dirs with contents saved elsewhere (the remote
+/// cache's `"mounts"` entries), and learns which mounts a build used so
+/// they can be saved again. The engine calls it (`engine::cachemounts`);
+/// [`MountSet`] implements it.
+pub trait MountRestorer: Send + Sync + std::fmt::Debug {
+    /// Fill `dir` (new, empty, not yet seen by any RUN, already given the
+    /// mount's owner and mode) with the saved contents of cache mount `id`
+    /// of a stage built for `platform` (`os/arch[/variant]`). `Ok(false)`:
+    /// nothing saved for that mount. On an error the dir is emptied again
+    /// and the build goes on with an empty mount, warning once.
+    fn restore(&self, store: &Store, id: &str, platform: &str, dir: &Path) -> anyhow::Result<bool>;
+
+    /// A RUN that is about to run mounts `id` on `platform` (called for
+    /// every such RUN, restored or not).
+    fn used(&self, _id: &str, _platform: &str) {}
+}
 
 /// `--cache-to` key that turns the export of cache mounts on.
 pub const OPTION_ENABLE: &str = "cache-mounts";

@@ -323,7 +323,7 @@ fn the_engine_fills_a_new_mount_dir_from_the_set() {
     invalid.platform = "nope".into();
     let (set, errors) = set_of(&a, vec![p.clone(), broken, invalid]);
     assert_eq!(errors.len(), 1, "{errors:?}");
-    let set: Arc<dyn cachemounts::MountRestorer> = Arc::new(set);
+    let set: Arc<dyn MountRestorer> = Arc::new(set);
 
     let (_d2, b) = store();
     let warnings = std::sync::Mutex::new(Vec::<String>::new());

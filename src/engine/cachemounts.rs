@@ -5,7 +5,8 @@
 //! by the mount's id) and persists across builds. The first RUN of a build
 //! that mounts an id this store has never had creates the dir; with a
 //! [`MountRestorer`] in the build's options, the restorer first fills it
-//! with contents saved by an earlier build on another machine. The new dir
+//! with contents saved by an earlier build on another machine
+//! (`cache::mounts`). The new dir
 //! is made and filled in a locked temp dir and renamed into place without
 //! replacing anything, so a RUN never sees a half-restored mount, and two
 //! builds racing to create the same mount keep one whole dir (the first).
@@ -14,25 +15,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use crate::cache::mounts::MountRestorer;
 use crate::dockerfile::mount::Mount;
 use crate::image::ImageConfig;
 use crate::store::Store;
-
-/// Fills new cache-mount dirs with contents saved elsewhere (the remote
-/// cache's `"mounts"` entries), and learns which mounts a build used so
-/// they can be saved again. Implemented above the engine (`cache::mounts`).
-pub trait MountRestorer: Send + Sync + std::fmt::Debug {
-    /// Fill `dir` (new, empty, not yet seen by any RUN, already given the
-    /// mount's owner and mode) with the saved contents of cache mount `id`
-    /// of a stage built for `platform` (`os/arch[/variant]`). `Ok(false)`:
-    /// nothing saved for that mount. On an error the dir is emptied again
-    /// and the build goes on with an empty mount, warning once.
-    fn restore(&self, store: &Store, id: &str, platform: &str, dir: &Path) -> anyhow::Result<bool>;
-
-    /// A RUN that is about to run mounts `id` on `platform` (called for
-    /// every such RUN, restored or not).
-    fn used(&self, _id: &str, _platform: &str) {}
-}
 
 /// The platform a stage is built for, as `os/arch[/variant]`: half of the
 /// key a saved cache mount is found by (the other half is the id), since a

@@ -145,7 +145,7 @@ pub struct ExtraOptions {
     pub context_names: std::collections::BTreeSet<String>,
     /// Fills a RUN cache mount this store has never had (from
     /// `--cache-from`'s saved mounts) and hears which mounts RUNs used.
-    pub mount_restorer: Option<std::sync::Arc<dyn super::cachemounts::MountRestorer>>,
+    pub mount_restorer: Option<std::sync::Arc<dyn crate::cache::mounts::MountRestorer>>,
 }
 
 /// Marks a directory value of [`ExtraOptions::image_contexts`].

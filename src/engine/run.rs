@@ -115,7 +115,7 @@ pub struct RunInputs<'a> {
     /// `--add-host`: (name, address) lines added to `/etc/hosts`.
     pub extra_hosts: &'a [(String, String)],
     /// Fills a cache mount this store has never had from an imported cache.
-    pub mount_restorer: Option<&'a dyn super::cachemounts::MountRestorer>,
+    pub mount_restorer: Option<&'a dyn crate::cache::mounts::MountRestorer>,
 }
 
 /// The argv of a RUN and the heredoc scripts it needs, as BuildKit's
