@@ -51,7 +51,7 @@ WORKDIR /app
 COPY tree .
 RUN find . | wc -l > /files
 DF
-changed_file=$(cd "$work/ctx/tree" && find . -type f -name '*.rs' | sort | head -1)
+changed_file=$(cd "$work/ctx/tree" && find . -type f -name '*.rs' | sort | sed -n 1p)
 
 # The registry, with its access log on: each GET's status and bytes.
 start_registry "$work/registry"
