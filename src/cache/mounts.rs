@@ -362,6 +362,57 @@ pub fn restore(entry: &PackedMount, reader: impl Read, dir: &Path) -> Result<(),
     Ok(())
 }
 
+/// The `"mounts"` entries of one export to `dest`: each mount a RUN of the
+/// build used, packed now (a mount over the limit, or one that cannot be
+/// read, gets a note instead), and each imported entry no RUN used, kept
+/// as it was (its blob fetched into the store unless `dest` is on the
+/// registry that holds it, where the push mounts it). `notes` get a line
+/// per mount: its size, or why it was left out.
+pub fn for_export(
+    store: &Store,
+    caches: &super::import::RemoteCaches,
+    dest: &super::spec::Location,
+    opts: &PackOptions,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<Vec<PackedMount>> {
+    let set = caches.mounts();
+    let mut out = Vec::new();
+    for (id, platform) in set.used() {
+        match pack(store, &id, &platform, opts) {
+            Ok(Packed::Layer(p)) => {
+                notes.push(Packed::Layer(p.clone()).note());
+                out.push(p);
+            }
+            Ok(Packed::Empty) => {}
+            Ok(too_large) => notes.push(too_large.note()),
+            Err(e) => notes.push(format!("cache mount {id} not saved: {e:#}")),
+        }
+    }
+    let dest_registry = match dest {
+        super::spec::Location::Registry(r) => Some(super::remote::parse_reference(r)?.registry),
+        _ => None,
+    };
+    for e in set.unused() {
+        let there = dest_registry.as_ref().is_some_and(|d| {
+            caches
+                .registry_of(&e.layer.digest)
+                .is_some_and(|(reg, _)| &reg == d)
+        });
+        if !there {
+            if let Err(err) = set.ensure_local(store, &e) {
+                notes.push(format!("cache mount {} not kept: {err:#}", e.id));
+                continue;
+            }
+        }
+        notes.push(format!(
+            "cache mount {} ({}): kept as imported ({} bytes)",
+            e.id, e.platform, e.layer.size
+        ));
+        out.push(e);
+    }
+    Ok(out)
+}
+
 /// Hashes and counts what is read through it.
 struct Counted<R> {
     inner: R,
@@ -378,18 +429,25 @@ impl<R: Read> Read for Counted<R> {
     }
 }
 
-/// Opens a saved mount's blob (from a registry, a local cache dir, …).
-pub type BlobOpener = dyn Fn(&PackedMount) -> anyhow::Result<Box<dyn Read + Send>> + Send + Sync;
+/// Copies a saved mount's blob into the store (from a registry, a local
+/// cache dir, …), checking its digest.
+pub type BlobFetcher = dyn Fn(&Store, &PackedMount) -> anyhow::Result<()> + Send + Sync;
 
 /// The mounts an imported cache saved, as the engine's [`MountRestorer`]:
-/// a blob is opened only when a RUN mounts an id this store lacks (lazy,
+/// a blob is fetched only when a RUN mounts an id this store lacks (lazy,
 /// as the rest of the cache), and the ids RUNs used are recorded for the
 /// next export.
 pub struct MountSet {
     entries: Vec<PackedMount>,
-    open: Box<BlobOpener>,
+    fetch: Box<BlobFetcher>,
     used: Mutex<BTreeSet<(String, String)>>,
     restored: Mutex<Vec<PackedMount>>,
+}
+
+impl Default for MountSet {
+    fn default() -> Self {
+        MountSet::new(Vec::new(), Box::new(|_, _| Ok(()))).0
+    }
 }
 
 impl std::fmt::Debug for MountSet {
@@ -404,7 +462,7 @@ impl MountSet {
     /// The valid entries of imported caches (in `--cache-from` order: the
     /// first entry for an id and platform wins); invalid ones are returned
     /// as errors for the caller to warn about, and left out.
-    pub fn new(entries: Vec<PackedMount>, open: Box<BlobOpener>) -> (MountSet, Vec<MountError>) {
+    pub fn new(entries: Vec<PackedMount>, fetch: Box<BlobFetcher>) -> (MountSet, Vec<MountError>) {
         let mut errors = Vec::new();
         let mut seen = BTreeSet::new();
         let mut keep = Vec::new();
@@ -417,11 +475,16 @@ impl MountSet {
         }
         let set = MountSet {
             entries: keep,
-            open,
+            fetch,
             used: Mutex::default(),
             restored: Mutex::default(),
         };
         (set, errors)
+    }
+
+    /// The valid imported entries.
+    pub fn entries(&self) -> &[PackedMount] {
+        &self.entries
     }
 
     /// `(id, platform)` of every mount a RUN of this build used: the ones
@@ -435,8 +498,16 @@ impl MountSet {
         lock(&self.restored).clone()
     }
 
+    /// Make sure the store holds an entry's blob (fetching it if not).
+    pub fn ensure_local(&self, store: &Store, entry: &PackedMount) -> anyhow::Result<()> {
+        if !store.has_blob(&entry.layer.digest) {
+            (self.fetch)(store, entry)?;
+        }
+        Ok(())
+    }
+
     /// Imported entries no RUN of this build used: an export keeps them as
-    /// they are (their blobs are already where the cache is).
+    /// they are (their files did not change here).
     pub fn unused(&self) -> Vec<PackedMount> {
         let used = lock(&self.used);
         self.entries
@@ -452,13 +523,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl MountRestorer for MountSet {
-    fn restore(
-        &self,
-        _store: &Store,
-        id: &str,
-        platform: &str,
-        dir: &Path,
-    ) -> anyhow::Result<bool> {
+    fn restore(&self, store: &Store, id: &str, platform: &str, dir: &Path) -> anyhow::Result<bool> {
         let Some(entry) = self
             .entries
             .iter()
@@ -466,8 +531,8 @@ impl MountRestorer for MountSet {
         else {
             return Ok(false);
         };
-        let reader = (self.open)(entry)?;
-        restore(entry, reader, dir)?;
+        self.ensure_local(store, entry)?;
+        restore(entry, store.open_blob(&entry.layer.digest)?, dir)?;
         lock(&self.restored).push(entry.clone());
         Ok(true)
     }

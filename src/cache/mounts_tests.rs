@@ -289,15 +289,17 @@ fn a_layer_that_escapes_the_mount_dir_is_refused() {
     }
 }
 
-fn set_of(store: &Store, entries: Vec<PackedMount>) -> (MountSet, Vec<MountError>) {
-    let s = store.clone();
+/// A set whose blobs come from store `a` (as from another machine).
+fn set_of(a: &Store, entries: Vec<PackedMount>) -> (MountSet, Vec<MountError>) {
+    let a = a.clone();
     MountSet::new(
         entries,
-        Box::new(
-            move |p: &PackedMount| -> anyhow::Result<Box<dyn Read + Send>> {
-                Ok(Box::new(s.open_blob(&p.layer.digest)?))
-            },
-        ),
+        Box::new(move |to: &Store, p: &PackedMount| -> anyhow::Result<()> {
+            let mut w = to.blob_writer()?;
+            std::io::copy(&mut a.open_blob(&p.layer.digest)?, &mut w)?;
+            w.commit_verified(&p.layer.digest, Some(p.layer.size))?;
+            Ok(())
+        }),
     )
 }
 

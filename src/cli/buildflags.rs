@@ -37,6 +37,12 @@ pub struct ExtraBuildFlags {
     /// Use an image for a FROM/--from name: NAME=docker-image://REF; repeatable.
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     pub build_contexts: Vec<String>,
+    /// Export the build cache: type=registry,ref=REF|type=local,dest=DIR|type=inline[,mode=min|max][,ignore-error=true]; repeatable.
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    pub cache_to: Vec<String>,
+    /// Use a cache: REF, type=registry,ref=REF or type=local,src=DIR; repeatable, tried in order after the local store.
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    pub cache_from: Vec<String>,
 }
 
 /// The engine's options from these flags, each value checked.
@@ -58,7 +64,16 @@ pub fn extra_options(f: &ExtraBuildFlags) -> anyhow::Result<options::ExtraOption
             .iter()
             .filter_map(|c| c.split_once('=').map(|(n, _)| n.to_ascii_lowercase()))
             .collect(),
-        mount_restorer: None,
+        cache_to: f
+            .cache_to
+            .iter()
+            .map(|s| crate::cache::parse_cache_to(s))
+            .collect::<Result<_, _>>()?,
+        cache_from: f
+            .cache_from
+            .iter()
+            .map(|s| crate::cache::parse_cache_from(s))
+            .collect::<Result<_, _>>()?,
     })
 }
 

@@ -113,7 +113,8 @@ pub(crate) struct BuildCtx<'a> {
     pub dockerfile_name: String,
     dockerfile_rel: String,
     context_index: OnceLock<Result<ContextIndex, String>>,
-    next_step: AtomicU64,
+    /// Shared by the attempts of one build (see [`build`]): ids never repeat.
+    next_step: &'a AtomicU64,
     /// Set once the no-overlay fallback has been announced.
     pub overlay_warned: std::sync::atomic::AtomicBool,
     /// Limit warnings already given (each once per build).
@@ -129,6 +130,10 @@ pub(crate) struct BuildCtx<'a> {
     pub cache_scope: String,
     /// Layer steps as they finish (for the build's metadata).
     pub records: Mutex<Vec<StepRecord>>,
+    /// `--cache-from`: consulted after the local store.
+    pub remote_caches: &'a crate::cache::RemoteCaches,
+    /// Every layer step's cache record, for `--cache-to`.
+    pub used_records: crate::cache::UsedRecords,
 }
 
 impl BuildCtx<'_> {
@@ -236,6 +241,38 @@ pub fn build(
     req: &BuildRequest,
     reporter: Arc<dyn Reporter>,
 ) -> anyhow::Result<BuildOutcome> {
+    let caches = crate::cache::RemoteCaches::load(&req.extra.cache_from, &req.registry, &|m| {
+        reporter.event(Event::Warning {
+            id: None,
+            message: m,
+        })
+    });
+    let next_step = AtomicU64::new(0);
+    // A remote layer that fails its check refuses its records: the build
+    // runs again without them (what it executed since hits the local
+    // store), at most once per record.
+    let mut attempts = caches.record_count() + 1;
+    loop {
+        match build_once(store, req, reporter.clone(), &caches, &next_step) {
+            Err(e) if attempts > 0 && crate::cache::RemoteCaches::is_refusal(&e) => {
+                attempts -= 1;
+                reporter.event(Event::Warning {
+                    id: None,
+                    message: format!("{e:#}"),
+                });
+            }
+            other => return other,
+        }
+    }
+}
+
+fn build_once(
+    store: &Store,
+    req: &BuildRequest,
+    reporter: Arc<dyn Reporter>,
+    caches: &crate::cache::RemoteCaches,
+    next_step: &AtomicU64,
+) -> anyhow::Result<BuildOutcome> {
     let (dockerfile, dockerfile_name) = dockerfile_path(req);
     let text = std::fs::read_to_string(&dockerfile)
         .with_context(|| format!("reading Dockerfile {}", dockerfile.display()))?;
@@ -265,8 +302,7 @@ pub fn build(
         )
         .collect();
     // Pull steps take the first ids, so every step of the build has a real one.
-    let next_step = AtomicU64::new(0);
-    let images = load_images(store, req, &reporter, &next_step, &first.images, &platforms)?;
+    let images = load_images(store, req, &reporter, next_step, &first.images, &platforms)?;
     for (name, img) in &images {
         opts.base_configs
             .insert(name.clone(), base_config(&img.config));
@@ -301,9 +337,16 @@ pub fn build(
         images,
         cache_scope: cache_scope(&dockerfile),
         records: Mutex::new(Vec::new()),
+        remote_caches: caches,
+        used_records: Default::default(),
     };
     let target = run_stages(&ctx)?;
-    commit(&ctx, &target)
+    caches
+        .save_locations(store)
+        .context("recording where the remote cache's layers are")?;
+    let outcome = commit(&ctx, &target)?;
+    super::cache_io::export_caches(&ctx)?;
+    Ok(outcome)
 }
 
 /// A short digest of the Dockerfile's absolute path.
@@ -584,7 +627,7 @@ fn run_stage(
     Ok(st.finish(ctx))
 }
 
-fn stage_label(stage: &plan::PlannedStage) -> String {
+pub(super) fn stage_label(stage: &plan::PlannedStage) -> String {
     stage
         .name
         .clone()
@@ -607,6 +650,7 @@ fn commit(ctx: &BuildCtx<'_>, target: &StageResult) -> anyhow::Result<BuildOutco
     for (k, v) in &ctx.req.extra.labels {
         config.config.labels.insert(k.clone(), v.clone());
     }
+    super::cache_io::prepare_commit(ctx, target, &mut config)?;
     let layers: Vec<oci_spec::image::Descriptor> = target
         .layers
         .iter()

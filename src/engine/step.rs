@@ -202,8 +202,18 @@ impl StageState {
         let no_cache = ctx.no_cache_for(step_id);
         if !no_cache {
             if let Some(rec) = ctx.store.cache_get(&key)? {
+                super::cache_io::note_used(ctx, step_id, &rec);
                 let outcome = outcome_from_record(&rec);
                 handle.cached(None);
+                ctx.record_step(&name, true, started, outcome.layer.as_ref());
+                self.apply_outcome(&created_by, outcome, ctx);
+                self.key = key;
+                return Ok(());
+            }
+            if let Some((rec, from)) = super::cache_io::remote_lookup(ctx, &key, step_id) {
+                super::cache_io::note_used(ctx, step_id, &rec);
+                let outcome = outcome_from_record(&rec);
+                handle.cached(Some(format!("remote cache {from}")));
                 ctx.record_step(&name, true, started, outcome.layer.as_ref());
                 self.apply_outcome(&created_by, outcome, ctx);
                 self.key = key;
@@ -237,14 +247,16 @@ impl StageState {
             reason
         };
         handle.cache_miss(&reason);
-        let result = exec(self, &handle).and_then(|entries| {
-            let kept = link_from.as_ref().map(|_| entries.clone());
-            let layer = self.write(ctx, entries, &handle)?;
-            if let (Some(from), Some(entries), Some(layer)) = (&link_from, kept, &layer) {
-                super::snapfill::snapshot_from_entries(ctx, layer, &entries, from, &handle);
-            }
-            Ok(layer)
-        });
+        let result = super::cache_io::materialize(ctx, &self.layers, step, done)
+            .and_then(|()| exec(self, &handle))
+            .and_then(|entries| {
+                let kept = link_from.as_ref().map(|_| entries.clone());
+                let layer = self.write(ctx, entries, &handle)?;
+                if let (Some(from), Some(entries), Some(layer)) = (&link_from, kept, &layer) {
+                    super::snapfill::snapshot_from_entries(ctx, layer, &entries, from, &handle);
+                }
+                Ok(layer)
+            });
         self.keepalive.clear();
         let layer = match result {
             Ok(l) => l,
@@ -285,6 +297,7 @@ impl StageState {
         ctx.store
             .cache_put(&rec)
             .context("recording the step in the cache")?;
+        super::cache_io::note_used(ctx, step_id, &rec);
         handle.done();
         ctx.record_step(&name, false, started, layer.as_ref());
         self.apply_outcome(&created_by, Outcome { layer, created }, ctx);
@@ -795,7 +808,7 @@ impl StageState {
                 }
             },
             extra_hosts: &ctx.req.extra.add_hosts,
-            mount_restorer: ctx.req.extra.mount_restorer.as_deref(),
+            mount_restorer: Some(ctx.remote_caches.mounts()),
         };
         let mut on_output = |stream: crate::sandbox::Stream, bytes: &[u8]| {
             let s = match stream {

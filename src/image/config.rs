@@ -184,6 +184,14 @@ pub struct ImageConfig {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub history: Vec<HistoryEntry>,
+    /// rbuild's inline build cache (`--cache-to type=inline`, read back by
+    /// `--cache-from IMAGE`), where BuildKit keeps `moby.buildkit.cache.v0`.
+    #[serde(
+        default,
+        rename = "rbuild.cache.v1",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub inline_cache: Option<serde_json::Value>,
 }
 
 /// The host's architecture in GOARCH spelling, as OCI wants it.

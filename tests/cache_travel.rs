@@ -1,0 +1,420 @@
+//! `--cache-to` / `--cache-from` against a real registry and real
+//! directories: a fresh store reuses every step of another store's build
+//! (same image digest), downloads no layer when it pushes to the registry
+//! the cache is in, re-runs exactly what a changed file invalidates, and
+//! refuses a tampered cache by running the step instead.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use common::{stderr, tool, Env, RegistryConf, RegistryGuard};
+
+const DOCKERFILE: &str = "\
+FROM scratch AS tools
+COPY busybox /bin/busybox
+RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]
+
+FROM tools AS build
+COPY src.txt /src.txt
+RUN cat /src.txt > /out.txt && echo built >> /out.txt
+
+FROM tools
+COPY --from=build /out.txt /out.txt
+RUN cp /out.txt /final.txt
+";
+
+/// A store and a context holding the Dockerfile, busybox and `src.txt`.
+fn setup(busybox: &Path, src: &str) -> (Env, String) {
+    let env = Env::new();
+    let ctx = env.context("ctx", &[("Dockerfile", DOCKERFILE), ("src.txt", src)]);
+    std::fs::copy(busybox, ctx.join("busybox")).unwrap();
+    (env, ctx.to_str().unwrap().to_string())
+}
+
+/// What a build did: each layer step's name → "cached", "cached (REASON)"
+/// or "executed"; the warnings; the image's manifest digest.
+struct Built {
+    steps: BTreeMap<String, String>,
+    warnings: Vec<String>,
+    digest: String,
+    stderr: String,
+}
+
+fn build(env: &Env, args: &[&str]) -> Built {
+    let meta = env.path("meta.json");
+    let mut all = vec!["build", "--progress", "json", "--metadata-file"];
+    all.push(meta.to_str().unwrap());
+    all.extend_from_slice(args);
+    let out = env.rbuild_ok(&all);
+    let text = stderr(&out);
+    let mut names = BTreeMap::new();
+    let mut steps = BTreeMap::new();
+    let mut warnings = Vec::new();
+    for v in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    {
+        let id = v["id"].as_u64().unwrap_or(0);
+        match v["type"].as_str().unwrap_or_default() {
+            "step_started" => {
+                names.insert(id, v["name"].as_str().unwrap_or_default().to_string());
+            }
+            "step_cached" => {
+                let state = match v["reason"].as_str() {
+                    Some(r) => format!("cached ({r})"),
+                    None => "cached".to_string(),
+                };
+                steps.insert(names[&id].clone(), state);
+            }
+            "step_cache_miss" => {
+                steps.insert(names[&id].clone(), "executed".to_string());
+            }
+            "warning" => warnings.push(v["message"].as_str().unwrap_or_default().to_string()),
+            _ => {}
+        }
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    Built {
+        steps,
+        warnings,
+        digest: meta["containerimage.digest"].as_str().unwrap().to_string(),
+        stderr: text,
+    }
+}
+
+/// A TCP proxy in front of the registry that notes every request line.
+fn counting_proxy(to: u16) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
+                continue;
+            };
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 16];
+                while let Ok(n) = c_in.read(&mut buf) {
+                    if n == 0 || s_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    let text = String::from_utf8_lossy(&buf[..n]);
+                    for line in text.split("\r\n") {
+                        let methods = ["GET ", "HEAD ", "POST ", "PUT ", "PATCH ", "DELETE "];
+                        if methods.iter().any(|m| line.starts_with(m)) && line.contains(" /v2/") {
+                            log.lock().unwrap().push(line.to_string());
+                        }
+                    }
+                }
+                let _ = s_out.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut s_in, mut c_out) = (server, client);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_in, &mut c_out);
+                let _ = c_out.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (port, seen)
+}
+
+fn tools() -> Option<std::path::PathBuf> {
+    let (Some(_), Some(busybox)) = (
+        tool("docker-registry", "docker-registry"),
+        tool("busybox", "busybox-static"),
+    ) else {
+        return None;
+    };
+    Some(busybox)
+}
+
+fn all_cached(b: &Built, how: &str) {
+    assert!(!b.steps.is_empty(), "{}", b.stderr);
+    for (name, state) in &b.steps {
+        assert!(
+            state.starts_with("cached") && state.contains(how),
+            "{name}: {state}\n{}",
+            b.stderr
+        );
+    }
+}
+
+#[test]
+fn a_registry_cache_serves_an_empty_store_and_its_push_downloads_no_layer() {
+    let Some(busybox) = tools() else { return };
+    let reg = RegistryGuard::start(RegistryConf::default());
+    let (proxy, requests) = counting_proxy(reg.port);
+    let cache = format!("127.0.0.1:{proxy}/test/cache:1");
+    let (a, ctx_a) = setup(&busybox, "one\n");
+    let to = format!("type=registry,ref={cache},mode=max");
+    let built_a = build(&a, &["--cache-to", &to, "-t", "app:a", &ctx_a]);
+    assert!(
+        built_a.steps.values().all(|s| s == "executed"),
+        "{:?}",
+        built_a.steps
+    );
+
+    requests.lock().unwrap().clear();
+    let (b, ctx_b) = setup(&busybox, "one\n");
+    let app = format!("127.0.0.1:{proxy}/test/app:b");
+    let built_b = build(&b, &["--cache-from", &cache, "--push", "-t", &app, &ctx_b]);
+    all_cached(&built_b, &format!("remote cache {cache}"));
+    assert_eq!(built_b.steps.len(), 6, "{:?}", built_b.steps);
+    assert_eq!(built_a.digest, built_b.digest);
+    // The image's layers were mounted from the cache's repository: no blob
+    // of the image came down, only the cache's manifest and map.
+    let requests = requests.lock().unwrap().clone();
+    let gets: Vec<&String> = requests
+        .iter()
+        .filter(|r| r.starts_with("GET ") && r.contains("/blobs/"))
+        .collect();
+    assert_eq!(
+        gets.len(),
+        1,
+        "only the cache map is fetched: {requests:#?}"
+    );
+    assert!(gets[0].contains("/test/cache/blobs/"), "{gets:?}");
+    assert!(
+        requests.iter().any(|r| r.contains("mount=")),
+        "{requests:#?}"
+    );
+    // …and the pushed image is whole: a third store pulls and runs on it.
+    let c = Env::new();
+    let ctx_c = c.context(
+        "ctx",
+        &[("Dockerfile", &format!("FROM {app}\nRUN cat /final.txt\n"))],
+    );
+    let out = c.rbuild_ok(&["build", "--progress", "plain", ctx_c.to_str().unwrap()]);
+    assert!(stderr(&out).contains("one"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_local_cache_dir_serves_an_empty_store_and_a_change_reruns_only_what_follows() {
+    let Some(busybox) = tools() else { return };
+    let (a, ctx_a) = setup(&busybox, "one\n");
+    let dir = a.path("cache");
+    let to = format!("type=local,dest={},mode=max", dir.display());
+    let built_a = build(&a, &["--cache-to", &to, "-t", "app:a", &ctx_a]);
+
+    let (b, ctx_b) = setup(&busybox, "one\n");
+    let from = format!("type=local,src={}", dir.display());
+    let built_b = build(&b, &["--cache-from", &from, "-t", "app:b", &ctx_b]);
+    all_cached(&built_b, "remote cache");
+    assert_eq!(built_a.digest, built_b.digest);
+    // The image is whole in B's store (its layers were fetched and checked).
+    let out = b.rbuild_ok(&["save", "app:b", "-o", b.path("b.tar").to_str().unwrap()]);
+    assert!(out.status.success());
+
+    // One changed file: its COPY and what follows run, the rest is reused.
+    let (c, ctx_c) = setup(&busybox, "two\n");
+    let built_c = build(&c, &["--cache-from", &from, "-t", "app:c", &ctx_c]);
+    let executed: Vec<&String> = built_c
+        .steps
+        .iter()
+        .filter(|(_, s)| *s == "executed")
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(executed.len(), 4, "{:?}", built_c.steps);
+    for name in executed {
+        assert!(
+            name.contains("COPY src.txt")
+                || name.contains("RUN cat /src.txt")
+                || name.contains("COPY --from=build")
+                || name.contains("RUN cp"),
+            "{name} ran: {:?}",
+            built_c.steps
+        );
+    }
+    assert_ne!(built_c.digest, built_a.digest);
+    // Exporting again into the same DIR keeps it to one cache's blobs.
+    let to_c = format!("type=local,dest={},mode=min", dir.display());
+    build(&c, &["--cache-to", &to_c, "-t", "app:c", &ctx_c]);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
+    let blobs = std::fs::read_dir(dir.join("blobs/sha256")).unwrap().count();
+    // mode=min: manifest + map + the final stage's two layers (COPY, RUN).
+    assert_eq!(blobs, 4, "unreferenced blobs were dropped");
+}
+
+/// Rewrite the cache in `dir` so the record of the step that installs
+/// busybox's links names another layer of the cache (busybox itself, with
+/// its real size), keeping the diff_id it claims.
+fn tamper(dir: &Path) {
+    let read = |d: &str| std::fs::read(dir.join("blobs/sha256").join(&d[7..])).unwrap();
+    let write = |bytes: &[u8]| {
+        use sha2::Digest;
+        let d = format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)));
+        std::fs::write(dir.join("blobs/sha256").join(&d[7..]), bytes).unwrap();
+        d
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let mdigest = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut manifest: serde_json::Value = serde_json::from_slice(&read(&mdigest)).unwrap();
+    let cdigest = manifest["config"]["digest"].as_str().unwrap().to_string();
+    let mut map: serde_json::Value = serde_json::from_slice(&read(&cdigest)).unwrap();
+    let records = map["records"].as_array_mut().unwrap();
+    // The records in build order: busybox COPY, install RUN, src COPY, …
+    let victim = records[1]["layer"].clone();
+    let other = records[0]["layer"].clone();
+    assert_ne!(victim["digest"], other["digest"]);
+    records[1]["layer"]["digest"] = other["digest"].clone();
+    records[1]["layer"]["size"] = other["size"].clone();
+    let map_bytes = serde_json::to_vec(&map).unwrap();
+    manifest["config"]["digest"] = serde_json::json!(write(&map_bytes));
+    manifest["config"]["size"] = serde_json::json!(map_bytes.len());
+    let m_bytes = serde_json::to_vec(&manifest).unwrap();
+    let m = write(&m_bytes);
+    let mut index = index;
+    index["manifests"][0]["digest"] = serde_json::json!(m);
+    index["manifests"][0]["size"] = serde_json::json!(m_bytes.len());
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+#[test]
+fn a_tampered_cache_record_is_refused_and_its_step_runs() {
+    let Some(busybox) = tools() else { return };
+    let (a, ctx_a) = setup(&busybox, "one\n");
+    let dir = a.path("cache");
+    let to = format!("type=local,dest={},mode=max", dir.display());
+    let epoch = "SOURCE_DATE_EPOCH=1700000000";
+    let built_a = build(
+        &a,
+        &[
+            "--build-arg",
+            epoch,
+            "--cache-to",
+            &to,
+            "-t",
+            "app:a",
+            &ctx_a,
+        ],
+    );
+    tamper(&dir);
+
+    let (b, ctx_b) = setup(&busybox, "one\n");
+    let from = format!("type=local,src={}", dir.display());
+    let built_b = build(
+        &b,
+        &[
+            "--build-arg",
+            epoch,
+            "--cache-from",
+            &from,
+            "-t",
+            "app:b",
+            &ctx_b,
+        ],
+    );
+    assert!(
+        built_b
+            .warnings
+            .iter()
+            .any(|w| w.contains("does not match the cache record")),
+        "{:?}\n{}",
+        built_b.warnings,
+        built_b.stderr
+    );
+    let install = built_b
+        .steps
+        .iter()
+        .find(|(n, _)| n.contains("--install"))
+        .unwrap();
+    assert_eq!(install.1, "executed", "{:?}", built_b.steps);
+    // The step ran and made what its inputs make: the same image as A's.
+    assert_eq!(built_a.digest, built_b.digest);
+}
+
+#[test]
+fn an_inline_cache_travels_inside_the_pushed_image() {
+    let Some(busybox) = tools() else { return };
+    let reg = RegistryGuard::start(RegistryConf::default());
+    let app = format!("{}/test/inline:latest", reg.addr());
+    let (a, ctx_a) = setup(&busybox, "one\n");
+    let epoch = "SOURCE_DATE_EPOCH=1700000000";
+    let built_a = build(
+        &a,
+        &[
+            "--build-arg",
+            epoch,
+            "--cache-to",
+            "type=inline",
+            "--push",
+            "-t",
+            &app,
+            &ctx_a,
+        ],
+    );
+    let (b, ctx_b) = setup(&busybox, "one\n");
+    let built_b = build(
+        &b,
+        &[
+            "--cache-from",
+            &app,
+            "--cache-to",
+            "type=inline",
+            "-t",
+            "app:b",
+            &ctx_b,
+        ],
+    );
+    // Inline carries the final stage's steps (BuildKit's mode=min): those
+    // hit; the stages it copies from are built.
+    for (name, state) in &built_b.steps {
+        if name.contains("COPY --from=build") || name.contains("RUN cp") {
+            assert!(state.contains("remote cache"), "{name}: {state}");
+        }
+    }
+    assert_eq!(built_a.digest, built_b.digest);
+}
+
+#[test]
+fn two_concurrent_exports_to_one_ref_leave_one_whole_cache() {
+    let Some(busybox) = tools() else { return };
+    let reg = RegistryGuard::start(RegistryConf::default());
+    let cache = format!("{}/test/race:1", reg.addr());
+    let to = format!("type=registry,ref={cache},mode=max");
+    let (a1, ctx1) = setup(&busybox, "one\n");
+    let (a2, ctx2) = setup(&busybox, "two\n");
+    // Both build first, then both export at the same moment.
+    build(&a1, &["-t", "app:1", &ctx1]);
+    build(&a2, &["-t", "app:2", &ctx2]);
+    let procs: Vec<_> = [(&a1, &ctx1), (&a2, &ctx2)]
+        .into_iter()
+        .map(|(env, ctx)| {
+            std::process::Command::new(common::rbuild_bin())
+                .arg("--root")
+                .arg(env.root())
+                .args(["build", "-q", "--cache-to", &to, "-t", "app:y", ctx])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut p in procs {
+        assert!(p.wait().unwrap().success());
+    }
+    // The ref names one of the two caches, whole: a fresh store gets every
+    // step of one of the builds from it, with no warning.
+    let hits: Vec<bool> = ["one\n", "two\n"]
+        .into_iter()
+        .map(|src| {
+            let (b, ctx_b) = setup(&busybox, src);
+            let built = build(&b, &["--cache-from", &cache, "-t", "app:b", &ctx_b]);
+            assert!(built.warnings.is_empty(), "{:?}", built.warnings);
+            built.steps.values().all(|s| s.starts_with("cached"))
+        })
+        .collect();
+    assert_eq!(hits.iter().filter(|h| **h).count(), 1, "{hits:?}");
+}
