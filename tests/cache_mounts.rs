@@ -1,10 +1,12 @@
-//! RUN cache mounts across builds and stores: what `prune` keeps and drops.
+//! RUN cache mounts across builds and stores: their contents travel with
+//! `--cache-to ...,cache-mounts=true` / `--cache-from` (registry and local
+//! directory), and what `prune` keeps and drops.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{tool, Env};
+use common::{stderr, tool, Env, RegistryConf, RegistryGuard};
 
 const BASE: &str = "FROM scratch AS base\nCOPY busybox /bin/busybox\n\
     RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
@@ -75,5 +77,135 @@ fn prune_all_clears_cache_mounts_and_prune_keeps_them() {
         count_after_build(&env, &ctx, "o4"),
         "1",
         "prune --all emptied the mount"
+    );
+}
+
+/// Seeds the mount with a "download" (a stand-in for a package manager's
+/// cache); the consumer fetches only when the mount is empty and copies
+/// the package into the image either way.
+const SEED: &str = "FROM base\nRUN --mount=type=cache,id=dl,target=/var/cache/dl \
+    sh -c 'echo payload-v1 > /var/cache/dl/pkg'\n";
+const CONSUME: &str = "FROM base\nRUN --mount=type=cache,id=dl,target=/var/cache/dl \
+    sh -c 'if [ -e /var/cache/dl/pkg ]; then echo MOUNT-WAS-FILLED; \
+    else echo MOUNT-WAS-EMPTY; echo payload-v1 > /var/cache/dl/pkg; fi; \
+    cp /var/cache/dl/pkg /pkg'\n";
+
+/// Whether the RUN printed `marker` (a log line ending in it, not the
+/// command line that names it).
+fn said(log: &str, marker: &str) -> bool {
+    log.lines()
+        .any(|l| l.trim_end().ends_with(marker) && !l.contains("sh -c"))
+}
+
+/// Build `ctx` into `env`'s store with `args`; returns (stderr, digest).
+fn build_digest(env: &Env, ctx: &Path, args: &[&str]) -> (String, String) {
+    let iid = env.path("iid");
+    let mut all = vec![
+        "build",
+        "--progress",
+        "plain",
+        "--build-arg",
+        "SOURCE_DATE_EPOCH=1700000000",
+        "--iidfile",
+        iid.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    all.push(ctx.to_str().unwrap());
+    let out = env.rbuild_ok(&all);
+    (stderr(&out), std::fs::read_to_string(iid).unwrap())
+}
+
+/// A cache mount filled in one store is restored in a fresh store that
+/// imports the cache, before the first RUN that mounts it; the image is
+/// the one a build without the restored mount gives.
+#[test]
+fn cache_mount_contents_travel_through_registry_and_directory_caches() {
+    if !common::require_root("RUN steps") || tool("docker-registry", "docker-registry").is_none() {
+        return;
+    }
+    let reg = RegistryGuard::start(RegistryConf::default());
+    let dir_cache = tempfile::tempdir().unwrap();
+    let dir_cache = dir_cache.path().join("cache");
+    let registry_ref = format!("type=registry,ref={}/app:buildcache", reg.addr());
+    let local_to = format!("type=local,dest={}", dir_cache.display());
+    let local_from = format!("type=local,src={}", dir_cache.display());
+    for (to, from) in [(registry_ref.clone(), registry_ref), (local_to, local_from)] {
+        // Store A fills the mount and exports it.
+        let a = Env::new();
+        let Some(seed) = context(&a, "seed", SEED) else {
+            return;
+        };
+        let to_mounts = format!("{to},cache-mounts=true,cache-mounts-max-size=1MiB");
+        let (log, _) = build_digest(&a, &seed, &["--cache-to", &to_mounts]);
+        assert!(log.contains("cache mount dl (linux/"), "{log}");
+
+        // Store B: a fresh runner importing the cache finds the mount filled.
+        let b = Env::new();
+        let consume = context(&b, "consume", CONSUME).unwrap();
+        let (log_b, digest_b) = build_digest(&b, &consume, &["--cache-from", &from]);
+        assert!(said(&log_b, "MOUNT-WAS-FILLED"), "{to}: {log_b}");
+        assert!(!said(&log_b, "MOUNT-WAS-EMPTY"), "{to}: {log_b}");
+
+        // Store C: the same build without the cache downloads, and gives
+        // the same image.
+        let c = Env::new();
+        let consume = context(&c, "consume", CONSUME).unwrap();
+        let (log_c, digest_c) = build_digest(&c, &consume, &[]);
+        assert!(said(&log_c, "MOUNT-WAS-EMPTY"), "{log_c}");
+        assert_eq!(
+            digest_b, digest_c,
+            "{to}: the restored mount changed the image"
+        );
+    }
+}
+
+/// A mount over `cache-mounts-max-size` is left out with a note naming its
+/// size, and the build (and the rest of the export) goes on.
+#[test]
+fn a_mount_over_the_limit_is_not_exported() {
+    if !common::require_root("RUN steps") {
+        return;
+    }
+    let env = Env::new();
+    let Some(ctx) = context(
+        &env,
+        "big",
+        "FROM base\nRUN --mount=type=cache,id=big,target=/c \
+         sh -c 'head -c 200000 /dev/zero > /c/blob'\n",
+    ) else {
+        return;
+    };
+    let dest = env.path("cache");
+    let to = format!(
+        "type=local,dest={},cache-mounts=true,cache-mounts-max-size=100K",
+        dest.display()
+    );
+    let (log, _) = build_digest(&env, &ctx, &["--cache-to", &to]);
+    assert!(
+        log.contains("cache mount big not saved: it holds 200000 bytes")
+            && log.contains("hint: raise cache-mounts-max-size"),
+        "{log}"
+    );
+    // The cache was still written (records, no mount).
+    let index = std::fs::read_to_string(dest.join("index.json")).unwrap();
+    assert!(
+        index.contains("application/vnd.oci.image.manifest.v1+json"),
+        "{index}"
+    );
+    // A bad limit is refused before the build, naming the value.
+    let out = env.rbuild(&[
+        "build",
+        "--cache-to",
+        &format!(
+            "type=local,dest={},cache-mounts=true,cache-mounts-max-size=lots",
+            dest.display()
+        ),
+        ctx.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("cache-mounts-max-size") && err.contains("lots"),
+        "{err}"
     );
 }
