@@ -90,6 +90,14 @@ const CONSUME: &str = "FROM base\nRUN --mount=type=cache,id=dl,target=/var/cache
     else echo MOUNT-WAS-EMPTY; echo payload-v1 > /var/cache/dl/pkg; fi; \
     cp /var/cache/dl/pkg /pkg'\n";
 
+/// The blobs of a store.
+fn blobs(env: &Env) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(env.root().join("blobs/sha256"))
+        .unwrap()
+        .map(|e| format!("sha256:{}", e.unwrap().file_name().to_string_lossy()))
+        .collect()
+}
+
 /// Whether the RUN printed `marker` (a log line ending in it, not the
 /// command line that names it).
 fn said(log: &str, marker: &str) -> bool {
@@ -145,6 +153,26 @@ fn cache_mount_contents_travel_through_registry_and_directory_caches() {
         let (log_b, digest_b) = build_digest(&b, &consume, &["--cache-from", &from]);
         assert!(said(&log_b, "MOUNT-WAS-FILLED"), "{to}: {log_b}");
         assert!(!said(&log_b, "MOUNT-WAS-EMPTY"), "{to}: {log_b}");
+        // What the import brought (the mount's layer blob) is not kept
+        // once the build is done: prune removes it.
+        let mount_blob = log
+            .lines()
+            .find(|l| l.contains("cache mount dl ("))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap()
+            .to_string();
+        assert!(blobs(&b).contains(&mount_blob), "{to}: {mount_blob}");
+        let locations = b.root().join("rbuild/registry/blob-locations.json");
+        let noted = |what: &str| {
+            std::fs::read_to_string(&locations)
+                .unwrap_or_default()
+                .contains(what)
+        };
+        let from_registry = to.starts_with("type=registry");
+        assert_eq!(noted(&mount_blob), from_registry, "{to}");
+        b.rbuild_ok(&["prune"]);
+        assert!(!blobs(&b).contains(&mount_blob), "{to}: {mount_blob}");
+        assert!(!noted(&mount_blob), "{to}: prune left the import's record");
 
         // Store C: the same build without the cache downloads, and gives
         // the same image.

@@ -105,8 +105,8 @@ impl Packed {
     pub fn note(&self) -> String {
         match self {
             Packed::Layer(p) => format!(
-                "cache mount {} ({}): {} files' bytes saved as {} bytes",
-                p.id, p.platform, p.uncompressed_size, p.layer.size
+                "cache mount {} ({}): saved, {} bytes as tar, {} bytes compressed, layer {}",
+                p.id, p.platform, p.uncompressed_size, p.layer.size, p.layer.digest
             ),
             Packed::Empty => "cache mount is empty: nothing saved".to_string(),
             Packed::TooLarge { id, size, limit } => format!(
