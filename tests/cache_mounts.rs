@@ -237,3 +237,69 @@ fn a_mount_over_the_limit_is_not_exported() {
         "{err}"
     );
 }
+
+/// The `mounts` entries of the cache in OCI layout `dir`.
+fn saved_mounts(dir: &Path) -> Vec<serde_json::Value> {
+    let blob = |d: &str| -> serde_json::Value {
+        let hex = d.trim_start_matches("sha256:");
+        serde_json::from_slice(&std::fs::read(dir.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let manifest = blob(index["manifests"][0]["digest"].as_str().unwrap());
+    let map = blob(manifest["config"]["digest"].as_str().unwrap());
+    let mounts = map["mounts"].as_array().cloned().unwrap_or_default();
+    // Each mount's layer is one of the manifest's layers, and its blob is there.
+    for m in &mounts {
+        let d = m["layer"]["digest"].as_str().unwrap();
+        assert!(
+            manifest["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l["digest"] == d),
+            "{manifest}"
+        );
+        assert!(dir.join("blobs/sha256").join(&d[7..]).is_file());
+    }
+    mounts
+}
+
+/// A build whose RUNs are all cached uses no mount; its export keeps the
+/// mounts it imported, so the next runner still gets them.
+#[test]
+fn an_unused_imported_mount_is_exported_again() {
+    if !common::require_root("RUN steps") {
+        return;
+    }
+    let a = Env::new();
+    let Some(seed) = context(&a, "seed", SEED) else {
+        return;
+    };
+    let first = a.path("first");
+    let second = a.path("second");
+    let to = |d: &Path| format!("type=local,dest={},cache-mounts=true", d.display());
+    let from = |d: &Path| format!("type=local,src={}", d.display());
+    build_digest(&a, &seed, &["--cache-to", &to(&first)]);
+    let saved = saved_mounts(&first);
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    assert_eq!(saved[0]["id"], "dl");
+
+    let b = Env::new();
+    let seed_b = context(&b, "seed", SEED).unwrap();
+    let (log, _) = build_digest(
+        &b,
+        &seed_b,
+        &["--cache-from", &from(&first), "--cache-to", &to(&second)],
+    );
+    assert!(
+        log.contains("cache mount dl (linux/") && log.contains("kept as imported"),
+        "{log}"
+    );
+    assert_eq!(saved_mounts(&second), saved);
+
+    let c = Env::new();
+    let consume = context(&c, "consume", CONSUME).unwrap();
+    let (log, _) = build_digest(&c, &consume, &["--cache-from", &from(&second)]);
+    assert!(said(&log, "MOUNT-WAS-FILLED"), "{log}");
+}
