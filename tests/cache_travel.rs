@@ -79,6 +79,17 @@ fn build(env: &Env, args: &[&str]) -> Built {
         }
     }
     let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    // --metadata-file names the cache of every remote hit.
+    for s in meta["rbuild.steps"].as_array().unwrap() {
+        let name = s["name"].as_str().unwrap();
+        if steps
+            .get(name)
+            .is_some_and(|st| st.starts_with("cached (remote cache "))
+        {
+            let from = s["cache_from"].as_str().unwrap_or_default();
+            assert!(steps[name].contains(from) && !from.is_empty(), "{s}");
+        }
+    }
     Built {
         steps,
         warnings,
@@ -186,13 +197,14 @@ fn a_registry_cache_serves_an_empty_store_and_its_push_downloads_no_layer() {
         requests.iter().any(|r| r.contains("mount=")),
         "{requests:#?}"
     );
-    // …and the pushed image is whole: a third store pulls and runs on it.
-    let c = Env::new();
-    let ctx_c = c.context(
-        "ctx",
+    // …and the pushed image is whole: B's own store (which never fetched
+    // its layers) pulls it for a build FROM it, and runs on it.
+    let ctx_c = b.context(
+        "ctx2",
         &[("Dockerfile", &format!("FROM {app}\nRUN cat /final.txt\n"))],
     );
-    let out = c.rbuild_ok(&["build", "--progress", "plain", ctx_c.to_str().unwrap()]);
+    let out = b.rbuild_ok(&["build", "--progress", "plain", ctx_c.to_str().unwrap()]);
+    assert!(stderr(&out).contains("[internal] pull"), "{}", stderr(&out));
     assert!(stderr(&out).contains("one"), "{}", stderr(&out));
 }
 
@@ -212,6 +224,16 @@ fn a_local_cache_dir_serves_an_empty_store_and_a_change_reruns_only_what_follows
     // The image is whole in B's store (its layers were fetched and checked).
     let out = b.rbuild_ok(&["save", "app:b", "-o", b.path("b.tar").to_str().unwrap()]);
     assert!(out.status.success());
+    // The hits whose layers were fetched and checked (the result's) were
+    // filed in B's store: a rebuild there needs no remote cache for them.
+    // (The build stage's own layers were never needed, so never fetched.)
+    let again = build(&b, &["-t", "app:b", &ctx_b]);
+    for (name, state) in &again.steps {
+        if name.starts_with("[tools ") || name.starts_with("[stage-2 ") {
+            assert_eq!(state, "cached", "{name}: {:?}", again.steps);
+        }
+    }
+    assert_eq!(again.digest, built_a.digest);
 
     // One changed file: its COPY and what follows run, the rest is reused.
     let (c, ctx_c) = setup(&busybox, "two\n");
@@ -241,8 +263,9 @@ fn a_local_cache_dir_serves_an_empty_store_and_a_change_reruns_only_what_follows
         serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
     assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
     let blobs = std::fs::read_dir(dir.join("blobs/sha256")).unwrap().count();
-    // mode=min: manifest + map + the final stage's two layers (COPY, RUN).
-    assert_eq!(blobs, 4, "unreferenced blobs were dropped");
+    // mode=min: manifest + map + the result's four layers (busybox,
+    // install, COPY --from, RUN cp); the build stage's are gone.
+    assert_eq!(blobs, 6, "unreferenced blobs were dropped");
 }
 
 /// Rewrite the cache in `dir` so the record of the step that installs
@@ -343,19 +366,9 @@ fn an_inline_cache_travels_inside_the_pushed_image() {
     let reg = RegistryGuard::start(RegistryConf::default());
     let app = format!("{}/test/inline:latest", reg.addr());
     let (a, ctx_a) = setup(&busybox, "one\n");
-    let epoch = "SOURCE_DATE_EPOCH=1700000000";
     let built_a = build(
         &a,
-        &[
-            "--build-arg",
-            epoch,
-            "--cache-to",
-            "type=inline",
-            "--push",
-            "-t",
-            &app,
-            &ctx_a,
-        ],
+        &["--cache-to", "type=inline", "--push", "-t", &app, &ctx_a],
     );
     let (b, ctx_b) = setup(&busybox, "one\n");
     let built_b = build(
@@ -370,13 +383,16 @@ fn an_inline_cache_travels_inside_the_pushed_image() {
             &ctx_b,
         ],
     );
-    // Inline carries the final stage's steps (BuildKit's mode=min): those
-    // hit; the stages it copies from are built.
-    for (name, state) in &built_b.steps {
-        if name.contains("COPY --from=build") || name.contains("RUN cp") {
-            assert!(state.contains("remote cache"), "{name}: {state}");
-        }
-    }
+    // The inline map holds what made the image's layers (the final stage
+    // and the stage it is built FROM): all of it hits, and the stage it
+    // only copies from is not built at all.
+    all_cached(&built_b, "remote cache");
+    assert_eq!(built_b.steps.len(), 4, "{:?}", built_b.steps);
+    assert!(
+        built_b.steps.keys().all(|n| !n.starts_with("[build ")),
+        "{:?}",
+        built_b.steps
+    );
     assert_eq!(built_a.digest, built_b.digest);
 }
 
@@ -417,4 +433,58 @@ fn two_concurrent_exports_to_one_ref_leave_one_whole_cache() {
         })
         .collect();
     assert_eq!(hits.iter().filter(|h| **h).count(), 1, "{hits:?}");
+}
+
+#[test]
+fn an_unreachable_cache_from_warns_and_an_unreachable_cache_to_fails_unless_ignored() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[("Dockerfile", "FROM scratch\nCOPY a /a\n"), ("a", "a\n")],
+    );
+    let ctx = ctx.to_str().unwrap();
+    // A port nothing listens on.
+    let dead = format!("127.0.0.1:{}/x/cache:1", common::free_port());
+    let missing = format!("type=local,src={}", env.path("nothing").display());
+    let built = build(
+        &env,
+        &[
+            "--cache-from",
+            &dead,
+            "--cache-from",
+            &missing,
+            "-t",
+            "a:1",
+            ctx,
+        ],
+    );
+    assert_eq!(built.warnings.len(), 2, "{:?}", built.warnings);
+    assert!(
+        built
+            .warnings
+            .iter()
+            .all(|w| w.contains("building without it")),
+        "{:?}",
+        built.warnings
+    );
+
+    let to = format!("type=registry,ref={dead}");
+    let out = env.rbuild(&["build", "--cache-to", &to, "-t", "a:1", ctx]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("--cache-to {dead}")) && err.contains("hint: with ignore-error=true"),
+        "{err}"
+    );
+
+    let to = format!("type=registry,ref={dead},ignore-error=true");
+    let built = build(&env, &["--cache-to", &to, "-t", "a:1", ctx]);
+    assert!(
+        built
+            .warnings
+            .iter()
+            .any(|w| w.contains("ignore-error=true")),
+        "{:?}",
+        built.warnings
+    );
 }

@@ -28,15 +28,16 @@ impl UsedRecords {
         }
     }
 
-    /// `mode=min`: the records of the stage whose step ids start with
-    /// `target_prefix`; `mode=max`: all. Each key once.
-    pub fn select(&self, mode: Mode, target_prefix: &str) -> Vec<MapRecord> {
+    /// `mode=min`: the records of the stages whose step ids start with one
+    /// of `result_stages` (the target and the stages it is built FROM: what
+    /// made the result's layers); `mode=max`: all. Each key once.
+    pub fn select(&self, mode: Mode, result_stages: &[String]) -> Vec<MapRecord> {
         let Ok(v) = self.inner.lock() else {
             return Vec::new();
         };
         let mut seen = std::collections::HashSet::new();
         v.iter()
-            .filter(|(id, _)| mode == Mode::Max || id.starts_with(target_prefix))
+            .filter(|(id, _)| mode == Mode::Max || result_stages.iter().any(|p| id.starts_with(p)))
             .filter(|(_, r)| seen.insert(r.key.clone()))
             .map(|(_, r)| r.clone())
             .collect()
@@ -51,15 +52,15 @@ pub struct Exported {
     pub layers: usize,
 }
 
-/// The inline map for the image config: the target stage's records whose
+/// The inline map for the image config: the `mode=min` records whose
 /// layers are among `image_layers` (or that have none).
 pub fn inline_map(
     used: &UsedRecords,
-    target_prefix: &str,
+    result_stages: &[String],
     image_layers: &[String],
 ) -> serde_json::Value {
     let records: Vec<MapRecord> = used
-        .select(Mode::Min, target_prefix)
+        .select(Mode::Min, result_stages)
         .into_iter()
         .filter(|r| {
             r.layer
@@ -76,11 +77,11 @@ pub fn export(
     caches: &RemoteCaches,
     to: &CacheTo,
     used: &UsedRecords,
-    target_prefix: &str,
+    result_stages: &[String],
     settings: &Settings,
     mounts: &[super::mounts::PackedMount],
 ) -> anyhow::Result<Exported> {
-    let mut map = CacheMap::new(used.select(to.mode, target_prefix));
+    let mut map = CacheMap::new(used.select(to.mode, result_stages));
     map.mounts = mounts
         .iter()
         .filter_map(|m| serde_json::to_value(m).ok())
@@ -94,7 +95,7 @@ pub fn export(
             layout::write(dir, &manifest, &config, &layers, &|d, path| {
                 caches.copy_layer_to(store, d, path)
             })
-            .with_context(|| format!("--cache-to {label}"))?;
+            .with_context(|| format!("writing {}", dir.display()))?;
         }
         Location::Registry(r) => {
             let dest = remote::parse_reference(r)?;
@@ -125,8 +126,7 @@ pub fn export(
             // Every blob first, the manifest last: a racing export's
             // manifest names only blobs that are there, so the ref always
             // names one whole cache.
-            crate::registry::push(store, &desc.digest, &dest, settings, &opts)
-                .with_context(|| format!("--cache-to {label}"))?;
+            crate::registry::push(store, &desc.digest, &dest, settings, &opts)?;
             loc.save()?;
         }
         Location::Inline => {}

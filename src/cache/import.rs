@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use anyhow::Context;
 
 use crate::registry::{Reference, Settings};
-use crate::store::{CachedLayer, Store};
+use crate::store::{CacheRecord, CachedLayer, Store};
 
 use super::format::{ArtifactManifest, CacheMap, Desc, MapRecord, CONFIG_MEDIA_TYPE, INLINE_FIELD};
 use super::spec::{CacheFrom, Location};
@@ -49,6 +49,9 @@ pub struct RemoteCaches {
     /// index. Keyed by both: two records may claim different diff_ids for
     /// one blob, and each claim is checked.
     remote: Mutex<HashMap<(String, String), usize>>,
+    /// Local records of hits, filed in the store once their layer's claim
+    /// has been checked (a refused claim's records are never filed).
+    pending: Mutex<HashMap<(String, String), Vec<CacheRecord>>>,
     /// Every layer of a hit: digest → the source it came from.
     origins: Mutex<HashMap<String, usize>>,
     /// (source, digest, diff_id) of records refused after a failed check.
@@ -131,12 +134,26 @@ impl RemoteCaches {
     /// refuses every record of that cache naming that layer and returns
     /// [`CacheError::Tampered`]: the caller builds again without them.
     pub fn ensure_local(&self, store: &Store, layers: &[CachedLayer]) -> anyhow::Result<()> {
+        self.ensure_local_noting(store, layers, &|_| {})
+    }
+
+    /// [`RemoteCaches::ensure_local`], telling `note` about each download.
+    pub fn ensure_local_noting(
+        &self,
+        store: &Store,
+        layers: &[CachedLayer],
+        note: &dyn Fn(String),
+    ) -> anyhow::Result<()> {
         for l in layers {
             let claim = (l.digest.clone(), l.diff_id.clone());
             let found = self.remote.lock().ok().and_then(|m| m.get(&claim).copied());
             let Some(i) = found else { continue };
             let s = &self.sources[i];
             if !store.has_blob(&l.digest) {
+                note(format!(
+                    "fetching layer {} ({} bytes) from cache {}",
+                    l.digest, l.size, s.label
+                ));
                 self.fetch(s, store, l)?;
             }
             let file = store.open_blob(&l.digest)?;
@@ -145,7 +162,18 @@ impl RemoteCaches {
             if let Ok(mut m) = self.remote.lock() {
                 m.remove(&claim);
             }
-            if actual != l.diff_id {
+            let records = self
+                .pending
+                .lock()
+                .ok()
+                .and_then(|mut p| p.remove(&claim))
+                .unwrap_or_default();
+            if actual == l.diff_id {
+                // Best effort: a record only saves later builds a lookup.
+                for r in records {
+                    let _ = store.cache_put(&r);
+                }
+            } else {
                 if let Ok(mut r) = self.refused.lock() {
                     r.insert((i, l.digest.clone(), l.diff_id.clone()));
                 }
@@ -211,6 +239,20 @@ impl RemoteCaches {
             loc.save()?;
         }
         Ok(())
+    }
+
+    /// File `rec` (a hit's record) in the local store: now when it has no
+    /// layer, else once its layer is fetched and checked, so later builds
+    /// in this store hit without the remote cache.
+    pub fn file_when_checked(&self, store: &Store, rec: CacheRecord) {
+        let Some(l) = &rec.layer else {
+            let _ = store.cache_put(&rec);
+            return;
+        };
+        let claim = (l.digest.clone(), l.diff_id.clone());
+        if let Ok(mut p) = self.pending.lock() {
+            p.entry(claim).or_default().push(rec);
+        }
     }
 
     /// Whether an error is a refused layer (the build may run again).

@@ -92,6 +92,10 @@ pub struct StepRecord {
     pub seconds: f64,
     /// The layer's digest; `None` when the step changed no files.
     pub layer: Option<String>,
+    /// The `--cache-from` cache a cached step came from (`None`: the
+    /// local store, or executed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_from: Option<String>,
 }
 
 /// The finished state of one stage, shared with the stages that use it.
@@ -101,6 +105,8 @@ pub(crate) struct StageResult {
     pub key: String,
     /// Materialized on first `COPY --from` of this stage.
     pub rootfs: Mutex<Option<Rootfs>>,
+    /// Built by the key-only pass with misses: only its key may be used.
+    pub incomplete: bool,
 }
 
 /// Read-only state every stage of a build shares.
@@ -134,6 +140,8 @@ pub(crate) struct BuildCtx<'a> {
     pub remote_caches: &'a crate::cache::RemoteCaches,
     /// Every layer step's cache record, for `--cache-to`.
     pub used_records: crate::cache::UsedRecords,
+    /// The key-only pass is running, and the hits it found.
+    pub probe: super::cache_io::Probe,
 }
 
 impl BuildCtx<'_> {
@@ -167,6 +175,7 @@ impl BuildCtx<'_> {
                 cached,
                 seconds: started.elapsed().as_secs_f64(),
                 layer: layer.map(|l| l.digest.clone()),
+                cache_from: None,
             });
         }
     }
@@ -339,8 +348,12 @@ fn build_once(
         records: Mutex::new(Vec::new()),
         remote_caches: caches,
         used_records: Default::default(),
+        probe: Default::default(),
     };
-    let target = run_stages(&ctx)?;
+    let target = match super::cache_io::probe(&ctx, run_stages) {
+        Some(t) => t,
+        None => run_stages(&ctx)?,
+    };
     caches
         .save_locations(store)
         .context("recording where the remote cache's layers are")?;
@@ -418,6 +431,14 @@ fn load_images(
         let local = find_local_image(store, &reference, source)?.filter(|img| {
             want.as_ref()
                 .is_none_or(|w| img.config.os == w.os && img.config.architecture == w.arch)
+        });
+        // An image a cached build only pushed may lack its layers here
+        // (they stayed in the cache's registry): pulled like a missing one.
+        let local = local.filter(|img| {
+            img.manifest
+                .layers()
+                .iter()
+                .all(|d| store.has_blob(d.digest().as_ref()))
         });
         let pull = match (req.pull, &local, reference.digest.is_some()) {
             (_, Some(_), true) => false,

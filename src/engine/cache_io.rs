@@ -14,10 +14,25 @@ use crate::store::{CacheRecord, CachedLayer};
 use super::build::{BuildCtx, StageResult};
 use super::rootfs::LayerRef;
 
-/// The step ids of the target stage start with this.
-fn target_prefix(ctx: &BuildCtx<'_>) -> String {
-    let stage = &ctx.plan.stages[ctx.plan.target];
-    format!("{}/{}/", ctx.cache_scope, super::build::stage_label(stage))
+/// The step-id prefixes of the stages the result's layers come from: the
+/// target and the stages it is built FROM, in turn.
+fn result_stages(ctx: &BuildCtx<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut i = ctx.plan.target;
+    // The plan has no cycles; the bound keeps a bad one from looping.
+    for _ in 0..ctx.plan.stages.len() {
+        let stage = &ctx.plan.stages[i];
+        out.push(format!(
+            "{}/{}/",
+            ctx.cache_scope,
+            super::build::stage_label(stage)
+        ));
+        match stage.base {
+            Base::Stage(b) => i = b,
+            _ => break,
+        }
+    }
+    out
 }
 
 fn cached(l: &LayerRef) -> CachedLayer {
@@ -68,6 +83,7 @@ pub(crate) fn remote_lookup(
     );
     rec.layer = hit.record.layer.clone();
     rec.config_changes = serde_json::json!({ "created": hit.record.created });
+    ctx.remote_caches.file_when_checked(ctx.store, rec.clone());
     Some((rec, hit.source))
 }
 
@@ -79,6 +95,7 @@ pub(crate) fn materialize(
     layers: &[LayerRef],
     step: &Step,
     done: &[Option<Arc<StageResult>>],
+    handle: &StepHandle,
 ) -> anyhow::Result<()> {
     let mut all: Vec<CachedLayer> = layers.iter().map(cached).collect();
     for src in &step.sources {
@@ -88,7 +105,10 @@ pub(crate) fn materialize(
             }
         }
     }
-    ctx.remote_caches.ensure_local(ctx.store, &all)
+    ctx.remote_caches
+        .ensure_local_noting(ctx.store, &all, &|m| {
+            handle.log(crate::progress::Stream::Stderr, format!("{m}\n").as_bytes())
+        })
 }
 
 /// Before the image is committed: the inline map, if asked for, and the
@@ -111,7 +131,7 @@ pub(crate) fn prepare_commit(
         let digests: Vec<String> = target.layers.iter().map(|l| l.digest.clone()).collect();
         config.inline_cache = Some(crate::cache::inline_map(
             &ctx.used_records,
-            &target_prefix(ctx),
+            &result_stages(ctx),
             &digests,
         ));
     }
@@ -137,7 +157,7 @@ pub(crate) fn export_caches(ctx: &BuildCtx<'_>) -> anyhow::Result<()> {
                 ctx.remote_caches,
                 to,
                 &ctx.used_records,
-                &target_prefix(ctx),
+                &result_stages(ctx),
                 &ctx.req.registry,
                 &mounts,
             )
@@ -162,11 +182,165 @@ pub(crate) fn export_caches(ctx: &BuildCtx<'_>) -> anyhow::Result<()> {
             }
             Err(e) => {
                 handle.failed(format!("{e:#}"));
-                return Err(e.context(format!("--cache-to {}", to.location)));
+                // A refused remote layer keeps its type: the build runs again.
+                if crate::cache::RemoteCaches::is_refusal(&e) {
+                    return Err(e);
+                }
+                return Err(anyhow::anyhow!(
+                    "--cache-to {}: {e:#}\nhint: with ignore-error=true a failed cache export is only a warning",
+                    to.location
+                ));
             }
         }
     }
     Ok(())
+}
+
+/// The key-only pass: with `--cache-from`, every stage is first walked
+/// computing keys and looking them up, running nothing. When the target
+/// stage and its bases all hit, that is the build: the stages the target
+/// only copies or mounts from are never built (their keys come from their
+/// definitions, so a miss there changes no key). Otherwise the pass is
+/// discarded and the stages run as usual.
+#[derive(Default)]
+pub(crate) struct Probe {
+    on: std::sync::atomic::AtomicBool,
+    hits: std::sync::Mutex<Vec<ProbeHit>>,
+}
+
+struct ProbeHit {
+    step_id: String,
+    name: String,
+    /// The `--cache-from` cache it came from (None: the local store).
+    from: Option<String>,
+    record: CacheRecord,
+}
+
+impl BuildCtx<'_> {
+    /// [`BuildCtx::record_step`] for a hit of a `--cache-from` cache.
+    pub(crate) fn record_remote_step(
+        &self,
+        name: &str,
+        started: std::time::Instant,
+        layer: Option<&LayerRef>,
+        from: &str,
+    ) {
+        self.record_step(name, true, started, layer);
+        if let Ok(mut r) = self.records.lock() {
+            if let Some(last) = r.iter_mut().rev().find(|s| s.name == name) {
+                last.cache_from = Some(from.to_string());
+            }
+        }
+    }
+
+    pub(crate) fn probing(&self) -> bool {
+        self.probe.on.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A hit of the key-only pass, reported only if the pass is kept.
+    pub(crate) fn probe_hit(
+        &self,
+        step_id: &str,
+        name: &str,
+        from: Option<String>,
+        rec: &CacheRecord,
+    ) {
+        if let Ok(mut h) = self.probe.hits.lock() {
+            h.push(ProbeHit {
+                step_id: step_id.to_string(),
+                name: name.to_string(),
+                from,
+                record: rec.clone(),
+            });
+        }
+    }
+}
+
+/// The key's record in the local store, else in a `--cache-from` cache,
+/// with the cache it came from (None: the local store).
+pub(crate) fn lookup(
+    ctx: &BuildCtx<'_>,
+    key: &str,
+    step_id: &str,
+) -> anyhow::Result<Option<(CacheRecord, Option<String>)>> {
+    if ctx.no_cache_for(step_id) {
+        return Ok(None);
+    }
+    if let Some(rec) = ctx.store.cache_get(key)? {
+        return Ok(Some((rec, None)));
+    }
+    Ok(remote_lookup(ctx, key, step_id).map(|(rec, from)| (rec, Some(from))))
+}
+
+/// Report a hit ([`lookup`]): the step is cached, from the local store
+/// (`from` None) or the named cache.
+pub(crate) fn report_hit(
+    ctx: &BuildCtx<'_>,
+    handle: StepHandle,
+    name: &str,
+    started: std::time::Instant,
+    rec: &CacheRecord,
+    step_id: &str,
+    from: Option<String>,
+) {
+    note_used(ctx, step_id, rec);
+    let layer = rec.layer.as_ref().map(layer_ref);
+    match from {
+        None => {
+            handle.cached(None);
+            ctx.record_step(name, true, started, layer.as_ref());
+        }
+        Some(from) => {
+            handle.cached(Some(format!("remote cache {from}")));
+            ctx.record_remote_step(name, started, layer.as_ref(), &from);
+        }
+    }
+}
+
+fn layer_ref(l: &CachedLayer) -> LayerRef {
+    LayerRef {
+        digest: l.digest.clone(),
+        diff_id: l.diff_id.clone(),
+        size: l.size,
+        media_type: l.media_type.clone(),
+    }
+}
+
+/// Run the key-only pass with `run_stages`; the target's result when
+/// everything it is made of hit, else None (and nothing was reported).
+pub(crate) fn probe(
+    ctx: &BuildCtx<'_>,
+    run_stages: impl Fn(&BuildCtx<'_>) -> anyhow::Result<Arc<StageResult>>,
+) -> Option<Arc<StageResult>> {
+    use std::sync::atomic::Ordering;
+    if ctx.req.extra.cache_from.is_empty() || ctx.req.no_cache {
+        return None;
+    }
+    ctx.probe.on.store(true, Ordering::Relaxed);
+    let result = run_stages(ctx);
+    ctx.probe.on.store(false, Ordering::Relaxed);
+    let hits = ctx
+        .probe
+        .hits
+        .lock()
+        .map(|mut h| std::mem::take(&mut *h))
+        .unwrap_or_default();
+    // An error here is the real run's to report, with its step.
+    let target = result.ok().filter(|t| !t.incomplete)?;
+    for hit in hits {
+        let handle = StepHandle::start(ctx.reporter.clone(), ctx.step_id(), &hit.name);
+        let started = std::time::Instant::now();
+        report_hit(
+            ctx,
+            handle,
+            &hit.name,
+            started,
+            &hit.record,
+            &hit.step_id,
+            hit.from,
+        );
+    }
+    Some(target)
 }
 
 /// `cache-mounts=true`: the cache mounts' entries for this export, each

@@ -34,6 +34,9 @@ pub(crate) struct StageState {
     undated: Vec<usize>,
     /// What a step's entries read from, kept until its layer is written.
     keepalive: KeepAlive,
+    /// The key-only pass missed a step of this stage (or of its base): its
+    /// keys are right, its layers are not all there.
+    pub incomplete: bool,
 }
 
 /// Temp dirs and source views a step's layer entries name files in.
@@ -62,6 +65,7 @@ impl StageState {
         stage: &PlannedStage,
         done: &[Option<Arc<StageResult>>],
     ) -> anyhow::Result<StageState> {
+        let mut incomplete = false;
         let (mut config, layers, key) = match &stage.base {
             // BuildKit's empty image has WorkingDir "/" (and the default PATH).
             Base::Scratch => {
@@ -78,6 +82,7 @@ impl StageState {
                 let base = done[*i]
                     .as_ref()
                     .with_context(|| format!("stage {i} has not been built"))?;
+                incomplete = base.incomplete;
                 (base.config.clone(), base.layers.clone(), base.key.clone())
             }
             Base::Image(name) => {
@@ -103,6 +108,7 @@ impl StageState {
             rootfs: None,
             undated: Vec::new(),
             keepalive: KeepAlive::default(),
+            incomplete,
         })
     }
 
@@ -197,28 +203,19 @@ impl StageState {
             .display_name
             .clone()
             .unwrap_or_else(|| created_by.clone());
+        if ctx.probing() {
+            return self.probe_step(ctx, key, step_id, &name, &created_by);
+        }
         let handle = StepHandle::start(ctx.reporter.clone(), ctx.step_id(), &name);
         let started = std::time::Instant::now();
         let no_cache = ctx.no_cache_for(step_id);
-        if !no_cache {
-            if let Some(rec) = ctx.store.cache_get(&key)? {
-                super::cache_io::note_used(ctx, step_id, &rec);
-                let outcome = outcome_from_record(&rec);
-                handle.cached(None);
-                ctx.record_step(&name, true, started, outcome.layer.as_ref());
-                self.apply_outcome(&created_by, outcome, ctx);
-                self.key = key;
-                return Ok(());
-            }
-            if let Some((rec, from)) = super::cache_io::remote_lookup(ctx, &key, step_id) {
-                super::cache_io::note_used(ctx, step_id, &rec);
-                let outcome = outcome_from_record(&rec);
-                handle.cached(Some(format!("remote cache {from}")));
-                ctx.record_step(&name, true, started, outcome.layer.as_ref());
-                self.apply_outcome(&created_by, outcome, ctx);
-                self.key = key;
-                return Ok(());
-            }
+        // The local store, then each `--cache-from` cache.
+        if let Some((rec, from)) = super::cache_io::lookup(ctx, &key, step_id)? {
+            let outcome = outcome_from_record(&rec);
+            super::cache_io::report_hit(ctx, handle, &name, started, &rec, step_id, from);
+            self.apply_outcome(&created_by, outcome, ctx);
+            self.key = key;
+            return Ok(());
         }
         let mut link_from = None;
         let reason = if ctx.req.no_cache {
@@ -247,7 +244,7 @@ impl StageState {
             reason
         };
         handle.cache_miss(&reason);
-        let result = super::cache_io::materialize(ctx, &self.layers, step, done)
+        let result = super::cache_io::materialize(ctx, &self.layers, step, done, &handle)
             .and_then(|()| exec(self, &handle))
             .and_then(|entries| {
                 let kept = link_from.as_ref().map(|_| entries.clone());
@@ -301,6 +298,27 @@ impl StageState {
         handle.done();
         ctx.record_step(&name, false, started, layer.as_ref());
         self.apply_outcome(&created_by, Outcome { layer, created }, ctx);
+        self.key = key;
+        Ok(())
+    }
+
+    /// A layer step in the key-only pass (`cache_io::probe`): nothing
+    /// runs; a miss only marks the stage incomplete, and its key chains on.
+    fn probe_step(
+        &mut self,
+        ctx: &BuildCtx<'_>,
+        key: String,
+        step_id: &str,
+        name: &str,
+        created_by: &str,
+    ) -> anyhow::Result<()> {
+        match super::cache_io::lookup(ctx, &key, step_id)? {
+            Some((rec, from)) => {
+                ctx.probe_hit(step_id, name, from, &rec);
+                self.apply_outcome(created_by, outcome_from_record(&rec), ctx);
+            }
+            None => self.incomplete = true,
+        }
         self.key = key;
         Ok(())
     }
@@ -875,6 +893,7 @@ impl StageState {
             layers: self.layers,
             key: self.key,
             rootfs: Mutex::new(self.rootfs),
+            incomplete: self.incomplete,
         }
     }
 
