@@ -378,3 +378,41 @@ fn the_set_reports_used_restored_and_unused_entries() {
     assert_eq!(set.restored(), vec![px]);
     assert_eq!(set.unused(), vec![py]);
 }
+
+#[test]
+fn cache_to_parses_the_mount_keys() {
+    use crate::cache::parse_cache_to;
+    let to = parse_cache_to("type=local,dest=/c,cache-mounts=true").unwrap();
+    assert_eq!(to.mounts, Some(DEFAULT_MAX_SIZE));
+    let to = parse_cache_to("type=local,dest=/c,cache-mounts=true,cache-mounts-max-size=512MiB")
+        .unwrap();
+    assert_eq!(to.mounts, Some(512 << 20));
+    assert_eq!(parse_cache_to("type=local,dest=/c").unwrap().mounts, None);
+    assert_eq!(
+        parse_cache_to("type=local,dest=/c,cache-mounts=false")
+            .unwrap()
+            .mounts,
+        None
+    );
+    for (spec, want) in [
+        ("type=inline,cache-mounts=true", "type=inline"),
+        (
+            "type=local,dest=/c,cache-mounts-max-size=1G",
+            "needs cache-mounts=true",
+        ),
+        (
+            "type=local,dest=/c,cache-mounts=yes",
+            "expected true or false",
+        ),
+        (
+            "type=local,dest=/c,cache-mounts=true,cache-mounts-max-size=9Q",
+            "9Q",
+        ),
+    ] {
+        let err = parse_cache_to(spec).unwrap_err().to_string();
+        assert!(
+            err.contains(want) && err.contains("--cache-to"),
+            "{spec}: {err}"
+        );
+    }
+}
