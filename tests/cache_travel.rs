@@ -396,14 +396,12 @@ fn an_inline_cache_travels_inside_the_pushed_image() {
     assert_eq!(built_a.digest, built_b.digest);
 }
 
-#[test]
-fn two_concurrent_exports_to_one_ref_leave_one_whole_cache() {
-    let Some(busybox) = tools() else { return };
-    let reg = RegistryGuard::start(RegistryConf::default());
-    let cache = format!("{}/test/race:1", reg.addr());
-    let to = format!("type=registry,ref={cache},mode=max");
-    let (a1, ctx1) = setup(&busybox, "one\n");
-    let (a2, ctx2) = setup(&busybox, "two\n");
+/// Two builds of different contexts export to `to` at the same moment;
+/// `from` must then name one whole cache: a fresh store gets every step of
+/// exactly one of the builds from it, with no warning.
+fn race(busybox: &Path, to: &str, from: &str) {
+    let (a1, ctx1) = setup(busybox, "one\n");
+    let (a2, ctx2) = setup(busybox, "two\n");
     // Both build first, then both export at the same moment.
     build(&a1, &["-t", "app:1", &ctx1]);
     build(&a2, &["-t", "app:2", &ctx2]);
@@ -413,7 +411,7 @@ fn two_concurrent_exports_to_one_ref_leave_one_whole_cache() {
             std::process::Command::new(common::rbuild_bin())
                 .arg("--root")
                 .arg(env.root())
-                .args(["build", "-q", "--cache-to", &to, "-t", "app:y", ctx])
+                .args(["build", "-q", "--cache-to", to, "-t", "app:y", ctx])
                 .spawn()
                 .unwrap()
         })
@@ -421,18 +419,40 @@ fn two_concurrent_exports_to_one_ref_leave_one_whole_cache() {
     for mut p in procs {
         assert!(p.wait().unwrap().success());
     }
-    // The ref names one of the two caches, whole: a fresh store gets every
-    // step of one of the builds from it, with no warning.
     let hits: Vec<bool> = ["one\n", "two\n"]
         .into_iter()
         .map(|src| {
-            let (b, ctx_b) = setup(&busybox, src);
-            let built = build(&b, &["--cache-from", &cache, "-t", "app:b", &ctx_b]);
+            let (b, ctx_b) = setup(busybox, src);
+            let built = build(&b, &["--cache-from", from, "-t", "app:b", &ctx_b]);
             assert!(built.warnings.is_empty(), "{:?}", built.warnings);
             built.steps.values().all(|s| s.starts_with("cached"))
         })
         .collect();
     assert_eq!(hits.iter().filter(|h| **h).count(), 1, "{hits:?}");
+}
+
+#[test]
+fn two_concurrent_exports_to_one_ref_leave_one_whole_cache() {
+    let Some(busybox) = tools() else { return };
+    let reg = RegistryGuard::start(RegistryConf::default());
+    let cache = format!("{}/test/race:1", reg.addr());
+    race(
+        &busybox,
+        &format!("type=registry,ref={cache},mode=max"),
+        &cache,
+    );
+}
+
+#[test]
+fn two_concurrent_exports_to_one_dir_leave_one_whole_cache() {
+    let Some(busybox) = tools() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("cache");
+    race(
+        &busybox,
+        &format!("type=local,dest={},mode=max", d.display()),
+        &format!("type=local,src={}", d.display()),
+    );
 }
 
 #[test]
@@ -487,4 +507,71 @@ fn an_unreachable_cache_from_warns_and_an_unreachable_cache_to_fails_unless_igno
         "{:?}",
         built.warnings
     );
+}
+
+/// A push to another registry than the cache's cannot mount the layers:
+/// they are fetched (and checked) first, and the pushed image is whole.
+#[test]
+fn a_push_to_another_registry_fetches_the_cached_layers_first() {
+    let Some(busybox) = tools() else { return };
+    let (reg1, reg2) = (
+        RegistryGuard::start(RegistryConf::default()),
+        RegistryGuard::start(RegistryConf::default()),
+    );
+    let cache = format!("{}/test/cache:1", reg1.addr());
+    let (a, ctx_a) = setup(&busybox, "one\n");
+    let to = format!("type=registry,ref={cache}");
+    build(&a, &["--cache-to", &to, "-t", "app:a", &ctx_a]);
+    let (b, ctx_b) = setup(&busybox, "one\n");
+    let app = format!("{}/test/app:1", reg2.addr());
+    let built = build(&b, &["--cache-from", &cache, "--push", "-t", &app, &ctx_b]);
+    all_cached(&built, "remote cache");
+    let c = Env::new();
+    let ctx_c = c.context(
+        "ctx",
+        &[("Dockerfile", &format!("FROM {app}\nRUN cat /final.txt\n"))],
+    );
+    let out = c.rbuild_ok(&["build", "--progress", "plain", ctx_c.to_str().unwrap()]);
+    assert!(stderr(&out).contains("one"), "{}", stderr(&out));
+}
+
+/// The cache is a plain OCI artifact: skopeo copies it from a directory to
+/// a registry, and a build reads it there.
+#[test]
+fn skopeo_copies_a_cache_and_the_copy_serves_a_build() {
+    let (Some(_), Some(skopeo)) = (
+        tool("docker-registry", "docker-registry"),
+        tool("skopeo", "skopeo"),
+    ) else {
+        return;
+    };
+    let reg = RegistryGuard::start(RegistryConf::default());
+    let env = Env::new();
+    let files = [
+        ("Dockerfile", "FROM scratch\nCOPY a /a\nCOPY b /b\n"),
+        ("a", "a\n"),
+        ("b", "b\n"),
+    ];
+    let ctx = env.context("ctx", &files);
+    let dir = env.path("cache");
+    let to = format!("type=local,dest={}", dir.display());
+    let built_a = build(
+        &env,
+        &["--cache-to", &to, "-t", "a:1", ctx.to_str().unwrap()],
+    );
+    let copy = format!("{}/test/copied:1", reg.addr());
+    common::run_ok(
+        std::process::Command::new(skopeo)
+            .args(["copy", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:cache", dir.display()))
+            .arg(format!("docker://{copy}")),
+    );
+    let b = Env::new();
+    let ctx_b = b.context("ctx", &files);
+    let built_b = build(
+        &b,
+        &["--cache-from", &copy, "-t", "b:1", ctx_b.to_str().unwrap()],
+    );
+    all_cached(&built_b, &format!("remote cache {copy}"));
+    assert_eq!(built_a.digest, built_b.digest);
 }

@@ -138,73 +138,99 @@ impl RemoteCaches {
     }
 
     /// [`RemoteCaches::ensure_local`], telling `note` about each download.
+    /// Layers are fetched and checked in parallel; a refusal is reported
+    /// before any other error (the build can go on without the record).
     pub fn ensure_local_noting(
         &self,
         store: &Store,
         layers: &[CachedLayer],
-        note: &dyn Fn(String),
+        note: &(dyn Fn(String) + Sync),
     ) -> anyhow::Result<()> {
-        for l in layers {
-            let claim = (l.digest.clone(), l.diff_id.clone());
-            let found = self.remote.lock().ok().and_then(|m| m.get(&claim).copied());
-            let Some(i) = found else { continue };
-            let s = &self.sources[i];
-            if !store.has_blob(&l.digest) {
-                note(format!(
-                    "fetching layer {} ({} bytes) from cache {}",
-                    l.digest, l.size, s.label
-                ));
-                self.fetch(s, store, l)?;
-            }
-            let file = store.open_blob(&l.digest)?;
-            let actual = remote::diff_id_of(file)
-                .with_context(|| format!("cache {}: reading layer {}", s.label, l.digest))?;
-            if let Ok(mut m) = self.remote.lock() {
-                m.remove(&claim);
-            }
-            let records = self
-                .pending
-                .lock()
-                .ok()
-                .and_then(|mut p| p.remove(&claim))
-                .unwrap_or_default();
-            if actual == l.diff_id {
-                // Best effort: a record only saves later builds a lookup.
-                for r in records {
-                    let _ = store.cache_put(&r);
-                }
-            } else {
-                if let Ok(mut r) = self.refused.lock() {
-                    r.insert((i, l.digest.clone(), l.diff_id.clone()));
-                }
-                return Err(CacheError::Tampered {
-                    source_name: s.label.clone(),
-                    digest: l.digest.clone(),
-                    expected: l.diff_id.clone(),
-                    actual,
-                }
-                .into());
-            }
+        use rayon::prelude::*;
+        // Nothing remote (no --cache-from, or every claim checked): the
+        // common case costs one lock.
+        if self.remote.lock().map(|m| m.is_empty()).unwrap_or(true) {
+            return Ok(());
         }
-        Ok(())
+        let mut seen = HashSet::new();
+        let todo: Vec<&CachedLayer> = layers
+            .iter()
+            .filter(|l| seen.insert((l.digest.as_str(), l.diff_id.as_str())))
+            .collect();
+        let mut errors: Vec<anyhow::Error> = todo
+            .par_iter()
+            .filter_map(|l| self.check_one(store, l, note).err())
+            .collect();
+        errors.sort_by_key(|e| !Self::is_refusal(e));
+        match errors.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
-    fn fetch(&self, s: &Source, store: &Store, l: &CachedLayer) -> anyhow::Result<()> {
+    /// Fetch one claimed layer if the store lacks it, then check its diff_id.
+    fn check_one(
+        &self,
+        store: &Store,
+        l: &CachedLayer,
+        note: &(dyn Fn(String) + Sync),
+    ) -> anyhow::Result<()> {
+        let claim = (l.digest.clone(), l.diff_id.clone());
+        let found = self.remote.lock().ok().and_then(|m| m.get(&claim).copied());
+        let Some(i) = found else { return Ok(()) };
+        let s = &self.sources[i];
+        let actual = if store.has_blob(&l.digest) {
+            let file = store.open_blob(&l.digest)?;
+            remote::diff_id_of(file)
+                .with_context(|| format!("cache {}: reading layer {}", s.label, l.digest))?
+        } else {
+            note(format!(
+                "fetching layer {} ({} bytes) from cache {}",
+                l.digest, l.size, s.label
+            ));
+            self.fetch(s, store, l)?
+        };
+        if let Ok(mut m) = self.remote.lock() {
+            m.remove(&claim);
+        }
+        let records = self
+            .pending
+            .lock()
+            .ok()
+            .and_then(|mut p| p.remove(&claim))
+            .unwrap_or_default();
+        if actual == l.diff_id {
+            // Best effort: a record only saves later builds a lookup.
+            for r in records {
+                let _ = store.cache_put(&r);
+            }
+            return Ok(());
+        }
+        if let Ok(mut r) = self.refused.lock() {
+            r.insert((i, l.digest.clone(), l.diff_id.clone()));
+        }
+        Err(CacheError::Tampered {
+            source_name: s.label.clone(),
+            digest: l.digest.clone(),
+            expected: l.diff_id.clone(),
+            actual,
+        }
+        .into())
+    }
+
+    /// Fetch a layer into the store; returns its actual diff_id.
+    fn fetch(&self, s: &Source, store: &Store, l: &CachedLayer) -> anyhow::Result<String> {
         match &s.origin {
             Origin::Registry(r) => {
                 let settings = self.settings.clone().unwrap_or_default();
-                remote::fetch_blob_into(store, &settings, r, &l.digest, l.size)
+                remote::fetch_layer_checked(store, &settings, r, &l.digest, l.size)
             }
             Origin::Local(dir) => {
                 let path = layout::blob_path(dir, &l.digest)?;
                 let mut f = std::fs::File::open(&path)
                     .with_context(|| format!("cache {}: opening {}", s.label, path.display()))?;
-                let mut w = store.blob_writer()?;
-                std::io::copy(&mut f, &mut w)
-                    .with_context(|| format!("cache {}: copying {}", s.label, path.display()))?;
-                w.commit_verified(&l.digest, Some(l.size))
-                    .with_context(|| format!("cache {}: layer {}", s.label, l.digest))?;
-                Ok(())
+                remote::copy_checking(&mut f, store, &l.digest, l.size)
+                    .with_context(|| format!("cache {}: layer {}", s.label, l.digest))
             }
         }
     }
@@ -327,7 +353,8 @@ fn registry_map(
     if v.get("manifests").is_some() {
         return Err(CacheError::invalid(
             label,
-            "an image index: an inline cache is read from a single-platform image",
+            "an image index, not an rbuild cache (rbuild's cache is an image manifest; a BuildKit \
+             cache or a multi-platform image is not one)",
         )
         .into());
     }

@@ -9,7 +9,8 @@ use super::CacheError;
 /// Which steps an export carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
-    /// The target stage's steps (what made the result's layers).
+    /// What made the result's layers: the target stage's steps and those
+    /// of the stages it is built FROM.
     #[default]
     Min,
     /// Every step of every stage the build ran.

@@ -250,13 +250,8 @@ pub fn build(
     req: &BuildRequest,
     reporter: Arc<dyn Reporter>,
 ) -> anyhow::Result<BuildOutcome> {
-    let caches = crate::cache::RemoteCaches::load(&req.extra.cache_from, &req.registry, &|m| {
-        reporter.event(Event::Warning {
-            id: None,
-            message: m,
-        })
-    });
     let next_step = AtomicU64::new(0);
+    let caches = super::cache_io::load_caches(req, &reporter, &next_step);
     // A remote layer that fails its check refuses its records: the build
     // runs again without them (what it executed since hits the local
     // store), at most once per record.

@@ -67,6 +67,30 @@ pub(crate) fn note_used(ctx: &BuildCtx<'_>, step_id: &str, rec: &CacheRecord) {
     );
 }
 
+/// Read every `--cache-from` cache's manifest and map, as a step of its
+/// own (an unreadable cache is a warning).
+pub(crate) fn load_caches(
+    req: &super::BuildRequest,
+    reporter: &Arc<dyn crate::progress::Reporter>,
+    next_step: &std::sync::atomic::AtomicU64,
+) -> crate::cache::RemoteCaches {
+    if req.extra.cache_from.is_empty() {
+        return crate::cache::RemoteCaches::default();
+    }
+    let id = next_step.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    let handle = StepHandle::start(reporter.clone(), id, "[internal] load cache maps");
+    let caches = crate::cache::RemoteCaches::load(&req.extra.cache_from, &req.registry, &|m| {
+        reporter.event(Event::Warning {
+            id: None,
+            message: m,
+        })
+    });
+    let text = format!("{} records\n", caches.record_count());
+    handle.log(crate::progress::Stream::Stdout, text.as_bytes());
+    handle.done();
+    caches
+}
+
 /// The record `--cache-from` holds for `key`, as a local record, and the
 /// cache it came from. Its layer stays remote for now.
 pub(crate) fn remote_lookup(
@@ -135,11 +159,33 @@ pub(crate) fn prepare_commit(
             &digests,
         ));
     }
-    if !ctx.req.push || !ctx.req.outputs.is_empty() {
-        let layers: Vec<CachedLayer> = target.layers.iter().map(cached).collect();
-        ctx.remote_caches.ensure_local(ctx.store, &layers)?;
-    }
-    Ok(())
+    // Registries the result goes to (none: it stays here, or --output
+    // needs its files).
+    let push_to: Vec<String> = match ctx.req.push && ctx.req.outputs.is_empty() {
+        true => ctx
+            .req
+            .tags
+            .iter()
+            .filter_map(|t| crate::registry::Reference::parse(t).ok())
+            .map(|r| r.registry)
+            .collect(),
+        false => Vec::new(),
+    };
+    // A layer a push can mount from the cache's repository stays remote.
+    let mountable = |l: &CachedLayer| {
+        !push_to.is_empty()
+            && ctx
+                .remote_caches
+                .registry_of(&l.digest)
+                .is_some_and(|(reg, _)| push_to.iter().all(|p| *p == reg))
+    };
+    let layers: Vec<CachedLayer> = target
+        .layers
+        .iter()
+        .map(cached)
+        .filter(|l| !mountable(l))
+        .collect();
+    ctx.remote_caches.ensure_local(ctx.store, &layers)
 }
 
 /// After the build: each `--cache-to` but inline, as a step of its own.
