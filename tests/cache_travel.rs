@@ -358,6 +358,41 @@ fn a_tampered_cache_record_is_refused_and_its_step_runs() {
     assert_eq!(install.1, "executed", "{:?}", built_b.steps);
     // The step ran and made what its inputs make: the same image as A's.
     assert_eq!(built_a.digest, built_b.digest);
+
+    // Found when a later step needs the layer (src.txt changed, so its
+    // COPY runs over the tools stage): refused there, and no step fails.
+    let (c, ctx_c) = setup(&busybox, "two\n");
+    let built_c = build(
+        &c,
+        &[
+            "--build-arg",
+            epoch,
+            "--cache-from",
+            &from,
+            "-t",
+            "app:c",
+            &ctx_c,
+        ],
+    );
+    assert!(
+        built_c
+            .warnings
+            .iter()
+            .any(|w| w.contains("does not match the cache record")),
+        "{}",
+        built_c.stderr
+    );
+    assert!(
+        !built_c.stderr.contains("step_failed"),
+        "{}",
+        built_c.stderr
+    );
+    let install = built_c
+        .steps
+        .iter()
+        .find(|(n, _)| n.contains("--install"))
+        .unwrap();
+    assert_eq!(install.1, "executed", "{:?}", built_c.steps);
 }
 
 #[test]

@@ -630,6 +630,10 @@ fn run_stage(
     for (i, step) in stage.steps.iter().enumerate() {
         let step_id = format!("{}/{}/{}", ctx.cache_scope, stage_label(stage), i);
         st.run(ctx, step, &step_id, done).map_err(|e| {
+            // Kept as it is: the build runs again without the record.
+            if crate::cache::RemoteCaches::is_refusal(&e) {
+                return e;
+            }
             let span = step.instruction.span;
             anyhow::anyhow!(
                 "{}:{}: {} {}: {e:#}",

@@ -318,6 +318,21 @@ pub(crate) fn lookup(
     Ok(remote_lookup(ctx, key, step_id).map(|(rec, from)| (rec, Some(from))))
 }
 
+/// End a step whose work failed. A refused remote layer is not the step's
+/// failure: the build runs again without the record, so the step says
+/// why and ends without an error of its own.
+pub(crate) fn end_failed_step(handle: StepHandle, e: &anyhow::Error) {
+    if crate::cache::RemoteCaches::is_refusal(e) {
+        handle.log(
+            crate::progress::Stream::Stderr,
+            format!("{e:#}\n").as_bytes(),
+        );
+        handle.done();
+    } else {
+        handle.failed(format!("{e:#}"));
+    }
+}
+
 /// Report a hit ([`lookup`]): the step is cached, from the local store
 /// (`from` None) or the named cache.
 pub(crate) fn report_hit(

@@ -259,7 +259,7 @@ impl StageState {
             Ok(l) => l,
             Err(e) => {
                 let e = super::limits::with_disk_full_hint(e, ctx.store.root());
-                handle.failed(format!("{e:#}"));
+                super::cache_io::end_failed_step(handle, &e);
                 return Err(e);
             }
         };
