@@ -79,8 +79,13 @@ pub fn export(
     used: &UsedRecords,
     result_stages: &[String],
     settings: &Settings,
+    mounts: &[super::mounts::PackedMount],
 ) -> anyhow::Result<Exported> {
-    let map = CacheMap::new(used.select(to.mode, result_stages));
+    let mut map = CacheMap::new(used.select(to.mode, result_stages));
+    map.mounts = mounts
+        .iter()
+        .filter_map(|m| serde_json::to_value(m).ok())
+        .collect();
     let config = map.to_bytes();
     let manifest = map.manifest(&config);
     let layers = map.layers();

@@ -84,12 +84,19 @@ impl CacheMap {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// Every distinct layer the records name, in first-named order.
+    /// Every distinct layer the records name, in first-named order, then
+    /// those of the saved cache mounts (`cache::mounts`).
     pub fn layers(&self) -> Vec<Desc> {
         let mut seen = HashSet::new();
+        let mounts: Vec<crate::oci::LayerRef> = self
+            .mounts
+            .iter()
+            .filter_map(|m| serde_json::from_value(m.get("layer")?.clone()).ok())
+            .collect();
         self.records
             .iter()
             .filter_map(|r| r.layer.as_ref())
+            .chain(mounts.iter())
             .filter(|l| seen.insert(l.digest.clone()))
             .map(|l| Desc {
                 media_type: l.media_type.clone(),

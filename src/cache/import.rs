@@ -19,6 +19,7 @@ use super::spec::{CacheFrom, Location};
 use super::{layout, remote, CacheError};
 
 /// Where a cache's blobs are fetched from.
+#[derive(Clone)]
 enum Origin {
     Registry(Reference),
     Local(PathBuf),
@@ -30,6 +31,8 @@ struct Source {
     label: String,
     origin: Origin,
     records: HashMap<String, MapRecord>,
+    /// Its saved cache mounts (`"mounts"`), checked when the set is made.
+    mounts: Vec<serde_json::Value>,
 }
 
 /// A remote cache hit: the record and the cache it came from.
@@ -55,6 +58,8 @@ pub struct RemoteCaches {
     origins: Mutex<HashMap<String, usize>>,
     /// (source, digest, diff_id) of records refused after a failed check.
     refused: Mutex<HashSet<(usize, String, String)>>,
+    /// The caches' saved RUN cache mounts, restored on first use.
+    mounts: super::mounts::MountSet,
 }
 
 impl RemoteCaches {
@@ -73,15 +78,26 @@ impl RemoteCaches {
                         .into_iter()
                         .map(|r| (r.key.clone(), r))
                         .collect(),
+                    mounts: map.mounts,
                 }),
                 Err(e) => warn(format!("--cache-from {label}: {e:#}; building without it")),
             }
         }
+        let (mounts, origins) = mount_set(&sources, settings, warn);
+        let origins = Mutex::new(origins);
         RemoteCaches {
             sources,
             settings: Some(settings.clone()),
+            mounts,
+            origins,
             ..RemoteCaches::default()
         }
+    }
+
+    /// The saved cache mounts, for the engine to restore from and to hear
+    /// which mounts RUNs used.
+    pub fn mounts(&self) -> &super::mounts::MountSet {
+        &self.mounts
     }
 
     /// How many records the caches hold (for the build's log).
@@ -378,4 +394,65 @@ fn registry_map(
         &layers,
         settings.max_layer_size,
     )?)
+}
+
+/// The saved cache mounts of all sources, the first source's entry winning
+/// for an id and platform; a blob is fetched from the source that named it.
+/// Also the source index of each valid entry's blob (a push or an export
+/// to that registry mounts it from there, as record layers).
+fn mount_set(
+    sources: &[Source],
+    settings: &Settings,
+    warn: &dyn Fn(String),
+) -> (super::mounts::MountSet, HashMap<String, usize>) {
+    use super::mounts::{MountSet, PackedMount};
+    let mut entries = Vec::new();
+    let mut by_digest: HashMap<String, (String, Origin)> = HashMap::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for (i, s) in sources.iter().enumerate() {
+        for v in &s.mounts {
+            match serde_json::from_value::<PackedMount>(v.clone()) {
+                Ok(p) => {
+                    by_digest
+                        .entry(p.layer.digest.clone())
+                        .or_insert_with(|| (s.label.clone(), s.origin.clone()));
+                    index.entry(p.layer.digest.clone()).or_insert(i);
+                    entries.push(p);
+                }
+                Err(e) => warn(format!(
+                    "--cache-from {}: a cache mount entry is not one ({e}); skipped",
+                    s.label
+                )),
+            }
+        }
+    }
+    let settings = settings.clone();
+    let fetch = move |store: &Store, p: &PackedMount| -> anyhow::Result<()> {
+        let (label, origin) = by_digest
+            .get(&p.layer.digest)
+            .with_context(|| format!("no cache holds layer {}", p.layer.digest))?;
+        let digest = &p.layer.digest;
+        match origin {
+            Origin::Registry(r) => {
+                remote::fetch_blob_into(store, &settings, r, digest, p.layer.size)
+            }
+            Origin::Local(dir) => {
+                let path = layout::blob_path(dir, digest)?;
+                let mut f = std::fs::File::open(&path)
+                    .with_context(|| format!("cache {label}: opening {}", path.display()))?;
+                let mut w = store.blob_writer()?;
+                std::io::copy(&mut f, &mut w)
+                    .with_context(|| format!("cache {label}: copying {}", path.display()))?;
+                w.commit_verified(digest, Some(p.layer.size))?;
+                Ok(())
+            }
+        }
+        .with_context(|| format!("cache {label}: cache mount {}", p.id))
+    };
+    let (set, errors) = MountSet::new(entries, Box::new(fetch));
+    for e in errors {
+        warn(format!("--cache-from: {e}; skipped"));
+    }
+    index.retain(|d, _| set.entries().iter().any(|e| &e.layer.digest == d));
+    (set, index)
 }

@@ -8,7 +8,8 @@
 //! `layout` reads and writes it in a directory; `remote` talks to
 //! registries; `import` answers the engine's lookups and fetches a remote
 //! layer when its files are needed; `export` writes the records a build
-//! used.
+//! used; `mounts` saves and restores the contents of `RUN
+//! --mount=type=cache` dirs (`cache-mounts=true`).
 //!
 //! The engine calls in at two places: `RemoteCaches::lookup` after the
 //! local store misses, and `export` after the build. This module knows
@@ -18,6 +19,7 @@ pub mod export;
 pub mod format;
 pub mod import;
 pub mod layout;
+pub mod mounts;
 pub mod remote;
 pub mod spec;
 

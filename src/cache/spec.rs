@@ -45,6 +45,9 @@ pub struct CacheTo {
     pub mode: Mode,
     /// A failed export is a warning instead of a failed build.
     pub ignore_error: bool,
+    /// `cache-mounts=true`: also save the contents of the build's RUN cache
+    /// mounts, each up to this many bytes (`cache-mounts-max-size`).
+    pub mounts: Option<u64>,
 }
 
 /// One `--cache-from`.
@@ -84,6 +87,7 @@ pub fn parse_cache_to(spec: &str) -> Result<CacheTo, CacheError> {
     let (mut reference, mut dest) = (None, None);
     let mut mode = Mode::Min;
     let mut ignore_error = false;
+    let (mut mounts, mut max_size) = (false, None);
     for (k, v) in fields(FLAG, spec)? {
         match k {
             "type" => kind = Some(v),
@@ -116,8 +120,12 @@ pub fn parse_cache_to(spec: &str) -> Result<CacheTo, CacheError> {
                     format!("{k} is not supported: cached layers are the build's own; set --compression on the build"),
                 ))
             }
-            "cache-mounts" => {
-                return Err(CacheError::spec(FLAG, spec, "cache-mounts is not supported yet".to_string()))
+            "cache-mounts" => mounts = boolean(FLAG, spec, k, v)?,
+            "cache-mounts-max-size" => {
+                max_size = Some(
+                    super::mounts::parse_max_size(v)
+                        .map_err(|e| CacheError::spec(FLAG, spec, e.to_string()))?,
+                )
             }
             other => return Err(CacheError::spec(FLAG, spec, format!("unknown key {other:?}"))),
         }
@@ -148,10 +156,25 @@ pub fn parse_cache_to(spec: &str) -> Result<CacheTo, CacheError> {
             "type=inline carries only the result's own layers: mode=max needs type=registry or type=local".to_string(),
         ));
     }
+    if mounts && location == Location::Inline {
+        return Err(CacheError::spec(
+            FLAG,
+            spec,
+            "type=inline carries only the image's own layers: cache-mounts=true needs type=registry or type=local".to_string(),
+        ));
+    }
+    if max_size.is_some() && !mounts {
+        return Err(CacheError::spec(
+            FLAG,
+            spec,
+            "cache-mounts-max-size needs cache-mounts=true".to_string(),
+        ));
+    }
     Ok(CacheTo {
         location,
         mode,
         ignore_error,
+        mounts: mounts.then(|| max_size.unwrap_or(super::mounts::DEFAULT_MAX_SIZE)),
     })
 }
 

@@ -188,14 +188,17 @@ pub(crate) fn export_caches(ctx: &BuildCtx<'_>) -> anyhow::Result<()> {
         }
         let name = format!("exporting cache to {}", to.location);
         let handle = StepHandle::start(ctx.reporter.clone(), ctx.step_id(), &name);
-        let res = crate::cache::export(
-            ctx.store,
-            ctx.remote_caches,
-            to,
-            &ctx.used_records,
-            &result_stages(ctx),
-            &ctx.req.registry,
-        );
+        let res = export_mounts(ctx, to, &handle).and_then(|mounts| {
+            crate::cache::export(
+                ctx.store,
+                ctx.remote_caches,
+                to,
+                &ctx.used_records,
+                &result_stages(ctx),
+                &ctx.req.registry,
+                &mounts,
+            )
+        });
         match res {
             Ok(done) => {
                 handle.log(
@@ -393,4 +396,32 @@ pub(crate) fn probe(
         );
     }
     Some(target)
+}
+
+/// `cache-mounts=true`: the cache mounts' entries for this export, each
+/// one's size (or why it was left out) in the step's log.
+fn export_mounts(
+    ctx: &BuildCtx<'_>,
+    to: &crate::cache::CacheTo,
+    handle: &StepHandle,
+) -> anyhow::Result<Vec<crate::cache::mounts::PackedMount>> {
+    let Some(max_size) = to.mounts else {
+        return Ok(Vec::new());
+    };
+    let opts = crate::cache::mounts::PackOptions {
+        max_size,
+        compression: ctx.req.compression,
+    };
+    let mut notes = Vec::new();
+    let mounts = crate::cache::mounts::for_export(
+        ctx.store,
+        ctx.remote_caches,
+        &to.location,
+        &opts,
+        &mut notes,
+    );
+    for n in notes {
+        handle.log(crate::progress::Stream::Stdout, format!("{n}\n").as_bytes());
+    }
+    mounts
 }

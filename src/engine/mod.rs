@@ -4,6 +4,7 @@
 pub mod build;
 mod cache_io;
 pub mod cachekey;
+pub mod cachemounts;
 pub mod cancel;
 pub mod config;
 pub mod context_source;

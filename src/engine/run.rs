@@ -114,6 +114,8 @@ pub struct RunInputs<'a> {
     pub on_warning: &'a dyn Fn(&str),
     /// `--add-host`: (name, address) lines added to `/etc/hosts`.
     pub extra_hosts: &'a [(String, String)],
+    /// Fills a cache mount this store has never had from an imported cache.
+    pub mount_restorer: Option<&'a dyn crate::cache::mounts::MountRestorer>,
 }
 
 /// The argv of a RUN and the heredoc scripts it needs, as BuildKit's
@@ -443,7 +445,14 @@ fn lower_mount(
         MountType::Cache => {
             let target = target(m)?;
             let id = m.id.clone().unwrap_or_else(|| target.clone());
-            let dir = cache_dir(inputs.store, &id, m)?;
+            let dir = super::cachemounts::cache_dir(
+                inputs.store,
+                &id,
+                m,
+                &super::cachemounts::stage_platform(inputs.config),
+                inputs.mount_restorer,
+                inputs.on_warning,
+            )?;
             if m.sharing == CacheSharing::Locked || m.sharing == CacheSharing::Private {
                 let lock = dir.with_extension("lock");
                 locks.push(
@@ -537,25 +546,6 @@ fn secret_value(src: Option<&SecretSource>) -> anyhow::Result<Option<Vec<u8>>> {
             v.into_vec()
         }),
     })
-}
-
-/// A persistent cache-mount dir in the store, created with the mount's owner and mode.
-fn cache_dir(store: &Store, id: &str, m: &Mount) -> anyhow::Result<PathBuf> {
-    let dir = store.cache_mount_dir(id)?;
-    if !dir.exists() {
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("creating cache mount dir {}", dir.display()))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(
-            &dir,
-            std::fs::Permissions::from_mode(m.mode.unwrap_or(0o755)),
-        )?;
-        if m.uid.is_some() || m.gid.is_some() {
-            nix::unistd::chown(&dir, m.uid.map(Into::into), m.gid.map(Into::into))
-                .with_context(|| format!("chown of cache mount dir {}", dir.display()))?;
-        }
-    }
-    Ok(dir)
 }
 
 /// Mount points the sandbox created in the fallback copy, removed while

@@ -25,6 +25,9 @@ pub struct PruneReport {
     pub chunk_records: usize,
     /// Temps that could not be removed, described.
     pub left: Vec<String>,
+    /// Records of where blobs live in registries, for blobs nothing here
+    /// names any more (e.g. an imported cache's layers).
+    pub blob_locations: usize,
 }
 
 #[derive(Default)]
@@ -62,6 +65,7 @@ impl Store {
         self.sweep_blobs(&marks, &mut report)?;
         self.sweep_layer_dirs(&marks, &mut report)?;
         report.chunk_records = self.sweep_chunk_records()?;
+        report.blob_locations = self.sweep_blob_locations(&marks)?;
         report.temps = fsutil::clean_temps(&self.tmp_dir(), &mut report.left)?;
         Ok(report)
     }
@@ -80,6 +84,32 @@ impl Store {
             }
             .with_context(|| format!("removing cache mount {}", path.display()))?;
             removed += usize::from(is_dir);
+        }
+        Ok(removed)
+    }
+
+    /// Drop the registry module's records of where blobs live (a JSON
+    /// object keyed by digest; the rest of its format is the registry's
+    /// business) for blobs no image or cache record names: what imported
+    /// caches noted about their layers and saved mounts, once nothing in
+    /// the store uses them. A file that does not parse is left alone (the
+    /// registry module reports it when it reads it).
+    fn sweep_blob_locations(&self, marks: &Marks) -> anyhow::Result<usize> {
+        let path = self.blob_locations_file()?;
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(&bytes) else {
+            return Ok(0);
+        };
+        let before = map.len();
+        map.retain(|digest, _| marks.blobs.contains(digest));
+        let removed = before - map.len();
+        if removed > 0 {
+            let bytes = serde_json::to_vec(&Value::Object(map)).context("blob locations")?;
+            self.atomic_write(&path, &bytes)?;
         }
         Ok(removed)
     }

@@ -116,6 +116,7 @@ impl StageState {
                 }
             },
             extra_hosts: &ctx.req.extra.add_hosts,
+            mount_restorer: Some(ctx.remote_caches.mounts()),
         };
         let mut on_output = |stream: crate::sandbox::Stream, bytes: &[u8]| {
             let s = match stream {
