@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::cache::mounts::MountRestorer;
-use crate::dockerfile::mount::Mount;
 use crate::image::ImageConfig;
+use crate::plan::Mount;
 use crate::store::Store;
 
 /// The platform a stage is built for, as `os/arch[/variant]`: half of the
