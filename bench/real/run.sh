@@ -36,13 +36,22 @@ if [ ! -s "$rootfs" ]; then
   mmdebstrap --variant=minbase --format=tar bookworm "$rootfs.tmp" >&2
   mv "$rootfs.tmp" "$rootfs"
 fi
-echo "base: $rootfs ($(( $(stat -c %s "$rootfs") / 1024 / 1024 )) MB)" >&2
+# Behind a TLS-intercepting proxy (as on the project's machines) pip and npm
+# need the proxy's CA: the host's locally added CAs are appended to the base
+# (/usr/local/share/ca-certificates), and the Dockerfiles' `apt-get install
+# ca-certificates` picks them up like any other. LOCAL_CAS=0 leaves them out.
+base_tar=$work/rootfs.tar
+cp "$rootfs" "$base_tar"
+if [ "${LOCAL_CAS:-1}" = 1 ] && compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
+  tar -C / -rf "$base_tar" --owner=0 --group=0 ./usr/local/share/ca-certificates
+fi
+echo "base: $rootfs ($(( $(stat -c %s "$base_tar") / 1024 / 1024 )) MB)" >&2
 
 source_file() { case $1 in python) echo app.py ;; pip) echo src/app.py ;; npm) echo src/index.js ;; esac; }
 prepare() { # workload → fresh context dir $work/ctx-$1
   local c=$work/ctx-$1
   rm -rf "$c"; cp -r "$here/$1" "$c"
-  ln "$rootfs" "$c/rootfs.tar" 2>/dev/null || cp "$rootfs" "$c/rootfs.tar"
+  ln "$base_tar" "$c/rootfs.tar"
   cp "$c/$(source_file "$1")" "$work/$1.src.bak"
 }
 change() { # a comment line, in the language of the file
