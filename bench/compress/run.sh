@@ -8,7 +8,7 @@
 # Usage: bench/compress/run.sh [WORKDIR] [ROUNDS]
 #   (default /tmp/rbuild-bench, 5 rounds). Outputs go to /dev/shm so the
 #   disk's writeback does not add noise (the tree stays in WORKDIR).
-# Env: BIN=path to a prebuilt layer_bench test binary (skips the build).
+# Env: BIN=path to a prebuilt integration test binary (skips the build).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 WORK=${1:-/tmp/rbuild-bench}
@@ -21,10 +21,10 @@ mkdir -p "$WORK"
 
 if [ -z "${BIN:-}" ]; then
   # An optimized build of the bench driver (release profile).
-  OUTPUT=$(cargo test --release --test layer_bench --no-run 2>&1)
-  BIN=$(printf '%s\n' "$OUTPUT" | sed -n 's/.*Executable tests\/layer_bench.rs (\(.*\))/\1/p' | tail -1)
+  OUTPUT=$(cargo test --release --test integration --no-run 2>&1)
+  BIN=$(printf '%s\n' "$OUTPUT" | sed -n 's/.*Executable tests\/integration\/main.rs (\(.*\))/\1/p' | tail -1)
 fi
-[ -x "$BIN" ] || { echo "could not find the layer_bench binary"; exit 1; }
+[ -x "$BIN" ] || { echo "could not find the integration test binary"; exit 1; }
 
 # Warm the page cache (through cat: GNU tar skips reading into /dev/null).
 tar -C "$TREE" -cf - . | cat > /dev/null
@@ -33,7 +33,7 @@ cp "$VICTIM" "$OUT/victim.bak"
 
 ours() { # codec out [cache]
   RBUILD_BENCH_DIR=$TREE RBUILD_BENCH_OUT=$2 RBUILD_BENCH_CODEC=$1 RBUILD_BENCH_THREADS=2 \
-    RBUILD_BENCH_CACHE=${3:-} "$BIN" --ignored --nocapture --test-threads=1 bench_write_layer \
+    RBUILD_BENCH_CACHE=${3:-} "$BIN" --ignored --nocapture --test-threads=1 --exact layer_bench::bench_write_layer \
     | grep RESULT >> "$OUT/results"
 }
 export -f ours; export TREE BIN OUT

@@ -9,9 +9,9 @@ lock() { if [ -e /work/cargo.lock ]; then flock /work/cargo.lock "$@"; else "$@"
 
 # rbuild's keyword sequences for the shared corpora: the oracle for "right".
 tsv="$root/target/corpus-keywords.tsv"
-(cd "$root" && lock cargo test --no-run --test parser_corpus >/dev/null 2>&1)
+(cd "$root" && lock cargo test --no-run --test integration >/dev/null 2>&1)
 (cd "$root" && RBUILD_CORPUS="$shared" RBUILD_KEYWORDS_OUT="$tsv" \
-  cargo test -q --test parser_corpus -- --ignored write_keyword_sequences >/dev/null)
+  cargo test -q --test integration parser_corpus::write_keyword_sequences -- --ignored >/dev/null)
 
 (cd "$here" && lock cargo build -q)
 "$here/target/debug/dockerfile-parser-crate-bench" "$root/testdata/corpus" "$shared" "$tsv"

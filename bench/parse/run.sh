@@ -7,5 +7,5 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 export RBUILD_CORPUS="${RBUILD_CORPUS:-$root/testdata/corpus}"
 lock() { if [ -e /work/cargo.lock ]; then flock /work/cargo.lock "$@"; else "$@"; fi; }
-lock cargo test --release --no-run --test parser_corpus
-cargo test -q --release --test parser_corpus -- --ignored bench_parse --nocapture --test-threads=1
+lock cargo test --release --no-run --test integration
+cargo test -q --release --test integration parser_corpus::bench_parse -- --ignored --nocapture --test-threads=1

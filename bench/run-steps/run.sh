@@ -9,12 +9,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 STEPS=${STEPS:-20}
 
-flock /work/cargo.lock cargo test --release --no-run --test sandbox_bench 2>/dev/null \
-  || cargo test --release --no-run --test sandbox_bench
-BIN=$(cargo test --release --no-run --test sandbox_bench --message-format=json 2>/dev/null \
-  | grep -o '"executable":"[^"]*sandbox_bench[^"]*"' | tail -1 | cut -d'"' -f4)
+flock /work/cargo.lock cargo test --release --no-run --test integration 2>/dev/null \
+  || cargo test --release --no-run --test integration
+BIN=$(cargo test --release --no-run --test integration --message-format=json 2>/dev/null \
+  | grep -o '"executable":"[^"]*integration[^"]*"' | tail -1 | cut -d'"' -f4)
 
-bench() { "$@" "$BIN" --ignored --exact bench_trivial_run_steps --nocapture 2>&1 | grep '^BENCH' | sed 's/^BENCH //'; }
+bench() { "$@" "$BIN" --ignored --exact sandbox_bench::bench_trivial_run_steps --nocapture 2>&1 | grep '^BENCH' | sed 's/^BENCH //'; }
 
 echo "== rbuild sandbox, $STEPS steps of RUN true"
 BENCH_STEPS=$STEPS BENCH_NETWORK=none bench env

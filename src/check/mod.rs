@@ -15,7 +15,8 @@
 
 use std::collections::BTreeSet;
 
-use crate::plan::{self, Finding, Instruction, Kind, Plan, PlanOptions, Problem, Span};
+use crate::dockerfile::{Instruction, InstructionKind as DK};
+use crate::plan::{self, Finding, Plan, PlanOptions, Problem, Span};
 
 /// How `# check=` configured the linter.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -128,7 +129,7 @@ pub fn check(text: &str, opts: &PlanOptions) -> Report {
         }
     }
     warnings.retain(|w| !cfg.skip_all && !cfg.skip.contains(w.rule));
-    warnings.sort_by_key(|w| (w.span.line, w.span.col));
+    warnings.sort_by_key(|w| (w.span.start_line, w.span.column));
     warnings.dedup();
     if cfg.error && !warnings.is_empty() {
         let rules: BTreeSet<&str> = warnings.iter().map(|w| w.rule).collect();
@@ -138,7 +139,9 @@ pub fn check(text: &str, opts: &PlanOptions) -> Report {
             message: format!("lint violation found for rules: {}", rules.join(", ")),
         });
     }
-    report.errors.sort_by_key(|e| (e.span.line, e.span.col));
+    report
+        .errors
+        .sort_by_key(|e| (e.span.start_line, e.span.column));
     report.warnings = warnings;
     report
 }
@@ -169,11 +172,11 @@ pub fn static_lints(insts: &[Instruction]) -> Vec<Finding> {
     let mut names = BTreeSet::new();
     for inst in insts {
         match &inst.kind {
-            Kind::From {
+            DK::From(crate::dockerfile::instructions::From {
                 name: Some(name),
                 as_keyword,
                 ..
-            } => {
+            }) => {
                 if name.to_ascii_lowercase() != *name {
                     out.push(warn(
                         "StageNameCasing",
@@ -213,7 +216,7 @@ pub fn static_lints(insts: &[Instruction]) -> Vec<Finding> {
                     ));
                 }
             }
-            Kind::Maintainer(_) => out.push(warn(
+            DK::Maintainer(_) => out.push(warn(
                 "MaintainerDeprecated",
                 inst.span,
                 "Maintainer instruction is deprecated in favor of using label".to_string(),
@@ -270,13 +273,13 @@ pub struct Diagnostics(pub String);
 
 /// Render one diagnostic with its source line and a caret.
 pub fn render(file: &str, lines: &[String], span: Span, severity: &str, message: &str) -> String {
-    if span.line == 0 {
+    if span.start_line == 0 {
         return format!("{file}: {severity}: {message}\n");
     }
-    let col = span.col.max(1);
-    let mut out = format!("{file}:{}:{col}: {severity}: {message}\n", span.line);
-    if let Some(src) = lines.get(span.line - 1) {
-        let num = span.line.to_string();
+    let col = span.column.max(1);
+    let mut out = format!("{file}:{}:{col}: {severity}: {message}\n", span.start_line);
+    if let Some(src) = lines.get(span.start_line - 1) {
+        let num = span.start_line.to_string();
         // A hostile line can be 64 KiB: show its start only.
         let mut shown: String = src.chars().take(SHOWN_LINE).collect();
         if shown.len() < src.len() {
@@ -334,10 +337,9 @@ pub fn summary(plan: &Plan) -> String {
         for step in &st.steps {
             let line = match &step.display_name {
                 Some(d) => d.clone(),
-                None => {
-                    let i = &step.instruction;
-                    plan::history::uppercase_cmd(format!("{} {}", i.keyword, i.original).trim())
-                }
+                None => plan::history::uppercase_cmd(
+                    format!("{} {}", step.keyword, step.original).trim(),
+                ),
             };
             out.push_str(&format!("  {line}\n"));
         }

@@ -11,7 +11,7 @@ fn rules(text: &str) -> Vec<(&'static str, usize, String)> {
     lint(text)
         .warnings
         .into_iter()
-        .map(|w| (w.rule, w.span.line, w.message))
+        .map(|w| (w.rule, w.span.start_line, w.message))
         .collect()
 }
 
@@ -208,7 +208,7 @@ fn three_bad_lines_give_three_errors_with_carets() {
 fn plan_errors_are_reported_with_location() {
     let r = lint("FROM scratch AS a\nCOPY --from=b x y\nFROM scratch AS b\n");
     assert_eq!(r.errors.len(), 1);
-    assert_eq!(r.errors[0].span.line, 2);
+    assert_eq!(r.errors[0].span.start_line, 2);
     assert!(
         r.errors[0].message.contains("needs to be defined before"),
         "{}",

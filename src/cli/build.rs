@@ -4,11 +4,12 @@ use std::path::Path;
 
 use anyhow::Context;
 
+use super::render::{self, Mode};
 use crate::engine::options::{parse_build_args, parse_output, source_date_epoch};
 use crate::engine::{self, context_source, BuildRequest};
 use crate::image::ImageFormat;
 use crate::layer::Compression;
-use crate::progress::{self, Mode};
+use crate::progress;
 use crate::store::Store;
 
 use super::{BuildArgs, CompressionArg, FormatArg, NetworkArg, ProgressMode, PullArg};
@@ -33,7 +34,7 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
     let store = super::images::open_store(root)
         .with_context(|| format!("opening the store {}", root.display()))?;
     let _lease = store.lease().context("taking the store's build lease")?;
-    let reporter = progress::reporter(match args.progress {
+    let reporter = render::reporter(match args.progress {
         _ if args.extra.quiet => Mode::Quiet,
         ProgressMode::Auto => Mode::Auto,
         ProgressMode::Tty => Mode::Tty,

@@ -15,6 +15,7 @@ mod format;
 mod images;
 mod limits;
 mod registry;
+pub mod render;
 mod strict;
 
 /// rbuild: build OCI images from Dockerfiles, without a daemon.

@@ -3,14 +3,15 @@
 
 use std::io::{BufRead, Write};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+use super::render;
 use super::{FormatArg, RegistryFlags};
 use crate::image::ImageFormat;
-use crate::registry::{self, local, BlobProgress, BlobState, Platform, Reference, Settings};
+use crate::progress;
+use crate::registry::{self, local, Platform, Reference, Settings};
 
 pub fn logout(server: &str) -> Result<i32> {
     let settings = Settings::load()?;
@@ -45,76 +46,25 @@ pub(crate) fn settings_with(flags: &RegistryFlags) -> Result<Settings> {
     Ok(s)
 }
 
-/// Transfer progress on stderr: a bar per blob on a terminal (blobs move in
-/// parallel), else one line per finished blob. Sizes only, never URLs.
-pub(crate) fn progress_printer(verb: &'static str) -> registry::ProgressFn {
-    use std::io::IsTerminal;
-    if std::io::stderr().is_terminal() {
-        return progress_bars(verb);
+/// Runs `transfer` as the one step of a `pull`/`push` command: blob
+/// progress and retried attempts show through `render::transfer` (bars on
+/// a terminal, else a line per finished blob, and `warning:` lines).
+fn with_transfer<T>(
+    verb: &'static str,
+    name: String,
+    settings: &mut Settings,
+    transfer: impl FnOnce(&Settings, progress::Transfer) -> Result<T>,
+) -> Result<T> {
+    let reporter = render::transfer::reporter(verb);
+    let step = progress::StepHandle::start(reporter.clone(), 1, name);
+    settings.on_retry = Some(step.transfer());
+    let res = transfer(settings, step.transfer());
+    match &res {
+        Ok(_) => step.done(),
+        Err(e) => step.failed(format!("{e:#}")),
     }
-    Arc::new(move |p: &BlobProgress| {
-        if let Some(line) = blob_line(verb, p) {
-            eprintln!("{line}");
-        }
-    })
-}
-
-/// The word for how a blob ended: `verb` ("pulled", "pushed") only when its
-/// bytes really moved; `None` while they are still moving.
-fn outcome_word(verb: &'static str, state: BlobState) -> Option<&'static str> {
-    match state {
-        BlobState::Moving => None,
-        BlobState::Transferred => Some(verb),
-        BlobState::Exists => Some("exists"),
-        BlobState::Mounted => Some("mounted"),
-        BlobState::Failed => Some("failed"),
-    }
-}
-
-/// The one line a non-terminal gets per blob, at its final report.
-fn blob_line(verb: &'static str, p: &BlobProgress) -> Option<String> {
-    let word = outcome_word(verb, p.state)?;
-    let short = p.digest.get(..19).unwrap_or(p.digest);
-    Some(match p.state {
-        BlobState::Failed => format!("{word} {short}"),
-        _ => format!("{word} {short} {} bytes", p.total),
-    })
-}
-
-fn progress_bars(verb: &'static str) -> registry::ProgressFn {
-    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-    let multi = MultiProgress::new();
-    let style =
-        ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
-    let bars = std::sync::Mutex::new(std::collections::HashMap::<String, ProgressBar>::new());
-    Arc::new(move |p: &BlobProgress| {
-        let Ok(mut bars) = bars.lock() else { return };
-        let bar = bars.entry(p.digest.to_string()).or_insert_with(|| {
-            let b = multi.add(ProgressBar::new(p.total));
-            b.set_style(style.clone());
-            b.set_prefix(format!(
-                "{verb} {}",
-                p.digest.get(7..19).unwrap_or(p.digest)
-            ));
-            b
-        });
-        bar.set_length(p.total);
-        bar.set_position(p.done);
-        if let Some(word) = outcome_word(verb, p.state) {
-            bar.set_prefix(format!(
-                "{word} {}",
-                p.digest.get(7..19).unwrap_or(p.digest)
-            ));
-            bar.finish();
-        }
-    })
-}
-
-/// Each retried attempt as a warning line, as it happens.
-fn warn_on_retry() -> registry::settings::RetryHook {
-    registry::settings::RetryHook(Some(Arc::new(|m: &str| eprintln!("warning: {m}"))))
+    reporter.finish();
+    res
 }
 
 pub fn pull_with(
@@ -124,18 +74,13 @@ pub fn pull_with(
     flags: &RegistryFlags,
 ) -> Result<i32> {
     let mut settings = settings_with(flags)?;
-    settings.on_retry = warn_on_retry();
     let r = Reference::parse(reference)?;
     let platform = platform.map(Platform::parse).transpose()?;
     let store = super::images::open_store(root)
         .with_context(|| format!("opening the store {}", root.display()))?;
-    let img = local::pull_into_store(
-        &store,
-        &r,
-        &settings,
-        platform,
-        Some(progress_printer("pulled")),
-    )?;
+    let img = with_transfer("pulled", format!("pull {r}"), &mut settings, |s, t| {
+        local::pull_into_store(&store, &r, s, platform, Some(t))
+    })?;
     println!("{}", img.manifest_desc.digest());
     Ok(0)
 }
@@ -149,7 +94,6 @@ pub fn push_with(
     flags: &RegistryFlags,
 ) -> Result<i32> {
     let mut settings = settings_with(flags)?;
-    settings.on_retry = warn_on_retry();
     let store = super::images::open_store(root)
         .with_context(|| format!("opening the store {}", root.display()))?;
     let dest = Reference::parse(destination.unwrap_or(image))?;
@@ -157,15 +101,9 @@ pub fn push_with(
         FormatArg::Oci => ImageFormat::Oci,
         FormatArg::Docker => ImageFormat::Docker,
     };
-    let report = local::push_from_store(
-        &store,
-        image,
-        &dest,
-        &settings,
-        format,
-        Vec::new(),
-        Some(progress_printer("pushed")),
-    )?;
+    let report = with_transfer("pushed", format!("push {dest}"), &mut settings, |s, t| {
+        local::push_from_store(&store, image, &dest, s, format, Vec::new(), Some(t))
+    })?;
     if let Some(f) = digestfile {
         std::fs::write(f, &report.manifest_digest)
             .with_context(|| format!("writing digest file {}", f.display()))?;
@@ -224,41 +162,4 @@ fn prompt_password() -> Result<String> {
     let _ = out.write_all(b"\n");
     read.context("reading the password from the terminal")?;
     Ok(line.trim_end_matches(['\n', '\r']).to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn at(done: u64, state: BlobState) -> Option<String> {
-        let p = BlobProgress {
-            digest: "sha256:0123456789abcdef0123",
-            done,
-            total: 10,
-            state,
-        };
-        blob_line("pulled", &p)
-    }
-
-    #[test]
-    fn one_line_per_blob_naming_what_happened() {
-        // Bytes moving, even all of them, are not yet an outcome.
-        assert_eq!(at(10, BlobState::Moving), None);
-        assert_eq!(
-            at(10, BlobState::Transferred).as_deref(),
-            Some("pulled sha256:0123456789ab 10 bytes")
-        );
-        assert_eq!(
-            at(10, BlobState::Exists).as_deref(),
-            Some("exists sha256:0123456789ab 10 bytes")
-        );
-        assert_eq!(
-            at(10, BlobState::Mounted).as_deref(),
-            Some("mounted sha256:0123456789ab 10 bytes")
-        );
-        assert_eq!(
-            at(0, BlobState::Failed).as_deref(),
-            Some("failed sha256:0123456789ab")
-        );
-    }
 }

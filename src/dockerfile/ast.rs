@@ -46,6 +46,17 @@ pub struct Span {
     pub column: usize,
 }
 
+impl Span {
+    /// A one-line span at `line:column`.
+    pub fn at(line: usize, column: usize) -> Self {
+        Span {
+            start_line: line,
+            end_line: line,
+            column,
+        }
+    }
+}
+
 /// One instruction as the raw parser sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Node {

@@ -20,7 +20,7 @@ use crate::store::Store;
 
 use super::options::OutputSpec;
 use super::rootfs::{LayerRef, Rootfs};
-use super::step::StageState;
+use super::stage::StageState;
 
 /// Everything a build is asked to do.
 #[derive(Debug, Clone)]
@@ -279,7 +279,7 @@ pub fn build(
     for f in &plan.findings {
         reporter.event(Event::Warning {
             id: None,
-            message: format!("{}: {} (line {})", f.rule, f.message, f.span.line),
+            message: format!("{}: {} (line {})", f.rule, f.message, f.span.start_line),
         });
     }
 
@@ -408,8 +408,8 @@ fn load_images(
     Ok(out)
 }
 
-/// Pull one image as a progress step whose bytes add up over its blobs
-/// (they download in parallel).
+/// Pull one image as a progress step; its blobs (downloaded in parallel)
+/// and retried attempts are reported as events of the step.
 fn pull_image(
     store: &Store,
     req: &BuildRequest,
@@ -419,22 +419,9 @@ fn pull_image(
     platform: Option<crate::registry::Platform>,
 ) -> anyhow::Result<image::Image> {
     let handle = StepHandle::start(reporter.clone(), id, format!("[internal] pull {reference}"));
-    let blobs = Mutex::new(BTreeMap::<String, (u64, u64)>::new());
-    let events = reporter.clone();
-    let progress: crate::registry::ProgressFn =
-        Arc::new(move |p: &crate::registry::BlobProgress| {
-            let Ok(mut m) = blobs.lock() else { return };
-            m.insert(p.digest.to_string(), (p.done, p.total));
-            let (done, total) = m.values().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-            events.event(Event::StepProgress {
-                id,
-                current: done,
-                total: Some(total),
-                unit: crate::progress::Unit::Bytes,
-            });
-        });
-    let settings = logging_retries(&req.registry, reporter, id);
-    match local::pull_into_store(store, reference, &settings, platform, Some(progress)) {
+    let settings = logging_retries(&req.registry, &handle);
+    let progress = Some(handle.transfer());
+    match local::pull_into_store(store, reference, &settings, platform, progress) {
         Ok(img) => {
             handle.done();
             Ok(img)
@@ -451,22 +438,14 @@ fn pull_image(
     }
 }
 
-/// `settings` whose retried attempts show up as log lines of step `id`, as
-/// they happen (a slow registry is not silent until it fails).
+/// `settings` whose retried attempts are reported as they happen, as
+/// events of `step` (a slow registry is not silent until it fails).
 fn logging_retries(
     settings: &crate::registry::Settings,
-    reporter: &Arc<dyn Reporter>,
-    id: u64,
+    step: &StepHandle,
 ) -> crate::registry::Settings {
-    let logs = reporter.clone();
     let mut settings = settings.clone();
-    settings.on_retry = crate::registry::settings::RetryHook(Some(Arc::new(move |m: &str| {
-        logs.event(Event::StepLog {
-            id,
-            stream: crate::progress::Stream::Stderr,
-            bytes: format!("{m}\n").into_bytes(),
-        })
-    })));
+    settings.on_retry = Some(step.transfer());
     settings
 }
 
@@ -507,7 +486,7 @@ fn stage_deps(plan: &Plan) -> Vec<Vec<usize>> {
             let mut deps: Vec<usize> = s
                 .steps
                 .iter()
-                .flat_map(|st| st.sources.iter())
+                .flat_map(|st| st.sources())
                 .chain(std::iter::once(&s.base))
                 .filter_map(|b| match b {
                     Base::Stage(i) => Some(*i),
@@ -571,13 +550,12 @@ fn run_stage(
     for (i, step) in stage.steps.iter().enumerate() {
         let step_id = format!("{}/{}/{}", ctx.cache_scope, stage_label(stage), i);
         st.run(ctx, step, &step_id, done).map_err(|e| {
-            let span = step.instruction.span;
             anyhow::anyhow!(
                 "{}:{}: {} {}: {e:#}",
                 ctx.dockerfile_name,
-                span.line,
-                step.instruction.name(),
-                step.instruction.original.trim()
+                step.span.start_line,
+                step.name(),
+                step.original.trim()
             )
         })?;
     }
@@ -682,7 +660,7 @@ fn push_tags(ctx: &BuildCtx<'_>, tags: &[String]) -> anyhow::Result<Vec<(String,
             .collect();
         let id = ctx.step_id();
         let handle = StepHandle::start(ctx.reporter.clone(), id, format!("pushing {dest}"));
-        let settings = logging_retries(&ctx.req.registry, &ctx.reporter, id);
+        let settings = logging_retries(&ctx.req.registry, &handle);
         match local::push_from_store(
             ctx.store,
             tag,

@@ -4,10 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Context;
-
 use crate::image::{Empty, HealthConfig, ImageConfig};
-use crate::plan::{Form, Instruction, Kind};
+use crate::plan::{ConfigEdit, Form, Health};
 
 /// PATH that BuildKit puts in a stage's environment when the base has none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -45,133 +43,68 @@ pub fn with_shell(config: &ImageConfig, form: &Form) -> Vec<String> {
     }
 }
 
-/// Apply a metadata-only instruction. Returns false for instructions that
-/// are not metadata-only (COPY, ADD, RUN, WORKDIR are the engine's).
-pub fn apply(
-    config: &mut ImageConfig,
-    meta: &mut StageMeta,
-    inst: &Instruction,
-) -> anyhow::Result<bool> {
+/// Apply a config edit: every value was expanded and checked by the plan.
+pub fn apply(config: &mut ImageConfig, meta: &mut StageMeta, edit: &ConfigEdit) {
     let c = &mut config.config;
-    match &inst.kind {
-        Kind::Env { pairs, .. } => {
+    match edit {
+        ConfigEdit::Env(pairs) => {
             for (k, v) in pairs {
                 c.set_env(k, v);
             }
         }
-        Kind::Label { pairs, .. } => {
+        ConfigEdit::Label(pairs) => {
             for (k, v) in pairs {
                 c.labels.insert(k.clone(), v.clone());
             }
         }
-        Kind::Cmd(form) => {
+        ConfigEdit::Cmd(form) => {
             let args = with_shell(config, form);
             config.config.cmd = Some(args);
             config.config.args_escaped = Some(true);
             meta.cmd_set = true;
         }
-        Kind::Entrypoint(form) => {
+        ConfigEdit::Entrypoint(form) => {
             let args = with_shell(config, form);
             config.config.entrypoint = Some(args);
             if !meta.cmd_set {
                 config.config.cmd = None;
             }
         }
-        Kind::Shell(v) => c.shell = Some(v.clone()),
-        Kind::User(u) => c.user = Some(u.clone()),
-        Kind::Volume(paths) => {
+        ConfigEdit::Shell(v) => c.shell = Some(v.clone()),
+        ConfigEdit::User(u) => c.user = Some(u.clone()),
+        ConfigEdit::Volume(paths) => {
             for p in paths {
-                anyhow::ensure!(!p.is_empty(), "VOLUME specified can not be an empty string");
                 c.volumes.insert(p.clone(), Empty {});
             }
         }
-        Kind::Expose(ports) => {
-            for p in ports {
-                for spec in expose_specs(p)? {
-                    c.exposed_ports.insert(spec, Empty {});
-                }
+        ConfigEdit::Expose(specs) => {
+            for spec in specs {
+                c.exposed_ports.insert(spec.clone(), Empty {});
             }
         }
-        Kind::StopSignal(s) => c.stop_signal = Some(s.clone()),
-        Kind::Healthcheck(h) => c.healthcheck = Some(health_config(inst, h.as_ref())?),
-        Kind::Onbuild { expression, .. } => {
+        ConfigEdit::StopSignal(s) => c.stop_signal = Some(s.clone()),
+        ConfigEdit::Healthcheck(h) => c.healthcheck = Some(health_config(h)),
+        ConfigEdit::Onbuild(expression) => {
             c.on_build
                 .get_or_insert_with(Vec::new)
                 .push(expression.clone());
         }
-        Kind::Maintainer(m) => config.author = Some(m.clone()),
-        Kind::Arg(_) => {}
-        Kind::From { .. }
-        | Kind::Run { .. }
-        | Kind::Copy { .. }
-        | Kind::Add { .. }
-        | Kind::Workdir(_) => return Ok(false),
+        ConfigEdit::Maintainer(m) => config.author = Some(m.clone()),
+        ConfigEdit::Arg(_) => {}
     }
-    Ok(true)
-}
-
-/// `80`, `80/udp`, `8000-8002/tcp` → `["80/tcp"]`, … (docker's nat.ParsePortSpecs).
-fn expose_specs(spec: &str) -> anyhow::Result<Vec<String>> {
-    let (ports, proto) = match spec.split_once('/') {
-        Some((p, proto)) => (p, proto.to_ascii_lowercase()),
-        None => (spec, "tcp".to_string()),
-    };
-    let bad = || format!("invalid containerPort: {spec}");
-    let (lo, hi) = match ports.split_once('-') {
-        Some((a, b)) => (
-            a.parse::<u16>().with_context(bad)?,
-            b.parse::<u16>().with_context(bad)?,
-        ),
-        None => {
-            let p = ports.parse::<u16>().with_context(bad)?;
-            (p, p)
-        }
-    };
-    anyhow::ensure!(
-        lo <= hi,
-        "invalid range specified for container port: {spec}"
-    );
-    Ok((lo..=hi).map(|p| format!("{p}/{proto}")).collect())
 }
 
 /// HEALTHCHECK → docker's Healthcheck (durations in nanoseconds).
-fn health_config(inst: &Instruction, form: Option<&Form>) -> anyhow::Result<HealthConfig> {
-    let Some(form) = form else {
-        return Ok(HealthConfig {
-            test: vec!["NONE".into()],
-            ..HealthConfig::default()
-        });
-    };
-    let test = match form {
-        Form::Exec(v) => std::iter::once("CMD".to_string())
-            .chain(v.iter().cloned())
-            .collect(),
-        Form::Shell(s) => vec!["CMD-SHELL".into(), s.clone()],
-    };
-    let dur = |name: &str| -> anyhow::Result<i64> {
-        match inst.flag(name).and_then(|f| f.value.as_deref()) {
-            None => Ok(0),
-            Some(v) => {
-                let d = crate::plan::history::parse_go_duration(v)
-                    .with_context(|| format!("invalid --{name} duration {v:?}"))?;
-                Ok(d.as_nanos() as i64)
-            }
-        }
-    };
-    let retries = match inst.flag("retries").and_then(|f| f.value.as_deref()) {
-        None => 0,
-        Some(v) => v
-            .parse::<i64>()
-            .with_context(|| format!("invalid --retries {v:?}"))?,
-    };
-    Ok(HealthConfig {
-        test,
-        interval: dur("interval")?,
-        timeout: dur("timeout")?,
-        start_period: dur("start-period")?,
-        start_interval: dur("start-interval")?,
-        retries,
-    })
+fn health_config(h: &Health) -> HealthConfig {
+    let ns = |d: std::time::Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+    HealthConfig {
+        test: h.test.clone(),
+        interval: ns(h.interval),
+        timeout: ns(h.timeout),
+        start_period: ns(h.start_period),
+        start_interval: ns(h.start_interval),
+        retries: h.retries,
+    }
 }
 
 /// Environment for expansion-free consumers (RUN): config env as pairs.
@@ -192,15 +125,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn expose_forms() {
-        assert_eq!(expose_specs("80").unwrap(), vec!["80/tcp"]);
-        assert_eq!(expose_specs("53/UDP").unwrap(), vec!["53/udp"]);
-        assert_eq!(
-            expose_specs("8000-8002/tcp").unwrap(),
-            vec!["8000/tcp", "8001/tcp", "8002/tcp"]
-        );
-        assert!(expose_specs("http").is_err());
-        assert!(expose_specs("9-8").is_err());
+    fn healthcheck_durations_are_nanoseconds() {
+        let h = Health {
+            test: vec!["CMD".into(), "x".into()],
+            interval: std::time::Duration::from_secs(30),
+            retries: 3,
+            ..Health::default()
+        };
+        let got = health_config(&h);
+        assert_eq!(got.interval, 30_000_000_000);
+        assert_eq!(got.timeout, 0);
+        assert_eq!(got.retries, 3);
     }
 
     #[test]

@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-use crate::dockerfile::mount::{CacheSharing, Mount, MountType};
 use crate::image::ImageConfig;
 use crate::layer::{changeset_from_overlay_upper, diff_trees, LayerEntry};
+use crate::plan::{CacheSharing, Mount, MountType};
 use crate::sandbox::{
     self, ExtraFiles, FileBytes, MountSpec, NetworkMode, RootfsSpec, RunSpec, UserSpec,
 };
@@ -135,16 +135,17 @@ pub fn argv(
     };
     let word = line.trim().trim_start_matches(|c: char| c.is_ascii_digit());
     if heredocs.len() == 1 && word.starts_with("<<") && !word.contains(char::is_whitespace) {
-        if first.body.starts_with("#!") {
+        let body = first.chomped();
+        if body.starts_with("#!") {
             let path = format!("/dev/pipes/{}", first.name);
-            return (shell(path), vec![(first.name.clone(), first.body.clone())]);
+            return (shell(path), vec![(first.name.clone(), body)]);
         }
-        return (shell(first.body.clone()), Vec::new());
+        return (shell(body), Vec::new());
     }
     let mut full = line.clone();
     for d in heredocs {
         full.push('\n');
-        full.push_str(&d.body);
+        full.push_str(&d.chomped());
         full.push_str(&d.name);
     }
     (shell(full), Vec::new())
@@ -192,29 +193,7 @@ pub fn run(
             mode: 0o755,
         });
     }
-    // The engine passes snapshots only when overlay is usable.
-    let overlay = matches!(inputs.root, StageFiles::Snapshots(_)) || overlay_usable();
-    let (rootfs, fallback_root) = if overlay {
-        let upper = work.path().join("upper");
-        let workdir = work.path().join("work");
-        std::fs::create_dir_all(&upper).context("creating the overlay upper dir")?;
-        std::fs::create_dir_all(&workdir).context("creating the overlay work dir")?;
-        (
-            RootfsSpec::Overlay {
-                lowers: inputs.root.lowers(),
-                upper,
-                work: workdir,
-            },
-            None,
-        )
-    } else {
-        let StageFiles::Dir(root) = inputs.root else {
-            bail!("RUN over layer snapshots needs overlayfs");
-        };
-        let copy = work.path().join("rootfs");
-        copy_tree(root, &copy)?;
-        (RootfsSpec::Dir(copy.clone()), Some(copy))
-    };
+    let (rootfs, fallback_root) = prepare_root(inputs, work.path())?;
     let spec = RunSpec {
         rootfs,
         argv: inputs.argv.clone(),
@@ -296,6 +275,38 @@ pub fn run(
     );
     entries.extend(dirs);
     Ok((entries, work))
+}
+
+/// The RUN's root: an overlay over the stage's snapshots with a fresh upper
+/// dir in `work`, or (without overlayfs) a copy of the stage's files there,
+/// whose path is returned too so the changes can be diffed.
+fn prepare_root(
+    inputs: &RunInputs<'_>,
+    work: &std::path::Path,
+) -> anyhow::Result<(RootfsSpec, Option<std::path::PathBuf>)> {
+    // The engine passes snapshots only when overlay is usable.
+    let overlay = matches!(inputs.root, StageFiles::Snapshots(_)) || overlay_usable();
+    Ok(if overlay {
+        let upper = work.join("upper");
+        let workdir = work.join("work");
+        std::fs::create_dir_all(&upper).context("creating the overlay upper dir")?;
+        std::fs::create_dir_all(&workdir).context("creating the overlay work dir")?;
+        (
+            RootfsSpec::Overlay {
+                lowers: inputs.root.lowers(),
+                upper,
+                work: workdir,
+            },
+            None,
+        )
+    } else {
+        let StageFiles::Dir(root) = inputs.root else {
+            bail!("RUN over layer snapshots needs overlayfs");
+        };
+        let copy = work.join("rootfs");
+        copy_tree(root, &copy)?;
+        (RootfsSpec::Dir(copy.clone()), Some(copy))
+    })
 }
 
 /// Whether RUN steps can use overlayfs. `RBUILD_NO_OVERLAY=1` forces the
@@ -662,7 +673,7 @@ mod tests {
 
     #[test]
     fn relative_mount_targets_follow_workdir() {
-        let parsed = crate::dockerfile::parse_mount("type=cache,target=cache").unwrap();
+        let parsed = crate::plan::parse_mount("type=cache,target=cache").unwrap();
         let m = mounts(&[parsed], "/app");
         assert_eq!(m[0].target.as_deref(), Some("/app/cache"));
     }

@@ -25,7 +25,7 @@ use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 
 use crate::layer::{EntryKind, FileSource, LayerEntry, Timespec};
-use crate::plan::Step;
+use crate::plan::{Step, StepKind};
 use crate::progress::StepHandle;
 use crate::store::CachedLayer;
 
@@ -55,8 +55,7 @@ pub(super) fn link_source(
     old_layer: Option<CachedLayer>,
 ) -> Option<LinkSource> {
     let old = old?;
-    let same_step = super::step::is_copy(step)
-        && step.sources.is_empty()
+    let same_step = matches!(&step.kind, StepKind::Copy(c) if c.from.is_none())
         && old.parent == now.parent
         && old.instruction == now.instruction
         && without_sources(&old.extra) == without_sources(&now.extra)

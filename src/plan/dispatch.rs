@@ -5,19 +5,27 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::dockerfile::instructions::{self as di, SourceContent};
+use crate::dockerfile::{Heredoc, Instruction, InstructionKind as DK};
+
+use super::checks::{self, approx_size, clean_path, form, is_heredoc_word, summarize};
 use super::expand;
 use super::history as h;
-use super::ir::{Flag, Form, Heredoc, Instruction, Kind, Span};
 use super::lints::{is_abs, looks_secret, spend_suggestion, suggest, SUGGEST_BUDGET};
 use super::stage::{problem, resolve_from, FromScope, RawBase, RawStage, Resolved, PROXY_ARGS};
 use super::state::{plan_too_big, State, MAX_ENV_BYTES, MAX_PLAN_BYTES};
-use super::{normalize_reference, Base, Finding, PlanOptions, Problem, Step};
+use super::step::{ConfigEdit, CopyStep, Form, RunMount, RunStep, StepKind};
+use super::{normalize_reference, Base, Finding, PlanOptions, Problem, Span, Step};
 
-/// One step being built: the step, the ARGs its words used so far, and
-/// where it came from.
+/// What a step's handler learns besides its kind: the ARGs its words used,
+/// its texts, and where it came from.
 struct Draft {
-    step: Step,
     used: BTreeMap<String, String>,
+    /// RUN: every ARG in scope (else the ones in `used`).
+    build_args: Option<BTreeMap<String, String>>,
+    display_name: Option<String>,
+    created_by: Option<String>,
+    empty_layer: bool,
     span: Span,
     onbuild: bool,
 }
@@ -151,7 +159,7 @@ impl<'a> Dispatcher<'a> {
     /// The progress name: BuildKit expands the instruction's source text
     /// with the current environment and upper-cases the keyword.
     fn display(&mut self, inst: &Instruction, onbuild: bool, raw: bool) -> Option<String> {
-        let text = format!("{} {}", inst.keyword, inst.original);
+        let text = format!("{} {}", inst.keyword, inst.args_text());
         let shown = if raw {
             expand::display_raw(&text, &self.state, self.escape)
         } else {
@@ -196,73 +204,58 @@ impl<'a> Dispatcher<'a> {
     ) -> Result<Step, Problem> {
         let span = inst.span;
         let mut d = Draft {
-            step: Step {
-                instruction: inst.clone(),
-                build_args: BTreeMap::new(),
-                arg_env: Vec::new(),
-                proxy_env: BTreeMap::new(),
-                sources: Vec::new(),
-                mounts: Vec::new(),
-                display_name: None,
-                created_by: None,
-                empty_layer: true,
-                from_onbuild: onbuild,
-            },
             used: BTreeMap::new(),
+            build_args: None,
+            display_name: None,
+            created_by: None,
+            empty_layer: true,
             span,
             onbuild,
         };
         let kw = inst.keyword.clone();
-        match &inst.kind {
-            Kind::From { .. } => return Err(problem(span, "unexpected FROM inside a stage")),
-            Kind::Env { pairs, legacy } | Kind::Label { pairs, legacy } => {
-                self.env_label(inst, pairs, legacy, &mut d)?
-            }
-            Kind::Arg(args) => self.arg(args, &mut d)?,
-            Kind::Run { cmd, heredocs } => self.run(inst, cmd, heredocs, remap, &mut d)?,
-            Kind::Cmd(form) | Kind::Entrypoint(form) => self.cmd_entrypoint(inst, form, &mut d),
-            Kind::Shell(v) => {
+        let kind = match &inst.kind {
+            DK::From(_) => return Err(problem(span, "unexpected FROM inside a stage")),
+            DK::Env(kv) => self.env_label(&kw, true, kv, &mut d)?,
+            DK::Label(kv) => self.env_label(&kw, false, kv, &mut d)?,
+            DK::Arg(args) => self.arg(args, &mut d)?,
+            DK::Run(r) => self.run(inst, r, remap, &mut d)?,
+            DK::Cmd(c) => self.cmd_entrypoint(&kw, true, c, &mut d),
+            DK::Entrypoint(c) => self.cmd_entrypoint(&kw, false, c, &mut d),
+            DK::Shell(v) => {
                 self.state.shell = v.clone();
-                d.step.created_by = Some(format!("SHELL {}", h::go_slice(v)));
+                d.created_by = Some(format!("SHELL {}", h::go_slice(v)));
+                StepKind::Config(ConfigEdit::Shell(v.clone()))
             }
-            Kind::Copy {
-                sources,
-                dest,
-                heredocs,
-            }
-            | Kind::Add {
-                sources,
-                dest,
-                heredocs,
-            } => self.copy_add(inst, sources, dest, heredocs, remap, &mut d)?,
-            Kind::Workdir(p) => self.workdir(inst, p, &mut d)?,
-            Kind::User(u) => {
+            DK::Copy(c) => self.copy_add(inst, c, false, remap, &mut d)?,
+            DK::Add(c) => self.copy_add(inst, c, true, remap, &mut d)?,
+            DK::Workdir(p) => self.workdir(inst, p, &mut d)?,
+            DK::User(u) => {
                 let u = self.expand(u, span, &mut d.used)?;
-                d.step.created_by = Some(format!("USER {u}"));
-                d.step.instruction.kind = Kind::User(u);
+                d.created_by = Some(format!("USER {u}"));
+                StepKind::Config(ConfigEdit::User(u))
             }
-            Kind::Volume(vs) => {
+            DK::Volume { paths, .. } => {
                 let mut v2 = Vec::new();
-                for v in vs {
+                for v in paths {
                     let v = self.expand(v, span, &mut d.used)?;
                     if v.is_empty() {
                         return Err(problem(span, "VOLUME specified can not be an empty string"));
                     }
                     v2.push(v);
                 }
-                d.step.created_by = Some(format!("VOLUME {}", h::go_slice(&v2)));
-                d.step.instruction.kind = Kind::Volume(v2);
+                d.created_by = Some(format!("VOLUME {}", h::go_slice(&v2)));
+                StepKind::Config(ConfigEdit::Volume(v2))
             }
-            Kind::Expose(ps) => self.expose(ps, &mut d)?,
-            Kind::StopSignal(s) => {
+            DK::Expose(ps) => self.expose(ps, &mut d)?,
+            DK::StopSignal(s) => {
                 let s = self.expand(s, span, &mut d.used)?;
-                if !valid_signal(&s) {
+                if !checks::valid_signal(&s) {
                     return Err(problem(span, format!("Invalid signal: {s}")));
                 }
-                d.step.created_by = Some(format!("STOPSIGNAL {s}"));
-                d.step.instruction.kind = Kind::StopSignal(s);
+                d.created_by = Some(format!("STOPSIGNAL {s}"));
+                StepKind::Config(ConfigEdit::StopSignal(s))
             }
-            Kind::Healthcheck(form) => {
+            DK::Healthcheck(hc) => {
                 if let Some(p) = self.state.seen.healthcheck.replace(span) {
                     self.lint(
                         "MultipleInstructionsDisallowed",
@@ -270,33 +263,47 @@ impl<'a> Dispatcher<'a> {
                         format!("Multiple {kw} instructions should not be used in the same stage because only the last one will be used"),
                     );
                 }
-                d.step.created_by = Some(h::healthcheck_created_by(&health(inst, form)?));
+                let health = checks::health(hc);
+                d.created_by = Some(h::healthcheck_created_by(&health));
+                StepKind::Config(ConfigEdit::Healthcheck(health))
             }
-            Kind::Onbuild { expression, .. } => {
+            DK::Onbuild { expression, .. } => {
                 self.state.onbuild.push(expression.clone());
+                StepKind::Config(ConfigEdit::Onbuild(expression.clone()))
             }
-            Kind::Maintainer(m) => {
-                d.step.created_by = Some(format!("MAINTAINER {m}"));
+            DK::Maintainer(m) => {
+                d.created_by = Some(format!("MAINTAINER {m}"));
+                StepKind::Config(ConfigEdit::Maintainer(m.clone()))
             }
-        }
-        if d.step.build_args.is_empty() {
-            d.step.build_args = d.used;
-        }
-        Ok(d.step)
+        };
+        let build_args = match d.build_args {
+            Some(b) if !b.is_empty() => b,
+            _ => d.used,
+        };
+        Ok(Step {
+            kind,
+            keyword: kw,
+            original: inst.args_text(),
+            span,
+            build_args,
+            display_name: d.display_name,
+            created_by: d.created_by,
+            empty_layer: d.empty_layer,
+            from_onbuild: onbuild,
+        })
     }
 
     /// ENV and LABEL: both sides expanded with the environment from before
     /// the instruction; ENV then updates it.
     fn env_label(
         &mut self,
-        inst: &Instruction,
-        pairs: &[(String, String)],
-        legacy: &bool,
+        kw: &str,
+        is_env: bool,
+        kv: &di::KeyValues,
         d: &mut Draft,
-    ) -> Result<(), Problem> {
-        let (span, kw) = (d.span, inst.keyword.clone());
-        let is_env = matches!(inst.kind, Kind::Env { .. });
-        if *legacy {
+    ) -> Result<StepKind, Problem> {
+        let span = d.span;
+        if kv.legacy {
             self.lint(
                 "LegacyKeyValueFormat",
                 span,
@@ -306,9 +313,9 @@ impl<'a> Dispatcher<'a> {
             );
         }
         let mut expanded = Vec::new();
-        for (k, v) in pairs {
-            let k = self.expand(k, span, &mut d.used)?;
-            let v = self.expand(v, span, &mut d.used)?;
+        for p in &kv.pairs {
+            let k = self.expand(&p.key, span, &mut d.used)?;
+            let v = self.expand(&p.value, span, &mut d.used)?;
             expanded.push((k, v));
         }
         if is_env {
@@ -323,28 +330,22 @@ impl<'a> Dispatcher<'a> {
                 self.state.set_checked(k, v, span)?;
             }
         }
-        d.step.created_by = Some(msg);
-        d.step.instruction.kind = if is_env {
-            Kind::Env {
-                pairs: expanded,
-                legacy: *legacy,
-            }
+        d.created_by = Some(msg);
+        Ok(StepKind::Config(if is_env {
+            ConfigEdit::Env(expanded)
         } else {
-            Kind::Label {
-                pairs: expanded,
-                legacy: *legacy,
-            }
-        };
-        Ok(())
+            ConfigEdit::Label(expanded)
+        }))
     }
 
     /// ARG: a build arg beats the default; with neither, a redeclared
     /// global ARG brings its value in.
-    fn arg(&mut self, args: &[(String, Option<String>)], d: &mut Draft) -> Result<(), Problem> {
+    fn arg(&mut self, args: &[di::ArgDecl], d: &mut Draft) -> Result<StepKind, Problem> {
         let span = d.span;
         let mut parts = Vec::new();
         let mut expanded = Vec::new();
-        for (k, def) in args {
+        for a in args {
+            let (k, def) = (&a.name, &a.default);
             self.secret_lint("ARG", k, span);
             let build = self.opts.build_args.get(k).cloned();
             let mut value = def.clone();
@@ -369,77 +370,79 @@ impl<'a> Dispatcher<'a> {
             }
             expanded.push((k.clone(), value));
         }
-        d.step.created_by = Some(format!("ARG {}", parts.join(" ")));
-        d.step.instruction.kind = Kind::Arg(expanded);
-        Ok(())
+        d.created_by = Some(format!("ARG {}", parts.join(" ")));
+        Ok(StepKind::Config(ConfigEdit::Arg(expanded)))
     }
 
-    /// RUN: mounts expanded and parsed; every ARG in scope is in its
-    /// environment, history and cache key.
+    /// RUN: mounts expanded and parsed, `--network`/`--security` checked;
+    /// every ARG in scope is in its environment, history and cache key.
     fn run(
         &mut self,
         inst: &Instruction,
-        cmd: &Form,
-        heredocs: &[Heredoc],
+        r: &di::Run,
         remap: &BTreeMap<usize, usize>,
         d: &mut Draft,
-    ) -> Result<(), Problem> {
+    ) -> Result<StepKind, Problem> {
         let span = d.span;
-        let mut flags = Vec::new();
-        for f in &inst.flags {
-            let value = match (&f.name[..], &f.value) {
-                ("mount", Some(v)) => {
-                    let v = self.expand(v, span, &mut d.used)?;
-                    let m = crate::dockerfile::parse_mount(&v)
-                        .map_err(|e| problem(span, format!("--mount={v}: {e}")))?;
-                    if let Some(src) = &m.from {
-                        d.step.sources.push(self.source(src, span, remap)?);
-                    }
-                    d.step.mounts.push(m);
-                    Some(v)
-                }
-                (_, v) => v.clone(),
+        let mut mounts = Vec::new();
+        for raw in &r.mounts {
+            let spec = self.expand(raw, span, &mut d.used)?;
+            let mount = crate::dockerfile::parse_mount(&spec)
+                .map_err(|e| problem(span, format!("--mount={spec}: {e}")))?;
+            let from = match &mount.from {
+                Some(src) => Some(self.source(src, span, remap)?),
+                None => None,
             };
-            flags.push(Flag {
-                name: f.name.clone(),
-                value,
-                col: f.col,
-            });
+            mounts.push(RunMount { spec, mount, from });
         }
-        d.step.instruction.flags = flags;
-        let (args, summary) = self.run_args(cmd, heredocs);
+        let network = checks::network(r.network.as_deref(), span)?;
+        checks::security(r.security.as_deref(), span)?;
+        let cmd = form(&r.command);
+        let (args, summary) = self.run_args(&cmd, &r.heredocs);
         let in_scope = self.args_in_scope();
-        d.step.build_args = in_scope.iter().cloned().collect();
+        d.build_args = Some(in_scope.iter().cloned().collect());
         // Only ARGs with a value reach the environment (BuildKit adds them
         // to the state's env in dispatchArg).
-        d.step.arg_env = in_scope
+        let arg_env = in_scope
             .iter()
             .filter(|(k, _)| self.state.get(k).is_some())
             .cloned()
             .collect();
-        d.step.proxy_env = self
+        let proxy_env = self
             .opts
             .build_args
             .iter()
             .filter(|(k, _)| PROXY_ARGS.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        d.step.display_name = self.display(inst, d.onbuild, true).map(|d| match &summary {
+        d.display_name = self.display(inst, d.onbuild, true).map(|d| match &summary {
             Some(s) => format!("{d} ({s})"),
             None => d,
         });
-        d.step.created_by = Some(format!(
+        d.created_by = Some(format!(
             "RUN {} # buildkit",
             h::run_command_string(&args, &in_scope)
         ));
-        d.step.empty_layer = false;
-        Ok(())
+        d.empty_layer = false;
+        Ok(StepKind::Run(RunStep {
+            cmd,
+            heredocs: r.heredocs.clone(),
+            mounts,
+            network,
+            arg_env,
+            proxy_env,
+        }))
     }
 
     /// CMD and ENTRYPOINT (no expansion; the shell form gets the SHELL).
-    fn cmd_entrypoint(&mut self, inst: &Instruction, form: &Form, d: &mut Draft) {
-        let (span, kw) = (d.span, inst.keyword.clone());
-        let is_cmd = matches!(inst.kind, Kind::Cmd(_));
+    fn cmd_entrypoint(
+        &mut self,
+        kw: &str,
+        is_cmd: bool,
+        c: &di::CommandLine,
+        d: &mut Draft,
+    ) -> StepKind {
+        let span = d.span;
         let prev = if is_cmd {
             self.state.seen.cmd.replace(span)
         } else {
@@ -452,6 +455,7 @@ impl<'a> Dispatcher<'a> {
                 format!("Multiple {kw} instructions should not be used in the same stage because only the last one will be used"),
             );
         }
+        let form = form(c);
         if matches!(form, Form::Shell(_)) && self.state.shell.is_empty() {
             self.lint(
                 "JSONArgsRecommended",
@@ -459,109 +463,102 @@ impl<'a> Dispatcher<'a> {
                 format!("JSON arguments recommended for {kw} to prevent unintended behavior related to OS signals"),
             );
         }
-        let args = self.with_shell(form);
+        let args = self.with_shell(&form);
         let name = if is_cmd { "CMD" } else { "ENTRYPOINT" };
-        d.step.created_by = Some(format!("{name} {}", h::go_quote_slice(&args)));
+        d.created_by = Some(format!("{name} {}", h::go_quote_slice(&args)));
+        StepKind::Config(if is_cmd {
+            ConfigEdit::Cmd(form)
+        } else {
+            ConfigEdit::Entrypoint(form)
+        })
     }
 
     /// COPY and ADD: sources, destination, --chown/--chmod and unquoted
-    /// heredoc bodies expanded.
+    /// heredoc bodies expanded; --chmod and --checksum checked.
     fn copy_add(
         &mut self,
         inst: &Instruction,
-        sources: &[String],
-        dest: &str,
-        heredocs: &[Heredoc],
+        c: &di::Copy,
+        is_add: bool,
         remap: &BTreeMap<usize, usize>,
         d: &mut Draft,
-    ) -> Result<(), Problem> {
+    ) -> Result<StepKind, Problem> {
         let span = d.span;
-        let is_add = matches!(inst.kind, Kind::Add { .. });
-        if !is_add {
-            if let Some(v) = inst.flag("from").and_then(|f| f.value.clone()) {
-                d.step.sources.push(self.source(&v, span, remap)?);
-            }
-        }
-        let mut flags = Vec::new();
-        for f in &inst.flags {
-            let value = match (&f.name[..], &f.value) {
-                ("chown" | "chmod", Some(v)) => Some(self.expand(v, span, &mut d.used)?),
-                (_, v) => v.clone(),
-            };
-            flags.push(Flag {
-                name: f.name.clone(),
-                value,
-                col: f.col,
-            });
-        }
-        d.step.instruction.flags = flags;
+        let from = match (&c.from, is_add) {
+            (Some(v), false) => Some(self.source(v, span, remap)?),
+            _ => None,
+        };
+        let chown = match &c.chown {
+            Some(v) => Some(self.expand(v, span, &mut d.used)?),
+            None => None,
+        };
+        let chmod_text = match &c.chmod {
+            Some(v) => Some(self.expand(v, span, &mut d.used)?),
+            None => None,
+        };
         let mut srcs = Vec::new();
-        for s in sources {
+        for s in &c.sources {
             let s = self.expand(s, span, &mut d.used)?;
             if !is_add && (s.starts_with("http://") || s.starts_with("https://")) {
                 return Err(problem(span, "source can't be a URL for COPY"));
             }
             srcs.push(s);
         }
-        let dest = self.expand(dest, span, &mut d.used)?;
-        let mut docs = Vec::new();
-        for doc in heredocs {
-            let mut doc = doc.clone();
+        let dest = self.expand(&c.dest, span, &mut d.used)?;
+        let mut contents = Vec::new();
+        for doc in &c.contents {
+            let mut doc: SourceContent = doc.clone();
             if doc.expand {
-                doc.body =
-                    expand::heredoc_body(&doc.body, &self.state).map_err(|e| problem(span, e.0))?;
+                doc.data =
+                    expand::heredoc_body(&doc.data, &self.state).map_err(|e| problem(span, e.0))?;
             }
-            docs.push(doc);
+            contents.push(doc);
         }
         let mut msg = String::from(if is_add { "ADD" } else { "COPY" });
-        if d.step.instruction.flag("parents").is_some() {
+        if c.parents {
             msg.push_str(" --parents");
         }
-        if let Some(v) = d
-            .step
-            .instruction
-            .flag("chown")
-            .and_then(|f| f.value.clone())
-        {
+        if let Some(v) = &chown {
             msg.push_str(&format!(" --chown={v}"));
         }
-        if let Some(v) = d
-            .step
-            .instruction
-            .flag("chmod")
-            .and_then(|f| f.value.clone())
-        {
-            check_chmod(&v, span)?;
-            msg.push_str(&format!(" --chmod={v}"));
+        let chmod = match &chmod_text {
+            Some(v) => {
+                msg.push_str(&format!(" --chmod={v}"));
+                Some(checks::parse_chmod(v, span)?)
+            }
+            None => None,
+        };
+        if let Some(sum) = &c.checksum {
+            checks::check_checksum(sum, span)?;
         }
         for s in &srcs {
             msg.push_str(&format!(" {s}"));
         }
-        for doc in &docs {
-            msg.push_str(&format!(" <<{}", doc.name));
+        for doc in &contents {
+            msg.push_str(&format!(" <<{}", doc.path));
         }
         msg.push_str(&format!(" {dest} # buildkit"));
-        d.step.created_by = Some(msg);
-        d.step.empty_layer = false;
-        d.step.display_name = self.display(inst, d.onbuild, false);
-        d.step.instruction.kind = if is_add {
-            Kind::Add {
-                sources: srcs,
-                dest,
-                heredocs: docs,
-            }
-        } else {
-            Kind::Copy {
-                sources: srcs,
-                dest,
-                heredocs: docs,
-            }
-        };
-        Ok(())
+        d.created_by = Some(msg);
+        d.empty_layer = false;
+        d.display_name = self.display(inst, d.onbuild, false);
+        Ok(StepKind::Copy(CopyStep {
+            is_add,
+            sources: srcs,
+            contents,
+            dest,
+            from,
+            chown,
+            chmod,
+            link: c.link,
+            parents: c.parents,
+            excludes: c.excludes.clone(),
+            checksum: c.checksum.clone(),
+            unpack: c.unpack.unwrap_or(true),
+        }))
     }
 
     /// WORKDIR: relative paths join the current one; `/` adds no layer.
-    fn workdir(&mut self, inst: &Instruction, p: &str, d: &mut Draft) -> Result<(), Problem> {
+    fn workdir(&mut self, inst: &Instruction, p: &str, d: &mut Draft) -> Result<StepKind, Problem> {
         let span = d.span;
         let p = self.expand(p, span, &mut d.used)?;
         if !self.state.workdir_set && !is_abs(&p) {
@@ -584,16 +581,15 @@ impl<'a> Dispatcher<'a> {
         };
         self.state.workdir = wd.clone();
         if wd != "/" {
-            d.step.display_name = self.display(inst, d.onbuild, false);
-            d.step.empty_layer = false;
+            d.display_name = self.display(inst, d.onbuild, false);
+            d.empty_layer = false;
         }
-        d.step.created_by = Some(format!("WORKDIR {wd}"));
-        d.step.instruction.kind = Kind::Workdir(p);
-        Ok(())
+        d.created_by = Some(format!("WORKDIR {wd}"));
+        Ok(StepKind::Workdir(p))
     }
 
     /// EXPOSE: each word expanded and split, then parsed as port specs.
-    fn expose(&mut self, ps: &[String], d: &mut Draft) -> Result<(), Problem> {
+    fn expose(&mut self, ps: &[String], d: &mut Draft) -> Result<StepKind, Problem> {
         let span = d.span;
         let mut words = Vec::new();
         for p in ps {
@@ -623,9 +619,8 @@ impl<'a> Dispatcher<'a> {
                 next = next.max(u32::from(hi) + 1);
             }
         }
-        d.step.created_by = Some(h::expose_created_by(&specs));
-        d.step.instruction.kind = Kind::Expose(words);
-        Ok(())
+        d.created_by = Some(h::expose_created_by(&specs));
+        Ok(StepKind::Config(ConfigEdit::Expose(specs)))
     }
 
     /// The ARGs in scope with their current values, de-duplicated like
@@ -668,11 +663,7 @@ impl<'a> Dispatcher<'a> {
 
     /// RUN's argv as BuildKit records it, and the heredoc summary for its
     /// progress name.
-    fn run_args(
-        &self,
-        cmd: &Form,
-        heredocs: &[super::ir::Heredoc],
-    ) -> (Vec<String>, Option<String>) {
+    fn run_args(&self, cmd: &Form, heredocs: &[Heredoc]) -> (Vec<String>, Option<String>) {
         let Form::Shell(line) = cmd else {
             return (self.with_shell(cmd), None);
         };
@@ -681,20 +672,18 @@ impl<'a> Dispatcher<'a> {
         };
         let single = heredocs.len() == 1 && is_heredoc_word(line.trim());
         if single {
-            let summary = summarize(&first.body);
-            if first.body.starts_with("#!") {
+            let body = first.chomped();
+            let summary = summarize(&body);
+            if body.starts_with("#!") {
                 let path = format!("/dev/pipes/{}", first.name);
                 return (self.with_shell(&Form::Shell(path)), Some(summary));
             }
-            return (
-                self.with_shell(&Form::Shell(first.body.clone())),
-                Some(summary),
-            );
+            return (self.with_shell(&Form::Shell(body)), Some(summary));
         }
         let mut full = line.clone();
         for d in heredocs {
             full.push('\n');
-            full.push_str(&d.body);
+            full.push_str(&d.chomped());
             full.push_str(&d.name);
         }
         (self.with_shell(&Form::Shell(full)), None)
@@ -723,122 +712,4 @@ impl<'a> Dispatcher<'a> {
             })?),
         })
     }
-}
-
-/// Roughly the heap bytes a planned step holds: its history text (which
-/// repeats its expanded words), progress name, heredoc bodies and build args.
-fn approx_size(s: &Step) -> usize {
-    let pairs = |m: &mut dyn Iterator<Item = (&String, &String)>| {
-        m.map(|(k, v)| k.len() + v.len()).sum::<usize>()
-    };
-    let heredocs = match &s.instruction.kind {
-        Kind::Run { heredocs, .. } | Kind::Copy { heredocs, .. } | Kind::Add { heredocs, .. } => {
-            heredocs.iter().map(|d| d.body.len()).sum()
-        }
-        _ => 0,
-    };
-    2 * s.created_by.as_ref().map_or(0, String::len)
-        + s.display_name.as_ref().map_or(0, String::len)
-        + s.instruction.original.len()
-        + heredocs
-        + pairs(&mut s.build_args.iter())
-        + pairs(&mut s.arg_env.iter().map(|(k, v)| (k, v)))
-}
-
-fn is_heredoc_word(s: &str) -> bool {
-    let s = s.trim_start_matches(|c: char| c.is_ascii_digit());
-    s.starts_with("<<") && !s.contains(char::is_whitespace)
-}
-
-fn summarize(doc: &str) -> String {
-    let doc = doc.trim();
-    let mut lines = doc.split('\n');
-    let first = lines.next().unwrap_or_default().to_string();
-    if lines.next().is_some() {
-        format!("{first}...")
-    } else {
-        first
-    }
-}
-
-/// `path.Clean` for absolute paths.
-fn clean_path(p: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in p.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    format!("/{}", parts.join("/"))
-}
-
-fn check_chmod(v: &str, span: Span) -> Result<(), Problem> {
-    if let Ok(n) = u32::from_str_radix(v, 8) {
-        if n > 0o7777 {
-            return Err(problem(
-                span,
-                format!("invalid chmod parameter: '{v}'. it should be octal string and between 0 and 07777"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn valid_signal(s: &str) -> bool {
-    if let Ok(n) = s.parse::<u32>() {
-        return n > 0 && n < 65;
-    }
-    let name = s.strip_prefix("SIG").unwrap_or(s);
-    const NAMES: &[&str] = &[
-        "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
-        "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM",
-        "TRAP", "TSTP", "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ",
-        "UNUSED",
-    ];
-    NAMES.contains(&name)
-        || name
-            .strip_prefix("RTMIN")
-            .or_else(|| name.strip_prefix("RTMAX"))
-            .is_some_and(|r| {
-                r.is_empty() || r.trim_start_matches(['+', '-']).parse::<u32>().is_ok()
-            })
-}
-
-fn health(inst: &Instruction, form: &Option<Form>) -> Result<h::Health, Problem> {
-    let test = match form {
-        None => vec!["NONE".to_string()],
-        Some(Form::Shell(s)) => vec!["CMD-SHELL".to_string(), s.clone()],
-        Some(Form::Exec(v)) => {
-            let mut t = vec!["CMD".to_string()];
-            t.extend(v.iter().cloned());
-            t
-        }
-    };
-    let mut out = h::Health {
-        test,
-        ..h::Health::default()
-    };
-    for f in &inst.flags {
-        let v = f.value.clone().unwrap_or_default();
-        if f.name == "retries" {
-            out.retries = v
-                .parse()
-                .map_err(|_| problem(inst.span, format!("invalid retries value: {v}")))?;
-            continue;
-        }
-        let d = h::parse_go_duration(&v)
-            .ok_or_else(|| problem(inst.span, format!("time: invalid duration \"{v}\"")))?;
-        match f.name.as_str() {
-            "interval" => out.interval = d,
-            "timeout" => out.timeout = d,
-            "start-period" => out.start_period = d,
-            "start-interval" => out.start_interval = d,
-            _ => {}
-        }
-    }
-    Ok(out)
 }

@@ -72,43 +72,6 @@ fn go_quote_rune(n: i64) -> String {
     format!("'{body}'")
 }
 
-/// Parse a Go duration (`30s`, `1m30s`, `500ms`, `1.5h`).
-pub fn parse_go_duration(s: &str) -> Option<Duration> {
-    if s == "0" {
-        return Some(Duration::ZERO);
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num_len == 0 {
-            return None;
-        }
-        let n: f64 = rest[..num_len].parse().ok()?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        rest = &rest[unit_len..];
-        total += n * scale;
-    }
-    Some(Duration::from_nanos((total * 1e9).round() as u64))
-}
-
 /// Go's `time.Duration.String()`.
 pub fn go_duration(d: Duration) -> String {
     let ns = d.as_nanos();
@@ -252,7 +215,6 @@ mod tests {
         assert_eq!(go_duration(Duration::from_secs(90)), "1m30s");
         assert_eq!(go_duration(Duration::from_millis(500)), "500ms");
         assert_eq!(go_duration(Duration::from_secs(3600)), "1h0m0s");
-        assert_eq!(parse_go_duration("1m30s"), Some(Duration::from_secs(90)));
         assert_eq!(
             expose_created_by(&["80/tcp".into(), "443/tcp".into(), "53/udp".into()]),
             "EXPOSE map[443/tcp:{} 53/udp:{} 80/tcp:{}]"

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::expand;
-use super::ir::Span;
+use super::Span;
 use super::{Finding, Platform};
 
 /// RedundantTargetPlatform and FromPlatformFlagConstDisallowed.

@@ -10,20 +10,25 @@
 //! JSONArgsRecommended, MultipleInstructionsDisallowed); `check` adds the
 //! purely syntactic ones.
 
+mod checks;
 mod dispatch;
 pub mod expand;
-pub mod from_parser;
 pub mod history;
-pub mod ir;
 mod lints;
+pub mod read;
 mod stage;
 mod state;
+pub mod step;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use from_parser::{read, Parsed};
-pub use ir::{Flag, Form, Heredoc, Instruction, Kind, Span};
+pub use crate::dockerfile::{parse_mount, Heredoc, Span};
+pub use read::{read, Parsed};
 pub use stage::{predefined_args, PROXY_ARGS};
+pub use step::{
+    CacheSharing, ConfigEdit, CopyStep, Form, Health, Mount, MountType, Network, RunMount, RunStep,
+    Step, StepKind,
+};
 
 /// An error at a position in the Dockerfile.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,34 +175,6 @@ pub enum Base {
     Image(String),
 }
 
-/// One step of a stage, ready for the engine.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Step {
-    /// The instruction with every word BuildKit expands already expanded
-    /// (RUN/CMD/ENTRYPOINT command text is left to the shell).
-    pub instruction: Instruction,
-    /// The build args (ARGs in scope) this step depends on: all of them for
-    /// RUN (they are in its environment), else the ones its words used.
-    pub build_args: BTreeMap<String, String>,
-    /// For RUN: the environment ARG values add (in declaration order).
-    pub arg_env: Vec<(String, String)>,
-    /// For RUN: proxy build args (`HTTP_PROXY`…), never in history or cache keys.
-    pub proxy_env: BTreeMap<String, String>,
-    /// The source of `COPY --from` / `RUN --mount from=`.
-    pub sources: Vec<Base>,
-    /// RUN: every `--mount`, expanded and parsed (same order as the flags).
-    pub mounts: Vec<crate::dockerfile::Mount>,
-    /// BuildKit's progress name (`[stage-0 2/4] COPY . /app`), for steps
-    /// that have one (ADD, COPY, RUN, WORKDIR).
-    pub display_name: Option<String>,
-    /// The image-history `created_by`; `None` for ONBUILD.
-    pub created_by: Option<String>,
-    /// Whether the history entry is `empty_layer`.
-    pub empty_layer: bool,
-    /// This step is a trigger inherited through ONBUILD.
-    pub from_onbuild: bool,
-}
-
 /// One stage of the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedStage {
@@ -245,7 +222,7 @@ impl std::fmt::Display for PlanError {
         let msgs: Vec<String> = self
             .problems
             .iter()
-            .map(|p| format!("line {}: {}", p.span.line, p.message))
+            .map(|p| format!("line {}: {}", p.span.start_line, p.message))
             .collect();
         f.write_str(&msgs.join("; "))
     }

@@ -7,13 +7,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::dispatch::Dispatcher;
 use super::expand;
-use super::ir::{Instruction, Kind, Span};
 use super::lints::{platform_lints, spend_suggestion, suggest, SUGGEST_BUDGET};
 use super::state::{plan_too_big, Seen, State, MAX_ENV_BYTES, MAX_PLAN_BYTES};
 use super::{
     normalize_reference, Base, Finding, Plan, PlanError, PlanOptions, PlannedStage, Platform,
-    Problem,
+    Problem, Span,
 };
+use crate::dockerfile::{Instruction, InstructionKind as DK};
 
 pub(super) const DEFAULT_PATH: &str =
     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -102,6 +102,7 @@ pub(super) fn problem(span: Span, message: impl Into<String>) -> Problem {
 pub(super) struct RawStage<'a> {
     pub(super) from: &'a Instruction,
     pub(super) image: &'a str,
+    pub(super) platform: Option<&'a str>,
     pub(super) name: Option<String>,
     pub(super) commands: Vec<&'a Instruction>,
 }
@@ -183,108 +184,47 @@ pub(super) fn plan(
     let implicit_images = stages
         .iter()
         .flat_map(|s| s.commands.iter())
-        .filter(|c| matches!(&c.kind, Kind::Copy { .. }))
-        .filter_map(|c| c.flag("from").and_then(|f| f.value.clone()))
+        .filter_map(|c| match &c.kind {
+            DK::Copy(c) => c.from.clone(),
+            _ => None,
+        })
         .filter(|f| f.parse::<usize>().is_err() && !names.contains_key(&f.to_ascii_lowercase()))
         .count();
     let single = stages.len() + implicit_images == 1;
 
-    let mut finals: BTreeMap<usize, State> = BTreeMap::new();
     // How many kept stages start from each stage: the last one takes the
     // state instead of copying it, so a chain of N stages costs O(N), not
     // O(N²) copies of a growing environment.
-    let mut children: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut walk = Walk::default();
     for &i in &keep {
         if let RawBase::Stage(j) = resolved[i].base {
-            *children.entry(j).or_default() += 1;
+            *walk.children.entry(j).or_default() += 1;
         }
     }
+    let scope = StageScope {
+        stages: &stages,
+        resolved: &resolved,
+        single,
+        escape,
+        opts,
+        global: &global,
+        names: &names,
+        remap: &remap,
+    };
     let mut planned = Vec::new();
-    let mut images = BTreeSet::new();
-    let mut plan_bytes = 0;
-    let mut suggest_budget = SUGGEST_BUDGET;
     for &i in &keep {
-        let st = &stages[i];
-        let res = &resolved[i];
-        let mut d = Dispatcher::new(i, st, res, single, escape, opts, &global, &names);
-        d.total_stages = stages.len();
-        let base = match &res.base {
-            RawBase::Scratch => Base::Scratch,
-            RawBase::Stage(j) => {
-                let before = plan_bytes;
-                let inherited = inherit(&mut finals, &mut children, *j, &mut plan_bytes);
-                if plan_bytes > MAX_PLAN_BYTES && before <= MAX_PLAN_BYTES {
-                    problems.push(plan_too_big(st.from.span));
-                }
-                if let Some(s) = inherited {
-                    d.state = s;
-                    d.state.seen = Seen::default();
-                    d.state.onbuild.clear();
-                }
-                Base::Stage(remap.get(j).copied().unwrap_or(*j))
-            }
-            RawBase::Image(raw) => match normalize_reference(raw) {
-                Some(r) => {
-                    if let Some(cfg) = opts.base_configs.get(&r) {
-                        d.state.apply_config(cfg);
-                    }
-                    images.insert(r.clone());
-                    Base::Image(r)
-                }
-                None => {
-                    problems.push(problem(
-                        st.from.span,
-                        format!("failed to parse stage name \"{raw}\": invalid reference format"),
-                    ));
-                    Base::Image(raw.clone())
-                }
-            },
-        };
-        d.plan_bytes = plan_bytes;
-        d.suggest_budget = suggest_budget;
-        d.state.ensure_path();
-        let triggers = triggers_for(&stages, res, opts, st.from.span, &mut problems);
-        d.total = count_steps(&st.commands, &res.base) + triggers.len();
-        let from_display = match &base {
-            Base::Image(r) => d.prefix(false).map(|p| format!("{p}FROM {r}")),
-            _ => None,
-        };
-        let mut steps = Vec::new();
-        for t in &triggers {
-            let mut t = t.clone();
-            t.span = st.from.span;
-            d.step(&t, true, &remap, &mut steps, &mut problems);
-        }
-        for c in &st.commands {
-            d.step(c, false, &remap, &mut steps, &mut problems);
-        }
-        for s in &steps {
-            for b in &s.sources {
-                if let Base::Image(r) = b {
-                    images.insert(r.clone());
-                }
-            }
-        }
-        findings.append(&mut d.findings);
-        plan_bytes = d.plan_bytes;
-        suggest_budget = d.suggest_budget;
-        planned.push(PlannedStage {
-            index: i,
-            name: st.name.clone(),
-            progress_name: d.stage_name.clone(),
-            base,
-            base_name: res.name.clone(),
-            platform: res.platform.clone(),
-            span: st.from.span,
-            from_display,
-            steps,
-            onbuild: d.state.onbuild.clone(),
-        });
-        finals.insert(i, d.state);
+        planned.push(plan_stage(
+            i,
+            &scope,
+            &mut walk,
+            &mut problems,
+            &mut findings,
+        ));
     }
-    findings.sort_by_key(|f| (f.span.line, f.span.col));
+    let images = walk.images;
+    findings.sort_by_key(|f| (f.span.start_line, f.span.column));
     if !problems.is_empty() {
-        problems.sort_by_key(|p| (p.span.line, p.span.col));
+        problems.sort_by_key(|p| (p.span.start_line, p.span.column));
         problems.dedup();
         return Err(PlanError { problems, findings });
     }
@@ -294,6 +234,125 @@ pub(super) fn plan(
         findings,
         images: images.into_iter().collect(),
     })
+}
+
+/// What every stage's walk reads: the stages, their resolved bases and the
+/// names and options they are planned with.
+struct StageScope<'s, 'a> {
+    stages: &'s [RawStage<'a>],
+    resolved: &'s [Resolved],
+    single: bool,
+    escape: char,
+    opts: &'s PlanOptions,
+    global: &'s BTreeMap<String, String>,
+    names: &'s BTreeMap<String, usize>,
+    remap: &'s BTreeMap<usize, usize>,
+}
+
+/// What carries from one stage's walk to the next.
+#[derive(Default)]
+struct Walk {
+    /// Final dispatch state of each walked stage, for stages built on it.
+    finals: BTreeMap<usize, State>,
+    /// How many kept stages still have to start from each stage.
+    children: BTreeMap<usize, usize>,
+    images: BTreeSet<String>,
+    plan_bytes: usize,
+    suggest_budget: Option<usize>,
+}
+
+/// Walk stage `i`: its base's state, its inherited triggers, its steps.
+fn plan_stage(
+    i: usize,
+    sc: &StageScope,
+    walk: &mut Walk,
+    problems: &mut Vec<Problem>,
+    findings: &mut Vec<Finding>,
+) -> PlannedStage {
+    let (st, res) = (&sc.stages[i], &sc.resolved[i]);
+    let mut d = Dispatcher::new(
+        i, st, res, sc.single, sc.escape, sc.opts, sc.global, sc.names,
+    );
+    d.total_stages = sc.stages.len();
+    let base = match &res.base {
+        RawBase::Scratch => Base::Scratch,
+        RawBase::Stage(j) => {
+            let before = walk.plan_bytes;
+            let inherited = inherit(
+                &mut walk.finals,
+                &mut walk.children,
+                *j,
+                &mut walk.plan_bytes,
+            );
+            if walk.plan_bytes > MAX_PLAN_BYTES && before <= MAX_PLAN_BYTES {
+                problems.push(plan_too_big(st.from.span));
+            }
+            if let Some(s) = inherited {
+                d.state = s;
+                d.state.seen = Seen::default();
+                d.state.onbuild.clear();
+            }
+            Base::Stage(sc.remap.get(j).copied().unwrap_or(*j))
+        }
+        RawBase::Image(raw) => match normalize_reference(raw) {
+            Some(r) => {
+                if let Some(cfg) = sc.opts.base_configs.get(&r) {
+                    d.state.apply_config(cfg);
+                }
+                walk.images.insert(r.clone());
+                Base::Image(r)
+            }
+            None => {
+                problems.push(problem(
+                    st.from.span,
+                    format!("failed to parse stage name \"{raw}\": invalid reference format"),
+                ));
+                Base::Image(raw.clone())
+            }
+        },
+    };
+    d.plan_bytes = walk.plan_bytes;
+    d.suggest_budget = walk.suggest_budget.unwrap_or(SUGGEST_BUDGET);
+    d.state.ensure_path();
+    let triggers = triggers_for(sc.stages, res, sc.opts, st.from.span, problems);
+    d.total = count_steps(&st.commands, &res.base) + triggers.len();
+    let from_display = match &base {
+        Base::Image(r) => d.prefix(false).map(|p| format!("{p}FROM {r}")),
+        _ => None,
+    };
+    let mut steps = Vec::new();
+    for t in &triggers {
+        let mut t = t.clone();
+        t.span = st.from.span;
+        d.step(&t, true, sc.remap, &mut steps, problems);
+    }
+    for c in &st.commands {
+        d.step(c, false, sc.remap, &mut steps, problems);
+    }
+    for s in &steps {
+        for b in s.sources() {
+            if let Base::Image(r) = b {
+                walk.images.insert(r.clone());
+            }
+        }
+    }
+    findings.append(&mut d.findings);
+    walk.plan_bytes = d.plan_bytes;
+    walk.suggest_budget = Some(d.suggest_budget);
+    let planned = PlannedStage {
+        index: i,
+        name: st.name.clone(),
+        progress_name: d.stage_name.clone(),
+        base,
+        base_name: res.name.clone(),
+        platform: res.platform.clone(),
+        span: st.from.span,
+        from_display,
+        steps,
+        onbuild: d.state.onbuild.clone(),
+    };
+    walk.finals.insert(i, d.state);
+    planned
 }
 
 /// The final state of stage `j` for a stage built on it: moved out for the
@@ -324,18 +383,19 @@ fn split_stages<'a>(
     let mut meta = Vec::new();
     let mut stages: Vec<RawStage> = Vec::new();
     for inst in insts {
-        if let Kind::From { image, name, .. } = &inst.kind {
+        if let DK::From(f) = &inst.kind {
             stages.push(RawStage {
                 from: inst,
-                image,
-                name: name.as_ref().map(|n| n.to_ascii_lowercase()),
+                image: &f.image,
+                platform: f.platform.as_deref(),
+                name: f.stage_name(),
                 commands: Vec::new(),
             });
             continue;
         }
         match stages.last_mut() {
             Some(s) => s.commands.push(inst),
-            None if matches!(inst.kind, Kind::Arg(_)) => meta.push(inst),
+            None if matches!(inst.kind, DK::Arg(_)) => meta.push(inst),
             None => problems.push(problem(inst.span, "no build stage in current context")),
         }
     }
@@ -354,8 +414,9 @@ fn global_args(
     let mut keys = BTreeSet::new();
     let mut bytes = 0;
     for m in meta {
-        let Kind::Arg(args) = &m.kind else { continue };
-        for (k, def) in args {
+        let DK::Arg(args) = &m.kind else { continue };
+        for a in args {
+            let (k, def) = (&a.name, &a.default);
             keys.insert(k.clone());
             let value = if let Some(v) = opts.build_args.get(k) {
                 v.clone()
@@ -456,11 +517,11 @@ fn resolve_bases(
             }
         };
         let mut platform = None;
-        if let Some(v) = st.from.flag("platform").and_then(|f| f.value.clone()) {
-            match expand::word(&v, global, escape) {
+        if let Some(v) = st.platform {
+            match expand::word(v, global, escape) {
                 Ok((p, m)) => {
                     report(&m, findings);
-                    platform_lints(&v, &p, &m, st.name.as_deref(), global, span, findings);
+                    platform_lints(v, &p, &m, st.name.as_deref(), global, span, findings);
                     if p.is_empty() {
                         problems.push(problem(
                             span,
@@ -543,24 +604,23 @@ fn mount_from(spec: &str) -> Option<String> {
 }
 
 fn inst_sources(inst: &Instruction, scope: FromScope) -> Vec<Result<RawBase, Problem>> {
-    let inner = match &inst.kind {
-        Kind::Onbuild { .. } => return Vec::new(),
-        _ => inst,
-    };
     let mut out = Vec::new();
-    if matches!(inner.kind, Kind::Copy { .. }) {
-        if let Some(v) = inner.flag("from").and_then(|f| f.value.clone()) {
-            out.push(resolve_from(&v, scope, inner.span));
+    match &inst.kind {
+        DK::Copy(c) => {
+            if let Some(v) = &c.from {
+                out.push(resolve_from(v, scope, inst.span));
+            }
         }
-    }
-    if matches!(inner.kind, Kind::Run { .. }) {
-        for m in inner.flag_values("mount") {
-            if let Some(v) = mount_from(&m) {
-                if !v.contains('$') {
-                    out.push(resolve_from(&v, scope, inner.span));
+        DK::Run(r) => {
+            for m in &r.mounts {
+                if let Some(v) = mount_from(m) {
+                    if !v.contains('$') {
+                        out.push(resolve_from(&v, scope, inst.span));
+                    }
                 }
             }
         }
+        _ => {}
     }
     out
 }
@@ -636,10 +696,10 @@ fn triggers_for(
             let mut out = Vec::new();
             for c in &stages[*j].commands {
                 match &c.kind {
-                    Kind::Onbuild { inner: Ok(t), .. } => out.push((**t).clone()),
-                    Kind::Onbuild { inner: Err(p), .. } => {
-                        problems.push(problem(at, p.message.clone()))
-                    }
+                    DK::Onbuild { trigger: Ok(t), .. } => out.push((**t).clone()),
+                    DK::Onbuild {
+                        trigger: Err(p), ..
+                    } => problems.push(problem(at, p.message.clone())),
                     _ => {}
                 }
             }
@@ -649,7 +709,7 @@ fn triggers_for(
             let cfg = normalize_reference(raw).and_then(|r| opts.base_configs.get(&r));
             let mut out = Vec::new();
             for t in cfg.map(|c| c.onbuild.clone()).unwrap_or_default() {
-                match super::from_parser::parse_trigger(t.trim()) {
+                match super::read::parse_trigger(t.trim()) {
                     Ok(i) => out.push(i),
                     Err(p) => problems.push(problem(at, p.message)),
                 }
@@ -667,7 +727,7 @@ fn count_steps(commands: &[&Instruction], base: &RawBase) -> usize {
         .filter(|c| {
             matches!(
                 c.kind,
-                Kind::Add { .. } | Kind::Copy { .. } | Kind::Run { .. } | Kind::Workdir(_)
+                DK::Add(_) | DK::Copy(_) | DK::Run(_) | DK::Workdir(_)
             )
         })
         .count()

@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 
 use crate::dockerfile::shell::Env;
 
-use super::ir::Span;
 use super::stage::{problem, DEFAULT_PATH};
+use super::Span;
 use super::{BaseConfig, Problem};
 
 /// Which once-per-stage instructions were seen, and where.

@@ -35,12 +35,19 @@ fn created(p: &Plan, stage: usize) -> Vec<String> {
         .collect()
 }
 
-fn kinds(p: &Plan, stage: usize) -> Vec<Kind> {
+fn kinds(p: &Plan, stage: usize) -> Vec<StepKind> {
     p.stages[stage]
         .steps
         .iter()
-        .map(|s| s.instruction.kind.clone())
+        .map(|s| s.kind.clone())
         .collect()
+}
+
+fn run_step(s: &Step) -> &RunStep {
+    match &s.kind {
+        StepKind::Run(r) => r,
+        k => panic!("not a RUN: {k:?}"),
+    }
 }
 
 #[test]
@@ -49,8 +56,8 @@ fn arg_scope_starts_at_its_declaration() {
     let text = "FROM busybox\nUSER ${username:-some_user}\nARG username\nUSER $username\n";
     let p = plan_ok(text, &opts(&[("username", "what_user")]));
     let k = kinds(&p, 0);
-    assert_eq!(k[0], Kind::User("some_user".into()));
-    assert_eq!(k[2], Kind::User("what_user".into()));
+    assert_eq!(k[0], StepKind::Config(ConfigEdit::User("some_user".into())));
+    assert_eq!(k[2], StepKind::Config(ConfigEdit::User("what_user".into())));
     assert_eq!(
         created(&p, 0),
         vec!["USER some_user", "ARG username=what_user", "USER what_user"]
@@ -176,7 +183,10 @@ fn proxy_args_reach_run_but_not_history() {
     );
     let run = &p.stages[0].steps[0];
     assert_eq!(
-        run.proxy_env.get("HTTP_PROXY").map(String::as_str),
+        run_step(run)
+            .proxy_env
+            .get("HTTP_PROXY")
+            .map(String::as_str),
         Some("http://p:3128")
     );
     assert_eq!(
@@ -198,7 +208,7 @@ fn build_args_a_step_used_are_recorded() {
     assert_eq!(steps[5].build_args.len(), 3);
     // An ARG without a value is in history (`C=`) but not in the environment.
     assert_eq!(
-        steps[5].arg_env,
+        run_step(&steps[5]).arg_env,
         vec![("A".into(), "1".into()), ("B".into(), "2".into())]
     );
     assert_eq!(
@@ -221,7 +231,7 @@ fn target_prunes_to_needed_stages() {
     assert_eq!(p.target, 2);
     assert_eq!(p.stages[1].base, Base::Stage(0));
     assert_eq!(p.stages[2].base, Base::Scratch);
-    assert_eq!(p.stages[2].steps[0].sources, vec![Base::Stage(1)]);
+    assert_eq!(p.stages[2].steps[0].sources(), vec![&Base::Stage(1)]);
 
     let p = plan_ok(
         MULTI,
@@ -264,17 +274,17 @@ fn copy_from_index_image_and_errors() {
         &opts(&[]),
     );
     assert_eq!(p.stages.len(), 2);
-    assert_eq!(p.stages[1].steps[0].sources, vec![Base::Stage(0)]);
+    assert_eq!(p.stages[1].steps[0].sources(), vec![&Base::Stage(0)]);
     assert_eq!(
-        p.stages[1].steps[1].sources,
-        vec![Base::Image("docker.io/library/busybox:1".into())]
+        p.stages[1].steps[1].sources(),
+        vec![&Base::Image("docker.io/library/busybox:1".into())]
     );
     assert!(p
         .images
         .contains(&"docker.io/library/busybox:1".to_string()));
 
     let e = plan_text("ARG S=a\nFROM scratch\nCOPY --from=$S /a /a\n", &opts(&[])).unwrap_err();
-    assert_eq!(e.problems[0].span.line, 3);
+    assert_eq!(e.problems[0].span.start_line, 3);
     assert!(e.problems[0].message.contains("variables"));
     let e = plan_text("FROM scratch AS a\nCOPY --from=a /x /x\n", &opts(&[])).unwrap_err();
     assert!(e.problems[0].message.contains("needs to be defined before"));
@@ -287,8 +297,8 @@ fn run_mount_from_is_a_dependency() {
     let text = "FROM alpine AS deps\nFROM alpine AS x\nFROM alpine\nRUN --mount=type=bind,from=deps,target=/d ls /d\n";
     let p = plan_ok(text, &opts(&[]));
     assert_eq!(p.stages.len(), 2);
-    assert_eq!(p.stages[1].steps[0].sources, vec![Base::Stage(0)]);
-    let m = &p.stages[1].steps[0].mounts[0];
+    assert_eq!(p.stages[1].steps[0].sources(), vec![&Base::Stage(0)]);
+    let m = &run_step(&p.stages[1].steps[0]).mounts[0].mount;
     assert_eq!(m.target.as_deref(), Some("/d"));
     assert_eq!(m.from.as_deref(), Some("deps"));
     // Mount specs are expanded before they are parsed.
@@ -300,7 +310,10 @@ RUN --mount=type=cache,target=$D make
         &opts(&[]),
     );
     assert_eq!(
-        p.stages[0].steps[1].mounts[0].target.as_deref(),
+        run_step(&p.stages[0].steps[1]).mounts[0]
+            .mount
+            .target
+            .as_deref(),
         Some("/cache")
     );
     let e = plan_text(
@@ -310,7 +323,7 @@ RUN --mount=type=bogus ls
         &opts(&[]),
     )
     .unwrap_err();
-    assert_eq!(e.problems[0].span.line, 2);
+    assert_eq!(e.problems[0].span.start_line, 2);
 }
 
 #[test]
@@ -399,7 +412,7 @@ fn onbuild_triggers_run_first_in_child_stages() {
         child.steps[0].display_name.as_deref(),
         Some("[stage-1 1/2] ONBUILD RUN echo trig")
     );
-    assert_eq!(child.steps[0].instruction.span.line, 3);
+    assert_eq!(child.steps[0].span.start_line, 3);
     assert_eq!(
         child.steps[1].display_name.as_deref(),
         Some("[stage-1 2/2] RUN main")
@@ -495,8 +508,8 @@ fn copy_heredoc_bodies_expand_only_with_unquoted_delimiters() {
     let bodies: Vec<String> = p.stages[0]
         .steps
         .iter()
-        .filter_map(|s| match &s.instruction.kind {
-            Kind::Copy { heredocs, .. } => Some(heredocs[0].body.clone()),
+        .filter_map(|s| match &s.kind {
+            StepKind::Copy(c) => Some(c.contents[0].data.clone()),
             _ => None,
         })
         .collect();
@@ -541,7 +554,7 @@ fn bad_onbuild_trigger_fails_only_where_it_is_inherited() {
     let p = plan_ok(base, &opts(&[]));
     assert_eq!(p.stages[0].onbuild, vec!["COPY --nope a b"]);
     let e = plan_text(&format!("{base}FROM base\n"), &opts(&[])).unwrap_err();
-    assert_eq!(e.problems[0].span.line, 3);
+    assert_eq!(e.problems[0].span.start_line, 3);
     assert!(
         e.problems[0].message.contains("nope"),
         "{}",

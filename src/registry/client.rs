@@ -74,7 +74,7 @@ pub struct Registry {
     backoff: Duration,
     response_timeout: Duration,
     min_speed: u64,
-    on_retry: super::settings::RetryHook,
+    on_retry: Option<crate::progress::Transfer>,
 }
 
 impl fmt::Debug for Registry {
@@ -283,11 +283,13 @@ impl Registry {
     /// Report a failed attempt (`failure` says what and why), then back off.
     pub fn retrying(&self, attempt: u32, failure: &str) {
         let delay = self.backoff * 2u32.saturating_pow(attempt.saturating_sub(1));
-        self.on_retry.note(&format!(
-            "{failure} (attempt {attempt} of {}; retrying in {:.1} s)",
-            self.retries + 1,
-            delay.as_secs_f32()
-        ));
+        if let Some(t) = &self.on_retry {
+            t.retry(&format!(
+                "{failure} (attempt {attempt} of {}; retrying in {:.1} s)",
+                self.retries + 1,
+                delay.as_secs_f32()
+            ));
+        }
         std::thread::sleep(delay);
     }
 

@@ -12,8 +12,8 @@ use crate::image::{self, Image, ImageFormat};
 use crate::store::{BlobInfo, Store};
 
 use super::{
-    pull, push, BlobLocations, BlobStore, Platform, ProgressFn, PullOptions, PushOptions,
-    PushReport, Reference, Settings,
+    pull, push, BlobLocations, BlobStore, Platform, PullOptions, PushOptions, PushReport,
+    Reference, Settings,
 };
 
 impl BlobStore for Store {
@@ -60,7 +60,7 @@ pub fn pull_into_store(
     reference: &Reference,
     settings: &Settings,
     platform: Option<Platform>,
-    progress: Option<ProgressFn>,
+    progress: Option<crate::progress::Transfer>,
 ) -> anyhow::Result<Image> {
     let loc = locations(store)?;
     let opts = PullOptions {
@@ -129,7 +129,7 @@ pub fn push_from_store(
     settings: &Settings,
     format: ImageFormat,
     mount_from: Vec<String>,
-    progress: Option<ProgressFn>,
+    progress: Option<crate::progress::Transfer>,
 ) -> anyhow::Result<PushReport> {
     let img = image::find_image(store, image_name)
         .with_context(|| format!("no image named {image_name} in {}", store.root().display()))?;

@@ -6,6 +6,8 @@
 //! retries, error bodies); `pull` and `push` move images between a
 //! registry and anything implementing `blobs::BlobStore`; `known` records
 //! which repositories hold which blobs, for cross-repository mounts.
+//! Transfers report blob progress and retried attempts as `progress`
+//! events of the step that asked for them (`progress::Transfer`).
 
 pub mod auth;
 pub mod blobs;
@@ -21,7 +23,7 @@ pub mod settings;
 pub mod tls;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use anyhow::Result;
 
@@ -34,36 +36,6 @@ pub use pull::{pull, PullOptions, PulledImage};
 pub use push::{push, BlobOutcome, PushOptions, PushReport};
 pub use reference::{Reference, ReferenceError};
 pub use settings::Settings;
-
-/// Progress of one blob transfer.
-#[derive(Debug, Clone, Copy)]
-pub struct BlobProgress<'a> {
-    pub digest: &'a str,
-    pub done: u64,
-    pub total: u64,
-    /// Whether bytes are moving or how the blob ended: every blob gets
-    /// exactly one final (non-`Moving`) report, so a printer can say once
-    /// what happened to it.
-    pub state: BlobState,
-}
-
-/// What a [`BlobProgress`] report says about its blob.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlobState {
-    /// Bytes are being transferred (`done` of `total`); not final.
-    Moving,
-    /// Downloaded or uploaded in full and verified.
-    Transferred,
-    /// Already there (in the store on pull, in the registry on push).
-    Exists,
-    /// Push: mounted from another repository of the registry.
-    Mounted,
-    /// The transfer failed for good (after retries).
-    Failed,
-}
-
-/// A progress callback, shared by the transfer threads.
-pub type ProgressFn = Arc<dyn Fn(&BlobProgress) + Send + Sync>;
 
 /// Check `password` for `user` against `registry` (a registry name such
 /// as `docker.io` or `host:port`) and store it in docker's config.json.

@@ -13,16 +13,17 @@ use super::client::{scope, Registry};
 use super::known::BlobLocations;
 use super::manifest::{self, choose_platform, Descriptor, Parsed, Platform};
 use super::reference::{api_host, sha256_digest, Reference, DOCKER_HUB};
+use super::run_parallel;
 use super::settings::{strip_scheme, Settings};
-use super::{run_parallel, BlobProgress, BlobState, ProgressFn};
+use crate::progress::{BlobState, Transfer};
 
 /// What a pull asks for besides the reference.
 #[derive(Default)]
 pub struct PullOptions<'a> {
     /// Platform to choose from an index; default: the host's.
     pub platform: Option<Platform>,
-    /// Called as blob bytes arrive.
-    pub progress: Option<ProgressFn>,
+    /// Where blob bytes arriving and each blob's outcome are reported.
+    pub progress: Option<Transfer>,
     /// Where to record "blob known in repo R of registry H" for later mounts.
     pub locations: Option<&'a BlobLocations>,
 }
@@ -238,7 +239,7 @@ fn fetch_blob(
     reference: &Reference,
     store: &dyn BlobStore,
     d: &Descriptor,
-    progress: Option<&ProgressFn>,
+    progress: Option<&Transfer>,
 ) -> Result<bool> {
     if store.has_blob(&d.digest) {
         return Ok(false);
@@ -292,19 +293,14 @@ fn retryable(e: &anyhow::Error) -> bool {
 }
 
 /// The one final report of a blob (the caller saw its bytes move, if any).
-fn report(progress: Option<&ProgressFn>, d: &Descriptor, state: BlobState) {
-    if let Some(p) = progress {
+fn report(progress: Option<&Transfer>, d: &Descriptor, state: BlobState) {
+    if let Some(t) = progress {
         let done = if state == BlobState::Failed {
             0
         } else {
             d.size
         };
-        p(&BlobProgress {
-            digest: &d.digest,
-            done,
-            total: d.size,
-            state,
-        });
+        t.blob(&d.digest, done, d.size, state);
     }
 }
 
@@ -314,7 +310,7 @@ struct Counting<'a, R> {
     done: u64,
     total: u64,
     digest: &'a str,
-    progress: Option<&'a ProgressFn>,
+    progress: Option<&'a Transfer>,
 }
 
 impl<R: Read> Read for Counting<'_, R> {
@@ -323,13 +319,8 @@ impl<R: Read> Read for Counting<'_, R> {
         self.done += n as u64;
         // End of stream (n == 0) is no progress: reporting it again would
         // show a finished blob twice.
-        if let (Some(p), true) = (self.progress, n > 0) {
-            p(&BlobProgress {
-                digest: self.digest,
-                done: self.done,
-                total: self.total,
-                state: BlobState::Moving,
-            });
+        if let (Some(t), true) = (self.progress, n > 0) {
+            t.blob(self.digest, self.done, self.total, BlobState::Moving);
         }
         Ok(n)
     }

@@ -14,8 +14,9 @@ use super::client::{scope, Registry};
 use super::known::BlobLocations;
 use super::manifest::{Descriptor, Parsed};
 use super::reference::Reference;
+use super::run_parallel;
 use super::settings::Settings;
-use super::{run_parallel, BlobProgress, BlobState, ProgressFn};
+use crate::progress::{BlobState, Transfer};
 
 /// What a push asks for besides source and destination.
 #[derive(Default)]
@@ -26,8 +27,8 @@ pub struct PushOptions<'a> {
     /// Record of where blobs are known to exist; read for mount sources
     /// and updated after a successful push.
     pub locations: Option<&'a BlobLocations>,
-    /// Called as blob bytes are sent.
-    pub progress: Option<ProgressFn>,
+    /// Where blob bytes sent and each blob's outcome are reported.
+    pub progress: Option<Transfer>,
 }
 
 /// How each blob reached the registry.
@@ -211,14 +212,9 @@ fn ensure_blob(
 
 /// The one final report of a blob: uploaded, already there, mounted or failed.
 fn report_done(opts: &PushOptions, digest: &str, size: u64, state: BlobState) {
-    if let Some(p) = &opts.progress {
+    if let Some(t) = &opts.progress {
         let done = if state == BlobState::Failed { 0 } else { size };
-        p(&BlobProgress {
-            digest,
-            done,
-            total: size,
-            state,
-        });
+        t.blob(digest, done, size, state);
     }
 }
 
@@ -354,7 +350,7 @@ struct Progress<R> {
     done: u64,
     total: u64,
     digest: String,
-    progress: Option<ProgressFn>,
+    progress: Option<Transfer>,
 }
 
 impl<R: std::io::Read> std::io::Read for Progress<R> {
@@ -363,13 +359,8 @@ impl<R: std::io::Read> std::io::Read for Progress<R> {
         self.done += n as u64;
         // Bytes sent are not bytes stored: the final report comes from
         // `push_manifest_tree` once the registry accepted (or refused) the blob.
-        if let (Some(p), true) = (&self.progress, n > 0) {
-            p(&BlobProgress {
-                digest: &self.digest,
-                done: self.done,
-                total: self.total,
-                state: BlobState::Moving,
-            });
+        if let (Some(t), true) = (&self.progress, n > 0) {
+            t.blob(&self.digest, self.done, self.total, BlobState::Moving);
         }
         Ok(n)
     }

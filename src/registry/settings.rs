@@ -41,34 +41,9 @@ pub struct Settings {
     pub max_layers: usize,
     /// Largest layer accepted, compressed (declared) or expanded.
     pub max_layer_size: u64,
-    /// Told about each failed attempt that will be retried.
-    pub on_retry: RetryHook,
-}
-
-/// A callback for retried attempts: one line naming what failed and why
-/// (no secrets: the same text errors carry). Library code reports through
-/// it; the caller decides how to show it.
-#[derive(Clone, Default)]
-pub struct RetryHook(pub Option<RetryFn>);
-
-pub type RetryFn = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
-
-impl RetryHook {
-    pub fn note(&self, message: &str) {
-        if let Some(f) = &self.0 {
-            f(message)
-        }
-    }
-}
-
-impl std::fmt::Debug for RetryHook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "RetryHook(set)"
-        } else {
-            "RetryHook(none)"
-        })
-    }
+    /// Told about each failed attempt that will be retried (a `Retry`
+    /// event of the transfer's step); `None` keeps them quiet.
+    pub on_retry: Option<crate::progress::Transfer>,
 }
 
 /// Defaults far above real images: docker's overlay2 driver refuses images
@@ -94,7 +69,7 @@ impl Default for Settings {
             min_speed: DEFAULT_MIN_SPEED,
             max_layers: DEFAULT_MAX_LAYERS,
             max_layer_size: DEFAULT_MAX_LAYER_SIZE,
-            on_retry: RetryHook::default(),
+            on_retry: None,
         }
     }
 }

@@ -3,7 +3,7 @@
 # arguments): build each with dockerd's BuildKit, `docker save` it, then let
 # the Rust test (record mode) turn each docker-archive into the case's
 # expected.json. Needs a dockerd started by hand (README.md) and DOCKER_HOST
-# pointing at it; the comparison run (`cargo test --test conformance`) does not.
+# pointing at it; the comparison run (`cargo test --test integration conformance::`) does not.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${DOCKER_HOST:?start dockerd by hand and export DOCKER_HOST (tests/conformance/README.md)}"
@@ -54,5 +54,5 @@ for name in "${cases[@]}"; do
   fi
 done
 
-RBUILD_CONFORMANCE_RECORD="$OUT" cargo test --quiet --test conformance record_buildkit_snapshots -- --ignored --exact --test-threads=1
+RBUILD_CONFORMANCE_RECORD="$OUT" cargo test --quiet --test integration conformance::record_buildkit_snapshots -- --ignored --exact --test-threads=1
 echo "docker archives and logs kept in $OUT"

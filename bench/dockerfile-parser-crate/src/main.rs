@@ -4,7 +4,7 @@
 //! "Right" means the sequence of instruction keywords equals the expected one:
 //! for BuildKit's cases, the keywords of upstream's `result` dump; for the
 //! real-world and buildah corpora, the keywords rbuild's parser finds (a TSV
-//! written by `cargo test --test parser_corpus -- --ignored write_keyword_sequences`).
+//! written by `cargo test --test integration parser_corpus::write_keyword_sequences -- --ignored`).
 //! A few targeted checks look at values: legacy `ENV k v`, JSON fallback,
 //! heredocs and the escape directive.
 //!

@@ -2,7 +2,7 @@
 //! the files written per controller. The v2 cases run on a plain directory
 //! standing in for a delegated cgroup2 tree, because the test hosts have
 //! every controller bound to v1 (the real v1 hierarchies are exercised end
-//! to end by `tests/build_limits.rs`).
+//! to end by `tests/integration/build_limits.rs`).
 
 use super::*;
 use crate::sandbox::limits::SwapLimit;
