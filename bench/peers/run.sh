@@ -8,7 +8,7 @@
 # the medians of ROUNDS rounds (wall and CPU seconds, peak RSS) and one table
 # of the issue's targets as ratios with PASS/MISS.
 # Usage: bench/peers/run.sh   (env: ROUNDS=3, NOOP_RUNS=10, FILES=20000,
-#   BINARY_MB=200, TEXT_MB=100, STEPS=20, RBUILD=path, BENCH_WORK=dir,
+#   BH_NOOP_RUNS=2 (buildah's no-op takes seconds), BINARY_MB=200, TEXT_MB=100, STEPS=20, RBUILD=path, BENCH_WORK=dir,
 #   SKIP_BUILDKIT=1, SKIP_BUILDAH=1, KEEP=1 keeps the work dir)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -134,7 +134,7 @@ if [ "${SKIP_BUILDAH:-}" != 1 ] && command -v buildah >/dev/null; then
     echo "== buildah round $r (load $(load))" >&2
     bclean
     record bh_cold "${B[@]}" bud --layers -t big "$ctx"
-    for _ in $(seq "$noop_runs"); do record bh_noop "${B[@]}" bud --layers -t big "$ctx"; done
+    for _ in $(seq "${BH_NOOP_RUNS:-2}"); do record bh_noop "${B[@]}" bud --layers -t big "$ctx"; done
     change "bh$r"; record bh_one "${B[@]}" bud --layers -t big "$ctx"; restore
     for n in 0 "$steps"; do record "bh_steps$n" "${B[@]}" bud --no-cache --layers -t s "$work/steps$n"; done
   done
