@@ -5,6 +5,7 @@
 //! `store`, `image`, `registry`) → `store` (an OCI image layout on disk).
 //! `docs/architecture.md` describes each module and what it must not know.
 
+pub mod cache;
 pub mod check;
 pub mod cli;
 pub mod context;
@@ -12,6 +13,7 @@ pub mod dockerfile;
 pub mod engine;
 pub mod image;
 pub mod layer;
+pub mod oci;
 pub mod plan;
 pub mod progress;
 pub mod registry;

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rbuild::registry::Reference;
+use rbuild::oci::Reference;
 use rbuild::store::check_reference;
 
 fuzz_target!(|data: &[u8]| {

@@ -8,29 +8,16 @@ use super::render::{self, Mode};
 use crate::engine::options::{parse_build_args, parse_output, source_date_epoch};
 use crate::engine::{self, context_source, BuildRequest};
 use crate::image::ImageFormat;
-use crate::layer::Compression;
 use crate::progress;
 use crate::store::Store;
 
-use super::{BuildArgs, CompressionArg, FormatArg, NetworkArg, ProgressMode, PullArg};
+use super::{BuildArgs, FormatArg, NetworkArg, ProgressMode, PullArg};
 use crate::engine::PullPolicy;
 
 pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
-    let env = |k: &str| std::env::var(k).ok();
-    let build_args = parse_build_args(&args.build_args, env)?;
-    // Refused before any work, not after the build when tagging.
-    for tag in &args.tags {
-        crate::store::check_reference(tag)?;
-    }
-    let source_date_epoch = source_date_epoch(&build_args, env)?;
-    let outputs = args
-        .output
-        .iter()
-        .map(|o| parse_output(o))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let to_stdout = super::buildflags::check_stdout_outputs(&outputs, args.extra.quiet)?;
-    // Every flag is checked before a context is fetched.
-    let extra = super::buildflags::extra_options(&args.extra)?;
+    // Every flag is checked before a context is fetched; a bad value is a
+    // usage error.
+    let flags = check_flags(&args).map_err(super::exit::usage)?;
     let store = super::images::open_store(root)
         .with_context(|| format!("opening the store {}", root.display()))?;
     let _lease = store.lease().context("taking the store's build lease")?;
@@ -52,6 +39,18 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
             return Err(e);
         }
     };
+    let Flags {
+        build_args,
+        source_date_epoch,
+        outputs,
+        to_stdout,
+        extra,
+        compression,
+        secrets,
+        ssh,
+        registry,
+        limits,
+    } = flags;
     let req = BuildRequest {
         context: prepared.dir.clone(),
         dockerfile: prepared.dockerfile.clone(),
@@ -61,7 +60,7 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
         no_cache: args.no_cache,
         outputs,
         iidfile: args.iidfile.clone(),
-        compression: compression(args.compression, args.compression_level)?,
+        compression,
         format: match args.format {
             FormatArg::Oci => ImageFormat::Oci,
             FormatArg::Docker => ImageFormat::Docker,
@@ -71,20 +70,16 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
             NetworkArg::None => crate::sandbox::NetworkMode::None,
             NetworkArg::Host | NetworkArg::Default => crate::sandbox::NetworkMode::Host,
         },
-        secrets: args
-            .secrets
-            .iter()
-            .map(|s| engine::run::parse_secret(s))
-            .collect::<anyhow::Result<_>>()?,
-        ssh: ssh_sockets(&args.ssh)?,
+        secrets,
+        ssh,
         pull: match args.pull {
             PullArg::Missing | PullArg::False => PullPolicy::Missing,
             PullArg::Always | PullArg::True => PullPolicy::Always,
             PullArg::Never => PullPolicy::Never,
         },
         push: args.push,
-        registry: super::registry::settings_with(&args.registry)?,
-        limits: crate::engine::limits::parse_limits(&args.limits.flags())?,
+        registry,
+        limits,
         extra: crate::engine::options::ExtraOptions {
             dockerfile_name: prepared.dockerfile_name.clone(),
             ..extra
@@ -123,6 +118,55 @@ pub fn run(root: &Path, args: BuildArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// The build's flags, each checked (a bad one is a usage error).
+struct Flags {
+    build_args: std::collections::BTreeMap<String, String>,
+    source_date_epoch: Option<i64>,
+    outputs: Vec<crate::engine::options::OutputSpec>,
+    to_stdout: bool,
+    extra: crate::engine::options::ExtraOptions,
+    compression: crate::oci::Compression,
+    secrets: std::collections::BTreeMap<String, engine::run::SecretSource>,
+    ssh: std::collections::BTreeMap<String, std::path::PathBuf>,
+    registry: crate::registry::Settings,
+    limits: crate::sandbox::Limits,
+}
+
+fn check_flags(args: &BuildArgs) -> anyhow::Result<Flags> {
+    let env = |k: &str| std::env::var(k).ok();
+    let build_args = parse_build_args(&args.build_args, env)?;
+    // Refused before any work, not after the build when tagging.
+    for tag in &args.tags {
+        crate::store::check_reference(tag)?;
+    }
+    let source_date_epoch = source_date_epoch(&build_args, env)?;
+    let outputs = args
+        .output
+        .iter()
+        .map(|o| parse_output(o))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let to_stdout = super::buildflags::check_stdout_outputs(&outputs, args.extra.quiet)?;
+    Ok(Flags {
+        build_args,
+        source_date_epoch,
+        outputs,
+        to_stdout,
+        extra: super::buildflags::extra_options(&args.extra)?,
+        compression: args
+            .compression
+            .with_level(args.compression_level)
+            .context("--compression-level")?,
+        secrets: args
+            .secrets
+            .iter()
+            .map(|s| engine::run::parse_secret(s))
+            .collect::<anyhow::Result<_>>()?,
+        ssh: ssh_sockets(&args.ssh)?,
+        registry: super::registry::settings_with(&args.registry)?,
+        limits: crate::engine::limits::parse_limits(&args.limits.flags())?,
+    })
+}
+
 /// The context and Dockerfile; fetching one (stdin, tarball, git, URL) is a
 /// progress step of its own, named without credentials.
 fn fetch_context(
@@ -134,12 +178,13 @@ fn fetch_context(
     let df_stdin = args.file.as_deref().is_some_and(|f| f.as_os_str() == "-");
     if spec == context_source::ContextSpec::Stdin || df_stdin {
         use std::io::IsTerminal;
-        anyhow::ensure!(
-            !std::io::stdin().is_terminal(),
-            "`-` reads the {} from stdin, which is a terminal\n\
-             hint: pipe it in: rbuild build - < context.tar (or -f - < Dockerfile)",
-            if df_stdin { "Dockerfile" } else { "context" }
-        );
+        if std::io::stdin().is_terminal() {
+            return Err(super::exit::usage(anyhow::anyhow!(
+                "`-` reads the {} from stdin, which is a terminal\n\
+                 hint: pipe it in: rbuild build - < context.tar (or -f - < Dockerfile)",
+                if df_stdin { "Dockerfile" } else { "context" }
+            )));
+        }
     }
     let handle = (!matches!(spec, context_source::ContextSpec::Dir(_))).then(|| {
         let shown = context_source::redacted(&args.context.to_string_lossy());
@@ -199,28 +244,4 @@ fn ssh_sockets(
         out.insert(id.to_string(), sock);
     }
     Ok(out)
-}
-
-fn compression(kind: CompressionArg, level: Option<i32>) -> anyhow::Result<Compression> {
-    Ok(match kind {
-        CompressionArg::None => Compression::None,
-        CompressionArg::Gzip => {
-            let level = level.unwrap_or(6);
-            anyhow::ensure!(
-                (0..=9).contains(&level),
-                "--compression-level for gzip is 0-9, not {level}"
-            );
-            Compression::Gzip {
-                level: level as u32,
-            }
-        }
-        CompressionArg::Zstd => {
-            let level = level.unwrap_or(3);
-            anyhow::ensure!(
-                (1..=22).contains(&level),
-                "--compression-level for zstd is 1-22, not {level}"
-            );
-            Compression::Zstd { level }
-        }
-    })
 }

@@ -37,6 +37,12 @@ pub struct ExtraBuildFlags {
     /// Use an image for a FROM/--from name: NAME=docker-image://REF; repeatable.
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     pub build_contexts: Vec<String>,
+    /// Export the build cache: type=registry,ref=REF|type=local,dest=DIR|type=inline[,mode=min|max][,ignore-error=true]; repeatable.
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    pub cache_to: Vec<String>,
+    /// Use a cache: REF, type=registry,ref=REF or type=local,src=DIR; repeatable, tried in order after the local store.
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    pub cache_from: Vec<String>,
 }
 
 /// The engine's options from these flags, each value checked.
@@ -58,20 +64,28 @@ pub fn extra_options(f: &ExtraBuildFlags) -> anyhow::Result<options::ExtraOption
             .iter()
             .filter_map(|c| c.split_once('=').map(|(n, _)| n.to_ascii_lowercase()))
             .collect(),
+        cache_to: f
+            .cache_to
+            .iter()
+            .map(|s| crate::cache::parse_cache_to(s))
+            .collect::<Result<_, _>>()?,
+        cache_from: f
+            .cache_from
+            .iter()
+            .map(|s| crate::cache::parse_cache_from(s))
+            .collect::<Result<_, _>>()?,
     })
 }
 
 /// `--platform`: one `os/arch[/variant]`, parsed as the planner does.
-pub fn parse_platform(spec: Option<&str>) -> anyhow::Result<Option<crate::plan::Platform>> {
+pub fn parse_platform(spec: Option<&str>) -> anyhow::Result<Option<crate::oci::Platform>> {
     let Some(spec) = spec else { return Ok(None) };
     anyhow::ensure!(
         !spec.contains(','),
         "--platform {spec}: rbuild builds one platform at a time\n\
          hint: run one build per platform"
     );
-    let p = crate::plan::Platform::parse(spec).with_context(|| {
-        format!("invalid --platform {spec:?}: expected os/arch[/variant], e.g. linux/arm64")
-    })?;
+    let p = crate::oci::Platform::parse(spec).context("--platform")?;
     Ok(Some(p))
 }
 
@@ -82,7 +96,7 @@ pub fn metadata(outcome: &BuildOutcome) -> Value {
         .tags
         .iter()
         .map(|t| {
-            crate::registry::Reference::parse(t)
+            crate::oci::Reference::parse(t)
                 .map(|r| r.to_string())
                 .unwrap_or_else(|_| t.clone())
         })

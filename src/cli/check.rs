@@ -13,9 +13,11 @@ use crate::plan::PlanOptions;
 pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
     let (path, shown) = dockerfile_path(&args);
     let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading Dockerfile {}", path.display()))?;
+        .with_context(|| format!("reading Dockerfile {}", path.display()))
+        .map_err(crate::engine::error::ContextFailure::wrap)?;
     let opts = PlanOptions {
-        build_args: parse_build_args(&args.build_args, |k| std::env::var(k).ok())?,
+        build_args: parse_build_args(&args.build_args, |k| std::env::var(k).ok())
+            .map_err(super::exit::usage)?,
         target: args.target.clone(),
         ..PlanOptions::default()
     };
@@ -26,7 +28,11 @@ pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
             print!("{}", check::summary(plan));
         }
     }
-    Ok(report.exit_code())
+    // The build's code for a Dockerfile error, so scripts read both alike.
+    Ok(match report.exit_code() {
+        0 => 0,
+        _ => super::exit::code::DOCKERFILE,
+    })
 }
 
 /// The Dockerfile to read and the name to show for it: `-f` as given, else

@@ -432,6 +432,8 @@ pub fn inspect(root: &Path, args: ImageArg) -> anyhow::Result<i32> {
 }
 
 pub fn tag(root: &Path, source: &str, target: &str) -> anyhow::Result<i32> {
+    // A name the store cannot hold is a usage error, found before any work.
+    crate::store::check_reference(target).map_err(|e| super::exit::usage(e.into()))?;
     let store = open_store(root)?;
     let desc = match store.resolve(source)? {
         Some(d) => d,
@@ -452,7 +454,10 @@ pub fn rmi(root: &Path, images: &[String]) -> anyhow::Result<i32> {
         }
     }
     if !unknown.is_empty() {
-        anyhow::bail!("no such image: {}", unknown.join(", "));
+        anyhow::bail!(
+            "no such image: {}\nhint: `rbuild images` lists the stored images",
+            unknown.join(", ")
+        );
     }
     Ok(0)
 }
@@ -521,7 +526,7 @@ mod tests {
         .enumerate()
         {
             let blob = store.put_blob(&content).unwrap();
-            layers.push(descriptor(crate::image::OCI_LAYER_GZIP, &blob).unwrap());
+            layers.push(descriptor(crate::oci::media::OCI_LAYER_GZIP, &blob).unwrap());
             let h = HistoryEntry {
                 created: at(if i == 0 {
                     "2001-02-03T04:05:06Z"
@@ -531,7 +536,7 @@ mod tests {
                 created_by: Some(by.to_string()),
                 ..HistoryEntry::default()
             };
-            config.add_layer(&crate::store::sha256_digest(&content), h);
+            config.add_layer(&crate::oci::digest::sha256_digest(&content), h);
             if i == 0 {
                 config.add_empty_layer(HistoryEntry {
                     created: at("2001-02-03T04:05:07Z"),

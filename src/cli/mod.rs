@@ -11,6 +11,7 @@ mod build;
 mod buildflags;
 mod check;
 mod docs;
+pub mod exit;
 mod format;
 mod images;
 mod limits;
@@ -214,8 +215,8 @@ pub struct BuildArgs {
     #[arg(long, value_name = "FILE")]
     pub iidfile: Option<PathBuf>,
     /// Layer compression.
-    #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
-    pub compression: CompressionArg,
+    #[arg(long, value_enum, default_value_t = crate::oci::Compression::GZIP)]
+    pub compression: crate::oci::Compression,
     /// Compression level (gzip 0-9, default 6; zstd 1-22, default 3).
     #[arg(long, value_name = "N")]
     pub compression_level: Option<i32>,
@@ -248,12 +249,17 @@ pub struct BuildArgs {
     pub context: PathBuf,
 }
 
-/// `--compression`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum CompressionArg {
-    Gzip,
-    Zstd,
-    None,
+/// `--compression` names the codec; `--compression-level` then sets the
+/// level (`Compression::with_level`), so clap parses at the default level.
+impl ValueEnum for crate::oci::Compression {
+    fn value_variants<'a>() -> &'a [Self] {
+        use crate::oci::Compression;
+        &[Compression::GZIP, Compression::ZSTD, Compression::None]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
+    }
 }
 
 /// `--pull`.
@@ -403,12 +409,13 @@ pub fn main() -> i32 {
             return code;
         }
     }
+    if matches!(cli.command, Command::Build(_)) {
+        // A build stops at a step boundary and cleans up on Ctrl-C.
+        crate::engine::cancel::install();
+    }
     match run(cli) {
         Ok(code) => code,
-        Err(err) => {
-            strict::print_error(&err);
-            1
-        }
+        Err(err) => exit::report(&err),
     }
 }
 
@@ -440,7 +447,9 @@ fn reexec_in_userns(cli: &Cli, args: &[OsString]) -> Option<i32> {
         Ok(status) => Some(crate::sandbox::exit_code(status)),
         Err(err) => {
             if matches!(cli.command, Command::Build(_)) {
-                crate::sandbox::warn_single_id(&format!("{err:#}"));
+                if let Some(w) = crate::sandbox::single_id_warning(&format!("{err:#}")) {
+                    eprintln!("warning: {w}");
+                }
             }
             None
         }

@@ -10,8 +10,9 @@ use anyhow::{bail, Context, Result};
 use super::render;
 use super::{FormatArg, RegistryFlags};
 use crate::image::ImageFormat;
+use crate::oci::{Platform, Reference};
 use crate::progress;
-use crate::registry::{self, local, Platform, Reference, Settings};
+use crate::registry::{self, local, Settings};
 
 pub fn logout(server: &str) -> Result<i32> {
     let settings = Settings::load()?;
@@ -73,9 +74,12 @@ pub fn pull_with(
     platform: Option<&str>,
     flags: &RegistryFlags,
 ) -> Result<i32> {
-    let mut settings = settings_with(flags)?;
-    let r = Reference::parse(reference)?;
-    let platform = platform.map(Platform::parse).transpose()?;
+    let mut settings = settings_with(flags).map_err(super::exit::usage)?;
+    let r = Reference::parse(reference).map_err(|e| super::exit::usage(e.into()))?;
+    let platform = platform
+        .map(Platform::parse)
+        .transpose()
+        .map_err(|e| super::exit::usage(e.into()))?;
     let store = super::images::open_store(root)
         .with_context(|| format!("opening the store {}", root.display()))?;
     let img = with_transfer("pulled", format!("pull {r}"), &mut settings, |s, t| {
@@ -93,10 +97,11 @@ pub fn push_with(
     format: FormatArg,
     flags: &RegistryFlags,
 ) -> Result<i32> {
-    let mut settings = settings_with(flags)?;
+    let mut settings = settings_with(flags).map_err(super::exit::usage)?;
     let store = super::images::open_store(root)
         .with_context(|| format!("opening the store {}", root.display()))?;
-    let dest = Reference::parse(destination.unwrap_or(image))?;
+    let dest =
+        Reference::parse(destination.unwrap_or(image)).map_err(|e| super::exit::usage(e.into()))?;
     let format = match format {
         FormatArg::Oci => ImageFormat::Oci,
         FormatArg::Docker => ImageFormat::Docker,
@@ -118,10 +123,12 @@ pub fn login_with(
     password_stdin: bool,
     flags: &RegistryFlags,
 ) -> Result<i32> {
-    let settings = settings_with(flags)?;
+    let settings = settings_with(flags).map_err(super::exit::usage)?;
     let name = registry::registry_name(server);
     let Some(user) = username else {
-        bail!("login to {name}: give a username with -u/--username");
+        return Err(super::exit::usage(anyhow::anyhow!(
+            "login to {name}: give a username with -u/--username"
+        )));
     };
     let password = if password_stdin {
         let mut line = String::new();

@@ -1,6 +1,6 @@
 //! The CLI's guard rails: a first word that is neither a subcommand nor a
-//! build context is refused with a suggestion, errors are printed once, and
-//! `rbuild version` says exactly which build this is.
+//! build context is refused with a suggestion, and `rbuild version` says
+//! exactly which build this is. (Errors are printed by `exit`.)
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -47,18 +47,6 @@ fn looks_like_context(word: &str) -> bool {
         || word.contains("://")
         || word.starts_with("git@")
         || word.starts_with("github.com/")
-}
-
-/// Print a failed command's error once. Rendered Dockerfile diagnostics
-/// already carry `FILE:LINE:COL: error:` and print as they are.
-pub fn print_error(err: &anyhow::Error) {
-    if err.chain().count() == 1 {
-        if let Some(d) = err.downcast_ref::<crate::check::Diagnostics>() {
-            eprintln!("{d}");
-            return;
-        }
-    }
-    eprintln!("error: {err:#}");
 }
 
 /// The text of `rbuild version`.

@@ -12,14 +12,14 @@ use sha2::{Digest, Sha256};
 
 use crate::context::{self, ContextIndex};
 use crate::image::{self, HistoryEntry, ImageConfig, ImageFormat};
-use crate::layer::Compression;
+use crate::oci::{Compression, LayerRef, Platform, Reference};
 use crate::plan::{self, Base, Plan, PlanOptions};
 use crate::progress::{Event, Reporter, StepHandle};
-use crate::registry::{local, Reference};
+use crate::registry::local;
 use crate::store::Store;
 
 use super::options::OutputSpec;
-use super::rootfs::{LayerRef, Rootfs};
+use super::rootfs::Rootfs;
 use super::stage::StageState;
 
 /// Everything a build is asked to do.
@@ -92,6 +92,10 @@ pub struct StepRecord {
     pub seconds: f64,
     /// The layer's digest; `None` when the step changed no files.
     pub layer: Option<String>,
+    /// The `--cache-from` cache a cached step came from (`None`: the
+    /// local store, or executed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_from: Option<String>,
 }
 
 /// The finished state of one stage, shared with the stages that use it.
@@ -101,6 +105,8 @@ pub(crate) struct StageResult {
     pub key: String,
     /// Materialized on first `COPY --from` of this stage.
     pub rootfs: Mutex<Option<Rootfs>>,
+    /// Built by the key-only pass with misses: only its key may be used.
+    pub incomplete: bool,
 }
 
 /// Read-only state every stage of a build shares.
@@ -112,8 +118,9 @@ pub(crate) struct BuildCtx<'a> {
     /// The Dockerfile's name as the user gave it, for error locations.
     pub dockerfile_name: String,
     dockerfile_rel: String,
-    context_index: OnceLock<Result<ContextIndex, String>>,
-    next_step: AtomicU64,
+    context_index: OnceLock<Result<ContextIndex, super::error::ContextFailure>>,
+    /// Shared by the attempts of one build (see [`build`]): ids never repeat.
+    next_step: &'a AtomicU64,
     /// Set once the no-overlay fallback has been announced.
     pub overlay_warned: std::sync::atomic::AtomicBool,
     /// Limit warnings already given (each once per build).
@@ -129,6 +136,12 @@ pub(crate) struct BuildCtx<'a> {
     pub cache_scope: String,
     /// Layer steps as they finish (for the build's metadata).
     pub records: Mutex<Vec<StepRecord>>,
+    /// `--cache-from`: consulted after the local store.
+    pub remote_caches: &'a crate::cache::RemoteCaches,
+    /// Every layer step's cache record, for `--cache-to`.
+    pub used_records: crate::cache::UsedRecords,
+    /// The key-only pass is running, and the hits it found.
+    pub probe: super::cache_io::Probe,
 }
 
 impl BuildCtx<'_> {
@@ -162,6 +175,7 @@ impl BuildCtx<'_> {
                 cached,
                 seconds: started.elapsed().as_secs_f64(),
                 layer: layer.map(|l| l.digest.clone()),
+                cache_from: None,
             });
         }
     }
@@ -203,14 +217,14 @@ impl BuildCtx<'_> {
                 &self.dockerfile_rel,
                 &progress,
             )
-            .map_err(|e| format!("{e:#}"));
+            .map_err(|e| super::error::ContextFailure(Arc::new(e)));
             match &res {
                 Ok(_) => handle.done(),
-                Err(e) => handle.failed(e.clone()),
+                Err(e) => handle.failed(format!("{:#}", e.0)),
             }
             res
         });
-        res.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
+        res.as_ref().map_err(|e| anyhow::Error::new(e.clone()))
     }
 }
 
@@ -236,9 +250,47 @@ pub fn build(
     req: &BuildRequest,
     reporter: Arc<dyn Reporter>,
 ) -> anyhow::Result<BuildOutcome> {
+    let next_step = AtomicU64::new(0);
+    let caches = super::cache_io::load_caches(req, &reporter, &next_step);
+    // A remote layer that fails its check refuses its records: the build
+    // runs again without them (what it executed since hits the local
+    // store), at most once per record.
+    let mut attempts = caches.record_count() + 1;
+    loop {
+        match build_once(store, req, reporter.clone(), &caches, &next_step) {
+            Err(e) if attempts > 0 && crate::cache::RemoteCaches::is_refusal(&e) => {
+                attempts -= 1;
+                reporter.event(Event::Warning {
+                    id: None,
+                    message: format!("{e:#}"),
+                });
+            }
+            other => return other,
+        }
+    }
+}
+
+fn build_once(
+    store: &Store,
+    req: &BuildRequest,
+    reporter: Arc<dyn Reporter>,
+    caches: &crate::cache::RemoteCaches,
+    next_step: &AtomicU64,
+) -> anyhow::Result<BuildOutcome> {
     let (dockerfile, dockerfile_name) = dockerfile_path(req);
-    let text = std::fs::read_to_string(&dockerfile)
-        .with_context(|| format!("reading Dockerfile {}", dockerfile.display()))?;
+    let text = std::fs::read_to_string(&dockerfile).map_err(|e| {
+        let hint = match (e.kind(), &req.dockerfile) {
+            (std::io::ErrorKind::NotFound, None) => {
+                "\nhint: the Dockerfile is CONTEXT/Dockerfile unless -f names another"
+            }
+            (std::io::ErrorKind::NotFound, Some(_)) => {
+                "\nhint: a relative -f path starts at the current directory, not the context"
+            }
+            _ => "",
+        };
+        let what = format!("reading Dockerfile {}{hint}", dockerfile.display());
+        super::error::ContextFailure::wrap(anyhow::Error::new(e).context(what))
+    })?;
     let dockerfile_rel = dockerfile
         .strip_prefix(&req.context)
         .map(|p| p.to_string_lossy().into_owned())
@@ -265,8 +317,7 @@ pub fn build(
         )
         .collect();
     // Pull steps take the first ids, so every step of the build has a real one.
-    let next_step = AtomicU64::new(0);
-    let images = load_images(store, req, &reporter, &next_step, &first.images, &platforms)?;
+    let images = load_images(store, req, &reporter, next_step, &first.images, &platforms)?;
     for (name, img) in &images {
         opts.base_configs
             .insert(name.clone(), base_config(&img.config));
@@ -301,9 +352,22 @@ pub fn build(
         images,
         cache_scope: cache_scope(&dockerfile),
         records: Mutex::new(Vec::new()),
+        remote_caches: caches,
+        used_records: Default::default(),
+        probe: Default::default(),
     };
-    let target = run_stages(&ctx)?;
-    commit(&ctx, &target)
+    let target = match super::cache_io::probe(&ctx, run_stages) {
+        Some(t) => t,
+        None => run_stages(&ctx)?,
+    };
+    // Interrupted during the last step: nothing is tagged or exported.
+    super::cancel::check()?;
+    caches
+        .save_locations(store)
+        .context("recording where the remote cache's layers are")?;
+    let outcome = commit(&ctx, &target)?;
+    super::cache_io::export_caches(&ctx)?;
+    Ok(outcome)
 }
 
 /// A short digest of the Dockerfile's absolute path.
@@ -327,18 +391,15 @@ fn dockerfile_path(req: &BuildRequest) -> (PathBuf, String) {
     }
 }
 
-/// Plan, turning problems into `FILE:LINE:COL: error:` text with carets.
+/// Plan; problems come back typed with the text they point into (the CLI
+/// renders them with carets).
 fn plan_or_render(text: &str, opts: &PlanOptions, file: &str) -> anyhow::Result<Plan> {
     plan::plan_text(text, opts).map_err(|e| {
-        let lines: Vec<String> = text.lines().map(str::to_string).collect();
-        let rendered: Vec<String> = e
-            .problems
-            .iter()
-            .map(|p| crate::check::render(file, &lines, p.span, "error", &p.message))
-            .collect();
-        anyhow::Error::new(crate::check::Diagnostics(
-            rendered.join("\n").trim_end().to_string(),
-        ))
+        anyhow::Error::new(super::error::DockerfileErrors {
+            file: file.to_string(),
+            lines: text.lines().map(str::to_string).collect(),
+            problems: e.problems,
+        })
     })
 }
 
@@ -353,6 +414,7 @@ fn load_images(
 ) -> anyhow::Result<BTreeMap<String, image::Image>> {
     let mut out = BTreeMap::new();
     for name in names {
+        super::cancel::check()?;
         // `--build-context NAME=docker-image://REF`: REF stands in for NAME
         // (the result is still filed under NAME for the plan).
         let source = req.extra.image_contexts.get(name).unwrap_or(name);
@@ -371,10 +433,18 @@ fn load_images(
             .with_context(|| format!("invalid image reference {source}"))?;
         // A stored image of another platform than the one asked for is
         // not the image this build needs.
-        let want = platforms.get(name).and_then(|p| plan::Platform::parse(p));
+        let want = platforms.get(name).and_then(|p| Platform::parse(p).ok());
         let local = find_local_image(store, &reference, source)?.filter(|img| {
             want.as_ref()
                 .is_none_or(|w| img.config.os == w.os && img.config.architecture == w.arch)
+        });
+        // An image a cached build only pushed may lack its layers here
+        // (they stayed in the cache's registry): pulled like a missing one.
+        let local = local.filter(|img| {
+            img.manifest
+                .layers()
+                .iter()
+                .all(|d| store.has_blob(d.digest().as_ref()))
         });
         let pull = match (req.pull, &local, reference.digest.is_some()) {
             (_, Some(_), true) => false,
@@ -390,7 +460,7 @@ fn load_images(
             // FROM --platform picks the image for that platform from an index.
             let platform = platforms
                 .get(name)
-                .map(|p| crate::registry::Platform::parse(p))
+                .map(|p| Platform::parse(p))
                 .transpose()?;
             pull_image(
                 store,
@@ -416,7 +486,7 @@ fn pull_image(
     reporter: &Arc<dyn Reporter>,
     id: u64,
     reference: &Reference,
-    platform: Option<crate::registry::Platform>,
+    platform: Option<Platform>,
 ) -> anyhow::Result<image::Image> {
     let handle = StepHandle::start(reporter.clone(), id, format!("[internal] pull {reference}"));
     let settings = logging_retries(&req.registry, &handle);
@@ -463,7 +533,12 @@ fn find_local_image(
         .strip_prefix("docker.io/library/")
         .or_else(|| name.strip_prefix("docker.io/"))
         .unwrap_or(name);
-    match store.resolve(short).ok().flatten() {
+    // A short name the index cannot hold is simply not there; a corrupt
+    // index is an error (not a reason to pull).
+    if crate::store::lookup_name(short).is_err() {
+        return Ok(None);
+    }
+    match store.resolve(short)? {
         Some(desc) => image::load_image(store, &desc).map(Some),
         None => Ok(None),
     }
@@ -549,20 +624,31 @@ fn run_stage(
     let mut st = StageState::start(ctx, stage, done)?;
     for (i, step) in stage.steps.iter().enumerate() {
         let step_id = format!("{}/{}/{}", ctx.cache_scope, stage_label(stage), i);
+        super::cancel::check()?;
         st.run(ctx, step, &step_id, done).map_err(|e| {
-            anyhow::anyhow!(
-                "{}:{}: {} {}: {e:#}",
-                ctx.dockerfile_name,
+            // Kept as it is: the build runs again without the record.
+            if crate::cache::RemoteCaches::is_refusal(&e) {
+                return e;
+            }
+            let text = format!("{} {}", step.name(), step.original.trim());
+            // A step that failed because the build was interrupted (its
+            // process got the Ctrl-C) says so, not how the process ended.
+            let e = match super::cancel::check() {
+                Err(i) => anyhow::Error::new(i),
+                Ok(()) => e,
+            };
+            anyhow::Error::new(super::error::StepError::new(
+                &ctx.dockerfile_name,
                 step.span.start_line,
-                step.name(),
-                step.original.trim()
-            )
+                text,
+                e,
+            ))
         })?;
     }
     Ok(st.finish(ctx))
 }
 
-fn stage_label(stage: &plan::PlannedStage) -> String {
+pub(super) fn stage_label(stage: &plan::PlannedStage) -> String {
     stage
         .name
         .clone()
@@ -585,6 +671,7 @@ fn commit(ctx: &BuildCtx<'_>, target: &StageResult) -> anyhow::Result<BuildOutco
     for (k, v) in &ctx.req.extra.labels {
         config.config.labels.insert(k.clone(), v.clone());
     }
+    super::cache_io::prepare_commit(ctx, target, &mut config)?;
     let layers: Vec<oci_spec::image::Descriptor> = target
         .layers
         .iter()

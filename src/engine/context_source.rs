@@ -125,13 +125,14 @@ pub fn prepare(
     prepare_inner(store, context, dockerfile, stdin).map_err(|e| {
         let secrets = secrets_in(&url);
         if secrets.is_empty() {
-            return e;
+            return super::error::ContextFailure::wrap(e);
         }
+        // Flattened to text so no cause in the chain can show a secret.
         let mut text = format!("{e:#}");
         for s in secrets {
             text = text.replace(&s, "***");
         }
-        anyhow::anyhow!(text)
+        super::error::ContextFailure::wrap(anyhow::anyhow!(text))
     })
 }
 

@@ -265,11 +265,15 @@ pub fn with_disk_full_hint(err: anyhow::Error, store_root: &std::path::Path) -> 
     if !enospc || text.contains("the filesystem holding the store") {
         return err;
     }
-    anyhow::anyhow!(
-        "{text}\nhint: the filesystem holding the store ({}) is full: free space there, \
-         or build with --root on a larger filesystem",
-        store_root.display()
-    )
+    // Hinted keeps the typed causes (the cli still classifies by them).
+    anyhow::Error::new(super::error::Hinted {
+        source: err,
+        hint: format!(
+            "the filesystem holding the store ({}) is full: free space there, \
+             or build with --root on a larger filesystem",
+            store_root.display()
+        ),
+    })
 }
 
 #[cfg(test)]

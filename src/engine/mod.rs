@@ -2,11 +2,15 @@
 //! wires context, layers, sandbox, store and image together.
 
 pub mod build;
+mod cache_io;
 pub mod cachekey;
+pub mod cachemounts;
+pub mod cancel;
 pub mod config;
 pub mod context_source;
 pub mod copy;
 pub mod copydest;
+pub mod error;
 mod exec;
 pub mod limits;
 pub mod mountpoints;
@@ -24,4 +28,5 @@ pub mod stepkeys;
 pub mod users;
 
 pub use build::{build, BuildOutcome, BuildRequest, PullPolicy};
+pub use error::{classify, ErrorKind, StepError};
 pub mod run;

@@ -143,6 +143,10 @@ pub struct ExtraOptions {
     pub image_contexts: BTreeMap<String, String>,
     /// The NAMEs of `--build-context`, lowercase (they replace stages too).
     pub context_names: std::collections::BTreeSet<String>,
+    /// `--cache-to`: where the build's cache is exported after it succeeded.
+    pub cache_to: Vec<crate::cache::CacheTo>,
+    /// `--cache-from`: caches consulted, in order, after the local store.
+    pub cache_from: Vec<crate::cache::CacheFrom>,
 }
 
 /// Marks a directory value of [`ExtraOptions::image_contexts`].

@@ -11,9 +11,10 @@ use anyhow::Context;
 
 use super::build::BuildCtx;
 use super::options::OutputSpec;
-use super::rootfs::{LayerRef, Rootfs};
+use super::rootfs::Rootfs;
 use crate::image;
 use crate::layer::{unpack_layer, UnpackOptions};
+use crate::oci::LayerRef;
 use crate::store::Store;
 
 /// Export one `--output`. Image exports need a name in the store; an

@@ -11,7 +11,8 @@ use anyhow::Context;
 use crate::plan::Base;
 
 use super::build::{BuildCtx, StageResult};
-use super::rootfs::{LayerRef, Rootfs};
+use super::rootfs::Rootfs;
+use crate::oci::LayerRef;
 
 /// Finished stages and loaded images, as one stage sees them.
 pub(crate) struct Sources<'c, 'a> {

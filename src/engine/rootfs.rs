@@ -13,19 +13,11 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::layer::{resolve_in_root, unpack_layer, UnpackOptions};
+use crate::oci::LayerRef;
 use crate::store::{LockedTempDir, Store};
 
 use super::copy::ExistingDir;
 use crate::layer::Timespec;
-
-/// A layer of a stage: compressed digest (to read the blob) and diff_id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LayerRef {
-    pub digest: String,
-    pub diff_id: String,
-    pub size: u64,
-    pub media_type: String,
-}
 
 /// The materialized view; dropped with its temp dir.
 pub struct Rootfs {
@@ -130,10 +122,29 @@ pub fn existing_dir(root: &Path, path: &str) -> Option<ExistingDir> {
     })
 }
 
-/// Read a small text file of the image (e.g. `/etc/passwd`), empty when absent.
-pub fn read_text(root: &Path, path: &str) -> String {
-    host_path(root, path)
-        .ok()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .unwrap_or_default()
+/// Read a small text file of the image (e.g. `/etc/passwd`), empty when
+/// absent (or when a symlink leads out of the image).
+pub fn read_text(root: &Path, path: &str) -> anyhow::Result<String> {
+    match host_path(root, path) {
+        Ok(p) => read_text_file(&p, path),
+        Err(_) => Ok(String::new()),
+    }
+}
+
+/// The text of `file` (the image's `shown`), lossily decoded as libc reads
+/// bytes; empty when absent. Any other failure is an error: an unreadable
+/// `/etc/passwd` must not read as one without the user.
+pub fn read_text_file(file: &Path, shown: &str) -> anyhow::Result<String> {
+    match std::fs::read(file) {
+        Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(String::new())
+        }
+        Err(e) => Err(e).with_context(|| format!("reading the image's {shown}")),
+    }
 }

@@ -114,6 +114,8 @@ pub struct RunInputs<'a> {
     pub on_warning: &'a dyn Fn(&str),
     /// `--add-host`: (name, address) lines added to `/etc/hosts`.
     pub extra_hosts: &'a [(String, String)],
+    /// Fills a cache mount this store has never had from an imported cache.
+    pub mount_restorer: Option<&'a dyn crate::cache::mounts::MountRestorer>,
 }
 
 /// The argv of a RUN and the heredoc scripts it needs, as BuildKit's
@@ -239,11 +241,12 @@ pub fn run(
         let full = super::limits::full_filesystem_note(inputs.store.root(), work.path())
             .map(|note| format!("\n{note}"))
             .unwrap_or_default();
-        bail!(
-            "process {:?} did not complete successfully: exit code: {}{full}",
-            inputs.argv.join(" "),
-            outcome.exit_code
-        );
+        return Err(super::error::RunFailed {
+            argv: inputs.argv.join(" "),
+            exit_code: outcome.exit_code,
+            note: full,
+        }
+        .into());
     }
     let mut entries = match (&spec.rootfs, fallback_root, &inputs.root) {
         (RootfsSpec::Overlay { upper, lowers, .. }, _, _) => {
@@ -262,10 +265,7 @@ pub fn run(
         .collect();
     entries.retain(|e| !stubs.contains(&e.path));
     if let Some(maps) = &outcome.id_maps {
-        for e in &mut entries {
-            e.uid = maps.to_container_uid(e.uid).unwrap_or(0);
-            e.gid = maps.to_container_gid(e.gid).unwrap_or(0);
-        }
+        to_container_owners(&mut entries, maps)?;
     }
     let dirs = super::mountpoints::missing_entries(
         &inputs.root.lowers(),
@@ -332,6 +332,34 @@ fn managed_files(extra_hosts: &[(String, String)]) -> ExtraFiles {
         hosts: Some(hosts),
         hostname: Some(format!("{HOSTNAME}\n")),
     }
+}
+
+/// Host owners → owners in the image, through a rootless sandbox's id map.
+/// An id outside the map has no owner in the image: refused, not written
+/// as root. (Whiteout and opaque markers are rbuild's own, root-owned.)
+fn to_container_owners(entries: &mut [LayerEntry], maps: &sandbox::IdMaps) -> anyhow::Result<()> {
+    use crate::layer::EntryKind;
+    for e in entries {
+        if matches!(e.kind, EntryKind::Whiteout | EntryKind::Opaque) {
+            continue;
+        }
+        e.uid = maps
+            .to_container_uid(e.uid)
+            .ok_or_else(|| unmapped_owner("uid", e.uid, &e.path))?;
+        e.gid = maps
+            .to_container_gid(e.gid)
+            .ok_or_else(|| unmapped_owner("gid", e.gid, &e.path))?;
+    }
+    Ok(())
+}
+
+fn unmapped_owner(kind: &str, id: u32, path: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the RUN step changed /{path}, owned by host {kind} {id}, which the sandbox's id \
+         map does not cover: rbuild cannot say who owns it in the image\n\
+         hint: build as root, or give your user a subordinate id range that covers \
+         the image's ids (/etc/subuid, /etc/subgid)"
+    )
 }
 
 /// The process user (ids, groups) and HOME, from USER and the image's files.
@@ -417,7 +445,14 @@ fn lower_mount(
         MountType::Cache => {
             let target = target(m)?;
             let id = m.id.clone().unwrap_or_else(|| target.clone());
-            let dir = cache_dir(inputs.store, &id, m)?;
+            let dir = super::cachemounts::cache_dir(
+                inputs.store,
+                &id,
+                m,
+                &super::cachemounts::stage_platform(inputs.config),
+                inputs.mount_restorer,
+                inputs.on_warning,
+            )?;
             if m.sharing == CacheSharing::Locked || m.sharing == CacheSharing::Private {
                 let lock = dir.with_extension("lock");
                 locks.push(
@@ -511,25 +546,6 @@ fn secret_value(src: Option<&SecretSource>) -> anyhow::Result<Option<Vec<u8>>> {
             v.into_vec()
         }),
     })
-}
-
-/// A persistent cache-mount dir in the store, created with the mount's owner and mode.
-fn cache_dir(store: &Store, id: &str, m: &Mount) -> anyhow::Result<PathBuf> {
-    let dir = store.cache_mount_dir(id)?;
-    if !dir.exists() {
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("creating cache mount dir {}", dir.display()))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(
-            &dir,
-            std::fs::Permissions::from_mode(m.mode.unwrap_or(0o755)),
-        )?;
-        if m.uid.is_some() || m.gid.is_some() {
-            nix::unistd::chown(&dir, m.uid.map(Into::into), m.gid.map(Into::into))
-                .with_context(|| format!("chown of cache mount dir {}", dir.display()))?;
-        }
-    }
-    Ok(dir)
 }
 
 /// Mount points the sandbox created in the fallback copy, removed while
@@ -638,6 +654,44 @@ fn keep_metadata(to: &Path, meta: &std::fs::Metadata) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owners_outside_the_id_map_are_refused_not_made_root() {
+        let one = |c, h, n| sandbox::IdMapEntry {
+            container_id: c,
+            host_id: h,
+            size: n,
+        };
+        let maps = sandbox::IdMaps {
+            uid: vec![one(0, 1000, 1), one(1, 100_000, 65536)],
+            gid: vec![one(0, 1000, 1), one(1, 100_000, 65536)],
+        };
+        let dir = |path: &str, uid, gid| LayerEntry {
+            uid,
+            gid,
+            ..LayerEntry::opaque(path)
+        };
+        let mut ok = vec![
+            LayerEntry {
+                kind: crate::layer::EntryKind::Dir,
+                ..dir("a", 1000, 100_004)
+            },
+            // rbuild's own markers are root-owned in any map.
+            LayerEntry::whiteout("gone"),
+        ];
+        to_container_owners(&mut ok, &maps).unwrap();
+        assert_eq!((ok[0].uid, ok[0].gid), (0, 5));
+        let mut bad = vec![LayerEntry {
+            kind: crate::layer::EntryKind::Dir,
+            ..dir("etc/x", 5000, 1000)
+        }];
+        let err = to_container_owners(&mut bad, &maps)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/etc/x, owned by host uid 5000"), "{err}");
+        assert!(err.contains("hint: "), "{err}");
+        assert_eq!(bad[0].uid, 5000, "not rewritten to root");
+    }
 
     #[test]
     fn secret_specs() {

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::layer::{unpack_layer, UnpackOptions};
 use crate::store::Store;
 
-use super::rootfs::LayerRef;
+use crate::oci::LayerRef;
 
 /// The most lower dirs a RUN overlay gets from a stage (the sandbox adds
 /// one for mount-point stubs). Far below the kernel's 500, and short

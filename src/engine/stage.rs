@@ -10,16 +10,18 @@ use anyhow::Context;
 
 use crate::image::ImageConfig;
 use crate::layer::{write_layer, LayerEntry, Timespec, WriteOptions};
+use crate::oci::LayerRef;
 use crate::plan::{Base, PlannedStage, Step, StepKind};
 use crate::progress::StepHandle;
-use crate::store::{CacheRecord, CachedLayer};
+use crate::store::CacheRecord;
 
 use super::build::{history, BuildCtx, StageResult};
+use super::cache_io::Lookup;
 use super::cachekey::{explain_miss, KeyInputs};
 use super::config::{self, StageMeta};
 use super::exec::KeepAlive;
 use super::resolver::{image_layers, Sources};
-use super::rootfs::{LayerRef, Rootfs};
+use super::rootfs::Rootfs;
 use super::stageview::StageView;
 use super::stepkeys;
 use super::users::UserDb;
@@ -36,6 +38,9 @@ pub(crate) struct StageState {
     undated: Vec<usize>,
     /// What a step's entries read from, kept until its layer is written.
     pub(super) keepalive: KeepAlive,
+    /// The key-only pass missed a step of this stage (or of its base): its
+    /// keys are right, its layers are not all there.
+    pub incomplete: bool,
 }
 
 /// What a step produced, to record and apply.
@@ -51,6 +56,7 @@ impl StageState {
         done: &[Option<Arc<StageResult>>],
     ) -> anyhow::Result<StageState> {
         let src = Sources::new(ctx, done);
+        let mut incomplete = false;
         let (mut config, layers, key) = match &stage.base {
             // BuildKit's empty image has WorkingDir "/" (and the default PATH).
             Base::Scratch => {
@@ -65,6 +71,7 @@ impl StageState {
             }
             Base::Stage(i) => {
                 let base = src.stage(*i)?;
+                incomplete = base.incomplete;
                 (base.config.clone(), base.layers.clone(), base.key.clone())
             }
             Base::Image(name) => {
@@ -87,6 +94,7 @@ impl StageState {
             rootfs: None,
             undated: Vec::new(),
             keepalive: KeepAlive::default(),
+            incomplete,
         })
     }
 
@@ -173,12 +181,6 @@ impl StageState {
         }
     }
 
-    /// The one place the driver looks a key up: the local store's cache
-    /// today (a remote cache would be consulted here too).
-    fn lookup(&self, ctx: &BuildCtx<'_>, key: &str) -> anyhow::Result<Option<CacheRecord>> {
-        ctx.store.cache_get(key)
-    }
-
     /// The protocol of steps that may write a layer: cache lookup (hit →
     /// reuse), else execute, store the blob and commit the record.
     fn layer_step(
@@ -196,35 +198,47 @@ impl StageState {
             .display_name
             .clone()
             .unwrap_or_else(|| created_by.clone());
+        if ctx.probing() {
+            return self.probe_step(ctx, key, step_id, &name, &created_by);
+        }
         let handle = StepHandle::start(ctx.reporter.clone(), ctx.step_id(), &name);
         let started = std::time::Instant::now();
         let no_cache = ctx.no_cache_for(step_id);
-        if !no_cache {
-            if let Some(rec) = self.lookup(ctx, &key)? {
+        // The one place the driver looks a key up: the local store, then
+        // each `--cache-from` cache (`cache_io::lookup`).
+        let mut corrupt = None;
+        match super::cache_io::lookup(ctx, &key, step_id)? {
+            Lookup::Hit(rec, from) => {
                 let outcome = outcome_from_record(&rec);
-                handle.cached(None);
-                ctx.record_step(&name, true, started, outcome.layer.as_ref());
+                super::cache_io::report_hit(ctx, handle, &name, started, &rec, step_id, from);
                 self.apply_outcome(&created_by, outcome, ctx);
                 self.key = key;
                 return Ok(());
             }
+            Lookup::Corrupt(e) => corrupt = Some(corrupt_record(ctx, &e)),
+            Lookup::Miss => {}
         }
-        let (reason, link_from) = self.miss_reason(ctx, step, step_id, &inputs, no_cache)?;
+        let (reason, link_from) = match corrupt {
+            Some(why) => (why, None),
+            None => self.miss_reason(ctx, step, step_id, &inputs, no_cache)?,
+        };
         handle.cache_miss(&reason);
-        let result = exec(self, &handle).and_then(|entries| {
-            let kept = link_from.as_ref().map(|_| entries.clone());
-            let layer = self.write(ctx, entries, &handle)?;
-            if let (Some(from), Some(entries)) = (&link_from, kept) {
-                super::snapfill::snapshot_from_entries(ctx, &layer, &entries, from, &handle);
-            }
-            Ok(layer)
-        });
+        let result = super::cache_io::materialize(ctx, &self.layers, step, src, &handle)
+            .and_then(|()| exec(self, &handle))
+            .and_then(|entries| match &link_from {
+                Some(from) => {
+                    super::snapfill::write_with_snapshot(ctx, entries, from, &handle, |e| {
+                        self.write(ctx, e, &handle)
+                    })
+                }
+                None => self.write(ctx, entries, &handle),
+            });
         self.keepalive.clear();
         let layer = match result {
             Ok(l) => l,
             Err(e) => {
                 let e = super::limits::with_disk_full_hint(e, ctx.store.root());
-                handle.failed(format!("{e:#}"));
+                super::cache_io::end_failed_step(handle, &e);
                 return Err(e);
             }
         };
@@ -307,7 +321,7 @@ impl StageState {
         }
         let mut rec = CacheRecord::new(key, Some(&self.key), step_id, inputs_json);
         rec.blobs = kept;
-        rec.layer = Some(CachedLayer {
+        rec.layer = Some(LayerRef {
             digest: layer.digest.clone(),
             diff_id: layer.diff_id.clone(),
             size: layer.size,
@@ -316,7 +330,30 @@ impl StageState {
         rec.config_changes = serde_json::json!({ "created": created });
         ctx.store
             .cache_put(&rec)
-            .context("recording the step in the cache")
+            .context("recording the step in the cache")?;
+        super::cache_io::note_used(ctx, step_id, &rec);
+        Ok(())
+    }
+
+    /// A layer step in the key-only pass (`cache_io::probe`): nothing
+    /// runs; a miss only marks the stage incomplete, and its key chains on.
+    fn probe_step(
+        &mut self,
+        ctx: &BuildCtx<'_>,
+        key: String,
+        step_id: &str,
+        name: &str,
+        created_by: &str,
+    ) -> anyhow::Result<()> {
+        match super::cache_io::lookup(ctx, &key, step_id)? {
+            Lookup::Hit(rec, from) => {
+                ctx.probe_hit(step_id, name, from, &rec);
+                self.apply_outcome(created_by, outcome_from_record(&rec), ctx);
+            }
+            Lookup::Miss | Lookup::Corrupt(_) => self.incomplete = true,
+        }
+        self.key = key;
+        Ok(())
     }
 
     fn apply_outcome(&mut self, created_by: &str, outcome: Outcome, ctx: &BuildCtx<'_>) {
@@ -336,7 +373,8 @@ impl StageState {
         entries: Vec<LayerEntry>,
         handle: &StepHandle,
     ) -> anyhow::Result<LayerRef> {
-        let mut blob = ctx.store.blob_writer()?;
+        // write_layer hashes the blob on a thread of its own.
+        let mut blob = ctx.store.blob_writer_unhashed()?;
         // Chunk records are written through this temp dir (locked, removed
         // on drop) so a crash leaves no half-written record behind.
         let chunk_tmp = ctx.store.temp_dir("chunks")?;
@@ -476,8 +514,8 @@ impl StageState {
         }
         let view = self.view(ctx)?;
         Ok(UserDb::parse(
-            &view.read_text("/etc/passwd"),
-            &view.read_text("/etc/group"),
+            &view.read_text("/etc/passwd")?,
+            &view.read_text("/etc/group")?,
         ))
     }
 
@@ -496,6 +534,7 @@ impl StageState {
             layers: self.layers,
             key: self.key,
             rootfs: Mutex::new(self.rootfs),
+            incomplete: self.incomplete,
         }
     }
 
@@ -563,6 +602,16 @@ fn stored_inputs(ctx: &BuildCtx<'_>, json: serde_json::Value) -> Option<KeyInput
         inputs.files = serde_json::from_slice(&bytes).ok()?;
     }
     Some(inputs)
+}
+
+/// A corrupt cache record is a miss whose reason says so, and a warning.
+fn corrupt_record(ctx: &BuildCtx<'_>, e: &crate::store::StoreError) -> String {
+    let why = e.to_string().replace("\nhint: ", "; ");
+    ctx.reporter.event(crate::progress::Event::Warning {
+        id: None,
+        message: why.clone(),
+    });
+    why
 }
 
 fn outcome_from_record(rec: &CacheRecord) -> Outcome {

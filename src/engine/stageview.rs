@@ -59,12 +59,14 @@ impl StageView {
         }
     }
 
-    /// A small text file of the image (`/etc/passwd`), empty when absent.
-    pub fn read_text(&self, path: &str) -> String {
+    /// A small text file of the image (`/etc/passwd`), empty when absent;
+    /// an error when it is there but cannot be read.
+    pub fn read_text(&self, path: &str) -> anyhow::Result<String> {
         match self {
-            StageView::Layers(l) => merged_resolve(l, path)
-                .and_then(|p| std::fs::read_to_string(p).ok())
-                .unwrap_or_default(),
+            StageView::Layers(l) => match merged_resolve(l, path) {
+                Some(p) => rootfs::read_text_file(&p, path),
+                None => Ok(String::new()),
+            },
             StageView::Dir(root) => rootfs::read_text(root, path),
         }
     }

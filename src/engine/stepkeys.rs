@@ -4,6 +4,7 @@
 //! and inputs only, never from results, so a remote cache can be asked for
 //! a key before anything runs.
 
+pub(super) use crate::oci::digest::sha256_hex;
 use std::collections::BTreeMap;
 
 use crate::plan::{CopyStep, MountType, RunStep, Step};
@@ -132,11 +133,6 @@ pub fn run_key(parent: &str, step: &Step, r: &RunStep, reads: RunReads) -> KeyIn
         }
     }
     inputs
-}
-
-pub(super) fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 #[cfg(test)]

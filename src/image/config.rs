@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::canonical::to_canonical_json;
+use crate::oci::Platform;
 
 /// Go's `map[string]struct{}` value.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,28 +185,25 @@ pub struct ImageConfig {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub history: Vec<HistoryEntry>,
-}
-
-/// The host's architecture in GOARCH spelling, as OCI wants it.
-pub fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        "loongarch64" => "loong64",
-        other => other,
-    }
+    /// rbuild's inline build cache (`--cache-to type=inline`, read back by
+    /// `--cache-from IMAGE`), where BuildKit keeps `moby.buildkit.cache.v0`.
+    #[serde(
+        default,
+        rename = "rbuild.cache.v1",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub inline_cache: Option<serde_json::Value>,
 }
 
 impl ImageConfig {
     /// An empty image (`FROM scratch`) for the host platform.
     pub fn for_host() -> ImageConfig {
+        let host = Platform::host();
         ImageConfig {
             created: Some(super::time::created_now()),
-            architecture: host_arch().to_string(),
-            os: "linux".to_string(),
-            variant: (host_arch() == "arm64").then(|| "v8".to_string()),
+            architecture: host.arch,
+            os: host.os,
+            variant: (!host.variant.is_empty()).then_some(host.variant),
             ..ImageConfig::default()
         }
     }

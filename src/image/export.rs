@@ -16,9 +16,8 @@ use sha2::{Digest as _, Sha256};
 
 use super::canonical::to_canonical_json;
 use super::manifest::{find_image, Image};
-use crate::store::{digest_hex, normalize_tag, Store, TempFile, REF_NAME};
-
-const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+use crate::oci::{IMAGE_LAYOUT, REF_NAME};
+use crate::store::{digest_hex, normalize_tag, Store, TempFile};
 
 /// The images behind `tags`, each with its normalized name.
 fn load_tagged(store: &Store, tags: &[String]) -> anyhow::Result<Vec<(String, Image)>> {
@@ -84,7 +83,7 @@ pub fn export_oci_layout(store: &Store, tags: &[String], dest: &Path) -> anyhow:
     }
     if dest.extension().is_some_and(|e| e == "tar") {
         write_tar_atomically(dest, |tar| {
-            append_bytes(tar, "oci-layout", OCI_LAYOUT)?;
+            append_bytes(tar, "oci-layout", IMAGE_LAYOUT)?;
             append_bytes(tar, "index.json", &index_json(descs)?)?;
             append_dir(tar, "blobs/")?;
             append_dir(tar, "blobs/sha256/")?;
@@ -126,7 +125,7 @@ fn export_oci_dir(
             .map_err(|e| e.error)
             .with_context(|| format!("writing {}", target.display()))?;
     }
-    fs::write(dest.join("oci-layout"), OCI_LAYOUT).context("writing oci-layout")?;
+    fs::write(dest.join("oci-layout"), IMAGE_LAYOUT).context("writing oci-layout")?;
     let merged = merge_existing_index(dest, descs)?;
     let mut tmp = readable_temp(dest).context("creating temp index.json")?;
     tmp.write_all(&index_json(merged)?)

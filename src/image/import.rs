@@ -17,7 +17,8 @@ use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
 use super::canonical::to_canonical_json;
-use super::manifest::{descriptor, OCI_CONFIG, OCI_LAYER, OCI_LAYER_GZIP, OCI_MANIFEST};
+use super::manifest::descriptor;
+use crate::oci::media::{OCI_CONFIG, OCI_LAYER, OCI_LAYER_GZIP, OCI_MANIFEST};
 use crate::store::{BlobInfo, Store};
 
 /// Control files larger than this are not JSON a real archive would hold.
@@ -301,7 +302,7 @@ fn oci_images(store: &Store, entries: &Entries) -> anyhow::Result<Vec<Pending>> 
         let ann = &m["annotations"];
         let name = ann["io.containerd.image.name"]
             .as_str()
-            .or_else(|| ann[crate::store::REF_NAME].as_str())
+            .or_else(|| ann[crate::oci::REF_NAME].as_str())
             .map(String::from);
         let desc =
             oci_manifest(store, entries, m, 0).with_context(|| format!("index.json entry {i}"))?;
@@ -361,7 +362,7 @@ fn oci_manifest(
         .unwrap_or_default()
         .to_string();
     if let Some(children) = doc["manifests"].as_array() {
-        let arch = super::host_arch();
+        let arch = crate::oci::Platform::host().arch;
         let pick = children
             .iter()
             .find(|c| c["platform"]["os"] == "linux" && c["platform"]["architecture"] == arch)
@@ -396,7 +397,7 @@ pub fn import_layout(store: &Store, spec: &str) -> anyhow::Result<oci_spec::imag
     .with_context(|| format!("{} is not valid JSON", index_path.display()))?;
     let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
     let ref_name = |m: &Value| {
-        m["annotations"][crate::store::REF_NAME]
+        m["annotations"][crate::oci::REF_NAME]
             .as_str()
             .map(String::from)
     };
@@ -438,7 +439,7 @@ fn copy_from_layout(
     let doc: Value = serde_json::from_slice(&store.read_blob(&blob.digest)?)
         .with_context(|| format!("manifest {} is not valid JSON", blob.digest))?;
     if let Some(children) = doc["manifests"].as_array() {
-        let arch = super::host_arch();
+        let arch = crate::oci::Platform::host().arch;
         let pick = children
             .iter()
             .find(|c| c["platform"]["os"] == "linux" && c["platform"]["architecture"] == arch)
@@ -453,7 +454,7 @@ fn copy_from_layout(
     let media = d["mediaType"]
         .as_str()
         .or_else(|| doc["mediaType"].as_str())
-        .unwrap_or(super::manifest::OCI_MANIFEST);
+        .unwrap_or(OCI_MANIFEST);
     descriptor(media, &blob)
 }
 

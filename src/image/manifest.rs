@@ -5,20 +5,10 @@ use anyhow::Context;
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, ImageManifestBuilder, MediaType};
 
 use super::canonical::to_canonical_json;
-use super::config::{host_arch, ImageConfig};
+use super::config::ImageConfig;
+use crate::oci::media::{self, DOCKER_CONFIG, DOCKER_MANIFEST, OCI_CONFIG, OCI_MANIFEST};
+use crate::oci::{Compression, Platform};
 use crate::store::{BlobInfo, Store};
-
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
-pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
-pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
 /// Which family of media types an image is written with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -26,32 +16,6 @@ pub enum ImageFormat {
     #[default]
     Oci,
     Docker,
-}
-
-/// How a layer blob is compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    Gzip,
-    Zstd,
-}
-
-impl Compression {
-    /// The compression a layer media type (either family) names. Unknown
-    /// types are an error, not a plain tar: relabelling them would make a
-    /// broken image.
-    pub fn from_media_type(media_type: &str) -> anyhow::Result<Compression> {
-        Ok(match media_type {
-            OCI_LAYER | DOCKER_LAYER => Compression::None,
-            OCI_LAYER_GZIP | DOCKER_LAYER_GZIP => Compression::Gzip,
-            OCI_LAYER_ZSTD => Compression::Zstd,
-            other => anyhow::bail!(
-                "layer media type {:?} is not one rbuild can use (known: {OCI_LAYER}, \
-                 {OCI_LAYER_GZIP}, {OCI_LAYER_ZSTD}, {DOCKER_LAYER}, {DOCKER_LAYER_GZIP})",
-                other.chars().take(150).collect::<String>()
-            ),
-        })
-    }
 }
 
 impl ImageFormat {
@@ -71,15 +35,9 @@ impl ImageFormat {
 
     /// The layer media type; docker schema2 has no zstd type.
     pub fn layer_media_type(self, compression: Compression) -> anyhow::Result<&'static str> {
-        Ok(match (self, compression) {
-            (ImageFormat::Oci, Compression::None) => OCI_LAYER,
-            (ImageFormat::Oci, Compression::Gzip) => OCI_LAYER_GZIP,
-            (ImageFormat::Oci, Compression::Zstd) => OCI_LAYER_ZSTD,
-            (ImageFormat::Docker, Compression::None) => DOCKER_LAYER,
-            (ImageFormat::Docker, Compression::Gzip) => DOCKER_LAYER_GZIP,
-            (ImageFormat::Docker, Compression::Zstd) => {
-                anyhow::bail!("docker image format has no zstd layers; use the OCI format")
-            }
+        Ok(match self {
+            ImageFormat::Oci => compression.oci_media_type(),
+            ImageFormat::Docker => compression.docker_media_type()?,
         })
     }
 }
@@ -192,26 +150,31 @@ pub fn short_digest(digest: &str) -> String {
 }
 
 fn is_index(media_type: &str, json: &serde_json::Value) -> bool {
-    media_type == OCI_INDEX || media_type == DOCKER_LIST || json.get("manifests").is_some()
+    media::is_index(media_type) || json.get("manifests").is_some()
 }
 
 /// Load the image a manifest (or index: the host platform's entry) names.
 pub fn load_image(store: &Store, desc: &Descriptor) -> anyhow::Result<Image> {
     let digest = desc.digest().to_string();
     let bytes = store.read_blob(&digest)?;
+    // Blobs are verified when written: one that no longer parses is damage.
     let json: serde_json::Value =
-        serde_json::from_slice(&bytes).with_context(|| format!("parsing manifest {digest}"))?;
+        serde_json::from_slice(&bytes).map_err(|e| corrupt_blob(store, &digest, "manifest", e))?;
     if is_index(desc.media_type().as_ref(), &json) {
         let index: ImageIndex =
             serde_json::from_value(json).with_context(|| format!("parsing index {digest}"))?;
         let chosen = pick_platform(&index)
-            .with_context(|| format!("index {digest} has no linux/{} image", host_arch()))?;
+            .with_context(|| format!("index {digest} has no {} image", Platform::host()))?;
         return load_image(store, &chosen);
     }
     let manifest: ImageManifest =
         serde_json::from_value(json).with_context(|| format!("parsing manifest {digest}"))?;
     let config_digest = manifest.config().digest().to_string();
-    let config = ImageConfig::from_json(&store.read_blob(&config_digest)?)
+    let config_bytes = store.read_blob(&config_digest)?;
+    if let Err(e) = serde_json::from_slice::<serde_json::Value>(&config_bytes) {
+        return Err(corrupt_blob(store, &config_digest, "image config", e));
+    }
+    let config = ImageConfig::from_json(&config_bytes)
         .with_context(|| format!("parsing image config {config_digest}"))?;
     Ok(Image {
         manifest_desc: desc.clone(),
@@ -221,13 +184,29 @@ pub fn load_image(store: &Store, desc: &Descriptor) -> anyhow::Result<Image> {
     })
 }
 
+/// A stored blob that no longer reads as JSON: corrupt store state.
+fn corrupt_blob(store: &Store, digest: &str, what: &str, e: serde_json::Error) -> anyhow::Error {
+    match store.blob_path(digest) {
+        Ok(path) => crate::store::StoreError::Corrupt {
+            what: "blob",
+            path,
+            why: format!("the {what} {digest} does not parse: {e}"),
+            hint: "it changed after rbuild wrote and verified it: `rbuild rmi` the image \
+                   and build or pull it again (and check the disk)",
+        }
+        .into(),
+        Err(p) => p,
+    }
+}
+
 fn pick_platform(index: &ImageIndex) -> Option<Descriptor> {
     index
         .manifests()
         .iter()
         .find(|d| {
             d.platform().as_ref().is_some_and(|p| {
-                p.os().to_string() == "linux" && p.architecture().to_string() == host_arch()
+                p.os().to_string() == "linux"
+                    && p.architecture().to_string() == Platform::host().arch
             })
         })
         .cloned()
@@ -236,8 +215,12 @@ fn pick_platform(index: &ImageIndex) -> Option<Descriptor> {
 /// Find an image by tag (`app` means `app:latest`), else by image-ID prefix
 /// (`sha256:…` or at least 4 hex chars of the config digest).
 pub fn find_image(store: &Store, name: &str) -> anyhow::Result<Image> {
-    if let Ok(Some(desc)) = store.resolve(name) {
-        return load_image(store, &desc);
+    // A name the index could not hold is not there; any other failure to
+    // read the index (a corrupt one) is an error, not "no such image".
+    if crate::store::lookup_name(name).is_ok() {
+        if let Some(desc) = store.resolve(name)? {
+            return load_image(store, &desc);
+        }
     }
     let prefix = name.strip_prefix("sha256:").unwrap_or(name);
     let hexlike = prefix.len() >= 4 && prefix.bytes().all(|b| b.is_ascii_hexdigit());
@@ -255,7 +238,7 @@ pub fn find_image(store: &Store, name: &str) -> anyhow::Result<Image> {
             }
         }
     }
-    anyhow::bail!("no such image: {name}")
+    anyhow::bail!("no such image: {name}\nhint: `rbuild images` lists the stored images")
 }
 
 /// The manifest under `desc` with `annotations` added (`--annotation`), as
@@ -288,23 +271,4 @@ pub fn annotate_manifest(
         .put_blob(&to_canonical_json(&doc)?)
         .context("writing the annotated manifest")?;
     descriptor(&media, &blob)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unknown_layer_types_are_refused_not_relabelled() {
-        assert_eq!(
-            Compression::from_media_type(DOCKER_LAYER_GZIP).unwrap(),
-            Compression::Gzip
-        );
-        assert_eq!(
-            Compression::from_media_type(OCI_LAYER).unwrap(),
-            Compression::None
-        );
-        let err = Compression::from_media_type("application/x-mystery").unwrap_err();
-        assert!(err.to_string().contains("application/x-mystery"), "{err}");
-    }
 }

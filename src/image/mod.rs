@@ -13,11 +13,9 @@ mod manifest;
 pub mod time;
 
 pub use canonical::to_canonical_json;
-pub use config::{host_arch, Empty, HealthConfig, HistoryEntry, ImageConfig, RootFs, RunConfig};
+pub use config::{Empty, HealthConfig, HistoryEntry, ImageConfig, RootFs, RunConfig};
 pub use export::{export_docker_archive, export_oci_layout};
 pub use manifest::{
     annotate_manifest, commit_image, convert_image, descriptor, find_image, load_image,
-    short_digest, Compression, Image, ImageFormat, DOCKER_CONFIG, DOCKER_LAYER, DOCKER_LAYER_GZIP,
-    DOCKER_LIST, DOCKER_MANIFEST, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD,
-    OCI_MANIFEST,
+    short_digest, Image, ImageFormat,
 };

@@ -6,9 +6,9 @@ use std::path::Path;
 
 use super::*;
 use crate::layer::{
-    write_layer, BlobResolver, Compression, EntryKind, FileSource, LayerEntry, LayerInfo, Timespec,
-    WriteOptions,
+    write_layer, BlobResolver, EntryKind, FileSource, LayerEntry, LayerInfo, Timespec, WriteOptions,
 };
+use crate::oci::Compression;
 
 /// Text-like, compressible, different per seed (xorshift over a word list).
 fn text(seed: u64, len: usize) -> Vec<u8> {

@@ -8,30 +8,11 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::chunkcache::ChunkCache;
-use super::chunked::{ChunkStats, ChunkedWriter, Codec};
+use super::chunked::{ChunkStats, ChunkedWriter, Codec, Finished, ToWriterThread};
 use super::entry::{normalize, LayerEntry, Timespec};
 use super::tarwrite::{write_entries, TarSink};
-use super::{MEDIA_TYPE_TAR, MEDIA_TYPE_TAR_GZIP, MEDIA_TYPE_TAR_ZSTD};
-
-/// How a layer blob is compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    /// Parallel gzip, level 0–9 (6 is gzip's default).
-    Gzip {
-        level: u32,
-    },
-    /// Multithreaded zstd, level 1–22 (3 is zstd's default).
-    Zstd {
-        level: i32,
-    },
-}
-
-impl Default for Compression {
-    fn default() -> Self {
-        Compression::Gzip { level: 6 }
-    }
-}
+use crate::oci::media::{OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD};
+use crate::oci::Compression;
 
 /// Options for [`write_layer`].
 #[derive(Debug, Clone, Default)]
@@ -108,9 +89,10 @@ impl<W: TarSink> TarSink for HashWriter<W> {
 }
 
 /// Writes `entries` as one layer blob into `out` and returns its identities.
+/// A compressed blob is written to `out` from a thread of its own.
 pub fn write_layer(
     entries: Vec<LayerEntry>,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
     opts: &WriteOptions,
 ) -> Result<LayerInfo> {
     let mut entries = normalize(entries).context("preparing layer entries")?;
@@ -133,21 +115,14 @@ pub fn write_layer(
                 diff_id,
                 size: n,
                 uncompressed_size: n,
-                media_type: MEDIA_TYPE_TAR,
+                media_type: OCI_LAYER,
                 chunks: ChunkStats::default(),
             });
         }
-        Compression::Gzip { level } => (Codec::Gzip(level), MEDIA_TYPE_TAR_GZIP),
-        Compression::Zstd { level } => (Codec::Zstd(level), MEDIA_TYPE_TAR_ZSTD),
+        Compression::Gzip { level } => (Codec::Gzip(level), OCI_LAYER_GZIP),
+        Compression::Zstd { level } => (Codec::Zstd(level), OCI_LAYER_ZSTD),
     };
-    let mut chunked = ChunkedWriter::new(buffered, codec, opts.threads, opts.chunk_cache.clone())
-        .context("starting compression threads")?;
-    write_entries(&entries, &mut chunked)?;
-    let done = chunked
-        .finish()
-        .context("finishing the compressed stream")?;
-    let mut buffered = done.out;
-    buffered.flush().context("flushing the layer blob")?;
+    let done = compress_entries(&entries, buffered, codec, opts)?;
     let digest = done.digest;
     if let Some(cache) = &opts.chunk_cache {
         cache
@@ -161,6 +136,50 @@ pub fn write_layer(
         uncompressed_size: done.tar_size,
         media_type,
         chunks: done.stats,
+    })
+}
+
+/// Tars and compresses `entries` into `out`: this thread reads and tars,
+/// workers compress, and a scoped thread writes the pieces to `out`.
+fn compress_entries(
+    entries: &[LayerEntry],
+    mut out: BufWriter<&mut (dyn Write + Send)>,
+    codec: Codec,
+    opts: &WriteOptions,
+) -> Result<Finished<()>> {
+    // A few chunks (at most 4 MiB of tar each) queued for the writer.
+    let (tx, rx) = crossbeam_channel::bounded::<std::sync::Arc<Vec<u8>>>(8);
+    std::thread::scope(|s| {
+        let writer = std::thread::Builder::new()
+            .name("layer-write".into())
+            .spawn_scoped(s, move || -> io::Result<()> {
+                for bytes in rx {
+                    out.write_all(&bytes)?;
+                }
+                out.flush()
+            })
+            .context("starting the layer writer thread")?;
+        let produced = (|| -> Result<Finished<()>> {
+            let mut chunked = ChunkedWriter::new(
+                ToWriterThread(tx),
+                codec,
+                opts.threads,
+                opts.chunk_cache.clone(),
+            )
+            .context("starting compression threads")?;
+            write_entries(entries, &mut chunked)?;
+            let done = chunked
+                .finish()
+                .context("finishing the compressed stream")?;
+            // Dropping the sender ends the writer's loop.
+            Ok(done.map_out(|_| ()))
+        })();
+        let written = writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the layer writer thread panicked"))?;
+        // A write error (a full disk) is the cause of any "writer exited".
+        written.context("writing the layer blob")?;
+        produced
     })
 }
 
@@ -187,6 +206,60 @@ mod tests {
             );
             assert_eq!(info.uncompressed_size, 1024);
             assert_eq!(info.size, out.len() as u64);
+        }
+    }
+
+    /// A sink that fails part-way (a full disk): the error reaches the
+    /// caller through the writer thread, and nothing waits forever.
+    #[test]
+    fn a_failing_sink_fails_the_layer_without_hanging() {
+        use crate::layer::{EntryKind, FileSource, Timespec};
+        struct Full(usize);
+        impl Write for Full {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                if self.0 < buf.len() {
+                    return Err(io::Error::other("no space left (test)"));
+                }
+                self.0 -= buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        // Incompressible, so the blob is far past the sink's 1 MiB.
+        let mut x: u64 = 1;
+        let data: Vec<u8> = (0..24 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        for compression in [
+            Compression::Gzip { level: 1 },
+            Compression::Zstd { level: 1 },
+        ] {
+            let entries = vec![LayerEntry {
+                path: "big".into(),
+                kind: EntryKind::File(FileSource::Bytes(data.clone())),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime: Timespec::new(0, 0),
+                xattrs: vec![],
+            }];
+            let opts = WriteOptions {
+                compression,
+                threads: 2,
+                ..Default::default()
+            };
+            let err = write_layer(entries, &mut Full(1 << 20), &opts).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("no space left (test)"),
+                "{err:#}"
+            );
         }
     }
 

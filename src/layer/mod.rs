@@ -26,7 +26,7 @@ mod xattr;
 pub use changeset::{changeset_from_overlay_upper, diff_trees};
 pub use chunkcache::{chunk_record_blob, BlobResolver, ChunkCache};
 pub use chunked::ChunkStats;
-pub use compress::{write_layer, Compression, LayerInfo, WriteOptions};
+pub use compress::{write_layer, LayerInfo, WriteOptions};
 pub use entry::{EntryKind, FileSource, LayerEntry, Timespec, OPAQUE_MARKER, WHITEOUT_PREFIX};
 pub use merged::{merged_image_path, merged_lookup, merged_resolve, MergedView};
 pub use pgzip::ParallelGzipWriter;
@@ -34,10 +34,3 @@ pub use resolve::resolve_in_root;
 pub use sparse::{copy_sparse, write_sparse};
 pub use unpack::{open_archive, unpack_layer, LayerCheckError, UnpackOptions, UnpackStats};
 pub use walk::{dev_major, dev_minor, entries_from_dir, DirOptions};
-
-/// Media type of an uncompressed OCI layer.
-pub const MEDIA_TYPE_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
-/// Media type of a gzip-compressed OCI layer.
-pub const MEDIA_TYPE_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-/// Media type of a zstd-compressed OCI layer.
-pub const MEDIA_TYPE_TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";

@@ -32,7 +32,7 @@ pub(super) fn platform_lints(
     if !m.matched.is_empty() || !m.unmatched.is_empty() {
         return;
     }
-    let Some(p) = Platform::parse(value) else {
+    let Some(p) = Platform::parse(value).ok() else {
         return;
     };
     let stage = stage.unwrap_or_default();

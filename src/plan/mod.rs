@@ -45,78 +45,8 @@ pub struct Finding {
     pub message: String,
 }
 
-/// An OS/architecture pair (`linux/amd64`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Platform {
-    pub os: String,
-    pub arch: String,
-    pub variant: String,
-}
-
-impl Platform {
-    /// The platform rbuild runs on, in OCI/Go names.
-    pub fn host() -> Self {
-        let arch = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            "x86" => "386",
-            "powerpc64" => "ppc64le",
-            "s390x" => "s390x",
-            "riscv64" => "riscv64",
-            "arm" => "arm",
-            other => other,
-        };
-        let variant = if arch == "arm" { "v7" } else { "" };
-        Platform {
-            os: "linux".into(),
-            arch: arch.into(),
-            variant: variant.into(),
-        }
-    }
-
-    /// Parse `os/arch[/variant]` (also a bare `arch`, as containerd does for
-    /// `amd64`/`arm64`).
-    pub fn parse(s: &str) -> Option<Self> {
-        let parts: Vec<&str> = s.split('/').collect();
-        let ok = |p: &&str| {
-            !p.is_empty()
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-        };
-        if !parts.iter().all(ok) {
-            return None;
-        }
-        let lower = |p: &str| p.to_ascii_lowercase();
-        match parts.as_slice() {
-            [os, arch] => Some(Platform {
-                os: lower(os),
-                arch: lower(arch),
-                variant: String::new(),
-            }),
-            [os, arch, variant] => Some(Platform {
-                os: lower(os),
-                arch: lower(arch),
-                variant: lower(variant),
-            }),
-            [one] if *one != "linux" && *one != "windows" => Some(Platform {
-                os: "linux".into(),
-                arch: lower(one),
-                variant: String::new(),
-            }),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Platform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.os, self.arch)?;
-        if !self.variant.is_empty() {
-            write!(f, "/{}", self.variant)?;
-        }
-        Ok(())
-    }
-}
+/// Build and target platforms are the OCI vocabulary's.
+pub use crate::oci::Platform;
 
 /// What the engine knows about an external base image's config; lets the
 /// planner expand with its ENV, use its SHELL/WORKDIR and run its ONBUILD
@@ -156,7 +86,8 @@ impl Default for PlanOptions {
         PlanOptions {
             build_args: BTreeMap::new(),
             target: None,
-            platform: Platform::host(),
+            // BuildKit plans with the normalized host: no arm64 variant.
+            platform: Platform::host().normalized(),
             all_stages: false,
             base_configs: BTreeMap::new(),
             target_platform: None,
@@ -263,7 +194,7 @@ pub fn plan_text(text: &str, opts: &PlanOptions) -> Result<Plan, PlanError> {
 /// `docker.io/library/alpine:latest`); `None` when it is not a valid
 /// reference.
 pub fn normalize_reference(name: &str) -> Option<String> {
-    crate::registry::Reference::parse(name)
+    crate::oci::Reference::parse(name)
         .ok()
         .map(|r| r.to_string())
 }

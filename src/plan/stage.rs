@@ -528,7 +528,7 @@ fn resolve_bases(
                             format!("empty platform value from expression {v}"),
                         ));
                     } else {
-                        match Platform::parse(&p) {
+                        match Platform::parse(&p).ok() {
                             Some(p) => platform = Some(p),
                             None => problems.push(problem(
                                 span,

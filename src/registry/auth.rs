@@ -14,8 +14,9 @@ use anyhow::{bail, Context, Result};
 use base64::Engine;
 use serde_json::{json, Map, Value};
 
-use super::reference::{DOCKER_HUB, DOCKER_HUB_AUTH_KEY};
 use super::settings::strip_scheme;
+use super::DOCKER_HUB_AUTH_KEY;
+use crate::oci::reference::DOCKER_HUB;
 
 /// A username and a secret (password or token).
 #[derive(Clone, PartialEq, Eq)]

@@ -527,8 +527,8 @@ impl Registry {
 /// The registry name used for credential lookups (Docker Hub's API host
 /// stores its credentials under `docker.io`).
 fn registry_name_for(host: &str) -> String {
-    if host == super::reference::DOCKER_HUB_API {
-        super::reference::DOCKER_HUB.to_string()
+    if host == super::DOCKER_HUB_API {
+        crate::oci::reference::DOCKER_HUB.to_string()
     } else {
         host.to_string()
     }

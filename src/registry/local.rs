@@ -11,10 +11,9 @@ use anyhow::Context;
 use crate::image::{self, Image, ImageFormat};
 use crate::store::{BlobInfo, Store};
 
-use super::{
-    pull, push, BlobLocations, BlobStore, Platform, PullOptions, PushOptions, PushReport,
-    Reference, Settings,
-};
+use super::{pull, push, BlobLocations, BlobStore, PullOptions, PushOptions, PushReport, Settings};
+use crate::oci::media::OCI_MANIFEST;
+use crate::oci::{Platform, Reference};
 
 impl BlobStore for Store {
     fn has_blob(&self, digest: &str) -> bool {
@@ -22,13 +21,15 @@ impl BlobStore for Store {
     }
 
     fn open_blob(&self, digest: &str) -> io::Result<File> {
-        Store::open_blob(self, digest).map_err(|e| io::Error::other(format!("{e:#}")))
+        // The anyhow chain rides inside the io::Error: its text and its
+        // typed causes stay reachable (`Error::source`).
+        Store::open_blob(self, digest).map_err(io::Error::other)
     }
 
     fn blob_size(&self, digest: &str) -> io::Result<u64> {
         let path = self
             .blob_path(digest)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e:#}")))?;
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         Ok(std::fs::metadata(path)?.len())
     }
 
@@ -68,7 +69,7 @@ pub fn pull_into_store(
         progress,
         locations: Some(&loc),
     };
-    let pulled = pull(reference, store, settings, &opts)?;
+    let pulled = pull(reference, store, settings, &opts).map_err(super::RegistryError::wrap)?;
     loc.save()?;
     let desc = image::descriptor(
         &pulled.manifest_media_type,
@@ -81,7 +82,7 @@ pub fn pull_into_store(
         .with_context(|| format!("reading the pulled image {reference}"))?;
     if let Some(name) = tag_name(reference) {
         // Tags point at OCI manifests: skopeo and umoci skip the others.
-        let oci = if img.manifest_desc.media_type().to_string() == image::OCI_MANIFEST {
+        let oci = if img.manifest_desc.media_type().to_string() == OCI_MANIFEST {
             img.manifest_desc.clone()
         } else {
             image::convert_image(store, &img, ImageFormat::Oci)?
@@ -103,7 +104,7 @@ pub fn find_local(store: &Store, reference: &Reference) -> anyhow::Result<Option
             serde_json::from_slice(&bytes).with_context(|| format!("parsing manifest {d}"))?;
         let media_type = json["mediaType"]
             .as_str()
-            .unwrap_or(image::OCI_MANIFEST)
+            .unwrap_or(OCI_MANIFEST)
             .to_string();
         let desc = image::descriptor(
             &media_type,
@@ -131,8 +132,8 @@ pub fn push_from_store(
     mount_from: Vec<String>,
     progress: Option<crate::progress::Transfer>,
 ) -> anyhow::Result<PushReport> {
-    let img = image::find_image(store, image_name)
-        .with_context(|| format!("no image named {image_name} in {}", store.root().display()))?;
+    // `find_image` names the image (and says so when the store is corrupt).
+    let img = image::find_image(store, image_name)?;
     let desc = match format {
         ImageFormat::Oci => img.manifest_desc.clone(),
         ImageFormat::Docker => image::convert_image(store, &img, ImageFormat::Docker)?,
@@ -143,7 +144,54 @@ pub fn push_from_store(
         locations: Some(&loc),
         progress,
     };
-    let report = push(store, desc.digest().as_ref(), dest, settings, &opts)?;
+    let report = push(store, desc.digest().as_ref(), dest, settings, &opts)
+        .map_err(super::RegistryError::wrap)?;
     loc.save()?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::digest::sha256_digest;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    /// What pull relies on: a blob whose bytes or size are wrong never
+    /// appears, and a good one is readable at once.
+    #[test]
+    fn write_blob_verifies_and_is_atomic() {
+        let (dir, store) = store();
+        let data = b"hello blob";
+        let d = sha256_digest(data);
+        let wrong = sha256_digest(b"other");
+        let err = BlobStore::write_blob(&store, &wrong, None, &mut &data[..]).unwrap_err();
+        assert!(format!("{err:#}").contains("digest mismatch"), "{err:#}");
+        assert!(!BlobStore::has_blob(&store, &wrong));
+        let err = BlobStore::write_blob(&store, &d, Some(3), &mut &data[..]).unwrap_err();
+        assert!(format!("{err:#}").contains("expected 3 bytes"), "{err:#}");
+        assert!(!BlobStore::has_blob(&store, &d));
+        BlobStore::write_blob(&store, &d, Some(10), &mut &data[..]).unwrap();
+        assert!(BlobStore::has_blob(&store, &d));
+        assert_eq!(BlobStore::blob_size(&store, &d).unwrap(), 10);
+        let back = crate::registry::blobs::read_small_blob(&store, &d).unwrap();
+        assert_eq!(back, data);
+        // Nothing but the blob itself is left in the blob directory.
+        let n = std::fs::read_dir(dir.path().join("blobs/sha256"))
+            .unwrap()
+            .count();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn digests_cannot_escape_the_store() {
+        let (_dir, store) = store();
+        assert!(!BlobStore::has_blob(&store, "sha256:../../oci-layout"));
+        assert!(BlobStore::blob_size(&store, "sha256/../../oci-layout").is_err());
+        assert!(BlobStore::open_blob(&store, "sha256:../../etc/passwd").is_err());
+    }
 }

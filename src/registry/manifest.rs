@@ -1,30 +1,13 @@
-//! The parts of manifests and indexes the client reads: media types,
-//! descriptors, platforms, and choosing a platform from an index.
+//! The parts of manifests and indexes the client reads: descriptors,
+//! limits, and choosing a platform from an index.
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use super::reference::is_valid_digest;
 use super::settings::Settings;
-
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-
-/// Layer media types rbuild can unpack and re-label; any other type is
-/// refused rather than guessed (an unknown type stored as a plain tar
-/// makes a broken image).
-pub const LAYER_TYPES: &[&str] = &[
-    "application/vnd.oci.image.layer.v1.tar",
-    "application/vnd.oci.image.layer.v1.tar+gzip",
-    "application/vnd.oci.image.layer.v1.tar+zstd",
-    "application/vnd.docker.image.rootfs.diff.tar.gzip",
-    "application/vnd.docker.image.rootfs.diff.tar",
-];
-
-/// Everything we accept when fetching a manifest.
-pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+use crate::oci::digest::is_valid_digest;
+use crate::oci::media::{LAYER_TYPES, OCI_INDEX, OCI_MANIFEST};
+use crate::oci::Platform;
 
 /// A content descriptor, as manifests and indexes list them.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -35,78 +18,6 @@ pub struct Descriptor {
     pub size: u64,
     #[serde(default)]
     pub platform: Option<Platform>,
-}
-
-/// An image platform (os/architecture/variant).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct Platform {
-    pub os: String,
-    pub architecture: String,
-    #[serde(default)]
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    /// Parse `os/arch[/variant]`.
-    pub fn parse(s: &str) -> Result<Self> {
-        let parts: Vec<&str> = s.split('/').collect();
-        match parts.as_slice() {
-            [os, arch] | [os, arch, _] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
-                os: os.to_string(),
-                architecture: arch.to_string(),
-                variant: parts
-                    .get(2)
-                    .map(|v| v.to_string())
-                    .filter(|v| !v.is_empty()),
-            }),
-            _ => bail!("invalid platform {s:?}: expected os/arch[/variant], e.g. linux/arm64/v8"),
-        }
-    }
-
-    /// The platform this program runs on, in OCI's names.
-    pub fn host() -> Self {
-        let (architecture, variant) = match std::env::consts::ARCH {
-            "x86_64" => ("amd64", None),
-            "aarch64" => ("arm64", None),
-            "arm" => ("arm", Some("v7")),
-            "x86" => ("386", None),
-            "powerpc64" => ("ppc64le", None),
-            "s390x" => ("s390x", None),
-            "riscv64" => ("riscv64", None),
-            other => (other, None),
-        };
-        Platform {
-            os: "linux".into(),
-            architecture: architecture.into(),
-            variant: variant.map(str::to_string),
-        }
-    }
-
-    /// Whether an index entry for `other` serves this (requested) platform.
-    pub fn matches(&self, other: &Platform) -> bool {
-        if self.os != other.os || self.architecture != other.architecture {
-            return false;
-        }
-        // arm64's only variant is v8, so "none" and "v8" are the same.
-        let norm = |v: &Option<String>| match (self.architecture.as_str(), v.as_deref()) {
-            ("arm64", Some("v8")) | ("arm64", None) => None,
-            (_, v) => v.map(str::to_string),
-        };
-        match &self.variant {
-            None => true,
-            Some(_) => norm(&self.variant) == norm(&other.variant),
-        }
-    }
-}
-
-impl std::fmt::Display for Platform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
 }
 
 /// A manifest or index, loosely parsed.
@@ -254,8 +165,8 @@ mod tests {
             size: 1,
             platform: Some(Platform {
                 os: os.into(),
-                architecture: arch.into(),
-                variant: variant.map(str::to_string),
+                arch: arch.into(),
+                variant: variant.unwrap_or_default().into(),
             }),
         }
     }
@@ -290,7 +201,7 @@ mod tests {
                 h = "a".repeat(64)
             )
         };
-        let gz = "application/vnd.oci.image.layer.v1.tar+gzip";
+        let gz = crate::oci::media::OCI_LAYER_GZIP;
         let good = format!("sha256:{}", "b".repeat(64));
         let err = Parsed::parse(m("sha256:../../x", gz).as_bytes(), "p").unwrap_err();
         assert!(format!("{err}").contains("invalid digest"), "{err}");

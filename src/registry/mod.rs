@@ -1,6 +1,6 @@
 //! OCI distribution client: references, auth, pull and push.
 //!
-//! `reference` normalizes names as docker does; `settings` holds insecure
+//! References come from `oci::reference`; `settings` holds insecure
 //! registries, mirrors and retry policy; `auth` reads and writes stored
 //! credentials; `client` talks to one registry host (TLS, auth handshake,
 //! retries, error bodies); `pull` and `push` move images between a
@@ -13,12 +13,12 @@ pub mod auth;
 pub mod blobs;
 pub mod body;
 pub mod client;
+pub mod error;
 pub mod known;
 pub mod local;
 pub mod manifest;
 pub mod pull;
 pub mod push;
-pub mod reference;
 pub mod settings;
 pub mod tls;
 
@@ -27,14 +27,30 @@ use std::sync::Mutex;
 
 use anyhow::Result;
 
+use crate::oci::reference::DOCKER_HUB;
+
+/// Where Docker Hub's registry API really lives.
+pub const DOCKER_HUB_API: &str = "registry-1.docker.io";
+/// The key docker writes Docker Hub credentials under in config.json.
+pub const DOCKER_HUB_AUTH_KEY: &str = "https://index.docker.io/v1/";
+
+/// The host a registry's API is served from (Docker Hub's differs from
+/// its name).
+pub fn api_host(registry: &str) -> &str {
+    if registry == DOCKER_HUB {
+        DOCKER_HUB_API
+    } else {
+        registry
+    }
+}
+
 pub use auth::{AuthFiles, Credentials};
-pub use blobs::{BlobStore, OciLayout};
+pub use blobs::BlobStore;
 pub use client::{ApiError, Registry};
+pub use error::RegistryError;
 pub use known::BlobLocations;
-pub use manifest::Platform;
 pub use pull::{pull, PullOptions, PulledImage};
 pub use push::{push, BlobOutcome, PushOptions, PushReport};
-pub use reference::{Reference, ReferenceError};
 pub use settings::Settings;
 
 /// Check `password` for `user` against `registry` (a registry name such
@@ -44,9 +60,9 @@ pub fn login(registry: &str, user: &str, password: &str, settings: &Settings) ->
         username: user.to_string(),
         password: password.to_string(),
     };
-    let reg =
-        Registry::with_credentials(reference::api_host(registry), settings, Some(creds.clone()))?;
-    reg.ping()?;
+    let reg = Registry::with_credentials(api_host(registry), settings, Some(creds.clone()))
+        .map_err(RegistryError::wrap)?;
+    reg.ping().map_err(RegistryError::wrap)?;
     settings.auth.store(registry, &creds)
 }
 
@@ -61,9 +77,7 @@ pub fn registry_name(server: &str) -> String {
     let s = settings::strip_scheme(server.trim());
     let s = s.split('/').next().unwrap_or(s);
     match s {
-        "" | "index.docker.io" | "registry-1.docker.io" | "docker.io" => {
-            reference::DOCKER_HUB.to_string()
-        }
+        "" | "index.docker.io" | "registry-1.docker.io" | "docker.io" => DOCKER_HUB.to_string(),
         other => other.to_string(),
     }
 }
@@ -111,5 +125,14 @@ mod tests {
         assert_eq!(registry_name("https://index.docker.io/v1/"), "docker.io");
         assert_eq!(registry_name("127.0.0.1:5000"), "127.0.0.1:5000");
         assert_eq!(registry_name("https://reg.io/"), "reg.io");
+    }
+
+    #[test]
+    fn docker_hub_api_lives_elsewhere() {
+        use crate::oci::Reference;
+        let api = |s: &str| api_host(&Reference::parse(s).unwrap().registry).to_string();
+        assert_eq!(api("alpine"), DOCKER_HUB_API);
+        assert_eq!(api("Foo/app"), "Foo");
+        assert_eq!(api("localhost:5000/app"), "localhost:5000");
     }
 }

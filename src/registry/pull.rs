@@ -7,14 +7,18 @@ use std::io::Read;
 use anyhow::{anyhow, bail, Context, Result};
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 
+use super::api_host;
 use super::blobs::{BlobStore, MAX_SMALL_BLOB};
 use super::body::transfer_error;
 use super::client::{scope, Registry};
 use super::known::BlobLocations;
-use super::manifest::{self, choose_platform, Descriptor, Parsed, Platform};
-use super::reference::{api_host, sha256_digest, Reference, DOCKER_HUB};
+use super::manifest::{self, choose_platform, Descriptor, Parsed};
 use super::run_parallel;
 use super::settings::{strip_scheme, Settings};
+use crate::oci::digest::sha256_digest;
+use crate::oci::media;
+use crate::oci::reference::{Reference, DOCKER_HUB};
+use crate::oci::Platform;
 use crate::progress::{BlobState, Transfer};
 
 /// What a pull asks for besides the reference.
@@ -138,7 +142,7 @@ fn fetch_manifest(reg: &Registry, reference: &Reference, r: &str) -> Result<Fetc
     let scopes = [scope(repo, "pull")];
     let resp = reg.send(&scopes, &what, true, &|c, base| {
         c.get(format!("{base}/v2/{repo}/manifests/{r}"))
-            .header(ACCEPT, manifest::ACCEPT)
+            .header(ACCEPT, media::MANIFEST_TYPES.join(", "))
     })?;
     let resp = reg.check(resp, &what)?;
     let media_type = resp
@@ -213,7 +217,7 @@ fn finish(
     let config_bytes = super::blobs::read_small_blob(store, &config.digest)?;
     manifest::check_diff_ids(&config_bytes, parsed.layers.len())
         .with_context(|| format!("pulling {reference}: image config {}", config.digest))?;
-    let known = [manifest::OCI_MANIFEST, manifest::DOCKER_MANIFEST];
+    let known = [media::OCI_MANIFEST, media::DOCKER_MANIFEST];
     let media_type = if known.contains(&image.media_type.as_str()) {
         image.media_type.clone()
     } else {

@@ -13,9 +13,9 @@ use super::blobs::{read_small_blob, BlobStore};
 use super::client::{scope, Registry};
 use super::known::BlobLocations;
 use super::manifest::{Descriptor, Parsed};
-use super::reference::Reference;
 use super::run_parallel;
 use super::settings::Settings;
+use crate::oci::Reference;
 use crate::progress::{BlobState, Transfer};
 
 /// What a push asks for besides source and destination.
@@ -56,7 +56,7 @@ pub fn push(
     settings: &Settings,
     opts: &PushOptions,
 ) -> Result<PushReport> {
-    let reg = Registry::new(dest.api_host(), settings)?;
+    let reg = Registry::new(super::api_host(&dest.registry), settings)?;
     let mut blobs = Vec::new();
     let tag = dest.tag.as_deref().unwrap_or(manifest_digest);
     let digest = push_manifest_tree(

@@ -63,24 +63,28 @@ pub fn user_ranges(uid: u32) -> Result<(SubRange, SubRange)> {
 static SINGLE_ID_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// Writes the uid/gid maps of the process `pid`, which has just unshared its
-/// user namespace, and returns them.
-pub fn write_maps(pid: u32, mode: IdMapMode) -> Result<IdMaps> {
+/// user namespace, and returns them, with the warning to report when only a
+/// single id could be mapped.
+pub fn write_maps(pid: u32, mode: IdMapMode) -> Result<(IdMaps, Option<String>)> {
     let uid = nix::unistd::getuid().as_raw();
     let gid = nix::unistd::getgid().as_raw();
+    let mut warning = None;
     if mode == IdMapMode::Auto {
-        match user_ranges(uid) {
+        let failed = match user_ranges(uid) {
             Ok((u, g)) => match write_range_maps(pid, uid, gid, u, g) {
-                Ok(()) => return Ok(range_maps(uid, gid, u, g)),
-                Err(err) => warn_single_id(&format!("{err:#}")),
+                Ok(()) => return Ok((range_maps(uid, gid, u, g), None)),
+                Err(err) => err,
             },
-            Err(err) => warn_single_id(&format!("{err:#}")),
-        }
+            Err(err) => err,
+        };
+        warning = single_id_warning(&format!("{failed:#}"));
     }
     write_single_maps(pid, uid, gid)?;
-    Ok(IdMaps {
+    let maps = IdMaps {
         uid: vec![entry(0, uid.into(), 1)],
         gid: vec![entry(0, gid.into(), 1)],
-    })
+    };
+    Ok((maps, warning))
 }
 
 fn entry(container_id: u32, host_id: u64, size: u64) -> IdMapEntry {
@@ -98,17 +102,20 @@ fn range_maps(uid: u32, gid: u32, u: SubRange, g: SubRange) -> IdMaps {
     }
 }
 
-/// Prints, once per process, that only the user's own id is available:
-/// image files lose their owners and other ids cannot be used.
-pub fn warn_single_id(reason: &str) {
-    if !SINGLE_ID_WARNED.swap(true, Ordering::Relaxed) {
-        eprintln!(
-            "rbuild: warning: {reason}; RUN steps get a single-id user namespace \
-             (only root inside; image files are owned by root, and USER switching \
-             and chown to other ids will fail). \
-             Add a range with `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 USER`."
-        );
+/// The warning that only the user's own id is available (image files lose
+/// their owners and other ids cannot be used) — the first time in this
+/// process only, so the CLI's re-exec and every later RUN say it once.
+/// Library code never prints: the caller reports it.
+pub fn single_id_warning(reason: &str) -> Option<String> {
+    if SINGLE_ID_WARNED.swap(true, Ordering::Relaxed) {
+        return None;
     }
+    Some(format!(
+        "{reason}; RUN steps get a single-id user namespace \
+         (only root inside; image files are owned by root, and USER switching \
+         and chown to other ids will fail)\n\
+         hint: add a range with `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 USER`"
+    ))
 }
 
 /// Maps `0 → uid/gid` and `1.. → the ranges` for process `pid` (which has
@@ -201,5 +208,14 @@ mod tests {
         );
         assert_eq!(find_range(content, Some("bob"), 5), None);
         assert_eq!(find_range("zero:1:0\n", Some("zero"), 5), None);
+    }
+
+    #[test]
+    fn the_single_id_warning_is_given_once_per_process_with_a_hint() {
+        let first = single_id_warning("no /etc/subuid range for user x");
+        let text = first.expect("the first call gives the warning");
+        assert!(text.starts_with("no /etc/subuid range for user x; RUN steps get a single-id"));
+        assert!(text.contains("\nhint: add a range with `usermod"));
+        assert_eq!(single_id_warning("again"), None);
     }
 }

@@ -32,13 +32,14 @@ mod limits;
 mod parent;
 mod paths;
 mod rootfs;
+pub mod running;
 mod seccomp;
 mod sys;
 mod userns;
 mod wire;
 
 pub use cgroup::oom_message;
-pub use idmap::warn_single_id;
+pub use idmap::single_id_warning;
 pub use limits::{human_bytes, ulimit_names, Limits, SwapLimit, Ulimit};
 pub use parent::{overlay_available, overlay_available_with, run, run_with};
 pub use userns::{exit_code, in_user_namespace, run_in_userns, USERNS_ARG};
@@ -243,7 +244,8 @@ pub struct RunOutcome {
     /// The memory limit the step ran under, when one was applied.
     pub memory_limit: Option<u64>,
     /// One message per requested limit that could not be applied (no
-    /// controller, no delegation); the step ran without it.
+    /// controller, no delegation; the step ran without it), and the
+    /// single-id user namespace fallback: warnings for the caller to report.
     pub limit_warnings: Vec<String>,
 }
 

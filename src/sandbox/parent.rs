@@ -59,7 +59,11 @@ pub fn run_with(
     if let Err(e) = setup {
         return Err(helper.failure(e));
     }
-    let outcome = match pump(&mut helper, out, err, on_output) {
+    // Listed while it runs, so an interrupt can end it (engine::cancel).
+    let listed = super::running::list(helper.child.id());
+    let pumped = pump(&mut helper, out, err, on_output);
+    drop(listed); // before the helper is reaped
+    let outcome = match pumped {
         Ok(()) => helper.finish(),
         Err(e) => Err(helper.failure(e)),
     };
@@ -74,6 +78,7 @@ pub fn run_with(
         Ok(mut o) => {
             o.oom_kills = oom_kills;
             o.memory_limit = cgroup.memory_limit();
+            limit_warnings.append(&mut o.limit_warnings);
             o.limit_warnings = limit_warnings;
             Ok(o)
         }
@@ -196,6 +201,8 @@ struct Helper {
     stubs: Vec<String>,
     exit: Option<i32>,
     id_maps: Option<IdMaps>,
+    /// Warnings for the build's output (the single-id namespace fallback).
+    warnings: Vec<String>,
     errors: Vec<String>,
     init_died: Option<String>,
 }
@@ -234,6 +241,7 @@ impl Helper {
             stubs: vec![],
             exit: None,
             id_maps: None,
+            warnings: Vec::new(),
             errors: vec![],
             init_died: None,
         })
@@ -246,7 +254,9 @@ impl Helper {
             _ => bail!("the sandbox setup process stopped before it was ready"),
         }
         if req.userns {
-            self.id_maps = Some(idmap::write_maps(self.child.id(), opts.id_map)?);
+            let (maps, warning) = idmap::write_maps(self.child.id(), opts.id_map)?;
+            self.id_maps = Some(maps);
+            self.warnings.extend(warning);
         }
         let mut stdin = self.stdin.take().context("sandbox stdin already closed")?;
         stdin
@@ -320,7 +330,7 @@ impl Helper {
             id_maps: self.id_maps,
             oom_kills: 0,
             memory_limit: None,
-            limit_warnings: Vec::new(),
+            limit_warnings: self.warnings,
         })
     }
 }

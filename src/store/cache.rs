@@ -6,25 +6,14 @@
 use std::fs;
 use std::path::PathBuf;
 
+use super::Store;
+use crate::oci::digest::sha256_hex;
+use crate::oci::LayerRef;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
-
-use super::Store;
 
 /// Bump when the record's meaning changes; older records read as misses.
 pub const CACHE_SCHEMA: u32 = 1;
-
-/// A layer a cached step produced.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CachedLayer {
-    /// Compressed blob digest (`sha256:…`).
-    pub digest: String,
-    /// Uncompressed tar digest.
-    pub diff_id: String,
-    pub size: u64,
-    pub media_type: String,
-}
 
 /// The result of one build step, found again by its cache key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,7 +28,7 @@ pub struct CacheRecord {
     /// The key's inputs: `{"parent", "instruction", "build_args", "files"}`.
     pub inputs: serde_json::Value,
     /// The layer, or None for a metadata-only step.
-    pub layer: Option<CachedLayer>,
+    pub layer: Option<LayerRef>,
     /// The config changes the step made, as JSON.
     pub config_changes: serde_json::Value,
     /// Other blobs the record keeps alive (e.g. a base image's manifest).
@@ -81,6 +70,25 @@ impl CacheRecord {
             .map(|l| l.digest.as_str())
             .chain(self.blobs.iter().map(String::as_str))
     }
+}
+
+/// What [`Store::cache_lookup`] found for a key.
+#[derive(Debug)]
+pub enum CacheLookup {
+    Hit(Box<CacheRecord>),
+    /// No usable record: none, an older schema, or its blobs were pruned.
+    Miss,
+    /// A record is there but does not parse or names another key.
+    Corrupt(super::StoreError),
+}
+
+/// Whether a record that does not parse as [`CacheRecord`] is at least JSON
+/// naming an older schema.
+fn older_schema(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| v.get("schema")?.as_u64())
+        .is_some_and(|v| v < u64::from(CACHE_SCHEMA))
 }
 
 /// Why a step missed: the differences between the inputs of the closest
@@ -126,26 +134,56 @@ pub fn diff_inputs(old: &serde_json::Value, new: &serde_json::Value) -> Vec<Stri
 
 impl Store {
     fn cache_path(&self, key: &str) -> PathBuf {
-        let name = hex::encode(Sha256::digest(key.as_bytes()));
+        let name = sha256_hex(key.as_bytes());
         self.private("cache").join(format!("{name}.json"))
     }
 
-    /// The record for `key`: None if absent, of an older schema, or if a
-    /// blob it needs has been pruned.
+    /// The record for `key`: None if absent, of an older schema, corrupt,
+    /// or if a blob it needs has been pruned. [`Store::cache_lookup`] tells
+    /// a corrupt record apart.
     pub fn cache_get(&self, key: &str) -> anyhow::Result<Option<CacheRecord>> {
+        Ok(match self.cache_lookup(key)? {
+            CacheLookup::Hit(record) => Some(*record),
+            CacheLookup::Miss | CacheLookup::Corrupt(_) => None,
+        })
+    }
+
+    /// The record for `key`, or why there is none. A record that does not
+    /// parse, or that is filed under another key, is [`CacheLookup::Corrupt`]:
+    /// the step runs again (and its new record replaces the bad one), and
+    /// the engine says why instead of calling it an ordinary miss.
+    pub fn cache_lookup(&self, key: &str) -> anyhow::Result<CacheLookup> {
         let path = self.cache_path(key);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(CacheLookup::Miss),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        let Ok(record) = serde_json::from_slice::<CacheRecord>(&bytes) else {
-            return Ok(None);
+        let corrupt = |why: String| {
+            Ok(CacheLookup::Corrupt(super::StoreError::Corrupt {
+                what: "cache record",
+                path: path.clone(),
+                why,
+                hint: "the step runs again and rewrites it; if records keep \
+                       breaking, check the disk",
+            }))
         };
-        let usable = record.schema == CACHE_SCHEMA
-            && record.key == key
-            && record.referenced_blobs().all(|d| self.has_blob(d));
-        Ok(usable.then_some(record))
+        let record = match serde_json::from_slice::<CacheRecord>(&bytes) {
+            Ok(r) => r,
+            // An older schema may not parse as this one: that is age, not damage.
+            Err(_) if older_schema(&bytes) => return Ok(CacheLookup::Miss),
+            Err(e) => return corrupt(e.to_string()),
+        };
+        if record.schema != CACHE_SCHEMA {
+            return Ok(CacheLookup::Miss);
+        }
+        if record.key != key {
+            return corrupt("it holds the record of another key".to_string());
+        }
+        if !record.referenced_blobs().all(|d| self.has_blob(d)) {
+            return Ok(CacheLookup::Miss);
+        }
+        Ok(CacheLookup::Hit(Box::new(record)))
     }
 
     /// Store `record` under its key (atomically replacing an older one).
@@ -222,6 +260,42 @@ impl Store {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn lookup_tells_a_corrupt_record_from_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s")).unwrap();
+        assert!(matches!(
+            store.cache_lookup("k").unwrap(),
+            CacheLookup::Miss
+        ));
+        let rec = CacheRecord::new("k", None, "scope/stage/0", json!({}));
+        store.cache_put(&rec).unwrap();
+        assert!(matches!(store.cache_lookup("k").unwrap(), CacheLookup::Hit(r) if *r == rec));
+        let path = store.cache_path("k");
+        let corrupt = |s: &Store| match s.cache_lookup("k").unwrap() {
+            CacheLookup::Corrupt(e) => e.to_string(),
+            other => panic!("not corrupt: {other:?}"),
+        };
+        fs::write(&path, b"{\"schema\":1,\"key\":").unwrap();
+        let why = corrupt(&store);
+        assert!(
+            why.contains(&path.display().to_string()) && why.contains("EOF"),
+            "{why}"
+        );
+        assert!(why.contains("\nhint: "), "{why}");
+        // A record filed under another key's name is corrupt too.
+        let other = CacheRecord::new("other", None, "scope/stage/0", json!({}));
+        fs::write(&path, serde_json::to_vec(&other).unwrap()).unwrap();
+        assert!(corrupt(&store).contains("another key"));
+        // An older schema is age, not damage.
+        fs::write(&path, br#"{"schema":0,"key":"k"}"#).unwrap();
+        assert!(matches!(
+            store.cache_lookup("k").unwrap(),
+            CacheLookup::Miss
+        ));
+        assert!(store.cache_get("k").unwrap().is_none());
+    }
 
     #[test]
     fn diff_inputs_names_what_changed() {

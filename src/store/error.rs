@@ -51,6 +51,17 @@ pub enum StoreError {
         owner: u32,
         euid: u32,
     },
+    /// A file of the store's own state does not parse: reported as corrupt,
+    /// never read as "absent" (which would hide it or lose what it named).
+    #[error("the store's {what} {} is corrupt: {why}\nhint: {hint}", path.display())]
+    Corrupt {
+        /// What the file is, e.g. "index" or "cache record".
+        what: &'static str,
+        path: PathBuf,
+        why: String,
+        /// What the user can do about it.
+        hint: &'static str,
+    },
 }
 
 impl StoreError {

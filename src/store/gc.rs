@@ -25,6 +25,9 @@ pub struct PruneReport {
     pub chunk_records: usize,
     /// Temps that could not be removed, described.
     pub left: Vec<String>,
+    /// Records of where blobs live in registries, for blobs nothing here
+    /// names any more (e.g. an imported cache's layers).
+    pub blob_locations: usize,
 }
 
 #[derive(Default)]
@@ -62,6 +65,7 @@ impl Store {
         self.sweep_blobs(&marks, &mut report)?;
         self.sweep_layer_dirs(&marks, &mut report)?;
         report.chunk_records = self.sweep_chunk_records()?;
+        report.blob_locations = self.sweep_blob_locations(&marks)?;
         report.temps = fsutil::clean_temps(&self.tmp_dir(), &mut report.left)?;
         Ok(report)
     }
@@ -84,10 +88,38 @@ impl Store {
         Ok(removed)
     }
 
+    /// Drop the registry module's records of where blobs live (a JSON
+    /// object keyed by digest; the rest of its format is the registry's
+    /// business) for blobs no image or cache record names: what imported
+    /// caches noted about their layers and saved mounts, once nothing in
+    /// the store uses them. A file that does not parse is left alone (the
+    /// registry module reports it when it reads it).
+    fn sweep_blob_locations(&self, marks: &Marks) -> anyhow::Result<usize> {
+        let path = self.blob_locations_file()?;
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(&bytes) else {
+            return Ok(0);
+        };
+        let before = map.len();
+        map.retain(|digest, _| marks.blobs.contains(digest));
+        let removed = before - map.len();
+        if removed > 0 {
+            let bytes = serde_json::to_vec(&Value::Object(map)).context("blob locations")?;
+            self.atomic_write(&path, &bytes)?;
+        }
+        Ok(removed)
+    }
+
     fn mark(&self) -> anyhow::Result<Marks> {
         let mut marks = Marks::default();
         for desc in self.index_roots()? {
-            self.mark_manifest(desc.digest().as_ref(), &mut marks);
+            // What a tag names must read: a damaged manifest would leave
+            // its layers unmarked, and the sweep would delete them.
+            self.mark_manifest(desc.digest().as_ref(), &mut marks, true)?;
         }
         for record in self.cache_records()? {
             if let Some(layer) = &record.layer {
@@ -95,30 +127,49 @@ impl Store {
                 marks.diff_ids.insert(layer.diff_id.clone());
             }
             for digest in &record.blobs {
-                self.mark_manifest(digest, &mut marks);
+                self.mark_manifest(digest, &mut marks, false)?;
             }
         }
         Ok(marks)
     }
 
-    /// A blob's JSON, if it is there and parses (anything else is only marked).
-    fn blob_json(&self, digest: &str) -> Option<Value> {
-        serde_json::from_slice(&self.read_blob(digest).ok()?).ok()
+    /// A blob's JSON; `None` when it is absent, or (not `strict`) when it
+    /// does not read or parse. `strict`: such a blob is corrupt, an error.
+    fn blob_json(&self, digest: &str, strict: bool) -> anyhow::Result<Option<Value>> {
+        if !self.has_blob(digest) {
+            return Ok(None);
+        }
+        let parsed = self
+            .read_blob(digest)
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(v) => Ok(Some(v)),
+            Err(_) if !strict => Ok(None),
+            Err(why) => Err(super::StoreError::Corrupt {
+                what: "blob",
+                path: self.blob_path(digest)?,
+                why: format!("{digest}, which a tag reaches, does not read as JSON: {why}"),
+                hint: "prune refuses to run (it would drop what the image names); \
+                       `rbuild rmi` the image that names it, or restore the blob",
+            }
+            .into()),
+        }
     }
 
     /// Mark a manifest or index and everything it names; a config also
     /// marks its layers' unpacked dirs (by diff_id).
-    fn mark_manifest(&self, digest: &str, marks: &mut Marks) {
+    fn mark_manifest(&self, digest: &str, marks: &mut Marks, strict: bool) -> anyhow::Result<()> {
         if !marks.blobs.insert(digest.to_string()) {
-            return;
+            return Ok(());
         }
-        let Some(value) = self.blob_json(digest) else {
-            return;
+        let Some(value) = self.blob_json(digest, strict)? else {
+            return Ok(());
         };
         let digest_of = |d: &Value| d.get("digest").and_then(Value::as_str).map(str::to_string);
         let children = value.get("manifests").and_then(Value::as_array);
         for child in children.into_iter().flatten().filter_map(digest_of) {
-            self.mark_manifest(&child, marks);
+            self.mark_manifest(&child, marks, strict)?;
         }
         let layers = value.get("layers").and_then(Value::as_array);
         marks
@@ -126,7 +177,7 @@ impl Store {
             .extend(layers.into_iter().flatten().filter_map(digest_of));
         if let Some(config) = value.get("config").and_then(digest_of) {
             if let Some(ids) = self
-                .blob_json(&config)
+                .blob_json(&config, strict)?
                 .and_then(|c| c.pointer("/rootfs/diff_ids").cloned())
                 .and_then(|v| v.as_array().cloned())
             {
@@ -136,6 +187,7 @@ impl Store {
             }
             marks.blobs.insert(config);
         }
+        Ok(())
     }
 
     fn sweep_blobs(&self, marks: &Marks, report: &mut PruneReport) -> anyhow::Result<()> {

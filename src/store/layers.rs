@@ -34,6 +34,23 @@ impl Store {
         }
         let tmp = fsutil::temp_dir(&self.tmp_dir(), "layer-")?;
         fill(tmp.dir.path()).with_context(|| format!("unpacking layer {diff_id}"))?;
+        self.adopt_layer_dir(diff_id, tmp)
+    }
+
+    /// Install `tmp` (a dir from [`Store::temp_dir`], already filled with
+    /// the layer's files) as the unpacked dir for `diff_id`, for a caller
+    /// that fills it before the diff_id is known (while the layer is being
+    /// written). If the layer already has a dir, that one is kept and `tmp`
+    /// is dropped. Returns the final path.
+    pub fn adopt_layer_dir(
+        &self,
+        diff_id: &str,
+        tmp: fsutil::LockedTempDir,
+    ) -> anyhow::Result<PathBuf> {
+        let dest = self.layer_path(diff_id)?;
+        if dest.is_dir() {
+            return Ok(dest);
+        }
         // The dir becomes a layer's root (an overlay lower): the usual 0755,
         // not the temp's 0700; `layers/` itself stays private.
         fs::set_permissions(tmp.dir.path(), fs::Permissions::from_mode(0o755))

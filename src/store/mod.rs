@@ -39,17 +39,18 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use sha2::{Digest as _, Sha256};
 
-pub use blob::{digest_hex, sha256_digest, BlobError, BlobInfo, BlobWriter};
-pub use cache::{diff_inputs, CacheRecord, CachedLayer, CACHE_SCHEMA};
+use crate::oci::digest::{sha256_digest, sha256_hex};
+use crate::oci::IMAGE_LAYOUT;
+
+pub use blob::{digest_hex, BlobError, BlobInfo, BlobWriter};
+pub use cache::{diff_inputs, CacheLookup, CacheRecord, CACHE_SCHEMA};
 pub use error::StoreError;
 pub use fsutil::{LockedTempDir, TempFile};
 pub use gc::PruneReport;
 pub use lock::{lock_exclusive, LockGuard};
-pub use tags::{check_reference, lookup_name, normalize_tag, TagError, REF_NAME};
+pub use tags::{check_reference, lookup_name, normalize_tag, TagError};
 
-const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 const EMPTY_INDEX: &[u8] = br#"{"schemaVersion":2,"manifests":[]}"#;
 
 /// A handle on a store directory. Cheap; many handles (and processes) may
@@ -86,7 +87,7 @@ impl Store {
         let _lock = self.lock_index()?;
         let layout = self.root.join("oci-layout");
         if !layout.exists() {
-            self.atomic_write(&layout, OCI_LAYOUT)?;
+            self.atomic_write(&layout, IMAGE_LAYOUT)?;
         }
         let index = self.index_path();
         if !index.exists() {
@@ -133,12 +134,12 @@ impl Store {
     pub fn cache_mount_dir(&self, id: &str) -> anyhow::Result<PathBuf> {
         let parent = self.private("cachemounts");
         secure::make_private_dir(&parent)?;
-        Ok(parent.join(hex::encode(Sha256::digest(id.as_bytes()))))
+        Ok(parent.join(sha256_hex(id.as_bytes())))
     }
 
     /// The stat cache file of the build context at `context` (an absolute path).
     pub fn statcache_file(&self, context: &Path) -> PathBuf {
-        let name = hex::encode(Sha256::digest(context.as_os_str().as_encoded_bytes()));
+        let name = sha256_hex(context.as_os_str().as_encoded_bytes());
         self.private("statcache").join(format!("{name}.json"))
     }
 
@@ -185,6 +186,12 @@ impl Store {
     /// Start writing a blob.
     pub fn blob_writer(&self) -> anyhow::Result<BlobWriter> {
         BlobWriter::new(&self.tmp_dir(), &self.blobs_dir())
+    }
+
+    /// Start writing a blob whose digest the caller computes over the same
+    /// bytes (see `BlobWriter::new_unhashed`); commit it with `commit_verified`.
+    pub fn blob_writer_unhashed(&self) -> anyhow::Result<BlobWriter> {
+        BlobWriter::new_unhashed(&self.tmp_dir(), &self.blobs_dir())
     }
 
     /// Write a small blob from memory.

@@ -4,16 +4,14 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::sync::OnceLock;
 
 use anyhow::Context;
 use oci_spec::image::{Descriptor, ImageIndex};
-use regex::Regex;
 
 use super::Store;
-
-/// The annotation naming a tag in `index.json`.
-pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+use crate::oci::digest::is_valid_digest;
+use crate::oci::reference::{is_image_id, is_valid_component, is_valid_host, is_valid_tag};
+use crate::oci::REF_NAME;
 
 /// Why a name cannot be stored as a tag: the rule of docker's reference
 /// grammar it breaks.
@@ -42,31 +40,12 @@ pub enum TagError {
 /// Docker's limit on `[registry/]path` (without tag or digest).
 const MAX_NAME_LEN: usize = 255;
 
-fn tag_re() -> &'static Regex {
-    static R: OnceLock<Regex> = OnceLock::new();
-    R.get_or_init(|| Regex::new(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$").expect("static regex"))
-}
-
-fn component_re() -> &'static Regex {
-    static R: OnceLock<Regex> = OnceLock::new();
-    R.get_or_init(|| Regex::new(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$").expect("static regex"))
-}
-
-fn host_re() -> &'static Regex {
-    static R: OnceLock<Regex> = OnceLock::new();
-    R.get_or_init(|| {
-        Regex::new(
-            r"^(?:(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])(?:\.(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9]))*|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?$",
-        )
-        .expect("static regex")
-    })
-}
-
 /// Checks `name` against docker's reference grammar (`distribution/reference`):
 /// `[host[:port]/]component(/component)*[:tag][@digest]`, components
 /// lowercase, name at most 255 characters, tag `[\w][\w.-]{0,127}`, digest
 /// `sha256:` + 64 lowercase hex. The store keeps names as given (no
-/// `docker.io/library/` prefix), so this validates without normalizing.
+/// `docker.io/library/` prefix), so this validates without normalizing:
+/// the grammar's pieces are `oci::reference`'s, applied to the raw name.
 pub fn check_reference(name: &str) -> Result<(), TagError> {
     let owned = || name.to_string();
     if name.is_empty() {
@@ -76,22 +55,15 @@ pub fn check_reference(name: &str) -> Result<(), TagError> {
         Some((r, d)) => (r, Some(d)),
         None => (name, None),
     };
-    if let Some(d) = digest {
-        let ok = match d.split_once(':') {
-            Some(("sha256", hex)) => is_lower_hex(hex, 64),
-            Some(("sha512", hex)) => is_lower_hex(hex, 128),
-            _ => false,
-        };
-        if !ok {
-            return Err(TagError::BadDigest(owned()));
-        }
+    if digest.is_some_and(|d| !is_valid_digest(d)) {
+        return Err(TagError::BadDigest(owned()));
     }
     let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
     let (repo, tag) = match rest[last_slash..].rfind(':') {
         Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
         None => (rest, None),
     };
-    if tag.is_some_and(|t| !tag_re().is_match(t)) {
+    if tag.is_some_and(|t| !is_valid_tag(t)) {
         return Err(TagError::BadTag(owned()));
     }
     if repo.is_empty() {
@@ -108,25 +80,21 @@ pub fn check_reference(name: &str) -> Result<(), TagError> {
         }
         _ => (None, repo),
     };
-    if host.is_some_and(|h| !host_re().is_match(h)) {
+    if host.is_some_and(|h| !is_valid_host(h)) {
         return Err(TagError::BadRegistry(owned()));
     }
-    if host.is_none() && is_lower_hex(path, 64) {
+    if host.is_none() && is_image_id(path) {
         return Err(TagError::LooksLikeId(owned()));
     }
     for component in path.split('/') {
         if component.chars().any(|c| c.is_uppercase()) {
             return Err(TagError::Uppercase(owned()));
         }
-        if !component_re().is_match(component) {
+        if !is_valid_component(component) {
             return Err(TagError::BadName(owned()));
         }
     }
     Ok(())
-}
-
-fn is_lower_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Normalize an image name for storage: checked with [`check_reference`],
@@ -175,7 +143,16 @@ impl Store {
     fn read_index(&self) -> anyhow::Result<ImageIndex> {
         let path = self.index_path();
         let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+        serde_json::from_slice(&bytes).map_err(|e| {
+            // Not "no such image": the tags it held are unknown, not gone.
+            anyhow::Error::new(super::StoreError::Corrupt {
+                what: "index",
+                path: path.clone(),
+                why: e.to_string(),
+                hint: "restore it from a backup; or move it aside (rbuild then starts \
+                       an empty index: the images stay in blobs/ until `rbuild prune`)",
+            })
+        })
     }
 
     fn write_index(&self, index: &ImageIndex) -> anyhow::Result<()> {

@@ -115,7 +115,7 @@ fn dockerfile_on_stdin_with_and_without_context() {
     let inspect = env.rbuild_ok(&["inspect", "nostdctx:1"]);
     assert!(stdout(&inspect).contains("\"via\": \"stdin\""));
     let out = rbuild_stdin(&env, &["build", "-"], b"FROM scratch\nCOPY a.txt /\n");
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(4));
     assert!(stderr(&out).contains("Dockerfile:2"), "{}", stderr(&out));
 
     // `-f -`: the Dockerfile from stdin, the context from the argument.
@@ -165,7 +165,7 @@ fn tar_context_cannot_write_outside() {
     );
     run_ok(Command::new("python3").arg("-c").arg(&script));
     let out = env.rbuild(&["build", evil.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert!(stderr(&out).contains("evil.tar"), "{}", stderr(&out));
     assert!(!victim.exists(), "a tar entry escaped the context dir");
     no_temps_left(&env);
@@ -348,7 +348,7 @@ fn git_contexts_over_smart_http_and_file() {
 
     // A ref that does not exist: git's message, the URL, the ref.
     let out = env.rbuild(&["build", &format!("{url}#nope")]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(7));
     let err = stderr(&out);
     assert!(
         err.contains(&format!("{url}#nope")) && err.contains("nope"),
@@ -358,14 +358,14 @@ fn git_contexts_over_smart_http_and_file() {
         env.rbuild(&["build", &format!("{url}#main:../..")])
             .status
             .code()
-            == Some(1)
+            == Some(7)
     );
     // Credentials in the URL never reach the output.
     let secret_url = url
         .replacen("http://", "http://user:s3cret-token@", 1)
         .replace("app.git", "nope.git");
     let out = env.rbuild(&["build", "--progress", "plain", &secret_url]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(7));
     let text = format!("{}{}", stdout(&out), stderr(&out));
     assert!(!text.contains("s3cret-token"), "{text}");
     assert!(
@@ -431,5 +431,5 @@ fn stdin_on_a_terminal_is_refused_not_waited_on() {
         .unwrap();
     let text = stdout(&out);
     assert!(text.contains("which is a terminal"), "{text}");
-    assert!(text.contains("rc=1"), "{text}");
+    assert!(text.contains("rc=2"), "{text}");
 }

@@ -110,7 +110,7 @@ fn stdout_conflicts_are_refused() {
     let ctx = env.context("c", &[("Dockerfile", "FROM scratch\n")]);
     let c = ctx.to_str().unwrap();
     let out = env.rbuild(&["build", "-q", "-o", "-", c]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("hint: use --iidfile"),
         "{}",

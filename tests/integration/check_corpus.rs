@@ -89,7 +89,7 @@ fn buildah_conformance_dockerfiles_pass_unless_meant_to_fail() {
         let (code, _, stderr) = check(f);
         // Copies of the invalid file (transientmount/Dockerfile.env) fail too.
         if std::fs::read(f).ok().as_deref() == Some(&invalid[..]) {
-            assert_eq!(code, 1, "{} should fail", f.display());
+            assert_eq!(code, 3, "{} should fail", f.display());
             assert!(stderr.contains("Dockerfile.env:12:"), "{stderr}");
             continue;
         }
@@ -133,7 +133,7 @@ fn every_error_is_printed_with_a_caret() {
         .args(["check", "-f", "Dockerfile", "."])
         .output()
         .expect("runs rbuild");
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
         "Dockerfile:2:6: error: unknown flag: --nope\n  2 | COPY --nope a b\n    |      ^\n\
@@ -179,7 +179,7 @@ fn flag_values_a_build_rejects_are_check_errors() {
         .output()
         .expect("runs rbuild");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(
         stderr.contains("Dockerfile:3:1: error: invalid chmod parameter: 'abc'"),
         "{stderr}"

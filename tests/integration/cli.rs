@@ -114,7 +114,7 @@ fn unknown_instruction_suggests_and_prints_once() {
     let env = Env::new();
     let ctx = env.context("c", &[("Dockerfile", "FRM scratch\n")]);
     let out = env.rbuild(&["build", "--progress", "plain", ctx.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     let err = stderr(&out);
     assert!(
         err.contains("Dockerfile:1:1: error: unknown instruction: FRM (did you mean FROM?)"),
@@ -133,7 +133,7 @@ fn a_failed_step_prints_its_message_once() {
     let ctx = env.context("c", &[("Dockerfile", &df)]);
     for progress in ["plain", "tty"] {
         let out = env.rbuild(&["build", "--progress", progress, ctx.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(out.status.code(), Some(5));
         let err = stderr(&out);
         // The final error once; each retry is a note of its own (in the
         // step's log, which the plain failure summary repeats as BuildKit's

@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use rbuild::context::{parse_ignore, PatternMatcher};
 use rbuild::dockerfile::shell::Lexer;
 use rbuild::layer::{unpack_layer, UnpackOptions};
+use rbuild::oci::Reference;
 use rbuild::plan::{plan_text, PlanOptions};
-use rbuild::registry::Reference;
 use rbuild::store::check_reference;
 
 /// xorshift64*: tiny, deterministic, good enough to pick mutations.

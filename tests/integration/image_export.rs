@@ -8,10 +8,13 @@ use std::process::Command;
 
 use rbuild::image::{
     commit_image, convert_image, descriptor, export_docker_archive, export_oci_layout, find_image,
-    HistoryEntry, ImageConfig, ImageFormat, DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST,
-    OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_MANIFEST,
+    HistoryEntry, ImageConfig, ImageFormat,
 };
-use rbuild::store::{sha256_digest, Store};
+use rbuild::oci::digest::sha256_digest;
+use rbuild::oci::media::{
+    DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_MANIFEST,
+};
+use rbuild::store::Store;
 use store_support::{layer_tar_gz, make_image};
 
 fn run(cmd: &mut Command) -> String {

@@ -35,7 +35,7 @@ fn nested_substitution_9000_deep_is_an_error_at_its_line() {
     let err = stderr(&out);
     assert_eq!(
         out.status.code(),
-        Some(1),
+        Some(3),
         "a check error, not an abort: {err:.400}"
     );
     let want = format!("{}:2:", df.display());
@@ -91,7 +91,7 @@ fn doubling_arg_chain_hits_the_size_cap_with_a_clear_error() {
     let df = dockerfile(&env, "double", &text);
     let out = check(&env, &df);
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err:.600}");
+    assert_eq!(out.status.code(), Some(3), "{err:.600}");
     // 16 bytes doubled 17 times passes 1 MiB at A17, on line 19.
     let want = format!("{}:19:", df.display());
     assert!(err.contains(&want), "{err:.600}");
@@ -120,7 +120,7 @@ fn copying_a_large_value_many_times_hits_the_env_cap() {
     let df = dockerfile(&env, "copies", &text);
     let out = check(&env, &df);
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{:.600}", err);
+    assert_eq!(out.status.code(), Some(3), "{:.600}", err);
     assert!(
         err.contains("ENV and ARG values exceed 8 MiB"),
         "{:.600}",
@@ -269,7 +269,7 @@ fn many_stages_copying_a_large_environment_hit_the_plan_cap() {
     let df = dockerfile(&env, "fanout", &text);
     let out = check(&env, &df);
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err:.600}");
+    assert_eq!(out.status.code(), Some(3), "{err:.600}");
     assert!(
         err.contains("the planned steps exceed 256 MiB"),
         "{err:.600}"
@@ -288,7 +288,7 @@ fn onbuild_chained_8000_times_is_an_error_not_a_stack_overflow() {
     let df = dockerfile(&env, "onbuild", &text);
     let out = check(&env, &df);
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err:.400}");
+    assert_eq!(out.status.code(), Some(3), "{err:.400}");
     assert!(err.contains(&format!("{}:2:", df.display())), "{err:.400}");
     assert!(
         err.contains("ONBUILD nested more than 16 levels"),

@@ -10,8 +10,9 @@ use std::time::Instant;
 use std::sync::Arc;
 
 use rbuild::layer::{
-    entries_from_dir, write_layer, BlobResolver, ChunkCache, Compression, DirOptions, WriteOptions,
+    entries_from_dir, write_layer, BlobResolver, ChunkCache, DirOptions, WriteOptions,
 };
+use rbuild::oci::Compression;
 
 /// With `RBUILD_BENCH_CACHE=DIR`, a chunk cache in DIR whose blobs are
 /// `DIR/blobs/<hex>` (the written layer is hard-linked there), as the

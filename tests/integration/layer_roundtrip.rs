@@ -12,6 +12,8 @@ use std::process::Command;
 
 use layer_common::*;
 use rbuild::layer::*;
+use rbuild::oci::media::OCI_LAYER_GZIP;
+use rbuild::oci::Compression;
 
 /// A tree with every kind of object a layer carries.
 fn build_tree(root: &Path) -> String {
@@ -88,7 +90,7 @@ fn round_trip_preserves_every_attribute() {
     fs::create_dir(&dst).unwrap();
     let entries = entries_from_dir(&src, &DirOptions::default()).unwrap();
     let (blob, info) = write_to_vec(entries, Compression::Gzip { level: 6 });
-    assert_eq!(info.media_type, MEDIA_TYPE_TAR_GZIP);
+    assert_eq!(info.media_type, OCI_LAYER_GZIP);
     assert_eq!(info.size, blob.len() as u64);
     let stats = unpack_layer(
         &blob[..],

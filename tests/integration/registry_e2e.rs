@@ -14,11 +14,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rbuild::oci::{Platform, Reference};
 use rbuild::progress::{BlobState, Event, Reporter, Transfer};
 use rbuild::registry::{
-    self, AuthFiles, BlobLocations, BlobOutcome, BlobStore, OciLayout, Platform, PullOptions,
-    PushOptions, Reference, Settings,
+    self, AuthFiles, BlobLocations, BlobOutcome, BlobStore, PullOptions, PushOptions, Settings,
 };
+use rbuild::store::Store;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -238,7 +239,15 @@ fn digest_of(b: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(b)))
 }
 
-fn put(store: &OciLayout, bytes: &[u8]) -> String {
+/// Name a manifest in the store's `index.json`, as a build would.
+fn tag(store: &Store, name: &str, digest: &str, size: u64) {
+    use oci_spec::image::{Descriptor, MediaType};
+    let digest: oci_spec::image::Digest = digest.parse().unwrap();
+    let desc = Descriptor::new(MediaType::ImageManifest, size, digest);
+    store.tag(name, &desc).unwrap();
+}
+
+fn put(store: &Store, bytes: &[u8]) -> String {
     let d = digest_of(bytes);
     store
         .write_blob(&d, Some(bytes.len() as u64), &mut &bytes[..])
@@ -263,7 +272,7 @@ fn layer(name: &str, content: &[u8]) -> (Vec<u8>, String) {
 }
 
 /// Build a one-or-two layer image in `store`; returns the manifest digest.
-fn build_image(store: &OciLayout, arch: &str, files: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+fn build_image(store: &Store, arch: &str, files: &[(&str, &[u8])]) -> (String, Vec<u8>) {
     let mut layers = Vec::new();
     let mut diff_ids = Vec::new();
     for (name, content) in files {
@@ -324,7 +333,7 @@ fn push_read_back_with_skopeo_pull_and_skip_present_blobs() {
     let proxy = Proxy::start(reg.addr(), Arc::new(|_: &Req| Action::Forward));
     let tmp = tempfile::tempdir().unwrap();
     let settings = quick_settings(tmp.path());
-    let src = OciLayout::create(&tmp.path().join("src")).unwrap();
+    let src = Store::open(&tmp.path().join("src")).unwrap();
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let (mdigest, _) = build_image(
         &src,
@@ -405,7 +414,7 @@ fn push_read_back_with_skopeo_pull_and_skip_present_blobs() {
     assert_eq!(blob_uploads(&proxy.requests()), 0);
 
     // Pull into an empty layout: same digests, verified, stored.
-    let dst = OciLayout::create(&tmp.path().join("dst")).unwrap();
+    let dst = Store::open(&tmp.path().join("dst")).unwrap();
     let img = registry::pull(&dest, &dst, &settings, &PullOptions::default()).unwrap();
     assert_eq!(img.manifest_digest, mdigest);
     assert_eq!(img.fetched.len(), 3);
@@ -458,7 +467,7 @@ fn push_to_second_repo_mounts_instead_of_uploading() {
     let proxy = Proxy::start(reg.addr(), Arc::new(|_: &Req| Action::Forward));
     let tmp = tempfile::tempdir().unwrap();
     let settings = quick_settings(tmp.path());
-    let src = OciLayout::create(&tmp.path().join("src")).unwrap();
+    let src = Store::open(&tmp.path().join("src")).unwrap();
     let (mdigest, _) = build_image(&src, "amd64", &[("a.txt", b"mount me")]);
     let loc = BlobLocations::load(&tmp.path().join("locations.json")).unwrap();
     let opts = PushOptions {
@@ -539,7 +548,7 @@ fn index_push_and_platform_choice_and_docker_schema2_pull() {
     let reg = RegistryGuard::start(RegistryConf::default());
     let tmp = tempfile::tempdir().unwrap();
     let settings = quick_settings(tmp.path());
-    let src = OciLayout::create(&tmp.path().join("src")).unwrap();
+    let src = Store::open(&tmp.path().join("src")).unwrap();
     let (amd, amd_bytes) = build_image(&src, "amd64", &[("arch", b"amd64")]);
     let (arm, arm_bytes) = build_image(&src, "arm64", &[("arch", b"arm64")]);
     let index = serde_json::to_vec(&json!({
@@ -555,7 +564,7 @@ fn index_push_and_platform_choice_and_docker_schema2_pull() {
     let report = registry::push(&src, &idx, &dest, &settings, &PushOptions::default()).unwrap();
     assert_eq!(report.manifest_digest, idx);
 
-    let dst = OciLayout::create(&tmp.path().join("dst")).unwrap();
+    let dst = Store::open(&tmp.path().join("dst")).unwrap();
     let opts = PullOptions {
         platform: Some(Platform::parse("linux/arm64").unwrap()),
         ..Default::default()
@@ -580,16 +589,11 @@ fn index_push_and_platform_choice_and_docker_schema2_pull() {
 
     // A Docker schema-2 manifest written by skopeo pulls too.
     if have("skopeo") {
-        src.set_ref(
-            "amd",
-            "application/vnd.oci.image.manifest.v1+json",
-            &amd,
-            amd_bytes.len() as u64,
-        )
-        .unwrap();
+        // The store names tags in full (`amd` would be `amd:latest`).
+        tag(&src, "amd:v1", &amd, amd_bytes.len() as u64);
         let st = Command::new("skopeo")
             .args(["copy", "--dest-tls-verify=false", "--format", "v2s2"])
-            .arg(format!("oci:{}:amd", src.root().display()))
+            .arg(format!("oci:{}:amd:v1", src.root().display()))
             .arg(format!("docker://{}/dockerfmt:v1", reg.addr()))
             .output()
             .unwrap();
@@ -708,7 +712,7 @@ fn tls_registry_with_htpasswd_login_and_ca_errors() {
         tls: Some((cert, key)),
         htpasswd: Some(htpasswd),
     });
-    let src = OciLayout::create(&tmp.path().join("src")).unwrap();
+    let src = Store::open(&tmp.path().join("src")).unwrap();
     let (mdigest, _) = build_image(&src, "amd64", &[("f", b"tls")]);
     let dest = r(&format!("{}/secure/app:v1", reg.addr()));
 
@@ -777,7 +781,7 @@ fn tls_registry_with_htpasswd_login_and_ca_errors() {
     assert_eq!(mode & 0o777, 0o600);
     let report = registry::push(&src, &mdigest, &dest, &settings, &PushOptions::default()).unwrap();
     assert_eq!(report.manifest_digest, mdigest);
-    let dst = OciLayout::create(&tmp.path().join("dst")).unwrap();
+    let dst = Store::open(&tmp.path().join("dst")).unwrap();
     let img = registry::pull(&dest, &dst, &settings, &PullOptions::default()).unwrap();
     assert_eq!(img.manifest_digest, mdigest);
 
@@ -874,7 +878,7 @@ fn bearer_token_flow_with_refresh_mid_push() {
     // The gate listens on the port the challenge names.
     let proxy = start_on(port, reg.addr(), Arc::new(handler));
     let settings = quick_settings(tmp.path());
-    let src = OciLayout::create(&tmp.path().join("src")).unwrap();
+    let src = Store::open(&tmp.path().join("src")).unwrap();
     let (mdigest, _) = build_image(&src, "amd64", &[("a", b"token"), ("b", b"flow")]);
     let dest = r(&format!("{}/tok/app:v1", proxy.addr()));
 
@@ -913,7 +917,7 @@ fn bearer_token_flow_with_refresh_mid_push() {
     // Tokens are cached per scope: far fewer token requests than gated ones.
     assert!(issued.load(Ordering::SeqCst) < gated.load(Ordering::SeqCst) / 2);
 
-    let dst = OciLayout::create(&tmp.path().join("dst")).unwrap();
+    let dst = Store::open(&tmp.path().join("dst")).unwrap();
     let img = registry::pull(&dest, &dst, &settings, &PullOptions::default()).unwrap();
     assert_eq!(img.manifest_digest, mdigest);
     let msg = format!(
@@ -943,7 +947,7 @@ fn bearer_token_flow_with_refresh_mid_push() {
     let scopes = [registry::client::scope("tok/app", "pull")];
     let get = |c: &reqwest::blocking::Client, base: &str| {
         c.get(format!("{base}/v2/tok/app/manifests/v1"))
-            .header("Accept", registry::manifest::ACCEPT)
+            .header("Accept", rbuild::oci::media::MANIFEST_TYPES.join(", "))
     };
     let status = |c: &registry::Registry| c.send(&scopes, "test", false, &get).unwrap().status();
     assert!(status(&client).is_success());
@@ -987,7 +991,7 @@ fn faults_are_retried_and_a_failed_blob_blocks_the_manifest() {
     let reg = RegistryGuard::start(RegistryConf::default());
     let tmp = tempfile::tempdir().unwrap();
     let settings = quick_settings(tmp.path());
-    let src = OciLayout::create(&tmp.path().join("src")).unwrap();
+    let src = Store::open(&tmp.path().join("src")).unwrap();
     let (mdigest, _) = build_image(
         &src,
         "amd64",
@@ -1026,7 +1030,7 @@ fn faults_are_retried_and_a_failed_blob_blocks_the_manifest() {
         n.load(Ordering::SeqCst) > needed,
         "faults were injected and survived"
     );
-    let dst = OciLayout::create(&tmp.path().join("dst")).unwrap();
+    let dst = Store::open(&tmp.path().join("dst")).unwrap();
     let direct = r(&format!("{}/flaky:v1", reg.addr()));
     assert_eq!(
         registry::pull(&direct, &dst, &settings, &PullOptions::default())
@@ -1085,17 +1089,10 @@ fn cli_push_and_pull_through_the_layout() {
     let reg = RegistryGuard::start(RegistryConf::default());
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("root");
-    let store = OciLayout::create(&root).unwrap();
+    let store = Store::open(&root).unwrap();
     let (mdigest, mbytes) = build_image(&store, "amd64", &[("cli", b"cli push")]);
     let name = format!("{}/cli/app:v1", reg.addr());
-    store
-        .set_ref(
-            &name,
-            "application/vnd.oci.image.manifest.v1+json",
-            &mdigest,
-            mbytes.len() as u64,
-        )
-        .unwrap();
+    tag(&store, &name, &mdigest, mbytes.len() as u64);
     let rb = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_rbuild"))
             .arg("--root")
@@ -1130,8 +1127,12 @@ fn cli_push_and_pull_through_the_layout() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), mdigest);
-    let pulled = OciLayout::create(&root2).unwrap();
-    assert_eq!(pulled.resolve_ref(&name).unwrap(), Some(mdigest));
+    let pulled = Store::open(&root2).unwrap();
+    let got = pulled
+        .resolve(&name)
+        .unwrap()
+        .map(|d| d.digest().to_string());
+    assert_eq!(got, Some(mdigest));
 
     let out = rb(&["pull", "Bad/Name:v1"]);
     assert!(!out.status.success());
@@ -1148,18 +1149,11 @@ fn cli_transfer_lines_say_once_what_happened_to_each_blob() {
     let reg = RegistryGuard::start(RegistryConf::default());
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("root");
-    let store = OciLayout::create(&root).unwrap();
+    let store = Store::open(&root).unwrap();
     let big: Vec<u8> = (0..2_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let (mdigest, mbytes) = build_image(&store, "amd64", &[("a", b"lines"), ("big", &big)]);
     let name = format!("{}/lines/app:v1", reg.addr());
-    store
-        .set_ref(
-            &name,
-            "application/vnd.oci.image.manifest.v1+json",
-            &mdigest,
-            mbytes.len() as u64,
-        )
-        .unwrap();
+    tag(&store, &name, &mdigest, mbytes.len() as u64);
     let rb = |root: &Path, args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_rbuild"))
             .arg("--root")
@@ -1216,7 +1210,7 @@ fn docker_hub_names_pull_through_a_mirror() {
     }
     let reg = RegistryGuard::start(RegistryConf::default());
     let tmp = tempfile::tempdir().unwrap();
-    let src = OciLayout::create(&tmp.path().join("src")).unwrap();
+    let src = Store::open(&tmp.path().join("src")).unwrap();
     let (mdigest, _) = build_image(&src, "amd64", &[("m", b"from the mirror")]);
     let mut settings = quick_settings(tmp.path());
     // A mirror holds Docker Hub's repositories under the same names.
@@ -1231,7 +1225,7 @@ fn docker_hub_names_pull_through_a_mirror() {
     .unwrap();
 
     settings.registry_mirrors = vec![format!("http://{}/", reg.addr())];
-    let dst = OciLayout::create(&tmp.path().join("dst")).unwrap();
+    let dst = Store::open(&tmp.path().join("dst")).unwrap();
     let blobs = Arc::new(Blobs::default());
     let opts = PullOptions {
         progress: Some(Transfer::new(blobs.clone(), 1)),

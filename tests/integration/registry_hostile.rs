@@ -10,7 +10,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use hostile::{config_for, digest_of, layer, tls_wrap, Conn, Hostile, Image, Req, GZ};
-use rbuild::registry::{self, AuthFiles, OciLayout, PullOptions, Reference, Settings};
+use rbuild::oci::Reference;
+use rbuild::registry::{self, AuthFiles, PullOptions, Settings};
+use rbuild::store::Store;
 use serde_json::json;
 
 /// Settings that make every limit trip within a second or two.
@@ -52,7 +54,7 @@ fn pull_err(
     settings: Settings,
 ) -> (String, Duration, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let store = OciLayout::create(&dir.path().join("store")).unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
     let reference = Reference::parse(&format!("{}/{repo_tag}", h.addr())).unwrap();
     let (res, took) = within(60, move || {
         registry::pull(&reference, &store, &settings, &PullOptions::default())
@@ -283,7 +285,7 @@ fn bad_manifests_are_refused_before_any_layer_is_fetched() {
         ..fast(tmp.path())
     };
     let dir = tempfile::tempdir().unwrap();
-    let store = OciLayout::create(dir.path()).unwrap();
+    let store = Store::open(dir.path()).unwrap();
     let reference = Reference::parse(&format!("{}/many:v1", h.addr())).unwrap();
     let pulled = registry::pull(&reference, &store, &raised, &PullOptions::default());
     let layers = pulled.map(|p| p.layers.len()).map_err(|e| format!("{e:#}"));
@@ -310,7 +312,7 @@ fn a_refused_connection_is_retried_until_the_registry_is_up() {
         backoff_ms: 200,
         ..fast(tmp.path())
     };
-    let store = OciLayout::create(&tmp.path().join("store")).unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
     let reference = Reference::parse(&format!("127.0.0.1:{port}/late:v1")).unwrap();
     let pulled = registry::pull(&reference, &store, &settings, &PullOptions::default());
     let _server = starter.join().unwrap();
@@ -374,10 +376,10 @@ fn docker_cert(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBu
     (crt, key)
 }
 
-/// An image in a fresh OCI layout; returns the layout and manifest digest.
-fn local_image(dir: &Path) -> (OciLayout, String) {
+/// An image in a fresh store; returns the store and manifest digest.
+fn local_image(dir: &Path) -> (Store, String) {
     use rbuild::registry::BlobStore;
-    let store = OciLayout::create(dir).unwrap();
+    let store = Store::open(dir).unwrap();
     let (raw, gz) = layer(&[("tls.txt", b"over tls")]);
     let img = Image::new("x", "v1", &[(gz, GZ)], config_for(&[&raw], true));
     let mut manifest = String::new();

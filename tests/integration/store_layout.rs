@@ -6,7 +6,8 @@ use crate::store_support;
 use std::io::Write;
 use std::process::Command;
 
-use rbuild::store::{CacheRecord, CachedLayer, Store};
+use rbuild::oci::LayerRef;
+use rbuild::store::{CacheRecord, Store};
 use store_support::{layer_tar_gz, make_image};
 
 fn run(cmd: &mut Command) -> String {
@@ -158,7 +159,7 @@ fn blob_writer_verifies_and_dropped_writer_leaves_nothing() {
 
     let mut w = store.blob_writer().unwrap();
     w.write_all(b"content").unwrap();
-    let expect = rbuild::store::sha256_digest(b"content");
+    let expect = rbuild::oci::digest::sha256_digest(b"content");
     let info = w.commit_verified(&expect, Some(7)).unwrap();
     assert_eq!(info.digest, expect);
     assert_eq!(store.read_blob(&expect).unwrap(), b"content");
@@ -187,11 +188,11 @@ fn prune_keeps_tagged_and_cached_blobs_and_drops_the_rest() {
     let (gz, diff_id) = layer_tar_gz(&[("c", b"cached")]);
     let cached = store.put_blob(&gz).unwrap();
     let mut rec = CacheRecord::new("key-1", None, "stage0/1", serde_json::json!({}));
-    rec.layer = Some(CachedLayer {
+    rec.layer = Some(LayerRef {
         digest: cached.digest.clone(),
         diff_id: diff_id.clone(),
         size: cached.size,
-        media_type: rbuild::image::OCI_LAYER_GZIP.into(),
+        media_type: rbuild::oci::media::OCI_LAYER_GZIP.into(),
     });
     store.cache_put(&rec).unwrap();
     store
@@ -304,7 +305,7 @@ fn cache_records_round_trip_and_closest_prefers_same_parent() {
         .is_none());
     // A record whose layer blob is gone is a miss.
     let mut c = CacheRecord::new("k-c", None, "s/0", serde_json::json!({}));
-    c.layer = Some(CachedLayer {
+    c.layer = Some(LayerRef {
         digest: format!("sha256:{}", "f".repeat(64)),
         diff_id: format!("sha256:{}", "f".repeat(64)),
         size: 1,

@@ -60,8 +60,8 @@ impl StageState {
         // the stage's files are neither copied nor unpacked for this step.
         let view = self.view(ctx)?;
         let users = UserDb::parse(
-            &view.read_text("/etc/passwd"),
-            &view.read_text("/etc/group"),
+            &view.read_text("/etc/passwd")?,
+            &view.read_text("/etc/group")?,
         );
         let (root, lowers) = match view {
             StageView::Layers(lowers) => (None, lowers),
@@ -116,6 +116,7 @@ impl StageState {
                 }
             },
             extra_hosts: &ctx.req.extra.add_hosts,
+            mount_restorer: Some(ctx.remote_caches.mounts()),
         };
         let mut on_output = |stream: crate::sandbox::Stream, bytes: &[u8]| {
             let s = match stream {

@@ -372,12 +372,8 @@ pub fn config_for(raws: &[&[u8]], with_history: bool) -> serde_json::Value {
     c
 }
 
-pub fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
+pub fn host_arch() -> String {
+    rbuild::oci::Platform::host().arch
 }
 
 /// Wrap accepted sockets in TLS with the PEM certificate and key given.

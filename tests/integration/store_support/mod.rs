@@ -5,10 +5,10 @@
 use std::io::Write;
 
 use oci_spec::image::Descriptor;
-use rbuild::image::{
-    commit_image, descriptor, HistoryEntry, ImageConfig, ImageFormat, OCI_LAYER_GZIP,
-};
-use rbuild::store::{sha256_digest, Store};
+use rbuild::image::{commit_image, descriptor, HistoryEntry, ImageConfig, ImageFormat};
+use rbuild::oci::digest::sha256_digest;
+use rbuild::oci::media::OCI_LAYER_GZIP;
+use rbuild::store::Store;
 
 /// A gzip'd tar holding `files`, and its diff_id.
 pub fn layer_tar_gz(files: &[(&str, &[u8])]) -> (Vec<u8>, String) {

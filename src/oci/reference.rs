@@ -1,18 +1,17 @@
-//! Image references, normalized the way docker does (`alpine` →
-//! `docker.io/library/alpine:latest`), plus the small digest helpers the
-//! rest of the registry client shares.
+//! Docker image references, normalized the way docker does (`alpine` →
+//! `docker.io/library/alpine:latest`). Hand-written rather than
+//! `oci_spec::distribution::Reference`: that one gets several of docker's
+//! rules wrong (the cases are in `docs/registry.md`).
 
 use std::fmt;
 use std::sync::OnceLock;
 
 use regex::Regex;
 
+use super::digest::is_valid_digest;
+
 /// The registry docker uses for names without a registry part.
 pub const DOCKER_HUB: &str = "docker.io";
-/// Where Docker Hub's registry API really lives.
-pub const DOCKER_HUB_API: &str = "registry-1.docker.io";
-/// The key docker writes Docker Hub credentials under in config.json.
-pub const DOCKER_HUB_AUTH_KEY: &str = "https://index.docker.io/v1/";
 
 const MAX_NAME_LEN: usize = 255;
 
@@ -76,23 +75,26 @@ fn host_re() -> &'static Regex {
     )
 }
 
-/// True for `sha256:<64 lowercase hex>` and `sha512:<128 lowercase hex>`.
-pub fn is_valid_digest(d: &str) -> bool {
-    let Some((alg, hex)) = d.split_once(':') else {
-        return false;
-    };
-    let want = match alg {
-        "sha256" => 64,
-        "sha512" => 128,
-        _ => return false,
-    };
-    hex.len() == want && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+/// A tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}` (ASCII, as docker's `\w`).
+pub fn is_valid_tag(tag: &str) -> bool {
+    tag_re().is_match(tag)
 }
 
-/// `sha256:<hex>` of some bytes.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+/// One repository path component: `[a-z0-9]+` joined by `.`, `_`, `__`
+/// or runs of `-`.
+pub fn is_valid_component(component: &str) -> bool {
+    component_re().is_match(component)
+}
+
+/// 64 lowercase hex: an image ID, which docker refuses as a repository
+/// name so that `docker run <id>` cannot mean two things.
+pub fn is_image_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A registry `host[:port]`: DNS labels or a bracketed IPv6 literal.
+pub fn is_valid_host(host: &str) -> bool {
+    host_re().is_match(host)
 }
 
 impl Reference {
@@ -113,7 +115,7 @@ impl Reference {
         };
         let (name, tag) = split_tag(rest);
         if let Some(t) = tag {
-            if !tag_re().is_match(t) {
+            if !is_valid_tag(t) {
                 return Err(ReferenceError::BadTag(err_input));
             }
         }
@@ -121,14 +123,14 @@ impl Reference {
             return Err(ReferenceError::Empty(err_input));
         }
         let (registry, path) = split_registry(name);
-        if !host_re().is_match(registry) {
+        if !is_valid_host(registry) {
             return Err(ReferenceError::BadRegistry(err_input));
         }
         let registry = match registry {
             "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB,
             r => r,
         };
-        if path.len() == 64 && path.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if is_image_id(path) {
             return Err(ReferenceError::LooksLikeId(err_input));
         }
         let repository = if registry == DOCKER_HUB && !path.contains('/') {
@@ -153,11 +155,6 @@ impl Reference {
         })
     }
 
-    /// The host the registry API is served from (Docker Hub's differs from its name).
-    pub fn api_host(&self) -> &str {
-        api_host(&self.registry)
-    }
-
     /// What to ask the registry for: the digest when pinned, else the tag.
     pub fn manifest_ref(&self) -> &str {
         self.digest
@@ -177,15 +174,6 @@ impl Reference {
             digest: Some(digest.to_string()),
             ..self.clone()
         }
-    }
-}
-
-/// The API host for a registry name.
-pub fn api_host(registry: &str) -> &str {
-    if registry == DOCKER_HUB {
-        DOCKER_HUB_API
-    } else {
-        registry
     }
 }
 
@@ -218,7 +206,7 @@ fn check_repository(repo: &str, input: &str) -> Result<(), ReferenceError> {
     if repo.chars().any(|c| c.is_ascii_uppercase()) {
         return Err(ReferenceError::Uppercase(input.to_string()));
     }
-    if repo.is_empty() || !repo.split('/').all(|c| component_re().is_match(c)) {
+    if repo.is_empty() || !repo.split('/').all(is_valid_component) {
         return Err(ReferenceError::BadName(input.to_string()));
     }
     Ok(())
@@ -299,11 +287,6 @@ mod tests {
         // Uppercase first component is a host (docker does the same).
         let r = Reference::parse("Foo/app").unwrap();
         assert_eq!(r.registry, "Foo");
-        assert_eq!(r.api_host(), "Foo");
-        assert_eq!(
-            Reference::parse("alpine").unwrap().api_host(),
-            DOCKER_HUB_API
-        );
     }
 
     #[test]
