@@ -62,3 +62,61 @@ mean_secs() {
   hyperfine -N -w 2 -r "${RUNS:-10}" --export-json "$BENCH_WORK/hf.json" "$*" >/dev/null 2>&1 || return 1
   python3 -c 'import json,sys; print("%.3f" % json.load(open(sys.argv[1]))["results"][0]["mean"])' "$BENCH_WORK/hf.json"
 }
+
+# --- helpers for the side-by-side scripts (bench/peers, bench/scaling, bench/real)
+
+# record NAME CMD...: runs CMD (output to $BENCH_WORK/NAME.log) and appends
+# "NAME wall_s cpu_s rss_MB" to $BENCH_WORK/rows. CPU is the command's own
+# user+sys (with its waited-for children); when BENCH_CPU_CG names a cpuacct
+# cgroup (a daemon's, see cg_adopt), that cgroup's CPU during the command is
+# added, so a `docker build` counts dockerd's work, not only the client's.
+record() {
+  local name=$1; shift
+  local tf="$BENCH_WORK/last.time" cg0=0 cg1=0
+  [ -n "${BENCH_CPU_CG:-}" ] && cg0=$(cat "$BENCH_CPU_CG/cpuacct.usage")
+  if ! /usr/bin/time -o "$tf" -f '%e %U %S %M' "$@" >"$BENCH_WORK/$name.log" 2>&1; then
+    echo "command failed ($name): $*" >&2; tail -20 "$BENCH_WORK/$name.log" >&2; return 1
+  fi
+  [ -n "${BENCH_CPU_CG:-}" ] && cg1=$(cat "$BENCH_CPU_CG/cpuacct.usage")
+  awk -v n="$name" -v c0="$cg0" -v c1="$cg1" \
+    '{printf "%s %.3f %.3f %.0f\n", n, $1, $2 + $3 + (c1 - c0) / 1e9, $4 / 1024}' "$tf" \
+    | tee -a "$BENCH_WORK/rows" >&2
+}
+
+# med NAME [COL]: median of column COL (2 wall, 3 cpu, 4 rss; default 2) of
+# the rows recorded as NAME; "-" when there are none.
+med() {
+  awk -v n="$1" -v c="${2:-2}" '$1 == n {print $c}' "$BENCH_WORK/rows" | sort -g \
+    | awk '{a[NR]=$1} END{ if (NR) print a[int((NR+1)/2)]; else print "-" }'
+}
+# maxof NAME-PREFIX COL: the largest value of COL over rows whose name starts so.
+maxof() {
+  awk -v p="$1" -v c="$2" 'index($1, p) == 1 && $c > m {m = $c} END{print m + 0}' "$BENCH_WORK/rows"
+}
+load() { cut -d' ' -f1-3 /proc/loadavg; }
+
+# cg_adopt PID...: moves the processes into a new cpuacct cgroup (v1) and sets
+# BENCH_CPU_CG; their future children inherit it. cg_drop removes it.
+cg_adopt() {
+  local base=/sys/fs/cgroup/cpuacct
+  [ -d "$base" ] || return 0
+  BENCH_CPU_CG="$base/rbuild-bench-$$"
+  mkdir -p "$BENCH_CPU_CG"
+  local p
+  for p in "$@"; do echo "$p" > "$BENCH_CPU_CG/cgroup.procs" 2>/dev/null || true; done
+  export BENCH_CPU_CG
+}
+cg_drop() {
+  [ -n "${BENCH_CPU_CG:-}" ] || return 0
+  local p
+  while read -r p; do echo "$p" > /sys/fs/cgroup/cpuacct/cgroup.procs 2>/dev/null || true; done \
+    < "$BENCH_CPU_CG/cgroup.procs"
+  rmdir "$BENCH_CPU_CG" 2>/dev/null || true
+  unset BENCH_CPU_CG
+}
+# pids of a process and all its descendants
+tree_pids() {
+  local p=$1 c
+  echo "$p"
+  for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do tree_pids "$c"; done
+}
