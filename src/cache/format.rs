@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use super::CacheError;
+use crate::oci::digest::sha256_digest as sha256;
 use crate::oci::LayerRef;
 
 pub use crate::oci::media::OCI_MANIFEST;
@@ -256,11 +257,6 @@ impl ArtifactManifest {
         }
         Ok(m)
     }
-}
-
-pub fn sha256(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
 }
 
 fn is_hex64(s: &str) -> bool {

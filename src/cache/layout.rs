@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::format::{sha256, Desc, OCI_MANIFEST};
+use super::format::{Desc, OCI_MANIFEST};
+use crate::oci::digest::sha256_digest as sha256;
 
 /// The `org.opencontainers.image.ref.name` of the cache in `index.json`.
 pub const REF: &str = "cache";

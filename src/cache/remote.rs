@@ -12,7 +12,8 @@ use crate::registry::client::scope;
 use crate::registry::{Registry, Settings};
 use crate::store::Store;
 
-use super::format::{sha256, MAX_MAP_BYTES};
+use super::format::MAX_MAP_BYTES;
+use crate::oci::digest::sha256_digest as sha256;
 
 /// A manifest as fetched: bytes, media type, digest.
 pub struct Fetched {
