@@ -545,4 +545,4 @@ impl MountRestorer for MountSet {
 
 #[cfg(test)]
 #[path = "mounts_tests.rs"]
-mod tests;
+pub(crate) mod tests;

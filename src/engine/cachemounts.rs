@@ -101,3 +101,7 @@ fn install(fill: &Path, dest: &Path) -> anyhow::Result<()> {
         Err(e) => Err(e).with_context(|| format!("installing cache mount dir {}", dest.display())),
     }
 }
+
+#[cfg(test)]
+#[path = "cachemounts_tests.rs"]
+mod tests;
