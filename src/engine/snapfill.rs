@@ -71,6 +71,25 @@ pub(super) fn link_source(
     })
 }
 
+/// For a context COPY with no previous snapshot to link from (a cold
+/// build, or settings that changed), when a later step will read the
+/// layer's files: a fill that copies every file from the context while the
+/// layer is written. Without it the next RUN unpacks the new layer first —
+/// measured at ~4 s for a 300 MB, 20,000-file COPY (decompressing it and
+/// writing every file again), against ~1 CPU-s of copying beside the
+/// compression here.
+pub(super) fn fresh_source(ctx: &BuildCtx<'_>, now: &KeyInputs) -> Option<LinkSource> {
+    if now.files.is_empty() || !super::run::overlay_usable() {
+        return None;
+    }
+    Some(LinkSource {
+        dir: PathBuf::new(),
+        old_files: BTreeMap::new(),
+        new_files: now.files.clone(),
+        context_root: ctx.context().ok()?.root().to_path_buf(),
+    })
+}
+
 /// A COPY's settings but the digest of its selected files (which the
 /// per-file digests stand for).
 fn without_sources(
@@ -196,7 +215,8 @@ pub fn fill(dest: &Path, entries: &[LayerEntry], from: &LinkSource) -> anyhow::R
                 continue;
             }
             EntryKind::File(src) => {
-                if real_dirs_above(&from.dir, &rel, &mut prev_dirs)
+                if !from.old_files.is_empty()
+                    && real_dirs_above(&from.dir, &rel, &mut prev_dirs)
                     && link_unchanged(&path, &rel, e, src, from)?
                 {
                     stats.linked += 1;
@@ -337,15 +357,20 @@ fn copy_file(path: &Path, src: &FileSource, from: &LinkSource) -> anyhow::Result
                 std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
             let mut hasher = Sha256::new();
             let mut buf = vec![0u8; 256 * 1024];
+            let mut total = 0u64;
             loop {
                 let n = input.read(&mut buf)?;
                 if n == 0 {
                     break;
                 }
                 hasher.update(&buf[..n]);
-                out.write_all(&buf[..n])
+                write_sparse(&mut out, &buf[..n])
                     .with_context(|| format!("writing {}", path.display()))?;
+                total += n as u64;
             }
+            // A file ending in a hole: its size is not written by any byte.
+            out.set_len(total)
+                .with_context(|| format!("writing {}", path.display()))?;
             let got = format!("sha256:{}", hex::encode(hasher.finalize()));
             if let Some(want) = context_rel(src, from).and_then(|k| from.new_files.get(k)) {
                 if &got != want {
@@ -353,6 +378,32 @@ fn copy_file(path: &Path, src: &FileSource, from: &LinkSource) -> anyhow::Result
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Writes `data` at the file's position, skipping (seeking over) every
+/// all-zero 4 KiB block, so a sparse source stays sparse in the snapshot as
+/// it does when the unpacker writes it (a 64 MiB file with 4 bytes of data
+/// must not take 64 MiB of the store). Runs of data are written at once.
+fn write_sparse(out: &mut std::fs::File, data: &[u8]) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    const BLOCK: usize = 4096;
+    let mut start = 0;
+    while start < data.len() {
+        let zero = |b: &[u8]| b.iter().all(|&x| x == 0);
+        let block = |i: usize| &data[i..(i + BLOCK).min(data.len())];
+        let hole = zero(block(start));
+        let mut end = start;
+        while end < data.len() && zero(block(end)) == hole {
+            end = (end + BLOCK).min(data.len());
+        }
+        if hole {
+            out.seek(SeekFrom::Current((end - start) as i64))?;
+        } else {
+            out.write_all(&data[start..end])?;
+        }
+        start = end;
     }
     Ok(())
 }

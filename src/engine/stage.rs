@@ -41,6 +41,12 @@ pub(crate) struct StageState {
     /// The key-only pass missed a step of this stage (or of its base): its
     /// keys are right, its layers are not all there.
     pub incomplete: bool,
+    /// Per step: whether a later step reads this stage's files (a RUN after
+    /// it, or another stage built from or copying from this one), so a
+    /// fresh COPY layer's snapshot is worth filling while it is written.
+    files_read_after: Vec<bool>,
+    /// The index of the step `run` is on.
+    next_index: usize,
 }
 
 /// What a step produced, to record and apply.
@@ -95,6 +101,8 @@ impl StageState {
             undated: Vec::new(),
             keepalive: KeepAlive::default(),
             incomplete,
+            files_read_after: files_read_after(ctx, stage),
+            next_index: 0,
         })
     }
 
@@ -107,6 +115,7 @@ impl StageState {
         done: &[Option<Arc<StageResult>>],
     ) -> anyhow::Result<()> {
         let src = Sources::new(ctx, done);
+        self.next_index += 1;
         match &step.kind {
             StepKind::Copy(c) => {
                 let inputs = self.copy_key(&src, step, c)?;
@@ -221,6 +230,16 @@ impl StageState {
         let (reason, link_from) = match corrupt {
             Some(why) => (why, None),
             None => self.miss_reason(ctx, step, step_id, &inputs, no_cache)?,
+        };
+        let read_later = self
+            .files_read_after
+            .get(self.next_index - 1)
+            .copied()
+            .unwrap_or(false);
+        let fresh_copy = read_later && matches!(&step.kind, StepKind::Copy(c) if c.from.is_none());
+        let link_from = match link_from {
+            None if fresh_copy => super::snapfill::fresh_source(ctx, &inputs),
+            other => other,
         };
         handle.cache_miss(&reason);
         let result = super::cache_io::materialize(ctx, &self.layers, step, src, &handle)
@@ -643,4 +662,32 @@ fn chunk_cache(
         tmp.to_path_buf(),
         std::sync::Arc::new(move |digest: &str| blobs.blob_path(digest).ok()),
     ))
+}
+
+/// Per step of `stage`: whether a later step reads the stage's files — a
+/// RUN later in the stage, or (for every step) another stage built FROM
+/// this one or copying/mounting from it.
+fn files_read_after(ctx: &BuildCtx<'_>, stage: &PlannedStage) -> Vec<bool> {
+    let me = ctx.plan.stages.iter().position(|s| std::ptr::eq(s, stage));
+    let used_elsewhere = me.is_some_and(|i| {
+        ctx.plan.stages.iter().any(|s| {
+            s.base == Base::Stage(i)
+                || s.steps
+                    .iter()
+                    .any(|st| st.sources().contains(&&Base::Stage(i)))
+        })
+    });
+    let mut run_after = false;
+    let mut out: Vec<bool> = stage
+        .steps
+        .iter()
+        .rev()
+        .map(|st| {
+            let v = run_after || used_elsewhere;
+            run_after |= matches!(st.kind, StepKind::Run(_));
+            v
+        })
+        .collect();
+    out.reverse();
+    out
 }

@@ -314,6 +314,61 @@ fn a_one_file_change_links_the_rest_of_the_copy_snapshot() {
     assert_eq!(sum(&stderr(&out)), sum(&log));
 }
 
+/// A cold COPY that a later RUN reads gets its snapshot filled from the
+/// context while the layer is written (the RUN then unpacks nothing), with
+/// the same view the copy fallback gives; a COPY nothing reads afterwards
+/// makes no snapshot.
+#[test]
+fn a_cold_copy_read_later_fills_its_snapshot_while_it_is_written() {
+    let env = Env::new();
+    let rest = "WORKDIR /app\nCOPY tree .\n\
+        RUN echo SUM:$(find . | sort | xargs stat -c '%n %s %a %u %g %Y' | md5sum) \
+        $(find . -type f | sort | xargs cat | md5sum)\n\
+        COPY tree /last/\n";
+    let Some(ctx) = context(&env, "ctx", rest) else {
+        return;
+    };
+    for i in 0..30 {
+        let dir = ctx.join("tree").join(format!("d{}", i % 3));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i}")), format!("file {i}\n")).unwrap();
+    }
+    std::os::unix::fs::symlink("d0/f0", ctx.join("tree/link")).unwrap();
+    let out = env.rbuild_ok(&build_args(&ctx, &[]));
+    let log = stderr(&out);
+    // The COPY a RUN follows, not the last one (nothing reads it).
+    let section = |what: &str| {
+        log.split("\n\n")
+            .find(|s| s.contains(what))
+            .unwrap_or_else(|| panic!("no {what} step in {log}"))
+            .to_string()
+    };
+    assert!(
+        section("COPY tree .\n")
+            .contains("layer snapshot: 0 files linked from the previous build, 30 copied"),
+        "{log}"
+    );
+    assert!(
+        !section("COPY tree /last/").contains("layer snapshot"),
+        "{log}"
+    );
+    let sum = |log: &str| {
+        log.lines()
+            .find_map(|l| l.split_once("SUM:").map(|(_, s)| s.to_string()))
+            .unwrap_or_else(|| panic!("no SUM line in {log}"))
+    };
+    let plain = Env::new();
+    let out = std::process::Command::new(common::rbuild_bin())
+        .arg("--root")
+        .arg(plain.root())
+        .args(build_args(&ctx, &[]))
+        .env("RBUILD_NO_OVERLAY", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(sum(&stderr(&out)), sum(&log));
+}
+
 /// COPY destinations and WORKDIR are resolved through the snapshots with
 /// overlay rules: a dir hidden by an opaque dir or a whiteout is not there,
 /// an image symlink is followed inside the image.
