@@ -353,25 +353,15 @@ fn copy_file(path: &Path, src: &FileSource, from: &LinkSource) -> anyhow::Result
     match src {
         FileSource::Bytes(b) => out.write_all(b)?,
         FileSource::Path(p) => {
-            let mut input =
-                std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
-            let mut hasher = Sha256::new();
-            let mut buf = vec![0u8; 256 * 1024];
-            let mut total = 0u64;
-            loop {
-                let n = input.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                write_sparse(&mut out, &buf[..n])
-                    .with_context(|| format!("writing {}", path.display()))?;
-                total += n as u64;
-            }
-            // A file ending in a hole: its size is not written by any byte.
-            out.set_len(total)
+            // Hashed as it is read; holes kept as the unpacker keeps them.
+            let mut hashing = HashingReader {
+                inner: std::fs::File::open(p)
+                    .with_context(|| format!("opening {}", p.display()))?,
+                hasher: Sha256::new(),
+            };
+            crate::layer::write_sparse(&mut hashing, &out)
                 .with_context(|| format!("writing {}", path.display()))?;
-            let got = format!("sha256:{}", hex::encode(hasher.finalize()));
+            let got = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
             if let Some(want) = context_rel(src, from).and_then(|k| from.new_files.get(k)) {
                 if &got != want {
                     bail!("{} changed during the build", p.display());
@@ -382,30 +372,18 @@ fn copy_file(path: &Path, src: &FileSource, from: &LinkSource) -> anyhow::Result
     Ok(())
 }
 
-/// Writes `data` at the file's position, skipping (seeking over) every
-/// all-zero 4 KiB block, so a sparse source stays sparse in the snapshot as
-/// it does when the unpacker writes it (a 64 MiB file with 4 bytes of data
-/// must not take 64 MiB of the store). Runs of data are written at once.
-fn write_sparse(out: &mut std::fs::File, data: &[u8]) -> std::io::Result<()> {
-    use std::io::{Seek, SeekFrom};
-    const BLOCK: usize = 4096;
-    let mut start = 0;
-    while start < data.len() {
-        let zero = |b: &[u8]| b.iter().all(|&x| x == 0);
-        let block = |i: usize| &data[i..(i + BLOCK).min(data.len())];
-        let hole = zero(block(start));
-        let mut end = start;
-        while end < data.len() && zero(block(end)) == hole {
-            end = (end + BLOCK).min(data.len());
-        }
-        if hole {
-            out.seek(SeekFrom::Current((end - start) as i64))?;
-        } else {
-            out.write_all(&data[start..end])?;
-        }
-        start = end;
+/// A reader that hashes what passes through it.
+struct HashingReader {
+    inner: std::fs::File,
+    hasher: Sha256,
+}
+
+impl Read for HashingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
     }
-    Ok(())
 }
 
 /// Owner, mode (after chown, which clears setuid bits), xattrs, mtime.
