@@ -28,6 +28,8 @@ pub struct PruneReport {
     /// Records of where blobs live in registries, for blobs nothing here
     /// names any more (e.g. an imported cache's layers).
     pub blob_locations: usize,
+    /// Build records (`rbuild history`'s CACHE) of manifests now gone.
+    pub build_records: usize,
 }
 
 #[derive(Default)]
@@ -64,6 +66,7 @@ impl Store {
         }
         self.sweep_blobs(&marks, &mut report)?;
         self.sweep_layer_dirs(&marks, &mut report)?;
+        report.build_records = self.sweep_build_records()?;
         report.chunk_records = self.sweep_chunk_records()?;
         report.blob_locations = self.sweep_blob_locations(&marks)?;
         report.temps = fsutil::clean_temps(&self.tmp_dir(), &mut report.left)?;
