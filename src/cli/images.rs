@@ -534,13 +534,14 @@ pub fn prune(root: &Path, all: bool) -> anyhow::Result<i32> {
         eprintln!("warning: {left}");
     }
     println!(
-        "Deleted {} blobs ({}), {} layer dirs, {} cache records, {} cache mounts, {} temp files",
+        "Deleted {} blobs ({}), {} layer dirs, {} cache records, {} cache mounts, {} temp files, {} build records",
         r.blobs,
         human_size(r.bytes),
         r.layer_dirs,
         r.cache_records,
         r.cache_mounts,
-        r.temps
+        r.temps,
+        r.build_records
     );
     Ok(0)
 }

@@ -690,7 +690,7 @@ fn commit(ctx: &BuildCtx<'_>, target: &StageResult) -> anyhow::Result<BuildOutco
         .context("writing the image config and manifest")?;
     let manifest = image::annotate_manifest(store, &manifest, &ctx.req.extra.annotations)?;
     // Before the tags name it: `history` of a tag finds its record.
-    super::buildrecord::write(ctx, target, &config, &manifest.digest().to_string());
+    super::buildrecord::write(ctx, target, &config, manifest.digest().as_ref());
     let image_id = format!("sha256:{}", hex::encode(Sha256::digest(config.to_json()?)));
     let mut tags = Vec::new();
     for tag in &ctx.req.tags {

@@ -122,7 +122,12 @@ pub(crate) fn record(
 
 /// Write the result's record; failing to is a warning (the image is fine,
 /// only `history` loses its CACHE column for it).
-pub(crate) fn write(ctx: &BuildCtx<'_>, target: &StageResult, config: &ImageConfig, manifest: &str) {
+pub(crate) fn write(
+    ctx: &BuildCtx<'_>,
+    target: &StageResult,
+    config: &ImageConfig,
+    manifest: &str,
+) {
     let res = match record(ctx, target, config, manifest) {
         Some(rec) => ctx.store.put_build_record(&rec),
         None => Err(anyhow::anyhow!(

@@ -125,9 +125,7 @@ impl Store {
             .read_to_end(&mut bytes)
             .with_context(|| format!("reading {}", path.display()))?;
         if bytes.len() as u64 > BUILD_RECORD_MAX_BYTES {
-            return corrupt(format!(
-                "it is larger than {BUILD_RECORD_MAX_BYTES} bytes"
-            ));
+            return corrupt(format!("it is larger than {BUILD_RECORD_MAX_BYTES} bytes"));
         }
         let record = match serde_json::from_slice::<BuildRecord>(&bytes) {
             Ok(r) => r,
@@ -161,9 +159,7 @@ impl Store {
             match fs::remove_file(&path) {
                 Ok(()) => removed += 1,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(e).with_context(|| format!("removing {}", path.display()))
-                }
+                Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
             }
         }
         Ok(removed)
