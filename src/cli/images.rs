@@ -26,7 +26,7 @@ pub(super) fn open_store(root: &Path) -> anyhow::Result<Store> {
 pub fn history(root: &Path, args: ImageArg) -> anyhow::Result<i32> {
     let store = open_store(root)?;
     let image = find_image(&store, &args.image)?;
-    let record = build_record(&store, &image);
+    let record = build_record(&store, &image)?;
     let rows = history_rows_with(&image, &record);
     let opts = RenderOpts {
         now: now_epoch(),
@@ -55,21 +55,12 @@ fn emit(text: &str) -> anyhow::Result<i32> {
 /// The image's build record (where its layers came from), if this store
 /// built it. A record that cannot be read is a warning, never an error:
 /// the history is still there.
-fn build_record(store: &Store, image: &Image) -> BuildRecordRead {
-    let read = store
-        .build_record(image.manifest_desc.digest().as_ref())
-        .unwrap_or_else(|e| {
-            BuildRecordRead::Corrupt(crate::store::StoreError::Corrupt {
-                what: "build record",
-                path: store.root().join("rbuild/builds"),
-                why: format!("{e:#}"),
-                hint: "history shows `?` for its layers",
-            })
-        });
+fn build_record(store: &Store, image: &Image) -> anyhow::Result<BuildRecordRead> {
+    let read = store.build_record(image.manifest_desc.digest().as_ref())?;
     if let BuildRecordRead::Corrupt(e) = &read {
         eprintln!("warning: {e}");
     }
-    read
+    Ok(read)
 }
 
 /// One `history` row, before formatting.

@@ -101,16 +101,11 @@ impl Store {
             .with_context(|| format!("writing the build record {}", path.display()))
     }
 
-    /// The record of the image with this manifest digest.
+    /// The record of the image with this manifest digest. A record that
+    /// cannot be read (I/O errors included) is [`BuildRecordRead::Corrupt`];
+    /// only a malformed digest is an error.
     pub fn build_record(&self, manifest: &str) -> anyhow::Result<BuildRecordRead> {
         let path = self.build_record_path(manifest)?;
-        let file = match fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(BuildRecordRead::Absent)
-            }
-            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
-        };
         let corrupt = |why: String| {
             Ok(BuildRecordRead::Corrupt(StoreError::Corrupt {
                 what: "build record",
@@ -120,10 +115,20 @@ impl Store {
                        image rewrites it, or delete the file",
             }))
         };
+        let file = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(BuildRecordRead::Absent)
+            }
+            Err(e) => return corrupt(format!("opening it: {e}")),
+        };
         let mut bytes = Vec::new();
-        file.take(BUILD_RECORD_MAX_BYTES + 1)
+        if let Err(e) = file
+            .take(BUILD_RECORD_MAX_BYTES + 1)
             .read_to_end(&mut bytes)
-            .with_context(|| format!("reading {}", path.display()))?;
+        {
+            return corrupt(format!("reading it: {e}"));
+        }
         if bytes.len() as u64 > BUILD_RECORD_MAX_BYTES {
             return corrupt(format!("it is larger than {BUILD_RECORD_MAX_BYTES} bytes"));
         }

@@ -1,7 +1,8 @@
 //! Garbage collection: mark every blob reachable from `index.json` (through
 //! indexes, manifests and configs) and from cache records, then sweep blobs,
-//! layer dirs and dead temps. Runs under the index lock (no tag changes
-//! meanwhile) and the exclusive GC lock (no build in flight).
+//! layer dirs, dead temps and the build records of manifests now gone. Runs
+//! under the index lock (no tag changes meanwhile) and the exclusive GC
+//! lock (no build in flight).
 
 use std::collections::HashSet;
 use std::fs;
