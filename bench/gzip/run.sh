@@ -6,7 +6,8 @@
 # MB), medians, and the layer sizes (the ratio check: the new codec must stay
 # within 2 % of the old one's size at the same level).
 # Usage: OLD=/path/to/old/rbuild bench/gzip/run.sh
-#   (env: ROUNDS=3, NEW=target/release/rbuild, LEVELS="6" levels to compare
+#   (env: ROUNDS=3, NEW=target/release/rbuild, TREE=dir to build instead of
+#   the generated tree, LEVELS="6" levels to compare
 #   sizes at (one build each, after the timed rounds), BENCH_WORK=dir,
 #   KEEP=1 keeps the work dir)
 set -euo pipefail
@@ -22,7 +23,13 @@ mkdir -p "$work"; : > "$work/rows"
 [ "${KEEP:-}" = 1 ] || trap 'rm -rf "$work/st-"*' EXIT
 
 ctx=$work/ctx
-[ -d "$ctx/tree" ] || python3 "$repo/bench/gen-tree.py" "$ctx/tree" --files 20000 >/dev/null
+if [ -n "${TREE:-}" ]; then
+  # Another tree (e.g. real source code) instead of the generated one: a
+  # copy, since COPY does not follow a symlink out of the context.
+  mkdir -p "$ctx"; rm -rf "$ctx/tree"; cp -a "$TREE" "$ctx/tree"
+else
+  [ -d "$ctx/tree" ] || python3 "$repo/bench/gen-tree.py" "$ctx/tree" --files 20000 >/dev/null
+fi
 printf 'FROM scratch\nCOPY tree /src\n' > "$ctx/Dockerfile"
 # Warm the page cache (through cat: GNU tar skips reading into /dev/null).
 tar -C "$ctx/tree" -cf - . | cat > /dev/null
