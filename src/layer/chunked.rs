@@ -558,9 +558,9 @@ struct GzipCompressor {
 }
 
 impl GzipCompressor {
-    /// `--compression-level` 0-9 is passed as is: libdeflate's levels mean
-    /// what zlib's do there (0 stored, 1 fastest, 6 default, 9 best); its
-    /// slower levels 10-12 are not offered.
+    /// `--compression-level` 0-9 is passed as is: libdeflate names its
+    /// levels as zlib does (0 stored, 1 fastest, 6 default, 9 slowest of
+    /// the nine); its far slower levels 10-12 are not offered.
     fn new(level: u32) -> Self {
         let level = CompressionLvl::new(level.min(9) as i32).unwrap_or_default();
         GzipCompressor {
