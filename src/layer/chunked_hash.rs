@@ -64,7 +64,7 @@ pub(super) fn hash_streams(rx: Receiver<HashMsg>, spare: Sender<Vec<u8>>) -> Has
         match msg {
             HashMsg::Tar(i, b) => {
                 h.tar.update(&b[..]);
-                if h.tar.len() % 64 == 0 {
+                if h.tar.len().is_multiple_of(64) {
                     h.tar_marks.push((i, h.tar.state()));
                 }
                 give_back(b, &spare);

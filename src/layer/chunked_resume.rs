@@ -192,7 +192,7 @@ impl<W: ChunkOut> ChunkedWriter<W> {
             && hit.offset == self.offset
             && hit.tar_off == self.cut_bytes
             && hit.ulen == r.len as u64
-            && (hit.tar_off + hit.ulen) % 64 == 0;
+            && (hit.tar_off + hit.ulen).is_multiple_of(64);
         ok.then_some(states)
     }
 

@@ -333,7 +333,7 @@ fn an_unchanged_start_is_resumed_unread_and_changes_no_byte() {
         let late = files.join("f0250.rs");
         stale = known_now(&entries);
         let old_late = stale.0.get(&late).unwrap().sha256;
-        fs::write(&files.join("f0001.rs"), text(1111, 20_000)).unwrap();
+        fs::write(files.join("f0001.rs"), text(1111, 20_000)).unwrap();
         fs::write(
             &late,
             text(250, 20_000).iter().map(|b| b ^ 2).collect::<Vec<_>>(),
