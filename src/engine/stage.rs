@@ -421,6 +421,14 @@ impl StageState {
             };
             write_layer(entries, &mut counted, &opts).context("writing the layer")?
         };
+        let c = info.chunks;
+        if c.reused > 0 {
+            let line = format!(
+                "layer chunks: {} of {} reused ({} resumed without reading their files), {} compressed\n",
+                c.reused, c.chunks, c.resumed, c.compressed
+            );
+            handle.log(crate::progress::Stream::Stderr, line.as_bytes());
+        }
         let stored = blob
             .commit_verified(&info.digest, Some(info.size))
             .context("storing the layer blob")?;
