@@ -353,3 +353,39 @@ fn an_unchanged_start_is_resumed_unread_and_changes_no_byte() {
         assert_eq!(decode(c, &read_bytes), tar);
     }
 }
+
+/// Resuming stops inside a big file (the record of its second piece is
+/// gone): that piece is read, the rest of the file is read as usual, and
+/// the blob is still the cache-less one.
+#[test]
+fn resuming_can_stop_inside_a_big_file() {
+    for c in CODECS {
+        let dir = tempfile::tempdir().unwrap();
+        let files = dir.path().join("files");
+        fs::create_dir_all(&files).unwrap();
+        let cache = cache(dir.path());
+        let entries = disk_tree(&files);
+        let (cold, cold_bytes) = write_known(entries.clone(), c, &cache, known_now(&entries));
+        store_blob(dir.path(), &cold, &cold_bytes);
+        // The big file's pieces are the chunks of exactly MAX_CHUNK bytes;
+        // drop the record of the second one (by tar offset).
+        let mut pieces: Vec<(u64, std::path::PathBuf)> = fs::read_dir(dir.path().join("chunks"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter_map(|p| {
+                let text = fs::read_to_string(&p).unwrap();
+                let w: Vec<&str> = text.split(' ').collect();
+                (w[5] == MAX_CHUNK.to_string()).then(|| (w[7].parse().unwrap(), p))
+            })
+            .collect();
+        pieces.sort();
+        assert_eq!(pieces.len(), 2, "{c:?}: {pieces:?}");
+        fs::remove_file(&pieces[1].1).unwrap();
+        let (warm, warm_bytes) = write_known(entries.clone(), c, &cache, known_now(&entries));
+        assert_eq!(warm_bytes, cold_bytes, "{c:?}");
+        assert_eq!((&warm.digest, &warm.diff_id), (&cold.digest, &cold.diff_id));
+        let s = warm.chunks;
+        assert!(s.resumed >= 2 && s.resumed < s.chunks, "{c:?}: {s:?}");
+        assert_eq!(s.compressed, 1, "{c:?}: {s:?}");
+    }
+}
