@@ -263,6 +263,7 @@ pub fn pack(
         source_date_epoch: None,
         threads: 0,
         chunk_cache: Some(chunk_cache),
+        known_files: None,
     };
     let mut blob = store
         .blob_writer()

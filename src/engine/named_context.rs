@@ -34,6 +34,7 @@ pub(crate) fn image_from_dir(
         source_date_epoch: req.source_date_epoch,
         threads: 0,
         chunk_cache: None,
+        known_files: None,
     };
     let info = write_layer(entries, &mut blob, &opts)
         .with_context(|| format!("writing {} as a layer", dir.display()))?;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 
 use crate::image::ImageConfig;
-use crate::layer::{write_layer, LayerEntry, Timespec, WriteOptions};
+use crate::layer::{write_layer, KnownFiles, LayerEntry, Timespec, WriteOptions};
 use crate::oci::LayerRef;
 use crate::plan::{Base, PlannedStage, Step, StepKind};
 use crate::progress::StepHandle;
@@ -242,15 +242,21 @@ impl StageState {
             other => other,
         };
         handle.cache_miss(&reason);
+        let context_copy = matches!(&step.kind, StepKind::Copy(c) if c.from.is_none());
         let result = super::cache_io::materialize(ctx, &self.layers, step, src, &handle)
             .and_then(|()| exec(self, &handle))
-            .and_then(|entries| match &link_from {
-                Some(from) => {
-                    super::snapfill::write_with_snapshot(ctx, entries, from, &handle, |e| {
-                        self.write(ctx, e, &handle)
-                    })
+            .and_then(|entries| {
+                let known = context_copy
+                    .then(|| known_context_files(ctx, &entries))
+                    .flatten();
+                match &link_from {
+                    Some(from) => {
+                        super::snapfill::write_with_snapshot(ctx, entries, from, &handle, |e| {
+                            self.write(ctx, e, &handle, known)
+                        })
+                    }
+                    None => self.write(ctx, entries, &handle, known),
                 }
-                None => self.write(ctx, entries, &handle),
             });
         self.keepalive.clear();
         let layer = match result {
@@ -393,6 +399,7 @@ impl StageState {
         ctx: &BuildCtx<'_>,
         entries: Vec<LayerEntry>,
         handle: &StepHandle,
+        known_files: Option<std::sync::Arc<KnownFiles>>,
     ) -> anyhow::Result<LayerRef> {
         // write_layer hashes the blob on a thread of its own.
         let mut blob = ctx.store.blob_writer_unhashed()?;
@@ -404,6 +411,7 @@ impl StageState {
             source_date_epoch: ctx.req.source_date_epoch,
             threads: 0,
             chunk_cache: Some(chunk_cache(ctx.store, chunk_tmp.path())?),
+            known_files,
         };
         let info = {
             // Bytes and throughput while a big layer is compressed and stored.
@@ -415,6 +423,14 @@ impl StageState {
             };
             write_layer(entries, &mut counted, &opts).context("writing the layer")?
         };
+        let c = info.chunks;
+        if c.reused > 0 {
+            let line = format!(
+                "layer chunks: {} of {} reused ({} resumed without reading their files), {} compressed\n",
+                c.reused, c.chunks, c.resumed, c.compressed
+            );
+            handle.log(crate::progress::Stream::Stderr, line.as_bytes());
+        }
         let stored = blob
             .commit_verified(&info.digest, Some(info.size))
             .context("storing the layer blob")?;
@@ -664,6 +680,52 @@ fn chunk_cache(
         tmp.to_path_buf(),
         std::sync::Arc::new(move |digest: &str| blobs.blob_path(digest).ok()),
     ))
+}
+
+/// The context files among a context COPY's `entries`, with the digests
+/// and stats of this build's context scan: the layer writer keys their
+/// chunks from the digests and, at the start of the stream, resumes an
+/// earlier layer's chunks without reading the files (`layer::KnownFiles`
+/// checks each opened file's stat against the scan's).
+fn known_context_files(
+    ctx: &BuildCtx<'_>,
+    entries: &[LayerEntry],
+) -> Option<std::sync::Arc<KnownFiles>> {
+    use crate::layer::{EntryKind, FileSource, KnownFile};
+    let index = ctx.context().ok()?;
+    let mut known = KnownFiles::default();
+    for e in entries {
+        let EntryKind::File(FileSource::Path(p)) = &e.kind else {
+            continue;
+        };
+        let Some(rel) = p.strip_prefix(index.root()).ok().and_then(|r| r.to_str()) else {
+            continue;
+        };
+        let Some(ent) = index.get(rel) else {
+            continue;
+        };
+        let Some(hex_digest) = ent
+            .digest
+            .as_deref()
+            .and_then(|d| d.strip_prefix("sha256:"))
+        else {
+            continue;
+        };
+        let mut sha256 = [0u8; 32];
+        if hex::decode_to_slice(hex_digest, &mut sha256).is_err() {
+            continue;
+        }
+        let file = KnownFile {
+            dev: ent.dev,
+            ino: ent.ino,
+            size: ent.size,
+            mtime_ns: ent.mtime_ns,
+            ctime_ns: ent.ctime_ns,
+            sha256,
+        };
+        known.insert(p.clone(), file);
+    }
+    (!known.is_empty()).then(|| std::sync::Arc::new(known))
 }
 
 /// Per step of `stage`: whether a later step reads the stage's files — a

@@ -1,31 +1,43 @@
-//! The chunk cache: sha256 of a chunk's uncompressed bytes (plus codec,
+//! The chunk cache: the key of a chunk's uncompressed bytes (plus codec,
 //! level and library version) → where its compressed bytes already sit in
 //! a stored blob. A rebuild whose tar stream is mostly unchanged copies
 //! those bytes instead of compressing again.
 //!
+//! A key is the sha256 of the chunk's *description*: its bytes, except
+//! that the content of a file whose sha256 the context scan vouches for
+//! (`KnownFiles`) stands as that digest and the range of the file (see
+//! [`KeyHasher`]). So a chunk of unchanged context files is recognised from
+//! its tar headers without reading the files.
+//!
 //! A record does not hold the compressed bytes: they are already in the
 //! layer blob that was written with them, so a cold build writes only one
-//! ~90-byte record per chunk (about one per MiB of layer) instead of a
-//! second copy of the layer. A record is one line,
-//! `rbuild-chunk-v1 <blob digest> <offset> <length> <crc32>`, named by the
-//! hex key, written atomically (temp file in a locked store temp dir, then
-//! rename), so concurrent builds at worst replace a record with an equally
-//! valid one. A record whose blob is gone (pruned) or whose bytes do not
-//! match its CRC is a miss, never an error: the chunk is compressed again.
-//! The store's prune removes records whose blob it removed.
+//! short record per chunk (about one per MiB of layer) instead of a
+//! second copy of the layer. A record is one line, `rbuild-chunk-v2 <blob
+//! digest> <offset> <length> <crc32> <tar length> <tar crc32> <tar offset>
+//! <tar sha256 state> <blob sha256 state> <crc32 of the line before it>`,
+//! named by the hex key, written atomically (temp file in a locked store
+//! temp dir, then rename), so concurrent builds at worst replace a record
+//! with an equally valid one. The two sha256 states are the diff_id's and
+//! the digest's hash states at the end of the chunk in that blob: a layer
+//! that starts with the same chunks resumes both hashes there
+//! (`chunked::Resume`). A record whose blob is gone (pruned), whose bytes
+//! do not match its CRC, or whose line fails its own CRC is a miss, never
+//! an error: the chunk is compressed again. The store's prune removes
+//! records whose blob it removed.
 
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use super::midsha::{parse_state, state_hex};
+
 /// First word of every record; bump it when the format or the meaning changes.
-const RECORD_VERSION: &str = "rbuild-chunk-v1";
+const RECORD_VERSION: &str = "rbuild-chunk-v2";
 /// A record is a short line; anything longer is not one of ours.
 const MAX_RECORD: u64 = 512;
 /// No chunk compresses to more than this (chunks are at most 8 MiB of tar;
@@ -61,6 +73,65 @@ pub(crate) struct NewChunk {
     pub offset: u64,
     pub len: u64,
     pub crc: u32,
+    /// The chunk's uncompressed length, CRC and offset in the tar stream.
+    pub ulen: u64,
+    pub ucrc: u32,
+    pub tar_off: u64,
+    /// The diff_id's and the digest's sha256 states at the chunk's end.
+    pub states: Option<([u32; 8], [u32; 8])>,
+}
+
+/// A record found, with the compressed bytes it points to.
+#[derive(Debug, Clone)]
+pub(crate) struct Hit {
+    pub blob: String,
+    pub offset: u64,
+    /// CRC-32 of `bytes`.
+    pub crc: u32,
+    pub ulen: u64,
+    pub ucrc: u32,
+    pub tar_off: u64,
+    pub states: Option<([u32; 8], [u32; 8])>,
+    pub bytes: Vec<u8>,
+}
+
+/// The key of a chunk from its description: literal runs (maximal, never
+/// empty) and ranges of files known by their sha256. Each part is tagged
+/// and length-prefixed, so two different descriptions never hash the same
+/// input; a file's range stands for exactly its bytes (the digest names
+/// the whole content), so equal keys mean equal chunk bytes as long as
+/// sha256 holds.
+pub(crate) struct KeyHasher(Sha256);
+
+impl KeyHasher {
+    /// `codec` names the codec, level and library version: another zlib or
+    /// libzstd may emit other bytes, and the output must not depend on
+    /// whether the cache was warm.
+    pub(crate) fn new(codec: &str) -> Self {
+        let mut h = Sha256::new();
+        h.update(RECORD_VERSION.as_bytes());
+        h.update([0]);
+        h.update(codec.as_bytes());
+        h.update([0]);
+        KeyHasher(h)
+    }
+
+    pub(crate) fn literal(&mut self, bytes: &[u8]) {
+        self.0.update([0]);
+        self.0.update((bytes.len() as u64).to_le_bytes());
+        self.0.update(bytes);
+    }
+
+    pub(crate) fn file(&mut self, digest: &[u8; 32], offset: u64, len: u64) {
+        self.0.update([1]);
+        self.0.update(digest);
+        self.0.update(offset.to_le_bytes());
+        self.0.update(len.to_le_bytes());
+    }
+
+    pub(crate) fn finish(self) -> [u8; 32] {
+        self.0.finalize().into()
+    }
 }
 
 impl ChunkCache {
@@ -76,17 +147,14 @@ impl ChunkCache {
         }
     }
 
-    /// The key of `data` compressed as `codec` (which names codec, level and
-    /// library version: another zlib or libzstd may emit other bytes, and
-    /// the output must not depend on whether the cache was warm).
+    /// The key of `data` described as bytes alone (no known files).
+    #[cfg(test)]
     pub(crate) fn key(codec: &str, data: &[u8]) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update(RECORD_VERSION.as_bytes());
-        h.update([0]);
-        h.update(codec.as_bytes());
-        h.update([0]);
-        h.update(data);
-        h.finalize().into()
+        let mut h = KeyHasher::new(codec);
+        if !data.is_empty() {
+            h.literal(data);
+        }
+        h.finish()
     }
 
     fn record_path(&self, key: &[u8; 32]) -> PathBuf {
@@ -95,7 +163,7 @@ impl ChunkCache {
 
     /// The compressed bytes of the chunk with this key, if a record points
     /// to bytes that are still there and match its CRC.
-    pub(crate) fn lookup(&self, key: &[u8; 32]) -> Option<Vec<u8>> {
+    pub(crate) fn lookup(&self, key: &[u8; 32]) -> Option<Hit> {
         let mut text = String::new();
         File::open(self.record_path(key))
             .ok()?
@@ -106,10 +174,25 @@ impl ChunkCache {
         if rec.len > MAX_COMPRESSED {
             return None;
         }
-        let blob = File::open((self.blob_path)(rec.blob)?).ok()?;
-        let mut bytes = vec![0u8; rec.len as usize];
-        blob.read_exact_at(&mut bytes, rec.offset).ok()?;
-        (crc32fast::hash(&bytes) == rec.crc).then_some(bytes)
+        let mut blob = File::open((self.blob_path)(rec.blob)?).ok()?;
+        // Read into spare capacity: zeroing up to 4 MiB first, only for
+        // the read to overwrite it, cost 3 % of a one-file rebuild.
+        blob.seek(SeekFrom::Start(rec.offset)).ok()?;
+        let mut bytes = Vec::with_capacity(rec.len as usize);
+        blob.take(rec.len).read_to_end(&mut bytes).ok()?;
+        if bytes.len() as u64 != rec.len {
+            return None;
+        }
+        (crc32fast::hash(&bytes) == rec.crc).then(|| Hit {
+            blob: rec.blob.to_string(),
+            offset: rec.offset,
+            crc: rec.crc,
+            ulen: rec.ulen,
+            ucrc: rec.ucrc,
+            tar_off: rec.tar_off,
+            states: rec.states,
+            bytes,
+        })
     }
 
     /// Records `chunks` as living in the blob `digest`.
@@ -118,10 +201,15 @@ impl ChunkCache {
         // layers at once.
         static SEQ: AtomicU64 = AtomicU64::new(0);
         for c in chunks {
-            let line = format!(
-                "{RECORD_VERSION} {digest} {} {} {}\n",
-                c.offset, c.len, c.crc
+            let (tar_state, blob_state) = match &c.states {
+                Some((t, b)) => (state_hex(t), state_hex(b)),
+                None => ("-".to_string(), "-".to_string()),
+            };
+            let body = format!(
+                "{RECORD_VERSION} {digest} {} {} {} {} {} {} {tar_state} {blob_state}",
+                c.offset, c.len, c.crc, c.ulen, c.ucrc, c.tar_off
             );
+            let line = format!("{body} {}\n", crc32fast::hash(body.as_bytes()));
             let n = SEQ.fetch_add(1, Ordering::Relaxed);
             let tmp = self.tmp.join(format!("chunk-{}-{n}", std::process::id()));
             write_then_rename(&tmp, &self.record_path(&c.key), line.as_bytes()).map_err(|e| {
@@ -151,19 +239,35 @@ struct Record<'a> {
     offset: u64,
     len: u64,
     crc: u32,
+    ulen: u64,
+    ucrc: u32,
+    tar_off: u64,
+    states: Option<([u32; 8], [u32; 8])>,
 }
 
 fn parse_record(text: &str) -> Option<Record<'_>> {
-    let mut words = text.strip_suffix('\n')?.split(' ');
+    let (body, line_crc) = text.strip_suffix('\n')?.rsplit_once(' ')?;
+    if line_crc.parse::<u32>().ok()? != crc32fast::hash(body.as_bytes()) {
+        return None;
+    }
+    let mut words = body.split(' ');
     if words.next()? != RECORD_VERSION {
         return None;
     }
-    let rec = Record {
+    let mut rec = Record {
         blob: words.next()?,
         offset: words.next()?.parse().ok()?,
         len: words.next()?.parse().ok()?,
         crc: words.next()?.parse().ok()?,
+        ulen: words.next()?.parse().ok()?,
+        ucrc: words.next()?.parse().ok()?,
+        tar_off: words.next()?.parse().ok()?,
+        states: None,
     };
+    let (t, b) = (words.next()?, words.next()?);
+    if (t, b) != ("-", "-") {
+        rec.states = Some((parse_state(t)?, parse_state(b)?));
+    }
     words.next().is_none().then_some(rec)
 }
 
@@ -186,6 +290,10 @@ mod tests {
         ChunkCache::new(root.join("chunks"), root.join("tmp"), resolver)
     }
 
+    fn bytes_of(h: Option<Hit>) -> Option<Vec<u8>> {
+        h.map(|h| h.bytes)
+    }
+
     #[test]
     fn records_point_into_blobs_and_bad_ones_miss() {
         let dir = tempfile::tempdir().unwrap();
@@ -197,11 +305,18 @@ mod tests {
             offset: 6,
             len: 5,
             crc: crc32fast::hash(b"CHUNK"),
+            ulen: 8,
+            ucrc: crc32fast::hash(b"whatever"),
+            tar_off: 512,
+            states: Some(([1, 2, 3, 4, 5, 6, 7, 8], [9; 8])),
         };
-        assert_eq!(c.lookup(&key), None);
+        assert!(c.lookup(&key).is_none());
         c.record("sha256:abc", std::slice::from_ref(&chunk))
             .unwrap();
-        assert_eq!(c.lookup(&key).as_deref(), Some(&b"CHUNK"[..]));
+        let hit = c.lookup(&key).unwrap();
+        assert_eq!(hit.bytes, b"CHUNK");
+        assert_eq!((hit.offset, hit.ulen, hit.tar_off), (6, 8, 512));
+        assert_eq!(hit.states, chunk.states);
         // No temp is left behind.
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         // A record pointing at other bytes (wrong offset) is a miss.
@@ -210,38 +325,63 @@ mod tests {
             ..chunk.clone()
         };
         c.record("sha256:abc", &[bad]).unwrap();
-        assert_eq!(c.lookup(&key), None);
+        assert!(c.lookup(&key).is_none());
         // So is one whose blob is gone, or one past the blob's end.
         c.record("sha256:gone", std::slice::from_ref(&chunk))
             .unwrap();
-        assert_eq!(c.lookup(&key), None);
+        assert!(c.lookup(&key).is_none());
         let past = NewChunk {
             offset: 100,
             ..chunk.clone()
         };
         c.record("sha256:abc", &[past]).unwrap();
-        assert_eq!(c.lookup(&key), None);
-        // A different codec string is a different key.
+        assert!(c.lookup(&key).is_none());
+        // A record without hash states is still a hit.
+        let plain = NewChunk {
+            states: None,
+            ..chunk.clone()
+        };
+        c.record("sha256:abc", &[plain]).unwrap();
+        assert_eq!(bytes_of(c.lookup(&key)).as_deref(), Some(&b"CHUNK"[..]));
+        // A record whose line was changed (a flipped state digit) misses.
+        let path = c.record_path(&key);
+        c.record("sha256:abc", std::slice::from_ref(&chunk))
+            .unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        fs::write(&path, text.replacen(" 00000001", " 00000003", 1)).unwrap();
+        assert!(c.lookup(&key).is_none());
+        // A different codec string is a different key; so is a file range
+        // instead of the same bytes.
         assert_ne!(key, ChunkCache::key("gzip-9", b"whatever"));
+        let mut h = KeyHasher::new("gzip-6");
+        h.file(&[0; 32], 0, 8);
+        assert_ne!(key, h.finish());
     }
 
     #[test]
     fn record_parser_rejects_junk() {
-        assert!(parse_record("rbuild-chunk-v1 sha256:a 1 2 3\n").is_some());
-        assert_eq!(
-            chunk_record_blob("rbuild-chunk-v1 sha256:a 1 2 3\n"),
-            Some("sha256:a")
-        );
+        let line = |body: &str| format!("{body} {}\n", crc32fast::hash(body.as_bytes()));
+        let good = line("rbuild-chunk-v2 sha256:a 1 2 3 4 5 6 - -");
+        assert!(parse_record(&good).is_some());
+        assert_eq!(chunk_record_blob(&good), Some("sha256:a"));
+        let st = "0".repeat(64);
+        assert!(parse_record(&line(&format!(
+            "rbuild-chunk-v2 sha256:a 1 2 3 4 5 6 {st} {st}"
+        )))
+        .is_some());
         for junk in [
-            "",
-            "rbuild-chunk-v1 sha256:a 1 2 3",
-            "rbuild-chunk-v0 sha256:a 1 2 3\n",
-            "rbuild-chunk-v1 sha256:a 1 2\n",
-            "rbuild-chunk-v1 sha256:a 1 2 3 4\n",
-            "rbuild-chunk-v1 sha256:a -1 2 3\n",
-            "rbuild-chunk-v1 sha256:a 1 2 99999999999\n",
+            String::new(),
+            good.trim_end().to_string(),
+            line("rbuild-chunk-v1 sha256:a 1 2 3 4 5 6 - -"),
+            line("rbuild-chunk-v2 sha256:a 1 2 3 4 5 6 -"),
+            line("rbuild-chunk-v2 sha256:a 1 2 3 4 5 6 - - 7"),
+            line("rbuild-chunk-v2 sha256:a -1 2 3 4 5 6 - -"),
+            line("rbuild-chunk-v2 sha256:a 1 2 99999999999 4 5 6 - -"),
+            line(&format!("rbuild-chunk-v2 sha256:a 1 2 3 4 5 6 {st} -")),
+            line("rbuild-chunk-v2 sha256:a 1 2 3 4 5 6 xyz xyz"),
+            good.replace(" 1 2 ", " 1 3 "),
         ] {
-            assert!(parse_record(junk).is_none(), "{junk:?}");
+            assert!(parse_record(&junk).is_none(), "{junk:?}");
         }
     }
 }

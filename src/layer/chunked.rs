@@ -29,16 +29,23 @@
 //! (the cache key names the codec, level and library version).
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use sha2::{Digest, Sha256};
 
-use super::chunkcache::{ChunkCache, NewChunk};
+use super::chunkcache::{ChunkCache, KeyHasher, NewChunk};
 use super::tarwrite::TarSink;
+use hashing::{hash_streams, send_hash, HashMsg, Hashes};
 use libdeflater::CompressionLvl;
+use resume::Resume;
+
+#[path = "chunked_hash.rs"]
+mod hashing;
+#[path = "chunked_resume.rs"]
+mod resume;
 
 /// A chunk ends at the first matching entry boundary past this size.
 pub(crate) const MIN_CHUNK: usize = 512 * 1024;
@@ -124,10 +131,57 @@ pub struct ChunkStats {
     pub compressed: u64,
     /// Uncompressed bytes of the reused chunks.
     pub reused_bytes: u64,
+    /// Of the reused chunks, those at the start of the stream that were
+    /// resumed: their files neither read nor hashed again.
+    pub resumed: u64,
+}
+
+/// A range of a chunk that is the content of a file known by its sha256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FilePart {
+    start: usize,
+    len: usize,
+    digest: [u8; 32],
+    file_off: u64,
+}
+
+/// The chunk key of `data` with `files` (sorted, disjoint) standing for
+/// their ranges: literal runs between them (see `KeyHasher`).
+fn chunk_key(tag: &str, data: &[u8], files: &[FilePart]) -> [u8; 32] {
+    let mut h = KeyHasher::new(tag);
+    let mut at = 0;
+    for f in files {
+        if f.start > at {
+            h.literal(&data[at..f.start]);
+        }
+        h.file(&f.digest, f.file_off, f.len as u64);
+        at = f.start + f.len;
+    }
+    if data.len() > at {
+        h.literal(&data[at..]);
+    }
+    h.finish()
+}
+
+/// Appends a file range, merged with the previous one when contiguous.
+fn push_file_part(parts: &mut Vec<FilePart>, part: FilePart) {
+    if let Some(last) = parts.last_mut() {
+        if last.digest == part.digest
+            && last.start + last.len == part.start
+            && last.file_off + last.len as u64 == part.file_off
+        {
+            last.len += part.len;
+            return;
+        }
+    }
+    parts.push(part);
 }
 
 struct Job {
     data: Arc<Vec<u8>>,
+    files: Vec<FilePart>,
+    /// The key, when the producer already computed it.
+    key: Option<[u8; 32]>,
     reply: Sender<io::Result<Done>>,
 }
 
@@ -136,9 +190,21 @@ struct Done {
     /// CRC-32 of `bytes` (the chunk cache checks it when reusing them).
     bytes_crc: u32,
     ulen: u64,
-    /// Set when the chunk was compressed now and should be recorded.
+    /// CRC-32 of the uncompressed chunk (the chunk record keeps it, and a
+    /// hit must match it).
+    crc: crc32fast::Hasher,
+    /// The chunk's key, when there is a cache to record it in.
     key: Option<[u8; 32]>,
     reused: bool,
+}
+
+/// A chunk handed to a worker: its result, uncompressed length, index in
+/// the stream and offset in the tar.
+struct Pending {
+    rx: Receiver<io::Result<Done>>,
+    ulen: usize,
+    index: u64,
+    tar_off: u64,
 }
 
 /// A [`TarSink`] that compresses what it is given in chunks.
@@ -148,15 +214,33 @@ pub(crate) struct ChunkedWriter<W: ChunkOut> {
     chunk: Vec<u8>,
     /// Inside an entry of `MAX_CHUNK` bytes or more: cut every `MAX_CHUNK`.
     in_big_entry: bool,
+    /// File ranges of `chunk` known by digest, and the file whose content
+    /// the next bytes written are (digest, offset, bytes left).
+    files: Vec<FilePart>,
+    announced: Option<([u8; 32], u64, u64)>,
+    /// The key of `chunk` when already computed (a resumed description).
+    next_key: Option<[u8; 32]>,
     jobs: Option<Sender<Job>>,
-    /// Chunks in flight, oldest first, with their uncompressed sizes.
-    pending: VecDeque<(Receiver<io::Result<Done>>, usize)>,
+    /// Chunks in flight, oldest first.
+    pending: VecDeque<Pending>,
     pending_bytes: usize,
     workers: Vec<JoinHandle<()>>,
     total_in: u64,
     /// Bytes written to `out` so far (where the next chunk starts).
     offset: u64,
-    new_chunks: Vec<NewChunk>,
+    /// Tar bytes in chunks cut so far, and how many chunks.
+    cut_bytes: u64,
+    cut_count: u64,
+    /// Every chunk, by index, to record as living in this blob (the hash
+    /// states of those not resumed come from the hashing thread at the
+    /// end). Reused and resumed chunks are recorded again too, so the
+    /// newest blob holds a whole chain for the next rebuild to resume.
+    new_chunks: Vec<(u64, NewChunk)>,
+    cache: Option<Arc<ChunkCache>>,
+    tag: String,
+    /// While the stream still matches an earlier layer's start: chunks
+    /// described but not read (see `chunked_resume.rs`).
+    resume: Option<Resume>,
     stats: ChunkStats,
     /// The sha256 of the tar and of the blob are computed on a thread of
     /// their own: on the producing thread they were the bottleneck.
@@ -201,6 +285,7 @@ impl<W: ChunkOut> ChunkedWriter<W> {
             .name("layer-sha256".into())
             .spawn(move || hash_streams(hash_rx, hasher_spare))?;
         let cache = cache.map(Arc::new);
+        let resume = cache.as_ref().map(|_| Resume::new());
         let (tx, rx) = bounded::<Job>(64);
         let workers = (0..threads)
             .map(|i| {
@@ -210,23 +295,40 @@ impl<W: ChunkOut> ChunkedWriter<W> {
                     .spawn(move || worker(rx, codec, cache, spare))
             })
             .collect::<io::Result<Vec<_>>>()?;
-        Ok(ChunkedWriter {
+        let w = ChunkedWriter {
             out: Some(out),
             codec,
             chunk: Vec::with_capacity(MAX_CHUNK),
             in_big_entry: false,
+            files: Vec::new(),
+            announced: None,
+            next_key: None,
             jobs: Some(tx),
             pending: VecDeque::new(),
             pending_bytes: 0,
             workers,
             total_in: 0,
             offset: 0,
+            cut_bytes: 0,
+            cut_count: 0,
             new_chunks: Vec::new(),
+            cache,
+            tag: codec.cache_tag(),
+            resume,
             stats: ChunkStats::default(),
             hashes: Some(hash_tx),
             hasher: Some(hasher),
             spare,
-        })
+        };
+        Ok(w)
+    }
+
+    /// The current chunk's length, described or real.
+    fn chunk_len(&self) -> usize {
+        match &self.resume {
+            Some(r) => r.len(),
+            None => self.chunk.len(),
+        }
     }
 
     fn out(&mut self) -> io::Result<&mut W> {
@@ -245,25 +347,30 @@ impl<W: ChunkOut> ChunkedWriter<W> {
 
     /// Waits for the oldest chunk and writes it out.
     fn drain_one(&mut self) -> io::Result<()> {
-        let Some((rx, ulen)) = self.pending.pop_front() else {
+        let Some(p) = self.pending.pop_front() else {
             return Ok(());
         };
-        self.pending_bytes -= ulen;
-        let done = rx
-            .recv()
-            .map_err(|_| io::Error::other("a compression worker thread died"))??;
+        self.pending_bytes -= p.ulen;
+        let done =
+            p.rx.recv()
+                .map_err(|_| io::Error::other("a compression worker thread died"))??;
         let len = done.bytes.len() as u64;
         let bytes = Arc::new(done.bytes);
         self.out()?.put(bytes.clone())?;
         if let Some(key) = done.key {
-            self.new_chunks.push(NewChunk {
+            let chunk = NewChunk {
                 key,
                 offset: self.offset,
                 len,
                 crc: done.bytes_crc,
-            });
+                ulen: done.ulen,
+                ucrc: done.crc.clone().finalize(),
+                tar_off: p.tar_off,
+                states: None,
+            };
+            self.new_chunks.push((p.index, chunk));
         }
-        self.hash(HashMsg::Blob(bytes))?;
+        self.hash(HashMsg::Chunk(p.index, bytes))?;
         self.offset += len;
         self.stats.chunks += 1;
         if done.reused {
@@ -277,11 +384,14 @@ impl<W: ChunkOut> ChunkedWriter<W> {
 
     /// Ends the current chunk (if any) and hands it to a worker.
     fn cut(&mut self) -> io::Result<()> {
+        if self.resume.is_some() && self.resume_cut()? {
+            return Ok(());
+        }
         if self.chunk.is_empty() {
             return Ok(());
         }
         // Write what is done without waiting, then wait only if over budget.
-        while self.pending.front().is_some_and(|(rx, _)| !rx.is_empty()) {
+        while self.pending.front().is_some_and(|p| !p.rx.is_empty()) {
             self.drain_one()?;
         }
         while !self.pending.is_empty() && self.pending_bytes + self.chunk.len() > PENDING_BYTES {
@@ -293,21 +403,39 @@ impl<W: ChunkOut> ChunkedWriter<W> {
             .unwrap_or_else(|_| Vec::with_capacity(MAX_CHUNK));
         let data = Arc::new(std::mem::replace(&mut self.chunk, next));
         let len = data.len();
-        self.hash(HashMsg::Tar(data.clone()))?;
+        let index = self.cut_count;
+        self.hash(HashMsg::Tar(index, data.clone()))?;
         let (reply, rx) = bounded(1);
+        let job = Job {
+            data,
+            files: std::mem::take(&mut self.files),
+            key: self.next_key.take(),
+            reply,
+        };
         self.jobs
             .as_ref()
             .ok_or_else(|| io::Error::other("chunk writer already finished"))?
-            .send(Job { data, reply })
+            .send(job)
             .map_err(|_| io::Error::other("compression worker threads have exited"))?;
         self.pending_bytes += len;
-        self.pending.push_back((rx, len));
+        self.pending.push_back(Pending {
+            rx,
+            ulen: len,
+            index,
+            tar_off: self.cut_bytes,
+        });
+        self.cut_count += 1;
+        self.cut_bytes += len as u64;
         Ok(())
     }
 
     /// Compresses what is left, ends the stream and returns the sink.
     pub(crate) fn finish(mut self) -> io::Result<Finished<W>> {
         self.cut()?;
+        if self.resume.is_some() {
+            // Every chunk was resumed: the hashes go on from the last one.
+            self.end_resume()?;
+        }
         while !self.pending.is_empty() {
             self.drain_one()?;
         }
@@ -330,14 +458,24 @@ impl<W: ChunkOut> ChunkedWriter<W> {
             .out
             .take()
             .ok_or_else(|| io::Error::other("chunk writer already finished"))?;
+        let new_chunks = std::mem::take(&mut self.new_chunks)
+            .into_iter()
+            .map(|(i, mut c)| {
+                if c.states.is_none() {
+                    c.states = h.states(i);
+                }
+                c
+            })
+            .collect();
+        let (tar_size, size) = (h.tar.len(), h.blob.len());
         Ok(Finished {
             out,
             diff_id: format!("sha256:{}", hex::encode(h.tar.finalize())),
-            tar_size: h.tar_len,
+            tar_size,
             digest: format!("sha256:{}", hex::encode(h.blob.finalize())),
-            size: h.blob_len,
+            size,
             stats: self.stats,
-            new_chunks: std::mem::take(&mut self.new_chunks),
+            new_chunks,
         })
     }
 }
@@ -365,19 +503,40 @@ fn join_workers(workers: &mut Vec<JoinHandle<()>>) {
 
 impl<W: ChunkOut> Write for ChunkedWriter<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        // Pieces of a big entry: cut every MAX_CHUNK from its start.
         let n = if self.in_big_entry {
-            // Pieces of a big entry: cut every MAX_CHUNK from its start.
-            let n = data.len().min(MAX_CHUNK - self.chunk.len());
-            self.chunk.extend_from_slice(&data[..n]);
-            if self.chunk.len() == MAX_CHUNK {
-                self.cut()?;
-            }
-            n
+            data.len().min(MAX_CHUNK - self.chunk_len())
         } else {
-            self.chunk.extend_from_slice(data);
             data.len()
         };
+        let data = &data[..n];
+        if let Some(r) = &mut self.resume {
+            r.literal(data);
+        } else {
+            if let Some((digest, off, left)) = &mut self.announced {
+                // The next bytes are an announced file's content.
+                let k = (*left).min(n as u64) as usize;
+                if k > 0 {
+                    let part = FilePart {
+                        start: self.chunk.len(),
+                        len: k,
+                        digest: *digest,
+                        file_off: *off,
+                    };
+                    push_file_part(&mut self.files, part);
+                    *off += k as u64;
+                    *left -= k as u64;
+                }
+                if *left == 0 {
+                    self.announced = None;
+                }
+            }
+            self.chunk.extend_from_slice(data);
+        }
         self.total_in += n as u64;
+        if self.in_big_entry && self.chunk_len() == MAX_CHUNK {
+            self.cut()?;
+        }
         Ok(n)
     }
 
@@ -396,9 +555,19 @@ impl<W: ChunkOut> TarSink for ChunkedWriter<W> {
         Ok(())
     }
 
+    fn file_content(&mut self, digest: &[u8; 32], file: &File, size: u64) -> io::Result<bool> {
+        if self.resume.is_none() {
+            self.announced = Some((*digest, 0, size));
+            return Ok(false);
+        }
+        self.describe_file(digest, file, size)?;
+        Ok(true)
+    }
+
     fn entry_end(&mut self, path: &str) -> io::Result<()> {
         self.in_big_entry = false;
-        let len = self.chunk.len();
+        self.announced = None;
+        let len = self.chunk_len();
         if len >= MAX_CHUNK || (len >= MIN_CHUNK && path_hash(path).is_multiple_of(CUT_ONE_IN)) {
             self.cut()?;
         }
@@ -418,26 +587,6 @@ impl<W: ChunkOut> Drop for ChunkedWriter<W> {
     }
 }
 
-/// Bytes for the hashing thread, in stream order.
-enum HashMsg {
-    /// Uncompressed tar bytes (the diff_id).
-    Tar(Arc<Vec<u8>>),
-    /// Blob bytes as written (the digest).
-    Blob(Arc<Vec<u8>>),
-}
-
-struct Hashes {
-    tar: Sha256,
-    tar_len: u64,
-    blob: Sha256,
-    blob_len: u64,
-}
-
-fn send_hash(tx: &Sender<HashMsg>, msg: HashMsg) -> io::Result<()> {
-    tx.send(msg)
-        .map_err(|_| io::Error::other("the layer hashing thread has exited"))
-}
-
 /// Hands a chunk buffer back for reuse if this was its last user (the
 /// worker and the hasher each hold it; the later one returns it).
 fn give_back(data: Arc<Vec<u8>>, spare: &Sender<Vec<u8>>) {
@@ -446,29 +595,6 @@ fn give_back(data: Arc<Vec<u8>>, spare: &Sender<Vec<u8>>) {
         // A full pool or a finished writer: the buffer is just freed.
         let _ = spare.try_send(v);
     }
-}
-
-fn hash_streams(rx: Receiver<HashMsg>, spare: Sender<Vec<u8>>) -> Hashes {
-    let mut h = Hashes {
-        tar: Sha256::new(),
-        tar_len: 0,
-        blob: Sha256::new(),
-        blob_len: 0,
-    };
-    for msg in rx {
-        match msg {
-            HashMsg::Tar(b) => {
-                h.tar.update(&b[..]);
-                h.tar_len += b.len() as u64;
-                give_back(b, &spare);
-            }
-            HashMsg::Blob(b) => {
-                h.blob.update(&b[..]);
-                h.blob_len += b.len() as u64;
-            }
-        }
-    }
-    h
 }
 
 /// FNV-1a with a final mix: stable across Rust versions (the cut points
@@ -499,8 +625,17 @@ struct Compressors {
 fn worker(rx: Receiver<Job>, codec: Codec, cache: Option<Arc<ChunkCache>>, spare: Sender<Vec<u8>>) {
     let tag = codec.cache_tag();
     let mut compressors = Compressors::default();
-    for Job { data, reply } in rx {
-        let result = process(&data, codec, &tag, cache.as_deref(), &mut compressors);
+    for Job {
+        data,
+        files,
+        key,
+        reply,
+    } in rx
+    {
+        let key = cache
+            .as_ref()
+            .map(|_| key.unwrap_or_else(|| chunk_key(&tag, &data, &files)));
+        let result = process(&data, codec, key, cache.as_deref(), &mut compressors);
         // The receiver is gone only when the writer was dropped mid-stream.
         let _ = reply.send(result);
         give_back(data, &spare);
@@ -510,20 +645,30 @@ fn worker(rx: Receiver<Job>, codec: Codec, cache: Option<Arc<ChunkCache>>, spare
 fn process(
     data: &[u8],
     codec: Codec,
-    tag: &str,
+    key: Option<[u8; 32]>,
     cache: Option<&ChunkCache>,
     compressors: &mut Compressors,
 ) -> io::Result<Done> {
-    let key = cache.map(|_| ChunkCache::key(tag, data));
-    if let (Some(cache), Some(key)) = (cache, &key) {
-        if let Some(bytes) = cache.lookup(key) {
-            return Ok(Done {
-                bytes_crc: 0,
-                bytes,
-                ulen: data.len() as u64,
-                key: None,
-                reused: true,
-            });
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(data);
+    let mut key = key;
+    if let (Some(cache), Some(k)) = (cache, key) {
+        if let Some(hit) = cache.lookup(&k) {
+            // The bytes read must match the record's length and CRC too: a
+            // file known by digest that changed after the scan is a miss,
+            // never another chunk's bytes, and its key (which describes
+            // other bytes) is not recorded.
+            if hit.ulen == data.len() as u64 && hit.ucrc == crc.clone().finalize() {
+                return Ok(Done {
+                    bytes_crc: hit.crc,
+                    bytes: hit.bytes,
+                    ulen: data.len() as u64,
+                    crc,
+                    key,
+                    reused: true,
+                });
+            }
+            key = None;
         }
     }
     let bytes = match codec {
@@ -545,6 +690,7 @@ fn process(
         bytes_crc: crc32fast::hash(&bytes),
         bytes,
         ulen: data.len() as u64,
+        crc,
         key,
         reused: false,
     })

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use super::*;
 use crate::layer::{
-    write_layer, BlobResolver, EntryKind, FileSource, LayerEntry, LayerInfo, Timespec, WriteOptions,
+    write_layer, BlobResolver, EntryKind, FileSource, KnownFiles, LayerEntry, LayerInfo, Timespec,
+    WriteOptions,
 };
 use crate::oci::Compression;
 
@@ -283,4 +284,173 @@ fn an_empty_stream_is_one_empty_gzip_member() {
     assert!(back.is_empty());
     assert_eq!(done.size, done.out.len() as u64);
     assert!(done.out.starts_with(&[0x1f, 0x8b]));
+}
+
+/// Files on disk, and what a context scan would vouch for them.
+fn disk_tree(dir: &Path) -> Vec<LayerEntry> {
+    let mut v = Vec::new();
+    for i in 0..300u64 {
+        // A big file early on, cut into pieces of its own.
+        let (name, data) = if i == 20 {
+            (format!("f{i:04}big"), text(9999, 9 << 20))
+        } else {
+            (format!("f{i:04}.rs"), text(i, 20_000))
+        };
+        let path = dir.join(&name);
+        fs::write(&path, data).unwrap();
+        let mut e = file(&format!("src/{name}"), Vec::new());
+        e.kind = EntryKind::File(FileSource::Path(path));
+        v.push(e);
+    }
+    v
+}
+
+fn known_now(entries: &[LayerEntry]) -> KnownFiles {
+    use sha2::Digest;
+    use std::os::unix::fs::MetadataExt;
+    let mut k = KnownFiles::default();
+    for e in entries {
+        let EntryKind::File(FileSource::Path(p)) = &e.kind else {
+            continue;
+        };
+        let m = fs::metadata(p).unwrap();
+        let file = crate::layer::KnownFile {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.len(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+            sha256: sha2::Sha256::digest(fs::read(p).unwrap()).into(),
+        };
+        k.insert(p.clone(), file);
+    }
+    k
+}
+
+fn write_known(
+    entries: Vec<LayerEntry>,
+    c: Compression,
+    cache: &ChunkCache,
+    known: KnownFiles,
+) -> (LayerInfo, Vec<u8>) {
+    let mut out = Vec::new();
+    let opts = WriteOptions {
+        compression: c,
+        threads: 2,
+        chunk_cache: Some(cache.clone()),
+        known_files: Some(Arc::new(known)),
+        ..Default::default()
+    };
+    let info = write_layer(entries, &mut out, &opts).unwrap();
+    (info, out)
+}
+
+#[test]
+fn an_unchanged_start_is_resumed_unread_and_changes_no_byte() {
+    for c in CODECS {
+        let dir = tempfile::tempdir().unwrap();
+        let files = dir.path().join("files");
+        fs::create_dir_all(&files).unwrap();
+        let cache = cache(dir.path());
+        let entries = disk_tree(&files);
+        let (cold, cold_bytes) = write_known(entries.clone(), c, &cache, known_now(&entries));
+        store_blob(dir.path(), &cold, &cold_bytes);
+        assert_eq!(cold.chunks.reused, 0);
+
+        // One file past the middle changed: the chunks before it are
+        // resumed, the rest as before; the blob is the one a cold write
+        // without any cache makes.
+        let victim = files.join("f0200.rs");
+        fs::write(&victim, text(4242, 21_000)).unwrap();
+        let (warm, warm_bytes) = write_known(entries.clone(), c, &cache, known_now(&entries));
+        let (plain, plain_bytes) = write(entries.clone(), c, 2, None);
+        assert_eq!(warm_bytes, plain_bytes, "{c:?}: resuming changed the blob");
+        assert_eq!(
+            (&warm.digest, &warm.diff_id),
+            (&plain.digest, &plain.diff_id)
+        );
+        let s = warm.chunks;
+        assert!(s.resumed >= 4 && s.resumed < s.chunks, "{c:?}: {s:?}");
+        assert!(s.compressed <= 3, "{c:?}: {s:?}");
+        store_blob(dir.path(), &warm, &warm_bytes);
+
+        // Resumed files are not read: an early file rewritten with other
+        // bytes of the same size, vouched for with its old digest (a stale
+        // scan), still gives the old layer. And a later one, past the
+        // first changed chunk, is read: its stale digest's record does not
+        // match the bytes read (CRC), so it is compressed as it is.
+        let mut stale = known_now(&entries);
+        let early = files.join("f0003.rs");
+        let old_early = stale.0.get(&early).unwrap().sha256;
+        fs::write(
+            &early,
+            text(3, 20_000).iter().map(|b| b ^ 1).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let mut fresh = known_now(&entries);
+        fresh.0.get_mut(&early).unwrap().sha256 = old_early;
+        let (same, same_bytes) = write_known(entries.clone(), c, &cache, fresh);
+        assert_eq!(same_bytes, warm_bytes, "{c:?}: a resumed file was read");
+        // The warm blob was recorded whole: everything resumes from it.
+        assert_eq!(same.chunks.resumed, same.chunks.chunks, "{c:?}");
+        fs::write(&early, text(3, 20_000)).unwrap();
+
+        let late = files.join("f0250.rs");
+        stale = known_now(&entries);
+        let old_late = stale.0.get(&late).unwrap().sha256;
+        fs::write(files.join("f0001.rs"), text(1111, 20_000)).unwrap();
+        fs::write(
+            &late,
+            text(250, 20_000).iter().map(|b| b ^ 2).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let mut lying = known_now(&entries);
+        lying.0.get_mut(&late).unwrap().sha256 = old_late;
+        let (read, read_bytes) = write_known(entries.clone(), c, &cache, lying);
+        let (truth, truth_bytes) = write(entries.clone(), c, 2, None);
+        assert_eq!(
+            read_bytes, truth_bytes,
+            "{c:?}: a stale digest reused other bytes"
+        );
+        assert_eq!(read.diff_id, truth.diff_id);
+        assert_eq!(read.chunks.resumed, 0, "{c:?}");
+        let (_, tar) = write(entries, Compression::None, 1, None);
+        assert_eq!(decode(c, &read_bytes), tar);
+    }
+}
+
+/// Resuming stops inside a big file (the record of its second piece is
+/// gone): that piece is read, the rest of the file is read as usual, and
+/// the blob is still the cache-less one.
+#[test]
+fn resuming_can_stop_inside_a_big_file() {
+    for c in CODECS {
+        let dir = tempfile::tempdir().unwrap();
+        let files = dir.path().join("files");
+        fs::create_dir_all(&files).unwrap();
+        let cache = cache(dir.path());
+        let entries = disk_tree(&files);
+        let (cold, cold_bytes) = write_known(entries.clone(), c, &cache, known_now(&entries));
+        store_blob(dir.path(), &cold, &cold_bytes);
+        // The big file's pieces are the chunks of exactly MAX_CHUNK bytes;
+        // drop the record of the second one (by tar offset).
+        let mut pieces: Vec<(u64, std::path::PathBuf)> = fs::read_dir(dir.path().join("chunks"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter_map(|p| {
+                let text = fs::read_to_string(&p).unwrap();
+                let w: Vec<&str> = text.split(' ').collect();
+                (w[5] == MAX_CHUNK.to_string()).then(|| (w[7].parse().unwrap(), p))
+            })
+            .collect();
+        pieces.sort();
+        assert_eq!(pieces.len(), 2, "{c:?}: {pieces:?}");
+        fs::remove_file(&pieces[1].1).unwrap();
+        let (warm, warm_bytes) = write_known(entries.clone(), c, &cache, known_now(&entries));
+        assert_eq!(warm_bytes, cold_bytes, "{c:?}");
+        assert_eq!((&warm.digest, &warm.diff_id), (&cold.digest, &cold.diff_id));
+        let s = warm.chunks;
+        assert!(s.resumed >= 2 && s.resumed < s.chunks, "{c:?}: {s:?}");
+        assert_eq!(s.compressed, 1, "{c:?}: {s:?}");
+    }
 }

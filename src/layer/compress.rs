@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use super::chunkcache::ChunkCache;
 use super::chunked::{ChunkStats, ChunkedWriter, Codec, Finished, ToWriterThread};
 use super::entry::{normalize, LayerEntry, Timespec};
-use super::tarwrite::{write_entries, TarSink};
+use super::tarwrite::{write_entries, KnownFiles, TarSink};
 use crate::oci::media::{OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD};
 use crate::oci::Compression;
 
@@ -25,6 +25,11 @@ pub struct WriteOptions {
     /// Reuse compressed chunks of earlier layers (and record this one's).
     /// Never changes the output bytes either.
     pub chunk_cache: Option<ChunkCache>,
+    /// Source files whose content sha256 the caller knows: their chunks
+    /// are keyed from the digests (no sha256 over the bytes) and, at the
+    /// start of the stream, resumed without reading them. Never changes
+    /// the output bytes.
+    pub known_files: Option<std::sync::Arc<KnownFiles>>,
 }
 
 /// What was written: the identities the image config and manifest need.
@@ -107,7 +112,7 @@ pub fn write_layer(
         Compression::None => {
             // The blob is the tar: one hash serves as diff_id and digest.
             let mut tar = HashWriter::new(buffered);
-            write_entries(&entries, &mut tar)?;
+            write_entries(&entries, &mut tar, None)?;
             let (mut buffered, diff_id, n) = tar.finish();
             buffered.flush().context("flushing the layer blob")?;
             return Ok(LayerInfo {
@@ -167,7 +172,7 @@ fn compress_entries(
                 opts.chunk_cache.clone(),
             )
             .context("starting compression threads")?;
-            write_entries(entries, &mut chunked)?;
+            write_entries(entries, &mut chunked, opts.known_files.as_deref())?;
             let done = chunked
                 .finish()
                 .context("finishing the compressed stream")?;

@@ -14,6 +14,7 @@ mod chunked;
 mod compress;
 mod entry;
 mod merged;
+mod midsha;
 mod resolve;
 mod sparse;
 mod sys;
@@ -30,5 +31,6 @@ pub use entry::{EntryKind, FileSource, LayerEntry, Timespec, OPAQUE_MARKER, WHIT
 pub use merged::{merged_image_path, merged_lookup, merged_resolve, MergedView};
 pub use resolve::resolve_in_root;
 pub use sparse::{copy_sparse, write_sparse};
+pub use tarwrite::{KnownFile, KnownFiles};
 pub use unpack::{open_archive, unpack_layer, LayerCheckError, UnpackOptions, UnpackStats};
 pub use walk::{dev_major, dev_minor, entries_from_dir, DirOptions};

@@ -3,9 +3,11 @@
 //! or out-of-range mtimes, xattrs). No GNU extensions, no atime/ctime, empty
 //! uname/gname, so the bytes depend only on the entries.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
@@ -29,15 +31,68 @@ pub(crate) trait TarSink: Write {
     fn entry_end(&mut self, _path: &str) -> io::Result<()> {
         Ok(())
     }
+    /// The entry's `size` content bytes come next and are `file`'s, whose
+    /// sha256 is `digest`. True when the sink took them without the bytes
+    /// (it reads the file itself if it needs them); false when they must
+    /// be written as usual.
+    fn file_content(&mut self, _digest: &[u8; 32], _file: &File, _size: u64) -> io::Result<bool> {
+        Ok(false)
+    }
 }
 
 impl<W: Write> TarSink for io::BufWriter<W> {}
 
+/// Files whose content sha256 a caller (the context scan) vouches for, by
+/// source path, with the stat it was computed at: the digest holds for the
+/// opened file only while its device, inode, size, mtime and ctime are the
+/// same (the trust the scan's stat cache puts in them).
+#[derive(Debug, Clone, Default)]
+pub struct KnownFiles(pub(crate) HashMap<PathBuf, KnownFile>);
+
+/// One vouched-for file: its stat at digest time and its content sha256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownFile {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub sha256: [u8; 32],
+}
+
+impl KnownFiles {
+    pub fn insert(&mut self, path: PathBuf, file: KnownFile) {
+        self.0.insert(path, file);
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The digest of the file opened at `path`, if its stat still matches.
+    fn digest(&self, path: &Path, m: &std::fs::Metadata) -> Option<[u8; 32]> {
+        let k = self.0.get(path)?;
+        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        let same = (m.dev(), m.ino(), m.len()) == (k.dev, k.ino, k.size)
+            && ns(m.mtime(), m.mtime_nsec()) == k.mtime_ns
+            && ns(m.ctime(), m.ctime_nsec()) == k.ctime_ns;
+        same.then_some(k.sha256)
+    }
+}
+
 /// Writes entries (already normalised and sorted) as one tar stream.
-pub(crate) fn write_entries(entries: &[LayerEntry], out: &mut dyn TarSink) -> Result<()> {
+pub(crate) fn write_entries(
+    entries: &[LayerEntry],
+    out: &mut dyn TarSink,
+    known: Option<&KnownFiles>,
+) -> Result<()> {
     let mut buf = vec![0u8; 256 * 1024];
     for entry in entries {
-        write_entry(entry, out, &mut buf)
+        write_entry(entry, out, &mut buf, known)
             .with_context(|| format!("writing layer entry {:?}", entry.path))?;
     }
     out.write_all(&[0u8; BLOCK * 2])
@@ -49,7 +104,8 @@ pub(crate) fn write_entries(entries: &[LayerEntry], out: &mut dyn TarSink) -> Re
 enum Content<'a> {
     None,
     Bytes(&'a [u8]),
-    Disk(File, u64),
+    /// The file, its size, and its sha256 when a caller vouches for it.
+    Disk(File, u64, Option<[u8; 32]>),
 }
 
 impl Content<'_> {
@@ -57,12 +113,12 @@ impl Content<'_> {
         match self {
             Content::None => 0,
             Content::Bytes(b) => b.len() as u64,
-            Content::Disk(_, n) => *n,
+            Content::Disk(_, n, _) => *n,
         }
     }
 }
 
-fn open_content(entry: &LayerEntry) -> Result<Content<'_>> {
+fn open_content<'a>(entry: &'a LayerEntry, known: Option<&KnownFiles>) -> Result<Content<'a>> {
     match &entry.kind {
         EntryKind::File(FileSource::Bytes(b)) => Ok(Content::Bytes(b)),
         EntryKind::File(FileSource::Path(p)) => {
@@ -77,14 +133,20 @@ fn open_content(entry: &LayerEntry) -> Result<Content<'_>> {
             if !meta.is_file() {
                 bail!("{} is not a regular file", p.display());
             }
-            Ok(Content::Disk(f, meta.len()))
+            let digest = known.and_then(|k| k.digest(p, &meta));
+            Ok(Content::Disk(f, meta.len(), digest))
         }
         _ => Ok(Content::None),
     }
 }
 
-fn write_entry(entry: &LayerEntry, out: &mut dyn TarSink, buf: &mut [u8]) -> Result<()> {
-    let content = open_content(entry)?;
+fn write_entry(
+    entry: &LayerEntry,
+    out: &mut dyn TarSink,
+    buf: &mut [u8],
+    known: Option<&KnownFiles>,
+) -> Result<()> {
+    let content = open_content(entry, known)?;
     let size = content.len();
     let (header, pax) = build_header(entry, size)?;
     out.entry_start(size)?;
@@ -95,7 +157,15 @@ fn write_entry(entry: &LayerEntry, out: &mut dyn TarSink, buf: &mut [u8]) -> Res
     match content {
         Content::None => {}
         Content::Bytes(b) => out.write_all(b)?,
-        Content::Disk(f, n) => copy_exact(f, n, out, buf, entry)?,
+        Content::Disk(f, n, digest) => {
+            let taken = match digest {
+                Some(d) if n > 0 => out.file_content(&d, &f, n)?,
+                _ => false,
+            };
+            if !taken {
+                copy_exact(f, n, out, buf, entry)?;
+            }
+        }
     }
     pad(out, size)?;
     out.entry_end(&entry.path)?;

@@ -2,8 +2,9 @@
 //! its records live, and removing records whose blob a prune removed.
 //!
 //! A record is one short line whose second word is the digest of the blob
-//! the chunk's compressed bytes sit in (`rbuild-chunk-v1 sha256:… offset
-//! length crc`); the rest of the format is the layer module's business.
+//! the chunk's compressed bytes sit in (`rbuild-chunk-v2 sha256:… offset
+//! …`); the rest of the format is the layer module's business. Records of
+//! any version are swept the same way (v1 ones are never used again).
 
 use std::fs;
 use std::io::Read;

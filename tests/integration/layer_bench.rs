@@ -62,6 +62,7 @@ fn bench_write_layer() {
         source_date_epoch: None,
         threads,
         chunk_cache: cache.as_ref().map(|c| c.0.clone()),
+        known_files: None,
     };
     let info = write_layer(entries, &mut f, &opts).unwrap();
     assert!(info.size > 0);

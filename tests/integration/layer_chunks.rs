@@ -30,8 +30,9 @@ fn write_context(ctx: &Path, changed: Option<usize>) {
     }
 }
 
-fn build(env: &Env, ctx: &Path, tag: &str, codec: &str) {
-    env.rbuild_ok(&[
+/// Builds and returns the progress log.
+fn build(env: &Env, ctx: &Path, tag: &str, codec: &str) -> String {
+    let out = env.rbuild_ok(&[
         "build",
         "--progress",
         "plain",
@@ -41,6 +42,7 @@ fn build(env: &Env, ctx: &Path, tag: &str, codec: &str) {
         tag,
         ctx.to_str().unwrap(),
     ]);
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn json(path: &Path) -> Value {
@@ -175,7 +177,15 @@ fn chunked_layers_are_valid_and_a_warm_rebuild_matches_a_cold_one(codec: &str) {
     // One file in the middle changes: the warm rebuild's blob is the one a
     // cold build of the same files in a fresh store writes.
     write_context(&ctx, Some(200));
-    build(&env, &ctx, "app:v2", codec);
+    let log = build(&env, &ctx, "app:v2", codec);
+    // The chunks before it were resumed from v1's records: the context
+    // scan's digests reached the layer writer, which read none of them.
+    let resumed: u64 = log
+        .split_once("reused (")
+        .and_then(|(_, rest)| rest.split_once(" resumed"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no chunk line in the log:\n{log}"));
+    assert!(resumed >= 1, "{log}");
     let v2 = layer_of(&env.root(), "app:v2");
     assert_ne!(v1, v2);
     check_with_tools(&v2, codec);

@@ -187,6 +187,7 @@ fn source_date_epoch_clamps_and_no_atime_or_names() {
         source_date_epoch: Some(1_000_000),
         threads: 1,
         chunk_cache: None,
+        known_files: None,
     };
     write_layer(vec![e("new", 2_000_000), e("old", 10)], &mut out, &opts).unwrap();
     let mut ar = tar::Archive::new(&out[..]);
