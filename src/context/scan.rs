@@ -272,7 +272,13 @@ pub fn scan_with_progress(
     hash_files(root, &mut list, &cache, &mut stats, progress)?;
     let control = control_entries(root, dockerfile_rel, ignore, &list, &cache, &mut stats)?;
 
-    if let Some(path) = stat_cache {
+    // Every file hit and the cache holds no other path: the cache would be
+    // saved back unchanged (a hit's stamp was not racy when saved and is
+    // not now, with a later scan start), so it is neither rebuilt nor
+    // compared entry by entry: the no-op rebuild's common case.
+    let unchanged =
+        stats.files_hashed == 0 && stats.cache_hits > 0 && stats.cache_hits == cache.len();
+    if let Some(path) = stat_cache.filter(|_| !unchanged) {
         let fresh = StatCache::from_entries(root, list.iter().chain(&control), started);
         // An unchanged context rewrites nothing (and fsyncs nothing).
         if !fresh.same_as(&cache) {
@@ -368,20 +374,26 @@ fn walk_dir(
                 std::io::Error::from(std::io::ErrorKind::InvalidData),
             )
         })?;
-        names.push(name);
+        // `DirEntry::metadata` is an lstat relative to the open directory
+        // (`statx(dirfd, name, AT_SYMLINK_NOFOLLOW)`): the kernel does not
+        // walk the whole path again for each of the context's files. All
+        // are stat'ed before descending, so the directory is closed by then
+        // and open descriptors do not grow with the tree's depth.
+        let meta = item
+            .metadata()
+            .map_err(|e| ContextError::io("stat", &dir_abs.join(&name), e))?;
+        names.push((name, meta));
     }
-    names.sort();
+    names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     // Sequential on purpose: per-directory parallel lstat measured slower
     // (rayon spin-waits outweigh the stat calls it spreads).
-    for name in names {
+    for (name, meta) in names {
         let rel = if dir_rel.is_empty() {
             name
         } else {
             format!("{dir_rel}/{name}")
         };
         let abs = root.join(&rel);
-        let meta =
-            std::fs::symlink_metadata(&abs).map_err(|e| ContextError::io("stat", &abs, e))?;
         let (excluded, child_info) = matcher.matches_with_parent(&rel, info)?;
         if excluded {
             if meta.is_dir() && matcher.may_reinclude_below(&rel) {
