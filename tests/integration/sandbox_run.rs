@@ -573,7 +573,8 @@ fn overlay_root_is_volatile() {
             .last()
             .unwrap()
             .split(',')
-            .any(|o| o == "volatile"),
+            // Kernels since 6.7 show it as `fsync=volatile`.
+            .any(|o| o == "volatile" || o == "fsync=volatile"),
         "{root}"
     );
 }
