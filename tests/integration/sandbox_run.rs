@@ -570,7 +570,7 @@ fn overlay_root_is_volatile() {
         .unwrap_or_else(|| panic!("no overlay root in:\n{}", out.stdout));
     assert!(
         root.split(' ')
-            .last()
+            .next_back()
             .unwrap()
             .split(',')
             // Kernels since 6.7 show it as `fsync=volatile`.
