@@ -121,6 +121,14 @@ pub fn overlay_available_with(opts: &SandboxOptions) -> bool {
 fn probe(opts: &SandboxOptions) -> Result<()> {
     let state = tempfile::Builder::new().prefix("rbuild-probe-").tempdir()?;
     let userns = !nix::unistd::geteuid().is_root();
+    if !userns {
+        // Root may unshare a mount namespace itself: a forked child mounts
+        // the probe overlay, with no re-exec of rbuild (the first RUN step
+        // of every build waits for the probe).
+        let result = super::rootfs::probe_overlay_forked(state.path(), super::in_user_namespace());
+        clean_workdir(&state.path().join("w"));
+        return result;
+    }
     let req = Request {
         spec: RunSpec {
             rootfs: RootfsSpec::Dir(state.path().to_path_buf()),

@@ -102,6 +102,12 @@ pub fn prepare(req: &Request) -> Result<Prepared> {
 
 /// Checks that an overlay can be mounted here (in this mount namespace).
 pub fn probe_overlay(state: &Path, unprivileged: bool) -> Result<()> {
+    let (l, u, w, m) = probe_dirs(state)?;
+    mount_overlay(&[l], &u, &w, &m, unprivileged, None)
+}
+
+/// The probe's scratch lower, upper, work and mount dirs, made in `state`.
+fn probe_dirs(state: &Path) -> Result<(PathBuf, PathBuf, PathBuf, PathBuf)> {
     let (l, u, w, m) = (
         state.join("l"),
         state.join("u"),
@@ -111,7 +117,24 @@ pub fn probe_overlay(state: &Path, unprivileged: bool) -> Result<()> {
     for d in [&l, &u, &w, &m] {
         mkdir(d, 0o755)?;
     }
-    mount_overlay(&[l], &u, &w, &m, unprivileged, None)
+    Ok((l, u, w, m))
+}
+
+/// [`probe_overlay`] for a caller that may unshare a mount namespace itself
+/// (root, or root of rbuild's own user namespace): a forked child mounts the
+/// overlay (options as [`mount_overlay_data`] tries them) in a private mount
+/// namespace and exits, without re-executing rbuild as the sandbox's setup
+/// process.
+pub fn probe_overlay_forked(state: &Path, unprivileged: bool) -> Result<()> {
+    use std::ffi::CString;
+    let (l, u, w, m) = probe_dirs(state)?;
+    let data = overlay_options(&[overlay_path(&l)?], &u, &w, unprivileged)?;
+    let cstr = |s: String| CString::new(s).context("overlay option with a NUL byte");
+    let options = [cstr(format!("{data},volatile"))?, cstr(data)?];
+    let target =
+        CString::new(m.as_os_str().as_encoded_bytes()).context("probe dir with a NUL byte")?;
+    super::sys::mount_overlay_in_child(&target, &options)
+        .with_context(|| format!("mounting a probe overlay on {}", m.display()))
 }
 
 fn mkdir(path: &Path, mode: u32) -> Result<()> {
