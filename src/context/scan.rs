@@ -257,22 +257,33 @@ pub fn scan_with_progress(
 
     let mut stats = ScanStats::default();
     let mut list = Vec::new();
-    walk_dir(
-        root,
-        "",
-        &ignore.matcher,
-        &MatchInfo::default(),
-        &mut list,
-        &mut stats,
-    )?;
-
-    let cache = stat_cache
-        .map(|p| StatCache::load(p, root))
-        .unwrap_or_default();
+    // The stat cache (a JSON file of every file's stamp: 4 MB and about a
+    // sixth of a no-op rebuild's CPU at 20,000 files) is parsed on a second
+    // thread while this one walks the tree.
+    let cache = std::thread::scope(|s| {
+        let loader = stat_cache.map(|p| s.spawn(move || StatCache::load(p, root)));
+        let walked = walk_dir(
+            root,
+            "",
+            &ignore.matcher,
+            &MatchInfo::default(),
+            &mut list,
+            &mut stats,
+        );
+        // A loader that panicked only costs the cache: it is empty.
+        let cache = loader.and_then(|l| l.join().ok()).unwrap_or_default();
+        walked.map(|()| cache)
+    })?;
     hash_files(root, &mut list, &cache, &mut stats, progress)?;
     let control = control_entries(root, dockerfile_rel, ignore, &list, &cache, &mut stats)?;
 
-    if let Some(path) = stat_cache {
+    // Every file hit and the cache holds no other path: the cache would be
+    // saved back unchanged (a hit's stamp was not racy when saved and is
+    // not now, with a later scan start), so it is neither rebuilt nor
+    // compared entry by entry: the no-op rebuild's common case.
+    let unchanged =
+        stats.files_hashed == 0 && stats.cache_hits > 0 && stats.cache_hits == cache.len();
+    if let Some(path) = stat_cache.filter(|_| !unchanged) {
         let fresh = StatCache::from_entries(root, list.iter().chain(&control), started);
         // An unchanged context rewrites nothing (and fsyncs nothing).
         if !fresh.same_as(&cache) {
@@ -368,20 +379,26 @@ fn walk_dir(
                 std::io::Error::from(std::io::ErrorKind::InvalidData),
             )
         })?;
-        names.push(name);
+        // `DirEntry::metadata` is an lstat relative to the open directory
+        // (`statx(dirfd, name, AT_SYMLINK_NOFOLLOW)`): the kernel does not
+        // walk the whole path again for each of the context's files. All
+        // are stat'ed before descending, so the directory is closed by then
+        // and open descriptors do not grow with the tree's depth.
+        let meta = item
+            .metadata()
+            .map_err(|e| ContextError::io("stat", &dir_abs.join(&name), e))?;
+        names.push((name, meta));
     }
-    names.sort();
+    names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     // Sequential on purpose: per-directory parallel lstat measured slower
     // (rayon spin-waits outweigh the stat calls it spreads).
-    for name in names {
+    for (name, meta) in names {
         let rel = if dir_rel.is_empty() {
             name
         } else {
             format!("{dir_rel}/{name}")
         };
         let abs = root.join(&rel);
-        let meta =
-            std::fs::symlink_metadata(&abs).map_err(|e| ContextError::io("stat", &abs, e))?;
         let (excluded, child_info) = matcher.matches_with_parent(&rel, info)?;
         if excluded {
             if meta.is_dir() && matcher.may_reinclude_below(&rel) {

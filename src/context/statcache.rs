@@ -65,6 +65,11 @@ impl StatCache {
         same.then_some((s.digest.as_str(), s.xattrs.as_slice()))
     }
 
+    /// How many files the cache vouches for.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Whether saving `self` would write what `other` already holds.
     pub(crate) fn same_as(&self, other: &StatCache) -> bool {
         self.schema == other.schema && self.root == other.root && self.entries == other.entries

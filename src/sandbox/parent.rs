@@ -121,6 +121,14 @@ pub fn overlay_available_with(opts: &SandboxOptions) -> bool {
 fn probe(opts: &SandboxOptions) -> Result<()> {
     let state = tempfile::Builder::new().prefix("rbuild-probe-").tempdir()?;
     let userns = !nix::unistd::geteuid().is_root();
+    if !userns {
+        // Root may unshare a mount namespace itself: a forked child mounts
+        // the probe overlay, with no re-exec of rbuild (the first RUN step
+        // of every build waits for the probe).
+        let result = super::rootfs::probe_overlay_forked(state.path(), super::in_user_namespace());
+        clean_workdir(&state.path().join("w"));
+        return result;
+    }
     let req = Request {
         spec: RunSpec {
             rootfs: RootfsSpec::Dir(state.path().to_path_buf()),
@@ -248,12 +256,16 @@ impl Helper {
     }
 
     /// Waits for the user namespace, writes the maps, sends the go byte.
+    /// Without a user namespace there are no maps to write, so the go byte
+    /// goes at once: waiting for `Ready` would only add a round trip between
+    /// the two processes (milliseconds each on a loaded host), and the
+    /// helper's `Ready` is read with the other reports.
     fn handshake(&mut self, opts: &SandboxOptions, req: &Request) -> Result<()> {
-        match self.next_report()? {
-            Some(Report::Ready) => {}
-            _ => bail!("the sandbox setup process stopped before it was ready"),
-        }
         if req.userns {
+            match self.next_report()? {
+                Some(Report::Ready) => {}
+                _ => bail!("the sandbox setup process stopped before it was ready"),
+            }
             let (maps, warning) = idmap::write_maps(self.child.id(), opts.id_map)?;
             self.id_maps = Some(maps);
             self.warnings.extend(warning);

@@ -2,7 +2,7 @@
 //! does not cover (capabilities, interface flags, xattrs, keyrings,
 //! seccomp, signal dispositions) or marks unsafe (`fork`, `pre_exec`).
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::RawFd;
 use std::os::unix::process::CommandExt;
@@ -41,6 +41,91 @@ pub fn fork() -> nix::Result<ForkResult> {
     // SAFETY: only called from the setup process, which never starts threads,
     // so the child can safely run arbitrary (allocating) code.
     unsafe { nix::unistd::fork() }
+}
+
+/// Forks a child that unshares a mount namespace, makes `/` private in it
+/// and mounts an overlay on `target` with the first of `options` the kernel
+/// accepts (an `EINVAL` moves on to the next), then exits; the namespace
+/// and the mount die with it. `Ok` when a mount succeeded, else the error
+/// of the last attempt. For the overlay probe of a caller that may unshare
+/// a mount namespace (root).
+pub fn mount_overlay_in_child(target: &CStr, options: &[CString]) -> io::Result<()> {
+    // SAFETY: this process may have threads, so the child only makes
+    // async-signal-safe calls (unshare, mount, reading errno, _exit) on
+    // memory prepared before the fork: it allocates nothing and takes no
+    // lock.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: see above; `_exit` skips atexit handlers and stdio.
+        unsafe { libc::_exit(probe_child(target, options)) }
+    }
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for our own child; `status` is a valid out pointer.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
+        (true, 0) => Ok(()),
+        (true, errno) => Err(io::Error::from_raw_os_error(errno)),
+        _ => Err(io::Error::other(format!(
+            "the probe child ended abnormally (status {status})"
+        ))),
+    }
+}
+
+/// The forked child of [`mount_overlay_in_child`]: 0 or an errno.
+fn probe_child(target: &CStr, options: &[CString]) -> libc::c_int {
+    let errno = || {
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    };
+    // SAFETY: plain syscalls on NUL-terminated strings that outlive them.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return errno();
+        }
+        let root = c"/";
+        let private = libc::MS_REC | libc::MS_PRIVATE;
+        if libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            private,
+            std::ptr::null(),
+        ) != 0
+        {
+            return errno();
+        }
+        let mut last = libc::EINVAL;
+        for data in options {
+            let fs = c"overlay";
+            let rc = libc::mount(
+                fs.as_ptr(),
+                target.as_ptr(),
+                fs.as_ptr(),
+                libc::MS_NODEV,
+                data.as_ptr().cast(),
+            );
+            if rc == 0 {
+                return 0;
+            }
+            last = errno();
+            if last != libc::EINVAL {
+                break;
+            }
+        }
+        last
+    }
 }
 
 /// Drops capability `cap` from the bounding set (`PR_CAPBSET_DROP`).

@@ -116,6 +116,29 @@ impl TempFile {
     }
 }
 
+impl TempFile {
+    /// Rename over `dest` with no fsync at all: for files a crash may lose
+    /// or leave empty because every reader treats that as "not there"
+    /// (cache records: a miss). The rename still never shows a half-written
+    /// file to a running process.
+    pub fn replace_unsynced(self, dest: &Path) -> anyhow::Result<()> {
+        self.file
+            .persist(dest)
+            .map_err(|e| e.error)
+            .with_context(|| format!("renaming a temp file to {}", dest.display()))?;
+        Ok(())
+    }
+}
+
+/// [`atomic_write`] without the fsyncs (see [`TempFile::replace_unsynced`]).
+pub fn atomic_write_unsynced(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut tmp = temp_file(tmp_dir, "write-")?;
+    tmp.file
+        .write_all(bytes)
+        .with_context(|| format!("writing {}", tmp.path().display()))?;
+    tmp.replace_unsynced(dest)
+}
+
 /// fsync the directory holding `path` so a rename into it survives a crash.
 pub fn sync_parent(path: &Path) -> anyhow::Result<()> {
     let parent = path.parent().unwrap_or(Path::new("."));

@@ -58,8 +58,12 @@ impl Store {
         match fs::rename(tmp.dir.path(), &dest) {
             Ok(()) => {
                 // Renamed away: nothing left for TempDir's drop to remove.
+                // No fsync of `layers/`: a snapshot's files are not synced
+                // either (it is a cache of its layer, and syncing every
+                // unpacked file would cost more than the unpack), so making
+                // only its name durable would buy nothing; a lost rename
+                // leaves a temp dir the next open sweeps.
                 let _ = tmp.dir.keep();
-                fsutil::sync_parent(&dest)?;
                 Ok(dest)
             }
             // Lost a race with another installer; ours is dropped.

@@ -186,6 +186,31 @@ fn stat_cache_second_scan_reads_no_file() {
     assert_eq!(d1, d2);
 }
 
+/// An unchanged context skips rebuilding the cache only when every file
+/// hit *and* the cache names no other file: a deleted file's stamp must
+/// still leave the saved cache.
+#[test]
+fn stat_cache_forgets_a_deleted_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = cache_dir.path().join("statcache/ctx.json");
+    write(dir.path(), "keep.txt", "keep");
+    write(dir.path(), "gone.txt", "gone");
+    age_files();
+    cached_scan(dir.path(), &cache);
+    let saved = |name: &str| {
+        let v: serde_json::Value = serde_json::from_slice(&fs::read(&cache).unwrap()).unwrap();
+        v["entries"].get(name).is_some()
+    };
+    assert!(saved("keep.txt") && saved("gone.txt"));
+    fs::remove_file(dir.path().join("gone.txt")).unwrap();
+    let again = cached_scan(dir.path(), &cache);
+    assert_eq!(again.stats.files_hashed, 0);
+    assert_eq!(again.stats.cache_hits, 1);
+    assert!(saved("keep.txt"));
+    assert!(!saved("gone.txt"), "the deleted file's stamp stayed");
+}
+
 #[test]
 fn stat_cache_keeps_xattrs_and_rereads_them_when_they_change() {
     let dir = tempfile::tempdir().unwrap();

@@ -555,6 +555,30 @@ fn overlay_changes_go_to_upper_only() {
     assert_eq!(entries(&out.upper), vec!["bin", "bin/ls", "newfile"]);
 }
 
+/// The RUN overlay is `volatile`: without it, the overlay's teardown at
+/// the end of every step syncs the upper dir's whole filesystem
+/// (docs/sandbox.md, "Root filesystem").
+#[test]
+fn overlay_root_is_volatile() {
+    let mut r = Rootfs::new();
+    let out = r.sh("cat /proc/self/mountinfo");
+    assert_eq!(out.outcome.exit_code, 0, "{}", out.stderr);
+    let root = out
+        .stdout
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/") && l.contains(" - overlay "))
+        .unwrap_or_else(|| panic!("no overlay root in:\n{}", out.stdout));
+    assert!(
+        root.split(' ')
+            .next_back()
+            .unwrap()
+            .split(',')
+            // Kernels since 6.7 show it as `fsync=volatile`.
+            .any(|o| o == "volatile" || o == "fsync=volatile"),
+        "{root}"
+    );
+}
+
 #[test]
 fn no_mounts_leak_into_the_host() {
     let _mounts = common::host_mounts_exclusive();
