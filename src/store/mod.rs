@@ -9,6 +9,7 @@
 //! ROOT/rbuild/lock           flock around every index.json read-modify-write
 //! ROOT/rbuild/gc.lock        builds hold it shared, prune exclusive
 //! ROOT/rbuild/layers/<hex>/  unpacked layers, by diff_id
+//! ROOT/rbuild/layers.boot    the kernel boot they were made in (layers.rs)
 //! ROOT/rbuild/cache/<h>.json build cache records, one per key
 //! ROOT/rbuild/statcache/     the context module's stat caches
 //! ROOT/rbuild/cachemounts/   RUN --mount=type=cache dirs
@@ -81,6 +82,7 @@ impl Store {
             secure::make_private_dir(&store.private(name))?;
         }
         store.init_layout_files()?;
+        store.retire_snapshots_of_other_boots()?;
         let mut left = Vec::new();
         fsutil::clean_temps(&store.tmp_dir(), &mut left)?;
         store.notices.extend(left);
