@@ -61,6 +61,8 @@ pub(crate) struct NewChunk {
     pub offset: u64,
     pub len: u64,
     pub crc: u32,
+    /// Uncompressed length (the chunk index carries it; records do not).
+    pub ulen: u64,
 }
 
 impl ChunkCache {
@@ -135,6 +137,30 @@ impl ChunkCache {
     }
 }
 
+impl ChunkCache {
+    /// Writes `bytes` as the file `name` beside the records (a blob's
+    /// chunk index, `chunkseed`), atomically like a record. `name` never
+    /// looks like a key (64 hex digits), so it cannot shadow a record.
+    pub(crate) fn write_aside(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.tmp.join(format!("aside-{}-{n}", std::process::id()));
+        write_then_rename(&tmp, &self.dir.join(name), bytes)
+    }
+
+    /// The file `name` written by [`ChunkCache::write_aside`], if it is
+    /// there and at most `max` bytes.
+    pub(crate) fn read_aside(&self, name: &str, max: u64) -> Option<Vec<u8>> {
+        let mut bytes = Vec::new();
+        File::open(self.dir.join(name))
+            .ok()?
+            .take(max + 1)
+            .read_to_end(&mut bytes)
+            .ok()?;
+        (bytes.len() as u64 <= max).then_some(bytes)
+    }
+}
+
 /// No fsync: a record lost or torn by a crash is only a cache miss (the CRC
 /// and the length check catch a torn one).
 fn write_then_rename(tmp: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -197,6 +223,7 @@ mod tests {
             offset: 6,
             len: 5,
             crc: crc32fast::hash(b"CHUNK"),
+            ulen: 8,
         };
         assert_eq!(c.lookup(&key), None);
         c.record("sha256:abc", std::slice::from_ref(&chunk))

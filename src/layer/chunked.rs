@@ -100,7 +100,7 @@ pub(crate) enum Codec {
 
 impl Codec {
     /// Names the codec, level and library for the chunk cache key.
-    fn cache_tag(self) -> String {
+    pub(crate) fn cache_tag(self) -> String {
         match self {
             // flate2 is built with its zlib-rs backend (Cargo.toml); the
             // crate version pins the deflate implementation.
@@ -137,7 +137,8 @@ struct Done {
     ulen: u64,
     /// CRC-32 of the uncompressed chunk (gzip's trailer needs it).
     crc: crc32fast::Hasher,
-    /// Set when the chunk was compressed now and should be recorded.
+    /// The chunk's cache key (None without a cache); recorded when the
+    /// chunk was compressed now.
     key: Option<[u8; 32]>,
     reused: bool,
 }
@@ -159,6 +160,8 @@ pub(crate) struct ChunkedWriter<W: ChunkOut> {
     /// Bytes written to `out` so far (where the next chunk starts).
     offset: u64,
     new_chunks: Vec<NewChunk>,
+    /// Every chunk of the blob, reused or not (its chunk index).
+    index: Vec<NewChunk>,
     stats: ChunkStats,
     /// The sha256 of the tar and of the blob are computed on a thread of
     /// their own: on the producing thread they were the bottleneck.
@@ -181,6 +184,8 @@ pub(crate) struct Finished<W> {
     pub stats: ChunkStats,
     /// Chunks compressed now, with their place in the blob.
     pub new_chunks: Vec<NewChunk>,
+    /// Every chunk of the blob in order (`chunkseed`'s index).
+    pub index: Vec<NewChunk>,
 }
 
 impl<W: ChunkOut> ChunkedWriter<W> {
@@ -232,6 +237,7 @@ impl<W: ChunkOut> ChunkedWriter<W> {
             total_in: 0,
             offset,
             new_chunks: Vec::new(),
+            index: Vec::new(),
             stats: ChunkStats::default(),
             hashes: Some(hash_tx),
             hasher: Some(hasher),
@@ -267,12 +273,17 @@ impl<W: ChunkOut> ChunkedWriter<W> {
         let bytes = Arc::new(done.bytes);
         self.out()?.put(bytes.clone())?;
         if let Some(key) = done.key {
-            self.new_chunks.push(NewChunk {
+            let chunk = NewChunk {
                 key,
                 offset: self.offset,
                 len,
                 crc: done.bytes_crc,
-            });
+                ulen: done.ulen,
+            };
+            if !done.reused {
+                self.new_chunks.push(chunk.clone());
+            }
+            self.index.push(chunk);
         }
         self.hash(HashMsg::Blob(bytes))?;
         self.offset += len;
@@ -354,6 +365,7 @@ impl<W: ChunkOut> ChunkedWriter<W> {
             size: h.blob_len,
             stats: self.stats,
             new_chunks: std::mem::take(&mut self.new_chunks),
+            index: std::mem::take(&mut self.index),
         })
     }
 }
@@ -369,6 +381,7 @@ impl<W> Finished<W> {
             size: self.size,
             stats: self.stats,
             new_chunks: self.new_chunks,
+            index: self.index,
         }
     }
 }
@@ -529,11 +542,11 @@ fn process(
     if let (Some(cache), Some(key)) = (cache, &key) {
         if let Some(bytes) = cache.lookup(key) {
             return Ok(Done {
-                bytes_crc: 0,
+                bytes_crc: crc32fast::hash(&bytes),
                 bytes,
                 ulen: data.len() as u64,
                 crc,
-                key: None,
+                key: Some(*key),
                 reused: true,
             });
         }

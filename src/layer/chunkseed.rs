@@ -1,0 +1,318 @@
+//! Chunk indexes: which compressed chunk sits where in a layer blob, so
+//! that another store which fetched the blob (a CI runner with an empty
+//! store and a `--cache-from` cache) can seed its chunk cache from it and
+//! compress only the chunks that changed.
+//!
+//! A store writes the index of each chunked layer it writes (beside the
+//! chunk records, named `index-<hex digest>`, swept with the blob by
+//! prune); `--cache-to` exports it as a blob of its own, and a build that
+//! misses a step whose earlier layer has one seeds from it (`seed`).
+//!
+//! The text format (`docs/cache.md`): a first line
+//! `rbuild-chunk-index-v1 <blob digest> <codec tag>`, then per chunk, in
+//! blob order, `<key hex> <offset> <compressed len> <crc32 of the
+//! compressed bytes> <uncompressed len>`.
+//!
+//! An imported index is untrusted: a chunk is recorded only after its
+//! compressed bytes, read from the (digest-checked) local blob, were
+//! decompressed alone and hash to the key it claims, and (gzip) end on a
+//! byte-aligned block boundary, so that it concatenates with any other
+//! chunk into the stream its key promises. A lying entry is dropped: that
+//! chunk is compressed again, nothing else changes.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use super::chunkcache::{ChunkCache, NewChunk};
+use super::chunked::Codec;
+use crate::oci::Compression;
+
+/// First word of an index; bump it when the format or the meaning changes.
+const INDEX_VERSION: &str = "rbuild-chunk-index-v1";
+/// The largest index read: ~100 bytes per chunk of at least 512 KiB of tar,
+/// so far beyond any layer's.
+pub const MAX_INDEX_BYTES: u64 = 8 << 20;
+/// A layer of one chunk gains little from an index (and most layers are
+/// that small): only layers of at least this many chunks get one.
+const MIN_INDEXED_CHUNKS: usize = 2;
+/// No chunk is this big, compressed or not (chunks are at most about
+/// 2 × 4 MiB of tar): a larger length is a lie and must not drive an
+/// allocation.
+const MAX_CHUNK_BYTES: u64 = 16 << 20;
+/// Honest gzip chunks end with a sync flush: an empty stored block.
+const SYNC_MARK: [u8; 4] = [0, 0, 0xff, 0xff];
+/// A final, empty fixed-Huffman block (as the chunked writer ends a stream).
+const DEFLATE_END: [u8; 2] = [0x03, 0x00];
+
+/// Errors of an index as a whole (a bad chunk entry is only dropped).
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkIndexError {
+    #[error("chunk index of {digest}: {problem}")]
+    Invalid { digest: String, problem: String },
+    #[error("chunk index of {digest}: reading the layer blob {path}: {source}")]
+    Blob {
+        digest: String,
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// What seeding from an index did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeedStats {
+    /// Chunks the index lists.
+    pub listed: usize,
+    /// Chunks verified and recorded in the chunk cache.
+    pub seeded: usize,
+    /// Chunks whose bytes did not prove what the index claims.
+    pub refused: usize,
+}
+
+fn codec_of(c: Compression) -> Option<Codec> {
+    match c {
+        Compression::None => None,
+        Compression::Gzip { level } => Some(Codec::Gzip(level)),
+        Compression::Zstd { level } => Some(Codec::Zstd(level)),
+    }
+}
+
+fn index_name(digest: &str) -> Option<String> {
+    let hex = digest.strip_prefix("sha256:")?;
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| format!("index-{hex}"))
+}
+
+/// The index text of `chunks`, the blob `digest` written as `codec`.
+fn encode(digest: &str, codec: Codec, chunks: &[NewChunk]) -> Vec<u8> {
+    let mut out = format!("{INDEX_VERSION} {digest} {}\n", codec.cache_tag());
+    for c in chunks {
+        out.push_str(&format!(
+            "{} {} {} {} {}\n",
+            hex::encode(c.key),
+            c.offset,
+            c.len,
+            c.crc,
+            c.ulen
+        ));
+    }
+    out.into_bytes()
+}
+
+/// Keeps the index of a blob just written beside the chunk records.
+pub(crate) fn save(
+    cache: &ChunkCache,
+    digest: &str,
+    codec: Codec,
+    chunks: &[NewChunk],
+) -> std::io::Result<()> {
+    let Some(name) = index_name(digest) else {
+        return Ok(());
+    };
+    if chunks.len() < MIN_INDEXED_CHUNKS {
+        return Ok(());
+    }
+    cache.write_aside(&name, &encode(digest, codec, chunks))
+}
+
+/// The index this store wrote for the blob `digest`, if any.
+pub fn local_index(cache: &ChunkCache, digest: &str) -> Option<Vec<u8>> {
+    let bytes = cache.read_aside(&index_name(digest)?, MAX_INDEX_BYTES)?;
+    let first = bytes.split(|b| *b == b'\n').next()?;
+    let mut words = std::str::from_utf8(first).ok()?.split(' ');
+    (words.next()? == INDEX_VERSION && words.next()? == digest).then_some(bytes)
+}
+
+/// Parses an index of the blob `digest`; returns its codec tag and chunks.
+fn parse(index: &[u8], digest: &str) -> Result<(String, Vec<NewChunk>), ChunkIndexError> {
+    let bad = |problem: String| ChunkIndexError::Invalid {
+        digest: digest.to_string(),
+        problem,
+    };
+    if index.len() as u64 > MAX_INDEX_BYTES {
+        return Err(bad(format!(
+            "{} bytes (limit {MAX_INDEX_BYTES})",
+            index.len()
+        )));
+    }
+    let text = std::str::from_utf8(index).map_err(|_| bad("not UTF-8 text".into()))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(' ').collect();
+    match header[..] {
+        [v, _, _] if v != INDEX_VERSION => {
+            return Err(bad(format!("format {:?} is not {INDEX_VERSION}", clip(v))))
+        }
+        [_, d, _] if d != digest => {
+            return Err(bad(format!("it describes another blob ({:?})", clip(d))))
+        }
+        [_, _, tag] => {
+            let chunks = lines
+                .enumerate()
+                .map(|(i, l)| {
+                    parse_line(l).ok_or_else(|| {
+                        bad(format!(
+                            "line {}: {:?} is not a chunk entry",
+                            i + 2,
+                            clip(l)
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((tag.to_string(), chunks))
+        }
+        _ => Err(bad("the first line is not an index header".into())),
+    }
+}
+
+fn parse_line(line: &str) -> Option<NewChunk> {
+    let mut w = line.split(' ');
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(w.next()?, &mut key).ok()?;
+    let c = NewChunk {
+        key,
+        offset: w.next()?.parse().ok()?,
+        len: w.next()?.parse().ok()?,
+        crc: w.next()?.parse().ok()?,
+        ulen: w.next()?.parse().ok()?,
+    };
+    w.next().is_none().then_some(c)
+}
+
+/// Untrusted text in a message: at most 80 characters of it.
+fn clip(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+/// Seeds `cache` from `index`, the chunk index of the stored blob `digest`
+/// at `blob` (whose digest the caller checked), for layers compressed as
+/// `compression`. Each chunk is verified (in parallel) before it is
+/// recorded; an index of another codec or level seeds nothing (its keys
+/// could not match).
+pub fn seed(
+    cache: &ChunkCache,
+    index: &[u8],
+    digest: &str,
+    blob: &Path,
+    compression: Compression,
+) -> Result<SeedStats, ChunkIndexError> {
+    let (tag, chunks) = parse(index, digest)?;
+    let mut stats = SeedStats {
+        listed: chunks.len(),
+        ..SeedStats::default()
+    };
+    let Some(codec) = codec_of(compression).filter(|c| c.cache_tag() == tag) else {
+        return Ok(stats);
+    };
+    let blob_err = |source| ChunkIndexError::Blob {
+        digest: digest.to_string(),
+        path: blob.display().to_string(),
+        source,
+    };
+    let file = File::open(blob).map_err(blob_err)?;
+    let size = file.metadata().map_err(blob_err)?.len();
+    let good: Vec<NewChunk> = chunks
+        .into_par_iter()
+        .filter(|c| {
+            c.len <= MAX_CHUNK_BYTES
+                && c.ulen <= MAX_CHUNK_BYTES
+                && c.offset.checked_add(c.len).is_some_and(|end| end <= size)
+        })
+        .filter(|c| {
+            let mut bytes = vec![0u8; c.len as usize];
+            file.read_exact_at(&mut bytes, c.offset).is_ok() && verify(codec, &tag, c, &bytes)
+        })
+        .collect();
+    stats.seeded = good.len();
+    stats.refused = stats.listed - stats.seeded;
+    cache.record(digest, &good).map_err(blob_err)?;
+    Ok(stats)
+}
+
+/// Whether `bytes` are a chunk that decompresses, alone, to data whose key
+/// is `c.key` (and of `c.ulen` bytes), and that can stand anywhere in a
+/// stream of chunks.
+fn verify(codec: Codec, tag: &str, c: &NewChunk, bytes: &[u8]) -> bool {
+    if crc32fast::hash(bytes) != c.crc {
+        return false;
+    }
+    let data = match codec {
+        Codec::Gzip(_) => inflate_chunk(bytes, c.ulen as usize),
+        Codec::Zstd(_) => unzstd_chunk(bytes, c.ulen as usize),
+    };
+    data.is_some_and(|d| ChunkCache::key(tag, &d) == c.key)
+}
+
+/// A zstd chunk is one whole frame of exactly these bytes (frames are
+/// self-delimiting, so it concatenates with any other); its checksum is
+/// checked while it is decompressed.
+fn unzstd_chunk(bytes: &[u8], ulen: usize) -> Option<Vec<u8>> {
+    if zstd::zstd_safe::find_frame_compressed_size(bytes).ok()? != bytes.len() {
+        return None;
+    }
+    let data = zstd::bulk::decompress(bytes, ulen).ok()?;
+    (data.len() == ulen).then_some(data)
+}
+
+/// A gzip chunk is raw deflate ended by a sync flush: an empty stored
+/// block whose 3 header bits share the last byte of the block before it
+/// (4 bytes `00 00 ff ff` follow) or, when that block ended on a byte
+/// boundary, take a byte of their own (`00 00 00 ff ff`).
+///
+/// Checked by decompressing it alone (so it cannot reach back into a
+/// previous chunk's bytes) followed by a final empty block, stopping at
+/// every block boundary (`Block` flush): the last boundaries must be where
+/// the sync flush starts, at the chunk's end and after the end block, with
+/// no output after the first. Over those bytes, every reading other than
+/// an empty stored block fails (a wrong length pair, output, a stream
+/// ending before the end block, or a boundary elsewhere), and a stored
+/// block ends byte-aligned: a next chunk's first bit is read where it
+/// starts, as it was when its key was checked.
+fn inflate_chunk(bytes: &[u8], ulen: usize) -> Option<Vec<u8>> {
+    use zlib_rs::{Inflate, InflateFlush, Status};
+    let n = bytes.len();
+    if n < 6 || bytes[n - SYNC_MARK.len()..] != SYNC_MARK {
+        return None;
+    }
+    let mut input = Vec::with_capacity(n + DEFLATE_END.len());
+    input.extend_from_slice(bytes);
+    input.extend_from_slice(&DEFLATE_END);
+    // One byte over: output beyond `ulen` shows as a length mismatch.
+    let mut out = vec![0u8; ulen + 1];
+    let mut inflate = Inflate::new(false, 15);
+    let mut boundaries: Vec<(usize, usize)> = Vec::new();
+    loop {
+        let (i, o) = (inflate.total_in() as usize, inflate.total_out() as usize);
+        match inflate.decompress(&input[i..], &mut out[o..], InflateFlush::Block) {
+            Ok(Status::StreamEnd) => break,
+            Ok(Status::Ok)
+                if (inflate.total_in() as usize, inflate.total_out() as usize) != (i, o) =>
+            {
+                boundaries.push((inflate.total_in() as usize, inflate.total_out() as usize));
+            }
+            // No progress (input cut off mid-block, output full) or bad data.
+            _ => return None,
+        }
+    }
+    if inflate.total_in() as usize != input.len() || inflate.total_out() as usize != ulen {
+        return None;
+    }
+    // The end block makes a boundary of its own before the stream ends.
+    let [.., (flush_at, o1), (end, o2), (after, o3)] = boundaries[..] else {
+        return None;
+    };
+    let flush_ok = match n.checked_sub(flush_at) {
+        Some(4) => true,
+        Some(5) => bytes[flush_at] == 0,
+        _ => false,
+    };
+    let ok = flush_ok && (end, after) == (n, input.len()) && [o1, o2, o3] == [ulen; 3];
+    ok.then(|| {
+        out.truncate(ulen);
+        out
+    })
+}
+
+#[cfg(test)]
+#[path = "chunkseed_tests.rs"]
+mod tests;
