@@ -227,6 +227,8 @@ impl StageState {
             Lookup::Corrupt(e) => corrupt = Some(corrupt_record(ctx, &e)),
             Lookup::Miss => {}
         }
+        // Started before anything else: it fetches while the step works.
+        let seeding = super::cache_io::start_seed(ctx, step_id, &inputs.instruction);
         let (reason, link_from) = match corrupt {
             Some(why) => (why, None),
             None => self.miss_reason(ctx, step, step_id, &inputs, no_cache)?,
@@ -244,6 +246,10 @@ impl StageState {
         handle.cache_miss(&reason);
         let result = super::cache_io::materialize(ctx, &self.layers, step, src, &handle)
             .and_then(|()| exec(self, &handle))
+            .and_then(|entries| {
+                seeding.finish(&handle);
+                Ok(entries)
+            })
             .and_then(|entries| match &link_from {
                 Some(from) => {
                     super::snapfill::write_with_snapshot(ctx, entries, from, &handle, |e| {
@@ -416,6 +422,11 @@ impl StageState {
         let stored = blob
             .commit_verified(&info.digest, Some(info.size))
             .context("storing the layer blob")?;
+        if info.chunks.reused > 0 {
+            let c = info.chunks;
+            let text = format!("reused {}/{} compressed chunks\n", c.reused, c.chunks);
+            handle.log(crate::progress::Stream::Stderr, text.as_bytes());
+        }
         handle.progress(stored.size, Some(stored.size), crate::progress::Unit::Bytes);
         Ok(LayerRef {
             digest: stored.digest,

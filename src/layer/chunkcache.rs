@@ -114,6 +114,11 @@ impl ChunkCache {
         (crc32fast::hash(&bytes) == rec.crc).then_some(bytes)
     }
 
+    /// Whether a record for `key` exists (it may still miss on lookup).
+    pub(crate) fn has_record(&self, key: &[u8; 32]) -> bool {
+        self.record_path(key).exists()
+    }
+
     /// Records `chunks` as living in the blob `digest`.
     pub(crate) fn record(&self, digest: &str, chunks: &[NewChunk]) -> io::Result<()> {
         // Unique per process and call: two threads of one process may write

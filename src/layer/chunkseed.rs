@@ -184,6 +184,23 @@ fn clip(s: &str) -> String {
     s.chars().take(80).collect()
 }
 
+/// How many chunks `index` (of the blob `digest`) lists, and how many of
+/// them `cache` has no record for and could be seeded (none when the
+/// index is of another codec or level: its keys would never match).
+pub fn unseeded(
+    cache: &ChunkCache,
+    index: &[u8],
+    digest: &str,
+    compression: Compression,
+) -> Result<(usize, usize), ChunkIndexError> {
+    let (tag, chunks) = parse(index, digest)?;
+    if codec_of(compression).is_none_or(|c| c.cache_tag() != tag) {
+        return Ok((chunks.len(), 0));
+    }
+    let missing = chunks.iter().filter(|c| !cache.has_record(&c.key)).count();
+    Ok((chunks.len(), missing))
+}
+
 /// Seeds `cache` from `index`, the chunk index of the stored blob `digest`
 /// at `blob` (whose digest the caller checked), for layers compressed as
 /// `compression`. Each chunk is verified (in parallel) before it is

@@ -28,7 +28,7 @@ pub use changeset::{changeset_from_overlay_upper, diff_trees};
 pub use chunkcache::{chunk_record_blob, BlobResolver, ChunkCache};
 pub use chunked::ChunkStats;
 pub use chunkseed::{
-    local_index, seed as seed_chunks, ChunkIndexError, SeedStats, MAX_INDEX_BYTES,
+    local_index, seed as seed_chunks, unseeded, ChunkIndexError, SeedStats, MAX_INDEX_BYTES,
 };
 pub use compress::{write_layer, LayerInfo, WriteOptions};
 pub use entry::{EntryKind, FileSource, LayerEntry, Timespec, OPAQUE_MARKER, WHITEOUT_PREFIX};
