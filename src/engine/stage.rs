@@ -246,17 +246,18 @@ impl StageState {
         handle.cache_miss(&reason);
         let result = super::cache_io::materialize(ctx, &self.layers, step, src, &handle)
             .and_then(|()| exec(self, &handle))
-            .and_then(|entries| {
-                seeding.finish(&handle);
-                Ok(entries)
-            })
             .and_then(|entries| match &link_from {
+                // The snapshot fill starts beside the seeding's end.
                 Some(from) => {
                     super::snapfill::write_with_snapshot(ctx, entries, from, &handle, |e| {
+                        seeding.finish(&handle);
                         self.write(ctx, e, &handle)
                     })
                 }
-                None => self.write(ctx, entries, &handle),
+                None => {
+                    seeding.finish(&handle);
+                    self.write(ctx, entries, &handle)
+                }
             });
         self.keepalive.clear();
         let layer = match result {
