@@ -141,11 +141,9 @@ fn parse(index: &[u8], digest: &str) -> Result<(String, Vec<NewChunk>), ChunkInd
     let header: Vec<&str> = lines.next().unwrap_or_default().split(' ').collect();
     match header[..] {
         [v, _, _] if v != INDEX_VERSION => {
-            return Err(bad(format!("format {:?} is not {INDEX_VERSION}", clip(v))))
+            Err(bad(format!("format {:?} is not {INDEX_VERSION}", clip(v))))
         }
-        [_, d, _] if d != digest => {
-            return Err(bad(format!("it describes another blob ({:?})", clip(d))))
-        }
+        [_, d, _] if d != digest => Err(bad(format!("it describes another blob ({:?})", clip(d)))),
         [_, _, tag] => {
             let chunks = lines
                 .enumerate()

@@ -116,6 +116,38 @@ fn a_fresh_store_reuses_the_local_caches_chunks() {
     let from = format!("type=local,src={}", dir.path().display());
     let b = seeded_build(&to, &from, || {});
     assert_seeded_most(&b);
+
+    // A store whose COPY hits the cache exports the chunk index the remote
+    // record came with: a pipeline that exports every run keeps it.
+    let d = Env::new();
+    let ctx_d = context(&d, false);
+    let again = tempfile::tempdir().unwrap();
+    let to_again = format!("type=local,dest={},mode=max", again.path().display());
+    let built = build(
+        &d,
+        &ctx_d,
+        &["--cache-from", &from, "--cache-to", &to_again],
+    );
+    assert!(built.log.contains("CACHED"), "{}", built.log);
+    let index = chunk_index_of(again.path()).expect("the re-exported map names a chunk index");
+    assert_eq!(Some(index), chunk_index_of(dir.path()));
+}
+
+/// The bytes of the chunk index the cache in `dir` names, if any.
+fn chunk_index_of(dir: &Path) -> Option<Vec<u8>> {
+    let blob = |d: &str| dir.join("blobs/sha256").join(&d[7..]);
+    let json = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let index = json(dir.join("index.json"));
+    let manifest = json(blob(index["manifests"][0]["digest"].as_str()?));
+    let map = json(blob(manifest["config"]["digest"].as_str()?));
+    let d = map["records"]
+        .as_array()?
+        .iter()
+        .find_map(|r| r["chunks"]["digest"].as_str())?
+        .to_string();
+    std::fs::read(blob(&d)).ok()
 }
 
 #[test]
