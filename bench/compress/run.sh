@@ -71,7 +71,8 @@ done
 grep -o 'codec=[a-z]* .*' "$OUT/results" | awk '{print $1, $NF, $(NF-1)}' | sort | uniq -c
 
 # What today's (pre-chunking) writer would emit at the same level: pigz with
-# 512 KiB blocks primed by the previous block (pgzip's scheme) and zstdmt,
+# 512 KiB blocks primed by the previous block (the scheme of pgzip, removed
+# since) and zstdmt,
 # over our own tar stream (RBUILD_BENCH_CODEC=none).
 ours none "$OUT/t.tar"
 echo "ratio vs the unchunked equivalent on our tar ($(stat -c %s "$OUT/t.tar") bytes):"

@@ -11,7 +11,7 @@ use serde_json::json;
 use super::ImageArg;
 use crate::image::time::{format_rfc3339, human_duration, now_epoch, parse_rfc3339};
 use crate::image::{find_image, short_digest, Image};
-use crate::store::Store;
+use crate::store::{BuildRecordRead, LayerOrigin, Store};
 
 /// Open the store and show what opening it found worth a warning (a
 /// private dir it had to tighten, temps it could not remove).
@@ -26,7 +26,8 @@ pub(super) fn open_store(root: &Path) -> anyhow::Result<Store> {
 pub fn history(root: &Path, args: ImageArg) -> anyhow::Result<i32> {
     let store = open_store(root)?;
     let image = find_image(&store, &args.image)?;
-    let rows = history_rows(&image);
+    let record = build_record(&store, &image)?;
+    let rows = history_rows_with(&image, &record);
     let opts = RenderOpts {
         now: now_epoch(),
         trunc: !args.no_trunc,
@@ -51,6 +52,17 @@ fn emit(text: &str) -> anyhow::Result<i32> {
     }
 }
 
+/// The image's build record (where its layers came from), if this store
+/// built it. A record that cannot be read is a warning, never an error:
+/// the history is still there.
+fn build_record(store: &Store, image: &Image) -> anyhow::Result<BuildRecordRead> {
+    let read = store.build_record(image.manifest_desc.digest().as_ref())?;
+    if let BuildRecordRead::Corrupt(e) = &read {
+        eprintln!("warning: {e}");
+    }
+    Ok(read)
+}
+
 /// One `history` row, before formatting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryRow {
@@ -61,6 +73,29 @@ pub struct HistoryRow {
     /// Compressed layer size (what the manifest records).
     pub size: u64,
     pub comment: String,
+    /// Where the layer came from (the CACHE column): None when the image
+    /// has no build record, or the row has no layer.
+    pub cache: Option<CacheCell>,
+}
+
+/// A CACHE cell: what the build record says of one layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheCell {
+    Known(LayerOrigin),
+    /// The record is corrupt, or does not describe this layer: `?`.
+    Unknown,
+}
+
+impl CacheCell {
+    fn text(&self) -> String {
+        match self {
+            CacheCell::Known(LayerOrigin::Executed { .. }) => "executed".into(),
+            CacheCell::Known(LayerOrigin::Local { .. }) => "local".into(),
+            CacheCell::Known(LayerOrigin::Remote { from }) => format!("remote {from}"),
+            CacheCell::Known(LayerOrigin::Base { .. }) => "base".into(),
+            CacheCell::Unknown => "?".into(),
+        }
+    }
 }
 
 /// Options for rendering rows.
@@ -70,9 +105,18 @@ pub struct RenderOpts {
     pub human: bool,
 }
 
-/// The image's history, newest first.
-pub fn history_rows(image: &Image) -> Vec<HistoryRow> {
+/// The image's history, newest first, each layer with what `record` says
+/// of it.
+pub fn history_rows_with(image: &Image, record: &BuildRecordRead) -> Vec<HistoryRow> {
     let layers = image.manifest.layers();
+    let cache = |i: usize, digest: &str| match record {
+        BuildRecordRead::Absent => None,
+        BuildRecordRead::Corrupt(_) => Some(CacheCell::Unknown),
+        BuildRecordRead::Found(r) => Some(match r.layers.get(i) {
+            Some(story) if story.digest == digest => CacheCell::Known(story.origin.clone()),
+            _ => CacheCell::Unknown,
+        }),
+    };
     let mut rows: Vec<HistoryRow> = image
         .config
         .history_with_layers()
@@ -85,6 +129,9 @@ pub fn history_rows(image: &Image) -> Vec<HistoryRow> {
                 created_by: h.created_by.unwrap_or_default(),
                 size: layer.map_or(0, |l| l.size()),
                 comment: h.comment.unwrap_or_default(),
+                cache: idx
+                    .zip(layer)
+                    .and_then(|(i, l)| cache(i, l.digest().as_ref())),
             }
         })
         .collect();
@@ -127,18 +174,24 @@ fn cells(row: &HistoryRow, o: &RenderOpts) -> Cells {
     }
 }
 
-/// docker's table: IMAGE, CREATED, CREATED BY, SIZE, COMMENT.
+/// docker's table: IMAGE, CREATED, CREATED BY, SIZE, COMMENT; with a
+/// build record, CACHE after CREATED BY (without one, docker's exactly).
 pub fn render_history_table(rows: &[HistoryRow], o: &RenderOpts) -> String {
-    let mut table = vec![vec![
-        "IMAGE".to_string(),
-        "CREATED".into(),
-        "CREATED BY".into(),
-        "SIZE".into(),
-        "COMMENT".into(),
-    ]];
+    let with_cache = rows.iter().any(|r| r.cache.is_some());
+    let mut head = vec!["IMAGE".to_string(), "CREATED".into(), "CREATED BY".into()];
+    if with_cache {
+        head.push("CACHE".into());
+    }
+    head.extend(["SIZE".into(), "COMMENT".into()]);
+    let mut table = vec![head];
     for row in rows {
         let c = cells(row, o);
-        table.push(vec![c.id, c.created, c.created_by, c.size, c.comment]);
+        let mut line = vec![c.id, c.created, c.created_by];
+        if with_cache {
+            line.push(row.cache.as_ref().map(CacheCell::text).unwrap_or_default());
+        }
+        line.extend([c.size, c.comment]);
+        table.push(line);
     }
     tabwrite(&table)
 }
@@ -148,7 +201,7 @@ pub fn render_history_json(rows: &[HistoryRow], o: &RenderOpts) -> String {
     let mut out = String::new();
     for row in rows {
         let c = cells(row, o);
-        let v = json!({
+        let mut v = json!({
             "Comment": c.comment,
             "CreatedAt": c.created_at,
             "CreatedBy": c.created_by,
@@ -156,6 +209,9 @@ pub fn render_history_json(rows: &[HistoryRow], o: &RenderOpts) -> String {
             "ID": c.id,
             "Size": c.size,
         });
+        if let Some(CacheCell::Known(origin)) = &row.cache {
+            v["cache"] = serde_json::to_value(origin).unwrap_or_default();
+        }
         out.push_str(&v.to_string());
         out.push('\n');
     }
@@ -469,13 +525,14 @@ pub fn prune(root: &Path, all: bool) -> anyhow::Result<i32> {
         eprintln!("warning: {left}");
     }
     println!(
-        "Deleted {} blobs ({}), {} layer dirs, {} cache records, {} cache mounts, {} temp files",
+        "Deleted {} blobs ({}), {} layer dirs, {} cache records, {} cache mounts, {} temp files, {} build records",
         r.blobs,
         human_size(r.bytes),
         r.layer_dirs,
         r.cache_records,
         r.cache_mounts,
-        r.temps
+        r.temps,
+        r.build_records
     );
     Ok(0)
 }
@@ -553,7 +610,7 @@ mod tests {
         });
         let m = commit_image(&store, ImageFormat::Oci, &config, &layers).unwrap();
         let image = crate::image::load_image(&store, &m).unwrap();
-        history_rows(&image)
+        history_rows_with(&image, &BuildRecordRead::Absent)
     }
 
     const NOW: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
@@ -604,5 +661,54 @@ mod tests {
             r#"{"Comment":"buildkit.dockerfile.v0","CreatedAt":"2025-12-31T23:58:00Z","CreatedBy":"ENV A=1","CreatedSince":"2 minutes ago","ID":"<missing>","Size":"0B"}"#
         );
         assert_eq!(json.lines().count(), 4);
+    }
+
+    #[test]
+    fn history_with_a_record_adds_the_cache_column_and_field() {
+        let mut rows = fixed_rows();
+        rows[1].cache = Some(CacheCell::Known(LayerOrigin::Remote {
+            from: "127.0.0.1:5000/app:cache".into(),
+        }));
+        rows[3].cache = Some(CacheCell::Unknown);
+        let opts = RenderOpts {
+            now: NOW,
+            trunc: true,
+            human: true,
+        };
+        let text = render_history_table(&rows, &opts);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "IMAGE          CREATED         CREATED BY                                      \
+             CACHE                             SIZE      COMMENT"
+        );
+        assert!(
+            lines[2].contains("apt-get ins…   remote 127.0.0.1:5000/app:cache   4.1kB"),
+            "{text}"
+        );
+        assert!(lines[4].contains(" ?    "), "{text}");
+        // Metadata rows have no layer, so nothing to say.
+        assert!(lines[1].contains("ENV A=1      "), "{text}");
+        let json = render_history_json(&rows, &opts);
+        let rows_json: Vec<serde_json::Value> = json
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            rows_json[1]["cache"],
+            json!({"source": "remote", "from": "127.0.0.1:5000/app:cache"})
+        );
+        // Unknown (a corrupt record) and no layer: no field at all.
+        assert!(rows_json[3].get("cache").is_none(), "{json}");
+        assert!(rows_json[0].get("cache").is_none(), "{json}");
+        rows[1].cache = Some(CacheCell::Known(LayerOrigin::Executed {
+            reason: "no earlier build".into(),
+        }));
+        let json = render_history_json(&rows, &opts);
+        let second: serde_json::Value = serde_json::from_str(json.lines().nth(1).unwrap()).unwrap();
+        assert_eq!(
+            second["cache"],
+            json!({"source": "executed", "reason": "no earlier build"})
+        );
     }
 }

@@ -42,7 +42,7 @@ pub enum Command {
     Build(Box<BuildArgs>),
     /// Parse and lint a Dockerfile without building; report every problem.
     Check(CheckArgs),
-    /// Show the history (layers) of an image.
+    /// Show the history (layers) of an image; for one this store built, where each layer came from (CACHE).
     History(ImageArg),
     /// List the images in the local store.
     Images(images::ImagesArgs),

@@ -142,6 +142,8 @@ pub(crate) struct BuildCtx<'a> {
     pub used_records: crate::cache::UsedRecords,
     /// The key-only pass is running, and the hits it found.
     pub probe: super::cache_io::Probe,
+    /// Where each layer step's layer came from, for the build record.
+    pub origins: super::buildrecord::Origins,
 }
 
 impl BuildCtx<'_> {
@@ -355,6 +357,7 @@ fn build_once(
         remote_caches: caches,
         used_records: Default::default(),
         probe: Default::default(),
+        origins: Default::default(),
     };
     let target = match super::cache_io::probe(&ctx, run_stages) {
         Some(t) => t,
@@ -686,6 +689,8 @@ fn commit(ctx: &BuildCtx<'_>, target: &StageResult) -> anyhow::Result<BuildOutco
     let manifest = image::commit_image(store, ctx.req.format, &config, &layers)
         .context("writing the image config and manifest")?;
     let manifest = image::annotate_manifest(store, &manifest, &ctx.req.extra.annotations)?;
+    // Before the tags name it: `history` of a tag finds its record.
+    super::buildrecord::write(ctx, target, &config, manifest.digest().as_ref());
     let image_id = format!("sha256:{}", hex::encode(Sha256::digest(config.to_json()?)));
     let mut tags = Vec::new();
     for tag in &ctx.req.tags {

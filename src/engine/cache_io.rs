@@ -481,6 +481,7 @@ pub(crate) fn report_hit(
     from: Option<String>,
 ) {
     note_used(ctx, step_id, rec);
+    ctx.origins.note_hit(step_id, rec, from.as_deref());
     let layer = rec.layer.as_ref().cloned();
     match from {
         None => {

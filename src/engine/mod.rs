@@ -2,6 +2,7 @@
 //! wires context, layers, sandbox, store and image together.
 
 pub mod build;
+mod buildrecord;
 mod cache_io;
 pub mod cachekey;
 pub mod cachemounts;

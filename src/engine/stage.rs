@@ -276,6 +276,8 @@ impl StageState {
         self.commit(ctx, &key, step_id, inputs, &layer, &created)?;
         handle.done();
         ctx.record_step(&name, false, started, Some(&layer));
+        let executed = crate::store::LayerOrigin::Executed { reason };
+        ctx.origins.note(step_id, Some(&layer), executed);
         let outcome = Outcome {
             layer: Some(layer),
             created,

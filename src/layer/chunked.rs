@@ -3,9 +3,11 @@
 //! compressed on its own by a worker thread — or copied from the chunk
 //! cache — and the pieces are written in order as one stream:
 //!
-//! - gzip: one member; each chunk is raw deflate ended by a sync flush
-//!   (non-final, byte-aligned, as pigz does), then a final empty block, the
-//!   CRC-32 combined from the chunks' CRCs, and ISIZE.
+//! - gzip: each chunk is a complete gzip member (header, deflate, CRC-32,
+//!   ISIZE) made by libdeflate, which compresses whole buffers in less CPU
+//!   than zlib-rs at the same level (1.3-1.9x) but cannot end a block with
+//!   a sync flush; concatenated members are one valid gzip file (RFC 1952
+//!   §2.2), as eStargz layers are (docs/compression.md).
 //! - zstd: each chunk is a complete frame (with content size and checksum);
 //!   concatenated frames are one valid zstd stream.
 //!
@@ -32,12 +34,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use flate2::Compress;
 use sha2::{Digest, Sha256};
 
 use super::chunkcache::{ChunkCache, NewChunk};
-use super::pgzip::deflate_block;
 use super::tarwrite::TarSink;
+use libdeflater::CompressionLvl;
 
 /// A chunk ends at the first matching entry boundary past this size.
 pub(crate) const MIN_CHUNK: usize = 512 * 1024;
@@ -54,11 +55,11 @@ const PENDING_BYTES: usize = 16 << 20;
 const SPARE_BUFFERS: usize = 4;
 /// One entry boundary in this many (by path hash) may end a chunk.
 const CUT_ONE_IN: u64 = 16;
-/// gzip header: magic, CM=deflate, no flags, mtime 0, XFL 0, OS unknown.
-const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
-/// A final, empty fixed-Huffman deflate block: ends the deflate stream
-/// after the chunks' sync-flushed (non-final) blocks.
-const DEFLATE_END: [u8; 2] = [0x03, 0x00];
+/// The libdeflate built into libdeflate-sys (its C source, bundled and
+/// compiled by the crate): part of the chunk cache key, since another
+/// version may compress the same chunk to other bytes. A unit test checks
+/// it against Cargo.lock, so an upgrade cannot forget it.
+const LIBDEFLATE_VERSION: &str = "1.26";
 
 /// Where the compressed stream goes, piece by piece in stream order.
 pub(crate) trait ChunkOut {
@@ -102,9 +103,9 @@ impl Codec {
     /// Names the codec, level and library for the chunk cache key.
     pub(crate) fn cache_tag(self) -> String {
         match self {
-            // flate2 is built with its zlib-rs backend (Cargo.toml); the
-            // crate version pins the deflate implementation.
-            Codec::Gzip(level) => format!("gzip-{level}-zlib-rs-flate2-1"),
+            // "member": a chunk is a whole gzip member (records of the
+            // older raw sync-flushed deflate chunks had another tag).
+            Codec::Gzip(level) => format!("gzip-member-{level}-libdeflate-{LIBDEFLATE_VERSION}"),
             Codec::Zstd(level) => {
                 format!("zstd-{level}-{}", zstd::zstd_safe::version_number())
             }
@@ -135,8 +136,6 @@ struct Done {
     /// CRC-32 of `bytes` (the chunk cache checks it when reusing them).
     bytes_crc: u32,
     ulen: u64,
-    /// CRC-32 of the uncompressed chunk (gzip's trailer needs it).
-    crc: crc32fast::Hasher,
     /// The chunk's cache key (None without a cache); recorded when the
     /// chunk was compressed now.
     key: Option<[u8; 32]>,
@@ -155,7 +154,6 @@ pub(crate) struct ChunkedWriter<W: ChunkOut> {
     pending: VecDeque<(Receiver<io::Result<Done>>, usize)>,
     pending_bytes: usize,
     workers: Vec<JoinHandle<()>>,
-    crc: crc32fast::Hasher,
     total_in: u64,
     /// Bytes written to `out` so far (where the next chunk starts).
     offset: u64,
@@ -191,7 +189,7 @@ pub(crate) struct Finished<W> {
 impl<W: ChunkOut> ChunkedWriter<W> {
     /// `threads == 0` means one per available core.
     pub(crate) fn new(
-        mut out: W,
+        out: W,
         codec: Codec,
         threads: usize,
         cache: Option<ChunkCache>,
@@ -207,13 +205,6 @@ impl<W: ChunkOut> ChunkedWriter<W> {
         let hasher = std::thread::Builder::new()
             .name("layer-sha256".into())
             .spawn(move || hash_streams(hash_rx, hasher_spare))?;
-        let mut offset = 0;
-        if let Codec::Gzip(_) = codec {
-            let header = Arc::new(GZIP_HEADER.to_vec());
-            out.put(header.clone())?;
-            offset = GZIP_HEADER.len() as u64;
-            send_hash(&hash_tx, HashMsg::Blob(header))?;
-        }
         let cache = cache.map(Arc::new);
         let (tx, rx) = bounded::<Job>(64);
         let workers = (0..threads)
@@ -233,9 +224,8 @@ impl<W: ChunkOut> ChunkedWriter<W> {
             pending: VecDeque::new(),
             pending_bytes: 0,
             workers,
-            crc: crc32fast::Hasher::new(),
             total_in: 0,
-            offset,
+            offset: 0,
             new_chunks: Vec::new(),
             index: Vec::new(),
             stats: ChunkStats::default(),
@@ -268,7 +258,6 @@ impl<W: ChunkOut> ChunkedWriter<W> {
         let done = rx
             .recv()
             .map_err(|_| io::Error::other("a compression worker thread died"))??;
-        self.crc.combine(&done.crc);
         let len = done.bytes.len() as u64;
         let bytes = Arc::new(done.bytes);
         self.out()?.put(bytes.clone())?;
@@ -334,16 +323,11 @@ impl<W: ChunkOut> ChunkedWriter<W> {
             self.drain_one()?;
         }
         self.jobs = None;
-        if let Codec::Gzip(_) = self.codec {
-            let crc = self.crc.clone().finalize();
-            // ISIZE is the length modulo 2^32 (RFC 1952).
-            let isize = self.total_in as u32;
-            let mut trailer = DEFLATE_END.to_vec();
-            trailer.extend_from_slice(&crc.to_le_bytes());
-            trailer.extend_from_slice(&isize.to_le_bytes());
-            let trailer = Arc::new(trailer);
-            self.out()?.put(trailer.clone())?;
-            self.hash(HashMsg::Blob(trailer))?;
+        if let (Codec::Gzip(level), 0) = (self.codec, self.stats.chunks) {
+            // No input at all: one empty member, so the blob is still gzip.
+            let empty = Arc::new(gzip_member(&mut GzipCompressor::new(level), &[])?);
+            self.out()?.put(empty.clone())?;
+            self.hash(HashMsg::Blob(empty))?;
         }
         self.out()?.flush()?;
         self.hashes = None;
@@ -516,11 +500,20 @@ fn path_hash(path: &str) -> u64 {
     h ^ (h >> 31)
 }
 
+/// A worker's compressor state, made on its first chunk and reused: with
+/// either library each chunk is compressed independently of the ones
+/// before, so reuse never changes the bytes.
+#[derive(Default)]
+struct Compressors {
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+    gzip: Option<GzipCompressor>,
+}
+
 fn worker(rx: Receiver<Job>, codec: Codec, cache: Option<Arc<ChunkCache>>, spare: Sender<Vec<u8>>) {
     let tag = codec.cache_tag();
-    let mut zstd = None;
+    let mut compressors = Compressors::default();
     for Job { data, reply } in rx {
-        let result = process(&data, codec, &tag, cache.as_deref(), &mut zstd);
+        let result = process(&data, codec, &tag, cache.as_deref(), &mut compressors);
         // The receiver is gone only when the writer was dropped mid-stream.
         let _ = reply.send(result);
         give_back(data, &spare);
@@ -532,12 +525,8 @@ fn process(
     codec: Codec,
     tag: &str,
     cache: Option<&ChunkCache>,
-    zstd: &mut Option<zstd::bulk::Compressor<'static>>,
+    compressors: &mut Compressors,
 ) -> io::Result<Done> {
-    let mut crc = crc32fast::Hasher::new();
-    if let Codec::Gzip(_) = codec {
-        crc.update(data);
-    }
     let key = cache.map(|_| ChunkCache::key(tag, data));
     if let (Some(cache), Some(key)) = (cache, &key) {
         if let Some(bytes) = cache.lookup(key) {
@@ -545,7 +534,6 @@ fn process(
                 bytes_crc: crc32fast::hash(&bytes),
                 bytes,
                 ulen: data.len() as u64,
-                crc,
                 key: Some(*key),
                 reused: true,
             });
@@ -553,15 +541,15 @@ fn process(
     }
     let bytes = match codec {
         Codec::Gzip(level) => {
-            // A fresh stream per chunk: its bytes must not depend on which
-            // chunks this worker compressed before.
-            let mut c = Compress::new(flate2::Compression::new(level.min(9)), false);
-            deflate_block(&mut c, data, &[], false)?.deflated
+            let gz = compressors
+                .gzip
+                .get_or_insert_with(|| GzipCompressor::new(level));
+            gzip_member(gz, data)?
         }
         Codec::Zstd(level) => {
-            let z = match zstd {
+            let z = match &mut compressors.zstd {
                 Some(z) => z,
-                None => zstd.insert(zstd_compressor(level)?),
+                None => compressors.zstd.insert(zstd_compressor(level)?),
             };
             z.compress(data)?
         }
@@ -570,10 +558,42 @@ fn process(
         bytes_crc: crc32fast::hash(&bytes),
         bytes,
         ulen: data.len() as u64,
-        crc,
         key,
         reused: false,
     })
+}
+
+/// libdeflate's compressor and an output buffer, both reused: a fresh
+/// buffer of the worst-case size per chunk page-faulted on every page.
+struct GzipCompressor {
+    c: libdeflater::Compressor,
+    out: Vec<u8>,
+}
+
+impl GzipCompressor {
+    /// `--compression-level` 0-9 is passed as is: libdeflate names its
+    /// levels as zlib does (0 stored, 1 fastest, 6 default, 9 slowest of
+    /// the nine); its far slower levels 10-12 are not offered.
+    fn new(level: u32) -> Self {
+        let level = CompressionLvl::new(level.min(9) as i32).unwrap_or_default();
+        GzipCompressor {
+            c: libdeflater::Compressor::new(level),
+            out: Vec::new(),
+        }
+    }
+}
+
+/// One complete gzip member holding `data`: libdeflate's header (mtime 0,
+/// OS unknown), raw deflate, CRC-32 and ISIZE.
+fn gzip_member(gz: &mut GzipCompressor, data: &[u8]) -> io::Result<Vec<u8>> {
+    let bound = gz.c.gzip_compress_bound(data.len());
+    if gz.out.len() < bound {
+        gz.out.resize(bound, 0);
+    }
+    let n =
+        gz.c.gzip_compress(data, &mut gz.out)
+            .map_err(|e| io::Error::other(format!("libdeflate: {e:?}")))?;
+    Ok(gz.out[..n].to_vec())
 }
 
 /// One compressor per worker, reused: each `compress` call is a complete

@@ -68,7 +68,7 @@ fn decode(c: Compression, bytes: &[u8]) -> Vec<u8> {
     let mut back = Vec::new();
     match c {
         Compression::Gzip { .. } => {
-            flate2::read::GzDecoder::new(bytes)
+            flate2::read::MultiGzDecoder::new(bytes)
                 .read_to_end(&mut back)
                 .unwrap();
         }
@@ -218,4 +218,69 @@ fn concurrent_writers_share_one_cache_safely() {
     let (warm, bytes) = write(tree(), c, 2, Some(&cache));
     assert_eq!(warm.chunks.reused, warm.chunks.chunks);
     assert_eq!(bytes, cold);
+}
+
+#[test]
+fn cache_tag_names_the_libdeflate_in_cargo_lock() {
+    // libdeflate-sys's version is libdeflate's (1.26.x bundles 1.26): an
+    // upgrade that forgot LIBDEFLATE_VERSION would mix chunks of two
+    // compressors in one blob and break warm == cold.
+    let lock = include_str!("../../Cargo.lock");
+    let at = lock
+        .find("name = \"libdeflate-sys\"\nversion = \"")
+        .expect("libdeflate-sys in Cargo.lock");
+    let version = lock[at..].lines().nth(1).unwrap();
+    assert!(
+        version.starts_with(&format!("version = \"{LIBDEFLATE_VERSION}.")),
+        "Cargo.lock has libdeflate-sys {version}, the cache tag says {LIBDEFLATE_VERSION}"
+    );
+    assert!(Codec::Gzip(6).cache_tag().contains(LIBDEFLATE_VERSION));
+}
+
+/// The members of a multi-member gzip file: (offset, length) of each, by
+/// decoding one member at a time.
+fn members(gz: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < gz.len() {
+        let mut d = flate2::bufread::GzDecoder::new(&gz[pos..]);
+        io::copy(&mut d, &mut io::sink()).unwrap();
+        let rest = d.into_inner().len();
+        let len = gz.len() - pos - rest;
+        out.push((pos, len));
+        pos += len;
+    }
+    out
+}
+
+#[test]
+fn gzip_chunks_are_whole_members_and_levels_map_to_libdeflate() {
+    let (info, gz) = write(tree(), Compression::Gzip { level: 6 }, 2, None);
+    let m = members(&gz);
+    // One member per chunk, each a gzip header with mtime 0 and OS unknown.
+    assert_eq!(m.len() as u64, info.chunks.chunks);
+    for &(at, _) in &m {
+        assert_eq!(gz[at..at + 4], [0x1f, 0x8b, 8, 0]);
+        assert_eq!(gz[at + 4..at + 8], [0, 0, 0, 0], "mtime");
+        assert_eq!(gz[at + 9], 0xff, "OS");
+    }
+    // Level 0 stores; 1 and 9 compress less and more than 6.
+    let size = |level| write(tree(), Compression::Gzip { level }, 2, None).1.len();
+    let (l0, l1, l9) = (size(0), size(1), size(9));
+    let (_, tar) = write(tree(), Compression::None, 1, None);
+    assert!(l0 > tar.len(), "level 0 stores: {l0} vs tar {}", tar.len());
+    assert!(l1 > gz.len() && gz.len() >= l9, "{l1} {} {l9}", gz.len());
+}
+
+#[test]
+fn an_empty_stream_is_one_empty_gzip_member() {
+    let w = ChunkedWriter::new(Vec::new(), Codec::Gzip(6), 1, None).unwrap();
+    let done = w.finish().unwrap();
+    let mut back = Vec::new();
+    flate2::read::MultiGzDecoder::new(&done.out[..])
+        .read_to_end(&mut back)
+        .unwrap();
+    assert!(back.is_empty());
+    assert_eq!(done.size, done.out.len() as u64);
+    assert!(done.out.starts_with(&[0x1f, 0x8b]));
 }

@@ -15,9 +15,9 @@
 //!
 //! An imported index is untrusted: a chunk is recorded only after its
 //! compressed bytes, read from the (digest-checked) local blob, were
-//! decompressed alone and hash to the key it claims, and (gzip) end on a
-//! byte-aligned block boundary, so that it concatenates with any other
-//! chunk into the stream its key promises. A lying entry is dropped: that
+//! decompressed alone and hash to the key it claims, and are exactly one
+//! gzip member or zstd frame, so that it concatenates with any other chunk
+//! into the stream its key promises. A lying entry is dropped: that
 //! chunk is compressed again, nothing else changes.
 
 use std::fs::File;
@@ -42,10 +42,6 @@ const MIN_INDEXED_CHUNKS: usize = 2;
 /// 2 × 4 MiB of tar): a larger length is a lie and must not drive an
 /// allocation.
 const MAX_CHUNK_BYTES: u64 = 16 << 20;
-/// Honest gzip chunks end with a sync flush: an empty stored block.
-const SYNC_MARK: [u8; 4] = [0, 0, 0xff, 0xff];
-/// A final, empty fixed-Huffman block (as the chunked writer ends a stream).
-const DEFLATE_END: [u8; 2] = [0x03, 0x00];
 
 /// Errors of an index as a whole (a bad chunk entry is only dropped).
 #[derive(Debug, thiserror::Error)]
@@ -252,7 +248,7 @@ fn verify(codec: Codec, tag: &str, c: &NewChunk, bytes: &[u8]) -> bool {
         return false;
     }
     let data = match codec {
-        Codec::Gzip(_) => inflate_chunk(bytes, c.ulen as usize),
+        Codec::Gzip(_) => gunzip_chunk(bytes, c.ulen as usize),
         Codec::Zstd(_) => unzstd_chunk(bytes, c.ulen as usize),
     };
     data.is_some_and(|d| ChunkCache::key(tag, &d) == c.key)
@@ -269,63 +265,27 @@ fn unzstd_chunk(bytes: &[u8], ulen: usize) -> Option<Vec<u8>> {
     (data.len() == ulen).then_some(data)
 }
 
-/// A gzip chunk is raw deflate ended by a sync flush: an empty stored
-/// block whose 3 header bits share the last byte of the block before it
-/// (4 bytes `00 00 ff ff` follow) or, when that block ended on a byte
-/// boundary, take a byte of their own (`00 00 00 ff ff`).
-///
-/// Checked by decompressing it alone (so it cannot reach back into a
-/// previous chunk's bytes) followed by a final empty block, stopping at
-/// every block boundary (`Block` flush): the last boundaries must be where
-/// the sync flush starts, at the chunk's end and after the end block, with
-/// no output after the first. Over those bytes, every reading other than
-/// an empty stored block fails (a wrong length pair, output, a stream
-/// ending before the end block, or a boundary elsewhere), and a stored
-/// block ends byte-aligned: a next chunk's first bit is read where it
-/// starts, as it was when its key was checked.
-fn inflate_chunk(bytes: &[u8], ulen: usize) -> Option<Vec<u8>> {
-    use zlib_rs::{Inflate, InflateFlush, Status};
-    let n = bytes.len();
-    if n < 6 || bytes[n - SYNC_MARK.len()..] != SYNC_MARK {
+/// A gzip chunk is one whole gzip member (`chunked.rs`) of exactly these
+/// bytes, with no optional header fields (the writer sets none): members
+/// are self-delimiting and independent, so a member concatenates with any
+/// other into the stream its key promises. Its CRC-32 and ISIZE are
+/// checked while it is decompressed.
+fn gunzip_chunk(bytes: &[u8], ulen: usize) -> Option<Vec<u8>> {
+    use std::io::Read;
+    // FLG (byte 3) zero: no name, comment, extra field or header CRC.
+    if bytes.len() < 18 || bytes[..4] != [0x1f, 0x8b, 8, 0] {
         return None;
     }
-    let mut input = Vec::with_capacity(n + DEFLATE_END.len());
-    input.extend_from_slice(bytes);
-    input.extend_from_slice(&DEFLATE_END);
-    // One byte over: output beyond `ulen` shows as a length mismatch.
-    let mut out = vec![0u8; ulen + 1];
-    let mut inflate = Inflate::new(false, 15);
-    let mut boundaries: Vec<(usize, usize)> = Vec::new();
-    loop {
-        let (i, o) = (inflate.total_in() as usize, inflate.total_out() as usize);
-        match inflate.decompress(&input[i..], &mut out[o..], InflateFlush::Block) {
-            Ok(Status::StreamEnd) => break,
-            Ok(Status::Ok)
-                if (inflate.total_in() as usize, inflate.total_out() as usize) != (i, o) =>
-            {
-                boundaries.push((inflate.total_in() as usize, inflate.total_out() as usize));
-            }
-            // No progress (input cut off mid-block, output full) or bad data.
-            _ => return None,
-        }
-    }
-    if inflate.total_in() as usize != input.len() || inflate.total_out() as usize != ulen {
-        return None;
-    }
-    // The end block makes a boundary of its own before the stream ends.
-    let [.., (flush_at, o1), (end, o2), (after, o3)] = boundaries[..] else {
-        return None;
-    };
-    let flush_ok = match n.checked_sub(flush_at) {
-        Some(4) => true,
-        Some(5) => bytes[flush_at] == 0,
-        _ => false,
-    };
-    let ok = flush_ok && (end, after) == (n, input.len()) && [o1, o2, o3] == [ulen; 3];
-    ok.then(|| {
-        out.truncate(ulen);
-        out
-    })
+    let mut gz = flate2::bufread::GzDecoder::new(bytes);
+    let mut data = Vec::with_capacity(ulen);
+    // One byte over: more output than claimed shows as a length mismatch.
+    gz.by_ref()
+        .take(ulen as u64 + 1)
+        .read_to_end(&mut data)
+        .ok()?;
+    // The member must end exactly where the chunk does.
+    let rest = gz.into_inner();
+    (data.len() == ulen && rest.is_empty()).then_some(data)
 }
 
 #[cfg(test)]

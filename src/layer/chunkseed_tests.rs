@@ -148,34 +148,41 @@ fn lying_entries_are_refused_and_cost_only_their_chunks() {
 }
 
 #[test]
-fn gzip_chunks_must_end_on_a_clean_block_boundary() {
-    // Honest: compressed as the writer does, ends with a sync flush.
+fn gzip_chunks_must_be_exactly_one_plain_member() {
     let data = b"hello hello hello chunk".repeat(1000);
-    let mut c = flate2::Compress::new(flate2::Compression::new(6), false);
-    let honest = super::super::pgzip::deflate_block(&mut c, &data, &[], false)
-        .unwrap()
-        .deflated;
-    assert!(inflate_chunk(&honest, data.len()) == Some(data.clone()));
-    // The same data as a final block (a stream that would end there).
-    let mut c = flate2::Compress::new(flate2::Compression::new(6), false);
-    let fin = super::super::pgzip::deflate_block(&mut c, &data, &[], true)
-        .unwrap()
-        .deflated;
-    assert!(inflate_chunk(&fin, data.len()).is_none());
-    // Without its sync flush, or with a wrong length.
-    assert!(inflate_chunk(&honest[..honest.len() - 5], data.len()).is_none());
-    assert!(inflate_chunk(&honest, data.len() - 1).is_none());
-    assert!(inflate_chunk(&honest, data.len() + 1).is_none());
-    // Two sync flushes in a row are still clean (an empty stored block
-    // more); a chunk that starts mid-stream (reaching back) is not.
-    let mut twice = honest.clone();
-    twice.extend_from_slice(&[0, 0, 0, 0xff, 0xff]);
-    assert!(inflate_chunk(&twice, data.len()) == Some(data.clone()));
-    let mut c = flate2::Compress::new(flate2::Compression::new(6), false);
-    let primed = super::super::pgzip::deflate_block(&mut c, &data, &data, false)
-        .unwrap()
-        .deflated;
-    assert!(inflate_chunk(&primed, data.len()).is_none());
+    let member = |data: &[u8]| {
+        let mut c = libdeflater::Compressor::new(libdeflater::CompressionLvl::new(6).unwrap());
+        let mut out = vec![0u8; c.gzip_compress_bound(data.len())];
+        let n = c.gzip_compress(data, &mut out).unwrap();
+        out.truncate(n);
+        out
+    };
+    let honest = member(&data);
+    assert!(gunzip_chunk(&honest, data.len()) == Some(data.clone()));
+    // Wrong claimed length, either way.
+    assert!(gunzip_chunk(&honest, data.len() - 1).is_none());
+    assert!(gunzip_chunk(&honest, data.len() + 1).is_none());
+    // Bytes after the member (a second member hiding in the chunk), or a
+    // member cut short.
+    let mut two = honest.clone();
+    two.extend_from_slice(&member(b"more"));
+    assert!(gunzip_chunk(&two, data.len()).is_none());
+    assert!(gunzip_chunk(&honest[..honest.len() - 1], data.len()).is_none());
+    // A bad CRC-32 in the trailer.
+    let mut bad_crc = honest.clone();
+    let at = bad_crc.len() - 8;
+    bad_crc[at] ^= 1;
+    assert!(gunzip_chunk(&bad_crc, data.len()).is_none());
+    // A header with a file name (valid gzip, but not what the writer makes).
+    let mut named = flate2::GzBuilder::new()
+        .filename("x")
+        .write(Vec::new(), flate2::Compression::new(6));
+    std::io::Write::write_all(&mut named, &data).unwrap();
+    assert!(gunzip_chunk(&named.finish().unwrap(), data.len()).is_none());
+    // Raw deflate (the chunk format of older rbuilds) is not a member.
+    let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(6));
+    std::io::Write::write_all(&mut raw, &data).unwrap();
+    assert!(gunzip_chunk(&raw.finish().unwrap(), data.len()).is_none());
 }
 
 #[test]

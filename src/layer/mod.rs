@@ -1,4 +1,4 @@
-//! Layers: deterministic tar writing, compression (parallel gzip, zstd),
+//! Layers: deterministic tar writing, chunked compression (gzip, zstd),
 //! unpacking with path-escape protection, and overlay upper dirs → OCI
 //! changesets.
 //!
@@ -15,7 +15,6 @@ mod chunkseed;
 mod compress;
 mod entry;
 mod merged;
-mod pgzip;
 mod resolve;
 mod sparse;
 mod sys;
@@ -33,7 +32,6 @@ pub use chunkseed::{
 pub use compress::{write_layer, LayerInfo, WriteOptions};
 pub use entry::{EntryKind, FileSource, LayerEntry, Timespec, OPAQUE_MARKER, WHITEOUT_PREFIX};
 pub use merged::{merged_image_path, merged_lookup, merged_resolve, MergedView};
-pub use pgzip::ParallelGzipWriter;
 pub use resolve::resolve_in_root;
 pub use sparse::{copy_sparse, write_sparse};
 pub use unpack::{open_archive, unpack_layer, LayerCheckError, UnpackOptions, UnpackStats};

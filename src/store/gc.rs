@@ -1,7 +1,8 @@
 //! Garbage collection: mark every blob reachable from `index.json` (through
 //! indexes, manifests and configs) and from cache records, then sweep blobs,
-//! layer dirs and dead temps. Runs under the index lock (no tag changes
-//! meanwhile) and the exclusive GC lock (no build in flight).
+//! layer dirs, dead temps and the build records of manifests now gone. Runs
+//! under the index lock (no tag changes meanwhile) and the exclusive GC
+//! lock (no build in flight).
 
 use std::collections::HashSet;
 use std::fs;
@@ -28,6 +29,8 @@ pub struct PruneReport {
     /// Records of where blobs live in registries, for blobs nothing here
     /// names any more (e.g. an imported cache's layers).
     pub blob_locations: usize,
+    /// Build records (`rbuild history`'s CACHE) of manifests now gone.
+    pub build_records: usize,
 }
 
 #[derive(Default)]
@@ -64,6 +67,7 @@ impl Store {
         }
         self.sweep_blobs(&marks, &mut report)?;
         self.sweep_layer_dirs(&marks, &mut report)?;
+        report.build_records = self.sweep_build_records()?;
         report.chunk_records = self.sweep_chunk_records()?;
         report.blob_locations = self.sweep_blob_locations(&marks)?;
         report.temps = fsutil::clean_temps(&self.tmp_dir(), &mut report.left)?;

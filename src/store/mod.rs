@@ -14,6 +14,8 @@
 //! ROOT/rbuild/cachemounts/   RUN --mount=type=cache dirs
 //! ROOT/rbuild/registry/      where blobs were seen (cross-repo mounts)
 //! ROOT/rbuild/chunks/<key>   layer chunk cache records (point into blobs)
+//! ROOT/rbuild/builds/<h>.json where each layer of a built image came from
+//!                            (by manifest digest; `rbuild history`)
 //! ROOT/rbuild/tmp/           temps; each locked while its owner lives
 //! ```
 //! Because the root is a plain OCI layout, `skopeo inspect oci:ROOT:app:v1`
@@ -25,6 +27,7 @@
 //! [`Store::blob_locations_file`], [`Store::chunk_cache_dir`]). Why `rbuild/` is private: `secure.rs`.
 
 mod blob;
+mod builds;
 mod cache;
 mod chunks;
 mod error;
@@ -44,6 +47,7 @@ use crate::oci::digest::{sha256_digest, sha256_hex};
 use crate::oci::IMAGE_LAYOUT;
 
 pub use blob::{digest_hex, BlobError, BlobInfo, BlobWriter};
+pub use builds::{BuildRecord, BuildRecordRead, LayerOrigin, LayerStory, BUILD_RECORD_SCHEMA};
 pub use cache::{diff_inputs, CacheLookup, CacheRecord, CACHE_SCHEMA};
 pub use error::StoreError;
 pub use fsutil::{LockedTempDir, TempFile};

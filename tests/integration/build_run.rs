@@ -82,7 +82,7 @@ fn last_layer_entries(env: &Env, tag: &str) -> Vec<(String, tar::EntryType, (u64
         .unwrap()
         .to_string();
     let f = std::fs::File::open(blob(&layer)).unwrap();
-    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let mut ar = tar::Archive::new(flate2::read::MultiGzDecoder::new(f));
     ar.entries()
         .unwrap()
         .map(|e| {
@@ -315,7 +315,7 @@ fn all_blob_bytes(root: &Path) -> Vec<Vec<u8>> {
     for e in std::fs::read_dir(root.join("blobs/sha256")).unwrap() {
         let raw = std::fs::read(e.unwrap().path()).unwrap();
         let mut dec = Vec::new();
-        if flate2::read::GzDecoder::new(&raw[..])
+        if flate2::read::MultiGzDecoder::new(&raw[..])
             .read_to_end(&mut dec)
             .is_ok()
         {

@@ -75,7 +75,7 @@ fn layer_from_top(env: &Env, tag: &str, n: usize) -> Vec<Entry> {
         .unwrap()
         .to_string();
     let f = std::fs::File::open(blob(env, &digest)).unwrap();
-    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let mut ar = tar::Archive::new(flate2::read::MultiGzDecoder::new(f));
     ar.entries()
         .unwrap()
         .map(|e| {

@@ -11,6 +11,7 @@ mod store_support;
 
 mod build_ci;
 mod build_contexts;
+mod build_history;
 mod build_images;
 mod build_limits;
 mod build_outputs;

@@ -1047,7 +1047,7 @@ fn faults_are_retried_and_a_failed_blob_blocks_the_manifest() {
         Arc::new(|q: &Req| {
             if q.method == "PUT" && q.target.contains("/blobs/uploads/") {
                 let mut plain = Vec::new();
-                let _ = flate2::read::GzDecoder::new(&q.body[..]).read_to_end(&mut plain);
+                let _ = flate2::read::MultiGzDecoder::new(&q.body[..]).read_to_end(&mut plain);
                 if String::from_utf8_lossy(&plain).contains("never arrives") {
                     return Action::Respond(500, vec![], Vec::new());
                 }

@@ -103,7 +103,7 @@ fn read_archive(path: &Path) -> Result<Archive, String> {
 fn decompress(data: Vec<u8>) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     if data.starts_with(&[0x1f, 0x8b]) {
-        flate2::read::GzDecoder::new(&data[..])
+        flate2::read::MultiGzDecoder::new(&data[..])
             .read_to_end(&mut out)
             .map_err(|e| format!("gunzip layer: {e}"))?;
         Ok(out)
