@@ -9,7 +9,7 @@ use anyhow::Context;
 use crate::registry::{BlobLocations, PushOptions, Settings};
 use crate::store::Store;
 
-use super::format::{CacheMap, MapRecord};
+use super::format::{CacheMap, Desc, MapRecord};
 use super::import::RemoteCaches;
 use super::spec::{CacheTo, Location, Mode};
 use super::{layout, remote};
@@ -67,6 +67,8 @@ pub fn inline_map(
                 .as_ref()
                 .is_none_or(|l| image_layers.contains(&l.digest))
         })
+        // The image carries only its layers: no chunk index blobs.
+        .map(|r| MapRecord { chunks: None, ..r })
         .collect();
     serde_json::to_value(CacheMap::new(records)).unwrap_or_default()
 }
@@ -81,7 +83,9 @@ pub fn export(
     settings: &Settings,
     mounts: &[super::mounts::PackedMount],
 ) -> anyhow::Result<Exported> {
-    let mut map = CacheMap::new(used.select(to.mode, result_stages));
+    let mut records = used.select(to.mode, result_stages);
+    attach_chunk_indexes(store, caches, &mut records);
+    let mut map = CacheMap::new(records);
     map.mounts = mounts
         .iter()
         .filter_map(|m| serde_json::to_value(m).ok())
@@ -136,4 +140,27 @@ pub fn export(
         records: map.records.len(),
         layers: layers.len(),
     })
+}
+
+/// Each layer record's chunk index as a blob of the store: the one this
+/// store wrote with the layer, or the one the remote record came with
+/// (fetched if needed: it is small). A record whose index cannot be had
+/// goes without one (a later build compresses that layer's chunks anew).
+fn attach_chunk_indexes(store: &Store, caches: &RemoteCaches, records: &mut [MapRecord]) {
+    let chunk_cache = super::chunk_cache_reader(store);
+    for r in records.iter_mut() {
+        let Some(layer) = &r.layer else { continue };
+        let local = chunk_cache
+            .as_ref()
+            .and_then(|c| crate::layer::local_index(c, &layer.digest));
+        r.chunks = match (local, r.chunks.take()) {
+            (Some(bytes), _) => store.put_blob(&bytes).ok().map(|d| Desc {
+                media_type: crate::oci::media::RBUILD_CHUNK_INDEX.to_string(),
+                digest: d.digest,
+                size: d.size,
+            }),
+            (None, Some(d)) => caches.fetch_small(store, &d).ok().map(|()| d),
+            (None, None) => None,
+        };
+    }
 }

@@ -24,6 +24,7 @@ pub const MAX_MAP_BYTES: u64 = 16 << 20;
 pub const MAX_RECORDS: usize = 100_000;
 
 use crate::oci::media::LAYER_TYPES;
+use crate::oci::media::RBUILD_CHUNK_INDEX as CHUNK_INDEX;
 
 /// The config blob: schema-versioned records (and cache mounts, filled by
 /// the cache-mount exporter; entries this rbuild does not know are kept
@@ -46,6 +47,14 @@ pub struct MapRecord {
     /// The step's history time (RFC 3339): the same on every reuse, so the
     /// image digest is too.
     pub created: String,
+    /// The step's place without its inputs (stage, position, instruction,
+    /// platform): a build whose key misses finds "this step last time"
+    /// by it. Absent in maps of older rbuilds (which ignore it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+    /// The layer's chunk index (`layer::chunkseed`), a blob of the cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<Desc>,
 }
 
 /// A descriptor of the artifact manifest.
@@ -94,16 +103,18 @@ impl CacheMap {
             .iter()
             .filter_map(|m| serde_json::from_value(m.get("layer")?.clone()).ok())
             .collect();
+        let indexes = self.records.iter().filter_map(|r| r.chunks.clone());
         self.records
             .iter()
             .filter_map(|r| r.layer.as_ref())
             .chain(mounts.iter())
-            .filter(|l| seen.insert(l.digest.clone()))
             .map(|l| Desc {
                 media_type: l.media_type.clone(),
                 digest: l.digest.clone(),
                 size: l.size,
             })
+            .chain(indexes)
+            .filter(|d| seen.insert(d.digest.clone()))
             .collect()
     }
 
@@ -180,7 +191,27 @@ impl CacheMap {
                     clip(&r.created)
                 ));
             }
+            if let Some(slot) = r.slot.as_deref().filter(|s| !is_hex64(s)) {
+                return bad(format!(
+                    "record {i}: slot {:?} is not 64 hex digits",
+                    clip(slot)
+                ));
+            }
             let Some(l) = &r.layer else { continue };
+            if let Some(c) = &r.chunks {
+                let ok = c.media_type == CHUNK_INDEX
+                    && c.size <= crate::layer::MAX_INDEX_BYTES
+                    && listed
+                        .get(c.digest.as_str())
+                        .is_some_and(|d| d.size == c.size);
+                if !ok || !c.digest.strip_prefix("sha256:").is_some_and(is_hex64) {
+                    return bad(format!(
+                        "record {i}: chunk index {:?} ({} bytes) is not a listed {CHUNK_INDEX} blob",
+                        clip(&c.digest),
+                        c.size
+                    ));
+                }
+            }
             for (what, d) in [("digest", &l.digest), ("diff_id", &l.diff_id)] {
                 if !d.strip_prefix("sha256:").is_some_and(is_hex64) {
                     return bad(format!(
@@ -285,6 +316,8 @@ mod tests {
                 media_type: crate::oci::media::OCI_LAYER_GZIP.into(),
             }),
             created: "2026-01-01T00:00:00Z".into(),
+            slot: None,
+            chunks: None,
         }
     }
 
@@ -305,9 +338,35 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_index_is_listed_and_old_maps_still_parse() {
+        let index = Desc {
+            media_type: CHUNK_INDEX.into(),
+            digest: format!("sha256:{}", "9".repeat(64)),
+            size: 77,
+        };
+        let map = CacheMap::new(vec![MapRecord {
+            slot: Some("5".repeat(64)),
+            chunks: Some(index.clone()),
+            ..record('a', Some(("1", 10)))
+        }]);
+        let layers = map.layers();
+        assert_eq!(layers.len(), 2);
+        assert_eq!(layers[1], index);
+        let back = CacheMap::parse(&map.to_bytes(), "t", &layers, u64::MAX).unwrap();
+        assert_eq!(back, map);
+        // A map without the new fields (an older rbuild's) reads as before.
+        let old = br#"{"schema":1,"records":[{"key":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","parent":null,"layer":null,"created":"2026-01-01T00:00:00Z"}]}"#;
+        let m = CacheMap::parse(old, "t", &[], u64::MAX).unwrap();
+        assert_eq!(
+            (m.records[0].slot.clone(), m.records[0].chunks.clone()),
+            (None, None)
+        );
+    }
+
+    #[test]
     fn bad_maps_are_refused_with_the_reason() {
         let listed = CacheMap::new(vec![record('a', Some(("1", 10)))]).layers();
-        let cases: Vec<(CacheMap, &str)> = vec![
+        let mut cases: Vec<(CacheMap, &str)> = vec![
             (
                 CacheMap {
                     schema: 2,
@@ -342,6 +401,23 @@ mod tests {
                 "RFC 3339",
             ),
         ];
+        let index = |size| Desc {
+            media_type: CHUNK_INDEX.into(),
+            digest: format!("sha256:{}", "9".repeat(64)),
+            size,
+        };
+        let with_index = |size| MapRecord {
+            chunks: Some(index(size)),
+            ..record('a', Some(("1", 10)))
+        };
+        cases.push((CacheMap::new(vec![with_index(5)]), "chunk index"));
+        cases.push((
+            CacheMap::new(vec![MapRecord {
+                slot: Some("zz".into()),
+                ..record('a', None)
+            }]),
+            "slot",
+        ));
         for (map, want) in cases {
             let err = CacheMap::parse(&map.to_bytes(), "reg/c:1", &listed, u64::MAX)
                 .unwrap_err()

@@ -31,6 +31,8 @@ struct Source {
     label: String,
     origin: Origin,
     records: HashMap<String, MapRecord>,
+    /// Slot → key of the records that have a layer and a chunk index.
+    slots: HashMap<String, String>,
     /// Its saved cache mounts (`"mounts"`), checked when the set is made.
     mounts: Vec<serde_json::Value>,
 }
@@ -73,6 +75,7 @@ impl RemoteCaches {
                 Ok((origin, map)) => sources.push(Source {
                     label,
                     origin,
+                    slots: slots_of(&map.records),
                     records: map
                         .records
                         .into_iter()
@@ -283,6 +286,37 @@ impl RemoteCaches {
         }
     }
 
+    /// The earlier layer and chunk index of the step in `slot`, from the
+    /// first cache that has one.
+    pub fn seed_source(&self, slot: &str) -> Option<SeedSource> {
+        self.sources.iter().find_map(|s| {
+            let r = s.records.get(s.slots.get(slot)?)?;
+            Some(SeedSource {
+                label: s.label.clone(),
+                layer: r.layer.clone()?,
+                index: r.chunks.clone()?,
+                origin: s.origin.clone(),
+                settings: self.settings.clone().unwrap_or_default(),
+            })
+        })
+    }
+
+    /// Make sure the store holds the small blob `d` (a chunk index a
+    /// remote record names), fetching it from the cache that named it.
+    pub fn fetch_small(&self, store: &Store, d: &Desc) -> anyhow::Result<()> {
+        if store.has_blob(&d.digest) {
+            return Ok(());
+        }
+        let s = self
+            .sources
+            .iter()
+            .find(|s| s.records.values().any(|r| r.chunks.as_ref() == Some(d)))
+            .with_context(|| format!("no cache names blob {}", d.digest))?;
+        let settings = self.settings.clone().unwrap_or_default();
+        fetch_small_from(&s.origin, &settings, store, d)
+            .with_context(|| format!("cache {}: blob {}", s.label, d.digest))
+    }
+
     /// Whether an error is a refused layer (the build may run again).
     pub fn is_refusal(e: &anyhow::Error) -> bool {
         e.chain().any(|c| {
@@ -316,6 +350,101 @@ impl RemoteCaches {
         };
         self.ensure_local(store, &claims)?;
         layout::copy_file_atomic(&store.blob_path(&d.digest)?, to)
+    }
+}
+
+/// Slot → key of each record with a layer and a chunk index (the first
+/// of a slot wins).
+fn slots_of(records: &[MapRecord]) -> HashMap<String, String> {
+    let mut slots = HashMap::new();
+    for r in records {
+        if let (Some(slot), Some(_), Some(_)) = (&r.slot, &r.layer, &r.chunks) {
+            slots.entry(slot.clone()).or_insert_with(|| r.key.clone());
+        }
+    }
+    slots
+}
+
+/// Where a missed step's earlier layer and its chunk index can be fetched
+/// from (`RemoteCaches::seed_source`), detached from the caches so a
+/// thread of its own can fetch them while the step runs.
+pub struct SeedSource {
+    /// The cache, as messages name it.
+    pub label: String,
+    pub layer: LayerRef,
+    pub index: Desc,
+    origin: Origin,
+    settings: Settings,
+}
+
+impl SeedSource {
+    /// The chunk index (small, digest-checked).
+    pub fn fetch_index(&self, store: &Store) -> anyhow::Result<Vec<u8>> {
+        fetch_small_from(&self.origin, &self.settings, store, &self.index)?;
+        let bytes = std::fs::read(store.blob_path(&self.index.digest)?)?;
+        Ok(bytes)
+    }
+
+    /// The layer blob into the store, checked against its digest and
+    /// size only: it is read for its chunks, each verified on its own,
+    /// never used as a layer on this claim (a record naming it as one
+    /// still gets its diff_id checked).
+    pub fn fetch_layer(&self, store: &Store) -> anyhow::Result<()> {
+        let l = &self.layer;
+        if store.has_blob(&l.digest) {
+            return Ok(());
+        }
+        match &self.origin {
+            Origin::Registry(r) => {
+                remote::fetch_blob_into(store, &self.settings, r, &l.digest, l.size)
+            }
+            Origin::Local(dir) => copy_from_dir(dir, store, &l.digest, l.size),
+        }
+        .with_context(|| format!("cache {}: layer {}", self.label, l.digest))
+    }
+}
+
+/// Copy the blob `digest` of the layout `dir` into the store, verified.
+fn copy_from_dir(
+    dir: &std::path::Path,
+    store: &Store,
+    digest: &str,
+    size: u64,
+) -> anyhow::Result<()> {
+    let path = layout::blob_path(dir, digest)?;
+    let mut f =
+        std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let mut w = store.blob_writer()?;
+    std::io::copy(&mut f, &mut w).with_context(|| format!("copying {}", path.display()))?;
+    w.commit_verified(digest, Some(size))?;
+    Ok(())
+}
+
+/// A small blob (a chunk index) of a cache into the store, verified.
+fn fetch_small_from(
+    origin: &Origin,
+    settings: &Settings,
+    store: &Store,
+    d: &Desc,
+) -> anyhow::Result<()> {
+    if store.has_blob(&d.digest) {
+        return Ok(());
+    }
+    if d.size > crate::layer::MAX_INDEX_BYTES {
+        anyhow::bail!(
+            "blob {} is {} bytes (limit {})",
+            d.digest,
+            d.size,
+            crate::layer::MAX_INDEX_BYTES
+        );
+    }
+    match origin {
+        Origin::Registry(r) => {
+            let bytes = remote::fetch_small_blob(settings, r, &d.digest, d.size)?;
+            store.put_blob(&bytes)?;
+            Ok(())
+        }
+        Origin::Local(dir) => copy_from_dir(dir, store, &d.digest, d.size),
     }
 }
 

@@ -25,7 +25,7 @@ pub mod spec;
 
 pub use export::{export, inline_map, Exported, UsedRecords};
 pub use format::{CacheMap, MapRecord};
-pub use import::{RemoteCaches, RemoteHit};
+pub use import::{RemoteCaches, RemoteHit, SeedSource};
 pub use spec::{parse_cache_from, parse_cache_to, CacheFrom, CacheTo, Location, Mode};
 
 /// Errors of the cache module: each names the flag value, file or
@@ -73,4 +73,17 @@ impl CacheError {
             problem: problem.into(),
         }
     }
+}
+
+/// The store's layer chunk cache, for reading chunk indexes (None when its
+/// dir cannot be made: the export then goes without them).
+pub(crate) fn chunk_cache_reader(store: &crate::store::Store) -> Option<crate::layer::ChunkCache> {
+    let blobs = store.clone();
+    let dir = store.chunk_cache_dir().ok()?;
+    // Reading never writes a temp: the records dir stands in.
+    Some(crate::layer::ChunkCache::new(
+        dir.clone(),
+        dir,
+        std::sync::Arc::new(move |d: &str| blobs.blob_path(d).ok()),
+    ))
 }

@@ -47,6 +47,17 @@ pub(crate) fn note_used(ctx: &BuildCtx<'_>, step_id: &str, rec: &CacheRecord) {
         .and_then(|v| v.as_str())
         .map(str::to_string)
         .unwrap_or_else(|| crate::image::time::format_rfc3339(rec.created as i64));
+    // A step run or found here knows its instruction; a remote hit brings
+    // its slot and chunk index along (`remote_lookup`).
+    let field = |name: &str| rec.inputs.get(name).and_then(|v| v.as_str());
+    let slot = match field("instruction") {
+        Some(instruction) => Some(slot(ctx, step_id, instruction)),
+        None => field("slot").map(str::to_string),
+    };
+    let chunks = rec
+        .inputs
+        .get("chunks")
+        .and_then(|v| serde_json::from_value(v.clone()).ok());
     ctx.used_records.note(
         step_id,
         MapRecord {
@@ -54,8 +65,125 @@ pub(crate) fn note_used(ctx: &BuildCtx<'_>, step_id: &str, rec: &CacheRecord) {
             parent: rec.parent.clone(),
             layer: rec.layer.clone(),
             created,
+            slot,
+            chunks,
         },
     );
+}
+
+/// A step's slot: its place without its inputs (stage and position, not
+/// the Dockerfile's path, which differs between CI checkouts; the
+/// instruction; the target platform). A key that misses finds "the same
+/// step last time" in a remote cache by it.
+pub(crate) fn slot(ctx: &BuildCtx<'_>, step_id: &str, instruction: &str) -> String {
+    let place = step_id.split_once('/').map_or(step_id, |(_, rest)| rest);
+    let platform = ctx
+        .req
+        .extra
+        .platform
+        .as_ref()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let text = format!("rbuild-slot-v1\0{place}\0{instruction}\0{platform}");
+    crate::oci::digest::sha256_hex(text.as_bytes())
+}
+
+/// A missed step's chunk seeding, running on a thread of its own while the
+/// step does its work (`start_seed`).
+pub(crate) struct Seeding(Option<std::thread::JoinHandle<anyhow::Result<String>>>);
+
+/// On a miss of a step that writes a layer: when a `--cache-from` cache
+/// has the same step's earlier layer (same slot) with a chunk index, start
+/// fetching them and seeding the store's chunk cache, so the layer write
+/// copies the unchanged chunks instead of compressing them.
+pub(crate) fn start_seed(ctx: &BuildCtx<'_>, step_id: &str, instruction: &str) -> Seeding {
+    if ctx.req.no_cache || ctx.req.compression == crate::oci::Compression::None {
+        return Seeding(None);
+    }
+    let Some(source) = ctx
+        .remote_caches
+        .seed_source(&slot(ctx, step_id, instruction))
+    else {
+        return Seeding(None);
+    };
+    let (store, compression) = (ctx.store.clone(), ctx.req.compression);
+    let thread = std::thread::Builder::new()
+        .name("chunk-seed".into())
+        .spawn(move || seed(&store, &source, compression));
+    Seeding(thread.ok())
+}
+
+impl Seeding {
+    /// Wait for the seeding (before the layer is written) and say in the
+    /// step's log what it did. A failure is only a note: the chunks are
+    /// compressed instead.
+    pub(crate) fn finish(mut self, handle: &StepHandle) {
+        let Some(thread) = self.0.take() else { return };
+        let text = match thread.join() {
+            Ok(Ok(text)) => text,
+            Ok(Err(e)) => format!("not seeding the chunk cache: {e:#}"),
+            Err(_) => "not seeding the chunk cache: the seeding thread panicked".into(),
+        };
+        handle.log(
+            crate::progress::Stream::Stderr,
+            format!("{text}\n").as_bytes(),
+        );
+    }
+}
+
+impl Drop for Seeding {
+    /// A step that failed first still waits: no fetch outlives the build.
+    fn drop(&mut self) {
+        if let Some(thread) = self.0.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Fetch the chunk index, then (unless the local chunk cache already has
+/// most of its chunks) the layer, and seed the chunk cache from them.
+fn seed(
+    store: &crate::store::Store,
+    source: &crate::cache::SeedSource,
+    compression: crate::oci::Compression,
+) -> anyhow::Result<String> {
+    let digest = &source.layer.digest;
+    let index = source.fetch_index(store)?;
+    // Records go through a locked temp dir of the store, as a layer
+    // write's do.
+    let tmp = store.temp_dir("chunks")?;
+    let blobs = store.clone();
+    let cache = crate::layer::ChunkCache::new(
+        store.chunk_cache_dir()?,
+        tmp.path().to_path_buf(),
+        Arc::new(move |d: &str| blobs.blob_path(d).ok()),
+    );
+    let (listed, unseeded) = crate::layer::unseeded(&cache, &index, digest, compression)?;
+    // Fetching a layer to gain less than half its chunks is not worth it
+    // (a warm store, or an index of another compression).
+    if unseeded * 2 < listed {
+        return Ok(format!(
+            "chunk cache: {unseeded} of the {listed} chunks of the earlier layer in remote \
+             cache {} are new here; not fetching it",
+            source.label
+        ));
+    }
+    source.fetch_layer(store)?;
+    let s = crate::layer::seed_chunks(
+        &cache,
+        &index,
+        digest,
+        &store.blob_path(digest)?,
+        compression,
+    )?;
+    let refused = match s.refused {
+        0 => String::new(),
+        n => format!(" ({n} refused: their bytes do not match the index)"),
+    };
+    Ok(format!(
+        "seeded {}/{} chunks from remote cache {} (layer {digest}){refused}",
+        s.seeded, s.listed, source.label
+    ))
 }
 
 /// Read every `--cache-from` cache's manifest and map, as a step of its
@@ -98,6 +226,11 @@ pub(crate) fn remote_lookup(
     );
     rec.layer = hit.record.layer.clone();
     rec.config_changes = serde_json::json!({ "created": hit.record.created });
+    // Carried to `note_used` for `--cache-to` (there are no key inputs).
+    rec.inputs = serde_json::json!({
+        "slot": hit.record.slot,
+        "chunks": hit.record.chunks,
+    });
     ctx.remote_caches.file_when_checked(ctx.store, rec.clone());
     Some((rec, hit.source))
 }

@@ -227,6 +227,8 @@ impl StageState {
             Lookup::Corrupt(e) => corrupt = Some(corrupt_record(ctx, &e)),
             Lookup::Miss => {}
         }
+        // Started before anything else: it fetches while the step works.
+        let seeding = super::cache_io::start_seed(ctx, step_id, &inputs.instruction);
         let (reason, link_from) = match corrupt {
             Some(why) => (why, None),
             None => self.miss_reason(ctx, step, step_id, &inputs, no_cache)?,
@@ -250,12 +252,17 @@ impl StageState {
                     .then(|| known_context_files(ctx, &entries))
                     .flatten();
                 match &link_from {
+                    // The snapshot fill starts beside the seeding's end.
                     Some(from) => {
                         super::snapfill::write_with_snapshot(ctx, entries, from, &handle, |e| {
+                            seeding.finish(&handle);
                             self.write(ctx, e, &handle, known)
                         })
                     }
-                    None => self.write(ctx, entries, &handle, known),
+                    None => {
+                        seeding.finish(&handle);
+                        self.write(ctx, entries, &handle, known)
+                    }
                 }
             });
         self.keepalive.clear();

@@ -147,8 +147,8 @@ impl ChunkCache {
         }
     }
 
-    /// The key of `data` described as bytes alone (no known files).
-    #[cfg(test)]
+    /// The key of `data` described as bytes alone (no known files): what
+    /// a chunk seeded from another store's layer is recorded under.
     pub(crate) fn key(codec: &str, data: &[u8]) -> [u8; 32] {
         let mut h = KeyHasher::new(codec);
         if !data.is_empty() {
@@ -195,6 +195,11 @@ impl ChunkCache {
         })
     }
 
+    /// Whether a record for `key` exists (it may still miss on lookup).
+    pub(crate) fn has_record(&self, key: &[u8; 32]) -> bool {
+        self.record_path(key).exists()
+    }
+
     /// Records `chunks` as living in the blob `digest`.
     pub(crate) fn record(&self, digest: &str, chunks: &[NewChunk]) -> io::Result<()> {
         // Unique per process and call: two threads of one process may write
@@ -220,6 +225,48 @@ impl ChunkCache {
             })?;
         }
         Ok(())
+    }
+}
+
+impl ChunkCache {
+    /// Notes that chunks of another store's layer (the blob `digest`) were
+    /// seeded here, under the keys of their bytes alone: only then do
+    /// writers look chunks up by that second key. The note names the blob,
+    /// so prune's record sweep drops it with the blob.
+    pub(crate) fn mark_seeded(&self, digest: &str) -> io::Result<()> {
+        self.write_aside(
+            "seeded",
+            format!("rbuild-chunk-seeded {digest}\n").as_bytes(),
+        )
+    }
+
+    /// Whether [`ChunkCache::mark_seeded`] was noted (and not swept).
+    pub(crate) fn has_seeded(&self) -> bool {
+        self.dir.join("seeded").exists()
+    }
+}
+
+impl ChunkCache {
+    /// Writes `bytes` as the file `name` beside the records (a blob's
+    /// chunk index, `chunkseed`), atomically like a record. `name` never
+    /// looks like a key (64 hex digits), so it cannot shadow a record.
+    pub(crate) fn write_aside(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.tmp.join(format!("aside-{}-{n}", std::process::id()));
+        write_then_rename(&tmp, &self.dir.join(name), bytes)
+    }
+
+    /// The file `name` written by [`ChunkCache::write_aside`], if it is
+    /// there and at most `max` bytes.
+    pub(crate) fn read_aside(&self, name: &str, max: u64) -> Option<Vec<u8>> {
+        let mut bytes = Vec::new();
+        File::open(self.dir.join(name))
+            .ok()?
+            .take(max + 1)
+            .read_to_end(&mut bytes)
+            .ok()?;
+        (bytes.len() as u64 <= max).then_some(bytes)
     }
 }
 

@@ -108,7 +108,7 @@ pub(crate) enum Codec {
 
 impl Codec {
     /// Names the codec, level and library for the chunk cache key.
-    fn cache_tag(self) -> String {
+    pub(crate) fn cache_tag(self) -> String {
         match self {
             // "member": a chunk is a whole gzip member (records of the
             // older raw sync-flushed deflate chunks had another tag).
@@ -261,8 +261,11 @@ pub(crate) struct Finished<W> {
     pub digest: String,
     pub size: u64,
     pub stats: ChunkStats,
-    /// Chunks compressed now, with their place in the blob.
+    /// Every chunk with a key, with its place in the blob and hash states
+    /// (recorded, so the next rebuild reuses or resumes from this blob).
     pub new_chunks: Vec<NewChunk>,
+    /// The same chunks, in order: the blob's chunk index (`chunkseed`).
+    pub index: Vec<NewChunk>,
 }
 
 impl<W: ChunkOut> ChunkedWriter<W> {
@@ -458,7 +461,7 @@ impl<W: ChunkOut> ChunkedWriter<W> {
             .out
             .take()
             .ok_or_else(|| io::Error::other("chunk writer already finished"))?;
-        let new_chunks = std::mem::take(&mut self.new_chunks)
+        let new_chunks: Vec<NewChunk> = std::mem::take(&mut self.new_chunks)
             .into_iter()
             .map(|(i, mut c)| {
                 if c.states.is_none() {
@@ -475,6 +478,7 @@ impl<W: ChunkOut> ChunkedWriter<W> {
             digest: format!("sha256:{}", hex::encode(h.blob.finalize())),
             size,
             stats: self.stats,
+            index: new_chunks.clone(),
             new_chunks,
         })
     }
@@ -491,6 +495,7 @@ impl<W> Finished<W> {
             size: self.size,
             stats: self.stats,
             new_chunks: self.new_chunks,
+            index: self.index,
         }
     }
 }
@@ -625,6 +630,8 @@ struct Compressors {
 fn worker(rx: Receiver<Job>, codec: Codec, cache: Option<Arc<ChunkCache>>, spare: Sender<Vec<u8>>) {
     let tag = codec.cache_tag();
     let mut compressors = Compressors::default();
+    // Only a store that seeded chunks pays for the second key.
+    let seeded = cache.as_ref().is_some_and(|c| c.has_seeded());
     for Job {
         data,
         files,
@@ -635,25 +642,42 @@ fn worker(rx: Receiver<Job>, codec: Codec, cache: Option<Arc<ChunkCache>>, spare
         let key = cache
             .as_ref()
             .map(|_| key.unwrap_or_else(|| chunk_key(&tag, &data, &files)));
-        let result = process(&data, codec, key, cache.as_deref(), &mut compressors);
+        // A chunk described with known files has a key no other store
+        // shares; a chunk seeded from a remote cache's layer (`chunkseed`)
+        // is recorded under the key of its bytes alone, tried on a miss.
+        let bytes_key = (seeded && !files.is_empty()).then_some(tag.as_str());
+        let keys = ChunkKeys { key, bytes_key };
+        let result = process(&data, codec, keys, cache.as_deref(), &mut compressors);
         // The receiver is gone only when the writer was dropped mid-stream.
         let _ = reply.send(result);
         give_back(data, &spare);
     }
 }
 
+/// The keys a chunk is looked up by: its own (the description's), and,
+/// for a chunk with known files, the codec tag to key its bytes alone.
+struct ChunkKeys<'a> {
+    key: Option<[u8; 32]>,
+    bytes_key: Option<&'a str>,
+}
+
 fn process(
     data: &[u8],
     codec: Codec,
-    key: Option<[u8; 32]>,
+    keys: ChunkKeys<'_>,
     cache: Option<&ChunkCache>,
     compressors: &mut Compressors,
 ) -> io::Result<Done> {
     let mut crc = crc32fast::Hasher::new();
     crc.update(data);
-    let mut key = key;
+    let mut key = keys.key;
     if let (Some(cache), Some(k)) = (cache, key) {
-        if let Some(hit) = cache.lookup(&k) {
+        let bytes_key =
+            std::iter::once_with(|| keys.bytes_key.map(|tag| ChunkCache::key(tag, data))).flatten();
+        for (i, lookup) in std::iter::once(k).chain(bytes_key).enumerate() {
+            let Some(hit) = cache.lookup(&lookup) else {
+                continue;
+            };
             // The bytes read must match the record's length and CRC too: a
             // file known by digest that changed after the scan is a miss,
             // never another chunk's bytes, and its key (which describes
@@ -668,7 +692,9 @@ fn process(
                     reused: true,
                 });
             }
-            key = None;
+            if i == 0 {
+                key = None;
+            }
         }
     }
     let bytes = match codec {

@@ -133,6 +133,8 @@ pub fn write_layer(
         cache
             .record(&digest, &done.new_chunks)
             .context("recording the layer's chunks in the chunk cache")?;
+        super::chunkseed::save(cache, &digest, codec, &done.index)
+            .context("saving the layer's chunk index")?;
     }
     Ok(LayerInfo {
         diff_id: done.diff_id,

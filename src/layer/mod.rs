@@ -11,6 +11,7 @@
 mod changeset;
 mod chunkcache;
 mod chunked;
+mod chunkseed;
 mod compress;
 mod entry;
 mod merged;
@@ -26,6 +27,9 @@ mod xattr;
 pub use changeset::{changeset_from_overlay_upper, diff_trees};
 pub use chunkcache::{chunk_record_blob, BlobResolver, ChunkCache};
 pub use chunked::ChunkStats;
+pub use chunkseed::{
+    local_index, seed as seed_chunks, unseeded, ChunkIndexError, SeedStats, MAX_INDEX_BYTES,
+};
 pub use compress::{write_layer, LayerInfo, WriteOptions};
 pub use entry::{EntryKind, FileSource, LayerEntry, Timespec, OPAQUE_MARKER, WHITEOUT_PREFIX};
 pub use merged::{merged_image_path, merged_lookup, merged_resolve, MergedView};

@@ -13,6 +13,9 @@ pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 /// its manifest and the media type of its config blob (the key → layer map).
 pub const RBUILD_CACHE_ARTIFACT: &str = "application/vnd.rbuild.cache.v1";
 pub const RBUILD_CACHE_CONFIG: &str = "application/vnd.rbuild.cache.config.v1+json";
+/// A layer's chunk index in an exported cache (`layer::chunkseed`: which
+/// compressed chunk sits where, so a fresh store can reuse them).
+pub const RBUILD_CHUNK_INDEX: &str = "application/vnd.rbuild.cache.chunks.v1";
 
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";

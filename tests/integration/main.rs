@@ -21,6 +21,7 @@ mod build_run;
 mod build_small;
 mod build_snapshots;
 mod cache_mounts;
+mod cache_seed;
 mod cache_travel;
 mod check_corpus;
 mod cli;

@@ -1,0 +1,315 @@
+//! Chunk indexes: which compressed chunk sits where in a layer blob, so
+//! that another store which fetched the blob (a CI runner with an empty
+//! store and a `--cache-from` cache) can seed its chunk cache from it and
+//! compress only the chunks that changed.
+//!
+//! A store writes the index of each chunked layer it writes (beside the
+//! chunk records, named `index-<hex digest>`, swept with the blob by
+//! prune); `--cache-to` exports it as a blob of its own, and a build that
+//! misses a step whose earlier layer has one seeds from it (`seed`).
+//!
+//! The text format (`docs/cache.md`): a first line
+//! `rbuild-chunk-index-v1 <blob digest> <codec tag>`, then per chunk, in
+//! blob order, `<key hex> <offset> <compressed len> <crc32 of the
+//! compressed bytes> <uncompressed len>`.
+//!
+//! An imported index is untrusted: a chunk is recorded only after its
+//! compressed bytes, read from the (digest-checked) local blob, were
+//! decompressed alone and hash to the key it claims, and are exactly one
+//! gzip member or zstd frame, so that it concatenates with any other chunk
+//! into the stream its key promises. A lying entry is dropped: that
+//! chunk is compressed again, nothing else changes.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use super::chunkcache::{ChunkCache, NewChunk};
+use super::chunked::Codec;
+use crate::oci::Compression;
+
+/// First word of an index; bump it when the format or the meaning changes.
+const INDEX_VERSION: &str = "rbuild-chunk-index-v1";
+/// The largest index read: ~100 bytes per chunk of at least 512 KiB of tar,
+/// so far beyond any layer's.
+pub const MAX_INDEX_BYTES: u64 = 8 << 20;
+/// A layer of one chunk gains little from an index (and most layers are
+/// that small): only layers of at least this many chunks get one.
+const MIN_INDEXED_CHUNKS: usize = 2;
+/// No chunk is this big, compressed or not (chunks are at most about
+/// 2 × 4 MiB of tar): a larger length is a lie and must not drive an
+/// allocation.
+const MAX_CHUNK_BYTES: u64 = 16 << 20;
+
+/// Errors of an index as a whole (a bad chunk entry is only dropped).
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkIndexError {
+    #[error("chunk index of {digest}: {problem}")]
+    Invalid { digest: String, problem: String },
+    #[error("chunk index of {digest}: reading the layer blob {path}: {source}")]
+    Blob {
+        digest: String,
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// What seeding from an index did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeedStats {
+    /// Chunks the index lists.
+    pub listed: usize,
+    /// Chunks verified and recorded in the chunk cache.
+    pub seeded: usize,
+    /// Chunks whose bytes did not prove what the index claims.
+    pub refused: usize,
+}
+
+fn codec_of(c: Compression) -> Option<Codec> {
+    match c {
+        Compression::None => None,
+        Compression::Gzip { level } => Some(Codec::Gzip(level)),
+        Compression::Zstd { level } => Some(Codec::Zstd(level)),
+    }
+}
+
+fn index_name(digest: &str) -> Option<String> {
+    let hex = digest.strip_prefix("sha256:")?;
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| format!("index-{hex}"))
+}
+
+/// The index text of `chunks`, the blob `digest` written as `codec`.
+fn encode(digest: &str, codec: Codec, chunks: &[NewChunk]) -> Vec<u8> {
+    let mut out = format!("{INDEX_VERSION} {digest} {}\n", codec.cache_tag());
+    for c in chunks {
+        out.push_str(&format!(
+            "{} {} {} {} {}\n",
+            hex::encode(c.key),
+            c.offset,
+            c.len,
+            c.crc,
+            c.ulen
+        ));
+    }
+    out.into_bytes()
+}
+
+/// Keeps the index of a blob just written beside the chunk records.
+pub(crate) fn save(
+    cache: &ChunkCache,
+    digest: &str,
+    codec: Codec,
+    chunks: &[NewChunk],
+) -> std::io::Result<()> {
+    let Some(name) = index_name(digest) else {
+        return Ok(());
+    };
+    if chunks.len() < MIN_INDEXED_CHUNKS {
+        return Ok(());
+    }
+    cache.write_aside(&name, &encode(digest, codec, chunks))
+}
+
+/// The index this store wrote for the blob `digest`, if any.
+pub fn local_index(cache: &ChunkCache, digest: &str) -> Option<Vec<u8>> {
+    let bytes = cache.read_aside(&index_name(digest)?, MAX_INDEX_BYTES)?;
+    let first = bytes.split(|b| *b == b'\n').next()?;
+    let mut words = std::str::from_utf8(first).ok()?.split(' ');
+    (words.next()? == INDEX_VERSION && words.next()? == digest).then_some(bytes)
+}
+
+/// Parses an index of the blob `digest`; returns its codec tag and chunks.
+fn parse(index: &[u8], digest: &str) -> Result<(String, Vec<NewChunk>), ChunkIndexError> {
+    let bad = |problem: String| ChunkIndexError::Invalid {
+        digest: digest.to_string(),
+        problem,
+    };
+    if index.len() as u64 > MAX_INDEX_BYTES {
+        return Err(bad(format!(
+            "{} bytes (limit {MAX_INDEX_BYTES})",
+            index.len()
+        )));
+    }
+    let text = std::str::from_utf8(index).map_err(|_| bad("not UTF-8 text".into()))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(' ').collect();
+    match header[..] {
+        [v, _, _] if v != INDEX_VERSION => {
+            Err(bad(format!("format {:?} is not {INDEX_VERSION}", clip(v))))
+        }
+        [_, d, _] if d != digest => Err(bad(format!("it describes another blob ({:?})", clip(d)))),
+        [_, _, tag] => {
+            let chunks = lines
+                .enumerate()
+                .map(|(i, l)| {
+                    parse_line(l).ok_or_else(|| {
+                        bad(format!(
+                            "line {}: {:?} is not a chunk entry",
+                            i + 2,
+                            clip(l)
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((tag.to_string(), chunks))
+        }
+        _ => Err(bad("the first line is not an index header".into())),
+    }
+}
+
+fn parse_line(line: &str) -> Option<NewChunk> {
+    let mut w = line.split(' ');
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(w.next()?, &mut key).ok()?;
+    let c = NewChunk {
+        key,
+        offset: w.next()?.parse().ok()?,
+        len: w.next()?.parse().ok()?,
+        crc: w.next()?.parse().ok()?,
+        ulen: w.next()?.parse().ok()?,
+        // Known only once the chunk is decompressed (`verify`); a seeded
+        // record never carries hash states, so no stream resumes from a
+        // state another store claims.
+        ucrc: 0,
+        tar_off: 0,
+        states: None,
+    };
+    w.next().is_none().then_some(c)
+}
+
+/// Untrusted text in a message: at most 80 characters of it.
+fn clip(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+/// How many chunks `index` (of the blob `digest`) lists, and how many of
+/// them `cache` has no record for and could be seeded (none when the
+/// index is of another codec or level: its keys would never match).
+pub fn unseeded(
+    cache: &ChunkCache,
+    index: &[u8],
+    digest: &str,
+    compression: Compression,
+) -> Result<(usize, usize), ChunkIndexError> {
+    let (tag, chunks) = parse(index, digest)?;
+    if codec_of(compression).is_none_or(|c| c.cache_tag() != tag) {
+        return Ok((chunks.len(), 0));
+    }
+    let missing = chunks.iter().filter(|c| !cache.has_record(&c.key)).count();
+    Ok((chunks.len(), missing))
+}
+
+/// Seeds `cache` from `index`, the chunk index of the stored blob `digest`
+/// at `blob` (whose digest the caller checked), for layers compressed as
+/// `compression`. Each chunk is verified (in parallel) before it is
+/// recorded; an index of another codec or level seeds nothing (its keys
+/// could not match).
+pub fn seed(
+    cache: &ChunkCache,
+    index: &[u8],
+    digest: &str,
+    blob: &Path,
+    compression: Compression,
+) -> Result<SeedStats, ChunkIndexError> {
+    let (tag, chunks) = parse(index, digest)?;
+    let mut stats = SeedStats {
+        listed: chunks.len(),
+        ..SeedStats::default()
+    };
+    let Some(codec) = codec_of(compression).filter(|c| c.cache_tag() == tag) else {
+        return Ok(stats);
+    };
+    let blob_err = |source| ChunkIndexError::Blob {
+        digest: digest.to_string(),
+        path: blob.display().to_string(),
+        source,
+    };
+    let file = File::open(blob).map_err(blob_err)?;
+    let size = file.metadata().map_err(blob_err)?.len();
+    let checked: Vec<Option<NewChunk>> = chunks
+        .into_par_iter()
+        .filter(|c| {
+            c.len <= MAX_CHUNK_BYTES
+                && c.ulen <= MAX_CHUNK_BYTES
+                && c.offset.checked_add(c.len).is_some_and(|end| end <= size)
+        })
+        .filter_map(|c| {
+            let mut bytes = vec![0u8; c.len as usize];
+            file.read_exact_at(&mut bytes, c.offset).ok()?;
+            let good = verify(codec, &tag, c, &bytes)?;
+            // A chunk this store already knows keeps its own record (which
+            // may carry hash states to resume from).
+            Some((!cache.has_record(&good.key)).then_some(good))
+        })
+        .collect();
+    stats.seeded = checked.len();
+    stats.refused = stats.listed - stats.seeded;
+    let good: Vec<NewChunk> = checked.into_iter().flatten().collect();
+    cache.record(digest, &good).map_err(blob_err)?;
+    if !good.is_empty() {
+        cache.mark_seeded(digest).map_err(blob_err)?;
+    }
+    Ok(stats)
+}
+
+/// The chunk to record, if `bytes` are a chunk that decompresses, alone,
+/// to `c.ulen` bytes and can stand anywhere in a stream of chunks. It is
+/// recorded under the key of those bytes alone, computed here: the key the
+/// index claims is the other store's (a description naming its files by
+/// digest, `chunkcache::KeyHasher`), which only its bytes could vouch for;
+/// so a lying key costs nothing, and a chunk is only ever reused for
+/// exactly the bytes it decompresses to.
+fn verify(codec: Codec, tag: &str, c: NewChunk, bytes: &[u8]) -> Option<NewChunk> {
+    if crc32fast::hash(bytes) != c.crc {
+        return None;
+    }
+    let data = match codec {
+        Codec::Gzip(_) => gunzip_chunk(bytes, c.ulen as usize),
+        Codec::Zstd(_) => unzstd_chunk(bytes, c.ulen as usize),
+    }?;
+    Some(NewChunk {
+        key: ChunkCache::key(tag, &data),
+        ucrc: crc32fast::hash(&data),
+        ..c
+    })
+}
+
+/// A zstd chunk is one whole frame of exactly these bytes (frames are
+/// self-delimiting, so it concatenates with any other); its checksum is
+/// checked while it is decompressed.
+fn unzstd_chunk(bytes: &[u8], ulen: usize) -> Option<Vec<u8>> {
+    if zstd::zstd_safe::find_frame_compressed_size(bytes).ok()? != bytes.len() {
+        return None;
+    }
+    let data = zstd::bulk::decompress(bytes, ulen).ok()?;
+    (data.len() == ulen).then_some(data)
+}
+
+/// A gzip chunk is one whole gzip member (`chunked.rs`) of exactly these
+/// bytes, with no optional header fields (the writer sets none): members
+/// are self-delimiting and independent, so a member concatenates with any
+/// other into the stream its key promises. Its CRC-32 and ISIZE are
+/// checked while it is decompressed.
+fn gunzip_chunk(bytes: &[u8], ulen: usize) -> Option<Vec<u8>> {
+    use std::io::Read;
+    // FLG (byte 3) zero: no name, comment, extra field or header CRC.
+    if bytes.len() < 18 || bytes[..4] != [0x1f, 0x8b, 8, 0] {
+        return None;
+    }
+    let mut gz = flate2::bufread::GzDecoder::new(bytes);
+    let mut data = Vec::with_capacity(ulen);
+    // One byte over: more output than claimed shows as a length mismatch.
+    gz.by_ref()
+        .take(ulen as u64 + 1)
+        .read_to_end(&mut data)
+        .ok()?;
+    // The member must end exactly where the chunk does.
+    let rest = gz.into_inner();
+    (data.len() == ulen && rest.is_empty()).then_some(data)
+}
+
+#[cfg(test)]
+#[path = "chunkseed_tests.rs"]
+mod tests;
