@@ -73,14 +73,18 @@ pub struct CopyOptions {
 /// trailing `/` kept). `existing(path)` describes directories that already
 /// exist in the image (already resolved through symlinks by the caller), and
 /// `dest_exists_as_dir` says whether the destination itself is one.
+/// The trees are consumed item by item (their paths and file sources move
+/// into the entries), so a 200,000-file COPY does not hold both lists.
 pub fn copy_entries(
-    sources: &[SourceTree],
+    sources: Vec<SourceTree>,
     dest_abs: &str,
     dest_exists_as_dir: bool,
     opts: &CopyOptions,
     existing: &dyn Fn(&str) -> Option<ExistingDir>,
 ) -> Vec<LayerEntry> {
     let into_dir = dest_is_dir(dest_abs, sources.len(), dest_exists_as_dir);
+    // Keyed by path; an entry's own `path` is left empty until the end so
+    // the path is held once.
     let mut out: BTreeMap<String, LayerEntry> = BTreeMap::new();
     let mut first_link: HashMap<(u64, u64), String> = HashMap::new();
     for tree in sources {
@@ -91,7 +95,7 @@ pub fn copy_entries(
             parent_of(&target)
         };
         add_parents(&mut out, &container, opts, existing);
-        for item in &tree.items {
+        for item in tree.items {
             // A directory source gives its contents, never its own metadata:
             // `add_parents` made the destination as BuildKit does (a missing
             // one 0755, owned by the --chown user or root; an existing one
@@ -117,8 +121,8 @@ pub fn copy_entries(
             if path == "/" {
                 continue;
             }
-            let entry = item_entry(item, &path, opts, &mut first_link);
-            out.insert(entry.path.clone(), entry);
+            let mut entry = item_entry(item, &path, opts, &mut first_link);
+            out.insert(std::mem::take(&mut entry.path), entry);
         }
     }
     // Directories between the destination and deeper items (e.g. under
@@ -131,7 +135,12 @@ pub fn copy_entries(
     for d in missing {
         add_parents(&mut out, &format!("/{d}"), opts, existing);
     }
-    out.into_values().collect()
+    out.into_iter()
+        .map(|(path, mut e)| {
+            e.path = path;
+            e
+        })
+        .collect()
 }
 
 fn parent_of(path: &str) -> String {
@@ -177,17 +186,23 @@ fn dir_entry(rel: &str, mode: u32, uid: u32, gid: u32, mtime: Timespec) -> Layer
 }
 
 fn item_entry(
-    item: &SourceItem,
+    item: SourceItem,
     path: &str,
     opts: &CopyOptions,
     first_link: &mut HashMap<(u64, u64), String>,
 ) -> LayerEntry {
     let rel = path.trim_start_matches('/').to_string();
     let (uid, gid) = opts.chown.unwrap_or((item.uid, item.gid));
-    let kind = match &item.kind {
+    // --chmod applies to files and directories, never to symlinks.
+    let mode = match (&item.kind, opts.chmod) {
+        (SourceKind::Symlink(_), _) => 0o777,
+        (_, Some(m)) => m,
+        (_, None) => item.mode,
+    };
+    let kind = match item.kind {
         SourceKind::Dir => EntryKind::Dir,
-        SourceKind::Symlink(t) => EntryKind::Symlink { target: t.clone() },
-        SourceKind::Special(kind) => kind.clone(),
+        SourceKind::Symlink(target) => EntryKind::Symlink { target },
+        SourceKind::Special(kind) => kind,
         SourceKind::File(src) => match item.link_id.and_then(|id| first_link.get(&id)) {
             Some(first) => EntryKind::Hardlink {
                 target: first.clone(),
@@ -196,15 +211,9 @@ fn item_entry(
                 if let Some(id) = item.link_id {
                     first_link.insert(id, rel.clone());
                 }
-                EntryKind::File(src.clone())
+                EntryKind::File(src)
             }
         },
-    };
-    // --chmod applies to files and directories, never to symlinks.
-    let mode = match (&item.kind, opts.chmod) {
-        (SourceKind::Symlink(_), _) => 0o777,
-        (_, Some(m)) => m,
-        (_, None) => item.mode,
     };
     LayerEntry {
         path: rel,
@@ -213,7 +222,7 @@ fn item_entry(
         uid,
         gid,
         mtime: item.mtime,
-        xattrs: item.xattrs.clone(),
+        xattrs: item.xattrs,
     }
 }
 
@@ -280,7 +289,7 @@ mod tests {
             is_dir: false,
             items: vec![file("", None)],
         };
-        let got = copy_entries(&[src], "/app/", false, &CopyOptions::default(), &none);
+        let got = copy_entries(vec![src], "/app/", false, &CopyOptions::default(), &none);
         assert_eq!(paths(&got), vec!["app", "app/hello.txt"]);
         assert_eq!(got[0].mode, 0o755);
         assert_eq!((got[1].uid, got[1].mode), (1000, 0o640));
@@ -293,7 +302,13 @@ mod tests {
             is_dir: false,
             items: vec![file("", None)],
         };
-        let got = copy_entries(&[src], "/etc/motd", false, &CopyOptions::default(), &none);
+        let got = copy_entries(
+            vec![src],
+            "/etc/motd",
+            false,
+            &CopyOptions::default(),
+            &none,
+        );
         assert_eq!(paths(&got), vec!["etc", "etc/motd"]);
     }
 
@@ -304,7 +319,7 @@ mod tests {
             is_dir: true,
             items: vec![dir(""), dir("sub"), file("sub/x", None), file("y", None)],
         };
-        let got = copy_entries(&[src], "/app", false, &CopyOptions::default(), &none);
+        let got = copy_entries(vec![src], "/app", false, &CopyOptions::default(), &none);
         assert_eq!(paths(&got), vec!["app", "app/sub", "app/sub/x", "app/y"]);
         // A new destination is made 0755 root, whatever the source's mode;
         // directories below keep theirs.
@@ -324,7 +339,7 @@ mod tests {
             chmod: Some(0o600),
             created: Timespec::new(1, 0),
         };
-        let got = copy_entries(&[src], "/new/dir/", false, &opts, &none);
+        let got = copy_entries(vec![src], "/new/dir/", false, &opts, &none);
         assert_eq!(paths(&got), vec!["new", "new/dir", "new/dir/f"]);
         assert!(got.iter().all(|e| (e.uid, e.gid) == (7, 8)));
         assert_eq!(got[2].mode, 0o600);
@@ -347,7 +362,7 @@ mod tests {
             })
         };
         let got = copy_entries(
-            &[src],
+            vec![src],
             "/usr/bin/",
             false,
             &CopyOptions::default(),
@@ -365,7 +380,7 @@ mod tests {
             is_dir: true,
             items: vec![file("a/b/c.txt", None)],
         };
-        let got = copy_entries(&[src], "/d/", false, &CopyOptions::default(), &none);
+        let got = copy_entries(vec![src], "/d/", false, &CopyOptions::default(), &none);
         assert_eq!(paths(&got), vec!["d", "d/a", "d/a/b", "d/a/b/c.txt"]);
     }
 
@@ -381,7 +396,7 @@ mod tests {
             is_dir: false,
             items: vec![file("", Some((1, 42)))],
         };
-        let got = copy_entries(&[a, b], "/d", false, &CopyOptions::default(), &none);
+        let got = copy_entries(vec![a, b], "/d", false, &CopyOptions::default(), &none);
         assert_eq!(paths(&got), vec!["d", "d/a", "d/b"]);
         assert!(matches!(got[1].kind, EntryKind::File(_)));
         assert_eq!(

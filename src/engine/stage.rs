@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 
 use crate::image::ImageConfig;
-use crate::layer::{write_layer, LayerEntry, Timespec, WriteOptions};
+use crate::layer::{write_prepared, LayerEntry, PreparedEntries, Timespec, WriteOptions};
 use crate::oci::LayerRef;
 use crate::plan::{Base, PlannedStage, Step, StepKind};
 use crate::progress::StepHandle;
@@ -244,13 +244,17 @@ impl StageState {
         handle.cache_miss(&reason);
         let result = super::cache_io::materialize(ctx, &self.layers, step, src, &handle)
             .and_then(|()| exec(self, &handle))
-            .and_then(|entries| match &link_from {
-                Some(from) => {
-                    super::snapfill::write_with_snapshot(ctx, entries, from, &handle, |e| {
-                        self.write(ctx, e, &handle)
-                    })
+            .and_then(|entries| {
+                let entries = PreparedEntries::new(entries, ctx.req.source_date_epoch)
+                    .context("preparing layer entries")?;
+                match &link_from {
+                    Some(from) => {
+                        super::snapfill::write_with_snapshot(ctx, &entries, from, &handle, |e| {
+                            self.write(ctx, e, &handle)
+                        })
+                    }
+                    None => self.write(ctx, &entries, &handle),
                 }
-                None => self.write(ctx, entries, &handle),
             });
         self.keepalive.clear();
         let layer = match result {
@@ -280,14 +284,14 @@ impl StageState {
 
     /// Why the step missed, against the closest earlier record, and the
     /// snapshot a context COPY's new layer can be linked from.
-    fn miss_reason(
+    fn miss_reason<'i>(
         &self,
         ctx: &BuildCtx<'_>,
         step: &Step,
         step_id: &str,
-        inputs: &KeyInputs,
+        inputs: &'i KeyInputs,
         no_cache: bool,
-    ) -> anyhow::Result<(String, Option<super::snapfill::LinkSource>)> {
+    ) -> anyhow::Result<(String, Option<super::snapfill::LinkSource<'i>>)> {
         if ctx.req.no_cache {
             return Ok(("--no-cache".to_string(), None));
         }
@@ -389,7 +393,7 @@ impl StageState {
     fn write(
         &self,
         ctx: &BuildCtx<'_>,
-        entries: Vec<LayerEntry>,
+        entries: &PreparedEntries,
         handle: &StepHandle,
     ) -> anyhow::Result<LayerRef> {
         // write_layer hashes the blob on a thread of its own.
@@ -411,7 +415,7 @@ impl StageState {
                 written: 0,
                 reported: 0,
             };
-            write_layer(entries, &mut counted, &opts).context("writing the layer")?
+            write_prepared(entries, &mut counted, &opts).context("writing the layer")?
         };
         let stored = blob
             .commit_verified(&info.digest, Some(info.size))

@@ -26,8 +26,10 @@ mod xattr;
 pub use changeset::{changeset_from_overlay_upper, diff_trees};
 pub use chunkcache::{chunk_record_blob, BlobResolver, ChunkCache};
 pub use chunked::ChunkStats;
-pub use compress::{write_layer, LayerInfo, WriteOptions};
-pub use entry::{EntryKind, FileSource, LayerEntry, Timespec, OPAQUE_MARKER, WHITEOUT_PREFIX};
+pub use compress::{write_layer, write_prepared, LayerInfo, WriteOptions};
+pub use entry::{
+    EntryKind, FileSource, LayerEntry, PreparedEntries, Timespec, OPAQUE_MARKER, WHITEOUT_PREFIX,
+};
 pub use merged::{merged_image_path, merged_lookup, merged_resolve, MergedView};
 pub use pgzip::ParallelGzipWriter;
 pub use resolve::resolve_in_root;
