@@ -220,7 +220,7 @@ pub fn fill(
         if rel.ancestors().any(|a| links.contains(a)) {
             bail!("{}: a path below a symlink", e.path);
         }
-        let path = dest.join(&rel);
+        let path = dest.join(rel);
         let parent_made = rel
             .parent()
             .is_none_or(|p| p.as_os_str().is_empty() || made.contains(p));
