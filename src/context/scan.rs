@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
+use super::filedigest::FileDigest;
 use super::ignorefile::IgnoreRules;
 use super::pattern::{MatchInfo, PatternMatcher};
 use super::statcache::StatCache;
@@ -51,8 +52,8 @@ pub struct Entry {
     pub dev: u64,
     pub ino: u64,
     pub nlink: u64,
-    /// `sha256:<hex>` of the contents, for regular files.
-    pub digest: Option<String>,
+    /// The contents' SHA-256 (`sha256:<hex>` as text), for regular files.
+    pub digest: Option<FileDigest>,
     /// Extended attributes, sorted by name (`security.*` other than
     /// `security.capability` left out).
     pub xattrs: Vec<(String, Vec<u8>)>,
@@ -355,7 +356,7 @@ fn control_entries(
     hash_files(root, &mut pending, cache, stats, None)?;
     for c in out.iter_mut().filter(|c| c.digest.is_none()) {
         if let Some(p) = pending.iter().find(|p| p.rel == c.rel) {
-            c.digest = p.digest.clone();
+            c.digest = p.digest;
             c.xattrs = p.xattrs.clone();
         }
     }
@@ -438,7 +439,7 @@ fn hash_files(
         stats.files += 1;
         match cache.lookup(e) {
             Some((d, xattrs)) => {
-                e.digest = Some(d.to_string());
+                e.digest = Some(d);
                 e.xattrs = xattrs.to_vec();
                 stats.cache_hits += 1;
             }
@@ -465,9 +466,9 @@ fn hash_files(
     Ok(())
 }
 
-/// `sha256:<hex>` of a file, refusing to follow a symlink swapped in since
+/// The SHA-256 of a file, refusing to follow a symlink swapped in since
 /// the walk.
-pub(crate) fn hash_file(path: &Path) -> Result<(String, u64), ContextError> {
+pub(crate) fn hash_file(path: &Path) -> Result<(FileDigest, u64), ContextError> {
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
@@ -486,5 +487,5 @@ pub(crate) fn hash_file(path: &Path) -> Result<(String, u64), ContextError> {
         total += n as u64;
         h.update(&buf[..n]);
     }
-    Ok((format!("sha256:{}", hex::encode(h.finalize())), total))
+    Ok((FileDigest(h.finalize().into()), total))
 }

@@ -14,6 +14,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use super::filedigest::FileDigest;
 use super::scan::{Entry, EntryKind};
 use super::ContextError;
 
@@ -28,7 +29,8 @@ struct Stamp {
     mtime_ns: i64,
     ctime_ns: i64,
     ino: u64,
-    digest: String,
+    /// Saved as `sha256:<hex>`; anything else fails the whole load.
+    digest: FileDigest,
     /// The file's content xattrs (see `scan::read_xattrs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     xattrs: Vec<Xattr>,
@@ -55,13 +57,13 @@ impl StatCache {
     }
 
     /// The digest and xattrs recorded for `e`, when its stat still matches.
-    pub(crate) fn lookup(&self, e: &Entry) -> Option<(&str, &[Xattr])> {
+    pub(crate) fn lookup(&self, e: &Entry) -> Option<(FileDigest, &[Xattr])> {
         let s = self.entries.get(&e.rel)?;
         let same = s.size == e.size
             && s.mtime_ns == e.mtime_ns
             && s.ctime_ns == e.ctime_ns
             && s.ino == e.ino;
-        same.then_some((s.digest.as_str(), s.xattrs.as_slice()))
+        same.then_some((s.digest, s.xattrs.as_slice()))
     }
 
     /// Whether saving `entries` (the files a scan hashed; no path twice)
@@ -142,7 +144,7 @@ impl StatCache {
 fn savable<'a>(
     entries: impl Iterator<Item = &'a Entry>,
     scan_start: SystemTime,
-) -> impl Iterator<Item = (&'a Entry, &'a str)> {
+) -> impl Iterator<Item = (&'a Entry, FileDigest)> {
     let start_sec = scan_start
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -151,7 +153,7 @@ fn savable<'a>(
     entries
         .filter(|e| e.kind == EntryKind::File)
         .filter(move |e| e.mtime_ns < racy_from && e.ctime_ns < racy_from)
-        .filter_map(|e| Some((e, e.digest.as_deref()?)))
+        .filter_map(|e| Some((e, e.digest?)))
 }
 
 /// A [`StatCache`] as saved (the same JSON), borrowing the scan's entries.
@@ -175,7 +177,7 @@ struct StampRef<'a> {
     mtime_ns: i64,
     ctime_ns: i64,
     ino: u64,
-    digest: &'a str,
+    digest: FileDigest,
     #[serde(skip_serializing_if = "<[Xattr]>::is_empty")]
     xattrs: &'a [Xattr],
 }

@@ -224,7 +224,7 @@ pub fn context_key(
             .map_err(anyhow::Error::new)?;
         for s in &selected {
             if let Some(d) = &s.entry.digest {
-                files.insert(s.entry.rel.clone(), d.clone());
+                files.insert(s.entry.rel.clone(), d.to_string());
             }
         }
         all.extend(selected);

@@ -109,7 +109,10 @@ fn scan_records_kinds_and_metadata() {
         .output()
         .unwrap();
     let hex = String::from_utf8(out.stdout).unwrap()[..64].to_string();
-    assert_eq!(a.digest.as_deref(), Some(format!("sha256:{hex}").as_str()));
+    assert_eq!(
+        a.digest.map(|d| d.to_string()),
+        Some(format!("sha256:{hex}"))
+    );
 
     assert!(idx.get("d").unwrap().is_dir());
     assert_eq!(
