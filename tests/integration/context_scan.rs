@@ -184,8 +184,8 @@ fn stat_cache_second_scan_reads_no_file() {
     assert_eq!(second.stats.files_hashed, 0, "no file may be read");
     assert_eq!(second.stats.bytes_hashed, 0);
     assert_eq!(second.stats.cache_hits, 30);
-    let d1: Vec<_> = first.entries().map(|e| e.digest.clone()).collect();
-    let d2: Vec<_> = second.entries().map(|e| e.digest.clone()).collect();
+    let d1: Vec<_> = first.entries().map(|e| e.digest).collect();
+    let d2: Vec<_> = second.entries().map(|e| e.digest).collect();
     assert_eq!(d1, d2);
 }
 
