@@ -198,3 +198,69 @@ impl<'a, I: Iterator<Item = &'a Entry> + Clone> Serialize for StampsView<I> {
         s.collect_map(stamps)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(rel: &str, size: u64) -> Entry {
+        Entry {
+            rel: rel.to_string(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size,
+            mtime_ns: 1_000_000_000,
+            ctime_ns: 1_000_000_000,
+            dev: 1,
+            ino: 7,
+            nlink: 1,
+            digest: FileDigest::parse(&format!("sha256:{}", "ab".repeat(32))),
+            xattrs: vec![("user.k".into(), b"v".to_vec())],
+        }
+    }
+
+    #[test]
+    fn a_streamed_save_loads_back_and_is_compared_in_place() {
+        let t = tempfile::tempdir().unwrap();
+        let (path, root) = (t.path().join("cache.json"), t.path().join("ctx"));
+        let now = SystemTime::now();
+        let mut racy = file("racy", 1);
+        racy.mtime_ns = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i64;
+        let entries = [file("a", 3), file("d/b", 4), racy];
+        StatCache::save_entries(&path, &root, entries.iter(), now).unwrap();
+        // The saved JSON has the v1 shape: a map of stamps by path.
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(json["schema"], SCHEMA);
+        assert_eq!(json["entries"]["d/b"]["size"], 4);
+        assert_eq!(
+            json["entries"]["a"]["digest"],
+            format!("sha256:{}", "ab".repeat(32))
+        );
+        assert!(
+            json["entries"].get("racy").is_none(),
+            "racy files are not saved"
+        );
+        let loaded = StatCache::load(&path, &root);
+        assert_eq!(
+            loaded.lookup(&entries[0]).map(|(d, _)| d),
+            entries[0].digest
+        );
+        assert!(loaded.holds_exactly(&root, entries.iter(), now));
+        // Any difference, or a file more or less, is a change to save.
+        let mut changed = entries.clone();
+        changed[1].size = 5;
+        assert!(!loaded.holds_exactly(&root, changed.iter(), now));
+        assert!(!loaded.holds_exactly(&root, entries[..1].iter(), now));
+        assert!(!loaded.holds_exactly(&t.path().join("other"), entries.iter(), now));
+        // A digest that is not exactly sha256:<hex> makes the whole file unusable.
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("sha256:abab", "sha256:ABAB")).unwrap();
+        assert!(StatCache::load(&path, &root).lookup(&entries[0]).is_none());
+    }
+}
