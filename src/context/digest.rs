@@ -65,7 +65,10 @@ pub fn selection_digest(items: &[Selected<'_>], opts: &DigestOptions) -> String 
         field(&mut h, &size.to_le_bytes());
         field(&mut h, link.as_bytes());
         field(&mut h, &rdev.to_le_bytes());
-        field(&mut h, e.digest.as_deref().unwrap_or("").as_bytes());
+        // The `sha256:<hex>` text, as when the digest was held as a string.
+        let mut text = super::FileDigest::text_buf();
+        let digest = e.digest.as_ref().map_or("", |d| d.as_text(&mut text));
+        field(&mut h, digest.as_bytes());
         field(&mut h, &(e.xattrs.len() as u64).to_le_bytes());
         for (k, v) in &e.xattrs {
             field(&mut h, k.as_bytes());

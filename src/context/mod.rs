@@ -13,6 +13,7 @@
 //! This module knows nothing of Dockerfile syntax.
 
 mod digest;
+mod filedigest;
 mod gopath;
 mod ignorefile;
 mod pattern;
@@ -23,6 +24,7 @@ mod statcache;
 use std::path::{Path, PathBuf};
 
 pub use digest::{selection_digest, DigestOptions, SELECTION_SCHEMA};
+pub use filedigest::FileDigest;
 pub use gopath::{clean as go_clean, glob_match};
 pub use ignorefile::{load_ignore, parse_ignore, IgnoreRules};
 pub use pattern::{matches_or_parent_matches, MatchInfo, Pattern, PatternMatcher, PruneRule};

@@ -203,12 +203,14 @@ impl ContextIndex {
     /// Entries strictly below `dir` (`""` = everything), parents first.
     fn subtree<'a>(&'a self, dir: &str) -> Box<dyn Iterator<Item = &'a Entry> + 'a> {
         if dir.is_empty() {
-            return Box::new(self.entries.values());
+            return Box::new(self.entries.iter());
         }
         // '0' follows '/' in byte order, so this range is exactly `dir/…`.
         let lo = format!("{dir}/");
         let hi = format!("{dir}0");
-        Box::new(self.entries.range(lo..hi).map(|(_, e)| e))
+        let start = self.entries.partition_point(|e| e.rel < lo);
+        let end = self.entries.partition_point(|e| e.rel < hi);
+        Box::new(self.entries[start..end.max(start)].iter())
     }
 
     /// Follows symlinks in every element of `rel`, resolving absolute
@@ -233,7 +235,7 @@ impl ContextIndex {
                 _ => {}
             }
             cur.push(part);
-            let Some(e) = self.entries.get(&cur.join("/")) else {
+            let Some(e) = self.find(&cur.join("/")) else {
                 return Ok(None);
             };
             if let EntryKind::Symlink { target } = &e.kind {

@@ -7,7 +7,7 @@
 //! `--chmod`, keeps hard links within the copied set, and adds the parent
 //! directories the layer must carry.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use crate::layer::{EntryKind, FileSource, LayerEntry, Timespec};
@@ -73,15 +73,18 @@ pub struct CopyOptions {
 /// trailing `/` kept). `existing(path)` describes directories that already
 /// exist in the image (already resolved through symlinks by the caller), and
 /// `dest_exists_as_dir` says whether the destination itself is one.
+/// The trees are consumed item by item (their paths and file sources move
+/// into the entries), so a 200,000-file COPY does not hold both lists.
 pub fn copy_entries(
-    sources: &[SourceTree],
+    sources: Vec<SourceTree>,
     dest_abs: &str,
     dest_exists_as_dir: bool,
     opts: &CopyOptions,
     existing: &dyn Fn(&str) -> Option<ExistingDir>,
 ) -> Vec<LayerEntry> {
     let into_dir = dest_is_dir(dest_abs, sources.len(), dest_exists_as_dir);
-    let mut out: BTreeMap<String, LayerEntry> = BTreeMap::new();
+    let total = sources.iter().map(|t| t.items.len()).sum();
+    let mut out = Placed::with_capacity(total);
     let mut first_link: HashMap<(u64, u64), String> = HashMap::new();
     for tree in sources {
         let target = target_for(dest_abs, into_dir, &tree.name, tree.is_dir);
@@ -90,8 +93,8 @@ pub fn copy_entries(
         } else {
             parent_of(&target)
         };
-        add_parents(&mut out, &container, opts, existing);
-        for item in &tree.items {
+        add_parents(&mut out, &container, opts, existing, &|_| false);
+        for item in tree.items {
             // A directory source gives its contents, never its own metadata:
             // `add_parents` made the destination as BuildKit does (a missing
             // one 0755, owned by the --chown user or root; an existing one
@@ -101,11 +104,9 @@ pub fn copy_entries(
                 // destination with the time of the copy): its mtime is the
                 // source directory's, so the same files give the same layer
                 // at any time, in any store. An existing one keeps its own.
-                let rel = target.trim_start_matches('/');
                 if existing(&target).is_none() {
-                    if let Some(e) = out.get_mut(rel) {
-                        e.mtime = item.mtime;
-                    }
+                    let rel = target.trim_start_matches('/').to_string();
+                    out.patches.push((rel, out.list.len(), item.mtime));
                 }
                 continue;
             }
@@ -118,20 +119,107 @@ pub fn copy_entries(
                 continue;
             }
             let entry = item_entry(item, &path, opts, &mut first_link);
-            out.insert(entry.path.clone(), entry);
+            out.push(entry, true);
         }
     }
+    out.resolve();
     // Directories between the destination and deeper items (e.g. under
     // --parents) that no source described.
     let missing: Vec<String> = out
-        .keys()
-        .filter_map(|p| p.rsplit_once('/').map(|(d, _)| d.to_string()))
-        .filter(|d| !out.contains_key(d))
+        .list
+        .iter()
+        .filter_map(|p| p.entry.path.rsplit_once('/').map(|(d, _)| d))
+        .filter(|d| !out.has(d))
+        .map(str::to_string)
         .collect();
-    for d in missing {
-        add_parents(&mut out, &format!("/{d}"), opts, existing);
+    if !missing.is_empty() {
+        let before = out.list.len();
+        for d in missing {
+            // Only the resolved (sorted) part is searched; dirs pushed
+            // here are in `dirs`.
+            let (list, dirs) = (&out.list[..before], &out.dirs);
+            let present = |rel: &str| dirs.contains(rel) || Placed::find(list, rel).is_some();
+            let new = new_parents(&format!("/{d}"), opts, existing, &present);
+            for e in new {
+                out.dirs.insert(e.path.clone());
+                out.push(e, false);
+            }
+        }
+        if out.list.len() > before {
+            out.list.sort_by(|a, b| a.entry.path.cmp(&b.entry.path));
+        }
     }
-    out.into_values().collect()
+    out.list.into_iter().map(|p| p.entry).collect()
+}
+
+/// The entries placed so far, in push order until [`Placed::resolve`]
+/// sorts them by path and keeps one per path as a map insert would: an
+/// item replaces whatever was there, a parent directory is only added
+/// where nothing was. A list, not a map keyed by path: at 200,000 files the
+/// map's second copy of every path and half-full nodes cost ~30 MB.
+struct Placed {
+    list: Vec<PlacedEntry>,
+    /// Paths of the parent directories pushed (a handful).
+    dirs: std::collections::HashSet<String>,
+    /// A directory source's mtime for the entry at a path, as of push
+    /// number `.1`: applied to the entry placed there before it.
+    patches: Vec<(String, usize, Timespec)>,
+}
+
+struct PlacedEntry {
+    entry: LayerEntry,
+    /// Push number.
+    seq: usize,
+    /// From a source item (which replaces), not a parent (which yields).
+    item: bool,
+}
+
+impl Placed {
+    fn with_capacity(n: usize) -> Self {
+        Placed {
+            list: Vec::with_capacity(n),
+            dirs: Default::default(),
+            patches: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, entry: LayerEntry, item: bool) {
+        let seq = self.list.len();
+        self.list.push(PlacedEntry { entry, seq, item });
+    }
+
+    /// Sorts by path and keeps, per path, the last item or else the first
+    /// parent; then applies the mtime patches to the entries they saw.
+    fn resolve(&mut self) {
+        // Stable: equal paths stay in push order.
+        self.list.sort_by(|a, b| a.entry.path.cmp(&b.entry.path));
+        self.list.dedup_by(|later, kept| {
+            if later.entry.path != kept.entry.path {
+                return false;
+            }
+            if later.item {
+                std::mem::swap(later, kept);
+            }
+            true
+        });
+        for (rel, seq, mtime) in std::mem::take(&mut self.patches) {
+            if let Some(i) = Self::find(&self.list, &rel) {
+                if self.list[i].seq < seq {
+                    self.list[i].entry.mtime = mtime;
+                }
+            }
+        }
+    }
+
+    fn find(list: &[PlacedEntry], rel: &str) -> Option<usize> {
+        list.binary_search_by(|p| p.entry.path.as_str().cmp(rel))
+            .ok()
+    }
+
+    /// After [`Placed::resolve`]: whether an entry is at `rel`.
+    fn has(&self, rel: &str) -> bool {
+        Self::find(&self.list, rel).is_some()
+    }
 }
 
 fn parent_of(path: &str) -> String {
@@ -145,23 +233,43 @@ fn parent_of(path: &str) -> String {
 /// carry: existing ones with their metadata, new ones
 /// as docker creates them (0755, owned by the `--chown` user).
 fn add_parents(
-    out: &mut BTreeMap<String, LayerEntry>,
+    out: &mut Placed,
     dir: &str,
     opts: &CopyOptions,
     existing: &dyn Fn(&str) -> Option<ExistingDir>,
+    present: &dyn Fn(&str) -> bool,
 ) {
+    let dirs = &out.dirs;
+    let new = new_parents(dir, opts, existing, &|rel| {
+        dirs.contains(rel) || present(rel)
+    });
+    for e in new {
+        out.dirs.insert(e.path.clone());
+        out.push(e, false);
+    }
+}
+
+/// The directories of [`add_parents`] not `present` yet.
+fn new_parents(
+    dir: &str,
+    opts: &CopyOptions,
+    existing: &dyn Fn(&str) -> Option<ExistingDir>,
+    present: &dyn Fn(&str) -> bool,
+) -> Vec<LayerEntry> {
+    let mut out = Vec::new();
     for d in parents(&format!("{dir}/x")) {
-        let rel = d.trim_start_matches('/').to_string();
-        if out.contains_key(&rel) {
+        let rel = d.trim_start_matches('/');
+        if present(rel) {
             continue;
         }
         let (uid, gid) = opts.chown.unwrap_or((0, 0));
         let entry = match existing(&d) {
-            Some(e) => dir_entry(&rel, e.mode, e.uid, e.gid, e.mtime),
-            None => dir_entry(&rel, 0o755, uid, gid, opts.created),
+            Some(e) => dir_entry(rel, e.mode, e.uid, e.gid, e.mtime),
+            None => dir_entry(rel, 0o755, uid, gid, opts.created),
         };
-        out.insert(rel, entry);
+        out.push(entry);
     }
+    out
 }
 
 fn dir_entry(rel: &str, mode: u32, uid: u32, gid: u32, mtime: Timespec) -> LayerEntry {
@@ -177,17 +285,23 @@ fn dir_entry(rel: &str, mode: u32, uid: u32, gid: u32, mtime: Timespec) -> Layer
 }
 
 fn item_entry(
-    item: &SourceItem,
+    item: SourceItem,
     path: &str,
     opts: &CopyOptions,
     first_link: &mut HashMap<(u64, u64), String>,
 ) -> LayerEntry {
     let rel = path.trim_start_matches('/').to_string();
     let (uid, gid) = opts.chown.unwrap_or((item.uid, item.gid));
-    let kind = match &item.kind {
+    // --chmod applies to files and directories, never to symlinks.
+    let mode = match (&item.kind, opts.chmod) {
+        (SourceKind::Symlink(_), _) => 0o777,
+        (_, Some(m)) => m,
+        (_, None) => item.mode,
+    };
+    let kind = match item.kind {
         SourceKind::Dir => EntryKind::Dir,
-        SourceKind::Symlink(t) => EntryKind::Symlink { target: t.clone() },
-        SourceKind::Special(kind) => kind.clone(),
+        SourceKind::Symlink(target) => EntryKind::Symlink { target },
+        SourceKind::Special(kind) => kind,
         SourceKind::File(src) => match item.link_id.and_then(|id| first_link.get(&id)) {
             Some(first) => EntryKind::Hardlink {
                 target: first.clone(),
@@ -196,15 +310,9 @@ fn item_entry(
                 if let Some(id) = item.link_id {
                     first_link.insert(id, rel.clone());
                 }
-                EntryKind::File(src.clone())
+                EntryKind::File(src)
             }
         },
-    };
-    // --chmod applies to files and directories, never to symlinks.
-    let mode = match (&item.kind, opts.chmod) {
-        (SourceKind::Symlink(_), _) => 0o777,
-        (_, Some(m)) => m,
-        (_, None) => item.mode,
     };
     LayerEntry {
         path: rel,
@@ -213,7 +321,7 @@ fn item_entry(
         uid,
         gid,
         mtime: item.mtime,
-        xattrs: item.xattrs.clone(),
+        xattrs: item.xattrs,
     }
 }
 
@@ -280,7 +388,7 @@ mod tests {
             is_dir: false,
             items: vec![file("", None)],
         };
-        let got = copy_entries(&[src], "/app/", false, &CopyOptions::default(), &none);
+        let got = copy_entries(vec![src], "/app/", false, &CopyOptions::default(), &none);
         assert_eq!(paths(&got), vec!["app", "app/hello.txt"]);
         assert_eq!(got[0].mode, 0o755);
         assert_eq!((got[1].uid, got[1].mode), (1000, 0o640));
@@ -293,7 +401,13 @@ mod tests {
             is_dir: false,
             items: vec![file("", None)],
         };
-        let got = copy_entries(&[src], "/etc/motd", false, &CopyOptions::default(), &none);
+        let got = copy_entries(
+            vec![src],
+            "/etc/motd",
+            false,
+            &CopyOptions::default(),
+            &none,
+        );
         assert_eq!(paths(&got), vec!["etc", "etc/motd"]);
     }
 
@@ -304,7 +418,7 @@ mod tests {
             is_dir: true,
             items: vec![dir(""), dir("sub"), file("sub/x", None), file("y", None)],
         };
-        let got = copy_entries(&[src], "/app", false, &CopyOptions::default(), &none);
+        let got = copy_entries(vec![src], "/app", false, &CopyOptions::default(), &none);
         assert_eq!(paths(&got), vec!["app", "app/sub", "app/sub/x", "app/y"]);
         // A new destination is made 0755 root, whatever the source's mode;
         // directories below keep theirs.
@@ -324,7 +438,7 @@ mod tests {
             chmod: Some(0o600),
             created: Timespec::new(1, 0),
         };
-        let got = copy_entries(&[src], "/new/dir/", false, &opts, &none);
+        let got = copy_entries(vec![src], "/new/dir/", false, &opts, &none);
         assert_eq!(paths(&got), vec!["new", "new/dir", "new/dir/f"]);
         assert!(got.iter().all(|e| (e.uid, e.gid) == (7, 8)));
         assert_eq!(got[2].mode, 0o600);
@@ -347,7 +461,7 @@ mod tests {
             })
         };
         let got = copy_entries(
-            &[src],
+            vec![src],
             "/usr/bin/",
             false,
             &CopyOptions::default(),
@@ -365,8 +479,36 @@ mod tests {
             is_dir: true,
             items: vec![file("a/b/c.txt", None)],
         };
-        let got = copy_entries(&[src], "/d/", false, &CopyOptions::default(), &none);
+        let got = copy_entries(vec![src], "/d/", false, &CopyOptions::default(), &none);
         assert_eq!(paths(&got), vec!["d", "d/a", "d/a/b", "d/a/b/c.txt"]);
+    }
+
+    #[test]
+    fn a_later_item_replaces_an_earlier_one_and_parents_are_made_once() {
+        // Two sources give `/d/x`: the later one's entry is kept, as a map
+        // insert kept it; the directory source stamps the new `/d` with its
+        // own mtime; shared missing parents appear once.
+        let a = SourceTree {
+            name: "x".into(),
+            is_dir: false,
+            items: vec![file("", None)],
+        };
+        let mut root = dir("");
+        root.mtime = Timespec::new(77, 0);
+        let mut x = file("x", None);
+        x.mode = 0o600;
+        let b = SourceTree {
+            name: "src".into(),
+            is_dir: true,
+            items: vec![root, x, file("p/q/r", None), file("p/s/t", None)],
+        };
+        let got = copy_entries(vec![a, b], "/d/", false, &CopyOptions::default(), &none);
+        assert_eq!(
+            paths(&got),
+            vec!["d", "d/p", "d/p/q", "d/p/q/r", "d/p/s", "d/p/s/t", "d/x"]
+        );
+        assert_eq!(got[0].mtime, Timespec::new(77, 0));
+        assert_eq!(got[6].mode, 0o600);
     }
 
     #[test]
@@ -381,7 +523,7 @@ mod tests {
             is_dir: false,
             items: vec![file("", Some((1, 42)))],
         };
-        let got = copy_entries(&[a, b], "/d", false, &CopyOptions::default(), &none);
+        let got = copy_entries(vec![a, b], "/d", false, &CopyOptions::default(), &none);
         assert_eq!(paths(&got), vec!["d", "d/a", "d/b"]);
         assert!(matches!(got[1].kind, EntryKind::File(_)));
         assert_eq!(

@@ -213,7 +213,7 @@ pub fn context_key(
         allow_empty_wildcard: true,
     };
     let mut all = Vec::new();
-    let mut files = BTreeMap::new();
+    let mut files = Vec::new();
     for src in sources {
         let pattern = match src.split_once("/./") {
             Some((p, rest)) => format!("{p}/{rest}"),
@@ -224,7 +224,7 @@ pub fn context_key(
             .map_err(anyhow::Error::new)?;
         for s in &selected {
             if let Some(d) = &s.entry.digest {
-                files.insert(s.entry.rel.clone(), d.clone());
+                files.push((s.entry.rel.clone(), d.to_string()));
             }
         }
         all.extend(selected);
@@ -236,7 +236,11 @@ pub fn context_key(
     };
     Ok(SelectionKey {
         digest: context::selection_digest(&all, &digest_opts),
-        files,
+        // Collected, the map is built from the sorted list with full nodes
+        // (inserted one by one in order, its nodes stayed ~60% full: ~7 MB
+        // more at 200,000 files). A path given twice keeps its last digest,
+        // as inserting did.
+        files: files.into_iter().collect(),
     })
 }
 

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 
 use crate::image::ImageConfig;
-use crate::layer::{write_layer, KnownFiles, LayerEntry, Timespec, WriteOptions};
+use crate::layer::{
+    write_prepared, KnownFiles, LayerEntry, PreparedEntries, Timespec, WriteOptions,
+};
 use crate::oci::LayerRef;
 use crate::plan::{Base, PlannedStage, Step, StepKind};
 use crate::progress::StepHandle;
@@ -251,17 +253,19 @@ impl StageState {
                 let known = context_copy
                     .then(|| known_context_files(ctx, &entries))
                     .flatten();
+                let entries = PreparedEntries::new(entries, ctx.req.source_date_epoch)
+                    .context("preparing layer entries")?;
                 match &link_from {
                     // The snapshot fill starts beside the seeding's end.
                     Some(from) => {
-                        super::snapfill::write_with_snapshot(ctx, entries, from, &handle, |e| {
+                        super::snapfill::write_with_snapshot(ctx, &entries, from, &handle, |e| {
                             seeding.finish(&handle);
                             self.write(ctx, e, &handle, known)
                         })
                     }
                     None => {
                         seeding.finish(&handle);
-                        self.write(ctx, entries, &handle, known)
+                        self.write(ctx, &entries, &handle, known)
                     }
                 }
             });
@@ -295,14 +299,14 @@ impl StageState {
 
     /// Why the step missed, against the closest earlier record, and the
     /// snapshot a context COPY's new layer can be linked from.
-    fn miss_reason(
+    fn miss_reason<'i>(
         &self,
         ctx: &BuildCtx<'_>,
         step: &Step,
         step_id: &str,
-        inputs: &KeyInputs,
+        inputs: &'i KeyInputs,
         no_cache: bool,
-    ) -> anyhow::Result<(String, Option<super::snapfill::LinkSource>)> {
+    ) -> anyhow::Result<(String, Option<super::snapfill::LinkSource<'i>>)> {
         if ctx.req.no_cache {
             return Ok(("--no-cache".to_string(), None));
         }
@@ -404,7 +408,7 @@ impl StageState {
     fn write(
         &self,
         ctx: &BuildCtx<'_>,
-        entries: Vec<LayerEntry>,
+        entries: &PreparedEntries,
         handle: &StepHandle,
         known_files: Option<std::sync::Arc<KnownFiles>>,
     ) -> anyhow::Result<LayerRef> {
@@ -428,7 +432,7 @@ impl StageState {
                 written: 0,
                 reported: 0,
             };
-            write_layer(entries, &mut counted, &opts).context("writing the layer")?
+            write_prepared(entries, &mut counted, &opts).context("writing the layer")?
         };
         let c = info.chunks;
         if c.reused > 0 {
@@ -711,17 +715,10 @@ fn known_context_files(
         let Some(ent) = index.get(rel) else {
             continue;
         };
-        let Some(hex_digest) = ent
-            .digest
-            .as_deref()
-            .and_then(|d| d.strip_prefix("sha256:"))
-        else {
+        let Some(digest) = ent.digest else {
             continue;
         };
-        let mut sha256 = [0u8; 32];
-        if hex::decode_to_slice(hex_digest, &mut sha256).is_err() {
-            continue;
-        }
+        let sha256 = digest.0;
         let file = KnownFile {
             dev: ent.dev,
             ino: ent.ino,

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::chunkcache::ChunkCache;
 use super::chunked::{ChunkStats, ChunkedWriter, Codec, Finished, ToWriterThread};
-use super::entry::{normalize, LayerEntry, Timespec};
+use super::entry::{LayerEntry, PreparedEntries};
 use super::tarwrite::{write_entries, KnownFiles, TarSink};
 use crate::oci::media::{OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD};
 use crate::oci::Compression;
@@ -100,19 +100,25 @@ pub fn write_layer(
     out: &mut (dyn Write + Send),
     opts: &WriteOptions,
 ) -> Result<LayerInfo> {
-    let mut entries = normalize(entries).context("preparing layer entries")?;
-    if let Some(epoch) = opts.source_date_epoch {
-        let limit = Timespec::new(epoch, 0);
-        for e in &mut entries {
-            e.mtime = e.mtime.min(limit);
-        }
-    }
+    let entries =
+        PreparedEntries::new(entries, opts.source_date_epoch).context("preparing layer entries")?;
+    write_prepared(&entries, out, opts)
+}
+
+/// [`write_layer`] of entries already prepared (with the same
+/// `source_date_epoch` as `opts`), borrowed so that another thread can read
+/// them at the same time.
+pub fn write_prepared(
+    entries: &PreparedEntries,
+    out: &mut (dyn Write + Send),
+    opts: &WriteOptions,
+) -> Result<LayerInfo> {
     let buffered = BufWriter::with_capacity(256 * 1024, out);
     let (codec, media_type) = match opts.compression {
         Compression::None => {
             // The blob is the tar: one hash serves as diff_id and digest.
             let mut tar = HashWriter::new(buffered);
-            write_entries(&entries, &mut tar, None)?;
+            write_entries(entries, &mut tar, None)?;
             let (mut buffered, diff_id, n) = tar.finish();
             buffered.flush().context("flushing the layer blob")?;
             return Ok(LayerInfo {
@@ -127,7 +133,7 @@ pub fn write_layer(
         Compression::Gzip { level } => (Codec::Gzip(level), OCI_LAYER_GZIP),
         Compression::Zstd { level } => (Codec::Zstd(level), OCI_LAYER_ZSTD),
     };
-    let done = compress_entries(&entries, buffered, codec, opts)?;
+    let done = compress_entries(entries, buffered, codec, opts)?;
     let digest = done.digest;
     if let Some(cache) = &opts.chunk_cache {
         cache

@@ -1,6 +1,7 @@
 //! The in-memory description of a layer: entries, their kinds, and the
 //! deterministic order in which they are written.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -104,15 +105,50 @@ impl LayerEntry {
     /// The path as written into the tar: whiteouts and opaque markers get
     /// their `.wh.` names.
     pub fn tar_path(&self) -> String {
+        self.tar_path_cow().into_owned()
+    }
+
+    /// [`LayerEntry::tar_path`], borrowed for every entry but markers (so
+    /// sorting 200,000 entries allocates nothing).
+    fn tar_path_cow(&self) -> Cow<'_, str> {
         match self.kind {
             EntryKind::Whiteout => match self.path.rsplit_once('/') {
-                Some((dir, name)) => format!("{dir}/{WHITEOUT_PREFIX}{name}"),
-                None => format!("{WHITEOUT_PREFIX}{}", self.path),
+                Some((dir, name)) => format!("{dir}/{WHITEOUT_PREFIX}{name}").into(),
+                None => format!("{WHITEOUT_PREFIX}{}", self.path).into(),
             },
-            EntryKind::Opaque if self.path.is_empty() => OPAQUE_MARKER.to_string(),
-            EntryKind::Opaque => format!("{}/{OPAQUE_MARKER}", self.path),
-            _ => self.path.clone(),
+            EntryKind::Opaque if self.path.is_empty() => OPAQUE_MARKER.into(),
+            EntryKind::Opaque => format!("{}/{OPAQUE_MARKER}", self.path).into(),
+            _ => Cow::Borrowed(&self.path),
         }
+    }
+}
+
+/// Entries as a layer's tar holds them: cleaned, checked, sorted, hard
+/// links pointing at the first member of their group and mtimes clamped
+/// (see [`normalize`]). One list serves both the tar writer and a snapshot
+/// fill, which before had to clone it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedEntries(Vec<LayerEntry>);
+
+impl PreparedEntries {
+    /// Prepares `entries`; `source_date_epoch` clamps later mtimes to it.
+    pub fn new(entries: Vec<LayerEntry>, source_date_epoch: Option<i64>) -> Result<Self> {
+        let mut entries = normalize(entries)?;
+        if let Some(epoch) = source_date_epoch {
+            let limit = Timespec::new(epoch, 0);
+            for e in &mut entries {
+                e.mtime = e.mtime.min(limit);
+            }
+        }
+        Ok(PreparedEntries(entries))
+    }
+}
+
+impl std::ops::Deref for PreparedEntries {
+    type Target = [LayerEntry];
+
+    fn deref(&self) -> &[LayerEntry] {
+        &self.0
     }
 }
 
@@ -131,6 +167,17 @@ pub(crate) fn clean_path(path: &str) -> Result<String> {
         }
     }
     Ok(parts.join("/"))
+}
+
+/// [`clean_path`] in place, allocating only for a path that changes (the
+/// common, already clean one is checked and kept).
+fn clean_in_place(path: &mut String) -> Result<()> {
+    let clean = !path.contains('\0')
+        && (path.is_empty() || path.split('/').all(|c| !matches!(c, "" | "." | "..")));
+    if !clean {
+        *path = clean_path(path)?;
+    }
+    Ok(())
 }
 
 /// Sort rank of a name among its siblings: opaque marker, then whiteouts,
@@ -168,29 +215,35 @@ fn compare_tar_paths(a: &str, b: &str) -> Ordering {
 }
 
 /// Cleans paths, rejects duplicates, sorts deterministically and makes every
-/// hard link point at the first member of its group in that order.
+/// hard link point at the first member of its group in that order. Sorts
+/// in place, comparing borrowed tar paths: a second list of (tar path,
+/// entry) pairs cost ~30 MB at 200,000 entries.
 pub(crate) fn normalize(mut entries: Vec<LayerEntry>) -> Result<Vec<LayerEntry>> {
     for e in &mut entries {
-        e.path = clean_path(&e.path)?;
+        clean_in_place(&mut e.path)?;
         if e.path.is_empty() && !matches!(e.kind, EntryKind::Opaque | EntryKind::Dir) {
             bail!("a layer entry of kind {:?} has an empty path", e.kind);
         }
         if let EntryKind::Hardlink { target } = &mut e.kind {
-            *target = clean_path(target)?;
+            clean_in_place(target)?;
         }
     }
     // The root directory itself is never written (docker omits it too).
     entries.retain(|e| !(e.path.is_empty() && e.kind == EntryKind::Dir));
-    let mut keyed: Vec<(String, LayerEntry)> =
-        entries.into_iter().map(|e| (e.tar_path(), e)).collect();
-    keyed.sort_by(|a, b| compare_tar_paths(&a.0, &b.0));
-    for pair in keyed.windows(2) {
-        if compare_tar_paths(&pair[0].0, &pair[1].0) == Ordering::Equal {
-            bail!("duplicate layer path {:?}", pair[0].0);
+    // Unstable is enough: two entries that compare equal are an error.
+    entries.sort_unstable_by(|a, b| compare_tar_paths(&a.tar_path_cow(), &b.tar_path_cow()));
+    for pair in entries.windows(2) {
+        let (a, b) = (pair[0].tar_path_cow(), pair[1].tar_path_cow());
+        if compare_tar_paths(&a, &b) == Ordering::Equal {
+            bail!("duplicate layer path {a:?}");
         }
     }
-    let mut entries: Vec<LayerEntry> = keyed.into_iter().map(|(_, e)| e).collect();
-    order_hardlinks(&mut entries)?;
+    if entries
+        .iter()
+        .any(|e| matches!(e.kind, EntryKind::Hardlink { .. }))
+    {
+        order_hardlinks(&mut entries)?;
+    }
     Ok(entries)
 }
 

@@ -30,8 +30,10 @@ pub use chunked::ChunkStats;
 pub use chunkseed::{
     local_index, seed as seed_chunks, unseeded, ChunkIndexError, SeedStats, MAX_INDEX_BYTES,
 };
-pub use compress::{write_layer, LayerInfo, WriteOptions};
-pub use entry::{EntryKind, FileSource, LayerEntry, Timespec, OPAQUE_MARKER, WHITEOUT_PREFIX};
+pub use compress::{write_layer, write_prepared, LayerInfo, WriteOptions};
+pub use entry::{
+    EntryKind, FileSource, LayerEntry, PreparedEntries, Timespec, OPAQUE_MARKER, WHITEOUT_PREFIX,
+};
 pub use merged::{merged_image_path, merged_lookup, merged_resolve, MergedView};
 pub use resolve::resolve_in_root;
 pub use sparse::{copy_sparse, write_sparse};

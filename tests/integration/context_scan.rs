@@ -109,7 +109,10 @@ fn scan_records_kinds_and_metadata() {
         .output()
         .unwrap();
     let hex = String::from_utf8(out.stdout).unwrap()[..64].to_string();
-    assert_eq!(a.digest.as_deref(), Some(format!("sha256:{hex}").as_str()));
+    assert_eq!(
+        a.digest.map(|d| d.to_string()),
+        Some(format!("sha256:{hex}"))
+    );
 
     assert!(idx.get("d").unwrap().is_dir());
     assert_eq!(
@@ -181,8 +184,8 @@ fn stat_cache_second_scan_reads_no_file() {
     assert_eq!(second.stats.files_hashed, 0, "no file may be read");
     assert_eq!(second.stats.bytes_hashed, 0);
     assert_eq!(second.stats.cache_hits, 30);
-    let d1: Vec<_> = first.entries().map(|e| e.digest.clone()).collect();
-    let d2: Vec<_> = second.entries().map(|e| e.digest.clone()).collect();
+    let d1: Vec<_> = first.entries().map(|e| e.digest).collect();
+    let d2: Vec<_> = second.entries().map(|e| e.digest).collect();
     assert_eq!(d1, d2);
 }
 

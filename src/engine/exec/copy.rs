@@ -51,7 +51,7 @@ impl StageState {
             created,
         };
         if c.link || self.layers.is_empty() {
-            return Ok(copy_entries(&trees, &dest_abs, false, &opts, &|_| None));
+            return Ok(copy_entries(trees, &dest_abs, false, &opts, &|_| None));
         }
         let view = self.view(ctx)?;
         let trailing = dest_abs.ends_with('/');
@@ -67,9 +67,7 @@ impl StageState {
         }
         let exists_dir = view.existing_dir(&resolved).is_some();
         let existing = |p: &str| view.existing_dir(p);
-        Ok(copy_entries(
-            &trees, &resolved, exists_dir, &opts, &existing,
-        ))
+        Ok(copy_entries(trees, &resolved, exists_dir, &opts, &existing))
     }
 
     /// The trees a COPY/ADD copies: from its `--from` source, else from URLs

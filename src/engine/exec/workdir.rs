@@ -34,7 +34,7 @@ impl StageState {
         };
         if self.layers.is_empty() {
             return Ok(copy_entries(
-                &[tree],
+                vec![tree],
                 &format!("{wd}/"),
                 false,
                 &opts,
@@ -48,7 +48,7 @@ impl StageState {
         }
         let existing = |p: &str| view.existing_dir(p);
         Ok(copy_entries(
-            &[tree],
+            vec![tree],
             &format!("{resolved}/"),
             false,
             &opts,
