@@ -118,7 +118,7 @@ pub(crate) struct BuildCtx<'a> {
     /// The Dockerfile's name as the user gave it, for error locations.
     pub dockerfile_name: String,
     dockerfile_rel: String,
-    context_index: OnceLock<Result<ContextIndex, super::error::ContextFailure>>,
+    context_index: OnceLock<Result<Arc<ContextIndex>, super::error::ContextFailure>>,
     /// Shared by the attempts of one build (see [`build`]): ids never repeat.
     next_step: &'a AtomicU64,
     /// Set once the no-overlay fallback has been announced.
@@ -204,6 +204,15 @@ impl BuildCtx<'_> {
 
     /// The build context, scanned once per build on first use.
     pub fn context(&self) -> anyhow::Result<&ContextIndex> {
+        self.context_shared_ref().map(|c| &**c)
+    }
+
+    /// The scan, shared (a layer writer's digest lookup keeps it).
+    pub(crate) fn context_shared(&self) -> anyhow::Result<Arc<ContextIndex>> {
+        self.context_shared_ref().cloned()
+    }
+
+    fn context_shared_ref(&self) -> anyhow::Result<&Arc<ContextIndex>> {
         let res = self.context_index.get_or_init(|| {
             let handle = StepHandle::start(
                 self.reporter.clone(),
@@ -219,6 +228,7 @@ impl BuildCtx<'_> {
                 &self.dockerfile_rel,
                 &progress,
             )
+            .map(Arc::new)
             .map_err(|e| super::error::ContextFailure(Arc::new(e)));
             match &res {
                 Ok(_) => handle.done(),

@@ -381,14 +381,14 @@ fn an_unchanged_start_is_resumed_unread_and_changes_no_byte() {
         // match the bytes read (CRC), so it is compressed as it is.
         let mut stale = known_now(&entries);
         let early = files.join("f0003.rs");
-        let old_early = stale.0.get(&early).unwrap().sha256;
+        let old_early = stale.map.get(&early).unwrap().sha256;
         fs::write(
             &early,
             text(3, 20_000).iter().map(|b| b ^ 1).collect::<Vec<_>>(),
         )
         .unwrap();
         let mut fresh = known_now(&entries);
-        fresh.0.get_mut(&early).unwrap().sha256 = old_early;
+        fresh.map.get_mut(&early).unwrap().sha256 = old_early;
         let (same, same_bytes) = write_known(entries.clone(), c, &cache, fresh);
         assert_eq!(same_bytes, warm_bytes, "{c:?}: a resumed file was read");
         // The warm blob was recorded whole: everything resumes from it.
@@ -397,7 +397,7 @@ fn an_unchanged_start_is_resumed_unread_and_changes_no_byte() {
 
         let late = files.join("f0250.rs");
         stale = known_now(&entries);
-        let old_late = stale.0.get(&late).unwrap().sha256;
+        let old_late = stale.map.get(&late).unwrap().sha256;
         fs::write(files.join("f0001.rs"), text(1111, 20_000)).unwrap();
         fs::write(
             &late,
@@ -405,7 +405,7 @@ fn an_unchanged_start_is_resumed_unread_and_changes_no_byte() {
         )
         .unwrap();
         let mut lying = known_now(&entries);
-        lying.0.get_mut(&late).unwrap().sha256 = old_late;
+        lying.map.get_mut(&late).unwrap().sha256 = old_late;
         let (read, read_bytes) = write_known(entries.clone(), c, &cache, lying);
         let (truth, truth_bytes) = write(entries.clone(), c, 2, None);
         assert_eq!(

@@ -46,8 +46,25 @@ impl<W: Write> TarSink for io::BufWriter<W> {}
 /// source path, with the stat it was computed at: the digest holds for the
 /// opened file only while its device, inode, size, mtime and ctime are the
 /// same (the trust the scan's stat cache puts in them).
-#[derive(Debug, Clone, Default)]
-pub struct KnownFiles(pub(crate) HashMap<PathBuf, KnownFile>);
+#[derive(Clone, Default)]
+pub struct KnownFiles {
+    pub(crate) map: HashMap<PathBuf, KnownFile>,
+    /// Files the map does not hold are looked up here (the caller's own
+    /// index, borrowed rather than copied into the map).
+    lookup: Option<KnownLookup>,
+}
+
+/// A caller's lookup of a vouched-for file by source path.
+pub type KnownLookup = std::sync::Arc<dyn Fn(&Path) -> Option<KnownFile> + Send + Sync>;
+
+impl std::fmt::Debug for KnownFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KnownFiles")
+            .field("map", &self.map.len())
+            .field("lookup", &self.lookup.is_some())
+            .finish()
+    }
+}
 
 /// One vouched-for file: its stat at digest time and its content sha256.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,21 +78,30 @@ pub struct KnownFile {
 }
 
 impl KnownFiles {
+    /// Files looked up through `lookup` (and any inserted).
+    pub fn from_lookup(
+        lookup: impl Fn(&Path) -> Option<KnownFile> + Send + Sync + 'static,
+    ) -> Self {
+        KnownFiles {
+            map: HashMap::new(),
+            lookup: Some(std::sync::Arc::new(lookup)),
+        }
+    }
+
     pub fn insert(&mut self, path: PathBuf, file: KnownFile) {
-        self.0.insert(path, file);
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.map.insert(path, file);
     }
 
     /// The digest of the file opened at `path`, if its stat still matches.
     fn digest(&self, path: &Path, m: &std::fs::Metadata) -> Option<[u8; 32]> {
-        let k = self.0.get(path)?;
+        let found;
+        let k = match self.map.get(path) {
+            Some(k) => k,
+            None => {
+                found = (self.lookup.as_ref()?)(path)?;
+                &found
+            }
+        };
         let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
         let same = (m.dev(), m.ino(), m.len()) == (k.dev, k.ino, k.size)
             && ns(m.mtime(), m.mtime_nsec()) == k.mtime_ns
