@@ -133,9 +133,10 @@ fn secret_build(kill: bool) {
     let env = Env::new();
     let secret = unique("s3cr3t-kill9");
     let marker = unique("marker");
-    // Long enough that the step is surely still running when it is killed
-    // (the search below takes seconds on a loaded machine).
-    let secs = if kill { 60 } else { 3 };
+
+    // Long enough that the step is surely still running when it is killed:
+    // the search below took over 60 s at load ~11 (the build had finished).
+    let secs = if kill { 300 } else { 3 };
     let Some(ctx) = context(
         &env,
         &format!(
