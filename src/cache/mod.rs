@@ -75,15 +75,26 @@ impl CacheError {
     }
 }
 
+/// The store's layer chunk cache: records in its private dir, pointing
+/// into its blobs, written through `tmp` (a locked store temp dir the
+/// caller keeps while it writes). The one place it is made, for layer
+/// writes, cache mounts and chunk seeding alike.
+pub(crate) fn store_chunk_cache(
+    store: &crate::store::Store,
+    tmp: &std::path::Path,
+) -> anyhow::Result<crate::layer::ChunkCache> {
+    let blobs = store.clone();
+    Ok(crate::layer::ChunkCache::new(
+        store.chunk_cache_dir()?,
+        tmp.to_path_buf(),
+        std::sync::Arc::new(move |d: &str| blobs.blob_path(d).ok()),
+    ))
+}
+
 /// The store's layer chunk cache, for reading chunk indexes (None when its
 /// dir cannot be made: the export then goes without them).
 pub(crate) fn chunk_cache_reader(store: &crate::store::Store) -> Option<crate::layer::ChunkCache> {
-    let blobs = store.clone();
-    let dir = store.chunk_cache_dir().ok()?;
     // Reading never writes a temp: the records dir stands in.
-    Some(crate::layer::ChunkCache::new(
-        dir.clone(),
-        dir,
-        std::sync::Arc::new(move |d: &str| blobs.blob_path(d).ok()),
-    ))
+    let dir = store.chunk_cache_dir().ok()?;
+    store_chunk_cache(store, &dir).ok()
 }

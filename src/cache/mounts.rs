@@ -256,7 +256,7 @@ pub fn pack(
     let tmp = store
         .temp_dir("mountpack-")
         .map_err(|e| MountError::io(id, "creating a temp dir", e))?;
-    let chunk_cache = chunk_cache(store, tmp.path())
+    let chunk_cache = super::store_chunk_cache(store, tmp.path())
         .map_err(|e| MountError::io(id, "opening the chunk cache", e))?;
     let write = WriteOptions {
         compression: opts.compression,
@@ -283,16 +283,6 @@ pub fn pack(
         },
         uncompressed_size: info.uncompressed_size,
     }))
-}
-
-/// The store's layer chunk cache (as the engine builds it for layers).
-fn chunk_cache(store: &Store, tmp: &Path) -> anyhow::Result<layer::ChunkCache> {
-    let blobs = store.clone();
-    Ok(layer::ChunkCache::new(
-        store.chunk_cache_dir()?,
-        tmp.to_path_buf(),
-        std::sync::Arc::new(move |digest: &str| blobs.blob_path(digest).ok()),
-    ))
 }
 
 /// Entries below `dir` and their regular files' bytes (lstat only; a

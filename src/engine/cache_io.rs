@@ -152,12 +152,7 @@ fn seed(
     // Records go through a locked temp dir of the store, as a layer
     // write's do.
     let tmp = store.temp_dir("chunks")?;
-    let blobs = store.clone();
-    let cache = crate::layer::ChunkCache::new(
-        store.chunk_cache_dir()?,
-        tmp.path().to_path_buf(),
-        Arc::new(move |d: &str| blobs.blob_path(d).ok()),
-    );
+    let cache = crate::cache::store_chunk_cache(store, tmp.path())?;
     let (listed, unseeded) = crate::layer::unseeded(&cache, &index, digest, compression)?;
     // Fetching a layer to gain less than half its chunks is not worth it
     // (a warm store, or an index of another compression).

@@ -419,7 +419,10 @@ impl StageState {
             compression: ctx.req.compression,
             source_date_epoch: ctx.req.source_date_epoch,
             threads: 0,
-            chunk_cache: Some(chunk_cache(ctx.store, chunk_tmp.path())?),
+            chunk_cache: Some(crate::cache::store_chunk_cache(
+                ctx.store,
+                chunk_tmp.path(),
+            )?),
             known_files,
         };
         let info = {
@@ -675,20 +678,6 @@ fn outcome_from_record(rec: &CacheRecord) -> Outcome {
             .map(str::to_string)
             .unwrap_or_else(|| crate::image::time::format_rfc3339(rec.created as i64)),
     }
-}
-
-/// The store's layer chunk cache: records in its private dir, pointing into
-/// its blobs.
-fn chunk_cache(
-    store: &crate::store::Store,
-    tmp: &std::path::Path,
-) -> anyhow::Result<crate::layer::ChunkCache> {
-    let blobs = store.clone();
-    Ok(crate::layer::ChunkCache::new(
-        store.chunk_cache_dir()?,
-        tmp.to_path_buf(),
-        std::sync::Arc::new(move |digest: &str| blobs.blob_path(digest).ok()),
-    ))
 }
 
 /// The context files among a context COPY's `entries`, with the digests

@@ -114,9 +114,7 @@ impl TempFile {
             .with_context(|| format!("renaming a temp file to {}", dest.display()))?;
         sync_parent(dest)
     }
-}
 
-impl TempFile {
     /// Rename over `dest` with no fsync at all: for files a crash may lose
     /// or leave empty because every reader treats that as "not there"
     /// (cache records: a miss). The rename still never shows a half-written
