@@ -185,7 +185,11 @@ pub(super) fn write_with_snapshot(
     });
     let layer = layer?;
     let adopted = filled.and_then(|s| {
-        if s.composite {
+        if ctx.store.layer_snapshot(&layer.diff_id).is_some() {
+            // Made by an earlier build (this layer's record gone) or a
+            // racing one: that one serves; `tmp` is dropped.
+            Ok(s)
+        } else if s.composite {
             let base = &from.base_id;
             ctx.store
                 .adopt_composite_layer_dir(&layer.diff_id, base, tmp)

@@ -53,9 +53,9 @@ enum Action {
 /// Fill `delta` (an empty dir) with what the layer holds beyond
 /// `from.dir`; `None` when a composite cannot show this layer (see the
 /// module doc), with `delta` possibly partly filled.
-pub(super) fn fill_delta(
+pub(super) fn fill_delta<'a>(
     delta: &Path,
-    entries: &PreparedEntries,
+    entries: &'a PreparedEntries,
     from: &LinkSource<'_>,
 ) -> anyhow::Result<Option<FillStats>> {
     let base = from.dir.as_path();
@@ -99,33 +99,41 @@ pub(super) fn fill_delta(
         }
         plan.push((e, action));
     }
-    // The dirs the delta needs: those above its files, and those whose
-    // metadata the base does not have.
-    let mut dirs: Vec<&str> = Vec::new();
+    // The dirs the delta needs: those whose metadata the base does not
+    // have, and every dir above them and above its files.
     let mut wanted: HashSet<&str> = HashSet::new();
+    let want_above = |path: &'a str, wanted: &mut HashSet<&'a str>| {
+        let mut p = path;
+        while let Some((parent, _)) = p.rsplit_once('/') {
+            if !wanted.insert(parent) {
+                break;
+            }
+            p = parent;
+        }
+    };
     for (e, a) in &plan {
         if !matches!(a, Action::Keep) {
-            let mut p = e.path.as_str();
-            while let Some((parent, _)) = p.rsplit_once('/') {
-                if !wanted.insert(parent) {
-                    break;
-                }
-                p = parent;
-            }
+            want_above(e.path.as_str(), &mut wanted);
         }
     }
     for e in &sorted_entries {
         if matches!(e.kind, EntryKind::Dir)
-            && (wanted.contains(e.path.as_str()) || !same_dir_meta(&base.join(&e.path), e)?)
+            && !wanted.contains(e.path.as_str())
+            && !same_dir_meta(&base.join(&e.path), e)?
         {
-            dirs.push(e.path.as_str());
+            wanted.insert(e.path.as_str());
+            want_above(e.path.as_str(), &mut wanted);
         }
     }
-    // A wanted dir the layer does not describe would get made-up metadata.
-    let described: HashSet<&str> = dirs.iter().copied().collect();
-    if wanted.iter().any(|d| !described.contains(d)) {
+    // A wanted dir the layer does not describe as one would get made-up
+    // metadata (or be made below a symlink).
+    let described = |d: &&str| by_path.get(d).is_some_and(|e| matches!(e.kind, EntryKind::Dir));
+    if !wanted.iter().all(described) {
         return Ok(None);
     }
+    let mut dirs: Vec<&str> = wanted.into_iter().collect();
+    // Parents before children (a prefix sorts first).
+    dirs.sort_unstable();
     make(delta, from, &dirs, &by_path, &plan).map(Some)
 }
 
@@ -354,4 +362,117 @@ pub(super) fn files_below(root: &Path) -> anyhow::Result<HashSet<PathBuf>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::FileSource;
+    use sha2::{Digest, Sha256};
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn entry(path: &str, kind: EntryKind) -> LayerEntry {
+        LayerEntry {
+            path: path.to_string(),
+            kind,
+            mode: 0o644,
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            mtime: Timespec::new(1, 0),
+            xattrs: Vec::new(),
+        }
+    }
+
+    fn set_mtime(p: &Path) {
+        let t = nix::sys::time::TimeSpec::new(1, 0);
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            p,
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    }
+
+    /// A base of `d/f0..f9` as the whole fill makes it, the context the
+    /// same, and the layer's entries for `names` (all under `d/`).
+    #[test]
+    fn only_changes_and_additions_make_a_delta() {
+        let t = tempfile::tempdir().unwrap();
+        let (ctx, base) = (t.path().join("ctx"), t.path().join("base"));
+        std::fs::create_dir_all(ctx.join("d")).unwrap();
+        std::fs::create_dir_all(base.join("d")).unwrap();
+        let mut files = BTreeMap::new();
+        for i in 0..10 {
+            let body = format!("file {i}");
+            std::fs::write(ctx.join(format!("d/f{i}")), &body).unwrap();
+            let p = base.join(format!("d/f{i}"));
+            std::fs::write(&p, &body).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+            set_mtime(&p);
+            let digest = format!("sha256:{}", hex::encode(Sha256::digest(body.as_bytes())));
+            files.insert(format!("d/f{i}"), digest);
+        }
+        std::fs::set_permissions(base.join("d"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        set_mtime(&base.join("d"));
+        std::fs::write(ctx.join("d/new"), "new").unwrap();
+        files.insert("d/new".into(), "sha256:new".into());
+        let from = LinkSource {
+            dir: base.clone(),
+            new_files: &files,
+            changed: ["d/new".to_string()].into(),
+            context_root: ctx.clone(),
+            base_id: String::new(),
+            prev_delta: None,
+        };
+        let layer = |names: &[&str]| {
+            let mut v = vec![LayerEntry {
+                mode: 0o755,
+                ..entry("d", EntryKind::Dir)
+            }];
+            for n in names {
+                let src = FileSource::Path(ctx.join("d").join(n));
+                v.push(entry(&format!("d/{n}"), EntryKind::File(src)));
+            }
+            PreparedEntries::new(v, None).unwrap()
+        };
+        let all: Vec<String> = (0..10).map(|i| format!("f{i}")).collect();
+        let mut names: Vec<&str> = all.iter().map(String::as_str).collect();
+        // One file added: the delta holds it and its dir, nothing else.
+        let delta = t.path().join("delta1");
+        std::fs::create_dir(&delta).unwrap();
+        let mut with_new = names.clone();
+        with_new.push("new");
+        // The copy checks the digest: give the real one.
+        let mut files2 = files.clone();
+        files2.insert(
+            "d/new".into(),
+            format!("sha256:{}", hex::encode(Sha256::digest(b"new"))),
+        );
+        let from2 = LinkSource {
+            new_files: &files2,
+            ..from
+        };
+        let stats = fill_delta(&delta, &layer(&with_new), &from2)
+            .unwrap()
+            .expect("a delta");
+        assert_eq!((stats.copied, stats.kept, stats.linked), (1, 10, 0));
+        assert_eq!(files_below(&delta).unwrap(), [PathBuf::from("d/new")].into());
+        // One file deleted: no delta can show that.
+        names.retain(|n| *n != "f3");
+        let delta = t.path().join("delta2");
+        std::fs::create_dir(&delta).unwrap();
+        assert!(fill_delta(&delta, &layer(&names), &from2).unwrap().is_none());
+        // Half the files changed: more than an eighth, no delta.
+        let changed: HashSet<String> = (0..5).map(|i| format!("d/f{i}")).collect();
+        let from3 = LinkSource {
+            changed,
+            ..from2
+        };
+        let delta = t.path().join("delta3");
+        std::fs::create_dir(&delta).unwrap();
+        assert!(fill_delta(&delta, &layer(&with_new), &from3).unwrap().is_none());
+    }
 }
