@@ -256,3 +256,10 @@ fn prune_keeps_a_named_composite_and_its_base() {
     env.rbuild_ok(&["prune"]);
     assert!(snapshot_names(&env).is_empty(), "{:?}", snapshot_names(&env));
 }
+
+/// Every test above again as an ordinary user with a subuid range
+/// (overlay in a user namespace, `userxattr`).
+#[test]
+fn rootless_composites() {
+    common::rerun_as_test_user(module_path!(), "subid");
+}
