@@ -247,8 +247,7 @@ fn fill_either(
         if let Ok(Some(stats)) = super::snapfill_delta::fill_delta(&delta, entries, from) {
             return Ok(stats);
         }
-        std::fs::remove_dir_all(&delta)
-            .with_context(|| format!("removing {}", delta.display()))?;
+        std::fs::remove_dir_all(&delta).with_context(|| format!("removing {}", delta.display()))?;
     }
     fill(dest, entries, from)
 }
@@ -421,7 +420,12 @@ fn link_unchanged(
     let Some(key) = context_rel(src, from) else {
         return Ok(false);
     };
-    if !from.unchanged(key) || from.prev_delta.as_ref().is_some_and(|(_, f)| f.contains(rel)) {
+    if !from.unchanged(key)
+        || from
+            .prev_delta
+            .as_ref()
+            .is_some_and(|(_, f)| f.contains(rel))
+    {
         return Ok(false);
     }
     // The source is not stat'ed again: its digest (this build's context
@@ -451,11 +455,7 @@ fn link_unchanged(
 
 /// Whether `pm` (the stat of `path`, not followed) is a regular file with
 /// `e`'s mode, owner, mtime and xattrs.
-pub(super) fn same_file_meta(
-    pm: &libc::stat,
-    e: &LayerEntry,
-    path: &Path,
-) -> anyhow::Result<bool> {
+pub(super) fn same_file_meta(pm: &libc::stat, e: &LayerEntry, path: &Path) -> anyhow::Result<bool> {
     Ok(pm.st_mode & libc::S_IFMT == libc::S_IFREG
         && pm.st_mode & 0o7777 == e.mode
         && (pm.st_uid, pm.st_gid) == (e.uid, e.gid)
@@ -471,7 +471,11 @@ pub(super) fn sorted(x: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
 
 /// Copies a file's content from its source; a context file must still
 /// have the digest its cache key was made with.
-pub(super) fn copy_file(path: &Path, src: &FileSource, from: &LinkSource<'_>) -> anyhow::Result<()> {
+pub(super) fn copy_file(
+    path: &Path,
+    src: &FileSource,
+    from: &LinkSource<'_>,
+) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut out = std::fs::OpenOptions::new()
         .write(true)

@@ -127,7 +127,11 @@ pub(super) fn fill_delta<'a>(
     }
     // A wanted dir the layer does not describe as one would get made-up
     // metadata (or be made below a symlink).
-    let described = |d: &&str| by_path.get(d).is_some_and(|e| matches!(e.kind, EntryKind::Dir));
+    let described = |d: &&str| {
+        by_path
+            .get(d)
+            .is_some_and(|e| matches!(e.kind, EntryKind::Dir))
+    };
     if !wanted.iter().all(described) {
         return Ok(None);
     }
@@ -264,11 +268,7 @@ fn classify(
                             .map(|m| same_file_meta(&m, e, &prev.join(rel)))
                             .transpose()?
                             .unwrap_or(false);
-                    return Ok(if same {
-                        Action::LinkPrev
-                    } else {
-                        Action::Make
-                    });
+                    return Ok(if same { Action::LinkPrev } else { Action::Make });
                 }
             }
             if !unchanged {
@@ -289,7 +289,8 @@ fn classify(
                 m.file_type().is_symlink()
                     && (m.uid(), m.gid()) == (e.uid, e.gid)
                     && Timespec::new(m.mtime(), m.mtime_nsec() as u32) == e.mtime
-            }) && std::fs::read_link(&path).is_ok_and(|t| t.as_os_str() == target.as_str())
+            }) && std::fs::read_link(&path)
+                .is_ok_and(|t| t.as_os_str() == target.as_str())
                 && xattrs_of(&path)? == sorted(&e.xattrs);
             Ok(if same { Action::Keep } else { Action::Make })
         }
@@ -351,7 +352,9 @@ pub(super) fn files_below(root: &Path) -> anyhow::Result<HashSet<PathBuf>> {
     let mut todo = vec![PathBuf::new()];
     while let Some(rel) = todo.pop() {
         let dir = root.join(&rel);
-        for child in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+        for child in
+            std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
+        {
             let child = child.with_context(|| format!("listing {}", dir.display()))?;
             let path = rel.join(child.file_name());
             if child.file_type()?.is_dir() {
@@ -459,20 +462,24 @@ mod tests {
             .unwrap()
             .expect("a delta");
         assert_eq!((stats.copied, stats.kept, stats.linked), (1, 10, 0));
-        assert_eq!(files_below(&delta).unwrap(), [PathBuf::from("d/new")].into());
+        assert_eq!(
+            files_below(&delta).unwrap(),
+            [PathBuf::from("d/new")].into()
+        );
         // One file deleted: no delta can show that.
         names.retain(|n| *n != "f3");
         let delta = t.path().join("delta2");
         std::fs::create_dir(&delta).unwrap();
-        assert!(fill_delta(&delta, &layer(&names), &from2).unwrap().is_none());
+        assert!(fill_delta(&delta, &layer(&names), &from2)
+            .unwrap()
+            .is_none());
         // Half the files changed: more than an eighth, no delta.
         let changed: HashSet<String> = (0..5).map(|i| format!("d/f{i}")).collect();
-        let from3 = LinkSource {
-            changed,
-            ..from2
-        };
+        let from3 = LinkSource { changed, ..from2 };
         let delta = t.path().join("delta3");
         std::fs::create_dir(&delta).unwrap();
-        assert!(fill_delta(&delta, &layer(&with_new), &from3).unwrap().is_none());
+        assert!(fill_delta(&delta, &layer(&with_new), &from3)
+            .unwrap()
+            .is_none());
     }
 }

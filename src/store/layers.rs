@@ -231,8 +231,7 @@ impl Store {
             }
             Err(_) if dest.is_dir() => {}
             Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("installing layer dir {}", dest.display()))
+                return Err(e).with_context(|| format!("installing layer dir {}", dest.display()))
             }
         }
         self.layer_snapshot(diff_id)

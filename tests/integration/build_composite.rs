@@ -52,11 +52,17 @@ fn sum(log: &str) -> String {
 /// The RUN's view of the same context built with no overlay at all (every
 /// step over a materialized root), in a fresh store.
 fn plain_sum(ctx: &Path) -> String {
+    plain_sum_with(ctx, &[])
+}
+
+fn plain_sum_with(ctx: &Path, extra: &[&str]) -> String {
     let plain = Env::new();
     let out = std::process::Command::new(common::rbuild_bin())
         .arg("--root")
         .arg(plain.root())
-        .args(["build", "--progress", "plain", ctx.to_str().unwrap()])
+        .args(["build", "--progress", "plain"])
+        .args(extra)
+        .arg(ctx)
         .env("RBUILD_NO_OVERLAY", "1")
         .output()
         .unwrap();
@@ -79,7 +85,11 @@ fn added(before: &BTreeSet<String>, after: &BTreeSet<String>) -> Vec<String> {
 }
 
 fn base_of(env: &Env, composite: &str) -> String {
-    let link = env.root().join("rbuild/layers").join(composite).join("base");
+    let link = env
+        .root()
+        .join("rbuild/layers")
+        .join(composite)
+        .join("base");
     std::fs::read_link(link)
         .unwrap()
         .to_string_lossy()
@@ -141,26 +151,35 @@ fn rebuilds_over_composites_see_exactly_the_new_layer() {
     assert_eq!(base_of(&env, &c2[0]), base, "a composite's base is plain");
     let delta = env.root().join("rbuild/layers").join(&c2[0]).join("delta");
     assert!(delta.join("app/new/deeper/n").is_file());
-    assert!(!delta.join("app/d0").exists(), "unchanged dirs stay in the base");
+    assert!(
+        !delta.join("app/d0").exists(),
+        "unchanged dirs stay in the base"
+    );
 }
 
 /// A deletion cannot be shown by a composite (the base still has the
 /// file): the whole fill runs, from the composite's base, and copies the
 /// files the composite had changed rather than linking the base's older
-/// ones.
+/// ones. With `SOURCE_DATE_EPOCH` every mtime is the same, so only the
+/// composite's own list tells the base's `sub/changed` (v0) from the
+/// layer's (v1, same size).
 #[test]
 fn a_deletion_after_a_composite_falls_back_to_the_whole_fill() {
     let env = Env::new();
     let Some(ctx) = context(&env) else {
         return;
     };
-    build(&env, &ctx, &[]);
+    let epoch = ["--build-arg", "SOURCE_DATE_EPOCH=1700000000"];
+    build(&env, &ctx, &epoch);
     std::fs::write(ctx.join("tree/sub/changed"), "v1\n").unwrap();
-    let log = build(&env, &ctx, &[]);
-    assert!(log.contains("1 changed files over the previous build's"), "{log}");
+    let log = build(&env, &ctx, &epoch);
+    assert!(
+        log.contains("1 changed files over the previous build's"),
+        "{log}"
+    );
     let before = snapshot_names(&env);
     std::fs::remove_file(ctx.join("tree/d3/f3")).unwrap();
-    let log = build(&env, &ctx, &[]);
+    let log = build(&env, &ctx, &epoch);
     // 40 files left: 39 linked from the base, sub/changed copied (the
     // base holds v0); the symlink is made, not counted.
     assert!(
@@ -168,7 +187,7 @@ fn a_deletion_after_a_composite_falls_back_to_the_whole_fill() {
         "{log}"
     );
     assert!(log.contains("v1"), "{log}");
-    assert_eq!(sum(&log), plain_sum(&ctx));
+    assert_eq!(sum(&log), plain_sum_with(&ctx, &epoch));
     let new = added(&before, &snapshot_names(&env));
     assert_eq!(new.len(), 1, "{new:?}");
     assert!(!new[0].ends_with(".c"), "a plain snapshot: {new:?}");
@@ -254,7 +273,11 @@ fn prune_keeps_a_named_composite_and_its_base() {
     env.rbuild_ok(&["rmi", "c:2"]);
     drop_records();
     env.rbuild_ok(&["prune"]);
-    assert!(snapshot_names(&env).is_empty(), "{:?}", snapshot_names(&env));
+    assert!(
+        snapshot_names(&env).is_empty(),
+        "{:?}",
+        snapshot_names(&env)
+    );
 }
 
 /// Every test above again as an ordinary user with a subuid range

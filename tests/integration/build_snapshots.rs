@@ -344,7 +344,10 @@ fn a_one_file_change_makes_a_composite_copy_snapshot() {
     let new = second.keys().find(|k| !first.contains_key(*k)).unwrap();
     assert!(new.ends_with(".c"), "{new}");
     let delta = env.root().join("rbuild/layers").join(new).join("delta");
-    assert_eq!(std::fs::read(delta.join("app/sub/changed")).unwrap(), b"after!\n");
+    assert_eq!(
+        std::fs::read(delta.join("app/sub/changed")).unwrap(),
+        b"after!\n"
+    );
     assert!(!delta.join("app/d0").exists());
     // The same view as the copy fallback's.
     let sum = |log: &str| {
