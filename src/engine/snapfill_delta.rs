@@ -220,6 +220,12 @@ fn base_names_all_kept(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
         };
+        // An opaque dir (from a layer unpacked with a whiteout, e.g. an
+        // imported cache's) would hide the layers below where the new
+        // layer does not.
+        if is_opaque(&dir)? {
+            return Ok(false);
+        }
         for child in rd {
             let child = child.with_context(|| format!("listing {}", dir.display()))?;
             let name = child.file_name();
@@ -246,6 +252,29 @@ fn base_names_all_kept(
         }
     }
     Ok(true)
+}
+
+/// Whether `dir` carries an overlay opaque mark (root's or rootless').
+fn is_opaque(dir: &Path) -> anyhow::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let cpath = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    for name in [c"trusted.overlay.opaque", c"user.overlay.opaque"] {
+        // SAFETY: valid C strings; a zero-size query reads nothing.
+        let rc = unsafe { libc::lgetxattr(cpath.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+        if rc >= 0 {
+            return Ok(true);
+        }
+        match std::io::Error::last_os_error().raw_os_error() {
+            // Not set, or not readable by us (trusted.* rootless): only
+            // root's mount would read a trusted mark.
+            Some(libc::ENODATA) | Some(libc::ENOTSUP) | Some(libc::EPERM) => {}
+            _ => {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("reading the xattrs of {}", dir.display()))
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// Whether the layer's file or symlink `e` is the base's as it is.
@@ -473,6 +502,23 @@ mod tests {
         assert!(fill_delta(&delta, &layer(&names), &from2)
             .unwrap()
             .is_none());
+        // An opaque dir in the base (it hides lower layers; the layer's
+        // dir does not): no delta.
+        let mark = base.join("d");
+        let (p, n) = (
+            std::ffi::CString::new(mark.to_str().unwrap()).unwrap(),
+            c"user.overlay.opaque",
+        );
+        // SAFETY: valid C strings and a one-byte value.
+        let rc = unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        let delta = t.path().join("delta4");
+        std::fs::create_dir(&delta).unwrap();
+        assert!(fill_delta(&delta, &layer(&with_new), &from2)
+            .unwrap()
+            .is_none());
+        // SAFETY: as above.
+        unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) };
         // Half the files changed: more than an eighth, no delta.
         let changed: HashSet<String> = (0..5).map(|i| format!("d/f{i}")).collect();
         let from3 = LinkSource { changed, ..from2 };
