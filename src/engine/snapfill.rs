@@ -13,6 +13,10 @@
 //! RUN's upper dir), so sharing inodes between two of them is safe.
 //! Anything unexpected (a device node, a digest that changed since the
 //! context scan) fails the fill: the RUN then unpacks the layer instead.
+//!
+//! When the change is small and only changes or adds files, the snapshot
+//! is a composite instead (`snapfill_delta`: the changed files over the
+//! previous build's plain snapshot), tried first by [`write_with_snapshot`].
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::CString;
