@@ -5,7 +5,7 @@
 # cold build and one rebuild; then ROUNDS rounds that append a line to
 # tree/src/m00/s00/file00000.rs (as bench/peers does) and rebuild with each
 # binary in turn, alternating. Prints per build: name, wall s, user s, sys s,
-# peak RSS KB, load; then the medians of wall and user+sys per binary.
+# peak RSS KB, load, the COPY and RUN steps' seconds; then the medians of wall and user+sys per binary.
 # Usage: bench/onefile/run.sh NAME=BIN [NAME=BIN...]  (env: ROUNDS=5,
 #   BENCH_WORK=/var/tmp/rbuild-bench-onefile, KEEP=1 keeps the stores)
 set -euo pipefail
@@ -32,7 +32,9 @@ victim=$w/ctx/tree/src/m00/s00/file00000.rs
 build() { # name bin -> one row
   /usr/bin/time -f "$1 %e %U %S %M" -o "$w/time.out" "$2" --root "$w/store-$1" \
     build --progress plain -t big "$w/ctx" > "$w/last-$1.log" 2>&1
-  echo "$(cat "$w/time.out") load $(cut -d' ' -f1 /proc/loadavg)"
+  # The COPY tree and RUN steps' own seconds (#5 and #6 of this Dockerfile).
+  steps=$(grep -h "^#[56] DONE" "$w/last-$1.log" | awk '{printf "%s ", $3}')
+  echo "$(cat "$w/time.out") load $(cut -d' ' -f1 /proc/loadavg) copy,run $steps"
 }
 for nb in "$@"; do
   n=${nb%%=*}; b=${nb#*=}

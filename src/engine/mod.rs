@@ -21,6 +21,7 @@ mod outputs;
 mod resolver;
 pub mod rootfs;
 pub mod snapfill;
+mod snapfill_delta;
 pub mod snapshot;
 pub mod sources;
 mod stage;

@@ -13,6 +13,10 @@
 //! RUN's upper dir), so sharing inodes between two of them is safe.
 //! Anything unexpected (a device node, a digest that changed since the
 //! context scan) fails the fill: the RUN then unpacks the layer instead.
+//!
+//! When the change is small and only changes or adds files, the snapshot
+//! is a composite instead (`snapfill_delta`: the changed files over the
+//! previous build's plain snapshot), tried first by [`write_with_snapshot`].
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::CString;
@@ -28,6 +32,7 @@ use crate::layer::{EntryKind, FileSource, LayerEntry, PreparedEntries, Timespec}
 use crate::oci::LayerRef;
 use crate::plan::{Step, StepKind};
 use crate::progress::StepHandle;
+use crate::store::LayerSnapshot;
 
 use super::build::BuildCtx;
 use super::cachekey::KeyInputs;
@@ -45,12 +50,19 @@ pub struct LinkSource<'a> {
     pub changed: HashSet<String>,
     /// The context root the entries' source paths are under.
     pub context_root: PathBuf,
+    /// The layer `dir` is the plain snapshot of (its diff_id; empty when
+    /// `dir` is).
+    pub base_id: String,
+    /// When the previous snapshot was a composite (`dir` its base): its
+    /// delta dir, and the layer paths of the files in it, which `dir`
+    /// holds in their older form: never linked from `dir`.
+    pub prev_delta: Option<(PathBuf, HashSet<PathBuf>)>,
 }
 
 impl LinkSource<'_> {
     /// Whether the context file `key` has the digest the previous
     /// snapshot's file was made from.
-    fn unchanged(&self, key: &str) -> bool {
+    pub(super) fn unchanged(&self, key: &str) -> bool {
         !self.dir.as_os_str().is_empty()
             && self.new_files.contains_key(key)
             && !self.changed.contains(key)
@@ -76,7 +88,18 @@ pub(super) fn link_source<'a>(
     if !same_step || !super::run::overlay_usable() {
         return None;
     }
-    let dir = ctx.store.layer_dir(&old_layer?.diff_id)?;
+    let old_layer = old_layer?;
+    let (dir, base_id, prev_delta) = match ctx.store.layer_snapshot(&old_layer.diff_id)? {
+        LayerSnapshot::Plain(dir) => (dir, old_layer.diff_id, None),
+        LayerSnapshot::Composite {
+            delta,
+            base,
+            base_id,
+        } => {
+            let files = super::snapfill_delta::files_below(&delta).ok()?;
+            (base, base_id, Some((delta, files)))
+        }
+    };
     let changed = now
         .files
         .iter()
@@ -88,6 +111,8 @@ pub(super) fn link_source<'a>(
         new_files: &now.files,
         changed,
         context_root: ctx.context().ok()?.root().to_path_buf(),
+        base_id,
+        prev_delta,
     })
 }
 
@@ -107,6 +132,8 @@ pub(super) fn fresh_source<'a>(ctx: &BuildCtx<'_>, now: &'a KeyInputs) -> Option
         new_files: &now.files,
         changed: HashSet::new(),
         context_root: ctx.context().ok()?.root().to_path_buf(),
+        base_id: String::new(),
+        prev_delta: None,
     })
 }
 
@@ -150,7 +177,7 @@ pub(super) fn write_with_snapshot(
     let (layer, filled) = std::thread::scope(|s| {
         let filler = std::thread::Builder::new()
             .name("layer-snapshot".into())
-            .spawn_scoped(s, || fill(tmp.path(), entries, from));
+            .spawn_scoped(s, || fill_either(tmp.path(), entries, from));
         let layer = write(entries);
         let filled = match filler {
             Ok(h) => h
@@ -161,8 +188,29 @@ pub(super) fn write_with_snapshot(
         (layer, filled)
     });
     let layer = layer?;
-    let line = match filled.and_then(|s| ctx.store.adopt_layer_dir(&layer.diff_id, tmp).map(|_| s))
-    {
+    let adopted = filled.and_then(|s| {
+        if ctx.store.layer_snapshot(&layer.diff_id).is_some() {
+            // Made by an earlier build (this layer's record gone) or a
+            // racing one: that one serves; `tmp` is dropped.
+            Ok(s)
+        } else if s.composite {
+            let base = &from.base_id;
+            ctx.store
+                .adopt_composite_layer_dir(&layer.diff_id, base, tmp)
+                .map(|_| s)
+        } else {
+            ctx.store.adopt_layer_dir(&layer.diff_id, tmp).map(|_| s)
+        }
+    });
+    let line = match adopted {
+        Ok(s) if s.composite => format!(
+            "layer snapshot: {} changed files over the previous build's ({} linked, {} copied), \
+             {} unchanged\n",
+            s.linked + s.copied,
+            s.linked,
+            s.copied,
+            s.kept
+        ),
         Ok(s) => format!(
             "layer snapshot: {} files linked from the previous build, {} copied\n",
             s.linked, s.copied
@@ -182,6 +230,30 @@ fn report(handle: &StepHandle, line: &str) {
 pub struct FillStats {
     pub linked: u64,
     pub copied: u64,
+    /// A composite's files left in its base (not linked, not copied).
+    pub kept: u64,
+    /// `dest/delta` over the base, not a whole tree in `dest`.
+    pub composite: bool,
+}
+
+/// A composite snapshot in `dest/delta` when the change is small and only
+/// changes or adds files (`snapfill_delta`), else the whole tree in `dest`.
+fn fill_either(
+    dest: &Path,
+    entries: &PreparedEntries,
+    from: &LinkSource<'_>,
+) -> anyhow::Result<FillStats> {
+    if !from.dir.as_os_str().is_empty() {
+        let delta = dest.join("delta");
+        std::fs::create_dir(&delta).with_context(|| format!("creating {}", delta.display()))?;
+        // Any failure of the delta falls back to the whole fill, whose
+        // own checks then decide.
+        if let Ok(Some(stats)) = super::snapfill_delta::fill_delta(&delta, entries, from) {
+            return Ok(stats);
+        }
+        std::fs::remove_dir_all(&delta).with_context(|| format!("removing {}", delta.display()))?;
+    }
+    fill(dest, entries, from)
 }
 
 /// Fill `dest` (an empty dir) with exactly what `entries` (a COPY layer)
@@ -279,7 +351,7 @@ pub fn fill(
 
 /// Whether every dir above `rel` in `root` is a real directory, so a path
 /// into `root` stays in it (`known` caches the dirs checked).
-fn real_dirs_above(root: &Path, rel: &Path, known: &mut HashSet<PathBuf>) -> bool {
+pub(super) fn real_dirs_above(root: &Path, rel: &Path, known: &mut HashSet<PathBuf>) -> bool {
     let Some(parent) = rel.parent() else {
         return true;
     };
@@ -303,7 +375,7 @@ fn real_dirs_above(root: &Path, rel: &Path, known: &mut HashSet<PathBuf>) -> boo
 }
 
 /// The context path (digest map key) of a source file, if it is one.
-fn context_rel<'a>(src: &'a FileSource, from: &LinkSource<'_>) -> Option<&'a str> {
+pub(super) fn context_rel<'a>(src: &'a FileSource, from: &LinkSource<'_>) -> Option<&'a str> {
     let FileSource::Path(p) = src else {
         return None;
     };
@@ -352,7 +424,12 @@ fn link_unchanged(
     let Some(key) = context_rel(src, from) else {
         return Ok(false);
     };
-    if !from.unchanged(key) {
+    if !from.unchanged(key)
+        || from
+            .prev_delta
+            .as_ref()
+            .is_some_and(|(_, f)| f.contains(rel))
+    {
         return Ok(false);
     }
     // The source is not stat'ed again: its digest (this build's context
@@ -370,11 +447,7 @@ fn link_unchanged(
     let Ok(pm) = nix::sys::stat::fstatat(&d.prev, name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
         return Ok(false);
     };
-    let same = pm.st_mode & libc::S_IFMT == libc::S_IFREG
-        && pm.st_mode & 0o7777 == e.mode
-        && (pm.st_uid, pm.st_gid) == (e.uid, e.gid)
-        && Timespec::new(pm.st_mtime, pm.st_mtime_nsec as u32) == e.mtime
-        && xattrs_of(&from.dir.join(rel))? == sorted(&e.xattrs);
+    let same = same_file_meta(&pm, e, &from.dir.join(rel))?;
     if same {
         // No AT_SYMLINK_FOLLOW: the name is linked as it is (a file, as
         // just checked; the previous snapshot is never written to).
@@ -384,7 +457,17 @@ fn link_unchanged(
     Ok(same)
 }
 
-fn sorted(x: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
+/// Whether `pm` (the stat of `path`, not followed) is a regular file with
+/// `e`'s mode, owner, mtime and xattrs.
+pub(super) fn same_file_meta(pm: &libc::stat, e: &LayerEntry, path: &Path) -> anyhow::Result<bool> {
+    Ok(pm.st_mode & libc::S_IFMT == libc::S_IFREG
+        && pm.st_mode & 0o7777 == e.mode
+        && (pm.st_uid, pm.st_gid) == (e.uid, e.gid)
+        && Timespec::new(pm.st_mtime, pm.st_mtime_nsec as u32) == e.mtime
+        && xattrs_of(path)? == sorted(&e.xattrs))
+}
+
+pub(super) fn sorted(x: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
     let mut v = x.to_vec();
     v.sort();
     v
@@ -392,7 +475,11 @@ fn sorted(x: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
 
 /// Copies a file's content from its source; a context file must still
 /// have the digest its cache key was made with.
-fn copy_file(path: &Path, src: &FileSource, from: &LinkSource<'_>) -> anyhow::Result<()> {
+pub(super) fn copy_file(
+    path: &Path,
+    src: &FileSource,
+    from: &LinkSource<'_>,
+) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut out = std::fs::OpenOptions::new()
         .write(true)
@@ -438,7 +525,7 @@ impl Read for HashingReader {
 }
 
 /// Owner, mode (after chown, which clears setuid bits), xattrs, mtime.
-fn set_meta(path: &Path, e: &LayerEntry) -> anyhow::Result<()> {
+pub(super) fn set_meta(path: &Path, e: &LayerEntry) -> anyhow::Result<()> {
     use nix::sys::stat::{utimensat, UtimensatFlags};
     use nix::sys::time::TimeSpec;
     let is_link = matches!(e.kind, EntryKind::Symlink { .. });
@@ -478,7 +565,7 @@ fn set_meta(path: &Path, e: &LayerEntry) -> anyhow::Result<()> {
 }
 
 /// The xattrs a layer keeps, sorted.
-fn xattrs_of(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+pub(super) fn xattrs_of(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     let cpath = CString::new(path.as_os_str().as_bytes())?;
     let mut names = vec![0u8; 4096];
     // SAFETY: valid C string and buffer.
@@ -547,6 +634,8 @@ mod tests {
             new_files: &none,
             changed: HashSet::new(),
             context_root: t.path().join("ctx"),
+            base_id: String::new(),
+            prev_delta: None,
         };
         let entries = vec![
             entry(
@@ -580,7 +669,8 @@ mod tests {
             stats,
             FillStats {
                 linked: 0,
-                copied: 1
+                copied: 1,
+                ..FillStats::default()
             }
         );
         let m = std::fs::metadata(dest2.join("d/l")).unwrap();
@@ -624,6 +714,8 @@ mod tests {
             new_files: &old_files,
             changed: HashSet::new(),
             context_root: ctx.clone(),
+            base_id: String::new(),
+            prev_delta: None,
         };
         let dest = t.path().join("dest");
         std::fs::create_dir_all(&dest).unwrap();
@@ -633,7 +725,8 @@ mod tests {
             stats,
             FillStats {
                 linked: 3,
-                copied: 1
+                copied: 1,
+                ..FillStats::default()
             }
         );
         for name in ["d/a", "d/e/c", "d/z"] {

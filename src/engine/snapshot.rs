@@ -14,6 +14,10 @@
 //! (a multiple of 50) flattened into one snapshot named by their chain id
 //! (cached like a layer snapshot; `prune` drops it, it is made again on
 //! need).
+//!
+//! A context COPY rebuilt after a small change may get a composite
+//! snapshot instead (`snapfill_delta`): its changed files over the plain
+//! snapshot of the earlier build, two lowers (`Store::layer_snapshot`).
 
 use std::path::PathBuf;
 
@@ -136,13 +140,21 @@ pub fn lowers(
     let (flat, own) = layers.split_at(cut);
     let mut out: Vec<PathBuf> = Vec::with_capacity(own.len() + 1);
     for layer in own.iter().rev() {
-        let dir = ensure(store, layer, max_expanded)?;
+        // A composite snapshot (a COPY's changed files over an earlier
+        // build's snapshot of it) is two lowers, delta first.
+        let dirs = match store.layer_snapshot(&layer.diff_id) {
+            Some(s) => s.lowers(),
+            None => vec![ensure(store, layer, max_expanded)?],
+        };
         // The same layer twice (two empty RUN/WORKDIR layers share the
-        // empty layer's diff_id): overlayfs refuses a repeated lower dir
-        // (ELOOP). Only the topmost copy counts: a lower copy holds nothing
-        // the upper one does not already show or hide.
-        if !out.contains(&dir) {
-            out.push(dir);
+        // empty layer's diff_id), or a composite's base also a layer of the
+        // stage: overlayfs refuses a repeated lower dir (ELOOP). Only the
+        // topmost copy counts: a lower copy holds nothing the upper one
+        // does not already show or hide.
+        for dir in dirs {
+            if !out.contains(&dir) {
+                out.push(dir);
+            }
         }
     }
     if !flat.is_empty() {

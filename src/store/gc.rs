@@ -212,8 +212,26 @@ impl Store {
     }
 
     fn sweep_layer_dirs(&self, marks: &Marks, report: &mut PruneReport) -> anyhow::Result<()> {
+        // A composite (a COPY's changed files over the snapshot of an
+        // earlier build of it) lives while its layer is named, and keeps
+        // its base alive meanwhile (that base holds most of its files, so
+        // keeping it costs what the layer's own plain snapshot would); it
+        // goes with its layer, or when its base is missing.
+        let mut bases = HashSet::new();
+        for (diff_id, path, base) in self.composite_layer_dirs()? {
+            match base {
+                Some(b) if marks.diff_ids.contains(&diff_id) && self.layer_dir(&b).is_some() => {
+                    bases.insert(b);
+                }
+                _ => {
+                    fs::remove_dir_all(&path)
+                        .with_context(|| format!("removing layer dir {}", path.display()))?;
+                    report.layer_dirs += 1;
+                }
+            }
+        }
         for diff_id in self.layer_dir_ids()? {
-            if marks.diff_ids.contains(&diff_id) {
+            if marks.diff_ids.contains(&diff_id) || bases.contains(&diff_id) {
                 continue;
             }
             if let Some(path) = self.layer_dir(&diff_id) {

@@ -125,7 +125,12 @@ impl Store {
         let mut out = Vec::new();
         for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
             let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
-            if let Some(name) = entry.file_name().to_str() {
+            // Composites are listed by `composite_layer_dirs`.
+            if let Some(name) = entry
+                .file_name()
+                .to_str()
+                .filter(|n| !n.ends_with(COMPOSITE))
+            {
                 out.push(format!("sha256:{name}"));
             }
         }
@@ -138,4 +143,129 @@ fn current_boot_id() -> Option<String> {
     let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     let id = id.trim();
     (!id.is_empty() && id.len() <= 64).then(|| id.to_string())
+}
+
+/// A layer's snapshot as the overlay lower dirs that show its files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayerSnapshot {
+    /// `layers/<hex>/`: the layer's whole tree.
+    Plain(PathBuf),
+    /// `layers/<hex>.c/`: `delta/`, the files of a context COPY that
+    /// changed since an earlier build of it, over that build's plain
+    /// snapshot `base` (never itself a composite, so one layer is at most
+    /// two lowers). Written once, like a plain one.
+    Composite {
+        delta: PathBuf,
+        base: PathBuf,
+        base_id: String,
+    },
+}
+
+impl LayerSnapshot {
+    /// The lower dirs, topmost first.
+    pub fn lowers(&self) -> Vec<PathBuf> {
+        match self {
+            LayerSnapshot::Plain(p) => vec![p.clone()],
+            LayerSnapshot::Composite { delta, base, .. } => vec![delta.clone(), base.clone()],
+        }
+    }
+}
+
+/// The suffix of a composite snapshot's dir name (not a hex digit, so no
+/// diff_id's dir can take it).
+const COMPOSITE: &str = ".c";
+
+impl Store {
+    fn composite_path(&self, diff_id: &str) -> anyhow::Result<PathBuf> {
+        Ok(self
+            .private("layers")
+            .join(format!("{}{COMPOSITE}", digest_hex(diff_id)?)))
+    }
+
+    /// The snapshot of this layer, plain or composite, if one is installed
+    /// (a composite only while its base is there: a base removed by a
+    /// crashed prune leaves the layer to be unpacked again).
+    pub fn layer_snapshot(&self, diff_id: &str) -> Option<LayerSnapshot> {
+        if let Some(p) = self.layer_dir(diff_id) {
+            return Some(LayerSnapshot::Plain(p));
+        }
+        let dir = self.composite_path(diff_id).ok()?;
+        let (delta, base_id) = composite_parts(&dir)?;
+        let base = self.layer_dir(&base_id)?;
+        Some(LayerSnapshot::Composite {
+            delta,
+            base,
+            base_id,
+        })
+    }
+
+    /// Install `tmp` (a [`Store::temp_dir`] holding `delta/`, filled) as
+    /// the composite snapshot of `diff_id` over the plain snapshot of
+    /// `base_id`. An installed snapshot of the layer (either kind) wins
+    /// and `tmp` is dropped.
+    pub fn adopt_composite_layer_dir(
+        &self,
+        diff_id: &str,
+        base_id: &str,
+        tmp: fsutil::LockedTempDir,
+    ) -> anyhow::Result<LayerSnapshot> {
+        if let Some(s) = self.layer_snapshot(diff_id) {
+            return Ok(s);
+        }
+        let base_hex = digest_hex(base_id)?;
+        if self.layer_dir(base_id).is_none() {
+            anyhow::bail!("the base snapshot {base_id} is gone");
+        }
+        let delta = tmp.dir.path().join("delta");
+        // The delta is a layer's root (an overlay lower): 0755 like a
+        // plain snapshot; the dir around it stays the temp's 0700.
+        fs::set_permissions(&delta, fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod of {}", delta.display()))?;
+        std::os::unix::fs::symlink(base_hex, tmp.dir.path().join("base"))
+            .with_context(|| format!("naming the base in {}", tmp.dir.path().display()))?;
+        let dest = self.composite_path(diff_id)?;
+        match fs::rename(tmp.dir.path(), &dest) {
+            // Unsynced, as a plain snapshot's rename (see adopt_layer_dir).
+            Ok(()) => {
+                let _ = tmp.dir.keep();
+            }
+            Err(_) if dest.is_dir() => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("installing layer dir {}", dest.display()))
+            }
+        }
+        self.layer_snapshot(diff_id)
+            .with_context(|| format!("{} vanished after its install", dest.display()))
+    }
+
+    /// Every composite snapshot: (diff_id, dir, base diff_id if readable).
+    pub(crate) fn composite_layer_dirs(
+        &self,
+    ) -> anyhow::Result<Vec<(String, PathBuf, Option<String>)>> {
+        let dir = self.private("layers");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+            let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+            let name = entry.file_name();
+            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(COMPOSITE)) else {
+                continue;
+            };
+            let path = entry.path();
+            let base = composite_parts(&path).map(|(_, b)| b);
+            out.push((format!("sha256:{hex}"), path, base));
+        }
+        Ok(out)
+    }
+}
+
+/// A composite dir's delta dir and base diff_id, when both are well formed.
+fn composite_parts(dir: &Path) -> Option<(PathBuf, String)> {
+    let delta = dir.join("delta");
+    if !delta.is_dir() {
+        return None;
+    }
+    let target = fs::read_link(dir.join("base")).ok()?;
+    let hex = target.to_str()?;
+    let ok = hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    ok.then(|| (delta, format!("sha256:{hex}")))
 }

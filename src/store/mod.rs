@@ -53,6 +53,7 @@ pub use cache::{diff_inputs, CacheLookup, CacheRecord, CACHE_SCHEMA};
 pub use error::StoreError;
 pub use fsutil::{LockedTempDir, TempFile};
 pub use gc::PruneReport;
+pub use layers::LayerSnapshot;
 pub use lock::{lock_exclusive, LockGuard};
 pub use tags::{check_reference, lookup_name, normalize_tag, TagError};
 

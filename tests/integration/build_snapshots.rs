@@ -301,11 +301,12 @@ fn xattr_get(path: &Path, name: &str) -> std::io::Result<Option<Vec<u8>>> {
     Ok(Some(buf))
 }
 
-/// The one-file-changed rebuild: the new COPY layer's snapshot links every
-/// unchanged file from the previous one and copies only the changed file,
-/// and the RUN after it sees exactly what a plain copy of the stage shows.
+/// The one-file-changed rebuild: the new COPY layer's snapshot is a
+/// composite, the changed file (and the dirs above it) over the previous
+/// snapshot, which stays as it was, and the RUN after it sees exactly what
+/// a plain copy of the stage shows (more in `build_composite`).
 #[test]
-fn a_one_file_change_links_the_rest_of_the_copy_snapshot() {
+fn a_one_file_change_makes_a_composite_copy_snapshot() {
     let env = Env::new();
     let rest = "WORKDIR /app\nCOPY tree .\n\
         RUN echo SUM:$(find . | sort | xargs stat -c '%n %s %a %u %g %Y' | md5sum) \
@@ -328,7 +329,10 @@ fn a_one_file_change_links_the_rest_of_the_copy_snapshot() {
     let log = stderr(&out);
     assert!(log.contains("after!"), "{log}");
     assert!(
-        log.contains("layer snapshot: 50 files linked from the previous build, 1 copied"),
+        log.contains(
+            "layer snapshot: 1 changed files over the previous build's (0 linked, 1 copied), \
+             50 unchanged"
+        ),
         "{log}"
     );
     // One new snapshot (the new COPY layer); the old ones untouched.
@@ -338,8 +342,13 @@ fn a_one_file_change_links_the_rest_of_the_copy_snapshot() {
         assert_eq!(second.get(name), Some(v));
     }
     let new = second.keys().find(|k| !first.contains_key(*k)).unwrap();
-    let linked = env.root().join("rbuild/layers").join(new).join("app/d0/f0");
-    assert_eq!(std::fs::metadata(&linked).unwrap().nlink(), 2);
+    assert!(new.ends_with(".c"), "{new}");
+    let delta = env.root().join("rbuild/layers").join(new).join("delta");
+    assert_eq!(
+        std::fs::read(delta.join("app/sub/changed")).unwrap(),
+        b"after!\n"
+    );
+    assert!(!delta.join("app/d0").exists());
     // The same view as the copy fallback's.
     let sum = |log: &str| {
         log.lines()

@@ -10,6 +10,7 @@ mod layer_common;
 mod store_support;
 
 mod build_ci;
+mod build_composite;
 mod build_contexts;
 mod build_history;
 mod build_images;
