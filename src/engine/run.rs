@@ -173,8 +173,11 @@ pub fn mounts(parsed: &[Mount], workdir: &str) -> Vec<Mount> {
 /// Run the command; returns the layer entries (empty when nothing changed)
 /// and the temp dir holding the files they name, to keep until the layer is
 /// written.
+/// `spare` is a setup process the stage started for this step while the
+/// previous one wrote its layer (`sandbox::prestart`).
 pub fn run(
     inputs: &RunInputs<'_>,
+    spare: Option<sandbox::Prestarted>,
     on_output: &mut dyn FnMut(sandbox::Stream, &[u8]),
 ) -> anyhow::Result<(Vec<LayerEntry>, LockedTempDir)> {
     let work = inputs.store.temp_dir("run-").context("creating RUN dirs")?;
@@ -220,7 +223,8 @@ pub fn run(
         state_parent: Some(work.path().to_path_buf()),
         ..Default::default()
     };
-    let outcome = sandbox::run_with(&opts, &spec, on_output).context("running the RUN sandbox")?;
+    let outcome = sandbox::run_prestarted(&opts, &spec, spare, on_output)
+        .context("running the RUN sandbox")?;
     drop(locks);
     for w in &outcome.limit_warnings {
         (inputs.on_warning)(w);
@@ -314,6 +318,21 @@ fn prepare_root(
 pub fn overlay_usable() -> bool {
     std::env::var_os("RBUILD_NO_OVERLAY").is_none_or(|v| v.is_empty() || v == "0")
         && sandbox::overlay_available()
+}
+
+/// Starts the overlay probe (once per process) on a thread of `scope` when
+/// the plan has a RUN step. The probe forks, mounts and removes a few dirs:
+/// milliseconds the first RUN of a build would otherwise wait for, now
+/// overlapped with the context scan and the cached steps before it.
+pub fn probe_early<'s>(scope: &'s std::thread::Scope<'s, '_>, plan: &crate::plan::Plan) {
+    let has_run = plan.stages.iter().any(|st| {
+        st.steps
+            .iter()
+            .any(|step| matches!(step.kind, crate::plan::StepKind::Run(_)))
+    });
+    if has_run {
+        scope.spawn(overlay_usable);
+    }
 }
 
 /// `/etc/resolv.conf`, `/etc/hosts` (with `--add-host` lines) and

@@ -49,6 +49,11 @@ pub(crate) struct StageState {
     files_read_after: Vec<bool>,
     /// The index of the step `run` is on.
     next_index: usize,
+    /// The index of the stage's last RUN step, if it has one.
+    last_run: Option<usize>,
+    /// A sandbox setup process started for the next RUN step
+    /// (`exec::run`), killed with the stage when unused.
+    pub(super) spare: Option<crate::sandbox::Prestarted>,
 }
 
 /// What a step produced, to record and apply.
@@ -105,6 +110,8 @@ impl StageState {
             incomplete,
             files_read_after: files_read_after(ctx, stage),
             next_index: 0,
+            last_run: (stage.steps.iter()).rposition(|s| matches!(s.kind, StepKind::Run(_))),
+            spare: None,
         })
     }
 
@@ -156,6 +163,11 @@ impl StageState {
                 Ok(())
             }
         }
+    }
+
+    /// Whether a RUN step of the stage comes after the current step.
+    pub(super) fn runs_later(&self) -> bool {
+        self.last_run.is_some_and(|last| last + 1 > self.next_index)
     }
 
     /// The absolute WORKDIR after a `WORKDIR p` step (relative paths join

@@ -32,6 +32,91 @@ pub fn run_with(
     spec: &RunSpec,
     on_output: &mut dyn FnMut(Stream, &[u8]),
 ) -> Result<RunOutcome> {
+    run_prestarted(opts, spec, None, on_output)
+}
+
+/// A sandbox setup process started before its step: the re-executed rbuild
+/// binary, blocked reading its request, and the step's cgroup, which a
+/// thread of its own moves it into. Starting both while the previous step
+/// writes its layer takes the exec and the cgroup move (an RCU grace period
+/// on cgroup v1: ~5-11 ms, docs/benchmarks.md) off the next step's path.
+/// The process has nothing of a step yet: no namespace, no request, no
+/// mount, no descriptor but its pipes. Dropped unused, it is killed and
+/// reaped and its cgroup removed.
+pub struct Prestarted {
+    helper: Option<Helper>,
+    /// Moves the helper into the step's cgroup: the cgroup and its warnings.
+    joining: Option<std::thread::JoinHandle<(cgroup::StepCgroup, Vec<String>)>>,
+    init_exe: std::path::PathBuf,
+    id_map: super::IdMapMode,
+    limits: super::Limits,
+}
+
+/// Starts a setup process for a later [`run_prestarted`] with these options
+/// and limits. It must be started (and used or dropped) by the thread that
+/// runs the step: the process dies with the thread that forked it
+/// (`PR_SET_PDEATHSIG`).
+pub fn prestart(opts: &SandboxOptions, limits: &super::Limits) -> Result<Prestarted> {
+    let helper = Helper::spawn(opts)?;
+    let pid = helper.child.id();
+    let for_thread = limits.clone();
+    let joining = std::thread::Builder::new()
+        .name("sandbox-cgroup".into())
+        .spawn(move || {
+            let (mut cgroup, mut warnings) = cgroup::StepCgroup::create(&for_thread);
+            warnings.extend(cgroup.add_process(pid));
+            (cgroup, warnings)
+        });
+    let mut spare = Prestarted {
+        helper: Some(helper),
+        joining: None,
+        init_exe: opts.init_exe.clone(),
+        id_map: opts.id_map,
+        limits: limits.clone(),
+    };
+    // On an error the drop kills and reaps the helper.
+    spare.joining = Some(joining.context("starting the sandbox's cgroup thread")?);
+    Ok(spare)
+}
+
+impl Prestarted {
+    /// The helper (its request sent) and its joined cgroup.
+    fn start(mut self, req: &Request) -> Result<(Helper, cgroup::StepCgroup, Vec<String>)> {
+        let mut helper = self
+            .helper
+            .take()
+            .context("prestarted sandbox already used")?;
+        helper.send_request(req)?;
+        let joined = self.joining.take().map(std::thread::JoinHandle::join);
+        match joined {
+            Some(Ok((cgroup, warnings))) => Ok((helper, cgroup, warnings)),
+            _ => Err(helper.failure(anyhow!("the sandbox's cgroup thread panicked"))),
+        }
+    }
+}
+
+impl Drop for Prestarted {
+    fn drop(&mut self) {
+        if let Some(mut helper) = self.helper.take() {
+            let _ = helper.child.kill();
+            // Joined before the helper is reaped, so its pid is not reused
+            // while the thread may still write it to `cgroup.procs`.
+            if let Some(j) = self.joining.take() {
+                drop(j.join());
+            }
+            let _ = helper.child.wait();
+        }
+    }
+}
+
+/// [`run_with`], on `spare` when it was started with the same options and
+/// limits (else it is dropped and a setup process started as usual).
+pub fn run_prestarted(
+    opts: &SandboxOptions,
+    spec: &RunSpec,
+    spare: Option<Prestarted>,
+    on_output: &mut dyn FnMut(Stream, &[u8]),
+) -> Result<RunOutcome> {
     validate(spec)?;
     let mut state = tempfile::Builder::new();
     state.prefix("rbuild-sandbox-");
@@ -48,12 +133,22 @@ pub fn run_with(
         state_dir: state.path().to_path_buf(),
         probe_overlay: false,
     };
-    // Removed (with anything left in it) when this function returns.
-    let (mut cgroup, mut limit_warnings) = cgroup::StepCgroup::create(&spec.limits);
-    let mut helper = Helper::spawn(opts, &req)?;
-    // The helper is still reading its request: it forks nothing before the
-    // go byte, so init and the command start inside the step's cgroup.
-    limit_warnings.extend(cgroup.add_process(helper.child.id()));
+    let spare = spare.filter(|p| {
+        p.init_exe == opts.init_exe && p.id_map == opts.id_map && p.limits == spec.limits
+    });
+    // The cgroup is removed (with anything left in it) when this returns.
+    // The helper forks nothing before the go byte, so init and the command
+    // start inside the step's cgroup.
+    let (mut helper, cgroup, mut limit_warnings) = match spare {
+        Some(spare) => spare.start(&req)?,
+        None => {
+            let (mut cgroup, mut warnings) = cgroup::StepCgroup::create(&spec.limits);
+            let mut helper = Helper::spawn(opts)?;
+            helper.send_request(&req)?;
+            warnings.extend(cgroup.add_process(helper.child.id()));
+            (helper, cgroup, warnings)
+        }
+    };
     let setup = helper.handshake(opts, &req);
     let (out, err) = (helper.stdout.take(), helper.stderr.take());
     if let Err(e) = setup {
@@ -147,7 +242,8 @@ fn probe(opts: &SandboxOptions) -> Result<()> {
         state_dir: state.path().to_path_buf(),
         probe_overlay: true,
     };
-    let mut helper = Helper::spawn(opts, &req)?;
+    let mut helper = Helper::spawn(opts)?;
+    helper.send_request(&req)?;
     if let Err(e) = helper.handshake(opts, &req) {
         return Err(helper.failure(e));
     }
@@ -216,7 +312,7 @@ struct Helper {
 }
 
 impl Helper {
-    fn spawn(opts: &SandboxOptions, req: &Request) -> Result<Helper> {
+    fn spawn(opts: &SandboxOptions) -> Result<Helper> {
         let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).context("creating the stdout pipe")?;
         let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).context("creating the stderr pipe")?;
         let (rep_r, rep_w) = pipe2(OFlag::O_CLOEXEC).context("creating the report pipe")?;
@@ -233,13 +329,7 @@ impl Helper {
         // Close our copies of the write ends so EOF arrives when the sandbox ends.
         drop(cmd);
         drop(rep_w);
-        let mut stdin = child.stdin.take();
-        let mut line = serde_json::to_vec(req).context("encoding the sandbox request")?;
-        line.push(b'\n');
-        if let Some(s) = stdin.as_mut() {
-            // A write error means the helper died; its report says why.
-            let _ = s.write_all(&line);
-        }
+        let stdin = child.stdin.take();
         Ok(Helper {
             child,
             stdin,
@@ -253,6 +343,17 @@ impl Helper {
             errors: vec![],
             init_died: None,
         })
+    }
+
+    /// Sends the request line; the helper is blocked reading it.
+    fn send_request(&mut self, req: &Request) -> Result<()> {
+        let mut line = serde_json::to_vec(req).context("encoding the sandbox request")?;
+        line.push(b'\n');
+        if let Some(s) = self.stdin.as_mut() {
+            // A write error means the helper died; its report says why.
+            let _ = s.write_all(&line);
+        }
+        Ok(())
     }
 
     /// Waits for the user namespace, writes the maps, sends the go byte.

@@ -125,7 +125,15 @@ impl StageState {
             };
             handle.log(s, bytes);
         };
-        let (entries, work) = super::super::run::run(&inputs, &mut on_output)?;
+        let spare = self.spare.take();
+        let (entries, work) = super::super::run::run(&inputs, spare, &mut on_output)?;
+        // A later RUN of the stage gets its setup process (exec'd, in its
+        // cgroup) while this step's layer is written. After a miss the
+        // next RUN misses too (its parent key is new), so it is rarely
+        // wasted; when it is, it is killed with the stage.
+        if self.runs_later() {
+            self.spare = crate::sandbox::prestart(&Default::default(), &ctx.req.limits).ok();
+        }
         self.keepalive.views.extend(views);
         self.keepalive.temps.push(work);
         Ok(entries)
