@@ -425,16 +425,22 @@ impl StageState {
         // write_layer hashes the blob on a thread of its own.
         let mut blob = ctx.store.blob_writer_unhashed()?;
         // Chunk records are written through this temp dir (locked, removed
-        // on drop) so a crash leaves no half-written record behind.
-        let chunk_tmp = ctx.store.temp_dir("chunks")?;
+        // on drop) so a crash leaves no half-written record behind. A layer
+        // of one small chunk is written without the cache (`layer::small`):
+        // no temp dir, no record files.
+        let chunk_tmp = match crate::layer::is_small(entries) {
+            true => None,
+            false => Some(ctx.store.temp_dir("chunks")?),
+        };
+        let chunk_cache = match &chunk_tmp {
+            Some(tmp) => Some(crate::cache::store_chunk_cache(ctx.store, tmp.path())?),
+            None => None,
+        };
         let opts = WriteOptions {
             compression: ctx.req.compression,
             source_date_epoch: ctx.req.source_date_epoch,
             threads: 0,
-            chunk_cache: Some(crate::cache::store_chunk_cache(
-                ctx.store,
-                chunk_tmp.path(),
-            )?),
+            chunk_cache,
             known_files,
         };
         let info = {
