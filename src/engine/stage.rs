@@ -241,6 +241,12 @@ impl StageState {
             Lookup::Corrupt(e) => corrupt = Some(corrupt_record(ctx, &e)),
             Lookup::Miss => {}
         }
+        // A RUN that misses starts its sandbox's setup process at once (or
+        // the step before did): its exec and cgroup move overlap the miss
+        // explanation and the step's preparation (`exec::run`).
+        if matches!(step.kind, StepKind::Run(_)) && self.spare.is_none() {
+            self.spare = crate::sandbox::prestart(&Default::default(), &ctx.req.limits).ok();
+        }
         // Started before anything else: it fetches while the step works.
         let seeding = super::cache_io::start_seed(ctx, step_id, &inputs.instruction);
         let (reason, link_from) = match corrupt {

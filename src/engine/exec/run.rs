@@ -36,6 +36,15 @@ impl StageState {
         handle: &StepHandle,
     ) -> anyhow::Result<Vec<LayerEntry>> {
         let ctx = src.ctx;
+        // The setup process was started when the step missed (or by the
+        // step before): its exec and cgroup move overlap what follows (the
+        // stage's view, whose snapshot of the last layer may need
+        // unpacking, the mounts, the RUN dirs). Killed on an error before
+        // it runs.
+        let spare = match self.spare.take() {
+            Some(spare) => Some(spare),
+            None => crate::sandbox::prestart(&Default::default(), &ctx.req.limits).ok(),
+        };
         let network = match r.network {
             None | Some(Network::Default) => ctx.req.network,
             Some(Network::Host) => crate::sandbox::NetworkMode::Host,
@@ -125,7 +134,6 @@ impl StageState {
             };
             handle.log(s, bytes);
         };
-        let spare = self.spare.take();
         let (entries, work) = super::super::run::run(&inputs, spare, &mut on_output)?;
         // A later RUN of the stage gets its setup process (exec'd, in its
         // cgroup) while this step's layer is written. After a miss the
