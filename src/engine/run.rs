@@ -181,6 +181,22 @@ pub fn run(
     on_output: &mut dyn FnMut(sandbox::Stream, &[u8]),
 ) -> anyhow::Result<(Vec<LayerEntry>, LockedTempDir)> {
     let work = inputs.store.temp_dir("run-").context("creating RUN dirs")?;
+    match run_in(inputs, spare, on_output, &work) {
+        Ok(entries) => Ok((entries, work)),
+        Err(e) => {
+            remove_run_dir(work);
+            Err(e)
+        }
+    }
+}
+
+/// [`run`] in its RUN dir `work`, which the caller removes.
+fn run_in(
+    inputs: &RunInputs<'_>,
+    spare: Option<sandbox::Prestarted>,
+    on_output: &mut dyn FnMut(sandbox::Stream, &[u8]),
+    work: &LockedTempDir,
+) -> anyhow::Result<Vec<LayerEntry>> {
     let user = resolve_user(inputs)?;
     let mut env = process_env(inputs, &user.1);
     let mut specs = Vec::new();
@@ -241,7 +257,7 @@ pub fn run(
     if outcome.exit_code != 0 {
         // A step that filled the store's disk usually fails with its own
         // "No space left on device": name the filesystem so the cause is
-        // plain. The upper dir goes with `work` when this returns.
+        // plain. The upper dir goes with `work` when `run` returns.
         let full = super::limits::full_filesystem_note(inputs.store.root(), work.path())
             .map(|note| format!("\n{note}"))
             .unwrap_or_default();
@@ -278,7 +294,16 @@ pub fn run(
         inputs.created,
     );
     entries.extend(dirs);
-    Ok((entries, work))
+    Ok(entries)
+}
+
+/// Removes a RUN dir from [`run`]: the overlay work dir first (the kernel
+/// leaves `work/work` mode 000, which a caller without root could not list),
+/// then the rest with the dir's guard. The stage does it off its own thread
+/// (`exec::KeepAlive`).
+pub fn remove_run_dir(dir: LockedTempDir) {
+    sandbox::clean_workdir(&dir.path().join("work"));
+    drop(dir);
 }
 
 /// The RUN's root: an overlay over the stage's snapshots with a fresh upper

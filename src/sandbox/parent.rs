@@ -32,7 +32,11 @@ pub fn run_with(
     spec: &RunSpec,
     on_output: &mut dyn FnMut(Stream, &[u8]),
 ) -> Result<RunOutcome> {
-    run_prestarted(opts, spec, None, on_output)
+    let outcome = run_prestarted(opts, spec, None, on_output);
+    if let RootfsSpec::Overlay { work, .. } = &spec.rootfs {
+        clean_workdir(work);
+    }
+    outcome
 }
 
 /// A sandbox setup process started before its step: the re-executed rbuild
@@ -110,7 +114,10 @@ impl Drop for Prestarted {
 }
 
 /// [`run_with`], on `spare` when it was started with the same options and
-/// limits (else it is dropped and a setup process started as usual).
+/// limits (else it is dropped and a setup process started as usual), and
+/// leaving the overlay work dir as the kernel left it: the caller empties
+/// it with [`clean_workdir`] when it suits (the engine does it off the
+/// step's path, `engine::exec::KeepAlive`).
 pub fn run_prestarted(
     opts: &SandboxOptions,
     spec: &RunSpec,
@@ -162,9 +169,6 @@ pub fn run_prestarted(
         Ok(()) => helper.finish(),
         Err(e) => Err(helper.failure(e)),
     };
-    if let RootfsSpec::Overlay { work, .. } = &spec.rootfs {
-        clean_workdir(work);
-    }
     let oom_kills = cgroup.oom_kills();
     match outcome {
         // The OOM killer may pick the sandbox's own init: say why it died.
@@ -182,7 +186,7 @@ pub fn run_prestarted(
 
 /// Empties the overlay work dir. The kernel leaves `work/work` with mode
 /// 000, which a non-root caller could not delete later.
-fn clean_workdir(work: &std::path::Path) {
+pub fn clean_workdir(work: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
     let Ok(entries) = std::fs::read_dir(work) else {
         return;

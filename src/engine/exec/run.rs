@@ -143,7 +143,7 @@ impl StageState {
             self.spare = crate::sandbox::prestart(&Default::default(), &ctx.req.limits).ok();
         }
         self.keepalive.views.extend(views);
-        self.keepalive.temps.push(work);
+        self.keepalive.run_dirs.push(work);
         Ok(entries)
     }
 
