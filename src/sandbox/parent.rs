@@ -394,14 +394,45 @@ impl Helper {
         }
         let report: Report = serde_json::from_str(&line)
             .with_context(|| format!("decoding sandbox report {:?}", line.trim()))?;
-        match &report {
+        self.note_report(&report);
+        Ok(Some(report))
+    }
+
+    fn note_report(&mut self, report: &Report) {
+        match report {
             Report::Stub { path } => self.stubs.push(path.clone()),
             Report::Error { message } => self.errors.push(message.clone()),
             Report::Exit { code } => self.exit = Some(*code),
             Report::InitDied { status } => self.init_died = Some(status.clone()),
             Report::Ready => {}
         }
-        Ok(Some(report))
+    }
+
+    /// Handles every complete report line in `pending` (and, at `eof`, a
+    /// last line without its newline). A line that does not decode is kept
+    /// as an error, as [`Helper::drain_reports`] does.
+    fn take_report_lines(&mut self, pending: &mut Vec<u8>, eof: bool) {
+        let mut start = 0;
+        while let Some(n) = pending[start..].iter().position(|b| *b == b'\n') {
+            let line = pending[start..start + n].to_vec();
+            start += n + 1;
+            self.handle_report_line(&line);
+        }
+        pending.drain(..start);
+        if eof && !pending.is_empty() {
+            let line = std::mem::take(pending);
+            self.handle_report_line(&line);
+        }
+    }
+
+    fn handle_report_line(&mut self, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        match serde_json::from_str::<Report>(&text) {
+            Ok(report) => self.note_report(&report),
+            Err(e) => self
+                .errors
+                .push(format!("decoding sandbox report {:?}: {e}", text.trim())),
+        }
     }
 
     /// Reads reports until EOF. A line that does not decode is kept as an
@@ -456,52 +487,78 @@ impl Helper {
 /// until every pipe reaches EOF. The reports must not wait for the output:
 /// init's last ones (what the command wrote to `/etc/hosts`) may be more
 /// than the report pipe holds, and init keeps the output pipes open until
-/// they are written.
+/// they are written. One `poll` over the three pipes on the calling thread:
+/// three threads per step (two output readers and a report reader) cost
+/// their starts and, at the end, three wake-ups the step waited for.
 fn pump(
     helper: &mut Helper,
     out: Option<File>,
     err: Option<File>,
     on_output: &mut dyn FnMut(Stream, &[u8]),
 ) -> Result<()> {
-    std::thread::scope(|s| {
-        let reports = s.spawn(|| helper.drain_reports());
-        pump_output(out, err, on_output);
-        reports
-            .join()
-            .unwrap_or_else(|_| Err(anyhow!("the sandbox report reader panicked")))
-    })
-}
-
-/// Streams both pipes to `on_output` until both reach EOF (when every
-/// process in the sandbox is gone). Reader threads only move bytes; the
-/// callback runs on the caller's thread.
-fn pump_output(out: Option<File>, err: Option<File>, on_output: &mut dyn FnMut(Stream, &[u8])) {
-    let (tx, rx) = crossbeam_channel::bounded::<(Stream, Vec<u8>)>(64);
-    let mut readers = Vec::new();
-    for (stream, file) in [(Stream::Stdout, out), (Stream::Stderr, err)] {
-        let Some(mut file) = file else { continue };
-        let tx = tx.clone();
-        readers.push(std::thread::spawn(move || {
-            let mut buf = vec![0u8; 32 * 1024];
-            loop {
-                match file.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        if tx.send((stream, buf[..n].to_vec())).is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => break,
-                }
+    // What the handshake's reader already holds comes first.
+    let mut pending = helper.reports.buffer().to_vec();
+    helper.reports.consume(pending.len());
+    helper.take_report_lines(&mut pending, false);
+    let reports = helper
+        .reports
+        .get_ref()
+        .try_clone()
+        .context("reading sandbox reports")?;
+    // Slot 0 and 1: stdout, stderr; 2: reports. `None` once at EOF.
+    let mut pipes = [out, err, Some(reports)];
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(3);
+        let mut slots = Vec::with_capacity(3);
+        for (i, f) in pipes.iter().enumerate() {
+            if let Some(f) = f {
+                fds.push(libc::pollfd {
+                    fd: f.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                slots.push(i);
             }
-        }));
-    }
-    drop(tx);
-    for (stream, chunk) in rx {
-        on_output(stream, &chunk);
-    }
-    for r in readers {
-        let _ = r.join();
+        }
+        if fds.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e).context("waiting for the sandbox's pipes");
+        }
+        for (pfd, &slot) in fds.iter().zip(&slots) {
+            if pfd.revents == 0 {
+                continue;
+            }
+            let Some(file) = pipes[slot].as_mut() else {
+                continue;
+            };
+            let read = match file.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => other,
+            };
+            match (slot, read) {
+                (_, Ok(0)) | (0 | 1, Err(_)) => {
+                    pipes[slot] = None;
+                    if slot == 2 {
+                        helper.take_report_lines(&mut pending, true);
+                    }
+                }
+                (0, Ok(n)) => on_output(Stream::Stdout, &buf[..n]),
+                (1, Ok(n)) => on_output(Stream::Stderr, &buf[..n]),
+                (_, Ok(n)) => {
+                    pending.extend_from_slice(&buf[..n]);
+                    helper.take_report_lines(&mut pending, false);
+                }
+                (_, Err(e)) => return Err(e).context("reading sandbox reports"),
+            }
+        }
     }
 }
