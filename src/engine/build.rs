@@ -369,10 +369,14 @@ fn build_once(
         probe: Default::default(),
         origins: Default::default(),
     };
-    let target = match super::cache_io::probe(&ctx, run_stages) {
-        Some(t) => t,
-        None => run_stages(&ctx)?,
-    };
+    // The overlay probe, started early (`run::probe_early`).
+    let target = std::thread::scope(|s| {
+        super::run::probe_early(s, &ctx.plan);
+        match super::cache_io::probe(&ctx, run_stages) {
+            Some(t) => Ok(t),
+            None => run_stages(&ctx),
+        }
+    })?;
     // Interrupted during the last step: nothing is tagged or exported.
     super::cancel::check()?;
     caches

@@ -173,11 +173,30 @@ pub fn mounts(parsed: &[Mount], workdir: &str) -> Vec<Mount> {
 /// Run the command; returns the layer entries (empty when nothing changed)
 /// and the temp dir holding the files they name, to keep until the layer is
 /// written.
+/// `spare` is a setup process the stage started for this step while the
+/// previous one wrote its layer (`sandbox::prestart`).
 pub fn run(
     inputs: &RunInputs<'_>,
+    spare: Option<sandbox::Prestarted>,
     on_output: &mut dyn FnMut(sandbox::Stream, &[u8]),
 ) -> anyhow::Result<(Vec<LayerEntry>, LockedTempDir)> {
     let work = inputs.store.temp_dir("run-").context("creating RUN dirs")?;
+    match run_in(inputs, spare, on_output, &work) {
+        Ok(entries) => Ok((entries, work)),
+        Err(e) => {
+            remove_run_dir(work);
+            Err(e)
+        }
+    }
+}
+
+/// [`run`] in its RUN dir `work`, which the caller removes.
+fn run_in(
+    inputs: &RunInputs<'_>,
+    spare: Option<sandbox::Prestarted>,
+    on_output: &mut dyn FnMut(sandbox::Stream, &[u8]),
+    work: &LockedTempDir,
+) -> anyhow::Result<Vec<LayerEntry>> {
     let user = resolve_user(inputs)?;
     let mut env = process_env(inputs, &user.1);
     let mut specs = Vec::new();
@@ -220,7 +239,8 @@ pub fn run(
         state_parent: Some(work.path().to_path_buf()),
         ..Default::default()
     };
-    let outcome = sandbox::run_with(&opts, &spec, on_output).context("running the RUN sandbox")?;
+    let outcome = sandbox::run_prestarted(&opts, &spec, spare, on_output)
+        .context("running the RUN sandbox")?;
     drop(locks);
     for w in &outcome.limit_warnings {
         (inputs.on_warning)(w);
@@ -237,7 +257,7 @@ pub fn run(
     if outcome.exit_code != 0 {
         // A step that filled the store's disk usually fails with its own
         // "No space left on device": name the filesystem so the cause is
-        // plain. The upper dir goes with `work` when this returns.
+        // plain. The upper dir goes with `work` when `run` returns.
         let full = super::limits::full_filesystem_note(inputs.store.root(), work.path())
             .map(|note| format!("\n{note}"))
             .unwrap_or_default();
@@ -274,7 +294,16 @@ pub fn run(
         inputs.created,
     );
     entries.extend(dirs);
-    Ok((entries, work))
+    Ok(entries)
+}
+
+/// Removes a RUN dir from [`run`]: the overlay work dir first (the kernel
+/// leaves `work/work` mode 000, which a caller without root could not list),
+/// then the rest with the dir's guard. The stage does it off its own thread
+/// (`exec::KeepAlive`).
+pub fn remove_run_dir(dir: LockedTempDir) {
+    sandbox::clean_workdir(&dir.path().join("work"));
+    drop(dir);
 }
 
 /// The RUN's root: an overlay over the stage's snapshots with a fresh upper
@@ -314,6 +343,21 @@ fn prepare_root(
 pub fn overlay_usable() -> bool {
     std::env::var_os("RBUILD_NO_OVERLAY").is_none_or(|v| v.is_empty() || v == "0")
         && sandbox::overlay_available()
+}
+
+/// Starts the overlay probe (once per process) on a thread of `scope` when
+/// the plan has a RUN step. The probe forks, mounts and removes a few dirs:
+/// milliseconds the first RUN of a build would otherwise wait for, now
+/// overlapped with the context scan and the cached steps before it.
+pub fn probe_early<'s>(scope: &'s std::thread::Scope<'s, '_>, plan: &crate::plan::Plan) {
+    let has_run = plan.stages.iter().any(|st| {
+        st.steps
+            .iter()
+            .any(|step| matches!(step.kind, crate::plan::StepKind::Run(_)))
+    });
+    if has_run {
+        scope.spawn(overlay_usable);
+    }
 }
 
 /// `/etc/resolv.conf`, `/etc/hosts` (with `--add-host` lines) and

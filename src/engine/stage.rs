@@ -49,6 +49,11 @@ pub(crate) struct StageState {
     files_read_after: Vec<bool>,
     /// The index of the step `run` is on.
     next_index: usize,
+    /// The index of the stage's last RUN step, if it has one.
+    last_run: Option<usize>,
+    /// A sandbox setup process started for the next RUN step
+    /// (`exec::run`), killed with the stage when unused.
+    pub(super) spare: Option<crate::sandbox::Prestarted>,
 }
 
 /// What a step produced, to record and apply.
@@ -105,6 +110,8 @@ impl StageState {
             incomplete,
             files_read_after: files_read_after(ctx, stage),
             next_index: 0,
+            last_run: (stage.steps.iter()).rposition(|s| matches!(s.kind, StepKind::Run(_))),
+            spare: None,
         })
     }
 
@@ -156,6 +163,11 @@ impl StageState {
                 Ok(())
             }
         }
+    }
+
+    /// Whether a RUN step of the stage comes after the current step.
+    pub(super) fn runs_later(&self) -> bool {
+        self.last_run.is_some_and(|last| last + 1 > self.next_index)
     }
 
     /// The absolute WORKDIR after a `WORKDIR p` step (relative paths join
@@ -228,6 +240,12 @@ impl StageState {
             }
             Lookup::Corrupt(e) => corrupt = Some(corrupt_record(ctx, &e)),
             Lookup::Miss => {}
+        }
+        // A RUN that misses starts its sandbox's setup process at once (or
+        // the step before did): its exec and cgroup move overlap the miss
+        // explanation and the step's preparation (`exec::run`).
+        if matches!(step.kind, StepKind::Run(_)) && self.spare.is_none() {
+            self.spare = crate::sandbox::prestart(&Default::default(), &ctx.req.limits).ok();
         }
         // Started before anything else: it fetches while the step works.
         let seeding = super::cache_io::start_seed(ctx, step_id, &inputs.instruction);
@@ -413,16 +431,22 @@ impl StageState {
         // write_layer hashes the blob on a thread of its own.
         let mut blob = ctx.store.blob_writer_unhashed()?;
         // Chunk records are written through this temp dir (locked, removed
-        // on drop) so a crash leaves no half-written record behind.
-        let chunk_tmp = ctx.store.temp_dir("chunks")?;
+        // on drop) so a crash leaves no half-written record behind. A layer
+        // of one small chunk is written without the cache (`layer::small`):
+        // no temp dir, no record files.
+        let chunk_tmp = match crate::layer::is_small(entries) {
+            true => None,
+            false => Some(ctx.store.temp_dir("chunks")?),
+        };
+        let chunk_cache = match &chunk_tmp {
+            Some(tmp) => Some(crate::cache::store_chunk_cache(ctx.store, tmp.path())?),
+            None => None,
+        };
         let opts = WriteOptions {
             compression: ctx.req.compression,
             source_date_epoch: ctx.req.source_date_epoch,
             threads: 0,
-            chunk_cache: Some(crate::cache::store_chunk_cache(
-                ctx.store,
-                chunk_tmp.path(),
-            )?),
+            chunk_cache,
             known_files,
         };
         let info = {

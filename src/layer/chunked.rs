@@ -722,6 +722,17 @@ fn process(
     })
 }
 
+/// One chunk compressed exactly as a worker without a chunk cache does it:
+/// for a layer small enough to be one chunk, written on the calling thread
+/// (`small.rs`).
+pub(super) fn compress_one(data: &[u8], codec: Codec) -> io::Result<Vec<u8>> {
+    let keys = ChunkKeys {
+        key: None,
+        bytes_key: None,
+    };
+    Ok(process(data, codec, keys, None, &mut Compressors::default())?.bytes)
+}
+
 /// libdeflate's compressor and an output buffer, both reused: a fresh
 /// buffer of the worst-case size per chunk page-faulted on every page.
 struct GzipCompressor {

@@ -113,7 +113,7 @@ pub fn write_prepared(
     out: &mut (dyn Write + Send),
     opts: &WriteOptions,
 ) -> Result<LayerInfo> {
-    let buffered = BufWriter::with_capacity(256 * 1024, out);
+    let mut buffered = BufWriter::with_capacity(256 * 1024, out);
     let (codec, media_type) = match opts.compression {
         Compression::None => {
             // The blob is the tar: one hash serves as diff_id and digest.
@@ -133,6 +133,22 @@ pub fn write_prepared(
         Compression::Gzip { level } => (Codec::Gzip(level), OCI_LAYER_GZIP),
         Compression::Zstd { level } => (Codec::Zstd(level), OCI_LAYER_ZSTD),
     };
+    // A layer of one chunk (most RUN steps') on this thread, same bytes.
+    let small = match super::small::is_small(entries) {
+        true => super::small::tar_in_memory(entries, opts.known_files.as_deref())?,
+        false => None,
+    };
+    if let Some(tar) = small {
+        let s = super::small::write_small(&tar, codec, &mut buffered)?;
+        return Ok(LayerInfo {
+            diff_id: s.diff_id,
+            digest: s.digest,
+            size: s.size,
+            uncompressed_size: s.tar_size,
+            media_type,
+            chunks: s.stats,
+        });
+    }
     let done = compress_entries(entries, buffered, codec, opts)?;
     let digest = done.digest;
     if let Some(cache) = &opts.chunk_cache {

@@ -17,6 +17,7 @@ mod entry;
 mod merged;
 mod midsha;
 mod resolve;
+mod small;
 mod sparse;
 mod sys;
 mod tarwrite;
@@ -36,6 +37,7 @@ pub use entry::{
 };
 pub use merged::{merged_image_path, merged_lookup, merged_resolve, MergedView};
 pub use resolve::resolve_in_root;
+pub(crate) use small::is_small;
 pub use sparse::{copy_sparse, write_sparse};
 pub use tarwrite::{KnownFile, KnownFiles};
 pub use unpack::{open_archive, unpack_layer, LayerCheckError, UnpackOptions, UnpackStats};

@@ -32,6 +32,98 @@ pub fn run_with(
     spec: &RunSpec,
     on_output: &mut dyn FnMut(Stream, &[u8]),
 ) -> Result<RunOutcome> {
+    let outcome = run_prestarted(opts, spec, None, on_output);
+    if let RootfsSpec::Overlay { work, .. } = &spec.rootfs {
+        clean_workdir(work);
+    }
+    outcome
+}
+
+/// A sandbox setup process started before its step: the re-executed rbuild
+/// binary, blocked reading its request, and the step's cgroup, which a
+/// thread of its own moves it into. Starting both while the previous step
+/// writes its layer takes the exec and the cgroup move (an RCU grace period
+/// on cgroup v1: ~5-11 ms, docs/benchmarks.md) off the next step's path.
+/// The process has nothing of a step yet: no namespace, no request, no
+/// mount, no descriptor but its pipes. Dropped unused, it is killed and
+/// reaped and its cgroup removed.
+pub struct Prestarted {
+    helper: Option<Helper>,
+    /// Moves the helper into the step's cgroup: the cgroup and its warnings.
+    joining: Option<std::thread::JoinHandle<(cgroup::StepCgroup, Vec<String>)>>,
+    init_exe: std::path::PathBuf,
+    id_map: super::IdMapMode,
+    limits: super::Limits,
+}
+
+/// Starts a setup process for a later [`run_prestarted`] with these options
+/// and limits. It must be started (and used or dropped) by the thread that
+/// runs the step: the process dies with the thread that forked it
+/// (`PR_SET_PDEATHSIG`).
+pub fn prestart(opts: &SandboxOptions, limits: &super::Limits) -> Result<Prestarted> {
+    let helper = Helper::spawn(opts)?;
+    let pid = helper.child.id();
+    let for_thread = limits.clone();
+    let joining = std::thread::Builder::new()
+        .name("sandbox-cgroup".into())
+        .spawn(move || {
+            let (mut cgroup, mut warnings) = cgroup::StepCgroup::create(&for_thread);
+            warnings.extend(cgroup.add_process(pid));
+            (cgroup, warnings)
+        });
+    let mut spare = Prestarted {
+        helper: Some(helper),
+        joining: None,
+        init_exe: opts.init_exe.clone(),
+        id_map: opts.id_map,
+        limits: limits.clone(),
+    };
+    // On an error the drop kills and reaps the helper.
+    spare.joining = Some(joining.context("starting the sandbox's cgroup thread")?);
+    Ok(spare)
+}
+
+impl Prestarted {
+    /// The helper (its request sent) and its joined cgroup.
+    fn start(mut self, req: &Request) -> Result<(Helper, cgroup::StepCgroup, Vec<String>)> {
+        let mut helper = self
+            .helper
+            .take()
+            .context("prestarted sandbox already used")?;
+        helper.send_request(req)?;
+        let joined = self.joining.take().map(std::thread::JoinHandle::join);
+        match joined {
+            Some(Ok((cgroup, warnings))) => Ok((helper, cgroup, warnings)),
+            _ => Err(helper.failure(anyhow!("the sandbox's cgroup thread panicked"))),
+        }
+    }
+}
+
+impl Drop for Prestarted {
+    fn drop(&mut self) {
+        if let Some(mut helper) = self.helper.take() {
+            let _ = helper.child.kill();
+            // Joined before the helper is reaped, so its pid is not reused
+            // while the thread may still write it to `cgroup.procs`.
+            if let Some(j) = self.joining.take() {
+                drop(j.join());
+            }
+            let _ = helper.child.wait();
+        }
+    }
+}
+
+/// [`run_with`], on `spare` when it was started with the same options and
+/// limits (else it is dropped and a setup process started as usual), and
+/// leaving the overlay work dir as the kernel left it: the caller empties
+/// it with [`clean_workdir`] when it suits (the engine does it off the
+/// step's path, `engine::exec::KeepAlive`).
+pub fn run_prestarted(
+    opts: &SandboxOptions,
+    spec: &RunSpec,
+    spare: Option<Prestarted>,
+    on_output: &mut dyn FnMut(Stream, &[u8]),
+) -> Result<RunOutcome> {
     validate(spec)?;
     let mut state = tempfile::Builder::new();
     state.prefix("rbuild-sandbox-");
@@ -48,12 +140,22 @@ pub fn run_with(
         state_dir: state.path().to_path_buf(),
         probe_overlay: false,
     };
-    // Removed (with anything left in it) when this function returns.
-    let (mut cgroup, mut limit_warnings) = cgroup::StepCgroup::create(&spec.limits);
-    let mut helper = Helper::spawn(opts, &req)?;
-    // The helper is still reading its request: it forks nothing before the
-    // go byte, so init and the command start inside the step's cgroup.
-    limit_warnings.extend(cgroup.add_process(helper.child.id()));
+    let spare = spare.filter(|p| {
+        p.init_exe == opts.init_exe && p.id_map == opts.id_map && p.limits == spec.limits
+    });
+    // The cgroup is removed (with anything left in it) when this returns.
+    // The helper forks nothing before the go byte, so init and the command
+    // start inside the step's cgroup.
+    let (mut helper, cgroup, mut limit_warnings) = match spare {
+        Some(spare) => spare.start(&req)?,
+        None => {
+            let (mut cgroup, mut warnings) = cgroup::StepCgroup::create(&spec.limits);
+            let mut helper = Helper::spawn(opts)?;
+            helper.send_request(&req)?;
+            warnings.extend(cgroup.add_process(helper.child.id()));
+            (helper, cgroup, warnings)
+        }
+    };
     let setup = helper.handshake(opts, &req);
     let (out, err) = (helper.stdout.take(), helper.stderr.take());
     if let Err(e) = setup {
@@ -67,9 +169,6 @@ pub fn run_with(
         Ok(()) => helper.finish(),
         Err(e) => Err(helper.failure(e)),
     };
-    if let RootfsSpec::Overlay { work, .. } = &spec.rootfs {
-        clean_workdir(work);
-    }
     let oom_kills = cgroup.oom_kills();
     match outcome {
         // The OOM killer may pick the sandbox's own init: say why it died.
@@ -87,7 +186,7 @@ pub fn run_with(
 
 /// Empties the overlay work dir. The kernel leaves `work/work` with mode
 /// 000, which a non-root caller could not delete later.
-fn clean_workdir(work: &std::path::Path) {
+pub fn clean_workdir(work: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
     let Ok(entries) = std::fs::read_dir(work) else {
         return;
@@ -147,7 +246,8 @@ fn probe(opts: &SandboxOptions) -> Result<()> {
         state_dir: state.path().to_path_buf(),
         probe_overlay: true,
     };
-    let mut helper = Helper::spawn(opts, &req)?;
+    let mut helper = Helper::spawn(opts)?;
+    helper.send_request(&req)?;
     if let Err(e) = helper.handshake(opts, &req) {
         return Err(helper.failure(e));
     }
@@ -216,7 +316,7 @@ struct Helper {
 }
 
 impl Helper {
-    fn spawn(opts: &SandboxOptions, req: &Request) -> Result<Helper> {
+    fn spawn(opts: &SandboxOptions) -> Result<Helper> {
         let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).context("creating the stdout pipe")?;
         let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).context("creating the stderr pipe")?;
         let (rep_r, rep_w) = pipe2(OFlag::O_CLOEXEC).context("creating the report pipe")?;
@@ -233,13 +333,7 @@ impl Helper {
         // Close our copies of the write ends so EOF arrives when the sandbox ends.
         drop(cmd);
         drop(rep_w);
-        let mut stdin = child.stdin.take();
-        let mut line = serde_json::to_vec(req).context("encoding the sandbox request")?;
-        line.push(b'\n');
-        if let Some(s) = stdin.as_mut() {
-            // A write error means the helper died; its report says why.
-            let _ = s.write_all(&line);
-        }
+        let stdin = child.stdin.take();
         Ok(Helper {
             child,
             stdin,
@@ -253,6 +347,17 @@ impl Helper {
             errors: vec![],
             init_died: None,
         })
+    }
+
+    /// Sends the request line; the helper is blocked reading it.
+    fn send_request(&mut self, req: &Request) -> Result<()> {
+        let mut line = serde_json::to_vec(req).context("encoding the sandbox request")?;
+        line.push(b'\n');
+        if let Some(s) = self.stdin.as_mut() {
+            // A write error means the helper died; its report says why.
+            let _ = s.write_all(&line);
+        }
+        Ok(())
     }
 
     /// Waits for the user namespace, writes the maps, sends the go byte.
@@ -289,14 +394,45 @@ impl Helper {
         }
         let report: Report = serde_json::from_str(&line)
             .with_context(|| format!("decoding sandbox report {:?}", line.trim()))?;
-        match &report {
+        self.note_report(&report);
+        Ok(Some(report))
+    }
+
+    fn note_report(&mut self, report: &Report) {
+        match report {
             Report::Stub { path } => self.stubs.push(path.clone()),
             Report::Error { message } => self.errors.push(message.clone()),
             Report::Exit { code } => self.exit = Some(*code),
             Report::InitDied { status } => self.init_died = Some(status.clone()),
             Report::Ready => {}
         }
-        Ok(Some(report))
+    }
+
+    /// Handles every complete report line in `pending` (and, at `eof`, a
+    /// last line without its newline). A line that does not decode is kept
+    /// as an error, as [`Helper::drain_reports`] does.
+    fn take_report_lines(&mut self, pending: &mut Vec<u8>, eof: bool) {
+        let mut start = 0;
+        while let Some(n) = pending[start..].iter().position(|b| *b == b'\n') {
+            let line = pending[start..start + n].to_vec();
+            start += n + 1;
+            self.handle_report_line(&line);
+        }
+        pending.drain(..start);
+        if eof && !pending.is_empty() {
+            let line = std::mem::take(pending);
+            self.handle_report_line(&line);
+        }
+    }
+
+    fn handle_report_line(&mut self, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        match serde_json::from_str::<Report>(&text) {
+            Ok(report) => self.note_report(&report),
+            Err(e) => self
+                .errors
+                .push(format!("decoding sandbox report {:?}: {e}", text.trim())),
+        }
     }
 
     /// Reads reports until EOF. A line that does not decode is kept as an
@@ -351,52 +487,78 @@ impl Helper {
 /// until every pipe reaches EOF. The reports must not wait for the output:
 /// init's last ones (what the command wrote to `/etc/hosts`) may be more
 /// than the report pipe holds, and init keeps the output pipes open until
-/// they are written.
+/// they are written. One `poll` over the three pipes on the calling thread:
+/// three threads per step (two output readers and a report reader) cost
+/// their starts and, at the end, three wake-ups the step waited for.
 fn pump(
     helper: &mut Helper,
     out: Option<File>,
     err: Option<File>,
     on_output: &mut dyn FnMut(Stream, &[u8]),
 ) -> Result<()> {
-    std::thread::scope(|s| {
-        let reports = s.spawn(|| helper.drain_reports());
-        pump_output(out, err, on_output);
-        reports
-            .join()
-            .unwrap_or_else(|_| Err(anyhow!("the sandbox report reader panicked")))
-    })
-}
-
-/// Streams both pipes to `on_output` until both reach EOF (when every
-/// process in the sandbox is gone). Reader threads only move bytes; the
-/// callback runs on the caller's thread.
-fn pump_output(out: Option<File>, err: Option<File>, on_output: &mut dyn FnMut(Stream, &[u8])) {
-    let (tx, rx) = crossbeam_channel::bounded::<(Stream, Vec<u8>)>(64);
-    let mut readers = Vec::new();
-    for (stream, file) in [(Stream::Stdout, out), (Stream::Stderr, err)] {
-        let Some(mut file) = file else { continue };
-        let tx = tx.clone();
-        readers.push(std::thread::spawn(move || {
-            let mut buf = vec![0u8; 32 * 1024];
-            loop {
-                match file.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        if tx.send((stream, buf[..n].to_vec())).is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => break,
-                }
+    // What the handshake's reader already holds comes first.
+    let mut pending = helper.reports.buffer().to_vec();
+    helper.reports.consume(pending.len());
+    helper.take_report_lines(&mut pending, false);
+    let reports = helper
+        .reports
+        .get_ref()
+        .try_clone()
+        .context("reading sandbox reports")?;
+    // Slot 0 and 1: stdout, stderr; 2: reports. `None` once at EOF.
+    let mut pipes = [out, err, Some(reports)];
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(3);
+        let mut slots = Vec::with_capacity(3);
+        for (i, f) in pipes.iter().enumerate() {
+            if let Some(f) = f {
+                fds.push(libc::pollfd {
+                    fd: f.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                slots.push(i);
             }
-        }));
-    }
-    drop(tx);
-    for (stream, chunk) in rx {
-        on_output(stream, &chunk);
-    }
-    for r in readers {
-        let _ = r.join();
+        }
+        if fds.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e).context("waiting for the sandbox's pipes");
+        }
+        for (pfd, &slot) in fds.iter().zip(&slots) {
+            if pfd.revents == 0 {
+                continue;
+            }
+            let Some(file) = pipes[slot].as_mut() else {
+                continue;
+            };
+            let read = match file.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => other,
+            };
+            match (slot, read) {
+                (_, Ok(0)) | (0 | 1, Err(_)) => {
+                    pipes[slot] = None;
+                    if slot == 2 {
+                        helper.take_report_lines(&mut pending, true);
+                    }
+                }
+                (0, Ok(n)) => on_output(Stream::Stdout, &buf[..n]),
+                (1, Ok(n)) => on_output(Stream::Stderr, &buf[..n]),
+                (_, Ok(n)) => {
+                    pending.extend_from_slice(&buf[..n]);
+                    helper.take_report_lines(&mut pending, false);
+                }
+                (_, Err(e)) => return Err(e).context("reading sandbox reports"),
+            }
+        }
     }
 }

@@ -510,3 +510,96 @@ fn killed_build_cgroup_is_swept_by_the_next_build() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!dir.exists(), "{} swept", dir.display());
 }
+
+/// A RUN after a RUN in one stage runs on the setup process the first one
+/// started while its layer was written (`sandbox::prestart`): that process
+/// was moved into its step's cgroup by another thread, and the limit must
+/// hold there all the same.
+#[test]
+fn pids_limit_holds_for_a_prestarted_step() {
+    if !root_only() {
+        return;
+    }
+    let env = Env::new();
+    let Some(ctx) = context(
+        &env,
+        "FROM base\nRUN true\nRUN i=0; while [ $i -lt 50 ]; do sleep 2 & i=$((i+1)); done; echo \"all $i started\"\n",
+    ) else {
+        return;
+    };
+    let (out, pid) = build(&env, &ctx, &["--pids-limit", "20"]);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success(),
+        "50 processes under a limit of 20: {err}"
+    );
+    assert!(err.contains("fork"), "{err}");
+    assert!(!err.contains("all 50 started"), "{err}");
+    assert!(step_cgroups(pid).is_empty());
+}
+
+/// The children of this process now (every thread's `children` list).
+fn own_children() -> Vec<u32> {
+    let mut pids = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        pids.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    pids
+}
+
+/// A prestarted setup process that is never used (the stage ended or
+/// failed first) is killed and reaped when dropped, and its cgroup goes.
+#[test]
+fn unused_prestarted_sandbox_is_reaped_with_its_cgroup() {
+    use rbuild::sandbox::{prestart, Limits, SandboxOptions};
+    if !root_only() {
+        return;
+    }
+    let opts = SandboxOptions {
+        init_exe: common::rbuild_bin().into(),
+        ..SandboxOptions::default()
+    };
+    let limits = Limits {
+        pids: Some(64),
+        ..Limits::default()
+    };
+    let before = own_children();
+    let spare = prestart(&opts, &limits).expect("prestart");
+    // Other tests of this binary start processes too: ours is the new
+    // child running as the setup process.
+    let started: Vec<u32> = own_children()
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"__sandbox-init"))
+        })
+        .collect();
+    assert_eq!(started.len(), 1, "one setup process: {started:?}");
+    let helper = started[0];
+    // The cgroup thread moves it in the background: wait until it is in.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut cgroup = None;
+    while cgroup.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the helper joined no step cgroup"
+        );
+        cgroup = step_cgroups(std::process::id()).into_iter().find(|d| {
+            std::fs::read_to_string(d.join("cgroup.procs"))
+                .is_ok_and(|p| p.split_whitespace().any(|x| x == helper.to_string()))
+        });
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(spare);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{helper}")).exists(),
+        "the unused setup process was reaped"
+    );
+    let dir = cgroup.unwrap();
+    assert!(!dir.exists(), "{} removed", dir.display());
+}

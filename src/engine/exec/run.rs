@@ -36,6 +36,15 @@ impl StageState {
         handle: &StepHandle,
     ) -> anyhow::Result<Vec<LayerEntry>> {
         let ctx = src.ctx;
+        // The setup process was started when the step missed (or by the
+        // step before): its exec and cgroup move overlap what follows (the
+        // stage's view, whose snapshot of the last layer may need
+        // unpacking, the mounts, the RUN dirs). Killed on an error before
+        // it runs.
+        let spare = match self.spare.take() {
+            Some(spare) => Some(spare),
+            None => crate::sandbox::prestart(&Default::default(), &ctx.req.limits).ok(),
+        };
         let network = match r.network {
             None | Some(Network::Default) => ctx.req.network,
             Some(Network::Host) => crate::sandbox::NetworkMode::Host,
@@ -125,9 +134,16 @@ impl StageState {
             };
             handle.log(s, bytes);
         };
-        let (entries, work) = super::super::run::run(&inputs, &mut on_output)?;
+        let (entries, work) = super::super::run::run(&inputs, spare, &mut on_output)?;
+        // A later RUN of the stage gets its setup process (exec'd, in its
+        // cgroup) while this step's layer is written. After a miss the
+        // next RUN misses too (its parent key is new), so it is rarely
+        // wasted; when it is, it is killed with the stage.
+        if self.runs_later() {
+            self.spare = crate::sandbox::prestart(&Default::default(), &ctx.req.limits).ok();
+        }
         self.keepalive.views.extend(views);
-        self.keepalive.temps.push(work);
+        self.keepalive.run_dirs.push(work);
         Ok(entries)
     }
 
