@@ -86,9 +86,27 @@ fn stage_one(report: &File) -> Result<()> {
         send(report, &Report::Exit { code: 0 });
         return Ok(());
     }
+    // Held open by stage one for its whole life: init learns from it
+    // whether stage one died before init's parent-death signal was set.
+    let (alive_r, alive_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("creating the liveness pipe")?;
     match sys::fork().context("forking the sandbox init")? {
-        ForkResult::Child => init::main(req, report),
+        ForkResult::Child => {
+            drop(alive_w);
+            if let Err(err) = die_with_stage_one(&alive_r) {
+                send(
+                    report,
+                    &Report::Error {
+                        message: format!("{err:#}"),
+                    },
+                );
+                std::process::exit(1);
+            }
+            drop(alive_r);
+            init::main(req, report)
+        }
         ForkResult::Parent { child } => {
+            drop(alive_r);
             let status = waitpid(child, None).context("waiting for the sandbox init")?;
             if !matches!(status, WaitStatus::Exited(_, 0)) {
                 send(
@@ -101,4 +119,30 @@ fn stage_one(report: &File) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Makes init die with stage one (which dies with rbuild), so the pid
+/// namespace and every mount go with it. The parent-death signal only
+/// covers a parent that dies after it is set: when stage one was killed
+/// between the fork and here (an interrupt that reached a sandbox just as
+/// it started), the liveness pipe's write end is already closed and init
+/// must not run the command at all.
+fn die_with_stage_one(alive: &std::os::fd::OwnedFd) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .context("setting the parent-death signal")?;
+    let mut pfd = libc::pollfd {
+        fd: alive.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, a zero timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error()).context("checking on stage one");
+    }
+    if pfd.revents & (libc::POLLHUP | libc::POLLIN) != 0 {
+        bail!("the sandbox's setup process ended before its init started");
+    }
+    Ok(())
 }

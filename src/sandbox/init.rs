@@ -60,9 +60,9 @@ fn forwarded_signals() -> SigSet {
 }
 
 fn setup_and_wait(req: &Request, report: &File) -> Result<i32> {
-    // Die with stage one (which dies with rbuild): the pid namespace and
-    // every mount go with us.
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("setting the parent-death signal")?;
+    // Stage one made us die with it before calling us
+    // (`helper::die_with_stage_one`): the pid namespace and every mount go
+    // with it.
     let spec = &req.spec;
     nix::unistd::sethostname(&spec.hostname).context("setting the hostname")?;
     if spec.network == NetworkMode::None {
