@@ -163,20 +163,37 @@ fn seed(
             source.label
         ));
     }
-    source.fetch_layer(store)?;
-    let s = crate::layer::seed_chunks(
-        &cache,
-        &index,
-        digest,
-        &store.blob_path(digest)?,
-        compression,
-    )?;
+    let size = source.layer.size;
+    let (s, resumable) = if store.has_blob(digest) {
+        let s = crate::layer::seed_chunks(
+            &cache,
+            &index,
+            digest,
+            &store.blob_path(digest)?,
+            compression,
+        )?;
+        (s, None)
+    } else {
+        // Verified while it downloads; recorded once it is stored.
+        let seeded = source.stream_layer(&|body| {
+            let mut w = store.blob_writer_unhashed()?;
+            let s = crate::layer::seed_reader(&index, digest, size, body, &mut w, compression)?;
+            w.commit_verified(digest, Some(size))?;
+            Ok(s)
+        })?;
+        let resumable = seeded.resumable;
+        (seeded.record(&cache, digest)?, Some(resumable))
+    };
+    let resumable = match resumable {
+        Some(n) => format!(", {n} resumable"),
+        None => String::new(),
+    };
     let refused = match s.refused {
         0 => String::new(),
         n => format!(" ({n} refused: their bytes do not match the index)"),
     };
     Ok(format!(
-        "seeded {}/{} chunks from remote cache {} (layer {digest}){refused}",
+        "seeded {}/{} chunks{resumable} from remote cache {} (layer {digest}){refused}",
         s.seeded, s.listed, source.label
     ))
 }
