@@ -282,6 +282,7 @@ impl StageState {
                 .unwrap_or_else(crate::image::time::now_epoch),
         );
         self.commit(ctx, &key, step_id, inputs, &layer, &created)?;
+        ctx.early_push.layer_written(ctx.store, step_id, &layer);
         handle.done();
         ctx.record_step(&name, false, started, Some(&layer));
         let executed = crate::store::LayerOrigin::Executed { reason };
