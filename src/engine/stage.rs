@@ -258,7 +258,9 @@ impl StageState {
                     Some(from) => {
                         super::snapfill::write_with_snapshot(ctx, &entries, from, &handle, |e| {
                             seeding.finish(&handle);
+                            // Uploaded (--push) while the snapshot fills.
                             self.write(ctx, e, &handle, known)
+                                .inspect(|l| ctx.early_push.layer_written(ctx.store, step_id, l))
                         })
                     }
                     None => {
@@ -282,6 +284,7 @@ impl StageState {
                 .unwrap_or_else(crate::image::time::now_epoch),
         );
         self.commit(ctx, &key, step_id, inputs, &layer, &created)?;
+        // (Once per layer: a layer already sent beside its snapshot is not.)
         ctx.early_push.layer_written(ctx.store, step_id, &layer);
         handle.done();
         ctx.record_step(&name, false, started, Some(&layer));
