@@ -230,7 +230,8 @@ impl StageState {
             Lookup::Miss => {}
         }
         // Started before anything else: it fetches while the step works.
-        let seeding = super::cache_io::start_seed(ctx, step_id, &inputs.instruction);
+        let context_copy = matches!(&step.kind, StepKind::Copy(c) if c.from.is_none());
+        let seeding = super::cache_io::start_seed(ctx, step_id, &inputs.instruction, context_copy);
         let (reason, link_from) = match corrupt {
             Some(why) => (why, None),
             None => self.miss_reason(ctx, step, step_id, &inputs, no_cache)?,
@@ -246,7 +247,6 @@ impl StageState {
             other => other,
         };
         handle.cache_miss(&reason);
-        let context_copy = matches!(&step.kind, StepKind::Copy(c) if c.from.is_none());
         let result = super::cache_io::materialize(ctx, &self.layers, step, src, &handle)
             .and_then(|()| exec(self, &handle))
             .and_then(|entries| {

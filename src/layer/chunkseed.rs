@@ -55,6 +55,26 @@ pub enum ChunkIndexError {
     },
 }
 
+/// Which keys seeded chunks are recorded under. A layer write finds a
+/// chunk of files it knows by digest (a context COPY) by its description
+/// key, any other chunk (a RUN's, another stage's files) by the key of its
+/// bytes; computing a key the step's write will not ask for is wasted
+/// (a sha256 over the whole layer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeedKeys {
+    /// The key of the bytes alone (`ChunkCache::key`).
+    pub bytes: bool,
+    /// The description key (`chunkseed_desc.rs`).
+    pub described: bool,
+}
+
+impl SeedKeys {
+    pub const BOTH: SeedKeys = SeedKeys {
+        bytes: true,
+        described: true,
+    };
+}
+
 /// What seeding from an index did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SeedStats {
@@ -224,6 +244,7 @@ pub fn seed(
         &mut file,
         &mut std::io::sink(),
         compression,
+        SeedKeys::BOTH,
     )?;
     seeded.record(cache, digest).map_err(blob_err)
 }
@@ -240,6 +261,7 @@ pub fn seed_reader(
     body: &mut dyn Read,
     out: &mut dyn Write,
     compression: Compression,
+    keys: SeedKeys,
 ) -> Result<Seeded, ChunkIndexError> {
     let (tag, chunks) = parse(index, digest)?;
     let listed = chunks.len();
@@ -251,7 +273,7 @@ pub fn seed_reader(
         None => (Codec::Gzip(0), Vec::new()),
     };
     let mut seeded =
-        super::chunkseed_stream::seed_stream(chunks, codec, &tag, digest, size, body, out)?;
+        super::chunkseed_stream::seed_stream(chunks, codec, &tag, keys, digest, size, body, out)?;
     seeded.stats.listed = listed;
     Ok(seeded)
 }
@@ -269,6 +291,7 @@ pub(super) fn verify_chunk(
     c: NewChunk,
     bytes: &[u8],
     gz: &mut Gunzip,
+    key: bool,
 ) -> Option<(NewChunk, Vec<u8>)> {
     if crc32fast::hash(bytes) != c.crc {
         return None;
@@ -278,7 +301,12 @@ pub(super) fn verify_chunk(
         Codec::Zstd(_) => unzstd_chunk(bytes, c.ulen as usize),
     }?;
     let chunk = NewChunk {
-        key: ChunkCache::key(tag, &data),
+        // Without it, a placeholder never recorded (`chunkseed_stream`).
+        key: if key {
+            ChunkCache::key(tag, &data)
+        } else {
+            [0; 32]
+        },
         ucrc: crc32fast::hash(&data),
         tar_off: 0,
         states: None,

@@ -20,7 +20,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::chunkcache::{ChunkCache, NewChunk};
 use super::chunked::Codec;
-use super::chunkseed::{verify_chunk, ChunkIndexError, SeedStats, MAX_CHUNK_BYTES};
+use super::chunkseed::{verify_chunk, ChunkIndexError, SeedKeys, SeedStats, MAX_CHUNK_BYTES};
 use super::chunkseed_desc::Describer;
 use super::midsha::MidSha256;
 
@@ -70,10 +70,12 @@ impl Seeded {
 /// Reads the blob `digest` of `size` bytes from `body`, writes it to `out`
 /// and verifies the chunks `chunks` (the parsed index, codec tag `tag`)
 /// while it arrives. Fails when the blob does not match its digest and size.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn seed_stream(
     chunks: Vec<NewChunk>,
     codec: Codec,
     tag: &str,
+    keys: SeedKeys,
     digest: &str,
     size: u64,
     body: &mut dyn Read,
@@ -86,11 +88,11 @@ pub(super) fn seed_stream(
     let (read, followed) = std::thread::scope(|s| {
         for _ in 0..threads {
             let (rx, tx) = (job_rx.clone(), res_tx.clone());
-            s.spawn(move || verifier(rx, tx, codec, tag));
+            s.spawn(move || verifier(rx, tx, codec, tag, keys.bytes));
         }
         let refused = res_tx.clone();
         drop((job_rx, res_tx));
-        let follower = s.spawn(move || follow(res_rx, tag));
+        let follower = s.spawn(move || follow(res_rx, tag, keys));
         let read = read_and_cut(body, out, chunks, size, job_tx, refused);
         let followed = follower.join();
         (read, followed)
@@ -202,10 +204,10 @@ fn read_and_cut(
     }
 }
 
-fn verifier(jobs: Receiver<Job>, out: Sender<Checked>, codec: Codec, tag: &str) {
+fn verifier(jobs: Receiver<Job>, out: Sender<Checked>, codec: Codec, tag: &str, key: bool) {
     let mut gz = super::chunkseed::Gunzip::new();
     for job in jobs {
-        let good = verify_chunk(codec, tag, job.entry, &job.bytes, &mut gz);
+        let good = verify_chunk(codec, tag, job.entry, &job.bytes, &mut gz, key);
         let checked = Checked {
             index: job.index,
             blob_state: job.blob_state,
@@ -218,14 +220,18 @@ fn verifier(jobs: Receiver<Job>, out: Sender<Checked>, codec: Codec, tag: &str) 
 }
 
 /// The chunks in stream order: tar hash states and description keys for
-/// the unbroken prefix. Returns the records, the chunks verified, and how
-/// many of them carry states and a description key.
-fn follow(results: Receiver<Checked>, tag: &str) -> (Vec<NewChunk>, usize, usize) {
+/// the unbroken prefix. Returns the records (by bytes key and/or
+/// description key, as `keys` asks), the chunks verified, and how many of
+/// them carry states and a key a layer write resumes by.
+fn follow(results: Receiver<Checked>, tag: &str, keys: SeedKeys) -> (Vec<NewChunk>, usize, usize) {
     let mut waiting = BTreeMap::new();
     let mut next = 0usize;
     let mut tar = MidSha256::new();
     let mut unbroken = true;
     let mut desc = Describer::new(tag);
+    if !keys.described {
+        desc.break_off();
+    }
     let mut good: Vec<NewChunk> = Vec::new();
     // Chunk index → its place in `good`, for chunks with states.
     let mut keyed = std::collections::HashMap::new();
@@ -258,15 +264,21 @@ fn follow(results: Receiver<Checked>, tag: &str) -> (Vec<NewChunk>, usize, usize
         }
     }
     let seeded = good.len();
-    let mut records = good.clone();
+    let mut records = Vec::new();
     let mut resumable = 0;
+    if keys.bytes {
+        resumable = good.iter().filter(|c| c.states.is_some()).count();
+        records.extend(good.iter().cloned());
+    }
     for (index, key) in desc_keys {
         if let Some(&at) = keyed.get(&index) {
             records.push(NewChunk {
                 key,
                 ..good[at].clone()
             });
-            resumable += 1;
+            if !keys.bytes {
+                resumable += 1;
+            }
         }
     }
     (records, seeded, resumable)

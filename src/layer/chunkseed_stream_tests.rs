@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::layer::chunkseed::{local_index, seed_reader};
+use crate::layer::chunkseed::{local_index, seed_reader, SeedKeys};
 use crate::layer::{
     write_layer, BlobResolver, ChunkCache, EntryKind, FileSource, KnownFile, KnownFiles,
     LayerEntry, LayerInfo, Timespec, WriteOptions,
@@ -123,6 +123,10 @@ fn a_store_seeded_from_a_download_resumes_the_unchanged_start() {
             &mut &blob[..],
             &mut stored,
             c,
+            SeedKeys {
+                bytes: false,
+                described: true,
+            },
         )
         .unwrap();
         assert_eq!(stored, blob, "{c:?}: the blob passes through unchanged");
@@ -172,6 +176,7 @@ fn a_refused_chunk_ends_the_resumable_prefix_and_a_wrong_blob_records_nothing() 
         &mut &blob[..],
         &mut std::io::sink(),
         c,
+        SeedKeys::BOTH,
     )
     .unwrap();
     assert_eq!(seeded.stats.refused, 1);
@@ -192,6 +197,7 @@ fn a_refused_chunk_ends_the_resumable_prefix_and_a_wrong_blob_records_nothing() 
         &mut &bad[..],
         &mut std::io::sink(),
         c,
+        SeedKeys::BOTH,
     )
     .err()
     .unwrap();
@@ -199,4 +205,69 @@ fn a_refused_chunk_ends_the_resumable_prefix_and_a_wrong_blob_records_nothing() 
         err.to_string().contains("does not match its digest"),
         "{err}"
     );
+}
+
+/// A layer of files the writer does not know by digest (a RUN's): seeded
+/// by the keys of the chunks' bytes, the next write resumes from those.
+#[test]
+fn a_layer_of_unknown_files_resumes_by_the_bytes_keys() {
+    let c = Compression::Gzip { level: 6 };
+    let entries = |salt: &str| -> Vec<LayerEntry> {
+        (0..200u64)
+            .map(|i| LayerEntry {
+                path: format!("f{i:04}"),
+                kind: EntryKind::File(FileSource::Bytes({
+                    let mut t = text(i, 30_000);
+                    if i == 150 {
+                        t.extend_from_slice(salt.as_bytes());
+                    }
+                    t
+                })),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime: Timespec { sec: 1, nsec: 0 },
+                xattrs: Vec::new(),
+            })
+            .collect()
+    };
+    let write_in = |root: &Path, e: Vec<LayerEntry>| {
+        let mut out = Vec::new();
+        let opts = WriteOptions {
+            compression: c,
+            threads: 2,
+            chunk_cache: Some(cache(root)),
+            ..Default::default()
+        };
+        let info = write_layer(e, &mut out, &opts).unwrap();
+        fs::write(root.join("blobs").join(&info.digest[7..]), &out).unwrap();
+        (info, out)
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (first, blob) = write_in(a.path(), entries(""));
+    let index = local_index(&cache(a.path()), &first.digest).unwrap();
+    let bytes_only = SeedKeys {
+        bytes: true,
+        described: false,
+    };
+    let seeded = seed_reader(
+        &index,
+        &first.digest,
+        blob.len() as u64,
+        &mut &blob[..],
+        &mut std::io::sink(),
+        c,
+        bytes_only,
+    )
+    .unwrap();
+    assert!(seeded.resumable >= 4, "{}", seeded.resumable);
+    let cb = cache(b.path());
+    fs::write(b.path().join("blobs").join(&first.digest[7..]), &blob).unwrap();
+    seeded.record(&cb, &first.digest).unwrap();
+    let (warm, warm_bytes) = write_in(b.path(), entries("changed"));
+    let (cold, cold_bytes) = write(None, &entries("changed"), c);
+    assert_eq!(warm_bytes, cold_bytes);
+    assert_eq!((&warm.digest, &warm.diff_id), (&cold.digest, &cold.diff_id));
+    let s = warm.chunks;
+    assert!(s.resumed >= 2 && s.resumed < s.chunks, "{s:?}");
 }
