@@ -11,7 +11,9 @@
 # Per builder and job: wall seconds (build + push: what the CI step waits
 # for) and what the registry sent (layer blobs, and everything), counted
 # from the registry's access log. rbuild's one-file job is also compared
-# with a local one-file rebuild in a warm store (target <= 1.3x).
+# with a local one-file rebuild in a warm store (target <= 1.3x): without
+# any flags (local-1f), and as the same CI job, --cache-from and --push,
+# on a runner that kept its store (local-1f-push). The ratios are printed.
 #
 # rbuild:   --cache-to type=registry,ref=REG/app:rcache,mode=max
 #           --cache-from type=registry,ref=REG/app:rcache --push
@@ -119,11 +121,22 @@ if [ "${SKIP_RBUILD:-}" != 1 ]; then
     rb "$work/rb-ci" --cache-from "$cache" "${to[@]}" --push -t "$reg/app:r"
     record rbuild one-file "$(elapsed "$t")" "$m"
     cp "$work/rb.log" "$work/rb-one-file.log"
-    # The local reference: the seed's warm store, the same one-file change.
+    # The local references: the seed's warm store, the same one-file
+    # change; first a plain rebuild (no cache flags, no push), then the
+    # same CI job as one-file (--cache-from, --push) on a runner that kept
+    # its store.
     restore_one; rb "$work/rb-seed" -t app:local
     change_one; t=$(now)
     rb "$work/rb-seed" -t app:local
     record rbuild local-1f "$(elapsed "$t")" "$(log_mark)"
+    cp "$work/rb.log" "$work/rb-local-1f.log"
+    # Another change than one-file's, so neither this store nor the
+    # registry has its layer: the job writes and uploads it.
+    restore_one; printf '\n// changed again\n' >> "$work/ctx/tree/$changed_file"
+    m=$(log_mark); t=$(now)
+    rb "$work/rb-seed" --cache-from "$cache" "${to[@]}" --push -t "$reg/app:r"
+    record rbuild local-1f-push "$(elapsed "$t")" "$m"
+    cp "$work/rb.log" "$work/rb-local-1f-push.log"
     restore_one
     rm -rf "$work/rb-seed" "$work/rb-ci"
   else
@@ -181,4 +194,12 @@ if [ "${SKIP_BUILDKIT:-}" != 1 ]; then
     restore_one
   fi
 fi
+ratio() { # job reference: one-file seconds / reference seconds
+  local a b
+  a=$(printf '%s\n' "${results[@]}" | awk -v j="$1" '$1=="rbuild" && $2==j {print $3}')
+  b=$(printf '%s\n' "${results[@]}" | awk -v j="$2" '$1=="rbuild" && $2==j {print $3}')
+  [ -n "$a" ] && [ -n "$b" ] && awk -v a="$a" -v b="$b" -v r="$2" \
+    'BEGIN{printf "rbuild one-file / %s: %.2fx\n", r, a/b}'
+}
+if [ "${SKIP_RBUILD:-}" != 1 ]; then ratio one-file local-1f || true; ratio one-file local-1f-push || true; fi
 printf 'load after: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"

@@ -126,6 +126,7 @@ pub fn export(
                 mount_from: Vec::new(),
                 locations: Some(&loc),
                 progress: None,
+                cancel: None,
             };
             // Every blob first, the manifest last: a racing export's
             // manifest names only blobs that are there, so the ref always

@@ -404,6 +404,31 @@ impl SeedSource {
     }
 }
 
+impl SeedSource {
+    /// Hands the layer's bytes, as they arrive from the cache, to
+    /// `consume` (which stores and verifies them), retrying a download
+    /// that broke off: the seeding checks chunks while the layer arrives.
+    pub fn stream_layer<T>(
+        &self,
+        consume: &dyn Fn(&mut dyn std::io::Read) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let l = &self.layer;
+        match &self.origin {
+            Origin::Registry(r) => {
+                remote::fetch_with(&self.settings, r, &l.digest, l.size, consume)
+            }
+            Origin::Local(dir) => {
+                let path = layout::blob_path(dir, &l.digest)?;
+                let f = std::fs::File::open(&path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                // One byte over: a longer file fails the size check.
+                consume(&mut std::io::Read::take(f, l.size + 1))
+            }
+        }
+        .with_context(|| format!("cache {}: layer {}", self.label, l.digest))
+    }
+}
+
 /// Copy the blob `digest` of the layout `dir` into the store, verified.
 fn copy_from_dir(
     dir: &std::path::Path,

@@ -115,7 +115,7 @@ pub fn fetch_layer_checked(
 
 /// GET a blob and hand its (bounded) body to `consume`, retrying a
 /// transfer that broke off.
-fn fetch_with<T>(
+pub(crate) fn fetch_with<T>(
     settings: &Settings,
     reference: &Reference,
     digest: &str,

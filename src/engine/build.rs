@@ -144,6 +144,8 @@ pub(crate) struct BuildCtx<'a> {
     pub probe: super::cache_io::Probe,
     /// Where each layer step's layer came from, for the build record.
     pub origins: super::buildrecord::Origins,
+    /// `--push`: the image's layers uploaded as they are written.
+    pub early_push: super::early_push::EarlyPush,
 }
 
 impl BuildCtx<'_> {
@@ -346,6 +348,8 @@ fn build_once(
         });
     }
 
+    let cache_scope = cache_scope(&dockerfile);
+    let early_push = super::early_push::EarlyPush::new(req, &plan, &cache_scope);
     let ctx = BuildCtx {
         store,
         req,
@@ -362,12 +366,13 @@ fn build_once(
             .temp_dir("downloads-")
             .context("creating the download dir in the store")?,
         images,
-        cache_scope: cache_scope(&dockerfile),
+        cache_scope,
         records: Mutex::new(Vec::new()),
         remote_caches: caches,
         used_records: Default::default(),
         probe: Default::default(),
         origins: Default::default(),
+        early_push,
     };
     // The overlay probe, started early (`run::probe_early`).
     let target = std::thread::scope(|s| {
@@ -754,6 +759,8 @@ fn push_tags(ctx: &BuildCtx<'_>, tags: &[String]) -> anyhow::Result<Vec<(String,
         !tags.is_empty(),
         "--push needs at least one -t REGISTRY/NAME:TAG"
     );
+    // The layers already on their way are there before the HEADs ask.
+    let mut early = ctx.early_push.wait();
     for tag in tags {
         let dest =
             Reference::parse(tag).with_context(|| format!("invalid push destination {tag}"))?;
@@ -766,6 +773,11 @@ fn push_tags(ctx: &BuildCtx<'_>, tags: &[String]) -> anyhow::Result<Vec<(String,
             .collect();
         let id = ctx.step_id();
         let handle = StepHandle::start(ctx.reporter.clone(), id, format!("pushing {dest}"));
+        if early > 0 {
+            let text = format!("{early} layer(s) uploaded while the build ran\n");
+            handle.log(crate::progress::Stream::Stdout, text.as_bytes());
+            early = 0;
+        }
         let settings = logging_retries(&ctx.req.registry, &handle);
         match local::push_from_store(
             ctx.store,

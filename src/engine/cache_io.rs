@@ -96,7 +96,14 @@ pub(crate) struct Seeding(Option<std::thread::JoinHandle<anyhow::Result<String>>
 /// has the same step's earlier layer (same slot) with a chunk index, start
 /// fetching them and seeding the store's chunk cache, so the layer write
 /// copies the unchanged chunks instead of compressing them.
-pub(crate) fn start_seed(ctx: &BuildCtx<'_>, step_id: &str, instruction: &str) -> Seeding {
+/// `context_copy`: the step copies context files, which its layer write
+/// knows by digest (so chunks are looked up by description key).
+pub(crate) fn start_seed(
+    ctx: &BuildCtx<'_>,
+    step_id: &str,
+    instruction: &str,
+    context_copy: bool,
+) -> Seeding {
     if ctx.req.no_cache || ctx.req.compression == crate::oci::Compression::None {
         return Seeding(None);
     }
@@ -109,7 +116,7 @@ pub(crate) fn start_seed(ctx: &BuildCtx<'_>, step_id: &str, instruction: &str) -
     let (store, compression) = (ctx.store.clone(), ctx.req.compression);
     let thread = std::thread::Builder::new()
         .name("chunk-seed".into())
-        .spawn(move || seed(&store, &source, compression));
+        .spawn(move || seed(&store, &source, compression, context_copy));
     Seeding(thread.ok())
 }
 
@@ -146,6 +153,7 @@ fn seed(
     store: &crate::store::Store,
     source: &crate::cache::SeedSource,
     compression: crate::oci::Compression,
+    context_copy: bool,
 ) -> anyhow::Result<String> {
     let digest = &source.layer.digest;
     let index = source.fetch_index(store)?;
@@ -163,20 +171,42 @@ fn seed(
             source.label
         ));
     }
-    source.fetch_layer(store)?;
-    let s = crate::layer::seed_chunks(
-        &cache,
-        &index,
-        digest,
-        &store.blob_path(digest)?,
-        compression,
-    )?;
+    let size = source.layer.size;
+    let (s, resumable) = if store.has_blob(digest) {
+        let s = crate::layer::seed_chunks(
+            &cache,
+            &index,
+            digest,
+            &store.blob_path(digest)?,
+            compression,
+        )?;
+        (s, None)
+    } else {
+        // Verified while it downloads; recorded once it is stored.
+        let seeded = source.stream_layer(&|body| {
+            let mut w = store.blob_writer_unhashed()?;
+            let keys = crate::layer::SeedKeys {
+                bytes: !context_copy,
+                described: context_copy,
+            };
+            let s =
+                crate::layer::seed_reader(&index, digest, size, body, &mut w, compression, keys)?;
+            w.commit_verified(digest, Some(size))?;
+            Ok(s)
+        })?;
+        let resumable = seeded.resumable;
+        (seeded.record(&cache, digest)?, Some(resumable))
+    };
+    let resumable = match resumable {
+        Some(n) => format!(", {n} resumable"),
+        None => String::new(),
+    };
     let refused = match s.refused {
         0 => String::new(),
         n => format!(" ({n} refused: their bytes do not match the index)"),
     };
     Ok(format!(
-        "seeded {}/{} chunks from remote cache {} (layer {digest}){refused}",
+        "seeded {}/{} chunks{resumable} from remote cache {} (layer {digest}){refused}",
         s.seeded, s.listed, source.label
     ))
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod context_source;
 pub mod copy;
 pub mod copydest;
+mod early_push;
 pub mod error;
 mod exec;
 pub mod limits;

@@ -248,7 +248,8 @@ impl StageState {
             self.spare = crate::sandbox::prestart(&Default::default(), &ctx.req.limits).ok();
         }
         // Started before anything else: it fetches while the step works.
-        let seeding = super::cache_io::start_seed(ctx, step_id, &inputs.instruction);
+        let context_copy = matches!(&step.kind, StepKind::Copy(c) if c.from.is_none());
+        let seeding = super::cache_io::start_seed(ctx, step_id, &inputs.instruction, context_copy);
         let (reason, link_from) = match corrupt {
             Some(why) => (why, None),
             None => self.miss_reason(ctx, step, step_id, &inputs, no_cache)?,
@@ -264,7 +265,6 @@ impl StageState {
             other => other,
         };
         handle.cache_miss(&reason);
-        let context_copy = matches!(&step.kind, StepKind::Copy(c) if c.from.is_none());
         let result = super::cache_io::materialize(ctx, &self.layers, step, src, &handle)
             .and_then(|()| exec(self, &handle))
             .and_then(|entries| {
@@ -276,7 +276,9 @@ impl StageState {
                     Some(from) => {
                         super::snapfill::write_with_snapshot(ctx, &entries, from, &handle, |e| {
                             seeding.finish(&handle);
+                            // Uploaded (--push) while the snapshot fills.
                             self.write(ctx, e, &handle, known)
+                                .inspect(|l| ctx.early_push.layer_written(ctx.store, step_id, l))
                         })
                     }
                     None => {
@@ -300,6 +302,8 @@ impl StageState {
                 .unwrap_or_else(crate::image::time::now_epoch),
         );
         self.commit(ctx, &key, step_id, inputs, &layer, &created)?;
+        // (Once per layer: a layer already sent beside its snapshot is not.)
+        ctx.early_push.layer_written(ctx.store, step_id, &layer);
         handle.done();
         ctx.record_step(&name, false, started, Some(&layer));
         let executed = crate::store::LayerOrigin::Executed { reason };

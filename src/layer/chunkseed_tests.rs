@@ -197,7 +197,7 @@ fn gzip_chunks_must_be_exactly_one_plain_member() {
 fn bad_indexes_are_refused_whole_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let c = cache(dir.path());
-    let d = format!("sha256:{}", "a".repeat(64));
+    let d = crate::oci::digest::sha256_digest(b"x");
     let blob = dir.path().join("blobs/x");
     fs::write(&blob, b"x").unwrap();
     let gz = Compression::Gzip { level: 6 };
@@ -223,4 +223,15 @@ fn bad_indexes_are_refused_whole_with_the_reason() {
     let other = format!("{INDEX_VERSION} {d} zstd-3-x\n{} 0 1 0 1\n", "c".repeat(64));
     let s = seed(&c, other.as_bytes(), &d, &blob, gz).unwrap();
     assert_eq!((s.listed, s.seeded), (1, 0));
+    // A blob that is not the digest the index names seeds nothing: every
+    // record states what was computed from bytes whose digest was checked.
+    fs::write(&blob, b"y").unwrap();
+    let err = seed(&c, other.as_bytes(), &d, &blob, gz)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not match its digest"), "{err}");
+}
+
+fn gunzip_chunk(bytes: &[u8], ulen: usize) -> Option<Vec<u8>> {
+    Gunzip::new().member(bytes, ulen)
 }

@@ -12,6 +12,8 @@ mod changeset;
 mod chunkcache;
 mod chunked;
 mod chunkseed;
+mod chunkseed_desc;
+mod chunkseed_stream;
 mod compress;
 mod entry;
 mod merged;
@@ -29,7 +31,8 @@ pub use changeset::{changeset_from_overlay_upper, diff_trees};
 pub use chunkcache::{chunk_record_blob, BlobResolver, ChunkCache};
 pub use chunked::ChunkStats;
 pub use chunkseed::{
-    local_index, seed as seed_chunks, unseeded, ChunkIndexError, SeedStats, MAX_INDEX_BYTES,
+    local_index, seed as seed_chunks, seed_reader, unseeded, ChunkIndexError, SeedKeys, SeedStats,
+    Seeded, MAX_INDEX_BYTES,
 };
 pub use compress::{write_layer, write_prepared, LayerInfo, WriteOptions};
 pub use entry::{

@@ -143,6 +143,7 @@ pub fn push_from_store(
         mount_from,
         locations: Some(&loc),
         progress,
+        cancel: None,
     };
     let report = push(store, desc.digest().as_ref(), dest, settings, &opts)
         .map_err(super::RegistryError::wrap)?;

@@ -50,7 +50,7 @@ pub use client::{ApiError, Registry};
 pub use error::RegistryError;
 pub use known::BlobLocations;
 pub use pull::{pull, PullOptions, PulledImage};
-pub use push::{push, BlobOutcome, PushOptions, PushReport};
+pub use push::{push, upload_blob, BlobOutcome, PushOptions, PushReport};
 pub use settings::Settings;
 
 /// Check `password` for `user` against `registry` (a registry name such

@@ -4,6 +4,9 @@
 //! retries that restart the upload session; the manifest last, and never
 //! when a blob failed.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use anyhow::{bail, Context, Result};
 use reqwest::blocking::Body;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
@@ -29,6 +32,8 @@ pub struct PushOptions<'a> {
     pub locations: Option<&'a BlobLocations>,
     /// Where blob bytes sent and each blob's outcome are reported.
     pub progress: Option<Transfer>,
+    /// Set to abandon uploads in flight (their bodies stop with an error).
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 /// How each blob reached the registry.
@@ -210,6 +215,33 @@ fn ensure_blob(
     Ok(BlobOutcome::Uploaded)
 }
 
+/// Uploads one blob of `store` to `dest`'s repository unless the registry
+/// has it (HEAD first): an image's layer sent while the build goes on, so
+/// that the push after it finds the blob there. `cancel` abandons it. The
+/// registry checks the digest (`PUT ?digest=`), and the store's blob was
+/// committed under the digest its writer computed.
+pub fn upload_blob(
+    store: &dyn BlobStore,
+    digest: &str,
+    size: u64,
+    dest: &Reference,
+    settings: &Settings,
+    cancel: Arc<AtomicBool>,
+) -> Result<BlobOutcome> {
+    let reg = Registry::new(super::api_host(&dest.registry), settings)?;
+    let blob = Descriptor {
+        media_type: String::new(),
+        digest: digest.to_string(),
+        size,
+        platform: None,
+    };
+    let opts = PushOptions {
+        cancel: Some(cancel),
+        ..PushOptions::default()
+    };
+    ensure_blob(&reg, store, &blob, dest, &opts)
+}
+
 /// The one final report of a blob: uploaded, already there, mounted or failed.
 fn report_done(opts: &PushOptions, digest: &str, size: u64, state: BlobState) {
     if let Some(t) = &opts.progress {
@@ -310,6 +342,7 @@ fn upload_once(
                     total: size,
                     digest: digest.clone(),
                     progress: opts.progress.clone(),
+                    cancel: opts.cancel.clone(),
                 },
                 size,
             ),
@@ -351,10 +384,20 @@ struct Progress<R> {
     total: u64,
     digest: String,
     progress: Option<Transfer>,
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 impl<R: std::io::Read> std::io::Read for Progress<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        // A body that errors makes the client abort the request: the
+        // registry drops the upload session unfinished, never commits it.
+        if self
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
+            return Err(std::io::Error::other("upload cancelled"));
+        }
         let n = self.inner.read(buf)?;
         self.done += n as u64;
         // Bytes sent are not bytes stored: the final report comes from

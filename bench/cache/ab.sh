@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# A/B of the fresh-runner one-file CI job (bench/cache/run.sh's `one-file`)
+# between two rbuild binaries, alternating in the same minutes: one seed
+# (cache exported to a local registry), then ROUNDS rounds of, per binary,
+# a fresh store that builds the tree with another one-file change (so the
+# registry never has the new layer) with --cache-from and --push. Prints
+# wall seconds and CPU seconds (user+sys of rbuild and its threads; the
+# registry's CPU is not counted) per run, and the medians.
+# Usage: bench/cache/ab.sh OLD_BIN NEW_BIN  (env: ROUNDS=4, BENCH_WORK)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+export BENCH_WORK=${BENCH_WORK:-/tmp/rbuild-bench-cache-ab}
+source "$repo/bench/lib.sh"
+work=$BENCH_WORK
+old=$1 new=$2
+rm -rf "$work"; mkdir -p "$work/ctx"
+python3 "$repo/bench/gen-tree.py" "$work/ctx/tree" --files "${FILES:-20000}" \
+  --binary-mb "${BINARY_MB:-200}" --text-mb "${TEXT_MB:-100}" >/dev/null
+cp /bin/busybox "$work/ctx/busybox"
+cat > "$work/ctx/Dockerfile" <<'DF'
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+WORKDIR /app
+COPY tree .
+RUN find . | wc -l > /files
+DF
+f=$(cd "$work/ctx/tree" && find . -type f -name '*.rs' | sort | sed -n 1p)
+cp "$work/ctx/tree/$f" "$work/orig"
+start_registry "$work/registry"
+trap 'kill "$REGISTRY_PID" 2>/dev/null || true' EXIT
+reg="127.0.0.1:$REGISTRY_PORT"
+cache="type=registry,ref=$reg/app:rcache"
+"$new" --root "$work/seed" build --progress plain --cache-to "$cache,mode=max" \
+  --push -t "$reg/app:r" "$work/ctx" >"$work/seed.log" 2>&1
+printf 'load before: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
+n=0
+declare -A walls cpus
+for round in $(seq "${ROUNDS:-4}"); do
+  for which in old new; do
+    n=$((n + 1))
+    cp "$work/orig" "$work/ctx/tree/$f"; printf '\n// change %s\n' "$n" >> "$work/ctx/tree/$f"
+    bin=$old; [ "$which" = new ] && bin=$new
+    rm -rf "$work/ci"
+    /usr/bin/time -f '%e %U %S' -o "$work/time" "$bin" --root "$work/ci" build --progress plain \
+      --cache-from "$cache" --push -t "$reg/app:r" "$work/ctx" >"$work/$which-$round.log" 2>&1
+    read -r wall user sys < "$work/time"
+    cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN{printf "%.2f", u+s}')
+    printf '%-4s round %s  wall %6s s  cpu %6s s  load %s\n' "$which" "$round" "$wall" "$cpu" "$(cut -d' ' -f1 /proc/loadavg)"
+    walls[$which]+="$wall "; cpus[$which]+="$cpu "
+  done
+done
+med() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END{print (NR%2)? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+for which in old new; do
+  printf '%-4s median wall %s s, median cpu %s s\n' "$which" "$(echo "${walls[$which]}" | med)" "$(echo "${cpus[$which]}" | med)"
+done
+printf 'load after: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"

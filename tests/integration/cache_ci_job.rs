@@ -1,0 +1,160 @@
+//! A CI job with a registry cache (issue 11): the fresh runner's seeded
+//! store resumes the earlier layer's unchanged start, and `--push`
+//! uploads the image's layers while later steps run — without ever
+//! tagging an image whose build failed.
+
+use crate::common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{require_root, stderr, tool, Env, RegistryConf, RegistryGuard};
+
+const EPOCH: &str = "SOURCE_DATE_EPOCH=1700000000";
+
+/// ~9 MB of text-like files (several chunks) under `tree/`; `changed`
+/// rewrites one past the middle.
+fn tree(ctx: &Path, changed: bool) {
+    std::fs::create_dir_all(ctx.join("tree")).unwrap();
+    for i in 0..300usize {
+        let salt = if changed && i == 200 { "changed" } else { "" };
+        let body: String = (0..600)
+            .map(|l| {
+                format!(
+                    "fn f{l}() -> u64 {{ {} * {i} }} // {salt}\n",
+                    l * 7919 % 1000
+                )
+            })
+            .collect();
+        std::fs::write(ctx.join(format!("tree/f{i:04}.rs")), body).unwrap();
+    }
+}
+
+fn context(env: &Env, dockerfile: &str, changed: bool) -> PathBuf {
+    let ctx = env.context("ctx", &[("Dockerfile", dockerfile)]);
+    tree(&ctx, changed);
+    ctx
+}
+
+/// Builds; returns the plain log and the image digest.
+fn build(env: &Env, ctx: &Path, args: &[&str]) -> (String, String) {
+    let meta = env.path("meta.json");
+    let mut all = vec!["build", "--progress", "plain", "--build-arg", EPOCH];
+    all.extend_from_slice(&["--metadata-file", meta.to_str().unwrap()]);
+    all.extend_from_slice(args);
+    all.push(ctx.to_str().unwrap());
+    let log = stderr(&env.rbuild_ok(&all));
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    let digest = meta["containerimage.digest"].as_str().unwrap().to_string();
+    (log, digest)
+}
+
+/// The number before `word` in the log's first line that has `word`.
+fn count_before(log: &str, word: &str) -> Option<u64> {
+    let line = log.lines().find(|l| l.contains(word))?;
+    let before = line[..line.find(word)?].trim_end();
+    let digits: String = before
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.chars().rev().collect::<String>().parse().ok()
+}
+
+#[test]
+fn a_fresh_runner_resumes_the_layer_it_seeded_from_the_registry() {
+    if tool("docker-registry", "docker-registry").is_none() {
+        return;
+    }
+    let reg = RegistryGuard::start(RegistryConf::default());
+    let cache = format!("{}/test/cache:1", reg.addr());
+    let df = "FROM scratch\nCOPY tree/ /tree/\n";
+    let a = Env::new();
+    let ctx_a = context(&a, df, false);
+    let to = format!("type=registry,ref={cache},mode=max");
+    build(&a, &ctx_a, &["--cache-to", &to, "-t", "app:a"]);
+
+    // A fresh store, one file changed: the earlier layer is seeded while
+    // it downloads, with hash states, and the write resumes up to the
+    // changed file without reading the files before it.
+    let b = Env::new();
+    let ctx_b = context(&b, df, true);
+    let (log, digest) = build(&b, &ctx_b, &["--cache-from", &cache, "-t", "app:b"]);
+    let resumable = count_before(&log, "resumable from remote cache").expect(&log);
+    assert!(resumable >= 4, "{log}");
+    let resumed = count_before(&log, "resumed without reading").expect(&log);
+    assert!(resumed >= 2, "{log}");
+
+    // Bit-identical to the same build cold in a fresh store.
+    let cold = Env::new();
+    let ctx_c = context(&cold, df, true);
+    let (_, cold_digest) = build(&cold, &ctx_c, &["-t", "app:c"]);
+    assert_eq!(digest, cold_digest, "{log}");
+}
+
+/// A context with busybox, for RUN.
+fn busybox_context(env: &Env, dockerfile: &str) -> Option<PathBuf> {
+    let busybox = tool("busybox", "busybox-static")?;
+    let ctx = context(env, dockerfile, false);
+    std::fs::copy(busybox, ctx.join("busybox")).unwrap();
+    Some(ctx)
+}
+
+#[test]
+fn push_uploads_layers_while_later_steps_run() {
+    if tool("docker-registry", "docker-registry").is_none() || !require_root("RUN steps") {
+        return;
+    }
+    let reg = RegistryGuard::start(RegistryConf::default());
+    let app = format!("{}/test/app:1", reg.addr());
+    let env = Env::new();
+    let df = "FROM scratch\nCOPY busybox /bin/busybox\nCOPY tree/ /tree/\n\
+              RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox ls /tree > /list\"]\n";
+    let Some(ctx) = busybox_context(&env, df) else {
+        return;
+    };
+    let (log, digest) = build(&env, &ctx, &["--push", "-t", &app]);
+    let early = count_before(&log, "layer(s) uploaded while the build ran").expect(&log);
+    assert!(early >= 2, "{log}");
+    assert!(log.contains(&format!("pushed {app}@{digest}")), "{log}");
+    // What the registry holds is the image, every blob verified on pull.
+    let fresh = Env::new();
+    let out = fresh.rbuild_ok(&["pull", &app]);
+    assert!(out.status.success());
+    let inspect = common::stdout(&fresh.rbuild_ok(&["inspect", "--format", "json", &app]));
+    assert!(inspect.contains(&digest[7..]), "{inspect}");
+}
+
+#[test]
+fn a_push_overlapping_a_failing_step_tags_nothing() {
+    if tool("docker-registry", "docker-registry").is_none() || !require_root("RUN steps") {
+        return;
+    }
+    let reg = RegistryGuard::start(RegistryConf::default());
+    let app = format!("{}/test/app:1", reg.addr());
+    let env = Env::new();
+    let df = "FROM scratch\nCOPY busybox /bin/busybox\nCOPY tree/ /tree/\n\
+              RUN [\"/bin/busybox\", \"sh\", \"-c\", \"exit 7\"]\n";
+    let Some(ctx) = busybox_context(&env, df) else {
+        return;
+    };
+    let started = Instant::now();
+    let out = env.rbuild(&[
+        "build",
+        "--progress",
+        "plain",
+        "--push",
+        "-t",
+        &app,
+        ctx.to_str().unwrap(),
+    ]);
+    // The failed step's exit code class (4), promptly: the uploads in
+    // flight were cancelled or finished, none held the build.
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(120));
+    assert!(!stderr(&out).contains("pushed "), "{}", stderr(&out));
+    // No tag: a fresh store cannot pull it.
+    let fresh = Env::new();
+    let pulled = fresh.rbuild(&["pull", &app]);
+    assert!(!pulled.status.success(), "{}", stderr(&pulled));
+}
