@@ -1,6 +1,7 @@
 //! The build engine: schedules the plan's steps, looks up the cache, and
 //! wires context, layers, sandbox, store and image together.
 
+mod bases;
 pub mod build;
 mod buildrecord;
 mod cache_io;
