@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 
-use crate::context::{self, ContextIndex, EntryKind, SelectOptions, SelectedSource};
+use crate::context::{self, ContextIndex, EntryKind, FileDigest, SelectOptions, SelectedSource};
 use crate::layer::{
     dev_major, dev_minor, open_archive, unpack_layer, EntryKind as LayerKind, Timespec,
     UnpackOptions,
@@ -21,7 +21,7 @@ use super::copy::{disk_file, SourceItem, SourceKind, SourceTree};
 /// content digest (for miss explanations) and the selection digest.
 #[derive(Debug, Default)]
 pub struct SelectionKey {
-    pub files: BTreeMap<String, String>,
+    pub files: BTreeMap<String, FileDigest>,
     pub digest: String,
 }
 
@@ -224,7 +224,7 @@ pub fn context_key(
             .map_err(anyhow::Error::new)?;
         for s in &selected {
             if let Some(d) = &s.entry.digest {
-                files.push((s.entry.rel.clone(), d.to_string()));
+                files.push((s.entry.rel.clone(), *d));
             }
         }
         all.extend(selected);
