@@ -70,7 +70,9 @@ fn tree_from_selection(
             .trim_start_matches('/');
         below.to_string()
     });
-    let mut items = Vec::new();
+    // Sized once: grown by doubling, the list (~130 bytes an item) held
+    // up to a third more than it needed at its peak (~9 MB at 200,000).
+    let mut items = Vec::with_capacity(sel.items.len());
     for it in &sel.items {
         let e = it.entry;
         let kind = match &e.kind {

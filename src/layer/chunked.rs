@@ -59,7 +59,9 @@ const PENDING_BYTES: usize = 16 << 20;
 /// Chunk buffers kept for reuse once the worker and the hasher are done
 /// with them: a fresh 4 MiB buffer per chunk page-faulted on every page the
 /// producing thread filled (about 5 % of a one-file rebuild's CPU time).
-const SPARE_BUFFERS: usize = 4;
+/// Two are enough to keep the producer off fresh pages; each one kept is
+/// up to 4 MiB of resident memory.
+const SPARE_BUFFERS: usize = 2;
 /// One entry boundary in this many (by path hash) may end a chunk.
 const CUT_ONE_IN: u64 = 16;
 /// The libdeflate built into libdeflate-sys (its C source, bundled and
@@ -627,6 +629,9 @@ impl<W: ChunkOut> Drop for ChunkedWriter<W> {
 fn give_back(data: Arc<Vec<u8>>, spare: &Sender<Vec<u8>>) {
     if let Ok(mut v) = Arc::try_unwrap(data) {
         v.clear();
+        // A chunk that ran past MAX_CHUNK (an entry that started before it)
+        // grew its buffer to 8 MiB: kept, those pages stayed resident.
+        v.shrink_to(MAX_CHUNK);
         // A full pool or a finished writer: the buffer is just freed.
         let _ = spare.try_send(v);
     }
