@@ -55,6 +55,9 @@ pub(crate) const MAX_CHUNK: usize = 4 * 1024 * 1024;
 /// Uncompressed bytes handed to workers but not yet written out. Deep
 /// enough that a worker or the writer losing the CPU for a while (a loaded
 /// machine) does not stall the others; small enough to bound memory.
+/// At most this, and at most a chunk per worker and one more (12 MiB with
+/// two workers): each pending chunk of big files is a 4-8 MiB buffer
+/// resident until written, and more of them than workers only wait.
 const PENDING_BYTES: usize = 16 << 20;
 /// Chunk buffers kept for reuse once the worker and the hasher are done
 /// with them: a fresh 4 MiB buffer per chunk page-faulted on every page the
@@ -256,6 +259,8 @@ pub(crate) struct ChunkedWriter<W: ChunkOut> {
     /// Chunks in flight, oldest first.
     pending: VecDeque<Pending>,
     pending_bytes: usize,
+    /// The bound on `pending_bytes` (see [`PENDING_BYTES`]).
+    pending_max: usize,
     workers: Vec<JoinHandle<()>>,
     total_in: u64,
     /// Bytes written to `out` so far (where the next chunk starts).
@@ -341,6 +346,7 @@ impl<W: ChunkOut> ChunkedWriter<W> {
             jobs: Some(tx),
             pending: VecDeque::new(),
             pending_bytes: 0,
+            pending_max: ((threads + 1) * MAX_CHUNK).min(PENDING_BYTES),
             workers,
             total_in: 0,
             offset: 0,
@@ -429,7 +435,7 @@ impl<W: ChunkOut> ChunkedWriter<W> {
         while self.pending.front().is_some_and(|p| !p.rx.is_empty()) {
             self.drain_one()?;
         }
-        while !self.pending.is_empty() && self.pending_bytes + self.chunk.len() > PENDING_BYTES {
+        while !self.pending.is_empty() && self.pending_bytes + self.chunk.len() > self.pending_max {
             self.drain_one()?;
         }
         let next = self
