@@ -43,7 +43,7 @@ pub struct LinkSource<'a> {
     pub dir: PathBuf,
     /// Context path → digest in this build (the step's key inputs,
     /// borrowed: at 200,000 files a copy of the map cost ~40 MB).
-    pub new_files: &'a BTreeMap<String, String>,
+    pub new_files: &'a BTreeMap<String, crate::context::FileDigest>,
     /// Paths of `new_files` whose digest is not the one the previous build
     /// recorded (changed or new): never linked. Only this difference is
     /// kept, not the previous map: in a one-file rebuild it is one path.
@@ -501,7 +501,7 @@ pub(super) fn copy_file(
                 .with_context(|| format!("writing {}", path.display()))?;
             let got = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
             if let Some(want) = context_rel(src, from).and_then(|k| from.new_files.get(k)) {
-                if &got != want {
+                if *want != *got {
                     bail!("{} changed during the build", p.display());
                 }
             }
@@ -702,7 +702,7 @@ mod tests {
                 nix::sys::stat::UtimensatFlags::NoFollowSymlink,
             )
             .unwrap();
-            let digest = format!("sha256:{}", hex::encode(Sha256::digest(body.as_bytes())));
+            let digest = crate::context::FileDigest(Sha256::digest(body.as_bytes()).into());
             old_files.insert(name.to_string(), digest);
             let src = FileSource::Path(ctx.join(name));
             entries.push(entry(&format!("app/{name}"), EntryKind::File(src)));

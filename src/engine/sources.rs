@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 
-use crate::context::{self, ContextIndex, EntryKind, SelectOptions, SelectedSource};
+use crate::context::{self, ContextIndex, EntryKind, FileDigest, SelectOptions, SelectedSource};
 use crate::layer::{
     dev_major, dev_minor, open_archive, unpack_layer, EntryKind as LayerKind, Timespec,
     UnpackOptions,
@@ -21,7 +21,7 @@ use super::copy::{disk_file, SourceItem, SourceKind, SourceTree};
 /// content digest (for miss explanations) and the selection digest.
 #[derive(Debug, Default)]
 pub struct SelectionKey {
-    pub files: BTreeMap<String, String>,
+    pub files: BTreeMap<String, FileDigest>,
     pub digest: String,
 }
 
@@ -70,7 +70,9 @@ fn tree_from_selection(
             .trim_start_matches('/');
         below.to_string()
     });
-    let mut items = Vec::new();
+    // Sized once: grown by doubling, the list (~130 bytes an item) held
+    // up to a third more than it needed at its peak (~9 MB at 200,000).
+    let mut items = Vec::with_capacity(sel.items.len());
     for it in &sel.items {
         let e = it.entry;
         let kind = match &e.kind {
@@ -224,7 +226,7 @@ pub fn context_key(
             .map_err(anyhow::Error::new)?;
         for s in &selected {
             if let Some(d) = &s.entry.digest {
-                files.push((s.entry.rel.clone(), d.to_string()));
+                files.push((s.entry.rel.clone(), *d));
             }
         }
         all.extend(selected);

@@ -7,6 +7,7 @@
 pub(super) use crate::oci::digest::sha256_hex;
 use std::collections::BTreeMap;
 
+use crate::context::FileDigest;
 use crate::plan::{CopyStep, MountType, RunStep, Step};
 
 use super::cachekey::KeyInputs;
@@ -56,7 +57,7 @@ pub struct CopyReads {
     /// ADD URLs: the `--checksum`, or the digest of what was fetched.
     pub urls: Vec<(String, String)>,
     /// Context sources: per-file digests and the selection digest.
-    pub context: Option<(BTreeMap<String, String>, String)>,
+    pub context: Option<(BTreeMap<String, FileDigest>, String)>,
 }
 
 /// COPY/ADD: destination (against the stage's working dir), heredoc

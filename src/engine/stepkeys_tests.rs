@@ -45,14 +45,14 @@ fn copy_step_inputs() {
     };
     let reads = CopyReads {
         context: Some((
-            [("a".to_string(), "sha256:1".to_string())].into(),
+            [("a".to_string(), FileDigest([1; 32]))].into(),
             "sel".into(),
         )),
         ..CopyReads::default()
     };
     assert_eq!(
         json(&copy_key("p", &s[1], c, "/w", reads)),
-        r#"{"parent":"link","instruction":"COPY --chmod=644 a b/ d/ # buildkit","build_args":{},"files":{"a":"sha256:1"},"extra":{"dest":"/w/d/","sources":"sel"}}"#
+        r#"{"parent":"link","instruction":"COPY --chmod=644 a b/ d/ # buildkit","build_args":{},"files":{"a":"sha256:0101010101010101010101010101010101010101010101010101010101010101"},"extra":{"dest":"/w/d/","sources":"sel"}}"#
     );
     let StepKind::Copy(h) = &s[2].kind else {
         panic!("not a COPY")

@@ -55,11 +55,16 @@ pub(crate) const MAX_CHUNK: usize = 4 * 1024 * 1024;
 /// Uncompressed bytes handed to workers but not yet written out. Deep
 /// enough that a worker or the writer losing the CPU for a while (a loaded
 /// machine) does not stall the others; small enough to bound memory.
+/// At most this, and at most a chunk per worker and one more (12 MiB with
+/// two workers): each pending chunk of big files is a 4-8 MiB buffer
+/// resident until written, and more of them than workers only wait.
 const PENDING_BYTES: usize = 16 << 20;
 /// Chunk buffers kept for reuse once the worker and the hasher are done
 /// with them: a fresh 4 MiB buffer per chunk page-faulted on every page the
 /// producing thread filled (about 5 % of a one-file rebuild's CPU time).
-const SPARE_BUFFERS: usize = 4;
+/// Two are enough to keep the producer off fresh pages; each one kept is
+/// up to 4 MiB of resident memory.
+const SPARE_BUFFERS: usize = 2;
 /// One entry boundary in this many (by path hash) may end a chunk.
 const CUT_ONE_IN: u64 = 16;
 /// The libdeflate built into libdeflate-sys (its C source, bundled and
@@ -83,16 +88,46 @@ impl<W: Write> ChunkOut for W {
     }
 }
 
+/// Compressed bytes handed to the writer thread and not yet written. A
+/// bound by count alone let eight 4 MiB pieces wait (resumed chunks are
+/// read from the previous blob faster than they are written): 32 MiB, a
+/// sixth of a 200,000-file rebuild's peak memory.
+const WRITE_QUEUE_BYTES: usize = 8 << 20;
+
 /// Hands the pieces to a thread that writes them (see `write_layer`): on
 /// the producing thread, writing the blob (a copy into the page cache per
-/// byte) cost as much as reading and tarring the files.
-pub(crate) struct ToWriterThread(pub Sender<Arc<Vec<u8>>>);
+/// byte) cost as much as reading and tarring the files. The writer reports
+/// each piece's length on `written` once it is written and dropped.
+pub(crate) struct ToWriterThread {
+    tx: Sender<Arc<Vec<u8>>>,
+    written: Receiver<usize>,
+    /// Bytes sent and not yet reported written.
+    queued: usize,
+}
+
+impl ToWriterThread {
+    pub(crate) fn new(tx: Sender<Arc<Vec<u8>>>, written: Receiver<usize>) -> Self {
+        ToWriterThread {
+            tx,
+            written,
+            queued: 0,
+        }
+    }
+}
 
 impl ChunkOut for ToWriterThread {
     fn put(&mut self, bytes: Arc<Vec<u8>>) -> io::Result<()> {
-        self.0
-            .send(bytes)
-            .map_err(|_| io::Error::other("the layer blob writer thread has exited"))
+        let gone = || io::Error::other("the layer blob writer thread has exited");
+        while let Ok(n) = self.written.try_recv() {
+            self.queued = self.queued.saturating_sub(n);
+        }
+        self.queued += bytes.len();
+        self.tx.send(bytes).map_err(|_| gone())?;
+        while self.queued > WRITE_QUEUE_BYTES {
+            let n = self.written.recv().map_err(|_| gone())?;
+            self.queued = self.queued.saturating_sub(n);
+        }
+        Ok(())
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -224,6 +259,8 @@ pub(crate) struct ChunkedWriter<W: ChunkOut> {
     /// Chunks in flight, oldest first.
     pending: VecDeque<Pending>,
     pending_bytes: usize,
+    /// The bound on `pending_bytes` (see [`PENDING_BYTES`]).
+    pending_max: usize,
     workers: Vec<JoinHandle<()>>,
     total_in: u64,
     /// Bytes written to `out` so far (where the next chunk starts).
@@ -309,6 +346,7 @@ impl<W: ChunkOut> ChunkedWriter<W> {
             jobs: Some(tx),
             pending: VecDeque::new(),
             pending_bytes: 0,
+            pending_max: ((threads + 1) * MAX_CHUNK).min(PENDING_BYTES),
             workers,
             total_in: 0,
             offset: 0,
@@ -397,7 +435,7 @@ impl<W: ChunkOut> ChunkedWriter<W> {
         while self.pending.front().is_some_and(|p| !p.rx.is_empty()) {
             self.drain_one()?;
         }
-        while !self.pending.is_empty() && self.pending_bytes + self.chunk.len() > PENDING_BYTES {
+        while !self.pending.is_empty() && self.pending_bytes + self.chunk.len() > self.pending_max {
             self.drain_one()?;
         }
         let next = self
@@ -597,6 +635,9 @@ impl<W: ChunkOut> Drop for ChunkedWriter<W> {
 fn give_back(data: Arc<Vec<u8>>, spare: &Sender<Vec<u8>>) {
     if let Ok(mut v) = Arc::try_unwrap(data) {
         v.clear();
+        // A chunk that ran past MAX_CHUNK (an entry that started before it)
+        // grew its buffer to 8 MiB: kept, those pages stayed resident.
+        v.shrink_to(MAX_CHUNK);
         // A full pool or a finished writer: the buffer is just freed.
         let _ = spare.try_send(v);
     }

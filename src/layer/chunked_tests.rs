@@ -454,3 +454,38 @@ fn resuming_can_stop_inside_a_big_file() {
         assert_eq!(s.compressed, 1, "{c:?}: {s:?}");
     }
 }
+
+/// The writer thread's queue is bounded in bytes: while pieces over
+/// `WRITE_QUEUE_BYTES` wait unwritten, `put` blocks (eight 4 MiB resumed
+/// chunks once waited at once), and a written length lets it go on.
+#[test]
+fn the_writer_queue_is_bounded_in_bytes() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let piece = WRITE_QUEUE_BYTES / 2;
+    let (tx, rx) = crossbeam_channel::bounded::<Arc<Vec<u8>>>(8);
+    let (written_tx, written) = crossbeam_channel::unbounded::<usize>();
+    let put = Arc::new(AtomicUsize::new(0));
+    let producer = {
+        let put = put.clone();
+        std::thread::spawn(move || {
+            let mut out = ToWriterThread::new(tx, written);
+            for _ in 0..3 {
+                out.put(Arc::new(vec![0u8; piece])).unwrap();
+                put.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    // All three pieces are sent, none reported written: the third put
+    // (12 MiB queued) must not return.
+    let got: Vec<_> = (0..3).map(|_| rx.recv().unwrap()).collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        put.load(Ordering::SeqCst),
+        2,
+        "put went past the byte bound"
+    );
+    drop(got);
+    written_tx.send(piece).unwrap();
+    producer.join().unwrap();
+    assert_eq!(put.load(Ordering::SeqCst), 3);
+}

@@ -176,21 +176,28 @@ fn compress_entries(
     codec: Codec,
     opts: &WriteOptions,
 ) -> Result<Finished<()>> {
-    // A few chunks (at most 4 MiB of tar each) queued for the writer.
+    // A few pieces queued for the writer (at most `WRITE_QUEUE_BYTES` of
+    // them: `ToWriterThread` waits for the lengths reported back).
     let (tx, rx) = crossbeam_channel::bounded::<std::sync::Arc<Vec<u8>>>(8);
+    // Unbounded, but short: `put` takes the reports on every call.
+    let (written_tx, written) = crossbeam_channel::unbounded::<usize>();
     std::thread::scope(|s| {
         let writer = std::thread::Builder::new()
             .name("layer-write".into())
             .spawn_scoped(s, move || -> io::Result<()> {
                 for bytes in rx {
                     out.write_all(&bytes)?;
+                    let n = bytes.len();
+                    drop(bytes);
+                    // The producer is gone only when it failed first.
+                    let _ = written_tx.send(n);
                 }
                 out.flush()
             })
             .context("starting the layer writer thread")?;
         let produced = (|| -> Result<Finished<()>> {
             let mut chunked = ChunkedWriter::new(
-                ToWriterThread(tx),
+                ToWriterThread::new(tx, written),
                 codec,
                 opts.threads,
                 opts.chunk_cache.clone(),
