@@ -399,6 +399,7 @@ pub(super) fn files_below(root: &Path) -> anyhow::Result<HashSet<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::context::FileDigest;
     use crate::layer::FileSource;
     use sha2::{Digest, Sha256};
     use std::collections::BTreeMap;
@@ -444,13 +445,14 @@ mod tests {
             std::fs::write(&p, &body).unwrap();
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
             set_mtime(&p);
-            let digest = format!("sha256:{}", hex::encode(Sha256::digest(body.as_bytes())));
+            let digest = FileDigest(Sha256::digest(body.as_bytes()).into());
             files.insert(format!("d/f{i}"), digest);
         }
         std::fs::set_permissions(base.join("d"), std::fs::Permissions::from_mode(0o755)).unwrap();
         set_mtime(&base.join("d"));
         std::fs::write(ctx.join("d/new"), "new").unwrap();
-        files.insert("d/new".into(), "sha256:new".into());
+        // Not the digest of "new": only files2 below has the real one.
+        files.insert("d/new".into(), FileDigest([0; 32]));
         let from = LinkSource {
             dir: base.clone(),
             new_files: &files,
@@ -479,10 +481,7 @@ mod tests {
         with_new.push("new");
         // The copy checks the digest: give the real one.
         let mut files2 = files.clone();
-        files2.insert(
-            "d/new".into(),
-            format!("sha256:{}", hex::encode(Sha256::digest(b"new"))),
-        );
+        files2.insert("d/new".into(), FileDigest(Sha256::digest(b"new").into()));
         let from2 = LinkSource {
             new_files: &files2,
             ..from
