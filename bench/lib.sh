@@ -120,3 +120,21 @@ tree_pids() {
   echo "$p"
   for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do tree_pids "$c"; done
 }
+
+# big_context DIR: the `big` scenario's context (bench/cache, bench/peers'
+# shape): a gen-tree.py tree of FILES files (BINARY_MB + TEXT_MB), busybox,
+# and a Dockerfile with a busybox base, `COPY tree .` and a RUN after it.
+big_context() {
+  mkdir -p "$1"
+  python3 "$repo/bench/gen-tree.py" "$1/tree" --files "${FILES:-20000}" \
+    --binary-mb "${BINARY_MB:-200}" --text-mb "${TEXT_MB:-100}" >/dev/null
+  cp /bin/busybox "$1/busybox"
+  cat > "$1/Dockerfile" <<'DF'
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+WORKDIR /app
+COPY tree .
+RUN find . | wc -l > /files
+DF
+}

@@ -15,17 +15,7 @@ source "$repo/bench/lib.sh"
 work=$BENCH_WORK
 old=$1 new=$2
 rm -rf "$work"; mkdir -p "$work/ctx"
-python3 "$repo/bench/gen-tree.py" "$work/ctx/tree" --files "${FILES:-20000}" \
-  --binary-mb "${BINARY_MB:-200}" --text-mb "${TEXT_MB:-100}" >/dev/null
-cp /bin/busybox "$work/ctx/busybox"
-cat > "$work/ctx/Dockerfile" <<'DF'
-FROM scratch
-COPY busybox /bin/busybox
-RUN ["/bin/busybox", "--install", "-s", "/bin"]
-WORKDIR /app
-COPY tree .
-RUN find . | wc -l > /files
-DF
+big_context "$work/ctx"
 f=$(cd "$work/ctx/tree" && find . -type f -name '*.rs' | sort | sed -n 1p)
 cp "$work/ctx/tree/$f" "$work/orig"
 start_registry "$work/registry"

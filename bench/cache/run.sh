@@ -42,17 +42,7 @@ else
   rbuild="$repo/target/release/rbuild"
 fi
 
-python3 "$repo/bench/gen-tree.py" "$work/ctx/tree" --files "${FILES:-20000}" \
-  --binary-mb "${BINARY_MB:-200}" --text-mb "${TEXT_MB:-100}" >/dev/null
-cp /bin/busybox "$work/ctx/busybox"
-cat > "$work/ctx/Dockerfile" <<'DF'
-FROM scratch
-COPY busybox /bin/busybox
-RUN ["/bin/busybox", "--install", "-s", "/bin"]
-WORKDIR /app
-COPY tree .
-RUN find . | wc -l > /files
-DF
+big_context "$work/ctx"
 changed_file=$(cd "$work/ctx/tree" && find . -type f -name '*.rs' | sort | sed -n 1p)
 
 # The registry, with its access log on: each GET's status and bytes.

@@ -606,11 +606,12 @@ pub(super) fn xattrs_of(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
-    fn entry(path: &str, kind: EntryKind) -> LayerEntry {
+    /// A layer entry owned by this process, mode 644, mtime 1.
+    pub(in crate::engine) fn entry(path: &str, kind: EntryKind) -> LayerEntry {
         LayerEntry {
             path: path.to_string(),
             kind,

@@ -398,24 +398,13 @@ pub(super) fn files_below(root: &Path) -> anyhow::Result<HashSet<PathBuf>> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::snapfill::tests::entry;
     use super::*;
     use crate::context::FileDigest;
     use crate::layer::FileSource;
     use sha2::{Digest, Sha256};
     use std::collections::BTreeMap;
     use std::os::unix::fs::PermissionsExt;
-
-    fn entry(path: &str, kind: EntryKind) -> LayerEntry {
-        LayerEntry {
-            path: path.to_string(),
-            kind,
-            mode: 0o644,
-            uid: nix::unistd::geteuid().as_raw(),
-            gid: nix::unistd::getegid().as_raw(),
-            mtime: Timespec::new(1, 0),
-            xattrs: Vec::new(),
-        }
-    }
 
     fn set_mtime(p: &Path) {
         let t = nix::sys::time::TimeSpec::new(1, 0);

@@ -170,6 +170,15 @@ impl StageState {
         self.last_run.is_some_and(|last| last + 1 > self.next_index)
     }
 
+    /// Starts the setup process of this stage's next RUN sandbox unless one
+    /// is waiting (`sandbox::prestart`); a failure to start one only means
+    /// the RUN starts its own.
+    pub(super) fn prestart_spare(&mut self, ctx: &BuildCtx<'_>) {
+        if self.spare.is_none() {
+            self.spare = crate::sandbox::prestart(&Default::default(), &ctx.req.limits).ok();
+        }
+    }
+
     /// The absolute WORKDIR after a `WORKDIR p` step (relative paths join
     /// the current one; an absolute one is kept as written, as the plan does).
     fn workdir_after(&self, p: &str) -> String {
@@ -244,8 +253,8 @@ impl StageState {
         // A RUN that misses starts its sandbox's setup process at once (or
         // the step before did): its exec and cgroup move overlap the miss
         // explanation and the step's preparation (`exec::run`).
-        if matches!(step.kind, StepKind::Run(_)) && self.spare.is_none() {
-            self.spare = crate::sandbox::prestart(&Default::default(), &ctx.req.limits).ok();
+        if matches!(step.kind, StepKind::Run(_)) {
+            self.prestart_spare(ctx);
         }
         // Started before anything else: it fetches while the step works.
         let context_copy = matches!(&step.kind, StepKind::Copy(c) if c.from.is_none());

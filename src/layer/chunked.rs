@@ -818,4 +818,4 @@ fn zstd_compressor(level: i32) -> io::Result<zstd::bulk::Compressor<'static>> {
 
 #[cfg(test)]
 #[path = "chunked_tests.rs"]
-mod tests;
+pub(super) mod tests;

@@ -85,7 +85,8 @@ const CODECS: [Compression; 2] = [
 ];
 
 /// A cache whose blobs are files named by digest hex in `root/blobs`.
-fn cache(root: &Path) -> ChunkCache {
+/// A chunk cache in `root` (`chunks/`, `tmp/`, `blobs/`), as a store's.
+pub(in crate::layer) fn cache(root: &Path) -> ChunkCache {
     for d in ["chunks", "tmp", "blobs"] {
         fs::create_dir_all(root.join(d)).unwrap();
     }
@@ -305,7 +306,8 @@ fn disk_tree(dir: &Path) -> Vec<LayerEntry> {
     v
 }
 
-fn known_now(entries: &[LayerEntry]) -> KnownFiles {
+/// The entries' files as the context scan would know them now.
+pub(in crate::layer) fn known_now(entries: &[LayerEntry]) -> KnownFiles {
     use sha2::Digest;
     use std::os::unix::fs::MetadataExt;
     let mut k = KnownFiles::default();

@@ -6,10 +6,10 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::layer::chunked::tests::{cache, known_now};
 use crate::layer::chunkseed::{local_index, seed_reader, SeedKeys};
 use crate::layer::{
-    write_layer, BlobResolver, ChunkCache, EntryKind, FileSource, KnownFile, KnownFiles,
-    LayerEntry, LayerInfo, Timespec, WriteOptions,
+    write_layer, EntryKind, FileSource, LayerEntry, LayerInfo, Timespec, WriteOptions,
 };
 use crate::oci::Compression;
 
@@ -24,16 +24,6 @@ fn text(seed: u64, len: usize) -> Vec<u8> {
     }
     out.truncate(len);
     out
-}
-
-fn cache(root: &Path) -> ChunkCache {
-    for d in ["chunks", "tmp", "blobs"] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
-    let blobs = root.join("blobs");
-    let resolver: BlobResolver =
-        Arc::new(move |d: &str| Some(blobs.join(d.strip_prefix("sha256:")?)));
-    ChunkCache::new(root.join("chunks"), root.join("tmp"), resolver)
 }
 
 /// 300 files on disk, one of them 9 MiB (cut into pieces of its own).
@@ -59,28 +49,6 @@ fn tree(dir: &Path) -> Vec<LayerEntry> {
         .collect()
 }
 
-fn known(entries: &[LayerEntry]) -> KnownFiles {
-    use sha2::Digest;
-    use std::os::unix::fs::MetadataExt;
-    let mut k = KnownFiles::default();
-    for e in entries {
-        let EntryKind::File(FileSource::Path(p)) = &e.kind else {
-            continue;
-        };
-        let m = fs::metadata(p).unwrap();
-        let f = KnownFile {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.len(),
-            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-            ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
-            sha256: sha2::Sha256::digest(fs::read(p).unwrap()).into(),
-        };
-        k.insert(p.clone(), f);
-    }
-    k
-}
-
 /// Writes `entries` (with the store `root`'s cache and known files, or
 /// neither) and stores the blob.
 fn write(root: Option<&Path>, entries: &[LayerEntry], c: Compression) -> (LayerInfo, Vec<u8>) {
@@ -89,7 +57,7 @@ fn write(root: Option<&Path>, entries: &[LayerEntry], c: Compression) -> (LayerI
         compression: c,
         threads: 2,
         chunk_cache: root.map(cache),
-        known_files: root.map(|_| Arc::new(known(entries))),
+        known_files: root.map(|_| Arc::new(known_now(entries))),
         ..Default::default()
     };
     let info = write_layer(entries.to_vec(), &mut out, &opts).unwrap();

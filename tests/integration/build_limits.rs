@@ -166,6 +166,20 @@ fn memory_limit_oom_kill_is_reported_and_cgroup_removed() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// Builds `ctx` (a RUN that starts 50 sleeping processes) under
+/// `--pids-limit 20`: the step fails at `fork`, and its cgroup is gone.
+fn fork_loop_is_stopped_at_20(env: &Env, ctx: &Path) {
+    let (out, pid) = build(env, ctx, &["--pids-limit", "20"]);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success(),
+        "50 processes under a limit of 20: {err}"
+    );
+    assert!(err.contains("fork"), "{err}");
+    assert!(!err.contains("all 50 started"), "{err}");
+    assert!(step_cgroups(pid).is_empty());
+}
+
 #[test]
 fn pids_limit_stops_a_fork_loop() {
     if !root_only() {
@@ -178,15 +192,7 @@ fn pids_limit_stops_a_fork_loop() {
     ) else {
         return;
     };
-    let (out, pid) = build(&env, &ctx, &["--pids-limit", "20"]);
-    let err = stderr(&out);
-    assert!(
-        !out.status.success(),
-        "50 processes under a limit of 20: {err}"
-    );
-    assert!(err.contains("fork"), "{err}");
-    assert!(!err.contains("all 50 started"), "{err}");
-    assert!(step_cgroups(pid).is_empty());
+    fork_loop_is_stopped_at_20(&env, &ctx);
     let (out, _) = build(&env, &ctx, &["--pids-limit", "100"]);
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
@@ -527,15 +533,7 @@ fn pids_limit_holds_for_a_prestarted_step() {
     ) else {
         return;
     };
-    let (out, pid) = build(&env, &ctx, &["--pids-limit", "20"]);
-    let err = stderr(&out);
-    assert!(
-        !out.status.success(),
-        "50 processes under a limit of 20: {err}"
-    );
-    assert!(err.contains("fork"), "{err}");
-    assert!(!err.contains("all 50 started"), "{err}");
-    assert!(step_cgroups(pid).is_empty());
+    fork_loop_is_stopped_at_20(&env, &ctx);
 }
 
 /// The children of this process now (every thread's `children` list).

@@ -5,48 +5,16 @@
 
 use crate::common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::cache_seed::{build, write_tree};
 use common::{require_root, stderr, tool, Env, RegistryConf, RegistryGuard};
-
-const EPOCH: &str = "SOURCE_DATE_EPOCH=1700000000";
-
-/// ~9 MB of text-like files (several chunks) under `tree/`; `changed`
-/// rewrites one past the middle.
-fn tree(ctx: &Path, changed: bool) {
-    std::fs::create_dir_all(ctx.join("tree")).unwrap();
-    for i in 0..300usize {
-        let salt = if changed && i == 200 { "changed" } else { "" };
-        let body: String = (0..600)
-            .map(|l| {
-                format!(
-                    "fn f{l}() -> u64 {{ {} * {i} }} // {salt}\n",
-                    l * 7919 % 1000
-                )
-            })
-            .collect();
-        std::fs::write(ctx.join(format!("tree/f{i:04}.rs")), body).unwrap();
-    }
-}
 
 fn context(env: &Env, dockerfile: &str, changed: bool) -> PathBuf {
     let ctx = env.context("ctx", &[("Dockerfile", dockerfile)]);
-    tree(&ctx, changed);
+    write_tree(&ctx, changed.then_some(200));
     ctx
-}
-
-/// Builds; returns the plain log and the image digest.
-fn build(env: &Env, ctx: &Path, args: &[&str]) -> (String, String) {
-    let meta = env.path("meta.json");
-    let mut all = vec!["build", "--progress", "plain", "--build-arg", EPOCH];
-    all.extend_from_slice(&["--metadata-file", meta.to_str().unwrap()]);
-    all.extend_from_slice(args);
-    all.push(ctx.to_str().unwrap());
-    let log = stderr(&env.rbuild_ok(&all));
-    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
-    let digest = meta["containerimage.digest"].as_str().unwrap().to_string();
-    (log, digest)
 }
 
 /// The number before `word` in the log's first line that has `word`.
@@ -79,7 +47,8 @@ fn a_fresh_runner_resumes_the_layer_it_seeded_from_the_registry() {
     // changed file without reading the files before it.
     let b = Env::new();
     let ctx_b = context(&b, df, true);
-    let (log, digest) = build(&b, &ctx_b, &["--cache-from", &cache, "-t", "app:b"]);
+    let built = build(&b, &ctx_b, &["--cache-from", &cache, "-t", "app:b"]);
+    let (log, digest) = (built.log, built.digest);
     let resumable = count_before(&log, "resumable from remote cache").expect(&log);
     assert!(resumable >= 4, "{log}");
     let resumed = count_before(&log, "resumed without reading").expect(&log);
@@ -88,7 +57,7 @@ fn a_fresh_runner_resumes_the_layer_it_seeded_from_the_registry() {
     // Bit-identical to the same build cold in a fresh store.
     let cold = Env::new();
     let ctx_c = context(&cold, df, true);
-    let (_, cold_digest) = build(&cold, &ctx_c, &["-t", "app:c"]);
+    let cold_digest = build(&cold, &ctx_c, &["-t", "app:c"]).digest;
     assert_eq!(digest, cold_digest, "{log}");
 }
 
@@ -113,7 +82,8 @@ fn push_uploads_layers_while_later_steps_run() {
     let Some(ctx) = busybox_context(&env, df) else {
         return;
     };
-    let (log, digest) = build(&env, &ctx, &["--push", "-t", &app]);
+    let built = build(&env, &ctx, &["--push", "-t", &app]);
+    let (log, digest) = (built.log, built.digest);
     let early = count_before(&log, "layer(s) uploaded while the build ran").expect(&log);
     assert!(early >= 2, "{log}");
     assert!(log.contains(&format!("pushed {app}@{digest}")), "{log}");

@@ -18,9 +18,16 @@ fn context(env: &Env, changed: bool) -> PathBuf {
         "ctx",
         &[("Dockerfile", "FROM scratch\nCOPY tree/ /tree/\n")],
     );
+    write_tree(&ctx, changed.then_some(150));
+    ctx
+}
+
+/// ~9 MB of text-like files in 300 files under `ctx/tree/`; `changed`
+/// names the one whose text differs (also used by `cache_ci_job`).
+pub(crate) fn write_tree(ctx: &Path, changed: Option<usize>) {
     std::fs::create_dir_all(ctx.join("tree")).unwrap();
     for i in 0..300usize {
-        let salt = if changed && i == 150 { "changed" } else { "" };
+        let salt = if changed == Some(i) { "changed" } else { "" };
         let body: String = (0..600)
             .map(|l| {
                 format!(
@@ -31,16 +38,17 @@ fn context(env: &Env, changed: bool) -> PathBuf {
             .collect();
         std::fs::write(ctx.join(format!("tree/f{i:04}.rs")), body).unwrap();
     }
-    ctx
 }
 
 /// What a build said: its plain progress output and image digest.
-struct Built {
-    log: String,
-    digest: String,
+pub(crate) struct Built {
+    pub(crate) log: String,
+    pub(crate) digest: String,
 }
 
-fn build(env: &Env, ctx: &Path, args: &[&str]) -> Built {
+/// Builds `ctx` with `args` (reproducible timestamps), failing the test
+/// if the build fails.
+pub(crate) fn build(env: &Env, ctx: &Path, args: &[&str]) -> Built {
     let meta = env.path("meta.json");
     let mut all = vec!["build", "--progress", "plain", "--build-arg", EPOCH];
     all.extend_from_slice(&["--metadata-file", meta.to_str().unwrap()]);

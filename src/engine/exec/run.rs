@@ -41,10 +41,8 @@ impl StageState {
         // stage's view, whose snapshot of the last layer may need
         // unpacking, the mounts, the RUN dirs). Killed on an error before
         // it runs.
-        let spare = match self.spare.take() {
-            Some(spare) => Some(spare),
-            None => crate::sandbox::prestart(&Default::default(), &ctx.req.limits).ok(),
-        };
+        self.prestart_spare(ctx);
+        let spare = self.spare.take();
         let network = match r.network {
             None | Some(Network::Default) => ctx.req.network,
             Some(Network::Host) => crate::sandbox::NetworkMode::Host,
@@ -140,7 +138,7 @@ impl StageState {
         // next RUN misses too (its parent key is new), so it is rarely
         // wasted; when it is, it is killed with the stage.
         if self.runs_later() {
-            self.spare = crate::sandbox::prestart(&Default::default(), &ctx.req.limits).ok();
+            self.prestart_spare(ctx);
         }
         self.keepalive.views.extend(views);
         self.keepalive.run_dirs.push(work);
