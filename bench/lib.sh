@@ -121,6 +121,61 @@ tree_pids() {
   for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do tree_pids "$c"; done
 }
 
+# --- this VM's filesystem: deletions slow the next file creations ---------------
+# On ext4 without a journal the kernel skips inodes freed in the last 60-360 s
+# when it allocates new ones (`recently_deleted()` in ext4's ialloc.c), one
+# inode-table lookup per skipped inode: right after a 40,000-file tree is
+# deleted, every new file costs about a millisecond instead of microseconds
+# (measured: a cold `big` build 3 s -> 9-19 s of system time, 20 RUN steps
+# 0.22 -> 0.55 s). A deletion in the middle of a benchmark would bill the
+# next builder for the previous one's cleanup, so the side-by-side scripts
+# never delete while they measure: `trash` renames (O(1), no inode is freed)
+# and `empty_trash` deletes everything at the end; `settle` waits, before
+# the first measurement, until creating files is as cheap as on a quiet disk.
+
+# trash PATH...: moves each existing PATH into $BENCH_TRASH (same filesystem).
+trash() {
+  local p
+  : "${BENCH_TRASH:=$BENCH_WORK.trash}"
+  mkdir -p "$BENCH_TRASH"
+  for p in "$@"; do
+    [ -e "$p" ] && mv "$p" "$(mktemp -u "$BENCH_TRASH/t.XXXXXX")"
+  done
+  return 0
+}
+empty_trash() { rm -rf "${BENCH_TRASH:-$BENCH_WORK.trash}"; }
+
+# fs_canary: milliseconds to create 500 empty files in a new dir next to
+# $BENCH_WORK (about 10 on a settled disk here; hundreds after a big delete).
+fs_canary() {
+  local d
+  d=$(mktemp -d "$(dirname "$BENCH_WORK")/rbuild-canary.XXXXXX")
+  python3 - "$d" <<'CANARY'
+import os, sys, time
+d = sys.argv[1]; t = time.monotonic()
+for i in range(500):
+    os.close(os.open(os.path.join(d, "f%d" % i), os.O_CREAT | os.O_WRONLY, 0o644))
+print(int((time.monotonic() - t) * 1000))
+CANARY
+  rm -rf "$d"
+}
+
+# settle: waits (up to SETTLE_MAX seconds, default 420) until fs_canary is
+# under SETTLE_MS (default 50); prints the last canary to stderr and sets
+# SETTLED_MS for the report.
+settle() {
+  local waited=0 ms
+  while :; do
+    ms=$(fs_canary)
+    [ "$ms" -le "${SETTLE_MS:-50}" ] && break
+    [ "$waited" -ge "${SETTLE_MAX:-420}" ] && { echo "fs not settled after ${waited} s (canary $ms ms); measuring anyway" >&2; break; }
+    echo "fs canary $ms ms (recent deletions): waiting…" >&2
+    sleep 20; waited=$((waited + 20))
+  done
+  SETTLED_MS=$ms
+  echo "fs canary: $ms ms for 500 files" >&2
+}
+
 # big_context DIR: the `big` scenario's context (bench/cache, bench/peers'
 # shape): a gen-tree.py tree of FILES files (BINARY_MB + TEXT_MB), busybox,
 # and a Dockerfile with a busybox base, `COPY tree .` and a RUN after it.

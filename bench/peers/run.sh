@@ -19,7 +19,10 @@ rounds=${ROUNDS:-3}
 noop_runs=${NOOP_RUNS:-10}
 steps=${STEPS:-20}
 work=$BENCH_WORK
-rm -rf "$work"; mkdir -p "$work"
+# Nothing is deleted while anything is measured (see `trash` in lib.sh):
+# an earlier run's work dir, and every store, go to the trash, emptied at
+# the end.
+trash "$work"; mkdir -p "$work"
 : > "$work/rows"
 
 rbuild=${RBUILD:-$repo/target/release/rbuild}
@@ -79,6 +82,8 @@ run_ms() {
   grep '"step_done"' "$1" | grep "\"id\":$id," | sed -E 's/.*"duration_ms":([0-9]+).*/\1/'
 }
 
+settle
+canary_before=$SETTLED_MS
 load_before=$(load)
 echo "load before: $load_before" >&2
 
@@ -87,10 +92,11 @@ for r in $(seq "$rounds"); do
   echo "== round $r (load $(load))" >&2
   record pigz sh -c "tar -C '$ctx/tree' -cf - . | pigz -p 2 -6 > /dev/null"
   record zstd sh -c "tar -C '$ctx/tree' -cf - . | zstd -q -T2 -3 > /dev/null"
-  st=$work/rb; rm -rf "$st" "$st-z"
+  # A new store per round: the cold builds need an empty one, and the last
+  # round's stays until the end (trash, not rm: see the top).
+  st=$work/rb-r$r
   record rb_cold "$rbuild" --root "$st" build --progress plain -t big "$ctx"
   record rb_cold_zstd "$rbuild" --root "$st-z" build --compression zstd --progress plain -t big "$ctx"
-  rm -rf "$st-z"
   for _ in $(seq "$noop_runs"); do record rb_noop "$rbuild" --root "$st" build --progress plain -t big "$ctx"; done
   change "rb$r"
   record rb_one "$rbuild" --root "$st" build --progress json -t big "$ctx"
@@ -99,22 +105,25 @@ for r in $(seq "$rounds"); do
   record rb_runtrue_a "$rbuild" --root "$st" build --progress json --build-arg BUST="a$r" -f "$ctx/Dockerfile.runtrue" -t rt "$ctx"
   record rb_runtrue "$rbuild" --root "$st" build --progress json --build-arg BUST="b$r" -f "$ctx/Dockerfile.runtrue" -t rt "$ctx"
   run_ms "$work/rb_runtrue.log" | sed 's/^/rb_runtrue_ms /; s/$/ 0 0/' >> "$work/rows"
-  rm -rf "$st"
   for n in 0 "$steps"; do
-    record "rb_steps$n" "$rbuild" --root "$work/rbs" build --no-cache --progress plain -t s "$work/steps$n"
+    record "rb_steps$n" "$rbuild" --root "$work/rbs-r$r" build --no-cache --progress plain -t s "$work/steps$n"
   done
-  rm -rf "$work/rbs"
 done
 
 # --- BuildKit ------------------------------------------------------------------
-if [ "${SKIP_BUILDKIT:-}" != 1 ] && start_dockerd "$work/dockerd"; then
-  trap 'stop_dockerd; cg_drop' EXIT
+# A new dockerd data root per round instead of `docker builder prune`, so
+# BuildKit's cold build is not billed for deleting the last round's files.
+bk_round() { # ROUND: starts dockerd on a fresh data root
+  start_dockerd "$work/dockerd-r$1" || return 1
   # dockerd and its containerd: their CPU is the build's CPU.
   cg_adopt $(tree_pids "$DOCKERD_PID")
+}
+if [ "${SKIP_BUILDKIT:-}" != 1 ] && bk_round 1; then
+  trap 'stop_dockerd; cg_drop' EXIT
   D=(/usr/bin/docker build --network host)
   for r in $(seq "$rounds"); do
+    if [ "$r" -gt 1 ]; then stop_dockerd; cg_drop; bk_round "$r"; fi
     echo "== BuildKit round $r (load $(load))" >&2
-    /usr/bin/docker builder prune -af >/dev/null; /usr/bin/docker image prune -af >/dev/null
     record bk_cold "${D[@]}" -t big "$ctx"
     for _ in $(seq "$noop_runs"); do record bk_noop "${D[@]}" -t big "$ctx"; done
     change "bk$r"; record bk_one "${D[@]}" -t big "$ctx"; restore
@@ -127,22 +136,25 @@ fi
 
 # --- buildah -------------------------------------------------------------------
 if [ "${SKIP_BUILDAH:-}" != 1 ] && command -v buildah >/dev/null; then
-  bst=$work/buildah
-  B=(buildah --root "$bst/root" --runroot "$bst/run" --storage-driver overlay)
-  bclean() { "${B[@]}" rm --all >/dev/null 2>&1 || true; "${B[@]}" rmi -af >/dev/null 2>&1 || true; rm -rf "$bst"; }
+  # A new root per round (as for rbuild and BuildKit), all removed at the end.
+  bh_roots() { B=(buildah --root "$work/buildah-r$1/root" --runroot "$work/buildah-r$1/run" --storage-driver overlay); }
   for r in $(seq "$rounds"); do
+    bh_roots "$r"
     echo "== buildah round $r (load $(load))" >&2
-    bclean
     record bh_cold "${B[@]}" bud --layers -t big "$ctx"
     for _ in $(seq "${BH_NOOP_RUNS:-2}"); do record bh_noop "${B[@]}" bud --layers -t big "$ctx"; done
     change "bh$r"; record bh_one "${B[@]}" bud --layers -t big "$ctx"; restore
     for n in 0 "$steps"; do record "bh_steps$n" "${B[@]}" bud --no-cache --layers -t s "$work/steps$n"; done
   done
-  bclean
+  # buildah's overlay storage holds mounts: unmounted by its own rm/rmi.
+  for r in $(seq "$rounds"); do
+    bh_roots "$r"; "${B[@]}" rm --all >/dev/null 2>&1 || true; "${B[@]}" rmi -af >/dev/null 2>&1 || true
+  done
 else
   echo "buildah: not measured" >&2
 fi
 load_after=$(load)
+canary_after=$(fs_canary)
 
 # --- the table -----------------------------------------------------------------
 m() { med "$@"; }
@@ -156,6 +168,7 @@ cat <<HDR
 
 big: $files files, $mb MB; $rounds rounds (no-op: $((rounds * noop_runs)) builds), medians
 load average before: $load_before   after: $load_after   ($(nproc) CPUs)
+fs canary (ms to create 500 files; ~10 settled): before $canary_before, after $canary_after
 wall s / CPU s (user+sys; BuildKit: client + dockerd/containerd cgroup)
 
 | what | rbuild | BuildKit | buildah | reference |
@@ -197,4 +210,4 @@ printf '| no-op rebuild ≤ 0.1 s | %s s | %s |\n' "$(m rb_noop)" "$(verdict "$(
 printf '| %s RUN steps --no-cache ≤ 0.3× BuildKit | %s× | %s |\n' "$steps" "$st_r" "$(verdict "$st_r" '<=' 0.3)"
 printf '| peak RSS ≤ 200 MB | %s MB | %s |\n' "$peak" "$(verdict "$peak" '<=' 200)"
 
-[ "${KEEP:-}" = 1 ] || rm -rf "$work"
+if [ "${KEEP:-}" = 1 ]; then rm -rf "${BENCH_TRASH:-$work.trash}"; else trash "$work"; empty_trash; fi
