@@ -20,7 +20,9 @@ rounds=${ROUNDS:-3}
 work=$BENCH_WORK
 workloads=("$@")
 [ ${#workloads[@]} -gt 0 ] || workloads=(python pip npm)
-rm -rf "$work"; mkdir -p "$work"
+# Nothing is deleted while anything is measured (`trash` in bench/lib.sh:
+# this VM's journal-less ext4 bills deletions to the next file creations).
+trash "$work"; mkdir -p "$work"
 : > "$work/rows"
 rbuild=${RBUILD:-$repo/target/release/rbuild}
 if [ -z "${RBUILD:-}" ]; then
@@ -50,7 +52,7 @@ echo "base: $rootfs ($(( $(stat -c %s "$base_tar") / 1024 / 1024 )) MB)" >&2
 source_file() { case $1 in python) echo app.py ;; pip) echo src/app.py ;; npm) echo src/index.js ;; esac; }
 prepare() { # workload → fresh context dir $work/ctx-$1
   local c=$work/ctx-$1
-  rm -rf "$c"; cp -r "$here/$1" "$c"
+  trash "$c"; cp -r "$here/$1" "$c"
   ln "$base_tar" "$c/rootfs.tar"
   cp "$c/$(source_file "$1")" "$work/$1.src.bak"
 }
@@ -74,20 +76,21 @@ measure_builder() {
   restore "$w"
 }
 
+settle
+canary_before=$SETTLED_MS
 load_before=$(load)
 echo "load before: $load_before" >&2
 for w in "${workloads[@]}"; do
   prepare "$w"
-  st=$work/rb-$w; rm -rf "$st"
-  measure_builder rb "$w" "$rbuild" --root "$st" build --progress plain -t "real-$w"
-  rm -rf "$st"
+  measure_builder rb "$w" "$rbuild" --root "$work/rb-$w" build --progress plain -t "real-$w"
 done
 
-if [ "${SKIP_BUILDKIT:-}" != 1 ] && start_dockerd "$work/dockerd"; then
+# A fresh dockerd data root per workload instead of `docker builder prune`.
+bk_start() { start_dockerd "$work/dockerd-$1" && cg_adopt $(tree_pids "$DOCKERD_PID"); }
+if [ "${SKIP_BUILDKIT:-}" != 1 ] && bk_start "${workloads[0]}"; then
   trap 'stop_dockerd; cg_drop' EXIT
-  cg_adopt $(tree_pids "$DOCKERD_PID")
   for w in "${workloads[@]}"; do
-    /usr/bin/docker builder prune -af >/dev/null; /usr/bin/docker image prune -af >/dev/null
+    [ "$w" = "${workloads[0]}" ] || { stop_dockerd; cg_drop; bk_start "$w"; }
     measure_builder bk "$w" /usr/bin/docker build --network host -t "real-$w"
   done
   stop_dockerd; cg_drop; trap - EXIT
@@ -100,16 +103,20 @@ if [ "${SKIP_BUILDAH:-}" != 1 ] && command -v buildah >/dev/null; then
     bst=$work/buildah-$w
     B=(buildah --root "$bst/root" --runroot "$bst/run" --storage-driver overlay)
     measure_builder bh "$w" "${B[@]}" bud --layers --network host -t "real-$w"
-    "${B[@]}" rmi -af >/dev/null 2>&1 || true
-    rm -rf "$bst"
+  done
+  for w in "${workloads[@]}"; do # unmounts buildah's layers; the files go at the end
+    bst=$work/buildah-$w
+    buildah --root "$bst/root" --runroot "$bst/run" --storage-driver overlay rmi -af >/dev/null 2>&1 || true
   done
 else
   echo "buildah: not measured" >&2
 fi
 load_after=$(load)
+canary_after=$(fs_canary)
 
 ratio2() { if [ "$1" = - ] || [ "$2" = - ]; then echo -; else ratio "$1" "$2"; fi; }
 printf '\nload average before: %s   after: %s   (%s CPUs)\n' "$load_before" "$load_after" "$(nproc)"
+printf 'fs canary (ms to create 500 files; ~10 settled): before %s, after %s\n' "$canary_before" "$canary_after"
 printf 'seconds, wall / CPU (BuildKit: client + dockerd/containerd cgroup); cold: 1 build, no-op and changed: medians of %s\n\n' "$rounds"
 echo '| workload | builder | cold | no-op | source file changed | peak RSS MB |'
 echo '|---|---|---|---|---|---|'
@@ -131,4 +138,4 @@ for w in "${workloads[@]}"; do
   printf '| %s | %s× | %s× | %s× | %s |\n' "$w" "$(ratio2 "$(med "rb_${w}_cold")" "$(med "bk_${w}_cold")")" \
     "$(ratio2 "$(med "rb_${w}_noop")" "$(med "bk_${w}_noop")")" "$r" "$t"
 done
-[ "${KEEP:-}" = 1 ] || rm -rf "$work"
+if [ "${KEEP:-}" = 1 ]; then rm -rf "${BENCH_TRASH:-$work.trash}"; else trash "$work"; empty_trash; fi
