@@ -92,6 +92,11 @@ for r in $(seq "$rounds"); do
   echo "== round $r (load $(load))" >&2
   record pigz sh -c "tar -C '$ctx/tree' -cf - . | pigz -p 2 -6 > /dev/null"
   record zstd sh -c "tar -C '$ctx/tree' -cf - . | zstd -q -T2 -3 > /dev/null"
+  # What any builder must do at least for the cold zstd build, by hand: the
+  # two digests (diff_id, blob digest), the compressed blob written to disk,
+  # and the files the RUN after the COPY sees (a copy of the tree).
+  record zstd_floor bash -c "tar -C '$ctx/tree' -cf - . | tee >(sha256sum >/dev/null) \
+    | zstd -q -T2 -3 | tee >(sha256sum >/dev/null) > '$work/floor-r$r.zst' && cp -a '$ctx/tree' '$work/floor-r$r'"
   # A new store per round: the cold builds need an empty one, and the last
   # round's stays until the end (trash, not rm: see the top).
   st=$work/rb-r$r
@@ -178,6 +183,7 @@ row() { printf '| %s | %s / %s | %s / %s | %s / %s | %s |\n' "$1" "$(m "rb_$2")"
   "$(m "bk_$2")" "$(m "bk_$2" 3)" "$(m "bh_$2")" "$(m "bh_$2" 3)" "$3"; }
 row "cold build (gzip)" cold "tar\\|pigz -p 2: $(m pigz) / $(m pigz 3)"
 printf '| cold build (zstd) | %s / %s | | | tar\\|zstd -T2: %s / %s |\n' "$(m rb_cold_zstd)" "$(m rb_cold_zstd 3)" "$(m zstd)" "$(m zstd 3)"
+printf '| (floor for zstd: the same + both sha256 + blob written + tree copied) | | | | %s / %s |\n' "$(m zstd_floor)" "$(m zstd_floor 3)"
 row "no-op rebuild" noop ""
 row "one file changed (COPY + RUN)" one ""
 row "$steps RUN steps --no-cache" "steps$steps" ""
