@@ -316,7 +316,7 @@ fn prepare_root(
     // The engine passes snapshots only when overlay is usable.
     let overlay = matches!(inputs.root, StageFiles::Snapshots(_)) || overlay_usable();
     Ok(if overlay {
-        let upper = work.join("upper");
+        let upper = work.join(UPPER);
         let workdir = work.join("work");
         std::fs::create_dir_all(&upper).context("creating the overlay upper dir")?;
         std::fs::create_dir_all(&workdir).context("creating the overlay work dir")?;
@@ -337,6 +337,9 @@ fn prepare_root(
         (RootfsSpec::Dir(copy.clone()), Some(copy))
     })
 }
+
+/// The overlay upper dir's name in a RUN dir.
+pub const UPPER: &str = "upper";
 
 /// Whether RUN steps can use overlayfs. `RBUILD_NO_OVERLAY=1` forces the
 /// copied-rootfs fallback (for tests, and for hosts where overlay misbehaves).

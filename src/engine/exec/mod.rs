@@ -20,6 +20,9 @@ pub(crate) struct KeepAlive {
     /// RUN dirs (upper, overlay work dir, or the fallback's copy), removed
     /// by `remover` rather than on the stage's thread.
     pub run_dirs: Vec<LockedTempDir>,
+    /// The last RUN's overlay upper dir (inside the last of `run_dirs`),
+    /// which may become its layer's snapshot once the layer is written.
+    pub upper: Option<std::path::PathBuf>,
     remover: Remover,
 }
 
@@ -27,6 +30,7 @@ impl KeepAlive {
     pub fn clear(&mut self) {
         self.temps.clear();
         self.views.clear();
+        self.upper = None;
         for dir in self.run_dirs.drain(..) {
             self.remover.remove(dir);
         }

@@ -141,8 +141,36 @@ impl StageState {
             self.prestart_spare(ctx);
         }
         self.keepalive.views.extend(views);
+        if root.is_none() {
+            self.keepalive.upper = Some(work.path().join(super::super::run::UPPER));
+        }
         self.keepalive.run_dirs.push(work);
         Ok(entries)
+    }
+
+    /// Once the RUN's layer is written: its overlay upper dir becomes the
+    /// layer's snapshot when it is exactly the tree the layer unpacks to
+    /// (`snapshot::adopt_run_upper`), so the next RUN does not unpack the
+    /// layer again. A refusal only costs that unpack: it is logged, not an
+    /// error.
+    pub(in crate::engine) fn adopt_run_upper(
+        &mut self,
+        ctx: &crate::engine::build::BuildCtx<'_>,
+        entries: &[LayerEntry],
+        layer: &crate::oci::LayerRef,
+        handle: &StepHandle,
+    ) {
+        let Some(upper) = self.keepalive.upper.take() else {
+            return;
+        };
+        let Some(holder) = self.keepalive.run_dirs.last() else {
+            return;
+        };
+        use super::super::snapshot::{adopt_run_upper, Adoption};
+        if let Adoption::Refused(why) = adopt_run_upper(ctx.store, holder, &upper, entries, layer) {
+            let line = format!("snapshot: the layer is unpacked again for the next RUN: {why}\n");
+            handle.log(crate::progress::Stream::Stderr, line.as_bytes());
+        }
     }
 
     /// The host roots of the step's bind mounts: `from=` stages and images
