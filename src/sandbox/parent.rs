@@ -125,19 +125,27 @@ pub fn run_prestarted(
     on_output: &mut dyn FnMut(Stream, &[u8]),
 ) -> Result<RunOutcome> {
     validate(spec)?;
-    let mut state = tempfile::Builder::new();
-    state.prefix("rbuild-sandbox-");
-    let state = match &opts.state_parent {
-        Some(dir) => state.tempdir_in(dir),
-        None => state.tempdir(),
-    }
-    .context("creating the sandbox state dir")?;
+    // Held (and removed) until this returns, unless the caller gave one.
+    let mut owned = None;
+    let state_dir = match &opts.state_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            let mut state = tempfile::Builder::new();
+            state.prefix("rbuild-sandbox-");
+            let state = match &opts.state_parent {
+                Some(dir) => state.tempdir_in(dir),
+                None => state.tempdir(),
+            }
+            .context("creating the sandbox state dir")?;
+            owned.insert(state).path().to_path_buf()
+        }
+    };
     let userns = !nix::unistd::geteuid().is_root();
     let req = Request {
         spec: spec.clone(),
         userns,
         unprivileged: userns || super::in_user_namespace(),
-        state_dir: state.path().to_path_buf(),
+        state_dir,
         probe_overlay: false,
     };
     let spare = spare.filter(|p| {
@@ -202,6 +210,28 @@ pub fn clean_workdir(work: &std::path::Path) {
         } else {
             let _ = std::fs::remove_file(&path);
         }
+    }
+}
+
+/// Readies the overlay work dir `work` of a finished sandbox for the next
+/// overlay mount: the kernel empties `work/work` itself at each mount, but
+/// refuses one holding the `incompat/volatile` marker a `volatile` mount
+/// leaves (EINVAL, "incompat feature"), so the marker goes; when it cannot,
+/// everything goes, as [`clean_workdir`] does. Three syscalls, not the
+/// mkdirs and rmdirs of a fresh work dir per step.
+pub fn reuse_workdir(work: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let inner = work.join("work");
+    if !inner.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+        return;
+    }
+    // Mode 000 as the kernel left it: a caller without root could not look in.
+    let _ = std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o700));
+    let incompat = inner.join("incompat");
+    let _ = std::fs::remove_dir(incompat.join("volatile"));
+    let _ = std::fs::remove_dir(&incompat);
+    if incompat.symlink_metadata().is_ok() {
+        clean_workdir(work);
     }
 }
 

@@ -132,7 +132,11 @@ impl StageState {
             };
             handle.log(s, bytes);
         };
-        let (entries, work) = super::super::run::run(&inputs, spare, &mut on_output)?;
+        let area = match &mut self.keepalive.run_area {
+            Some(area) => area,
+            none => none.insert(super::super::run::RunArea::new(ctx.store)?),
+        };
+        let (entries, step) = super::super::run::run(&inputs, spare, &mut on_output, area)?;
         // A later RUN of the stage gets its setup process (exec'd, in its
         // cgroup) while this step's layer is written. After a miss the
         // next RUN misses too (its parent key is new), so it is rarely
@@ -141,10 +145,8 @@ impl StageState {
             self.prestart_spare(ctx);
         }
         self.keepalive.views.extend(views);
-        if root.is_none() {
-            self.keepalive.upper = Some(work.path().join(super::super::run::UPPER));
-        }
-        self.keepalive.run_dirs.push(work);
+        self.keepalive.upper_adoptable = root.is_none();
+        self.keepalive.run_step = Some(step);
         Ok(entries)
     }
 
@@ -160,14 +162,16 @@ impl StageState {
         layer: &crate::oci::LayerRef,
         handle: &StepHandle,
     ) {
-        let Some(upper) = self.keepalive.upper.take() else {
-            return;
-        };
-        let Some(holder) = self.keepalive.run_dirs.last() else {
+        let keep = &mut self.keepalive;
+        let adoptable = std::mem::take(&mut keep.upper_adoptable);
+        let (Some(step), Some(area), true) = (&keep.run_step, &keep.run_area, adoptable) else {
             return;
         };
         use super::super::snapshot::{adopt_run_upper, Adoption};
-        if let Adoption::Refused(why) = adopt_run_upper(ctx.store, holder, &upper, entries, layer) {
+        let holder = area.holder();
+        if let Adoption::Refused(why) =
+            adopt_run_upper(ctx.store, holder, &step.upper, entries, layer)
+        {
             let line = format!("snapshot: the layer is unpacked again for the next RUN: {why}\n");
             handle.log(crate::progress::Stream::Stderr, line.as_bytes());
         }
