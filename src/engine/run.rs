@@ -22,7 +22,9 @@ use crate::plan::{CacheSharing, Mount, MountType};
 use crate::sandbox::{
     self, ExtraFiles, FileBytes, MountSpec, NetworkMode, RootfsSpec, RunSpec, UserSpec,
 };
-use crate::store::{LockedTempDir, Store};
+use crate::store::Store;
+
+pub use super::runarea::{RunArea, StepDirs};
 
 use super::users::UserDb;
 
@@ -170,70 +172,6 @@ pub fn mounts(parsed: &[Mount], workdir: &str) -> Vec<Mount> {
         .collect()
 }
 
-/// A stage's RUN dir, `tmp/run-X`, made at its first RUN and removed with
-/// the stage: the overlay work dir `work/` and the sandbox's state dir
-/// `sandbox/` are shared by every RUN of the stage (the kernel empties
-/// `work/work` at each overlay mount; the state dir only ever has a tmpfs
-/// mounted over it, inside each sandbox's private mount namespace), and
-/// each step gets `upper-N` (its overlay upper dir, often kept as its
-/// layer's snapshot) and, only when it needs one, `scratch-N`. So a RUN
-/// makes one dir on the store's disk, not five, and removes none or one:
-/// on a filesystem where inode allocation after deletions is slow, every
-/// one counted (docs/benchmarks.md, "Per-RUN disk churn").
-pub struct RunArea {
-    dir: LockedTempDir,
-    steps: u32,
-}
-
-/// One step's dirs in a [`RunArea`].
-pub struct StepDirs {
-    pub upper: PathBuf,
-    pub scratch: PathBuf,
-}
-
-impl StepDirs {
-    /// Removes what is left of the step (best effort, as the store's sweep
-    /// of temp dirs reports what it cannot remove).
-    pub fn remove(&self) {
-        for dir in [&self.upper, &self.scratch] {
-            // The fallback's copy may hold read-only dirs: as remove_dir_all.
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-impl RunArea {
-    pub fn new(store: &Store) -> anyhow::Result<RunArea> {
-        let dir = store.temp_dir("run-").context("creating RUN dirs")?;
-        for sub in ["work", "sandbox"] {
-            std::fs::create_dir(dir.path().join(sub))
-                .with_context(|| format!("creating {}", dir.path().join(sub).display()))?;
-        }
-        Ok(RunArea { dir, steps: 0 })
-    }
-
-    /// The locked temp dir every step dir is in.
-    pub fn holder(&self) -> &LockedTempDir {
-        &self.dir
-    }
-
-    fn next_step(&mut self) -> StepDirs {
-        self.steps += 1;
-        StepDirs {
-            upper: self.dir.path().join(format!("{UPPER}-{}", self.steps)),
-            scratch: self.dir.path().join(format!("scratch-{}", self.steps)),
-        }
-    }
-}
-
-impl Drop for RunArea {
-    fn drop(&mut self) {
-        // The kernel leaves `work/work` mode 000, which a caller without
-        // root could not list; the rest goes with the dir's guard.
-        sandbox::clean_workdir(&self.dir.path().join("work"));
-    }
-}
-
 /// Run the command in a step of `area`; returns the layer entries (empty
 /// when nothing changed) and the step's dirs holding the files they name,
 /// to keep until the layer is written (the caller removes them).
@@ -246,13 +184,9 @@ pub fn run(
     area: &mut RunArea,
 ) -> anyhow::Result<(Vec<LayerEntry>, StepDirs)> {
     let step = area.next_step();
-    match run_in(inputs, spare, on_output, area, &step) {
-        Ok(entries) => Ok((entries, step)),
-        Err(e) => {
-            step.remove();
-            Err(e)
-        }
-    }
+    // On an error the step's dirs go when `step` is dropped.
+    let entries = run_in(inputs, spare, on_output, area, &step)?;
+    Ok((entries, step))
 }
 
 /// [`run`] in the step dirs `step` of `area`, which the caller removes.
@@ -280,7 +214,7 @@ fn run_in(
             mode: 0o755,
         });
     }
-    let (rootfs, fallback_root) = prepare_root(inputs, area.dir.path(), step)?;
+    let (rootfs, fallback_root) = prepare_root(inputs, step)?;
     let spec = RunSpec {
         rootfs,
         argv: inputs.argv.clone(),
@@ -303,7 +237,7 @@ fn run_in(
         // The empty mount point of the sandbox's tmpfs, the stage's for
         // every step, goes with the RUN dir, which the store sweeps after
         // a crash.
-        state_dir: Some(area.dir.path().join("sandbox")),
+        state_dir: Some(area.state_dir()),
         ..Default::default()
     };
     let outcome = sandbox::run_prestarted(&opts, &spec, spare, on_output)
@@ -325,7 +259,7 @@ fn run_in(
         // A step that filled the store's disk usually fails with its own
         // "No space left on device": name the filesystem so the cause is
         // plain. The upper dir is removed when `run` returns.
-        let full = super::limits::full_filesystem_note(inputs.store.root(), area.dir.path())
+        let full = super::limits::full_filesystem_note(inputs.store.root(), &step.upper)
             .map(|note| format!("\n{note}"))
             .unwrap_or_default();
         return Err(super::error::RunFailed {
@@ -370,7 +304,6 @@ fn run_in(
 /// too so the changes can be diffed.
 fn prepare_root(
     inputs: &RunInputs<'_>,
-    area: &Path,
     step: &StepDirs,
 ) -> anyhow::Result<(RootfsSpec, Option<PathBuf>)> {
     // The engine passes snapshots only when overlay is usable.
@@ -378,13 +311,11 @@ fn prepare_root(
     Ok(if overlay {
         // 0755 (under the umask): the upper dir's root is the RUN's `/`.
         std::fs::create_dir(&step.upper).context("creating the overlay upper dir")?;
-        // The stage's work dir, as the last step's overlay left it.
-        sandbox::reuse_workdir(&area.join("work"));
         (
             RootfsSpec::Overlay {
                 lowers: inputs.root.lowers(),
                 upper: step.upper.clone(),
-                work: area.join("work"),
+                work: step.work.clone(),
             },
             None,
         )
@@ -397,9 +328,6 @@ fn prepare_root(
         (RootfsSpec::Dir(copy.clone()), Some(copy))
     })
 }
-
-/// The overlay upper dir's name in a RUN dir.
-pub const UPPER: &str = "upper";
 
 /// Whether RUN steps can use overlayfs. `RBUILD_NO_OVERLAY=1` forces the
 /// copied-rootfs fallback (for tests, and for hosts where overlay misbehaves).

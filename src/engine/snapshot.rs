@@ -18,6 +18,17 @@
 //! A context COPY rebuilt after a small change may get a composite
 //! snapshot instead (`snapfill_delta`): its changed files over the plain
 //! snapshot of the earlier build, two lowers (`Store::layer_snapshot`).
+//!
+//! A RUN layer's snapshot is, when it can be, the RUN's own overlay upper
+//! dir ([`adopt_run_upper`]): the tar was written from it, so once what the
+//! layer leaves out is removed (mount-point stubs, unchanged copy-ups,
+//! overlayfs' xattrs) and the mtimes are the entries', it is the tree the
+//! unpack would give, and `layer::upper_as_snapshot` checks every entry
+//! against it before the rename. A layer the next RUN reads is then never
+//! unpacked, and its files are not made twice on the store's disk. When
+//! the check fails the upper is dropped and [`ensure`] unpacks the layer as
+//! for any other. Root only: rootless, the upper's owners are the mapped
+//! host ids, an unpacked snapshot's the caller's.
 
 use std::path::{Path, PathBuf};
 

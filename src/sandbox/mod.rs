@@ -42,8 +42,8 @@ pub use cgroup::oom_message;
 pub use idmap::single_id_warning;
 pub use limits::{human_bytes, ulimit_names, Limits, SwapLimit, Ulimit};
 pub use parent::{
-    clean_workdir, overlay_available, overlay_available_with, prestart, reuse_workdir, run,
-    run_prestarted, run_with, Prestarted,
+    clean_workdir, overlay_available, overlay_available_with, prestart, run, run_prestarted,
+    run_with, Prestarted,
 };
 pub use userns::{exit_code, in_user_namespace, run_in_userns, USERNS_ARG};
 

@@ -213,28 +213,6 @@ pub fn clean_workdir(work: &std::path::Path) {
     }
 }
 
-/// Readies the overlay work dir `work` of a finished sandbox for the next
-/// overlay mount: the kernel empties `work/work` itself at each mount, but
-/// refuses one holding the `incompat/volatile` marker a `volatile` mount
-/// leaves (EINVAL, "incompat feature"), so the marker goes; when it cannot,
-/// everything goes, as [`clean_workdir`] does. Three syscalls, not the
-/// mkdirs and rmdirs of a fresh work dir per step.
-pub fn reuse_workdir(work: &std::path::Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let inner = work.join("work");
-    if !inner.symlink_metadata().is_ok_and(|m| m.is_dir()) {
-        return;
-    }
-    // Mode 000 as the kernel left it: a caller without root could not look in.
-    let _ = std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o700));
-    let incompat = inner.join("incompat");
-    let _ = std::fs::remove_dir(incompat.join("volatile"));
-    let _ = std::fs::remove_dir(&incompat);
-    if incompat.symlink_metadata().is_ok() {
-        clean_workdir(work);
-    }
-}
-
 /// Whether an overlay can be mounted by this process (inside a user
 /// namespace when not root). Probed once per process.
 pub fn overlay_available() -> bool {

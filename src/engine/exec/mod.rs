@@ -61,19 +61,20 @@ impl Remover {
             let spawned = std::thread::Builder::new()
                 .name("run-dir-remover".into())
                 .spawn(move || {
+                    // Dropping a step's dirs removes them.
                     for step in rx {
-                        step.remove();
+                        drop(step);
                     }
                 });
             // Without a thread the dirs are removed here, as before.
             let Ok(thread) = spawned else {
-                return step.remove();
+                return drop(step);
             };
             self.tx = Some(tx);
             self.thread = Some(thread);
         }
         if let Some(Err(e)) = self.tx.as_ref().map(|tx| tx.send(step)) {
-            e.into_inner().remove();
+            drop(e.into_inner());
         }
     }
 }
