@@ -31,39 +31,71 @@ use anyhow::{Context, Result};
 use super::entry::{EntryKind, FileSource, LayerEntry, Timespec, WHITEOUT_PREFIX};
 use super::xattr;
 
-/// What the layer has at one path.
+/// What the layer has at one path, and whether the walk found it.
 #[derive(Default)]
 struct Want<'a> {
     entry: Option<&'a LayerEntry>,
     whiteout: bool,
     opaque: bool,
+    found: bool,
 }
+
+/// Names and values.
+type Xattrs = Vec<(String, Vec<u8>)>;
+
+/// Refused: the upper dir cannot be the layer's snapshot (why).
+type Verdict = std::result::Result<(), String>;
 
 /// Turns `upper` into the tree unpacking the layer of `entries` gives, with
 /// `opaque_xattr` as the opaque mark. `Ok(Err(why))`: it cannot be (the
 /// upper is then left half-changed: the caller must drop it); `Err`: an
-/// I/O error, which means the same to the caller.
+/// I/O error, which means the same to the caller. One walk: each object is
+/// stat'ed and its xattrs listed once.
 pub fn upper_as_snapshot(
     upper: &Path,
     entries: &[LayerEntry],
     opaque_xattr: &str,
-) -> Result<std::result::Result<(), String>> {
-    let (want, links) = match wanted(entries) {
+) -> Result<Verdict> {
+    let (mut want, link_counts) = match wanted(entries) {
         Ok(w) => w,
         Err(why) => return Ok(Err(why)),
     };
-    if let Err(why) = prune(upper, &want, opaque_xattr)? {
+    let mut walk = Walk {
+        upper,
+        opaque_xattr,
+        link_counts,
+        inodes: HashMap::new(),
+        links: Vec::new(),
+        times: Vec::new(),
+    };
+    for item in walkdir::WalkDir::new(upper)
+        .follow_links(false)
+        .contents_first(true)
+    {
+        let item = item.with_context(|| format!("walking {}", upper.display()))?;
+        if let Err(why) = walk.visit(item.path(), &mut want)? {
+            return Ok(Err(why));
+        }
+    }
+    for (path, ino, target) in &walk.links {
+        if walk.inodes.get(ino) != Some(target) {
+            return Ok(Err(format!("/{path}: not a hard link of /{target}")));
+        }
+    }
+    if let Err(why) = add_missing_dirs(&mut walk, entries, &want)? {
         return Ok(Err(why));
     }
-    if let Err(why) = add_missing_dirs(upper, entries)? {
-        return Ok(Err(why));
+    // Last: removing and making entries changed their dirs' mtimes.
+    for (path, t) in &walk.times {
+        set_times(path, *t)?;
     }
-    verify(upper, entries, &want, &links, opaque_xattr)
+    Ok(Ok(()))
 }
 
 type Wanted<'a> = (HashMap<&'a str, Want<'a>>, HashMap<&'a str, u64>);
 
-/// The layer by path, and per hard-link target its number of extra names.
+/// The layer by path, and per hard-link target its number of other names;
+/// refuses what no upper dir can hold as the unpack would write it.
 fn wanted(entries: &[LayerEntry]) -> std::result::Result<Wanted<'_>, String> {
     let mut want: HashMap<&str, Want> = HashMap::with_capacity(entries.len());
     let mut links: HashMap<&str, u64> = HashMap::new();
@@ -96,79 +128,186 @@ fn wanted(entries: &[LayerEntry]) -> std::result::Result<Wanted<'_>, String> {
     Ok((want, links))
 }
 
-/// Removes what the layer lacks (deepest first) and overlayfs' xattrs.
-fn prune(
-    upper: &Path,
-    want: &HashMap<&str, Want>,
-    opaque_xattr: &str,
-) -> Result<std::result::Result<(), String>> {
-    for item in walkdir::WalkDir::new(upper)
-        .follow_links(false)
-        .contents_first(true)
-    {
-        let item = item.with_context(|| format!("walking {}", upper.display()))?;
-        let path = item.path();
-        let rel = path.strip_prefix(upper).context("walking the upper dir")?;
+/// The walk's state.
+struct Walk<'a> {
+    upper: &'a Path,
+    opaque_xattr: &'a str,
+    /// Per file entry, the number of hard-link entries naming it.
+    link_counts: HashMap<&'a str, u64>,
+    /// File entries by inode, for their hard links.
+    inodes: HashMap<(u64, u64), &'a str>,
+    /// Hard-link entries: (path, its inode, the entry it must share it with).
+    links: Vec<(&'a str, (u64, u64), &'a str)>,
+    /// mtimes to set once nothing more is removed or made.
+    times: Vec<(std::path::PathBuf, Timespec)>,
+}
+
+impl<'a> Walk<'a> {
+    /// One object of the upper dir (children before their dir): removed
+    /// when the layer lacks it, else stripped of overlayfs' xattrs and
+    /// compared with its entry.
+    fn visit(&mut self, path: &Path, want: &mut HashMap<&'a str, Want<'a>>) -> Result<Verdict> {
+        let rel = path
+            .strip_prefix(self.upper)
+            .context("walking the upper dir")?;
         let Some(rel) = rel.to_str() else {
             return Ok(Err(format!("{} has a non-UTF-8 name", path.display())));
         };
-        let meta = item
-            .metadata()
+        let meta = path
+            .symlink_metadata()
             .with_context(|| format!("stat {}", path.display()))?;
+        if rel.is_empty() {
+            // The layer has no entry for `/`: the unpack's is root's, bare.
+            let extra = self.xattrs(path, false)?.0;
+            if (meta.uid(), meta.gid()) != (0, 0) || !extra.is_empty() {
+                return Ok(Err("the step changed the root dir's owner or xattrs".into()));
+            }
+            return Ok(Ok(()));
+        }
         let is_whiteout = meta.file_type().is_char_device() && meta.rdev() == 0;
-        let w = want.get(rel);
-        let keep = match w {
-            _ if rel.is_empty() => true,
-            Some(w) if is_whiteout => w.whiteout,
-            Some(w) => w.entry.is_some(),
-            None => false,
+        let Some(w) = want
+            .get_mut(rel)
+            .filter(|w| w.whiteout || w.entry.is_some())
+        else {
+            return Ok(remove_extra(path, rel, &meta));
         };
-        if !keep {
-            // A marker or entry the layer has in another form is no extra.
-            if w.is_some_and(|w| w.whiteout || w.entry.is_some()) {
-                return Ok(Err(format!("/{rel} differs in type from the layer")));
-            }
-            let removed = match meta.is_dir() {
-                true => std::fs::remove_dir(path),
-                false => std::fs::remove_file(path),
-            };
-            if let Err(e) = removed {
-                // A dir the layer lacks holding something it has (a stub
-                // dir with a file of the step below it).
-                return Ok(Err(format!("/{rel} is not in the layer: {e}")));
-            }
-            continue;
+        w.found = true;
+        let (w_whiteout, w_opaque) = (w.whiteout, w.opaque);
+        let Some(e) = w.entry else {
+            return Ok(match is_whiteout && w_whiteout {
+                true => Ok(()),
+                false => Err(format!("/{rel}: not a whiteout")),
+            });
+        };
+        if let Err(why) = self.same_object(e, &meta) {
+            return Ok(Err(format!("/{rel}: {why}")));
         }
-        if meta.file_type().is_symlink() {
-            // Overlay marks no symlink, and removing trusted xattrs from one
-            // is refused by some filesystems: the compare below judges it.
-            continue;
+        if matches!(e.kind, EntryKind::Hardlink { .. }) {
+            return Ok(Ok(()));
         }
-        let opaque = w.is_some_and(|w| w.opaque);
-        for (name, _) in xattr::read_all(path)
+        let (mut have, opaque) = self.xattrs(path, w_opaque)?;
+        if meta.is_dir() && opaque != w_opaque {
+            return Ok(Err(format!("/{rel}: the opaque mark differs")));
+        }
+        let mut expected = e.xattrs.clone();
+        have.sort();
+        expected.sort();
+        if have != expected {
+            return Ok(Err(format!("/{rel}: its xattrs differ from the layer's")));
+        }
+        // Dirs always: removing an extra below one changes its mtime.
+        if meta.is_dir()
+            || (meta.mtime(), meta.mtime_nsec()) != (e.mtime.sec, i64::from(e.mtime.nsec))
+        {
+            self.times.push((path.to_path_buf(), e.mtime));
+        }
+        Ok(Ok(()))
+    }
+
+    /// The xattrs of `path` once overlayfs' own are removed (all names
+    /// with `.overlay.`, but the opaque mark when `keep_opaque`), without
+    /// the opaque mark; and whether that mark is set.
+    fn xattrs(&self, path: &Path, keep_opaque: bool) -> Result<(Xattrs, bool)> {
+        let mut rest = Vec::new();
+        let mut opaque = false;
+        for (name, value) in xattr::read_all(path)
             .with_context(|| format!("reading xattrs of {}", path.display()))?
         {
-            if name.contains(".overlay.") && !(opaque && name == opaque_xattr) {
+            if keep_opaque && name == self.opaque_xattr {
+                opaque = value == b"y";
+            } else if name.contains(".overlay.") {
                 remove_xattr(path, &name)?;
+            } else {
+                rest.push((name, value));
             }
         }
+        Ok((rest, opaque))
     }
-    Ok(Ok(()))
+
+    /// One entry against the object at its path: type, mode, owner, link
+    /// target, device, hard-link group.
+    fn same_object(&mut self, e: &'a LayerEntry, meta: &std::fs::Metadata) -> Verdict {
+        let ft = meta.file_type();
+        let ino = (meta.dev(), meta.ino());
+        let path = self.upper.join(&e.path);
+        let dev = |major: u32, minor: u32| libc::makedev(major, minor) as u64;
+        let same_type = match &e.kind {
+            EntryKind::File(FileSource::Path(src)) => {
+                // The tar was written from this very file: same content.
+                if src.as_path() != path || !ft.is_file() {
+                    return Err("not the file the layer was written from".into());
+                }
+                self.inodes.insert(ino, e.path.as_str());
+                true
+            }
+            EntryKind::File(FileSource::Bytes(_)) => {
+                return Err("content not from the upper dir".into())
+            }
+            EntryKind::Hardlink { target } => {
+                self.links.push((e.path.as_str(), ino, target.as_str()));
+                return match ft.is_file() {
+                    true => Ok(()),
+                    false => Err("not a file".into()),
+                };
+            }
+            EntryKind::Dir => ft.is_dir(),
+            EntryKind::Symlink { target } => {
+                let now = std::fs::read_link(&path).map_err(|e| e.to_string());
+                if !ft.is_symlink() || now?.as_os_str().as_bytes() != target.as_bytes() {
+                    return Err("its link target differs".into());
+                }
+                true
+            }
+            EntryKind::CharDevice { major, minor } => {
+                ft.is_char_device() && meta.rdev() == dev(*major, *minor)
+            }
+            EntryKind::BlockDevice { major, minor } => {
+                ft.is_block_device() && meta.rdev() == dev(*major, *minor)
+            }
+            EntryKind::Fifo => ft.is_fifo(),
+            EntryKind::Whiteout | EntryKind::Opaque => false,
+        };
+        if !same_type {
+            return Err("its type differs".into());
+        }
+        // Every name of a file is an entry (the others are removed).
+        if ft.is_file() {
+            let links = 1 + self.link_counts.get(e.path.as_str()).copied().unwrap_or(0);
+            if meta.nlink() != links {
+                return Err("its hard links differ from the layer's".into());
+            }
+        }
+        let mode = ft.is_symlink() || meta.mode() & 0o7777 == e.mode;
+        match meta.uid() == e.uid && meta.gid() == e.gid && mode {
+            true => Ok(()),
+            false => Err("owner or mode differs".into()),
+        }
+    }
+}
+/// Removes an object the layer lacks (its children went before it): a
+/// dir only when empty, so nothing the layer holds goes with it.
+fn remove_extra(path: &Path, rel: &str, meta: &std::fs::Metadata) -> Verdict {
+    let removed = match meta.is_dir() {
+        true => std::fs::remove_dir(path),
+        false => std::fs::remove_file(path),
+    };
+    // A dir the layer lacks holding something it has (a stub dir with a
+    // file of the step below it).
+    removed.map_err(|e| format!("/{rel} is not in the layer: {e}"))
 }
 
-/// Creates the dirs the layer adds for mount points, which the step's
-/// sandbox showed from its stub lower and never wrote to the upper dir.
+/// Makes the dirs the layer adds for mount points, which the step's
+/// sandbox showed from its stub lower and never wrote to the upper dir;
+/// anything else the walk did not find is a refusal.
 fn add_missing_dirs(
-    upper: &Path,
+    walk: &mut Walk<'_>,
     entries: &[LayerEntry],
-) -> Result<std::result::Result<(), String>> {
+    want: &HashMap<&str, Want>,
+) -> Result<Verdict> {
+    use std::os::unix::fs::PermissionsExt;
     // Entries are in tar order: a parent comes before its children.
     for e in entries {
-        if matches!(e.kind, EntryKind::Opaque) {
-            continue;
-        }
-        let path = upper.join(&e.path);
-        if path.symlink_metadata().is_ok() {
+        if e.kind == EntryKind::Opaque || want.get(e.path.as_str()).is_some_and(|w| w.found) {
             continue;
         }
         if e.kind != EntryKind::Dir {
@@ -177,148 +316,15 @@ fn add_missing_dirs(
                 e.path
             )));
         }
+        let path = walk.upper.join(&e.path);
         std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
         std::os::unix::fs::lchown(&path, Some(e.uid), Some(e.gid))
             .with_context(|| format!("chown {}", path.display()))?;
-        use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(e.mode))
             .with_context(|| format!("chmod {}", path.display()))?;
+        walk.times.push((path, e.mtime));
     }
     Ok(Ok(()))
-}
-
-/// Compares every entry with the object at its path, setting mtimes to
-/// the entries' on the way (the unpack sets them from the tar).
-fn verify(
-    upper: &Path,
-    entries: &[LayerEntry],
-    want: &HashMap<&str, Want>,
-    links: &HashMap<&str, u64>,
-    opaque_xattr: &str,
-) -> Result<std::result::Result<(), String>> {
-    let root = upper
-        .symlink_metadata()
-        .with_context(|| format!("stat {}", upper.display()))?;
-    if (root.uid(), root.gid()) != (0, 0) || !kept_xattrs(upper, opaque_xattr)?.is_empty() {
-        return Ok(Err("the step changed the root dir's owner or xattrs".into()));
-    }
-    let mut seen_inodes: HashMap<(u64, u64), &str> = HashMap::new();
-    let mut times: Vec<(&Path, &LayerEntry)> = Vec::new();
-    let paths: Vec<std::path::PathBuf> = entries.iter().map(|e| upper.join(&e.path)).collect();
-    for (e, path) in entries.iter().zip(&paths) {
-        if e.kind == EntryKind::Opaque {
-            continue;
-        }
-        let meta = match path.symlink_metadata() {
-            Ok(m) => m,
-            Err(_) => return Ok(Err(format!("/{} is missing from the upper dir", e.path))),
-        };
-        if let Err(why) = same_object(e, path, &meta, links, &mut seen_inodes) {
-            return Ok(Err(format!("/{}: {why}", e.path)));
-        }
-        if matches!(e.kind, EntryKind::Whiteout | EntryKind::Hardlink { .. }) {
-            continue;
-        }
-        let opaque = want.get(e.path.as_str()).is_some_and(|w| w.opaque);
-        let has_opaque = xattr::get(path, opaque_xattr)
-            .with_context(|| format!("reading xattrs of {}", path.display()))?
-            .is_some_and(|v| v == b"y");
-        if meta.is_dir() && opaque != has_opaque {
-            return Ok(Err(format!("/{}: the opaque mark differs", e.path)));
-        }
-        let mut have = match meta.file_type().is_symlink() {
-            // Symlinks carry no xattrs the layer keeps (user.* is refused
-            // on them; a trusted.overlay.* one is not in the layer).
-            true => Vec::new(),
-            false => kept_xattrs(path, opaque_xattr)?,
-        };
-        let mut expected = e.xattrs.clone();
-        have.sort();
-        expected.sort();
-        if have != expected {
-            return Ok(Err(format!(
-                "/{}: its xattrs differ from the layer's",
-                e.path
-            )));
-        }
-        if (meta.mtime(), meta.mtime_nsec()) != (e.mtime.sec, i64::from(e.mtime.nsec)) {
-            times.push((path, e));
-        }
-    }
-    for (path, e) in times {
-        set_times(path, e.mtime)?;
-    }
-    Ok(Ok(()))
-}
-
-/// One entry against the object at its path, all but xattrs and mtime.
-fn same_object<'a>(
-    e: &'a LayerEntry,
-    path: &Path,
-    meta: &std::fs::Metadata,
-    links: &HashMap<&str, u64>,
-    seen_inodes: &mut HashMap<(u64, u64), &'a str>,
-) -> std::result::Result<(), String> {
-    let ft = meta.file_type();
-    let owner_mode = || {
-        let same = meta.uid() == e.uid && meta.gid() == e.gid;
-        let mode = ft.is_symlink() || meta.mode() & 0o7777 == e.mode;
-        (same && mode)
-            .then_some(())
-            .ok_or_else(|| "owner or mode differs".to_string())
-    };
-    let dev = |major: u32, minor: u32| libc::makedev(major, minor) as u64;
-    match &e.kind {
-        EntryKind::Whiteout => (ft.is_char_device() && meta.rdev() == 0)
-            .then_some(())
-            .ok_or_else(|| "not a whiteout".to_string()),
-        EntryKind::File(FileSource::Path(src)) => {
-            // The tar was written from this very file: same content.
-            if src.as_path() != path || !ft.is_file() {
-                return Err("not the file the layer was written from".into());
-            }
-            if meta.nlink() != 1 + links.get(e.path.as_str()).copied().unwrap_or(0) {
-                return Err("its hard links differ from the layer's".into());
-            }
-            seen_inodes.insert((meta.dev(), meta.ino()), e.path.as_str());
-            owner_mode()
-        }
-        EntryKind::File(FileSource::Bytes(_)) => Err("content not from the upper dir".into()),
-        EntryKind::Hardlink { target } => {
-            let same = seen_inodes.get(&(meta.dev(), meta.ino())) == Some(&target.as_str());
-            same.then_some(())
-                .ok_or_else(|| format!("not a hard link of /{target}"))
-        }
-        EntryKind::Dir if ft.is_dir() => owner_mode(),
-        EntryKind::Symlink { target } if ft.is_symlink() => {
-            let now = std::fs::read_link(path).map_err(|e| e.to_string())?;
-            if now.as_os_str().as_bytes() != target.as_bytes() {
-                return Err("its link target differs".into());
-            }
-            owner_mode()
-        }
-        EntryKind::CharDevice { major, minor }
-            if ft.is_char_device() && meta.rdev() == dev(*major, *minor) =>
-        {
-            owner_mode()
-        }
-        EntryKind::BlockDevice { major, minor }
-            if ft.is_block_device() && meta.rdev() == dev(*major, *minor) =>
-        {
-            owner_mode()
-        }
-        EntryKind::Fifo if ft.is_fifo() => owner_mode(),
-        _ => Err("its type differs".into()),
-    }
-}
-
-/// The xattrs of `path` the snapshot keeps, but the opaque mark.
-fn kept_xattrs(path: &Path, opaque_xattr: &str) -> Result<Vec<(String, Vec<u8>)>> {
-    Ok(xattr::read_all(path)
-        .with_context(|| format!("reading xattrs of {}", path.display()))?
-        .into_iter()
-        .filter(|(k, _)| k != opaque_xattr)
-        .collect())
 }
 
 fn remove_xattr(path: &Path, name: &str) -> Result<()> {
