@@ -34,3 +34,4 @@ pub mod users;
 pub use build::{build, BuildOutcome, BuildRequest, PullPolicy};
 pub use error::{classify, ErrorKind, StepError};
 pub mod run;
+mod runarea;

@@ -22,7 +22,9 @@ use crate::plan::{CacheSharing, Mount, MountType};
 use crate::sandbox::{
     self, ExtraFiles, FileBytes, MountSpec, NetworkMode, RootfsSpec, RunSpec, UserSpec,
 };
-use crate::store::{LockedTempDir, Store};
+use crate::store::Store;
+
+pub use super::runarea::{RunArea, StepDirs};
 
 use super::users::UserDb;
 
@@ -170,39 +172,37 @@ pub fn mounts(parsed: &[Mount], workdir: &str) -> Vec<Mount> {
         .collect()
 }
 
-/// Run the command; returns the layer entries (empty when nothing changed)
-/// and the temp dir holding the files they name, to keep until the layer is
-/// written.
+/// Run the command in a step of `area`; returns the layer entries (empty
+/// when nothing changed) and the step's dirs holding the files they name,
+/// to keep until the layer is written (the caller removes them).
 /// `spare` is a setup process the stage started for this step while the
 /// previous one wrote its layer (`sandbox::prestart`).
 pub fn run(
     inputs: &RunInputs<'_>,
     spare: Option<sandbox::Prestarted>,
     on_output: &mut dyn FnMut(sandbox::Stream, &[u8]),
-) -> anyhow::Result<(Vec<LayerEntry>, LockedTempDir)> {
-    let work = inputs.store.temp_dir("run-").context("creating RUN dirs")?;
-    match run_in(inputs, spare, on_output, &work) {
-        Ok(entries) => Ok((entries, work)),
-        Err(e) => {
-            remove_run_dir(work);
-            Err(e)
-        }
-    }
+    area: &mut RunArea,
+) -> anyhow::Result<(Vec<LayerEntry>, StepDirs)> {
+    let step = area.next_step();
+    // On an error the step's dirs go when `step` is dropped.
+    let entries = run_in(inputs, spare, on_output, area, &step)?;
+    Ok((entries, step))
 }
 
-/// [`run`] in its RUN dir `work`, which the caller removes.
+/// [`run`] in the step dirs `step` of `area`, which the caller removes.
 fn run_in(
     inputs: &RunInputs<'_>,
     spare: Option<sandbox::Prestarted>,
     on_output: &mut dyn FnMut(sandbox::Stream, &[u8]),
-    work: &LockedTempDir,
+    area: &RunArea,
+    step: &StepDirs,
 ) -> anyhow::Result<Vec<LayerEntry>> {
     let user = resolve_user(inputs)?;
     let mut env = process_env(inputs, &user.1);
     let mut specs = Vec::new();
     let mut locks = Vec::new();
     for m in &inputs.mounts {
-        lower_mount(inputs, m, work.path(), &mut specs, &mut env, &mut locks)?;
+        lower_mount(inputs, m, &step.scratch, &mut specs, &mut env, &mut locks)?;
     }
     let mount_dirs = super::mountpoints::needed(&specs);
     for (name, body) in &inputs.scripts {
@@ -214,7 +214,7 @@ fn run_in(
             mode: 0o755,
         });
     }
-    let (rootfs, fallback_root) = prepare_root(inputs, work.path())?;
+    let (rootfs, fallback_root) = prepare_root(inputs, step)?;
     let spec = RunSpec {
         rootfs,
         argv: inputs.argv.clone(),
@@ -234,9 +234,10 @@ fn run_in(
         limits: inputs.limits.clone(),
     };
     let opts = sandbox::SandboxOptions {
-        // The empty mount point of the sandbox's tmpfs goes with the RUN
-        // dirs, which the store sweeps after a crash.
-        state_parent: Some(work.path().to_path_buf()),
+        // The empty mount point of the sandbox's tmpfs, the stage's for
+        // every step, goes with the RUN dir, which the store sweeps after
+        // a crash.
+        state_dir: Some(area.state_dir()),
         ..Default::default()
     };
     let outcome = sandbox::run_prestarted(&opts, &spec, spare, on_output)
@@ -257,8 +258,8 @@ fn run_in(
     if outcome.exit_code != 0 {
         // A step that filled the store's disk usually fails with its own
         // "No space left on device": name the filesystem so the cause is
-        // plain. The upper dir goes with `work` when `run` returns.
-        let full = super::limits::full_filesystem_note(inputs.store.root(), work.path())
+        // plain. The upper dir is removed when `run` returns.
+        let full = super::limits::full_filesystem_note(inputs.store.root(), &step.upper)
             .map(|note| format!("\n{note}"))
             .unwrap_or_default();
         return Err(super::error::RunFailed {
@@ -297,34 +298,24 @@ fn run_in(
     Ok(entries)
 }
 
-/// Removes a RUN dir from [`run`]: the overlay work dir first (the kernel
-/// leaves `work/work` mode 000, which a caller without root could not list),
-/// then the rest with the dir's guard. The stage does it off its own thread
-/// (`exec::KeepAlive`).
-pub fn remove_run_dir(dir: LockedTempDir) {
-    sandbox::clean_workdir(&dir.path().join("work"));
-    drop(dir);
-}
-
-/// The RUN's root: an overlay over the stage's snapshots with a fresh upper
-/// dir in `work`, or (without overlayfs) a copy of the stage's files there,
-/// whose path is returned too so the changes can be diffed.
+/// The RUN's root: an overlay over the stage's snapshots with the step's
+/// fresh upper dir and the area's work dir, or (without overlayfs) a copy
+/// of the stage's files in the step's scratch dir, whose path is returned
+/// too so the changes can be diffed.
 fn prepare_root(
     inputs: &RunInputs<'_>,
-    work: &std::path::Path,
-) -> anyhow::Result<(RootfsSpec, Option<std::path::PathBuf>)> {
+    step: &StepDirs,
+) -> anyhow::Result<(RootfsSpec, Option<PathBuf>)> {
     // The engine passes snapshots only when overlay is usable.
     let overlay = matches!(inputs.root, StageFiles::Snapshots(_)) || overlay_usable();
     Ok(if overlay {
-        let upper = work.join("upper");
-        let workdir = work.join("work");
-        std::fs::create_dir_all(&upper).context("creating the overlay upper dir")?;
-        std::fs::create_dir_all(&workdir).context("creating the overlay work dir")?;
+        // 0755 (under the umask): the upper dir's root is the RUN's `/`.
+        std::fs::create_dir(&step.upper).context("creating the overlay upper dir")?;
         (
             RootfsSpec::Overlay {
                 lowers: inputs.root.lowers(),
-                upper,
-                work: workdir,
+                upper: step.upper.clone(),
+                work: step.work.clone(),
             },
             None,
         )
@@ -332,7 +323,7 @@ fn prepare_root(
         let StageFiles::Dir(root) = inputs.root else {
             bail!("RUN over layer snapshots needs overlayfs");
         };
-        let copy = work.join("rootfs");
+        let copy = step.scratch.join("rootfs");
         copy_tree(root, &copy)?;
         (RootfsSpec::Dir(copy.clone()), Some(copy))
     })

@@ -18,14 +18,25 @@
 //! A context COPY rebuilt after a small change may get a composite
 //! snapshot instead (`snapfill_delta`): its changed files over the plain
 //! snapshot of the earlier build, two lowers (`Store::layer_snapshot`).
+//!
+//! A RUN layer's snapshot is, when it can be, the RUN's own overlay upper
+//! dir ([`adopt_run_upper`]): the tar was written from it, so once what the
+//! layer leaves out is removed (mount-point stubs, unchanged copy-ups,
+//! overlayfs' xattrs) and the mtimes are the entries', it is the tree the
+//! unpack would give, and `layer::upper_as_snapshot` checks every entry
+//! against it before the rename. A layer the next RUN reads is then never
+//! unpacked, and its files are not made twice on the store's disk. When
+//! the check fails the upper is dropped and [`ensure`] unpacks the layer as
+//! for any other. Root only: rootless, the upper's owners are the mapped
+//! host ids, an unpacked snapshot's the caller's.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 
-use crate::layer::{unpack_layer, UnpackOptions};
-use crate::store::Store;
+use crate::layer::{unpack_layer, upper_as_snapshot, LayerEntry, UnpackOptions};
+use crate::store::{LockedTempDir, Store};
 
 use crate::oci::LayerRef;
 
@@ -79,6 +90,61 @@ pub fn ensure(store: &Store, layer: &LayerRef, max_expanded: u64) -> anyhow::Res
         .with_context(|| format!("unpacking layer {} into a snapshot", layer.digest))?;
         Ok(())
     })
+}
+
+/// What became of a RUN's upper dir after its layer was written.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Adoption {
+    /// Renamed into `layers/` as the layer's snapshot.
+    Adopted(PathBuf),
+    /// The layer had a snapshot already (an empty layer, a concurrent
+    /// build of the same step): that one stays, the upper is dropped.
+    Existing,
+    /// Not tried: rootless (the upper's owners are the mapped host ids,
+    /// an unpacked snapshot's the caller's; not proven equal yet).
+    Skipped,
+    /// The upper is not exactly the layer's tree, or an error occurred
+    /// while making it so: dropped, the layer is unpacked when needed.
+    Refused(String),
+}
+
+/// Set (non-empty, not `0`): never adopt a RUN's upper dir, unpack its
+/// layer as before. For tests that compare both kinds of snapshot, and a
+/// way out should adoption ever misbehave on some host.
+pub const NO_UPPER_SNAPSHOT_ENV: &str = "RBUILD_NO_UPPER_SNAPSHOT";
+
+/// Keeps `upper`, the overlay upper dir of the RUN that made `layer` from
+/// `entries` (a dir inside `holder`, its RUN dir), as the layer's
+/// snapshot, when `layer::upper_as_snapshot` can make it exactly the tree
+/// the layer's unpack gives. The upper is not used by anything once the
+/// sandbox is gone, and like an unpacked snapshot it is never fsynced
+/// (`Store::retire_snapshots_of_other_boots` covers a power loss).
+pub fn adopt_run_upper(
+    store: &Store,
+    holder: &LockedTempDir,
+    upper: &Path,
+    entries: &[LayerEntry],
+    layer: &LayerRef,
+) -> Adoption {
+    if std::env::var_os(NO_UPPER_SNAPSHOT_ENV).is_some_and(|v| !v.is_empty() && v != "0") {
+        return Adoption::Refused(format!("{NO_UPPER_SNAPSHOT_ENV} is set"));
+    }
+    if opaque_xattr() != "trusted.overlay.opaque" {
+        return Adoption::Skipped;
+    }
+    if store.layer_snapshot(&layer.diff_id).is_some() {
+        return Adoption::Existing;
+    }
+    match upper_as_snapshot(upper, entries, opaque_xattr()) {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => return Adoption::Refused(why),
+        Err(e) => return Adoption::Refused(format!("{e:#}")),
+    }
+    match store.adopt_layer_subdir(&layer.diff_id, holder, upper) {
+        Ok((dir, true)) => Adoption::Adopted(dir),
+        Ok((_, false)) => Adoption::Existing,
+        Err(e) => Adoption::Refused(format!("{e:#}")),
+    }
 }
 
 /// The OCI chain id of `layers` (bottom first): `sha256(chain(n-1) + " " +

@@ -292,7 +292,12 @@ impl StageState {
                     }
                     None => {
                         seeding.finish(&handle);
-                        self.write(ctx, &entries, &handle, known)
+                        let layer = self.write(ctx, &entries, &handle, known)?;
+                        // A RUN's upper dir as the snapshot a later step reads.
+                        if read_later {
+                            self.adopt_run_upper(ctx, &entries, &layer, &handle);
+                        }
+                        Ok(layer)
                     }
                 }
             });

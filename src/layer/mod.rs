@@ -24,6 +24,7 @@ mod sparse;
 mod sys;
 mod tarwrite;
 mod unpack;
+mod upper_snapshot;
 mod walk;
 mod xattr;
 
@@ -44,4 +45,5 @@ pub(crate) use small::is_small;
 pub use sparse::{copy_sparse, write_sparse};
 pub use tarwrite::{KnownFile, KnownFiles};
 pub use unpack::{open_archive, unpack_layer, LayerCheckError, UnpackOptions, UnpackStats};
+pub use upper_snapshot::upper_as_snapshot;
 pub use walk::{dev_major, dev_minor, entries_from_dir, DirOptions};

@@ -212,6 +212,11 @@ pub struct SandboxOptions {
     /// Callers with a dir that is swept after a crash (the store's locked
     /// temp dirs) pass it, so not even the empty dir outlives a `kill -9`.
     pub state_parent: Option<PathBuf>,
+    /// An existing empty dir to use as the state dir itself, left in place
+    /// afterwards (over `state_parent`): a caller running many steps reuses
+    /// one. It stays empty on the host: the tmpfs is mounted over it inside
+    /// each sandbox's private mount namespace, never outside.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for SandboxOptions {
@@ -220,6 +225,7 @@ impl Default for SandboxOptions {
             init_exe: PathBuf::from("/proc/self/exe"),
             id_map: IdMapMode::Auto,
             state_parent: None,
+            state_dir: None,
         }
     }
 }

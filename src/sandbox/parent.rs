@@ -125,19 +125,27 @@ pub fn run_prestarted(
     on_output: &mut dyn FnMut(Stream, &[u8]),
 ) -> Result<RunOutcome> {
     validate(spec)?;
-    let mut state = tempfile::Builder::new();
-    state.prefix("rbuild-sandbox-");
-    let state = match &opts.state_parent {
-        Some(dir) => state.tempdir_in(dir),
-        None => state.tempdir(),
-    }
-    .context("creating the sandbox state dir")?;
+    // Held (and removed) until this returns, unless the caller gave one.
+    let mut owned = None;
+    let state_dir = match &opts.state_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            let mut state = tempfile::Builder::new();
+            state.prefix("rbuild-sandbox-");
+            let state = match &opts.state_parent {
+                Some(dir) => state.tempdir_in(dir),
+                None => state.tempdir(),
+            }
+            .context("creating the sandbox state dir")?;
+            owned.insert(state).path().to_path_buf()
+        }
+    };
     let userns = !nix::unistd::geteuid().is_root();
     let req = Request {
         spec: spec.clone(),
         userns,
         unprivileged: userns || super::in_user_namespace(),
-        state_dir: state.path().to_path_buf(),
+        state_dir,
         probe_overlay: false,
     };
     let spare = spare.filter(|p| {

@@ -54,27 +54,55 @@ impl Store {
         diff_id: &str,
         tmp: fsutil::LockedTempDir,
     ) -> anyhow::Result<PathBuf> {
+        let (dest, renamed) = self.rename_into_layers(diff_id, tmp.dir.path())?;
+        if renamed {
+            // Renamed away: nothing left for TempDir's drop to remove.
+            let _ = tmp.dir.keep();
+        }
+        Ok(dest)
+    }
+
+    /// [`Store::adopt_layer_dir`] for `dir`, a dir inside `holder` (a RUN's
+    /// overlay upper inside its RUN dir): renamed into place, or left for
+    /// `holder`'s removal when the layer already has a dir. Returns the
+    /// final path and whether `dir` became it.
+    pub fn adopt_layer_subdir(
+        &self,
+        diff_id: &str,
+        holder: &fsutil::LockedTempDir,
+        dir: &Path,
+    ) -> anyhow::Result<(PathBuf, bool)> {
+        if !dir.starts_with(holder.path()) || dir == holder.path() {
+            anyhow::bail!(
+                "{} is not inside the temp dir {}",
+                dir.display(),
+                holder.path().display()
+            );
+        }
+        self.rename_into_layers(diff_id, dir)
+    }
+
+    /// Renames the filled dir `src` to `layers/<diff_id>`, unless one is
+    /// there (then `src` stays). Returns the final path and whether `src`
+    /// was renamed.
+    fn rename_into_layers(&self, diff_id: &str, src: &Path) -> anyhow::Result<(PathBuf, bool)> {
         let dest = self.layer_path(diff_id)?;
         if dest.is_dir() {
-            return Ok(dest);
+            return Ok((dest, false));
         }
         // The dir becomes a layer's root (an overlay lower): the usual 0755,
         // not the temp's 0700; `layers/` itself stays private.
-        fs::set_permissions(tmp.dir.path(), fs::Permissions::from_mode(0o755))
-            .with_context(|| format!("chmod of {}", tmp.dir.path().display()))?;
-        match fs::rename(tmp.dir.path(), &dest) {
-            Ok(()) => {
-                // Renamed away: nothing left for TempDir's drop to remove.
-                // No fsync of `layers/`: a snapshot's files are not synced
-                // either (it is a cache of its layer, and syncing every
-                // unpacked file would cost more than the unpack), so making
-                // only its name durable would buy nothing; a lost rename
-                // leaves a temp dir the next open sweeps.
-                let _ = tmp.dir.keep();
-                Ok(dest)
-            }
+        fs::set_permissions(src, fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod of {}", src.display()))?;
+        match fs::rename(src, &dest) {
+            // No fsync of `layers/`: a snapshot's files are not synced
+            // either (it is a cache of its layer, and syncing every
+            // unpacked file would cost more than the unpack), so making
+            // only its name durable would buy nothing; a lost rename
+            // leaves a temp dir the next open sweeps.
+            Ok(()) => Ok((dest, true)),
             // Lost a race with another installer; ours is dropped.
-            Err(_) if dest.is_dir() => Ok(dest),
+            Err(_) if dest.is_dir() => Ok((dest, false)),
             Err(e) => Err(e).with_context(|| format!("installing layer dir {}", dest.display())),
         }
     }

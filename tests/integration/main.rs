@@ -21,6 +21,7 @@ mod build_registry;
 mod build_run;
 mod build_small;
 mod build_snapshots;
+mod build_upper_snapshots;
 mod cache_ci_job;
 mod cache_mounts;
 mod cache_seed;

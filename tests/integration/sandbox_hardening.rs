@@ -425,6 +425,7 @@ mod library {
             init_exe: PathBuf::from(crate::common::rbuild_bin()),
             id_map,
             state_parent: Some(state_parent.to_path_buf()),
+            state_dir: None,
         };
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         let outcome = run_with(&opts, &spec, &mut |stream, chunk| match stream {

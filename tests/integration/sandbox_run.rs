@@ -35,6 +35,7 @@ fn opts() -> SandboxOptions {
             IdMapMode::Auto
         },
         state_parent: None,
+        state_dir: None,
     }
 }
 

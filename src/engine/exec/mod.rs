@@ -9,6 +9,8 @@ mod workdir;
 
 use crate::store::LockedTempDir;
 
+use super::run::{RunArea, StepDirs};
+
 use super::resolver::SourceView;
 
 /// Temp dirs and source views a step's layer entries name files in: typed
@@ -17,53 +19,62 @@ use super::resolver::SourceView;
 pub(crate) struct KeepAlive {
     pub temps: Vec<LockedTempDir>,
     pub views: Vec<SourceView>,
-    /// RUN dirs (upper, overlay work dir, or the fallback's copy), removed
-    /// by `remover` rather than on the stage's thread.
-    pub run_dirs: Vec<LockedTempDir>,
+    /// The last RUN's dirs (upper, or the fallback's copy), removed by
+    /// `remover` rather than on the stage's thread.
+    pub run_step: Option<StepDirs>,
+    /// Whether `run_step`'s upper dir may become its layer's snapshot
+    /// (an overlay RUN) once the layer is written.
+    pub upper_adoptable: bool,
     remover: Remover,
+    /// The stage's RUN dir (`run::RunArea`), which every RUN step's dirs
+    /// are in: declared after `remover`, so it is dropped (and removed)
+    /// only once the remover has finished with them.
+    pub run_area: Option<RunArea>,
 }
 
 impl KeepAlive {
     pub fn clear(&mut self) {
         self.temps.clear();
         self.views.clear();
-        for dir in self.run_dirs.drain(..) {
-            self.remover.remove(dir);
+        self.upper_adoptable = false;
+        if let Some(step) = self.run_step.take() {
+            self.remover.remove(step);
         }
     }
 }
 
-/// Removes RUN dirs on a thread of its own, so the next step does not wait
-/// for it: emptying the overlay's work dir right after the sandbox ends
-/// took 0.5-9 ms a step (median ~4, docs/benchmarks.md, "Per RUN step").
-/// Dropping it (with the stage) waits for every removal, so no dir
-/// outlives the build; each stays locked, so no sweep takes it early.
+/// Removes RUN step dirs on a thread of its own, so the next step does not
+/// wait for it: removing them right after the sandbox ends took 0.5-9 ms
+/// a step (median ~4, docs/benchmarks.md, "Per RUN step"). Dropping it
+/// (with the stage) waits for every removal, so no dir outlives the build;
+/// the stage's RUN dir stays locked meanwhile, so no sweep takes it early.
 #[derive(Default)]
 struct Remover {
-    tx: Option<crossbeam_channel::Sender<LockedTempDir>>,
+    tx: Option<crossbeam_channel::Sender<StepDirs>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Remover {
-    fn remove(&mut self, dir: LockedTempDir) {
+    fn remove(&mut self, step: StepDirs) {
         if self.tx.is_none() {
-            let (tx, rx) = crossbeam_channel::unbounded::<LockedTempDir>();
+            let (tx, rx) = crossbeam_channel::unbounded::<StepDirs>();
             let spawned = std::thread::Builder::new()
                 .name("run-dir-remover".into())
                 .spawn(move || {
-                    for dir in rx {
-                        super::run::remove_run_dir(dir);
+                    // Dropping a step's dirs removes them.
+                    for step in rx {
+                        drop(step);
                     }
                 });
-            // Without a thread the dir is removed here, as before.
+            // Without a thread the dirs are removed here, as before.
             let Ok(thread) = spawned else {
-                return super::run::remove_run_dir(dir);
+                return drop(step);
             };
             self.tx = Some(tx);
             self.thread = Some(thread);
         }
-        if let Some(Err(e)) = self.tx.as_ref().map(|tx| tx.send(dir)) {
-            super::run::remove_run_dir(e.into_inner());
+        if let Some(Err(e)) = self.tx.as_ref().map(|tx| tx.send(step)) {
+            drop(e.into_inner());
         }
     }
 }

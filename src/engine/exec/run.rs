@@ -132,7 +132,11 @@ impl StageState {
             };
             handle.log(s, bytes);
         };
-        let (entries, work) = super::super::run::run(&inputs, spare, &mut on_output)?;
+        let area = match &mut self.keepalive.run_area {
+            Some(area) => area,
+            none => none.insert(super::super::run::RunArea::new(ctx.store)?),
+        };
+        let (entries, step) = super::super::run::run(&inputs, spare, &mut on_output, area)?;
         // A later RUN of the stage gets its setup process (exec'd, in its
         // cgroup) while this step's layer is written. After a miss the
         // next RUN misses too (its parent key is new), so it is rarely
@@ -141,8 +145,36 @@ impl StageState {
             self.prestart_spare(ctx);
         }
         self.keepalive.views.extend(views);
-        self.keepalive.run_dirs.push(work);
+        self.keepalive.upper_adoptable = root.is_none();
+        self.keepalive.run_step = Some(step);
         Ok(entries)
+    }
+
+    /// Once the RUN's layer is written: its overlay upper dir becomes the
+    /// layer's snapshot when it is exactly the tree the layer unpacks to
+    /// (`snapshot::adopt_run_upper`), so the next RUN does not unpack the
+    /// layer again. A refusal only costs that unpack: it is logged, not an
+    /// error.
+    pub(in crate::engine) fn adopt_run_upper(
+        &mut self,
+        ctx: &crate::engine::build::BuildCtx<'_>,
+        entries: &[LayerEntry],
+        layer: &crate::oci::LayerRef,
+        handle: &StepHandle,
+    ) {
+        let keep = &mut self.keepalive;
+        let adoptable = std::mem::take(&mut keep.upper_adoptable);
+        let (Some(step), Some(area), true) = (&keep.run_step, &keep.run_area, adoptable) else {
+            return;
+        };
+        use super::super::snapshot::{adopt_run_upper, Adoption};
+        let holder = area.holder();
+        if let Adoption::Refused(why) =
+            adopt_run_upper(ctx.store, holder, &step.upper, entries, layer)
+        {
+            let line = format!("snapshot: the layer is unpacked again for the next RUN: {why}\n");
+            handle.log(crate::progress::Stream::Stderr, line.as_bytes());
+        }
     }
 
     /// The host roots of the step's bind mounts: `from=` stages and images
