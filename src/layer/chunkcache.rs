@@ -34,6 +34,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use super::blobrange::BlobRange;
 use super::midsha::{parse_state, state_hex};
 
 /// First word of every record; bump it when the format or the meaning changes.
@@ -81,9 +82,10 @@ pub(crate) struct NewChunk {
     pub states: Option<([u32; 8], [u32; 8])>,
 }
 
-/// A record found, with the compressed bytes it points to.
+/// A record found, with the compressed bytes it points to: read into
+/// memory, or (`lookup_range`) left where they are in the blob.
 #[derive(Debug, Clone)]
-pub(crate) struct Hit {
+pub(crate) struct Hit<B = Vec<u8>> {
     pub blob: String,
     pub offset: u64,
     /// CRC-32 of `bytes`.
@@ -92,7 +94,31 @@ pub(crate) struct Hit {
     pub ucrc: u32,
     pub tar_off: u64,
     pub states: Option<([u32; 8], [u32; 8])>,
-    pub bytes: Vec<u8>,
+    pub bytes: B,
+}
+
+impl<B> Hit<B> {
+    fn with_bytes<C>(self, bytes: C) -> Hit<C> {
+        Hit {
+            blob: self.blob,
+            offset: self.offset,
+            crc: self.crc,
+            ulen: self.ulen,
+            ucrc: self.ucrc,
+            tar_off: self.tar_off,
+            states: self.states,
+            bytes,
+        }
+    }
+}
+
+/// The blob a run of [`ChunkCache::lookup_range`] calls read from, kept
+/// open between them (resumed chunks come from one blob), and the buffer
+/// their CRCs are checked through.
+#[derive(Default)]
+pub(crate) struct RangeReader {
+    open: Option<(String, Arc<File>)>,
+    buf: Vec<u8>,
 }
 
 /// The key of a chunk from its description: literal runs (maximal, never
@@ -161,9 +187,8 @@ impl ChunkCache {
         self.dir.join(hex::encode(key))
     }
 
-    /// The compressed bytes of the chunk with this key, if a record points
-    /// to bytes that are still there and match its CRC.
-    pub(crate) fn lookup(&self, key: &[u8; 32]) -> Option<Hit> {
+    /// The record of `key`, its compressed length and its blob's path.
+    fn find(&self, key: &[u8; 32]) -> Option<(Hit<()>, u64, PathBuf)> {
         let mut text = String::new();
         File::open(self.record_path(key))
             .ok()?
@@ -174,16 +199,8 @@ impl ChunkCache {
         if rec.len > MAX_COMPRESSED {
             return None;
         }
-        let mut blob = File::open((self.blob_path)(rec.blob)?).ok()?;
-        // Read into spare capacity: zeroing up to 4 MiB first, only for
-        // the read to overwrite it, cost 3 % of a one-file rebuild.
-        blob.seek(SeekFrom::Start(rec.offset)).ok()?;
-        let mut bytes = Vec::with_capacity(rec.len as usize);
-        blob.take(rec.len).read_to_end(&mut bytes).ok()?;
-        if bytes.len() as u64 != rec.len {
-            return None;
-        }
-        (crc32fast::hash(&bytes) == rec.crc).then(|| Hit {
+        let path = (self.blob_path)(rec.blob)?;
+        let hit = Hit {
             blob: rec.blob.to_string(),
             offset: rec.offset,
             crc: rec.crc,
@@ -191,8 +208,48 @@ impl ChunkCache {
             ucrc: rec.ucrc,
             tar_off: rec.tar_off,
             states: rec.states,
-            bytes,
-        })
+            bytes: (),
+        };
+        Some((hit, rec.len, path))
+    }
+
+    /// The compressed bytes of the chunk with this key, if a record points
+    /// to bytes that are still there and match its CRC.
+    pub(crate) fn lookup(&self, key: &[u8; 32]) -> Option<Hit> {
+        let (hit, len, path) = self.find(key)?;
+        let mut blob = File::open(path).ok()?;
+        // Read into spare capacity: zeroing up to 4 MiB first, only for
+        // the read to overwrite it, cost 3 % of a one-file rebuild.
+        blob.seek(SeekFrom::Start(hit.offset)).ok()?;
+        let mut bytes = Vec::with_capacity(len as usize);
+        blob.take(len).read_to_end(&mut bytes).ok()?;
+        if bytes.len() as u64 != len {
+            return None;
+        }
+        (crc32fast::hash(&bytes) == hit.crc).then(|| hit.with_bytes(bytes))
+    }
+
+    /// As [`ChunkCache::lookup`], but the bytes stay in the blob: the hit
+    /// is the range they fill there, with its last (at most 64) bytes. Its
+    /// CRC is checked through `reader`'s buffer, without a copy of the
+    /// range in memory (`blobrange.rs` says why).
+    pub(crate) fn lookup_range(
+        &self,
+        key: &[u8; 32],
+        reader: &mut RangeReader,
+    ) -> Option<(Hit<BlobRange>, Vec<u8>)> {
+        let (hit, len, path) = self.find(key)?;
+        let file = match &reader.open {
+            Some((blob, f)) if *blob == hit.blob => f.clone(),
+            _ => {
+                let f = Arc::new(File::open(path).ok()?);
+                reader.open = Some((hit.blob.clone(), f.clone()));
+                f
+            }
+        };
+        let range = BlobRange::new(file, hit.offset, usize::try_from(len).ok()?);
+        let (crc, tail) = range.check(&mut reader.buf).ok()?;
+        (crc == hit.crc).then(|| (hit.with_bytes(range), tail))
     }
 
     /// Whether a record for `key` exists (it may still miss on lookup).

@@ -464,13 +464,19 @@ fn resuming_can_stop_inside_a_big_file() {
 fn the_writer_queue_is_bounded_in_bytes() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let piece = WRITE_QUEUE_BYTES / 2;
-    let (tx, rx) = crossbeam_channel::bounded::<Arc<Vec<u8>>>(8);
+    let (tx, rx) = crossbeam_channel::bounded::<Piece>(WRITE_QUEUE_PIECES);
     let (written_tx, written) = crossbeam_channel::unbounded::<usize>();
     let put = Arc::new(AtomicUsize::new(0));
     let producer = {
         let put = put.clone();
         std::thread::spawn(move || {
             let mut out = ToWriterThread::new(tx, written);
+            // Ranges of a stored blob hold no memory: not counted.
+            let blob = Arc::new(tempfile::tempfile().unwrap());
+            for _ in 0..100 {
+                out.put_range(BlobRange::new(blob.clone(), 0, piece))
+                    .unwrap();
+            }
             for _ in 0..3 {
                 out.put(Arc::new(vec![0u8; piece])).unwrap();
                 put.fetch_add(1, Ordering::SeqCst);
@@ -479,7 +485,7 @@ fn the_writer_queue_is_bounded_in_bytes() {
     };
     // All three pieces are sent, none reported written: the third put
     // (12 MiB queued) must not return.
-    let got: Vec<_> = (0..3).map(|_| rx.recv().unwrap()).collect();
+    let got: Vec<_> = (0..103).map(|_| rx.recv().unwrap()).collect();
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(
         put.load(Ordering::SeqCst),
