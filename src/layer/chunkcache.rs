@@ -432,6 +432,17 @@ mod tests {
             .unwrap();
         let hit = c.lookup(&key).unwrap();
         assert_eq!(hit.bytes, b"CHUNK");
+        // The same hit left in the blob: its range, checked, and its tail.
+        let mut reader = RangeReader::default();
+        let (ranged, tail) = c.lookup_range(&key, &mut reader).unwrap();
+        assert_eq!(
+            (ranged.offset, ranged.bytes.len(), ranged.crc),
+            (6, 5, hit.crc)
+        );
+        assert_eq!(tail, b"CHUNK");
+        let mut out = Vec::new();
+        ranged.bytes.write_to(&mut out).unwrap();
+        assert_eq!(out, b"CHUNK");
         assert_eq!((hit.offset, hit.ulen, hit.tar_off), (6, 8, 512));
         assert_eq!(hit.states, chunk.states);
         // No temp is left behind.
@@ -443,6 +454,7 @@ mod tests {
         };
         c.record("sha256:abc", &[bad]).unwrap();
         assert!(c.lookup(&key).is_none());
+        assert!(c.lookup_range(&key, &mut reader).is_none());
         // So is one whose blob is gone, or one past the blob's end.
         c.record("sha256:gone", std::slice::from_ref(&chunk))
             .unwrap();
@@ -453,7 +465,8 @@ mod tests {
         };
         c.record("sha256:abc", &[past]).unwrap();
         assert!(c.lookup(&key).is_none());
-        // A record without hash states is still a hit.
+        // A record without hash states is still a hit (and, shorter than
+        // the record it is written over in place, cut to its length).
         let plain = NewChunk {
             states: None,
             ..chunk.clone()

@@ -206,6 +206,27 @@ mod tests {
         (tmp, blobs)
     }
 
+    /// A blob past several writeback steps, written in odd-sized pieces:
+    /// the flushes that start writeback lose and repeat nothing.
+    #[test]
+    fn a_blob_written_across_writeback_steps_is_stored_whole() {
+        let t = tempfile::tempdir().unwrap();
+        let (tmp, blobs) = dirs(t.path());
+        let data: Vec<u8> = (0..(2 * WRITEBACK_STEP as usize + 777_777))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut w = BlobWriter::new(&tmp, &blobs).unwrap();
+        for piece in data.chunks(1_000_003) {
+            w.write_all(piece).unwrap();
+        }
+        // Writeback was started twice, the second time past 2 steps.
+        assert!(w.written_back >= 2 * WRITEBACK_STEP && w.written_back < w.size);
+        let info = w.commit().unwrap();
+        assert_eq!(info.digest, sha256_digest(&data));
+        let stored = fs::read(blobs.join(digest_hex(&info.digest).unwrap())).unwrap();
+        assert!(stored == data);
+    }
+
     #[test]
     fn an_unhashed_writer_is_named_by_its_callers_digest_only() {
         let t = tempfile::tempdir().unwrap();
