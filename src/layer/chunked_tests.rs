@@ -4,7 +4,9 @@ use std::fs;
 use std::io::Read;
 use std::path::Path;
 
+use super::out::WRITE_QUEUE_BYTES;
 use super::*;
+use crate::layer::blobrange::BlobRange;
 use crate::layer::{
     write_layer, BlobResolver, EntryKind, FileSource, KnownFiles, LayerEntry, LayerInfo, Timespec,
     WriteOptions,
