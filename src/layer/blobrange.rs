@@ -14,7 +14,7 @@
 //! with the unchanged start.
 //!
 //! A range is mapped only when the file holds all of it (checked right
-//! before), so reading the mapping cannot fault: stored blobs are immutable
+//! before), so reading the mapping cannot raise SIGBUS: stored blobs are immutable
 //! and never truncated by rbuild (replaced only by rename, removed only by
 //! unlink, which leaves a mapping intact). Only the range being written is
 //! mapped, and it is unmapped right after, so waiting pieces add nothing
