@@ -21,7 +21,8 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::{push_file_part, ChunkOut, ChunkedWriter, FilePart, HashMsg, MAX_CHUNK};
-use crate::layer::chunkcache::{Hit, KeyHasher, NewChunk};
+use crate::layer::blobrange::BlobRange;
+use crate::layer::chunkcache::{Hit, KeyHasher, NewChunk, RangeReader};
 use crate::layer::midsha::MidSha256;
 
 /// A piece of a described chunk.
@@ -49,6 +50,9 @@ pub(super) struct Resume {
     /// The last (at most 64) blob bytes written: the digest's state is
     /// kept per whole block, so it resumes with these.
     tail: Vec<u8>,
+    /// Resumed chunks go out as ranges of the blob they are in, checked
+    /// through this (the blob open once, one small buffer).
+    reader: RangeReader,
 }
 
 impl Resume {
@@ -58,6 +62,7 @@ impl Resume {
             len: 0,
             chain: None,
             tail: Vec::new(),
+            reader: RangeReader::default(),
         }
     }
 
@@ -164,9 +169,13 @@ impl<W: ChunkOut> ChunkedWriter<W> {
             return Ok(true);
         }
         let key = r.key(&self.tag);
-        if let Some(hit) = self.cache.as_ref().and_then(|c| c.lookup(&key)) {
+        let found = match (self.cache.as_ref(), self.resume.as_mut()) {
+            (Some(c), Some(r)) => c.lookup_range(&key, &mut r.reader),
+            _ => None,
+        };
+        if let Some((hit, tail)) = found {
             if let Some(states) = self.chains(&hit) {
-                self.resume_chunk(key, hit, states)?;
+                self.resume_chunk(key, hit, &tail, states)?;
                 return Ok(true);
             }
         }
@@ -181,7 +190,7 @@ impl<W: ChunkOut> ChunkedWriter<W> {
 
     /// The hash states after `hit`, if it continues the followed blob
     /// exactly where the stream is.
-    fn chains(&self, hit: &Hit) -> Option<([u32; 8], [u32; 8])> {
+    fn chains<B>(&self, hit: &Hit<B>) -> Option<([u32; 8], [u32; 8])> {
         let r = self.resume.as_ref()?;
         let states = hit.states?;
         let same_blob = match &r.chain {
@@ -199,7 +208,8 @@ impl<W: ChunkOut> ChunkedWriter<W> {
     fn resume_chunk(
         &mut self,
         key: [u8; 32],
-        hit: Hit,
+        hit: Hit<BlobRange>,
+        tail: &[u8],
         states: ([u32; 8], [u32; 8]),
     ) -> io::Result<()> {
         let len = hit.bytes.len() as u64;
@@ -214,8 +224,7 @@ impl<W: ChunkOut> ChunkedWriter<W> {
             states: Some(states),
         };
         self.new_chunks.push((self.cut_count, chunk));
-        let bytes = Arc::new(hit.bytes);
-        self.out()?.put(bytes.clone())?;
+        self.out()?.put_range(hit.bytes)?;
         self.offset += len;
         self.cut_bytes += hit.ulen;
         self.cut_count += 1;
@@ -224,7 +233,7 @@ impl<W: ChunkOut> ChunkedWriter<W> {
         self.stats.resumed += 1;
         self.stats.reused_bytes += hit.ulen;
         if let Some(r) = self.resume.as_mut() {
-            r.push_tail(&bytes);
+            r.push_tail(tail);
             r.parts.clear();
             r.len = 0;
             r.chain = Some(Chain {
