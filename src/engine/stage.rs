@@ -284,16 +284,12 @@ impl StageState {
                     // The snapshot fill starts beside the seeding's end.
                     Some(from) => {
                         super::snapfill::write_with_snapshot(ctx, &entries, from, &handle, |e| {
-                            seeding.finish(&handle);
                             // Uploaded (--push) while the snapshot fills.
-                            self.write(ctx, e, &handle, known)
+                            self.write_seeded(ctx, e, &handle, known, seeding)
                                 .inspect(|l| ctx.early_push.layer_written(ctx.store, step_id, l))
                         })
                     }
-                    None => {
-                        seeding.finish(&handle);
-                        self.write(ctx, &entries, &handle, known)
-                    }
+                    None => self.write_seeded(ctx, &entries, &handle, known, seeding),
                 }
             });
         self.keepalive.clear();
@@ -434,13 +430,45 @@ impl StageState {
     /// Write `entries` as a layer blob. An empty change set is still a
     /// layer: BuildKit commits every COPY, ADD, RUN and WORKDIR (other than
     /// `/`) with a layer, empty or not.
+    /// Writes the layer while the step's chunk seeding (if any) still
+    /// runs, taking its chunks as they are verified; the blob is stored
+    /// only if what the seeding handed over was then vouched for by the
+    /// whole earlier blob's digest, and is written again without the seed
+    /// otherwise (a lying or corrupt cache costs time, never bytes).
+    fn write_seeded(
+        &self,
+        ctx: &BuildCtx<'_>,
+        entries: &PreparedEntries,
+        handle: &StepHandle,
+        known_files: Option<std::sync::Arc<KnownFiles>>,
+        seeding: super::cache_io::Seeding,
+    ) -> anyhow::Result<LayerRef> {
+        let feed = seeding.feed();
+        let written = self.write(ctx, entries, handle, known_files.clone(), feed);
+        let keep = seeding.finish(handle);
+        let (blob, info) = written?;
+        if keep {
+            return store_layer_blob(blob, &info, handle);
+        }
+        drop(blob);
+        handle.log(
+            crate::progress::Stream::Stderr,
+            b"the earlier layer failed its digest check after some of its chunks were \
+              used: writing the layer again without them\n",
+        );
+        let (blob, info) = self.write(ctx, entries, handle, known_files, None)?;
+        store_layer_blob(blob, &info, handle)
+    }
+
+    /// Writes the layer into a blob writer (not yet stored).
     fn write(
         &self,
         ctx: &BuildCtx<'_>,
         entries: &PreparedEntries,
         handle: &StepHandle,
         known_files: Option<std::sync::Arc<KnownFiles>>,
-    ) -> anyhow::Result<LayerRef> {
+        feed: Option<std::sync::Arc<crate::layer::SeedFeed>>,
+    ) -> anyhow::Result<(crate::store::BlobWriter, crate::layer::LayerInfo)> {
         // write_layer hashes the blob on a thread of its own.
         let mut blob = ctx.store.blob_writer_unhashed()?;
         // Chunk records are written through this temp dir (locked, removed
@@ -452,7 +480,13 @@ impl StageState {
             false => Some(ctx.store.temp_dir("chunks")?),
         };
         let chunk_cache = match &chunk_tmp {
-            Some(tmp) => Some(crate::cache::store_chunk_cache(ctx.store, tmp.path())?),
+            Some(tmp) => {
+                let cache = crate::cache::store_chunk_cache(ctx.store, tmp.path())?;
+                Some(match feed {
+                    Some(f) => cache.with_feed(f),
+                    None => cache,
+                })
+            }
             None => None,
         };
         let opts = WriteOptions {
@@ -480,16 +514,7 @@ impl StageState {
             );
             handle.log(crate::progress::Stream::Stderr, line.as_bytes());
         }
-        let stored = blob
-            .commit_verified(&info.digest, Some(info.size))
-            .context("storing the layer blob")?;
-        handle.progress(stored.size, Some(stored.size), crate::progress::Unit::Bytes);
-        Ok(LayerRef {
-            digest: stored.digest,
-            diff_id: info.diff_id,
-            size: stored.size,
-            media_type: info.media_type.to_string(),
-        })
+        Ok((blob, info))
     }
 
     /// COPY/ADD key: what the sources are (a `--from` identity, URL
@@ -674,6 +699,24 @@ impl<W: std::io::Write> std::io::Write for ProgressWriter<'_, W> {
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// Stores a written layer's blob (its digest as the writer computed it).
+fn store_layer_blob(
+    blob: crate::store::BlobWriter,
+    info: &crate::layer::LayerInfo,
+    handle: &StepHandle,
+) -> anyhow::Result<LayerRef> {
+    let stored = blob
+        .commit_verified(&info.digest, Some(info.size))
+        .context("storing the layer blob")?;
+    handle.progress(stored.size, Some(stored.size), crate::progress::Unit::Bytes);
+    Ok(LayerRef {
+        digest: stored.digest,
+        diff_id: info.diff_id.clone(),
+        size: stored.size,
+        media_type: info.media_type.to_string(),
+    })
 }
 
 /// A cache record's inputs, with the file digests read back from their blob.

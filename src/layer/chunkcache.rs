@@ -54,6 +54,9 @@ pub struct ChunkCache {
     dir: PathBuf,
     tmp: PathBuf,
     blob_path: BlobResolver,
+    /// A seeding still running, whose verified chunks a lookup may wait
+    /// for (`chunkseed_feed.rs`).
+    feed: Option<Arc<super::chunkseed_feed::SeedFeed>>,
 }
 
 impl fmt::Debug for ChunkCache {
@@ -144,6 +147,16 @@ impl ChunkCache {
             dir,
             tmp,
             blob_path,
+            feed: None,
+        }
+    }
+
+    /// The same cache, whose lookups also take chunks from a seeding
+    /// that is still running.
+    pub fn with_feed(self, feed: Arc<super::chunkseed_feed::SeedFeed>) -> ChunkCache {
+        ChunkCache {
+            feed: Some(feed),
+            ..self
         }
     }
 
@@ -162,8 +175,22 @@ impl ChunkCache {
     }
 
     /// The compressed bytes of the chunk with this key, if a record points
-    /// to bytes that are still there and match its CRC.
+    /// to bytes that are still there and match its CRC, or a running
+    /// seeding delivers it (waiting for it while the seeding's index
+    /// claims it).
     pub(crate) fn lookup(&self, key: &[u8; 32]) -> Option<Hit> {
+        if let Some(hit) = self.lookup_record(key) {
+            return Some(hit);
+        }
+        let feed = self.feed.as_ref()?;
+        if let Some(hit) = feed.take(key) {
+            return Some(hit);
+        }
+        // Ended meanwhile: what it verified is recorded now.
+        self.lookup_record(key)
+    }
+
+    fn lookup_record(&self, key: &[u8; 32]) -> Option<Hit> {
         let mut text = String::new();
         File::open(self.record_path(key))
             .ok()?
