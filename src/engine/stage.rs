@@ -285,11 +285,11 @@ impl StageState {
                     Some(from) => {
                         super::snapfill::write_with_snapshot(ctx, &entries, from, &handle, |e| {
                             // Uploaded (--push) while the snapshot fills.
-                            self.write_seeded(ctx, e, &handle, known, seeding)
+                            self.write_seeded(ctx, e, &handle, known, seeding, step_id)
                                 .inspect(|l| ctx.early_push.layer_written(ctx.store, step_id, l))
                         })
                     }
-                    None => self.write_seeded(ctx, &entries, &handle, known, seeding),
+                    None => self.write_seeded(ctx, &entries, &handle, known, seeding, step_id),
                 }
             });
         self.keepalive.clear();
@@ -442,21 +442,41 @@ impl StageState {
         handle: &StepHandle,
         known_files: Option<std::sync::Arc<KnownFiles>>,
         seeding: super::cache_io::Seeding,
+        step_id: &str,
     ) -> anyhow::Result<LayerRef> {
         let feed = seeding.feed();
-        let written = self.write(ctx, entries, handle, known_files.clone(), feed);
+        // `--push`: a big layer of the pushed image goes to the registry
+        // while it is written (`early_push::LayerStream`).
+        let mut stream = match crate::layer::is_small(entries) {
+            true => None,
+            false => ctx.early_push.stream(ctx.store, step_id),
+        };
+        let written = self.write(
+            ctx,
+            entries,
+            handle,
+            known_files.clone(),
+            feed,
+            stream.as_mut(),
+        );
         let keep = seeding.finish(handle);
         let (blob, info) = written?;
         if keep {
-            return store_layer_blob(blob, &info, handle);
+            let layer = store_layer_blob(blob, &info, handle)?;
+            if let Some(s) = stream {
+                ctx.early_push.streamed(ctx.store, step_id, s, &layer);
+            }
+            return Ok(layer);
         }
+        // Abandoned: its session is never committed.
+        drop(stream);
         drop(blob);
         handle.log(
             crate::progress::Stream::Stderr,
             b"the earlier layer failed its digest check after some of its chunks were \
               used: writing the layer again without them\n",
         );
-        let (blob, info) = self.write(ctx, entries, handle, known_files, None)?;
+        let (blob, info) = self.write(ctx, entries, handle, known_files, None, None)?;
         store_layer_blob(blob, &info, handle)
     }
 
@@ -468,6 +488,7 @@ impl StageState {
         handle: &StepHandle,
         known_files: Option<std::sync::Arc<KnownFiles>>,
         feed: Option<std::sync::Arc<crate::layer::SeedFeed>>,
+        stream: Option<&mut super::early_push::LayerStream>,
     ) -> anyhow::Result<(crate::store::BlobWriter, crate::layer::LayerInfo)> {
         // write_layer hashes the blob on a thread of its own.
         let mut blob = ctx.store.blob_writer_unhashed()?;
@@ -503,8 +524,13 @@ impl StageState {
                 handle,
                 written: 0,
                 reported: 0,
+                stream,
             };
-            write_prepared(entries, &mut counted, &opts).context("writing the layer")?
+            let info = write_prepared(entries, &mut counted, &opts).context("writing the layer")?;
+            if let Some(s) = counted.stream.as_mut() {
+                s.end();
+            }
+            info
         };
         let c = info.chunks;
         if c.reused > 0 {
@@ -682,11 +708,16 @@ struct ProgressWriter<'a, W: std::io::Write> {
     handle: &'a StepHandle,
     written: u64,
     reported: u64,
+    /// `--push`: the same bytes, streamed to the registry as written.
+    stream: Option<&'a mut super::early_push::LayerStream>,
 }
 
 impl<W: std::io::Write> std::io::Write for ProgressWriter<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
+        if let Some(s) = self.stream.as_mut() {
+            s.put(&buf[..n]);
+        }
         self.written += n as u64;
         if self.written - self.reported >= 1 << 20 {
             self.reported = self.written;

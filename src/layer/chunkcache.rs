@@ -190,6 +190,14 @@ impl ChunkCache {
         self.lookup_record(key)
     }
 
+    /// The write stopped resuming (`chunked_resume.rs`): a running
+    /// seeding need not compute hash states any more.
+    pub(crate) fn resume_ended(&self) {
+        if let Some(f) = &self.feed {
+            f.end_resume();
+        }
+    }
+
     fn lookup_record(&self, key: &[u8; 32]) -> Option<Hit> {
         let mut text = String::new();
         File::open(self.record_path(key))

@@ -173,6 +173,9 @@ impl<W: ChunkOut> ChunkedWriter<W> {
         let Some(r) = self.resume.take() else {
             return Ok(false);
         };
+        if let Some(c) = &self.cache {
+            c.resume_ended();
+        }
         self.start_hashes(&r)?;
         self.materialize(r)?;
         self.next_key = Some(key);

@@ -296,8 +296,7 @@ pub fn seed_reader_fed(
         Some(c) => (c, chunks),
         None => (Codec::Gzip(0), Vec::new()),
     };
-    let mut seeded =
-        super::chunkseed_stream::seed_stream(
+    let mut seeded = super::chunkseed_stream::seed_stream(
         chunks, codec, &tag, keys, digest, size, body, out, feed,
     )?;
     seeded.stats.listed = listed;

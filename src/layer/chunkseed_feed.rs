@@ -35,6 +35,10 @@ const HELD_BYTES_MAX: usize = 256 << 20;
 pub struct SeedFeed {
     state: Mutex<FeedState>,
     ready: Condvar,
+    /// The write stopped resuming: the hash states of later chunks are
+    /// of no use to it, so the seeding stops hashing the tar (the new
+    /// blob's own records carry every state a later rebuild needs).
+    resume_over: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -129,6 +133,15 @@ impl SeedFeed {
             }
             s = self.ready.wait(s).unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    pub(crate) fn end_resume(&self) {
+        self.resume_over
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn resume_over(&self) -> bool {
+        self.resume_over.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn done(&self) -> bool {

@@ -250,13 +250,17 @@ fn follow(
     let mut waiting = BTreeMap::new();
     let mut next = 0usize;
     let mut tar = MidSha256::new();
+    // The tar's length so far, and whether its hash is still worth it: a
+    // write that stopped resuming needs no more states.
+    let (mut tar_len, mut hashing) = (0u64, true);
     let mut unbroken = true;
     let mut desc = Describer::new(tag);
     if !keys.described {
         desc.break_off();
     }
     let mut good: Vec<NewChunk> = Vec::new();
-    // Chunk index → its place in `good`, for chunks with states.
+    // Chunk index → its place in `good`, for chunks of the described
+    // prefix that end on a 64-byte boundary (so a write may resume there).
     let mut keyed = std::collections::HashMap::new();
     let mut desc_keys = Vec::new();
     // Compressed bytes of chunks whose description key is still to come.
@@ -275,12 +279,18 @@ fn follow(
             // The chain holds while chunks follow each other from byte 0.
             unbroken &= c.offset == blob_len(&good, unbroken);
             if unbroken {
-                c.tar_off = tar.len();
-                tar.update(&data);
+                c.tar_off = tar_len;
+                tar_len += data.len() as u64;
+                hashing &= !publish.feed.is_some_and(|f| f.resume_over());
+                if hashing {
+                    tar.update(&data);
+                }
                 desc.feed(&data);
                 desc.end_chunk(r.index);
-                if tar.len().is_multiple_of(64) {
-                    c.states = Some((tar.state(), r.blob_state));
+                if tar_len.is_multiple_of(64) {
+                    if hashing {
+                        c.states = Some((tar.state(), r.blob_state));
+                    }
                     keyed.insert(r.index, good.len());
                 }
             } else {
@@ -288,14 +298,20 @@ fn follow(
             }
             if keys.bytes {
                 publish.chunk(&c, bytes);
-            } else if publish.feed.is_some() && c.states.is_some() {
+            } else if publish.feed.is_some() && keyed.contains_key(&r.index) {
                 unkeyed.insert(r.index, bytes);
             }
             good.push(c);
             let new_keys = desc.take_keys();
             for (index, key) in &new_keys {
                 if let (Some(&at), Some(bytes)) = (keyed.get(index), unkeyed.remove(index)) {
-                    publish.chunk(&NewChunk { key: *key, ..good[at].clone() }, bytes);
+                    publish.chunk(
+                        &NewChunk {
+                            key: *key,
+                            ..good[at].clone()
+                        },
+                        bytes,
+                    );
                 }
                 // Chunks before it will get no key any more.
                 unkeyed = unkeyed.split_off(&(index + 1));
@@ -316,7 +332,7 @@ fn follow(
                 key,
                 ..good[at].clone()
             });
-            if !keys.bytes {
+            if !keys.bytes && good[at].states.is_some() {
                 resumable += 1;
             }
         }
