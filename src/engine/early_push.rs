@@ -33,6 +33,8 @@ pub(crate) struct EarlyPush {
     cancel: Arc<AtomicBool>,
     uploads: Mutex<Vec<JoinHandle<bool>>>,
     started: Mutex<HashSet<String>>,
+    /// Layers committed through a stream (`EarlyPush::stream`).
+    streams_committed: Arc<AtomicUsize>,
 }
 
 impl EarlyPush {
@@ -76,6 +78,7 @@ impl EarlyPush {
             cancel: Arc::default(),
             uploads: Mutex::default(),
             started: Mutex::default(),
+            streams_committed: Arc::default(),
         }
     }
 
@@ -146,7 +149,7 @@ impl EarlyPush {
             queued: queued.clone(),
         };
         let (store, dest, settings) = (store.clone(), self.dests[0].clone(), self.settings.clone());
-        let cancel = self.cancel.clone();
+        let (cancel, committed) = (self.cancel.clone(), self.streams_committed.clone());
         let thread = std::thread::Builder::new()
             .name("stream-push".into())
             .spawn(move || {
@@ -162,6 +165,7 @@ impl EarlyPush {
                     },
                 );
                 if let Ok(crate::registry::Streamed::Committed) = streamed {
+                    committed.fetch_add(1, Ordering::Relaxed);
                     return true;
                 }
                 // The stream failed before or at the commit: the stored
@@ -202,6 +206,12 @@ impl EarlyPush {
             let _ = d.send(layer.clone());
         }
         self.send(store, step_id, layer, 1);
+    }
+
+    /// How many of the uploads [`EarlyPush::wait`] counted were streamed
+    /// while their layer was written.
+    pub(crate) fn streamed_count(&self) -> usize {
+        self.streams_committed.load(Ordering::Relaxed)
     }
 
     /// Waits for the uploads started so far (before the push); returns
