@@ -240,7 +240,7 @@ impl Drop for EarlyPush {
 /// The most written bytes a stream holds before the upload takes them; a
 /// registry slower than the write makes the stream give up (the stored
 /// blob is uploaded after the write instead), never the write wait.
-const STREAM_QUEUE_MAX: usize = 64 << 20;
+const STREAM_QUEUE_MAX: usize = 256 << 20;
 
 enum Piece {
     Data(Vec<u8>),
