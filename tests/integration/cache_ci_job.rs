@@ -118,6 +118,9 @@ fn push_uploads_layers_while_later_steps_run() {
     assert!(inspect.contains(&digest[7..]), "{inspect}");
 }
 
+/// The tree's layer is streamed to the registry while it is written (and
+/// committed there as a blob), then the RUN fails: the build exits with
+/// the step's code and no tag names anything.
 #[test]
 fn a_push_overlapping_a_failing_step_tags_nothing() {
     if tool("docker-registry", "docker-registry").is_none() || !require_root("RUN steps") {
