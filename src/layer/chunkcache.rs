@@ -179,9 +179,13 @@ impl ChunkCache {
     /// seeding delivers it (waiting for it while the seeding's index
     /// claims it).
     pub(crate) fn lookup(&self, key: &[u8; 32]) -> Option<Hit> {
-        if let Some(hit) = self.lookup_record(key) {
-            return Some(hit);
-        }
+        self.lookup_record(key).or_else(|| self.fed(key))
+    }
+
+    /// The chunk a running seeding delivers under `key` (waiting for it
+    /// while the seeding's index claims it), or, once the seeding ended,
+    /// its record. None without a feed.
+    pub(crate) fn fed(&self, key: &[u8; 32]) -> Option<Hit> {
         let feed = self.feed.as_ref()?;
         if let Some(hit) = feed.take(key) {
             return Some(hit);
