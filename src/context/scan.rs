@@ -270,8 +270,14 @@ pub fn scan_with_progress(
     // The stat cache (a JSON file of every file's stamp: 4 MB and about a
     // sixth of a no-op rebuild's CPU at 20,000 files) is parsed on a second
     // thread while this one walks the tree.
+    // The cache names the context it vouches for by its canonical path (as
+    // the store names the cache file): `rbuild build ctx` and `rbuild
+    // build /abs/ctx` share one, where the path as given made each
+    // invocation discard the other's cache and hash every file again.
+    let canonical = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let cache_root = canonical.as_path();
     let cache = std::thread::scope(|s| {
-        let loader = stat_cache.map(|p| s.spawn(move || StatCache::load(p, root)));
+        let loader = stat_cache.map(|p| s.spawn(move || StatCache::load(p, cache_root)));
         let walked = walk_dir(
             root,
             "",
@@ -301,8 +307,8 @@ pub fn scan_with_progress(
             .collect();
         let all = || list.iter().chain(extra.iter().copied());
         // An unchanged context rewrites nothing (and fsyncs nothing).
-        if !cache.holds_exactly(root, all(), started) {
-            if let Err(e) = StatCache::save_entries(path, root, all(), started) {
+        if !cache.holds_exactly(cache_root, all(), started) {
+            if let Err(e) = StatCache::save_entries(path, cache_root, all(), started) {
                 stats.cache_error = Some(e.to_string());
             }
         }

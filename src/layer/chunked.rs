@@ -40,10 +40,13 @@ use super::chunkcache::{ChunkCache, KeyHasher, NewChunk};
 use super::tarwrite::TarSink;
 use hashing::{hash_streams, send_hash, HashMsg, Hashes};
 use libdeflater::CompressionLvl;
+pub(crate) use out::{ChunkOut, Piece, ToWriterThread, WRITE_QUEUE_PIECES};
 use resume::Resume;
 
 #[path = "chunked_hash.rs"]
 mod hashing;
+#[path = "chunked_out.rs"]
+mod out;
 #[path = "chunked_resume.rs"]
 mod resume;
 
@@ -72,67 +75,6 @@ const CUT_ONE_IN: u64 = 16;
 /// version may compress the same chunk to other bytes. A unit test checks
 /// it against Cargo.lock, so an upgrade cannot forget it.
 const LIBDEFLATE_VERSION: &str = "1.26";
-
-/// Where the compressed stream goes, piece by piece in stream order.
-pub(crate) trait ChunkOut {
-    fn put(&mut self, bytes: Arc<Vec<u8>>) -> io::Result<()>;
-    fn flush(&mut self) -> io::Result<()>;
-}
-
-impl<W: Write> ChunkOut for W {
-    fn put(&mut self, bytes: Arc<Vec<u8>>) -> io::Result<()> {
-        self.write_all(&bytes)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Write::flush(self)
-    }
-}
-
-/// Compressed bytes handed to the writer thread and not yet written. A
-/// bound by count alone let eight 4 MiB pieces wait (resumed chunks are
-/// read from the previous blob faster than they are written): 32 MiB, a
-/// sixth of a 200,000-file rebuild's peak memory.
-const WRITE_QUEUE_BYTES: usize = 8 << 20;
-
-/// Hands the pieces to a thread that writes them (see `write_layer`): on
-/// the producing thread, writing the blob (a copy into the page cache per
-/// byte) cost as much as reading and tarring the files. The writer reports
-/// each piece's length on `written` once it is written and dropped.
-pub(crate) struct ToWriterThread {
-    tx: Sender<Arc<Vec<u8>>>,
-    written: Receiver<usize>,
-    /// Bytes sent and not yet reported written.
-    queued: usize,
-}
-
-impl ToWriterThread {
-    pub(crate) fn new(tx: Sender<Arc<Vec<u8>>>, written: Receiver<usize>) -> Self {
-        ToWriterThread {
-            tx,
-            written,
-            queued: 0,
-        }
-    }
-}
-
-impl ChunkOut for ToWriterThread {
-    fn put(&mut self, bytes: Arc<Vec<u8>>) -> io::Result<()> {
-        let gone = || io::Error::other("the layer blob writer thread has exited");
-        while let Ok(n) = self.written.try_recv() {
-            self.queued = self.queued.saturating_sub(n);
-        }
-        self.queued += bytes.len();
-        self.tx.send(bytes).map_err(|_| gone())?;
-        while self.queued > WRITE_QUEUE_BYTES {
-            let n = self.written.recv().map_err(|_| gone())?;
-            self.queued = self.queued.saturating_sub(n);
-        }
-        Ok(())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 /// How chunks are compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,8 +21,41 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::{push_file_part, ChunkOut, ChunkedWriter, FilePart, HashMsg, MAX_CHUNK};
-use crate::layer::chunkcache::{Hit, KeyHasher, NewChunk};
+use crate::layer::blobrange::BlobRange;
+use crate::layer::chunkcache::{Hit, KeyHasher, NewChunk, RangeReader};
 use crate::layer::midsha::MidSha256;
+
+/// A resumed chunk's compressed bytes: a range of a stored blob, or in
+/// memory from a seeding that still runs (`chunkseed_feed.rs`).
+pub(super) enum Resumed {
+    Range(BlobRange),
+    Mem(Vec<u8>),
+}
+
+impl<B> Hit<B> {
+    fn map_bytes<C>(self, f: impl FnOnce(B) -> C) -> Hit<C> {
+        let Hit {
+            blob,
+            offset,
+            crc,
+            ulen,
+            ucrc,
+            tar_off,
+            states,
+            bytes,
+        } = self;
+        Hit {
+            blob,
+            offset,
+            crc,
+            ulen,
+            ucrc,
+            tar_off,
+            states,
+            bytes: f(bytes),
+        }
+    }
+}
 
 /// A piece of a described chunk.
 enum Part {
@@ -49,6 +82,9 @@ pub(super) struct Resume {
     /// The last (at most 64) blob bytes written: the digest's state is
     /// kept per whole block, so it resumes with these.
     tail: Vec<u8>,
+    /// Resumed chunks go out as ranges of the blob they are in, checked
+    /// through this (the blob open once, one small buffer).
+    reader: RangeReader,
 }
 
 impl Resume {
@@ -58,6 +94,7 @@ impl Resume {
             len: 0,
             chain: None,
             tail: Vec::new(),
+            reader: RangeReader::default(),
         }
     }
 
@@ -164,9 +201,22 @@ impl<W: ChunkOut> ChunkedWriter<W> {
             return Ok(true);
         }
         let key = r.key(&self.tag);
-        if let Some(hit) = self.cache.as_ref().and_then(|c| c.lookup(&key)) {
+        let found = match (self.cache.as_ref(), self.resume.as_mut()) {
+            (Some(c), Some(r)) => c.lookup_range(&key, &mut r.reader),
+            _ => None,
+        };
+        let found = match found {
+            Some((hit, tail)) => Some((hit.map_bytes(Resumed::Range), tail)),
+            // A chunk a running seeding delivers (in memory, not yet in a
+            // stored blob: `chunkseed_feed.rs`).
+            None => self.cache.as_ref().and_then(|c| c.fed(&key)).map(|hit| {
+                let tail = hit.bytes[hit.bytes.len().saturating_sub(64)..].to_vec();
+                (hit.map_bytes(Resumed::Mem), tail)
+            }),
+        };
+        if let Some((hit, tail)) = found {
             if let Some(states) = self.chains(&hit) {
-                self.resume_chunk(key, hit, states)?;
+                self.resume_chunk(key, hit, &tail, states)?;
                 return Ok(true);
             }
         }
@@ -184,7 +234,7 @@ impl<W: ChunkOut> ChunkedWriter<W> {
 
     /// The hash states after `hit`, if it continues the followed blob
     /// exactly where the stream is.
-    fn chains(&self, hit: &Hit) -> Option<([u32; 8], [u32; 8])> {
+    fn chains<B>(&self, hit: &Hit<B>) -> Option<([u32; 8], [u32; 8])> {
         let r = self.resume.as_ref()?;
         let states = hit.states?;
         let same_blob = match &r.chain {
@@ -202,10 +252,14 @@ impl<W: ChunkOut> ChunkedWriter<W> {
     fn resume_chunk(
         &mut self,
         key: [u8; 32],
-        hit: Hit,
+        hit: Hit<Resumed>,
+        tail: &[u8],
         states: ([u32; 8], [u32; 8]),
     ) -> io::Result<()> {
-        let len = hit.bytes.len() as u64;
+        let len = match &hit.bytes {
+            Resumed::Range(r) => r.len() as u64,
+            Resumed::Mem(v) => v.len() as u64,
+        };
         let chunk = NewChunk {
             key,
             offset: self.offset,
@@ -217,8 +271,11 @@ impl<W: ChunkOut> ChunkedWriter<W> {
             states: Some(states),
         };
         self.new_chunks.push((self.cut_count, chunk));
-        let bytes = Arc::new(hit.bytes);
-        self.out()?.put(bytes.clone())?;
+        let blob = hit.blob;
+        match hit.bytes {
+            Resumed::Range(r) => self.out()?.put_range(r)?,
+            Resumed::Mem(v) => self.out()?.put(Arc::new(v))?,
+        }
         self.offset += len;
         self.cut_bytes += hit.ulen;
         self.cut_count += 1;
@@ -227,11 +284,11 @@ impl<W: ChunkOut> ChunkedWriter<W> {
         self.stats.resumed += 1;
         self.stats.reused_bytes += hit.ulen;
         if let Some(r) = self.resume.as_mut() {
-            r.push_tail(&bytes);
+            r.push_tail(tail);
             r.parts.clear();
             r.len = 0;
             r.chain = Some(Chain {
-                blob: hit.blob,
+                blob,
                 tar_state: states.0,
                 blob_state: states.1,
             });

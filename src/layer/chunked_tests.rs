@@ -4,7 +4,9 @@ use std::fs;
 use std::io::Read;
 use std::path::Path;
 
+use super::out::WRITE_QUEUE_BYTES;
 use super::*;
+use crate::layer::blobrange::BlobRange;
 use crate::layer::{
     write_layer, BlobResolver, EntryKind, FileSource, KnownFiles, LayerEntry, LayerInfo, Timespec,
     WriteOptions,
@@ -464,13 +466,19 @@ fn resuming_can_stop_inside_a_big_file() {
 fn the_writer_queue_is_bounded_in_bytes() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let piece = WRITE_QUEUE_BYTES / 2;
-    let (tx, rx) = crossbeam_channel::bounded::<Arc<Vec<u8>>>(8);
+    let (tx, rx) = crossbeam_channel::bounded::<Piece>(WRITE_QUEUE_PIECES);
     let (written_tx, written) = crossbeam_channel::unbounded::<usize>();
     let put = Arc::new(AtomicUsize::new(0));
     let producer = {
         let put = put.clone();
         std::thread::spawn(move || {
             let mut out = ToWriterThread::new(tx, written);
+            // Ranges of a stored blob hold no memory: not counted.
+            let blob = Arc::new(tempfile::tempfile().unwrap());
+            for _ in 0..100 {
+                out.put_range(BlobRange::new(blob.clone(), 0, piece))
+                    .unwrap();
+            }
             for _ in 0..3 {
                 out.put(Arc::new(vec![0u8; piece])).unwrap();
                 put.fetch_add(1, Ordering::SeqCst);
@@ -479,7 +487,7 @@ fn the_writer_queue_is_bounded_in_bytes() {
     };
     // All three pieces are sent, none reported written: the third put
     // (12 MiB queued) must not return.
-    let got: Vec<_> = (0..3).map(|_| rx.recv().unwrap()).collect();
+    let got: Vec<_> = (0..103).map(|_| rx.recv().unwrap()).collect();
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(
         put.load(Ordering::SeqCst),
@@ -490,4 +498,61 @@ fn the_writer_queue_is_bounded_in_bytes() {
     written_tx.send(piece).unwrap();
     producer.join().unwrap();
     assert_eq!(put.load(Ordering::SeqCst), 3);
+}
+
+/// Resumed chunks reach the blob as ranges of the earlier blob, written by
+/// the writer thread from a mapping (`blobrange.rs`): wherever the changed
+/// file is (the first, one in the middle, the last), the blob is byte for
+/// byte the one a write without any cache makes, and what comes before
+/// the change is resumed. An earlier blob whose bytes no longer match its
+/// records (flipped in place) is not resumed from, and changes nothing.
+#[test]
+fn resumed_ranges_give_the_cacheless_blob_wherever_the_change_is() {
+    for c in CODECS {
+        for victim in ["f0000.rs", "f0150.rs", "f0299.rs"] {
+            let dir = tempfile::tempdir().unwrap();
+            let files = dir.path().join("files");
+            fs::create_dir_all(&files).unwrap();
+            let cache = cache(dir.path());
+            let entries = disk_tree(&files);
+            let (cold, cold_bytes) = write_known(entries.clone(), c, &cache, known_now(&entries));
+            store_blob(dir.path(), &cold, &cold_bytes);
+            fs::write(files.join(victim), text(4242, 21_000)).unwrap();
+            let (warm, warm_bytes) = write_known(entries.clone(), c, &cache, known_now(&entries));
+            let (plain, plain_bytes) = write(entries.clone(), c, 2, None);
+            assert!(warm_bytes == plain_bytes, "{c:?} {victim}: blob differs");
+            assert_eq!(
+                (&warm.digest, &warm.diff_id),
+                (&plain.digest, &plain.diff_id)
+            );
+            let s = warm.chunks;
+            match victim {
+                "f0000.rs" => assert_eq!(s.resumed, 0, "{c:?}: {s:?}"),
+                "f0150.rs" => assert!(s.resumed >= 4 && s.resumed < s.chunks, "{c:?}: {s:?}"),
+                _ => assert!(
+                    s.resumed + 2 >= s.chunks && s.resumed < s.chunks,
+                    "{c:?}: {s:?}"
+                ),
+            }
+            assert!(s.compressed <= 3, "{c:?} {victim}: {s:?}");
+
+            // Flip a byte inside the warm blob's first chunk: its record's
+            // CRC no longer matches, so nothing is resumed from it, and the
+            // next blob is still the cache-less one.
+            store_blob(dir.path(), &warm, &warm_bytes);
+            let hex = warm.digest.strip_prefix("sha256:").unwrap();
+            let mut broken = warm_bytes.clone();
+            broken[100] ^= 0xff;
+            fs::write(dir.path().join("blobs").join(hex), &broken).unwrap();
+            fs::write(files.join(victim), text(4343, 21_000)).unwrap();
+            let (next, next_bytes) = write_known(entries.clone(), c, &cache, known_now(&entries));
+            let (truth, truth_bytes) = write(entries.clone(), c, 2, None);
+            assert!(
+                next_bytes == truth_bytes,
+                "{c:?} {victim}: corrupt bytes reused"
+            );
+            assert_eq!(next.digest, truth.digest);
+            assert_eq!(next.chunks.resumed, 0, "{c:?} {victim}");
+        }
+    }
 }

@@ -8,7 +8,9 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::chunkcache::ChunkCache;
-use super::chunked::{ChunkStats, ChunkedWriter, Codec, Finished, ToWriterThread};
+use super::chunked::{
+    ChunkStats, ChunkedWriter, Codec, Finished, Piece, ToWriterThread, WRITE_QUEUE_PIECES,
+};
 use super::entry::{LayerEntry, PreparedEntries};
 use super::tarwrite::{write_entries, KnownFiles, TarSink};
 use crate::oci::media::{OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD};
@@ -176,21 +178,22 @@ fn compress_entries(
     codec: Codec,
     opts: &WriteOptions,
 ) -> Result<Finished<()>> {
-    // A few pieces queued for the writer (at most `WRITE_QUEUE_BYTES` of
-    // them: `ToWriterThread` waits for the lengths reported back).
-    let (tx, rx) = crossbeam_channel::bounded::<std::sync::Arc<Vec<u8>>>(8);
+    // Pieces queued for the writer: those in memory at most
+    // `WRITE_QUEUE_BYTES` (`ToWriterThread` waits for the lengths reported
+    // back), ranges of an earlier blob by count only.
+    let (tx, rx) = crossbeam_channel::bounded::<Piece>(WRITE_QUEUE_PIECES);
     // Unbounded, but short: `put` takes the reports on every call.
     let (written_tx, written) = crossbeam_channel::unbounded::<usize>();
     std::thread::scope(|s| {
         let writer = std::thread::Builder::new()
             .name("layer-write".into())
             .spawn_scoped(s, move || -> io::Result<()> {
-                for bytes in rx {
-                    out.write_all(&bytes)?;
-                    let n = bytes.len();
-                    drop(bytes);
+                for piece in rx {
+                    let n = piece.write_to(&mut out)?;
                     // The producer is gone only when it failed first.
-                    let _ = written_tx.send(n);
+                    if n > 0 {
+                        let _ = written_tx.send(n);
+                    }
                 }
                 out.flush()
             })

@@ -8,6 +8,7 @@
 //! [`unpack_layer`] applies a (possibly compressed) layer to a directory,
 //! honouring whiteouts and never writing outside that directory.
 
+mod blobrange;
 mod changeset;
 mod chunkcache;
 mod chunked;

@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -49,8 +50,18 @@ pub struct BlobWriter {
     /// the writing thread cost about 5 % of a one-file-changed rebuild.
     hasher: Option<Sha256>,
     size: u64,
+    /// Bytes up to here were handed to writeback already (see
+    /// [`WRITEBACK_STEP`]).
+    written_back: u64,
     blobs_dir: PathBuf,
 }
+
+/// Every this many bytes written, writeback of what was written since is
+/// started (`sync_file_range`, not waited for). The blob is fsynced before
+/// it is named, as always; without this that fsync started writing a
+/// whole layer only then (about 0.1 s of a one-file rebuild's 236 MB blob,
+/// on its critical path), while now the disk works during the write.
+const WRITEBACK_STEP: u64 = 8 << 20;
 
 impl Write for TempFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -68,6 +79,7 @@ impl BlobWriter {
             tmp: io::BufWriter::with_capacity(256 * 1024, tmp),
             hasher: Some(Sha256::new()),
             size: 0,
+            written_back: 0,
             blobs_dir: blobs_dir.to_path_buf(),
         })
     }
@@ -79,6 +91,23 @@ impl BlobWriter {
         let mut w = BlobWriter::new(tmp_dir, blobs_dir)?;
         w.hasher = None;
         Ok(w)
+    }
+
+    /// Starts writeback of the bytes written since the last call. Only a
+    /// hint: where the kernel refuses it, the fsync at commit does it all.
+    fn start_writeback(&mut self) -> io::Result<()> {
+        self.tmp.flush()?;
+        let (from, to) = (self.written_back, self.size);
+        self.written_back = to;
+        let fd = self.tmp.get_ref().as_file();
+        let (Ok(off), Ok(len)) = (i64::try_from(from), i64::try_from(to - from)) else {
+            return Ok(());
+        };
+        // SAFETY: a plain syscall on a descriptor we own; no memory passed.
+        unsafe {
+            libc::sync_file_range(fd.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE);
+        }
+        Ok(())
     }
 
     /// Bytes written so far.
@@ -146,6 +175,9 @@ impl Write for BlobWriter {
             h.update(&buf[..n]);
         }
         self.size += n as u64;
+        if self.size - self.written_back >= WRITEBACK_STEP {
+            self.start_writeback()?;
+        }
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -172,6 +204,27 @@ mod tests {
         fs::create_dir_all(&tmp).unwrap();
         fs::create_dir_all(&blobs).unwrap();
         (tmp, blobs)
+    }
+
+    /// A blob past several writeback steps, written in odd-sized pieces:
+    /// the flushes that start writeback lose and repeat nothing.
+    #[test]
+    fn a_blob_written_across_writeback_steps_is_stored_whole() {
+        let t = tempfile::tempdir().unwrap();
+        let (tmp, blobs) = dirs(t.path());
+        let data: Vec<u8> = (0..(2 * WRITEBACK_STEP as usize + 777_777))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut w = BlobWriter::new(&tmp, &blobs).unwrap();
+        for piece in data.chunks(1_000_003) {
+            w.write_all(piece).unwrap();
+        }
+        // Writeback was started twice, the second time past 2 steps.
+        assert!(w.written_back >= 2 * WRITEBACK_STEP && w.written_back <= w.size);
+        let info = w.commit().unwrap();
+        assert_eq!(info.digest, sha256_digest(&data));
+        let stored = fs::read(blobs.join(digest_hex(&info.digest).unwrap())).unwrap();
+        assert!(stored == data);
     }
 
     #[test]

@@ -189,6 +189,31 @@ fn stat_cache_second_scan_reads_no_file() {
     assert_eq!(d1, d2);
 }
 
+/// The same context named two ways (here through `x/..`; for a user,
+/// `rbuild build ctx` then `rbuild build /abs/ctx`) shares one stat cache:
+/// the second scan reads no file. Before, the cache recorded the path as
+/// given, and each spelling discarded the other's cache and hashed every
+/// file again.
+#[test]
+fn stat_cache_is_shared_by_two_spellings_of_one_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = cache_dir.path().join("statcache/ctx.json");
+    for i in 0..10 {
+        write(dir.path(), &format!("f{i}.txt"), &"y".repeat(i * 10 + 1));
+    }
+    fs::create_dir(dir.path().join("x")).unwrap();
+    age_files();
+    let first = cached_scan(dir.path(), &cache);
+    assert_eq!(first.stats.files_hashed, 10);
+    let other = dir.path().join("x").join("..");
+    let second = cached_scan(&other, &cache);
+    assert_eq!(second.stats.files_hashed, 0, "no file may be read");
+    assert_eq!(second.stats.cache_hits, 10);
+    let third = cached_scan(dir.path(), &cache);
+    assert_eq!(third.stats.files_hashed, 0, "no file may be read");
+}
+
 /// An unchanged context skips rebuilding the cache only when every file
 /// hit *and* the cache names no other file: a deleted file's stamp must
 /// still leave the saved cache.
