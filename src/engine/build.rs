@@ -634,7 +634,12 @@ fn push_tags(ctx: &BuildCtx<'_>, tags: &[String]) -> anyhow::Result<Vec<(String,
         let id = ctx.step_id();
         let handle = StepHandle::start(ctx.reporter.clone(), id, format!("pushing {dest}"));
         if early > 0 {
-            let text = format!("{early} layer(s) uploaded while the build ran\n");
+            let text = match ctx.early_push.streamed_count() {
+                0 => format!("{early} layer(s) uploaded while the build ran\n"),
+                n => format!(
+                    "{early} layer(s) uploaded while the build ran ({n} streamed as written)\n"
+                ),
+            };
             handle.log(crate::progress::Stream::Stdout, text.as_bytes());
             early = 0;
         }

@@ -90,7 +90,11 @@ pub(crate) fn slot(ctx: &BuildCtx<'_>, step_id: &str, instruction: &str) -> Stri
 
 /// A missed step's chunk seeding, running on a thread of its own while the
 /// step does its work (`start_seed`).
-pub(crate) struct Seeding(Option<std::thread::JoinHandle<anyhow::Result<String>>>);
+pub(crate) struct Seeding {
+    thread: Option<std::thread::JoinHandle<anyhow::Result<String>>>,
+    /// Its verified chunks, handed to the layer write as they come.
+    feed: Option<Arc<crate::layer::SeedFeed>>,
+}
 
 /// On a miss of a step that writes a layer: when a `--cache-from` cache
 /// has the same step's earlier layer (same slot) with a chunk index, start
@@ -104,44 +108,80 @@ pub(crate) fn start_seed(
     instruction: &str,
     context_copy: bool,
 ) -> Seeding {
+    let none = Seeding {
+        thread: None,
+        feed: None,
+    };
     if ctx.req.no_cache || ctx.req.compression == crate::oci::Compression::None {
-        return Seeding(None);
+        return none;
     }
     let Some(source) = ctx
         .remote_caches
         .seed_source(&slot(ctx, step_id, instruction))
     else {
-        return Seeding(None);
+        return none;
     };
     let (store, compression) = (ctx.store.clone(), ctx.req.compression);
+    let feed = Arc::new(crate::layer::SeedFeed::new());
+    let fed = feed.clone();
     let thread = std::thread::Builder::new()
         .name("chunk-seed".into())
-        .spawn(move || seed(&store, &source, compression, context_copy));
-    Seeding(thread.ok())
+        .spawn(move || {
+            // Whatever happens, no lookup waits past the seeding's end.
+            let _ended = crate::layer::FeedGuard(&fed);
+            seed(&store, &source, compression, context_copy, &fed)
+        });
+    match thread {
+        Ok(t) => Seeding {
+            thread: Some(t),
+            feed: Some(feed),
+        },
+        Err(_) => none,
+    }
 }
 
 impl Seeding {
-    /// Wait for the seeding (before the layer is written) and say in the
+    /// The feed a layer write takes the seeded chunks from while the
+    /// seeding runs (`layer::SeedFeed`).
+    pub(crate) fn feed(&self) -> Option<Arc<crate::layer::SeedFeed>> {
+        self.feed.clone()
+    }
+
+    /// Wait for the seeding (after the layer is written) and say in the
     /// step's log what it did. A failure is only a note: the chunks are
-    /// compressed instead.
-    pub(crate) fn finish(mut self, handle: &StepHandle) {
-        let Some(thread) = self.0.take() else { return };
-        let text = match thread.join() {
+    /// compressed instead. Returns whether a layer written with chunks the
+    /// feed served may be kept: only if the whole earlier blob then
+    /// matched its digest (true when nothing was served).
+    pub(crate) fn finish(mut self, handle: &StepHandle) -> bool {
+        let Some(thread) = self.thread.take() else {
+            return true;
+        };
+        let joined = thread.join();
+        let keep = self
+            .feed
+            .as_ref()
+            .is_none_or(|f| f.served() == 0 || f.trusted());
+        let text = match joined {
             Ok(Ok(text)) => text,
             Ok(Err(e)) => format!("not seeding the chunk cache: {e:#}"),
             Err(_) => "not seeding the chunk cache: the seeding thread panicked".into(),
         };
+        let served = match self.feed.as_ref().map(|f| f.served()) {
+            Some(n) if n > 0 => format!(" ({n} handed to the layer write as they were verified)"),
+            _ => String::new(),
+        };
         handle.log(
             crate::progress::Stream::Stderr,
-            format!("{text}\n").as_bytes(),
+            format!("{text}{served}\n").as_bytes(),
         );
+        keep
     }
 }
 
 impl Drop for Seeding {
     /// A step that failed first still waits: no fetch outlives the build.
     fn drop(&mut self) {
-        if let Some(thread) = self.0.take() {
+        if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
@@ -154,9 +194,13 @@ fn seed(
     source: &crate::cache::SeedSource,
     compression: crate::oci::Compression,
     context_copy: bool,
+    feed: &crate::layer::SeedFeed,
 ) -> anyhow::Result<String> {
     let digest = &source.layer.digest;
     let index = source.fetch_index(store)?;
+    // Which chunks the write may wait for: only a hint (keys claimed by
+    // another store; a lie costs a wait, never a wrong chunk).
+    feed.set_hints(crate::layer::claimed_keys(&index, digest)?);
     // Records go through a locked temp dir of the store, as a layer
     // write's do.
     let tmp = store.temp_dir("chunks")?;
@@ -165,6 +209,7 @@ fn seed(
     // Fetching a layer to gain less than half its chunks is not worth it
     // (a warm store, or an index of another compression).
     if unseeded * 2 < listed {
+        feed.finish(false);
         return Ok(format!(
             "chunk cache: {unseeded} of the {listed} chunks of the earlier layer in remote \
              cache {} are new here; not fetching it",
@@ -180,22 +225,35 @@ fn seed(
             &store.blob_path(digest)?,
             compression,
         )?;
+        feed.finish(true);
         (s, None)
     } else {
-        // Verified while it downloads; recorded once it is stored.
+        // Verified while it downloads (each chunk handed to the write as
+        // soon as it is); recorded once it is stored.
         let seeded = source.stream_layer(&|body| {
+            feed.begin_attempt();
             let mut w = store.blob_writer_unhashed()?;
             let keys = crate::layer::SeedKeys {
                 bytes: !context_copy,
                 described: context_copy,
             };
-            let s =
-                crate::layer::seed_reader(&index, digest, size, body, &mut w, compression, keys)?;
+            let s = crate::layer::seed_reader_fed(
+                &index,
+                digest,
+                size,
+                body,
+                &mut w,
+                compression,
+                keys,
+                Some(feed),
+            )?;
             w.commit_verified(digest, Some(size))?;
             Ok(s)
         })?;
         let resumable = seeded.resumable;
-        (seeded.record(&cache, digest)?, Some(resumable))
+        let s = seeded.record(&cache, digest)?;
+        feed.finish(true);
+        (s, Some(resumable))
     };
     let resumable = match resumable {
         Some(n) => format!(", {n} resumable"),

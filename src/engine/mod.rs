@@ -27,6 +27,7 @@ mod snapfill_delta;
 pub mod snapshot;
 pub mod sources;
 mod stage;
+mod stage_write;
 pub mod stageview;
 pub mod stepkeys;
 pub mod users;

@@ -9,9 +9,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 
 use crate::image::ImageConfig;
-use crate::layer::{
-    write_prepared, KnownFiles, LayerEntry, PreparedEntries, Timespec, WriteOptions,
-};
+use crate::layer::{KnownFiles, LayerEntry, PreparedEntries, Timespec};
 use crate::oci::LayerRef;
 use crate::plan::{Base, PlannedStage, Step, StepKind};
 use crate::progress::StepHandle;
@@ -284,15 +282,14 @@ impl StageState {
                     // The snapshot fill starts beside the seeding's end.
                     Some(from) => {
                         super::snapfill::write_with_snapshot(ctx, &entries, from, &handle, |e| {
-                            seeding.finish(&handle);
                             // Uploaded (--push) while the snapshot fills.
-                            self.write(ctx, e, &handle, known)
+                            self.write_seeded(ctx, e, &handle, known, seeding, step_id)
                                 .inspect(|l| ctx.early_push.layer_written(ctx.store, step_id, l))
                         })
                     }
                     None => {
-                        seeding.finish(&handle);
-                        let layer = self.write(ctx, &entries, &handle, known)?;
+                        let layer =
+                            self.write_seeded(ctx, &entries, &handle, known, seeding, step_id)?;
                         // A RUN's upper dir as the snapshot a later step reads.
                         if read_later {
                             self.adopt_run_upper(ctx, &entries, &layer, &handle);
@@ -434,67 +431,6 @@ impl StageState {
             None => outcome.created,
         };
         self.add_history(created_by, Some(created), outcome.layer.as_ref());
-    }
-
-    /// Write `entries` as a layer blob. An empty change set is still a
-    /// layer: BuildKit commits every COPY, ADD, RUN and WORKDIR (other than
-    /// `/`) with a layer, empty or not.
-    fn write(
-        &self,
-        ctx: &BuildCtx<'_>,
-        entries: &PreparedEntries,
-        handle: &StepHandle,
-        known_files: Option<std::sync::Arc<KnownFiles>>,
-    ) -> anyhow::Result<LayerRef> {
-        // write_layer hashes the blob on a thread of its own.
-        let mut blob = ctx.store.blob_writer_unhashed()?;
-        // Chunk records are written through this temp dir (locked, removed
-        // on drop) so a crash leaves no half-written record behind. A layer
-        // of one small chunk is written without the cache (`layer::small`):
-        // no temp dir, no record files.
-        let chunk_tmp = match crate::layer::is_small(entries) {
-            true => None,
-            false => Some(ctx.store.temp_dir("chunks")?),
-        };
-        let chunk_cache = match &chunk_tmp {
-            Some(tmp) => Some(crate::cache::store_chunk_cache(ctx.store, tmp.path())?),
-            None => None,
-        };
-        let opts = WriteOptions {
-            compression: ctx.req.compression,
-            source_date_epoch: ctx.req.source_date_epoch,
-            threads: 0,
-            chunk_cache,
-            known_files,
-        };
-        let info = {
-            // Bytes and throughput while a big layer is compressed and stored.
-            let mut counted = ProgressWriter {
-                inner: &mut blob,
-                handle,
-                written: 0,
-                reported: 0,
-            };
-            write_prepared(entries, &mut counted, &opts).context("writing the layer")?
-        };
-        let c = info.chunks;
-        if c.reused > 0 {
-            let line = format!(
-                "layer chunks: {} of {} reused ({} resumed without reading their files), {} compressed\n",
-                c.reused, c.chunks, c.resumed, c.compressed
-            );
-            handle.log(crate::progress::Stream::Stderr, line.as_bytes());
-        }
-        let stored = blob
-            .commit_verified(&info.digest, Some(info.size))
-            .context("storing the layer blob")?;
-        handle.progress(stored.size, Some(stored.size), crate::progress::Unit::Bytes);
-        Ok(LayerRef {
-            digest: stored.digest,
-            diff_id: info.diff_id,
-            size: stored.size,
-            media_type: info.media_type.to_string(),
-        })
     }
 
     /// COPY/ADD key: what the sources are (a `--from` identity, URL
@@ -653,31 +589,6 @@ impl StageState {
         for i in std::mem::take(&mut self.undated) {
             self.config.history[i].created = Some(fallback.clone());
         }
-    }
-}
-
-/// Passes bytes through, reporting the running total every MiB.
-struct ProgressWriter<'a, W: std::io::Write> {
-    inner: &'a mut W,
-    handle: &'a StepHandle,
-    written: u64,
-    reported: u64,
-}
-
-impl<W: std::io::Write> std::io::Write for ProgressWriter<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.written += n as u64;
-        if self.written - self.reported >= 1 << 20 {
-            self.reported = self.written;
-            self.handle
-                .progress(self.written, None, crate::progress::Unit::Bytes);
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
     }
 }
 

@@ -59,6 +59,9 @@ pub struct ChunkCache {
     dir: PathBuf,
     tmp: PathBuf,
     blob_path: BlobResolver,
+    /// A seeding still running, whose verified chunks a lookup may wait
+    /// for (`chunkseed_feed.rs`).
+    feed: Option<Arc<super::chunkseed_feed::SeedFeed>>,
 }
 
 impl fmt::Debug for ChunkCache {
@@ -102,7 +105,7 @@ pub(crate) struct Hit<B = Vec<u8>> {
 }
 
 impl<B> Hit<B> {
-    fn with_bytes<C>(self, bytes: C) -> Hit<C> {
+    pub(crate) fn with_bytes<C>(self, bytes: C) -> Hit<C> {
         Hit {
             blob: self.blob,
             offset: self.offset,
@@ -174,6 +177,16 @@ impl ChunkCache {
             dir,
             tmp,
             blob_path,
+            feed: None,
+        }
+    }
+
+    /// The same cache, whose lookups also take chunks from a seeding
+    /// that is still running.
+    pub fn with_feed(self, feed: Arc<super::chunkseed_feed::SeedFeed>) -> ChunkCache {
+        ChunkCache {
+            feed: Some(feed),
+            ..self
         }
     }
 
@@ -189,6 +202,34 @@ impl ChunkCache {
 
     fn record_path(&self, key: &[u8; 32]) -> PathBuf {
         self.dir.join(hex::encode(key))
+    }
+
+    /// The compressed bytes of the chunk with this key, if a record points
+    /// to bytes that are still there and match its CRC, or a running
+    /// seeding delivers it (waiting for it while the seeding's index
+    /// claims it).
+    pub(crate) fn lookup(&self, key: &[u8; 32]) -> Option<Hit> {
+        self.lookup_record(key).or_else(|| self.fed(key))
+    }
+
+    /// The chunk a running seeding delivers under `key` (waiting for it
+    /// while the seeding's index claims it), or, once the seeding ended,
+    /// its record. None without a feed.
+    pub(crate) fn fed(&self, key: &[u8; 32]) -> Option<Hit> {
+        let feed = self.feed.as_ref()?;
+        if let Some(hit) = feed.take(key) {
+            return Some(hit);
+        }
+        // Ended meanwhile: what it verified is recorded now.
+        self.lookup_record(key)
+    }
+
+    /// The write stopped resuming (`chunked_resume.rs`): a running
+    /// seeding need not compute hash states any more.
+    pub(crate) fn resume_ended(&self) {
+        if let Some(f) = &self.feed {
+            f.end_resume();
+        }
     }
 
     /// The record of `key`, its compressed length and its blob's path.
@@ -219,7 +260,7 @@ impl ChunkCache {
 
     /// The compressed bytes of the chunk with this key, if a record points
     /// to bytes that are still there and match its CRC.
-    pub(crate) fn lookup(&self, key: &[u8; 32]) -> Option<Hit> {
+    fn lookup_record(&self, key: &[u8; 32]) -> Option<Hit> {
         let (hit, len, path) = self.find(key)?;
         let mut blob = File::open(path).ok()?;
         // Read into spare capacity: zeroing up to 4 MiB first, only for

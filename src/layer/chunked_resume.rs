@@ -25,6 +25,38 @@ use crate::layer::blobrange::BlobRange;
 use crate::layer::chunkcache::{Hit, KeyHasher, NewChunk, RangeReader};
 use crate::layer::midsha::MidSha256;
 
+/// A resumed chunk's compressed bytes: a range of a stored blob, or in
+/// memory from a seeding that still runs (`chunkseed_feed.rs`).
+pub(super) enum Resumed {
+    Range(BlobRange),
+    Mem(Vec<u8>),
+}
+
+impl<B> Hit<B> {
+    fn map_bytes<C>(self, f: impl FnOnce(B) -> C) -> Hit<C> {
+        let Hit {
+            blob,
+            offset,
+            crc,
+            ulen,
+            ucrc,
+            tar_off,
+            states,
+            bytes,
+        } = self;
+        Hit {
+            blob,
+            offset,
+            crc,
+            ulen,
+            ucrc,
+            tar_off,
+            states,
+            bytes: f(bytes),
+        }
+    }
+}
+
 /// A piece of a described chunk.
 enum Part {
     Lit(Vec<u8>),
@@ -173,6 +205,15 @@ impl<W: ChunkOut> ChunkedWriter<W> {
             (Some(c), Some(r)) => c.lookup_range(&key, &mut r.reader),
             _ => None,
         };
+        let found = match found {
+            Some((hit, tail)) => Some((hit.map_bytes(Resumed::Range), tail)),
+            // A chunk a running seeding delivers (in memory, not yet in a
+            // stored blob: `chunkseed_feed.rs`).
+            None => self.cache.as_ref().and_then(|c| c.fed(&key)).map(|hit| {
+                let tail = hit.bytes[hit.bytes.len().saturating_sub(64)..].to_vec();
+                (hit.map_bytes(Resumed::Mem), tail)
+            }),
+        };
         if let Some((hit, tail)) = found {
             if let Some(states) = self.chains(&hit) {
                 self.resume_chunk(key, hit, &tail, states)?;
@@ -182,6 +223,9 @@ impl<W: ChunkOut> ChunkedWriter<W> {
         let Some(r) = self.resume.take() else {
             return Ok(false);
         };
+        if let Some(c) = &self.cache {
+            c.resume_ended();
+        }
         self.start_hashes(&r)?;
         self.materialize(r)?;
         self.next_key = Some(key);
@@ -208,11 +252,14 @@ impl<W: ChunkOut> ChunkedWriter<W> {
     fn resume_chunk(
         &mut self,
         key: [u8; 32],
-        hit: Hit<BlobRange>,
+        hit: Hit<Resumed>,
         tail: &[u8],
         states: ([u32; 8], [u32; 8]),
     ) -> io::Result<()> {
-        let len = hit.bytes.len() as u64;
+        let len = match &hit.bytes {
+            Resumed::Range(r) => r.len() as u64,
+            Resumed::Mem(v) => v.len() as u64,
+        };
         let chunk = NewChunk {
             key,
             offset: self.offset,
@@ -224,7 +271,11 @@ impl<W: ChunkOut> ChunkedWriter<W> {
             states: Some(states),
         };
         self.new_chunks.push((self.cut_count, chunk));
-        self.out()?.put_range(hit.bytes)?;
+        let blob = hit.blob;
+        match hit.bytes {
+            Resumed::Range(r) => self.out()?.put_range(r)?,
+            Resumed::Mem(v) => self.out()?.put(Arc::new(v))?,
+        }
         self.offset += len;
         self.cut_bytes += hit.ulen;
         self.cut_count += 1;
@@ -237,7 +288,7 @@ impl<W: ChunkOut> ChunkedWriter<W> {
             r.parts.clear();
             r.len = 0;
             r.chain = Some(Chain {
-                blob: hit.blob,
+                blob,
                 tar_state: states.0,
                 blob_state: states.1,
             });

@@ -26,6 +26,7 @@ use std::path::Path;
 
 use super::chunkcache::{ChunkCache, NewChunk};
 use super::chunked::Codec;
+use super::chunkseed_feed::SeedFeed;
 pub use super::chunkseed_stream::Seeded;
 use crate::oci::Compression;
 
@@ -137,6 +138,12 @@ pub fn local_index(cache: &ChunkCache, digest: &str) -> Option<Vec<u8>> {
     let first = bytes.split(|b| *b == b'\n').next()?;
     let mut words = std::str::from_utf8(first).ok()?.split(' ');
     (words.next()? == INDEX_VERSION && words.next()? == digest).then_some(bytes)
+}
+
+/// The keys the index of the blob `digest` claims (untrusted: only a
+/// hint of which chunks a seeding may deliver).
+pub fn claimed_keys(index: &[u8], digest: &str) -> Result<Vec<[u8; 32]>, ChunkIndexError> {
+    Ok(parse(index, digest)?.1.into_iter().map(|c| c.key).collect())
 }
 
 /// Parses an index of the blob `digest`; returns its codec tag and chunks.
@@ -263,6 +270,23 @@ pub fn seed_reader(
     compression: Compression,
     keys: SeedKeys,
 ) -> Result<Seeded, ChunkIndexError> {
+    seed_reader_fed(index, digest, size, body, out, compression, keys, None)
+}
+
+/// [`seed_reader`] that also hands each verified chunk to `feed` the
+/// moment it is known, for a layer write running at the same time
+/// (`chunkseed_feed.rs`).
+#[allow(clippy::too_many_arguments)]
+pub fn seed_reader_fed(
+    index: &[u8],
+    digest: &str,
+    size: u64,
+    body: &mut dyn Read,
+    out: &mut dyn Write,
+    compression: Compression,
+    keys: SeedKeys,
+    feed: Option<&SeedFeed>,
+) -> Result<Seeded, ChunkIndexError> {
     let (tag, chunks) = parse(index, digest)?;
     let listed = chunks.len();
     let codec = codec_of(compression).filter(|c| c.cache_tag() == tag);
@@ -272,8 +296,9 @@ pub fn seed_reader(
         Some(c) => (c, chunks),
         None => (Codec::Gzip(0), Vec::new()),
     };
-    let mut seeded =
-        super::chunkseed_stream::seed_stream(chunks, codec, &tag, keys, digest, size, body, out)?;
+    let mut seeded = super::chunkseed_stream::seed_stream(
+        chunks, codec, &tag, keys, digest, size, body, out, feed,
+    )?;
     seeded.stats.listed = listed;
     Ok(seeded)
 }

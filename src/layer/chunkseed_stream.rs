@@ -22,6 +22,7 @@ use super::chunkcache::{ChunkCache, NewChunk};
 use super::chunked::Codec;
 use super::chunkseed::{verify_chunk, ChunkIndexError, SeedKeys, SeedStats, MAX_CHUNK_BYTES};
 use super::chunkseed_desc::Describer;
+use super::chunkseed_feed::SeedFeed;
 use super::midsha::MidSha256;
 
 /// One listed chunk's bytes, cut from the stream, for a worker.
@@ -39,6 +40,8 @@ struct Checked {
     index: usize,
     blob_state: [u32; 8],
     good: Option<(NewChunk, Vec<u8>)>,
+    /// The chunk's compressed bytes, kept only for a feed.
+    bytes: Vec<u8>,
 }
 
 /// What a streamed seeding found, to record once the blob is committed.
@@ -80,6 +83,7 @@ pub(super) fn seed_stream(
     size: u64,
     body: &mut dyn Read,
     out: &mut dyn Write,
+    feed: Option<&SeedFeed>,
 ) -> Result<Seeded, ChunkIndexError> {
     let listed = chunks.len();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
@@ -88,11 +92,12 @@ pub(super) fn seed_stream(
     let (read, followed) = std::thread::scope(|s| {
         for _ in 0..threads {
             let (rx, tx) = (job_rx.clone(), res_tx.clone());
-            s.spawn(move || verifier(rx, tx, codec, tag, keys.bytes));
+            let keep = feed.is_some();
+            s.spawn(move || verifier(rx, tx, codec, tag, keys.bytes, keep));
         }
         let refused = res_tx.clone();
         drop((job_rx, res_tx));
-        let follower = s.spawn(move || follow(res_rx, tag, keys));
+        let follower = s.spawn(move || follow(res_rx, tag, keys, Publish { feed, digest }));
         let read = read_and_cut(body, out, chunks, size, job_tx, refused);
         let followed = follower.join();
         (read, followed)
@@ -141,6 +146,7 @@ fn read_and_cut(
             index,
             blob_state: [0; 8],
             good: None,
+            bytes: Vec::new(),
         });
     };
     let mut hash = MidSha256::new();
@@ -204,14 +210,26 @@ fn read_and_cut(
     }
 }
 
-fn verifier(jobs: Receiver<Job>, out: Sender<Checked>, codec: Codec, tag: &str, key: bool) {
+fn verifier(
+    jobs: Receiver<Job>,
+    out: Sender<Checked>,
+    codec: Codec,
+    tag: &str,
+    key: bool,
+    keep_bytes: bool,
+) {
     let mut gz = super::chunkseed::Gunzip::new();
     for job in jobs {
         let good = verify_chunk(codec, tag, job.entry, &job.bytes, &mut gz, key);
+        let bytes = match keep_bytes && good.is_some() {
+            true => job.bytes,
+            false => Vec::new(),
+        };
         let checked = Checked {
             index: job.index,
             blob_state: job.blob_state,
             good,
+            bytes,
         };
         if out.send(checked).is_err() {
             return;
@@ -223,19 +241,30 @@ fn verifier(jobs: Receiver<Job>, out: Sender<Checked>, codec: Codec, tag: &str, 
 /// the unbroken prefix. Returns the records (by bytes key and/or
 /// description key, as `keys` asks), the chunks verified, and how many of
 /// them carry states and a key a layer write resumes by.
-fn follow(results: Receiver<Checked>, tag: &str, keys: SeedKeys) -> (Vec<NewChunk>, usize, usize) {
+fn follow(
+    results: Receiver<Checked>,
+    tag: &str,
+    keys: SeedKeys,
+    publish: Publish<'_>,
+) -> (Vec<NewChunk>, usize, usize) {
     let mut waiting = BTreeMap::new();
     let mut next = 0usize;
     let mut tar = MidSha256::new();
+    // The tar's length so far, and whether its hash is still worth it: a
+    // write that stopped resuming needs no more states.
+    let (mut tar_len, mut hashing) = (0u64, true);
     let mut unbroken = true;
     let mut desc = Describer::new(tag);
     if !keys.described {
         desc.break_off();
     }
     let mut good: Vec<NewChunk> = Vec::new();
-    // Chunk index → its place in `good`, for chunks with states.
+    // Chunk index → its place in `good`, for chunks of the described
+    // prefix that end on a 64-byte boundary (so a write may resume there).
     let mut keyed = std::collections::HashMap::new();
     let mut desc_keys = Vec::new();
+    // Compressed bytes of chunks whose description key is still to come.
+    let mut unkeyed: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
     for r in results {
         waiting.insert(r.index, r);
         while let Some(r) = waiting.remove(&next) {
@@ -243,24 +272,51 @@ fn follow(results: Receiver<Checked>, tag: &str, keys: SeedKeys) -> (Vec<NewChun
             let Some((mut c, data)) = r.good else {
                 unbroken = false;
                 desc.break_off();
+                unkeyed.clear();
                 continue;
             };
+            let bytes = r.bytes;
             // The chain holds while chunks follow each other from byte 0.
             unbroken &= c.offset == blob_len(&good, unbroken);
             if unbroken {
-                c.tar_off = tar.len();
-                tar.update(&data);
+                c.tar_off = tar_len;
+                tar_len += data.len() as u64;
+                hashing &= !publish.feed.is_some_and(|f| f.resume_over());
+                if hashing {
+                    tar.update(&data);
+                }
                 desc.feed(&data);
                 desc.end_chunk(r.index);
-                if tar.len().is_multiple_of(64) {
-                    c.states = Some((tar.state(), r.blob_state));
+                if tar_len.is_multiple_of(64) {
+                    if hashing {
+                        c.states = Some((tar.state(), r.blob_state));
+                    }
                     keyed.insert(r.index, good.len());
                 }
             } else {
                 desc.break_off();
             }
+            if keys.bytes {
+                publish.chunk(&c, bytes);
+            } else if publish.feed.is_some() && keyed.contains_key(&r.index) {
+                unkeyed.insert(r.index, bytes);
+            }
             good.push(c);
-            desc_keys.extend(desc.take_keys());
+            let new_keys = desc.take_keys();
+            for (index, key) in &new_keys {
+                if let (Some(&at), Some(bytes)) = (keyed.get(index), unkeyed.remove(index)) {
+                    publish.chunk(
+                        &NewChunk {
+                            key: *key,
+                            ..good[at].clone()
+                        },
+                        bytes,
+                    );
+                }
+                // Chunks before it will get no key any more.
+                unkeyed = unkeyed.split_off(&(index + 1));
+            }
+            desc_keys.extend(new_keys);
         }
     }
     let seeded = good.len();
@@ -276,12 +332,38 @@ fn follow(results: Receiver<Checked>, tag: &str, keys: SeedKeys) -> (Vec<NewChun
                 key,
                 ..good[at].clone()
             });
-            if !keys.bytes {
+            if !keys.bytes && good[at].states.is_some() {
                 resumable += 1;
             }
         }
     }
     (records, seeded, resumable)
+}
+
+/// Where verified chunks go while the seeding runs, if anywhere.
+struct Publish<'a> {
+    feed: Option<&'a SeedFeed>,
+    digest: &'a str,
+}
+
+impl Publish<'_> {
+    fn chunk(&self, c: &NewChunk, bytes: Vec<u8>) {
+        let Some(feed) = self.feed else { return };
+        if bytes.len() as u64 != c.len {
+            return;
+        }
+        let hit = super::chunkcache::Hit {
+            blob: self.digest.to_string(),
+            offset: c.offset,
+            crc: c.crc,
+            ulen: c.ulen,
+            ucrc: c.ucrc,
+            tar_off: c.tar_off,
+            states: c.states,
+            bytes,
+        };
+        feed.publish(c.key, hit);
+    }
 }
 
 /// Where the next chunk must start for the chain to hold: the end of the

@@ -14,6 +14,7 @@ mod chunkcache;
 mod chunked;
 mod chunkseed;
 mod chunkseed_desc;
+mod chunkseed_feed;
 mod chunkseed_stream;
 mod compress;
 mod entry;
@@ -33,9 +34,10 @@ pub use changeset::{changeset_from_overlay_upper, diff_trees};
 pub use chunkcache::{chunk_record_blob, BlobResolver, ChunkCache};
 pub use chunked::ChunkStats;
 pub use chunkseed::{
-    local_index, seed as seed_chunks, seed_reader, unseeded, ChunkIndexError, SeedKeys, SeedStats,
-    Seeded, MAX_INDEX_BYTES,
+    claimed_keys, local_index, seed as seed_chunks, seed_reader, seed_reader_fed, unseeded,
+    ChunkIndexError, SeedKeys, SeedStats, Seeded, MAX_INDEX_BYTES,
 };
+pub use chunkseed_feed::{FeedGuard, SeedFeed};
 pub use compress::{write_layer, write_prepared, LayerInfo, WriteOptions};
 pub use entry::{
     EntryKind, FileSource, LayerEntry, PreparedEntries, Timespec, OPAQUE_MARKER, WHITEOUT_PREFIX,

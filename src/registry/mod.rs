@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod pull;
 pub mod push;
 pub mod settings;
+pub mod stream;
 pub mod tls;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -52,6 +53,7 @@ pub use known::BlobLocations;
 pub use pull::{pull, PullOptions, PulledImage};
 pub use push::{push, upload_blob, BlobOutcome, PushOptions, PushReport};
 pub use settings::Settings;
+pub use stream::{upload_streamed, Streamed};
 
 /// Check `password` for `user` against `registry` (a registry name such
 /// as `docker.io` or `host:port`) and store it in docker's config.json.

@@ -86,7 +86,30 @@ fn push_uploads_layers_while_later_steps_run() {
     let (log, digest) = (built.log, built.digest);
     let early = count_before(&log, "layer(s) uploaded while the build ran").expect(&log);
     assert!(early >= 2, "{log}");
+    // The big layers (busybox's, the tree's) went up while written,
+    // committed under the digest rbuild computed, which the registry
+    // checked against the bytes it received.
+    let streamed = count_before(&log, "streamed as written").expect(&log);
+    assert!(streamed >= 1, "{log}");
     assert!(log.contains(&format!("pushed {app}@{digest}")), "{log}");
+    if let Some(skopeo) = tool("skopeo", "skopeo") {
+        // skopeo reads the pushed image and copies it, every blob
+        // verified against its digest.
+        let remote = format!("docker://{app}");
+        let inspect = common::run_ok(std::process::Command::new(&skopeo).args([
+            "inspect",
+            "--tls-verify=false",
+            &remote,
+        ]));
+        assert!(inspect.contains(&digest), "{inspect}");
+        let oci = format!("oci:{}:copy", env.path("copied").display());
+        common::run_ok(std::process::Command::new(&skopeo).args([
+            "copy",
+            "--src-tls-verify=false",
+            &remote,
+            &oci,
+        ]));
+    }
     // What the registry holds is the image, every blob verified on pull.
     let fresh = Env::new();
     let out = fresh.rbuild_ok(&["pull", &app]);
@@ -95,6 +118,9 @@ fn push_uploads_layers_while_later_steps_run() {
     assert!(inspect.contains(&digest[7..]), "{inspect}");
 }
 
+/// The tree's layer is streamed to the registry while it is written (and
+/// committed there as a blob), then the RUN fails: the build exits with
+/// the step's code and no tag names anything.
 #[test]
 fn a_push_overlapping_a_failing_step_tags_nothing() {
     if tool("docker-registry", "docker-registry").is_none() || !require_root("RUN steps") {

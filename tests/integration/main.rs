@@ -25,6 +25,7 @@ mod build_upper_snapshots;
 mod cache_ci_job;
 mod cache_mounts;
 mod cache_seed;
+mod cache_seed_overlap;
 mod cache_travel;
 mod check_corpus;
 mod cli;

@@ -1,0 +1,157 @@
+//! A blob uploaded while it is written: the OCI chunked upload (`POST` a
+//! session, one `PATCH` whose body is the blob as the writer produces it,
+//! sent with chunked transfer encoding since its length is not known yet,
+//! then `PUT ?digest=` with no body once the writer has computed the
+//! digest). The registry hashes what it received and refuses a `PUT`
+//! whose digest does not match, so a session never commits other bytes
+//! than the blob's.
+//!
+//! Nothing here retries: a streamed body cannot be sent twice. A failure
+//! is returned, and the caller uploads the stored blob the usual way
+//! (`upload_blob`: HEAD first, retries). A session left behind (abandoned
+//! or failed) is harmless: the registry expires it unfinished.
+
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use reqwest::blocking::Body;
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use reqwest::StatusCode;
+
+use super::client::{scope, Registry};
+use super::settings::Settings;
+use crate::oci::Reference;
+
+/// What became of a streamed upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Streamed {
+    /// The registry committed the blob under the digest given.
+    Committed,
+    /// No digest was given (the blob was not kept): nothing committed.
+    Abandoned,
+}
+
+/// Streams `body` into a new upload session of `dest`'s repository, then
+/// asks `digest_of` for the digest the writer computed (None: the blob
+/// was not kept) and commits the session under it. `cancel` stops the
+/// body with an error, so the registry never commits it.
+pub fn upload_streamed(
+    settings: &Settings,
+    dest: &Reference,
+    body: Box<dyn Read + Send>,
+    cancel: Arc<AtomicBool>,
+    digest_of: impl FnOnce() -> Option<String>,
+) -> Result<Streamed> {
+    let reg = Registry::new(super::api_host(&dest.registry), settings)?;
+    let repo = &dest.repository;
+    let scopes = [scope(repo, "pull,push")];
+    let what = format!("starting a streamed upload to {dest}");
+    let resp = reg.send(&scopes, &what, true, &|c, base| {
+        c.post(format!("{base}/v2/{repo}/blobs/uploads/"))
+            .header(CONTENT_LENGTH, "0")
+    })?;
+    let resp = reg.expect_status(resp, &[StatusCode::ACCEPTED], &what)?;
+    let location = location_of(&resp, &what)?;
+    let what = format!("streaming a layer to {dest}");
+    // The body goes once: a request built again (after a 401) gets one
+    // that fails, so the session is never committed short.
+    let once = Mutex::new(Some(body));
+    let resp = reg.send(&scopes, &what, false, &|c, base| {
+        let body = once.lock().ok().and_then(|mut b| b.take());
+        let reader: Box<dyn Read + Send> = match body {
+            Some(b) => Box::new(Cancellable {
+                inner: b,
+                cancel: cancel.clone(),
+            }),
+            None => Box::new(Failing),
+        };
+        c.patch(absolute(base, &location))
+            .timeout(reg.upload_timeout(u64::MAX / 2))
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(Body::new(reader))
+    })?;
+    let resp = reg.expect_status(resp, &[StatusCode::ACCEPTED, StatusCode::NO_CONTENT], &what)?;
+    // The session's next URL (it may carry new state).
+    let location = location_of(&resp, &what).unwrap_or(location);
+    let Some(digest) = digest_of() else {
+        return Ok(Streamed::Abandoned);
+    };
+    if cancel.load(Ordering::Relaxed) {
+        bail!("{what}: cancelled");
+    }
+    let what = format!("committing streamed blob {digest} to {dest}");
+    let resp = reg.send(&scopes, &what, false, &|c, base| {
+        let url = absolute(base, &location);
+        let sep = if url.contains('?') { '&' } else { '?' };
+        c.put(format!("{url}{sep}digest={digest}"))
+            .header(CONTENT_LENGTH, "0")
+    })?;
+    let resp = reg.expect_status(resp, &[StatusCode::CREATED], &what)?;
+    if let Some(got) = resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+    {
+        if got != digest {
+            bail!("{what}: the registry computed digest {got}");
+        }
+    }
+    Ok(Streamed::Committed)
+}
+
+fn location_of(resp: &reqwest::blocking::Response, what: &str) -> Result<String> {
+    resp.headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .with_context(|| format!("{what}: the registry sent no upload Location"))
+}
+
+/// An upload URL as the registry gave it (absolute, or relative to it).
+fn absolute(base: &str, location: &str) -> String {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        location.to_string()
+    } else {
+        format!("{base}{location}")
+    }
+}
+
+struct Cancellable {
+    inner: Box<dyn Read + Send>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Read for Cancellable {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("upload cancelled"));
+        }
+        self.inner.read(buf)
+    }
+}
+
+struct Failing;
+
+impl Read for Failing {
+    fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::other(
+            "a streamed body cannot be sent a second time",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_locations_resolve_against_the_registry() {
+        assert_eq!(
+            absolute("http://h:1", "/v2/a/blobs/uploads/u?_state=x"),
+            "http://h:1/v2/a/blobs/uploads/u?_state=x"
+        );
+        assert_eq!(absolute("http://h:1", "https://o/u"), "https://o/u");
+    }
+}
