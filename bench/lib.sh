@@ -145,35 +145,39 @@ trash() {
 }
 empty_trash() { rm -rf "${BENCH_TRASH:-$BENCH_WORK.trash}"; }
 
-# fs_canary: milliseconds to create 500 empty files in a new dir next to
-# $BENCH_WORK (about 10 on a settled disk here; hundreds after a big delete).
+# fs_canary: milliseconds to create 40 dirs of 50 empty files (about 30 on a
+# settled disk here; 1,000-1,800 after a big delete). The files stay in the
+# trash: deleting them would itself slow the next canary down.
 fs_canary() {
   local d
-  d=$(mktemp -d "$(dirname "$BENCH_WORK")/rbuild-canary.XXXXXX")
+  : "${BENCH_TRASH:=$BENCH_WORK.trash}"
+  mkdir -p "$BENCH_TRASH"
+  d=$(mktemp -d "$BENCH_TRASH/canary.XXXXXX")
   python3 - "$d" <<'CANARY'
 import os, sys, time
 d = sys.argv[1]; t = time.monotonic()
-for i in range(500):
-    os.close(os.open(os.path.join(d, "f%d" % i), os.O_CREAT | os.O_WRONLY, 0o644))
+for j in range(40):
+    p = os.path.join(d, "d%d" % j); os.mkdir(p)
+    for i in range(50):
+        os.close(os.open(os.path.join(p, "f%d" % i), os.O_CREAT | os.O_WRONLY, 0o644))
 print(int((time.monotonic() - t) * 1000))
 CANARY
-  rm -rf "$d"
 }
 
-# settle: waits (up to SETTLE_MAX seconds, default 420) until fs_canary is
-# under SETTLE_MS (default 50); prints the last canary to stderr and sets
+# settle: waits (up to SETTLE_MAX seconds, default 600) until fs_canary is
+# under SETTLE_MS (default 100); prints the last canary to stderr and sets
 # SETTLED_MS for the report.
 settle() {
   local waited=0 ms
   while :; do
     ms=$(fs_canary)
-    [ "$ms" -le "${SETTLE_MS:-50}" ] && break
-    [ "$waited" -ge "${SETTLE_MAX:-420}" ] && { echo "fs not settled after ${waited} s (canary $ms ms); measuring anyway" >&2; break; }
+    [ "$ms" -le "${SETTLE_MS:-100}" ] && break
+    [ "$waited" -ge "${SETTLE_MAX:-600}" ] && { echo "fs not settled after ${waited} s (canary $ms ms); measuring anyway" >&2; break; }
     echo "fs canary $ms ms (recent deletions): waiting…" >&2
-    sleep 20; waited=$((waited + 20))
+    sleep 30; waited=$((waited + 30))
   done
   SETTLED_MS=$ms
-  echo "fs canary: $ms ms for 500 files" >&2
+  echo "fs canary: $ms ms for 2,000 files" >&2
 }
 
 # big_context DIR: the `big` scenario's context (bench/cache, bench/peers'

@@ -173,7 +173,7 @@ cat <<HDR
 
 big: $files files, $mb MB; $rounds rounds (no-op: $((rounds * noop_runs)) builds), medians
 load average before: $load_before   after: $load_after   ($(nproc) CPUs)
-fs canary (ms to create 500 files; ~10 settled): before $canary_before, after $canary_after
+fs canary (ms to create 2,000 files in 40 dirs; ~30 settled): before $canary_before, after $canary_after
 wall s / CPU s (user+sys; BuildKit: client + dockerd/containerd cgroup)
 
 | what | rbuild | BuildKit | buildah | reference |
