@@ -34,7 +34,10 @@ repo=$(cd "$here/../.." && pwd)
 export BENCH_WORK=${BENCH_WORK:-/tmp/rbuild-bench-cache}
 source "$repo/bench/lib.sh"
 work=$BENCH_WORK
-rm -rf "$work"; mkdir -p "$work/ctx"
+# Nothing is deleted while anything is measured (`trash` in bench/lib.sh:
+# this VM's journal-less ext4 bills deletions to the next file creations);
+# every job gets a store (or dockerd data root) of its own.
+trash "$work"; mkdir -p "$work/ctx"
 if [ -n "${1:-}" ]; then
   rbuild=$1
 else
@@ -53,7 +56,14 @@ docker-registry serve "$work/registry/config.yml" >"$work/registry/log" 2>&1 &
 REGISTRY_PID=$!
 for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$REGISTRY_PORT") 2>/dev/null && break; sleep 0.1; done
 reg="127.0.0.1:$REGISTRY_PORT"
-cleanup() { stop_dockerd || true; kill "$REGISTRY_PID" 2>/dev/null || true; }
+cleanup() {
+  stop_dockerd || true; kill "$REGISTRY_PID" 2>/dev/null || true
+  local s # buildah's stores hold mounts until its rmi
+  for s in "$work"/bh-*; do
+    [ -d "$s" ] && buildah --root "$s/root" --runroot "$s/run" --storage-driver overlay rmi --all --force >/dev/null 2>&1
+  done
+  trash "$work"; empty_trash
+}
 trap cleanup EXIT
 
 log_mark() { wc -l < "$work/registry/log"; }
@@ -89,7 +99,8 @@ cp "$work/ctx/tree/$changed_file" "$work/orig-file"
 change_one() { printf '\n// changed\n' >> "$work/ctx/tree/$changed_file"; }
 restore_one() { cp "$work/orig-file" "$work/ctx/tree/$changed_file"; }
 
-printf 'load before: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
+settle
+printf 'load before: %s   fs canary: %s ms\n' "$(cut -d' ' -f1-3 /proc/loadavg)" "$SETTLED_MS"
 printf '%-10s %-10s %8s %12s %12s\n' builder job "secs" "layers MB" "all MB"
 
 # rbuild ------------------------------------------------------------------
@@ -102,13 +113,13 @@ if [ "${SKIP_RBUILD:-}" != 1 ]; then
     m=$(log_mark); t=$(now)
     rb "$work/rb-seed" --cache-to "$cache,mode=max" --push -t "$reg/app:r"
     record rbuild seed "$(elapsed "$t")" "$m"
-    rm -rf "$work/rb-ci"; m=$(log_mark); t=$(now)
-    rb "$work/rb-ci" --cache-from "$cache" "${to[@]}" --push -t "$reg/app:r"
+    m=$(log_mark); t=$(now)
+    rb "$work/rb-ci-unchanged" --cache-from "$cache" "${to[@]}" --push -t "$reg/app:r"
     record rbuild unchanged "$(elapsed "$t")" "$m"
     cp "$work/rb.log" "$work/rb-unchanged.log"
     change_one
-    rm -rf "$work/rb-ci"; m=$(log_mark); t=$(now)
-    rb "$work/rb-ci" --cache-from "$cache" "${to[@]}" --push -t "$reg/app:r"
+    m=$(log_mark); t=$(now)
+    rb "$work/rb-ci-one-file" --cache-from "$cache" "${to[@]}" --push -t "$reg/app:r"
     record rbuild one-file "$(elapsed "$t")" "$m"
     cp "$work/rb.log" "$work/rb-one-file.log"
     # The local references: the seed's warm store, the same one-file
@@ -128,7 +139,6 @@ if [ "${SKIP_RBUILD:-}" != 1 ]; then
     record rbuild local-1f-push "$(elapsed "$t")" "$m"
     cp "$work/rb.log" "$work/rb-local-1f-push.log"
     restore_one
-    rm -rf "$work/rb-seed" "$work/rb-ci"
   else
     echo "rbuild: not measured ($rbuild has no --cache-from)" >&2
   fi
@@ -145,35 +155,31 @@ if [ "${SKIP_BUILDAH:-}" != 1 ] && command -v buildah >/dev/null; then
     buildah "${f[@]}" push --tls-verify=false "$reg/app:b" >>"$work/bh.log" 2>&1 \
       || { tail -30 "$work/bh.log" >&2; return 1; }
   }
-  bh_rm() { buildah --root "$1/root" --runroot "$1/run" --storage-driver overlay rm --all >/dev/null 2>&1 || true
-            buildah --root "$1/root" --runroot "$1/run" --storage-driver overlay rmi --all --force >/dev/null 2>&1 || true
-            rm -rf "$1"; }
   to=(); [ "${CACHE_TO:-}" = 1 ] && to=(--cache-to "$bcache")
   restore_one; m=$(log_mark); t=$(now)
   bh "$work/bh-seed" --cache-to "$bcache"
   record buildah seed "$(elapsed "$t")" "$m"
-  bh_rm "$work/bh-seed"
   m=$(log_mark); t=$(now)
-  bh "$work/bh-ci" --cache-from "$bcache" "${to[@]}"
+  bh "$work/bh-ci-unchanged" --cache-from "$bcache" "${to[@]}"
   record buildah unchanged "$(elapsed "$t")" "$m"
-  bh_rm "$work/bh-ci"
   change_one; m=$(log_mark); t=$(now)
-  bh "$work/bh-ci" --cache-from "$bcache" "${to[@]}"
+  bh "$work/bh-ci-one-file" --cache-from "$bcache" "${to[@]}"
   record buildah one-file "$(elapsed "$t")" "$m"
-  bh_rm "$work/bh-ci"
   restore_one
 fi
 
 # BuildKit ----------------------------------------------------------------
 if [ "${SKIP_BUILDKIT:-}" != 1 ]; then
+  kb_n=0
   kb() { # a fresh dockerd per job, as a fresh runner; rest: build args
-    start_dockerd "$work/dockerd" "\"$reg\"" || { echo "BuildKit: dockerd unavailable" >&2; return 1; }
+    kb_n=$((kb_n + 1))
+    start_dockerd "$work/dockerd-$kb_n" "\"$reg\"" || { echo "BuildKit: dockerd unavailable" >&2; return 1; }
     local t0; t0=$(now)
     /usr/bin/docker build --network host --build-arg BUILDKIT_INLINE_CACHE=1 "$@" \
       -t "$reg/app:k" "$work/ctx" >"$work/kb.log" 2>&1 || { tail -30 "$work/kb.log" >&2; return 1; }
     /usr/bin/docker push "$reg/app:k" >>"$work/kb.log" 2>&1 || { tail -30 "$work/kb.log" >&2; return 1; }
     KB_SECS=$(elapsed "$t0")
-    stop_dockerd; rm -rf "$work/dockerd"
+    stop_dockerd
   }
   restore_one; m=$(log_mark)
   if kb; then
