@@ -62,7 +62,7 @@ cleanup() {
   for s in "$work"/bh-*; do
     [ -d "$s" ] && buildah --root "$s/root" --runroot "$s/run" --storage-driver overlay rmi --all --force >/dev/null 2>&1
   done
-  trash "$work"; empty_trash
+  [ "${KEEP:-}" = 1 ] || { trash "$work"; empty_trash; }
 }
 trap cleanup EXIT
 
