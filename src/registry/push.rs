@@ -309,17 +309,7 @@ fn upload_once(
     let digest = &d.digest;
     let scopes = [scope(repo, "pull,push")];
     let what = format!("starting upload of blob {digest} to {dest}");
-    let resp = reg.send(&scopes, &what, false, &|c, base| {
-        c.post(format!("{base}/v2/{repo}/blobs/uploads/"))
-            .header(CONTENT_LENGTH, "0")
-    })?;
-    let resp = reg.expect_status(resp, &[StatusCode::ACCEPTED], &what)?;
-    let location = resp
-        .headers()
-        .get(LOCATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .with_context(|| format!("{what}: the registry sent no upload Location"))?;
+    let location = start_upload(reg, &scopes, repo, false, &what)?;
     let size = store
         .blob_size(digest)
         .with_context(|| format!("reading size of blob {digest}"))?;
@@ -355,6 +345,40 @@ fn upload_once(
             .body(body)
     })?;
     let resp = reg.expect_status(resp, &[StatusCode::CREATED], &what)?;
+    check_committed_digest(&resp, digest, &what)
+}
+
+/// Opens an upload session (`POST …/blobs/uploads/`): its Location.
+pub(super) fn start_upload(
+    reg: &Registry,
+    scopes: &[String],
+    repo: &str,
+    retry: bool,
+    what: &str,
+) -> Result<String> {
+    let resp = reg.send(scopes, what, retry, &|c, base| {
+        c.post(format!("{base}/v2/{repo}/blobs/uploads/"))
+            .header(CONTENT_LENGTH, "0")
+    })?;
+    let resp = reg.expect_status(resp, &[StatusCode::ACCEPTED], what)?;
+    upload_location(&resp, what)
+}
+
+/// The upload session's URL a registry answered with.
+pub(super) fn upload_location(resp: &reqwest::blocking::Response, what: &str) -> Result<String> {
+    resp.headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .with_context(|| format!("{what}: the registry sent no upload Location"))
+}
+
+/// A committed upload's digest as the registry computed it, when it says.
+pub(super) fn check_committed_digest(
+    resp: &reqwest::blocking::Response,
+    digest: &str,
+    what: &str,
+) -> Result<()> {
     if let Some(got) = resp
         .headers()
         .get("docker-content-digest")
@@ -368,14 +392,19 @@ fn upload_once(
 }
 
 /// The upload URL (absolute or relative to the registry) plus `digest=`.
-fn put_url(base: &str, location: &str, digest: &str) -> String {
-    let abs = if location.starts_with("http://") || location.starts_with("https://") {
+pub(super) fn put_url(base: &str, location: &str, digest: &str) -> String {
+    let abs = absolute_url(base, location);
+    let sep = if abs.contains('?') { '&' } else { '?' };
+    format!("{abs}{sep}digest={digest}")
+}
+
+/// An upload URL as the registry gave it (absolute, or relative to it).
+pub(super) fn absolute_url(base: &str, location: &str) -> String {
+    if location.starts_with("http://") || location.starts_with("https://") {
         location.to_string()
     } else {
         format!("{base}{location}")
-    };
-    let sep = if abs.contains('?') { '&' } else { '?' };
-    format!("{abs}{sep}digest={digest}")
+    }
 }
 
 struct Progress<R> {

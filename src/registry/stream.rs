@@ -15,12 +15,13 @@ use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use reqwest::blocking::Body;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::StatusCode;
 
 use super::client::{scope, Registry};
+use super::push::{absolute_url, check_committed_digest, put_url, start_upload, upload_location};
 use super::settings::Settings;
 use crate::oci::Reference;
 
@@ -48,12 +49,7 @@ pub fn upload_streamed(
     let repo = &dest.repository;
     let scopes = [scope(repo, "pull,push")];
     let what = format!("starting a streamed upload to {dest}");
-    let resp = reg.send(&scopes, &what, true, &|c, base| {
-        c.post(format!("{base}/v2/{repo}/blobs/uploads/"))
-            .header(CONTENT_LENGTH, "0")
-    })?;
-    let resp = reg.expect_status(resp, &[StatusCode::ACCEPTED], &what)?;
-    let location = location_of(&resp, &what)?;
+    let location = start_upload(&reg, &scopes, repo, true, &what)?;
     let what = format!("streaming a layer to {dest}");
     // The body goes once: a request built again (after a 401) gets one
     // that fails, so the session is never committed short.
@@ -67,14 +63,14 @@ pub fn upload_streamed(
             }),
             None => Box::new(Failing),
         };
-        c.patch(absolute(base, &location))
+        c.patch(absolute_url(base, &location))
             .timeout(reg.upload_timeout(u64::MAX / 2))
             .header(CONTENT_TYPE, "application/octet-stream")
             .body(Body::new(reader))
     })?;
     let resp = reg.expect_status(resp, &[StatusCode::ACCEPTED, StatusCode::NO_CONTENT], &what)?;
     // The session's next URL (it may carry new state).
-    let location = location_of(&resp, &what).unwrap_or(location);
+    let location = upload_location(&resp, &what).unwrap_or(location);
     let Some(digest) = digest_of() else {
         return Ok(Streamed::Abandoned);
     };
@@ -83,39 +79,12 @@ pub fn upload_streamed(
     }
     let what = format!("committing streamed blob {digest} to {dest}");
     let resp = reg.send(&scopes, &what, false, &|c, base| {
-        let url = absolute(base, &location);
-        let sep = if url.contains('?') { '&' } else { '?' };
-        c.put(format!("{url}{sep}digest={digest}"))
+        c.put(put_url(base, &location, &digest))
             .header(CONTENT_LENGTH, "0")
     })?;
     let resp = reg.expect_status(resp, &[StatusCode::CREATED], &what)?;
-    if let Some(got) = resp
-        .headers()
-        .get("docker-content-digest")
-        .and_then(|v| v.to_str().ok())
-    {
-        if got != digest {
-            bail!("{what}: the registry computed digest {got}");
-        }
-    }
+    check_committed_digest(&resp, &digest, &what)?;
     Ok(Streamed::Committed)
-}
-
-fn location_of(resp: &reqwest::blocking::Response, what: &str) -> Result<String> {
-    resp.headers()
-        .get(LOCATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .with_context(|| format!("{what}: the registry sent no upload Location"))
-}
-
-/// An upload URL as the registry gave it (absolute, or relative to it).
-fn absolute(base: &str, location: &str) -> String {
-    if location.starts_with("http://") || location.starts_with("https://") {
-        location.to_string()
-    } else {
-        format!("{base}{location}")
-    }
 }
 
 struct Cancellable {
@@ -149,9 +118,9 @@ mod tests {
     #[test]
     fn upload_locations_resolve_against_the_registry() {
         assert_eq!(
-            absolute("http://h:1", "/v2/a/blobs/uploads/u?_state=x"),
+            absolute_url("http://h:1", "/v2/a/blobs/uploads/u?_state=x"),
             "http://h:1/v2/a/blobs/uploads/u?_state=x"
         );
-        assert_eq!(absolute("http://h:1", "https://o/u"), "https://o/u");
+        assert_eq!(absolute_url("http://h:1", "https://o/u"), "https://o/u");
     }
 }

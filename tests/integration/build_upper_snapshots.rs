@@ -9,6 +9,7 @@
 //! digest must not change.
 
 use crate::common;
+use crate::layer_common::set_xattr;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -259,27 +260,4 @@ fn xattrs(path: &Path) -> Vec<(String, String)> {
     }
     out.sort();
     out
-}
-
-fn set_xattr(path: &Path, name: &str, value: &[u8]) {
-    use std::os::unix::ffi::OsStrExt;
-    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    let n = std::ffi::CString::new(name).unwrap();
-    // SAFETY: valid C strings and buffer.
-    let rc = unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "setting {name} on {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
 }
