@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use super::filedigest::FileDigest;
 use super::ignorefile::IgnoreRules;
 use super::pattern::{MatchInfo, PatternMatcher};
-use super::statcache::StatCache;
+use super::statcache::{racy_from_ns, StatCache};
 use super::ContextError;
 
 /// What kind of file an entry is.
@@ -167,6 +167,10 @@ pub struct ContextIndex {
     control: Vec<Entry>,
     ignore: PatternMatcher,
     pub stats: ScanStats,
+    /// The start of the scan's second, in ns since the epoch: a file whose
+    /// mtime or ctime is earlier is settled (the stat cache's racy-git
+    /// guard), so any later change to it moves its ctime.
+    pub(crate) settled_before_ns: i64,
 }
 
 impl ContextIndex {
@@ -187,6 +191,23 @@ impl ContextIndex {
         } else {
             self.find(rel)
         }
+    }
+
+    /// The digest the scan gave the regular file at `rel`, when `m` (an
+    /// fstat of it opened now) is the stat the scan saw and the file had
+    /// settled before the scan started: the stat cache's trust rule
+    /// (device, inode, size, mtime and ctime). Settled matters: a change
+    /// made in the same clock tick as the stat the scan saw could keep
+    /// the ctime, but a change to a file last changed before the scan's
+    /// second always gets a later one.
+    pub fn vouched_digest(&self, rel: &str, m: &Metadata) -> Option<FileDigest> {
+        let e = self.find(rel).filter(|e| e.kind == EntryKind::File)?;
+        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        let same = (m.dev(), m.ino(), m.size()) == (e.dev, e.ino, e.size)
+            && ns(m.mtime(), m.mtime_nsec()) == e.mtime_ns
+            && ns(m.ctime(), m.ctime_nsec()) == e.ctime_ns;
+        let settled = e.mtime_ns < self.settled_before_ns && e.ctime_ns < self.settled_before_ns;
+        e.digest.filter(|_| same && settled)
     }
 
     /// The walked entry at `rel` (never the root).
@@ -327,6 +348,7 @@ pub fn scan_with_progress(
         control,
         ignore: ignore.matcher.clone(),
         stats,
+        settled_before_ns: racy_from_ns(started),
     })
 }
 
