@@ -538,3 +538,64 @@ pub(crate) fn hash_file(path: &Path) -> Result<(FileDigest, u64), ContextError> 
     })?;
     Ok((FileDigest(h.finalize().into()), total))
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Sleeps into the next second, so files written before are settled
+    /// for a scan started after.
+    pub(crate) fn next_second() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let left = 1_000_000_000 - u64::from(now.subsec_nanos());
+        std::thread::sleep(std::time::Duration::from_nanos(left + 20_000_000));
+    }
+
+    /// Writes `body` over `path` keeping its size and mtime (the ctime
+    /// moves: user space cannot set it).
+    pub(crate) fn rewrite_keeping_mtime(path: &Path, body: &[u8]) {
+        let m = std::fs::metadata(path).unwrap();
+        assert_eq!(m.len(), body.len() as u64);
+        std::fs::write(path, body).unwrap();
+        let t = nix::sys::time::TimeSpec::new(m.mtime(), m.mtime_nsec());
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn only_a_settled_file_with_the_scanned_stat_is_vouched_for() {
+        let t = tempfile::tempdir().unwrap();
+        let ctx = t.path();
+        std::fs::write(ctx.join("settled"), b"aaaa").unwrap();
+        std::fs::write(ctx.join("other"), b"bbbb").unwrap();
+        next_second();
+        // Changed in the second the scan starts: its ctime could stay the
+        // same through another change in the same clock tick.
+        std::fs::write(ctx.join("racy"), b"cccc").unwrap();
+        let idx = scan(ctx, "Dockerfile", &IgnoreRules::default(), None).unwrap();
+        let stat = |name: &str| {
+            std::fs::File::open(ctx.join(name))
+                .unwrap()
+                .metadata()
+                .unwrap()
+        };
+        let want = idx.get("settled").unwrap().digest;
+        assert!(want.is_some());
+        assert_eq!(idx.vouched_digest("settled", &stat("settled")), want);
+        assert_eq!(idx.vouched_digest("racy", &stat("racy")), None);
+        // Another file's stat, or a name the scan has no file at.
+        assert_eq!(idx.vouched_digest("settled", &stat("other")), None);
+        assert_eq!(idx.vouched_digest("nothing", &stat("settled")), None);
+        // New content of the same size under the old mtime: the ctime moved.
+        rewrite_keeping_mtime(&ctx.join("settled"), b"dddd");
+        assert_eq!(idx.vouched_digest("settled", &stat("settled")), None);
+    }
+}

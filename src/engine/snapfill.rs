@@ -20,14 +20,12 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::CString;
-use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use sha2::{Digest, Sha256};
 
 use crate::context::ContextIndex;
 use crate::layer::{EntryKind, FileSource, LayerEntry, PreparedEntries, Timespec};
@@ -292,7 +290,7 @@ pub fn fill(
     // file) is left for parents no entry described.
     let mut made: HashSet<PathBuf> = HashSet::new();
     let mut open_dirs: Option<DirPair> = None;
-    let mut copier = Copier::new(dest);
+    let mut copier = super::snapfill_copy::Copier::new(dest);
     for e in sorted {
         let rel = Path::new(&e.path);
         if rel.as_os_str().is_empty() {
@@ -482,191 +480,6 @@ pub(super) fn sorted(x: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
     v
 }
 
-/// What copying files into a fill needs besides the file: the read buffer
-/// (one per fill: a fresh zeroed 128 KiB per file was a tenth of the
-/// fill's CPU) and the owner a created file already has.
-#[derive(Default)]
-pub(super) struct Copier {
-    buf: Vec<u8>,
-    /// This process's (uid, gid), when files created in the fill's dir get
-    /// them (its group is ours; see [`Copier::new`]): a chown to the same
-    /// owner is then skipped.
-    created: Option<(u32, u32)>,
-}
-
-impl Copier {
-    /// For a fill in `dir` (fresh, made by this process): a file created
-    /// below it is owned by our uid and, when `dir`'s group is ours, our
-    /// gid (also on a setgid dir or a `grpid` mount, where the group comes
-    /// from the dir: every dir below it is made here, from `dir`'s).
-    pub(super) fn new(dir: &Path) -> Copier {
-        use std::os::unix::fs::MetadataExt;
-        let (uid, gid) = (
-            nix::unistd::geteuid().as_raw(),
-            nix::unistd::getegid().as_raw(),
-        );
-        let ours = std::fs::metadata(dir).is_ok_and(|m| m.gid() == gid);
-        Copier {
-            buf: Vec::new(),
-            created: ours.then_some((uid, gid)),
-        }
-    }
-
-    /// Creates `path` with `e`'s content and metadata (`e` a regular file).
-    pub(super) fn file(
-        &mut self,
-        path: &Path,
-        src: &FileSource,
-        e: &LayerEntry,
-        from: &LinkSource<'_>,
-    ) -> anyhow::Result<()> {
-        let out = self.copy_file(path, src, from)?;
-        set_file_meta(&out, path, e, self.created)
-    }
-
-    /// Copies a file's content from its source, returning the new file,
-    /// still open. A context file must still have the digest its cache
-    /// key was made with: the scan's own digest when the opened source has
-    /// the stat the scan saw (and had it from before the scan: any change
-    /// since moves the ctime, checked again after the copy), else hashed
-    /// as it is read.
-    fn copy_file(
-        &mut self,
-        path: &Path,
-        src: &FileSource,
-        from: &LinkSource<'_>,
-    ) -> anyhow::Result<std::fs::File> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        let p = match src {
-            FileSource::Bytes(b) => {
-                out.write_all(b)?;
-                return Ok(out);
-            }
-            FileSource::Path(p) => p,
-        };
-        let input = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(p)
-            .with_context(|| format!("opening {}", p.display()))?;
-        let meta = input
-            .metadata()
-            .with_context(|| format!("stat {}", p.display()))?;
-        let rel = context_rel(src, from);
-        let want = rel.and_then(|k| from.new_files.get(k));
-        let vouched = match (rel, want, &from.scan) {
-            (Some(rel), Some(want), Some(scan)) => scan.vouched_digest(rel, &meta) == Some(*want),
-            // Not a context file: nothing to check it against.
-            (_, None, _) => true,
-            _ => false,
-        };
-        if vouched {
-            crate::layer::copy_sparse_with(&input, meta.len(), &out, &mut self.buf)
-                .with_context(|| format!("writing {}", path.display()))?;
-            let after = input
-                .metadata()
-                .with_context(|| format!("stat {}", p.display()))?;
-            if want.is_some() && !same_stat(&meta, &after) {
-                bail!("{} changed during the build", p.display());
-            }
-            return Ok(out);
-        }
-        // Hashed as it is read; holes kept as the unpacker keeps them.
-        let mut hashing = HashingReader {
-            inner: input,
-            hasher: Sha256::new(),
-        };
-        crate::layer::write_sparse_buf(&mut hashing, &out, &mut self.buf)
-            .with_context(|| format!("writing {}", path.display()))?;
-        let got = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
-        if want.is_some_and(|want| *want != *got) {
-            bail!("{} changed during the build", p.display());
-        }
-        Ok(out)
-    }
-}
-
-/// Whether two fstats of one open file show no change between them.
-fn same_stat(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    (
-        a.ino(),
-        a.size(),
-        a.mtime(),
-        a.mtime_nsec(),
-        a.ctime(),
-        a.ctime_nsec(),
-    ) == (
-        b.ino(),
-        b.size(),
-        b.mtime(),
-        b.mtime_nsec(),
-        b.ctime(),
-        b.ctime_nsec(),
-    )
-}
-
-/// A reader that hashes what passes through it.
-struct HashingReader {
-    inner: std::fs::File,
-    hasher: Sha256,
-}
-
-impl Read for HashingReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
-/// [`set_meta`] of a regular file through its open descriptor: by path,
-/// each call walked the store path (about ten components) again. The
-/// chown is skipped when the file was created with `e`'s owner already
-/// (`created`); the file's mode, set after it, is then the same.
-fn set_file_meta(
-    f: &std::fs::File,
-    path: &Path,
-    e: &LayerEntry,
-    created: Option<(u32, u32)>,
-) -> anyhow::Result<()> {
-    use std::os::fd::AsRawFd;
-    if created != Some((e.uid, e.gid)) {
-        std::os::unix::fs::fchown(f, Some(e.uid), Some(e.gid))
-            .with_context(|| format!("chown {}", path.display()))?;
-    }
-    // After the chown, which clears setuid bits.
-    f.set_permissions(std::fs::Permissions::from_mode(e.mode))
-        .with_context(|| format!("chmod {}", path.display()))?;
-    for (name, value) in &e.xattrs {
-        let cname = CString::new(name.as_bytes())?;
-        // SAFETY: a valid fd, C string and slice.
-        let rc = unsafe {
-            libc::fsetxattr(
-                f.as_raw_fd(),
-                cname.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                0,
-            )
-        };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("setting {name} on {}", path.display()));
-        }
-    }
-    let t = nix::sys::time::TimeSpec::new(e.mtime.sec, i64::from(e.mtime.nsec));
-    nix::sys::stat::futimens(f, &t, &t)
-        .with_context(|| format!("setting the times of {}", path.display()))
-}
-
 /// Owner, mode (after chown, which clears setuid bits), xattrs, mtime.
 pub(super) fn set_meta(path: &Path, e: &LayerEntry) -> anyhow::Result<()> {
     use nix::sys::stat::{utimensat, UtimensatFlags};
@@ -751,6 +564,7 @@ pub(super) fn xattrs_of(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
     use std::os::unix::fs::MetadataExt;
 
     /// A layer entry owned by this process, mode 644, mtime 1.

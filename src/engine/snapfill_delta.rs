@@ -33,7 +33,7 @@ use anyhow::Context;
 use crate::layer::{EntryKind, LayerEntry, PreparedEntries, Timespec};
 
 use super::snapfill::{
-    context_rel, real_dirs_above, same_file_meta, set_meta, sorted, xattrs_of, Copier, FillStats,
+    context_rel, real_dirs_above, same_file_meta, set_meta, sorted, xattrs_of, FillStats,
     LinkSource,
 };
 
@@ -158,7 +158,7 @@ fn make(
         composite: true,
         ..FillStats::default()
     };
-    let mut copier = Copier::new(delta);
+    let mut copier = super::snapfill_copy::Copier::new(delta);
     for (e, action) in plan {
         let path = delta.join(&e.path);
         match (action, &e.kind) {

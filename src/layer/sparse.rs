@@ -108,20 +108,34 @@ fn lseek(f: &File, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> 
 /// holes: only the data extents `SEEK_DATA`/`SEEK_HOLE` report are copied.
 /// Falls back to [`write_sparse`] where the file system cannot say.
 pub fn copy_sparse(src: &File, dst: &File) -> io::Result<u64> {
-    let len = src.metadata()?.len();
-    copy_sparse_with(src, len, dst, &mut Vec::new())
+    copy_sparse_with(src, &src.metadata()?, dst, &mut Vec::new())
 }
 
-/// [`copy_sparse`] of a source `len` bytes long (the caller's fstat). Each
-/// data extent is copied by the kernel (`copy_file_range`: no pass through
-/// user space; a reflink where the file system shares extents); `buf` is
-/// the read buffer where the kernel cannot (another file system type,
-/// an old kernel), grown once and reused by a caller copying many files.
-pub fn copy_sparse_with(src: &File, len: u64, dst: &File, buf: &mut Vec<u8>) -> io::Result<u64> {
+/// [`copy_sparse`] of a source whose fstat is `meta`. Each data extent is
+/// copied by the kernel (`copy_file_range`: no pass through user space; a
+/// reflink where the file system shares extents); `buf` is the read
+/// buffer where the kernel cannot (another file system type, an old
+/// kernel), grown once and reused by a caller copying many files. A file
+/// with a block allocated for every byte has no hole to look for: it is
+/// one extent, without the two `lseek`s.
+pub fn copy_sparse_with(
+    src: &File,
+    meta: &std::fs::Metadata,
+    dst: &File,
+    buf: &mut Vec<u8>,
+) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let len = meta.len();
     if len == 0 {
         return Ok(0);
     }
-    let mut data = match lseek(src, 0, libc::SEEK_DATA) {
+    let dense = meta.blocks().saturating_mul(512) >= len;
+    let first = if dense {
+        Ok(Some(0))
+    } else {
+        lseek(src, 0, libc::SEEK_DATA)
+    };
+    let mut data = match first {
         Ok(d) => d,
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             return write_sparse_buf(&mut &*src, dst, buf);
@@ -133,7 +147,10 @@ pub fn copy_sparse_with(src: &File, len: u64, dst: &File, buf: &mut Vec<u8>) -> 
     // shrank) still needs the length set.
     let mut written = 0u64;
     while let Some(start) = data.filter(|&d| d < len) {
-        let end = lseek(src, start, libc::SEEK_HOLE)?.unwrap_or(len).min(len);
+        let end = match dense {
+            true => len,
+            false => lseek(src, start, libc::SEEK_HOLE)?.unwrap_or(len).min(len),
+        };
         let mut at = start;
         if in_kernel {
             match copy_in_kernel(src, dst, at, end)? {
@@ -145,6 +162,9 @@ pub fn copy_sparse_with(src: &File, len: u64, dst: &File, buf: &mut Vec<u8>) -> 
             at = copy_through(src, dst, at, end, buf)?;
         }
         written = written.max(at);
+        if dense {
+            break;
+        }
         data = lseek(src, end, libc::SEEK_DATA)?;
     }
     if written != len {
@@ -272,5 +292,31 @@ mod tests {
             std::fs::read(dir.path().join("s")).unwrap()
         );
         assert!(blocks(&dst) <= 128, "{} blocks", blocks(&dst));
+        // A trailing hole keeps the length; a dense file (no lseek) and an
+        // empty one are copied exactly, all through one buffer.
+        let mut buf = Vec::new();
+        let dense: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(dir.path().join("dense"), &dense).unwrap();
+        std::fs::write(dir.path().join("empty"), b"").unwrap();
+        let tail = File::create(dir.path().join("tail")).unwrap();
+        tail.write_all_at(b"start", 0).unwrap();
+        tail.set_len(16 << 20).unwrap();
+        for name in ["dense", "empty", "tail"] {
+            let src = File::open(dir.path().join(name)).unwrap();
+            let to = dir.path().join(format!("{name}.copy"));
+            let dst = File::create(&to).unwrap();
+            let meta = src.metadata().unwrap();
+            assert_eq!(
+                copy_sparse_with(&src, &meta, &dst, &mut buf).unwrap(),
+                meta.len()
+            );
+            assert_eq!(
+                std::fs::read(&to).unwrap(),
+                std::fs::read(dir.path().join(name)).unwrap(),
+                "{name}"
+            );
+        }
+        let tail = File::open(dir.path().join("tail.copy")).unwrap();
+        assert!(blocks(&tail) <= 64, "{} blocks", blocks(&tail));
     }
 }
