@@ -217,8 +217,13 @@ pub(super) fn write_with_snapshot(
             s.kept
         ),
         Ok(s) => format!(
-            "layer snapshot: {} files linked from the previous build, {} copied\n",
-            s.linked, s.copied
+            "layer snapshot: {} files linked from the previous build, {} copied{}\n",
+            s.linked,
+            s.copied,
+            match s.hashed {
+                0 => String::new(),
+                n => format!(" ({n} hashed again: changed since the scan's second)"),
+            }
         ),
         Err(e) => format!("layer snapshot left to the next RUN: {e:#}\n"),
     };
@@ -239,6 +244,9 @@ pub struct FillStats {
     pub kept: u64,
     /// `dest/delta` over the base, not a whole tree in `dest`.
     pub composite: bool,
+    /// Copied context files hashed again (the scan's stat did not vouch
+    /// for them: see `snapfill_copy`).
+    pub hashed: u64,
 }
 
 /// A composite snapshot in `dest/delta` when the change is small and only
@@ -353,6 +361,7 @@ pub fn fill(
     for (path, e) in dirs.iter().rev() {
         set_meta(path, e)?;
     }
+    stats.hashed = copier.hashed();
     Ok(stats)
 }
 
@@ -686,6 +695,8 @@ pub(super) mod tests {
             FillStats {
                 linked: 3,
                 copied: 1,
+                // No scan to vouch for d/b.
+                hashed: 1,
                 ..FillStats::default()
             }
         );

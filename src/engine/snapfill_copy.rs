@@ -43,6 +43,8 @@ pub(super) struct Copier {
     /// The last new file's parent dir and the last source's, open.
     dest_dir: Option<(PathBuf, OwnedFd)>,
     src_dir: Option<(PathBuf, OwnedFd)>,
+    /// Context files hashed again so far.
+    hashed: u64,
 }
 
 impl Copier {
@@ -62,7 +64,13 @@ impl Copier {
             created: ours.then_some((uid, gid)),
             dest_dir: None,
             src_dir: None,
+            hashed: 0,
         }
+    }
+
+    /// How many copied context files were hashed again.
+    pub(super) fn hashed(&self) -> u64 {
+        self.hashed
     }
 
     /// Creates `path` (its parent already made) with `e`'s content and
@@ -132,6 +140,7 @@ impl Copier {
             return Ok(out);
         }
         // Hashed as it is read; holes kept as the unpacker keeps them.
+        self.hashed += 1;
         let mut hashing = HashingReader {
             inner: input,
             hasher: Sha256::new(),
@@ -303,7 +312,7 @@ mod tests {
         let dest = t.path().join("dest");
         std::fs::create_dir(&dest).unwrap();
         let stats = fill(&dest, &layer(), &from(&files, Arc::new(idx))).unwrap();
-        assert_eq!(stats.copied, 2);
+        assert_eq!((stats.copied, stats.hashed), (2, 0));
         assert_eq!(std::fs::read(dest.join("a")).unwrap(), b"aaaa");
         assert_eq!(std::fs::read(dest.join("big")).unwrap(), big);
         let m = std::fs::symlink_metadata(dest.join("a")).unwrap();

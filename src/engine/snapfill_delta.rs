@@ -195,6 +195,7 @@ fn make(
         let e = by_path.get(d).context("an undescribed dir")?;
         set_meta(&delta.join(d), e)?;
     }
+    stats.hashed = copier.hashed();
     Ok(stats)
 }
 
