@@ -156,8 +156,9 @@ impl Copier {
 }
 
 /// Opens `path` relative to its parent dir, kept open in `dir` for the
-/// next file of the same dir (the parent itself is opened by path, its
-/// last component not followed).
+/// next file of the same dir. The parent is opened by path, symlinks
+/// followed as a path open of the file follows them (a context given as
+/// a symlink; the fill never makes a path below a symlink of its own).
 fn open_in(
     dir: &mut Option<(PathBuf, OwnedFd)>,
     path: &Path,
@@ -168,7 +169,7 @@ fn open_in(
         bail!("{}: not a file path", path.display());
     };
     if dir.as_ref().is_none_or(|(p, _)| p != parent) {
-        let dflags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let dflags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         let fd = nix::fcntl::open(parent, dflags, Mode::empty())
             .with_context(|| format!("opening {}", parent.display()))?;
         *dir = Some((parent.to_path_buf(), fd));
@@ -266,8 +267,10 @@ mod tests {
     fn a_vouched_file_is_not_hashed_again_and_a_changed_one_fails_the_fill() {
         use crate::context::{scan, IgnoreRules};
         let t = tempfile::tempdir().unwrap();
+        // The context as given: a symlink to its dir.
+        std::fs::create_dir(t.path().join("real")).unwrap();
         let ctx = t.path().join("ctx");
-        std::fs::create_dir(&ctx).unwrap();
+        std::os::unix::fs::symlink("real", &ctx).unwrap();
         std::fs::write(ctx.join("a"), b"aaaa").unwrap();
         let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(ctx.join("big"), &big).unwrap();
