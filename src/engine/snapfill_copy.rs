@@ -40,6 +40,11 @@ pub(super) struct Copier {
     /// This process's (uid, gid), when files created in the fill get them
     /// (see [`Copier::new`]): a chown to the same owner is then skipped.
     created: Option<(u32, u32)>,
+    /// The umask new files are created under, when it alone decides
+    /// their mode (no default ACL on the fill's dir): a file whose mode
+    /// has no special bits and nothing the umask removes is created with
+    /// it, not chmod-ed afterwards.
+    umask: Option<u32>,
     /// The last new file's parent dir and the last source's, open.
     dest_dir: Option<(PathBuf, OwnedFd)>,
     src_dir: Option<(PathBuf, OwnedFd)>,
@@ -59,9 +64,13 @@ impl Copier {
             nix::unistd::getegid().as_raw(),
         );
         let ours = std::fs::metadata(dir).is_ok_and(|m| m.gid() == gid);
+        // A default ACL (inherited by every dir made below) would set new
+        // files' modes instead of the umask.
+        let acl = !matches!(xattr::get(dir, "system.posix_acl_default"), Ok(None));
         Copier {
             buf: Vec::new(),
             created: ours.then_some((uid, gid)),
+            umask: if acl { None } else { process_umask() },
             dest_dir: None,
             src_dir: None,
             hashed: 0,
@@ -82,8 +91,12 @@ impl Copier {
         e: &LayerEntry,
         from: &LinkSource<'_>,
     ) -> anyhow::Result<()> {
-        let out = self.copy_file(path, src, from)?;
-        set_file_meta(&out, path, e, self.created)
+        let plain = self
+            .umask
+            .is_some_and(|u| e.mode & !0o777 == 0 && e.mode & u == 0);
+        let mode = if plain { e.mode } else { 0o600 };
+        let out = self.copy_file(path, src, from, mode)?;
+        set_file_meta(&out, path, e, self.created, !plain)
     }
 
     /// Copies a file's content from its source, returning the new file,
@@ -94,6 +107,7 @@ impl Copier {
         path: &Path,
         src: &FileSource,
         from: &LinkSource<'_>,
+        mode: u32,
     ) -> anyhow::Result<std::fs::File> {
         // O_NOFOLLOW: the fill's dirs are fresh; a name is never a link.
         let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW;
@@ -101,7 +115,7 @@ impl Copier {
             &mut self.dest_dir,
             path,
             flags,
-            Mode::from_bits_truncate(0o600),
+            Mode::from_bits_truncate(mode),
         )
         .with_context(|| format!("creating {}", path.display()))?;
         let p = match src {
@@ -153,6 +167,14 @@ impl Copier {
         }
         Ok(out)
     }
+}
+
+/// This process's umask, read without changing it (`umask(2)` sets it,
+/// for every thread at once).
+fn process_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
 }
 
 /// Opens `path` relative to its parent dir, kept open in `dir` for the
@@ -213,20 +235,24 @@ impl Read for HashingReader {
 
 /// `snapfill::set_meta` of a regular file through its open descriptor.
 /// The chown is skipped when the file was created with `e`'s owner
-/// already (`created`); the mode set after it is the same either way.
+/// already (`created`), the chmod unless `chmod` (the file was created
+/// with `e`'s mode, which has no setuid or setgid bit a chown clears).
 fn set_file_meta(
     f: &std::fs::File,
     path: &Path,
     e: &LayerEntry,
     created: Option<(u32, u32)>,
+    chmod: bool,
 ) -> anyhow::Result<()> {
     if created != Some((e.uid, e.gid)) {
         std::os::unix::fs::fchown(f, Some(e.uid), Some(e.gid))
             .with_context(|| format!("chown {}", path.display()))?;
     }
-    // After the chown, which clears setuid bits.
-    f.set_permissions(std::fs::Permissions::from_mode(e.mode))
-        .with_context(|| format!("chmod {}", path.display()))?;
+    if chmod {
+        // After the chown, which clears setuid bits.
+        f.set_permissions(std::fs::Permissions::from_mode(e.mode))
+            .with_context(|| format!("chmod {}", path.display()))?;
+    }
     for (name, value) in &e.xattrs {
         let cname = CString::new(name.as_bytes())?;
         // SAFETY: a valid fd, C string and slice.
@@ -310,14 +336,20 @@ mod tests {
                 (a.uid, a.gid) = (4321, 4322);
             }
             let b = entry("big", EntryKind::File(FileSource::Path(ctx.join("big"))));
-            PreparedEntries::new(vec![a, b], None).unwrap()
+            // Modes the umask would cut (0o666) or not (0o644): created
+            // with it, or chmod-ed.
+            let mut c = entry("c", EntryKind::File(FileSource::Path(ctx.join("a"))));
+            c.mode = 0o666;
+            PreparedEntries::new(vec![a, b, c], None).unwrap()
         };
         let dest = t.path().join("dest");
         std::fs::create_dir(&dest).unwrap();
         let stats = fill(&dest, &layer(), &from(&files, Arc::new(idx))).unwrap();
-        assert_eq!((stats.copied, stats.hashed), (2, 0));
+        assert_eq!((stats.copied, stats.hashed), (3, 0));
         assert_eq!(std::fs::read(dest.join("a")).unwrap(), b"aaaa");
         assert_eq!(std::fs::read(dest.join("big")).unwrap(), big);
+        let mode = |n: &str| std::fs::metadata(dest.join(n)).unwrap().mode() & 0o7777;
+        assert_eq!((mode("big"), mode("c")), (0o644, 0o666));
         let m = std::fs::symlink_metadata(dest.join("a")).unwrap();
         let owner = if root {
             (4321, 4322)
