@@ -8,7 +8,8 @@
 //! cache record's per-file digests), the step's instruction, destination
 //! and parent are the same (so the source lands on the same path), and the
 //! previous file has the same type, size, mode, owner, mtime and xattrs.
-//! Every other file is copied from its source and its digest checked.
+//! Every other file is copied from its source and its digest checked
+//! (`snapfill_copy`: the scan's, when the source's stat is the scanned one).
 //! Snapshots are never written after they are made (overlay writes go to a
 //! RUN's upper dir), so sharing inodes between two of them is safe.
 //! Anything unexpected (a device node, a digest that changed since the
