@@ -28,6 +28,8 @@ pub use filedigest::FileDigest;
 pub use gopath::{clean as go_clean, glob_match};
 pub use ignorefile::{load_ignore, parse_ignore, IgnoreRules};
 pub use pattern::{matches_or_parent_matches, MatchInfo, Pattern, PatternMatcher, PruneRule};
+#[cfg(test)]
+pub(crate) use scan::tests as scan_tests;
 pub use scan::{scan, scan_with_progress, ContextIndex, Entry, EntryKind, HashProgress, ScanStats};
 pub use select::{SelectOptions, Selected, SelectedSource};
 

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use super::filedigest::FileDigest;
 use super::ignorefile::IgnoreRules;
 use super::pattern::{MatchInfo, PatternMatcher};
-use super::statcache::StatCache;
+use super::statcache::{racy_from_ns, StatCache};
 use super::ContextError;
 
 /// What kind of file an entry is.
@@ -167,6 +167,10 @@ pub struct ContextIndex {
     control: Vec<Entry>,
     ignore: PatternMatcher,
     pub stats: ScanStats,
+    /// The start of the scan's second, in ns since the epoch: a file whose
+    /// mtime or ctime is earlier is settled (the stat cache's racy-git
+    /// guard), so any later change to it moves its ctime.
+    pub(crate) settled_before_ns: i64,
 }
 
 impl ContextIndex {
@@ -187,6 +191,23 @@ impl ContextIndex {
         } else {
             self.find(rel)
         }
+    }
+
+    /// The digest the scan gave the regular file at `rel`, when `m` (an
+    /// fstat of it opened now) is the stat the scan saw and the file had
+    /// settled before the scan started: the stat cache's trust rule
+    /// (device, inode, size, mtime and ctime). Settled matters: a change
+    /// made in the same clock tick as the stat the scan saw could keep
+    /// the ctime, but a change to a file last changed before the scan's
+    /// second always gets a later one.
+    pub fn vouched_digest(&self, rel: &str, m: &Metadata) -> Option<FileDigest> {
+        let e = self.find(rel).filter(|e| e.kind == EntryKind::File)?;
+        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        let same = (m.dev(), m.ino(), m.size()) == (e.dev, e.ino, e.size)
+            && ns(m.mtime(), m.mtime_nsec()) == e.mtime_ns
+            && ns(m.ctime(), m.ctime_nsec()) == e.ctime_ns;
+        let settled = e.mtime_ns < self.settled_before_ns && e.ctime_ns < self.settled_before_ns;
+        e.digest.filter(|_| same && settled)
     }
 
     /// The walked entry at `rel` (never the root).
@@ -327,6 +348,7 @@ pub fn scan_with_progress(
         control,
         ignore: ignore.matcher.clone(),
         stats,
+        settled_before_ns: racy_from_ns(started),
     })
 }
 
@@ -515,4 +537,65 @@ pub(crate) fn hash_file(path: &Path) -> Result<(FileDigest, u64), ContextError> 
         h.update(&buf[..n]);
     })?;
     Ok((FileDigest(h.finalize().into()), total))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Sleeps into the next second, so files written before are settled
+    /// for a scan started after.
+    pub(crate) fn next_second() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let left = 1_000_000_000 - u64::from(now.subsec_nanos());
+        std::thread::sleep(std::time::Duration::from_nanos(left + 20_000_000));
+    }
+
+    /// Writes `body` over `path` keeping its size and mtime (the ctime
+    /// moves: user space cannot set it).
+    pub(crate) fn rewrite_keeping_mtime(path: &Path, body: &[u8]) {
+        let m = std::fs::metadata(path).unwrap();
+        assert_eq!(m.len(), body.len() as u64);
+        std::fs::write(path, body).unwrap();
+        let t = nix::sys::time::TimeSpec::new(m.mtime(), m.mtime_nsec());
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn only_a_settled_file_with_the_scanned_stat_is_vouched_for() {
+        let t = tempfile::tempdir().unwrap();
+        let ctx = t.path();
+        std::fs::write(ctx.join("settled"), b"aaaa").unwrap();
+        std::fs::write(ctx.join("other"), b"bbbb").unwrap();
+        next_second();
+        // Changed in the second the scan starts: its ctime could stay the
+        // same through another change in the same clock tick.
+        std::fs::write(ctx.join("racy"), b"cccc").unwrap();
+        let idx = scan(ctx, "Dockerfile", &IgnoreRules::default(), None).unwrap();
+        let stat = |name: &str| {
+            std::fs::File::open(ctx.join(name))
+                .unwrap()
+                .metadata()
+                .unwrap()
+        };
+        let want = idx.get("settled").unwrap().digest;
+        assert!(want.is_some());
+        assert_eq!(idx.vouched_digest("settled", &stat("settled")), want);
+        assert_eq!(idx.vouched_digest("racy", &stat("racy")), None);
+        // Another file's stat, or a name the scan has no file at.
+        assert_eq!(idx.vouched_digest("settled", &stat("other")), None);
+        assert_eq!(idx.vouched_digest("nothing", &stat("settled")), None);
+        // New content of the same size under the old mtime: the ctime moved.
+        rewrite_keeping_mtime(&ctx.join("settled"), b"dddd");
+        assert_eq!(idx.vouched_digest("settled", &stat("settled")), None);
+    }
 }

@@ -144,17 +144,24 @@ impl StatCache {
     }
 }
 
+/// The start of `scan_start`'s second in ns since the epoch: a file whose
+/// mtime or ctime is not earlier could change again without its stat
+/// changing (same clock tick), so nothing vouches for its digest.
+pub(crate) fn racy_from_ns(scan_start: SystemTime) -> i64 {
+    let start_sec = scan_start
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    start_sec.saturating_mul(1_000_000_000)
+}
+
 /// The stamps a save writes: regular files with a digest whose mtime and
 /// ctime fall before the second the scan started (the racy-git guard).
 fn savable<'a>(
     entries: impl Iterator<Item = &'a Entry>,
     scan_start: SystemTime,
 ) -> impl Iterator<Item = (&'a Entry, FileDigest)> {
-    let start_sec = scan_start
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let racy_from = start_sec * 1_000_000_000;
+    let racy_from = racy_from_ns(scan_start);
     entries
         .filter(|e| e.kind == EntryKind::File)
         .filter(move |e| e.mtime_ns < racy_from && e.ctime_ns < racy_from)

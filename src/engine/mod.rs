@@ -23,6 +23,7 @@ mod outputs;
 mod resolver;
 pub mod rootfs;
 pub mod snapfill;
+mod snapfill_copy;
 mod snapfill_delta;
 pub mod snapshot;
 pub mod sources;

@@ -8,7 +8,8 @@
 //! cache record's per-file digests), the step's instruction, destination
 //! and parent are the same (so the source lands on the same path), and the
 //! previous file has the same type, size, mode, owner, mtime and xattrs.
-//! Every other file is copied from its source and its digest checked.
+//! Every other file is copied from its source and its digest checked
+//! (`snapfill_copy`: the scan's, when the source's stat is the scanned one).
 //! Snapshots are never written after they are made (overlay writes go to a
 //! RUN's upper dir), so sharing inodes between two of them is safe.
 //! Anything unexpected (a device node, a digest that changed since the
@@ -20,14 +21,14 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::CString;
-use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use sha2::{Digest, Sha256};
 
+use crate::context::ContextIndex;
 use crate::layer::{EntryKind, FileSource, LayerEntry, PreparedEntries, Timespec};
 use crate::oci::LayerRef;
 use crate::plan::{Step, StepKind};
@@ -57,6 +58,9 @@ pub struct LinkSource<'a> {
     /// delta dir, and the layer paths of the files in it, which `dir`
     /// holds in their older form: never linked from `dir`.
     pub prev_delta: Option<(PathBuf, HashSet<PathBuf>)>,
+    /// The context scan: a source file whose stat is the one the scan saw
+    /// has the scan's digest and is not hashed again (`Copier`).
+    pub scan: Option<Arc<ContextIndex>>,
 }
 
 impl LinkSource<'_> {
@@ -113,6 +117,7 @@ pub(super) fn link_source<'a>(
         context_root: ctx.context().ok()?.root().to_path_buf(),
         base_id,
         prev_delta,
+        scan: ctx.context_shared().ok(),
     })
 }
 
@@ -134,6 +139,7 @@ pub(super) fn fresh_source<'a>(ctx: &BuildCtx<'_>, now: &'a KeyInputs) -> Option
         context_root: ctx.context().ok()?.root().to_path_buf(),
         base_id: String::new(),
         prev_delta: None,
+        scan: ctx.context_shared().ok(),
     })
 }
 
@@ -212,8 +218,13 @@ pub(super) fn write_with_snapshot(
             s.kept
         ),
         Ok(s) => format!(
-            "layer snapshot: {} files linked from the previous build, {} copied\n",
-            s.linked, s.copied
+            "layer snapshot: {} files linked from the previous build, {} copied{}\n",
+            s.linked,
+            s.copied,
+            match s.hashed {
+                0 => String::new(),
+                n => format!(" ({n} hashed again: changed since the scan's second)"),
+            }
         ),
         Err(e) => format!("layer snapshot left to the next RUN: {e:#}\n"),
     };
@@ -234,6 +245,9 @@ pub struct FillStats {
     pub kept: u64,
     /// `dest/delta` over the base, not a whole tree in `dest`.
     pub composite: bool,
+    /// Copied context files hashed again (the scan's stat did not vouch
+    /// for them: see `snapfill_copy`).
+    pub hashed: u64,
 }
 
 /// A composite snapshot in `dest/delta` when the change is small and only
@@ -285,6 +299,7 @@ pub fn fill(
     // file) is left for parents no entry described.
     let mut made: HashSet<PathBuf> = HashSet::new();
     let mut open_dirs: Option<DirPair> = None;
+    let mut copier = super::snapfill_copy::Copier::new(dest);
     for e in sorted {
         let rel = Path::new(&e.path);
         if rel.as_os_str().is_empty() {
@@ -321,8 +336,9 @@ pub fn fill(
                     stats.linked += 1;
                     continue;
                 }
-                copy_file(&path, src, from)?;
+                copier.file(&path, src, e, from)?;
                 stats.copied += 1;
+                continue;
             }
             EntryKind::Symlink { target } => {
                 links.insert(rel.to_path_buf());
@@ -346,6 +362,7 @@ pub fn fill(
     for (path, e) in dirs.iter().rev() {
         set_meta(path, e)?;
     }
+    stats.hashed = copier.hashed();
     Ok(stats)
 }
 
@@ -473,57 +490,6 @@ pub(super) fn sorted(x: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
     v
 }
 
-/// Copies a file's content from its source; a context file must still
-/// have the digest its cache key was made with.
-pub(super) fn copy_file(
-    path: &Path,
-    src: &FileSource,
-    from: &LinkSource<'_>,
-) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    match src {
-        FileSource::Bytes(b) => out.write_all(b)?,
-        FileSource::Path(p) => {
-            // Hashed as it is read; holes kept as the unpacker keeps them.
-            let mut hashing = HashingReader {
-                inner: std::fs::File::open(p)
-                    .with_context(|| format!("opening {}", p.display()))?,
-                hasher: Sha256::new(),
-            };
-            crate::layer::write_sparse(&mut hashing, &out)
-                .with_context(|| format!("writing {}", path.display()))?;
-            let got = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
-            if let Some(want) = context_rel(src, from).and_then(|k| from.new_files.get(k)) {
-                if *want != *got {
-                    bail!("{} changed during the build", p.display());
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A reader that hashes what passes through it.
-struct HashingReader {
-    inner: std::fs::File,
-    hasher: Sha256,
-}
-
-impl Read for HashingReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
 /// Owner, mode (after chown, which clears setuid bits), xattrs, mtime.
 pub(super) fn set_meta(path: &Path, e: &LayerEntry) -> anyhow::Result<()> {
     use nix::sys::stat::{utimensat, UtimensatFlags};
@@ -608,6 +574,7 @@ pub(super) fn xattrs_of(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
     use std::os::unix::fs::MetadataExt;
 
     /// A layer entry owned by this process, mode 644, mtime 1.
@@ -637,6 +604,7 @@ pub(super) mod tests {
             context_root: t.path().join("ctx"),
             base_id: String::new(),
             prev_delta: None,
+            scan: None,
         };
         let entries = vec![
             entry(
@@ -717,6 +685,7 @@ pub(super) mod tests {
             context_root: ctx.clone(),
             base_id: String::new(),
             prev_delta: None,
+            scan: None,
         };
         let dest = t.path().join("dest");
         std::fs::create_dir_all(&dest).unwrap();
@@ -727,6 +696,8 @@ pub(super) mod tests {
             FillStats {
                 linked: 3,
                 copied: 1,
+                // No scan to vouch for d/b.
+                hashed: 1,
                 ..FillStats::default()
             }
         );

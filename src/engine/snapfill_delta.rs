@@ -33,8 +33,8 @@ use anyhow::Context;
 use crate::layer::{EntryKind, LayerEntry, PreparedEntries, Timespec};
 
 use super::snapfill::{
-    context_rel, copy_file, real_dirs_above, same_file_meta, set_meta, sorted, xattrs_of,
-    FillStats, LinkSource,
+    context_rel, real_dirs_above, same_file_meta, set_meta, sorted, xattrs_of, FillStats,
+    LinkSource,
 };
 
 /// The delta may hold at most one file in this many of the layer's.
@@ -158,6 +158,7 @@ fn make(
         composite: true,
         ..FillStats::default()
     };
+    let mut copier = super::snapfill_copy::Copier::new(delta);
     for (e, action) in plan {
         let path = delta.join(&e.path);
         match (action, &e.kind) {
@@ -177,8 +178,9 @@ fn make(
                 continue;
             }
             (Action::Make, EntryKind::File(src)) => {
-                copy_file(&path, src, from)?;
+                copier.file(&path, src, e, from)?;
                 stats.copied += 1;
+                continue;
             }
             (Action::Make, EntryKind::Symlink { target }) => {
                 std::os::unix::fs::symlink(target, &path)
@@ -193,6 +195,7 @@ fn make(
         let e = by_path.get(d).context("an undescribed dir")?;
         set_meta(&delta.join(d), e)?;
     }
+    stats.hashed = copier.hashed();
     Ok(stats)
 }
 
@@ -449,6 +452,7 @@ mod tests {
             context_root: ctx.clone(),
             base_id: String::new(),
             prev_delta: None,
+            scan: None,
         };
         let layer = |names: &[&str]| {
             let mut v = vec![LayerEntry {

@@ -45,7 +45,7 @@ pub use entry::{
 pub use merged::{merged_image_path, merged_lookup, merged_resolve, MergedView};
 pub use resolve::resolve_in_root;
 pub(crate) use small::is_small;
-pub use sparse::{copy_sparse, write_sparse};
+pub use sparse::{copy_sparse, copy_sparse_with, write_sparse, write_sparse_buf};
 pub use tarwrite::{KnownFile, KnownFiles};
 pub use unpack::{open_archive, unpack_layer, LayerCheckError, UnpackOptions, UnpackStats};
 pub use upper_snapshot::upper_as_snapshot;

@@ -422,6 +422,75 @@ fn a_cold_copy_read_later_fills_its_snapshot_while_it_is_written() {
     assert_eq!(sum(&stderr(&out)), sum(&log));
 }
 
+/// A cold COPY of a context whose files had settled before the scan
+/// copies them without hashing them again (the scan's stat vouches for
+/// them); a file written in the scan's second is hashed. Either way the
+/// RUN sees what the copy fallback shows: names, sizes, modes (setuid
+/// kept after the owner is set), owners, mtimes and contents, an empty
+/// and a sparse file included.
+#[test]
+fn a_settled_context_is_copied_without_hashing_it_again() {
+    use std::os::unix::fs::{FileExt, PermissionsExt};
+    let env = Env::new();
+    let rest = "WORKDIR /app\nCOPY tree .\n\
+        RUN echo SUM:$(find . | sort | xargs stat -c '%n %s %a %u %g %Y' | md5sum) \
+        $(find . -type f | sort | xargs cat | md5sum)\n";
+    let Some(ctx) = context(&env, "ctx", rest) else {
+        return;
+    };
+    let tree = ctx.join("tree");
+    for i in 0..20 {
+        let dir = tree.join(format!("d{}", i % 4));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Up to ~400 KiB: several kernel copies' worth of a read buffer.
+        let body: Vec<u8> = (0..i * 20_000).map(|b| (b % 251) as u8).collect();
+        std::fs::write(dir.join(format!("f{i}")), body).unwrap();
+    }
+    std::fs::write(tree.join("empty"), "").unwrap();
+    let sparse = std::fs::File::create(tree.join("sparse")).unwrap();
+    sparse.set_len(8 << 20).unwrap();
+    sparse.write_all_at(b"middle", 4 << 20).unwrap();
+    std::fs::write(tree.join("suid"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(tree.join("suid"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    // Into the next second: everything above has settled for the scan.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_nanos(
+        1_020_000_000 - u64::from(now.subsec_nanos()),
+    ));
+    std::fs::write(tree.join("racy"), "racy\n").unwrap();
+    let out = env.rbuild_ok(&build_args(&ctx, &[]));
+    let log = stderr(&out);
+    let section = log
+        .split("\n\n")
+        .find(|s| s.contains("COPY tree .\n"))
+        .unwrap_or_else(|| panic!("no COPY step in {log}"));
+    assert!(
+        section.contains(
+            "layer snapshot: 0 files linked from the previous build, 24 copied \
+             (1 hashed again: changed since the scan's second)\n"
+        ),
+        "{log}"
+    );
+    let sum = |log: &str| {
+        log.lines()
+            .find_map(|l| l.split_once("SUM:").map(|(_, s)| s.to_string()))
+            .unwrap_or_else(|| panic!("no SUM line in {log}"))
+    };
+    let plain = Env::new();
+    let out = std::process::Command::new(common::rbuild_bin())
+        .arg("--root")
+        .arg(plain.root())
+        .args(build_args(&ctx, &[]))
+        .env("RBUILD_NO_OVERLAY", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(sum(&stderr(&out)), sum(&log));
+    assert!(sum(&log).contains(' '), "{log}");
+}
+
 /// COPY destinations and WORKDIR are resolved through the snapshots with
 /// overlay rules: a dir hidden by an opaque dir or a whiteout is not there,
 /// an image symlink is followed inside the image.
