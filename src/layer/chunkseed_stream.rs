@@ -300,6 +300,16 @@ fn follow(
                 publish.chunk(&c, bytes);
             } else if publish.feed.is_some() && keyed.contains_key(&r.index) {
                 unkeyed.insert(r.index, bytes);
+                // A file spanning many chunks keys them all at its end:
+                // held beside the feed, within the feed's bound (the
+                // first ones go; the write compresses them).
+                let mut held: usize = unkeyed.values().map(Vec::len).sum();
+                while held > super::chunkseed_feed::HELD_BYTES_MAX {
+                    match unkeyed.pop_first() {
+                        Some((_, b)) => held -= b.len(),
+                        None => break,
+                    }
+                }
             }
             good.push(c);
             let new_keys = desc.take_keys();
