@@ -313,7 +313,7 @@ fn seed(
         feed.finish(true);
         let s = seeded.stats;
         let resumable = Some(seeded.resumable);
-        return Ok(seed_note(&s, resumable, source, ", checked and not stored"));
+        return Ok(seed_note(&s, resumable, source, ", checked against its digest, not stored"));
     }
     // Verified while it downloads (each chunk handed to the write as soon
     // as it is); recorded once it is stored.

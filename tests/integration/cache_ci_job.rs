@@ -53,6 +53,12 @@ fn a_fresh_runner_resumes_the_layer_it_seeded_from_the_registry() {
     assert!(resumable >= 4, "{log}");
     let resumed = count_before(&log, "resumed without reading").expect(&log);
     assert!(resumed >= 2, "{log}");
+    // The earlier layer only fed the write: it is not in the store.
+    let line = log.lines().find(|l| l.contains("resumable from")).unwrap();
+    assert!(line.contains("not stored"), "{log}");
+    let at = line.find("(layer sha256:").expect(line) + "(layer sha256:".len();
+    let earlier = &line[at..at + 64];
+    assert!(!b.root().join("blobs/sha256").join(earlier).exists(), "{log}");
 
     // Bit-identical to the same build cold in a fresh store.
     let cold = Env::new();
