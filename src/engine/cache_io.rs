@@ -201,7 +201,10 @@ impl Seeding {
 
 /// What the feed did, for the seeding's log line.
 fn fed_note(s: crate::layer::FeedStats, in_memory: bool) -> String {
-    let served = format!("{} handed to the layer write as they were verified", s.served);
+    let served = format!(
+        "{} handed to the layer write as they were verified",
+        s.served
+    );
     if !in_memory {
         return match s.served {
             0 => String::new(),
@@ -219,7 +222,8 @@ fn fed_note(s: crate::layer::FeedStats, in_memory: bool) -> String {
         ),
     };
     let unused = s.published.saturating_sub(s.served);
-    format!(" ({served}, {unused} not taken{dropped})")
+    let peak = (s.peak + (1 << 20) - 1) >> 20;
+    format!(" ({served}, {unused} not taken{dropped}; at most {peak} MiB held)")
 }
 
 impl Drop for Seeding {
@@ -313,7 +317,12 @@ fn seed(
         feed.finish(true);
         let s = seeded.stats;
         let resumable = Some(seeded.resumable);
-        return Ok(seed_note(&s, resumable, source, ", checked against its digest, not stored"));
+        return Ok(seed_note(
+            &s,
+            resumable,
+            source,
+            ", checked against its digest, not stored",
+        ));
     }
     // Verified while it downloads (each chunk handed to the write as soon
     // as it is); recorded once it is stored.

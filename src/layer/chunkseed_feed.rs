@@ -335,9 +335,8 @@ impl FeedState {
     /// there is none.
     fn drop_oldest(&mut self) -> bool {
         // Entries taken (or replaced) since are not held under their seq.
-        let held = |s: &Self, (seq, key): &(u64, [u8; 32])| {
-            s.hits.get(key).is_some_and(|(n, _)| n == seq)
-        };
+        let held =
+            |s: &Self, (seq, key): &(u64, [u8; 32])| s.hits.get(key).is_some_and(|(n, _)| n == seq);
         while self.order.front().is_some_and(|e| !held(self, e)) {
             self.order.pop_front();
         }

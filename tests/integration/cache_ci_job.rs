@@ -58,7 +58,10 @@ fn a_fresh_runner_resumes_the_layer_it_seeded_from_the_registry() {
     assert!(line.contains("not stored"), "{log}");
     let at = line.find("(layer sha256:").expect(line) + "(layer sha256:".len();
     let earlier = &line[at..at + 64];
-    assert!(!b.root().join("blobs/sha256").join(earlier).exists(), "{log}");
+    assert!(
+        !b.root().join("blobs/sha256").join(earlier).exists(),
+        "{log}"
+    );
 
     // Bit-identical to the same build cold in a fresh store.
     let cold = Env::new();

@@ -153,7 +153,10 @@ fn the_layer_write_takes_chunks_while_the_seed_downloads() {
     // The write took the chunks from memory: the earlier blob was checked
     // as it streamed through, never stored, and no record names it (the
     // new layer's own records serve a rebuild here).
-    assert!(log.contains("checked against its digest, not stored"), "{log}");
+    assert!(
+        log.contains("checked against its digest, not stored"),
+        "{log}"
+    );
     assert_no_trace(&b.root(), &layer);
 }
 
