@@ -258,8 +258,8 @@ pub fn seed(
 
 /// Reads the layer blob `digest` (`size` bytes, `index` its chunk index)
 /// from `body` — a download — and writes it to `out` while verifying each
-/// chunk as soon as it has arrived (see `chunkseed_stream.rs`). The
-/// caller stores the blob, then [`Seeded::record`]s the chunks. An index
+/// chunk as soon as it has arrived (see `chunkseed_stream.rs`). A caller
+/// that stores the blob then [`Seeded::record`]s the chunks. An index
 /// of another codec or level seeds nothing (its keys could not match).
 pub fn seed_reader(
     index: &[u8],

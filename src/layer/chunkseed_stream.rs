@@ -1,5 +1,6 @@
-//! Seeding while the layer arrives: the blob's bytes are stored and hashed
-//! as they are read, each chunk the index lists is handed to a verifying
+//! Seeding while the layer arrives: the blob's bytes are hashed as they
+//! are read (and passed to `out`: the store, or nowhere when the layer
+//! write is their only user), each chunk the index lists is handed to a verifying
 //! worker the moment its last byte is in (libdeflate / libzstd, one worker
 //! per core, at most two), and the verified chunks are followed in stream
 //! order to compute, from their bytes, what a warm store's records carry:
