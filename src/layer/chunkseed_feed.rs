@@ -39,12 +39,16 @@ use std::time::{Duration, Instant};
 
 use super::chunkcache::Hit;
 
-/// The most compressed bytes the feed holds for the write at once. 64 MiB
-/// lets the download run ahead of the write by a quarter of a 230 MB
-/// layer (about 80 chunks of 0.8 MB: far more than the write's workers
-/// have in flight, so the write rarely waits on a chunk already
-/// downloaded), while the whole job's peak RSS stays well under 200 MB.
-pub(crate) const HELD_BYTES_MAX: usize = 64 << 20;
+/// The most compressed bytes the feed holds for the write at once. 32 MiB
+/// lets the download run ahead of the write by about 40 chunks of 0.8 MB,
+/// far more than the write has in flight (its two workers and the resumed
+/// chunk), so a write that keeps up never waits on a chunk already
+/// downloaded: in the fresh CI job (a 230 MB layer) every chunk reaches
+/// the write and none is dropped. More only helps while the write has not
+/// started (the files are still being gathered), when the download is not
+/// what the job waits for; and it adds to a peak RSS that the rest of the
+/// job (the `--push` stream's queue above all) already takes to 120-200 MB.
+pub(crate) const HELD_BYTES_MAX: usize = 32 << 20;
 /// How long a seeding waits for room while the write takes nothing, before
 /// it drops what does not fit: well under the 60 s in which a registry
 /// body must deliver its minimum speed (`registry::body`).
