@@ -62,6 +62,15 @@ fn a_fresh_runner_resumes_the_layer_it_seeded_from_the_registry() {
         !b.root().join("blobs/sha256").join(earlier).exists(),
         "{log}"
     );
+    // The new layer's own records serve the next rebuild on this store:
+    // another file changes, and (without the cache) the unchanged start
+    // resumes and the rest is copied.
+    write_tree(&ctx_b, Some(250));
+    let again = build(&b, &ctx_b, &["-t", "app:b2"]).log;
+    let resumed = count_before(&again, "resumed without reading").expect(&again);
+    assert!(resumed >= 2, "{again}");
+    let compressed = count_before(&again, "compressed").expect(&again);
+    assert!(compressed <= 3, "{again}");
 
     // Bit-identical to the same build cold in a fresh store.
     let cold = Env::new();
