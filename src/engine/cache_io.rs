@@ -94,6 +94,9 @@ pub(crate) struct Seeding {
     thread: Option<std::thread::JoinHandle<anyhow::Result<String>>>,
     /// Its verified chunks, handed to the layer write as they come.
     feed: Option<Arc<crate::layer::SeedFeed>>,
+    /// The earlier blob is not stored: the feed is the only way its chunks
+    /// reach the write.
+    in_memory: bool,
 }
 
 /// On a miss of a step that writes a layer: when a `--cache-from` cache
@@ -102,15 +105,22 @@ pub(crate) struct Seeding {
 /// copies the unchanged chunks instead of compressing them.
 /// `context_copy`: the step copies context files, which its layer write
 /// knows by digest (so chunks are looked up by description key).
+/// `write_follows`: the step's layer write starts as soon as its files
+/// are gathered (a COPY or ADD, not a RUN whose command may run for
+/// minutes), so the earlier blob need not be stored: its chunks go to the
+/// write through the feed alone, the download waiting for the write when
+/// the feed is full (`layer::SeedFeed`).
 pub(crate) fn start_seed(
     ctx: &BuildCtx<'_>,
     step_id: &str,
     instruction: &str,
     context_copy: bool,
+    write_follows: bool,
 ) -> Seeding {
     let none = Seeding {
         thread: None,
         feed: None,
+        in_memory: false,
     };
     if ctx.req.no_cache || ctx.req.compression == crate::oci::Compression::None {
         return none;
@@ -129,12 +139,18 @@ pub(crate) fn start_seed(
         .spawn(move || {
             // Whatever happens, no lookup waits past the seeding's end.
             let _ended = crate::layer::FeedGuard(&fed);
-            seed(&store, &source, compression, context_copy, &fed)
+            let how = SeedHow {
+                compression,
+                context_copy,
+                in_memory: write_follows,
+            };
+            seed(&store, &source, how, &fed)
         });
     match thread {
         Ok(t) => Seeding {
             thread: Some(t),
             feed: Some(feed),
+            in_memory: write_follows,
         },
         Err(_) => none,
     }
@@ -156,6 +172,10 @@ impl Seeding {
         let Some(thread) = self.thread.take() else {
             return true;
         };
+        // The write is done: a seeding waiting for room must not wait.
+        if let Some(f) = &self.feed {
+            f.close();
+        }
         let joined = thread.join();
         let keep = self
             .feed
@@ -166,37 +186,78 @@ impl Seeding {
             Ok(Err(e)) => format!("not seeding the chunk cache: {e:#}"),
             Err(_) => "not seeding the chunk cache: the seeding thread panicked".into(),
         };
-        let served = match self.feed.as_ref().map(|f| f.served()) {
-            Some(n) if n > 0 => format!(" ({n} handed to the layer write as they were verified)"),
-            _ => String::new(),
-        };
+        let fed = self
+            .feed
+            .as_ref()
+            .map(|f| fed_note(f.stats(), self.in_memory))
+            .unwrap_or_default();
         handle.log(
             crate::progress::Stream::Stderr,
-            format!("{text}{served}\n").as_bytes(),
+            format!("{text}{fed}\n").as_bytes(),
         );
         keep
     }
+}
+
+/// What the feed did, for the seeding's log line.
+fn fed_note(s: crate::layer::FeedStats, in_memory: bool) -> String {
+    let served = format!(
+        "{} handed to the layer write as they were verified",
+        s.served
+    );
+    if !in_memory {
+        return match s.served {
+            0 => String::new(),
+            _ => format!(" ({served})"),
+        };
+    }
+    if s.published == 0 {
+        return String::new();
+    }
+    let dropped = match s.dropped {
+        0 => String::new(),
+        n => format!(
+            ", {n} of them dropped to keep at most {} MiB in memory",
+            crate::layer::FEED_BYTES_MAX >> 20
+        ),
+    };
+    let unused = s.published.saturating_sub(s.served);
+    let peak = (s.peak + (1 << 20) - 1) >> 20;
+    format!(" ({served}, {unused} not taken{dropped}; at most {peak} MiB held)")
 }
 
 impl Drop for Seeding {
     /// A step that failed first still waits: no fetch outlives the build.
     fn drop(&mut self) {
         if let Some(thread) = self.thread.take() {
+            if let Some(f) = &self.feed {
+                f.close();
+            }
             let _ = thread.join();
         }
     }
 }
 
+/// How a seeding goes about it.
+#[derive(Clone, Copy)]
+struct SeedHow {
+    compression: crate::oci::Compression,
+    context_copy: bool,
+    /// Do not store the earlier blob (`start_seed`'s `write_follows`).
+    in_memory: bool,
+}
+
 /// Fetch the chunk index, then (unless the local chunk cache already has
-/// most of its chunks) the layer, and seed the chunk cache from them.
+/// most of its chunks) the layer, and seed the chunk cache from them — or,
+/// `in_memory`, only the layer write's feed.
 fn seed(
     store: &crate::store::Store,
     source: &crate::cache::SeedSource,
-    compression: crate::oci::Compression,
-    context_copy: bool,
+    how: SeedHow,
     feed: &crate::layer::SeedFeed,
 ) -> anyhow::Result<String> {
     let digest = &source.layer.digest;
+    let compression = how.compression;
     let index = source.fetch_index(store)?;
     // Which chunks the write may wait for: only a hint (keys claimed by
     // another store; a lie costs a wait, never a wrong chunk).
@@ -216,8 +277,7 @@ fn seed(
             source.label
         ));
     }
-    let size = source.layer.size;
-    let (s, resumable) = if store.has_blob(digest) {
+    if store.has_blob(digest) {
         let s = crate::layer::seed_chunks(
             &cache,
             &index,
@@ -226,35 +286,76 @@ fn seed(
             compression,
         )?;
         feed.finish(true);
-        (s, None)
-    } else {
-        // Verified while it downloads (each chunk handed to the write as
-        // soon as it is); recorded once it is stored.
+        return Ok(seed_note(&s, None, source, ""));
+    }
+    let keys = crate::layer::SeedKeys {
+        bytes: !how.context_copy,
+        described: how.context_copy,
+    };
+    let size = source.layer.size;
+    if how.in_memory {
+        // Only the write needs the chunks, and it takes them from the
+        // feed: the blob is checked against its digest as it streams
+        // through, never written, and no record names it (the new
+        // layer's own records serve a later rebuild).
+        feed.hold_back();
         let seeded = source.stream_layer(&|body| {
             feed.begin_attempt();
-            let mut w = store.blob_writer_unhashed()?;
-            let keys = crate::layer::SeedKeys {
-                bytes: !context_copy,
-                described: context_copy,
-            };
-            let s = crate::layer::seed_reader_fed(
+            let mut none = std::io::sink();
+            let fed = Some(feed);
+            Ok(crate::layer::seed_reader_fed(
                 &index,
                 digest,
                 size,
                 body,
-                &mut w,
+                &mut none,
                 compression,
                 keys,
-                Some(feed),
-            )?;
-            w.commit_verified(digest, Some(size))?;
-            Ok(s)
+                fed,
+            )?)
         })?;
-        let resumable = seeded.resumable;
-        let s = seeded.record(&cache, digest)?;
         feed.finish(true);
-        (s, Some(resumable))
-    };
+        let s = seeded.stats;
+        let resumable = Some(seeded.resumable);
+        return Ok(seed_note(
+            &s,
+            resumable,
+            source,
+            ", checked against its digest, not stored",
+        ));
+    }
+    // Verified while it downloads (each chunk handed to the write as soon
+    // as it is); recorded once it is stored.
+    let seeded = source.stream_layer(&|body| {
+        feed.begin_attempt();
+        let mut w = store.blob_writer_unhashed()?;
+        let s = crate::layer::seed_reader_fed(
+            &index,
+            digest,
+            size,
+            body,
+            &mut w,
+            compression,
+            keys,
+            Some(feed),
+        )?;
+        w.commit_verified(digest, Some(size))?;
+        Ok(s)
+    })?;
+    let resumable = seeded.resumable;
+    let s = seeded.record(&cache, digest)?;
+    feed.finish(true);
+    Ok(seed_note(&s, Some(resumable), source, ""))
+}
+
+/// The seeding's log line: `seeded 282/282 chunks, 55 resumable from
+/// remote cache REF (layer sha256:…)`; `how` says what became of the blob.
+fn seed_note(
+    s: &crate::layer::SeedStats,
+    resumable: Option<usize>,
+    source: &crate::cache::SeedSource,
+    how: &str,
+) -> String {
     let resumable = match resumable {
         Some(n) => format!(", {n} resumable"),
         None => String::new(),
@@ -263,10 +364,10 @@ fn seed(
         0 => String::new(),
         n => format!(" ({n} refused: their bytes do not match the index)"),
     };
-    Ok(format!(
-        "seeded {}/{} chunks{resumable} from remote cache {} (layer {digest}){refused}",
-        s.seeded, s.listed, source.label
-    ))
+    format!(
+        "seeded {}/{} chunks{resumable} from remote cache {} (layer {}{how}){refused}",
+        s.seeded, s.listed, source.label, source.layer.digest
+    )
 }
 
 /// Read every `--cache-from` cache's manifest and map, as a step of its

@@ -256,7 +256,16 @@ impl StageState {
         }
         // Started before anything else: it fetches while the step works.
         let context_copy = matches!(&step.kind, StepKind::Copy(c) if c.from.is_none());
-        let seeding = super::cache_io::start_seed(ctx, step_id, &inputs.instruction, context_copy);
+        // A RUN's write starts only when its command ends: its seeding
+        // stores the earlier blob rather than hold the download that long.
+        let write_follows = !matches!(step.kind, StepKind::Run(_));
+        let seeding = super::cache_io::start_seed(
+            ctx,
+            step_id,
+            &inputs.instruction,
+            context_copy,
+            write_follows,
+        );
         let (reason, link_from) = match corrupt {
             Some(why) => (why, None),
             None => self.miss_reason(ctx, step, step_id, &inputs, no_cache)?,

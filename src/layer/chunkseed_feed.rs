@@ -19,36 +19,84 @@
 //! chunks only if the seeding then succeeded (the whole blob matched, in
 //! one download attempt), and writes it again without the seed otherwise
 //! (`engine::stage`, docs/cache.md).
+//!
+//! Memory: the feed holds at most [`HELD_BYTES_MAX`] compressed bytes.
+//! When the earlier blob is not stored (the feed is the only way its
+//! chunks reach the write: [`SeedFeed::hold_back`]), a full feed makes the
+//! seeding wait for the write to take chunks, which pauses the download.
+//! That wait can never deadlock: while a lookup waits for a key and the
+//! seeding waits for room, the feed drops the chunks it has held longest
+//! (the write went past them, or wants a chunk that is not coming; it
+//! compresses any it later asks for); once the write is done with the
+//! feed ([`SeedFeed::close`]) nothing is held or waited for; and a seeding
+//! kept waiting [`STALL_MAX`] by a write that has not started taking
+//! drops what it cannot hold rather than leave the download idle (a
+//! proxy or the minimum-speed check would cut it).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use super::chunkcache::Hit;
 
-/// The most compressed bytes the feed holds for the write at once; a
-/// chunk published past it goes only to the records, which the write
-/// finds once the seeding has written them.
-const HELD_BYTES_MAX: usize = 256 << 20;
+/// The most compressed bytes the feed holds for the write at once. 32 MiB
+/// lets the download run ahead of the write by about 40 chunks of 0.8 MB,
+/// far more than the write has in flight (its two workers and the resumed
+/// chunk), so a write that keeps up never waits on a chunk already
+/// downloaded: in the fresh CI job (a 230 MB layer) every chunk reaches
+/// the write and none is dropped. More only helps while the write has not
+/// started (the files are still being gathered), when the download is not
+/// what the job waits for; and it adds to a peak RSS that the rest of the
+/// job (the `--push` stream's queue above all) already takes to 120-200 MB.
+pub(crate) const HELD_BYTES_MAX: usize = 32 << 20;
+/// How long a seeding waits for room while the write takes nothing, before
+/// it drops what does not fit: well under the 60 s in which a registry
+/// body must deliver its minimum speed (`registry::body`).
+pub(crate) const STALL_MAX: Duration = Duration::from_secs(20);
 
 /// Seeded chunks on their way to a layer write (see the module doc).
-#[derive(Default)]
 pub struct SeedFeed {
     state: Mutex<FeedState>,
+    /// Lookups wait here for a chunk (or the seeding's end).
     ready: Condvar,
+    /// A seeding waits here for room (or a lookup that waits).
+    room: Condvar,
+    cap: usize,
+    stall: Duration,
     /// The write stopped resuming: the hash states of later chunks are
     /// of no use to it, so the seeding stops hashing the tar (the new
     /// blob's own records carry every state a later rebuild needs).
     resume_over: std::sync::atomic::AtomicBool,
 }
 
+impl Default for SeedFeed {
+    fn default() -> Self {
+        Self::with_limits(HELD_BYTES_MAX, STALL_MAX)
+    }
+}
+
 #[derive(Default)]
 struct FeedState {
     /// The keys the index claims; None until it is read.
     hinted: Option<HashSet<[u8; 32]>>,
-    hits: HashMap<[u8; 32], Hit>,
+    /// Held chunks by key, with the order they came in.
+    hits: HashMap<[u8; 32], (u64, Hit)>,
+    order: VecDeque<(u64, [u8; 32])>,
+    seq: u64,
     held: usize,
+    /// The most ever held at once.
+    peak: usize,
+    /// The seeding waits for room rather than drop a chunk.
+    hold_back: bool,
+    /// The keys lookups wait for right now.
+    waiting: Vec<[u8; 32]>,
+    /// The seeding waited [`STALL_MAX`] while nothing was taken: until
+    /// the next take it drops what does not fit.
+    stalled: bool,
     /// The seeding ended (its records, if any, are written).
     done: bool,
+    /// The write is done with the feed: nothing is held any more.
+    closed: bool,
     /// It ended with every byte checked against the blob's digest.
     verified: bool,
     /// Download attempts begun (a retry starts the blob again).
@@ -57,11 +105,40 @@ struct FeedState {
     /// came from a download whose digest was never checked.
     tainted: bool,
     served: usize,
+    published: usize,
+    /// Chunks dropped for room (held longest, or not taken in).
+    dropped: usize,
+}
+
+/// What a feed did, for the step's log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FeedStats {
+    /// Chunks published (verified, with a key the write may ask for).
+    pub published: usize,
+    /// Chunks the write took.
+    pub served: usize,
+    /// Chunks dropped to keep the feed under its bound.
+    pub dropped: usize,
+    /// The most compressed bytes held at once.
+    pub peak: usize,
 }
 
 impl SeedFeed {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A feed holding at most `cap` bytes, whose seeding drops what does
+    /// not fit after waiting `stall` with nothing taken.
+    pub(crate) fn with_limits(cap: usize, stall: Duration) -> Self {
+        SeedFeed {
+            state: Mutex::default(),
+            ready: Condvar::new(),
+            room: Condvar::new(),
+            cap,
+            stall,
+            resume_over: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, FeedState> {
@@ -75,6 +152,13 @@ impl SeedFeed {
         self.ready.notify_all();
     }
 
+    /// The feed is the only way the chunks reach the write (the earlier
+    /// blob is not stored): a full feed makes the seeding wait for room
+    /// instead of dropping the chunk.
+    pub fn hold_back(&self) {
+        self.lock().hold_back = true;
+    }
+
     /// A download (first or retried) of the blob begins.
     pub fn begin_attempt(&self) {
         let mut s = self.lock();
@@ -83,18 +167,58 @@ impl SeedFeed {
             s.tainted = true;
         }
         // What an earlier attempt published is not this one's.
-        s.hits.clear();
-        s.held = 0;
+        s.clear();
+        drop(s);
+        self.room.notify_all();
     }
 
     /// A verified chunk, recorded under `key` (its own, computed here).
+    /// May wait for room (see the module doc).
     pub(crate) fn publish(&self, key: [u8; 32], hit: Hit) {
+        let len = hit.bytes.len();
         let mut s = self.lock();
-        if s.held + hit.bytes.len() > HELD_BYTES_MAX {
-            return;
+        s.published += 1;
+        let mut since = Instant::now();
+        loop {
+            if s.closed {
+                return;
+            }
+            if s.held + len <= self.cap || s.hits.is_empty() {
+                break;
+            }
+            if s.waits_for_more() {
+                // The write waits for a chunk not held: make room by
+                // dropping the chunks held longest (but not one a lookup
+                // is about to wake up to).
+                while s.held + len > self.cap && s.drop_oldest() {}
+                if s.held + len <= self.cap {
+                    break;
+                }
+            }
+            if !s.hold_back || s.stalled {
+                s.dropped += 1;
+                return;
+            }
+            let left = self.stall.saturating_sub(since.elapsed());
+            if left.is_zero() {
+                s.stalled = true;
+                continue;
+            }
+            let served = s.served;
+            s = match self.room.wait_timeout(s, left) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+            if s.served != served {
+                since = Instant::now();
+            }
         }
-        s.held += hit.bytes.len();
-        if let Some(old) = s.hits.insert(key, hit) {
+        s.seq += 1;
+        let seq = s.seq;
+        s.held += len;
+        s.peak = s.peak.max(s.held);
+        s.order.push_back((seq, key));
+        if let Some((_, old)) = s.hits.insert(key, (seq, hit)) {
             s.held -= old.bytes.len();
         }
         drop(s);
@@ -102,36 +226,61 @@ impl SeedFeed {
     }
 
     /// The seeding ended; `verified`: the whole blob matched its digest
-    /// and its chunks are recorded. Wakes every waiting lookup.
+    /// (and, if it was stored, its chunks are recorded). Wakes every
+    /// waiting lookup; what is held stays for the write to take, unless
+    /// the seeding failed.
     pub fn finish(&self, verified: bool) {
         let mut s = self.lock();
         if !s.done {
             s.done = true;
             s.verified = verified;
         }
-        s.hits.clear();
-        s.held = 0;
+        if !s.verified {
+            s.clear();
+        }
         drop(s);
+        self.ready.notify_all();
+        self.room.notify_all();
+    }
+
+    /// The write is done with the feed: what is held is freed, and a
+    /// seeding still running no longer waits for room.
+    pub fn close(&self) {
+        let mut s = self.lock();
+        s.closed = true;
+        s.clear();
+        drop(s);
+        self.room.notify_all();
         self.ready.notify_all();
     }
 
     /// The chunk published under `key`, waiting for it while the seeding
     /// runs and the index claims it (or has not been read yet). None: not
     /// (or no longer) here; once [`SeedFeed::done`], the records have it
-    /// if the seeding verified it.
+    /// if the seeding stored the blob and verified it.
     pub(crate) fn take(&self, key: &[u8; 32]) -> Option<Hit> {
         let mut s = self.lock();
         loop {
-            if let Some(hit) = s.hits.remove(key) {
+            if let Some((_, hit)) = s.hits.remove(key) {
                 s.held -= hit.bytes.len();
                 s.served += 1;
+                s.stalled = false;
+                drop(s);
+                self.room.notify_all();
                 return Some(hit);
             }
-            let worth_waiting = !s.done && s.hinted.as_ref().is_none_or(|h| h.contains(key));
+            let worth_waiting =
+                !s.done && !s.closed && s.hinted.as_ref().is_none_or(|h| h.contains(key));
             if !worth_waiting {
                 return None;
             }
+            s.waiting.push(*key);
+            // A seeding waiting for room makes it now (module doc).
+            self.room.notify_all();
             s = self.ready.wait(s).unwrap_or_else(|e| e.into_inner());
+            if let Some(at) = s.waiting.iter().position(|k| k == key) {
+                s.waiting.swap_remove(at);
+            }
         }
     }
 
@@ -153,12 +302,60 @@ impl SeedFeed {
         self.lock().served
     }
 
+    /// What the feed did so far.
+    pub fn stats(&self) -> FeedStats {
+        let s = self.lock();
+        FeedStats {
+            published: s.published,
+            served: s.served,
+            dropped: s.dropped,
+            peak: s.peak,
+        }
+    }
+
     /// Whether what was served may stay in a layer: the seeding ended
     /// with the whole blob matching its digest, in the same download
     /// attempt the served chunks came from.
     pub fn trusted(&self) -> bool {
         let s = self.lock();
         s.done && s.verified && !s.tainted
+    }
+}
+
+impl FeedState {
+    fn clear(&mut self) {
+        self.hits.clear();
+        self.order.clear();
+        self.held = 0;
+    }
+
+    /// Whether a lookup waits for a chunk that is not held (one whose
+    /// chunk is held only has yet to wake up).
+    fn waits_for_more(&self) -> bool {
+        self.waiting.iter().any(|k| !self.hits.contains_key(k))
+    }
+
+    /// Drops the chunk held longest that no lookup waits for; false when
+    /// there is none.
+    fn drop_oldest(&mut self) -> bool {
+        // Entries taken (or replaced) since are not held under their seq.
+        let held =
+            |s: &Self, (seq, key): &(u64, [u8; 32])| s.hits.get(key).is_some_and(|(n, _)| n == seq);
+        while self.order.front().is_some_and(|e| !held(self, e)) {
+            self.order.pop_front();
+        }
+        let victim = self
+            .order
+            .iter()
+            .position(|e| held(self, e) && !self.waiting.contains(&e.1));
+        let Some((_, key)) = victim.and_then(|at| self.order.remove(at)) else {
+            return false;
+        };
+        if let Some((_, hit)) = self.hits.remove(&key) {
+            self.held -= hit.bytes.len();
+            self.dropped += 1;
+        }
+        true
     }
 }
 
@@ -188,6 +385,10 @@ mod tests {
     use super::*;
 
     fn hit(n: u8) -> Hit {
+        sized(n, 10)
+    }
+
+    fn sized(n: u8, len: usize) -> Hit {
         Hit {
             blob: "sha256:x".into(),
             offset: 0,
@@ -196,7 +397,7 @@ mod tests {
             ucrc: 0,
             tar_off: 0,
             states: None,
-            bytes: vec![n; 10],
+            bytes: vec![n; len],
         }
     }
 
@@ -237,5 +438,95 @@ mod tests {
         assert!(clean.take(&[1; 32]).is_some());
         clean.finish(true);
         assert!(clean.trusted());
+    }
+
+    fn key(n: u8) -> [u8; 32] {
+        [n; 32]
+    }
+
+    /// A seeding that must hold chunks back waits for the write: the
+    /// feed never holds more than its bound, and a slow write still gets
+    /// every chunk, in order.
+    #[test]
+    fn a_full_feed_makes_the_seeding_wait_for_a_slow_write() {
+        let feed = std::sync::Arc::new(SeedFeed::with_limits(100, Duration::from_secs(60)));
+        feed.hold_back();
+        feed.set_hints((0..50).map(key));
+        let f = feed.clone();
+        let seeding = std::thread::spawn(move || {
+            for n in 0..50 {
+                f.publish(key(n), sized(n, 30));
+            }
+            f.finish(true);
+        });
+        for n in 0..50 {
+            if n % 10 == 0 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let got = feed.take(&key(n)).map(|h| h.bytes[0]);
+            assert_eq!(got, Some(n), "chunk {n}");
+        }
+        seeding.join().unwrap();
+        let stats = feed.stats();
+        assert!(stats.peak <= 100, "{stats:?}");
+        assert_eq!((stats.served, stats.dropped), (50, 0), "{stats:?}");
+        assert!(feed.trusted());
+    }
+
+    /// The write asks for a chunk later than the ones held (it went past
+    /// them, e.g. they were of a changed file) while the seeding waits
+    /// for room: the chunks held longest are dropped, nobody deadlocks.
+    #[test]
+    fn a_write_waiting_past_held_chunks_gets_them_dropped() {
+        let feed = std::sync::Arc::new(SeedFeed::with_limits(100, Duration::from_secs(60)));
+        feed.hold_back();
+        feed.set_hints((0..10).map(key));
+        let f = feed.clone();
+        let seeding = std::thread::spawn(move || {
+            for n in 0..10 {
+                f.publish(key(n), sized(n, 30));
+            }
+            f.finish(true);
+        });
+        // Chunks 0-2 fill the feed; the write wants chunk 6 first.
+        let got = feed.take(&key(6)).map(|h| h.bytes[0]);
+        assert_eq!(got, Some(6));
+        // The oldest were dropped to make room; later ones are still held.
+        assert!(feed.take(&key(0)).is_none());
+        for n in 7..10 {
+            assert_eq!(feed.take(&key(n)).map(|h| h.bytes[0]), Some(n));
+        }
+        seeding.join().unwrap();
+        let stats = feed.stats();
+        assert!(stats.peak <= 100, "{stats:?}");
+        assert!(stats.dropped >= 4, "{stats:?}");
+        // Once the seeding ended no lookup waits, held or not.
+        assert!(feed.take(&key(3)).is_none());
+        assert!(feed.take(&key(42)).is_none());
+    }
+
+    /// A write that never takes (it has not started, or is done): the
+    /// seeding neither waits forever nor holds more than the bound.
+    #[test]
+    fn a_seeding_is_never_held_by_a_write_that_takes_nothing() {
+        let feed = std::sync::Arc::new(SeedFeed::with_limits(100, Duration::from_millis(50)));
+        feed.hold_back();
+        let started = Instant::now();
+        for n in 0..10 {
+            feed.publish(key(n), sized(n, 30));
+        }
+        // Waited about one stall, then dropped what did not fit.
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let stats = feed.stats();
+        assert_eq!((stats.peak, stats.dropped), (90, 7), "{stats:?}");
+        // The earliest chunks (a resuming write's first) are still held.
+        assert!(feed.take(&key(0)).is_some());
+        // Once the write is done with the feed, nothing is held or waited for.
+        feed.close();
+        let f = feed.clone();
+        let late = std::thread::spawn(move || f.publish(key(20), sized(20, 90)));
+        late.join().unwrap();
+        assert!(feed.take(&key(1)).is_none());
+        assert_eq!(feed.stats().served, 1);
     }
 }

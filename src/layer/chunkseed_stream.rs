@@ -1,5 +1,6 @@
-//! Seeding while the layer arrives: the blob's bytes are stored and hashed
-//! as they are read, each chunk the index lists is handed to a verifying
+//! Seeding while the layer arrives: the blob's bytes are hashed as they
+//! are read (and passed to `out`: the store, or nowhere when the layer
+//! write is their only user), each chunk the index lists is handed to a verifying
 //! worker the moment its last byte is in (libdeflate / libzstd, one worker
 //! per core, at most two), and the verified chunks are followed in stream
 //! order to compute, from their bytes, what a warm store's records carry:
@@ -89,15 +90,18 @@ pub(super) fn seed_stream(
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
     let (job_tx, job_rx) = bounded::<Job>(threads * 2);
     let (res_tx, res_rx) = bounded::<Checked>(threads * 4);
+    // Tar buffers the follower is done with, back to the verifiers.
+    let (spare_tx, spare_rx) = bounded::<Vec<u8>>(threads * 4);
     let (read, followed) = std::thread::scope(|s| {
         for _ in 0..threads {
-            let (rx, tx) = (job_rx.clone(), res_tx.clone());
+            let (rx, tx, spare) = (job_rx.clone(), res_tx.clone(), spare_rx.clone());
             let keep = feed.is_some();
-            s.spawn(move || verifier(rx, tx, codec, tag, keys.bytes, keep));
+            s.spawn(move || verifier(rx, tx, spare, codec, tag, keys.bytes, keep));
         }
         let refused = res_tx.clone();
-        drop((job_rx, res_tx));
-        let follower = s.spawn(move || follow(res_rx, tag, keys, Publish { feed, digest }));
+        drop((job_rx, res_tx, spare_rx));
+        let publish = Publish { feed, digest };
+        let follower = s.spawn(move || follow(res_rx, spare_tx, tag, keys, publish));
         let read = read_and_cut(body, out, chunks, size, job_tx, refused);
         let followed = follower.join();
         (read, followed)
@@ -213,6 +217,7 @@ fn read_and_cut(
 fn verifier(
     jobs: Receiver<Job>,
     out: Sender<Checked>,
+    spare: Receiver<Vec<u8>>,
     codec: Codec,
     tag: &str,
     key: bool,
@@ -220,7 +225,8 @@ fn verifier(
 ) {
     let mut gz = super::chunkseed::Gunzip::new();
     for job in jobs {
-        let good = verify_chunk(codec, tag, job.entry, &job.bytes, &mut gz, key);
+        let buf = spare.try_recv().unwrap_or_default();
+        let good = verify_chunk(codec, tag, job.entry, &job.bytes, &mut gz, key, buf);
         let bytes = match keep_bytes && good.is_some() {
             true => job.bytes,
             false => Vec::new(),
@@ -243,6 +249,7 @@ fn verifier(
 /// them carry states and a key a layer write resumes by.
 fn follow(
     results: Receiver<Checked>,
+    spare: Sender<Vec<u8>>,
     tag: &str,
     keys: SeedKeys,
     publish: Publish<'_>,
@@ -296,10 +303,22 @@ fn follow(
             } else {
                 desc.break_off();
             }
+            // Full: the verifiers have buffers enough.
+            let _ = spare.try_send(data);
             if keys.bytes {
                 publish.chunk(&c, bytes);
             } else if publish.feed.is_some() && keyed.contains_key(&r.index) {
                 unkeyed.insert(r.index, bytes);
+                // A file spanning many chunks keys them all at its end:
+                // held beside the feed, within the feed's bound (the
+                // first ones go; the write compresses them).
+                let mut held: usize = unkeyed.values().map(Vec::len).sum();
+                while held > super::chunkseed_feed::HELD_BYTES_MAX {
+                    match unkeyed.pop_first() {
+                        Some((_, b)) => held -= b.len(),
+                        None => break,
+                    }
+                }
             }
             good.push(c);
             let new_keys = desc.take_keys();

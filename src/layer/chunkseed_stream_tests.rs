@@ -7,7 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::layer::chunked::tests::{cache, known_now};
-use crate::layer::chunkseed::{local_index, seed_reader, SeedKeys};
+use crate::layer::chunkseed::{claimed_keys, local_index, seed_reader, seed_reader_fed, SeedKeys};
+use crate::layer::chunkseed_feed::SeedFeed;
 use crate::layer::{
     write_layer, EntryKind, FileSource, LayerEntry, LayerInfo, Timespec, WriteOptions,
 };
@@ -238,4 +239,94 @@ fn a_layer_of_unknown_files_resumes_by_the_bytes_keys() {
     assert_eq!((&warm.digest, &warm.diff_id), (&cold.digest, &cold.diff_id));
     let s = warm.chunks;
     assert!(s.resumed >= 2 && s.resumed < s.chunks, "{s:?}");
+}
+
+/// An output that takes its time, as a write pushing to a slow registry.
+struct Slow(Vec<u8>);
+
+impl std::io::Write for Slow {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A fresh store's write fed by a seeding that keeps the earlier layer in
+/// memory only (as a CI job's COPY is): a slow write still gets the cold
+/// write's bytes, resuming the unchanged start; the feed never holds more
+/// than its bound (the download waits for the write); and the store gets
+/// neither the earlier blob nor a record naming it.
+#[test]
+fn a_slow_write_fed_from_memory_gets_the_cold_layer_and_stores_no_seed() {
+    let c = Compression::Gzip { level: 6 };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let files = a.path().join("files");
+    fs::create_dir_all(&files).unwrap();
+    let entries = tree(&files);
+    let (first, blob) = write(Some(a.path()), &entries, c);
+    let index = local_index(&cache(a.path()), &first.digest).unwrap();
+    fs::write(files.join("f0200.rs"), text(4242, 21_000)).unwrap();
+
+    let cap = 1 << 20;
+    let feed = Arc::new(SeedFeed::with_limits(
+        cap,
+        std::time::Duration::from_secs(60),
+    ));
+    feed.hold_back();
+    feed.set_hints(claimed_keys(&index, &first.digest).unwrap());
+    let described = SeedKeys {
+        bytes: false,
+        described: true,
+    };
+    let (warm, warm_bytes, seeded) = std::thread::scope(|s| {
+        let seeding = s.spawn(|| {
+            feed.begin_attempt();
+            let size = blob.len() as u64;
+            let mut sink = std::io::sink();
+            let r = seed_reader_fed(
+                &index,
+                &first.digest,
+                size,
+                &mut &blob[..],
+                &mut sink,
+                c,
+                described,
+                Some(&feed),
+            );
+            feed.finish(r.is_ok());
+            r.map(|s| s.stats)
+        });
+        let mut out = Slow(Vec::new());
+        let opts = WriteOptions {
+            compression: c,
+            threads: 2,
+            chunk_cache: Some(cache(b.path()).with_feed(feed.clone())),
+            known_files: Some(Arc::new(known_now(&entries))),
+            ..Default::default()
+        };
+        let info = write_layer(entries.clone(), &mut out, &opts).unwrap();
+        feed.close();
+        (info, out.0, seeding.join().unwrap().unwrap())
+    });
+    let (cold, cold_bytes) = write(None, &entries, c);
+    assert_eq!(warm_bytes, cold_bytes, "the feed changed the blob");
+    assert_eq!(warm.digest, cold.digest);
+    let (f, s) = (feed.stats(), warm.chunks);
+    assert_eq!(seeded.seeded, seeded.listed, "{seeded:?}");
+    assert!(f.peak <= cap && f.peak > cap / 2, "{f:?}");
+    assert!(feed.trusted(), "{f:?}");
+    assert!(s.resumed >= 4 && s.reused + 3 >= s.chunks, "{s:?} {f:?}");
+    assert_eq!(f.served as u64, s.reused, "{s:?} {f:?}");
+
+    // Nothing of the earlier blob in B: no blob, no record naming it.
+    assert!(!b.path().join("blobs").join(&first.digest[7..]).exists());
+    for e in fs::read_dir(b.path().join("chunks")).unwrap() {
+        let text = fs::read_to_string(e.unwrap().path()).unwrap_or_default();
+        assert!(!text.contains(&first.digest), "{text}");
+    }
 }

@@ -233,5 +233,5 @@ fn bad_indexes_are_refused_whole_with_the_reason() {
 }
 
 fn gunzip_chunk(bytes: &[u8], ulen: usize) -> Option<Vec<u8>> {
-    Gunzip::new().member(bytes, ulen)
+    Gunzip::new().member(bytes, ulen, Vec::new())
 }

@@ -37,7 +37,8 @@ pub use chunkseed::{
     claimed_keys, local_index, seed as seed_chunks, seed_reader, seed_reader_fed, unseeded,
     ChunkIndexError, SeedKeys, SeedStats, Seeded, MAX_INDEX_BYTES,
 };
-pub use chunkseed_feed::{FeedGuard, SeedFeed};
+pub(crate) use chunkseed_feed::HELD_BYTES_MAX as FEED_BYTES_MAX;
+pub use chunkseed_feed::{FeedGuard, FeedStats, SeedFeed};
 pub use compress::{write_layer, write_prepared, LayerInfo, WriteOptions};
 pub use entry::{
     EntryKind, FileSource, LayerEntry, PreparedEntries, Timespec, OPAQUE_MARKER, WHITEOUT_PREFIX,

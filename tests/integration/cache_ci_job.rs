@@ -53,6 +53,24 @@ fn a_fresh_runner_resumes_the_layer_it_seeded_from_the_registry() {
     assert!(resumable >= 4, "{log}");
     let resumed = count_before(&log, "resumed without reading").expect(&log);
     assert!(resumed >= 2, "{log}");
+    // The earlier layer only fed the write: it is not in the store.
+    let line = log.lines().find(|l| l.contains("resumable from")).unwrap();
+    assert!(line.contains("not stored"), "{log}");
+    let at = line.find("(layer sha256:").expect(line) + "(layer sha256:".len();
+    let earlier = &line[at..at + 64];
+    assert!(
+        !b.root().join("blobs/sha256").join(earlier).exists(),
+        "{log}"
+    );
+    // The new layer's own records serve the next rebuild on this store:
+    // another file changes, and (without the cache) the unchanged start
+    // resumes and the rest is copied.
+    write_tree(&ctx_b, Some(250));
+    let again = build(&b, &ctx_b, &["-t", "app:b2"]).log;
+    let resumed = count_before(&again, "resumed without reading").expect(&again);
+    assert!(resumed >= 2, "{again}");
+    let compressed = count_before(&again, "compressed").expect(&again);
+    assert!(compressed <= 3, "{again}");
 
     // Bit-identical to the same build cold in a fresh store.
     let cold = Env::new();

@@ -125,14 +125,39 @@ fn overlapped(corrupt: bool) -> (Env, Built, Built, String) {
     (b, built, reference, layer)
 }
 
+/// Nothing of the cache's earlier layer `layer` is in the store at
+/// `root`: not the blob, and no chunk record or index names it.
+fn assert_no_trace(root: &Path, layer: &str) {
+    assert!(!root.join("blobs/sha256").join(&layer[7..]).exists());
+    let chunks = root.join("rbuild/chunks");
+    for e in std::fs::read_dir(&chunks).unwrap() {
+        let e = e.unwrap();
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        assert!(
+            !text.contains(layer),
+            "{} names {layer}",
+            e.path().display()
+        );
+        assert!(!e.file_name().to_str().unwrap().contains(&layer[7..]));
+    }
+}
+
 #[test]
 fn the_layer_write_takes_chunks_while_the_seed_downloads() {
-    let (_b, built, cold, _) = overlapped(false);
+    let (b, built, cold, layer) = overlapped(false);
     let log = &built.log;
     assert_eq!(built.digest, cold.digest, "{log}");
     assert!(log.contains("handed to the layer write"), "{log}");
     assert!(log.contains("resumed without reading their files"), "{log}");
     assert!(!log.contains("writing the layer again"), "{log}");
+    // The write took the chunks from memory: the earlier blob was checked
+    // as it streamed through, never stored, and no record names it (the
+    // new layer's own records serve a rebuild here).
+    assert!(
+        log.contains("checked against its digest, not stored"),
+        "{log}"
+    );
+    assert_no_trace(&b.root(), &layer);
 }
 
 #[test]
@@ -147,19 +172,6 @@ fn a_corrupt_cache_layer_costs_a_second_write_and_leaves_nothing() {
         "{log}"
     );
     assert_eq!(built.digest, cold.digest, "{log}");
-    // Nothing of the bad blob is in B's store: not the blob, and no chunk
-    // record or index names it.
-    let root = b.root();
-    assert!(!root.join("blobs/sha256").join(&layer[7..]).exists());
-    let chunks = root.join("rbuild/chunks");
-    for e in std::fs::read_dir(&chunks).unwrap() {
-        let e = e.unwrap();
-        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-        assert!(
-            !text.contains(&layer),
-            "{} names {layer}",
-            e.path().display()
-        );
-        assert!(!e.file_name().to_str().unwrap().contains(&layer[7..]));
-    }
+    // Nothing of the bad blob is in B's store.
+    assert_no_trace(&b.root(), &layer);
 }
