@@ -141,12 +141,12 @@ impl EarlyPush {
         }
         let (tx, rx) = crossbeam_channel::unbounded::<Piece>();
         let (decide, decided) = crossbeam_channel::bounded::<LayerRef>(1);
-        let queued = Arc::new(AtomicUsize::new(0));
         let reader = PieceReader {
             rx,
-            piece: Vec::new(),
+            file: None,
             at: 0,
-            queued: queued.clone(),
+            avail: 0,
+            ended: false,
         };
         let (store, dest, settings) = (store.clone(), self.dests[0].clone(), self.settings.clone());
         let (cancel, committed) = (self.cancel.clone(), self.streams_committed.clone());
@@ -188,7 +188,7 @@ impl EarlyPush {
         Some(LayerStream {
             tx: Some(tx),
             decide: Some(decide),
-            queued,
+            announced: 0,
         })
     }
 
@@ -237,14 +237,17 @@ impl Drop for EarlyPush {
     }
 }
 
-/// The most written bytes a stream holds before the upload takes them; a
-/// registry slower than the write makes the stream give up (the stored
-/// blob is uploaded after the write instead), never the write wait.
-const STREAM_QUEUE_MAX: usize = 256 << 20;
-
+/// What the writing side tells the upload: the blob's temp file, then how
+/// far it has been written (flushed into the file), then its end. The
+/// upload reads the bytes back from the file (from the page cache, as it
+/// was just written), so a registry slower than the write costs no memory
+/// and never makes the stream give up: before, every byte was copied into
+/// a queue (up to 256 MiB) that a fresh CI runner's fast seeded write
+/// filled, taking the job's peak RSS past 250 MB.
 enum Piece {
-    Data(Vec<u8>),
-    End,
+    File(std::fs::File),
+    Upto(u64),
+    End(u64),
 }
 
 /// The writing side of a streamed layer upload (`EarlyPush::stream`).
@@ -252,54 +255,172 @@ enum Piece {
 pub(crate) struct LayerStream {
     tx: Option<crossbeam_channel::Sender<Piece>>,
     decide: Option<crossbeam_channel::Sender<LayerRef>>,
-    queued: Arc<AtomicUsize>,
+    /// The length last announced.
+    announced: u64,
 }
 
 impl LayerStream {
-    /// Bytes of the blob, in order, as they are written.
-    pub(crate) fn put(&mut self, bytes: &[u8]) {
-        let Some(tx) = &self.tx else { return };
-        let queued = self.queued.fetch_add(bytes.len(), Ordering::Relaxed);
-        if queued + bytes.len() > STREAM_QUEUE_MAX || tx.send(Piece::Data(bytes.to_vec())).is_err()
-        {
-            // The body stops with an error: the session is never committed.
-            self.tx = None;
+    /// The blob being written: the upload reads it back from `file`.
+    pub(crate) fn attach(&mut self, file: std::fs::File) {
+        self.send(Piece::File(file));
+    }
+
+    /// The first `len` bytes of the blob are in its file.
+    pub(crate) fn advance(&mut self, len: u64) {
+        if len > self.announced {
+            self.announced = len;
+            self.send(Piece::Upto(len));
         }
     }
 
-    /// The blob is complete.
-    pub(crate) fn end(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send(Piece::End);
+    /// The blob is complete: `len` bytes, all in its file.
+    pub(crate) fn end(&mut self, len: u64) {
+        self.send(Piece::End(len));
+        self.tx = None;
+    }
+
+    /// Gives up the stream: the body stops with an error, so the session
+    /// is never committed (the stored blob is uploaded the usual way).
+    pub(crate) fn give_up(&mut self) {
+        self.tx = None;
+    }
+
+    fn send(&mut self, piece: Piece) {
+        if let Some(tx) = &self.tx {
+            if tx.send(piece).is_err() {
+                self.tx = None;
+            }
         }
     }
 }
 
-/// The upload's body: the pieces as the writer sends them; an error when
-/// the writer gave up or went away before the end.
+/// The upload's body: the blob's bytes, read back from its file as the
+/// writer announces them; an error when the writer gave up or went away
+/// before the end.
 struct PieceReader {
     rx: crossbeam_channel::Receiver<Piece>,
-    piece: Vec<u8>,
-    at: usize,
-    queued: Arc<AtomicUsize>,
+    file: Option<std::fs::File>,
+    /// Bytes of the blob read so far.
+    at: u64,
+    /// Bytes announced as in the file.
+    avail: u64,
+    ended: bool,
 }
 
 impl std::io::Read for PieceReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.at == self.piece.len() {
-            match self.rx.recv() {
-                Ok(Piece::Data(d)) => {
-                    self.queued.fetch_sub(d.len(), Ordering::Relaxed);
-                    self.piece = d;
-                    self.at = 0;
+        use std::os::unix::fs::FileExt;
+        loop {
+            if self.at < self.avail {
+                let Some(file) = &self.file else {
+                    return Err(std::io::Error::other("a layer stream without its file"));
+                };
+                let want = usize::try_from(self.avail - self.at).unwrap_or(usize::MAX);
+                let len = buf.len().min(want);
+                let n = file.read_at(&mut buf[..len], self.at)?;
+                if n == 0 {
+                    return Err(std::io::Error::other(
+                        "the layer file is shorter than written",
+                    ));
                 }
-                Ok(Piece::End) => return Ok(0),
+                self.at += n as u64;
+                return Ok(n);
+            }
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Piece::File(f)) => self.file = Some(f),
+                Ok(Piece::Upto(n)) => self.avail = n,
+                Ok(Piece::End(n)) => {
+                    self.avail = n;
+                    self.ended = true;
+                }
                 Err(_) => return Err(std::io::Error::other("the layer write stopped")),
             }
         }
-        let n = buf.len().min(self.piece.len() - self.at);
-        buf[..n].copy_from_slice(&self.piece[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn pair() -> (LayerStream, PieceReader) {
+        let (tx, rx) = crossbeam_channel::unbounded::<Piece>();
+        let (decide, _) = crossbeam_channel::bounded::<LayerRef>(1);
+        let stream = LayerStream {
+            tx: Some(tx),
+            decide: Some(decide),
+            announced: 0,
+        };
+        let reader = PieceReader {
+            rx,
+            file: None,
+            at: 0,
+            avail: 0,
+            ended: false,
+        };
+        (stream, reader)
+    }
+
+    #[test]
+    fn the_body_is_the_file_as_announced_and_ends_with_it() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("blob");
+        let mut w = std::fs::File::create(&path).unwrap();
+        let (mut stream, mut reader) = pair();
+        stream.attach(std::fs::File::open(&path).unwrap());
+        w.write_all(b"first part|").unwrap();
+        // Bytes written but not announced are not read yet.
+        w.write_all(b"second").unwrap();
+        stream.advance(11);
+        let mut buf = [0u8; 64];
+        let n = reader.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"first part|");
+        // An announcement never goes back.
+        stream.advance(5);
+        stream.end(17);
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, b"second");
+    }
+
+    #[test]
+    fn a_writer_gone_before_the_end_fails_the_body() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("blob");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let (mut stream, mut reader) = pair();
+        stream.attach(std::fs::File::open(&path).unwrap());
+        stream.advance(4);
+        drop(stream);
+        let mut all = Vec::new();
+        let err = reader.read_to_end(&mut all).unwrap_err();
+        assert_eq!(all, b"0123");
+        assert!(err.to_string().contains("the layer write stopped"), "{err}");
+    }
+
+    #[test]
+    fn a_file_shorter_than_announced_fails_the_body() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("blob");
+        std::fs::write(&path, b"abc").unwrap();
+        let (mut stream, mut reader) = pair();
+        stream.attach(std::fs::File::open(&path).unwrap());
+        stream.end(10);
+        let mut all = Vec::new();
+        let err = reader.read_to_end(&mut all).unwrap_err();
+        assert!(err.to_string().contains("shorter than written"), "{err}");
+    }
+
+    #[test]
+    fn a_given_up_stream_fails_the_body() {
+        let (mut stream, mut reader) = pair();
+        stream.give_up();
+        stream.advance(3);
+        let mut buf = [0u8; 8];
+        assert!(reader.read(&mut buf).is_err());
     }
 }

@@ -77,6 +77,14 @@ impl StageState {
     ) -> anyhow::Result<(crate::store::BlobWriter, crate::layer::LayerInfo)> {
         // write_layer hashes the blob on a thread of its own.
         let mut blob = ctx.store.blob_writer_unhashed()?;
+        let mut stream = stream;
+        if let Some(s) = stream.as_mut() {
+            // The upload reads the blob back from its file as it grows.
+            match blob.reader() {
+                Ok(file) => s.attach(file),
+                Err(_) => s.give_up(),
+            }
+        }
         // Chunk records are written through this temp dir (locked, removed
         // on drop) so a crash leaves no half-written record behind. A layer
         // of one small chunk is written without the cache (`layer::small`):
@@ -113,7 +121,8 @@ impl StageState {
             };
             let info = write_prepared(entries, &mut counted, &opts).context("writing the layer")?;
             if let Some(s) = counted.stream.as_mut() {
-                s.end();
+                let len = counted.inner.flush_all().context("writing the layer")?;
+                s.end(len);
             }
             info
         };
@@ -130,20 +139,21 @@ impl StageState {
 }
 
 /// Passes bytes through, reporting the running total every MiB.
-struct ProgressWriter<'a, W: std::io::Write> {
-    inner: &'a mut W,
+struct ProgressWriter<'a> {
+    inner: &'a mut crate::store::BlobWriter,
     handle: &'a StepHandle,
     written: u64,
     reported: u64,
-    /// `--push`: the same bytes, streamed to the registry as written.
+    /// `--push`: the same bytes, streamed to the registry as they reach
+    /// the blob's file.
     stream: Option<&'a mut super::early_push::LayerStream>,
 }
 
-impl<W: std::io::Write> std::io::Write for ProgressWriter<'_, W> {
+impl std::io::Write for ProgressWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
         if let Some(s) = self.stream.as_mut() {
-            s.put(&buf[..n]);
+            s.advance(self.inner.flushed());
         }
         self.written += n as u64;
         if self.written - self.reported >= 1 << 20 {

@@ -110,6 +110,28 @@ impl BlobWriter {
         Ok(())
     }
 
+    /// Another handle on the blob's temp file, for reading back what was
+    /// written (with `read_at`: the handles share a file offset). It stays
+    /// readable after the writer is dropped or committed: an unlink or a
+    /// rename leaves an open file as it is.
+    pub fn reader(&self) -> io::Result<fs::File> {
+        self.tmp.get_ref().file.as_file().try_clone()
+    }
+
+    /// Bytes that are in the temp file (not in the write buffer), so a
+    /// [`BlobWriter::reader`] sees them: a multiple of
+    /// [`WRITEBACK_STEP`] while writing, or all after [`BlobWriter::flush_all`].
+    pub fn flushed(&self) -> u64 {
+        self.written_back
+    }
+
+    /// Puts every byte written so far into the temp file (and starts its
+    /// writeback); returns how many that is.
+    pub fn flush_all(&mut self) -> io::Result<u64> {
+        self.start_writeback()?;
+        Ok(self.size)
+    }
+
     /// Bytes written so far.
     pub fn size(&self) -> u64 {
         self.size
@@ -225,6 +247,33 @@ mod tests {
         assert_eq!(info.digest, sha256_digest(&data));
         let stored = fs::read(blobs.join(digest_hex(&info.digest).unwrap())).unwrap();
         assert!(stored == data);
+    }
+
+    /// What a streamed upload reads back: only what `flushed` says is in
+    /// the file, all of it after `flush_all`, still readable after commit.
+    #[test]
+    fn a_reader_sees_the_flushed_bytes_and_keeps_them_after_commit() {
+        use std::os::unix::fs::FileExt;
+        let t = tempfile::tempdir().unwrap();
+        let (tmp, blobs) = dirs(t.path());
+        let data: Vec<u8> = (0..(WRITEBACK_STEP as usize + 12_345))
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let mut w = BlobWriter::new(&tmp, &blobs).unwrap();
+        let reader = w.reader().unwrap();
+        for piece in data.chunks(300_001) {
+            w.write_all(piece).unwrap();
+        }
+        let flushed = w.flushed();
+        assert!(flushed >= WRITEBACK_STEP && flushed < data.len() as u64);
+        let mut got = vec![0u8; flushed as usize];
+        reader.read_exact_at(&mut got, 0).unwrap();
+        assert!(got[..] == data[..flushed as usize]);
+        assert_eq!(w.flush_all().unwrap(), data.len() as u64);
+        w.commit().unwrap();
+        let mut all = vec![0u8; data.len()];
+        reader.read_exact_at(&mut all, 0).unwrap();
+        assert!(all == data);
     }
 
     #[test]
