@@ -103,20 +103,22 @@ pub(crate) struct Seeding {
 /// has the same step's earlier layer (same slot) with a chunk index, start
 /// fetching them and seeding the store's chunk cache, so the layer write
 /// copies the unchanged chunks instead of compressing them.
-/// `context_copy`: the step copies context files, which its layer write
-/// knows by digest (so chunks are looked up by description key).
-/// `write_follows`: the step's layer write starts as soon as its files
-/// are gathered (a COPY or ADD, not a RUN whose command may run for
-/// minutes), so the earlier blob need not be stored: its chunks go to the
-/// write through the feed alone, the download waiting for the write when
-/// the feed is full (`layer::SeedFeed`).
+/// A COPY from the context: its layer write knows the files by digest
+/// (so chunks are looked up by description key).
+/// A COPY or ADD (not a RUN, whose command may run for minutes): its
+/// layer write starts as soon as its files are gathered, so the earlier
+/// blob need not be stored: its chunks go to the write through the feed
+/// alone, the download waiting for the write when the feed is full
+/// (`layer::SeedFeed`).
 pub(crate) fn start_seed(
     ctx: &BuildCtx<'_>,
     step_id: &str,
     instruction: &str,
-    context_copy: bool,
-    write_follows: bool,
+    kind: &crate::plan::StepKind,
 ) -> Seeding {
+    use crate::plan::StepKind;
+    let context_copy = matches!(kind, StepKind::Copy(c) if c.from.is_none());
+    let write_follows = !matches!(kind, StepKind::Run(_));
     let none = Seeding {
         thread: None,
         feed: None,

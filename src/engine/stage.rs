@@ -255,17 +255,7 @@ impl StageState {
             self.prestart_spare(ctx);
         }
         // Started before anything else: it fetches while the step works.
-        let context_copy = matches!(&step.kind, StepKind::Copy(c) if c.from.is_none());
-        // A RUN's write starts only when its command ends: its seeding
-        // stores the earlier blob rather than hold the download that long.
-        let write_follows = !matches!(step.kind, StepKind::Run(_));
-        let seeding = super::cache_io::start_seed(
-            ctx,
-            step_id,
-            &inputs.instruction,
-            context_copy,
-            write_follows,
-        );
+        let seeding = super::cache_io::start_seed(ctx, step_id, &inputs.instruction, &step.kind);
         let (reason, link_from) = match corrupt {
             Some(why) => (why, None),
             None => self.miss_reason(ctx, step, step_id, &inputs, no_cache)?,
@@ -284,6 +274,7 @@ impl StageState {
         let result = super::cache_io::materialize(ctx, &self.layers, step, src, &handle)
             .and_then(|()| exec(self, &handle))
             .and_then(|entries| {
+                let context_copy = matches!(&step.kind, StepKind::Copy(c) if c.from.is_none());
                 let known = context_copy.then(|| known_context_files(ctx)).flatten();
                 let entries = PreparedEntries::new(entries, ctx.req.source_date_epoch)
                     .context("preparing layer entries")?;
