@@ -49,12 +49,25 @@ fn crt_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The system's roots, read and parsed once per process: a build makes a
+/// client per registry task (the cache import, each seeding, each early
+/// upload, the push: six in a CI job that changed nothing), and each load
+/// read and decoded the whole bundle and the hashed certificate dir again
+/// (about 290 PEM certificates here). Unreadable system certificates are
+/// skipped, as reqwest does.
+fn system_roots() -> &'static RootCertStore {
+    static ROOTS: std::sync::OnceLock<RootCertStore> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let mut roots = RootCertStore::empty();
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        roots
+    })
+}
+
 /// A rustls client config trusting the system roots and `files`.
 pub fn client_config(files: &[PathBuf]) -> Result<ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    // Unreadable system certificates are skipped, as reqwest does.
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    let mut roots = system_roots().clone();
     let mut pinned = Vec::new();
     for f in files {
         let pem = std::fs::read(f).with_context(|| format!("reading CA file {}", f.display()))?;
