@@ -94,6 +94,25 @@ maxof() {
   awk -v p="$1" -v c="$2" 'index($1, p) == 1 && $c > m {m = $c} END{print m + 0}' "$BENCH_WORK/rows"
 }
 load() { cut -d' ' -f1-3 /proc/loadavg; }
+# med_of: the median of the numbers on stdin (spaces or newlines between).
+med_of() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END{print (NR%2)? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+# cache_rig BIN: bench/cache's one-file rig in $work (made empty by the
+# caller): the big context in $work/ctx, its first .rs file as $f (a copy in
+# $work/orig), a docker-registry ($reg; killed on exit), and the seed build
+# with BIN exporting the registry cache $cache and pushing $reg/app:r.
+cache_rig() {
+  mkdir -p "$work/ctx"
+  big_context "$work/ctx"
+  f=$(cd "$work/ctx/tree" && find . -type f -name '*.rs' | sort | sed -n 1p)
+  cp "$work/ctx/tree/$f" "$work/orig"
+  start_registry "$work/registry"
+  trap 'kill "$REGISTRY_PID" 2>/dev/null || true' EXIT
+  reg="127.0.0.1:$REGISTRY_PORT"
+  cache="type=registry,ref=$reg/app:rcache"
+  "$1" --root "$work/seed" build --progress plain --cache-to "$cache,mode=max" \
+    --push -t "$reg/app:r" "$work/ctx" >"$work/seed.log" 2>&1
+}
 
 # cg_adopt PID...: moves the processes into a new cpuacct cgroup (v1) and sets
 # BENCH_CPU_CG; their future children inherit it. cg_drop removes it.

@@ -15,16 +15,8 @@ export BENCH_WORK=${BENCH_WORK:-/tmp/rbuild-bench-cache-ab}
 source "$repo/bench/lib.sh"
 work=$BENCH_WORK
 old=$1 new=$2
-rm -rf "$work"; mkdir -p "$work/ctx"
-big_context "$work/ctx"
-f=$(cd "$work/ctx/tree" && find . -type f -name '*.rs' | sort | sed -n 1p)
-cp "$work/ctx/tree/$f" "$work/orig"
-start_registry "$work/registry"
-trap 'kill "$REGISTRY_PID" 2>/dev/null || true' EXIT
-reg="127.0.0.1:$REGISTRY_PORT"
-cache="type=registry,ref=$reg/app:rcache"
-"$new" --root "$work/seed" build --progress plain --cache-to "$cache,mode=max" \
-  --push -t "$reg/app:r" "$work/ctx" >"$work/seed.log" 2>&1
+rm -rf "$work"
+cache_rig "$new"
 printf 'load before: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
 n=0
 declare -A walls cpus
@@ -46,9 +38,8 @@ for round in $(seq "${ROUNDS:-4}"); do
     walls[$which]+="$wall "; cpus[$which]+="$cpu "
   done
 done
-med() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END{print (NR%2)? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 for which in old new; do
-  printf '%-4s median wall %s s, median cpu %s s\n' "$which" "$(echo "${walls[$which]}" | med)" "$(echo "${cpus[$which]}" | med)"
+  printf '%-4s median wall %s s, median cpu %s s\n' "$which" "$(echo "${walls[$which]}" | med_of)" "$(echo "${cpus[$which]}" | med_of)"
 done
 printf 'load after: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
 rm -rf "$work"/ci-*

@@ -18,16 +18,7 @@ source "$repo/bench/lib.sh"
 work=$BENCH_WORK
 bin=${1:-$repo/target/release/rbuild}
 [ -d "$work" ] && trash "$work"
-mkdir -p "$work/ctx"
-big_context "$work/ctx"
-f=$(cd "$work/ctx/tree" && find . -type f -name '*.rs' | sort | sed -n 1p)
-cp "$work/ctx/tree/$f" "$work/orig"
-start_registry "$work/registry"
-trap 'kill "$REGISTRY_PID" 2>/dev/null || true' EXIT
-reg="127.0.0.1:$REGISTRY_PORT"
-cache="type=registry,ref=$reg/app:rcache"
-"$bin" --root "$work/seed" build --progress plain --cache-to "$cache,mode=max" \
-  --push -t "$reg/app:r" "$work/ctx" >"$work/seed.log" 2>&1
+cache_rig "$bin"
 settle
 printf 'load before: %s   fs canary: %s ms\n' "$(load)" "$SETTLED_MS"
 n=0
@@ -51,10 +42,9 @@ for round in $(seq "${ROUNDS:-5}"); do
   job fresh "$work/ci-$round"
   job warm "$work/seed"
 done
-med() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END{print (NR%2)? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-fw=$(echo "${walls[fresh]}" | med); ww=$(echo "${walls[warm]}" | med)
-printf 'fresh median wall %s s, cpu %s s\n' "$fw" "$(echo "${cpus[fresh]}" | med)"
-printf 'warm  median wall %s s, cpu %s s\n' "$ww" "$(echo "${cpus[warm]}" | med)"
+fw=$(echo "${walls[fresh]}" | med_of); ww=$(echo "${walls[warm]}" | med_of)
+printf 'fresh median wall %s s, cpu %s s\n' "$fw" "$(echo "${cpus[fresh]}" | med_of)"
+printf 'warm  median wall %s s, cpu %s s\n' "$ww" "$(echo "${cpus[warm]}" | med_of)"
 printf 'fresh / warm (medians): %sx (target <= 1.3x)\n' "$(ratio "$fw" "$ww")"
 printf 'load after: %s\n' "$(load)"
 kill "$REGISTRY_PID" 2>/dev/null || true

@@ -365,6 +365,16 @@ mod tests {
         (stream, reader)
     }
 
+    /// A stream attached to a file holding `bytes` (kept while the dir is).
+    fn over(bytes: &[u8]) -> (tempfile::TempDir, LayerStream, PieceReader) {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("blob");
+        std::fs::write(&path, bytes).unwrap();
+        let (mut stream, reader) = pair();
+        stream.attach(std::fs::File::open(&path).unwrap());
+        (t, stream, reader)
+    }
+
     #[test]
     fn the_body_is_the_file_as_announced_and_ends_with_it() {
         let t = tempfile::tempdir().unwrap();
@@ -389,11 +399,7 @@ mod tests {
 
     #[test]
     fn a_writer_gone_before_the_end_fails_the_body() {
-        let t = tempfile::tempdir().unwrap();
-        let path = t.path().join("blob");
-        std::fs::write(&path, b"0123456789").unwrap();
-        let (mut stream, mut reader) = pair();
-        stream.attach(std::fs::File::open(&path).unwrap());
+        let (_t, mut stream, mut reader) = over(b"0123456789");
         stream.advance(4);
         drop(stream);
         let mut all = Vec::new();
@@ -404,11 +410,7 @@ mod tests {
 
     #[test]
     fn a_file_shorter_than_announced_fails_the_body() {
-        let t = tempfile::tempdir().unwrap();
-        let path = t.path().join("blob");
-        std::fs::write(&path, b"abc").unwrap();
-        let (mut stream, mut reader) = pair();
-        stream.attach(std::fs::File::open(&path).unwrap());
+        let (_t, mut stream, mut reader) = over(b"abc");
         stream.end(10);
         let mut all = Vec::new();
         let err = reader.read_to_end(&mut all).unwrap_err();

@@ -16,9 +16,8 @@
 //!   metadata is set through the descriptor: by path, each call walked the
 //!   whole store or context path again.
 
-use std::ffi::CString;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -254,21 +253,8 @@ fn set_file_meta(
             .with_context(|| format!("chmod {}", path.display()))?;
     }
     for (name, value) in &e.xattrs {
-        let cname = CString::new(name.as_bytes())?;
-        // SAFETY: a valid fd, C string and slice.
-        let rc = unsafe {
-            libc::fsetxattr(
-                f.as_raw_fd(),
-                cname.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                0,
-            )
-        };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("setting {name} on {}", path.display()));
-        }
+        crate::layer::set_xattr_fd(f.as_fd(), name, value)
+            .with_context(|| format!("setting {name} on {}", path.display()))?;
     }
     let t = nix::sys::time::TimeSpec::new(e.mtime.sec, i64::from(e.mtime.nsec));
     nix::sys::stat::futimens(f, &t, &t)

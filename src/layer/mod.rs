@@ -51,3 +51,4 @@ pub use tarwrite::{KnownFile, KnownFiles};
 pub use unpack::{open_archive, unpack_layer, LayerCheckError, UnpackOptions, UnpackStats};
 pub use upper_snapshot::upper_as_snapshot;
 pub use walk::{dev_major, dev_minor, entries_from_dir, DirOptions};
+pub(crate) use xattr::set_fd as set_xattr_fd;
