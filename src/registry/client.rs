@@ -404,11 +404,26 @@ impl Registry {
         base: &str,
         scopes: &[String],
     ) -> Result<(Request, Option<String>)> {
+        let (value, used) = self.credential_for(req.url(), base, scopes)?;
+        if let Some(value) = value {
+            req.headers_mut().insert(AUTHORIZATION, value);
+        }
+        Ok((req, used))
+    }
+
+    /// The `Authorization` value a request to `url` carries (none for
+    /// another origin than the registry's), and the bearer token in it.
+    pub(super) fn credential_for(
+        &self,
+        url: &url::Url,
+        base: &str,
+        scopes: &[String],
+    ) -> Result<(Option<HeaderValue>, Option<String>)> {
         let same_origin = url::Url::parse(base)
-            .map(|b| b.origin() == req.url().origin())
+            .map(|b| b.origin() == url.origin())
             .unwrap_or(false);
         if !same_origin {
-            return Ok((req, None));
+            return Ok((None, None));
         }
         let challenge = self
             .auth
@@ -418,7 +433,7 @@ impl Registry {
             .clone();
         let mut used = None;
         let value = match (challenge, &self.creds) {
-            (None, _) | (Some(Challenge::Basic), None) => return Ok((req, None)),
+            (None, _) | (Some(Challenge::Basic), None) => return Ok((None, None)),
             (Some(Challenge::Basic), Some(c)) => {
                 let raw = format!("{}:{}", c.username, c.password);
                 format!(
@@ -436,8 +451,7 @@ impl Registry {
         let mut value = HeaderValue::from_str(&value)
             .map_err(|_| anyhow!("credentials for {} contain invalid characters", self.host))?;
         value.set_sensitive(true);
-        req.headers_mut().insert(AUTHORIZATION, value);
-        Ok((req, used))
+        Ok((Some(value), used))
     }
 
     fn token(&self, realm: &str, service: Option<&str>, scopes: &[String]) -> Result<Token> {
@@ -534,22 +548,41 @@ fn registry_name_for(host: &str) -> String {
     }
 }
 
+/// rbuild's user agent, connect timeout and TLS trust (`tls`), given to
+/// a reqwest builder: the blocking and the async builder have the same
+/// methods but no common trait.
+macro_rules! configure {
+    ($builder:expr, $host:expr, $insecure:expr, $settings:expr) => {{
+        let b = $builder
+            .user_agent(concat!("rbuild/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout($settings.connect_timeout);
+        if $insecure {
+            b.danger_accept_invalid_certs(true)
+        } else {
+            let files = super::tls::ca_files_for($host, &$settings.ca_files);
+            b.use_preconfigured_tls(super::tls::client_config(&files)?)
+        }
+    }};
+}
+
 /// A reqwest client with rbuild's timeouts and TLS trust (`tls`).
 fn build_http(host: &str, insecure: bool, settings: &Settings) -> Result<Client> {
     let t = settings.response_timeout;
-    let b = Client::builder()
-        .user_agent(concat!("rbuild/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(settings.connect_timeout)
+    configure!(Client::builder(), host, insecure, settings)
         // The blocking client's timeout bounds the wait for the response
         // headers and each read of the body (not the whole transfer).
-        .timeout((!t.is_zero()).then_some(t));
-    let b = if insecure {
-        b.danger_accept_invalid_certs(true)
-    } else {
-        let files = super::tls::ca_files_for(host, &settings.ca_files);
-        b.use_preconfigured_tls(super::tls::client_config(&files)?)
-    };
-    b.build().context("creating the HTTP client")
+        .timeout((!t.is_zero()).then_some(t))
+        .build()
+        .context("creating the HTTP client")
+}
+
+/// The async client `big_body` sends large streamed bodies with: the same
+/// trust and connect timeout; each request sets its own timeout.
+pub(super) fn build_async_http(host: &str, settings: &Settings) -> Result<reqwest::Client> {
+    let insecure = settings.is_insecure(host);
+    configure!(reqwest::Client::builder(), host, insecure, settings)
+        .build()
+        .context("creating the HTTP client")
 }
 
 /// Parse `Bearer realm="…",service="…"` or `Basic realm="…"`.
@@ -631,7 +664,7 @@ fn describe_transport(host: &str, url: &str, text: &str) -> anyhow::Error {
 }
 
 /// An `ApiError` from a status and (the start of) its body.
-fn api_error_from(status: StatusCode, text: &str, what: &str) -> ApiError {
+pub(super) fn api_error_from(status: StatusCode, text: &str, what: &str) -> ApiError {
     #[derive(Deserialize)]
     struct Body {
         errors: Vec<Item>,

@@ -10,6 +10,7 @@
 //! events of the step that asked for them (`progress::Transfer`).
 
 pub mod auth;
+mod big_body;
 pub mod blobs;
 pub mod body;
 pub mod client;

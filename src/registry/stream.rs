@@ -1,5 +1,6 @@
 //! A blob uploaded while it is written: the OCI chunked upload (`POST` a
-//! session, one `PATCH` whose body is the blob as the writer produces it,
+//! session, one `PATCH` whose body is the blob as the writer produces it
+//! (sent by `big_body`),
 //! sent with chunked transfer encoding since its length is not known yet,
 //! then `PUT ?digest=` with no body once the writer has computed the
 //! digest). The registry hashes what it received and refuses a `PUT`
@@ -13,15 +14,15 @@
 
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use anyhow::{bail, Result};
-use reqwest::blocking::Body;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use anyhow::{anyhow, bail, Result};
+use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use reqwest::StatusCode;
 
-use super::client::{scope, Registry};
-use super::push::{absolute_url, check_committed_digest, put_url, start_upload, upload_location};
+use super::big_body;
+use super::client::{api_error_from, build_async_http, scope, Registry};
+use super::push::{absolute_url, check_committed_digest, put_url, start_upload};
 use super::settings::Settings;
 use crate::oci::Reference;
 
@@ -51,26 +52,39 @@ pub fn upload_streamed(
     let what = format!("starting a streamed upload to {dest}");
     let location = start_upload(&reg, &scopes, repo, true, &what)?;
     let what = format!("streaming a layer to {dest}");
-    // The body goes once: a request built again (after a 401) gets one
-    // that fails, so the session is never committed short.
-    let once = Mutex::new(Some(body));
-    let resp = reg.send(&scopes, &what, false, &|c, base| {
-        let body = once.lock().ok().and_then(|mut b| b.take());
-        let reader: Box<dyn Read + Send> = match body {
-            Some(b) => Box::new(Cancellable {
-                inner: b,
-                cancel: cancel.clone(),
-            }),
-            None => Box::new(Failing),
-        };
-        c.patch(absolute_url(base, &location))
-            .timeout(reg.upload_timeout(u64::MAX / 2))
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .body(Body::new(reader))
-    })?;
-    let resp = reg.expect_status(resp, &[StatusCode::ACCEPTED, StatusCode::NO_CONTENT], &what)?;
+    // Sent through `big_body` (large pieces, no thread switch per 8 KiB),
+    // with the credentials the session was opened with: a 401 here fails
+    // the stream, and the caller uploads the stored blob instead.
+    let base = reg.base_url()?;
+    let url = absolute_url(&base, &location);
+    let parsed =
+        url::Url::parse(&url).map_err(|e| anyhow!("{what}: bad upload location {url}: {e}"))?;
+    let (auth, _) = reg.credential_for(&parsed, &base, &scopes)?;
+    let mut req = build_async_http(reg.host(), settings)?
+        .patch(parsed)
+        .timeout(reg.upload_timeout(u64::MAX / 2))
+        .header(CONTENT_TYPE, "application/octet-stream");
+    if let Some(value) = auth {
+        req = req.header(AUTHORIZATION, value);
+    }
+    let body = Box::new(Cancellable {
+        inner: body,
+        cancel: cancel.clone(),
+    });
+    let answer = big_body::send(req, body, &format!("{what} (to {})", reg.host()))?;
+    if !matches!(answer.status, StatusCode::ACCEPTED | StatusCode::NO_CONTENT) {
+        if answer.status.is_success() {
+            bail!("{what}: unexpected HTTP status {}", answer.status);
+        }
+        return Err(api_error_from(answer.status, &answer.text, &what).into());
+    }
     // The session's next URL (it may carry new state).
-    let location = upload_location(&resp, &what).unwrap_or(location);
+    let location = answer
+        .headers
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or(location);
     let Some(digest) = digest_of() else {
         return Ok(Streamed::Abandoned);
     };
@@ -98,16 +112,6 @@ impl Read for Cancellable {
             return Err(std::io::Error::other("upload cancelled"));
         }
         self.inner.read(buf)
-    }
-}
-
-struct Failing;
-
-impl Read for Failing {
-    fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
-        Err(std::io::Error::other(
-            "a streamed body cannot be sent a second time",
-        ))
     }
 }
 

@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -234,6 +234,46 @@ fn serve(
 }
 
 // ---------------------------------------------------------------- images
+
+/// Streams a 3 MB blob the way a layer is pushed while it is written
+/// (`upload_streamed`: one chunked PATCH, then the digest), reads it back
+/// through the same trust and credentials, and checks that a wrong digest
+/// commits nothing.
+fn stream_and_read_back(settings: &Settings, dest: &Reference) {
+    let blob: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    let digest = digest_of(&blob);
+    let stream = |digest: String| {
+        registry::upload_streamed(
+            settings,
+            dest,
+            Box::new(std::io::Cursor::new(blob.clone())),
+            Arc::new(AtomicBool::new(false)),
+            || Some(digest),
+        )
+    };
+    let got = stream(digest.clone()).unwrap();
+    assert_eq!(got, registry::Streamed::Committed);
+    let client = registry::Registry::new(&dest.registry, settings).unwrap();
+    let scopes = [registry::client::scope(&dest.repository, "pull")];
+    let read = |digest: &str| {
+        let url = |base: &str| format!("{base}/v2/{}/blobs/{digest}", dest.repository);
+        client
+            .send(&scopes, "reading a streamed blob", false, &|c, base| {
+                c.get(url(base))
+            })
+            .unwrap()
+    };
+    let resp = read(&digest);
+    assert!(resp.status().is_success(), "{}", resp.status());
+    assert!(resp.bytes().unwrap().as_ref() == blob.as_slice());
+    let wrong = digest_of(b"not these bytes");
+    let err = stream(wrong.clone()).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("committing streamed blob"),
+        "{err:#}"
+    );
+    assert_eq!(read(&wrong).status().as_u16(), 404);
+}
 
 fn digest_of(b: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(b)))
@@ -784,6 +824,8 @@ fn tls_registry_with_htpasswd_login_and_ca_errors() {
     let dst = Store::open(&tmp.path().join("dst")).unwrap();
     let img = registry::pull(&dest, &dst, &settings, &PullOptions::default()).unwrap();
     assert_eq!(img.manifest_digest, mdigest);
+    // A layer pushed while written trusts the same CA and logs in the same.
+    stream_and_read_back(&settings, &dest);
 
     // Listed as insecure, the same registry is used without checking its
     // certificate (the CA is not given here).
@@ -916,6 +958,19 @@ fn bearer_token_flow_with_refresh_mid_push() {
     );
     // Tokens are cached per scope: far fewer token requests than gated ones.
     assert!(issued.load(Ordering::SeqCst) < gated.load(Ordering::SeqCst) / 2);
+    // A layer pushed while written carries the session's bearer token.
+    proxy.clear();
+    stream_and_read_back(&settings, &dest);
+    let reqs = proxy.requests();
+    let patch = reqs.iter().find(|q| q.method == "PATCH").expect("a PATCH");
+    assert!(
+        patch
+            .header("authorization")
+            .is_some_and(|a| a.starts_with("Bearer tok-")),
+        "{:?}",
+        patch.headers
+    );
+    assert_eq!(patch.body.len(), 3_000_000);
 
     let dst = Store::open(&tmp.path().join("dst")).unwrap();
     let img = registry::pull(&dest, &dst, &settings, &PullOptions::default()).unwrap();
