@@ -13,6 +13,7 @@
 use std::io::{self, Read};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use bytes::Bytes;
@@ -38,11 +39,13 @@ pub(super) struct Answer {
 }
 
 /// Sends `req` with `body` as its body (chunked: its length is not known)
-/// and waits for the answer. A read error fails the body, so the
-/// registry never sees it end: an upload cut short is never committed.
+/// and waits for the answer, reading what its body brings within `window`
+/// (a trickling error body is cut there). A read error fails the body, so
+/// the registry never sees it end: an upload cut short is never committed.
 pub(super) fn send(
     req: reqwest::RequestBuilder,
     body: Box<dyn Read + Send>,
+    window: Duration,
     what: &str,
 ) -> Result<Answer> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -63,13 +66,16 @@ pub(super) fn send(
         let status = resp.status();
         let headers = resp.headers().clone();
         let mut text = Vec::new();
-        while (text.len() as u64) < MAX_ERROR_BODY {
-            match resp.chunk().await {
-                Ok(Some(c)) => text.extend_from_slice(&c),
-                // The start of an error body is enough to explain it.
-                Ok(None) | Err(_) => break,
+        let read = async {
+            while (text.len() as u64) < MAX_ERROR_BODY {
+                match resp.chunk().await {
+                    Ok(Some(c)) => text.extend_from_slice(&c),
+                    // The start of an error body is enough to explain it.
+                    Ok(None) | Err(_) => break,
+                }
             }
-        }
+        };
+        let _what_came_in_time_is_enough = tokio::time::timeout(window, read).await;
         text.truncate(usize::try_from(MAX_ERROR_BODY).unwrap_or(usize::MAX));
         Ok(Answer {
             status,
@@ -168,6 +174,44 @@ mod tests {
         (url, h)
     }
 
+    const WINDOW: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_trickling_answer_is_cut_at_the_window() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/up", l.local_addr().expect("addr"));
+        // Reads the request, answers 400 with a body it never finishes.
+        let server = std::thread::spawn(move || {
+            let (s, _) = l.accept().ok()?;
+            let mut r = BufReader::new(s.try_clone().ok()?);
+            let mut line = String::new();
+            while r.read_line(&mut line).ok()? > 0 && !line.ends_with("0\r\n\r\n") {}
+            let mut s = s;
+            s.write_all(b"HTTP/1.1 400 Bad\r\nContent-Length: 100000\r\n\r\n{\"errors\"")
+                .ok()?;
+            std::thread::sleep(Duration::from_secs(5));
+            Some(())
+        });
+        let started = std::time::Instant::now();
+        let req = reqwest::Client::new().patch(&url);
+        let window = Duration::from_millis(500);
+        let a = send(
+            req,
+            Box::new(io::Cursor::new(vec![7u8; 1000])),
+            window,
+            "test",
+        )
+        .expect("an answer");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+        assert_eq!(a.text, "{\"errors\"");
+        let _ = server.join();
+    }
+
     struct FailAfter(usize);
 
     impl Read for FailAfter {
@@ -188,7 +232,7 @@ mod tests {
             serve_once("HTTP/1.1 202 Accepted\r\nLocation: /next\r\nContent-Length: 2\r\n\r\nok");
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let req = reqwest::Client::new().patch(&url);
-        let a = send(req, Box::new(io::Cursor::new(data.clone())), "test").expect("send");
+        let a = send(req, Box::new(io::Cursor::new(data.clone())), WINDOW, "test").expect("send");
         assert_eq!(a.status, StatusCode::ACCEPTED);
         assert_eq!(
             a.headers.get("location").map(|v| v.as_bytes()),
@@ -202,7 +246,7 @@ mod tests {
     fn a_read_error_never_lets_the_body_end() {
         let (url, h) = serve_once("HTTP/1.1 500 No\r\nContent-Length: 0\r\n\r\n");
         let req = reqwest::Client::new().patch(&url);
-        let r = send(req, Box::new(FailAfter(5000)), "test");
+        let r = send(req, Box::new(FailAfter(5000)), WINDOW, "test");
         assert!(r.is_err(), "a failed body must fail the request");
         assert_eq!(
             h.join().expect("server"),

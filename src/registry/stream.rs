@@ -71,7 +71,12 @@ pub fn upload_streamed(
         inner: body,
         cancel: cancel.clone(),
     });
-    let answer = big_body::send(req, body, &format!("{what} (to {})", reg.host()))?;
+    // The answer's body is read for as long as any other answer's is.
+    let window = match settings.response_timeout {
+        t if t.is_zero() => super::settings::DEFAULT_RESPONSE_TIMEOUT,
+        t => t,
+    };
+    let answer = big_body::send(req, body, window, &format!("{what} (to {})", reg.host()))?;
     if !matches!(answer.status, StatusCode::ACCEPTED | StatusCode::NO_CONTENT) {
         if answer.status.is_success() {
             bail!("{what}: unexpected HTTP status {}", answer.status);
