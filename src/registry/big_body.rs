@@ -8,7 +8,9 @@
 //! Here a thread of its own reads pieces of up to `PIECE` bytes (as much
 //! as the reader has, so a slow writer's bytes are not held back) into a
 //! queue of `QUEUE`, and one request on reqwest's async client, driven
-//! by a current-thread runtime on the calling thread, sends them.
+//! by a current-thread runtime on the calling thread, sends them. Used
+//! for a layer streamed while it is written (`stream`) and for stored
+//! blobs of at least `BIG_BODY` bytes (`push`).
 
 use std::io::{self, Read};
 use std::pin::Pin;
@@ -17,18 +19,22 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use bytes::Bytes;
-use http_body::{Body as HttpBody, Frame};
-use reqwest::header::HeaderMap;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use reqwest::header::{HeaderMap, AUTHORIZATION};
 use reqwest::StatusCode;
 use tokio::sync::mpsc;
 
 use super::body::MAX_ERROR_BODY;
-use super::client::error_chain;
+use super::client::{error_chain, Registry};
 
 /// The most one read asks for, and so the largest piece sent.
 const PIECE: usize = 1 << 20;
 /// Pieces read ahead of the connection: at most `QUEUE * PIECE` bytes.
 const QUEUE: usize = 4;
+/// Stored blobs at least this big are uploaded here. Below it the
+/// blocking client's kept-alive connection is worth more than the pieces
+/// (each request here opens a connection of its own).
+pub(super) const BIG_BODY: u64 = 8 << 20;
 
 /// A registry's answer: status, headers and the start of its body.
 pub(super) struct Answer {
@@ -38,13 +44,60 @@ pub(super) struct Answer {
     pub text: String,
 }
 
-/// Sends `req` with `body` as its body (chunked: its length is not known)
-/// and waits for the answer, reading what its body brings within `window`
-/// (a trickling error body is cut there). A read error fails the body, so
-/// the registry never sees it end: an upload cut short is never committed.
-pub(super) fn send(
-    req: reqwest::RequestBuilder,
+/// A body for `Registry::send_big`: opened again for each attempt (a
+/// streamed body that cannot be fails its second opening).
+pub(super) type OpenBody<'a> = &'a dyn Fn() -> Result<Box<dyn Read + Send>>;
+
+impl Registry {
+    /// What `send` does for one request, for a body too big for the
+    /// blocking client's 8 KiB pieces: the credentials `send` would add,
+    /// and one more attempt after a 401 that names a usable challenge,
+    /// with the body opened again. Nothing else is retried here. `len` is
+    /// the body's length when known (else it is sent chunked).
+    pub(super) fn send_big(
+        &self,
+        scopes: &[String],
+        what: &str,
+        build: &dyn Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+        open: OpenBody<'_>,
+        len: Option<u64>,
+    ) -> Result<Answer> {
+        let base = self.base_url()?;
+        let http = self.big_client()?;
+        let mut reauthed = false;
+        loop {
+            let mut req = build(&http, &base)
+                .build()
+                .map_err(|e| anyhow!("{what}: invalid request: {}", error_chain(&e)))?;
+            let (value, used) = self.credential_for(req.url(), &base, scopes)?;
+            if let Some(value) = value {
+                req.headers_mut().insert(AUTHORIZATION, value);
+            }
+            let what_to = format!("{what}: request to {} failed", self.host());
+            let answer = send(&http, req, open()?, len, self.answer_window(), &what_to)?;
+            if answer.status == StatusCode::UNAUTHORIZED && !reauthed {
+                reauthed = true;
+                let had = self.note_challenge(&answer.headers);
+                self.forget_token(scopes, used.as_deref());
+                if had && (self.has_credentials() || self.is_bearer()) {
+                    continue;
+                }
+            }
+            return Ok(answer);
+        }
+    }
+}
+
+/// Sends `req` on `http` with `body` as its body (`len` bytes, or chunked
+/// when unknown) and waits for the answer, reading what its body brings
+/// within `window` (a trickling error body is cut there). A read error
+/// fails the body, so the registry never sees it end: an upload cut short
+/// is never committed.
+fn send(
+    http: &reqwest::Client,
+    mut req: reqwest::Request,
     body: Box<dyn Read + Send>,
+    len: Option<u64>,
     window: Duration,
     what: &str,
 ) -> Result<Answer> {
@@ -59,10 +112,10 @@ pub(super) fn send(
         .name("upload-read".into())
         .spawn(move || pump(body, tx))
         .map_err(|e| anyhow!("{what}: starting the upload's reader: {e}"))?;
-    let req = req.body(reqwest::Body::wrap(Pieces(rx)));
+    *req.body_mut() = Some(reqwest::Body::wrap(Pieces { rx, len }));
     rt.block_on(async move {
         let fail = |e: reqwest::Error| anyhow!("{what}: {}", error_chain(&e));
-        let mut resp = req.send().await.map_err(fail)?;
+        let mut resp = http.execute(req).await.map_err(fail)?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let mut text = Vec::new();
@@ -86,10 +139,13 @@ pub(super) fn send(
 }
 
 /// Reads `body` into the queue until it ends, fails, or the request is
-/// gone (the queue closed).
+/// gone (the queue closed). Buffers come back from the connection when
+/// it is done with them (`Piece`): a fresh 1 MiB for each piece cost page
+/// faults and a memset each time.
 fn pump(mut body: Box<dyn Read + Send>, tx: mpsc::Sender<io::Result<Bytes>>) {
+    let (back, spare) = crossbeam_channel::bounded(QUEUE + 2);
     loop {
-        let mut buf = vec![0u8; PIECE];
+        let mut buf = spare.try_recv().unwrap_or_else(|_| vec![0u8; PIECE]);
         let n = loop {
             match body.read(&mut buf) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -103,15 +159,43 @@ fn pump(mut body: Box<dyn Read + Send>, tx: mpsc::Sender<io::Result<Bytes>>) {
         if n == 0 {
             return;
         }
-        buf.truncate(n);
-        if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+        let piece = Piece {
+            buf,
+            len: n,
+            back: back.clone(),
+        };
+        if tx.blocking_send(Ok(Bytes::from_owner(piece))).is_err() {
             return;
         }
     }
 }
 
+/// A piece's bytes, its buffer handed back to `pump` when dropped.
+struct Piece {
+    buf: Vec<u8>,
+    len: usize,
+    back: crossbeam_channel::Sender<Vec<u8>>,
+}
+
+impl AsRef<[u8]> for Piece {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Piece {
+    fn drop(&mut self) {
+        // Full or gone: the buffer is simply freed.
+        let _ = self.back.try_send(std::mem::take(&mut self.buf));
+    }
+}
+
 /// The queue as an HTTP body: its end (the sender dropped) ends the body.
-struct Pieces(mpsc::Receiver<io::Result<Bytes>>);
+struct Pieces {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    /// The body's length, when known: sent as its Content-Length.
+    len: Option<u64>,
+}
 
 impl HttpBody for Pieces {
     type Data = Bytes;
@@ -121,7 +205,11 @@ impl HttpBody for Pieces {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        self.0.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+        self.rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.len.map(SizeHint::with_exact).unwrap_or_default()
     }
 }
 
@@ -140,6 +228,7 @@ mod tests {
             let (s, _) = l.accept().ok()?;
             let mut r = BufReader::new(s.try_clone().ok()?);
             let mut line = String::new();
+            let mut sized = None;
             loop {
                 line.clear();
                 if r.read_line(&mut line).ok()? == 0 {
@@ -148,8 +237,19 @@ mod tests {
                 if line == "\r\n" {
                     break;
                 }
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    sized = v.trim().parse::<usize>().ok();
+                }
             }
             let mut body = Vec::new();
+            if let Some(n) = sized {
+                body.resize(n, 0);
+                r.read_exact(&mut body).ok()?;
+                let mut s = s;
+                let _ = s.write_all(answer.as_bytes());
+                return Some(body);
+            }
             let ended = loop {
                 line.clear();
                 if r.read_line(&mut line).ok()? == 0 {
@@ -176,6 +276,31 @@ mod tests {
 
     const WINDOW: Duration = Duration::from_secs(30);
 
+    fn patch(url: &str) -> (reqwest::Client, reqwest::Request) {
+        let http = reqwest::Client::new();
+        let req = http.patch(url).build().expect("request");
+        (http, req)
+    }
+
+    #[test]
+    fn a_body_of_known_length_goes_with_it_and_a_short_one_fails() {
+        let (url, h) = serve_once("HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
+        let data: Vec<u8> = (0..2_500_000u32).map(|i| (i % 241) as u8).collect();
+        let (http, req) = patch(&url);
+        let body = Box::new(io::Cursor::new(data.clone()));
+        let len = Some(data.len() as u64);
+        let a = send(&http, req, body, len, WINDOW, "test").expect("send");
+        assert_eq!(a.status, StatusCode::CREATED);
+        assert_eq!(h.join().expect("server"), Some(data.clone()));
+        // A body that ends before its length: the request fails, and the
+        // server never gets the length it was promised.
+        let (url, h) = serve_once("HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
+        let (http, req) = patch(&url);
+        let short = Box::new(io::Cursor::new(data[..1000].to_vec()));
+        assert!(send(&http, req, short, len, WINDOW, "test").is_err());
+        assert_eq!(h.join().expect("server"), None);
+    }
+
     #[test]
     fn a_trickling_answer_is_cut_at_the_window() {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -193,15 +318,10 @@ mod tests {
             Some(())
         });
         let started = std::time::Instant::now();
-        let req = reqwest::Client::new().patch(&url);
+        let (http, req) = patch(&url);
         let window = Duration::from_millis(500);
-        let a = send(
-            req,
-            Box::new(io::Cursor::new(vec![7u8; 1000])),
-            window,
-            "test",
-        )
-        .expect("an answer");
+        let body = Box::new(io::Cursor::new(vec![7u8; 1000]));
+        let a = send(&http, req, body, None, window, "test").expect("an answer");
         assert!(
             started.elapsed() < Duration::from_secs(4),
             "{:?}",
@@ -231,8 +351,9 @@ mod tests {
         let (url, h) =
             serve_once("HTTP/1.1 202 Accepted\r\nLocation: /next\r\nContent-Length: 2\r\n\r\nok");
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-        let req = reqwest::Client::new().patch(&url);
-        let a = send(req, Box::new(io::Cursor::new(data.clone())), WINDOW, "test").expect("send");
+        let (http, req) = patch(&url);
+        let body = Box::new(io::Cursor::new(data.clone()));
+        let a = send(&http, req, body, None, WINDOW, "test").expect("send");
         assert_eq!(a.status, StatusCode::ACCEPTED);
         assert_eq!(
             a.headers.get("location").map(|v| v.as_bytes()),
@@ -245,8 +366,8 @@ mod tests {
     #[test]
     fn a_read_error_never_lets_the_body_end() {
         let (url, h) = serve_once("HTTP/1.1 500 No\r\nContent-Length: 0\r\n\r\n");
-        let req = reqwest::Client::new().patch(&url);
-        let r = send(req, Box::new(FailAfter(5000)), WINDOW, "test");
+        let (http, req) = patch(&url);
+        let r = send(&http, req, Box::new(FailAfter(5000)), None, WINDOW, "test");
         assert!(r.is_err(), "a failed body must fail the request");
         assert_eq!(
             h.join().expect("server"),

@@ -64,6 +64,8 @@ struct AuthState {
 pub struct Registry {
     host: String,
     http: Client,
+    /// What the async client for big bodies is built from (`big_body`).
+    big: super::http::AsyncSetup,
     plain_http_allowed: bool,
     base: Mutex<Option<String>>,
     creds: Option<Credentials>,
@@ -109,10 +111,11 @@ impl Registry {
         creds: Option<Credentials>,
     ) -> Result<Self> {
         let insecure = settings.is_insecure(host);
-        let http = build_http(host, insecure, settings)?;
+        let http = super::http::build_http(host, insecure, settings)?;
         Ok(Registry {
             host: host.to_string(),
             http,
+            big: super::http::AsyncSetup::new(host, insecure, settings),
             plain_http_allowed: insecure || is_loopback(host),
             base: Mutex::new(None),
             creds,
@@ -304,14 +307,27 @@ impl Registry {
         (self.response_timeout + Duration::from_secs(size / self.min_speed)).min(UNBOUNDED)
     }
 
+    /// An async client for one `big_body` request.
+    pub(super) fn big_client(&self) -> Result<reqwest::Client> {
+        self.big.client()
+    }
+
+    /// How long an answer's body is read (as `guard` judges speed).
+    pub(super) fn answer_window(&self) -> Duration {
+        match self.response_timeout {
+            t if t.is_zero() => super::settings::DEFAULT_RESPONSE_TIMEOUT,
+            t => t,
+        }
+    }
+
+    pub(super) fn has_credentials(&self) -> bool {
+        self.creds.is_some()
+    }
+
     /// A response body bounded to `limit` bytes and the minimum speed.
     pub fn guard<R: std::io::Read>(&self, body: R, what: &str, limit: u64) -> Guarded<R> {
         // With no response timeout, speed is still judged over a minute.
-        let window = match self.response_timeout {
-            t if t.is_zero() => super::settings::DEFAULT_RESPONSE_TIMEOUT,
-            t => t,
-        };
-        Guarded::new(body, what, limit, self.min_speed, window)
+        Guarded::new(body, what, limit, self.min_speed, self.answer_window())
     }
 
     /// Read a whole (small) body into memory: more than `limit` bytes, or
@@ -362,7 +378,7 @@ impl Registry {
         api_error_from(status, &String::from_utf8_lossy(&text), what)
     }
 
-    fn is_bearer(&self) -> bool {
+    pub(super) fn is_bearer(&self) -> bool {
         self.auth
             .lock()
             .map(|a| matches!(a.challenge, Some(Challenge::Bearer { .. })))
@@ -370,7 +386,7 @@ impl Registry {
     }
 
     /// Remember the auth scheme a 401 asked for; false if none was usable.
-    fn note_challenge(&self, headers: &HeaderMap) -> bool {
+    pub(super) fn note_challenge(&self, headers: &HeaderMap) -> bool {
         let Some(ch) = headers
             .get_all(WWW_AUTHENTICATE)
             .iter()
@@ -386,7 +402,7 @@ impl Registry {
     }
 
     /// Drop a refused token, unless another thread already replaced it.
-    fn forget_token(&self, scopes: &[String], used: Option<&str>) {
+    pub(super) fn forget_token(&self, scopes: &[String], used: Option<&str>) {
         if let Ok(mut a) = self.auth.lock() {
             let key = scopes.join(" ");
             if a.tokens.get(&key).map(|t| t.value.as_str()) == used {
@@ -546,43 +562,6 @@ fn registry_name_for(host: &str) -> String {
     } else {
         host.to_string()
     }
-}
-
-/// rbuild's user agent, connect timeout and TLS trust (`tls`), given to
-/// a reqwest builder: the blocking and the async builder have the same
-/// methods but no common trait.
-macro_rules! configure {
-    ($builder:expr, $host:expr, $insecure:expr, $settings:expr) => {{
-        let b = $builder
-            .user_agent(concat!("rbuild/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout($settings.connect_timeout);
-        if $insecure {
-            b.danger_accept_invalid_certs(true)
-        } else {
-            let files = super::tls::ca_files_for($host, &$settings.ca_files);
-            b.use_preconfigured_tls(super::tls::client_config(&files)?)
-        }
-    }};
-}
-
-/// A reqwest client with rbuild's timeouts and TLS trust (`tls`).
-fn build_http(host: &str, insecure: bool, settings: &Settings) -> Result<Client> {
-    let t = settings.response_timeout;
-    configure!(Client::builder(), host, insecure, settings)
-        // The blocking client's timeout bounds the wait for the response
-        // headers and each read of the body (not the whole transfer).
-        .timeout((!t.is_zero()).then_some(t))
-        .build()
-        .context("creating the HTTP client")
-}
-
-/// The async client `big_body` sends large streamed bodies with: the same
-/// trust and connect timeout; each request sets its own timeout.
-pub(super) fn build_async_http(host: &str, settings: &Settings) -> Result<reqwest::Client> {
-    let insecure = settings.is_insecure(host);
-    configure!(reqwest::Client::builder(), host, insecure, settings)
-        .build()
-        .context("creating the HTTP client")
 }
 
 /// Parse `Bearer realm="…",service="…"` or `Basic realm="…"`.

@@ -15,6 +15,7 @@ pub mod blobs;
 pub mod body;
 pub mod client;
 pub mod error;
+mod http;
 pub mod known;
 pub mod local;
 pub mod manifest;

@@ -13,7 +13,7 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use reqwest::StatusCode;
 
 use super::blobs::{read_small_blob, BlobStore};
-use super::client::{scope, Registry};
+use super::client::{api_error_from, scope, Registry};
 use super::known::BlobLocations;
 use super::manifest::{Descriptor, Parsed};
 use super::run_parallel;
@@ -320,22 +320,46 @@ fn upload_once(
         );
     }
     let what = format!("uploading blob {digest} to {dest}");
+    let progress = |f| Progress {
+        inner: f,
+        done: 0,
+        total: size,
+        digest: digest.clone(),
+        progress: opts.progress.clone(),
+        cancel: opts.cancel.clone(),
+    };
+    if size >= super::big_body::BIG_BODY {
+        let open = || -> Result<Box<dyn std::io::Read + Send>> {
+            let f = store
+                .open_blob(digest)
+                .with_context(|| format!("{what}: opening the stored blob"))?;
+            Ok(Box::new(progress(f)))
+        };
+        let answer = reg.send_big(
+            &scopes,
+            &what,
+            &|c, base| {
+                c.put(put_url(base, &location, digest))
+                    .timeout(reg.upload_timeout(size))
+                    .header(CONTENT_TYPE, "application/octet-stream")
+            },
+            &open,
+            Some(size),
+        )?;
+        if answer.status != StatusCode::CREATED {
+            if answer.status.is_success() {
+                bail!("{what}: unexpected HTTP status {}", answer.status);
+            }
+            return Err(api_error_from(answer.status, &answer.text, &what).into());
+        }
+        return check_digest_header(&answer.headers, digest, &what);
+    }
     let resp = reg.send(&scopes, &what, false, &|c, base| {
         let url = put_url(base, &location, digest);
         // Reopened for every attempt: the layer streams from disk, never
         // whole in memory.
         let body = match store.open_blob(digest) {
-            Ok(f) => Body::sized(
-                Progress {
-                    inner: f,
-                    done: 0,
-                    total: size,
-                    digest: digest.clone(),
-                    progress: opts.progress.clone(),
-                    cancel: opts.cancel.clone(),
-                },
-                size,
-            ),
+            Ok(f) => Body::sized(progress(f), size),
             Err(_) => Body::from(Vec::new()),
         };
         c.put(url)
@@ -379,8 +403,16 @@ pub(super) fn check_committed_digest(
     digest: &str,
     what: &str,
 ) -> Result<()> {
-    if let Some(got) = resp
-        .headers()
+    check_digest_header(resp.headers(), digest, what)
+}
+
+/// `check_committed_digest` on an answer's headers.
+fn check_digest_header(
+    headers: &reqwest::header::HeaderMap,
+    digest: &str,
+    what: &str,
+) -> Result<()> {
+    if let Some(got) = headers
         .get("docker-content-digest")
         .and_then(|v| v.to_str().ok())
     {

@@ -14,14 +14,13 @@
 
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use anyhow::{anyhow, bail, Result};
-use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use anyhow::{bail, Result};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use reqwest::StatusCode;
 
-use super::big_body;
-use super::client::{api_error_from, build_async_http, scope, Registry};
+use super::client::{api_error_from, scope, Registry};
 use super::push::{absolute_url, check_committed_digest, put_url, start_upload};
 use super::settings::Settings;
 use crate::oci::Reference;
@@ -52,31 +51,31 @@ pub fn upload_streamed(
     let what = format!("starting a streamed upload to {dest}");
     let location = start_upload(&reg, &scopes, repo, true, &what)?;
     let what = format!("streaming a layer to {dest}");
-    // Sent through `big_body` (large pieces, no thread switch per 8 KiB),
-    // with the credentials the session was opened with: a 401 here fails
-    // the stream, and the caller uploads the stored blob instead.
-    let base = reg.base_url()?;
-    let url = absolute_url(&base, &location);
-    let parsed =
-        url::Url::parse(&url).map_err(|e| anyhow!("{what}: bad upload location {url}: {e}"))?;
-    let (auth, _) = reg.credential_for(&parsed, &base, &scopes)?;
-    let mut req = build_async_http(reg.host(), settings)?
-        .patch(parsed)
-        .timeout(reg.upload_timeout(u64::MAX / 2))
-        .header(CONTENT_TYPE, "application/octet-stream");
-    if let Some(value) = auth {
-        req = req.header(AUTHORIZATION, value);
-    }
-    let body = Box::new(Cancellable {
+    // Sent through `big_body` (large pieces, no thread switch per 8 KiB).
+    // The body goes once: a request built again (after a 401) gets none,
+    // fails, and the caller uploads the stored blob instead.
+    let body: Box<dyn Read + Send> = Box::new(Cancellable {
         inner: body,
         cancel: cancel.clone(),
     });
-    // The answer's body is read for as long as any other answer's is.
-    let window = match settings.response_timeout {
-        t if t.is_zero() => super::settings::DEFAULT_RESPONSE_TIMEOUT,
-        t => t,
+    let once = Mutex::new(Some(body));
+    let open = || -> Result<Box<dyn Read + Send>> {
+        match once.lock().ok().and_then(|mut b| b.take()) {
+            Some(b) => Ok(b),
+            None => bail!("{what}: a streamed body cannot be sent a second time"),
+        }
     };
-    let answer = big_body::send(req, body, window, &format!("{what} (to {})", reg.host()))?;
+    let answer = reg.send_big(
+        &scopes,
+        &what,
+        &|c, base| {
+            c.patch(absolute_url(base, &location))
+                .timeout(reg.upload_timeout(u64::MAX / 2))
+                .header(CONTENT_TYPE, "application/octet-stream")
+        },
+        &open,
+        None,
+    )?;
     if !matches!(answer.status, StatusCode::ACCEPTED | StatusCode::NO_CONTENT) {
         if answer.status.is_success() {
             bail!("{what}: unexpected HTTP status {}", answer.status);

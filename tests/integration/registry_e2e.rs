@@ -275,6 +275,19 @@ fn stream_and_read_back(settings: &Settings, dest: &Reference) {
     assert_eq!(read(&wrong).status().as_u16(), 404);
 }
 
+/// `n` bytes gzip cannot shrink (xorshift), for layers above `big_body`'s size.
+fn noise(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 fn digest_of(b: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(b)))
 }
@@ -826,6 +839,14 @@ fn tls_registry_with_htpasswd_login_and_ca_errors() {
     assert_eq!(img.manifest_digest, mdigest);
     // A layer pushed while written trusts the same CA and logs in the same.
     stream_and_read_back(&settings, &dest);
+    // So does a big stored blob (`big_body`, with its length).
+    let (bdigest, _) = build_image(&src, "amd64", &[("big", &noise(9 << 20))]);
+    let bdest = r(&format!("{}/secure/app:big", reg.addr()));
+    let report =
+        registry::push(&src, &bdigest, &bdest, &settings, &PushOptions::default()).unwrap();
+    assert_eq!(report.manifest_digest, bdigest);
+    let img = registry::pull(&bdest, &dst, &settings, &PullOptions::default()).unwrap();
+    assert_eq!(img.manifest_digest, bdigest);
 
     // Listed as insecure, the same registry is used without checking its
     // certificate (the CA is not given here).
@@ -866,13 +887,16 @@ fn bearer_token_flow_with_refresh_mid_push() {
     let scopes_seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let ttl = Arc::new(AtomicUsize::new(300));
     let rejected = Arc::new(AtomicUsize::new(0));
-    let (v, i, g, ss, tt, rj) = (
+    // Set: the next big blob PUT is refused once with a 401, its token revoked.
+    let refuse_big_put = Arc::new(AtomicBool::new(false));
+    let (v, i, g, ss, tt, rj, rb) = (
         valid.clone(),
         issued.clone(),
         gated.clone(),
         scopes_seen.clone(),
         ttl.clone(),
         rejected.clone(),
+        refuse_big_put.clone(),
     );
     let handler = move |q: &Req| -> Action {
         if q.target.starts_with("/token") {
@@ -898,7 +922,12 @@ fn bearer_token_flow_with_refresh_mid_push() {
         if bearer.is_some() && !ok {
             rj.fetch_add(1, Ordering::SeqCst);
         }
-        if ok {
+        let refuse =
+            q.method == "PUT" && q.body.len() >= 8 << 20 && rb.swap(false, Ordering::SeqCst);
+        if refuse {
+            v.lock().unwrap().clear();
+        }
+        if ok && !refuse {
             if g.fetch_add(1, Ordering::SeqCst) == 4 {
                 v.lock().unwrap().clear();
             } else {
@@ -971,6 +1000,32 @@ fn bearer_token_flow_with_refresh_mid_push() {
         patch.headers
     );
     assert_eq!(patch.body.len(), 3_000_000);
+
+    // A big stored blob goes through `big_body`: a 401 on its PUT gets a
+    // new token and the blob is sent again, whole.
+    let big = noise(9 << 20);
+    let (bdigest, _) = build_image(&src, "amd64", &[("big", &big)]);
+    let bdest = r(&format!("{}/tok/app:big", proxy.addr()));
+    proxy.clear();
+    refuse_big_put.store(true, Ordering::SeqCst);
+    let before = issued.load(Ordering::SeqCst);
+    let report =
+        registry::push(&src, &bdigest, &bdest, &settings, &PushOptions::default()).unwrap();
+    assert_eq!(report.manifest_digest, bdigest);
+    assert!(
+        !refuse_big_put.load(Ordering::SeqCst),
+        "the big PUT was not seen"
+    );
+    assert!(issued.load(Ordering::SeqCst) > before, "no new token");
+    let big_puts = proxy
+        .requests()
+        .iter()
+        .filter(|q| q.method == "PUT" && q.body.len() >= 8 << 20)
+        .count();
+    assert_eq!(big_puts, 2, "refused once, then sent again");
+    let dst = Store::open(&tmp.path().join("dst-big")).unwrap();
+    let img = registry::pull(&bdest, &dst, &settings, &PullOptions::default()).unwrap();
+    assert_eq!(img.manifest_digest, bdigest);
 
     let dst = Store::open(&tmp.path().join("dst")).unwrap();
     let img = registry::pull(&dest, &dst, &settings, &PullOptions::default()).unwrap();
