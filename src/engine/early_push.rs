@@ -141,13 +141,7 @@ impl EarlyPush {
         }
         let (tx, rx) = crossbeam_channel::unbounded::<Piece>();
         let (decide, decided) = crossbeam_channel::bounded::<LayerRef>(1);
-        let reader = PieceReader {
-            rx,
-            file: None,
-            at: 0,
-            avail: 0,
-            ended: false,
-        };
+        let reader = PieceReader::new(rx);
         let (store, dest, settings) = (store.clone(), self.dests[0].clone(), self.settings.clone());
         let (cancel, committed) = (self.cancel.clone(), self.streams_committed.clone());
         let thread = std::thread::Builder::new()
@@ -307,6 +301,18 @@ struct PieceReader {
     ended: bool,
 }
 
+impl PieceReader {
+    fn new(rx: crossbeam_channel::Receiver<Piece>) -> PieceReader {
+        PieceReader {
+            rx,
+            file: None,
+            at: 0,
+            avail: 0,
+            ended: false,
+        }
+    }
+}
+
 impl std::io::Read for PieceReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         use std::os::unix::fs::FileExt;
@@ -355,13 +361,7 @@ mod tests {
             decide: Some(decide),
             announced: 0,
         };
-        let reader = PieceReader {
-            rx,
-            file: None,
-            at: 0,
-            avail: 0,
-            ended: false,
-        };
+        let reader = PieceReader::new(rx);
         (stream, reader)
     }
 

@@ -444,21 +444,28 @@ mod tests {
         [n; 32]
     }
 
+    /// A feed bounded at 100 bytes that holds chunks back, and a seeding
+    /// thread publishing `count` chunks of 30 bytes into it, then ending.
+    fn seeding_held_back(count: u8) -> (std::sync::Arc<SeedFeed>, std::thread::JoinHandle<()>) {
+        let feed = std::sync::Arc::new(SeedFeed::with_limits(100, Duration::from_secs(60)));
+        feed.hold_back();
+        feed.set_hints((0..count).map(key));
+        let f = feed.clone();
+        let seeding = std::thread::spawn(move || {
+            for n in 0..count {
+                f.publish(key(n), sized(n, 30));
+            }
+            f.finish(true);
+        });
+        (feed, seeding)
+    }
+
     /// A seeding that must hold chunks back waits for the write: the
     /// feed never holds more than its bound, and a slow write still gets
     /// every chunk, in order.
     #[test]
     fn a_full_feed_makes_the_seeding_wait_for_a_slow_write() {
-        let feed = std::sync::Arc::new(SeedFeed::with_limits(100, Duration::from_secs(60)));
-        feed.hold_back();
-        feed.set_hints((0..50).map(key));
-        let f = feed.clone();
-        let seeding = std::thread::spawn(move || {
-            for n in 0..50 {
-                f.publish(key(n), sized(n, 30));
-            }
-            f.finish(true);
-        });
+        let (feed, seeding) = seeding_held_back(50);
         for n in 0..50 {
             if n % 10 == 0 {
                 std::thread::sleep(Duration::from_millis(20));
@@ -478,16 +485,7 @@ mod tests {
     /// for room: the chunks held longest are dropped, nobody deadlocks.
     #[test]
     fn a_write_waiting_past_held_chunks_gets_them_dropped() {
-        let feed = std::sync::Arc::new(SeedFeed::with_limits(100, Duration::from_secs(60)));
-        feed.hold_back();
-        feed.set_hints((0..10).map(key));
-        let f = feed.clone();
-        let seeding = std::thread::spawn(move || {
-            for n in 0..10 {
-                f.publish(key(n), sized(n, 30));
-            }
-            f.finish(true);
-        });
+        let (feed, seeding) = seeding_held_back(10);
         // Chunks 0-2 fill the feed; the write wants chunk 6 first.
         let got = feed.take(&key(6)).map(|h| h.bytes[0]);
         assert_eq!(got, Some(6));

@@ -3,7 +3,7 @@
 //! write: its files unread, the blob bit-identical to a cold write.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::layer::chunked::tests::{cache, known_now};
@@ -68,6 +68,20 @@ fn write(root: Option<&Path>, entries: &[LayerEntry], c: Compression) -> (LayerI
     (info, out)
 }
 
+/// Store `a`, an earlier CI job, writes the layer of `tree` with its
+/// index: (the files' dir, the entries, the layer, its blob, its index).
+fn earlier_layer(
+    a: &Path,
+    c: Compression,
+) -> (PathBuf, Vec<LayerEntry>, LayerInfo, Vec<u8>, Vec<u8>) {
+    let files = a.join("files");
+    fs::create_dir_all(&files).unwrap();
+    let entries = tree(&files);
+    let (first, blob) = write(Some(a), &entries, c);
+    let index = local_index(&cache(a), &first.digest).unwrap();
+    (files, entries, first, blob, index)
+}
+
 #[test]
 fn a_store_seeded_from_a_download_resumes_the_unchanged_start() {
     for c in [
@@ -75,12 +89,7 @@ fn a_store_seeded_from_a_download_resumes_the_unchanged_start() {
         Compression::Zstd { level: 3 },
     ] {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let files = a.path().join("files");
-        fs::create_dir_all(&files).unwrap();
-        let entries = tree(&files);
-        // Store A, an earlier CI job, writes the layer and its index.
-        let (first, blob) = write(Some(a.path()), &entries, c);
-        let index = local_index(&cache(a.path()), &first.digest).unwrap();
+        let (files, entries, first, blob, index) = earlier_layer(a.path(), c);
 
         // Store B downloads it (here: reads it) and seeds while it arrives.
         let cb = cache(b.path());
@@ -124,11 +133,7 @@ fn a_store_seeded_from_a_download_resumes_the_unchanged_start() {
 fn a_refused_chunk_ends_the_resumable_prefix_and_a_wrong_blob_records_nothing() {
     let c = Compression::Gzip { level: 6 };
     let a = tempfile::tempdir().unwrap();
-    let files = a.path().join("files");
-    fs::create_dir_all(&files).unwrap();
-    let entries = tree(&files);
-    let (first, blob) = write(Some(a.path()), &entries, c);
-    let index = local_index(&cache(a.path()), &first.digest).unwrap();
+    let (_, _, first, blob, index) = earlier_layer(a.path(), c);
     let text_index = String::from_utf8(index).unwrap();
     // Chunk k's claimed length is one short: it is refused, and no chunk
     // after it gets hash states (the chain from byte 0 is gone).
@@ -265,11 +270,7 @@ impl std::io::Write for Slow {
 fn a_slow_write_fed_from_memory_gets_the_cold_layer_and_stores_no_seed() {
     let c = Compression::Gzip { level: 6 };
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let files = a.path().join("files");
-    fs::create_dir_all(&files).unwrap();
-    let entries = tree(&files);
-    let (first, blob) = write(Some(a.path()), &entries, c);
-    let index = local_index(&cache(a.path()), &first.digest).unwrap();
+    let (files, entries, first, blob, index) = earlier_layer(a.path(), c);
     fs::write(files.join("f0200.rs"), text(4242, 21_000)).unwrap();
 
     let cap = 1 << 20;

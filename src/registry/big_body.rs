@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use reqwest::header::{HeaderMap, AUTHORIZATION};
@@ -25,7 +25,7 @@ use reqwest::StatusCode;
 use tokio::sync::mpsc;
 
 use super::body::MAX_ERROR_BODY;
-use super::client::{error_chain, Registry};
+use super::client::{api_error_from, error_chain, Registry};
 
 /// The most one read asks for, and so the largest piece sent.
 const PIECE: usize = 1 << 20;
@@ -42,6 +42,20 @@ pub(super) struct Answer {
     pub headers: HeaderMap,
     /// At most `MAX_ERROR_BODY` bytes of the body (errors explain here).
     pub text: String,
+}
+
+impl Answer {
+    /// `Registry::expect_status` for an answer: an error unless its
+    /// status is one of `ok`.
+    pub(super) fn expect(self, ok: &[StatusCode], what: &str) -> Result<Answer> {
+        if ok.contains(&self.status) {
+            return Ok(self);
+        }
+        if self.status.is_success() {
+            bail!("{what}: unexpected HTTP status {}", self.status);
+        }
+        Err(api_error_from(self.status, &self.text, what).into())
+    }
 }
 
 /// A body for `Registry::send_big`: opened again for each attempt (a
@@ -64,6 +78,7 @@ impl Registry {
     ) -> Result<Answer> {
         let base = self.base_url()?;
         let http = self.big_client()?;
+        let failed = format!("{what}: request to {} failed", self.host());
         let mut reauthed = false;
         loop {
             let mut req = build(&http, &base)
@@ -73,8 +88,7 @@ impl Registry {
             if let Some(value) = value {
                 req.headers_mut().insert(AUTHORIZATION, value);
             }
-            let what_to = format!("{what}: request to {} failed", self.host());
-            let answer = send(&http, req, open()?, len, self.answer_window(), &what_to)?;
+            let answer = send(&http, req, open()?, len, self.answer_window(), &failed)?;
             if answer.status == StatusCode::UNAUTHORIZED && !reauthed {
                 reauthed = true;
                 let had = self.note_challenge(&answer.headers);
@@ -219,9 +233,13 @@ mod tests {
     use std::io::{BufRead, BufReader, Write};
     use std::net::TcpListener;
 
-    /// A one-request HTTP/1.1 server on loopback: returns the chunked body
-    /// it received (None if the body never ended) and answers `answer`.
-    fn serve_once(answer: &'static str) -> (String, std::thread::JoinHandle<Option<Vec<u8>>>) {
+    /// A one-request HTTP/1.1 server on loopback: returns the body it
+    /// received (None if the body never ended), answers `answer`, and
+    /// keeps the connection open for `linger` after it.
+    fn serve_once(
+        answer: &'static [u8],
+        linger: Duration,
+    ) -> (String, std::thread::JoinHandle<Option<Vec<u8>>>) {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}/up", l.local_addr().expect("addr"));
         let h = std::thread::spawn(move || {
@@ -247,7 +265,8 @@ mod tests {
                 body.resize(n, 0);
                 r.read_exact(&mut body).ok()?;
                 let mut s = s;
-                let _ = s.write_all(answer.as_bytes());
+                let _ = s.write_all(answer);
+                std::thread::sleep(linger);
                 return Some(body);
             }
             let ended = loop {
@@ -268,7 +287,8 @@ mod tests {
                 body.extend_from_slice(&chunk[..n]);
             };
             let mut s = s;
-            let _ = s.write_all(answer.as_bytes());
+            let _ = s.write_all(answer);
+            std::thread::sleep(linger);
             ended.then_some(body)
         });
         (url, h)
@@ -284,7 +304,10 @@ mod tests {
 
     #[test]
     fn a_body_of_known_length_goes_with_it_and_a_short_one_fails() {
-        let (url, h) = serve_once("HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
+        let (url, h) = serve_once(
+            b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+            Duration::ZERO,
+        );
         let data: Vec<u8> = (0..2_500_000u32).map(|i| (i % 241) as u8).collect();
         let (http, req) = patch(&url);
         let body = Box::new(io::Cursor::new(data.clone()));
@@ -294,7 +317,10 @@ mod tests {
         assert_eq!(h.join().expect("server"), Some(data.clone()));
         // A body that ends before its length: the request fails, and the
         // server never gets the length it was promised.
-        let (url, h) = serve_once("HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
+        let (url, h) = serve_once(
+            b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+            Duration::ZERO,
+        );
         let (http, req) = patch(&url);
         let short = Box::new(io::Cursor::new(data[..1000].to_vec()));
         assert!(send(&http, req, short, len, WINDOW, "test").is_err());
@@ -303,20 +329,9 @@ mod tests {
 
     #[test]
     fn a_trickling_answer_is_cut_at_the_window() {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let url = format!("http://{}/up", l.local_addr().expect("addr"));
-        // Reads the request, answers 400 with a body it never finishes.
-        let server = std::thread::spawn(move || {
-            let (s, _) = l.accept().ok()?;
-            let mut r = BufReader::new(s.try_clone().ok()?);
-            let mut line = String::new();
-            while r.read_line(&mut line).ok()? > 0 && !line.ends_with("0\r\n\r\n") {}
-            let mut s = s;
-            s.write_all(b"HTTP/1.1 400 Bad\r\nContent-Length: 100000\r\n\r\n{\"errors\"")
-                .ok()?;
-            std::thread::sleep(Duration::from_secs(5));
-            Some(())
-        });
+        // Answers 400 with a body it never finishes.
+        let answer = b"HTTP/1.1 400 Bad\r\nContent-Length: 100000\r\n\r\n{\"errors\"";
+        let (url, server) = serve_once(answer, Duration::from_secs(5));
         let started = std::time::Instant::now();
         let (http, req) = patch(&url);
         let window = Duration::from_millis(500);
@@ -348,8 +363,10 @@ mod tests {
 
     #[test]
     fn the_body_arrives_whole_and_the_answer_is_kept() {
-        let (url, h) =
-            serve_once("HTTP/1.1 202 Accepted\r\nLocation: /next\r\nContent-Length: 2\r\n\r\nok");
+        let (url, h) = serve_once(
+            b"HTTP/1.1 202 Accepted\r\nLocation: /next\r\nContent-Length: 2\r\n\r\nok",
+            Duration::ZERO,
+        );
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let (http, req) = patch(&url);
         let body = Box::new(io::Cursor::new(data.clone()));
@@ -365,7 +382,10 @@ mod tests {
 
     #[test]
     fn a_read_error_never_lets_the_body_end() {
-        let (url, h) = serve_once("HTTP/1.1 500 No\r\nContent-Length: 0\r\n\r\n");
+        let (url, h) = serve_once(
+            b"HTTP/1.1 500 No\r\nContent-Length: 0\r\n\r\n",
+            Duration::ZERO,
+        );
         let (http, req) = patch(&url);
         let r = send(&http, req, Box::new(FailAfter(5000)), None, WINDOW, "test");
         assert!(r.is_err(), "a failed body must fail the request");

@@ -42,7 +42,6 @@ pub(super) fn build_http(host: &str, insecure: bool, settings: &Settings) -> Res
 }
 
 /// What an async client for one host is built from.
-#[derive(Debug, Clone)]
 pub(super) struct AsyncSetup {
     host: String,
     insecure: bool,

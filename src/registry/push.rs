@@ -13,7 +13,7 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use reqwest::StatusCode;
 
 use super::blobs::{read_small_blob, BlobStore};
-use super::client::{api_error_from, scope, Registry};
+use super::client::{scope, Registry};
 use super::known::BlobLocations;
 use super::manifest::{Descriptor, Parsed};
 use super::run_parallel;
@@ -335,23 +335,19 @@ fn upload_once(
                 .with_context(|| format!("{what}: opening the stored blob"))?;
             Ok(Box::new(progress(f)))
         };
-        let answer = reg.send_big(
-            &scopes,
-            &what,
-            &|c, base| {
-                c.put(put_url(base, &location, digest))
-                    .timeout(reg.upload_timeout(size))
-                    .header(CONTENT_TYPE, "application/octet-stream")
-            },
-            &open,
-            Some(size),
-        )?;
-        if answer.status != StatusCode::CREATED {
-            if answer.status.is_success() {
-                bail!("{what}: unexpected HTTP status {}", answer.status);
-            }
-            return Err(api_error_from(answer.status, &answer.text, &what).into());
-        }
+        let answer = reg
+            .send_big(
+                &scopes,
+                &what,
+                &|c, base| {
+                    c.put(put_url(base, &location, digest))
+                        .timeout(reg.upload_timeout(size))
+                        .header(CONTENT_TYPE, "application/octet-stream")
+                },
+                &open,
+                Some(size),
+            )?
+            .expect(&[StatusCode::CREATED], &what)?;
         return check_digest_header(&answer.headers, digest, &what);
     }
     let resp = reg.send(&scopes, &what, false, &|c, base| {

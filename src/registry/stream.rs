@@ -20,7 +20,7 @@ use anyhow::{bail, Result};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use reqwest::StatusCode;
 
-use super::client::{api_error_from, scope, Registry};
+use super::client::{scope, Registry};
 use super::push::{absolute_url, check_committed_digest, put_url, start_upload};
 use super::settings::Settings;
 use crate::oci::Reference;
@@ -65,23 +65,19 @@ pub fn upload_streamed(
             None => bail!("{what}: a streamed body cannot be sent a second time"),
         }
     };
-    let answer = reg.send_big(
-        &scopes,
-        &what,
-        &|c, base| {
-            c.patch(absolute_url(base, &location))
-                .timeout(reg.upload_timeout(u64::MAX / 2))
-                .header(CONTENT_TYPE, "application/octet-stream")
-        },
-        &open,
-        None,
-    )?;
-    if !matches!(answer.status, StatusCode::ACCEPTED | StatusCode::NO_CONTENT) {
-        if answer.status.is_success() {
-            bail!("{what}: unexpected HTTP status {}", answer.status);
-        }
-        return Err(api_error_from(answer.status, &answer.text, &what).into());
-    }
+    let answer = reg
+        .send_big(
+            &scopes,
+            &what,
+            &|c, base| {
+                c.patch(absolute_url(base, &location))
+                    .timeout(reg.upload_timeout(u64::MAX / 2))
+                    .header(CONTENT_TYPE, "application/octet-stream")
+            },
+            &open,
+            None,
+        )?
+        .expect(&[StatusCode::ACCEPTED, StatusCode::NO_CONTENT], &what)?;
     // The session's next URL (it may carry new state).
     let location = answer
         .headers
