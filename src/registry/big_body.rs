@@ -302,29 +302,39 @@ mod tests {
         (http, req)
     }
 
+    /// `body` (of length `len`, if told) sent to a one-request server
+    /// that answers `answer`: the result, and the body the server saw
+    /// end, if it did.
+    fn send_once(
+        answer: &'static [u8],
+        body: Box<dyn Read + Send>,
+        len: Option<u64>,
+    ) -> (Result<Answer>, Option<Vec<u8>>) {
+        let (url, h) = serve_once(answer, Duration::ZERO);
+        let (http, req) = patch(&url);
+        let r = send(&http, req, body, len, WINDOW, "test");
+        (r, h.join().expect("server"))
+    }
+
+    /// `n` bytes of a pattern that repeats every `period`.
+    fn pattern(n: u32, period: u32) -> Vec<u8> {
+        (0..n).map(|i| (i % period) as u8).collect()
+    }
+
     #[test]
     fn a_body_of_known_length_goes_with_it_and_a_short_one_fails() {
-        let (url, h) = serve_once(
-            b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
-            Duration::ZERO,
-        );
-        let data: Vec<u8> = (0..2_500_000u32).map(|i| (i % 241) as u8).collect();
-        let (http, req) = patch(&url);
-        let body = Box::new(io::Cursor::new(data.clone()));
+        let created = b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n";
+        let data = pattern(2_500_000, 241);
         let len = Some(data.len() as u64);
-        let a = send(&http, req, body, len, WINDOW, "test").expect("send");
-        assert_eq!(a.status, StatusCode::CREATED);
-        assert_eq!(h.join().expect("server"), Some(data.clone()));
+        let (r, got) = send_once(created, Box::new(io::Cursor::new(data.clone())), len);
+        assert_eq!(r.expect("send").status, StatusCode::CREATED);
+        assert_eq!(got, Some(data.clone()));
         // A body that ends before its length: the request fails, and the
         // server never gets the length it was promised.
-        let (url, h) = serve_once(
-            b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
-            Duration::ZERO,
-        );
-        let (http, req) = patch(&url);
         let short = Box::new(io::Cursor::new(data[..1000].to_vec()));
-        assert!(send(&http, req, short, len, WINDOW, "test").is_err());
-        assert_eq!(h.join().expect("server"), None);
+        let (r, got) = send_once(created, short, len);
+        assert!(r.is_err());
+        assert_eq!(got, None);
     }
 
     #[test]
@@ -363,36 +373,30 @@ mod tests {
 
     #[test]
     fn the_body_arrives_whole_and_the_answer_is_kept() {
-        let (url, h) = serve_once(
+        let data = pattern(3_000_000, 251);
+        let (r, got) = send_once(
             b"HTTP/1.1 202 Accepted\r\nLocation: /next\r\nContent-Length: 2\r\n\r\nok",
-            Duration::ZERO,
+            Box::new(io::Cursor::new(data.clone())),
+            None,
         );
-        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-        let (http, req) = patch(&url);
-        let body = Box::new(io::Cursor::new(data.clone()));
-        let a = send(&http, req, body, None, WINDOW, "test").expect("send");
+        let a = r.expect("send");
         assert_eq!(a.status, StatusCode::ACCEPTED);
         assert_eq!(
             a.headers.get("location").map(|v| v.as_bytes()),
             Some(&b"/next"[..])
         );
         assert_eq!(a.text, "ok");
-        assert_eq!(h.join().expect("server"), Some(data));
+        assert_eq!(got, Some(data));
     }
 
     #[test]
     fn a_read_error_never_lets_the_body_end() {
-        let (url, h) = serve_once(
+        let (r, got) = send_once(
             b"HTTP/1.1 500 No\r\nContent-Length: 0\r\n\r\n",
-            Duration::ZERO,
-        );
-        let (http, req) = patch(&url);
-        let r = send(&http, req, Box::new(FailAfter(5000)), None, WINDOW, "test");
-        assert!(r.is_err(), "a failed body must fail the request");
-        assert_eq!(
-            h.join().expect("server"),
+            Box::new(FailAfter(5000)),
             None,
-            "the server saw the body end"
         );
+        assert!(r.is_err(), "a failed body must fail the request");
+        assert_eq!(got, None, "the server saw the body end");
     }
 }
