@@ -9,7 +9,15 @@
 # registry's CPU over each, the medians and fresh/warm of the medians (the
 # target: <= 1.3x). One job's wall time swings by up to 40 % on this VM,
 # which is why the verdict takes medians of alternating rounds.
-# Usage: bench/cache/target.sh [RBUILD_BIN]  (env: ROUNDS=5, BENCH_WORK)
+# PRETOUCH_MB=N writes and frees N MB of /dev/shm right before each job:
+# on this Firecracker VM the host backs a guest page only when it is first
+# written and takes free pages back seconds after they are freed (virtio
+# balloon free page reporting), and a page written for the first time costs
+# ~3 us more (dd into tmpfs: 350 MB/s cold, 1.9-2.8 GB/s just freed), so a
+# job's figures depend on how much memory the kernel hands it that the host
+# took back. With it, both jobs start on backed memory (docs/benchmarks.md).
+# Usage: bench/cache/target.sh [RBUILD_BIN]  (env: ROUNDS=5, PRETOUCH_MB=0,
+# BENCH_WORK)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -20,13 +28,17 @@ bin=${1:-$repo/target/release/rbuild}
 [ -d "$work" ] && trash "$work"
 cache_rig "$bin"
 settle
-printf 'load before: %s   fs canary: %s ms\n' "$(load)" "$SETTLED_MS"
+printf 'load before: %s   fs canary: %s ms   pretouch: %s MB\n' "$(load)" "$SETTLED_MS" "${PRETOUCH_MB:-0}"
 n=0
 declare -A walls cpus
 job() { # which store
   n=$((n + 1))
   cp "$work/orig" "$work/ctx/tree/$f"; printf '\n// change %s\n' "$n" >> "$work/ctx/tree/$f"
   local r0 r1 wall user sys
+  if [ "${PRETOUCH_MB:-0}" -gt 0 ]; then
+    dd if=/dev/zero of=/dev/shm/rbuild-bench-pretouch bs=1M count="$PRETOUCH_MB" 2>/dev/null
+    rm -f /dev/shm/rbuild-bench-pretouch
+  fi
   r0=$(awk '{print $14+$15}' "/proc/$REGISTRY_PID/stat")
   /usr/bin/time -f '%e %U %S %M' -o "$work/time" "$bin" --root "$2" build --progress plain \
     --cache-from "$cache" --push -t "$reg/app:r" "$work/ctx" >"$work/$1-$n.log" 2>&1
