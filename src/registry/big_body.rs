@@ -12,10 +12,13 @@
 //! for a layer streamed while it is written (`stream`) and for stored
 //! blobs of at least `BIG_BODY` bytes (`push`).
 
+use std::future::Future;
 use std::io::{self, Read};
-use std::pin::Pin;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
@@ -62,6 +65,20 @@ impl Answer {
 /// streamed body that cannot be fails its second opening).
 pub(super) type OpenBody<'a> = &'a dyn Fn() -> Result<Box<dyn Read + Send>>;
 
+/// What ends a request early, besides its own timeout: the caller's
+/// `cancel`, and a registry that stops taking the body (or, the body
+/// sent, does not answer) for `stall`. Without it a registry that read
+/// nothing more kept the upload's threads, and a build waiting for its
+/// streamed push, blocked until the request's timeout (a year for a
+/// streamed body, whose length and so whose fair time are unknown), and
+/// a cancel went unseen: it is checked by the body's reader, which a
+/// full queue no longer calls.
+#[derive(Clone, Default)]
+pub(super) struct Watch {
+    pub stall: Option<Duration>,
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
 impl Registry {
     /// What `send` does for one request, for a body too big for the
     /// blocking client's 8 KiB pieces: the credentials `send` would add,
@@ -75,7 +92,12 @@ impl Registry {
         build: &dyn Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
         open: OpenBody<'_>,
         len: Option<u64>,
+        cancel: Option<Arc<AtomicBool>>,
     ) -> Result<Answer> {
+        let watch = Watch {
+            stall: self.stall_limit(),
+            cancel,
+        };
         let base = self.base_url()?;
         let http = self.big_client()?;
         let failed = format!("{what}: request to {} failed", self.host());
@@ -88,7 +110,15 @@ impl Registry {
             if let Some(value) = value {
                 req.headers_mut().insert(AUTHORIZATION, value);
             }
-            let answer = send(&http, req, open()?, len, self.answer_window(), &failed)?;
+            let answer = send(
+                &http,
+                req,
+                open()?,
+                len,
+                self.answer_window(),
+                &watch,
+                &failed,
+            )?;
             if answer.status == StatusCode::UNAUTHORIZED && !reauthed {
                 reauthed = true;
                 let had = self.note_challenge(&answer.headers);
@@ -104,15 +134,16 @@ impl Registry {
 
 /// Sends `req` on `http` with `body` as its body (`len` bytes, or chunked
 /// when unknown) and waits for the answer, reading what its body brings
-/// within `window` (a trickling error body is cut there). A read error
-/// fails the body, so the registry never sees it end: an upload cut short
-/// is never committed.
+/// within `window` (a trickling error body is cut there). A read error,
+/// a cancel or a stall (`watch`) fails the body, so the registry never
+/// sees it end: an upload cut short is never committed.
 fn send(
     http: &reqwest::Client,
     mut req: reqwest::Request,
     body: Box<dyn Read + Send>,
     len: Option<u64>,
     window: Duration,
+    watch: &Watch,
     what: &str,
 ) -> Result<Answer> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -120,16 +151,27 @@ fn send(
         .build()
         .map_err(|e| anyhow!("{what}: starting the upload's runtime: {e}"))?;
     let (tx, rx) = mpsc::channel(QUEUE);
+    let flow = Arc::new(Flow::new());
     // Not joined: when the request ends early the thread ends at its next
     // read, whose send finds the queue closed.
+    let pumped = flow.clone();
     std::thread::Builder::new()
         .name("upload-read".into())
-        .spawn(move || pump(body, tx))
+        .spawn(move || pump(body, tx, &pumped))
         .map_err(|e| anyhow!("{what}: starting the upload's reader: {e}"))?;
-    *req.body_mut() = Some(reqwest::Body::wrap(Pieces { rx, len }));
+    let pieces = Pieces {
+        rx,
+        len,
+        sent: 0,
+        flow: flow.clone(),
+    };
+    *req.body_mut() = Some(reqwest::Body::wrap(pieces));
     rt.block_on(async move {
         let fail = |e: reqwest::Error| anyhow!("{what}: {}", error_chain(&e));
-        let mut resp = http.execute(req).await.map_err(fail)?;
+        let sent = async { http.execute(req).await.map_err(fail) };
+        // Dropping the request (a stall or a cancel) drops the queue's
+        // receiver: the reader thread ends at its next piece.
+        let mut resp = first_of(sent, watched(&flow, watch, what)).await?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let mut text = Vec::new();
@@ -152,11 +194,99 @@ fn send(
     })
 }
 
+/// Whether the connection takes the body, for `watched`: pieces ready and
+/// not taken yet, since when (ms from `start`) the connection has taken
+/// none of them, and when the body ended (ms + 1; 0: not yet).
+struct Flow {
+    start: Instant,
+    waiting: AtomicUsize,
+    since: AtomicU64,
+    ended: AtomicU64,
+}
+
+impl Flow {
+    fn new() -> Flow {
+        Flow {
+            start: Instant::now(),
+            waiting: AtomicUsize::new(0),
+            since: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A piece is ready: with none waiting, the connection's time to take
+    /// one starts now (a slow writer is not the registry's stall).
+    fn ready(&self) {
+        if self.waiting.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.since.store(self.now(), Ordering::SeqCst);
+        }
+    }
+
+    fn taken(&self) {
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.since.store(self.now(), Ordering::SeqCst);
+    }
+
+    fn end(&self) {
+        self.ended.store(self.now() + 1, Ordering::SeqCst);
+    }
+}
+
+/// Fails when `watch` says the request is over: cancelled, or `stall`
+/// without the connection taking a ready piece, or without an answer
+/// once the body has ended. Never returns otherwise.
+async fn watched(flow: &Flow, watch: &Watch, what: &str) -> Result<reqwest::Response> {
+    const TICK: Duration = Duration::from_millis(100);
+    loop {
+        tokio::time::sleep(TICK).await;
+        if watch
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
+            bail!("{what}: cancelled");
+        }
+        let Some(stall) = watch.stall else { continue };
+        let limit = u64::try_from(stall.as_millis()).unwrap_or(u64::MAX);
+        let now = flow.now();
+        let ended = flow.ended.load(Ordering::SeqCst);
+        if ended > 0 && now.saturating_sub(ended - 1) > limit {
+            bail!(
+                "{what}: no answer within {} s of the body's end\n\
+                 hint: on a slow link raise --registry-timeout",
+                stall.as_secs_f32()
+            );
+        }
+        let waiting = flow.waiting.load(Ordering::SeqCst) > 0;
+        if ended == 0 && waiting && now.saturating_sub(flow.since.load(Ordering::SeqCst)) > limit {
+            bail!(
+                "{what}: the registry took none of the body for {} s\n\
+                 hint: on a slow link raise --registry-timeout",
+                stall.as_secs_f32()
+            );
+        }
+    }
+}
+
+/// Whichever of `a` and `b` ends first (`b` is polled second).
+async fn first_of<T>(a: impl Future<Output = T>, b: impl Future<Output = T>) -> T {
+    let (mut a, mut b) = (pin!(a), pin!(b));
+    std::future::poll_fn(|cx| match a.as_mut().poll(cx) {
+        Poll::Ready(v) => Poll::Ready(v),
+        Poll::Pending => b.as_mut().poll(cx),
+    })
+    .await
+}
+
 /// Reads `body` into the queue until it ends, fails, or the request is
 /// gone (the queue closed). Buffers come back from the connection when
 /// it is done with them (`Piece`): a fresh 1 MiB for each piece cost page
 /// faults and a memset each time.
-fn pump(mut body: Box<dyn Read + Send>, tx: mpsc::Sender<io::Result<Bytes>>) {
+fn pump(mut body: Box<dyn Read + Send>, tx: mpsc::Sender<io::Result<Bytes>>, flow: &Flow) {
     let (back, spare) = crossbeam_channel::bounded(QUEUE + 2);
     loop {
         let mut buf = spare.try_recv().unwrap_or_else(|_| vec![0u8; PIECE]);
@@ -178,6 +308,7 @@ fn pump(mut body: Box<dyn Read + Send>, tx: mpsc::Sender<io::Result<Bytes>>) {
             len: n,
             back: back.clone(),
         };
+        flow.ready();
         if tx.blocking_send(Ok(Bytes::from_owner(piece))).is_err() {
             return;
         }
@@ -209,6 +340,10 @@ struct Pieces {
     rx: mpsc::Receiver<io::Result<Bytes>>,
     /// The body's length, when known: sent as its Content-Length.
     len: Option<u64>,
+    /// Bytes handed to the connection: a body of known length may not be
+    /// polled again after its last byte, so that is its end too.
+    sent: u64,
+    flow: Arc<Flow>,
 }
 
 impl HttpBody for Pieces {
@@ -219,7 +354,19 @@ impl HttpBody for Pieces {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        self.rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+        let polled = self.rx.poll_recv(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(b))) => {
+                self.flow.taken();
+                self.sent += b.len() as u64;
+                if self.len.is_some_and(|l| self.sent >= l) {
+                    self.flow.end();
+                }
+            }
+            Poll::Ready(None) => self.flow.end(),
+            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+        }
+        polled.map(|o| o.map(|r| r.map(Frame::data)))
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -312,7 +459,7 @@ mod tests {
     ) -> (Result<Answer>, Option<Vec<u8>>) {
         let (url, h) = serve_once(answer, Duration::ZERO);
         let (http, req) = patch(&url);
-        let r = send(&http, req, body, len, WINDOW, "test");
+        let r = send(&http, req, body, len, WINDOW, &Watch::default(), "test");
         (r, h.join().expect("server"))
     }
 
@@ -346,7 +493,7 @@ mod tests {
         let (http, req) = patch(&url);
         let window = Duration::from_millis(500);
         let body = Box::new(io::Cursor::new(vec![7u8; 1000]));
-        let a = send(&http, req, body, None, window, "test").expect("an answer");
+        let a = send(&http, req, body, None, window, &Watch::default(), "test").expect("an answer");
         assert!(
             started.elapsed() < Duration::from_secs(4),
             "{:?}",
@@ -387,6 +534,138 @@ mod tests {
         );
         assert_eq!(a.text, "ok");
         assert_eq!(got, Some(data));
+    }
+
+    /// A server that reads a request's head and then nothing more,
+    /// keeping the connection open for `hold`.
+    fn deaf(hold: Duration) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/up", l.local_addr().expect("addr"));
+        std::thread::spawn(move || {
+            let Ok((s, _)) = l.accept() else { return };
+            let mut r = BufReader::new(s);
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            std::thread::sleep(hold);
+        });
+        url
+    }
+
+    /// An endless body.
+    struct Zeros;
+
+    impl Read for Zeros {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            buf.fill(0);
+            Ok(buf.len())
+        }
+    }
+
+    fn watch(stall: Option<Duration>, cancel: Option<Arc<AtomicBool>>) -> Watch {
+        Watch { stall, cancel }
+    }
+
+    #[test]
+    fn a_registry_that_stops_reading_fails_the_upload_at_the_stall_limit() {
+        let (http, req) = patch(&deaf(Duration::from_secs(30)));
+        let started = Instant::now();
+        let stall = watch(Some(Duration::from_secs(1)), None);
+        let r = send(&http, req, Box::new(Zeros), None, WINDOW, &stall, "test");
+        let e = format!("{:#}", r.err().expect("a stalled upload must fail"));
+        assert!(e.contains("took none of the body for 1 s"), "{e}");
+        assert!(e.contains("hint: "), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_cancel_ends_an_upload_the_registry_stopped_reading() {
+        let (http, req) = patch(&deaf(Duration::from_secs(30)));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            flag.store(true, Ordering::Relaxed);
+        });
+        let started = Instant::now();
+        // No stall limit: only the cancel can end it.
+        let cancelled = watch(None, Some(cancel));
+        let r = send(
+            &http,
+            req,
+            Box::new(Zeros),
+            None,
+            WINDOW,
+            &cancelled,
+            "test",
+        );
+        let e = format!("{:#}", r.err().expect("a cancelled upload must fail"));
+        assert!(e.contains("cancelled"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_body_sent_and_never_answered_fails_at_the_stall_limit() {
+        // Reads the whole body, then answers nothing for 30 s.
+        let (url, _server) = serve_once(b"", Duration::from_secs(30));
+        let (http, req) = patch(&url);
+        let data = pattern(100_000, 7);
+        let stall = watch(Some(Duration::from_secs(1)), None);
+        let started = Instant::now();
+        let body = Box::new(io::Cursor::new(data));
+        let r = send(&http, req, body, Some(100_000), WINDOW, &stall, "test");
+        let e = format!("{:#}", r.err().expect("an unanswered upload must fail"));
+        assert!(e.contains("no answer within 1 s"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    /// Bytes in small pieces, `gap` apart: a writer slower than the limit.
+    struct Slow {
+        left: usize,
+        gap: Duration,
+    }
+
+    impl Read for Slow {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.left == 0 {
+                return Ok(0);
+            }
+            std::thread::sleep(self.gap);
+            let n = buf.len().min(self.left).min(1000);
+            buf[..n].fill(b's');
+            self.left -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_writer_slower_than_the_stall_limit_is_not_a_stall() {
+        let (url, h) = serve_once(
+            b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n",
+            Duration::ZERO,
+        );
+        let (http, req) = patch(&url);
+        let stall = watch(Some(Duration::from_millis(300)), None);
+        let body = Box::new(Slow {
+            left: 3000,
+            gap: Duration::from_millis(700),
+        });
+        let r = send(&http, req, body, None, WINDOW, &stall, "test");
+        assert_eq!(r.expect("send").status, StatusCode::ACCEPTED);
+        assert_eq!(h.join().expect("server"), Some(vec![b's'; 3000]));
     }
 
     #[test]

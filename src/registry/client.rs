@@ -307,6 +307,13 @@ impl Registry {
         (self.response_timeout + Duration::from_secs(size / self.min_speed)).min(UNBOUNDED)
     }
 
+    /// How long a `big_body` upload may go without the registry taking
+    /// any of its body, or without an answer once it is sent: the
+    /// response timeout (none when that is off).
+    pub(super) fn stall_limit(&self) -> Option<Duration> {
+        (!self.response_timeout.is_zero()).then_some(self.response_timeout)
+    }
+
     /// An async client for one `big_body` request.
     pub(super) fn big_client(&self) -> Result<reqwest::Client> {
         self.big.client()

@@ -346,6 +346,7 @@ fn upload_once(
                 },
                 &open,
                 Some(size),
+                opts.cancel.clone(),
             )?
             .expect(&[StatusCode::CREATED], &what)?;
         return check_digest_header(&answer.headers, digest, &what);

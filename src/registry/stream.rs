@@ -76,6 +76,7 @@ pub fn upload_streamed(
             },
             &open,
             None,
+            Some(cancel.clone()),
         )?
         .expect(&[StatusCode::ACCEPTED, StatusCode::NO_CONTENT], &what)?;
     // The session's next URL (it may carry new state).

@@ -724,3 +724,60 @@ fn a_layer_expanding_past_the_limit_fails_the_build() {
     );
     assert!(out.status.success(), "{}", common::stderr(&out));
 }
+
+/// An endless layer, as a writer that keeps producing.
+struct Endless;
+
+impl std::io::Read for Endless {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        buf.fill(b'z');
+        Ok(buf.len())
+    }
+}
+
+/// A registry that opens an upload session and then reads nothing of
+/// the streamed PATCH: the stream fails at the response timeout, and a
+/// cancel ends it even with no timeout (a build's end waits for it).
+#[test]
+fn a_streamed_layer_the_registry_stops_reading_fails_or_is_cancelled() {
+    let h = Hostile::start(|req: &Req, c: &mut Conn| match req.method.as_str() {
+        _ if req.path == "/v2/" => c.respond(200, &[], b"{}"),
+        "POST" => c.respond(202, &[("Location", "/v2/app/blobs/uploads/u1")], b""),
+        _ => c.silence(),
+    });
+    let stream = |settings: Settings, cancel: std::sync::Arc<std::sync::atomic::AtomicBool>| {
+        let dest = Reference::parse(&format!("{}/app:v1", h.addr())).unwrap();
+        within(30, move || {
+            registry::upload_streamed(&settings, &dest, Box::new(Endless), cancel, || {
+                Some(digest_of(b"never"))
+            })
+            .map_err(|e| format!("{e:#}"))
+        })
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (res, took) = stream(fast(tmp.path()), Default::default());
+    let msg = res.expect_err("a stalled stream must fail");
+    assert!(
+        msg.contains("took none of the body") && msg.contains("--registry-timeout"),
+        "{msg}"
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    // No timeout at all: only the cancel can end it.
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = cancel.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let unbounded = Settings {
+        response_timeout: Duration::ZERO,
+        min_speed: 0,
+        ..fast(tmp.path())
+    };
+    let (res, took) = stream(unbounded, cancel);
+    let msg = res.expect_err("a cancelled stream must fail");
+    assert!(msg.contains("cancelled"), "{msg}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    // Neither asked to commit anything.
+    assert!(h.requests().iter().all(|r| r.method != "PUT"));
+}
