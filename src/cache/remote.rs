@@ -138,19 +138,28 @@ pub(crate) fn fetch_with<T>(
             });
         match result {
             Ok(v) => return Ok(v),
-            // A 4xx answer or content that is not the blob is final; a
-            // broken transfer may pass next time.
-            Err(e)
-                if attempt < reg.retries()
-                    && e.downcast_ref::<crate::registry::ApiError>().is_none()
-                    && e.downcast_ref::<crate::store::BlobError>().is_none() =>
-            {
+            // A broken transfer may pass next time; see `final_failure`.
+            Err(e) if attempt < reg.retries() && !final_failure(&e) => {
                 attempt += 1;
                 reg.retrying(attempt, &format!("{e:#}"));
             }
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Whether a blob fetch failed for good: a 4xx answer, or content that is
+/// not the blob (its digest or size failed, in the store's writer or in
+/// the seeding's check). Fetching such a blob again from the same cache
+/// downloaded the same wrong bytes again: five times with the default
+/// retries, each a whole layer.
+fn final_failure(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<crate::registry::ApiError>().is_some()
+        || e.downcast_ref::<crate::store::BlobError>().is_some()
+        || matches!(
+            e.downcast_ref::<crate::layer::ChunkIndexError>(),
+            Some(crate::layer::ChunkIndexError::Invalid { .. })
+        )
 }
 
 /// Copy a layer from `r` into the store and, in the same pass, hash what
@@ -259,5 +268,24 @@ mod tests {
         let other = sha256(b"other");
         assert!(copy_checking(&mut &blob[..], &store, &other, blob.len() as u64).is_err());
         assert!(!store.has_blob(&other));
+    }
+
+    #[test]
+    fn content_that_is_not_the_blob_is_not_fetched_again() {
+        use crate::layer::ChunkIndexError;
+        let with_context = |e: anyhow::Error| e.context("fetching layer sha256:00 from reg/x");
+        let invalid = ChunkIndexError::Invalid {
+            digest: "sha256:00".into(),
+            problem: "the layer blob does not match its digest and size".into(),
+        };
+        assert!(final_failure(&with_context(invalid.into())));
+        // A transfer that broke off may pass next time.
+        let broken = ChunkIndexError::Blob {
+            digest: "sha256:00".into(),
+            path: "the fetched layer".into(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+        };
+        assert!(!final_failure(&with_context(broken.into())));
+        assert!(!final_failure(&anyhow::anyhow!("connection reset")));
     }
 }

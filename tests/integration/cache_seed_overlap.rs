@@ -106,7 +106,8 @@ fn serve(cache: Served, corrupt: bool) -> Hostile {
 
 /// Store A exports its cache to a dir; fresh store B builds the changed
 /// tree from it through the slow registry; a cold store C builds the same.
-fn overlapped(corrupt: bool) -> (Env, Built, Built, String) {
+/// Also returns how many times B downloaded the earlier layer.
+fn overlapped(corrupt: bool) -> (Env, Built, Built, String, usize) {
     let dir = tempfile::tempdir().unwrap();
     let a = Env::new();
     let ctx_a = context(&a, false);
@@ -122,7 +123,13 @@ fn overlapped(corrupt: bool) -> (Env, Built, Built, String) {
     let cold = Env::new();
     let ctx_c = context(&cold, true);
     let reference = build(&cold, &ctx_c, &["-t", "app:c"]);
-    (b, built, reference, layer)
+    let path = format!("/v2/test/cache/blobs/{layer}");
+    let gets = server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == path)
+        .count();
+    (b, built, reference, layer, gets)
 }
 
 /// Nothing of the cache's earlier layer `layer` is in the store at
@@ -144,8 +151,9 @@ fn assert_no_trace(root: &Path, layer: &str) {
 
 #[test]
 fn the_layer_write_takes_chunks_while_the_seed_downloads() {
-    let (b, built, cold, layer) = overlapped(false);
+    let (b, built, cold, layer, gets) = overlapped(false);
     let log = &built.log;
+    assert_eq!(gets, 1, "{log}");
     assert_eq!(built.digest, cold.digest, "{log}");
     assert!(log.contains("handed to the layer write"), "{log}");
     assert!(log.contains("resumed without reading their files"), "{log}");
@@ -162,8 +170,11 @@ fn the_layer_write_takes_chunks_while_the_seed_downloads() {
 
 #[test]
 fn a_corrupt_cache_layer_costs_a_second_write_and_leaves_nothing() {
-    let (b, built, cold, layer) = overlapped(true);
+    let (b, built, cold, layer, gets) = overlapped(true);
     let log = &built.log;
+    // Bytes that are not the blob are not fetched again: the same cache
+    // would send the same bytes.
+    assert_eq!(gets, 1, "{log}");
     // Its chunks were used before the download ended, then the digest
     // failed: the layer was written again without them.
     assert!(log.contains("handed to the layer write"), "{log}");
