@@ -271,7 +271,7 @@ fn follow(
     let mut keyed = std::collections::HashMap::new();
     let mut desc_keys = Vec::new();
     // Compressed bytes of chunks whose description key is still to come.
-    let mut unkeyed: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
+    let mut unkeyed = Held::default();
     for r in results {
         waiting.insert(r.index, r);
         while let Some(r) = waiting.remove(&next) {
@@ -308,17 +308,10 @@ fn follow(
             if keys.bytes {
                 publish.chunk(&c, bytes);
             } else if publish.feed.is_some() && keyed.contains_key(&r.index) {
-                unkeyed.insert(r.index, bytes);
                 // A file spanning many chunks keys them all at its end:
                 // held beside the feed, within the feed's bound (the
                 // first ones go; the write compresses them).
-                let mut held: usize = unkeyed.values().map(Vec::len).sum();
-                while held > super::chunkseed_feed::HELD_BYTES_MAX {
-                    match unkeyed.pop_first() {
-                        Some((_, b)) => held -= b.len(),
-                        None => break,
-                    }
-                }
+                unkeyed.insert(r.index, bytes, super::chunkseed_feed::HELD_BYTES_MAX);
             }
             good.push(c);
             let new_keys = desc.take_keys();
@@ -333,7 +326,7 @@ fn follow(
                     );
                 }
                 // Chunks before it will get no key any more.
-                unkeyed = unkeyed.split_off(&(index + 1));
+                unkeyed.drop_through(*index);
             }
             desc_keys.extend(new_keys);
         }
@@ -398,3 +391,48 @@ fn blob_len(good: &[NewChunk], unbroken: bool) -> u64 {
 #[cfg(test)]
 #[path = "chunkseed_stream_tests.rs"]
 mod tests;
+
+/// Compressed chunks waiting for their description key, in chunk order,
+/// with their total kept as they come and go: summed again per chunk, a
+/// cache's index of many tiny chunks of one file made this quadratic.
+#[derive(Default)]
+struct Held {
+    chunks: BTreeMap<usize, Vec<u8>>,
+    bytes: usize,
+}
+
+impl Held {
+    /// Holds `bytes` for chunk `index`, dropping the earliest held chunks
+    /// while the total is over `max`.
+    fn insert(&mut self, index: usize, bytes: Vec<u8>, max: usize) {
+        self.bytes += bytes.len();
+        if let Some(old) = self.chunks.insert(index, bytes) {
+            self.bytes -= old.len();
+        }
+        while self.bytes > max {
+            match self.chunks.pop_first() {
+                Some((_, b)) => self.bytes -= b.len(),
+                None => break,
+            }
+        }
+    }
+
+    fn remove(&mut self, index: &usize) -> Option<Vec<u8>> {
+        let b = self.chunks.remove(index)?;
+        self.bytes -= b.len();
+        Some(b)
+    }
+
+    /// Drops every chunk up to and including `index`.
+    fn drop_through(&mut self, index: usize) {
+        // Summing what goes (each chunk once), not what stays.
+        let keep = self.chunks.split_off(&(index + 1));
+        let gone = std::mem::replace(&mut self.chunks, keep);
+        self.bytes -= gone.values().map(Vec::len).sum::<usize>();
+    }
+
+    fn clear(&mut self) {
+        self.chunks.clear();
+        self.bytes = 0;
+    }
+}

@@ -331,3 +331,27 @@ fn a_slow_write_fed_from_memory_gets_the_cold_layer_and_stores_no_seed() {
         assert!(!text.contains(&first.digest), "{text}");
     }
 }
+
+#[test]
+fn held_chunks_keep_their_total_within_the_bound() {
+    let mut held = super::Held::default();
+    for i in 0..10 {
+        held.insert(i, vec![0; 100], 550);
+    }
+    // The earliest went; the total is what is held, never over the bound.
+    assert_eq!(
+        held.chunks.keys().copied().collect::<Vec<_>>(),
+        (5..10).collect::<Vec<_>>()
+    );
+    assert_eq!(held.bytes, 500);
+    assert_eq!(held.remove(&7).map(|b| b.len()), Some(100));
+    assert_eq!(held.remove(&7), None);
+    assert_eq!(held.bytes, 400);
+    held.drop_through(8);
+    assert_eq!(held.chunks.keys().copied().collect::<Vec<_>>(), vec![9]);
+    assert_eq!(held.bytes, 100);
+    held.insert(9, vec![0; 30], 550);
+    assert_eq!(held.bytes, 30);
+    held.clear();
+    assert_eq!((held.chunks.len(), held.bytes), (0, 0));
+}
