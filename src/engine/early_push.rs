@@ -10,7 +10,8 @@
 //! forgotten: the push uploads the blob as it always did. A build that
 //! ends (failed, interrupted) cancels the uploads in flight — their bodies
 //! stop with an error, so the registry never commits them — and waits for
-//! their threads: nothing outlives the build.
+//! their threads. (An upload's `upload-read` thread, `registry::big_body`,
+//! is not joined: it ends at its next piece once the request is gone.)
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -55,12 +56,15 @@ impl EarlyPush {
                 }
             }
         }
-        // The target and its FROM chain (bounded: a chain never repeats).
+        // The target and its FROM chain: at most one step per stage, so
+        // the walk ends even for a plan whose chain repeated (the planner
+        // only lets a stage build on an earlier one).
         let mut stages = HashSet::new();
         let mut at = Some(plan.target);
-        while let Some(i) =
-            at.filter(|i| stages.len() <= plan.stages.len() && *i < plan.stages.len())
-        {
+        for _ in 0..plan.stages.len() {
+            let Some(i) = at.filter(|i| *i < plan.stages.len()) else {
+                break;
+            };
             let stage = &plan.stages[i];
             stages.insert(format!(
                 "{cache_scope}/{}",

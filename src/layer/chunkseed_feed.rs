@@ -46,8 +46,8 @@ use super::chunkcache::Hit;
 /// downloaded: in the fresh CI job (a 230 MB layer) every chunk reaches
 /// the write and none is dropped. More only helps while the write has not
 /// started (the files are still being gathered), when the download is not
-/// what the job waits for; and it adds to a peak RSS that the rest of the
-/// job (the `--push` stream's queue above all) already takes to 120-200 MB.
+/// what the job waits for; and it adds to the job's peak RSS (81-172 MB
+/// for the fresh CI job, docs/benchmarks.md).
 pub(crate) const HELD_BYTES_MAX: usize = 32 << 20;
 /// How long a seeding waits for room while the write takes nothing, before
 /// it drops what does not fit: well under the 60 s in which a registry

@@ -119,8 +119,9 @@ impl BlobWriter {
     }
 
     /// Bytes that are in the temp file (not in the write buffer), so a
-    /// [`BlobWriter::reader`] sees them: a multiple of
-    /// [`WRITEBACK_STEP`] while writing, or all after [`BlobWriter::flush_all`].
+    /// [`BlobWriter::reader`] sees them: while writing, the size when the
+    /// write last crossed a [`WRITEBACK_STEP`]; all after
+    /// [`BlobWriter::flush_all`].
     pub fn flushed(&self) -> u64 {
         self.written_back
     }
