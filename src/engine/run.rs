@@ -102,8 +102,9 @@ pub struct RunInputs<'a> {
     pub users: &'a UserDb,
     pub network: NetworkMode,
     pub mounts: Vec<Mount>,
-    /// Host paths for `--mount` sources: context root, other stages' roots.
-    pub bind_source: &'a dyn Fn(&Mount) -> anyhow::Result<PathBuf>,
+    /// Host paths for `--mount` sources (context root, other stages'
+    /// roots), by the mount's place in `mounts`.
+    pub bind_source: &'a dyn Fn(usize, &Mount) -> anyhow::Result<PathBuf>,
     pub secrets: &'a BTreeMap<String, SecretSource>,
     pub ssh: &'a BTreeMap<String, PathBuf>,
     /// Heredoc scripts (`RUN <<EOF` with a `#!` line) to put at `/dev/pipes/NAME`.
@@ -201,8 +202,9 @@ fn run_in(
     let mut env = process_env(inputs, &user.1);
     let mut specs = Vec::new();
     let mut locks = Vec::new();
-    for m in &inputs.mounts {
-        lower_mount(inputs, m, &step.scratch, &mut specs, &mut env, &mut locks)?;
+    for (i, m) in inputs.mounts.iter().enumerate() {
+        let place = (i, m);
+        lower_mount(inputs, place, &step.scratch, &mut specs, &mut env, &mut locks)?;
     }
     let mount_dirs = super::mountpoints::needed(&specs);
     for (name, body) in &inputs.scripts {
@@ -445,13 +447,36 @@ fn process_env(inputs: &RunInputs<'_>, home: &str) -> Vec<String> {
     env
 }
 
+/// Cache mount locks held for a step, by lock file: two mounts of one id
+/// take it once (a second `flock` on another open of the file waited for
+/// the first forever).
+type StepLocks = Vec<(PathBuf, crate::store::LockGuard)>;
+
+/// `VAR=value` for a secret mounted as an environment variable. A value
+/// an environment cannot hold exactly is refused, naming the secret and
+/// never showing it: a NUL byte used to fail in the sandbox with the whole
+/// `VAR=secret` in the message (and so in the build log), and bytes that
+/// are not UTF-8 were silently replaced.
+fn secret_env(id: &str, var: &str, value: &[u8]) -> anyhow::Result<String> {
+    let hint = "hint: mount it as a file instead (target=PATH, or no env=)";
+    if value.contains(&0) {
+        bail!("secret {id} cannot be the environment variable {var}: it contains a NUL byte\n{hint}");
+    }
+    match std::str::from_utf8(value) {
+        Ok(text) => Ok(format!("{var}={text}")),
+        Err(_) => bail!(
+            "secret {id} cannot be the environment variable {var}: it is not UTF-8 text\n{hint}"
+        ),
+    }
+}
+
 fn lower_mount(
     inputs: &RunInputs<'_>,
-    m: &Mount,
+    (index, m): (usize, &Mount),
     scratch: &Path,
     specs: &mut Vec<MountSpec>,
     env: &mut Vec<String>,
-    locks: &mut Vec<crate::store::LockGuard>,
+    locks: &mut StepLocks,
 ) -> anyhow::Result<()> {
     match m.kind {
         MountType::Tmpfs => specs.push(MountSpec::Tmpfs {
@@ -461,7 +486,7 @@ fn lower_mount(
         MountType::Bind => {
             // The sandbox binds absolute paths; the context (or `--root`)
             // may have been given relative, as in `rbuild build .`.
-            let source = std::path::absolute((inputs.bind_source)(m)?)
+            let source = std::path::absolute((inputs.bind_source)(index, m)?)
                 .context("resolving the bind mount's source")?;
             let source = if m.readonly {
                 source
@@ -488,12 +513,12 @@ fn lower_mount(
                 inputs.mount_restorer,
                 inputs.on_warning,
             )?;
-            if m.sharing == CacheSharing::Locked || m.sharing == CacheSharing::Private {
-                let lock = dir.with_extension("lock");
-                locks.push(
-                    crate::store::lock_exclusive(&lock)
-                        .with_context(|| format!("locking cache mount {id}"))?,
-                );
+            let lock = dir.with_extension("lock");
+            let locking = m.sharing == CacheSharing::Locked || m.sharing == CacheSharing::Private;
+            if locking && !locks.iter().any(|(p, _)| *p == lock) {
+                let guard = crate::store::lock_exclusive(&lock)
+                    .with_context(|| format!("locking cache mount {id}"))?;
+                locks.push((lock, guard));
             }
             specs.push(MountSpec::Bind {
                 source: dir,
@@ -520,7 +545,7 @@ fn lower_mount(
                 return Ok(());
             };
             if let Some(var) = &m.env {
-                env.push(format!("{var}={}", String::from_utf8_lossy(&value)));
+                env.push(secret_env(&id, var, &value)?);
                 if m.target.is_none() {
                     return Ok(());
                 }

@@ -191,7 +191,11 @@ fn switch_user(spec: &RunSpec) -> Result<()> {
 fn cstrings(items: &[String]) -> Result<Vec<CString>> {
     items
         .iter()
-        .map(|s| CString::new(s.as_bytes()).with_context(|| format!("{s:?} contains a NUL byte")))
+        .map(|s| {
+            // Only the name: an environment entry may hold a secret.
+            let name = s.split('=').next().unwrap_or_default();
+            CString::new(s.as_bytes()).with_context(|| format!("{name:?}… contains a NUL byte"))
+        })
         .collect()
 }
 

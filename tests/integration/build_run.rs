@@ -647,3 +647,57 @@ fn context_bind_mounts_hide_what_dockerignore_excludes() {
     // The user's context is untouched and still has its files.
     assert!(ctx.join("secret.env").exists() && ctx.join("app/private/key").exists());
 }
+
+/// Each bind mount gets its own source, also after a cache mount (every
+/// bind used to get the first mount's source), and two `sharing=locked`
+/// mounts of one cache id lock it once (the second lock waited forever).
+#[test]
+fn bind_mounts_get_their_own_sources_and_one_cache_id_locks_once() {
+    let env = Env::new();
+    let Some(ctx) = context(
+        &env,
+        "FROM base\n\
+         RUN --mount=type=cache,target=/c --mount=type=bind,source=a.txt,target=/ma \
+         --mount=type=bind,source=b.txt,target=/mb cat /ma /mb > /both\n\
+         RUN --mount=type=cache,id=x,target=/a,sharing=locked \
+         --mount=type=cache,id=x,target=/b,sharing=locked sh -c 'echo one > /a/f && cat /b/f > /locked'\n",
+        &[("a.txt", "A\n"), ("b.txt", "B\n")],
+    ) else {
+        return;
+    };
+    build(&env, &ctx, "b:1", &[]);
+    let Some(root) = unpack(&env, "b:1") else {
+        return;
+    };
+    assert_eq!(read(&root, "/both"), "A\nB\n");
+    assert_eq!(read(&root, "/locked"), "one\n", "both targets are the one cache");
+}
+
+/// A secret that an environment variable cannot hold exactly is refused,
+/// naming the secret and never showing its value.
+#[test]
+fn a_secret_env_with_a_nul_byte_is_refused_without_showing_it() {
+    let env = Env::new();
+    let Some(ctx) = context(
+        &env,
+        "FROM base\nRUN --mount=type=secret,id=bin,env=BIN true\n",
+        &[],
+    ) else {
+        return;
+    };
+    let file = env.path("bin.secret");
+    std::fs::write(&file, b"prefix\0MARK-9d1e-secret").unwrap();
+    let spec = format!("id=bin,src={}", file.display());
+    let mut args = vec!["build", "--progress", "plain", "--secret", &spec];
+    let c = ctx.to_str().unwrap();
+    args.push(c);
+    let out = env.rbuild(&args);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("secret bin cannot be the environment variable BIN") && err.contains("hint:"),
+        "{err}"
+    );
+    assert!(!err.contains("MARK-9d1e"), "the secret was shown: {err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("MARK-9d1e"));
+}

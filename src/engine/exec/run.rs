@@ -76,8 +76,10 @@ impl StageState {
         };
         let mut views: Vec<SourceView> = Vec::new();
         let binds = self.bind_roots(src, r, &mounts, &mut views)?;
-        let bind_source = |m: &crate::plan::Mount| -> anyhow::Result<PathBuf> {
-            let i = mounts.iter().position(|x| std::ptr::eq(x, m)).unwrap_or(0);
+        // `i`: the mount's place in `mounts` (the sandbox gets a clone, so
+        // its mounts are not these: found by address, every bind got the
+        // first mount's source).
+        let bind_source = |i: usize, m: &crate::plan::Mount| -> anyhow::Result<PathBuf> {
             if let Some((_, p)) = binds.context.iter().find(|(j, _)| *j == i) {
                 return Ok(p.clone());
             }
