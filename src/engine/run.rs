@@ -204,7 +204,14 @@ fn run_in(
     let mut locks = Vec::new();
     for (i, m) in inputs.mounts.iter().enumerate() {
         let place = (i, m);
-        lower_mount(inputs, place, &step.scratch, &mut specs, &mut env, &mut locks)?;
+        lower_mount(
+            inputs,
+            place,
+            &step.scratch,
+            &mut specs,
+            &mut env,
+            &mut locks,
+        )?;
     }
     let mount_dirs = super::mountpoints::needed(&specs);
     for (name, body) in &inputs.scripts {
@@ -460,7 +467,9 @@ type StepLocks = Vec<(PathBuf, crate::store::LockGuard)>;
 fn secret_env(id: &str, var: &str, value: &[u8]) -> anyhow::Result<String> {
     let hint = "hint: mount it as a file instead (target=PATH, or no env=)";
     if value.contains(&0) {
-        bail!("secret {id} cannot be the environment variable {var}: it contains a NUL byte\n{hint}");
+        bail!(
+            "secret {id} cannot be the environment variable {var}: it contains a NUL byte\n{hint}"
+        );
     }
     match std::str::from_utf8(value) {
         Ok(text) => Ok(format!("{var}={text}")),

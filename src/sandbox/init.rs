@@ -128,6 +128,11 @@ fn reap(command: Pid) -> Result<Option<i32>> {
 }
 
 fn exec_command(spec: &RunSpec) -> Result<Infallible> {
+    // A session of its own, so no controlling terminal: /dev/tty (bound
+    // from the host) then opens nothing, and the step can neither read
+    // what the user types during the build nor push input into the
+    // user's shell (TIOCSTI), as runc and BuildKit also ensure.
+    nix::unistd::setsid().context("starting a new session")?;
     sys::reset_signal_dispositions();
     SigSet::empty()
         .thread_set_mask()

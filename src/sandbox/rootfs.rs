@@ -595,6 +595,10 @@ fn mount_sys(root: &OwnedFd, network: NetworkMode, stubs: &mut Vec<String>) -> R
         Ok(()) => Ok(()),
         // A user namespace that does not own the network namespace (host
         // network, rootless) may not mount sysfs: bind the host's instead.
+        // Its submounts (the cgroup tree above all, which a rootless
+        // user's session may own) are made read-only with it: a remount
+        // changes the top mount only, and a writable cgroup tree let the
+        // step kill the user's session or leave its own limits.
         Err(Errno::EPERM) if network == NetworkMode::Host => {
             mount(
                 Some("/sys"),
@@ -604,6 +608,18 @@ fn mount_sys(root: &OwnedFd, network: NetworkMode, stubs: &mut Vec<String>) -> R
                 NONE,
             )
             .context("binding host /sys")?;
+            // Opened again: `fd` is the dir under the new mount.
+            let bound = paths::open_in_root(root, "sys").context("reopening /sys")?;
+            let path = std::ffi::CString::new(fd_path(&bound)).context("the /sys mount's path")?;
+            if super::sys::lock_tree_readonly(&path).is_ok() {
+                return Ok(());
+            }
+            // A kernel before 5.12: /sys alone, without its submounts.
+            nix::mount::umount2(fd_path(&bound).as_str(), nix::mount::MntFlags::MNT_DETACH)
+                .context("unbinding host /sys")?;
+            drop(bound);
+            mount(Some("/sys"), p.as_str(), NONE, MsFlags::MS_BIND, NONE)
+                .context("binding host /sys")?;
             remount_readonly(root, "sys")
         }
         Err(e) => Err(e).context("mounting sysfs on /sys"),

@@ -425,6 +425,48 @@ fn cloexec_by_listing(first: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes the mount at `path` and every mount below it read-only, nosuid,
+/// nodev and noexec (`mount_setattr(AT_RECURSIVE)`, Linux ≥ 5.12): a
+/// remount changes only the top mount, and a recursive bind's submounts
+/// keep their own flags.
+pub fn lock_tree_readonly(path: &CStr) -> io::Result<()> {
+    // <linux/mount.h>: struct mount_attr and its flags.
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    const MOUNT_ATTR_NOSUID: u64 = 0x2;
+    const MOUNT_ATTR_NODEV: u64 = 0x4;
+    const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+    const AT_RECURSIVE: libc::c_int = 0x8000;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `path` is a valid C string and `attr` a properly laid out
+    // struct whose size is passed; the kernel only reads both.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

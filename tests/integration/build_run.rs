@@ -670,7 +670,11 @@ fn bind_mounts_get_their_own_sources_and_one_cache_id_locks_once() {
         return;
     };
     assert_eq!(read(&root, "/both"), "A\nB\n");
-    assert_eq!(read(&root, "/locked"), "one\n", "both targets are the one cache");
+    assert_eq!(
+        read(&root, "/locked"),
+        "one\n",
+        "both targets are the one cache"
+    );
 }
 
 /// A secret that an environment variable cannot hold exactly is refused,

@@ -549,3 +549,48 @@ fn unmapped_secret_owner_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// A RUN step runs in a session of its own, without rbuild's controlling
+/// terminal (run here under `script`, which gives rbuild one): it can
+/// neither read the user's keystrokes from /dev/tty nor push input into
+/// the user's shell. And every mount under its /sys is read-only (a
+/// rootless build binds the host's /sys: its submounts, the cgroup tree
+/// above all, kept their own flags).
+#[test]
+fn run_has_no_controlling_terminal_and_a_read_only_sys() {
+    let env = Env::new();
+    let Some(script) = tool("script", "bsdutils") else {
+        return;
+    };
+    let Some(ctx) = context(
+        &env,
+        // Each result is computed, so the command's own text in the log
+        // never holds what the assertions look for.
+        "FROM base\nRUN sh -c 's=SHARED; [ \"$(cut -d\" \" -f6 /proc/$$/stat)\" = \"$$\" ] && s=OWN; \
+         t=NONE; (: < /dev/tty) 2>/dev/null && t=OPEN; \
+         rw=$(awk '\"'\"'$5 ~ /^\\/sys/ && $6 !~ /(^|,)ro(,|$)/ {print $5}'\"'\"' /proc/self/mountinfo); \
+         echo RESULT-SESSION-$s RESULT-TTY-$t RESULT-SYS-RW-[$rw]'\n",
+    ) else {
+        return;
+    };
+    let cmd = format!(
+        "{} --root {} build --progress plain --no-cache {}",
+        common::rbuild_bin(),
+        env.root().display(),
+        ctx.display()
+    );
+    let out = Command::new(script)
+        .args(["-qec", &cmd, "/dev/null"])
+        // script runs the command with $SHELL (else the account's shell,
+        // which may be nologin for the test user).
+        .env("SHELL", "/bin/sh")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running script");
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{log}{}", stderr(&out));
+    assert!(log.contains("RESULT-SESSION-OWN"), "{log}");
+    assert!(log.contains("RESULT-TTY-NONE"), "{log}");
+    assert!(log.contains("RESULT-SYS-RW-[]"), "{log}");
+}
