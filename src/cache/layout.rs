@@ -35,16 +35,43 @@ pub fn blob_path(dir: &Path, digest: &str) -> Result<PathBuf> {
     }
 }
 
+/// Opens a file of the layout for reading: a regular file, not a symlink
+/// (a cache dir is someone else's input: a blob linked to `/dev/zero`, a
+/// FIFO or a file elsewhere is refused, not read).
+pub fn open_file(path: &Path) -> Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("opening {} (a symlink is refused)", path.display()))?;
+    let meta = f
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    Ok(f)
+}
+
+/// A file of the layout, whole, if it is at most `MAX_SMALL` bytes.
+fn read_bounded(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    open_file(path)?
+        .take(MAX_SMALL + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() as u64 > MAX_SMALL {
+        bail!("{} is over {MAX_SMALL} bytes", path.display());
+    }
+    Ok(bytes)
+}
+
 /// Read a small blob whole, checking its digest.
 pub fn read_small(dir: &Path, digest: &str) -> Result<Vec<u8>> {
     let path = blob_path(dir, digest)?;
-    let len = fs::metadata(&path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .len();
-    if len > MAX_SMALL {
-        bail!("{} is {len} bytes (limit {MAX_SMALL})", path.display());
-    }
-    let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = read_bounded(&path)?;
     if sha256(&bytes) != digest {
         bail!("{} does not match its digest", path.display());
     }
@@ -53,14 +80,26 @@ pub fn read_small(dir: &Path, digest: &str) -> Result<Vec<u8>> {
 
 fn read_index(dir: &Path) -> Result<Value> {
     let path = dir.join("index.json");
-    let len = fs::metadata(&path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .len();
-    if len > MAX_SMALL {
-        bail!("{} is {len} bytes (limit {MAX_SMALL})", path.display());
-    }
-    let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = read_bounded(&path)?;
     serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Refuses a layout whose own paths are symlinks (`blobs`,
+/// `blobs/sha256`, `index.json`, `oci-layout`, the lock): an export
+/// writes and deletes there, and through a link it would write or delete
+/// files outside DIR (`blobs/sha256` → `~/.ssh` lost every key).
+fn check_no_links(dir: &Path) -> Result<()> {
+    for rel in ["blobs", "blobs/sha256", "index.json", "oci-layout", LOCK] {
+        let path = dir.join(rel);
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            bail!(
+                "{} is a symlink: refusing to write the cache through it\n\
+                 hint: --cache-to type=local,dest= needs a plain directory",
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The manifest named `cache` in the layout at `dir`: its bytes.
@@ -92,9 +131,12 @@ pub fn write(
     layers: &[Desc],
     copy_layer: &dyn Fn(&Desc, &Path) -> Result<()>,
 ) -> Result<()> {
+    check_no_links(dir)?;
     fs::create_dir_all(dir.join("blobs/sha256"))
         .with_context(|| format!("creating {}", dir.display()))?;
     let _lock = crate::store::lock_exclusive(&dir.join(LOCK))?;
+    // Checked again under the lock: another process may have made them.
+    check_no_links(dir)?;
     let marker = dir.join("oci-layout");
     if !marker.exists() {
         write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
@@ -114,10 +156,18 @@ pub fn write(
         }
     }
     // Other entries of an index.json we did not write are kept, with
-    // their blobs.
+    // their blobs; an index.json that cannot be read is not replaced
+    // (its entries, and their blobs, would be lost).
     let mut entries: Vec<Value> = match read_index(dir) {
         Ok(index) => index["manifests"].as_array().cloned().unwrap_or_default(),
-        Err(_) => Vec::new(),
+        Err(_) if !dir.join("index.json").exists() => Vec::new(),
+        Err(e) => {
+            return Err(e.context(format!(
+                "{} is not an OCI image layout rbuild can add its cache to\n\
+                 hint: export into an empty directory, or one an earlier --cache-to wrote",
+                dir.display()
+            )))
+        }
     };
     entries.retain(|m| m["annotations"][REF_NAME].as_str() != Some(REF));
     entries.push(json!({
@@ -137,8 +187,9 @@ pub fn write(
 }
 
 /// Remove the blobs no manifest of `entries` reaches (manifests, their
-/// configs and layers, one level of nested indexes). A manifest that
-/// cannot be read keeps everything: nothing is removed on doubt.
+/// configs and layers, two levels of nested indexes). A manifest that
+/// cannot be read, or an index nested deeper, keeps everything: nothing
+/// is removed on doubt. Only regular files named by a digest are removed.
 fn drop_unreferenced(dir: &Path, entries: &[Value]) -> Result<()> {
     let mut keep = HashSet::new();
     let mut todo: Vec<(String, usize)> = entries
@@ -166,11 +217,12 @@ fn drop_unreferenced(dir: &Path, entries: &[Value]) -> Result<()> {
                 keep.insert(d.to_string());
             }
         }
-        if depth < 2 {
-            for child in m["manifests"].as_array().into_iter().flatten() {
-                if let Some(d) = child["digest"].as_str() {
-                    todo.push((d.to_string(), depth + 1));
+        for child in m["manifests"].as_array().into_iter().flatten() {
+            if let Some(d) = child["digest"].as_str() {
+                if depth >= 2 {
+                    return Ok(());
                 }
+                todo.push((d.to_string(), depth + 1));
             }
         }
     }
@@ -178,7 +230,10 @@ fn drop_unreferenced(dir: &Path, entries: &[Value]) -> Result<()> {
     for entry in fs::read_dir(&blobs).with_context(|| format!("listing {}", blobs.display()))? {
         let entry = entry.with_context(|| format!("listing {}", blobs.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !keep.contains(&format!("sha256:{name}")) {
+        let blob = entry.file_type().is_ok_and(|t| t.is_file())
+            && name.len() == 64
+            && name.bytes().all(|b| b.is_ascii_hexdigit());
+        if blob && !keep.contains(&format!("sha256:{name}")) {
             fs::remove_file(entry.path())
                 .with_context(|| format!("removing {}", entry.path().display()))?;
         }
@@ -270,5 +325,85 @@ mod tests {
             4,
             "oci-layout, index.json, blobs, the lock: {left:?}"
         );
+    }
+
+    fn one_layer(src: &Path, name: &str) -> Desc {
+        let bytes = name.as_bytes().to_vec();
+        let d = Desc {
+            media_type: crate::oci::media::OCI_LAYER.into(),
+            digest: sha256(&bytes),
+            size: bytes.len() as u64,
+        };
+        fs::write(src.join(&d.digest[7..]), &bytes).unwrap();
+        d
+    }
+
+    fn export(dir: &Path, src: &Path, l: &Desc) -> Result<()> {
+        let copy = |d: &Desc, to: &Path| copy_file_atomic(&src.join(&d.digest[7..]), to);
+        let m = serde_json::to_vec(&json!({"schemaVersion": 2, "layers": [l]})).unwrap();
+        write(dir, &m, b"cfg", std::slice::from_ref(l), &copy)
+    }
+
+    #[test]
+    fn an_export_never_writes_or_deletes_through_a_symlink() {
+        let (dir, src, outside) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let l = one_layer(src.path(), "l");
+        // A file the user keeps elsewhere, named like a blob, and another.
+        let victim = outside.path().join("a".repeat(64));
+        fs::write(&victim, b"keep me").unwrap();
+        fs::write(outside.path().join("id_ed25519"), b"key").unwrap();
+        fs::create_dir(dir.path().join("blobs")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("blobs/sha256")).unwrap();
+        let e = format!("{:#}", export(dir.path(), src.path(), &l).unwrap_err());
+        assert!(e.contains("is a symlink") && e.contains("hint:"), "{e}");
+        assert_eq!(fs::read(&victim).unwrap(), b"keep me");
+        assert!(outside.path().join("id_ed25519").exists());
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 2);
+        // A lock file planted as a link is not followed either.
+        let dir2 = tempfile::tempdir().unwrap();
+        let target = outside.path().join("created-by-lock");
+        std::os::unix::fs::symlink(&target, dir2.path().join(LOCK)).unwrap();
+        assert!(export(dir2.path(), src.path(), &l).is_err());
+        assert!(!target.exists());
+    }
+
+    #[test]
+    fn an_index_it_cannot_read_is_kept_with_its_blobs() {
+        let (dir, src) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let l = one_layer(src.path(), "l");
+        fs::create_dir_all(dir.path().join("blobs/sha256")).unwrap();
+        let other = dir.path().join("blobs/sha256").join("b".repeat(64));
+        fs::write(&other, b"someone else's blob").unwrap();
+        fs::write(dir.path().join("index.json"), b"{not json").unwrap();
+        let e = format!("{:#}", export(dir.path(), src.path(), &l).unwrap_err());
+        assert!(e.contains("hint:"), "{e}");
+        assert!(
+            other.exists(),
+            "a blob of an index it could not read was removed"
+        );
+        assert_eq!(
+            fs::read(dir.path().join("index.json")).unwrap(),
+            b"{not json"
+        );
+    }
+
+    #[test]
+    fn reading_refuses_links_and_special_files() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("blobs/sha256")).unwrap();
+        let digest = sha256(b"x");
+        let path = blob_path(dir.path(), &digest).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+        assert!(read_small(dir.path(), &digest).is_err());
+        fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = format!("{:#}", read_small(dir.path(), &digest).unwrap_err());
+        assert!(e.contains("not a regular file"), "{e}");
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("index.json")).unwrap();
+        assert!(read_manifest(dir.path()).is_err());
     }
 }

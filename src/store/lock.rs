@@ -39,13 +39,22 @@ pub fn try_flock(file: File, arg: FlockArg) -> Result<Flock<File>, Errno> {
 }
 
 fn open_lock_file(path: &Path) -> anyhow::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never through a symlink: a lock file planted as a link (in a cache
+    // dir someone else filled) would create or open a file elsewhere.
     OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .with_context(|| format!("opening lock file {}", path.display()))
+        .with_context(|| {
+            format!(
+                "opening lock file {} (a symlink is refused)",
+                path.display()
+            )
+        })
 }
 
 fn lock_file(path: &Path, arg: FlockArg) -> anyhow::Result<LockGuard> {

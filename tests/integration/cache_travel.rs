@@ -610,3 +610,75 @@ fn skopeo_copies_a_cache_and_the_copy_serves_a_build() {
     all_cached(&built_b, &format!("remote cache {copy}"));
     assert_eq!(built_a.digest, built_b.digest);
 }
+
+/// A cache dir whose layer blob holds other bytes than its digest (one
+/// byte flipped, same size) is refused like a record naming the wrong
+/// layer: the step runs (it failed the build).
+#[test]
+fn a_cache_blob_that_is_not_its_digest_is_refused_and_its_step_runs() {
+    let Some(busybox) = tools() else { return };
+    let (a, ctx_a) = setup(&busybox, "one\n");
+    let dir = a.path("cache");
+    let to = format!("type=local,dest={},mode=max", dir.display());
+    let epoch = "SOURCE_DATE_EPOCH=1700000000";
+    let built_a = build(
+        &a,
+        &[
+            "--build-arg",
+            epoch,
+            "--cache-to",
+            &to,
+            "-t",
+            "app:a",
+            &ctx_a,
+        ],
+    );
+    // The install RUN's layer (the second record, in build order).
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let blob = |d: &str| dir.join("blobs/sha256").join(&d[7..]);
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let map: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(blob(manifest["config"]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let victim = blob(map["records"][1]["layer"]["digest"].as_str().unwrap());
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&victim, &bytes).unwrap();
+
+    let (b, ctx_b) = setup(&busybox, "one\n");
+    let from = format!("type=local,src={}", dir.display());
+    let built_b = build(
+        &b,
+        &[
+            "--build-arg",
+            epoch,
+            "--cache-from",
+            &from,
+            "-t",
+            "app:b",
+            &ctx_b,
+        ],
+    );
+    assert!(
+        built_b
+            .warnings
+            .iter()
+            .any(|w| w.contains("does not match the cache record")),
+        "{:?}\n{}",
+        built_b.warnings,
+        built_b.stderr
+    );
+    let install = built_b
+        .steps
+        .iter()
+        .find(|(n, _)| n.contains("--install"))
+        .unwrap();
+    assert_eq!(install.1, "executed", "{:?}", built_b.steps);
+    assert_eq!(built_a.digest, built_b.digest);
+}
