@@ -302,7 +302,8 @@ fn build_once(
             }
             _ => "",
         };
-        let what = format!("reading Dockerfile {}{hint}", dockerfile.display());
+        // The name the user knows: a fetched context's path is a temp dir.
+        let what = format!("reading Dockerfile {dockerfile_name}{hint}");
         super::error::ContextFailure::wrap(anyhow::Error::new(e).context(what))
     })?;
     let dockerfile_rel = dockerfile

@@ -230,11 +230,20 @@ fn prepare_inner(
         out.dockerfile_name
             .get_or_insert_with(|| "Dockerfile".to_string());
     }
+    if out.dockerfile.is_none() && !matches!(spec, ContextSpec::Dir(_)) {
+        // The fetched context's own Dockerfile, found inside it, and named
+        // as the user knows it (not by a temp path gone after the build).
+        out.dockerfile = Some(inside(&out.dir, "Dockerfile")?);
+        out.dockerfile_name = Some("Dockerfile".to_string());
+    }
     out._temp = Some(temp);
     Ok(out)
 }
 
-/// `rel` inside `root`, refusing absolute paths and `..`.
+/// `rel` inside `root` (a fetched context), refusing absolute paths and
+/// `..`, with symlinks resolved inside `root` as if it were `/`: a git
+/// subdirectory or a Dockerfile that is a link to a host path made that
+/// host directory the context, or printed that host file in an error.
 fn inside(root: &Path, rel: &str) -> anyhow::Result<PathBuf> {
     let p = Path::new(rel);
     for c in p.components() {
@@ -243,7 +252,7 @@ fn inside(root: &Path, rel: &str) -> anyhow::Result<PathBuf> {
             _ => bail!("{rel:?} must be a relative path inside the context, without `..`"),
         }
     }
-    Ok(root.join(p))
+    crate::layer::resolve_in_root(root, rel)
 }
 
 fn read_capped(r: &mut dyn Read, what: &str) -> anyhow::Result<Vec<u8>> {

@@ -433,3 +433,63 @@ fn stdin_on_a_terminal_is_refused_not_waited_on() {
     assert!(text.contains("which is a terminal"), "{text}");
     assert!(text.contains("rc=2"), "{text}");
 }
+
+/// A fetched context is someone else's tree: its symlinks resolve inside
+/// it. A git subdirectory that is a link to a host dir, and a tar's
+/// Dockerfile that is a link to a host file, reach nothing of the host.
+#[test]
+fn fetched_context_links_stay_inside_it() {
+    if tool("git", "git").is_none() {
+        return;
+    }
+    let env = Env::new();
+    let secret_dir = env.path("host-secret");
+    std::fs::create_dir_all(&secret_dir).unwrap();
+    std::fs::write(secret_dir.join("key"), "TOPSECRET-4b7f\n").unwrap();
+    let repos = env.path("repos");
+    std::fs::create_dir_all(&repos).unwrap();
+    let target = secret_dir.clone();
+    make_repo(
+        &repos,
+        "links",
+        &[("Dockerfile", "FROM scratch\nCOPY . /s/\n")],
+        move |work| std::os::unix::fs::symlink(&target, work.join("sub")).unwrap(),
+    );
+    let url = format!("file://{}#main:sub", repos.join("links.git").display());
+    let out_dir = env.path("out");
+    let out = env.rbuild(&["build", "-o", out_dir.to_str().unwrap(), &url]);
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!text.contains("TOPSECRET"), "{text}");
+    assert!(
+        !walk_has(&out_dir, "TOPSECRET"),
+        "a host file reached the build's output"
+    );
+
+    // A tar on stdin whose Dockerfile links to a host file.
+    let evil = env.path("link.tar");
+    let script = format!(
+        "import tarfile\n\
+         t = tarfile.open({evil:?}, 'w')\n\
+         i = tarfile.TarInfo('Dockerfile'); i.type = tarfile.SYMTYPE; i.linkname = {key:?}\n\
+         t.addfile(i)\n\
+         t.close()\n",
+        evil = evil.to_str().unwrap(),
+        key = secret_dir.join("key").to_str().unwrap(),
+    );
+    run_ok(Command::new("python3").arg("-c").arg(&script));
+    let tar = std::fs::read(&evil).unwrap();
+    let out = rbuild_stdin(&env, &["build", "-"], &tar);
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "{text}");
+    assert!(!text.contains("TOPSECRET"), "{text}");
+    assert!(!text.contains("/rbuild/tmp/"), "names a temp path: {text}");
+    no_temps_left(&env);
+}
+
+fn walk_has(dir: &Path, needle: &str) -> bool {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(needle)))
+}
