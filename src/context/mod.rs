@@ -62,6 +62,11 @@ pub enum ContextError {
     SymlinkLoop { src: String },
     #[error("`{path}` in the build context is not a directory")]
     NotADirectory { path: String },
+    #[error(
+        "`{path}` in the build context is more than {max} directories deep\n\
+         hint: leave the tree out of the context in .dockerignore"
+    )]
+    TooDeep { path: String, max: usize },
     #[error("internal error: {0}")]
     Internal(String),
 }

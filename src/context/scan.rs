@@ -299,14 +299,28 @@ pub fn scan_with_progress(
     let cache_root = canonical.as_path();
     let cache = std::thread::scope(|s| {
         let loader = stat_cache.map(|p| s.spawn(move || StatCache::load(p, cache_root)));
-        let walked = walk_dir(
-            root,
-            "",
-            &ignore.matcher,
-            &MatchInfo::default(),
-            &mut list,
-            &mut stats,
-        );
+        // On a thread of its own with room for `MAX_DEPTH` levels (a
+        // stage thread's default 2 MiB overflowed at 500-2,000 levels,
+        // which a fetched context can hold).
+        let walker = std::thread::Builder::new()
+            .name("context-walk".into())
+            .stack_size(WALK_STACK)
+            .spawn_scoped(s, || {
+                let mut list = Vec::new();
+                let mut stats = ScanStats::default();
+                let info = MatchInfo::default();
+                walk_dir(root, "", &ignore.matcher, &info, &mut list, &mut stats, 0)
+                    .map(|()| (list, stats))
+            })
+            .map_err(|e| ContextError::io("start a thread to walk", root, e));
+        let walked = walker.and_then(|w| {
+            w.join()
+                .unwrap_or_else(|_| Err(ContextError::Internal("the context walk panicked".into())))
+        });
+        let walked = walked.map(|(l, st)| {
+            list = l;
+            stats = st;
+        });
         // A loader that panicked only costs the cache: it is empty.
         let cache = loader.and_then(|l| l.join().ok()).unwrap_or_default();
         walked.map(|()| cache)
@@ -402,6 +416,13 @@ fn control_entries(
     Ok(out)
 }
 
+/// Directories deeper than this in a context are refused: the walk
+/// recurses once per level.
+pub const MAX_DEPTH: usize = 1024;
+/// The walk's stack: `MAX_DEPTH` frames with room to spare, even
+/// unoptimized (about 4 KiB a frame).
+const WALK_STACK: usize = 64 << 20;
+
 /// Depth-first walk in name order. An ignored directory is entered only if
 /// an exception may re-include something below it, and is then recorded
 /// only if something below it was (an allow-listed path that does not exist
@@ -413,7 +434,14 @@ fn walk_dir(
     info: &MatchInfo,
     out: &mut Vec<Entry>,
     stats: &mut ScanStats,
+    depth: usize,
 ) -> Result<(), ContextError> {
+    if depth > MAX_DEPTH {
+        return Err(ContextError::TooDeep {
+            path: dir_rel.chars().take(200).collect(),
+            max: MAX_DEPTH,
+        });
+    }
     let dir_abs = root.join(dir_rel);
     let rd =
         std::fs::read_dir(&dir_abs).map_err(|e| ContextError::io("read directory", &dir_abs, e))?;
@@ -451,7 +479,15 @@ fn walk_dir(
         if excluded {
             if meta.is_dir() && matcher.may_reinclude_below(&rel) {
                 let mut below = Vec::new();
-                walk_dir(root, &rel, matcher, &child_info, &mut below, stats)?;
+                walk_dir(
+                    root,
+                    &rel,
+                    matcher,
+                    &child_info,
+                    &mut below,
+                    stats,
+                    depth + 1,
+                )?;
                 if !below.is_empty() {
                     out.push(Entry::from_metadata(rel, &meta, &abs)?);
                     out.append(&mut below);
@@ -464,7 +500,7 @@ fn walk_dir(
         let is_dir = meta.is_dir();
         out.push(Entry::from_metadata(rel.clone(), &meta, &abs)?);
         if is_dir {
-            walk_dir(root, &rel, matcher, &child_info, out, stats)?;
+            walk_dir(root, &rel, matcher, &child_info, out, stats, depth + 1)?;
         }
     }
     Ok(())

@@ -493,3 +493,36 @@ fn walk_has(dir: &Path, needle: &str) -> bool {
         .filter(|e| e.file_type().is_file())
         .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(needle)))
 }
+
+/// A context deeper than the walk's bound is a clear error, not a crash
+/// (the recursive walk overflowed its stack at 500-2,000 levels); one just
+/// under it builds.
+#[test]
+fn a_context_too_deep_is_refused_and_a_deep_one_builds() {
+    let env = Env::new();
+    let nest = |name: &str, levels: usize| {
+        let ctx = env.context(name, &[("Dockerfile", "FROM scratch\nCOPY . /c/\n")]);
+        let mut p = ctx.clone();
+        for _ in 0..levels {
+            p.push("a");
+        }
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(p.join("leaf"), "deep\n").unwrap();
+        ctx
+    };
+    let deep = nest("deep", 1000);
+    ok(&env.rbuild(&["build", "-t", "deep:1", deep.to_str().unwrap()]));
+    let too = nest("too-deep", 1100);
+    let out = env.rbuild(&["build", too.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(7), "{err}");
+    assert!(
+        err.contains("directories deep") && err.contains("hint:"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("directories deep").count(),
+        1,
+        "said once: {err}"
+    );
+}
