@@ -28,7 +28,7 @@ pub(crate) fn export(
 ) -> anyhow::Result<()> {
     let store = ctx.store;
     match out {
-        OutputSpec::Local { dest } => write_local(store, layers, dest)
+        OutputSpec::Local { dest } => write_local(ctx, layers, dest)
             .with_context(|| format!("writing the final stage's files to {}", dest.display())),
         OutputSpec::Tar { dest } => write_files_tar(ctx, layers, dest).with_context(|| {
             format!(
@@ -98,10 +98,36 @@ fn unpack_options() -> UnpackOptions {
     }
 }
 
-/// The final stage's layers applied in order inside `dest` (created when
-/// missing), with the layer module's escape-proof unpacker.
-fn write_local(store: &Store, layers: &[LayerRef], dest: &Path) -> anyhow::Result<()> {
+/// The final stage's files written inside `dest` (created when missing),
+/// with the layer module's escape-proof unpacker. Into an empty `dest` the
+/// layers are applied in order; into one that holds files, the stage's
+/// merged files go as one tar, so that a layer's whiteouts (an opaque
+/// directory at the root above all) delete nothing that was there before:
+/// as with BuildKit, files the image lacks are left alone (a base image's
+/// whiteouts wiped the directory of `-o .`).
+fn write_local(ctx: &BuildCtx<'_>, layers: &[LayerRef], dest: &Path) -> anyhow::Result<()> {
+    let store = ctx.store;
     std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+    let empty = std::fs::read_dir(dest)
+        .with_context(|| format!("listing {}", dest.display()))?
+        .next()
+        .is_none();
+    if !empty {
+        let mut rootfs = Rootfs::new(store)?;
+        let root = rootfs
+            .sync(store, layers, ctx.req.registry.max_layer_size)?
+            .to_path_buf();
+        let tmp = store.temp_dir("export-")?;
+        let file = tmp.path().join("files.tar");
+        let out = File::create(&file).with_context(|| format!("creating {}", file.display()))?;
+        tar_dir(&root, io::BufWriter::new(out))?
+            .flush()
+            .with_context(|| format!("writing {}", file.display()))?;
+        let tar = File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+        unpack_layer(io::BufReader::new(tar), dest, &unpack_options())
+            .with_context(|| format!("writing the stage's files into {}", dest.display()))?;
+        return Ok(());
+    }
     for layer in layers {
         let blob = store
             .open_blob(&layer.digest)

@@ -129,3 +129,54 @@ fn stdout_conflicts_are_refused() {
         stderr(&out)
     );
 }
+
+/// `-o DIR` into a directory that already holds files: files the image
+/// lacks are left alone, whatever whiteouts its layers hold (a file the
+/// image deleted, a directory it made opaque); the image's files are
+/// written. Applied layer by layer, a whiteout deleted the user's files.
+#[test]
+fn a_local_output_leaves_the_files_already_there() {
+    let Some(busybox) = tool("busybox", "busybox-static") else {
+        return;
+    };
+    let env = Env::new();
+    let ctx = env.context(
+        "c",
+        &[
+            (
+                "Dockerfile",
+                "FROM scratch\nCOPY busybox /bin/busybox\n\
+                 COPY victim.txt /victim.txt\nCOPY d /d\n\
+                 RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox rm /victim.txt && /bin/busybox rm -r /d && /bin/busybox mkdir /d && echo new > /d/n\"]\n",
+            ),
+            ("victim.txt", "from the image\n"),
+            ("d/old", "old\n"),
+        ],
+    );
+    std::fs::copy(&busybox, ctx.join("busybox")).unwrap();
+    let dest = env.path("dest");
+    std::fs::create_dir_all(dest.join("d")).unwrap();
+    std::fs::write(dest.join("victim.txt"), "the user's\n").unwrap();
+    std::fs::write(dest.join("d/user.txt"), "the user's too\n").unwrap();
+    std::fs::write(dest.join("notes.txt"), "keep\n").unwrap();
+    let out = env.rbuild(&["build", "-o", dest.to_str().unwrap(), ctx.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let read = |p: &str| std::fs::read_to_string(dest.join(p)).unwrap();
+    assert_eq!(read("victim.txt"), "the user's\n");
+    assert_eq!(read("d/user.txt"), "the user's too\n");
+    assert_eq!(read("notes.txt"), "keep\n");
+    assert_eq!(read("d/n"), "new\n");
+    assert!(!dest.join("d/old").exists(), "the image deleted d/old");
+    assert!(dest.join("bin/busybox").exists());
+    // Into an empty directory: the same files.
+    let fresh = env.path("fresh");
+    let out = env.rbuild(&[
+        "build",
+        "-o",
+        fresh.to_str().unwrap(),
+        ctx.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!fresh.join("victim.txt").exists() && !fresh.join("d/old").exists());
+    assert_eq!(std::fs::read_to_string(fresh.join("d/n")).unwrap(), "new\n");
+}
