@@ -383,3 +383,49 @@ fn unprivileged_unpack_keeps_going_and_strict_fails() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("1 passed"), "{text}");
 }
+
+/// A GNU sparse tar of one file `huge` of `real` bytes: a hole, then its
+/// last 512 bytes of data.
+fn sparse_tar(real: u64) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    {
+        let g = h.as_gnu_mut().unwrap();
+        g.name[..4].copy_from_slice(b"huge");
+        g.sparse[0].set_offset(real - 512);
+        g.sparse[0].set_length(512);
+        g.set_real_size(real);
+    }
+    h.set_entry_type(tar::EntryType::GNUSparse);
+    h.set_mode(0o644);
+    h.set_size(512);
+    h.set_mtime(1_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_cksum();
+    let mut tar = h.as_bytes().to_vec();
+    tar.extend_from_slice(&[b'x'; 512]);
+    tar.resize(tar.len() + 1024, 0);
+    tar
+}
+
+/// A GNU sparse entry whose map declares a huge file: its size counts
+/// against `max_expanded` (the tar crate's hole zeros never pass through
+/// the measured stream, so it unpacked without end).
+#[test]
+fn a_sparse_entry_larger_than_the_limit_is_refused() {
+    let opts = UnpackOptions {
+        max_expanded: Some(1 << 20),
+        ..UnpackOptions::default()
+    };
+    let t = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let e = unpack_layer(&sparse_tar(1 << 40)[..], t.path(), &opts).expect_err("a 1 TiB file");
+    assert!(format!("{e:#}").contains("expands to more than"), "{e:#}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // Within the limit it unpacks.
+    let t = tempfile::tempdir().unwrap();
+    unpack_layer(&sparse_tar(8192)[..], t.path(), &opts).unwrap();
+    let body = fs::read(t.path().join("huge")).unwrap();
+    assert_eq!(body.len(), 8192);
+    assert!(body[..7680].iter().all(|&b| b == 0) && body[7680..].iter().all(|&b| b == b'x'));
+}
