@@ -82,6 +82,9 @@ pub fn pull_with(
         .map_err(|e| super::exit::usage(e.into()))?;
     let store = super::images::open_store(root)
         .with_context(|| format!("opening the store {}", root.display()))?;
+    // As a build does: a prune waits, so the blobs pulled are not removed
+    // before the tag names them.
+    let _lease = store.lease().context("taking the store's lease")?;
     let img = with_transfer("pulled", format!("pull {r}"), &mut settings, |s, t| {
         local::pull_into_store(&store, &r, s, platform, Some(t))
     })?;

@@ -166,3 +166,71 @@ fn a_live_temp_dir_survives_other_processes_opening_the_store_and_goes_on_drop()
     drop(tmp);
     assert!(!path.exists(), "dropped temp dirs are removed");
 }
+
+/// `rbuild pull` holds the store's lease like a build: a prune while a
+/// layer is still arriving refuses, so it cannot collect the blobs pulled
+/// before the tag names them; the pull then completes.
+#[test]
+fn a_prune_during_a_pull_waits_for_it() {
+    use crate::hostile::{config_for, layer, Conn, Hostile, Image, Req, GZ};
+    let (raw, gz) = layer(&[("f", b"pulled while pruning")]);
+    let img = Image::new(
+        "slow",
+        "v1",
+        &[(gz.clone(), GZ)],
+        config_for(&[&raw], false),
+    );
+    let layer_path = format!("/v2/slow/blobs/{}", crate::hostile::digest_of(&gz));
+    let h = Hostile::start(move |req: &Req, c: &mut Conn| {
+        if req.path == layer_path {
+            // About 2 s for the layer.
+            let every = std::time::Duration::from_millis(2000 / gz.len().max(1) as u64 + 1);
+            return c.trickle(&[("Content-Type", "application/octet-stream")], &gz, every);
+        }
+        img.serve(req, c)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let reference = format!("{}/slow:v1", h.addr());
+    let rbuild = crate::common::rbuild_bin();
+    let pull = Command::new(rbuild)
+        .arg("--root")
+        .arg(&root)
+        .args(["pull", "--registry-min-speed", "0", &reference])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the layer is on its way.
+    let started = std::time::Instant::now();
+    while !h
+        .requests()
+        .iter()
+        .any(|r| r.path.contains("/blobs/") && r.method == "GET")
+        || h.requests().len() < 4
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the pull never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let prune = Command::new(rbuild)
+        .arg("--root")
+        .arg(&root)
+        .arg("prune")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&prune.stderr).into_owned();
+    assert!(!prune.status.success() && said.contains("in use"), "{said}");
+    let pulled = pull.wait_with_output().unwrap();
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    let store = Store::open(&root).unwrap();
+    let tags = store.tags().unwrap();
+    assert!(tags.iter().any(|(n, _)| n.contains("slow")), "{tags:?}");
+}
