@@ -53,6 +53,11 @@ pub struct SelectedSource<'a> {
     pub items: Vec<Selected<'a>>,
 }
 
+/// The proper ancestors of a relative path: `a`, `a/b` for `a/b/c`.
+fn ancestors(rel: &str) -> impl Iterator<Item = &str> {
+    rel.match_indices('/').map(move |(i, _)| &rel[..i])
+}
+
 impl ContextIndex {
     /// Resolves one COPY source; see the module doc.
     pub fn select(&self, src: &str) -> Result<Vec<Selected<'_>>, ContextError> {
@@ -148,21 +153,20 @@ impl ContextIndex {
             _ => return Err(no_match()),
         };
         let base_rel = base_entry.rel.clone();
-        let mut matched_dirs: Vec<String> = Vec::new();
+        // Looked up by each ancestor of an entry: checked against every
+        // matched dir, `COPY d* /x/` over 20,000 dirs took 22 s.
+        let mut matched_dirs: std::collections::HashSet<String> = Default::default();
         let mut found = Vec::new();
         for e in self.subtree(&base_rel) {
             let rel = strip_base(&e.rel, &base_rel);
-            if matched_dirs
-                .iter()
-                .any(|d| rel.starts_with(&format!("{d}/")))
-            {
+            if ancestors(rel).any(|a| matched_dirs.contains(a)) {
                 continue;
             }
             if glob_match(&rest, rel) != Some(true) {
                 continue;
             }
             if e.is_dir() {
-                matched_dirs.push(rel.to_string());
+                matched_dirs.insert(rel.to_string());
             }
             let entry = match e.kind {
                 EntryKind::Symlink { .. } => match self.resolve(&e.rel, src)? {
@@ -309,12 +313,15 @@ fn apply_excludes<'a>(
         }
         kept.push(it);
     }
-    for d in pending_dirs {
-        let prefix = format!("{}/", d.dest_rel);
-        if kept.iter().any(|k| k.dest_rel.starts_with(&prefix)) {
-            kept.push(d);
-        }
-    }
+    // A re-included path keeps its excluded parent dirs: each kept path's
+    // ancestors, once (a scan of `kept` per pending dir was quadratic).
+    let below: std::collections::HashSet<&str> =
+        kept.iter().flat_map(|k| ancestors(&k.dest_rel)).collect();
+    let pending_dirs: Vec<_> = pending_dirs
+        .into_iter()
+        .filter(|d| below.contains(d.dest_rel.as_str()))
+        .collect();
+    kept.extend(pending_dirs);
     kept.sort_by(|a, b| a.dest_rel.cmp(&b.dest_rel));
     Ok(kept)
 }
