@@ -276,9 +276,15 @@ pub fn render(file: &str, lines: &[String], span: Span, severity: &str, message:
     if span.start_line == 0 {
         return format!("{file}: {severity}: {message}\n");
     }
-    let col = span.column.max(1);
+    let src = lines.get(span.start_line - 1);
+    // Spans count bytes; people and editors count characters (a caret
+    // after `é` sat one place to the right per multibyte character).
+    let byte_col = span.column.max(1);
+    let col = src
+        .and_then(|l| l.get(..byte_col - 1))
+        .map_or(byte_col, |before| before.chars().count() + 1);
     let mut out = format!("{file}:{}:{col}: {severity}: {message}\n", span.start_line);
-    if let Some(src) = lines.get(span.start_line - 1) {
+    if let Some(src) = src {
         let num = span.start_line.to_string();
         // A hostile line can be 64 KiB: show its start only.
         let mut shown: String = src.chars().take(SHOWN_LINE).collect();

@@ -400,3 +400,37 @@ fn a_corrupt_manifest_is_reported_and_prune_refuses_to_sweep() {
     assert!(hint_of(&err).contains("rbuild rmi"), "{err}");
     assert_eq!(count(), before, "nothing was swept");
 }
+
+/// The column and the caret count characters: multibyte characters before
+/// the fault do not push them to the right.
+#[test]
+fn columns_and_carets_count_characters() {
+    let env = Env::new();
+    let ctx = env.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM scratch\nCOPY --chown=éééé --bogus=1 a b\n",
+        )],
+    );
+    let out = build(&env, &ctx, &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("Dockerfile:2:19:"), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("COPY --chown"))
+        .expect("the line");
+    let caret = err
+        .lines()
+        .find(|l| l.trim_end().ends_with('^'))
+        .expect("a caret");
+    let at = |l: &str, i: usize| l.chars().nth(i);
+    let col = caret.chars().count() - 1;
+    assert_eq!(at(line, col), Some('-'), "{err}");
+    assert_eq!(
+        line.chars().skip(col).take(7).collect::<String>(),
+        "--bogus",
+        "{err}"
+    );
+}
