@@ -587,7 +587,19 @@ fn bind_device(root: &OwnedFd, name: &str) -> Result<()> {
     .with_context(|| format!("binding host {host}"))
 }
 
+/// Paths of /sys hidden as docker hides them: firmware tables (ACPI, EFI
+/// variables) and the power-capping energy counters (a side channel).
+const SYS_MASKED: &[&str] = &["firmware", "devices/virtual/powercap"];
+
 fn mount_sys(root: &OwnedFd, network: NetworkMode, stubs: &mut Vec<String>) -> Result<()> {
+    mount_sys_tree(root, network, stubs)?;
+    for rel in SYS_MASKED {
+        mask(root, &format!("sys/{rel}"))?;
+    }
+    Ok(())
+}
+
+fn mount_sys_tree(root: &OwnedFd, network: NetworkMode, stubs: &mut Vec<String>) -> Result<()> {
     let fd = ensure(root, "/sys", Kind::Dir, stubs)?;
     let p = fd_path(&fd);
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;

@@ -569,7 +569,8 @@ fn run_has_no_controlling_terminal_and_a_read_only_sys() {
         "FROM base\nRUN sh -c 's=SHARED; [ \"$(cut -d\" \" -f6 /proc/$$/stat)\" = \"$$\" ] && s=OWN; \
          t=NONE; (: < /dev/tty) 2>/dev/null && t=OPEN; \
          rw=$(awk '\"'\"'$5 ~ /^\\/sys/ && $6 !~ /(^|,)ro(,|$)/ {print $5}'\"'\"' /proc/self/mountinfo); \
-         echo RESULT-SESSION-$s RESULT-TTY-$t RESULT-SYS-RW-[$rw]'\n",
+         fw=$(ls -A /sys/firmware | wc -l); \
+         echo RESULT-SESSION-$s RESULT-TTY-$t RESULT-SYS-RW-[$rw] RESULT-FIRMWARE-$fw'\n",
     ) else {
         return;
     };
@@ -593,4 +594,6 @@ fn run_has_no_controlling_terminal_and_a_read_only_sys() {
     assert!(log.contains("RESULT-SESSION-OWN"), "{log}");
     assert!(log.contains("RESULT-TTY-NONE"), "{log}");
     assert!(log.contains("RESULT-SYS-RW-[]"), "{log}");
+    // As docker does: firmware tables are hidden.
+    assert!(log.contains("RESULT-FIRMWARE-0"), "{log}");
 }
