@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::context::FileDigest;
 
 /// Bump when the encoding of inputs changes: old entries then simply miss.
-pub const SCHEMA: &str = "rbuild-cache-v1";
+pub const SCHEMA: &str = "rbuild-cache-v2";
 
 /// How many changed file paths a miss explanation lists before summarising.
 const MAX_LISTED_FILES: usize = 3;

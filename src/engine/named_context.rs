@@ -46,7 +46,9 @@ pub(crate) fn image_from_dir(
     config.add_layer(
         &info.diff_id,
         HistoryEntry {
-            created_by: Some(format!("build context {}", dir.display())),
+            // Not the host path: it would be in the digest that keys every
+            // step using this context, so another checkout never hit.
+            created_by: Some("build context".to_string()),
             ..HistoryEntry::default()
         },
     );

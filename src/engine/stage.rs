@@ -218,18 +218,30 @@ impl StageState {
         src: &Sources<'_, '_>,
         step: &Step,
         step_id: &str,
-        inputs: KeyInputs,
+        mut inputs: KeyInputs,
         exec: impl FnOnce(&mut Self, &StepHandle) -> anyhow::Result<Vec<LayerEntry>>,
     ) -> anyhow::Result<()> {
         let ctx = src.ctx;
+        // New layers' file times are clamped to it: a layer made without
+        // it is not the one made with it.
+        if let Some(epoch) = ctx.req.source_date_epoch {
+            inputs
+                .extra
+                .insert("source-date-epoch".into(), epoch.to_string());
+        }
         let key = inputs.key();
+        // What the steps after chain onto (see `stepkeys::link_chain`).
+        let chain = match &step.kind {
+            StepKind::Copy(c) if stepkeys::is_link(c) => stepkeys::link_chain(&self.key, &key),
+            _ => key.clone(),
+        };
         let created_by = step.created_by.clone().unwrap_or_default();
         let name = step
             .display_name
             .clone()
             .unwrap_or_else(|| created_by.clone());
         if ctx.probing() {
-            return self.probe_step(ctx, key, step_id, &name, &created_by);
+            return self.probe_step(ctx, (key, chain), step_id, &name, &created_by);
         }
         let handle = StepHandle::start(ctx.reporter.clone(), ctx.step_id(), &name);
         let started = std::time::Instant::now();
@@ -242,7 +254,7 @@ impl StageState {
                 let outcome = outcome_from_record(&rec);
                 super::cache_io::report_hit(ctx, handle, &name, started, &rec, step_id, from);
                 self.apply_outcome(&created_by, outcome, ctx);
-                self.key = key;
+                self.key = chain;
                 return Ok(());
             }
             Lookup::Corrupt(e) => corrupt = Some(corrupt_record(ctx, &e)),
@@ -324,7 +336,7 @@ impl StageState {
             created,
         };
         self.apply_outcome(&created_by, outcome, ctx);
-        self.key = key;
+        self.key = chain;
         Ok(())
     }
 
@@ -409,7 +421,7 @@ impl StageState {
     fn probe_step(
         &mut self,
         ctx: &BuildCtx<'_>,
-        key: String,
+        (key, chain): (String, String),
         step_id: &str,
         name: &str,
         created_by: &str,
@@ -421,7 +433,7 @@ impl StageState {
             }
             Lookup::Miss | Lookup::Corrupt(_) => self.incomplete = true,
         }
-        self.key = key;
+        self.key = chain;
         Ok(())
     }
 

@@ -61,15 +61,24 @@ pub struct CopyReads {
 }
 
 /// COPY/ADD: destination (against the stage's working dir), heredoc
-/// bodies, and the content of the sources. `--link` copies do not depend
-/// on the layers below, so their parent is the constant `link`.
+/// bodies, the flags the history text leaves out (`--exclude`,
+/// `--unpack=false`), and the content of the sources. `--link` copies do
+/// not depend on the layers below, so their parent is the constant `link`
+/// ([`link_chain`] puts the parent back for the steps after), unless a
+/// `--chown` name is looked up in the stage's `/etc/passwd`.
 pub fn copy_key(parent: &str, step: &Step, c: &CopyStep, cwd: &str, reads: CopyReads) -> KeyInputs {
     let mut inputs = layer_base(parent, step);
     inputs
         .extra
         .insert("dest".into(), resolve_dest(cwd, &c.dest));
-    if c.link {
+    if is_link(c) {
         inputs.parent = "link".into();
+    }
+    if !c.excludes.is_empty() {
+        inputs.extra.insert("exclude".into(), c.excludes.join("\n"));
+    }
+    if c.is_add && !c.unpack {
+        inputs.extra.insert("unpack".into(), "false".into());
     }
     for h in &c.contents {
         inputs
@@ -88,6 +97,27 @@ pub fn copy_key(parent: &str, step: &Step, c: &CopyStep, cwd: &str, reads: CopyR
         inputs.extra.insert("sources".into(), digest);
     }
     inputs
+}
+
+/// Whether a COPY's layer is keyed without its parent: `--link`, and no
+/// `--chown` name (a name resolves against the stage's users).
+pub fn is_link(c: &CopyStep) -> bool {
+    let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    c.link && c.chown.as_deref().is_none_or(|o| o.split(':').all(numeric))
+}
+
+/// The chain key after a `--link` COPY whose own key is `layer_key`: its
+/// layer does not depend on the parent, but the steps after it do (with
+/// the layer's key alone as theirs, a new base image changed nothing
+/// after the COPY).
+pub fn link_chain(parent: &str, layer_key: &str) -> String {
+    let mut inputs = KeyInputs {
+        parent: parent.to_string(),
+        instruction: "link".into(),
+        ..KeyInputs::default()
+    };
+    inputs.extra.insert("layer".into(), layer_key.to_string());
+    inputs.key()
 }
 
 /// What a RUN's key needs from the build and the driver.
@@ -122,6 +152,14 @@ pub fn run_key(parent: &str, step: &Step, r: &RunStep, reads: RunReads) -> KeyIn
         inputs.extra.insert("add-host".into(), hosts.join(","));
     }
     inputs.extra.insert("workdir".into(), reads.workdir);
+    // The history text names a heredoc script by its path only
+    // (`/dev/pipes/EOT`): its body must be in the key.
+    for (i, h) in r.heredocs.iter().enumerate() {
+        inputs.extra.insert(
+            format!("heredoc {i} {}", h.name),
+            sha256_hex(format!("{}\0{}\0{}", h.expand, h.chomp, h.content).as_bytes()),
+        );
+    }
     for (i, m) in r.mounts.iter().enumerate() {
         inputs.extra.insert(format!("mount {i}"), m.spec.clone());
         if m.mount.kind != MountType::Bind {

@@ -101,3 +101,64 @@ fn run_step_inputs() {
     let k = run_key("p", &s[0], r, reads);
     assert_eq!(k.extra.get("network").map(String::as_str), Some("host"));
 }
+
+/// Inputs a history text leaves out still change the key: a COPY
+/// --from's `--exclude`, ADD's `--unpack=false`, a RUN heredoc's body.
+#[test]
+fn flags_and_bodies_outside_the_history_text_are_keyed() {
+    let key_of = |df: &str, i: usize| {
+        let s = steps(df);
+        match &s[i].kind {
+            StepKind::Copy(c) => {
+                let reads = CopyReads {
+                    from: Some("stage-key".into()),
+                    ..CopyReads::default()
+                };
+                copy_key("p", &s[i], c, "/", reads).key()
+            }
+            StepKind::Run(r) => run_key("p", &s[i], r, RunReads::default()).key(),
+            _ => panic!("not a layer step"),
+        }
+    };
+    let from = "FROM scratch AS src\nFROM scratch\nCOPY --from=src";
+    assert_ne!(
+        key_of(&format!("{from} --exclude=*.md /s /d\n"), 0),
+        key_of(&format!("{from} --exclude=*.txt /s /d\n"), 0)
+    );
+    assert_ne!(
+        key_of("FROM scratch\nADD a.tar /d/\n", 0),
+        key_of("FROM scratch\nADD --unpack=false a.tar /d/\n", 0)
+    );
+    assert_ne!(
+        key_of(
+            "FROM scratch\nRUN <<EOT\n#!/bin/sh\necho one > /out\nEOT\n",
+            0
+        ),
+        key_of(
+            "FROM scratch\nRUN <<EOT\n#!/bin/sh\necho two > /out\nEOT\n",
+            0
+        )
+    );
+}
+
+/// A `--link` COPY's layer is keyed without its parent, but the chain
+/// after it is not; a `--chown` name keeps the parent in the layer key.
+#[test]
+fn a_link_copy_keys_its_layer_alone_and_its_chain_with_the_parent() {
+    let s = steps("FROM scratch\nCOPY --link a /a\nCOPY --link --chown=app a /b\nCOPY --link --chown=1:2 a /c\n");
+    let copy = |i: usize| match &s[i].kind {
+        StepKind::Copy(c) => c.clone(),
+        _ => panic!("not a COPY"),
+    };
+    assert!(is_link(&copy(0)) && !is_link(&copy(1)) && is_link(&copy(2)));
+    let layer = copy_key("p1", &s[0], &copy(0), "/", CopyReads::default()).key();
+    assert_eq!(
+        layer,
+        copy_key("p2", &s[0], &copy(0), "/", CopyReads::default()).key()
+    );
+    assert_ne!(link_chain("p1", &layer), link_chain("p2", &layer));
+    assert_ne!(
+        copy_key("p1", &s[1], &copy(1), "/", CopyReads::default()).key(),
+        copy_key("p2", &s[1], &copy(1), "/", CopyReads::default()).key()
+    );
+}

@@ -705,3 +705,60 @@ fn a_secret_env_with_a_nul_byte_is_refused_without_showing_it() {
     assert!(!err.contains("MARK-9d1e"), "the secret was shown: {err}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("MARK-9d1e"));
 }
+
+/// The steps after a `COPY --link` still depend on what is below it (the
+/// link COPY's own key leaves its parent out, and the steps after took
+/// that key as theirs); `SOURCE_DATE_EPOCH` changes the layers it clamps.
+#[test]
+fn steps_after_a_link_copy_and_source_date_epoch_are_keyed() {
+    let env = Env::new();
+    for v in ["one", "two"] {
+        let Some(ctx) = context(&env, &format!("FROM base\nRUN echo {v} > /marker\n"), &[]) else {
+            return;
+        };
+        build(&env, &ctx, &format!("mk:{v}"), &[]);
+    }
+    // Only the base image differs between the two builds.
+    let linked = env.context(
+        "linked",
+        &[
+            (
+                "Dockerfile",
+                "ARG B\nFROM mk:$B\nCOPY --link f /f\nRUN cat /marker > /out\n",
+            ),
+            ("f", "f\n"),
+        ],
+    );
+    build(&env, &linked, "l:1", &["--build-arg", "B=one"]);
+    build(&env, &linked, "l:2", &["--build-arg", "B=two"]);
+    let Some(root) = unpack(&env, "l:2") else {
+        return;
+    };
+    assert_eq!(
+        read(&root, "/out"),
+        "two\n",
+        "the RUN after the link COPY was reused"
+    );
+
+    let plain = env.context(
+        "plain",
+        &[("Dockerfile", "FROM scratch\nCOPY f /f\n"), ("f", "x\n")],
+    );
+    let digest = |out: &std::process::Output| {
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .find_map(|l| l.strip_prefix("writing image ").map(str::to_string))
+            .unwrap_or_default()
+    };
+    build(&env, &plain, "e:0", &[]);
+    let epoch = ["--build-arg", "SOURCE_DATE_EPOCH=1"];
+    let cached = digest(&build(&env, &plain, "e:1", &epoch));
+    let mut clean_args = epoch.to_vec();
+    clean_args.push("--no-cache");
+    let clean = digest(&build(&env, &plain, "e:2", &clean_args));
+    assert!(!clean.is_empty());
+    assert_eq!(
+        cached, clean,
+        "a layer made without SOURCE_DATE_EPOCH was reused"
+    );
+}
