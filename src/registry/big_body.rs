@@ -41,6 +41,8 @@ pub(super) const BIG_BODY: u64 = 8 << 20;
 
 /// A registry's answer: status, headers and the start of its body.
 pub(super) struct Answer {
+    /// Where the answer came from (after redirects).
+    pub url: reqwest::Url,
     pub status: StatusCode,
     pub headers: HeaderMap,
     /// At most `MAX_ERROR_BODY` bytes of the body (errors explain here).
@@ -121,7 +123,7 @@ impl Registry {
             )?;
             if answer.status == StatusCode::UNAUTHORIZED && !reauthed {
                 reauthed = true;
-                let had = self.note_challenge(&answer.headers);
+                let had = self.note_challenge(&answer.url, &base, &answer.headers);
                 self.forget_token(scopes, used.as_deref());
                 if had && (self.has_credentials() || self.is_bearer()) {
                     continue;
@@ -173,6 +175,7 @@ fn send(
         // receiver: the reader thread ends at its next piece.
         let mut resp = first_of(sent, watched(&flow, watch, what)).await?;
         let status = resp.status();
+        let url = resp.url().clone();
         let headers = resp.headers().clone();
         let mut text = Vec::new();
         let read = async {
@@ -187,6 +190,7 @@ fn send(
         let _what_came_in_time_is_enough = tokio::time::timeout(window, read).await;
         text.truncate(usize::try_from(MAX_ERROR_BODY).unwrap_or(usize::MAX));
         Ok(Answer {
+            url,
             status,
             headers,
             text: String::from_utf8_lossy(&text).into_owned(),

@@ -172,7 +172,7 @@ impl Registry {
         let https = format!("https://{}", self.host);
         let err = match self.http.get(format!("{https}/v2/")).send() {
             Ok(resp) => {
-                self.note_challenge(resp.headers());
+                self.note_challenge(resp.url(), &https, resp.headers());
                 return Ok(https);
             }
             Err(e) => e,
@@ -186,7 +186,7 @@ impl Registry {
         let http = format!("http://{}", self.host);
         match self.http.get(format!("{http}/v2/")).send() {
             Ok(resp) => {
-                self.note_challenge(resp.headers());
+                self.note_challenge(resp.url(), &http, resp.headers());
                 Ok(http)
             }
             Err(e2) => Err((self.describe_transport(&http, &e2), true)),
@@ -236,7 +236,7 @@ impl Registry {
             match self.http.execute(req) {
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !reauthed => {
                     reauthed = true;
-                    let had = self.note_challenge(resp.headers());
+                    let had = self.note_challenge(resp.url(), &base, resp.headers());
                     self.forget_token(scopes, used.as_deref());
                     if !had || (self.creds.is_none() && !self.is_bearer()) {
                         return Ok(resp);
@@ -393,7 +393,16 @@ impl Registry {
     }
 
     /// Remember the auth scheme a 401 asked for; false if none was usable.
-    pub(super) fn note_challenge(&self, headers: &HeaderMap) -> bool {
+    /// Takes the login scheme a 401 from `from` announces, only when `from`
+    /// is the registry's own origin (`base`): a 401 from elsewhere (a
+    /// redirect's target, an upload `Location` on another host) could
+    /// name a realm of its choosing, where the next token request would
+    /// send the user's password.
+    pub(super) fn note_challenge(&self, from: &url::Url, base: &str, headers: &HeaderMap) -> bool {
+        let own = url::Url::parse(base).is_ok_and(|b| b.origin() == from.origin());
+        if !own {
+            return false;
+        }
         let Some(ch) = headers
             .get_all(WWW_AUTHENTICATE)
             .iter()
@@ -721,77 +730,5 @@ fn explain(code: Option<&str>, status: StatusCode) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_bearer_and_basic_challenges() {
-        assert_eq!(
-            parse_challenge(
-                r#"Bearer realm="https://auth.io/token",service="registry.io",scope="repository:a/b:pull,push""#
-            ),
-            Some(Challenge::Bearer {
-                realm: "https://auth.io/token".into(),
-                service: Some("registry.io".into())
-            })
-        );
-        assert_eq!(
-            parse_challenge(r#"Basic realm="Registry Realm""#),
-            Some(Challenge::Basic)
-        );
-        assert_eq!(parse_challenge("Negotiate abc"), None);
-        assert_eq!(
-            parse_challenge("Bearer service=x"),
-            None,
-            "realm is required"
-        );
-    }
-
-    fn creds() -> Option<Credentials> {
-        Some(Credentials {
-            username: "u".into(),
-            password: "pw".into(),
-        })
-    }
-
-    #[test]
-    fn credentials_go_only_to_the_registry_origin() {
-        let reg =
-            Registry::with_credentials("reg.example:5000", &Settings::default(), creds()).unwrap();
-        reg.auth.lock().unwrap().challenge = Some(Challenge::Basic);
-        let base = "https://reg.example:5000";
-        let own = reg
-            .http
-            .get(format!("{base}/v2/a/blobs/uploads/x"))
-            .build()
-            .unwrap();
-        let (own, _) = reg.authorize(own, base, &[]).unwrap();
-        assert!(own.headers().contains_key(AUTHORIZATION));
-        assert!(own.headers()[AUTHORIZATION].is_sensitive());
-        let elsewhere = reg
-            .http
-            .put("https://storage.example/upload?x=1")
-            .build()
-            .unwrap();
-        let (elsewhere, _) = reg.authorize(elsewhere, base, &[]).unwrap();
-        assert!(!elsewhere.headers().contains_key(AUTHORIZATION));
-    }
-
-    #[test]
-    fn remote_hosts_never_fall_back_to_plain_http() {
-        let reg =
-            Registry::with_credentials("rbuild-test.invalid", &Settings::default(), None).unwrap();
-        let msg = format!("{:#}", reg.base_url().unwrap_err());
-        assert!(msg.contains("https://rbuild-test.invalid"), "{msg}");
-        assert!(!msg.contains("http://"), "{msg}");
-    }
-
-    #[test]
-    fn token_debug_is_redacted() {
-        let t = Token {
-            value: "abc.def.ghi".into(),
-            expires: Instant::now(),
-        };
-        assert!(!format!("{t:?}").contains("abc"));
-    }
-}
+#[path = "client_tests.rs"]
+mod tests;
