@@ -99,17 +99,51 @@ pub fn redacted(url: &str) -> String {
     out
 }
 
+/// The user name and password of `url` in every form a message may quote
+/// them: as written, as `url::Url` re-encodes them (it percent-encodes
+/// `=`, `;`, `|` … that a token's base64 padding holds) and decoded.
+/// Longest first, so a secret is replaced before any part of it.
 fn secrets_in(url: &str) -> Vec<String> {
-    let Ok(u) = url::Url::parse(url) else {
-        return Vec::new();
-    };
-    [
-        u.username().to_string(),
-        u.password().unwrap_or_default().to_string(),
-    ]
-    .into_iter()
-    .filter(|s| !s.is_empty())
-    .collect()
+    let mut out = Vec::new();
+    // As written: between `://` and the last `@` before the path.
+    if let Some((_, rest)) = url.split_once("://") {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        if let Some((userinfo, _)) = authority.rsplit_once('@') {
+            let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+            out.extend([user.to_string(), pass.to_string()]);
+        }
+    }
+    if let Ok(u) = url::Url::parse(url) {
+        for part in [u.username(), u.password().unwrap_or_default()] {
+            out.push(part.to_string());
+            let decoded = percent_decode(part);
+            out.push(decoded);
+        }
+    }
+    out.retain(|s| !s.is_empty());
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out.dedup();
+    out
+}
+
+/// `%XX` sequences decoded (invalid ones kept as written).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Resolve CONTEXT and `-f` into a directory and a Dockerfile path.
@@ -433,6 +467,15 @@ mod tests {
         );
         assert_eq!(redacted("https://TOKEN@h/r.git"), "https://***@h/r.git");
         assert_eq!(redacted("git@h:r.git"), "git@h:r.git");
+        // Characters the URL parser re-encodes (base64 padding, symbols).
+        assert_eq!(
+            redacted("https://oauth2:abc==@host/r.git"),
+            "https://***:***@host/r.git"
+        );
+        assert_eq!(
+            redacted("https://u:p%40ss;|x@host/r.git"),
+            "https://***:***@host/r.git"
+        );
     }
 
     #[test]
