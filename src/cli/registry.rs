@@ -29,6 +29,9 @@ pub(crate) fn settings_with(flags: &RegistryFlags) -> Result<Settings> {
     let mut s = Settings::load()?;
     s.insecure_registries
         .extend(flags.insecure_registries.iter().cloned());
+    for m in &flags.registry_mirrors {
+        crate::registry::settings::check_mirror(m)?;
+    }
     s.registry_mirrors
         .extend(flags.registry_mirrors.iter().cloned());
     let secs = |v: f64, flag: &str| {

@@ -269,16 +269,19 @@ fn run_helper(helper: &str, action: &str, input: &[u8]) -> Result<Vec<u8>> {
         .wait_with_output()
         .with_context(|| format!("waiting for credential helper {program}"))?;
     if !out.status.success() {
-        // The helper's stdout may hold secrets; only its status and stderr are shown.
+        // Helpers explain a failure on stdout ("credentials not found in
+        // native keychain"), which is shown; stdout that looks like the
+        // credentials answer (JSON) is not: it may hold the secret.
         let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
         let msg = if msg.is_empty() {
-            String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .chars()
-                .take(200)
-                .collect()
+            let said = String::from_utf8_lossy(&out.stdout);
+            if said.contains('{') || said.contains("Secret") {
+                "(its output is not shown: it may hold credentials)".to_string()
+            } else {
+                super::client::printable(said.trim(), 200)
+            }
         } else {
-            msg
+            super::client::printable(&msg, 300)
         };
         bail!(
             "credential helper {program} {action} failed ({}): {msg}",
@@ -426,6 +429,26 @@ mod tests {
         );
         assert!(f.erase("helped.io").unwrap());
         assert_eq!(f.lookup("helped.io").unwrap(), None);
+    }
+
+    #[test]
+    fn a_failing_helper_that_printed_credentials_is_not_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let prog = dir.path().join("docker-credential-rbleak");
+        std::fs::write(
+            &prog,
+            "#!/bin/sh\nprintf '{\"Username\":\"u\",\"Secret\":\"leaked-9f3\"}'\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = format!(
+            "{}:{}",
+            dir.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        std::env::set_var("PATH", path);
+        let e = format!("{:#}", run_helper("rbleak", "get", b"x").unwrap_err());
+        assert!(!e.contains("leaked-9f3") && e.contains("not shown"), "{e}");
     }
 
     #[test]

