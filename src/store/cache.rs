@@ -36,6 +36,10 @@ pub struct CacheRecord {
     pub blobs: Vec<String>,
     /// Unix seconds when written; the newest wins in `cache_closest`.
     pub created: u64,
+    /// The nanoseconds within `created`: two builds in one second (a
+    /// script, a test) left the newest to the order of the record files.
+    #[serde(default)]
+    pub created_nanos: u32,
 }
 
 impl CacheRecord {
@@ -46,10 +50,10 @@ impl CacheRecord {
         step_id: &str,
         inputs: serde_json::Value,
     ) -> CacheRecord {
-        let created = std::time::SystemTime::now()
+        let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+            .unwrap_or_default();
+        let (created, created_nanos) = (now.as_secs(), now.subsec_nanos());
         CacheRecord {
             schema: CACHE_SCHEMA,
             key: key.to_string(),
@@ -60,6 +64,7 @@ impl CacheRecord {
             config_changes: serde_json::Value::Null,
             blobs: Vec::new(),
             created,
+            created_nanos,
         }
     }
 
@@ -219,7 +224,7 @@ impl Store {
         step_id: &str,
         accept: &dyn Fn(&CacheRecord) -> bool,
     ) -> anyhow::Result<Option<CacheRecord>> {
-        let mut best: Option<(u8, u64, CacheRecord)> = None;
+        let mut best: Option<(u8, (u64, u32), CacheRecord)> = None;
         for record in self.cache_records()? {
             if !accept(&record) {
                 continue;
@@ -233,10 +238,10 @@ impl Store {
             };
             let better = match &best {
                 None => true,
-                Some((r, c, _)) => (rank, record.created) > (*r, *c),
+                Some((r, c, _)) => (rank, (record.created, record.created_nanos)) > (*r, *c),
             };
             if better {
-                best = Some((rank, record.created, record));
+                best = Some((rank, (record.created, record.created_nanos), record));
             }
         }
         Ok(best.map(|(_, _, r)| r))

@@ -174,15 +174,15 @@ fn metadata_copy_add_workdir_digest_is_pinned() {
     assert_eq!(
         cache_keys(&env),
         [
-            "082c2eb5f887444ac3e65401a35d605030ab53f771f678aae1ae12dd66b5760b",
-            "4b0f6e1b323aaff554e91b618f544771d8dc35e3dd9b1c7b876275833480459d",
-            "8b309d6fea27b9a49e0b41b88b6c88fc35474ee73446e528e88f1d921fcaaa0c",
-            "915654b4d74c2742de942806d56cf14da1db6dc1e0b3e3879d8ed81457b83905",
-            "ba0e86c164339f07b3885373415f3a04932e6c6383abe9e159275e66c4ca5b26",
-            "cce2faac2a8b4ceda11059fafef8ddc25c118bcf537f38d4144cdc38826bfc84",
-            "dcfe1d94d50aa5fe95e9ccb87105a4473e9e1d61870c5af1c744721b2edd82be",
-            "ddcef004d48660e576c8c356fab494c876e9469fb297e30e732177cd58ae4dab",
-            "f50113d97c0ce7cd55adeaadbf00ca8d1ea3dd83b9fb9adc4146a39a2c0118ce",
+            "13c3e463c74e646cd68e3aa85a07f1ac158809b0d13d991d44444b8b1a57beaf",
+            "1b121d2216eac9b63a7dae3a1dc6222bc8b78eaf7a4a3297d4a20eb09354eb6e",
+            "2f6815560eb1a100ae09b8737c74fa3e486d62c7b14b925d8e1d20ffc75b486b",
+            "3081ac3087d75022eb9438eb12a75790fe260c2785e8dc978bee0c164cc13491",
+            "537dcc076cb3e1792bf0e9177a4dbdd77b66802c098f2493e84f212a377f2ead",
+            "7d01cf2764fc423e6538c641c522234854a21827a45565fcd0af21a467bc1b45",
+            "8e6b4e7ea6fe58736d41519873d9188e116d435d9548a1fc65b5a134755029b1",
+            "aa5ce178d5625f66cc58caf08463f51418fc9b20973de39fee4de9867432c2a4",
+            "e5eeb237c9572763bc9b3e8cf1cec2efbb6775e112f6b38c9e01d4c832d61406",
         ],
         "cache keys changed"
     );
@@ -218,12 +218,12 @@ fn multi_stage_copy_from_digest_is_pinned() {
     assert_eq!(
         cache_keys(&env),
         [
-            "38aa6c602e57dea4d16bd2453b494a3a413e86ae5e89e45ad607b39a1512fca0",
-            "5b2990191b67ea0596c41859ab7f7a69b42cdfe7090e7d95f5a79ed7cfacf126",
-            "85567e4fe9fe06b5758d9008adb369cafb7a43f6084c0784b884a8caa74474b4",
-            "b68b3de2b10caca75d08f3d9a220aefdaf834a53fb01fb3e90b8730124b56645",
-            "c6cb26a6053501fe164ac3a739353d71a0a6acf54c48956ed017fa4575b66e5c",
-            "fcf8ad6f738c83ba24208e816456999bdb37b951b362050e93f8c5ed6c5788ed",
+            "06b73e964e302470259faf3b2474678422e7e8b57e1af20d184f6657e4b1ee73",
+            "289696e368eb454c58d74e6e0071b41e6a62c01f480bc95fe273c907f05b0dd2",
+            "78af21a5c29ae8ad9918b9900eec0923974ec613f9ed73f8ac42508131714e0f",
+            "b13e0cd55ebb76fbc4b76320d6538527a857be464da961dbdf39404563563d59",
+            "b1536cd117d80b308d0c44d4e7713862fdd2128856471f8e18535f12f75d1815",
+            "b46555390c8c11b020ea92875d815d1851f55d73c022c69f8985bccf18b1e9de",
         ],
         "cache keys changed"
     );
