@@ -261,9 +261,15 @@ fn run_helper(helper: &str, action: &str, input: &[u8]) -> Result<Vec<u8>> {
         .spawn()
         .with_context(|| format!("running credential helper {program}"))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(input)
-            .with_context(|| format!("writing to credential helper {program}"))?;
+        // A helper that exits without reading (a failure it reports on
+        // its own) closes the pipe: its status and message say why, not
+        // a broken pipe.
+        match stdin.write_all(input) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                return Err(e).with_context(|| format!("writing to credential helper {program}"));
+            }
+            _ => {}
+        }
     }
     let out = child
         .wait_with_output()
