@@ -315,13 +315,15 @@ fn apply_excludes<'a>(
     }
     // A re-included path keeps its excluded parent dirs: each kept path's
     // ancestors, once (a scan of `kept` per pending dir was quadratic).
-    let below: std::collections::HashSet<&str> =
-        kept.iter().flat_map(|k| ancestors(&k.dest_rel)).collect();
-    let pending_dirs: Vec<_> = pending_dirs
-        .into_iter()
-        .filter(|d| below.contains(d.dest_rel.as_str()))
-        .collect();
-    kept.extend(pending_dirs);
+    if !pending_dirs.is_empty() {
+        let below: std::collections::HashSet<&str> =
+            kept.iter().flat_map(|k| ancestors(&k.dest_rel)).collect();
+        let pending_dirs: Vec<_> = pending_dirs
+            .into_iter()
+            .filter(|d| below.contains(d.dest_rel.as_str()))
+            .collect();
+        kept.extend(pending_dirs);
+    }
     kept.sort_by(|a, b| a.dest_rel.cmp(&b.dest_rel));
     Ok(kept)
 }
