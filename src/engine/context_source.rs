@@ -92,9 +92,26 @@ pub struct PreparedContext {
 /// `url` with any user name and password (tokens often ride there)
 /// replaced by `***`, for messages and progress.
 pub fn redacted(url: &str) -> String {
-    let mut out = url.to_string();
-    for secret in secrets_in(url) {
-        out = out.replace(&secret, "***");
+    scrub(url, url)
+}
+
+/// `text` with the credentials of `url` replaced by `***`: wherever they
+/// sit in a URL's user info (`user:pass@`, `user@`), and anywhere else when
+/// at least 4 characters long (a one-letter user name replaced anywhere
+/// made the message unreadable).
+fn scrub(text: &str, url: &str) -> String {
+    let mut out = text.to_string();
+    let secrets = secrets_in(url);
+    for s in &secrets {
+        for (find, with) in [(format!("{s}@"), "***@"), (format!("{s}:"), "***:")] {
+            // Only inside user info: `//user:`, `//user@`, `:pass@`.
+            for lead in ["//", ":"] {
+                out = out.replace(&format!("{lead}{find}"), &format!("{lead}{with}"));
+            }
+        }
+    }
+    for s in secrets.iter().filter(|s| s.chars().count() >= 4) {
+        out = out.replace(s.as_str(), "***");
     }
     out
 }
@@ -162,10 +179,7 @@ pub fn prepare(
             return super::error::ContextFailure::wrap(e);
         }
         // Flattened to text so no cause in the chain can show a secret.
-        let mut text = format!("{e:#}");
-        for s in secrets {
-            text = text.replace(&s, "***");
-        }
+        let text = scrub(&format!("{e:#}"), &url);
         super::error::ContextFailure::wrap(anyhow::anyhow!(text))
     })
 }
@@ -475,6 +489,14 @@ mod tests {
         assert_eq!(
             redacted("https://u:p%40ss;|x@host/r.git"),
             "https://***:***@host/r.git"
+        );
+        // A short user name is hidden in the URL, not in every word.
+        assert_eq!(
+            scrub(
+                "cloning https://u:tok1234@h/r.git: fatal: could not read u from tok1234",
+                "https://u:tok1234@h/r.git"
+            ),
+            "cloning https://***:***@h/r.git: fatal: could not read u from ***"
         );
     }
 
